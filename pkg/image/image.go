@@ -1,0 +1,58 @@
+// Package image is the source side's view of memory: a flat, read-only offset
+// space of bytes that the page server reads pages from.
+//
+// Two kinds exist, chosen by a source string:
+//
+//	file:PATH  a memory snapshot or shared-memory backing file (regular file,
+//	           /dev/shm, hugetlbfs), mapped read-only; holes (SEEK_DATA and
+//	           SEEK_HOLE) are zero runs that are never read.
+//	pid:PID    a paused live process: offset = virtual address; only ranges in
+//	           /proc/PID/maps are readable; private anonymous pages that
+//	           /proc/PID/pagemap shows as never populated are zero runs; reads
+//	           use process_vm_readv.
+//
+// Data pages are checked for all-zero content as they are read, so that zero
+// pages never travel.
+package image
+
+import "errors"
+
+// Segment describes a run of pages within a read: Pages consecutive pages
+// that are either all zero (Zero) or data.
+type Segment struct {
+	Pages uint32
+	Zero  bool
+}
+
+// Image is a read-only source of pages. Implementations are safe for
+// concurrent use by many goroutines.
+type Image interface {
+	// Size is the end of the offset space: the file size, or for a process
+	// the end of its highest mapping.
+	Size() uint64
+	// Generation identifies this image's content: it changes when the image
+	// does (another file, a rewritten file, another process).
+	Generation() uint64
+	// String describes the image for logs, e.g. "file:/dev/shm/vm0 (1073741824 bytes)".
+	String() string
+	// CheckRange returns nil if every byte of [off, off+n) is readable, or an
+	// error (matching ErrOutOfRange) naming the first byte that is not.
+	CheckRange(off, n uint64) error
+	// Read reads pages*pageSize bytes at off. Data pages are written to dst at
+	// their natural position (page i at dst[i*pageSize:]); the content of dst
+	// for zero pages is unspecified. segs is reused (appended to from
+	// segs[:0]) and returned describing every page in order; adjacent
+	// segments of the same kind are merged. len(dst) must be at least
+	// pages*pageSize and off must be pageSize-aligned.
+	Read(dst []byte, off uint64, pageSize uint32, pages uint32, segs []Segment) ([]Segment, error)
+	// Close releases the image.
+	Close() error
+}
+
+var (
+	// ErrOutOfRange means a range is not (entirely) inside the readable
+	// part of the image.
+	ErrOutOfRange = errors.New("range outside the image")
+	// ErrSourceGone means the process behind a pid: image exited.
+	ErrSourceGone = errors.New("source process is gone")
+)
