@@ -1,0 +1,384 @@
+// Package prefetch decides which runs of pages the destination pulls next on
+// its bulk lane.
+//
+// It is a pure policy in the style of etcd's raft package: no goroutines, no
+// clock, no I/O and no locking. The caller feeds it inputs — demand faults
+// (Fault), pages that no longer need the bulk lane (Done), runs whose fetch
+// failed (Requeue) — and takes work out (Next). A Policy is not safe for
+// concurrent use: the fetcher owns it from one goroutine or under its own lock.
+//
+// The policy keeps one "pending" bit per page: the page has not been handed
+// out by Next and is not known to be resident. Next hands pending pages out
+// in runs, first around recent faults (a fault at page p suggests that its
+// neighbours will be touched soon), newest fault first, then in a sequential
+// sweep over every region. Every page handed out stops being pending, so a
+// page is handed out again only after Requeue.
+//
+// Memory is one bit per page plus a small fixed amount per region: an 8 GiB
+// layout of 4 KiB pages (2 Mi pages) costs 256 KiB. Scans go 64 pages per
+// word, so stretches of pages that are not pending cost little to skip.
+package prefetch
+
+import (
+	"fmt"
+	"math/bits"
+)
+
+// Default window around a fault and number of remembered faults, used when
+// Config leaves them zero.
+const (
+	DefaultBefore   = 16
+	DefaultAfter    = 240
+	DefaultMaxHints = 64
+)
+
+// Limits on a Config, to keep a bad layout from allocating absurd bitmaps.
+const (
+	// MaxTotalPages is the largest number of pages over all regions (2^34
+	// pages: 64 TiB of 4 KiB pages, a 2 GiB bitmap).
+	MaxTotalPages = 1 << 34
+	// MaxWindow is the largest Before or After.
+	MaxWindow = 1 << 32
+)
+
+// Region describes one region of the layout: Pages pages, numbered from 0.
+// The page size is the caller's business.
+type Region struct{ Pages uint64 }
+
+// Run is a run of consecutive pages of one region: pages [Page, Page+Pages)
+// of region Region.
+type Run struct {
+	Region int
+	Page   uint64
+	Pages  uint32
+}
+
+// String formats a run as "region:page+pages", e.g. "0:512+256".
+func (r Run) String() string { return fmt.Sprintf("%d:%d+%d", r.Region, r.Page, r.Pages) }
+
+// Config tunes a Policy.
+type Config struct {
+	// MaxRunPages holds, per region, the largest run Next hands out (e.g.
+	// 256 for 4 KiB pages = 1 MiB; 1 for 2 MiB pages). One entry per region,
+	// each at least 1.
+	MaxRunPages []uint32
+	// Before and After are the pages around a fault at page p that Next
+	// prioritises: the window is [p-Before, p+After] (clipped to the region),
+	// in pages of that region. When both are zero, DefaultBefore and
+	// DefaultAfter apply.
+	Before, After uint64
+	// MaxHints is the number of recent faults remembered (oldest dropped
+	// first, newest served first). Zero means DefaultMaxHints; a negative
+	// value disables fault hints (a purely sequential sweep).
+	MaxHints int
+}
+
+// Policy is the prefetch policy over one layout. Create it with New.
+type Policy struct {
+	regions  []region
+	before   uint64
+	after    uint64
+	maxHints int
+	// hints holds recent faults, oldest first, newest last.
+	hints []hint
+	// sweep is the region the sequential sweep is in.
+	sweep   int
+	pending uint64
+}
+
+type region struct {
+	pages   uint64
+	maxRun  uint64
+	bits    []uint64 // bit i set: page i is pending
+	pending uint64
+	cursor  uint64 // where the sweep continues in this region
+}
+
+type hint struct {
+	region int
+	page   uint64
+}
+
+// New returns a policy for the given regions in which every page is pending.
+// It validates cfg; an error names the bad field.
+func New(regions []Region, cfg Config) (*Policy, error) {
+	if len(regions) == 0 {
+		return nil, fmt.Errorf("prefetch: no regions")
+	}
+	if len(cfg.MaxRunPages) != len(regions) {
+		return nil, fmt.Errorf("prefetch: Config.MaxRunPages has %d entries for %d regions", len(cfg.MaxRunPages), len(regions))
+	}
+	var total uint64
+	for i, r := range regions {
+		if r.Pages == 0 {
+			return nil, fmt.Errorf("prefetch: regions[%d].Pages is 0", i)
+		}
+		if cfg.MaxRunPages[i] == 0 {
+			return nil, fmt.Errorf("prefetch: Config.MaxRunPages[%d] is 0", i)
+		}
+		if r.Pages > MaxTotalPages || total+r.Pages > MaxTotalPages {
+			return nil, fmt.Errorf("prefetch: regions[%d].Pages %d brings the total over %d pages", i, r.Pages, uint64(MaxTotalPages))
+		}
+		total += r.Pages
+	}
+	if cfg.Before > MaxWindow {
+		return nil, fmt.Errorf("prefetch: Config.Before %d is over %d", cfg.Before, uint64(MaxWindow))
+	}
+	if cfg.After > MaxWindow {
+		return nil, fmt.Errorf("prefetch: Config.After %d is over %d", cfg.After, uint64(MaxWindow))
+	}
+	p := &Policy{before: cfg.Before, after: cfg.After, maxHints: cfg.MaxHints, pending: total}
+	if p.before == 0 && p.after == 0 {
+		p.before, p.after = DefaultBefore, DefaultAfter
+	}
+	switch {
+	case p.maxHints == 0:
+		p.maxHints = DefaultMaxHints
+	case p.maxHints < 0:
+		p.maxHints = 0
+	}
+	p.hints = make([]hint, 0, p.maxHints)
+	p.regions = make([]region, len(regions))
+	for i, r := range regions {
+		rs := &p.regions[i]
+		rs.pages = r.Pages
+		rs.maxRun = uint64(cfg.MaxRunPages[i])
+		rs.bits = make([]uint64, (r.Pages+63)/64)
+		setRange(rs.bits, 0, r.Pages)
+		rs.pending = r.Pages
+	}
+	return p, nil
+}
+
+// Pending is the number of pages still pending: neither handed out by Next
+// (and not requeued since) nor marked Done.
+func (p *Policy) Pending() uint64 { return p.pending }
+
+// IsPending reports whether a page is pending. It returns false for a page
+// outside the layout.
+func (p *Policy) IsPending(region int, page uint64) bool {
+	if region < 0 || region >= len(p.regions) || page >= p.regions[region].pages {
+		return false
+	}
+	return p.regions[region].bits[page>>6]&(1<<(page&63)) != 0
+}
+
+// Fault records a demand fault at a page as a hint: Next will hand out the
+// pending pages around it before the sequential sweep. It does not change
+// which pages are pending. A fault outside the layout, or whose window holds
+// no pending page, is ignored; a repeated fault at the same page only moves
+// that hint to the front. When MaxHints hints are held, the oldest is
+// dropped.
+func (p *Policy) Fault(region int, page uint64) {
+	if p.maxHints == 0 || region < 0 || region >= len(p.regions) || page >= p.regions[region].pages {
+		return
+	}
+	for i, h := range p.hints {
+		if h.region == region && h.page == page {
+			copy(p.hints[i:], p.hints[i+1:])
+			p.hints = p.hints[:len(p.hints)-1]
+			break
+		}
+	}
+	rs := &p.regions[region]
+	lo, hi := p.window(rs, page)
+	if _, ok := nextSet(rs.bits, lo, hi); !ok {
+		return
+	}
+	if len(p.hints) == p.maxHints {
+		copy(p.hints, p.hints[1:])
+		p.hints = p.hints[:len(p.hints)-1]
+	}
+	p.hints = append(p.hints, hint{region: region, page: page})
+}
+
+// Done marks pages [page, page+n) of a region as no longer needed from the
+// bulk lane (resident by demand, zero-filled, removed, unmapped). Pages that
+// are not pending are left as they are. It panics if the range is outside
+// the region, which is a bug in the caller.
+func (p *Policy) Done(region int, page, n uint64) {
+	rs := p.check("Done", region, page, n)
+	if n == 0 {
+		return
+	}
+	c := clearRange(rs.bits, page, page+n)
+	rs.pending -= c
+	p.pending -= c
+}
+
+// Requeue makes a run handed out by Next pending again (its fetch failed or
+// was cancelled). Pages of the run that are pending already stay so. The
+// caller should not requeue pages it has since marked Done, or call Done for
+// them again afterwards. It panics if the run is outside its region, which is
+// a bug in the caller.
+func (p *Policy) Requeue(r Run) {
+	rs := p.check("Requeue", r.Region, r.Page, uint64(r.Pages))
+	if r.Pages == 0 {
+		return
+	}
+	c := setRange(rs.bits, r.Page, r.Page+uint64(r.Pages))
+	rs.pending += c
+	p.pending += c
+}
+
+func (p *Policy) check(op string, region int, page, n uint64) *region {
+	if region < 0 || region >= len(p.regions) {
+		panic(fmt.Sprintf("prefetch: %s: region %d out of range [0, %d)", op, region, len(p.regions)))
+	}
+	rs := &p.regions[region]
+	if page > rs.pages || n > rs.pages-page {
+		panic(fmt.Sprintf("prefetch: %s: pages [%d, %d+%d) outside region %d of %d pages", op, page, page, n, region, rs.pages))
+	}
+	return rs
+}
+
+// Next appends up to max runs of pending pages to out and returns it; every
+// page handed out stops being pending.
+//
+// Hints come first, newest first. For a fault at page p, Next hands out the
+// pending pages of [p, p+After] and then of [p-Before, p), in ascending
+// order within each part, split at pages that are not pending and at the
+// region's MaxRunPages. A hint is dropped when Next finds that its window
+// holds no pending page. Then comes the sequential sweep: it stays in one region until that
+// region holds no pending page, then moves on to the next (wrapping around
+// from the last region to the first); within a region it continues from
+// where it stopped and wraps once to the region's start, so that requeued
+// pages behind it are found. Runs never cross regions. When nothing is
+// pending or max <= 0, Next returns out unchanged and changes nothing.
+func (p *Policy) Next(max int, out []Run) []Run {
+	if max <= 0 || p.pending == 0 {
+		return out
+	}
+	n := 0
+	for len(p.hints) > 0 && n < max {
+		h := p.hints[len(p.hints)-1]
+		rs := &p.regions[h.region]
+		lo, hi := p.window(rs, h.page)
+		out, n = p.emit(h.region, h.page, hi, max, n, out)
+		out, n = p.emit(h.region, lo, h.page, max, n, out)
+		if _, ok := nextSet(rs.bits, lo, hi); ok {
+			break // max reached; the rest of this window comes next time
+		}
+		p.hints = p.hints[:len(p.hints)-1]
+	}
+	for n < max && p.pending > 0 {
+		rs := &p.regions[p.sweep]
+		if rs.pending == 0 {
+			p.sweep++
+			if p.sweep == len(p.regions) {
+				p.sweep = 0
+			}
+			continue
+		}
+		s, ok := nextSet(rs.bits, rs.cursor, rs.pages)
+		if !ok {
+			s, _ = nextSet(rs.bits, 0, rs.cursor)
+		}
+		e := nextClear(rs.bits, s, min(rs.pages, s+rs.maxRun))
+		out = p.take(p.sweep, s, e, out)
+		n++
+		rs.cursor = e
+	}
+	return out
+}
+
+// window returns the window [lo, hi) around a fault at page in rs.
+func (p *Policy) window(rs *region, page uint64) (lo, hi uint64) {
+	lo = page - min(page, p.before)
+	hi = page + 1 + min(p.after, rs.pages-page-1)
+	return lo, hi
+}
+
+// emit hands out the pending pages of [lo, hi) in region r as runs, until n
+// reaches max.
+func (p *Policy) emit(r int, lo, hi uint64, max, n int, out []Run) ([]Run, int) {
+	rs := &p.regions[r]
+	for n < max {
+		s, ok := nextSet(rs.bits, lo, hi)
+		if !ok {
+			break
+		}
+		e := nextClear(rs.bits, s, min(hi, s+rs.maxRun))
+		out = p.take(r, s, e, out)
+		n++
+		lo = e
+	}
+	return out, n
+}
+
+// take hands out pages [s, e) of region r, all of them pending.
+func (p *Policy) take(r int, s, e uint64, out []Run) []Run {
+	rs := &p.regions[r]
+	clearRange(rs.bits, s, e)
+	rs.pending -= e - s
+	p.pending -= e - s
+	return append(out, Run{Region: r, Page: s, Pages: uint32(e - s)})
+}
+
+// nextSet returns the first set bit in [from, to).
+func nextSet(b []uint64, from, to uint64) (uint64, bool) {
+	if from >= to {
+		return 0, false
+	}
+	i := from >> 6
+	w := b[i] & (^uint64(0) << (from & 63))
+	for {
+		if w != 0 {
+			pos := i<<6 + uint64(bits.TrailingZeros64(w))
+			return pos, pos < to
+		}
+		i++
+		if i<<6 >= to {
+			return 0, false
+		}
+		w = b[i]
+	}
+}
+
+// nextClear returns the first clear bit in [from, to), or to if there is
+// none. from must be < to.
+func nextClear(b []uint64, from, to uint64) uint64 {
+	i := from >> 6
+	w := ^b[i] & (^uint64(0) << (from & 63))
+	for {
+		if w != 0 {
+			return min(i<<6+uint64(bits.TrailingZeros64(w)), to)
+		}
+		i++
+		if i<<6 >= to {
+			return to
+		}
+		w = ^b[i]
+	}
+}
+
+// wordMask returns the mask of the bits of word i that lie in [s, e); the
+// word must overlap the range.
+func wordMask(i, s, e uint64) uint64 {
+	base := i << 6
+	lo := max(s, base) - base
+	hi := min(e, base+64) - base
+	return (^uint64(0) << lo) & (^uint64(0) >> (64 - hi))
+}
+
+// setRange sets bits [s, e) and returns how many were clear before.
+func setRange(b []uint64, s, e uint64) uint64 {
+	var c uint64
+	for i := s >> 6; i<<6 < e; i++ {
+		m := wordMask(i, s, e)
+		c += uint64(bits.OnesCount64(^b[i] & m))
+		b[i] |= m
+	}
+	return c
+}
+
+// clearRange clears bits [s, e) and returns how many were set before.
+func clearRange(b []uint64, s, e uint64) uint64 {
+	var c uint64
+	for i := s >> 6; i<<6 < e; i++ {
+		m := wordMask(i, s, e)
+		c += uint64(bits.OnesCount64(b[i] & m))
+		b[i] &^= m
+	}
+	return c
+}
