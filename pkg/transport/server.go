@@ -1,0 +1,757 @@
+package transport
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/postcopy/postcopy/pkg/image"
+	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
+)
+
+// ProtocolVersion is the protocol version this package speaks.
+const ProtocolVersion = 1
+
+// SessionMetadataKey is the gRPC metadata key that names the session on the
+// Demand and Bulk streams; its value is OpenResponse.session_id.
+const SessionMetadataKey = "postcopy-session"
+
+// Server limits and defaults.
+const (
+	// DefaultMaxDemandBytes is the default largest demand run: 2 MiB plus a
+	// page, so that one huge page (or 513 small ones) fits in a request.
+	DefaultMaxDemandBytes = 2<<20 + 4096
+	// DefaultMaxBulkBytes is the default largest bulk run.
+	DefaultMaxBulkBytes = 4 << 20
+	// DefaultMaxSessions is the default number of sessions open at once.
+	DefaultMaxSessions = 64
+	// DefaultSessionIdleTimeout is how long a session with no open stream
+	// lives before it may be dropped to make room for new ones.
+	DefaultSessionIdleTimeout = 10 * time.Minute
+	// DefaultDemandWorkers is the default number of demand requests of one
+	// stream served at once.
+	DefaultDemandWorkers = 8
+
+	// bulkChunk is the largest read a bulk run does between two checks for
+	// demand work (a 2 MiB page is read whole).
+	bulkChunk = 256 << 10
+	// bulkMaxYield bounds how long one bulk chunk waits for demand work to
+	// drain, so that bulk copying cannot starve.
+	bulkMaxYield = 5 * time.Millisecond
+	// maxRequestMsg bounds the size of any message a client sends (an Open
+	// with MaxRegions regions is about 70 KiB).
+	maxRequestMsg = 1 << 20
+	// msgSlack is added to the largest run for the rest of a PageRun.
+	msgSlack = 64 << 10
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// ServerOptions configure a Server.
+type ServerOptions struct {
+	// Image is the source the server reads pages from. Required. The server
+	// does not close it.
+	Image image.Image
+	// Token is the shared secret clients must present. Nil or empty: no token
+	// is required (the binary warns). Compared in constant time.
+	Token []byte
+	// Logger receives session-level events; nil: hclog.NewNullLogger().
+	Logger hclog.Logger
+	// MaxDemandBytes is the largest run of one demand request; 0:
+	// DefaultMaxDemandBytes.
+	MaxDemandBytes uint32
+	// MaxBulkBytes is the largest run of one bulk request; 0:
+	// DefaultMaxBulkBytes.
+	MaxBulkBytes uint32
+	// MaxSessions bounds the sessions open at once; 0: DefaultMaxSessions.
+	MaxSessions int
+	// SessionIdleTimeout: a session without an open stream for this long is
+	// dropped when room is needed for a new one; 0: DefaultSessionIdleTimeout.
+	SessionIdleTimeout time.Duration
+	// DemandWorkers bounds the demand requests of one stream read at once;
+	// 0: DefaultDemandWorkers.
+	DemandWorkers int
+}
+
+// Server is the source side of the protocol: it serves one image to many
+// sessions. Create it with NewServer, register it on a grpc.Server created
+// with GRPCServerOptions, and serve.
+type Server struct {
+	pb.UnimplementedPageServerServer
+
+	img         image.Image
+	tokenSum    [sha256.Size]byte
+	tokenSet    bool
+	log         hclog.Logger
+	maxDemand   uint32
+	maxBulk     uint32
+	maxSessions int
+	idleTimeout time.Duration
+	workers     int
+	health      *health.Server
+
+	gate *demandGate
+	bufs bufPool
+	runs sync.Pool // *runBuf
+
+	mu       sync.Mutex
+	sessions map[string]*session
+
+	counters counters
+}
+
+// counters are the server's totals (see ServerStats).
+type counters struct {
+	sessionsTotal atomic.Uint64
+	demandReqs    atomic.Uint64
+	demandBytes   atomic.Uint64
+	demandPages   atomic.Uint64
+	bulkReqs      atomic.Uint64
+	bulkBytes     atomic.Uint64
+	bulkPages     atomic.Uint64
+	zeroPages     atomic.Uint64
+	errors        [17]atomic.Uint64 // by gRPC code
+}
+
+// session is one destination's view: its regions and totals.
+type session struct {
+	id      string
+	name    string
+	regions []Region // sorted by offset, disjoint, validated
+	opened  time.Time
+	log     hclog.Logger
+
+	ended      atomic.Bool
+	streams    atomic.Int32
+	lastActive atomic.Int64 // unix ns of the last stream start or end
+
+	demandReqs, bulkReqs   atomic.Uint64
+	demandBytes, bulkBytes atomic.Uint64
+	zeroPages              atomic.Uint64
+}
+
+// NewServer checks the options and returns a Server.
+func NewServer(o ServerOptions) (*Server, error) {
+	if o.Image == nil {
+		return nil, errors.New("transport: ServerOptions.Image is nil")
+	}
+	s := &Server{
+		img:         o.Image,
+		log:         o.Logger,
+		maxDemand:   o.MaxDemandBytes,
+		maxBulk:     o.MaxBulkBytes,
+		maxSessions: o.MaxSessions,
+		idleTimeout: o.SessionIdleTimeout,
+		workers:     o.DemandWorkers,
+		gate:        newDemandGate(),
+		sessions:    make(map[string]*session),
+		health:      health.NewServer(),
+	}
+	if s.log == nil {
+		s.log = hclog.NewNullLogger()
+	}
+	if s.maxDemand == 0 {
+		s.maxDemand = DefaultMaxDemandBytes
+	}
+	if s.maxBulk == 0 {
+		s.maxBulk = DefaultMaxBulkBytes
+	}
+	if s.maxSessions <= 0 {
+		s.maxSessions = DefaultMaxSessions
+	}
+	if s.idleTimeout <= 0 {
+		s.idleTimeout = DefaultSessionIdleTimeout
+	}
+	if s.workers <= 0 {
+		s.workers = DefaultDemandWorkers
+	}
+	if s.maxDemand < PageSize4K || s.maxBulk < PageSize4K {
+		return nil, fmt.Errorf("transport: MaxDemandBytes %d and MaxBulkBytes %d must be at least %d",
+			s.maxDemand, s.maxBulk, PageSize4K)
+	}
+	if s.maxBulk > 1<<30 || s.maxDemand > 1<<30 {
+		return nil, fmt.Errorf("transport: MaxDemandBytes %d and MaxBulkBytes %d must be at most 1 GiB",
+			s.maxDemand, s.maxBulk)
+	}
+	if len(o.Token) > 0 {
+		s.tokenSet = true
+		s.tokenSum = sha256.Sum256(o.Token)
+	}
+	s.runs.New = func() any { return new(runBuf) }
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(pb.PageServer_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return s, nil
+}
+
+// GRPCServerOptions returns the options the grpc.Server serving s must be
+// created with: message size limits, flow-control windows and buffers sized
+// for bulk runs, keepalive that finds a dead client within seconds and
+// permits the client's pings, and interceptors counting errors.
+func (s *Server) GRPCServerOptions() []grpc.ServerOption {
+	maxRun := max(s.maxDemand, s.maxBulk)
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(maxRequestMsg),
+		grpc.MaxSendMsgSize(int(maxRun) + msgSlack),
+		grpc.InitialWindowSize(bulkStreamWindow),
+		grpc.InitialConnWindowSize(bulkConnWindow),
+		grpc.WriteBufferSize(bulkBufferSize),
+		grpc.ReadBufferSize(bulkBufferSize),
+		grpc.KeepaliveParams(serverKeepalive),
+		grpc.KeepaliveEnforcementPolicy(serverEnforcement),
+		grpc.ChainUnaryInterceptor(s.unaryErrors),
+		grpc.ChainStreamInterceptor(s.streamErrors),
+	}
+}
+
+// Register registers the PageServer service and the standard gRPC health
+// service (reporting SERVING for "" and "postcopy.v1.PageServer") on g.
+func (s *Server) Register(g *grpc.Server) {
+	pb.RegisterPageServerServer(g, s)
+	healthpb.RegisterHealthServer(g, s.health)
+}
+
+// Shutdown marks the health service NOT_SERVING, for a graceful stop.
+func (s *Server) Shutdown() { s.health.Shutdown() }
+
+func (s *Server) countErr(err error) {
+	if err == nil {
+		return
+	}
+	c := status.Code(err)
+	if int(c) < len(s.counters.errors) {
+		s.counters.errors[c].Add(1)
+	}
+}
+
+func (s *Server) unaryErrors(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	resp, err := h(ctx, req)
+	s.countErr(err)
+	return resp, err
+}
+
+func (s *Server) streamErrors(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	err := h(srv, ss)
+	if status.Code(err) != codes.Canceled {
+		s.countErr(err)
+	}
+	return err
+}
+
+// checkToken compares the presented token with the server's in constant
+// time (over SHA-256 sums, so that the length does not leak either).
+func (s *Server) checkToken(tok string) error {
+	if !s.tokenSet {
+		return nil
+	}
+	if tok == "" {
+		return status.Error(codes.Unauthenticated, "missing token")
+	}
+	sum := sha256.Sum256([]byte(tok))
+	if subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 {
+		return status.Error(codes.Unauthenticated, "wrong token")
+	}
+	return nil
+}
+
+func checkVersion(v uint32) error {
+	if v != ProtocolVersion {
+		return reasonStatus(ReasonProtocolVersion,
+			fmt.Sprintf("unsupported protocol_version %d (server speaks %d)", v, ProtocolVersion))
+	}
+	return nil
+}
+
+func (s *Server) imageInfo() *pb.ImageInfo {
+	return &pb.ImageInfo{Size: s.img.Size(), Generation: s.img.Generation(), Description: s.img.String()}
+}
+
+func (s *Server) caps() *pb.Capabilities {
+	return &pb.Capabilities{
+		MaxDemandBytes: s.maxDemand,
+		MaxBulkBytes:   s.maxBulk,
+		ZeroRuns:       true,
+		Crc32C:         true,
+		MaxRegions:     MaxRegions,
+		PageSizes:      []uint32{PageSize4K, PageSize2M},
+	}
+}
+
+// Hello checks the token and version and describes the image.
+func (s *Server) Hello(_ context.Context, req *pb.HelloRequest) (*pb.HelloResponse, error) {
+	if err := s.checkToken(req.GetToken()); err != nil {
+		return nil, err
+	}
+	if err := checkVersion(req.GetProtocolVersion()); err != nil {
+		return nil, err
+	}
+	return &pb.HelloResponse{ProtocolVersion: ProtocolVersion, Image: s.imageInfo(), Caps: s.caps()}, nil
+}
+
+// Open checks the token, version, generation and regions and opens a
+// session.
+func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse, error) {
+	if err := s.checkToken(req.GetToken()); err != nil {
+		return nil, err
+	}
+	if err := checkVersion(req.GetProtocolVersion()); err != nil {
+		return nil, err
+	}
+	gen := s.img.Generation()
+	if want := req.GetExpectGeneration(); want != 0 && want != gen {
+		return nil, reasonStatus(ReasonImageChanged,
+			fmt.Sprintf("image changed: generation %016x, expected %016x", gen, want))
+	}
+	in := req.GetRegions()
+	if len(in) > MaxRegions {
+		return nil, status.Errorf(codes.InvalidArgument, "too many regions: %d (max %d)", len(in), MaxRegions)
+	}
+	regs := make([]Region, len(in))
+	for i, r := range in {
+		regs[i] = Region{Offset: r.GetOffset(), Length: r.GetLength(), PageSize: r.GetPageSize()}
+	}
+	sorted, err := validateRegions(regs, s.img.Size(), MaxRegions, min(s.maxDemand, s.maxBulk))
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range sorted {
+		if err := s.img.CheckRange(r.Offset, r.Length); err != nil {
+			if errors.Is(err, image.ErrSourceGone) {
+				return nil, s.sourceGone(err)
+			}
+			return nil, status.Errorf(codes.OutOfRange, "region %s: %v", r, err)
+		}
+	}
+	var raw [16]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return nil, status.Errorf(codes.Internal, "session id: %v", err)
+	}
+	id := hex.EncodeToString(raw[:])
+	name := req.GetClientName()
+	if len(name) > 128 {
+		name = name[:128]
+	}
+	now := time.Now()
+	sess := &session{id: id, name: name, regions: sorted, opened: now}
+	sess.lastActive.Store(now.UnixNano())
+	sess.log = s.log.With("session", id[:8], "client", name)
+
+	s.mu.Lock()
+	if len(s.sessions) >= s.maxSessions {
+		s.dropIdleLocked(now)
+	}
+	if len(s.sessions) >= s.maxSessions {
+		n := len(s.sessions)
+		s.mu.Unlock()
+		return nil, status.Errorf(codes.ResourceExhausted, "too many open sessions: %d (max %d)", n, s.maxSessions)
+	}
+	s.sessions[id] = sess
+	s.mu.Unlock()
+	s.counters.sessionsTotal.Add(1)
+
+	var total uint64
+	for _, r := range sorted {
+		total += r.Length
+	}
+	sess.log.Info("session opened", "regions", len(sorted), "bytes", total)
+	return &pb.OpenResponse{SessionId: id, Image: s.imageInfo(), Caps: s.caps()}, nil
+}
+
+// dropIdleLocked ends sessions that have had no stream for idleTimeout.
+func (s *Server) dropIdleLocked(now time.Time) {
+	for id, sess := range s.sessions {
+		if sess.streams.Load() == 0 && now.Sub(time.Unix(0, sess.lastActive.Load())) > s.idleTimeout {
+			sess.ended.Store(true)
+			delete(s.sessions, id)
+			sess.log.Warn("idle session dropped", "idle", s.idleTimeout)
+		}
+	}
+}
+
+func (s *Server) lookup(id string) (*session, error) {
+	s.mu.Lock()
+	sess := s.sessions[id]
+	s.mu.Unlock()
+	if sess == nil || sess.ended.Load() {
+		if len(id) > 8 {
+			id = id[:8] + "..."
+		}
+		return nil, status.Errorf(codes.NotFound, "session %q not found", id)
+	}
+	return sess, nil
+}
+
+// Done ends a session and logs its totals.
+func (s *Server) Done(_ context.Context, req *pb.DoneRequest) (*pb.DoneResponse, error) {
+	sess, err := s.lookup(req.GetSessionId())
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	delete(s.sessions, sess.id)
+	s.mu.Unlock()
+	sess.ended.Store(true)
+	sess.log.Info("session done",
+		"duration", time.Since(sess.opened).Round(time.Millisecond),
+		"demand_requests", sess.demandReqs.Load(), "demand_bytes", sess.demandBytes.Load(),
+		"bulk_requests", sess.bulkReqs.Load(), "bulk_bytes", sess.bulkBytes.Load(),
+		"zero_pages_sent", sess.zeroPages.Load(),
+		"client_pages_demand", req.GetPagesDemand(), "client_pages_bulk", req.GetPagesBulk(),
+		"client_pages_zero", req.GetPagesZero(), "client_pages_removed", req.GetPagesRemoved(),
+		"client_bytes_received", req.GetBytesReceived(),
+		"client_duration", time.Duration(req.GetDurationNs()).Round(time.Millisecond))
+	return &pb.DoneResponse{}, nil
+}
+
+// streamSession finds the session a stream names in its metadata and
+// counts the stream on it.
+func (s *Server) streamSession(ctx context.Context) (*session, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	ids := md.Get(SessionMetadataKey)
+	if len(ids) != 1 || ids[0] == "" {
+		return nil, status.Errorf(codes.Unauthenticated, "missing %s metadata", SessionMetadataKey)
+	}
+	sess, err := s.lookup(ids[0])
+	if err != nil {
+		return nil, err
+	}
+	sess.streams.Add(1)
+	sess.lastActive.Store(time.Now().UnixNano())
+	return sess, nil
+}
+
+func (sess *session) detach() {
+	sess.lastActive.Store(time.Now().UnixNano())
+	sess.streams.Add(-1)
+}
+
+func (s *Server) sourceGone(err error) error {
+	return reasonStatus(ReasonSourceGone, err.Error())
+}
+
+// lane names a stream kind in messages and counters.
+type lane uint8
+
+const (
+	laneDemand lane = iota
+	laneBulk
+)
+
+func (l lane) String() string {
+	if l == laneDemand {
+		return "demand"
+	}
+	return "bulk"
+}
+
+// runBuf holds what serving one run needs, pooled.
+type runBuf struct {
+	buf  *[]byte
+	segs []image.Segment
+	tmp  []image.Segment
+	crcs []uint32
+}
+
+// readRun reads a validated run into a pooled buffer: data pages at their
+// natural position, segments merged across chunks, a crc32c per data
+// segment. Bulk runs read in chunks of at most bulkChunk bytes, each after
+// waiting for demand work to drain.
+func (s *Server) readRun(ctx context.Context, l lane, off uint64, pages, ps uint32, rb *runBuf) error {
+	n := int(pages) * int(ps)
+	rb.buf = s.bufs.get(n)
+	data := *rb.buf
+	rb.segs = rb.segs[:0]
+	chunk := pages
+	if l == laneBulk {
+		chunk = max(1, bulkChunk/ps)
+	}
+	for done := uint32(0); done < pages; {
+		k := min(chunk, pages-done)
+		if l == laneBulk {
+			if err := s.gate.wait(ctx, bulkMaxYield); err != nil {
+				return status.FromContextError(err).Err()
+			}
+		}
+		at := off + uint64(done)*uint64(ps)
+		segs, err := s.img.Read(data[int(done)*int(ps):], at, ps, k, rb.tmp[:0])
+		rb.tmp = segs
+		if err != nil {
+			switch {
+			case errors.Is(err, image.ErrSourceGone):
+				return s.sourceGone(err)
+			case errors.Is(err, image.ErrOutOfRange):
+				return status.Errorf(codes.OutOfRange, "reading [%#x, %#x): %v", at, at+uint64(k)*uint64(ps), err)
+			default:
+				return status.Errorf(codes.Internal, "reading [%#x, %#x): %v", at, at+uint64(k)*uint64(ps), err)
+			}
+		}
+		var got uint32
+		for _, sg := range segs {
+			if sg.Pages == 0 {
+				continue
+			}
+			got += sg.Pages
+			if last := len(rb.segs) - 1; last >= 0 && rb.segs[last].Zero == sg.Zero {
+				rb.segs[last].Pages += sg.Pages
+			} else {
+				rb.segs = append(rb.segs, sg)
+			}
+		}
+		if got != k {
+			return status.Errorf(codes.Internal, "image read at %#x described %d pages, want %d", at, got, k)
+		}
+		done += k
+	}
+	rb.crcs = rb.crcs[:0]
+	pos := 0
+	for _, sg := range rb.segs {
+		b := int(sg.Pages) * int(ps)
+		if sg.Zero {
+			rb.crcs = append(rb.crcs, 0)
+		} else {
+			rb.crcs = append(rb.crcs, crc32.Checksum(data[pos:pos+b], castagnoli))
+		}
+		pos += b
+	}
+	return nil
+}
+
+func (s *Server) release(rb *runBuf) {
+	if rb.buf != nil {
+		s.bufs.put(rb.buf)
+		rb.buf = nil
+	}
+	s.runs.Put(rb)
+}
+
+// account adds a served run to the counters.
+func (s *Server) account(sess *session, l lane, rb *runBuf, ps uint32) {
+	var dataBytes, zero, all uint64
+	for _, sg := range rb.segs {
+		all += uint64(sg.Pages)
+		if sg.Zero {
+			zero += uint64(sg.Pages)
+		} else {
+			dataBytes += uint64(sg.Pages) * uint64(ps)
+		}
+	}
+	if l == laneDemand {
+		s.counters.demandReqs.Add(1)
+		s.counters.demandBytes.Add(dataBytes)
+		s.counters.demandPages.Add(all)
+		sess.demandReqs.Add(1)
+		sess.demandBytes.Add(dataBytes)
+	} else {
+		s.counters.bulkReqs.Add(1)
+		s.counters.bulkBytes.Add(dataBytes)
+		s.counters.bulkPages.Add(all)
+		sess.bulkReqs.Add(1)
+		sess.bulkBytes.Add(dataBytes)
+	}
+	s.counters.zeroPages.Add(zero)
+	sess.zeroPages.Add(zero)
+}
+
+// serve reads one validated request and sends its answer; send is called
+// with the encoded run and must serialize sends on its stream.
+func (s *Server) serve(ctx context.Context, sess *session, l lane, req request, ps uint32, send func(*runBuf, request, uint32) error) error {
+	rb := s.runs.Get().(*runBuf)
+	defer s.release(rb)
+	if err := s.readRun(ctx, l, req.Offset, req.Pages, ps, rb); err != nil {
+		return err
+	}
+	if sess.ended.Load() {
+		return status.Error(codes.NotFound, "session ended")
+	}
+	if err := send(rb, req, ps); err != nil {
+		return err
+	}
+	s.account(sess, l, rb, ps)
+	return nil
+}
+
+// request is a decoded PageRequest.
+type request struct {
+	ID     uint64
+	Offset uint64
+	Pages  uint32
+}
+
+func (s *Server) maxFor(l lane) uint32 {
+	if l == laneDemand {
+		return s.maxDemand
+	}
+	return s.maxBulk
+}
+
+// check validates a request against the session.
+func (s *Server) check(sess *session, l lane, req request) (uint32, error) {
+	if sess.ended.Load() {
+		return 0, status.Error(codes.NotFound, "session ended")
+	}
+	r, err := validateRequest(sess.regions, l.String(), req.ID, req.Offset, req.Pages, s.maxFor(l))
+	if err != nil {
+		return 0, err
+	}
+	return r.PageSize, nil
+}
+
+// Demand serves the urgent lane. A receiving goroutine reads requests and
+// hands each to a worker (at most DemandWorkers at once), which reads the
+// run and sends the answer as soon as it is ready: a slow read does not hold
+// up later requests. Sends are serialized per stream. The first error ends
+// the stream with its status.
+func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
+	sess, err := s.streamSession(stream.Context())
+	if err != nil {
+		return err
+	}
+	defer sess.detach()
+	ctx := stream.Context()
+
+	var (
+		sendMu   sync.Mutex
+		wg       sync.WaitGroup
+		failOnce sync.Once
+		failErr  error
+		failed   = make(chan struct{})
+		sem      = make(chan struct{}, s.workers)
+		recvDone = make(chan error, 1)
+	)
+	fail := func(err error) {
+		failOnce.Do(func() { failErr = err; close(failed) })
+	}
+	send := func(rb *runBuf, req request, ps uint32) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		select {
+		case <-failed:
+			return nil // the stream is ending with another error
+		default:
+		}
+		return s.sendRun(stream, rb, req, ps)
+	}
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvDone <- err
+				return
+			}
+			req := request{ID: m.GetId(), Offset: m.GetOffset(), Pages: m.GetPages()}
+			ps, err := s.check(sess, laneDemand, req)
+			if err != nil {
+				fail(err)
+				recvDone <- nil
+				return
+			}
+			select {
+			case sem <- struct{}{}:
+			case <-failed:
+				recvDone <- nil
+				return
+			}
+			s.gate.enter()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				defer s.gate.leave()
+				if err := s.serve(ctx, sess, laneDemand, req, ps, send); err != nil {
+					fail(err)
+				}
+			}()
+		}
+	}()
+	select {
+	case err := <-recvDone:
+		wg.Wait()
+		select {
+		case <-failed:
+			return failErr
+		default:
+		}
+		if err == io.EOF {
+			return nil
+		}
+		return err
+	case <-failed:
+		wg.Wait()
+		return failErr
+	}
+}
+
+// Bulk serves the background lane: requests are read and answered in
+// order on the stream's goroutine; the client keeps a window of them in
+// flight, and gRPC's writer sends one answer while the next is read. Reads
+// yield to demand work (see demandGate).
+func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
+	sess, err := s.streamSession(stream.Context())
+	if err != nil {
+		return err
+	}
+	defer sess.detach()
+	ctx := stream.Context()
+	send := func(rb *runBuf, req request, ps uint32) error { return s.sendRun(stream, rb, req, ps) }
+	for {
+		m, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		req := request{ID: m.GetId(), Offset: m.GetOffset(), Pages: m.GetPages()}
+		ps, err := s.check(sess, laneBulk, req)
+		if err != nil {
+			return err
+		}
+		if err := s.serve(ctx, sess, laneBulk, req, ps, send); err != nil {
+			return err
+		}
+	}
+}
+
+// runSender is the part of a PageServer stream sendRun needs.
+type runSender interface {
+	Send(*pb.PageRun) error
+}
+
+// sendRun encodes a run as a PageRun and sends it. Data segments are
+// compacted in place (zero pages carry no bytes).
+func (s *Server) sendRun(stream runSender, rb *runBuf, req request, ps uint32) error {
+	data := *rb.buf
+	segs := make([]*pb.Segment, len(rb.segs))
+	dst, pos := 0, 0
+	for i, sg := range rb.segs {
+		b := int(sg.Pages) * int(ps)
+		segs[i] = &pb.Segment{Pages: sg.Pages, Zero: sg.Zero, Crc32C: rb.crcs[i]}
+		if !sg.Zero {
+			if dst != pos {
+				copy(data[dst:dst+b], data[pos:pos+b])
+			}
+			dst += b
+		}
+		pos += b
+	}
+	return stream.Send(&pb.PageRun{
+		Id: req.ID, Offset: req.Offset, Pages: req.Pages, PageSize: ps,
+		Segments: segs, Data: data[:dst],
+	})
+}
