@@ -1,0 +1,461 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
+)
+
+// DefaultDialTimeout bounds Dial when ClientOptions.DialTimeout is 0.
+const DefaultDialTimeout = 5 * time.Second
+
+// clientMaxRun is the largest run a client accepts in one answer, whatever
+// the server offers: Session.MaxDemandBytes and MaxBulkBytes never exceed it.
+const clientMaxRun = 16 << 20
+
+// ImageInfo identifies the server's source image.
+type ImageInfo struct {
+	// Size is the end of the image's offset space in bytes.
+	Size uint64
+	// Generation changes whenever the image's content does; never 0.
+	Generation uint64
+	// Description is human-readable, for logs.
+	Description string
+}
+
+// ClientOptions configure a Client.
+type ClientOptions struct {
+	// TLS is the client's TLS configuration; nil: plaintext.
+	TLS *tls.Config
+	// Token is the server's shared secret; nil if it requires none.
+	Token []byte
+	// Logger receives connection events; nil: hclog.NewNullLogger().
+	Logger hclog.Logger
+	// DialTimeout bounds Dial (both connections ready); 0: DefaultDialTimeout.
+	DialTimeout time.Duration
+	// Name identifies this destination in the server's logs.
+	Name string
+}
+
+// Client is the destination side of the protocol: two gRPC client
+// connections to one server, on separate TCP connections — the demand
+// connection (small buffers, urgent requests, and the unary calls) and the
+// bulk connection (large windows and buffers) — so that a remote fault
+// never queues behind bulk bytes in one TCP stream.
+type Client struct {
+	addr   string
+	token  string
+	name   string
+	log    hclog.Logger
+	demand *grpc.ClientConn
+	bulk   *grpc.ClientConn
+	dRPC   pb.PageServerClient
+	bRPC   pb.PageServerClient
+}
+
+// tcpDialer dials TCP with Nagle off (Go's default, made explicit).
+func tcpDialer(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	return c, nil
+}
+
+// Dial opens the demand and the bulk connection to addr ("host:port") and
+// waits until both are ready (a health check answered on each), or until
+// ctx or DialTimeout ends. A wrong address, a TLS mismatch or a server that
+// is not a page server fails at the first attempt, with an error naming addr
+// and the connection.
+func Dial(ctx context.Context, addr string, o ClientOptions) (*Client, error) {
+	if addr == "" {
+		return nil, errors.New("transport: dial: empty address")
+	}
+	timeout := o.DialTimeout
+	if timeout <= 0 {
+		timeout = DefaultDialTimeout
+	}
+	log := o.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	creds := insecure.NewCredentials()
+	if o.TLS != nil {
+		creds = credentials.NewTLS(o.TLS.Clone())
+	}
+	common := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithContextDialer(tcpDialer),
+		grpc.WithKeepaliveParams(clientKeepalive),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second,
+			},
+			MinConnectTimeout: timeout,
+		}),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(clientMaxRun+msgSlack),
+			grpc.MaxCallSendMsgSize(maxRequestMsg),
+		),
+	}
+	demandOpts := append(append([]grpc.DialOption{}, common...),
+		grpc.WithInitialWindowSize(demandStreamWindow),
+		grpc.WithInitialConnWindowSize(demandConnWindow),
+		grpc.WithWriteBufferSize(demandWriteBuffer),
+		grpc.WithReadBufferSize(demandReadBuffer),
+	)
+	bulkOpts := append(append([]grpc.DialOption{}, common...),
+		grpc.WithInitialWindowSize(bulkStreamWindow),
+		grpc.WithInitialConnWindowSize(bulkConnWindow),
+		grpc.WithWriteBufferSize(bulkBufferSize),
+		grpc.WithReadBufferSize(bulkBufferSize),
+	)
+	target := "passthrough:///" + addr
+	c := &Client{addr: addr, token: string(o.Token), name: o.Name, log: log}
+	var err error
+	if c.demand, err = grpc.NewClient(target, demandOpts...); err != nil {
+		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
+	}
+	if c.bulk, err = grpc.NewClient(target, bulkOpts...); err != nil {
+		c.demand.Close()
+		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
+	}
+	c.dRPC = pb.NewPageServerClient(c.demand)
+	c.bRPC = pb.NewPageServerClient(c.bulk)
+
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	errs := make(chan error, 2)
+	for _, cc := range []struct {
+		name string
+		cc   *grpc.ClientConn
+	}{{"demand", c.demand}, {"bulk", c.bulk}} {
+		go func() {
+			_, err := healthpb.NewHealthClient(cc.cc).Check(dctx, &healthpb.HealthCheckRequest{})
+			if err != nil {
+				err = fmt.Errorf("transport: connect to %s (%s connection): %w", addr, cc.name, fromStatus("health check", err))
+			}
+			errs <- err
+		}()
+	}
+	err = errors.Join(<-errs, <-errs)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	log.Debug("connected", "addr", addr)
+	return c, nil
+}
+
+// Close closes both connections; open lanes end.
+func (c *Client) Close() error {
+	return errors.Join(c.demand.Close(), c.bulk.Close())
+}
+
+// Addr returns the address the client dialled.
+func (c *Client) Addr() string { return c.addr }
+
+func imageInfo(i *pb.ImageInfo) ImageInfo {
+	return ImageInfo{Size: i.GetSize(), Generation: i.GetGeneration(), Description: i.GetDescription()}
+}
+
+// Hello checks the token and returns the server's image identity. A refused
+// token gives an error matching ErrUnauthenticated.
+func (c *Client) Hello(ctx context.Context) (ImageInfo, error) {
+	r, err := c.dRPC.Hello(ctx, &pb.HelloRequest{Token: c.token, ProtocolVersion: ProtocolVersion})
+	if err != nil {
+		return ImageInfo{}, fromStatus("hello", err)
+	}
+	if r.GetProtocolVersion() != ProtocolVersion {
+		return ImageInfo{}, fmt.Errorf("transport: hello: server speaks protocol %d, want %d: %w",
+			r.GetProtocolVersion(), ProtocolVersion, ErrProtocolVersion)
+	}
+	return imageInfo(r.GetImage()), nil
+}
+
+// Open opens a session over regions. expectGeneration, if not 0, must be the
+// image's generation (else an error matching ErrImageChanged).
+func (c *Client) Open(ctx context.Context, regions []Region, expectGeneration uint64) (*Session, error) {
+	req := &pb.OpenRequest{
+		Token: c.token, ProtocolVersion: ProtocolVersion, ExpectGeneration: expectGeneration,
+		ClientName: c.name, Regions: make([]*pb.Region, len(regions)),
+	}
+	for i, r := range regions {
+		req.Regions[i] = &pb.Region{Offset: r.Offset, Length: r.Length, PageSize: r.PageSize}
+	}
+	r, err := c.dRPC.Open(ctx, req)
+	if err != nil {
+		return nil, fromStatus("open", err)
+	}
+	caps := r.GetCaps()
+	s := &Session{
+		c: c, id: r.GetSessionId(), img: imageInfo(r.GetImage()),
+		maxDemand: min(caps.GetMaxDemandBytes(), clientMaxRun),
+		maxBulk:   min(caps.GetMaxBulkBytes(), clientMaxRun),
+	}
+	if s.id == "" || !caps.GetCrc32C() {
+		return nil, fmt.Errorf("transport: open: server sent no session id or does not checksum: %w", ErrMalformed)
+	}
+	return s, nil
+}
+
+// Session is an open session: its regions were accepted by the server.
+type Session struct {
+	c         *Client
+	id        string
+	img       ImageInfo
+	maxDemand uint32
+	maxBulk   uint32
+}
+
+// ID returns the session id (also sent as SessionMetadataKey on streams).
+func (s *Session) ID() string { return s.id }
+
+// Image returns the image's identity as of Open.
+func (s *Session) Image() ImageInfo { return s.img }
+
+// MaxDemandBytes is the largest run (pages * page size) a demand request
+// may ask for.
+func (s *Session) MaxDemandBytes() uint32 { return s.maxDemand }
+
+// MaxBulkBytes is the largest run a bulk request may ask for.
+func (s *Session) MaxBulkBytes() uint32 { return s.maxBulk }
+
+// Demand opens a demand lane, on the demand connection. The lane lives until
+// Close, ctx ends, or an error ends it.
+func (s *Session) Demand(ctx context.Context) (*Lane, error) {
+	return s.lane(ctx, laneDemand)
+}
+
+// Bulk opens a bulk lane, on the bulk connection.
+func (s *Session) Bulk(ctx context.Context) (*Lane, error) {
+	return s.lane(ctx, laneBulk)
+}
+
+func (s *Session) lane(ctx context.Context, l lane) (*Lane, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	ctx = metadata.AppendToOutgoingContext(ctx, SessionMetadataKey, s.id)
+	var (
+		st  grpc.BidiStreamingClient[pb.PageRequest, pb.PageRun]
+		err error
+	)
+	if l == laneDemand {
+		st, err = s.c.dRPC.Demand(ctx)
+	} else {
+		st, err = s.c.bRPC.Bulk(ctx)
+	}
+	if err != nil {
+		cancel()
+		return nil, fromStatus(l.String()+" open", err)
+	}
+	return &Lane{stream: st, cancel: cancel, kind: l}, nil
+}
+
+// DoneTotals are the destination's totals, logged by the server at Done.
+type DoneTotals struct {
+	// PagesDemand, PagesBulk and PagesZero count pages placed from demand
+	// answers, bulk answers, and as zero pages.
+	PagesDemand, PagesBulk, PagesZero uint64
+	// PagesRemoved counts pages discarded without fetching.
+	PagesRemoved uint64
+	// BytesReceived counts page bytes received.
+	BytesReceived uint64
+	// Duration is the session's duration as the destination saw it.
+	Duration time.Duration
+}
+
+// Done reports the totals and ends the session: later requests on it fail
+// with ErrSessionNotFound.
+func (s *Session) Done(ctx context.Context, t DoneTotals) error {
+	_, err := s.c.dRPC.Done(ctx, &pb.DoneRequest{
+		SessionId: s.id, PagesDemand: t.PagesDemand, PagesBulk: t.PagesBulk, PagesZero: t.PagesZero,
+		PagesRemoved: t.PagesRemoved, BytesReceived: t.BytesReceived, DurationNs: uint64(t.Duration),
+	})
+	return fromStatus("done", err)
+}
+
+// Request asks for Pages pages at Offset (page size: that of the session
+// region holding Offset); ID comes back in the Response.
+type Request struct {
+	ID     uint64
+	Offset uint64
+	Pages  uint32
+}
+
+// Lane is one Demand or Bulk stream of a session. Send may be called from
+// several goroutines; Recv from one.
+type Lane struct {
+	stream grpc.BidiStreamingClient[pb.PageRequest, pb.PageRun]
+	cancel context.CancelFunc
+	kind   lane
+	sendMu sync.Mutex
+	closed atomic.Bool
+}
+
+// Send sends a request. An error matching io.EOF means the stream has ended:
+// Recv returns why.
+func (l *Lane) Send(r Request) error {
+	l.sendMu.Lock()
+	err := l.stream.Send(&pb.PageRequest{Id: r.ID, Offset: r.Offset, Pages: r.Pages})
+	l.sendMu.Unlock()
+	if err == io.EOF {
+		return io.EOF
+	}
+	return fromStatus(l.kind.String()+" send", err)
+}
+
+// Recv returns the next answer, in any order relative to the requests. It
+// returns io.EOF when the stream ended cleanly (after CloseSend, once every
+// answer has arrived) or after Close; other errors are *Error values that
+// match this package's sentinels where they apply. The caller owns the
+// Response until it calls Release.
+func (l *Lane) Recv() (*Response, error) {
+	m, err := l.stream.Recv()
+	if err != nil {
+		if l.closed.Load() && status.Code(err) == codes.Canceled {
+			return nil, io.EOF
+		}
+		return nil, fromStatus(l.kind.String()+" recv", err)
+	}
+	r := responsePool.Get().(*Response)
+	r.ID, r.Offset, r.Pages, r.PageSize = m.GetId(), m.GetOffset(), m.GetPages(), m.GetPageSize()
+	r.Segments = r.Segments[:0]
+	for _, sg := range m.GetSegments() {
+		r.Segments = append(r.Segments, Segment{Pages: sg.GetPages(), Zero: sg.GetZero(), CRC32C: sg.GetCrc32C()})
+	}
+	r.Data = m.GetData()
+	if err := r.check(); err != nil {
+		r.Release()
+		return nil, fmt.Errorf("transport: %s recv: %w", l.kind, err)
+	}
+	return r, nil
+}
+
+// CloseSend tells the server no more requests follow; Recv returns the
+// remaining answers, then io.EOF.
+func (l *Lane) CloseSend() error {
+	l.sendMu.Lock()
+	defer l.sendMu.Unlock()
+	return fromStatus(l.kind.String()+" close", l.stream.CloseSend())
+}
+
+// Close ends the lane at once: it half-closes the stream and cancels it, so
+// that a blocked Recv returns (io.EOF). Unanswered requests are dropped.
+func (l *Lane) Close() error {
+	l.closed.Store(true)
+	l.sendMu.Lock()
+	err := l.stream.CloseSend()
+	l.sendMu.Unlock()
+	l.cancel()
+	if err == io.EOF {
+		err = nil
+	}
+	return fromStatus(l.kind.String()+" close", err)
+}
+
+// Segment describes consecutive pages of a Response that are all zero (no
+// bytes in Data) or all data (with the crc32c of their bytes).
+type Segment struct {
+	Pages  uint32
+	Zero   bool
+	CRC32C uint32
+}
+
+// Response answers one Request: Segments cover its Pages in order; Data
+// holds the bytes of the data segments, concatenated.
+type Response struct {
+	ID       uint64
+	Offset   uint64
+	Pages    uint32
+	PageSize uint32
+	Segments []Segment
+	Data     []byte
+
+	buf *[]byte // pooled backing of Data, if any
+}
+
+var responsePool = sync.Pool{New: func() any { return new(Response) }}
+
+// check verifies the structure: a supported page size, segments of at
+// least one page covering exactly Pages, and Data of the data segments'
+// length.
+func (r *Response) check() error {
+	if r.PageSize != PageSize4K && r.PageSize != PageSize2M {
+		return fmt.Errorf("run at %#x: page size %d: %w", r.Offset, r.PageSize, ErrMalformed)
+	}
+	var pages uint64
+	var data uint64
+	for _, sg := range r.Segments {
+		if sg.Pages == 0 {
+			return fmt.Errorf("run at %#x: empty segment: %w", r.Offset, ErrMalformed)
+		}
+		pages += uint64(sg.Pages)
+		if !sg.Zero {
+			data += uint64(sg.Pages) * uint64(r.PageSize)
+		}
+	}
+	if pages != uint64(r.Pages) || data != uint64(len(r.Data)) {
+		return fmt.Errorf("run at %#x: segments cover %d of %d pages with %d data bytes, got %d: %w",
+			r.Offset, pages, r.Pages, data, len(r.Data), ErrMalformed)
+	}
+	return nil
+}
+
+// Verify checks every data segment's crc32c. A mismatch gives an error
+// matching ErrChecksum that names the segment's offset.
+func (r *Response) Verify() error {
+	off := r.Offset
+	pos := 0
+	ps := uint64(r.PageSize)
+	for _, sg := range r.Segments {
+		n := uint64(sg.Pages) * ps
+		if !sg.Zero {
+			if pos+int(n) > len(r.Data) {
+				return fmt.Errorf("transport: run at %#x: data too short: %w", r.Offset, ErrMalformed)
+			}
+			if got := crc32.Checksum(r.Data[pos:pos+int(n)], castagnoli); got != sg.CRC32C {
+				return fmt.Errorf("transport: data segment [%#x, %#x) of run %d: crc32c %08x, want %08x: %w",
+					off, off+n, r.ID, got, sg.CRC32C, ErrChecksum)
+			}
+			pos += int(n)
+		}
+		off += n
+	}
+	return nil
+}
+
+// Release returns the response and its Data buffer to their pools; r must
+// not be used afterwards.
+func (r *Response) Release() {
+	if r.buf != nil {
+		clientBufs.put(r.buf)
+		r.buf = nil
+	}
+	r.Data = nil
+	responsePool.Put(r)
+}
+
+var clientBufs bufPool

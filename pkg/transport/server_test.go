@@ -1,0 +1,583 @@
+package transport
+
+import (
+	"errors"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/postcopy/postcopy/pkg/image"
+	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
+)
+
+const mib = 1 << 20
+
+var testToken = []byte("s3cret-token")
+
+// TestServeFile reads a sparse file image through both lanes and checks
+// every byte, the zero runs (holes and explicit zero pages) and the crcs.
+func TestServeFile(t *testing.T) {
+	ti := makeImage(t, 4*mib, 1, [][2]int{{10, 20}, {100, 356}}, []int{30, 31, 500})
+	srv := startServer(t, ServerOptions{Image: ti.img, Token: testToken})
+	c := dial(t, srv.addr, ClientOptions{Token: testToken, Name: "test"})
+	ctx := testCtx(t)
+
+	info, err := c.Hello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Size != 4*mib || info.Generation != ti.img.Generation() || info.Description != ti.img.String() {
+		t.Fatalf("Hello: %+v, want size %d generation %x", info, 4*mib, ti.img.Generation())
+	}
+	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 4 * mib, PageSize: PageSize4K}}, info.Generation)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sess.ID()) != 32 || sess.Image() != info {
+		t.Fatalf("session id %q image %+v", sess.ID(), sess.Image())
+	}
+	if sess.MaxDemandBytes() != DefaultMaxDemandBytes || sess.MaxBulkBytes() != DefaultMaxBulkBytes {
+		t.Fatalf("limits %d %d", sess.MaxDemandBytes(), sess.MaxBulkBytes())
+	}
+
+	d, err := sess.Demand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		off        uint64
+		pages      uint32
+		zero, segs int
+	}{
+		{0, 1, 0, 1},
+		{10 * 4096, 1, 1, 1},  // hole
+		{30 * 4096, 1, 1, 1},  // explicit zero bytes
+		{5 * 4096, 40, 12, 5}, // data 5-9, hole 10-19, data 20-29, zero 30-31, data 32-44
+		{99 * 4096, 258, 256, 3},
+	} {
+		r := fetch(t, d, tc.off, tc.off, tc.pages)
+		if r.ID != tc.off || r.Offset != tc.off || r.Pages != tc.pages || r.PageSize != PageSize4K {
+			t.Fatalf("answer %+v to request at %#x", r, tc.off)
+		}
+		if z := checkRun(t, r, ti.content); z != tc.zero || len(r.Segments) != tc.segs {
+			t.Fatalf("run at %#x: %d zero pages in %d segments, want %d in %d: %+v",
+				tc.off, z, len(r.Segments), tc.zero, tc.segs, r.Segments)
+		}
+		r.Release()
+	}
+
+	// Bulk: the whole image in 1 MiB runs, a window of 4 in flight.
+	b, err := sess.Bulk(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const run = mib / PageSize4K
+	for i := 0; i < 4; i++ {
+		if err := b.Send(Request{ID: uint64(i), Offset: uint64(i) * mib, Pages: run}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint64]bool{}
+	zero := 0
+	for {
+		r, err := b.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[r.ID] = true
+		zero += checkRun(t, r, ti.content)
+		r.Release()
+	}
+	if len(seen) != 4 || zero != 10+256+3 {
+		t.Fatalf("bulk: answers %v, %d zero pages, want 4 answers, %d zero pages", seen, zero, 10+256+3)
+	}
+
+	st := srv.Stats()
+	if st.SessionsOpen != 1 || st.BulkRequests != 4 || st.DemandRequests != 5 || st.BulkPages != 1024 {
+		t.Fatalf("stats %+v", st)
+	}
+	if err := sess.Done(ctx, DoneTotals{PagesDemand: 5, PagesBulk: 1024}); err != nil {
+		t.Fatal(err)
+	}
+	// The session is over: the open demand lane fails on its next request.
+	if err := d.Send(Request{ID: 9, Offset: 0, Pages: 1}); err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	if _, err := d.Recv(); !errors.Is(err, ErrSessionNotFound) {
+		t.Fatalf("demand after Done: %v, want ErrSessionNotFound", err)
+	}
+	if err := sess.Done(ctx, DoneTotals{}); !errors.Is(err, ErrSessionNotFound) {
+		t.Fatalf("second Done: %v, want ErrSessionNotFound", err)
+	}
+	if n := srv.Stats().SessionsOpen; n != 0 {
+		t.Fatalf("%d sessions open after Done", n)
+	}
+}
+
+// TestHugePages serves a region of 2 MiB pages beside one of 4 KiB pages.
+func TestHugePages(t *testing.T) {
+	ti := makeImage(t, 8*mib, 2, [][2]int{{1536, 2048}}, nil) // the last 2 MiB page is a hole
+	srv := startServer(t, ServerOptions{Image: ti.img})
+	c := dial(t, srv.addr, ClientOptions{})
+	ctx := testCtx(t)
+	sess, err := c.Open(ctx, []Region{
+		{Offset: 4 * mib, Length: 4 * mib, PageSize: PageSize2M},
+		{Offset: 0, Length: 4 * mib, PageSize: PageSize4K},
+	}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := sess.Demand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := fetch(t, d, 1, 4*mib, 1)
+	if r.PageSize != PageSize2M || len(r.Data) != PageSize2M || checkRun(t, r, ti.content) != 0 {
+		t.Fatalf("huge page: %+v", r.Segments)
+	}
+	r.Release()
+	r = fetch(t, d, 2, 6*mib, 1)
+	if r.PageSize != PageSize2M || len(r.Data) != 0 || checkRun(t, r, ti.content) != 1 {
+		t.Fatalf("zero huge page: %+v, %d bytes", r.Segments, len(r.Data))
+	}
+	r.Release()
+	b, err := sess.Bulk(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = fetch(t, b, 3, 4*mib, 2)
+	checkRun(t, r, ti.content)
+	r.Release()
+}
+
+// gatedImage blocks reads at one offset until released, to show what
+// waits for what. It wraps a real image.
+type gatedImage struct {
+	image.Image
+	at      uint64
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (g *gatedImage) Read(dst []byte, off uint64, ps, pages uint32, segs []image.Segment) ([]image.Segment, error) {
+	if off == g.at {
+		g.once.Do(func() { close(g.entered) })
+		<-g.release
+	}
+	return g.Image.Read(dst, off, ps, pages, segs)
+}
+
+// TestDemandOutOfOrder: a slow demand read does not hold up later
+// requests on the same stream, and bulk reads yield to demand work.
+func TestDemandOutOfOrder(t *testing.T) {
+	ti := makeImage(t, 2*mib, 3, nil, nil)
+	g := &gatedImage{Image: ti.img, at: 7 * 4096, entered: make(chan struct{}), release: make(chan struct{})}
+	srv := startServer(t, ServerOptions{Image: g})
+	c := dial(t, srv.addr, ClientOptions{})
+	ctx := testCtx(t)
+	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 2 * mib, PageSize: PageSize4K}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := sess.Demand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Send(Request{ID: 1, Offset: 7 * 4096, Pages: 1}); err != nil {
+		t.Fatal(err)
+	}
+	<-g.entered
+	r := fetch(t, d, 2, 8*4096, 1) // answered while request 1 is stuck
+	if r.ID != 2 {
+		t.Fatalf("got answer %d first, want 2", r.ID)
+	}
+	checkRun(t, r, ti.content)
+	r.Release()
+
+	// Request 1 still holds the demand gate: a bulk chunk must wait for it
+	// (at most bulkMaxYield) before reading.
+	b, err := sess.Bulk(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = fetch(t, b, 3, mib, 64)
+	checkRun(t, r, ti.content)
+	r.Release()
+	if st := srv.Stats(); st.BulkYields == 0 || st.BulkYieldTime < bulkMaxYield {
+		t.Fatalf("bulk read did not yield to demand work: %d yields, %v", st.BulkYields, st.BulkYieldTime)
+	}
+	close(g.release)
+	r, err = d.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ID != 1 {
+		t.Fatalf("answer %d, want 1", r.ID)
+	}
+	checkRun(t, r, ti.content)
+	r.Release()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Recv(); err != io.EOF {
+		t.Fatalf("Recv after Close: %v, want io.EOF", err)
+	}
+}
+
+// rawClient is a plain generated client, to send what Client never would.
+func rawClient(t *testing.T, addr string) pb.PageServerClient {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64*mib), grpc.MaxCallRecvMsgSize(64*mib)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return pb.NewPageServerClient(cc)
+}
+
+// TestBadInputs sends every kind of bad input and checks the status code and
+// that the message names the problem, while a good session keeps being
+// served, byte for byte, on another connection.
+func TestBadInputs(t *testing.T) {
+	ti := makeImage(t, 8*mib, 4, [][2]int{{0, 16}}, nil)
+	srv := startServer(t, ServerOptions{Image: ti.img, Token: testToken, MaxSessions: 8})
+	ctx := testCtx(t)
+	gen := ti.img.Generation()
+
+	// The good session, reading random runs until the bad inputs are done.
+	good := dial(t, srv.addr, ClientOptions{Token: testToken})
+	gs, err := good.Open(ctx, []Region{{Offset: 0, Length: 8 * mib, PageSize: PageSize4K}}, gen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	goodDone := make(chan int)
+	go func() {
+		n := 0
+		defer func() { goodDone <- n }()
+		l, err := gs.Demand(ctx)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		rng := rand.New(rand.NewPCG(5, 6))
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			pages := 1 + rng.Uint32N(64)
+			off := uint64(rng.IntN(2048-int(pages))) * 4096
+			if err := l.Send(Request{ID: uint64(n), Offset: off, Pages: pages}); err != nil {
+				t.Error(err)
+				return
+			}
+			r, err := l.Recv()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			checkRun(t, r, ti.content)
+			r.Release()
+			n++
+		}
+	}()
+
+	raw := rawClient(t, srv.addr)
+	okOpen := func() *pb.OpenRequest {
+		return &pb.OpenRequest{Token: string(testToken), ProtocolVersion: 1,
+			Regions: []*pb.Region{{Offset: 0, Length: 4 * mib, PageSize: PageSize4K}}}
+	}
+
+	// Hello and Open: token and version.
+	_, err = raw.Hello(ctx, &pb.HelloRequest{ProtocolVersion: 1})
+	wantStatus(t, "hello without token", err, codes.Unauthenticated, "missing token")
+	_, err = raw.Hello(ctx, &pb.HelloRequest{Token: "s3cret-tokem", ProtocolVersion: 1})
+	wantStatus(t, "hello wrong token", err, codes.Unauthenticated, "wrong token")
+	if strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("the error echoes the token: %v", err)
+	}
+	_, err = raw.Hello(ctx, &pb.HelloRequest{Token: string(testToken), ProtocolVersion: 2})
+	wantStatus(t, "hello version 2", err, codes.FailedPrecondition, "protocol_version 2")
+	bad := dial(t, srv.addr, ClientOptions{Token: []byte("nope")})
+	if _, err := bad.Hello(ctx); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("Client.Hello with a wrong token: %v, want ErrUnauthenticated", err)
+	}
+	if _, err := bad.Open(ctx, []Region{{0, 4096, PageSize4K}}, 0); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("Client.Open with a wrong token: %v, want ErrUnauthenticated", err)
+	}
+	{
+		o := okOpen()
+		o.ProtocolVersion = 0
+		_, err = raw.Open(ctx, o)
+		wantStatus(t, "open version 0", err, codes.FailedPrecondition, "protocol_version 0")
+		if e := fromStatus("open", err); !errors.Is(e, ErrProtocolVersion) {
+			t.Fatalf("%v does not match ErrProtocolVersion", e)
+		}
+	}
+
+	// Regions.
+	c := dial(t, srv.addr, ClientOptions{Token: testToken})
+	R := func(off, n uint64, ps uint32) Region { return Region{Offset: off, Length: n, PageSize: ps} }
+	many := make([]Region, MaxRegions+1)
+	for i := range many {
+		many[i] = R(uint64(i)*4096, 4096, PageSize4K)
+	}
+	for _, tc := range []struct {
+		name    string
+		regions []Region
+		code    codes.Code
+		subs    []string
+	}{
+		{"no regions", nil, codes.InvalidArgument, []string{"no regions"}},
+		{"too many", many, codes.InvalidArgument, []string{"too many regions: 4097"}},
+		{"zero length", []Region{R(0, 4096, 4096), R(8192, 0, 4096)}, codes.InvalidArgument, []string{"region 1: zero length"}},
+		{"page size", []Region{R(0, 8192, 8192)}, codes.InvalidArgument, []string{"region 0: page_size 8192"}},
+		{"offset misaligned", []Region{R(4097, 4096, 4096)}, codes.InvalidArgument, []string{"region 0: offset 0x1001 not aligned"}},
+		{"huge misaligned", []Region{R(4096, 2*mib, PageSize2M)}, codes.InvalidArgument, []string{"offset 0x1000 not aligned", "2097152"}},
+		{"length misaligned", []Region{R(0, 4095, 4096)}, codes.InvalidArgument, []string{"length 0xfff not a multiple"}},
+		{"overflow", []Region{R(1<<64-4096, 8192, 4096)}, codes.OutOfRange, []string{"overflows"}},
+		{"outside", []Region{R(0, 4096, 4096), R(8*mib-4096, 8192, 4096)}, codes.OutOfRange, []string{"region 1", "outside the image"}},
+		{"overlap", []Region{R(0, 8192, 4096), R(mib, mib, 4096), R(4096, 4096, 4096)}, codes.InvalidArgument,
+			[]string{"regions 0 [0x0, 0x2000) page 4096 and 2 [0x1000, 0x2000) page 4096 overlap"}},
+	} {
+		_, err := c.Open(ctx, tc.regions, gen)
+		wantStatus(t, "open "+tc.name, err, tc.code, tc.subs...)
+	}
+	_, err = c.Open(ctx, []Region{R(0, 4096, 4096)}, gen+1)
+	wantStatus(t, "open expect_generation", err, codes.FailedPrecondition, "image changed: generation")
+	if !errors.Is(err, ErrImageChanged) {
+		t.Fatalf("%v does not match ErrImageChanged", err)
+	}
+	// An oversized message is refused by MaxRecvMsgSize.
+	{
+		o := okOpen()
+		o.ClientName = strings.Repeat("x", 2*mib)
+		_, err = raw.Open(ctx, o)
+		wantStatus(t, "oversized open", err, codes.ResourceExhausted, "larger than max")
+	}
+
+	// Streams: missing metadata, unknown session.
+	{
+		st, err := raw.Demand(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = st.Recv()
+		wantStatus(t, "stream without metadata", err, codes.Unauthenticated, "missing postcopy-session metadata")
+		st, err = raw.Bulk(metadata.AppendToOutgoingContext(ctx, SessionMetadataKey, "00112233445566778899aabbccddeeff"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = st.Recv()
+		wantStatus(t, "stream of an unknown session", err, codes.NotFound, `session "00112233..." not found`)
+	}
+
+	// Requests: each ends its stream with the status.
+	sess, err := c.Open(ctx, []Region{R(0, mib, 4096), R(2*mib, 4*mib, PageSize2M), R(6*mib, mib, 4096)}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		bulk  bool
+		req   Request
+		code  codes.Code
+		subs  []string
+		valid bool
+	}{
+		{"zero pages", false, Request{1, 0, 0}, codes.InvalidArgument, []string{"demand request 1: zero pages"}, false},
+		{"misaligned", false, Request{2, 4095, 1}, codes.InvalidArgument, []string{"offset 0xfff not aligned"}, false},
+		{"huge misaligned", true, Request{3, 2*mib + 4096, 1}, codes.InvalidArgument, []string{"bulk request 3: offset 0x201000 not aligned", "2097152"}, false},
+		{"outside regions", false, Request{4, mib, 1}, codes.OutOfRange, []string{"offset 0x100000 not inside any region"}, false},
+		{"beyond image", false, Request{5, 1 << 40, 1}, codes.OutOfRange, []string{"not inside any region"}, false},
+		{"crosses region end", false, Request{6, mib - 4096, 2}, codes.OutOfRange, []string{"run [0xff000, 0x101000) not inside one region"}, false},
+		{"crosses into next", true, Request{7, 6*mib - PageSize2M, 2}, codes.OutOfRange, []string{"not inside one region"}, false},
+		{"demand 1 MiB", false, Request{8, 0, 256}, codes.OK, nil, true},
+		{"bulk 4 MiB", true, Request{9, 2 * mib, 2}, codes.OK, nil, true},
+		{"demand over max", false, Request{10, 2 * mib, 2}, codes.InvalidArgument, []string{"exceed the demand lane's maximum of 2101248 bytes"}, false},
+		{"bulk over max", true, Request{11, 2 * mib, 3}, codes.InvalidArgument, []string{"bulk request 11", "exceed the bulk lane's maximum of 4194304"}, false},
+		{"huge pages count", true, Request{12, 2 * mib, 1<<32 - 1}, codes.InvalidArgument, []string{"exceed the bulk lane's maximum"}, false},
+	} {
+		var l *Lane
+		if tc.bulk {
+			l, err = sess.Bulk(ctx)
+		} else {
+			l, err = sess.Demand(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Send(tc.req); err != nil {
+			t.Fatal(err)
+		}
+		r, err := l.Recv()
+		if tc.valid {
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			checkRun(t, r, ti.content)
+			r.Release()
+		} else {
+			wantStatus(t, "request "+tc.name, err, tc.code, tc.subs...)
+		}
+		l.Close()
+	}
+
+	// Too many sessions.
+	var opened int
+	for {
+		_, err := c.Open(ctx, []Region{R(0, 4096, 4096)}, 0)
+		if err != nil {
+			wantStatus(t, "open beyond MaxSessions", err, codes.ResourceExhausted, "too many open sessions: 8 (max 8)")
+			break
+		}
+		opened++
+		if opened > 8 {
+			t.Fatal("MaxSessions not enforced")
+		}
+	}
+
+	close(stop)
+	if n := <-goodDone; n == 0 {
+		t.Fatal("the good session served nothing meanwhile")
+	} else {
+		t.Logf("the good session fetched %d runs meanwhile", n)
+	}
+	st := srv.Stats()
+	if st.Errors[codes.InvalidArgument] == 0 || st.Errors[codes.Unauthenticated] == 0 || st.Errors[codes.OutOfRange] == 0 {
+		t.Fatalf("errors not counted: %v", st.Errors)
+	}
+	var sb strings.Builder
+	if err := srv.WriteMetrics(&sb); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"postcopy_sessions_open 8\n", `postcopy_errors_total{code="InvalidArgument"}`,
+		"# TYPE postcopy_requests_total counter\n", `postcopy_requests_total{lane="demand"}`} {
+		if !strings.Contains(sb.String(), want) {
+			t.Fatalf("metrics lack %q:\n%s", want, sb.String())
+		}
+	}
+}
+
+// TestConcurrentSessions runs eight sessions at once, on overlapping and
+// different regions, each checked byte for byte (run it with -race).
+func TestConcurrentSessions(t *testing.T) {
+	ti := makeImage(t, 16*mib, 7, [][2]int{{300, 700}, {2000, 2100}}, []int{5, 6, 7})
+	srv := startServer(t, ServerOptions{Image: ti.img, Token: testToken})
+	ctx := testCtx(t)
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := Dial(ctx, srv.addr, ClientOptions{Token: testToken})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			// Sessions 0-3 share [0, 8 MiB) in two regions; 4-7 each have
+			// their own 2 MiB slice of [8, 16 MiB).
+			regs := []Region{{0, 4 * mib, PageSize4K}, {4 * mib, 4 * mib, PageSize4K}}
+			if i >= 4 {
+				regs = []Region{{uint64(8+2*(i-4)) * mib, 2 * mib, PageSize4K}}
+			}
+			sess, err := c.Open(ctx, regs, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			d, err := sess.Demand(ctx)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			b, err := sess.Bulk(ctx)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			var inner sync.WaitGroup
+			inner.Add(2)
+			// Bulk: every region in 256 KiB runs, all sent, then read back.
+			go func() {
+				defer inner.Done()
+				var n int
+				for _, r := range regs {
+					for off := r.Offset; off < r.End(); off += 256 << 10 {
+						if err := b.Send(Request{ID: off, Offset: off, Pages: 64}); err != nil {
+							t.Error(err)
+							return
+						}
+						n++
+					}
+				}
+				for ; n > 0; n-- {
+					r, err := b.Recv()
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					checkRun(t, r, ti.content)
+					r.Release()
+				}
+			}()
+			// Demand: random pages from two sending goroutines.
+			go func() {
+				defer inner.Done()
+				var senders sync.WaitGroup
+				for k := 0; k < 2; k++ {
+					senders.Add(1)
+					go func() {
+						defer senders.Done()
+						rng := rand.New(rand.NewPCG(uint64(i), uint64(k)))
+						for j := 0; j < 100; j++ {
+							r := regs[rng.IntN(len(regs))]
+							off := r.Offset + uint64(rng.IntN(int(r.Length/4096)))*4096
+							if err := d.Send(Request{ID: uint64(k*1000 + j), Offset: off, Pages: 1}); err != nil {
+								t.Error(err)
+								return
+							}
+						}
+					}()
+				}
+				for n := 0; n < 200; n++ {
+					r, err := d.Recv()
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					checkRun(t, r, ti.content)
+					r.Release()
+				}
+				senders.Wait()
+			}()
+			inner.Wait()
+			if err := sess.Done(ctx, DoneTotals{}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	st := srv.Stats()
+	if st.SessionsTotal != 8 || st.SessionsOpen != 0 || st.DemandRequests != 1600 {
+		t.Fatalf("stats %+v", st)
+	}
+}
