@@ -13,6 +13,14 @@
 //
 // Data pages are checked for all-zero content as they are read, so that zero
 // pages never travel.
+//
+// Open parses a source string; OpenFile and OpenPID open each kind directly.
+// Both kinds capture the layout of their source once, at open: a file's data
+// extents, a process's readable mappings. The source is expected to stay as it
+// is while the image is open (a snapshot file is not rewritten; a process is
+// stopped with SIGSTOP by the orchestrator). What happens when it does not is
+// documented on OpenFile and OpenPID: reads fail with an error, they never
+// crash the server.
 package image
 
 import "errors"
@@ -55,4 +63,8 @@ var (
 	ErrOutOfRange = errors.New("range outside the image")
 	// ErrSourceGone means the process behind a pid: image exited.
 	ErrSourceGone = errors.New("source process is gone")
+	// ErrInvalidRequest means a Read's arguments are malformed: a page size
+	// that is not a power of two, an offset not aligned to it, or a dst
+	// shorter than the pages asked for.
+	ErrInvalidRequest = errors.New("invalid read request")
 )

@@ -1,0 +1,26 @@
+package image
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Open parses a source string and opens it: "file:PATH" (see OpenFile) or
+// "pid:PID" (see OpenPID). Errors name what was wrong, e.g.
+// `source "foo": want file:PATH or pid:PID`, `pid:abc: not a process id`,
+// `file:/x: no such file or directory`.
+func Open(source string) (Image, error) {
+	kind, rest, ok := strings.Cut(source, ":")
+	switch {
+	case ok && kind == "file" && rest != "":
+		return OpenFile(rest)
+	case ok && kind == "pid":
+		pid, err := strconv.Atoi(rest)
+		if err != nil || pid <= 0 {
+			return nil, fmt.Errorf("pid:%s: not a process id", rest)
+		}
+		return OpenPID(pid)
+	}
+	return nil, fmt.Errorf("source %q: want file:PATH or pid:PID", source)
+}

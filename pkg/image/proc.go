@@ -1,0 +1,132 @@
+package image
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// procStat is what this package needs from /proc/PID/stat.
+type procStat struct {
+	comm  string
+	state byte   // field 3: R, S, D, T, t, Z, X, ...
+	start uint64 // field 22: start time in clock ticks after boot
+}
+
+// readStat reads /proc/PID/stat. A process that does not exist yields an
+// error matching fs.ErrNotExist (or ESRCH when it is exiting).
+func readStat(pid int) (procStat, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseStat(b)
+}
+
+// parseStat parses the content of /proc/PID/stat. The command name (field 2)
+// is in parentheses and may itself contain spaces and parentheses, so the
+// fields after it are counted from the last ')'.
+func parseStat(b []byte) (procStat, error) {
+	l, r := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if l < 0 || r < l {
+		return procStat{}, fmt.Errorf("malformed /proc stat line %q", b)
+	}
+	f := strings.Fields(string(b[r+1:]))
+	// f[0] is field 3 (state), so field 22 (starttime) is f[19].
+	if len(f) < 20 || len(f[0]) != 1 {
+		return procStat{}, fmt.Errorf("malformed /proc stat line %q", b)
+	}
+	start, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return procStat{}, fmt.Errorf("malformed start time in /proc stat line %q", b)
+	}
+	return procStat{comm: string(b[l+1 : r]), state: f[0][0], start: start}, nil
+}
+
+// mapping is one line of /proc/PID/maps.
+type mapping struct {
+	start, end uint64
+	perms      string // "rw-p"
+	inode      uint64
+	name       string // path, [heap], [stack], [vdso], ... or empty
+}
+
+// readable reports whether the mapping can be read (perm 'r').
+func (m *mapping) readable() bool { return m.perms[0] == 'r' }
+
+// privateAnon reports whether the mapping is private anonymous memory (no
+// file, 'p'): the [heap], the [stack], named ([anon:NAME]) and unnamed
+// anonymous mappings. Only there does "neither present nor swapped" in
+// /proc/PID/pagemap mean "never populated, reads as zero"; a file-backed or
+// shared mapping's pages can hold data without being in the page tables.
+func (m *mapping) privateAnon() bool {
+	if m.perms[3] != 'p' || m.inode != 0 {
+		return false
+	}
+	return m.name == "" || m.name == "[heap]" || m.name == "[stack]" || strings.HasPrefix(m.name, "[anon:")
+}
+
+// special reports whether the mapping is a kernel special mapping ([vdso],
+// [vvar], [uprobes], ...) rather than memory of the process.
+func (m *mapping) special() bool {
+	return strings.HasPrefix(m.name, "[") && !m.privateAnon() && !strings.HasPrefix(m.name, "[anon_shmem:")
+}
+
+// unreadableSpecial reports whether process_vm_readv is known not to read
+// the mapping: the vsyscall gate page and the vvar pages (VM_PFNMAP/VM_IO,
+// which get_user_pages refuses).
+func (m *mapping) unreadableSpecial() bool {
+	return m.name == "[vsyscall]" || strings.HasPrefix(m.name, "[vvar")
+}
+
+// parseMaps parses the content of /proc/PID/maps, in address order.
+func parseMaps(b []byte) ([]mapping, error) {
+	var maps []mapping
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
+		if len(line) == 0 {
+			continue
+		}
+		m, err := parseMapsLine(string(line))
+		if err != nil {
+			return nil, err
+		}
+		if n := len(maps); n > 0 && m.start < maps[n-1].end {
+			return nil, fmt.Errorf("maps line %q: out of order", line)
+		}
+		maps = append(maps, m)
+	}
+	return maps, nil
+}
+
+// parseMapsLine parses "start-end perms offset dev inode [path]".
+func parseMapsLine(line string) (mapping, error) {
+	bad := func() (mapping, error) { return mapping{}, fmt.Errorf("malformed maps line %q", line) }
+	addr, rest := nextField(line)
+	perms, rest := nextField(rest)
+	_, rest = nextField(rest) // offset
+	_, rest = nextField(rest) // device
+	inode, rest := nextField(rest)
+	s, e, ok := strings.Cut(addr, "-")
+	if !ok || len(perms) != 4 || inode == "" {
+		return bad()
+	}
+	start, err1 := strconv.ParseUint(s, 16, 64)
+	end, err2 := strconv.ParseUint(e, 16, 64)
+	ino, err3 := strconv.ParseUint(inode, 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || end <= start {
+		return bad()
+	}
+	return mapping{start: start, end: end, perms: perms, inode: ino, name: strings.TrimLeft(rest, " ")}, nil
+}
+
+// nextField returns the text up to the next space and what follows that
+// space.
+func nextField(s string) (field, rest string) {
+	s = strings.TrimLeft(s, " ")
+	field, rest, _ = strings.Cut(s, " ")
+	return field, rest
+}
