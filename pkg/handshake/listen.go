@@ -1,0 +1,224 @@
+package handshake
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ListenOptions tunes Listen.
+type ListenOptions struct {
+	// AllowUID is the uid a peer must have (SO_PEERCRED); -1 allows any
+	// peer. The zero value allows root only.
+	AllowUID int
+	// Timeout bounds each handshake after a connection is accepted;
+	// DefaultTimeout if zero.
+	Timeout time.Duration
+}
+
+// Listener is a Unix stream socket on which VMMs hand over their
+// userfaultfd.
+type Listener struct {
+	ln   *net.UnixListener
+	path string
+	opts ListenOptions
+	// dev and ino identify the socket file created, so that Close removes
+	// only that file.
+	dev, ino uint64
+
+	mu        sync.Mutex // serialises Accept
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Listen creates a Unix stream socket at path, mode 0600, and listens on it.
+//
+// The socket's mode is set with fchmod before bind (on Linux the socket
+// file takes the socket inode's mode) and checked with stat afterwards, so
+// the file is never accessible to others, whatever the umask. A stale socket
+// file at path (connecting to it is refused) is replaced; a socket someone
+// listens on, or a file that is not a socket, is an error naming the path.
+// The parent directory must not be writable by other users unless it is
+// sticky.
+func Listen(path string, o ListenOptions) (*Listener, error) {
+	if len(path) == 0 || len(path) >= len(unix.RawSockaddrUnix{}.Path) {
+		return nil, fmt.Errorf("handshake: socket path %q: length %d not in 1..%d", path, len(path), len(unix.RawSockaddrUnix{}.Path)-1)
+	}
+	if o.AllowUID < -1 {
+		return nil, fmt.Errorf("handshake: AllowUID %d: want a uid or -1", o.AllowUID)
+	}
+	if err := checkDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	if err := removeStale(path); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("handshake: socket: %w", err)
+	}
+	l, err := listenFD(fd, path)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	l.opts = o
+	return l, nil
+}
+
+// listenFD binds and listens on fd at path; on error the caller closes fd
+// and no socket file is left behind.
+func listenFD(fd int, path string) (*Listener, error) {
+	if err := unix.Fchmod(fd, 0o600); err != nil {
+		return nil, fmt.Errorf("handshake: fchmod socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, fmt.Errorf("handshake: bind %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("handshake: stat %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || st.Mode&0o777 != 0o600 {
+		os.Remove(path)
+		return nil, fmt.Errorf("handshake: %s created with mode %#o, want a socket of mode 0600", path, st.Mode)
+	}
+	remove := func() {
+		// Remove the file only if it is still the one bound here.
+		var now unix.Stat_t
+		if unix.Lstat(path, &now) == nil && now.Dev == st.Dev && now.Ino == st.Ino {
+			os.Remove(path)
+		}
+	}
+	if err := unix.Listen(fd, 16); err != nil {
+		remove()
+		return nil, fmt.Errorf("handshake: listen %s: %w", path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	fl, err := net.FileListener(f) // dups fd
+	if err != nil {
+		remove()
+		return nil, fmt.Errorf("handshake: listener %s: %w", path, err)
+	}
+	unix.Close(fd)
+	return &Listener{ln: fl.(*net.UnixListener), path: path, dev: st.Dev, ino: st.Ino}, nil
+}
+
+// checkDir fails if dir is not a directory, or if users other than us (and
+// root) could replace files in it: it is writable by its group or by
+// others, or owned by another user, and not sticky.
+func checkDir(dir string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return fmt.Errorf("handshake: socket directory %s: %w", dir, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("handshake: socket directory %s is not a directory", dir)
+	}
+	if st.Mode&unix.S_ISVTX != 0 {
+		return nil
+	}
+	perm := st.Mode & 0o777
+	switch {
+	case perm&0o022 != 0:
+		return fmt.Errorf("handshake: socket directory %s has mode %#o: writable by other users and not sticky", dir, perm)
+	case st.Uid != 0 && int(st.Uid) != os.Geteuid() && perm&0o200 != 0:
+		return fmt.Errorf("handshake: socket directory %s is owned by uid %d, writable by it and not sticky", dir, st.Uid)
+	}
+	return nil
+}
+
+// removeStale removes a socket file at path that nothing listens on.
+func removeStale(path string) error {
+	var st unix.Stat_t
+	err := unix.Lstat(path, &st)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("handshake: stat %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("handshake: %s exists and is not a socket", path)
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("handshake: %s: another process is listening on it", path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("handshake: %s exists and probing it failed: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("handshake: remove stale socket: %w", err)
+	}
+	return nil
+}
+
+// Addr returns the socket's path.
+func (l *Listener) Addr() string { return l.path }
+
+// Accept waits for one VMM connection and receives the handshake on it
+// (ReceiveContext, with ListenOptions.Timeout). ctx cancels the wait and the
+// handshake. A peer whose uid is not ListenOptions.AllowUID is refused with
+// an error matching ErrPeerNotAllowed. On any error the connection is closed
+// and no descriptor is left open. Concurrent calls are served one at a time.
+func (l *Listener) Accept(ctx context.Context) (*Handoff, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, err)
+	}
+	if err := l.ln.SetDeadline(time.Time{}); err != nil {
+		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, err)
+	}
+	stop := interruptOnDone(ctx, func() { l.ln.SetDeadline(time.Unix(1, 0)) })
+	conn, err := l.ln.AcceptUnix()
+	stop()
+	if err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, err)
+	}
+	cred, err := peerCred(conn)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if l.opts.AllowUID >= 0 && cred.Uid != uint32(l.opts.AllowUID) {
+		conn.Close()
+		return nil, &kindError{kind: ErrPeerNotAllowed, msg: fmt.Sprintf(
+			"handshake: peer pid %d uid %d is not allowed on %s (want uid %d)", cred.Pid, cred.Uid, l.path, l.opts.AllowUID)}
+	}
+	h, err := ReceiveContext(ctx, conn, l.opts.Timeout)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("handshake from pid %d on %s: %w", cred.Pid, l.path, err)
+	}
+	return h, nil
+}
+
+// Close stops listening and removes the socket file (if it is still the one
+// Listen created). Connections handed out stay open.
+func (l *Listener) Close() error {
+	l.closeOnce.Do(func() {
+		l.closeErr = l.ln.Close()
+		var st unix.Stat_t
+		if unix.Lstat(l.path, &st) == nil && st.Dev == l.dev && st.Ino == l.ino {
+			if err := os.Remove(l.path); err != nil && l.closeErr == nil {
+				l.closeErr = fmt.Errorf("handshake: remove %s: %w", l.path, err)
+			}
+		}
+	})
+	return l.closeErr
+}
