@@ -1,0 +1,28 @@
+// Package vmm is a minimal virtual machine monitor for tests: it maps guest
+// memory the way Firecracker does, hands that memory to an external page
+// fault handler (pagefetcher) with Firecracker's UFFD handshake, touches the
+// memory from many threads as a guest would, and checks every byte against
+// the source image.
+//
+// The life of a test VM:
+//
+//	vm, err := vmm.Map(spec)             // mmap regions, userfaultfd, UFFDIO_API, REGISTER(MISSING)
+//	err = vm.HandOver(socketPath, false) // connect, send layout + uffd (SCM_RIGHTS), keep both open
+//	res, err := vm.Touch(opts)           // fault every page in from N locked OS threads
+//	ver, err := vm.Verify(imageFile)     // every byte == image (zeros where discarded)
+//
+// # The Go runtime and faults served by another process
+//
+// A goroutine blocked on a missing page sits inside a memory access, not in a
+// system call: it keeps its OS thread and its P, and a stop-the-world waits
+// until the page arrives (or a preemption signal interrupts the fault, which
+// the kernel then retries and reports again). Touch therefore locks each
+// toucher to its own OS thread, disables the garbage collector and raises
+// GOMAXPROCS to the number of touchers plus two for its duration, and
+// allocates nothing while the touchers run: every access goes straight to the
+// mapped memory, never through a copy.
+//
+// The package is Linux-only and needs userfaultfd (root, or
+// vm.unprivileged_userfaultfd=1); hugetlbfs regions need 2 MiB huge pages
+// reserved by the caller (/proc/sys/vm/nr_hugepages).
+package vmm

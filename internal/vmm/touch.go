@@ -1,0 +1,309 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+)
+
+// TouchMode says which pages each toucher thread reads, and in which order.
+type TouchMode int
+
+// Touch modes. Every mode except TouchNone reads every page at least once.
+const (
+	// TouchAll splits the pages into one contiguous share per thread; each
+	// thread reads its share in order, so every page is read exactly once.
+	TouchAll TouchMode = iota
+	// TouchRandom has every thread read every page, each in its own random
+	// order: many threads fault on the same pages, at different times.
+	TouchRandom
+	// TouchSame has every thread read every page in the same order, so that
+	// all threads fault on the same page at about the same time.
+	TouchSame
+	// TouchNone reads nothing.
+	TouchNone
+)
+
+var touchModeNames = [...]string{TouchAll: "all", TouchRandom: "random", TouchSame: "same", TouchNone: "none"}
+
+// String returns the mode's name as ParseTouchMode accepts it.
+func (m TouchMode) String() string {
+	if m >= 0 && int(m) < len(touchModeNames) {
+		return touchModeNames[m]
+	}
+	return fmt.Sprintf("TouchMode(%d)", int(m))
+}
+
+// ParseTouchMode parses "all", "random", "same" or "none".
+func ParseTouchMode(s string) (TouchMode, error) {
+	for m, name := range touchModeNames {
+		if s == name {
+			return TouchMode(m), nil
+		}
+	}
+	return 0, fmt.Errorf("touch mode %q: want all, random, same or none", s)
+}
+
+// TouchOptions configure Touch.
+type TouchOptions struct {
+	// Threads is the number of toucher threads (at least 1).
+	Threads int
+	// Mode says which pages each thread reads.
+	Mode TouchMode
+	// Seed seeds TouchRandom's orders.
+	Seed uint64
+	// StopAfter, if non-zero, stops every thread once that many page reads
+	// have been made in total (reads already blocked on a fault complete
+	// first): a VMM that quits mid-migration.
+	StopAfter uint64
+	// At, if non-nil, is called once, by the thread that makes read number
+	// AtRead (counting from 1; 0 means 1), while the other threads go on
+	// reading. It runs on a locked toucher thread: it may block (Discard
+	// does, until the handler reads the REMOVE event) but must not allocate
+	// much. Its error ends Touch's result.
+	At     func() error
+	AtRead uint64
+}
+
+// TouchResult is what Touch did.
+type TouchResult struct {
+	// Reads is the number of page reads made, over all threads.
+	Reads uint64
+	// Stopped is true when StopAfter ended the touching early.
+	Stopped bool
+	// Duration is the wall time from the first read to the last.
+	Duration time.Duration
+	// Sum folds the bytes read, so that no read can be optimised away.
+	Sum uint64
+}
+
+// pageRef locates page i of the layout.
+type pageIndex struct {
+	firstPage []uint64 // first global page of each region
+	total     uint64
+}
+
+func (v *VM) pageIndex() pageIndex {
+	pi := pageIndex{firstPage: make([]uint64, len(v.regions))}
+	for i, r := range v.regions {
+		pi.firstPage[i] = pi.total
+		pi.total += r.Size / r.PageSize
+	}
+	return pi
+}
+
+// addr returns the address of the first byte of global page p (which the
+// caller keeps below pi.total).
+func (v *VM) pageAddr(pi *pageIndex, p uint64) unsafe.Pointer {
+	i := len(pi.firstPage) - 1
+	for i > 0 && pi.firstPage[i] > p {
+		i--
+	}
+	r := &v.regions[i]
+	return unsafe.Add(unsafe.Pointer(unsafe.SliceData(r.Mem)), (p-pi.firstPage[i])*r.PageSize)
+}
+
+// Touch reads one byte of pages of every region from opts.Threads threads,
+// as a guest resuming after migration would: each first read of a page that
+// has not arrived blocks until the handler resolves it. Each thread is locked
+// to its OS thread; the garbage collector is off and GOMAXPROCS is at least
+// Threads+2 while Touch runs (both are restored afterwards), and the threads
+// allocate nothing.
+func (v *VM) Touch(opts TouchOptions) (TouchResult, error) {
+	var res TouchResult
+	if opts.Threads < 1 {
+		return res, fmt.Errorf("vmm: touch: %d threads", opts.Threads)
+	}
+	if opts.Mode < 0 || opts.Mode > TouchNone {
+		return res, fmt.Errorf("vmm: touch: unknown mode %v", opts.Mode)
+	}
+	if opts.Mode == TouchNone {
+		return res, nil
+	}
+	pi := v.pageIndex()
+	atRead := max(opts.AtRead, 1)
+
+	// Everything the threads need is allocated now, before the first fault.
+	var orders [][]uint32
+	if opts.Mode == TouchRandom {
+		if pi.total > 1<<32 {
+			return res, fmt.Errorf("vmm: touch: %d pages is too many for random mode", pi.total)
+		}
+		orders = make([][]uint32, opts.Threads)
+		for t := range orders {
+			o := make([]uint32, pi.total)
+			for i := range o {
+				o[i] = uint32(i)
+			}
+			rng := rand.New(rand.NewPCG(opts.Seed, uint64(t)))
+			rng.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
+			orders[t] = o
+		}
+	}
+	sums := make([]uint64, opts.Threads*8) // one cache line apart
+	var reads atomic.Uint64
+	var stop atomic.Bool
+	var atErr error
+	var wg sync.WaitGroup
+
+	if p := opts.Threads + 2; runtime.GOMAXPROCS(0) < p {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(p))
+	}
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+
+	start := time.Now()
+	for t := 0; t < opts.Threads; t++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			var sum uint64
+			lo, hi := uint64(0), pi.total
+			if opts.Mode == TouchAll {
+				n := uint64(opts.Threads)
+				lo, hi = pi.total*uint64(t)/n, pi.total*uint64(t+1)/n
+			}
+			for i := lo; i < hi; i++ {
+				if stop.Load() {
+					break
+				}
+				p := i
+				if orders != nil {
+					p = uint64(orders[t][i])
+				}
+				sum += uint64(*(*byte)(v.pageAddr(&pi, p)))
+				n := reads.Add(1)
+				if opts.At != nil && n == atRead {
+					atErr = opts.At()
+				}
+				if opts.StopAfter != 0 && n >= opts.StopAfter {
+					stop.Store(true)
+				}
+			}
+			sums[t*8] = sum
+		}()
+	}
+	wg.Wait()
+	res.Duration = time.Since(start)
+	res.Reads = reads.Load()
+	res.Stopped = stop.Load()
+	for t := 0; t < opts.Threads; t++ {
+		res.Sum += sums[t*8]
+	}
+	if atErr != nil {
+		return res, fmt.Errorf("vmm: touch: at read %d: %w", atRead, atErr)
+	}
+	return res, nil
+}
+
+// Mismatch is one page whose bytes differ from what was expected.
+type Mismatch struct {
+	Region int    `json:"region"`
+	Offset uint64 `json:"offset"` // image offset of the page
+	// First is the image offset of the first differing byte.
+	First uint64 `json:"first"`
+	// Got and Want are the bytes at First.
+	Got  byte `json:"got"`
+	Want byte `json:"want"`
+	// WantZero is true when the page was discarded and had to read as zeros.
+	WantZero bool `json:"want_zero"`
+}
+
+// VerifyResult is what Verify found.
+type VerifyResult struct {
+	// Pages and Bytes are what was compared: every page of every region.
+	Pages uint64 `json:"pages"`
+	Bytes uint64 `json:"bytes"`
+	// DiscardedPages were expected to read as zeros.
+	DiscardedPages uint64 `json:"discarded_pages"`
+	// Mismatches counts the pages that differ; FirstMismatches lists up to
+	// ten of them.
+	Mismatches      uint64     `json:"mismatches"`
+	FirstMismatches []Mismatch `json:"first_mismatches,omitempty"`
+	// Duration is the time Verify took.
+	Duration time.Duration `json:"-"`
+}
+
+// OK reports whether every byte matched.
+func (r VerifyResult) OK() bool { return r.Mismatches == 0 && r.Pages > 0 }
+
+// ErrImageShort is returned by Verify when a region extends beyond the image.
+var ErrImageShort = errors.New("vmm: the image ends before a region does")
+
+// Verify compares every byte of every region with the image at the region's
+// offset, expecting zeros where Discard dropped pages. Reading a page that is
+// still missing faults, so call it after the pages have arrived or while the
+// handler is still serving. It reads the image in 2 MiB chunks through one
+// buffer.
+func (v *VM) Verify(image io.ReaderAt) (VerifyResult, error) {
+	start := time.Now()
+	var res VerifyResult
+	const chunk = PageSize2M
+	buf := make([]byte, chunk)
+	zero := make([]byte, PageSize2M)
+	v.mu.Lock()
+	disc := append([]byteRange(nil), v.discarded...)
+	v.mu.Unlock()
+	inDiscard := func(off uint64) bool {
+		for _, d := range disc {
+			if off >= d.start && off < d.end {
+				return true
+			}
+		}
+		return false
+	}
+	for ri, r := range v.regions {
+		for pos := uint64(0); pos < r.Size; pos += chunk {
+			n := min(chunk, r.Size-pos)
+			got, err := image.ReadAt(buf[:n], int64(r.Offset+pos))
+			if uint64(got) < n {
+				if err == nil || errors.Is(err, io.EOF) {
+					return res, fmt.Errorf("%w: region %d needs image bytes up to %#x, read stopped at %#x", ErrImageShort, ri, r.Offset+r.Size, r.Offset+pos+uint64(got))
+				}
+				return res, fmt.Errorf("vmm: verify: read image at %#x: %w", r.Offset+pos, err)
+			}
+			for pg := uint64(0); pg < n; pg += r.PageSize {
+				off := r.Offset + pos + pg
+				mem := r.Mem[pos+pg : pos+pg+r.PageSize]
+				want := buf[pg : pg+r.PageSize]
+				wantZero := inDiscard(off)
+				if wantZero {
+					want = zero[:r.PageSize]
+					res.DiscardedPages++
+				}
+				res.Pages++
+				res.Bytes += r.PageSize
+				if string(mem) == string(want) { // compiled to memequal, no allocation
+					continue
+				}
+				res.Mismatches++
+				if len(res.FirstMismatches) < 10 {
+					i := 0
+					for mem[i] == want[i] {
+						i++
+					}
+					res.FirstMismatches = append(res.FirstMismatches, Mismatch{
+						Region: ri, Offset: off, First: off + uint64(i), Got: mem[i], Want: want[i], WantZero: wantZero,
+					})
+				}
+			}
+		}
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+func sliceAddr(b []byte) uint64 { return uint64(uintptr(unsafe.Pointer(unsafe.SliceData(b)))) }
+
+func isEOF(err error) bool { return errors.Is(err, io.EOF) }
+
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
