@@ -442,7 +442,7 @@ func (sess *session) detach() {
 }
 
 func (s *Server) sourceGone(err error) error {
-	return reasonStatus(ReasonSourceGone, err.Error())
+	return reasonStatus(ReasonSourceGone, "source gone: "+err.Error())
 }
 
 // lane names a stream kind in messages and counters.

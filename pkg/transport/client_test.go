@@ -1,0 +1,296 @@
+package transport
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/postcopy/postcopy/internal/cli/clitest"
+	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/pkg/image"
+)
+
+// TestDialFailsFast: a closed port, a server that is not gRPC, and the
+// timeout all fail Dial quickly with an error naming the address.
+func TestDialFailsFast(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := lis.Addr().String()
+	lis.Close()
+	start := time.Now()
+	_, err = Dial(context.Background(), closed, ClientOptions{DialTimeout: 5 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), closed) || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("Dial(%s): %v, want an error naming the address and the refusal", closed, err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Dial to a closed port took %v", d)
+	}
+	if !IsRetryable(err) {
+		t.Fatalf("a refused connection is retryable: %v", err)
+	}
+
+	// A listener that accepts and says nothing: the timeout ends Dial.
+	lis, err = net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	start = time.Now()
+	_, err = Dial(context.Background(), lis.Addr().String(), ClientOptions{DialTimeout: 300 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), lis.Addr().String()) {
+		t.Fatalf("Dial to a silent listener: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("DialTimeout 300ms took %v", d)
+	}
+	if _, err := Dial(context.Background(), "", ClientOptions{}); err == nil {
+		t.Fatal("Dial with an empty address succeeded")
+	}
+}
+
+// TestTLS: plaintext against TLS, a wrong CA and a missing client
+// certificate all fail; TLS and mutual TLS work.
+func TestTLS(t *testing.T) {
+	ti := makeImage(t, mib, 11, nil, nil)
+	pki := clitest.NewPKI(t, "good")
+	other := clitest.NewPKI(t, "other")
+	tlsSrv := startServer(t, ServerOptions{Image: ti.img}, grpc.Creds(credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{pki.Server}, MinVersion: tls.VersionTLS12,
+	})))
+	mtlsSrv := startServer(t, ServerOptions{Image: ti.img}, grpc.Creds(credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{pki.Server}, MinVersion: tls.VersionTLS12,
+		ClientCAs: pki.Pool, ClientAuth: tls.RequireAndVerifyClientCert,
+	})))
+	ctx := testCtx(t)
+	try := func(name, addr string, cfg *tls.Config, wantErr string) {
+		t.Helper()
+		c, err := Dial(ctx, addr, ClientOptions{TLS: cfg, DialTimeout: 3 * time.Second})
+		if err == nil {
+			_, err = c.Hello(ctx)
+			c.Close()
+		}
+		if wantErr == "" {
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			return
+		}
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("%s: %v, want an error containing %q", name, err, wantErr)
+		}
+	}
+	good := &tls.Config{RootCAs: pki.Pool, MinVersion: tls.VersionTLS12}
+	try("plaintext client, TLS server", tlsSrv.addr, nil, tlsSrv.addr)
+	try("wrong CA", tlsSrv.addr, &tls.Config{RootCAs: other.Pool}, "certificate signed by unknown authority")
+	try("TLS", tlsSrv.addr, good, "")
+	try("mTLS without a client certificate", mtlsSrv.addr, good, mtlsSrv.addr)
+	try("mTLS with a certificate of another CA", mtlsSrv.addr,
+		&tls.Config{RootCAs: pki.Pool, Certificates: []tls.Certificate{other.Client}}, mtlsSrv.addr)
+	try("mTLS", mtlsSrv.addr, &tls.Config{RootCAs: pki.Pool, Certificates: []tls.Certificate{pki.Client}}, "")
+}
+
+// TestVerify: Verify catches a flipped bit and names the segment's offset.
+func TestVerify(t *testing.T) {
+	ti := makeImage(t, mib, 12, [][2]int{{2, 3}}, nil)
+	srv := startServer(t, ServerOptions{Image: ti.img})
+	c := dial(t, srv.addr, ClientOptions{})
+	ctx := testCtx(t)
+	sess, err := c.Open(ctx, []Region{{0, mib, PageSize4K}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := sess.Demand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := fetch(t, d, 1, 0, 8) // data 0-1, zero 2, data 3-7
+	if err := r.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	r.Data[3*PageSize4K] ^= 1 // in the second data segment, page 4
+	err = r.Verify()
+	if !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), "[0x3000, 0x8000)") {
+		t.Fatalf("Verify of a corrupted run: %v", err)
+	}
+	if IsRetryable(err) {
+		t.Fatal("a checksum error is not retryable")
+	}
+	r.Release()
+}
+
+// TestRetryable: a server that goes away mid-stream gives a retryable
+// error; refusals do not.
+func TestRetryable(t *testing.T) {
+	ti := makeImage(t, mib, 13, nil, nil)
+	srv := startServer(t, ServerOptions{Image: ti.img, Token: testToken})
+	c := dial(t, srv.addr, ClientOptions{Token: testToken})
+	ctx := testCtx(t)
+	sess, err := c.Open(ctx, []Region{{0, mib, PageSize4K}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := sess.Bulk(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetch(t, b, 1, 0, 1).Release()
+	srv.g.Stop()
+	_, err = b.Recv()
+	if err == nil || !IsRetryable(err) {
+		t.Fatalf("Recv after the server stopped: %v, want a retryable error", err)
+	}
+	t.Logf("server gone: %v", err)
+	for _, err := range []error{
+		fromStatus("open", status.Error(codes.Unauthenticated, "wrong token")),
+		fromStatus("open", status.Error(codes.InvalidArgument, "no regions")),
+		fromStatus("open", reasonStatus(ReasonSourceGone, "pid 1 exited")),
+		context.Canceled,
+		fromStatus("recv", status.Error(codes.Canceled, "context canceled")),
+	} {
+		if IsRetryable(err) {
+			t.Errorf("IsRetryable(%v) = true", err)
+		}
+	}
+	if e := fromStatus("recv", reasonStatus(ReasonSourceGone, "x")); !errors.Is(e, ErrSourceGone) || status.Code(e) != codes.FailedPrecondition {
+		t.Errorf("%v: not ErrSourceGone with FailedPrecondition", e)
+	}
+	if !IsRetryable(fromStatus("recv", status.Error(codes.Unavailable, "connection reset"))) || !IsRetryable(io.ErrUnexpectedEOF) {
+		t.Error("Unavailable / unexpected EOF not retryable")
+	}
+}
+
+// The helper process for TestPIDImage: it maps memory, fills half of it,
+// prints where, and stops itself.
+const helperEnv = "POSTCOPY_TRANSPORT_HELPER"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(helperEnv) {
+	case "":
+		os.Exit(m.Run())
+	case "stopped-child":
+		stoppedChild()
+	case "bench-server":
+		benchServer()
+	}
+	os.Exit(3)
+}
+
+// childPattern is the byte at offset i of the child's buffer.
+func childPattern(i int) byte { return byte(i*7 + i>>12) }
+
+func stoppedChild() {
+	mem, err := syscall.Mmap(-1, 0, 2*mib, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for i := 0; i < mib; i++ { // the second MiB is never touched
+		mem[i] = childPattern(i)
+	}
+	fmt.Printf("%d %d\n", addrOf(mem), len(mem))
+	syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+	os.Exit(0)
+}
+
+// TestPIDImage serves the memory of a stopped child process (pid: image),
+// then reports the child's death as ErrSourceGone.
+func TestPIDImage(t *testing.T) {
+	testutil.RequireRoot(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=stopped-child")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	var addr, size uint64
+	if _, err := fmt.Fscan(bufio.NewReader(out), &addr, &size); err != nil {
+		t.Fatal(err)
+	}
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(pid, &ws, syscall.WUNTRACED, nil); err != nil || !ws.Stopped() {
+		t.Fatalf("child %d not stopped: %v %v", pid, ws, err)
+	}
+	img, err := image.OpenPID(pid)
+	if err != nil {
+		t.Fatalf("image.OpenPID(%d): %v", pid, err)
+	}
+	defer img.Close()
+	srv := startServer(t, ServerOptions{Image: img})
+	c := dial(t, srv.addr, ClientOptions{})
+	ctx := testCtx(t)
+
+	// A region over a gap in the child's mappings is refused at Open.
+	if _, err := c.Open(ctx, []Region{{Offset: 0, Length: 4096, PageSize: PageSize4K}}, 0); status.Code(err) != codes.OutOfRange {
+		t.Fatalf("Open over page 0 of a process: %v, want OutOfRange", err)
+	}
+	sess, err := c.Open(ctx, []Region{{Offset: addr, Length: size, PageSize: PageSize4K}}, img.Generation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := sess.Demand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := fetch(t, d, 1, addr, uint32(size/PageSize4K))
+	if err := r.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Segments) != 2 || r.Segments[0].Zero || !r.Segments[1].Zero || len(r.Data) != mib {
+		t.Fatalf("segments %+v with %d bytes, want 1 MiB of data then 1 MiB of zero pages", r.Segments, len(r.Data))
+	}
+	for i := range mib {
+		if r.Data[i] != childPattern(i) {
+			t.Fatalf("byte %d of the child's memory: %#x, want %#x", i, r.Data[i], childPattern(i))
+		}
+	}
+	r.Release()
+
+	cmd.Process.Kill()
+	cmd.Wait()
+	if err := d.Send(Request{ID: 2, Offset: addr, Pages: 1}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Recv()
+	if !errors.Is(err, ErrSourceGone) || status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "exited") {
+		t.Fatalf("after the child died: %v, want ErrSourceGone (FailedPrecondition, \"exited\")", err)
+	}
+	if IsRetryable(err) {
+		t.Fatalf("source gone is retryable: %v", err)
+	}
+	t.Logf("source gone: %v", err)
+}
