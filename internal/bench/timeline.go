@@ -1,0 +1,125 @@
+package bench
+
+import (
+	"errors"
+	"math"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Bucket is the width of a throughput timeline bucket.
+const Bucket = 10 * time.Millisecond
+
+// Clock reads CLOCK_MONOTONIC in nanoseconds, the clock every process on the
+// machine shares, through Go's monotonic time (vDSO) rather than a system
+// call per reading: the offset between the two is taken once.
+type Clock struct {
+	base     time.Time
+	baseMono int64
+}
+
+// NewClock returns a clock anchored at the current time.
+func NewClock() *Clock {
+	var ts unix.Timespec
+	b := time.Now()
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic("clock_gettime(CLOCK_MONOTONIC): " + err.Error()) // cannot fail on Linux
+	}
+	a := time.Now()
+	return &Clock{base: b.Add(a.Sub(b) / 2), baseMono: ts.Nano()}
+}
+
+// Now returns CLOCK_MONOTONIC in nanoseconds.
+func (c *Clock) Now() int64 { return c.baseMono + int64(time.Since(c.base)) }
+
+// Timeline counts operations in Bucket-wide buckets from Origin, a
+// CLOCK_MONOTONIC time in nanoseconds. Its counts are allocated up front so
+// that recording never allocates (the destination workload must not, while
+// its memory faults).
+type Timeline struct {
+	Origin int64    // CLOCK_MONOTONIC ns at the start of bucket 0
+	Counts []uint32 // operations completed in each bucket
+	Last   int      // highest bucket recorded, -1 when none
+	Lost   uint64   // operations after the last bucket
+}
+
+// NewTimeline allocates a timeline of span (rounded up to buckets).
+func NewTimeline(origin int64, span time.Duration) *Timeline {
+	n := int((span + Bucket - 1) / Bucket)
+	return &Timeline{Origin: origin, Counts: make([]uint32, max(n, 1)), Last: -1}
+}
+
+// Record counts one operation completed at now (CLOCK_MONOTONIC ns).
+func (t *Timeline) Record(now int64) {
+	d := now - t.Origin
+	if d < 0 {
+		d = 0
+	}
+	i := int(d / int64(Bucket))
+	if i >= len(t.Counts) {
+		t.Lost++
+		return
+	}
+	t.Counts[i]++
+	if i > t.Last {
+		t.Last = i
+	}
+}
+
+// Rate returns the operations per second of bucket counts c.
+func Rate(c uint32) float64 { return float64(c) / Bucket.Seconds() }
+
+// MeanRate is the mean operations per second over counts.
+func MeanRate(counts []uint32) float64 {
+	if len(counts) == 0 {
+		return 0
+	}
+	var s uint64
+	for _, c := range counts {
+		s += uint64(c)
+	}
+	return float64(s) / (float64(len(counts)) * Bucket.Seconds())
+}
+
+// ErrNotRecovered is returned by Recover when the rate never came back to
+// the threshold for good within the measured buckets.
+var ErrNotRecovered = errors.New("throughput did not recover within the measured time")
+
+// Recover finds when a workload is back to frac of its reference rate for
+// good. counts are the destination's buckets, bucket 0 starting at the
+// switchover; window is the number of buckets averaged (10 for 100 ms). It
+// returns the start of the first bucket i such that every window of buckets
+// starting at i or later (and lying wholly inside counts) averages at least
+// frac × ref operations per second. At least one window must fit after i, so
+// a run that ends too soon cannot claim a recovery.
+func Recover(counts []uint32, ref, frac float64, window int) (time.Duration, error) {
+	if window < 1 {
+		return 0, errors.New("recover: window must be at least one bucket")
+	}
+	if ref <= 0 || math.IsNaN(ref) {
+		return 0, errors.New("recover: reference rate must be positive")
+	}
+	if len(counts) < window {
+		return 0, ErrNotRecovered
+	}
+	need := frac * ref * float64(window) * Bucket.Seconds() // operations per window
+	// Window sums, from the last window back: the answer is just after the
+	// last window that falls short.
+	var sum uint64
+	for _, c := range counts[len(counts)-window:] {
+		sum += uint64(c)
+	}
+	lastStart := len(counts) - window
+	if float64(sum) < need {
+		return 0, ErrNotRecovered
+	}
+	for s := lastStart - 1; s >= 0; s-- {
+		sum += uint64(counts[s])
+		sum -= uint64(counts[s+window])
+		if float64(sum) < need {
+			return time.Duration(s+1) * Bucket, nil
+		}
+	}
+	return 0, nil
+}
