@@ -21,6 +21,7 @@ type extent struct{ start, end uint64 }
 // open and never change.
 type fileImage struct {
 	path string
+	name string // "file:PATH"
 	desc string
 	size uint64
 	gen  uint64
@@ -45,8 +46,10 @@ type fileImage struct {
 // holes). Within a data page, the parts that lie in holes are zero-filled in
 // dst rather than read. A file system without hole support reports the whole
 // file as data. Data pages are copied from the mapping and then checked with
-// IsZero. A zero-length file is an image of size 0 on which every range is
-// out of range.
+// IsZero. A Read must lie wholly inside the file: when the file size is not
+// a multiple of the page size, its last partial page can only be read with
+// smaller pages. A zero-length file is an image of size 0 on which every
+// range is out of range.
 //
 // Files on hugetlbfs are not mapped but read with pread(2): hugetlbfs has no
 // SEEK_HOLE (the whole file is reported as data), and a read fault on a hole
@@ -86,8 +89,8 @@ func openRetry(path string) (int, error) {
 }
 
 func newFileImage(path string, fd int) (*fileImage, error) {
-	f := &fileImage{path: path, fd: fd}
 	desc := "file:" + path
+	f := &fileImage{path: path, name: desc, fd: fd}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, newError(nil, err, "%s: fstat", desc)
@@ -188,7 +191,7 @@ func (f *fileImage) String() string { return f.desc }
 // CheckRange checks that [off, off+n) is inside the file; an empty range is
 // never readable.
 func (f *fileImage) CheckRange(off, n uint64) error {
-	return checkFlat("file:"+f.path, f.size, off, n)
+	return checkFlat(f.name, f.size, off, n)
 }
 
 // checkFlat checks [off, off+n) against an offset space [0, size).
@@ -208,7 +211,7 @@ func checkFlat(desc string, size, off, n uint64) error {
 // OpenFile.
 func (f *fileImage) Read(dst []byte, off uint64, pageSize, pages uint32, segs []Segment) ([]Segment, error) {
 	segs = segs[:0]
-	n, err := readLen("file:"+f.path, dst, off, pageSize, pages)
+	n, err := readLen(f.name, dst, off, pageSize, pages)
 	if err != nil || n == 0 {
 		return segs, err
 	}
@@ -217,7 +220,7 @@ func (f *fileImage) Read(dst []byte, off uint64, pageSize, pages uint32, segs []
 	if f.closed {
 		return segs, fmt.Errorf("file:%s: read after Close", f.path)
 	}
-	if err := checkFlat("file:"+f.path, f.size, off, n); err != nil {
+	if err := checkFlat(f.name, f.size, off, n); err != nil {
 		return segs, err
 	}
 	return f.read(dst[:n], off, uint64(pageSize), segs)

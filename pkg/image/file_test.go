@@ -52,7 +52,7 @@ func sparseFile(tb testing.TB, path string, size int64, pages map[int64][]byte) 
 func wantSegs(want []byte, ps int) []Segment {
 	var segs []Segment
 	for p := 0; p+ps <= len(want); p += ps {
-		segs = appendSeg(segs, naiveIsZero(want[p:p+ps]), 1)
+		segs = appendSeg(segs, bytes.Count(want[p:p+ps], []byte{0}) == ps, 1)
 	}
 	return segs
 }
@@ -137,10 +137,12 @@ func TestFileRead(t *testing.T) {
 	}
 	checkRead(t, img, 0, page, 64, want)
 
-	// Every page on its own, and runs of every length from every page.
+	// Runs of several lengths from every page.
 	for i := range 64 {
-		for n := 1; i+n <= 64; n += 7 {
-			checkRead(t, img, uint64(i*page), page, uint32(n), want[i*page:(i+n)*page])
+		for _, n := range []int{1, 2, 3, 8, 64 - i} {
+			if i+n <= 64 {
+				checkRead(t, img, uint64(i*page), page, uint32(n), want[i*page:(i+n)*page])
+			}
 		}
 	}
 	// Larger pages: page 2 of 8 KiB is data (4 KiB page 4) then hole; its
@@ -590,5 +592,50 @@ func TestOpenErrors(t *testing.T) {
 		if err.Error() != tc.msg || (tc.is != nil && !errors.Is(err, tc.is)) {
 			t.Errorf("Open(%q) = %q, want %q (matching %v)", tc.source, err, tc.msg, tc.is)
 		}
+	}
+}
+
+func BenchmarkFileRead(b *testing.B) {
+	dir := b.TempDir()
+	const size = 64 << 20
+	data := filepath.Join(dir, "data")
+	if err := os.WriteFile(data, pattern(size, 1), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	hole := filepath.Join(dir, "hole")
+	sparseFile(b, hole, size, nil)
+	shm := filepath.Join("/dev/shm", fmt.Sprintf("postcopy-image-bench-%d", os.Getpid()))
+	if err := os.WriteFile(shm, pattern(size, 2), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.Remove(shm) })
+	dst := make([]byte, 1<<20)
+	for _, tc := range []struct {
+		name, path string
+		run        uint32 // pages per Read
+	}{
+		{"data-1MiB", data, 256},
+		{"shm-data-1MiB", shm, 256},
+		{"hole-1MiB", hole, 256},
+		{"data-4KiB", data, 1},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			img, err := OpenFile(tc.path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer img.Close()
+			b.SetBytes(int64(tc.run) * page)
+			b.ReportAllocs()
+			var segs []Segment
+			off := uint64(0)
+			for b.Loop() {
+				segs, err = img.Read(dst, off, page, tc.run, segs)
+				if err != nil {
+					b.Fatal(err)
+				}
+				off = (off + uint64(tc.run)*page) % size
+			}
+		})
 	}
 }

@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -56,12 +58,17 @@ const (
 	fileMapPages     = 8 // the test's file, mapped shared and private, untouched
 	fileSeed         = 3000
 	memfdPages       = 4 // written through one shared mapping, read through another
+	mixedPages       = 8 // anonymous, then file-backed shared: see helper
+	mixedSeed        = 6000
 	memfdSeed        = 4000
 	benchBytes       = 64 << 20
 	benchSeed        = 5000
 )
 
 func helperMain(mode string) int {
+	if mode == "openpid-nobody" {
+		return helperOpenAsNobody()
+	}
 	if err := helper(mode); err != nil {
 		fmt.Fprintf(os.Stderr, "helper %s: %v\n", mode, err)
 		return 1
@@ -124,8 +131,9 @@ func helper(mode string) error {
 			return err
 		}
 		fillPattern(gap, 1)
-		if err := unix.Munmap(gap[ps : 2*ps]); err != nil {
-			return err
+		// unix.Munmap only unmaps whole mappings it made.
+		if _, _, e := unix.Syscall(unix.SYS_MUNMAP, addr(gap)+uintptr(ps), uintptr(ps), 0); e != 0 {
+			return fmt.Errorf("munmap: %w", e)
 		}
 		out["gap"] = addr(gap)
 
@@ -151,6 +159,22 @@ func helper(mode string) error {
 			return err
 		}
 		out["fshared"], out["fprivate"] = addr(shared), addr(private)
+
+		// mixed: mixedPages/2 anonymous pages (the first one written),
+		// then, adjacent, the file's first mixedPages/2 pages mapped
+		// shared over the rest: one read spans both, so the pagemap is
+		// consulted and must not turn the untouched file pages into zeros.
+		mixed, err := anonMap(mixedPages)
+		if err != nil {
+			return err
+		}
+		fillPattern(mixed[:ps], mixedSeed)
+		half := uintptr(mixedPages / 2 * ps)
+		if _, _, e := unix.Syscall6(unix.SYS_MMAP, addr(mixed)+half, half, unix.PROT_READ,
+			unix.MAP_SHARED|unix.MAP_FIXED, uintptr(fd), 0); e != 0 {
+			return fmt.Errorf("mmap MAP_FIXED: %w", e)
+		}
+		out["mixed"] = addr(mixed)
 
 		mfd, err := unix.MemfdCreate("postcopy-image-test", unix.MFD_CLOEXEC)
 		if err != nil {
@@ -272,3 +296,28 @@ func readProcPagemap(tb testing.TB, pid int, addr uint64, n int) []uint64 {
 }
 
 func unsafePointer(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }
+
+// helperOpenAsNobody drops to uid and gid 65534, opens the image of pid 1
+// and prints the error (or "ok"), whether it matches EACCES or EPERM.
+func helperOpenAsNobody() int {
+	if err := syscall.Setgroups(nil); err != nil {
+		fmt.Println("setgroups:", err)
+		return 1
+	}
+	if err := syscall.Setgid(65534); err != nil {
+		fmt.Println("setgid:", err)
+		return 1
+	}
+	if err := syscall.Setuid(65534); err != nil {
+		fmt.Println("setuid:", err)
+		return 1
+	}
+	img, err := OpenPID(1)
+	if err == nil {
+		img.Close()
+		fmt.Println("ok")
+		return 0
+	}
+	fmt.Printf("%s\n%v\n", err, errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM))
+	return 0
+}

@@ -269,7 +269,7 @@ func (c *classifier) zero(a, ps uint64) bool {
 		for c.i < len(c.maps) && c.maps[c.i].end <= b {
 			c.i++
 		}
-		if c.i == len(c.maps) || c.maps[c.i].start > b || !c.maps[c.i].privateAnon() {
+		if c.i == len(c.maps) || c.maps[c.i].start > b || !c.maps[c.i].anon {
 			return false
 		}
 		e := binary.NativeEndian.Uint64(c.pm[(b-c.base)/osPage*8:])

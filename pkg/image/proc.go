@@ -51,6 +51,7 @@ type mapping struct {
 	perms      string // "rw-p"
 	inode      uint64
 	name       string // path, [heap], [stack], [vdso], ... or empty
+	anon       bool   // private anonymous: see privateAnon
 }
 
 // readable reports whether the mapping can be read (perm 'r').
@@ -61,11 +62,13 @@ func (m *mapping) readable() bool { return m.perms[0] == 'r' }
 // anonymous mappings. Only there does "neither present nor swapped" in
 // /proc/PID/pagemap mean "never populated, reads as zero"; a file-backed or
 // shared mapping's pages can hold data without being in the page tables.
-func (m *mapping) privateAnon() bool {
-	if m.perms[3] != 'p' || m.inode != 0 {
+func (m *mapping) privateAnon() bool { return m.anon }
+
+func isPrivateAnon(perms string, inode uint64, name string) bool {
+	if perms[3] != 'p' || inode != 0 {
 		return false
 	}
-	return m.name == "" || m.name == "[heap]" || m.name == "[stack]" || strings.HasPrefix(m.name, "[anon:")
+	return name == "" || name == "[heap]" || name == "[stack]" || strings.HasPrefix(name, "[anon:")
 }
 
 // special reports whether the mapping is a kernel special mapping ([vdso],
@@ -120,7 +123,8 @@ func parseMapsLine(line string) (mapping, error) {
 	if err1 != nil || err2 != nil || err3 != nil || end <= start {
 		return bad()
 	}
-	return mapping{start: start, end: end, perms: perms, inode: ino, name: strings.TrimLeft(rest, " ")}, nil
+	name := strings.TrimLeft(rest, " ")
+	return mapping{start: start, end: end, perms: perms, inode: ino, name: name, anon: isPrivateAnon(perms, ino, name)}, nil
 }
 
 // nextField returns the text up to the next space and what follows that

@@ -1,0 +1,420 @@
+package image
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/postcopy/postcopy/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// startLayout starts the "layout" helper with a file of fileMapPages pages
+// to map and opens its image. It returns the file's content too.
+func startLayout(t *testing.T) (*child, *pidImage, []byte) {
+	t.Helper()
+	testutil.RequireRoot(t) // process_vm_readv of a child needs no more, but CI runs as root
+	path := filepath.Join(t.TempDir(), "mapped")
+	content := pattern(fileMapPages*page, fileSeed)
+	if err := os.WriteFile(path, content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := startHelper(t, "layout", "POSTCOPY_IMAGE_FILE="+path)
+	img, err := OpenPID(c.pid)
+	if err != nil {
+		t.Fatalf("OpenPID(%d): %v", c.pid, err)
+	}
+	t.Cleanup(func() { img.Close() })
+	return c, img.(*pidImage), content
+}
+
+// anonWant is the expected content of the helper's anon region.
+func anonWant() []byte {
+	want := make([]byte, anonPages*page)
+	for i := range anonPages {
+		switch {
+		case i == anonLastBytePage:
+			want[(i+1)*page-1] = 0x5a
+		case i%4 == 0:
+			fillPattern(want[i*page:(i+1)*page], uint64(anonSeed+i))
+		}
+	}
+	return want
+}
+
+func TestPIDRead(t *testing.T) {
+	if osPage != page {
+		t.Skipf("layout assumes 4 KiB base pages, have %d", osPage)
+	}
+	c, img, content := startLayout(t)
+	anon := c.addr["anon"]
+
+	// Never-touched pages of the anon region are zero in the pagemap; the
+	// pages written with zeros are present. The file-backed and memfd
+	// mappings are untouched: not present, yet full of data.
+	pm := readProcPagemap(t, c.pid, anon, anonPages)
+	for i, e := range pm {
+		touched := i%4 <= 1 || i == anonLastBytePage
+		if present := e&pagemapPresent != 0; present != touched {
+			t.Fatalf("anon page %d: present %v, want %v (entry %#x)", i, present, touched, e)
+		}
+	}
+	mixedFile := c.addr["mixed"] + mixedPages/2*page
+	for k, a := range map[string]uint64{"fshared": c.addr["fshared"], "fprivate": c.addr["fprivate"], "memfd": c.addr["memfd"], "mixed": mixedFile} {
+		for i, e := range readProcPagemap(t, c.pid, a, 4) {
+			if e&pagemapPresent != 0 {
+				t.Fatalf("%s page %d is present before the read: the test proves nothing", k, i)
+			}
+		}
+	}
+
+	// Exact segments for the anon region.
+	dst := make([]byte, anonPages*page)
+	segs, err := img.Read(dst, anon, page, anonPages, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Segment{{1, false}, {3, true}, {1, false}, {3, true}, {1, false}, {3, true}, {1, false}, {1, true}, {1, false}, {1, true}}
+	if !equalSegs(segs, want) {
+		t.Fatalf("anon segments %v, want %v", segs, want)
+	}
+	aw := anonWant()
+	checkRead(t, img, anon, page, anonPages, aw)
+	for i := range anonPages {
+		checkRead(t, img, anon+uint64(i*page), page, 1, aw[i*page:(i+1)*page])
+	}
+	// Which zero pages were known from the pagemap without reading: exactly
+	// the never-touched ones.
+	ci, err := img.checkRange(anon, anonPages*page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := classifier{maps: img.maps[ci:], base: anon, pm: make([]byte, anonPages*8)}
+	if err := img.readPagemap(cl.pm, int64(anon/osPage*8), anon); err != nil {
+		t.Fatal(err)
+	}
+	for i := range anonPages {
+		never := i%4 >= 2 && i != anonLastBytePage
+		if got := cl.zero(anon+uint64(i*page), page); got != never {
+			t.Errorf("anon page %d: zero from pagemap %v, want %v", i, got, never)
+		}
+	}
+
+	// Other page sizes (these reads populate never-touched pages that
+	// share a larger page with data).
+	checkRead(t, img, anon, 512, anonPages*8, aw)
+	if anon%8192 == 0 {
+		checkRead(t, img, anon, 8192, anonPages/2, aw)
+	} else {
+		checkRead(t, img, anon+page, 8192, anonPages/2-1, aw[page:(anonPages-1)*page])
+	}
+
+	// Untouched file-backed and shmem pages are read, not taken for zero.
+	memfd := pattern(memfdPages*page, memfdSeed)
+	checkRead(t, img, c.addr["fshared"], page, fileMapPages, content)
+	checkRead(t, img, c.addr["fprivate"], page, fileMapPages, content)
+	checkRead(t, img, c.addr["memfd"], page, memfdPages, memfd)
+	// Also when the read spans an anonymous mapping, so that the pagemap
+	// is read: D1 Z3 D4.
+	mw := make([]byte, mixedPages*page)
+	fillPattern(mw[:page], mixedSeed)
+	copy(mw[mixedPages/2*page:], content)
+	dst = make([]byte, mixedPages*page)
+	segs, err = img.Read(dst, c.addr["mixed"], page, mixedPages, segs)
+	if w := []Segment{{1, false}, {3, true}, {4, false}}; err != nil || !equalSegs(segs, w) {
+		t.Fatalf("mixed: %v, %v; want %v", segs, err, w)
+	}
+	checkRead(t, img, c.addr["mixed"], page, mixedPages, mw)
+
+	// Two adjacent mappings (rw-p, r--p) read as one range.
+	adj := c.addr["adj"]
+	if i, err := img.checkRange(adj, adjPages*page); err != nil || img.maps[i].end != adj+2*page {
+		t.Fatalf("adjacent mappings: %v, mapping %+v", err, img.maps[i])
+	}
+	checkRead(t, img, adj, page, adjPages, pattern(adjPages*page, adjSeed))
+	checkRead(t, img, adj+page, page, 2, pattern(adjPages*page, adjSeed)[page:3*page])
+}
+
+func TestPIDCheckRange(t *testing.T) {
+	c, img, _ := startLayout(t)
+	gap, none := c.addr["gap"], c.addr["none"]
+	for _, tc := range []struct {
+		off, n uint64
+		bad    uint64 // 0: readable
+	}{
+		{gap, page, 0},
+		{gap + 2*page, page, 0},
+		{gap, 3 * page, gap + page},
+		{gap + page, 1, gap + page},
+		{gap + page - 1, 2, gap + page},
+		{none, 2 * page, none + page},
+		{none + page, page, none + page},
+		{0, page, 0xdead},
+		{img.Size(), 1, 0xdead},
+		{img.Size() - 1, 2, 0xdead},
+		{c.addr["anon"], ^uint64(0), 0xdead},
+	} {
+		err := img.CheckRange(tc.off, tc.n)
+		if tc.bad == 0 {
+			if err != nil {
+				t.Errorf("CheckRange(%#x, %#x) = %v", tc.off, tc.n, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrOutOfRange) {
+			t.Errorf("CheckRange(%#x, %#x) = %v, want ErrOutOfRange", tc.off, tc.n, err)
+			continue
+		}
+		if tc.bad != 0xdead {
+			if w := fmt.Sprintf("pid:%d: address %#x is not in a readable mapping", c.pid, tc.bad); err.Error() != w {
+				t.Errorf("CheckRange(%#x, %#x) = %q, want %q", tc.off, tc.n, err, w)
+			}
+		}
+		// Read agrees with CheckRange.
+		if tc.off%page == 0 && tc.n%page == 0 && tc.n < 1<<20 {
+			if _, err := img.Read(make([]byte, tc.n), tc.off, page, uint32(tc.n/page), nil); !errors.Is(err, ErrOutOfRange) {
+				t.Errorf("Read(%#x, %d pages) = %v, want ErrOutOfRange", tc.off, tc.n/page, err)
+			}
+		}
+	}
+	if err := img.CheckRange(0, 0); !errors.Is(err, ErrOutOfRange) {
+		t.Errorf("empty range: %v", err)
+	}
+	if _, err := img.Read(make([]byte, page), c.addr["anon"]+1, page, 1, nil); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("misaligned Read: %v", err)
+	}
+}
+
+// TestPIDAllMappings reads the first and last MiB of every readable mapping
+// the image kept: none fails (special mappings process_vm_readv cannot read
+// were left out), and [vvar]/[vsyscall] are among those left out.
+func TestPIDAllMappings(t *testing.T) {
+	c, img, _ := startLayout(t)
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", c.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range img.maps {
+		if m.unreadableSpecial() || !m.readable() {
+			t.Errorf("kept mapping %+v", m)
+		}
+	}
+	if !strings.Contains(string(raw), "[vvar") {
+		t.Logf("no [vvar] mapping in the child to leave out")
+	}
+	dst := make([]byte, 1<<20)
+	var segs []Segment
+	for _, m := range img.maps {
+		n := min(m.end-m.start, 1<<20)
+		for _, off := range []uint64{m.start, m.end - n} {
+			segs, err = img.Read(dst, off, page, uint32(n/page), segs)
+			if err != nil {
+				t.Errorf("mapping %#x-%#x %s %s: %v", m.start, m.end, m.perms, m.name, err)
+			}
+		}
+	}
+	if img.Size() != img.maps[len(img.maps)-1].end || img.Generation() == 0 {
+		t.Errorf("Size %#x, Generation %#x", img.Size(), img.Generation())
+	}
+	if w := fmt.Sprintf("pid:%d (", c.pid); !strings.HasPrefix(img.String(), w) {
+		t.Errorf("String %q", img.String())
+	}
+	again, err := OpenPID(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if again.Generation() != img.Generation() {
+		t.Errorf("reopening changed the generation")
+	}
+}
+
+func TestPIDConcurrentReads(t *testing.T) {
+	c, img, content := startLayout(t)
+	aw := anonWant()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 100 {
+				checkRead(t, img, c.addr["anon"], page, anonPages, aw)
+				checkRead(t, img, c.addr["fshared"], page, fileMapPages, content)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestPIDGone kills the child: reads of the zombie, then of the reaped
+// process, fail with ErrSourceGone; opening it fails clearly.
+func TestPIDGone(t *testing.T) {
+	c, img, _ := startLayout(t)
+	anon, file := c.addr["anon"], c.addr["fshared"]
+	checkRead(t, img, anon, page, 1, anonWant()[:page])
+
+	if err := c.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, c.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err == nil {
+			break
+		}
+		if err != unix.EINTR {
+			t.Fatal(err)
+		}
+	}
+	dst := make([]byte, anonPages*page)
+	gone := func(when string) {
+		t.Helper()
+		for _, off := range []uint64{anon, file} {
+			_, err := img.Read(dst, off, page, 4, nil)
+			if !errors.Is(err, ErrSourceGone) || !strings.HasPrefix(err.Error(), fmt.Sprintf("pid:%d: process exited", c.pid)) {
+				t.Errorf("%s: Read(%#x) = %v, want ErrSourceGone", when, off, err)
+			}
+		}
+	}
+	gone("zombie")
+	if _, err := OpenPID(c.pid); !errors.Is(err, ErrSourceGone) || !errors.Is(err, unix.ESRCH) {
+		t.Errorf("OpenPID of a zombie = %v, want ErrSourceGone", err)
+	}
+
+	c.cmd.Wait()
+	gone("reaped")
+	_, err := OpenPID(c.pid)
+	if w := fmt.Sprintf("pid:%d: no such process", c.pid); err == nil || err.Error() != w || !errors.Is(err, ErrSourceGone) {
+		t.Errorf("OpenPID of a reaped process = %v, want %q", err, w)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOpenPIDPermission opens pid 1 from a child process that dropped root:
+// the error says what could not be read and why.
+func TestOpenPIDPermission(t *testing.T) {
+	testutil.RequireRoot(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), helperEnv+"=openpid-nobody")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper: %v: %s", err, out)
+	}
+	want := "pid:1: opening /proc/1/pagemap: permission denied\ntrue\n"
+	if string(out) != want {
+		t.Fatalf("OpenPID(1) as nobody: %q, want %q", out, want)
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	line := "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 97 0 0 0 0 0 0 0 20 0 1 0 123456789 4096000 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
+	st, err := parseStat([]byte(line))
+	if err != nil || st.comm != "a) b (c)" || st.state != 'S' || st.start != 123456789 {
+		t.Fatalf("parseStat = %+v, %v", st, err)
+	}
+	for _, bad := range []string{"", "1 (x S 1", "1 (x) S 1 2 3", "1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 zz 1"} {
+		if _, err := parseStat([]byte(bad)); err == nil {
+			t.Errorf("parseStat(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestParseMaps(t *testing.T) {
+	raw := `55d4c5a00000-55d4c5a02000 r--p 00000000 fd:01 1234                       /usr/bin/my prog
+55d4c6000000-55d4c6021000 rw-p 00000000 00:00 0                          [heap]
+7f0000000000-7f0000001000 rw-p 00000000 00:00 0 
+7f0000001000-7f0000002000 rw-s 00000000 00:01 77                         /dev/zero (deleted)
+7f0000002000-7f0000003000 rw-p 00000000 00:00 0                          [anon:go heap]
+7f0000003000-7f0000004000 rw-s 00000000 00:01 78                         [anon_shmem:x]
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+7ffc00100000-7ffc00102000 r--p 00000000 00:00 0                          [vvar]
+7ffc00102000-7ffc00104000 r-xp 00000000 00:00 0                          [vdso]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+`
+	maps, err := parseMaps([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		name                     string
+		anon, special, unreadSpc bool
+	}
+	want := []row{
+		{"/usr/bin/my prog", false, false, false},
+		{"[heap]", true, false, false},
+		{"", true, false, false},
+		{"/dev/zero (deleted)", false, false, false},
+		{"[anon:go heap]", true, false, false},
+		{"[anon_shmem:x]", false, false, false},
+		{"[stack]", true, false, false},
+		{"[vvar]", false, true, true},
+		{"[vdso]", false, true, false},
+		{"[vsyscall]", false, true, true},
+	}
+	if len(maps) != len(want) {
+		t.Fatalf("%d mappings, want %d", len(maps), len(want))
+	}
+	for i, m := range maps {
+		if got := (row{m.name, m.privateAnon(), m.special(), m.unreadableSpecial()}); got != want[i] {
+			t.Errorf("line %d: %+v, want %+v", i, got, want[i])
+		}
+	}
+	if maps[0].start != 0x55d4c5a00000 || maps[0].end != 0x55d4c5a02000 || maps[0].inode != 1234 || maps[9].readable() {
+		t.Errorf("fields: %+v %+v", maps[0], maps[9])
+	}
+	for _, bad := range []string{"zz-1 r--p 0 0:0 0", "2000-1000 r--p 0 0:0 0", "1000-2000 rw 0 0:0 0",
+		"1000-2000 r--p 0 0:0 0\n1000-2000 r--p 0 0:0 0"} {
+		if _, err := parseMaps([]byte(bad)); err == nil {
+			t.Errorf("parseMaps(%q) succeeded", bad)
+		}
+	}
+}
+
+// sink keeps benchmark results alive.
+var sink []Segment
+
+func BenchmarkPIDRead(b *testing.B) {
+	c := startHelper(b, "bench")
+	img, err := OpenPID(c.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer img.Close()
+	dst := make([]byte, 1<<20)
+	for _, tc := range []struct{ name, key string }{{"data-1MiB", "data"}, {"untouched-1MiB", "untouched"}} {
+		b.Run(tc.name, func(b *testing.B) {
+			base := c.addr[tc.key]
+			b.SetBytes(1 << 20)
+			b.ReportAllocs()
+			off := uint64(0)
+			for b.Loop() {
+				sink, err = img.Read(dst, base+off, page, 256, sink)
+				if err != nil {
+					b.Fatal(err)
+				}
+				off = (off + 1<<20) % benchBytes
+			}
+		})
+	}
+	b.Run("data-4KiB", func(b *testing.B) {
+		base := c.addr["data"]
+		b.ReportAllocs()
+		off := uint64(0)
+		for b.Loop() {
+			sink, err = img.Read(dst, base+off, page, 1, sink)
+			if err != nil {
+				b.Fatal(err)
+			}
+			off = (off + 7*page) % benchBytes
+		}
+	})
+}
