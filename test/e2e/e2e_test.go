@@ -1,0 +1,244 @@
+package e2e
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postcopy/postcopy/test/harness"
+)
+
+// Several regions at non-zero offsets with gaps between them, random reads
+// from several threads, prefetch on: every byte arrives, zero pages as zero
+// runs.
+func TestMigrateRegions(t *testing.T) {
+	_, _, sum := migrate(t, migration{
+		imageSize: 48 << 20, image: defaultImage,
+		regions: "4k:0x0:8M,4k:0x1000000:16M,4k:0x2a00000:4M",
+		pages:   (8 + 16 + 4) << 8,
+		vmmArgs: []string{"--threads", "4", "--touch", "random"},
+	})
+	if sum.Pages.Zero == 0 {
+		t.Error("no zero pages reported, but the image has zero pages and holes in every region")
+	}
+	if sum.BytesReceived == 0 || sum.Pages.Demand+sum.Pages.Bulk == 0 {
+		t.Errorf("no data received: %+v", sum)
+	}
+}
+
+// Prefetch off: only demand faults bring pages, and reading every page is
+// what completes the migration.
+func TestPrefetchOff(t *testing.T) {
+	_, _, sum := migrate(t, migration{
+		imageSize: 16 << 20, image: defaultImage,
+		regions:     "4k:0x100000:12M",
+		pages:       12 << 8,
+		vmmArgs:     []string{"--threads", "4", "--touch", "all"},
+		fetcherArgs: []string{"--prefetch", "off"},
+	})
+	if sum.Pages.Bulk != 0 || sum.Pages.Demand == 0 || sum.Faults == 0 {
+		t.Errorf("prefetch off: bulk %d, demand %d, faults %d; want no bulk pages and demand faults", sum.Pages.Bulk, sum.Pages.Demand, sum.Faults)
+	}
+}
+
+// Sixteen threads read the same pages in the same order: each page must
+// still be fetched once, however many threads fault on it.
+func TestManyThreadsSamePages(t *testing.T) {
+	const pages = 4 << 8
+	_, res, sum := migrate(t, migration{
+		imageSize: 8 << 20, image: defaultImage,
+		regions:     "4k:0x200000:4M",
+		pages:       pages,
+		vmmArgs:     []string{"--threads", "16", "--touch", "same"},
+		fetcherArgs: []string{"--prefetch", "off"},
+	})
+	if res.Reads != 16*pages {
+		t.Errorf("vmm made %d reads, want %d", res.Reads, 16*pages)
+	}
+	if sum.Pages.Bulk != 0 || sum.Pages.Demand+sum.Pages.Zero != pages {
+		t.Errorf("demand %d + zero %d, bulk %d: want every one of %d pages fetched exactly once on demand",
+			sum.Pages.Demand, sum.Pages.Zero, sum.Pages.Bulk, pages)
+	}
+	t.Logf("%d faults (%d duplicates) for %d pages", sum.Faults, sum.FaultsDup, pages)
+}
+
+// Both forms of Firecracker's handshake: page_size and page_size_kib.
+func TestHandshakeForms(t *testing.T) {
+	for _, legacy := range []bool{false, true} {
+		name := "page_size"
+		args := []string{"--threads", "3", "--touch", "random"}
+		if legacy {
+			name = "page_size_kib"
+			args = append(args, "--legacy-handshake")
+		}
+		t.Run(name, func(t *testing.T) {
+			migrate(t, migration{
+				imageSize: 16 << 20, image: defaultImage,
+				regions: "4k:0x0:4M,4k:0x800000:6M",
+				pages:   10 << 8,
+				vmmArgs: args,
+			})
+		})
+	}
+}
+
+// 2 MiB hugetlbfs regions beside a 4 KiB region, with prefetch and on demand
+// only (that one with the legacy handshake, page_size_kib 2048).
+func TestHugePages(t *testing.T) {
+	requireUFFD(t)
+	restore, err := harness.ReserveHugePages(8)
+	if err != nil {
+		t.Fatalf("reserve huge pages: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := restore(); err != nil {
+			t.Errorf("restore the huge page pool: %v", err)
+		}
+	})
+	for _, tc := range []struct {
+		name               string
+		fetcherArgs, extra []string
+	}{
+		{name: "prefetch"},
+		{name: "demand-legacy", fetcherArgs: []string{"--prefetch", "off"}, extra: []string{"--legacy-handshake"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, sum := migrate(t, migration{
+				imageSize: 32 << 20, image: defaultImage,
+				regions:     "2m:0x0:8M,4k:0x800000:4M,2m:0x1000000:8M",
+				pages:       4 + 4<<8 + 4,
+				vmmArgs:     append([]string{"--threads", "4", "--touch", "random"}, tc.extra...),
+				fetcherArgs: tc.fetcherArgs,
+			})
+			if len(tc.fetcherArgs) > 0 && sum.Pages.Bulk != 0 {
+				t.Errorf("prefetch off, yet %d bulk pages", sum.Pages.Bulk)
+			}
+		})
+	}
+}
+
+// The VMM discards a range with MADV_DONTNEED halfway through: the pages
+// must read as zeros afterwards, whatever had arrived before.
+func TestDiscardDuringMigration(t *testing.T) {
+	const discardPages = 256 // 1 MiB
+	for _, prefetch := range []string{"on", "off"} {
+		t.Run("prefetch-"+prefetch, func(t *testing.T) {
+			_, res, sum := migrate(t, migration{
+				imageSize: 24 << 20, image: defaultImage,
+				regions:     "4k:0x0:8M,4k:0x1000000:8M",
+				pages:       16 << 8,
+				vmmArgs:     []string{"--threads", "4", "--touch", "all", "--discard", "0x1400000:1M"},
+				fetcherArgs: []string{"--prefetch", prefetch},
+			})
+			if !res.Discarded || res.DiscardedPages != discardPages {
+				t.Errorf("vmm: discarded %v, %d pages checked as zeros; want %d", res.Discarded, res.DiscardedPages, discardPages)
+			}
+			if sum.Pages.Removed > discardPages {
+				t.Errorf("summary: %d pages removed, but only %d were discarded", sum.Pages.Removed, discardPages)
+			}
+		})
+	}
+}
+
+// The VMM quits mid-migration: pagefetcher must notice at once and exit 6.
+func TestVMMExitsMidMigration(t *testing.T) {
+	e := newEnv(t, 16<<20, defaultImage)
+	e.startServer()
+	e.startFetcher("--prefetch", "off") // so that the migration cannot finish first
+	vmmProc := e.startVMM("--regions", "4k:0x0:16M", "--threads", "2", "--exit-after-pages", "64")
+	res, code := e.vmmResult(vmmProc)
+	if code != 0 || !res.StoppedEarly || res.Reads < 64 || res.Reads >= 16<<8 {
+		t.Fatalf("vmm: exit code %d, result %+v; want 0, stopped early after 64 reads", code, res)
+	}
+	fcode, sum := e.fetcherExit()
+	_, vmmExit := vmmProc.ExitCode()
+	_, fetcherExit := e.fetcher.ExitCode()
+	if fcode != 6 {
+		t.Errorf("pagefetcher exit code %d, want 6 (VMM gone)", fcode)
+	}
+	if d := fetcherExit.Sub(vmmExit); d > 5*time.Second {
+		t.Errorf("pagefetcher exited %v after the VMM, want promptly", d)
+	}
+	if sum != nil && sum.OK {
+		t.Errorf("summary says ok after the VMM quit: %+v", sum)
+	}
+	if !strings.Contains(e.fetcher.Stderr(), "VMM") {
+		t.Errorf("pagefetcher's error does not name the VMM")
+	}
+}
+
+// A wrong token: pagefetcher exits 4 before any VMM comes, without a ready
+// line.
+func TestWrongToken(t *testing.T) {
+	e := newEnv(t, 1<<20, defaultImage)
+	e.startServer()
+	wrong := e.dir + "/wrong-token"
+	if err := os.WriteFile(wrong, []byte("not-the-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, _, err := harness.StartFetcher(bins, e.serverReady.Addr, e.socket, wrong, nil, harness.StartOptions{})
+	if p == nil {
+		t.Fatal(err)
+	}
+	e.track(p)
+	code, werr := p.Wait(fetcherTimeout)
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	if code != 4 || err == nil {
+		t.Errorf("pagefetcher with a wrong token: exit code %d, ready-line error %v; want 4 and no ready line", code, err)
+	}
+	if !strings.Contains(p.Stderr(), "refused the token") {
+		t.Errorf("pagefetcher's stderr does not say the token was refused")
+	}
+	if _, err := os.Stat(e.socket); err == nil {
+		t.Errorf("pagefetcher created %s although it never became ready", e.socket)
+	}
+}
+
+// A layout that reaches beyond the image: pagefetcher refuses the handoff
+// with exit code 5, and the VMM (which reads nothing) sees it go.
+func TestLayoutBeyondImage(t *testing.T) {
+	e := newEnv(t, 8<<20, defaultImage)
+	e.startServer()
+	e.startFetcher()
+	vmmProc := e.startVMM("--regions", "4k:0x0:4M,4k:0x600000:4M", "--touch", "none", "--wait-handler", "60s")
+	fcode, _ := e.fetcherExit()
+	if fcode != 5 {
+		t.Errorf("pagefetcher exit code %d, want 5 (layout does not fit the image)", fcode)
+	}
+	if !strings.Contains(e.fetcher.Stderr(), "ends beyond the source image") {
+		t.Errorf("pagefetcher's stderr does not say the region ends beyond the image")
+	}
+	res, code := e.vmmResult(vmmProc)
+	if code != 0 || !res.HandlerClosed || res.Reads != 0 {
+		t.Errorf("vmm: exit code %d, result %+v; want 0, no reads, handler closed", code, res)
+	}
+}
+
+// The VMM's verification catches a wrong byte: the image it checks against
+// differs from the served one in one byte.
+func TestVerifyCatchesCorruption(t *testing.T) {
+	e := newEnv(t, 4<<20, defaultImage)
+	e.startServer()
+	e.startFetcher()
+	data, err := os.ReadFile(e.image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const at = 0x12345
+	data[at] ^= 0x80
+	other := e.dir + "/other-image"
+	if err := os.WriteFile(other, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	vmmProc := e.startVMM("--regions", "4k:0x0:4M", "--verify", "--image", other)
+	res, code := e.vmmResult(vmmProc)
+	if code != 3 || res.Verified || res.Mismatches != 1 || len(res.FirstMismatch) != 1 || res.FirstMismatch[0].First != at {
+		t.Errorf("vmm: exit code %d, result %+v; want 3 and one mismatch at %#x", code, res, at)
+	}
+	if fcode, _ := e.fetcherExit(); fcode != 0 {
+		t.Errorf("pagefetcher exit code %d, want 0", fcode)
+	}
+}

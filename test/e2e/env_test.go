@@ -1,0 +1,190 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/pkg/uffd"
+	"github.com/postcopy/postcopy/test/harness"
+)
+
+// Deadlines, generous for race-enabled binaries on two shared cores.
+const (
+	vmmTimeout     = 120 * time.Second // a whole migration
+	fetcherTimeout = 30 * time.Second  // from the VMM's exit to the fetcher's
+	stopGrace      = 5 * time.Second   // SIGTERM to SIGKILL
+)
+
+// requireUFFD skips (or fails, see testutil) without root and userfaultfd.
+func requireUFFD(t *testing.T) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	if _, err := uffd.Probe(uffd.OpenOptions{}); err != nil {
+		testutil.SkipOrFail(t, "userfaultfd unavailable: %v", err)
+	}
+}
+
+// env is one migration's world: a directory, an image, a token, and the
+// processes, each stopped (SIGTERM, then SIGKILL) in t.Cleanup and shown
+// with its stderr if the test failed.
+type env struct {
+	t         *testing.T
+	dir       string
+	image     string
+	info      harness.ImageInfo
+	tokenFile string
+	socket    string
+
+	server       *harness.Proc
+	serverReady  harness.ServerReady
+	fetcher      *harness.Proc
+	fetcherReady harness.FetcherReady
+}
+
+// defaultImage has zero pages, nearly-zero pages and holes.
+var defaultImage = harness.ImageOptions{Seed: 1, ZeroFraction: 0.1, NearlyZeroFraction: 0.02, HoleFraction: 0.1}
+
+func newEnv(t *testing.T, imageSize uint64, o harness.ImageOptions) *env {
+	t.Helper()
+	requireUFFD(t)
+	// A short directory of our own: socket paths must fit in sun_path, and
+	// the fetcher wants a directory others cannot write.
+	dir, err := os.MkdirTemp("", "pc-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	e := &env{t: t, dir: dir, image: filepath.Join(dir, "image"), tokenFile: filepath.Join(dir, "token"), socket: filepath.Join(dir, "uffd.sock")}
+	if e.info, err = harness.GenerateImage(e.image, imageSize, o); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := harness.WriteToken(e.tokenFile); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// track stops p when the test ends and shows it if the test failed.
+func (e *env) track(p *harness.Proc) {
+	e.t.Cleanup(func() {
+		killed := p.Stop(stopGrace)
+		if e.t.Failed() {
+			e.t.Logf("\n%s", p.Describe(32<<10))
+		}
+		if killed {
+			e.t.Logf("%s (pid %d) needed SIGKILL", p.Name, p.Pid())
+		}
+	})
+}
+
+func (e *env) startServer(extra ...string) {
+	e.t.Helper()
+	p, ready, err := harness.StartServer(bins, e.image, e.tokenFile, extra, harness.StartOptions{})
+	if p != nil {
+		e.track(p)
+	}
+	if err != nil {
+		e.t.Fatalf("pageserver: %v", err)
+	}
+	if ready.Size != e.info.Size || ready.Addr == "" {
+		e.t.Fatalf("pageserver ready line %+v: want size %d and an address", ready, e.info.Size)
+	}
+	e.server, e.serverReady = p, ready
+}
+
+// startFetcher starts pagefetcher with the env's token and socket and waits
+// for its ready line.
+func (e *env) startFetcher(extra ...string) {
+	e.t.Helper()
+	p, ready, err := harness.StartFetcher(bins, e.serverReady.Addr, e.socket, e.tokenFile, extra, harness.StartOptions{})
+	if p != nil {
+		e.track(p)
+	}
+	if err != nil {
+		e.t.Fatalf("pagefetcher: %v", err)
+	}
+	if ready.UFFDSocket != e.socket || ready.ImageSize != e.info.Size || ready.Generation != e.serverReady.Generation {
+		e.t.Fatalf("pagefetcher ready line %+v; server said %+v", ready, e.serverReady)
+	}
+	e.fetcher, e.fetcherReady = p, ready
+}
+
+// startVMM starts the test VMM on the env's socket; it verifies against the
+// image unless args say otherwise.
+func (e *env) startVMM(args ...string) *harness.Proc {
+	e.t.Helper()
+	args = append([]string{"--socket", e.socket, "--image", e.image}, args...)
+	p, err := harness.Start("vmm", bins.VMM, args, harness.StartOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.track(p)
+	return p
+}
+
+// vmmResult waits for the VMM to exit and returns its result line and code.
+func (e *env) vmmResult(p *harness.Proc) (harness.VMMResult, int) {
+	e.t.Helper()
+	code, err := p.Wait(vmmTimeout)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var res harness.VMMResult
+	if err := p.WaitEvent("result", time.Second, &res); err != nil {
+		e.t.Fatalf("vmm exited with code %d: %v", code, err)
+	}
+	return res, code
+}
+
+// fetcherExit waits for pagefetcher to exit and returns its code and its
+// summary line, if it printed one.
+func (e *env) fetcherExit() (int, *harness.SummaryLine) {
+	e.t.Helper()
+	code, err := e.fetcher.Wait(fetcherTimeout)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var sum harness.SummaryLine
+	if err := e.fetcher.WaitEvent("summary", time.Second, &sum); err != nil {
+		return code, nil
+	}
+	return code, &sum
+}
+
+// migration describes a migration expected to succeed.
+type migration struct {
+	imageSize   uint64
+	image       harness.ImageOptions
+	regions     string
+	pages       uint64 // pages of the layout
+	vmmArgs     []string
+	fetcherArgs []string
+	serverArgs  []string
+}
+
+// migrate runs m end to end and checks what every successful migration must
+// show: the VMM read and verified every byte, the fetcher exited 0 with a
+// consistent summary. It returns both results for more checks.
+func migrate(t *testing.T, m migration) (*env, harness.VMMResult, harness.Summary) {
+	t.Helper()
+	e := newEnv(t, m.imageSize, m.image)
+	e.startServer(m.serverArgs...)
+	e.startFetcher(m.fetcherArgs...)
+	vmmProc := e.startVMM(append([]string{"--regions", m.regions, "--verify"}, m.vmmArgs...)...)
+	res, code := e.vmmResult(vmmProc)
+	if code != 0 || !res.Verified || res.Mismatches != 0 || res.Pages != m.pages || !res.HandlerClosed {
+		t.Errorf("vmm: exit code %d, result %+v; want 0, verified, no mismatches, %d pages, handler closed", code, res, m.pages)
+	}
+	fcode, sum := e.fetcherExit()
+	if fcode != 0 || sum == nil || !sum.OK {
+		t.Fatalf("pagefetcher: exit code %d, summary %+v; want 0 and an ok summary", fcode, sum)
+	}
+	for _, bad := range sum.Summary.Check(m.pages) {
+		t.Errorf("summary: %s", bad)
+	}
+	t.Logf("summary %+v; vmm reads %d in %.1f ms, verify %.1f ms", sum.Summary, res.Reads, res.TouchMS, res.VerifyMS)
+	return e, res, sum.Summary
+}

@@ -1,0 +1,309 @@
+// Package harness runs the project's real binaries for end-to-end tests and
+// the loopback demo: it builds pageserver, pagefetcher and the test VMM,
+// generates source images, starts processes and reads their JSON lines, and
+// stops them with SIGTERM, then SIGKILL. It knows nothing of testing.T: the
+// tests register cleanups themselves, the demo defers them.
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Proc is a running binary whose stdout is read as lines (JSON events for
+// every binary here) and whose stderr is kept for diagnosis.
+type Proc struct {
+	// Name labels the process in messages.
+	Name string
+	cmd  *exec.Cmd
+
+	mu      sync.Mutex
+	lines   []string
+	changed chan struct{} // closed and replaced whenever lines grow or the process exits
+	stderr  lockedBuffer
+
+	done     chan struct{} // closed once the process has exited and its output is read
+	exitCode int
+	waitErr  error
+	exitedAt time.Time
+}
+
+// lockedBuffer is a bytes.Buffer safe for one writer and many readers, with
+// an optional copy of everything written.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+	tee io.Writer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.tee != nil {
+		_, _ = b.tee.Write(p)
+	}
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// StartOptions configure Start.
+type StartOptions struct {
+	// Env is added to the current environment.
+	Env []string
+	// StderrTee, if non-nil, also receives the process's stderr as it comes.
+	StderrTee io.Writer
+	// StdoutTee, if non-nil, also receives each stdout line as it comes.
+	StdoutTee io.Writer
+}
+
+// Start starts path with args. The process gets SIGKILL if this process's
+// thread that started it dies (Pdeathsig), so that a crashed test leaks
+// nothing; call Stop or Wait to reap it.
+func Start(name, path string, args []string, o StartOptions) (*Proc, error) {
+	p := &Proc{Name: name, changed: make(chan struct{}), done: make(chan struct{}), exitCode: -1}
+	p.stderr.tee = o.StderrTee
+	cmd := exec.Command(path, args...)
+	cmd.Env = append(os.Environ(), o.Env...)
+	cmd.Stderr = &p.stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%s: start %s: %w", name, path, err)
+	}
+	p.cmd = cmd
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<10), 16<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if o.StdoutTee != nil {
+				fmt.Fprintln(o.StdoutTee, line)
+			}
+			p.mu.Lock()
+			p.lines = append(p.lines, line)
+			close(p.changed)
+			p.changed = make(chan struct{})
+			p.mu.Unlock()
+		}
+		_, _ = io.Copy(io.Discard, out) // after a too-long line: keep draining
+		err := cmd.Wait()
+		p.mu.Lock()
+		p.exitedAt = time.Now()
+		p.waitErr = err
+		p.exitCode = cmd.ProcessState.ExitCode()
+		close(p.changed)
+		p.changed = make(chan struct{})
+		p.mu.Unlock()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// Pid returns the process id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// Stderr returns everything the process wrote on stderr so far.
+func (p *Proc) Stderr() string { return p.stderr.String() }
+
+// Lines returns the stdout lines read so far.
+func (p *Proc) Lines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.lines...)
+}
+
+// Exited reports whether the process has exited (and its output is read).
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Done is closed once the process has exited and its output is read.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+// ExitCode returns the exit status (-1 if killed by a signal or still
+// running) and when the process exit was noticed.
+func (p *Proc) ExitCode() (int, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exitCode, p.exitedAt
+}
+
+// ErrExited is returned by WaitEvent when the process exits without printing
+// the event.
+var ErrExited = errors.New("process exited")
+
+// WaitEvent waits until the process prints a JSON line whose "event" field is
+// event, and decodes that line into v (if non-nil). It fails when the
+// process exits first (ErrExited) or timeout passes.
+func (p *Proc) WaitEvent(event string, timeout time.Duration, v any) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	seen := 0
+	for {
+		p.mu.Lock()
+		lines, changed := p.lines[seen:], p.changed
+		seen = len(p.lines)
+		p.mu.Unlock()
+		for _, l := range lines {
+			var head struct {
+				Event string `json:"event"`
+			}
+			if json.Unmarshal([]byte(l), &head) != nil || head.Event != event {
+				continue
+			}
+			if v == nil {
+				return nil
+			}
+			if err := json.Unmarshal([]byte(l), v); err != nil {
+				return fmt.Errorf("%s: decode %q line %s: %w", p.Name, event, l, err)
+			}
+			return nil
+		}
+		if p.Exited() {
+			p.mu.Lock()
+			more := len(p.lines) > seen
+			p.mu.Unlock()
+			if more {
+				continue
+			}
+			code, _ := p.ExitCode()
+			return fmt.Errorf("%s: no %q event: %w with code %d", p.Name, event, ErrExited, code)
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return fmt.Errorf("%s: no %q event within %v", p.Name, event, timeout)
+		}
+	}
+}
+
+// Wait waits up to timeout for the process to exit and returns its exit code
+// (-1 when a signal killed it).
+func (p *Proc) Wait(timeout time.Duration) (int, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		code, _ := p.ExitCode()
+		return code, nil
+	case <-t.C:
+		return -1, fmt.Errorf("%s (pid %d) still running after %v", p.Name, p.Pid(), timeout)
+	}
+}
+
+// Signal sends sig to the process, unless it has exited.
+func (p *Proc) Signal(sig os.Signal) error {
+	if p.Exited() {
+		return nil
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
+// Stop ends the process: SIGTERM, then SIGKILL if it is still running after
+// grace, and waits for it to be reaped. It reports whether SIGKILL was
+// needed. Stopping an exited process does nothing.
+func (p *Proc) Stop(grace time.Duration) (killed bool) {
+	if p.Exited() {
+		return false
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if _, err := p.Wait(grace); err == nil {
+		return false
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+	return true
+}
+
+// Describe summarises the process for a failure message: exit status and
+// stderr (the last maxStderr bytes).
+func (p *Proc) Describe(maxStderr int) string {
+	code, _ := p.ExitCode()
+	state := "running"
+	if p.Exited() {
+		state = fmt.Sprintf("exit code %d", code)
+		if p.waitErr != nil && code < 0 {
+			state = p.waitErr.Error()
+		}
+	}
+	errText := p.Stderr()
+	if maxStderr > 0 && len(errText) > maxStderr {
+		errText = "...\n" + errText[len(errText)-maxStderr:]
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "==== %s (pid %d, %s): %s\n", p.Name, p.Pid(), state, strings.Join(p.cmd.Args, " "))
+	if lines := p.Lines(); len(lines) > 0 {
+		b.WriteString("---- stdout\n" + strings.Join(lines, "\n") + "\n")
+	}
+	b.WriteString("---- stderr\n" + errText)
+	return b.String()
+}
+
+// Build compiles pageserver, pagefetcher and the test VMM into dir with
+// `go build` run in the module root (race adds -race). It returns their paths.
+func Build(ctx context.Context, root, dir string, race bool) (Bins, error) {
+	args := []string{"build", "-o", dir + string(os.PathSeparator)}
+	if race {
+		args = append(args, "-race")
+	}
+	args = append(args, "./cmd/pageserver", "./cmd/pagefetcher", "./test/vmm")
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = root
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return Bins{}, fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return BinsIn(dir), nil
+}
+
+// Bins are the paths of the three binaries.
+type Bins struct {
+	PageServer, PageFetcher, VMM string
+}
+
+// BinsIn returns the paths the binaries have in dir.
+func BinsIn(dir string) Bins {
+	return Bins{
+		PageServer:  dir + "/pageserver",
+		PageFetcher: dir + "/pagefetcher",
+		VMM:         dir + "/vmm",
+	}
+}
+
+// ModuleRoot returns the directory of the main module's go.mod, as seen from
+// the current directory.
+func ModuleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("not inside the module (go env GOMOD is empty)")
+	}
+	return strings.TrimSuffix(mod, "/go.mod"), nil
+}
