@@ -1,0 +1,198 @@
+package harness
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The test binary doubles as the helper process of the Proc tests.
+func TestMain(m *testing.M) {
+	switch os.Getenv("HARNESS_HELPER") {
+	case "":
+		os.Exit(m.Run())
+	case "events":
+		fmt.Println("not json")
+		fmt.Println(`{"event":"ready","addr":"127.0.0.1:1","size":42}`)
+		fmt.Fprintln(os.Stderr, "some log")
+		fmt.Println(`{"event":"summary","ok":true,"summary":{"pages":{"total":3}}}`)
+		os.Exit(7)
+	case "stubborn": // ignores SIGTERM until killed
+		signal.Ignore(syscall.SIGTERM)
+		fmt.Println(`{"event":"ready"}`)
+		select {}
+	case "polite": // exits 0 on SIGTERM
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGTERM)
+		fmt.Println(`{"event":"ready"}`)
+		<-c
+		os.Exit(0)
+	}
+	os.Exit(99)
+}
+
+func helper(t *testing.T, mode string) *Proc {
+	t.Helper()
+	var tee bytes.Buffer
+	p, err := Start(mode, os.Args[0], []string{"-test.run=^$"}, StartOptions{Env: []string{"HARNESS_HELPER=" + mode}, StderrTee: &tee})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Stop(time.Second) })
+	return p
+}
+
+func TestProcEvents(t *testing.T) {
+	p := helper(t, "events")
+	var ready ServerReady
+	if err := p.WaitEvent("ready", 10*time.Second, &ready); err != nil {
+		t.Fatal(err)
+	}
+	if ready.Addr != "127.0.0.1:1" || ready.Size != 42 {
+		t.Errorf("ready %+v", ready)
+	}
+	code, err := p.Wait(10 * time.Second)
+	if err != nil || code != 7 {
+		t.Fatalf("Wait = %d, %v; want 7", code, err)
+	}
+	var sum SummaryLine
+	if err := p.WaitEvent("summary", time.Second, &sum); err != nil || !sum.OK || sum.Summary.Pages.Total != 3 {
+		t.Errorf("summary %+v, %v", sum, err)
+	}
+	if err := p.WaitEvent("progress", time.Second, nil); !errors.Is(err, ErrExited) {
+		t.Errorf("WaitEvent for a line never printed = %v, want ErrExited", err)
+	}
+	if p.Stderr() != "some log\n" || len(p.Lines()) != 3 {
+		t.Errorf("stderr %q, lines %q", p.Stderr(), p.Lines())
+	}
+	if d := p.Describe(0); !strings.Contains(d, "exit code 7") || !strings.Contains(d, "some log") {
+		t.Errorf("Describe = %q", d)
+	}
+	if p.Stop(time.Second) {
+		t.Error("Stop of an exited process killed something")
+	}
+}
+
+func TestProcStop(t *testing.T) {
+	polite := helper(t, "polite")
+	stubborn := helper(t, "stubborn")
+	for _, p := range []*Proc{polite, stubborn} {
+		if err := p.WaitEvent("ready", 10*time.Second, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if polite.Stop(10 * time.Second) {
+		t.Error("the polite helper needed SIGKILL")
+	}
+	if code, _ := polite.ExitCode(); code != 0 {
+		t.Errorf("polite helper exit code %d", code)
+	}
+	if err := stubborn.WaitEvent("never", 50*time.Millisecond, nil); err == nil || errors.Is(err, ErrExited) {
+		t.Errorf("WaitEvent on a running process = %v, want a timeout", err)
+	}
+	if !stubborn.Stop(200 * time.Millisecond) {
+		t.Error("the stubborn helper was not killed")
+	}
+	if code, _ := stubborn.ExitCode(); code != -1 || !stubborn.Exited() {
+		t.Errorf("stubborn helper: exit code %d, exited %v; want -1 (killed)", code, stubborn.Exited())
+	}
+}
+
+func TestGenerateImage(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	const size = 8 << 20
+	o := ImageOptions{Seed: 5, ZeroFraction: 0.2, NearlyZeroFraction: 0.05, HoleFraction: 0.2}
+	info, err := GenerateImage(path, size, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Pages != size/4096 || info.ZeroPages == 0 || info.HolePages == 0 || info.NearlyZero == 0 {
+		t.Fatalf("info %+v: want zero pages, holes and nearly-zero pages", info)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil || len(data) != size {
+		t.Fatalf("read %d bytes, %v", len(data), err)
+	}
+	var zero, nearly uint64
+	page := make([]byte, 4096)
+	for off := 0; off < size; off += 4096 {
+		p := data[off : off+4096]
+		switch {
+		case bytes.Equal(p, page):
+			zero++
+		case bytes.Equal(p[:4095], page[:4095]) && p[4095] == 1:
+			nearly++
+		}
+	}
+	if zero != info.ZeroPages+info.HolePages || nearly != info.NearlyZero {
+		t.Errorf("counted %d zero and %d nearly-zero pages; info %+v", zero, nearly, info)
+	}
+	// The holes are real holes of the file.
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	hole, err := unix.Seek(int(f.Fd()), 0, unix.SEEK_HOLE)
+	if err != nil || hole >= size {
+		t.Errorf("SEEK_HOLE = %d, %v: want a hole before the end", hole, err)
+	}
+	// Same seed, same image.
+	again := filepath.Join(t.TempDir(), "img2")
+	if info2, err := GenerateImage(again, size, o); err != nil || info2 != info {
+		t.Fatalf("second image: %+v, %v", info2, err)
+	}
+	data2, _ := os.ReadFile(again)
+	if !bytes.Equal(data, data2) {
+		t.Error("same seed, different images")
+	}
+	if _, err := GenerateImage(path, 1000, o); err == nil {
+		t.Error("size 1000 accepted")
+	}
+}
+
+func TestGenerateTLS(t *testing.T) {
+	f, err := GenerateTLS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(f.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("CA PEM not parsed")
+	}
+	for _, tc := range []struct {
+		cert, key string
+		usage     x509.ExtKeyUsage
+		host      string
+	}{
+		{f.ServerCert, f.ServerKey, x509.ExtKeyUsageServerAuth, "127.0.0.1"},
+		{f.ClientCert, f.ClientKey, x509.ExtKeyUsageClientAuth, ""},
+	} {
+		pair, err := tls.LoadX509KeyPair(tc.cert, tc.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := x509.ParseCertificate(pair.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: tc.host, KeyUsages: []x509.ExtKeyUsage{tc.usage}}); err != nil {
+			t.Errorf("%s: %v", tc.cert, err)
+		}
+	}
+}
