@@ -1,0 +1,501 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/postcopy/postcopy/internal/metrics"
+	"github.com/postcopy/postcopy/internal/stats"
+	"github.com/postcopy/postcopy/pkg/prefetch"
+	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/uffd"
+)
+
+// Errors that end Run. The binary maps each to its own exit code.
+var (
+	// ErrVMMGone: the process behind the userfaultfd exited before every
+	// page arrived.
+	ErrVMMGone = errors.New("the VMM exited before the migration finished")
+	// ErrSourceLost: the source could not be reached again within the
+	// reconnect window, or the source process is gone.
+	ErrSourceLost = errors.New("source lost")
+	// ErrImageChanged: the server serves another image than the one the
+	// migration started from.
+	ErrImageChanged = errors.New("source image changed")
+	// ErrLayout: the handed-over layout does not fit the source image.
+	ErrLayout = errors.New("layout does not fit the source image")
+	// ErrFaultOutside: a fault at an address outside every region; the
+	// thread behind it cannot be served.
+	ErrFaultOutside = errors.New("fault outside the handed-over regions")
+)
+
+// Config is what Run needs. UFFD, Regions and Client are required.
+type Config struct {
+	// UFFD is the workload's userfaultfd with every region registered in
+	// MISSING mode and UFFDIO_API done (by the VMM). Run does not close it.
+	UFFD *uffd.FD
+	// Regions is the layout the VMM handed over.
+	Regions []Region
+	// Client is connected to the page server (Dial and, usually, Hello
+	// done). Run closes it.
+	Client *transport.Client
+	// Redial connects again after a lane broke; nil disables reconnecting.
+	Redial func(ctx context.Context) (*transport.Client, error)
+	// ExpectGeneration, when not zero, is the image generation the session
+	// must have (a reconnect always demands the first session's).
+	ExpectGeneration uint64
+	// Prefetch pulls every page in the background; off, only faults fetch
+	// (until Drain).
+	Prefetch bool
+	// BulkWindow is the number of bulk runs in flight (default 8).
+	BulkWindow int
+	// BulkRunBytes is the largest bulk run (default 1 MiB; at least a page).
+	BulkRunBytes uint64
+	// ReconnectTimeout bounds how long a broken link may stay broken
+	// (default 2 minutes).
+	ReconnectTimeout time.Duration
+	// RequestTimeout: a request with no answer for this long counts as a
+	// broken link (default 15 s).
+	RequestTimeout time.Duration
+	// VMMPid, when not zero, is watched: its exit ends Run with ErrVMMGone.
+	VMMPid int
+	// ClientName is sent to the server when opening the session.
+	ClientName string
+	Logger     hclog.Logger
+	// Metrics, when set, receives the fetcher's metrics.
+	Metrics *metrics.Registry
+}
+
+// Summary is the result of a migration, for the final JSON line.
+type Summary struct {
+	TotalSeconds float64 `json:"total_s"`
+	Pages        struct {
+		Total    uint64 `json:"total"`
+		Demand   uint64 `json:"demand"`
+		Bulk     uint64 `json:"bulk"`
+		Zero     uint64 `json:"zero"`
+		Removed  uint64 `json:"removed"`
+		Unmapped uint64 `json:"unmapped"`
+	} `json:"pages"`
+	BytesReceived  uint64 `json:"bytes_received"`
+	Faults         uint64 `json:"faults"`
+	DuplicateFault uint64 `json:"faults_duplicate"`
+	FaultLatencyUS struct {
+		P50  float64 `json:"p50"`
+		P99  float64 `json:"p99"`
+		P999 float64 `json:"p999"`
+		Max  float64 `json:"max"`
+	} `json:"fault_latency_us"`
+	BlocktimeMS    float64 `json:"blocktime_ms"`
+	FirstPageMS    float64 `json:"first_page_ms"`
+	Reconnects     uint64  `json:"reconnects"`
+	ChecksumErrors uint64  `json:"checksum_errors"`
+}
+
+// Progress is a snapshot of a running migration.
+type Progress struct {
+	Elapsed       time.Duration
+	TotalPages    uint64
+	ResolvedPages uint64
+	BytesReceived uint64
+	Faults        uint64
+}
+
+// arrival says how a page became resident.
+type arrival int
+
+const (
+	viaDemand arrival = iota
+	viaBulk
+	viaZero
+	viaRemoved
+	viaUnmapped
+	nArrivals
+)
+
+// Fetcher runs one migration. Create it with New, then call Run once.
+type Fetcher struct {
+	cfg    Config
+	log    hclog.Logger
+	fd     *uffd.FD
+	layout *layout
+
+	// evMu is the event lock (see the package doc): copies hold it for
+	// reading, the fault loop holds it for writing while it reads events
+	// and records their effects.
+	evMu    sync.RWMutex
+	evGen   atomic.Uint64
+	genMu   sync.Mutex
+	genCond *sync.Cond
+
+	poller *uffd.Poller
+	reader *uffd.Reader
+
+	policyMu sync.Mutex
+	policy   *prefetch.Policy
+	policyCh chan struct{} // signalled when the policy may have work again
+
+	prefetchOn   chan struct{}
+	prefetchOnce sync.Once
+
+	waitMu  sync.Mutex
+	waiters map[uint64][]waiter // page key -> threads waiting on it
+
+	demandMu    sync.Mutex
+	outstanding map[uint64]outstandingReq // page key -> demand request
+	nextID      atomic.Uint64
+
+	cur atomic.Pointer[conn] // the live connection, nil while reconnecting
+
+	remaining atomic.Int64
+	counts    [nArrivals]atomic.Uint64
+	bytes     atomic.Uint64
+	faults    atomic.Uint64
+	dupFaults atomic.Uint64
+	crcErrors atomic.Uint64
+	reconns   atomic.Uint64
+	blockNS   atomic.Int64
+	latency   stats.Histogram
+	latMetric *metrics.Histogram
+
+	start     time.Time
+	firstPage atomic.Int64 // ns since start, 0 until the first page is placed
+
+	doneOnce sync.Once
+	done     chan struct{}
+	stopping atomic.Bool
+
+	failMu  sync.Mutex
+	failErr error
+	failCh  chan struct{}
+
+	zeroBuf []byte // a zero page for hugetlbfs regions (no UFFDIO_ZEROPAGE there)
+	gen     uint64 // image generation of the session
+}
+
+type waiter struct {
+	tid uint32
+	at  time.Time
+}
+
+type outstandingReq struct {
+	req    transport.Request
+	sentAt time.Time
+}
+
+func pageKey(r *region, p uint64) uint64 { return uint64(r.idx)<<48 | p }
+
+// New checks the configuration and prepares a migration.
+func New(cfg Config) (*Fetcher, error) {
+	if cfg.UFFD == nil {
+		return nil, errors.New("fetcher: no userfaultfd")
+	}
+	if cfg.Client == nil {
+		return nil, errors.New("fetcher: no client")
+	}
+	l, err := newLayout(cfg.Regions)
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: %w", err)
+	}
+	if cfg.BulkWindow <= 0 {
+		cfg.BulkWindow = 8
+	}
+	if cfg.BulkRunBytes == 0 {
+		cfg.BulkRunBytes = 1 << 20
+	}
+	if cfg.ReconnectTimeout <= 0 {
+		cfg.ReconnectTimeout = 2 * time.Minute
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 15 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	f := &Fetcher{
+		cfg:         cfg,
+		log:         cfg.Logger,
+		fd:          cfg.UFFD,
+		layout:      l,
+		policyCh:    make(chan struct{}, 1),
+		prefetchOn:  make(chan struct{}),
+		waiters:     make(map[uint64][]waiter),
+		outstanding: make(map[uint64]outstandingReq),
+		done:        make(chan struct{}),
+		failCh:      make(chan struct{}),
+	}
+	f.genCond = sync.NewCond(&f.genMu)
+	for _, r := range l.regions {
+		if r.PageSize > uffd.PageSize() && r.PageSize > uint64(len(f.zeroBuf)) {
+			f.zeroBuf = make([]byte, r.PageSize)
+		}
+	}
+	f.remaining.Store(int64(l.totalPages()))
+	if cfg.Prefetch {
+		f.EnablePrefetch()
+	}
+	if cfg.Metrics != nil {
+		f.registerMetrics(cfg.Metrics)
+	}
+	return f, nil
+}
+
+// newPolicy sets up the prefetch policy once the server's largest bulk
+// answer is known.
+func (f *Fetcher) newPolicy(maxBulk uint64) error {
+	runBytes := f.cfg.BulkRunBytes
+	if maxBulk > 0 && runBytes > maxBulk {
+		runBytes = maxBulk
+	}
+	prs := make([]prefetch.Region, len(f.layout.regions))
+	pcfg := prefetch.Config{MaxRunPages: make([]uint32, len(f.layout.regions))}
+	for i, r := range f.layout.regions {
+		if maxBulk > 0 && r.PageSize > maxBulk {
+			return fmt.Errorf("%w: region %d has %d-byte pages, larger than the server's largest answer (%d bytes)",
+				ErrLayout, i, r.PageSize, maxBulk)
+		}
+		prs[i] = prefetch.Region{Pages: r.pages}
+		pcfg.MaxRunPages[i] = uint32(max(1, runBytes/r.PageSize))
+	}
+	var err error
+	if f.policy, err = prefetch.New(prs, pcfg); err != nil {
+		return fmt.Errorf("fetcher: %w", err)
+	}
+	return nil
+}
+
+// EnablePrefetch turns the background pull on (it may have started off).
+// Safe to call from any goroutine, any number of times.
+func (f *Fetcher) EnablePrefetch() {
+	f.prefetchOnce.Do(func() { close(f.prefetchOn) })
+}
+
+// Drain makes the fetcher finish as fast as it can: it pulls everything left
+// at full speed. Run still returns only when every page is resident.
+func (f *Fetcher) Drain() { f.EnablePrefetch() }
+
+// Progress returns a snapshot, safe to call while Run runs.
+func (f *Fetcher) Progress() Progress {
+	total := f.layout.totalPages()
+	el := time.Duration(0)
+	if !f.start.IsZero() {
+		el = time.Since(f.start)
+	}
+	return Progress{
+		Elapsed:       el,
+		TotalPages:    total,
+		ResolvedPages: total - uint64(max(0, f.remaining.Load())),
+		BytesReceived: f.bytes.Load(),
+		Faults:        f.faults.Load(),
+	}
+}
+
+func (f *Fetcher) registerMetrics(m *metrics.Registry) {
+	f.latMetric = m.Histogram("postcopy_fetcher_fault_latency_seconds",
+		"Time from reading a missing-page fault to the page being placed.",
+		[]float64{25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.1, 1})
+	names := [nArrivals]string{"demand", "bulk", "zero", "removed", "unmapped"}
+	for i, n := range names {
+		c := &f.counts[i]
+		m.GaugeFunc("postcopy_fetcher_pages", "Pages resolved, by how they arrived.",
+			func() float64 { return float64(c.Load()) }, "arrival", n)
+	}
+	m.GaugeFunc("postcopy_fetcher_pages_total", "Pages of all regions.",
+		func() float64 { return float64(f.layout.totalPages()) })
+	m.GaugeFunc("postcopy_fetcher_bytes_received", "Page bytes received from the source.",
+		func() float64 { return float64(f.bytes.Load()) })
+	m.GaugeFunc("postcopy_fetcher_blocktime_seconds", "Total time faulting threads waited.",
+		func() float64 { return float64(f.blockNS.Load()) / 1e9 })
+	m.GaugeFunc("postcopy_fetcher_faults", "Distinct missing-page faults.",
+		func() float64 { return float64(f.faults.Load()) })
+	m.GaugeFunc("postcopy_fetcher_reconnects", "Times a broken link was re-established.",
+		func() float64 { return float64(f.reconns.Load()) })
+}
+
+// fail records the first error that ends Run.
+func (f *Fetcher) fail(err error) {
+	if err == nil {
+		return
+	}
+	f.failMu.Lock()
+	defer f.failMu.Unlock()
+	if f.failErr == nil {
+		f.failErr = err
+		close(f.failCh)
+	}
+}
+
+func (f *Fetcher) finished() bool {
+	select {
+	case <-f.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// resolved notes that a page became resolved for the first time.
+func (f *Fetcher) resolved(how arrival, n uint64) {
+	f.counts[how].Add(n)
+	if f.remaining.Add(-int64(n)) == 0 {
+		f.doneOnce.Do(func() { close(f.done) })
+	}
+}
+
+// Run serves the migration until every page is resident, ctx ends, or an
+// unrecoverable error. On success it unregisters every range, reports Done
+// to the server and returns the summary. The summary is returned (partial)
+// with an error too.
+func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
+	f.start = time.Now()
+	defer f.cfg.Client.Close()
+
+	sess, err := f.open(ctx, f.cfg.Client, f.cfg.ExpectGeneration)
+	if err != nil {
+		return f.summary(), err
+	}
+	f.gen = sess.Image().Generation
+	if err := f.newPolicy(uint64(sess.MaxBulkBytes())); err != nil {
+		return f.summary(), err
+	}
+	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,
+		"pages", f.layout.totalPages(), "regions", len(f.layout.regions))
+
+	if f.poller, err = uffd.NewPoller(f.fd); err != nil {
+		return f.summary(), fmt.Errorf("fetcher: %w", err)
+	}
+	defer f.poller.Close()
+	f.reader = uffd.NewReader(f.fd, 256)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); f.fail(f.faultLoop()) }()
+	go func() { defer wg.Done(); f.connLoop(runCtx, f.cfg.Client, sess) }()
+	if f.cfg.VMMPid != 0 {
+		stopWatch, err := f.watchVMM(f.cfg.VMMPid)
+		if err != nil {
+			f.fail(err)
+		} else {
+			defer stopWatch()
+		}
+	}
+	if f.remaining.Load() == 0 {
+		f.doneOnce.Do(func() { close(f.done) })
+	}
+
+	var runErr error
+	select {
+	case <-f.done:
+	case <-f.failCh:
+		f.failMu.Lock()
+		runErr = f.failErr
+		f.failMu.Unlock()
+	case <-ctx.Done():
+		runErr = ctx.Err()
+	}
+
+	// Stop the loops. The fault loop is interrupted through the poller's
+	// eventfd; the connection loop by its context.
+	f.stopping.Store(true)
+	_ = f.poller.Interrupt()
+	cancel()
+	f.genCond.L.Lock()
+	f.genCond.Broadcast()
+	f.genCond.L.Unlock()
+	wg.Wait()
+
+	if runErr != nil {
+		// Ranges stay registered on purpose: a workload thread that
+		// faults now blocks, instead of reading bytes that never arrived.
+		return f.summary(), runErr
+	}
+	if err := f.unregisterAll(); err != nil {
+		return f.summary(), err
+	}
+	sum := f.summary()
+	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer dcancel()
+	if c := f.lastSession(); c != nil {
+		if err := c.Done(dctx, f.totals()); err != nil {
+			f.log.Warn("could not report done to the server; every page is resident anyway", "error", err)
+		}
+	}
+	f.log.Info("migration complete", "seconds", sum.TotalSeconds, "faults", sum.Faults)
+	return sum, nil
+}
+
+// unregisterAll makes the VMM independent of the fetcher: once every page is
+// resident the ranges are unregistered (which also wakes any thread that
+// faulted on a discarded page meanwhile: it retries without userfaultfd and
+// gets a zero page), and events posted until then are read so that no VMM
+// call stays blocked on an unread event.
+func (f *Fetcher) unregisterAll() error {
+	f.evMu.Lock()
+	defer f.evMu.Unlock()
+	for _, s := range f.layout.segs {
+		if err := f.fd.Unregister(s.start, s.end-s.start); err != nil {
+			if errors.Is(err, uffd.ErrProcessGone) {
+				f.log.Warn("VMM exited as the migration completed")
+				return nil
+			}
+			return fmt.Errorf("fetcher: unregister: %w", err)
+		}
+	}
+	evs := make([]uffd.Event, 64)
+	for {
+		n, err := f.reader.Read(evs)
+		if err != nil || n == 0 {
+			return nil
+		}
+		for _, ev := range evs[:n] {
+			if ev.Kind == uffd.EventFork {
+				closeFD(ev.Fork.FD)
+			}
+		}
+	}
+}
+
+func (f *Fetcher) summary() *Summary {
+	s := &Summary{}
+	if !f.start.IsZero() {
+		s.TotalSeconds = time.Since(f.start).Seconds()
+	}
+	s.Pages.Total = f.layout.totalPages()
+	s.Pages.Demand = f.counts[viaDemand].Load()
+	s.Pages.Bulk = f.counts[viaBulk].Load()
+	s.Pages.Zero = f.counts[viaZero].Load()
+	s.Pages.Removed = f.counts[viaRemoved].Load()
+	s.Pages.Unmapped = f.counts[viaUnmapped].Load()
+	s.BytesReceived = f.bytes.Load()
+	s.Faults = f.faults.Load()
+	s.DuplicateFault = f.dupFaults.Load()
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+	s.FaultLatencyUS.P50 = us(f.latency.Quantile(0.5))
+	s.FaultLatencyUS.P99 = us(f.latency.Quantile(0.99))
+	s.FaultLatencyUS.P999 = us(f.latency.Quantile(0.999))
+	s.FaultLatencyUS.Max = us(f.latency.Max())
+	s.BlocktimeMS = float64(f.blockNS.Load()) / 1e6
+	s.FirstPageMS = float64(f.firstPage.Load()) / 1e6
+	s.Reconnects = f.reconns.Load()
+	s.ChecksumErrors = f.crcErrors.Load()
+	return s
+}
+
+func (f *Fetcher) totals() transport.DoneTotals {
+	return transport.DoneTotals{
+		PagesDemand:   f.counts[viaDemand].Load(),
+		PagesBulk:     f.counts[viaBulk].Load(),
+		PagesZero:     f.counts[viaZero].Load(),
+		PagesRemoved:  f.counts[viaRemoved].Load(),
+		BytesReceived: f.bytes.Load(),
+		Duration:      time.Since(f.start),
+	}
+}

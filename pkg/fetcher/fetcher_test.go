@@ -1,0 +1,318 @@
+package fetcher
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/pkg/handshake"
+	"github.com/postcopy/postcopy/pkg/image"
+	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/uffd"
+)
+
+// The VMM runs in a child process (this test binary, re-executed): a thread
+// blocked on a missing page holds its OS thread and can stall a garbage
+// collection in its own process, so the workload never shares a Go runtime
+// with the fetcher.
+const vmmEnv = "FETCHER_TEST_VMM"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(vmmEnv) != "" {
+		os.Exit(vmmMain())
+	}
+	os.Exit(m.Run())
+}
+
+type vmmResult struct {
+	Verified   bool   `json:"verified"`
+	Pages      uint64 `json:"pages"`
+	Mismatches uint64 `json:"mismatches"`
+	Reads      uint64 `json:"reads"`
+	Error      string `json:"error,omitempty"`
+}
+
+// vmmMain maps the layout in $FETCHER_TEST_SPEC, hands it over on
+// $FETCHER_TEST_SOCKET, touches it and verifies every byte against
+// $FETCHER_TEST_IMAGE.
+func vmmMain() int {
+	res := vmmResult{}
+	err := func() error {
+		spec, err := vmm.ParseSpec(os.Getenv("FETCHER_TEST_SPEC"))
+		if err != nil {
+			return err
+		}
+		v, err := vmm.Map(spec)
+		if err != nil {
+			return err
+		}
+		defer v.Close()
+		if err := v.HandOver(os.Getenv("FETCHER_TEST_SOCKET"), false); err != nil {
+			return err
+		}
+		threads, _ := strconv.Atoi(os.Getenv("FETCHER_TEST_THREADS"))
+		mode, err := vmm.ParseTouchMode(os.Getenv("FETCHER_TEST_TOUCH"))
+		if err != nil {
+			return err
+		}
+		opts := vmm.TouchOptions{Threads: max(1, threads), Mode: mode, Seed: 7}
+		if d := os.Getenv("FETCHER_TEST_DISCARD"); d != "" {
+			var off, n uint64
+			if _, err := fmt.Sscanf(d, "%d:%d", &off, &n); err != nil {
+				return err
+			}
+			opts.At = func() error { return v.Discard(off, n) }
+			opts.AtRead = 5
+		}
+		if s := os.Getenv("FETCHER_TEST_STOP_AFTER"); s != "" {
+			opts.StopAfter, _ = strconv.ParseUint(s, 10, 64)
+		}
+		tr, err := v.Touch(opts)
+		if err != nil {
+			return err
+		}
+		res.Reads = tr.Reads
+		if tr.Stopped {
+			return nil // a VMM that quits mid-migration
+		}
+		f, err := os.Open(os.Getenv("FETCHER_TEST_IMAGE"))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		vr, err := v.Verify(f)
+		if err != nil {
+			return err
+		}
+		res.Pages, res.Mismatches, res.Verified = vr.Pages, vr.Mismatches, vr.OK()
+		return v.WaitHandler(time.Minute)
+	}()
+	if err != nil {
+		res.Error = err.Error()
+	}
+	_ = json.NewEncoder(os.Stdout).Encode(res)
+	if err != nil || (!res.Verified && res.Pages > 0) {
+		return 1
+	}
+	return 0
+}
+
+// makeImage writes a sparse image: random pages, all-zero data pages, and
+// holes, and returns its path.
+func makeImage(t *testing.T, size int64) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "image")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(uint64(size), 99))
+	page := make([]byte, 4096)
+	for off := int64(0); off < size; off += 4096 {
+		switch k := r.IntN(10); {
+		case k < 7: // data
+			for i := range page {
+				page[i] = byte(r.Uint32())
+			}
+		case k < 8: // written zeros
+			clear(page)
+		default: // hole
+			continue
+		}
+		if _, err := f.WriteAt(page, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return path
+}
+
+type harness struct {
+	t       *testing.T
+	imgPath string
+	addr    string
+	sock    string
+}
+
+func newHarness(t *testing.T, size int64) *harness {
+	t.Helper()
+	testutil.RequireRoot(t)
+	if _, err := uffd.Probe(uffd.OpenOptions{}); err != nil {
+		testutil.SkipOrFail(t, "userfaultfd: %v", err)
+	}
+	h := &harness{t: t, imgPath: makeImage(t, size)}
+	img, err := image.OpenFile(h.imgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { img.Close() })
+	srv, err := transport.NewServer(transport.ServerOptions{Image: img})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(srv.GRPCServerOptions()...)
+	srv.Register(g)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+	h.addr = lis.Addr().String()
+	h.sock = filepath.Join(t.TempDir(), "uffd.sock")
+	return h
+}
+
+type migration struct {
+	sum    *Summary
+	err    error
+	vmm    vmmResult
+	vmmErr error
+	stderr string
+}
+
+// migrate runs one migration: a VMM child with the given environment, the
+// fetcher in this process.
+func (h *harness) migrate(spec string, cfg Config, env ...string) migration {
+	t := h.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	lis, err := handshake.Listen(h.sock, handshake.ListenOptions{AllowUID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), vmmEnv+"=1", "FETCHER_TEST_SPEC="+spec, "FETCHER_TEST_SOCKET="+h.sock,
+		"FETCHER_TEST_IMAGE="+h.imgPath)
+	cmd.Env = append(cmd.Env, env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+		}
+	})
+
+	ho, err := lis.Accept(ctx)
+	if err != nil {
+		t.Fatalf("accept: %v (vmm stderr: %s)", err, stderr.String())
+	}
+	defer ho.Conn.Close()
+	fd, err := uffd.FromFD(ho.FD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	client, err := transport.Dial(ctx, h.addr, transport.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.UFFD, cfg.Client = fd, client
+	cfg.VMMPid = int(ho.Cred.Pid)
+	for _, r := range ho.Regions {
+		cfg.Regions = append(cfg.Regions, Region{Base: r.BaseHostVirtAddr, Size: r.Size, Offset: r.Offset, PageSize: r.PageSize})
+	}
+	f, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m migration
+	m.sum, m.err = f.Run(ctx)
+	ho.Conn.Close() // the VMM waits for this before it exits
+	select {
+	case m.vmmErr = <-waited:
+	case <-ctx.Done():
+		t.Fatalf("VMM did not exit; stderr: %s", stderr.String())
+	}
+	m.stderr = stderr.String()
+	if line := strings.TrimSpace(stdout.String()); line != "" {
+		if err := json.Unmarshal([]byte(line), &m.vmm); err != nil {
+			t.Fatalf("VMM output %q: %v", line, err)
+		}
+	}
+	return m
+}
+
+func (m migration) check(t *testing.T) {
+	t.Helper()
+	if m.err != nil {
+		t.Fatalf("Run: %v (VMM stderr: %s)", m.err, m.stderr)
+	}
+	if m.vmmErr != nil || !m.vmm.Verified || m.vmm.Mismatches != 0 {
+		t.Fatalf("VMM: exit %v, result %+v, stderr: %s", m.vmmErr, m.vmm, m.stderr)
+	}
+	p := m.sum.Pages
+	if p.Demand+p.Bulk+p.Zero+p.Removed+p.Unmapped != p.Total {
+		t.Fatalf("pages do not add up: %+v", p)
+	}
+}
+
+func TestMigrateSeveralRegions(t *testing.T) {
+	h := newHarness(t, 32<<20)
+	spec := "4k:0x0:8M,4k:0x1000000:4M,4k:0x1800000:2M"
+	m := h.migrate(spec, Config{Prefetch: true}, "FETCHER_TEST_THREADS=4", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
+	if m.sum.Pages.Bulk == 0 {
+		t.Errorf("prefetch on but no page came in bulk: %+v", m.sum.Pages)
+	}
+	t.Logf("summary: %+v", *m.sum)
+}
+
+func TestMigrateDemandOnly(t *testing.T) {
+	h := newHarness(t, 8<<20)
+	m := h.migrate("4k:0x100000:4M", Config{Prefetch: false}, "FETCHER_TEST_THREADS=3", "FETCHER_TEST_TOUCH=same")
+	m.check(t)
+	if m.sum.Pages.Bulk != 0 {
+		t.Errorf("prefetch off but %d pages came in bulk", m.sum.Pages.Bulk)
+	}
+	if m.sum.Faults == 0 || m.sum.FaultLatencyUS.P50 <= 0 {
+		t.Errorf("no fault latency recorded: %+v", *m.sum)
+	}
+	if m.sum.Faults > m.sum.Pages.Total {
+		t.Errorf("%d faults for %d pages: a page was asked for twice", m.sum.Faults, m.sum.Pages.Total)
+	}
+}
+
+func TestMigrateDiscardReadsZero(t *testing.T) {
+	h := newHarness(t, 8<<20)
+	m := h.migrate("4k:0x0:8M", Config{Prefetch: true}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=all",
+		fmt.Sprintf("FETCHER_TEST_DISCARD=%d:%d", 1<<20, 1<<20))
+	m.check(t)
+	if m.sum.Pages.Removed == 0 {
+		t.Errorf("discard during the migration, but no page counted removed: %+v", m.sum.Pages)
+	}
+}
+
+func TestVMMExitsMidMigration(t *testing.T) {
+	h := newHarness(t, 16<<20)
+	m := h.migrate("4k:0x0:16M", Config{Prefetch: false}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random",
+		"FETCHER_TEST_STOP_AFTER=50")
+	if m.err == nil || !strings.Contains(m.err.Error(), ErrVMMGone.Error()) {
+		t.Fatalf("Run = %v, want %v", m.err, ErrVMMGone)
+	}
+}

@@ -1,0 +1,391 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/postcopy/postcopy/pkg/prefetch"
+	"github.com/postcopy/postcopy/pkg/transport"
+)
+
+// conn is one connection generation: a session with its two lanes. A broken
+// lane ends the generation; the next one re-asks for everything in flight.
+type conn struct {
+	client *transport.Client
+	sess   *transport.Session
+	demand *transport.Lane
+	bulk   *transport.Lane
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	mu       sync.Mutex
+	inflight map[uint64]bulkRun // request id -> run on the bulk lane
+}
+
+type bulkRun struct {
+	run    prefetch.Run
+	sentAt time.Time
+}
+
+var errStalled = errors.New("a request got no answer in time")
+
+func (f *Fetcher) lastSession() *transport.Session {
+	if c := f.cur.Load(); c != nil {
+		return c.sess
+	}
+	return nil
+}
+
+// open opens a session for the layout on client.
+func (f *Fetcher) open(ctx context.Context, client *transport.Client, expect uint64) (*transport.Session, error) {
+	regions := make([]transport.Region, len(f.layout.regions))
+	for i, r := range f.layout.regions {
+		regions[i] = transport.Region{Offset: r.Offset, Length: r.Size, PageSize: uint32(r.PageSize)}
+	}
+	sess, err := client.Open(ctx, regions, expect)
+	switch {
+	case err == nil:
+		return sess, nil
+	case errors.Is(err, transport.ErrImageChanged):
+		return nil, fmt.Errorf("%w: %w", ErrImageChanged, err)
+	case errors.Is(err, transport.ErrSourceGone):
+		return nil, fmt.Errorf("%w: %w", ErrSourceLost, err)
+	}
+	if c := status.Code(err); c == codes.InvalidArgument || c == codes.OutOfRange {
+		return nil, fmt.Errorf("%w: %w", ErrLayout, err)
+	}
+	return nil, fmt.Errorf("fetcher: opening session: %w", err)
+}
+
+// connLoop runs connection generations until ctx ends or an unrecoverable
+// error. The first generation uses client and sess.
+func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, sess *transport.Session) {
+	for {
+		c, err := f.startConn(ctx, client, sess)
+		if err == nil {
+			err = f.serveConn(c)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		retry := transport.IsRetryable(err) || errors.Is(err, errStalled) || errors.Is(err, transport.ErrSessionNotFound)
+		if !retry || f.cfg.Redial == nil {
+			f.fail(err)
+			return
+		}
+		f.log.Warn("link to the source broke; reconnecting", "error", err,
+			"window", f.cfg.ReconnectTimeout)
+		if client, sess, err = f.reconnect(ctx); err != nil {
+			f.fail(err)
+			return
+		}
+		f.reconns.Add(1)
+	}
+}
+
+func (f *Fetcher) startConn(ctx context.Context, client *transport.Client, sess *transport.Session) (*conn, error) {
+	cctx, cancel := context.WithCancelCause(ctx)
+	c := &conn{client: client, sess: sess, ctx: cctx, cancel: cancel, inflight: make(map[uint64]bulkRun)}
+	var err error
+	if c.demand, err = sess.Demand(cctx); err != nil {
+		cancel(err)
+		return nil, err
+	}
+	if c.bulk, err = sess.Bulk(cctx); err != nil {
+		c.demand.Close()
+		cancel(err)
+		return nil, err
+	}
+	return c, nil
+}
+
+// serveConn runs the lanes of c until one breaks or the fetcher stops, then
+// hands everything in flight back: demand requests stay outstanding (and are
+// sent again on the next connection), bulk runs return to the policy.
+func (f *Fetcher) serveConn(c *conn) error {
+	f.cur.Store(c)
+	f.resendOutstanding(c)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	run := func(fn func(*conn) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(c); err != nil {
+				c.cancel(err)
+				errs <- err
+			}
+		}()
+	}
+	run(f.demandRecv)
+	run(f.bulkSend)
+	run(f.bulkRecv)
+	run(f.watchdog)
+	<-c.ctx.Done()
+	f.cur.CompareAndSwap(c, nil)
+	c.demand.Close()
+	c.bulk.Close()
+	wg.Wait()
+	close(errs)
+
+	c.mu.Lock()
+	f.policyMu.Lock()
+	for _, br := range c.inflight {
+		f.policy.Requeue(br.run)
+	}
+	f.policyMu.Unlock()
+	c.inflight = nil
+	c.mu.Unlock()
+	f.kickPolicy()
+
+	if err := context.Cause(c.ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	for err := range errs {
+		return err
+	}
+	return c.ctx.Err()
+}
+
+// reconnect dials again with backoff until it gets a session on the same
+// image or the reconnect window closes.
+func (f *Fetcher) reconnect(ctx context.Context) (*transport.Client, *transport.Session, error) {
+	deadline := time.Now().Add(f.cfg.ReconnectTimeout)
+	backoff := 50 * time.Millisecond
+	var last error
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithDeadline(ctx, deadline)
+		client, err := f.cfg.Redial(actx)
+		if err == nil {
+			var sess *transport.Session
+			sess, err = f.open(actx, client, f.gen)
+			if err == nil {
+				cancel()
+				f.log.Info("reconnected", "attempt", attempt, "session", sess.ID())
+				return client, sess, nil
+			}
+			client.Close()
+			if errors.Is(err, ErrImageChanged) || errors.Is(err, ErrLayout) || errors.Is(err, ErrSourceLost) {
+				cancel()
+				return nil, nil, err
+			}
+		}
+		cancel()
+		last = err
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		wait := min(backoff, time.Until(deadline))
+		if wait <= 0 {
+			return nil, nil, fmt.Errorf("%w: no connection within %v: %w", ErrSourceLost, f.cfg.ReconnectTimeout, last)
+		}
+		f.log.Debug("reconnect failed", "attempt", attempt, "error", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, nil, ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+// sendDemand asks for page p of r on the demand lane (or, while
+// reconnecting, leaves it outstanding for the next connection).
+func (f *Fetcher) sendDemand(r *region, p uint64) {
+	req := transport.Request{ID: f.nextID.Add(1), Offset: r.Offset + p<<r.shift, Pages: 1}
+	f.demandMu.Lock()
+	f.outstanding[pageKey(r, p)] = outstandingReq{req: req, sentAt: time.Now()}
+	f.demandMu.Unlock()
+	if c := f.cur.Load(); c != nil {
+		if err := c.demand.Send(req); err != nil {
+			c.cancel(err)
+		}
+	}
+}
+
+func (f *Fetcher) resendOutstanding(c *conn) {
+	f.demandMu.Lock()
+	reqs := make([]transport.Request, 0, len(f.outstanding))
+	now := time.Now()
+	for k, o := range f.outstanding {
+		reqs = append(reqs, o.req)
+		o.sentAt = now
+		f.outstanding[k] = o
+	}
+	f.demandMu.Unlock()
+	for _, r := range reqs {
+		if err := c.demand.Send(r); err != nil {
+			c.cancel(err)
+			return
+		}
+	}
+	if len(reqs) > 0 {
+		f.log.Info("asked again for pages in flight", "pages", len(reqs))
+	}
+}
+
+func (f *Fetcher) dropOutstanding(r *region, p, n uint64) {
+	f.demandMu.Lock()
+	if len(f.outstanding) > 0 {
+		for i := p; i < p+n; i++ {
+			delete(f.outstanding, pageKey(r, i))
+		}
+	}
+	f.demandMu.Unlock()
+}
+
+// demandRecv places demand answers as they arrive, with waking copies.
+func (f *Fetcher) demandRecv(c *conn) error {
+	for {
+		resp, err := c.demand.Recv()
+		if err != nil {
+			return err
+		}
+		if err := resp.Verify(); err != nil {
+			f.crcErrors.Add(1)
+			f.log.Warn("demand answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
+			req := transport.Request{ID: f.nextID.Add(1), Offset: resp.Offset, Pages: resp.Pages}
+			resp.Release()
+			if err := c.demand.Send(req); err != nil {
+				return err
+			}
+			continue
+		}
+		err = f.placeResponse(resp, true)
+		if r, p, ok := f.layout.lookupOffset(resp.Offset); ok {
+			f.dropOutstanding(r, p, uint64(resp.Pages))
+		}
+		resp.Release()
+		if err != nil {
+			f.fail(err)
+			return err
+		}
+	}
+}
+
+// bulkSend keeps up to BulkWindow runs in flight on the bulk lane.
+func (f *Fetcher) bulkSend(c *conn) error {
+	select {
+	case <-f.prefetchOn:
+	case <-c.ctx.Done():
+		return nil
+	}
+	var runs []prefetch.Run
+	for {
+		c.mu.Lock()
+		free := f.cfg.BulkWindow - len(c.inflight)
+		c.mu.Unlock()
+		if free > 0 {
+			f.policyMu.Lock()
+			runs = f.policy.Next(free, runs[:0])
+			f.policyMu.Unlock()
+			for _, run := range runs {
+				r := f.layout.regions[run.Region]
+				req := transport.Request{ID: f.nextID.Add(1), Offset: r.Offset + run.Page<<r.shift, Pages: run.Pages}
+				c.mu.Lock()
+				c.inflight[req.ID] = bulkRun{run: run, sentAt: time.Now()}
+				c.mu.Unlock()
+				if err := c.bulk.Send(req); err != nil {
+					return err
+				}
+			}
+			if len(runs) > 0 {
+				continue
+			}
+		}
+		select {
+		case <-f.policyCh:
+		case <-c.ctx.Done():
+			return nil
+		}
+	}
+}
+
+// bulkRecv places bulk answers with DONTWAKE copies.
+func (f *Fetcher) bulkRecv(c *conn) error {
+	for {
+		resp, err := c.bulk.Recv()
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		br, ok := c.inflight[resp.ID]
+		c.mu.Unlock()
+		if !ok {
+			resp.Release()
+			return fmt.Errorf("fetcher: bulk answer %d was never asked for", resp.ID)
+		}
+		if err := resp.Verify(); err != nil {
+			f.crcErrors.Add(1)
+			f.log.Warn("bulk answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
+			resp.Release()
+			f.finishBulk(c, resp.ID, &br.run)
+			continue
+		}
+		err = f.placeResponse(resp, false)
+		resp.Release()
+		if err != nil {
+			f.fail(err)
+			return err
+		}
+		f.finishBulk(c, resp.ID, nil)
+	}
+}
+
+// finishBulk ends a bulk request; requeue, if set, goes back to the policy.
+func (f *Fetcher) finishBulk(c *conn, id uint64, requeue *prefetch.Run) {
+	c.mu.Lock()
+	delete(c.inflight, id)
+	c.mu.Unlock()
+	if requeue != nil {
+		f.policyMu.Lock()
+		f.policy.Requeue(*requeue)
+		f.policyMu.Unlock()
+	}
+	f.kickPolicy()
+}
+
+// watchdog ends the connection when a request has waited for its answer
+// longer than RequestTimeout: a stalled server counts as a broken link.
+func (f *Fetcher) watchdog(c *conn) error {
+	period := max(f.cfg.RequestTimeout/4, 10*time.Millisecond)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return nil
+		case now := <-t.C:
+			limit := now.Add(-f.cfg.RequestTimeout)
+			f.demandMu.Lock()
+			var late bool
+			for _, o := range f.outstanding {
+				if o.sentAt.Before(limit) {
+					late = true
+					break
+				}
+			}
+			f.demandMu.Unlock()
+			c.mu.Lock()
+			for _, br := range c.inflight {
+				if br.sentAt.Before(limit) {
+					late = true
+					break
+				}
+			}
+			c.mu.Unlock()
+			if late {
+				return fmt.Errorf("%w (%v)", errStalled, f.cfg.RequestTimeout)
+			}
+		}
+	}
+}
