@@ -61,5 +61,10 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) "$$dir" || exit 1; \
 	done
 
+# A real migration on loopback: a generated 1 GiB image served by pageserver,
+# fetched by pagefetcher into a test VMM that checks every byte. Needs root.
+demo: build
+	$(GO) run ./test/demo
+
 clean:
 	rm -rf $(BIN) bench.txt
