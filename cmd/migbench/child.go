@@ -1,0 +1,378 @@
+package main
+
+// The hidden subcommands: migbench re-executes itself for each process of a
+// migration other than the two binaries, so that the workloads are real
+// separate processes (with their own address spaces, userfaultfd and all).
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/internal/bench"
+	"github.com/postcopy/postcopy/pkg/handshake"
+	"github.com/postcopy/postcopy/pkg/uffd"
+)
+
+// Hidden subcommand names.
+const (
+	cmdSource  = "__source"
+	cmdDest    = "__dest"
+	cmdTCPSink = "__tcpsink"
+	cmdTCPSend = "__tcpsend"
+	cmdTCPEcho = "__tcpecho"
+	cmdTCPRTT  = "__tcprtt"
+)
+
+// timelineSpan bounds the throughput timelines of the workloads (allocated
+// up front: 180 000 buckets, 720 KB).
+const timelineSpan = 30 * time.Minute
+
+func runChild(name string, args []string, stdin io.Reader, stdout io.Writer) error {
+	switch name {
+	case cmdSource:
+		return runSource(args, stdin, stdout)
+	case cmdDest:
+		return runDest(args, stdin, stdout)
+	case cmdTCPSink, cmdTCPEcho:
+		return runTCPServer(name, args, stdout)
+	case cmdTCPSend, cmdTCPRTT:
+		return runTCPClient(name, args, stdout)
+	}
+	return fmt.Errorf("unknown subcommand %q", name)
+}
+
+func emit(w io.Writer, v map[string]any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only plain values are emitted
+	}
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// commands reads command lines from r into a channel.
+func commands(r io.Reader) <-chan string {
+	ch := make(chan string, 8)
+	go func() {
+		defer close(ch)
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			ch <- strings.TrimSpace(sc.Text())
+		}
+	}()
+	return ch
+}
+
+// sourceState is what the source reports once continued after the migration.
+type timelineJSON struct {
+	Origin int64    `json:"origin"` // CLOCK_MONOTONIC ns of bucket 0
+	Counts []uint32 `json:"counts"` // operations per 10 ms bucket
+	Lost   uint64   `json:"lost"`
+}
+
+func timelineOf(tl *bench.Timeline) timelineJSON {
+	return timelineJSON{Origin: tl.Origin, Counts: tl.Counts[:tl.Last+1], Lost: tl.Lost}
+}
+
+// runSource is the source workload: fill the memory, connect to the
+// destination's state listener, run until told to stop, send the state, stop
+// itself (SIGSTOP) for pageserver to serve its memory; once continued, take
+// the checksums of its (unchanged) memory and report.
+func runSource(args []string, stdin io.Reader, stdout io.Writer) error {
+	fs := flag.NewFlagSet(cmdSource, flag.ContinueOnError)
+	var wf workloadFlags
+	wf.register(fs)
+	stateAddr := fs.String("state-addr", "", "destination's state listener")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := wf.config()
+	if err != nil {
+		return err
+	}
+	runtime.GOMAXPROCS(max(4, runtime.NumCPU()))
+	mem, err := bench.MapMemory(cfg.Size)
+	if err != nil {
+		return err
+	}
+	w, err := bench.New(cfg, mem)
+	if err != nil {
+		return err
+	}
+	clock := bench.NewClock()
+	t := clock.Now()
+	w.Fill()
+	fillS := float64(clock.Now()-t) / 1e9
+	conn, err := net.DialTimeout("tcp", *stateAddr, 10*time.Second)
+	if err != nil {
+		return fmt.Errorf("state connection: %w", err)
+	}
+	defer conn.Close()
+	state := make([]byte, 0, bench.StateSize)
+
+	cmds := commands(stdin)
+	var stop atomic.Bool
+	finish := make(chan string, 1)
+	go func() {
+		for c := range cmds {
+			switch {
+			case c == "stop":
+				stop.Store(true)
+			case strings.HasPrefix(c, "finish "):
+				finish <- strings.TrimPrefix(c, "finish ")
+			}
+		}
+		close(finish)
+	}()
+
+	debug.SetGCPercent(-1)
+	runtime.LockOSThread()
+	tl := bench.NewTimeline(clock.Now(), timelineSpan)
+	emit(stdout, map[string]any{"event": "ready", "pid": os.Getpid(), "addr": bench.Addr(mem), "size": cfg.Size,
+		"fill_s": fillS, "start": tl.Origin})
+
+	w.Run(clock, tl, &stop)
+	t0 := clock.Now()
+	st := w.State
+	st.T0 = t0
+	state = append(state, st.Marshal()...)
+	if _, err := conn.Write(state); err != nil {
+		return fmt.Errorf("sending the state: %w", err)
+	}
+	sent := clock.Now()
+	// Stop for pageserver: from here on nothing runs in this process
+	// until the orchestrator continues it, after the migration.
+	if err := unix.Kill(os.Getpid(), unix.SIGSTOP); err != nil {
+		return fmt.Errorf("SIGSTOP: %w", err)
+	}
+	emit(stdout, map[string]any{"event": "stopped", "t0": t0, "state_sent": sent, "ops": st.Ops})
+
+	path, ok := <-finish
+	if !ok {
+		return errors.New("stdin closed before finish")
+	}
+	t = clock.Now()
+	sums := make([]uint32, w.Pages())
+	bench.PageSums(mem, sums)
+	if err := os.WriteFile(path, bench.EncodeSums(sums), 0o600); err != nil {
+		return err
+	}
+	emit(stdout, map[string]any{"event": "done", "timeline": timelineOf(tl), "ops": st.Ops, "reads": st.Reads,
+		"writes": st.Writes, "kv_misses": st.KVMisses, "checksum_s": float64(clock.Now()-t) / 1e9})
+	return nil
+}
+
+// runDest is the destination workload: map the same layout, register it with
+// userfaultfd, wait for the source's state, hand the userfaultfd to
+// pagefetcher (Firecracker's handshake), resume the workload at once (or,
+// for stop-and-copy, once told that every page is there), and at the end
+// verify every page against the source's checksums.
+func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
+	fs := flag.NewFlagSet(cmdDest, flag.ContinueOnError)
+	var wf workloadFlags
+	wf.register(fs)
+	mode := fs.String("mode", "postcopy", "postcopy or stopcopy")
+	sock := fs.String("uffd-socket", "", "pagefetcher's Unix socket")
+	listen := fs.String("state-listen", "127.0.0.1:0", "address to take the source's state on")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := wf.config()
+	if err != nil {
+		return err
+	}
+	if *mode != "postcopy" && *mode != "stopcopy" {
+		return fmt.Errorf("--mode %q: want postcopy or stopcopy", *mode)
+	}
+	// A goroutine blocked on a missing page keeps its thread and its P, and
+	// a stop-the-world GC would wait for it: no GC, Ps to spare.
+	runtime.GOMAXPROCS(max(4, runtime.NumCPU()))
+	debug.SetGCPercent(-1)
+
+	mem, err := bench.MapMemory(cfg.Size)
+	if err != nil {
+		return err
+	}
+	base := bench.Addr(mem)
+	w, err := bench.New(cfg, mem)
+	if err != nil {
+		return err
+	}
+	capSums := make([]uint32, w.Pages())
+	capDone := make([]uint64, (w.Pages()+63)/64)
+	if err := w.EnableCapture(capSums, capDone); err != nil {
+		return err
+	}
+	opts := uffd.OpenOptions{NonBlock: true}
+	offered, err := uffd.Probe(opts)
+	if err != nil {
+		return fmt.Errorf("userfaultfd: %w", err)
+	}
+	fd, err := uffd.Open(opts)
+	if err != nil {
+		return fmt.Errorf("userfaultfd: %w", err)
+	}
+	defer fd.Close()
+	want := uffd.FeatureEventRemove
+	if offered.Has(uffd.FeatureThreadID) {
+		want |= uffd.FeatureThreadID
+	}
+	if _, err := fd.API(want); err != nil {
+		return fmt.Errorf("userfaultfd: %w", err)
+	}
+	if _, err := fd.Register(base, cfg.Size, uffd.RegisterMissing); err != nil {
+		return fmt.Errorf("userfaultfd: %w", err)
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("state listener: %w", err)
+	}
+	defer ln.Close()
+
+	cmds := commands(stdin)
+	var stop atomic.Bool
+	resume := make(chan struct{}, 1)
+	verify := make(chan string, 1)
+	go func() {
+		for c := range cmds {
+			switch {
+			case c == "stop":
+				stop.Store(true)
+			case c == "resume":
+				resume <- struct{}{}
+			case strings.HasPrefix(c, "verify "):
+				verify <- strings.TrimPrefix(c, "verify ")
+			}
+		}
+		close(verify)
+	}()
+
+	clock := bench.NewClock()
+	tl := bench.NewTimeline(0, timelineSpan)
+	buf := make([]byte, bench.StateSize)
+	regions := make([]handshake.Region, 1)
+	emit(stdout, map[string]any{"event": "ready", "state_addr": ln.Addr().String(), "addr": base, "pid": os.Getpid()})
+	conn, err := ln.Accept()
+	if err != nil {
+		return fmt.Errorf("state listener: %w", err)
+	}
+	defer conn.Close()
+	emit(stdout, map[string]any{"event": "connected"})
+
+	runtime.LockOSThread()
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		return fmt.Errorf("receiving the state: %w", err)
+	}
+	t1 := clock.Now()
+	st, err := bench.UnmarshalState(buf)
+	if err != nil {
+		return err
+	}
+	if st.ConfigHash != cfg.Hash() || st.Size != cfg.Size {
+		return fmt.Errorf("the source's workload (config %#x, %d bytes) is not this one (%#x, %d bytes)",
+			st.ConfigHash, st.Size, cfg.Hash(), cfg.Size)
+	}
+	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: *sock, Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("pagefetcher socket: %w", err)
+	}
+	defer uc.Close()
+	regions[0] = handshake.Region{BaseHostVirtAddr: base, Size: cfg.Size, Offset: st.Base, PageSize: bench.PageSize}
+	if err := handshake.Send(uc, regions, fd.Int(), false); err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	t2 := clock.Now()
+	tr := t2
+	if *mode == "stopcopy" {
+		<-resume
+		tr = clock.Now()
+	}
+	w.State = st
+	tl.Origin = st.T0
+	first := w.Run(clock, tl, &stop)
+	end := clock.Now()
+	runtime.UnlockOSThread()
+	emit(stdout, map[string]any{"event": "stopped", "end": end, "ops": w.Ops - st.Ops})
+
+	path, ok := <-verify
+	if !ok {
+		return errors.New("stdin closed before verify")
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	sums, err := bench.DecodeSums(raw)
+	if err != nil {
+		return err
+	}
+	v, err := w.Verify(sums)
+	if err != nil {
+		return err
+	}
+	emit(stdout, map[string]any{"event": "done", "t0": st.T0, "t_state": t1, "t_handshake": t2, "t_resume": tr,
+		"t_first": first, "t_end": end, "ops": w.Ops - st.Ops, "reads": w.Reads - st.Reads,
+		"writes": w.Writes - st.Writes, "kv_misses": w.KVMisses, "verification": v, "timeline": timelineOf(tl)})
+	return nil
+}
+
+func runTCPServer(name string, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:0", "address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	emit(stdout, map[string]any{"event": "ready", "addr": ln.Addr().String()})
+	if name == cmdTCPEcho {
+		if err := bench.EchoOne(ln); err != nil {
+			return err
+		}
+		emit(stdout, map[string]any{"event": "done"})
+		return nil
+	}
+	r, err := bench.SinkOne(ln)
+	if err != nil {
+		return err
+	}
+	emit(stdout, map[string]any{"event": "done", "result": r})
+	return nil
+}
+
+func runTCPClient(name string, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	addr := fs.String("connect", "", "address")
+	d := fs.Duration("duration", 2*time.Second, "how long to measure")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if name == cmdTCPSend {
+		if err := bench.SendFor(*addr, *d); err != nil {
+			return err
+		}
+		emit(stdout, map[string]any{"event": "done"})
+		return nil
+	}
+	r, err := bench.RoundTrips(*addr, 1_000_000, *d)
+	if err != nil {
+		return err
+	}
+	emit(stdout, map[string]any{"event": "done", "result": r})
+	return nil
+}

@@ -1,0 +1,609 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/internal/bench"
+)
+
+// cleanups run when a second signal makes migbench exit at once.
+var (
+	cleanupMu sync.Mutex
+	cleanups  = map[int]func(){}
+	cleanupID int
+)
+
+func addCleanup(f func()) (remove func()) {
+	cleanupMu.Lock()
+	defer cleanupMu.Unlock()
+	cleanupID++
+	id := cleanupID
+	cleanups[id] = f
+	return func() {
+		cleanupMu.Lock()
+		delete(cleanups, id)
+		cleanupMu.Unlock()
+	}
+}
+
+func cleanupNow() {
+	cleanupMu.Lock()
+	fs := make([]func(), 0, len(cleanups))
+	for _, f := range cleanups {
+		fs = append(fs, f)
+	}
+	cleanupMu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}
+
+// env is what every migration of an invocation shares.
+type env struct {
+	c           *config
+	link        *bench.Link
+	dir         string // temporary files: token, sockets, checksums, logs
+	logDir      string
+	tokenFile   string
+	exe         string
+	pageserver  string
+	pagefetcher string
+	clock       *bench.Clock
+	progress    io.Writer
+}
+
+// invoke runs one configuration: baselines, then the runs.
+func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Report, err error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("needs root: pageserver reads another process's memory, and the workloads use userfaultfd (and --link creates network namespaces)")
+	}
+	e := &env{c: c, clock: bench.NewClock(), progress: progress}
+	if e.exe, err = os.Executable(); err != nil {
+		return nil, err
+	}
+	if e.pageserver, err = findBinary(c.binDir, "pageserver"); err != nil {
+		return nil, err
+	}
+	if e.pagefetcher, err = findBinary(c.binDir, "pagefetcher"); err != nil {
+		return nil, err
+	}
+	if e.dir, err = os.MkdirTemp("", "migbench-"); err != nil {
+		return nil, err
+	}
+	keep := false
+	defer func() {
+		if err != nil && c.logDir == "" {
+			keep = true // the logs explain the failure
+			err = fmt.Errorf("%w\n(logs kept in %s)", err, e.dir)
+		}
+		if !keep {
+			os.RemoveAll(e.dir)
+		}
+	}()
+	e.logDir = e.dir
+	if c.logDir != "" {
+		e.logDir = c.logDir
+		if err := os.MkdirAll(e.logDir, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	tok := make([]byte, 32)
+	_, _ = rand.Read(tok)
+	e.tokenFile = filepath.Join(e.dir, "token")
+	if err := os.WriteFile(e.tokenFile, []byte(hex.EncodeToString(tok)+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+
+	e.link = bench.Loopback()
+	if c.link != "" {
+		fmt.Fprintf(progress, "migbench: setting up a %s link (namespaces, veth, tbf)\n", c.link)
+		l, err := bench.SetupLink(ctx, c.link, strconv.Itoa(os.Getpid()))
+		if err != nil {
+			return nil, fmt.Errorf("--link %s: %w", c.link, err)
+		}
+		e.link = l
+		remove := addCleanup(func() { _ = l.Close() })
+		defer func() {
+			remove()
+			if cerr := l.Close(); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("removing the link: %w", cerr))
+			}
+		}()
+	}
+
+	rep = &bench.Report{Machine: machine(), Setup: bench.Setup{
+		SizeBytes: c.workload.Size, Size: bench.FormatSize(c.workload.Size), Pattern: string(c.workload.Pattern),
+		Content: c.wf.content, WritePct: c.workload.WritePct, Link: e.link.Name(), LinkBits: e.link.RateBits,
+		Runs: c.runs, WarmupS: c.warmup.Seconds(), PostS: c.post.Seconds(),
+	}}
+	rep.Setup.Stamp()
+
+	fmt.Fprintf(progress, "migbench: TCP baselines over %s\n", e.link.Name())
+	if rep.TCP.Bandwidth, rep.TCP.RoundTrip, err = e.tcpBaselines(ctx); err != nil {
+		return nil, err
+	}
+	rep.TCPGbps, rep.TCPRttUS = rep.TCP.Bandwidth.Gbps, rep.TCP.RoundTrip.P50US
+	rep.LinkTimeS = float64(c.workload.Size) * 8 / (rep.TCPGbps * 1e9)
+
+	for i := range c.runs {
+		r := bench.Run{Index: i + 1}
+		for _, method := range []string{bench.MethodPostCopy, bench.MethodStopCopy} {
+			fmt.Fprintf(progress, "migbench: run %d/%d: %s of %s (%s, %s content) over %s\n", i+1, c.runs, method,
+				rep.Setup.Size, rep.Setup.Pattern, rep.Setup.Content, e.link.Name())
+			m, err := e.migrate(ctx, method, i+1)
+			if err != nil {
+				return nil, fmt.Errorf("run %d, %s: %w", i+1, method, err)
+			}
+			fmt.Fprintf(progress, "migbench:   downtime %.3f ms, total %.2f s, %d faults, recover90 %s, verified %v\n",
+				m.DowntimeMS, m.TotalS, m.Faults, recStr(m.Recover90S), m.Verified)
+			if method == bench.MethodPostCopy {
+				r.PostCopy = m
+			} else {
+				r.StopCopy = m
+			}
+		}
+		rep.Runs = append(rep.Runs, r)
+	}
+	rep.Summarize()
+	return rep, nil
+}
+
+func recStr(v *float64) string {
+	if v == nil {
+		return "never"
+	}
+	return fmt.Sprintf("%.2f s", *v)
+}
+
+// tcpBaselines measures one-stream bandwidth from the source side to the
+// destination side, and the round trip of a 16-byte request answered with
+// 4 KiB (a demand fault's shape) from the destination to the source.
+func (e *env) tcpBaselines(ctx context.Context) (bw bench.TCPBandwidth, rtt bench.TCPRoundTrip, err error) {
+	ctx, cancel := context.WithTimeout(ctx, e.c.tcpDuration*3+30*time.Second)
+	defer cancel()
+	start := func(name string, side bench.Side, args ...string) (*proc, error) {
+		return startProc(name, e.link.Command(ctx, side, e.exe, args...), e.logDir, e.clock)
+	}
+	var ready struct {
+		Addr string `json:"addr"`
+	}
+	// Bandwidth.
+	sink, err := start("tcp-sink", bench.DestSide, cmdTCPSink, "--listen", e.link.Addr[bench.DestSide]+":0")
+	if err != nil {
+		return bw, rtt, err
+	}
+	defer sink.kill()
+	if _, err := sink.nextInto(ctx, &ready, "ready"); err != nil {
+		return bw, rtt, err
+	}
+	send, err := start("tcp-send", bench.SourceSide, cmdTCPSend, "--connect", ready.Addr, "--duration", e.c.tcpDuration.String())
+	if err != nil {
+		return bw, rtt, err
+	}
+	defer send.kill()
+	var bwRes struct {
+		Result bench.TCPBandwidth `json:"result"`
+	}
+	if _, err := sink.nextInto(ctx, &bwRes, "done"); err != nil {
+		return bw, rtt, err
+	}
+	if err := send.waitExit(ctx, 10*time.Second); err != nil {
+		return bw, rtt, err
+	}
+	_ = sink.waitExit(ctx, 10*time.Second)
+	// Round trip.
+	echo, err := start("tcp-echo", bench.SourceSide, cmdTCPEcho, "--listen", e.link.Addr[bench.SourceSide]+":0")
+	if err != nil {
+		return bw, rtt, err
+	}
+	defer echo.kill()
+	if _, err := echo.nextInto(ctx, &ready, "ready"); err != nil {
+		return bw, rtt, err
+	}
+	cl, err := start("tcp-rtt", bench.DestSide, cmdTCPRTT, "--connect", ready.Addr, "--duration", "1s")
+	if err != nil {
+		return bw, rtt, err
+	}
+	defer cl.kill()
+	var rttRes struct {
+		Result bench.TCPRoundTrip `json:"result"`
+	}
+	if _, err := cl.nextInto(ctx, &rttRes, "done"); err != nil {
+		return bw, rtt, err
+	}
+	_ = cl.waitExit(ctx, 10*time.Second)
+	_ = echo.waitExit(ctx, 10*time.Second)
+	return bwRes.Result, rttRes.Result, nil
+}
+
+// sleepUntil waits until the CLOCK_MONOTONIC time t (ns).
+func (e *env) sleepUntil(ctx context.Context, t int64) error {
+	d := time.Duration(t - e.clock.Now())
+	if d <= 0 {
+		return ctx.Err()
+	}
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// The events of the children.
+type (
+	destReady struct {
+		StateAddr string `json:"state_addr"`
+		Addr      uint64 `json:"addr"`
+	}
+	sourceReady struct {
+		PID   int     `json:"pid"`
+		Addr  uint64  `json:"addr"`
+		Size  uint64  `json:"size"`
+		FillS float64 `json:"fill_s"`
+		Start int64   `json:"start"`
+	}
+	addrReady struct {
+		Addr string `json:"addr"`
+	}
+	timelineEv struct {
+		Origin int64    `json:"origin"`
+		Counts []uint32 `json:"counts"`
+		Lost   uint64   `json:"lost"`
+	}
+	sourceDone struct {
+		Timeline timelineEv `json:"timeline"`
+		Ops      uint64     `json:"ops"`
+	}
+	destDone struct {
+		T0           int64              `json:"t0"`
+		TState       int64              `json:"t_state"`
+		THandshake   int64              `json:"t_handshake"`
+		TResume      int64              `json:"t_resume"`
+		TFirst       int64              `json:"t_first"`
+		TEnd         int64              `json:"t_end"`
+		Ops          uint64             `json:"ops"`
+		KVMisses     uint64             `json:"kv_misses"`
+		Verification bench.Verification `json:"verification"`
+		Timeline     timelineEv         `json:"timeline"`
+	}
+	fetcherSummary struct {
+		OK      bool            `json:"ok"`
+		Error   string          `json:"error"`
+		Summary json.RawMessage `json:"summary"`
+	}
+	summaryBody struct {
+		TotalS float64 `json:"total_s"`
+		Pages  struct {
+			Total, Demand, Bulk, Zero uint64
+		} `json:"pages"`
+		BytesReceived   uint64 `json:"bytes_received"`
+		Faults          uint64 `json:"faults"`
+		FaultsDuplicate uint64 `json:"faults_duplicate"`
+		Latency         struct {
+			P50  float64 `json:"p50"`
+			P99  float64 `json:"p99"`
+			P999 float64 `json:"p999"`
+			Max  float64 `json:"max"`
+		} `json:"fault_latency_us"`
+		BlocktimeMS    float64 `json:"blocktime_ms"`
+		ChecksumErrors uint64  `json:"checksum_errors"`
+	}
+)
+
+// migrate runs one migration with method (post-copy or stop-and-copy) and
+// measures it.
+func (e *env) migrate(ctx context.Context, method string, run int) (m *bench.Migration, err error) {
+	c := e.c
+	size := c.workload.Size
+	// A generous bound: filling, the copy at a pessimistic rate, the rest.
+	rate := float64(e.link.RateBits) / 8
+	if rate == 0 {
+		rate = 1e9
+	}
+	rate = min(rate, 200e6)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute+c.warmup+c.post+time.Duration(4*float64(size)/rate*float64(time.Second)))
+	defer cancel()
+
+	tag := fmt.Sprintf("run%d-%s", run, method)
+	sock := filepath.Join(e.dir, tag+".sock")
+	sumsPath := filepath.Join(e.dir, tag+".sums")
+	defer os.Remove(sumsPath)
+	var procs []*proc
+	defer func() {
+		for _, p := range procs {
+			p.kill()
+		}
+	}()
+	start := func(name string, side bench.Side, bin string, args ...string) (*proc, error) {
+		p, err := startProc(tag+"-"+name, e.link.Command(ctx, side, bin, args...), e.logDir, e.clock)
+		if err != nil {
+			return nil, err
+		}
+		procs = append(procs, p)
+		return p, nil
+	}
+
+	// Destination workload: maps and registers its memory, listens for the state.
+	dst, err := start("destination", bench.DestSide, e.exe, append(append([]string{cmdDest}, c.wf.args()...),
+		"--mode", method, "--uffd-socket", sock, "--state-listen", e.link.Addr[bench.DestSide]+":0")...)
+	if err != nil {
+		return nil, err
+	}
+	var dr destReady
+	if _, err := dst.nextInto(ctx, &dr, "ready"); err != nil {
+		return nil, err
+	}
+	// Source workload: fills its memory, connects to the destination, runs.
+	src, err := start("source", bench.SourceSide, e.exe, append(append([]string{cmdSource}, c.wf.args()...),
+		"--state-addr", dr.StateAddr)...)
+	if err != nil {
+		return nil, err
+	}
+	var sr sourceReady
+	if _, err := src.nextInto(ctx, &sr, "ready"); err != nil {
+		return nil, err
+	}
+	if _, err := dst.next(ctx, "connected"); err != nil {
+		return nil, err
+	}
+	// pageserver on the source's memory, now that its layout is final.
+	ps, err := start("pageserver", bench.SourceSide, e.pageserver, "--listen", e.link.Addr[bench.SourceSide]+":0",
+		"--source", fmt.Sprintf("pid:%d", sr.PID), "--token-file", e.tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	var psr addrReady
+	if _, err := ps.nextInto(ctx, &psr, "ready"); err != nil {
+		return nil, err
+	}
+	fargs := []string{"--server", psr.Addr, "--uffd-socket", sock, "--token-file", e.tokenFile}
+	fargs = append(fargs, strings.Fields(c.fetcherArgs)...)
+	pf, err := start("pagefetcher", bench.DestSide, e.pagefetcher, fargs...)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := pf.next(ctx, "ready"); err != nil {
+		return nil, err
+	}
+
+	// Switchover, once the source has run its warm-up.
+	if err := e.sleepUntil(ctx, sr.Start+int64(c.warmup)); err != nil {
+		return nil, err
+	}
+	rx0, tx0, err := e.link.Counters(ctx, bench.DestSide)
+	if err != nil {
+		return nil, err
+	}
+	if err := src.send("stop"); err != nil {
+		return nil, err
+	}
+	var fs fetcherSummary
+	ev, err := pf.nextInto(ctx, &fs, "summary")
+	if err != nil {
+		return nil, err
+	}
+	tDone := ev.At
+	if method == bench.MethodStopCopy {
+		if err := dst.send("resume"); err != nil {
+			return nil, err
+		}
+	}
+	if !fs.OK {
+		return nil, fmt.Errorf("pagefetcher: migration failed: %s%s", fs.Error, pf.tail())
+	}
+	if err := pf.waitExit(ctx, 30*time.Second); err != nil {
+		return nil, err
+	}
+	rx1, tx1, err := e.link.Counters(ctx, bench.DestSide)
+	if err != nil {
+		return nil, err
+	}
+	if err := ps.signal(unix.SIGTERM); err != nil {
+		return nil, fmt.Errorf("pageserver: %w", err)
+	}
+	if err := ps.waitExit(ctx, 30*time.Second); err != nil {
+		return nil, fmt.Errorf("pageserver after SIGTERM: %w", err)
+	}
+
+	// The destination runs on for --post, then everything reports.
+	if err := e.sleepUntil(ctx, tDone+int64(c.post)); err != nil {
+		return nil, err
+	}
+	if err := dst.send("stop"); err != nil {
+		return nil, err
+	}
+	if _, err := dst.next(ctx, "stopped"); err != nil {
+		return nil, err
+	}
+	// Only now the source takes its checksums (its memory has not changed
+	// since it stopped), so that it takes no CPU from the destination.
+	if err := src.send("finish " + sumsPath); err != nil {
+		return nil, err
+	}
+	if err := src.signal(unix.SIGCONT); err != nil {
+		return nil, fmt.Errorf("source: SIGCONT: %w", err)
+	}
+	var sd sourceDone
+	if _, err := src.nextInto(ctx, &sd, "done"); err != nil {
+		return nil, err
+	}
+	if err := src.waitExit(ctx, 30*time.Second); err != nil {
+		return nil, err
+	}
+	if err := dst.send("verify " + sumsPath); err != nil {
+		return nil, err
+	}
+	var dd destDone
+	if _, err := dst.nextInto(ctx, &dd, "done"); err != nil {
+		return nil, err
+	}
+	if err := dst.waitExit(ctx, 30*time.Second); err != nil {
+		return nil, err
+	}
+
+	var sum summaryBody
+	if err := json.Unmarshal(fs.Summary, &sum); err != nil {
+		return nil, fmt.Errorf("pagefetcher summary: %w: %s", err, fs.Summary)
+	}
+	return figures(method, e.link.Shaped(), sr, sd, dd, sum, fs.Summary, tDone, rx1-rx0, tx1-tx0)
+}
+
+// figures computes a migration's figures from what the processes reported.
+func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destDone, sum summaryBody,
+	rawSummary json.RawMessage, tDone int64, rx, tx uint64) (*bench.Migration, error) {
+	ms := func(a, b int64) float64 { return float64(b-a) / 1e6 }
+	t0 := dd.T0
+	if dd.TFirst == 0 {
+		return nil, errors.New("the destination ran no operation")
+	}
+	m := &bench.Migration{
+		Method:     method,
+		DowntimeMS: ms(t0, dd.TFirst), StateMS: ms(t0, dd.TState), HandshakeMS: ms(dd.TState, dd.THandshake),
+		FirstFaultMS: ms(dd.TResume, dd.TFirst), CopyMS: ms(dd.THandshake, dd.TResume),
+		Faults: sum.Faults, FaultsDuplicate: sum.FaultsDuplicate,
+		FaultP50US: sum.Latency.P50, FaultP99US: sum.Latency.P99, FaultP999US: sum.Latency.P999, FaultMaxUS: sum.Latency.Max,
+		BlocktimeMS: sum.BlocktimeMS, FetcherTotalS: sum.TotalS,
+		PagesDemand: sum.Pages.Demand, PagesBulk: sum.Pages.Bulk, PagesZero: sum.Pages.Zero,
+		BytesWire: sum.BytesReceived, TotalS: float64(tDone-t0) / 1e9,
+		SourceFillS: sr.FillS, SourceOps: sd.Ops, DestOps: dd.Ops, KVMisses: dd.KVMisses,
+		Verification: dd.Verification, FetcherSummary: rawSummary,
+	}
+	if shaped {
+		m.LinkRxBytes, m.LinkTxBytes = rx, tx
+	}
+	// Verified: every page matched, the kv lookups all found their values,
+	// and pagefetcher saw no checksum error.
+	m.Verified = dd.Verification.OK && dd.KVMisses == 0 && sum.ChecksumErrors == 0
+	if method == bench.MethodPostCopy {
+		m.CopyMS = 0
+	}
+
+	// The source's full buckets before the stop; its last second is the
+	// reference rate.
+	bucket := int64(bench.Bucket)
+	n := int((t0 - sd.Timeline.Origin) / bucket)
+	src := sd.Timeline.Counts
+	if n < len(src) {
+		src = src[:n]
+	}
+	if len(src) < 100 {
+		return nil, fmt.Errorf("the source ran only %d full buckets before the stop, want 100", len(src))
+	}
+	m.Source = src
+	m.SourceStartS = float64(sd.Timeline.Origin-t0) / 1e9
+	m.PreRate = bench.MeanRate(src[len(src)-100:])
+	// The destination's full buckets from the stop to its end.
+	n = int((dd.TEnd - t0) / bucket)
+	dst := dd.Timeline.Counts
+	if n < len(dst) {
+		dst = dst[:n]
+	}
+	for len(dst) < n { // idle buckets at the end are not in the report
+		dst = append(dst, 0)
+	}
+	m.Dest = dst
+	if len(dst) >= 100 {
+		m.PostRate = bench.MeanRate(dst[len(dst)-100:])
+	}
+	if r, err := bench.Recover(dst, m.PreRate, 0.9, 10); err == nil {
+		s := r.Seconds()
+		m.Recover90S = &s
+	}
+	return m, nil
+}
+
+// machine describes this machine.
+func machine() bench.Machine {
+	m := bench.Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) == nil {
+		m.MemoryGiB = int((uint64(si.Totalram)*uint64(si.Unit) + 1<<29) >> 30)
+	}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		m.Kernel = unix.ByteSliceToString(u.Release[:])
+		m.Hostname = unix.ByteSliceToString(u.Nodename[:])
+	}
+	return m
+}
+
+// writeOutputs writes the JSON, CSV and plot files asked for.
+func writeOutputs(rep *bench.Report, jsonPath, csvPath, plotPath string) error {
+	if jsonPath != "" {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(jsonPath, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+		if csvPath == "" {
+			csvPath = strings.TrimSuffix(jsonPath, filepath.Ext(jsonPath)) + ".csv"
+		}
+	}
+	if csvPath != "" {
+		var buf bytes.Buffer
+		if err := rep.WriteCSV(&buf); err != nil {
+			return err
+		}
+		if err := os.WriteFile(csvPath, buf.Bytes(), 0o644); err != nil {
+			return err
+		}
+	}
+	if plotPath != "" {
+		return writePlot(rep, plotPath)
+	}
+	return nil
+}
+
+// writePlot writes the SVG plot of the first run, converted to PNG when the
+// path says .png (needs ImageMagick's convert).
+func writePlot(rep *bench.Report, path string) error {
+	var buf bytes.Buffer
+	if err := rep.WriteSVG(&buf, 0); err != nil {
+		return err
+	}
+	if strings.ToLower(filepath.Ext(path)) != ".png" {
+		return os.WriteFile(path, buf.Bytes(), 0o644)
+	}
+	svg := strings.TrimSuffix(path, filepath.Ext(path)) + ".svg"
+	if err := os.WriteFile(svg, buf.Bytes(), 0o644); err != nil {
+		return err
+	}
+	conv, err := exec.LookPath("convert")
+	if err != nil {
+		return fmt.Errorf("--plot %s: PNG needs ImageMagick's convert (the SVG is in %s)", path, svg)
+	}
+	if out, err := exec.Command(conv, "-density", "96", svg, path).CombinedOutput(); err != nil {
+		return fmt.Errorf("--plot %s: convert: %v: %s (the SVG is in %s)", path, err, out, svg)
+	}
+	return nil
+}

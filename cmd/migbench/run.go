@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/postcopy/postcopy/internal/bench"
+)
+
+// config is every flag of the benchmark, validated as a whole.
+type config struct {
+	wf          workloadFlags
+	link        string
+	jsonPath    string
+	plotPath    string
+	csvPath     string
+	runs        int
+	warmup      time.Duration
+	post        time.Duration
+	tcpDuration time.Duration
+	binDir      string
+	fetcherArgs string
+	logDir      string
+	suite       string
+	outDir      string
+	quiet       bool
+
+	workload bench.Config // from wf
+	rateBits uint64
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("migbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c.wf.register(fs)
+	fs.StringVar(&c.link, "link", "", "shape the link with tc tbf at this rate (1gbit, 10gbit, ...): source and destination in two network namespaces (root); default loopback")
+	fs.StringVar(&c.jsonPath, "json", "", "write every figure as JSON to this file")
+	fs.StringVar(&c.plotPath, "plot", "", "write the throughput plot to this file (.svg; .png through ImageMagick's convert if installed)")
+	fs.StringVar(&c.csvPath, "csv", "", "write the throughput timeline as CSV to this file (default: the --json file with .csv)")
+	fs.IntVar(&c.runs, "runs", 1, "repetitions (medians are reported)")
+	fs.DurationVar(&c.warmup, "warmup", 3*time.Second, "how long the source workload runs before the switchover (at least 1.5s: the last second is its reference rate)")
+	fs.DurationVar(&c.post, "post", 2*time.Second, "how long the destination runs after the last page is resident")
+	fs.DurationVar(&c.tcpDuration, "tcp-duration", 2*time.Second, "duration of the TCP bandwidth baseline")
+	fs.StringVar(&c.binDir, "bin", "", "directory of pageserver and pagefetcher (default: beside migbench, else $PATH)")
+	fs.StringVar(&c.fetcherArgs, "fetcher-args", "", "extra arguments for pagefetcher, space separated (e.g. \"--bulk-window 16\")")
+	fs.StringVar(&c.logDir, "log-dir", "", "keep every process's log in this directory (default: a temporary one, removed unless a run fails)")
+	fs.StringVar(&c.suite, "suite", "", "run a documented set instead of one configuration: \"default\" (1 and 4 GiB; random and zipf; loopback and 1gbit)")
+	fs.StringVar(&c.outDir, "out", "bench", "with --suite: directory for the results")
+	fs.BoolVar(&c.quiet, "quiet", false, "no progress lines on stderr")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return c, c.validate()
+}
+
+func (c *config) validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	w, err := c.wf.config()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	c.workload = w
+	if c.link != "" {
+		if c.rateBits, err = bench.ParseRate(c.link); err != nil {
+			bad("--link: %v", err)
+		}
+	}
+	if c.runs < 1 || c.runs > 100 {
+		bad("--runs %d: want 1..100", c.runs)
+	}
+	if c.warmup < 1500*time.Millisecond {
+		bad("--warmup %v: want at least 1.5s", c.warmup)
+	}
+	if c.post < 1100*time.Millisecond {
+		bad("--post %v: want at least 1.1s (the last second is the rate after)", c.post)
+	}
+	if c.tcpDuration < 100*time.Millisecond {
+		bad("--tcp-duration %v: want at least 100ms", c.tcpDuration)
+	}
+	if c.suite != "" && c.suite != "default" {
+		bad("--suite %q: want default", c.suite)
+	}
+	if c.plotPath != "" {
+		if ext := strings.ToLower(filepath.Ext(c.plotPath)); ext != ".svg" && ext != ".png" {
+			bad("--plot %s: want a .svg or .png file", c.plotPath)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) > 0 && strings.HasPrefix(args[0], "__") {
+		if err := runChild(args[0], args[1:], stdin, stdout); err != nil {
+			fmt.Fprintf(stderr, "migbench %s: %v\n", args[0], err)
+			return 1
+		}
+		return 0
+	}
+	// Signals first: the first one cancels everything and cleans up (the
+	// namespaces above all), a second one exits at once.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		s, ok := <-sigs
+		if !ok {
+			return
+		}
+		fmt.Fprintf(stderr, "migbench: %v: stopping and cleaning up (again to exit at once)\n", s)
+		cancel()
+		if _, ok := <-sigs; ok {
+			cleanupNow()
+			os.Exit(130)
+		}
+	}()
+
+	c, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "migbench: %v\n", err)
+		return 2
+	}
+	progress := stderr
+	if c.quiet {
+		progress = io.Discard
+	}
+	if c.suite != "" {
+		if err := runSuite(ctx, c, stdout, progress); err != nil {
+			fmt.Fprintf(stderr, "migbench: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	rep, err := invoke(ctx, c, progress)
+	if err != nil {
+		fmt.Fprintf(stderr, "migbench: %v\n", err)
+		return 1
+	}
+	rep.WriteTable(stdout)
+	if err := writeOutputs(rep, c.jsonPath, c.csvPath, c.plotPath); err != nil {
+		fmt.Fprintf(stderr, "migbench: %v\n", err)
+		return 1
+	}
+	if !rep.Verified {
+		fmt.Fprintln(stderr, "migbench: verification FAILED: some page differs from the source")
+		return 3
+	}
+	return 0
+}
+
+// findBinary locates pageserver or pagefetcher.
+func findBinary(dir, name string) (string, error) {
+	if dir != "" {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("--bin %s: %w", dir, err)
+		}
+		return p, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s not found beside migbench nor in $PATH (build with `make build`, or pass --bin DIR)", name)
+	}
+	return p, nil
+}

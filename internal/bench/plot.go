@@ -1,0 +1,205 @@
+package bench
+
+import (
+	"fmt"
+	"html"
+	"io"
+	"math"
+	"strings"
+)
+
+// series is one line of the plot: points (seconds from the stop, ops/s).
+type series struct {
+	name, color, dash string
+	x, y              []float64
+}
+
+// binned averages a timeline starting at start (s) into bins of width
+// buckets.
+func binned(counts []uint32, start float64, width int) (x, y []float64) {
+	for i := 0; i+width <= len(counts); i += width {
+		var s uint64
+		for _, c := range counts[i : i+width] {
+			s += uint64(c)
+		}
+		x = append(x, start+(float64(i)+float64(width)/2)*Bucket.Seconds())
+		y = append(y, float64(s)/(float64(width)*Bucket.Seconds()))
+	}
+	return x, y
+}
+
+// WriteSVG plots the throughput of run (0-based) over time: post-copy
+// against stop-and-copy, each with its source part before the stop, the
+// switchover at 0, the end of each migration, and 90 % of the source's
+// rate. Rates are averaged over bins of at least 50 ms.
+func (r *Report) WriteSVG(w io.Writer, run int) error {
+	if run < 0 || run >= len(r.Runs) {
+		return fmt.Errorf("plot: no run %d", run+1)
+	}
+	p, c := r.Runs[run].PostCopy, r.Runs[run].StopCopy
+	// The time span: a second (or a tenth of the span) before the stop to the end of the longest
+	// destination timeline.
+	end := 0.0
+	for _, m := range []*Migration{p, c} {
+		if m != nil {
+			end = math.Max(end, float64(len(m.Dest))*Bucket.Seconds())
+		}
+	}
+	begin := -math.Max(1, end*0.1)
+	if p != nil && p.SourceStartS > begin {
+		begin = math.Min(p.SourceStartS, 0)
+	}
+	width := max(5, int((end-begin)/Bucket.Seconds()/600)) // ≤ ~600 points a line
+	var lines []series
+	add := func(m *Migration, name, color string) {
+		if m == nil {
+			return
+		}
+		// Source: only its last second (or what there is).
+		src := m.Source
+		skip := 0
+		if first := m.SourceStartS; first < begin {
+			skip = int((begin - first) / Bucket.Seconds())
+		}
+		if skip < len(src) {
+			src = src[skip:]
+		} else {
+			src = nil
+		}
+		sx, sy := binned(src, m.SourceStartS+float64(skip)*Bucket.Seconds(), width)
+		dx, dy := binned(m.Dest, 0, width)
+		lines = append(lines, series{name: name, color: color, x: append(sx, dx...), y: append(sy, dy...)})
+	}
+	add(p, "post-copy", "#1f77b4")
+	add(c, "stop-and-copy", "#d62728")
+	ymax := 0.0
+	for _, l := range lines {
+		for _, v := range l.y {
+			ymax = math.Max(ymax, v)
+		}
+	}
+	if ymax == 0 {
+		ymax = 1
+	}
+	unit, uname := 1.0, "ops/s"
+	switch {
+	case ymax >= 1e6:
+		unit, uname = 1e6, "million ops/s"
+	case ymax >= 1e3:
+		unit, uname = 1e3, "thousand ops/s"
+	}
+	ytop := niceCeil(ymax * 1.08 / unit)
+
+	const W, H, L, R, T, B = 960.0, 480.0, 80.0, 30.0, 60.0, 90.0
+	px := func(x float64) float64 { return L + (x-begin)/(end-begin)*(W-L-R) }
+	py := func(y float64) float64 { return H - B - y/unit/ytop*(H-T-B) }
+	var sb strings.Builder
+	fmt.Fprintf(&sb, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="DejaVu Sans, Arial, sans-serif" font-size="13">`+"\n", W, H, W, H)
+	fmt.Fprintf(&sb, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	s := r.Setup
+	title := fmt.Sprintf("Workload throughput over a migration: %s, %s pattern, %s content, link %s (run %d)",
+		s.Size, s.Pattern, s.Content, s.Link, run+1)
+	fmt.Fprintf(&sb, `<text x="%.0f" y="24" font-size="16" font-weight="bold">%s</text>`+"\n", L, html.EscapeString(title))
+	fmt.Fprintf(&sb, `<text x="%.0f" y="44" fill="#555">%s</text>`+"\n", L, html.EscapeString(fmt.Sprintf(
+		"operations per second, averaged over %d ms; time from the switchover (source stops)", width*int(Bucket.Milliseconds()))))
+	// Axes and grid.
+	for _, yt := range ticks(0, ytop) {
+		y := py(yt * unit)
+		fmt.Fprintf(&sb, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e5e5e5"/>`+"\n", L, y, W-R, y)
+		fmt.Fprintf(&sb, `<text x="%.1f" y="%.1f" text-anchor="end">%s</text>`+"\n", L-6, y+4, trimFloat(yt))
+	}
+	for _, xt := range ticks(begin, end) {
+		x := px(xt)
+		fmt.Fprintf(&sb, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e5e5e5"/>`+"\n", x, T, x, H-B)
+		fmt.Fprintf(&sb, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x, H-B+18, trimFloat(xt))
+	}
+	fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="black"/>`+"\n", L, H-B, W-R, H-B)
+	fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="black"/>`+"\n", L, T, L, H-B)
+	fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f" text-anchor="middle">time since the switchover (s)</text>`+"\n", (L+W-R)/2, H-B+38)
+	fmt.Fprintf(&sb, `<text transform="translate(18 %.0f) rotate(-90)" text-anchor="middle">throughput (%s)</text>`+"\n", (T+H-B)/2, uname)
+	// Markers.
+	vline := func(x float64, color, label string, row int) {
+		if x < begin || x > end {
+			return
+		}
+		fmt.Fprintf(&sb, `<line x1="%.1f" y1="%.0f" x2="%.1f" y2="%.0f" stroke="%s" stroke-dasharray="5 4"/>`+"\n", px(x), T, px(x), H-B, color)
+		fmt.Fprintf(&sb, `<text x="%.1f" y="%.0f" fill="%s">%s</text>`+"\n", px(x)+4, T+14+16*float64(row), color, html.EscapeString(label))
+	}
+	vline(0, "black", "switchover", 0)
+	if p != nil {
+		vline(p.TotalS, "#1f77b4", fmt.Sprintf("post-copy: all pages resident (%.2f s)", p.TotalS), 1)
+		if p.PreRate > 0 {
+			y := py(0.9 * p.PreRate)
+			fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#888" stroke-dasharray="2 3"/>`+"\n", L, y, W-R, y)
+			fmt.Fprintf(&sb, `<text x="%.0f" y="%.1f" fill="#666" text-anchor="end">90 %% of the rate before</text>`+"\n", W-R-4, y-4)
+		}
+	}
+	if c != nil {
+		vline(c.TotalS, "#d62728", fmt.Sprintf("stop-and-copy: resumes (%.2f s)", c.TotalS), 2)
+	}
+	// Lines.
+	for _, l := range lines {
+		var pts []string
+		for i := range l.x {
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", px(l.x[i]), py(l.y[i])))
+		}
+		fmt.Fprintf(&sb, `<polyline fill="none" stroke="%s" stroke-width="1.6" points="%s"/>`+"\n", l.color, strings.Join(pts, " "))
+	}
+	// Legend.
+	for i, l := range lines {
+		x := L + float64(i)*200
+		y := H - 22
+		fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="%s" stroke-width="3"/>`+"\n", x, y-4, x+28, y-4, l.color)
+		fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f">%s</text>`+"\n", x+34, y, l.name)
+	}
+	if p != nil {
+		fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f" fill="#333">%s</text>`+"\n", L+420, H-22, html.EscapeString(fmt.Sprintf(
+			"downtime: post-copy %.2f ms, stop-and-copy %.0f ms", p.DowntimeMS, stopDowntime(c))))
+	}
+	sb.WriteString("</svg>\n")
+	_, err := io.WriteString(w, sb.String())
+	return err
+}
+
+func stopDowntime(c *Migration) float64 {
+	if c == nil {
+		return 0
+	}
+	return c.DowntimeMS
+}
+
+// niceCeil rounds v up to 1, 2, 2.5 or 5 times a power of ten.
+func niceCeil(v float64) float64 {
+	if v <= 0 {
+		return 1
+	}
+	p := math.Pow(10, math.Floor(math.Log10(v)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if m*p >= v {
+			return m * p
+		}
+	}
+	return 10 * p
+}
+
+// ticks returns about 5 to 10 round values in [lo, hi].
+func ticks(lo, hi float64) []float64 {
+	if hi <= lo {
+		return nil
+	}
+	step := niceCeil((hi - lo) / 8)
+	var out []float64
+	for v := math.Ceil(lo/step) * step; v <= hi+step*1e-9; v += step {
+		out = append(out, math.Round(v/step)*step)
+	}
+	return out
+}
+
+func trimFloat(v float64) string {
+	s := fmt.Sprintf("%.2f", v)
+	s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
+	if s == "-0" {
+		return "0"
+	}
+	return s
+}

@@ -1,0 +1,379 @@
+package bench
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Method names a migration method.
+const (
+	MethodPostCopy = "postcopy"
+	MethodStopCopy = "stopcopy"
+)
+
+// Migration holds the figures of one migration, in the units their names say.
+// Times are measured with CLOCK_MONOTONIC, shared by every process.
+type Migration struct {
+	Method string `json:"method"`
+
+	// Downtime: source stop → first operation completed on the destination,
+	// and its parts: state transfer (stop → state received), handshake
+	// (state received → userfaultfd handed to pagefetcher), and the rest:
+	// for post-copy, the first operation with its fault(s); for stop-and-copy,
+	// the wait for every page (CopyMS) and then the first operation.
+	DowntimeMS   float64 `json:"downtime_ms"`
+	StateMS      float64 `json:"state_ms"`
+	HandshakeMS  float64 `json:"handshake_ms"`
+	FirstFaultMS float64 `json:"first_fault_ms"`
+	CopyMS       float64 `json:"copy_ms"`
+
+	// From pagefetcher's summary.
+	Faults          uint64  `json:"faults"`
+	FaultsDuplicate uint64  `json:"faults_duplicate"`
+	FaultP50US      float64 `json:"fault_p50_us"`
+	FaultP99US      float64 `json:"fault_p99_us"`
+	FaultP999US     float64 `json:"fault_p999_us"`
+	FaultMaxUS      float64 `json:"fault_max_us"`
+	BlocktimeMS     float64 `json:"blocktime_ms"`
+	FetcherTotalS   float64 `json:"fetcher_total_s"` // pagefetcher's own total (from handoff)
+	PagesDemand     uint64  `json:"pages_demand"`
+	PagesBulk       uint64  `json:"pages_bulk"`
+	PagesZero       uint64  `json:"pages_zero"`
+	BytesWire       uint64  `json:"bytes_wire"` // page bytes pagefetcher received over the transport
+
+	// Bytes through the destination's veth end (frames, both connections,
+	// headers included) on a shaped link; 0 on loopback.
+	LinkRxBytes uint64 `json:"link_rx_bytes"`
+	LinkTxBytes uint64 `json:"link_tx_bytes"`
+
+	// Total migration time: source stop → pagefetcher reports every page
+	// resident.
+	TotalS float64 `json:"total_s"`
+
+	// Throughput: the source's rate over the last second before the stop,
+	// the destination's over the last second it ran, and the time from the
+	// stop until the destination is back to 90 % of PreRate for good
+	// (Recover, 100 ms windows); nil when it never was.
+	PreRate    float64  `json:"pre_ops_per_s"`
+	PostRate   float64  `json:"post_ops_per_s"`
+	Recover90S *float64 `json:"recover90_s"`
+
+	SourceFillS float64 `json:"source_fill_s"`
+	SourceOps   uint64  `json:"source_ops"`
+	DestOps     uint64  `json:"dest_ops"`
+	KVMisses    uint64  `json:"kv_misses"`
+
+	Verified     bool         `json:"verified"`
+	Verification Verification `json:"verification"`
+
+	// Timelines, operations per 10 ms bucket: the source's last buckets
+	// before the stop (SourceStartS is the start of its first one, relative
+	// to the stop, negative) and the destination's from the stop on.
+	SourceStartS float64  `json:"source_start_s"`
+	Source       []uint32 `json:"source_timeline"`
+	Dest         []uint32 `json:"dest_timeline"`
+
+	FetcherSummary json.RawMessage `json:"fetcher_summary"`
+}
+
+// Run is one repetition: a post-copy migration and its stop-and-copy
+// baseline, on the same workload configuration and link.
+type Run struct {
+	Index    int        `json:"index"`
+	PostCopy *Migration `json:"postcopy"`
+	StopCopy *Migration `json:"stopcopy"`
+}
+
+// Machine describes where the figures came from.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpu_model"`
+	MemoryGiB int    `json:"memory_gib"`
+	Kernel    string `json:"kernel"`
+	GoVersion string `json:"go_version"`
+	Hostname  string `json:"hostname"`
+}
+
+// Setup is the configuration of an invocation.
+type Setup struct {
+	SizeBytes uint64  `json:"size_bytes"`
+	Size      string  `json:"size"`
+	Pattern   string  `json:"pattern"`
+	Content   string  `json:"content"`
+	WritePct  int     `json:"write_pct"`
+	Link      string  `json:"link"`
+	LinkBits  uint64  `json:"link_bits_per_s"`
+	Runs      int     `json:"runs"`
+	WarmupS   float64 `json:"warmup_s"`
+	PostS     float64 `json:"post_s"`
+	Date      string  `json:"date"`
+}
+
+// Report is the JSON document of an invocation. Its first keys are the
+// contract of issue 5: medians over the runs, in the units their names say.
+type Report struct {
+	DowntimeMS         float64  `json:"downtime_ms"`
+	FirstFaultMS       float64  `json:"first_fault_ms"`
+	Faults             float64  `json:"faults"`
+	FaultP50US         float64  `json:"fault_p50_us"`
+	FaultP99US         float64  `json:"fault_p99_us"`
+	FaultP999US        float64  `json:"fault_p999_us"`
+	BlocktimeMS        float64  `json:"blocktime_ms"`
+	TotalS             float64  `json:"total_s"`
+	BytesWire          float64  `json:"bytes_wire"`
+	Recover90S         *float64 `json:"recover90_s"`
+	StopcopyDowntimeMS float64  `json:"stopcopy_downtime_ms"`
+	TCPGbps            float64  `json:"tcp_gbps"`
+	TCPRttUS           float64  `json:"tcp_rtt_us"`
+	Verified           bool     `json:"verified"`
+
+	// More medians.
+	StateMS        float64 `json:"state_ms"`
+	HandshakeMS    float64 `json:"handshake_ms"`
+	FaultMaxUS     float64 `json:"fault_max_us"`
+	PreRate        float64 `json:"pre_ops_per_s"`
+	PostRate       float64 `json:"post_ops_per_s"`
+	StopcopyTotalS float64 `json:"stopcopy_total_s"`
+	// LinkTimeS is the time the link needs to move the memory at the
+	// measured one-stream TCP rate; Recover90Ratio is recover90_s over it
+	// (the target is at most 1.1).
+	LinkTimeS      float64  `json:"link_time_s"`
+	Recover90Ratio *float64 `json:"recover90_link_ratio"`
+
+	TCP struct {
+		Bandwidth TCPBandwidth `json:"bandwidth"`
+		RoundTrip TCPRoundTrip `json:"round_trip"`
+	} `json:"tcp"`
+	Setup   Setup   `json:"setup"`
+	Machine Machine `json:"machine"`
+	Runs    []Run   `json:"runs"`
+}
+
+// Median is the median of xs (NaN for none; +Inf values sort last).
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	if math.IsInf(s[n/2], 1) {
+		return math.Inf(1)
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// Summarize fills the report's medians from its runs.
+func (r *Report) Summarize() {
+	var medInf func(f func(m *Migration) float64, stop bool) float64
+	med := func(f func(m *Migration) float64, stop bool) float64 {
+		return finite(medInf(f, stop))
+	}
+	medInf = func(f func(m *Migration) float64, stop bool) float64 {
+		var xs []float64
+		for _, run := range r.Runs {
+			m := run.PostCopy
+			if stop {
+				m = run.StopCopy
+			}
+			if m != nil {
+				xs = append(xs, f(m))
+			}
+		}
+		return Median(xs)
+	}
+	r.DowntimeMS = med(func(m *Migration) float64 { return m.DowntimeMS }, false)
+	r.FirstFaultMS = med(func(m *Migration) float64 { return m.FirstFaultMS }, false)
+	r.Faults = med(func(m *Migration) float64 { return float64(m.Faults) }, false)
+	r.FaultP50US = med(func(m *Migration) float64 { return m.FaultP50US }, false)
+	r.FaultP99US = med(func(m *Migration) float64 { return m.FaultP99US }, false)
+	r.FaultP999US = med(func(m *Migration) float64 { return m.FaultP999US }, false)
+	r.FaultMaxUS = med(func(m *Migration) float64 { return m.FaultMaxUS }, false)
+	r.BlocktimeMS = med(func(m *Migration) float64 { return m.BlocktimeMS }, false)
+	r.TotalS = med(func(m *Migration) float64 { return m.TotalS }, false)
+	r.BytesWire = med(func(m *Migration) float64 { return float64(m.BytesWire) }, false)
+	r.StateMS = med(func(m *Migration) float64 { return m.StateMS }, false)
+	r.HandshakeMS = med(func(m *Migration) float64 { return m.HandshakeMS }, false)
+	r.PreRate = med(func(m *Migration) float64 { return m.PreRate }, false)
+	r.PostRate = med(func(m *Migration) float64 { return m.PostRate }, false)
+	rec := medInf(func(m *Migration) float64 {
+		if m.Recover90S == nil {
+			return math.Inf(1)
+		}
+		return *m.Recover90S
+	}, false)
+	r.Recover90S, r.Recover90Ratio = nil, nil
+	if !math.IsInf(rec, 1) && !math.IsNaN(rec) {
+		r.Recover90S = &rec
+		if r.LinkTimeS > 0 {
+			ratio := rec / r.LinkTimeS
+			r.Recover90Ratio = &ratio
+		}
+	}
+	r.StopcopyDowntimeMS = med(func(m *Migration) float64 { return m.DowntimeMS }, true)
+	r.StopcopyTotalS = med(func(m *Migration) float64 { return m.TotalS }, true)
+	r.Verified = len(r.Runs) > 0
+	for _, run := range r.Runs {
+		for _, m := range []*Migration{run.PostCopy, run.StopCopy} {
+			if m == nil || !m.Verified {
+				r.Verified = false
+			}
+		}
+	}
+}
+
+// WriteTable prints the report as a table for a terminal.
+func (r *Report) WriteTable(w io.Writer) {
+	s := r.Setup
+	fmt.Fprintf(w, "migbench: %s, pattern %s, content %s, %d%% writes, link %s, %d run(s)\n",
+		s.Size, s.Pattern, s.Content, s.WritePct, s.Link, s.Runs)
+	fmt.Fprintf(w, "baselines: TCP one stream %.2f Gbit/s, round trip (16 B out, 4 KiB back) p50 %.0f µs; link time for the memory %.2f s\n",
+		r.TCPGbps, r.TCPRttUS, r.LinkTimeS)
+	tw := &table{}
+	tw.row("", "post-copy", "stop-and-copy")
+	for i, run := range r.Runs {
+		if len(r.Runs) > 1 {
+			tw.row(fmt.Sprintf("run %d", i+1), "", "")
+		}
+		p, c := run.PostCopy, run.StopCopy
+		if c == nil {
+			c = &Migration{}
+		}
+		tw.row("downtime (ms)", f3(p.DowntimeMS), f3(c.DowntimeMS))
+		tw.row("  state transfer (ms)", f3(p.StateMS), f3(c.StateMS))
+		tw.row("  handshake (ms)", f3(p.HandshakeMS), f3(c.HandshakeMS))
+		tw.row("  copy of all memory (ms)", "-", f3(c.CopyMS))
+		tw.row("  first operation, with its fault (ms)", f3(p.FirstFaultMS), f3(c.FirstFaultMS))
+		tw.row("demand faults", fmt.Sprint(p.Faults), fmt.Sprint(c.Faults))
+		tw.row("fault latency p50/p99/p999/max (µs)", fmt.Sprintf("%.0f/%.0f/%.0f/%.0f", p.FaultP50US, p.FaultP99US, p.FaultP999US, p.FaultMaxUS), "-")
+		tw.row("blocktime (ms)", f3(p.BlocktimeMS), f3(c.BlocktimeMS))
+		tw.row("total migration time (s)", f3(p.TotalS), f3(c.TotalS))
+		tw.row("bytes on the wire (page payload)", FormatSize(p.BytesWire), FormatSize(c.BytesWire))
+		if p.LinkRxBytes > 0 {
+			tw.row("bytes through the link (rx, frames)", FormatSize(p.LinkRxBytes), FormatSize(c.LinkRxBytes))
+		}
+		tw.row("throughput before / after (Mops/s)", fmt.Sprintf("%.3f / %.3f", p.PreRate/1e6, p.PostRate/1e6),
+			fmt.Sprintf("%.3f / %.3f", c.PreRate/1e6, c.PostRate/1e6))
+		tw.row("back to 90 % of it after (s)", fsec(p.Recover90S), fsec(c.Recover90S))
+		tw.row("verified (every page)", fmt.Sprint(p.Verified), fmt.Sprint(c.Verified))
+	}
+	tw.write(w)
+	if len(r.Runs) > 1 {
+		fmt.Fprintf(w, "medians: downtime %.3f ms (stop-and-copy %.1f ms), first fault %.3f ms, faults %.0f, fault p50/p99/p999 %.0f/%.0f/%.0f µs, blocktime %.1f ms, total %.2f s, recover90 %s s, verified %v\n",
+			r.DowntimeMS, r.StopcopyDowntimeMS, r.FirstFaultMS, r.Faults, r.FaultP50US, r.FaultP99US, r.FaultP999US,
+			r.BlocktimeMS, r.TotalS, fsec(r.Recover90S), r.Verified)
+	}
+	if r.Recover90Ratio != nil {
+		fmt.Fprintf(w, "recover90 / link time = %.2f (target ≤ 1.1)\n", *r.Recover90Ratio)
+	}
+}
+
+func f3(v float64) string {
+	switch {
+	case v == 0:
+		return "0"
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.3f", v)
+}
+
+func fsec(v *float64) string {
+	if v == nil {
+		return "never"
+	}
+	return fmt.Sprintf("%.2f", *v)
+}
+
+type table struct{ rows [][3]string }
+
+func (t *table) row(a, b, c string) { t.rows = append(t.rows, [3]string{a, b, c}) }
+
+func (t *table) write(w io.Writer) {
+	var wd [3]int
+	for _, r := range t.rows {
+		for i, c := range r {
+			wd[i] = max(wd[i], len([]rune(c)))
+		}
+	}
+	for _, r := range t.rows {
+		fmt.Fprintf(w, "  %s%s  %s%s  %s\n", r[0], strings.Repeat(" ", wd[0]-len([]rune(r[0]))),
+			strings.Repeat(" ", wd[1]-len([]rune(r[1]))), r[1], r[2])
+	}
+}
+
+// WriteCSV writes every run's throughput timeline in long form: run, method,
+// side, t_s (start of the 10 ms bucket, relative to the source's stop),
+// ops (in the bucket), ops_per_s.
+func (r *Report) WriteCSV(w io.Writer) error {
+	cw := csv.NewWriter(w)
+	_ = cw.Write([]string{"run", "method", "side", "t_s", "ops", "ops_per_s"})
+	b := Bucket.Seconds()
+	for i, run := range r.Runs {
+		for _, m := range []*Migration{run.PostCopy, run.StopCopy} {
+			if m == nil {
+				continue
+			}
+			for side, counts := range [][]uint32{m.Source, m.Dest} {
+				start, name := m.SourceStartS, "source"
+				if side == 1 {
+					start, name = 0, "destination"
+				}
+				for j, c := range counts {
+					_ = cw.Write([]string{strconv.Itoa(i + 1), m.Method, name,
+						strconv.FormatFloat(start+float64(j)*b, 'f', 2, 64), strconv.FormatUint(uint64(c), 10),
+						strconv.FormatFloat(Rate(c), 'f', 0, 64)})
+				}
+			}
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+// MarkdownHeader and MarkdownRow render a report as one row of a summary
+// table over several invocations.
+func MarkdownHeader() string {
+	return "| size | pattern | link | downtime ms (p-c) | parts: state / handshake / first op ms | stop-and-copy downtime ms | faults | fault p50 / p99 / p999 µs | blocktime ms | total s (p-c / s-c) | link time s | recover90 s (× link time) | rate before / after Mops/s | TCP Gbit/s, RTT µs | verified |\n" +
+		"|---|---|---|---:|---|---:|---:|---|---:|---|---:|---|---|---|---|"
+}
+
+// MarkdownRow is the row of r under MarkdownHeader.
+func (r *Report) MarkdownRow() string {
+	rec := "never"
+	if r.Recover90S != nil {
+		rec = fmt.Sprintf("%.2f", *r.Recover90S)
+		if r.Recover90Ratio != nil {
+			rec += fmt.Sprintf(" (%.2f×)", *r.Recover90Ratio)
+		}
+	}
+	return fmt.Sprintf("| %s | %s | %s | %s | %s / %s / %s | %s | %.0f | %.0f / %.0f / %.0f | %s | %.2f / %.2f | %.2f | %s | %.3f / %.3f | %.2f, %.0f | %v |",
+		r.Setup.Size, r.Setup.Pattern, r.Setup.Link, f3(r.DowntimeMS), f3(r.StateMS), f3(r.HandshakeMS),
+		f3(r.FirstFaultMS), f3(r.StopcopyDowntimeMS), r.Faults, r.FaultP50US, r.FaultP99US, r.FaultP999US,
+		f3(r.BlocktimeMS), r.TotalS, r.StopcopyTotalS, r.LinkTimeS, rec, r.PreRate/1e6, r.PostRate/1e6,
+		r.TCPGbps, r.TCPRttUS, r.Verified)
+}
+
+// Stamp sets the setup's date to now (UTC).
+func (s *Setup) Stamp() { s.Date = time.Now().UTC().Format(time.RFC3339) }
+
+// finite maps NaN and infinities (medians of nothing) to 0: JSON has no
+// such numbers.
+func finite(v float64) float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0
+	}
+	return v
+}
