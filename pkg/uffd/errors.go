@@ -48,6 +48,7 @@ type Error struct {
 	Detail string
 }
 
+// Error returns "uffd: OP [START+LEN]: REASON".
 func (e *Error) Error() string {
 	s := "uffd: " + e.Op
 	if e.HasRange {

@@ -21,6 +21,7 @@ const (
 	EventUnmap                          // a registered range was unmapped (FeatureEventUnmap)
 )
 
+// String returns the kernel's name of the event, e.g. "PAGEFAULT".
 func (k EventKind) String() string {
 	switch k {
 	case EventPageFault:

@@ -35,8 +35,10 @@ type Wakeup struct {
 	// Interrupted: Interrupt (or Close) was called since the last Wait
 	// that reported it. Calls in between coalesce into one.
 	Interrupted bool
-	// Hangup: poll reported POLLHUP or POLLERR on the userfaultfd (it
-	// reports POLLERR before UFFDIO_API and on a blocking userfaultfd).
+	// Hangup: poll reported POLLHUP, POLLERR or POLLNVAL on the
+	// userfaultfd. The kernel reports POLLERR before UFFDIO_API and on a
+	// blocking userfaultfd; it reports nothing at all when the registered
+	// process exits (operations then fail with ErrProcessGone).
 	Hangup bool
 }
 

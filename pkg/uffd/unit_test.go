@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/pkg/uffd/internal/sys"
 )
 
 func TestFeaturesString(t *testing.T) {
@@ -176,6 +179,12 @@ func TestPageHelpers(t *testing.T) {
 		if got != c.want {
 			t.Errorf("CheckAligned(%#x, %d, %d) = %q, want %q", c.addr, c.length, c.ps, got, c.want)
 		}
+	}
+}
+
+func TestMsgSize(t *testing.T) {
+	if MsgSize != unsafe.Sizeof(sys.UffdMsg{}) {
+		t.Fatalf("MsgSize = %d, sizeof(struct uffd_msg) = %d", MsgSize, unsafe.Sizeof(sys.UffdMsg{}))
 	}
 }
 
