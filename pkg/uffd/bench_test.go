@@ -1,0 +1,263 @@
+package uffd
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"runtime/debug"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// The fault benchmarks touch registered memory in this process, from the
+// benchmark goroutine, while a handler goroutine serves the faults. That is
+// safe here, and only here, because:
+//   - GOMAXPROCS >= 2 (raised to 2 if needed): the thread blocked on a fault
+//     keeps its P, so the handler needs another one;
+//   - the garbage collector is off during the timed loop, so no GC
+//     stop-the-world waits on the blocked thread (and so on the handler it
+//     stopped);
+//   - the only other stop-the-worlds, b.StopTimer/StartTimer, run on the
+//     toucher itself, between faults;
+//   - the toucher is locked to its thread, and a preemption signal that
+//     interrupts its fault makes it fault again: the handler then gets
+//     EEXIST and wakes it.
+// Run them pinned to one CPU (taskset -c 0) to measure the fault round trip
+// without cross-CPU wake-ups.
+
+var sink byte
+
+func benchFault(b *testing.B, serve func(f *FD, addr uint64) error) {
+	if runtime.GOMAXPROCS(0) < 2 {
+		// taskset -c 0 makes the runtime choose 1; the thread blocked on
+		// a fault holds its P, so the handler needs a second one.
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	}
+	requireUffd(b)
+	f, err := Open(OpenOptions{NonBlock: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.API(0); err != nil {
+		b.Fatal(err)
+	}
+	const pages = 4096 // 16 MiB, re-armed with MADV_DONTNEED
+	mem, err := unix.Mmap(-1, 0, pages*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	base := addrOf(mem)
+	if _, err := f.Register(base, pages*page, RegisterMissing); err != nil {
+		b.Fatal(err)
+	}
+	p, err := NewPoller(f)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+
+	handlerErr := make(chan error, 1)
+	go func() {
+		handlerErr <- handleFaults(f, p, serve)
+	}()
+	defer func() {
+		p.Interrupt()
+		if err := <-handlerErr; err != nil {
+			b.Error(err)
+		}
+	}()
+
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var s byte
+	next := 0
+	b.ResetTimer()
+	for range b.N {
+		if next == pages {
+			b.StopTimer()
+			if err := unix.Madvise(mem, unix.MADV_DONTNEED); err != nil {
+				b.Fatal(err)
+			}
+			next = 0
+			b.StartTimer()
+		}
+		s += mem[next*page] // faults
+		next++
+	}
+	b.StopTimer()
+	sink = s
+}
+
+// handleFaults is the benchmarks' fault loop: wait, read a batch, serve each
+// fault with a waking operation, wake on EEXIST. On an error it unregisters
+// everything, which wakes the toucher, and returns the error.
+func handleFaults(f *FD, p *Poller, serve func(f *FD, addr uint64) error) error {
+	r := NewReader(f, 64)
+	evs := make([]Event, 64)
+	fail := func(err error) error {
+		f.Unregister(0, 1<<47)
+		return err
+	}
+	for {
+		w, err := p.Wait(-1)
+		if err != nil {
+			return fail(err)
+		}
+		if w.Interrupted {
+			return nil
+		}
+		n, err := r.Read(evs)
+		if err != nil {
+			return fail(err)
+		}
+		for _, ev := range evs[:n] {
+			if ev.Kind != EventPageFault {
+				return fail(fmt.Errorf("unexpected %v", ev))
+			}
+			a := AlignDown(ev.PageFault.Address, page)
+			err := serve(f, a)
+			if errors.Is(err, ErrExist) {
+				err = f.Wake(a, page)
+			}
+			if err != nil {
+				return fail(err)
+			}
+		}
+	}
+}
+
+// BenchmarkFaultCopy: the round trip of one fault served by a waking Copy.
+func BenchmarkFaultCopy(b *testing.B) {
+	src := pattern(page, 1)
+	benchFault(b, func(f *FD, addr uint64) error {
+		_, err := f.Copy(addr, src, 0)
+		return err
+	})
+}
+
+// BenchmarkFaultZeroPage: the round trip of one fault served by a waking
+// ZeroPage.
+func BenchmarkFaultZeroPage(b *testing.B) {
+	benchFault(b, func(f *FD, addr uint64) error {
+		_, err := f.ZeroPage(addr, page, 0)
+		return err
+	})
+}
+
+// registered maps and registers n bytes for the placement benchmarks, which
+// never touch it while it is missing.
+func registered(b *testing.B, n int) (*FD, []byte) {
+	requireUffd(b)
+	f, err := Open(OpenOptions{NonBlock: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { f.Close() })
+	if _, err := f.API(0); err != nil {
+		b.Fatal(err)
+	}
+	mem, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { unix.Munmap(mem) })
+	if _, err := f.Register(addrOf(mem), uint64(n), RegisterMissing); err != nil {
+		b.Fatal(err)
+	}
+	return f, mem
+}
+
+var sizes = []struct {
+	name string
+	n    int
+}{{"4KiB", 4 << 10}, {"64KiB", 64 << 10}, {"1MiB", 1 << 20}, {"2MiB", 2 << 20}}
+
+// BenchmarkCopy: UFFDIO_COPY throughput by size, into a region re-armed with
+// MADV_DONTNEED (outside the timer) when full.
+func BenchmarkCopy(b *testing.B) {
+	const region = 64 << 20
+	for _, size := range sizes {
+		for _, mode := range []struct {
+			name string
+			m    CopyMode
+		}{{"wake", 0}, {"dontwake", CopyDontWake}} {
+			b.Run(size.name+"/"+mode.name, func(b *testing.B) {
+				f, mem := registered(b, region)
+				src := pattern(size.n, 7)
+				base := addrOf(mem)
+				b.SetBytes(int64(size.n))
+				off := 0
+				b.ResetTimer()
+				for range b.N {
+					if off+size.n > region {
+						b.StopTimer()
+						if err := unix.Madvise(mem, unix.MADV_DONTNEED); err != nil {
+							b.Fatal(err)
+						}
+						off = 0
+						b.StartTimer()
+					}
+					if _, err := f.Copy(base+uint64(off), src, mode.m); err != nil {
+						b.Fatal(err)
+					}
+					off += size.n
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkZeroPage: UFFDIO_ZEROPAGE throughput by size.
+func BenchmarkZeroPage(b *testing.B) {
+	const region = 64 << 20
+	for _, size := range []int{4 << 10, 2 << 20} {
+		b.Run(fmt.Sprintf("%dKiB", size>>10), func(b *testing.B) {
+			f, mem := registered(b, region)
+			base := addrOf(mem)
+			b.SetBytes(int64(size))
+			off := 0
+			b.ResetTimer()
+			for range b.N {
+				if off+size > region {
+					b.StopTimer()
+					if err := unix.Madvise(mem, unix.MADV_DONTNEED); err != nil {
+						b.Fatal(err)
+					}
+					off = 0
+					b.StartTimer()
+				}
+				if _, err := f.ZeroPage(base+uint64(off), uint64(size), ZeroPageDontWake); err != nil {
+					b.Fatal(err)
+				}
+				off += size
+			}
+		})
+	}
+}
+
+// BenchmarkWake: UFFDIO_WAKE of a range with nobody waiting.
+func BenchmarkWake(b *testing.B) {
+	f, mem := registered(b, 1<<20)
+	base := addrOf(mem)
+	b.ResetTimer()
+	for range b.N {
+		if err := f.Wake(base, 1<<20); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDecode: decoding one message.
+func BenchmarkDecode(b *testing.B) {
+	m, _ := encode(Event{Kind: EventPageFault, PageFault: PageFault{Address: 0x7f0000001000, Flags: 1, ThreadID: 7}})
+	b.ReportAllocs()
+	for range b.N {
+		if _, err := Decode(m[:]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
