@@ -114,6 +114,9 @@ func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Repo
 	e.link = bench.Loopback()
 	if c.link != "" {
 		fmt.Fprintf(progress, "migbench: setting up a %s link (namespaces, veth, tbf)\n", c.link)
+		if err := bench.RemoveStaleLinks(ctx); err != nil {
+			fmt.Fprintf(progress, "migbench: removing stale namespaces: %v\n", err)
+		}
 		l, err := bench.SetupLink(ctx, c.link, strconv.Itoa(os.Getpid()))
 		if err != nil {
 			return nil, fmt.Errorf("--link %s: %w", c.link, err)

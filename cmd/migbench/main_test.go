@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -115,9 +116,13 @@ func TestFlags(t *testing.T) {
 	}
 }
 
-// buildBinaries builds pageserver and pagefetcher for the end-to-end test.
+// buildBinaries builds pageserver and pagefetcher for the end-to-end test
+// (or takes them from $MIGBENCH_TEST_BIN).
 func buildBinaries(t *testing.T) string {
 	t.Helper()
+	if dir := os.Getenv("MIGBENCH_TEST_BIN"); dir != "" {
+		return dir
+	}
 	dir := t.TempDir()
 	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/postcopy/postcopy/cmd/pageserver", "github.com/postcopy/postcopy/cmd/pagefetcher")
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -185,5 +190,27 @@ func TestMigrationLoopback(t *testing.T) {
 	got := runMigbench(t, "--size", "64MiB", "--pattern", "zipf", "--content", "mixed", "--bin", bin)
 	if f, _ := got["faults"].(float64); f < 1 {
 		t.Errorf("faults = %v: the post-copy destination must have faulted", got["faults"])
+	}
+}
+
+// The same over a shaped link in two namespaces: the link's counters see the
+// memory go through, and the namespaces are gone afterwards.
+func TestMigrationShaped(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := buildBinaries(t)
+	got := runMigbench(t, "--size", "32MiB", "--pattern", "random", "--link", "1gbit", "--bin", bin)
+	runs := got["runs"].([]any)
+	pc := runs[0].(map[string]any)["postcopy"].(map[string]any)
+	if rx, _ := pc["link_rx_bytes"].(float64); rx < 32<<20 {
+		t.Errorf("link_rx_bytes = %v, want at least the 32 MiB of memory", pc["link_rx_bytes"])
+	}
+	if g, _ := got["tcp_gbps"].(float64); g < 0.8 || g > 1.01 {
+		t.Errorf("tcp_gbps = %v over a 1gbit link", got["tcp_gbps"])
+	}
+	ents, _ := os.ReadDir("/run/netns")
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), fmt.Sprintf("migbench-%d-", os.Getpid())) {
+			t.Errorf("namespace %s left behind", e.Name())
+		}
 	}
 }

@@ -115,6 +115,34 @@ func SetupLink(ctx context.Context, rate, tag string) (l *Link, err error) {
 	return l, nil
 }
 
+// RemoveStaleLinks removes the namespaces of earlier SetupLink calls whose
+// process (the tag is its pid) no longer exists: what a killed migbench
+// (SIGKILL gives no chance to clean up) left behind.
+func RemoveStaleLinks(ctx context.Context) error {
+	ents, err := os.ReadDir("/run/netns")
+	if err != nil {
+		return nil // no namespaces at all
+	}
+	var errs []error
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), "migbench-")
+		if !ok {
+			continue
+		}
+		pid, side, ok := strings.Cut(rest, "-")
+		if !ok || (side != "src" && side != "dst") {
+			continue
+		}
+		if _, err := os.Stat("/proc/" + pid); err == nil {
+			continue // its migbench still runs
+		}
+		if err := runCmd(ctx, "ip", "netns", "del", e.Name()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Close removes the namespaces (and with them the veth pair and shapers).
 // It is a no-op for loopback, and safe to call twice.
 func (l *Link) Close() error {

@@ -131,7 +131,7 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 		if p.PreRate > 0 {
 			y := py(0.9 * p.PreRate)
 			fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#888" stroke-dasharray="2 3"/>`+"\n", L, y, W-R, y)
-			fmt.Fprintf(&sb, `<text x="%.0f" y="%.1f" fill="#666" text-anchor="end">90 %% of the rate before</text>`+"\n", W-R-4, y-4)
+			fmt.Fprintf(&sb, `<text x="%.0f" y="%.1f" fill="#666" text-anchor="end">90 %% of the post-copy source rate</text>`+"\n", W-R-4, y-4)
 		}
 	}
 	if c != nil {
