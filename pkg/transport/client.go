@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -116,7 +117,9 @@ func Dial(ctx context.Context, addr string, o ClientOptions) (*Client, error) {
 			},
 			MinConnectTimeout: timeout,
 		}),
+		experimental.WithBufferPool(&pagePool),
 		grpc.WithDefaultCallOptions(
+			grpc.ForceCodecV2(wireCodec{}),
 			grpc.MaxCallRecvMsgSize(clientMaxRun+msgSlack),
 			grpc.MaxCallSendMsgSize(maxRequestMsg),
 		),
@@ -319,7 +322,7 @@ type Lane struct {
 // Recv returns why.
 func (l *Lane) Send(r Request) error {
 	l.sendMu.Lock()
-	err := l.stream.Send(&pb.PageRequest{Id: r.ID, Offset: r.Offset, Pages: r.Pages})
+	err := l.stream.SendMsg(&r)
 	l.sendMu.Unlock()
 	if err == io.EOF {
 		return io.EOF
@@ -333,20 +336,14 @@ func (l *Lane) Send(r Request) error {
 // match this package's sentinels where they apply. The caller owns the
 // Response until it calls Release.
 func (l *Lane) Recv() (*Response, error) {
-	m, err := l.stream.Recv()
-	if err != nil {
+	r := responsePool.Get().(*Response)
+	if err := l.stream.RecvMsg(r); err != nil {
+		r.Release()
 		if l.closed.Load() && status.Code(err) == codes.Canceled {
 			return nil, io.EOF
 		}
 		return nil, fromStatus(l.kind.String()+" recv", err)
 	}
-	r := responsePool.Get().(*Response)
-	r.ID, r.Offset, r.Pages, r.PageSize = m.GetId(), m.GetOffset(), m.GetPages(), m.GetPageSize()
-	r.Segments = r.Segments[:0]
-	for _, sg := range m.GetSegments() {
-		r.Segments = append(r.Segments, Segment{Pages: sg.GetPages(), Zero: sg.GetZero(), CRC32C: sg.GetCrc32C()})
-	}
-	r.Data = m.GetData()
 	if err := r.check(); err != nil {
 		r.Release()
 		return nil, fmt.Errorf("transport: %s recv: %w", l.kind, err)
@@ -451,11 +448,9 @@ func (r *Response) Verify() error {
 // not be used afterwards.
 func (r *Response) Release() {
 	if r.buf != nil {
-		clientBufs.put(r.buf)
+		pagePool.put(r.buf)
 		r.buf = nil
 	}
 	r.Data = nil
 	responsePool.Put(r)
 }
-
-var clientBufs bufPool

@@ -192,11 +192,14 @@ const helperEnv = "POSTCOPY_TRANSPORT_HELPER"
 func TestMain(m *testing.M) {
 	switch os.Getenv(helperEnv) {
 	case "":
-		os.Exit(m.Run())
+		code := m.Run()
+		benchCleanup()
+		os.Exit(code)
 	case "stopped-child":
 		stoppedChild()
 	case "bench-server":
 		benchServer()
+		os.Exit(0)
 	}
 	os.Exit(3)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -108,7 +109,6 @@ type Server struct {
 	health      *health.Server
 
 	gate *demandGate
-	bufs bufPool
 	runs sync.Pool // *runBuf
 
 	mu       sync.Mutex
@@ -201,9 +201,11 @@ func NewServer(o ServerOptions) (*Server, error) {
 }
 
 // GRPCServerOptions returns the options the grpc.Server serving s must be
-// created with: message size limits, flow-control windows and buffers sized
-// for bulk runs, keepalive that finds a dead client within seconds and
-// permits the client's pings, and interceptors counting errors.
+// created with: the codec of the page messages (plain protobuf on the wire,
+// see wireCodec; the Demand and Bulk handlers need it), message size
+// limits, flow-control windows and buffers sized for bulk runs, keepalive
+// that finds a dead client within seconds and permits the client's pings,
+// and interceptors counting errors.
 func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 	maxRun := max(s.maxDemand, s.maxBulk)
 	return []grpc.ServerOption{
@@ -215,6 +217,8 @@ func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 		grpc.ReadBufferSize(bulkBufferSize),
 		grpc.KeepaliveParams(serverKeepalive),
 		grpc.KeepaliveEnforcementPolicy(serverEnforcement),
+		grpc.ForceServerCodecV2(wireCodec{}),
+		experimental.BufferPool(&pagePool),
 		grpc.ChainUnaryInterceptor(s.unaryErrors),
 		grpc.ChainStreamInterceptor(s.streamErrors),
 	}
@@ -466,6 +470,7 @@ type runBuf struct {
 	segs []image.Segment
 	tmp  []image.Segment
 	crcs []uint32
+	out  outRun
 }
 
 // readRun reads a validated run into a pooled buffer: data pages at their
@@ -474,7 +479,7 @@ type runBuf struct {
 // waiting for demand work to drain.
 func (s *Server) readRun(ctx context.Context, l lane, off uint64, pages, ps uint32, rb *runBuf) error {
 	n := int(pages) * int(ps)
-	rb.buf = s.bufs.get(n)
+	rb.buf = pagePool.get(n)
 	data := *rb.buf
 	rb.segs = rb.segs[:0]
 	chunk := pages
@@ -534,7 +539,7 @@ func (s *Server) readRun(ctx context.Context, l lane, off uint64, pages, ps uint
 
 func (s *Server) release(rb *runBuf) {
 	if rb.buf != nil {
-		s.bufs.put(rb.buf)
+		pagePool.put(rb.buf)
 		rb.buf = nil
 	}
 	s.runs.Put(rb)
@@ -649,12 +654,11 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 	}
 	go func() {
 		for {
-			m, err := stream.Recv()
-			if err != nil {
+			var req request
+			if err := stream.RecvMsg(&req); err != nil {
 				recvDone <- err
 				return
 			}
-			req := request{ID: m.GetId(), Offset: m.GetOffset(), Pages: m.GetPages()}
 			ps, err := s.check(sess, laneDemand, req)
 			if err != nil {
 				fail(err)
@@ -710,14 +714,12 @@ func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 	ctx := stream.Context()
 	send := func(rb *runBuf, req request, ps uint32) error { return s.sendRun(stream, rb, req, ps) }
 	for {
-		m, err := stream.Recv()
-		if err == io.EOF {
+		var req request
+		if err := stream.RecvMsg(&req); err == io.EOF {
 			return nil
-		}
-		if err != nil {
+		} else if err != nil {
 			return err
 		}
-		req := request{ID: m.GetId(), Offset: m.GetOffset(), Pages: m.GetPages()}
 		ps, err := s.check(sess, laneBulk, req)
 		if err != nil {
 			return err
@@ -728,30 +730,18 @@ func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 	}
 }
 
-// runSender is the part of a PageServer stream sendRun needs.
-type runSender interface {
-	Send(*pb.PageRun) error
-}
-
-// sendRun encodes a run as a PageRun and sends it. Data segments are
-// compacted in place (zero pages carry no bytes).
-func (s *Server) sendRun(stream runSender, rb *runBuf, req request, ps uint32) error {
-	data := *rb.buf
-	segs := make([]*pb.Segment, len(rb.segs))
-	dst, pos := 0, 0
-	for i, sg := range rb.segs {
-		b := int(sg.Pages) * int(ps)
-		segs[i] = &pb.Segment{Pages: sg.Pages, Zero: sg.Zero, Crc32C: rb.crcs[i]}
-		if !sg.Zero {
-			if dst != pos {
-				copy(data[dst:dst+b], data[pos:pos+b])
-			}
-			dst += b
-		}
-		pos += b
+// sendRun sends a run as a PageRun through wireCodec: the run's buffer
+// passes to gRPC, which returns it to the pool once written.
+func (s *Server) sendRun(stream grpc.ServerStream, rb *runBuf, req request, ps uint32) error {
+	rb.out = outRun{
+		id: req.ID, off: req.Offset, pages: req.Pages, ps: ps,
+		segs: rb.segs, crcs: rb.crcs, buf: rb.buf, pool: &pagePool,
 	}
-	return stream.Send(&pb.PageRun{
-		Id: req.ID, Offset: req.Offset, Pages: req.Pages, PageSize: ps,
-		Segments: segs, Data: data[:dst],
-	})
+	rb.buf = nil
+	err := stream.SendMsg(&rb.out)
+	if rb.out.buf != nil { // not marshalled: the buffer is still ours
+		pagePool.put(rb.out.buf)
+	}
+	rb.out = outRun{}
+	return err
 }
