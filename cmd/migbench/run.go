@@ -33,6 +33,7 @@ type config struct {
 	logDir      string
 	suite       string
 	outDir      string
+	updateDoc   string
 	quiet       bool
 
 	workload bench.Config // from wf
@@ -57,6 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.logDir, "log-dir", "", "keep every process's log in this directory (default: a temporary one, removed unless a run fails)")
 	fs.StringVar(&c.suite, "suite", "", "run a documented set instead of one configuration: \"default\" (1 and 4 GiB; random and zipf; loopback and 1gbit)")
 	fs.StringVar(&c.outDir, "out", "bench", "with --suite: directory for the results")
+	fs.StringVar(&c.updateDoc, "update-doc", "", "with --suite: replace the generated results in this Markdown file (BENCHMARKS.md)")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress lines on stderr")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -94,6 +96,9 @@ func (c *config) validate() error {
 	}
 	if c.suite != "" && c.suite != "default" {
 		bad("--suite %q: want default", c.suite)
+	}
+	if c.updateDoc != "" && c.suite == "" {
+		bad("--update-doc needs --suite")
 	}
 	if c.plotPath != "" {
 		if ext := strings.ToLower(filepath.Ext(c.plotPath)); ext != ".svg" && ext != ".png" {

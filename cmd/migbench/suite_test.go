@@ -1,0 +1,68 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postcopy/postcopy/internal/bench"
+)
+
+func suiteReport(size uint64, pattern, link string, down, stop float64, rec *float64, linkTime float64) *bench.Report {
+	r := &bench.Report{DowntimeMS: down, StopcopyDowntimeMS: stop, Recover90S: rec, LinkTimeS: linkTime, Verified: true,
+		Setup: bench.Setup{SizeBytes: size, Size: bench.FormatSize(size), Pattern: pattern, Link: link, Content: "random", WritePct: 20, Date: "2025-01-02T03:04:05Z"}}
+	if rec != nil {
+		x := *rec / linkTime
+		r.Recover90Ratio = &x
+	}
+	return r
+}
+
+func TestTargets(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	reps := []*bench.Report{
+		suiteReport(1<<30, "zipf", "1gbit", 1.0, 9000, f(9), 8.6),
+		suiteReport(4<<30, "zipf", "1gbit", 1.2, 36000, f(40), 34.4),
+		suiteReport(4<<30, "random", "1gbit", 7, 36000, nil, 34.4),
+	}
+	got := strings.Join(targets(reps), "\n")
+	for _, want := range []string{
+		"post-copy downtime ≤ 5 ms (median) in every configuration: **not met** (4 GiB random 1gbit: 7.00 ms)",
+		"zipf, 1gbit: post-copy downtime 1 → 4 GiB 1.00 → 1.20 ms (flat: met); stop-and-copy 9000 → 36000 ms (grows: met)",
+		"1 GiB zipf 1gbit: back to 90 % after 9.00 s; the link moves the memory in 8.60 s (at the measured 0.00 Gbit/s): ≤ 1.1×: met",
+		"4 GiB zipf 1gbit: back to 90 % after 40.00 s; the link moves the memory in 34.40 s (at the measured 0.00 Gbit/s): ≤ 1.1×: **not met**",
+		"4 GiB random 1gbit: back to 90 % after never back to 90 %",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("targets lack %q:\n%s", want, got)
+		}
+	}
+}
+
+func TestUpdateDoc(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "B.md")
+	doc := "# Title\n\nintro\n\n" + docBegin + "\nold results\n" + docEnd + "\n\nafter\n"
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := 1.0
+	text := suiteSummary([]*bench.Report{suiteReport(1<<30, "zipf", "loopback", 1, 100, &f, 1)}, time.Minute, "bench", "bench")
+	if err := updateDoc(path, text); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	got := string(b)
+	if strings.Contains(got, "old results") || !strings.Contains(got, "| 1 GiB | zipf | loopback |") ||
+		!strings.HasPrefix(got, "# Title\n\nintro\n\n"+docBegin+"\n") || !strings.HasSuffix(got, docEnd+"\n\nafter\n") ||
+		!strings.Contains(got, "![1gib-zipf-loopback](bench/1gib-zipf-loopback.svg)") {
+		t.Errorf("updated document:\n%s", got)
+	}
+	if err := os.WriteFile(path, []byte("no markers"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := updateDoc(path, text); err == nil {
+		t.Error("a document without markers was updated")
+	}
+}
