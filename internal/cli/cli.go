@@ -1,0 +1,217 @@
+// Package cli holds what the postcopy binaries (pageserver, pagefetcher)
+// share: logger construction from flags, reading the shared token without
+// ever showing it, TLS configurations from PEM files, one-line JSON events
+// on stdout for orchestrators, and the usage error that makes a binary exit
+// with status 2.
+package cli
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Exit statuses of the binaries.
+const (
+	// ExitOK: the work is done, or a graceful stop completed.
+	ExitOK = 0
+	// ExitFailure: a runtime failure.
+	ExitFailure = 1
+	// ExitUsage: bad flags or arguments.
+	ExitUsage = 2
+)
+
+// UsageError is a problem with the command line: the binary prints it and
+// exits with ExitUsage. Its message names the flag and the bad value.
+type UsageError struct {
+	// Flag is the flag's name without dashes; empty for positional
+	// arguments or problems of the command line as a whole.
+	Flag string
+	// Value is the offending value, if any. Never a secret: tokens do not
+	// travel in flags.
+	Value string
+	// Reason says what is wrong.
+	Reason string
+}
+
+// Error formats e as "--flag VALUE: reason" (or a shorter form).
+func (e *UsageError) Error() string {
+	switch {
+	case e.Flag != "" && e.Value != "":
+		return fmt.Sprintf("--%s %q: %s", e.Flag, e.Value, e.Reason)
+	case e.Flag != "":
+		return fmt.Sprintf("--%s: %s", e.Flag, e.Reason)
+	}
+	return e.Reason
+}
+
+// Usagef returns a UsageError for flag and value.
+func Usagef(flag, value, format string, args ...any) *UsageError {
+	return &UsageError{Flag: flag, Value: value, Reason: fmt.Sprintf(format, args...)}
+}
+
+// ExitCode maps an error to the binary's exit status: nil → ExitOK, a
+// UsageError (anywhere in the chain) → ExitUsage, anything else →
+// ExitFailure.
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var u *UsageError
+	if errors.As(err, &u) {
+		return ExitUsage
+	}
+	return ExitFailure
+}
+
+// LogLevels lists the accepted --log-level values.
+const LogLevels = "trace, debug, info, warn, error, off"
+
+// NewLogger returns the binary's root logger, writing to w (stderr) in
+// hclog's text format or, with jsonFormat, one JSON object per line. A bad
+// level gives an error naming it.
+func NewLogger(name, level string, jsonFormat bool, w io.Writer) (hclog.Logger, error) {
+	var lvl hclog.Level
+	switch strings.ToLower(strings.TrimSpace(level)) {
+	case "trace":
+		lvl = hclog.Trace
+	case "debug":
+		lvl = hclog.Debug
+	case "info", "":
+		lvl = hclog.Info
+	case "warn", "warning":
+		lvl = hclog.Warn
+	case "error":
+		lvl = hclog.Error
+	case "off":
+		lvl = hclog.Off
+	default:
+		return nil, fmt.Errorf("unknown log level %q (%s)", level, LogLevels)
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Name:            name,
+		Level:           lvl,
+		Output:          w,
+		JSONFormat:      jsonFormat,
+		IncludeLocation: false,
+		TimeFormat:      "2006-01-02T15:04:05.000000Z07:00",
+	}), nil
+}
+
+// ReadToken returns the shared token: the content of file if file is not
+// empty (one trailing newline, "\n" or "\r\n", removed), else the value of
+// the environment variable envVar. It returns nil and no error when neither
+// is given (the caller decides whether that is allowed), and an error when
+// the file cannot be read or the token is empty. Errors name the file or
+// variable, never the token.
+func ReadToken(file, envVar string) ([]byte, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("token file: %w", err)
+		}
+		b = trimNewline(b)
+		if len(b) == 0 {
+			return nil, fmt.Errorf("token file %s is empty", file)
+		}
+		return b, nil
+	}
+	if envVar == "" {
+		return nil, nil
+	}
+	v, ok := os.LookupEnv(envVar)
+	if !ok {
+		return nil, nil
+	}
+	b := trimNewline([]byte(v))
+	if len(b) == 0 {
+		return nil, fmt.Errorf("environment variable %s is set but empty", envVar)
+	}
+	return b, nil
+}
+
+func trimNewline(b []byte) []byte {
+	if bytes.HasSuffix(b, []byte("\r\n")) {
+		return b[:len(b)-2]
+	}
+	return bytes.TrimSuffix(b, []byte("\n"))
+}
+
+// ServerTLS returns a TLS configuration serving certFile/keyFile (PEM); with
+// clientCAFile, clients must present a certificate signed by one of its CAs
+// (mutual TLS). TLS 1.2 is the minimum.
+func ServerTLS(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
+	if certFile == "" || keyFile == "" {
+		return nil, errors.New("server TLS needs both a certificate and a key")
+	}
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("server certificate %s / key %s: %w", certFile, keyFile, err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	if clientCAFile != "" {
+		pool, err := loadPool(clientCAFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+// ClientTLS returns a TLS configuration that trusts the CAs of caFile (the
+// system's roots if empty) and, with certFile and keyFile, presents that
+// client certificate (for mutual TLS). TLS 1.2 is the minimum.
+func ClientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pool, err := loadPool(caFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.RootCAs = pool
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("a client certificate needs both the certificate and the key")
+	}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate %s / key %s: %w", certFile, keyFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+func loadPool(file string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("CA file %s: no PEM certificate found", file)
+	}
+	return pool, nil
+}
+
+// PrintJSONLine writes v as one line of JSON (a single write), for events
+// such as "ready" and final summaries that orchestrators read from stdout.
+func PrintJSONLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}

@@ -1,0 +1,211 @@
+package cli
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/postcopy/postcopy/internal/cli/clitest"
+)
+
+func TestNewLogger(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := NewLogger("pageserver", "debug", true, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Debug("hello", "k", 1)
+	log.Trace("hidden")
+	var m map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
+		t.Fatalf("JSON log line %q: %v", buf.String(), err)
+	}
+	if m["@message"] != "hello" || m["@module"] != "pageserver" || m["k"] != float64(1) {
+		t.Fatalf("log line %v", m)
+	}
+	buf.Reset()
+	log, err = NewLogger("x", "WARN", false, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("no")
+	log.Warn("yes")
+	if s := buf.String(); strings.Contains(s, "no") || !strings.Contains(s, "[WARN]  x: yes") {
+		t.Fatalf("text log %q", s)
+	}
+	if _, err := NewLogger("x", "verbose", false, &buf); err == nil || !strings.Contains(err.Error(), `"verbose"`) {
+		t.Fatalf("bad level: %v", err)
+	}
+}
+
+func TestReadToken(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const env = "POSTCOPY_TEST_TOKEN"
+	t.Setenv(env, "from-env\n")
+	for _, tc := range []struct {
+		file, want, err string
+	}{
+		{write("a", "secret\n"), "secret", ""},
+		{write("b", "secret\r\n"), "secret", ""},
+		{write("c", "secret\n\n"), "secret\n", ""}, // one newline only
+		{write("d", "secret"), "secret", ""},
+		{write("e", "\n"), "", "is empty"},
+		{filepath.Join(dir, "missing"), "", "missing: no such file"},
+		{"", "from-env", ""},
+	} {
+		got, err := ReadToken(tc.file, env)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("ReadToken(%q): %v, want an error containing %q", tc.file, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || string(got) != tc.want {
+			t.Fatalf("ReadToken(%q) = %q, %v; want %q", tc.file, got, err, tc.want)
+		}
+	}
+	t.Setenv(env, "")
+	if _, err := ReadToken("", env); err == nil || !strings.Contains(err.Error(), env) {
+		t.Fatalf("empty env: %v", err)
+	}
+	os.Unsetenv(env)
+	if tok, err := ReadToken("", env); tok != nil || err != nil {
+		t.Fatalf("no token anywhere: %q, %v", tok, err)
+	}
+}
+
+// handshake runs a TLS handshake over loopback and returns the client's and
+// the server's errors.
+func handshake(t *testing.T, server, client *tls.Config) (cerr, serr error) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	done := make(chan error, 1)
+	go func() {
+		c, err := lis.Accept()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		s := tls.Server(c, server)
+		err = s.Handshake()
+		if err == nil {
+			_, err = s.Write([]byte{1}) // lets the client see a late rejection (TLS 1.3)
+		}
+		done <- err
+	}()
+	c, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	client = client.Clone()
+	client.ServerName = "localhost"
+	tc := tls.Client(c, client)
+	cerr = tc.Handshake()
+	if cerr == nil {
+		_, cerr = tc.Read(make([]byte, 1))
+	}
+	tc.Close()
+	return cerr, <-done
+}
+
+func TestTLSConfigs(t *testing.T) {
+	pki := clitest.NewPKI(t, "good")
+	other := clitest.NewPKI(t, "other")
+	srv, err := ServerTLS(pki.ServerCert, pki.ServerKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtls, err := ServerTLS(pki.ServerCert, pki.ServerKey, pki.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := ClientTLS(pki.CAFile, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCert, err := ClientTLS(pki.CAFile, pki.ClientCert, pki.ClientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongCA, err := ClientTLS(other.CAFile, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCert, err := ClientTLS(pki.CAFile, other.ClientCert, other.ClientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, s := handshake(t, srv, cli); c != nil || s != nil {
+		t.Fatalf("TLS: %v / %v", c, s)
+	}
+	if c, _ := handshake(t, srv, wrongCA); c == nil || !strings.Contains(c.Error(), "unknown authority") {
+		t.Fatalf("wrong CA: %v", c)
+	}
+	if c, s := handshake(t, mtls, withCert); c != nil || s != nil {
+		t.Fatalf("mTLS: %v / %v", c, s)
+	}
+	if _, s := handshake(t, mtls, cli); s == nil {
+		t.Fatal("mTLS server accepted a client without a certificate")
+	}
+	if _, s := handshake(t, mtls, otherCert); s == nil {
+		t.Fatal("mTLS server accepted a certificate of another CA")
+	}
+
+	for _, f := range []func() error{
+		func() error { _, err := ServerTLS(pki.ServerCert, "", ""); return err },
+		func() error { _, err := ServerTLS(pki.ServerCert, pki.ServerKey, pki.ServerKey); return err },
+		func() error { _, err := ServerTLS(pki.ServerCert, pki.ClientKey, ""); return err },
+		func() error { _, err := ClientTLS(pki.CAFile, pki.ClientCert, ""); return err },
+		func() error { _, err := ClientTLS("/nonexistent/ca.pem", "", ""); return err },
+	} {
+		if err := f(); err == nil {
+			t.Fatal("bad TLS files accepted")
+		}
+	}
+}
+
+func TestPrintJSONLine(t *testing.T) {
+	var buf bytes.Buffer
+	if err := PrintJSONLine(&buf, map[string]any{"event": "ready", "addr": "127.0.0.1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	if buf.String() != `{"addr":"127.0.0.1:1","event":"ready"}`+"\n" {
+		t.Fatalf("%q", buf.String())
+	}
+	if err := PrintJSONLine(&buf, func() {}); err == nil {
+		t.Fatal("unencodable value accepted")
+	}
+}
+
+func TestUsageError(t *testing.T) {
+	err := fmt.Errorf("config: %w", Usagef("listen", "nowhere", "missing port"))
+	if ExitCode(err) != ExitUsage || err.Error() != `config: --listen "nowhere": missing port` {
+		t.Fatalf("%v → %d", err, ExitCode(err))
+	}
+	if ExitCode(nil) != ExitOK || ExitCode(errors.New("x")) != ExitFailure {
+		t.Fatal("ExitCode")
+	}
+	if s := (&UsageError{Flag: "source", Reason: "required"}).Error(); s != "--source: required" {
+		t.Fatal(s)
+	}
+}
