@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -132,6 +133,9 @@ func RemoveStaleLinks(ctx context.Context) error {
 		pid, side, ok := strings.Cut(rest, "-")
 		if !ok || (side != "src" && side != "dst") {
 			continue
+		}
+		if n, err := strconv.Atoi(pid); err != nil || n <= 0 {
+			continue // not a pid tag
 		}
 		if _, err := os.Stat("/proc/" + pid); err == nil {
 			continue // its migbench still runs
