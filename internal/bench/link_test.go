@@ -22,9 +22,9 @@ func TestRemoveStaleLinks(t *testing.T) {
 	}
 	dead := cmd.Process.Pid
 	names := map[string]bool{ // name → should survive
-		"migbench-" + strconv.Itoa(dead) + "-src":       false,
+		"migbench-" + strconv.Itoa(dead) + "-src":        false,
 		"migbench-" + strconv.Itoa(os.Getpid()) + "-dst": true,
-		"migbench-notapid-src":                   true,
+		"migbench-notapid-src":                           true,
 	}
 	for n := range names {
 		if err := runCmd(ctx, "ip", "netns", "add", n); err != nil {
