@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"testing"
+	"time"
 
 	"github.com/postcopy/postcopy/test/harness"
 )
@@ -58,6 +59,7 @@ func TestTLS(t *testing.T) {
 			if werr != nil {
 				t.Fatal(werr)
 			}
+			t.Logf("pagefetcher gave up after %v:\n%s", p.Runtime().Round(time.Millisecond), p.Stderr())
 			if code != 3 || err == nil {
 				t.Errorf("pagefetcher: exit code %d, ready-line error %v; want 3 (unreachable) and no ready line", code, err)
 			}

@@ -28,6 +28,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "some log")
 		fmt.Println(`{"event":"summary","ok":true,"summary":{"pages":{"total":3}}}`)
 		os.Exit(7)
+	case "silent":
+		os.Exit(3)
 	case "stubborn": // ignores SIGTERM until killed
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println(`{"event":"ready"}`)
@@ -81,6 +83,20 @@ func TestProcEvents(t *testing.T) {
 	}
 	if p.Stop(time.Second) {
 		t.Error("Stop of an exited process killed something")
+	}
+}
+
+// WaitEvent must notice an exit however it interleaves with the reader.
+func TestWaitEventSeesExit(t *testing.T) {
+	for range 20 {
+		p := helper(t, "silent")
+		start := time.Now()
+		if err := p.WaitEvent("ready", 30*time.Second, nil); !errors.Is(err, ErrExited) || time.Since(start) > 20*time.Second {
+			t.Fatalf("WaitEvent = %v after %v, want ErrExited at once", err, time.Since(start))
+		}
+		if code, _ := p.ExitCode(); code != 3 {
+			t.Fatalf("exit code %d, want 3", code)
+		}
 	}
 }
 

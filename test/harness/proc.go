@@ -30,13 +30,14 @@ type Proc struct {
 
 	mu      sync.Mutex
 	lines   []string
-	changed chan struct{} // closed and replaced whenever lines grow or the process exits
+	changed chan struct{} // closed and replaced whenever lines grow
 	stderr  lockedBuffer
 
-	done     chan struct{} // closed once the process has exited and its output is read
-	exitCode int
-	waitErr  error
-	exitedAt time.Time
+	startedAt time.Time
+	done      chan struct{} // closed once the process has exited and its output is read
+	exitCode  int
+	waitErr   error
+	exitedAt  time.Time
 }
 
 // lockedBuffer is a bytes.Buffer safe for one writer and many readers, with
@@ -80,6 +81,10 @@ func Start(name, path string, args []string, o StartOptions) (*Proc, error) {
 	p.stderr.tee = o.StderrTee
 	cmd := exec.Command(path, args...)
 	cmd.Env = append(os.Environ(), o.Env...)
+	if os.Getenv("GORACE") == "" {
+		// Race-enabled binaries otherwise sleep a second at exit.
+		cmd.Env = append(cmd.Env, "GORACE=atexit_sleep_ms=20")
+	}
 	cmd.Stderr = &p.stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
@@ -90,6 +95,7 @@ func Start(name, path string, args []string, o StartOptions) (*Proc, error) {
 		return nil, fmt.Errorf("%s: start %s: %w", name, path, err)
 	}
 	p.cmd = cmd
+	p.startedAt = time.Now()
 	go func() {
 		sc := bufio.NewScanner(out)
 		sc.Buffer(make([]byte, 64<<10), 16<<20)
@@ -110,12 +116,20 @@ func Start(name, path string, args []string, o StartOptions) (*Proc, error) {
 		p.exitedAt = time.Now()
 		p.waitErr = err
 		p.exitCode = cmd.ProcessState.ExitCode()
-		close(p.changed)
-		p.changed = make(chan struct{})
 		p.mu.Unlock()
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// Runtime returns how long the process ran, or has been running.
+func (p *Proc) Runtime() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.exitedAt.IsZero() {
+		return p.exitedAt.Sub(p.startedAt)
+	}
+	return time.Since(p.startedAt)
 }
 
 // Pid returns the process id.
@@ -195,6 +209,7 @@ func (p *Proc) WaitEvent(event string, timeout time.Duration, v any) error {
 		}
 		select {
 		case <-changed:
+		case <-p.done:
 		case <-deadline.C:
 			return fmt.Errorf("%s: no %q event within %v", p.Name, event, timeout)
 		}
@@ -245,7 +260,7 @@ func (p *Proc) Describe(maxStderr int) string {
 	code, _ := p.ExitCode()
 	state := "running"
 	if p.Exited() {
-		state = fmt.Sprintf("exit code %d", code)
+		state = fmt.Sprintf("exit code %d after %v", code, p.Runtime().Round(time.Millisecond))
 		if p.waitErr != nil && code < 0 {
 			state = p.waitErr.Error()
 		}

@@ -5,12 +5,13 @@
 //
 //	vmm --socket PATH --regions SPEC [--image FILE --verify] [--legacy-handshake]
 //	    [--threads N] [--touch all|random|same|none] [--seed N]
-//	    [--discard OFFSET:LEN] [--exit-after-pages N] [--wait-handler D]
+//	    [--discard OFFSET:LEN [--discard-at N]] [--exit-after-pages N] [--wait-handler D]
 //
 // SPEC lists regions as PAGESIZE:OFFSET:SIZE, comma-separated, e.g.
 // 4k:0x0:64M,4k:0x8000000:32M,2m:0x10000000:64M (2m regions are hugetlbfs:
 // reserve huge pages first). --discard drops an image range with
-// madvise(MADV_DONTNEED) halfway through the reads; those pages must then
+// madvise(MADV_DONTNEED) halfway through the reads (or at read number
+// --discard-at); those pages must then
 // read as zeros. --exit-after-pages quits as soon as that many pages were
 // read, mid-migration. Otherwise the VMM verifies (with --verify), then
 // waits until the handler closes the handshake connection (it does when it
@@ -57,6 +58,7 @@ type config struct {
 	discard     bool
 	discardOff  uint64
 	discardLen  uint64
+	discardAt   uint64
 	exitAfter   uint64
 	verify      bool
 	waitHandler time.Duration
@@ -75,6 +77,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&touch, "touch", "all", "which pages each thread reads: all (a share each), random (all, each in its own order), same (all, in the same order), none")
 	fs.Uint64Var(&c.seed, "seed", 1, "seed of --touch random")
 	fs.StringVar(&discard, "discard", "", "OFFSET:LEN: discard this image range (MADV_DONTNEED) halfway through the reads")
+	fs.Uint64Var(&c.discardAt, "discard-at", 0, "discard at this read (counting from 1) instead of halfway")
 	fs.Uint64Var(&c.exitAfter, "exit-after-pages", 0, "exit as soon as this many page reads were made (0: never)")
 	fs.BoolVar(&c.verify, "verify", false, "check every byte against --image (zeros where discarded)")
 	fs.DurationVar(&c.waitHandler, "wait-handler", 2*time.Minute, "before exiting, wait this long for the handler to close the connection (0: do not wait)")
@@ -205,6 +208,9 @@ func execute(c *config, res *result, stderr io.Writer) int {
 			reads *= uint64(c.threads)
 		}
 		opts.AtRead = max(reads/2, 1)
+		if c.discardAt > 0 {
+			opts.AtRead = c.discardAt
+		}
 		opts.At = func() error {
 			res.Discarded = true
 			return vm.Discard(c.discardOff, c.discardLen)
