@@ -1,0 +1,339 @@
+// Command pageserver serves the memory of a paused workload — a memory image
+// file or a stopped process — to page fetchers on other hosts, over the
+// postcopy gRPC protocol (proto/postcopy/v1).
+//
+//	pageserver --source file:PATH|pid:PID [--listen ADDR] [--token-file F]
+//	           [--tls-cert F --tls-key F [--tls-client-ca F]]
+//	           [--log-level L] [--log-json] [--metrics-addr ADDR]
+//
+// The token comes from --token-file, or else from the POSTCOPY_TOKEN
+// environment variable (never from a flag, which would show in ps); without
+// one, every client is accepted and a warning is logged. Once listening, it
+// prints one JSON line on stdout:
+//
+//	{"event":"ready","addr":"127.0.0.1:7470","source":"file:...","size":N,"generation":"<hex>"}
+//
+// and logs go to stderr. SIGTERM or SIGINT stops it gracefully (at most 10
+// s, then at once; a second signal stops it at once) and it prints a final
+// {"event":"summary",...} line. Exit status: 0 after a graceful stop, 1 on a
+// runtime failure or a forced stop, 2 for bad flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/pkg/image"
+	"github.com/postcopy/postcopy/pkg/transport"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+const (
+	defaultListen = "127.0.0.1:7470"
+	tokenEnv      = "POSTCOPY_TOKEN"
+	stopDeadline  = 10 * time.Second
+)
+
+// config is the validated command line.
+type config struct {
+	listen      string
+	source      string
+	tokenFile   string
+	tlsCert     string
+	tlsKey      string
+	tlsClientCA string
+	logLevel    string
+	logJSON     bool
+	metricsAddr string
+	maxSessions int
+}
+
+// parseFlags parses and validates args. It returns flag.ErrHelp for
+// --help (after printing the usage to stdout) and *cli.UsageError for
+// anything wrong.
+func parseFlags(args []string, stdout io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("pageserver", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&c.listen, "listen", defaultListen, "`address` to serve on (host:port; loopback by default)")
+	fs.StringVar(&c.source, "source", "", "the image to serve: file:PATH (memory image or shared-memory file) or pid:PID (a stopped process)")
+	fs.StringVar(&c.tokenFile, "token-file", "", "`file` holding the shared token (default: the "+tokenEnv+" environment variable; neither: no token, warned)")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate `file` (PEM); with --tls-key, serve TLS")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key `file` (PEM)")
+	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "CA `file` (PEM): require client certificates signed by it (mutual TLS)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: "+cli.LogLevels)
+	fs.BoolVar(&c.logJSON, "log-json", false, "log JSON lines instead of text")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "`address` (host:port) to serve Prometheus metrics on at /metrics (default: off)")
+	fs.IntVar(&c.maxSessions, "max-sessions", transport.DefaultMaxSessions, "sessions open at once")
+	usage := func(w io.Writer) {
+		fmt.Fprintf(w, "Usage: pageserver --source file:PATH|pid:PID [flags]\n\n"+
+			"Serves a paused workload's memory to postcopy page fetchers.\n\nFlags:\n")
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(stdout)
+			return nil, flag.ErrHelp
+		}
+		return nil, &cli.UsageError{Reason: err.Error() + " (see pageserver --help)"}
+	}
+	if fs.NArg() > 0 {
+		return nil, &cli.UsageError{Reason: fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *config) validate() error {
+	if err := checkAddr("listen", c.listen); err != nil {
+		return err
+	}
+	if c.metricsAddr != "" {
+		if err := checkAddr("metrics-addr", c.metricsAddr); err != nil {
+			return err
+		}
+	}
+	switch {
+	case c.source == "":
+		return cli.Usagef("source", "", "required (file:PATH or pid:PID)")
+	case strings.HasPrefix(c.source, "file:"):
+		if len(c.source) == len("file:") {
+			return cli.Usagef("source", c.source, "empty path")
+		}
+	case strings.HasPrefix(c.source, "pid:"):
+		if pid, err := strconv.Atoi(c.source[len("pid:"):]); err != nil || pid <= 0 {
+			return cli.Usagef("source", c.source, "PID must be a positive number")
+		}
+	default:
+		return cli.Usagef("source", c.source, "must be file:PATH or pid:PID")
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return cli.Usagef("tls-key", c.tlsKey, "--tls-cert and --tls-key go together")
+	}
+	if c.tlsClientCA != "" && c.tlsCert == "" {
+		return cli.Usagef("tls-client-ca", c.tlsClientCA, "needs --tls-cert and --tls-key")
+	}
+	if _, err := cli.NewLogger("", c.logLevel, false, io.Discard); err != nil {
+		return cli.Usagef("log-level", c.logLevel, "must be one of %s", cli.LogLevels)
+	}
+	if c.maxSessions <= 0 {
+		return cli.Usagef("max-sessions", strconv.Itoa(c.maxSessions), "must be positive")
+	}
+	return nil
+}
+
+func checkAddr(flag, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return cli.Usagef(flag, addr, "not host:port: %v", err)
+	}
+	if port == "" {
+		return cli.Usagef(flag, addr, "missing port")
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return cli.Usagef(flag, addr, "bad port %q", port)
+	}
+	return nil
+}
+
+// readyEvent is the line printed once serving.
+type readyEvent struct {
+	Event       string `json:"event"`
+	Addr        string `json:"addr"`
+	Source      string `json:"source"`
+	Size        uint64 `json:"size"`
+	Generation  string `json:"generation"`
+	MetricsAddr string `json:"metrics_addr,omitempty"`
+	TLS         bool   `json:"tls"`
+}
+
+// summaryEvent is the line printed on exit.
+type summaryEvent struct {
+	Event          string  `json:"event"`
+	Graceful       bool    `json:"graceful"`
+	UptimeSeconds  float64 `json:"uptime_seconds"`
+	SessionsTotal  uint64  `json:"sessions_total"`
+	SessionsOpen   int     `json:"sessions_open"`
+	DemandRequests uint64  `json:"demand_requests"`
+	DemandBytes    uint64  `json:"demand_bytes"`
+	BulkRequests   uint64  `json:"bulk_requests"`
+	BulkBytes      uint64  `json:"bulk_bytes"`
+	ZeroPages      uint64  `json:"zero_pages"`
+	Errors         uint64  `json:"errors"`
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	// Signals first: a signal during start-up must stop us, not kill us.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	cfg, err := parseFlags(args, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return cli.ExitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "pageserver: %v\n", err)
+		return cli.ExitCode(err)
+	}
+	log, err := cli.NewLogger("pageserver", cfg.logLevel, cfg.logJSON, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "pageserver: %v\n", err)
+		return cli.ExitUsage
+	}
+	code, err := serve(cfg, log, sigs, stdout)
+	if err != nil {
+		fmt.Fprintf(stderr, "pageserver: %v\n", err)
+	}
+	return code
+}
+
+// serve runs the server until a signal or a failure.
+func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Writer) (int, error) {
+	start := time.Now()
+	token, err := cli.ReadToken(cfg.tokenFile, tokenEnv)
+	if err != nil {
+		return cli.ExitFailure, fmt.Errorf("--token-file %q: %w", cfg.tokenFile, err)
+	}
+	if len(token) == 0 {
+		log.Warn("NO TOKEN: every client that reaches " + cfg.listen + " can read this workload's memory; " +
+			"set --token-file or " + tokenEnv)
+	}
+	var creds credentials.TransportCredentials
+	if cfg.tlsCert != "" {
+		tc, err := cli.ServerTLS(cfg.tlsCert, cfg.tlsKey, cfg.tlsClientCA)
+		if err != nil {
+			return cli.ExitFailure, fmt.Errorf("--tls-cert/--tls-key/--tls-client-ca: %w", err)
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	img, err := image.Open(cfg.source)
+	if err != nil {
+		return cli.ExitFailure, fmt.Errorf("--source %q: %w", cfg.source, err)
+	}
+	defer img.Close()
+	srv, err := transport.NewServer(transport.ServerOptions{
+		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions,
+	})
+	if err != nil {
+		return cli.ExitFailure, err
+	}
+	lis, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return cli.ExitFailure, fmt.Errorf("--listen %q: %w", cfg.listen, err)
+	}
+	opts := srv.GRPCServerOptions()
+	if creds != nil {
+		opts = append(opts, grpc.Creds(creds))
+	}
+	g := grpc.NewServer(opts...)
+	srv.Register(g)
+
+	var metricsSrv *http.Server
+	var metricsAddr string
+	if cfg.metricsAddr != "" {
+		ml, err := net.Listen("tcp", cfg.metricsAddr)
+		if err != nil {
+			lis.Close()
+			return cli.ExitFailure, fmt.Errorf("--metrics-addr %q: %w", cfg.metricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", srv.MetricsHandler())
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		metricsAddr = ml.Addr().String()
+		go func() {
+			if err := metricsSrv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server failed", "error", err)
+			}
+		}()
+	}
+
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(lis) }()
+	log.Info("serving", "addr", lis.Addr().String(), "image", img.String(),
+		"generation", fmt.Sprintf("%016x", img.Generation()), "tls", creds != nil,
+		"mutual_tls", cfg.tlsClientCA != "", "token", len(token) > 0)
+	if err := cli.PrintJSONLine(stdout, readyEvent{
+		Event: "ready", Addr: lis.Addr().String(), Source: cfg.source, Size: img.Size(),
+		Generation: fmt.Sprintf("%016x", img.Generation()), MetricsAddr: metricsAddr, TLS: creds != nil,
+	}); err != nil {
+		g.Stop()
+		return cli.ExitFailure, fmt.Errorf("printing the ready line: %w", err)
+	}
+
+	code, graceful := cli.ExitOK, true
+	var runErr error
+	select {
+	case sig := <-sigs:
+		log.Info("stopping", "signal", sig.String(), "deadline", stopDeadline)
+		srv.Shutdown()
+		stopped := make(chan struct{})
+		go func() {
+			g.GracefulStop()
+			close(stopped)
+		}()
+		timer := time.NewTimer(stopDeadline)
+		select {
+		case <-stopped:
+		case <-timer.C:
+			log.Warn("graceful stop timed out: closing the remaining sessions", "sessions", srv.Stats().SessionsOpen)
+			graceful = false
+		case sig := <-sigs:
+			log.Warn("second signal: stopping at once", "signal", sig.String())
+			graceful = false
+		}
+		timer.Stop()
+		if !graceful {
+			g.Stop()
+			<-stopped
+			code = cli.ExitFailure
+		}
+	case err := <-served:
+		runErr = fmt.Errorf("serving on %s: %w", lis.Addr(), err)
+		code, graceful = cli.ExitFailure, false
+	}
+	if metricsSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = metricsSrv.Shutdown(ctx)
+		cancel()
+	}
+	st := srv.Stats()
+	var errs uint64
+	for _, n := range st.Errors {
+		errs += n
+	}
+	sum := summaryEvent{
+		Event: "summary", Graceful: graceful, UptimeSeconds: time.Since(start).Seconds(),
+		SessionsTotal: st.SessionsTotal, SessionsOpen: st.SessionsOpen,
+		DemandRequests: st.DemandRequests, DemandBytes: st.DemandBytes,
+		BulkRequests: st.BulkRequests, BulkBytes: st.BulkBytes, ZeroPages: st.ZeroPages, Errors: errs,
+	}
+	log.Info("stopped", "graceful", graceful, "sessions", st.SessionsTotal,
+		"demand_bytes", st.DemandBytes, "bulk_bytes", st.BulkBytes, "zero_pages", st.ZeroPages)
+	if err := cli.PrintJSONLine(stdout, sum); err != nil && runErr == nil {
+		runErr = err
+		code = cli.ExitFailure
+	}
+	return code, runErr
+}

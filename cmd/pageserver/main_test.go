@@ -1,0 +1,411 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/internal/cli/clitest"
+	"github.com/postcopy/postcopy/pkg/image"
+	"github.com/postcopy/postcopy/pkg/transport"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds the pageserver once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pageserver-test")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "pageserver")
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		out, err := exec.Command(goTool, "build", "-race", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+// proc is a running pageserver.
+type proc struct {
+	cmd    *exec.Cmd
+	lines  chan string // stdout lines
+	stderr *syncBuffer
+	done   chan struct{}
+	err    error // Wait's result, after done
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func start(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(binary(t), args...), lines: make(chan string, 16), stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stderr = p.stderr
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+	}()
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-p.done:
+			case <-time.After(5 * time.Second):
+				p.cmd.Process.Kill()
+				<-p.done
+			}
+		}
+		if t.Failed() {
+			t.Logf("pageserver %v stderr:\n%s", args, p.stderr.String())
+		}
+	})
+	return p
+}
+
+// line returns the next stdout line, decoded into v.
+func (p *proc) line(t *testing.T, v any) {
+	t.Helper()
+	select {
+	case l, ok := <-p.lines:
+		if !ok {
+			<-p.done
+			t.Fatalf("pageserver exited (%v) without the expected line", p.err)
+		}
+		if err := json.Unmarshal([]byte(l), v); err != nil {
+			t.Fatalf("stdout line %q: %v", l, err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no line on stdout within 30s")
+	}
+}
+
+// wait returns the exit status, failing after timeout.
+func (p *proc) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		t.Fatalf("pageserver still running after %v", timeout)
+	}
+	var ee *exec.ExitError
+	if errors.As(p.err, &ee) {
+		return ee.ExitCode()
+	}
+	if p.err != nil {
+		t.Fatal(p.err)
+	}
+	return 0
+}
+
+// writeImage writes a 1 MiB image: random-ish data with a hole.
+func writeImage(t *testing.T) (string, []byte) {
+	t.Helper()
+	content := make([]byte, 1<<20)
+	for i := range content[:512<<10] {
+		content[i] = byte(i*31 + i>>9)
+	}
+	path := filepath.Join(t.TempDir(), "mem.img")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(content[:512<<10]); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	return path, content
+}
+
+func TestServeAndStop(t *testing.T) {
+	path, content := writeImage(t)
+	tokFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokFile, []byte("tok-123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--token-file", tokFile,
+		"--metrics-addr", "127.0.0.1:0", "--log-level", "debug")
+	var ready readyEvent
+	p.line(t, &ready)
+	img, err := image.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if ready.Event != "ready" || !strings.HasPrefix(ready.Addr, "127.0.0.1:") || ready.Addr == "127.0.0.1:0" ||
+		ready.Source != "file:"+path || ready.Size != 1<<20 || ready.Generation != fmt.Sprintf("%016x", img.Generation()) ||
+		ready.MetricsAddr == "" {
+		t.Fatalf("ready line %+v", ready)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	bad, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{Token: []byte("tok-124")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bad.Hello(ctx); !errors.Is(err, transport.ErrUnauthenticated) {
+		t.Fatalf("wrong token: %v", err)
+	}
+	bad.Close()
+	c, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{Token: []byte("tok-123")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := c.Open(ctx, []transport.Region{{Offset: 0, Length: 1 << 20, PageSize: 4096}}, img.Generation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := sess.Demand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Send(transport.Request{ID: 1, Offset: 126 << 12, Pages: 4}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := l.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Segments) != 2 || r.Segments[1].Pages != 2 || !r.Segments[1].Zero || !bytes.Equal(r.Data, content[126<<12:128<<12]) {
+		t.Fatalf("answer %+v", r.Segments)
+	}
+	r.Release()
+	l.Close()
+	if err := sess.Done(ctx, transport.DoneTotals{PagesDemand: 4}); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	resp, err := http.Get("http://" + ready.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"postcopy_requests_total{lane=\"demand\"} 1\n", "postcopy_zero_pages_total 2\n",
+		"postcopy_sessions_total 1\n", "postcopy_errors_total{code=\"Unauthenticated\"} 1\n"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Fatalf("metrics lack %q:\n%s", want, metrics)
+		}
+	}
+
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(t, 15*time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0", code)
+	}
+	var sum summaryEvent
+	p.line(t, &sum)
+	if sum.Event != "summary" || !sum.Graceful || sum.DemandRequests != 1 || sum.SessionsTotal != 1 || sum.ZeroPages != 2 {
+		t.Fatalf("summary %+v", sum)
+	}
+	if strings.Contains(p.stderr.String(), "tok-123") {
+		t.Fatal("the token appears in the log")
+	}
+}
+
+// TestSecondSignal: with a stream open, graceful stop waits; a second
+// signal stops at once (exit 1: sessions were cut).
+func TestSecondSignal(t *testing.T) {
+	path, _ := writeImage(t)
+	p := start(t, []string{"POSTCOPY_TOKEN=env-token"}, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--log-json")
+	var ready readyEvent
+	p.line(t, &ready)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{Token: []byte("env-token")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sess, err := c.Open(ctx, []transport.Region{{Offset: 0, Length: 1 << 20, PageSize: 4096}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := sess.Bulk(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Send(transport.Request{ID: 1, Offset: 0, Pages: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Recv(); err != nil { // the stream is established
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		t.Fatal("exited with a stream open before the deadline")
+	case <-time.After(300 * time.Millisecond):
+	}
+	p.cmd.Process.Signal(syscall.SIGINT)
+	if code := p.wait(t, 5*time.Second); code != cli.ExitFailure {
+		t.Fatalf("exit %d after a second signal, want %d", code, cli.ExitFailure)
+	}
+	var sum summaryEvent
+	p.line(t, &sum)
+	if sum.Graceful {
+		t.Fatalf("summary %+v", sum)
+	}
+	if !strings.Contains(p.stderr.String(), `"@message":"second signal: stopping at once"`) {
+		t.Fatalf("no JSON log of the second signal:\n%s", p.stderr.String())
+	}
+}
+
+func TestTLSFlags(t *testing.T) {
+	path, _ := writeImage(t)
+	pki := clitest.NewPKI(t, "pageserver")
+	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path,
+		"--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey, "--tls-client-ca", pki.CAFile)
+	var ready readyEvent
+	p.line(t, &ready)
+	if !ready.TLS {
+		t.Fatalf("ready %+v", ready)
+	}
+	if !strings.Contains(p.stderr.String(), "NO TOKEN") {
+		t.Fatalf("no warning without a token:\n%s", p.stderr.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	good, err := cli.ClientTLS(pki.CAFile, pki.ClientCert, pki.ClientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{TLS: good})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	noCert, _ := cli.ClientTLS(pki.CAFile, "", "")
+	if c, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{TLS: noCert, DialTimeout: 3 * time.Second}); err == nil {
+		c.Close()
+		t.Fatal("mTLS server accepted a client without a certificate")
+	}
+	if c, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{DialTimeout: 3 * time.Second}); err == nil {
+		c.Close()
+		t.Fatal("TLS server accepted a plaintext client")
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	path, _ := writeImage(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	src := "file:" + path
+	for _, tc := range []struct {
+		args []string
+		env  []string
+		code int
+		msg  string
+	}{
+		{[]string{"--bogus"}, nil, 2, "flag provided but not defined: -bogus"},
+		{[]string{"--source", src, "extra"}, nil, 2, `unexpected argument "extra"`},
+		{[]string{}, nil, 2, "--source: required"},
+		{[]string{"--source", "mem:1"}, nil, 2, `--source "mem:1": must be file:PATH or pid:PID`},
+		{[]string{"--source", "pid:abc"}, nil, 2, `--source "pid:abc": PID must be a positive number`},
+		{[]string{"--source", src, "--listen", "nowhere"}, nil, 2, `--listen "nowhere": not host:port`},
+		{[]string{"--source", src, "--listen", "127.0.0.1:99999"}, nil, 2, `--listen "127.0.0.1:99999": bad port`},
+		{[]string{"--source", src, "--log-level", "loud"}, nil, 2, `--log-level "loud": must be one of`},
+		{[]string{"--source", src, "--tls-cert", "c.pem"}, nil, 2, "--tls-cert and --tls-key go together"},
+		{[]string{"--source", src, "--tls-client-ca", "ca.pem"}, nil, 2, `--tls-client-ca "ca.pem": needs --tls-cert`},
+		{[]string{"--source", src, "--metrics-addr", ":x"}, nil, 2, `--metrics-addr ":x": bad port`},
+		{[]string{"--source", "file:/nonexistent/mem"}, nil, 1, `--source "file:/nonexistent/mem"`},
+		{[]string{"--source", src, "--token-file", "/nonexistent/token"}, nil, 1, `--token-file "/nonexistent/token"`},
+		{[]string{"--source", src}, []string{"POSTCOPY_TOKEN="}, 1, "POSTCOPY_TOKEN is set but empty"},
+		{[]string{"--source", src, "--listen", busy.Addr().String()}, nil, 1, `--listen "` + busy.Addr().String() + `"`},
+		{[]string{"--source", src, "--tls-cert", "/nonexistent/c", "--tls-key", "/nonexistent/k"}, nil, 1, "/nonexistent/c"},
+	} {
+		p := start(t, tc.env, tc.args...)
+		code := p.wait(t, 30*time.Second)
+		if code != tc.code || !strings.Contains(p.stderr.String(), tc.msg) {
+			t.Fatalf("pageserver %q: exit %d, stderr:\n%s\nwant exit %d and %q", tc.args, code, p.stderr.String(), tc.code, tc.msg)
+		}
+	}
+	// --help prints the usage, with the default address, on stdout.
+	out, err := exec.Command(binary(t), "--help").Output()
+	if err != nil || !strings.Contains(string(out), `(default "127.0.0.1:7470")`) {
+		t.Fatalf("--help: %v\n%s", err, out)
+	}
+}
