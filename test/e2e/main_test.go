@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"strconv"
@@ -18,6 +19,7 @@ var bins harness.Bins
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
 func runMain(m *testing.M) int {
+	flag.Parse()
 	if dir := os.Getenv("POSTCOPY_E2E_BIN"); dir != "" {
 		bins = harness.BinsIn(dir)
 	} else {
