@@ -670,6 +670,9 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 			case <-failed:
 				recvDone <- nil
 				return
+			case <-ctx.Done():
+				recvDone <- status.FromContextError(ctx.Err()).Err()
+				return
 			}
 			s.gate.enter()
 			wg.Add(1)

@@ -4,14 +4,17 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/postcopy/postcopy/pkg/image"
 	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
@@ -579,5 +582,44 @@ func TestConcurrentSessions(t *testing.T) {
 	st := srv.Stats()
 	if st.SessionsTotal != 8 || st.SessionsOpen != 0 || st.DemandRequests != 1600 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestIdleSessionDropped: when the server is full, a session without
+// streams for longer than SessionIdleTimeout makes room for a new one.
+func TestIdleSessionDropped(t *testing.T) {
+	ti := makeImage(t, mib, 8, nil, nil)
+	srv := startServer(t, ServerOptions{Image: ti.img, MaxSessions: 1, SessionIdleTimeout: time.Nanosecond})
+	c := dial(t, srv.addr, ClientOptions{})
+	ctx := testCtx(t)
+	first, err := c.Open(ctx, []Region{{0, mib, PageSize4K}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A session with an open stream is not idle: the next Open is refused.
+	l, err := first.Demand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetch(t, l, 1, 0, 1).Release()
+	_, err = c.Open(ctx, []Region{{0, mib, PageSize4K}}, 0)
+	wantStatus(t, "open while the first session streams", err, codes.ResourceExhausted, "too many open sessions")
+	l.Close()
+	// Once its stream has ended, the first session is idle and dropped.
+	var second *Session
+	for second == nil {
+		second, err = c.Open(ctx, []Region{{0, mib, PageSize4K}}, 0)
+		if err != nil && status.Code(err) != codes.ResourceExhausted {
+			t.Fatal(err)
+		}
+		if err != nil {
+			runtime.Gosched() // the server notices the closed stream asynchronously
+		}
+	}
+	if err := first.Done(ctx, DoneTotals{}); !errors.Is(err, ErrSessionNotFound) {
+		t.Fatalf("Done of the dropped session: %v", err)
+	}
+	if err := second.Done(ctx, DoneTotals{}); err != nil {
+		t.Fatal(err)
 	}
 }
