@@ -633,6 +633,8 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 	var (
 		sendMu   sync.Mutex
 		wg       sync.WaitGroup
+		spawnMu  sync.Mutex // orders wg.Add before the final wg.Wait
+		stopped  bool       // under spawnMu: no new workers
 		failOnce sync.Once
 		failErr  error
 		failed   = make(chan struct{})
@@ -651,6 +653,32 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 		default:
 		}
 		return s.sendRun(stream, rb, req, ps)
+	}
+	// spawn starts a worker for req unless the handler is returning.
+	spawn := func(req request, ps uint32) bool {
+		spawnMu.Lock()
+		defer spawnMu.Unlock()
+		if stopped {
+			return false
+		}
+		s.gate.enter()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			defer s.gate.leave()
+			if err := s.serve(ctx, sess, laneDemand, req, ps, send); err != nil {
+				fail(err)
+			}
+		}()
+		return true
+	}
+	// finish waits for the workers started so far; none start afterwards.
+	finish := func() {
+		spawnMu.Lock()
+		stopped = true
+		spawnMu.Unlock()
+		wg.Wait()
 	}
 	go func() {
 		for {
@@ -674,21 +702,15 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 				recvDone <- status.FromContextError(ctx.Err()).Err()
 				return
 			}
-			s.gate.enter()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				defer s.gate.leave()
-				if err := s.serve(ctx, sess, laneDemand, req, ps, send); err != nil {
-					fail(err)
-				}
-			}()
+			if !spawn(req, ps) {
+				recvDone <- nil
+				return
+			}
 		}
 	}()
 	select {
 	case err := <-recvDone:
-		wg.Wait()
+		finish()
 		select {
 		case <-failed:
 			return failErr
@@ -699,7 +721,9 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 		}
 		return err
 	case <-failed:
-		wg.Wait()
+		// The receiving goroutine may still be blocked in RecvMsg: it ends
+		// when the stream does, as this handler returns.
+		finish()
 		return failErr
 	}
 }
