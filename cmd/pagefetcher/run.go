@@ -1,0 +1,392 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/internal/metrics"
+	"github.com/postcopy/postcopy/pkg/fetcher"
+	"github.com/postcopy/postcopy/pkg/handshake"
+	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/uffd"
+)
+
+// config is every flag, parsed and validated as a whole.
+type config struct {
+	server           string
+	uffdSocket       string
+	tokenFile        string
+	tlsCA            string
+	tlsCert          string
+	tlsKey           string
+	prefetch         string
+	logLevel         string
+	logJSON          bool
+	progress         bool
+	metricsAddr      string
+	allowUID         int
+	bulkWindow       int
+	bulkRunBytes     uint64
+	dialTimeout      time.Duration
+	reconnectTimeout time.Duration
+	requestTimeout   time.Duration
+	drainTimeout     time.Duration
+	handoffTimeout   time.Duration
+	progressInterval time.Duration
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("pagefetcher", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.server, "server", "", "pageserver address HOST:PORT (required)")
+	fs.StringVar(&c.uffdSocket, "uffd-socket", "", "Unix socket path the VMM hands its userfaultfd to (required; created 0600)")
+	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the session token (else $POSTCOPY_TOKEN)")
+	fs.StringVar(&c.tlsCA, "tls-ca", "", "CA certificate to verify the server with (enables TLS)")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "client certificate for mutual TLS (with --tls-key)")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "client key for mutual TLS (with --tls-cert)")
+	fs.StringVar(&c.prefetch, "prefetch", "on", "background pull of every page: on or off (demand faults only)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.BoolVar(&c.logJSON, "log-json", false, "log as JSON lines")
+	fs.BoolVar(&c.progress, "progress", false, "show progress: a status line on a terminal, JSON progress events on stdout otherwise")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics")
+	fs.IntVar(&c.allowUID, "allow-uid", -1, "accept the VMM only if its uid (SO_PEERCRED) is this one; -1: any")
+	fs.IntVar(&c.bulkWindow, "bulk-window", 8, "bulk runs in flight (1..256)")
+	fs.Uint64Var(&c.bulkRunBytes, "bulk-run-bytes", 1<<20, "largest bulk run in bytes (4096..4194304)")
+	fs.DurationVar(&c.dialTimeout, "dial-timeout", 5*time.Second, "how long to try reaching the server at start")
+	fs.DurationVar(&c.reconnectTimeout, "reconnect-timeout", 2*time.Minute, "how long a broken link may take to come back")
+	fs.DurationVar(&c.requestTimeout, "request-timeout", 15*time.Second, "a request unanswered this long counts as a broken link")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", 0, "after SIGTERM/SIGINT, force exit (code 9) if not done within this; 0: wait")
+	fs.DurationVar(&c.handoffTimeout, "handoff-timeout", 0, "give up (code 9) if no VMM hands over within this; 0: wait")
+	fs.DurationVar(&c.progressInterval, "progress-interval", time.Second, "interval of --progress updates")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return c, c.validate()
+}
+
+func (c *config) validate() error {
+	var errs []string
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
+	if c.server == "" {
+		bad("--server is required")
+	} else if !strings.Contains(c.server, ":") {
+		bad("--server %q: want HOST:PORT", c.server)
+	}
+	if c.uffdSocket == "" {
+		bad("--uffd-socket is required")
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		bad("--tls-cert and --tls-key go together")
+	}
+	if c.tlsCert != "" && c.tlsCA == "" {
+		bad("--tls-cert needs --tls-ca")
+	}
+	if c.prefetch != "on" && c.prefetch != "off" {
+		bad("--prefetch %q: want on or off", c.prefetch)
+	}
+	if c.bulkWindow < 1 || c.bulkWindow > 256 {
+		bad("--bulk-window %d: want 1..256", c.bulkWindow)
+	}
+	if c.bulkRunBytes < 4096 || c.bulkRunBytes > 4<<20 {
+		bad("--bulk-run-bytes %d: want 4096..4194304", c.bulkRunBytes)
+	}
+	if c.allowUID < -1 {
+		bad("--allow-uid %d: want a uid or -1", c.allowUID)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+		zero bool
+	}{{"--dial-timeout", c.dialTimeout, false}, {"--reconnect-timeout", c.reconnectTimeout, false},
+		{"--request-timeout", c.requestTimeout, false}, {"--drain-timeout", c.drainTimeout, true},
+		{"--handoff-timeout", c.handoffTimeout, true}, {"--progress-interval", c.progressInterval, false}} {
+		if d.v < 0 || d.v == 0 && !d.zero {
+			bad("%s %v: want a positive duration", d.name, d.v)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// failure is an error with its exit code.
+type failure struct {
+	code int
+	err  error
+}
+
+func (f *failure) Error() string { return f.err.Error() }
+
+func fatal(code int, format string, a ...any) *failure {
+	return &failure{code: code, err: fmt.Errorf(format, a...)}
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	// Signals first: nothing may start before they are handled.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	c, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "pagefetcher: %v\n", err)
+		return exitUsage
+	}
+	log, err := cli.NewLogger("pagefetcher", c.logLevel, c.logJSON, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "pagefetcher: --log-level: %v\n", err)
+		return exitUsage
+	}
+	if err := serve(c, log, sigs, stdout, stderr); err != nil {
+		var fl *failure
+		if !errors.As(err, &fl) {
+			fl = &failure{code: exitError, err: err}
+		}
+		log.Error("migration failed", "exit_code", fl.code, "error", fl.err)
+		fmt.Fprintf(stderr, "pagefetcher: %v\n", fl.err)
+		return fl.code
+	}
+	return exitOK
+}
+
+func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io.Writer) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	token, err := cli.ReadToken(c.tokenFile, "POSTCOPY_TOKEN")
+	if err != nil {
+		if c.tokenFile != "" {
+			return fatal(exitUsage, "--token-file: %v", err)
+		}
+		token = nil // no token configured: the server decides whether it needs one
+	}
+	opts := transport.ClientOptions{Token: token, Logger: log.Named("transport"), DialTimeout: c.dialTimeout}
+	if c.tlsCA != "" {
+		if opts.TLS, err = cli.ClientTLS(c.tlsCA, c.tlsCert, c.tlsKey); err != nil {
+			return fatal(exitUsage, "TLS: %v", err)
+		}
+	}
+	dial := func(ctx context.Context) (*transport.Client, error) {
+		return transport.Dial(ctx, c.server, opts)
+	}
+
+	// Reach the server and check the token before any VMM hands over.
+	client, err := dial(ctx)
+	if err != nil {
+		return fatal(exitUnreachable, "server %s unreachable: %v", c.server, err)
+	}
+	info, err := client.Hello(ctx)
+	if err != nil {
+		client.Close()
+		if errors.Is(err, transport.ErrUnauthenticated) {
+			return fatal(exitAuth, "server %s refused the token: %v", c.server, err)
+		}
+		return fatal(exitUnreachable, "server %s: %v", c.server, err)
+	}
+	log.Info("server reached", "server", c.server, "image", info.Description, "size", info.Size)
+
+	var reg *metrics.Registry
+	if c.metricsAddr != "" {
+		reg = metrics.NewRegistry()
+		addr, errc, err := metrics.Serve(ctx, c.metricsAddr, reg)
+		if err != nil {
+			client.Close()
+			return fatal(exitUsage, "--metrics-addr %s: %v", c.metricsAddr, err)
+		}
+		go func() {
+			if err := <-errc; err != nil {
+				log.Warn("metrics server stopped", "error", err)
+			}
+		}()
+		log.Info("metrics", "addr", addr.String())
+	}
+
+	lis, err := handshake.Listen(c.uffdSocket, handshake.ListenOptions{AllowUID: c.allowUID})
+	if err != nil {
+		client.Close()
+		return fatal(exitUsage, "--uffd-socket: %v", err)
+	}
+	defer lis.Close()
+	_ = cli.PrintJSONLine(stdout, map[string]any{
+		"event": "ready", "uffd_socket": lis.Addr(), "server": c.server,
+		"image_size": info.Size, "generation": fmt.Sprintf("%016x", info.Generation),
+	})
+
+	// Wait for the VMM. A signal now has nothing to drain.
+	hctx, hcancel := context.WithCancel(ctx)
+	if c.handoffTimeout > 0 {
+		hctx, hcancel = context.WithTimeout(ctx, c.handoffTimeout)
+	}
+	type accepted struct {
+		h   *handshake.Handoff
+		err error
+	}
+	acc := make(chan accepted, 1)
+	go func() { h, err := lis.Accept(hctx); acc <- accepted{h, err} }()
+	var h *handshake.Handoff
+	select {
+	case a := <-acc:
+		hcancel()
+		if a.err != nil {
+			client.Close()
+			if hctx.Err() == context.DeadlineExceeded {
+				return fatal(exitForced, "no VMM handed over within --handoff-timeout %v", c.handoffTimeout)
+			}
+			return fatal(exitHandoff, "handoff: %v", a.err)
+		}
+		h = a.h
+	case s := <-sigs:
+		hcancel()
+		<-acc
+		client.Close()
+		return fatal(exitForced, "%v before any VMM handed over", s)
+	}
+	handoffAt := time.Now()
+	defer h.Conn.Close()
+	fd, err := uffd.FromFD(h.FD)
+	if err != nil {
+		unix.Close(h.FD)
+		client.Close()
+		return fatal(exitHandoff, "handoff: %v", err)
+	}
+	defer fd.Close()
+	regions := make([]fetcher.Region, len(h.Regions))
+	for i, r := range h.Regions {
+		regions[i] = fetcher.Region{Base: r.BaseHostVirtAddr, Size: r.Size, Offset: r.Offset, PageSize: r.PageSize}
+		if r.Offset+r.Size > info.Size || r.Offset+r.Size < r.Offset {
+			client.Close()
+			return fatal(exitHandoff, "handoff: region %d (offset %#x, size %#x) ends beyond the source image (%#x bytes)",
+				i, r.Offset, r.Size, info.Size)
+		}
+	}
+	log.Info("VMM handed over", "pid", h.Cred.Pid, "uid", h.Cred.Uid, "regions", len(regions))
+
+	f, err := fetcher.New(fetcher.Config{
+		UFFD: fd, Regions: regions, Client: client, Redial: dial,
+		ExpectGeneration: info.Generation, Prefetch: c.prefetch == "on",
+		BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes,
+		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
+		VMMPid: int(h.Cred.Pid), ClientName: "pagefetcher",
+		Logger: log.Named("fetcher"), Metrics: reg,
+	})
+	if err != nil {
+		client.Close()
+		return fatal(exitHandoff, "handoff: %v", err)
+	}
+
+	type result struct {
+		sum *fetcher.Summary
+		err error
+	}
+	runCtx, runCancel := context.WithCancel(ctx)
+	defer runCancel()
+	res := make(chan result, 1)
+	go func() { s, err := f.Run(runCtx); res <- result{s, err} }()
+
+	var prog <-chan time.Time
+	if c.progress {
+		t := time.NewTicker(c.progressInterval)
+		defer t.Stop()
+		prog = t.C
+	}
+	tty := isTTY(stderr)
+	var drainTimer <-chan time.Time
+	var draining bool
+	var forced string
+	var lastBytes uint64
+	lastAt := time.Now()
+	for {
+		select {
+		case r := <-res:
+			if tty && c.progress {
+				fmt.Fprintln(stderr)
+			}
+			return finish(r.sum, r.err, forced, handoffAt, stdout)
+		case s := <-sigs:
+			if !draining {
+				draining = true
+				log.Warn("signal: draining — fetching everything left, then exiting; a second signal forces exit", "signal", s)
+				f.Drain()
+				if c.drainTimeout > 0 {
+					drainTimer = time.After(c.drainTimeout)
+				}
+				continue
+			}
+			forced = fmt.Sprintf("second signal (%v)", s)
+			runCancel()
+		case <-drainTimer:
+			forced = fmt.Sprintf("--drain-timeout %v", c.drainTimeout)
+			runCancel()
+		case now := <-prog:
+			p := f.Progress()
+			mbs := float64(p.BytesReceived-lastBytes) / now.Sub(lastAt).Seconds() / 1e6
+			lastBytes, lastAt = p.BytesReceived, now
+			if tty {
+				fmt.Fprintf(stderr, "\r%d/%d pages resident (%.1f%%), %.1f MB/s, %d faults   ",
+					p.ResolvedPages, p.TotalPages, 100*float64(p.ResolvedPages)/float64(max(1, p.TotalPages)), mbs, p.Faults)
+			} else {
+				_ = cli.PrintJSONLine(stdout, map[string]any{
+					"event": "progress", "elapsed_s": p.Elapsed.Seconds(), "resident_pages": p.ResolvedPages,
+					"total_pages": p.TotalPages, "bytes_received": p.BytesReceived, "mb_s": mbs, "faults": p.Faults,
+				})
+			}
+		}
+	}
+}
+
+// finish prints the summary and maps the outcome to an exit code.
+func finish(sum *fetcher.Summary, err error, forced string, handoffAt time.Time, stdout io.Writer) error {
+	if sum != nil {
+		out := map[string]any{"event": "summary", "ok": err == nil, "summary": sum}
+		if err != nil {
+			out["error"] = err.Error()
+		}
+		_ = cli.PrintJSONLine(stdout, out)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case forced != "":
+		return fatal(exitForced, "stopped by %s before every page arrived; the ranges stay registered, so the workload blocks rather than read missing pages", forced)
+	case errors.Is(err, fetcher.ErrVMMGone):
+		return &failure{exitVMMGone, err}
+	case errors.Is(err, fetcher.ErrImageChanged):
+		return &failure{exitImageChange, err}
+	case errors.Is(err, fetcher.ErrSourceLost), errors.Is(err, transport.ErrSourceGone):
+		return &failure{exitSourceLost, err}
+	case errors.Is(err, fetcher.ErrLayout):
+		return &failure{exitHandoff, err}
+	case errors.Is(err, transport.ErrUnauthenticated):
+		return &failure{exitAuth, err}
+	}
+	return &failure{exitError, err}
+}
+
+func isTTY(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
