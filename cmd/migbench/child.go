@@ -271,8 +271,16 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	defer conn.Close()
 	emit(stdout, map[string]any{"event": "connected"})
 
+	// Wait for the state in a blocking read on this (locked) thread: the
+	// kernel wakes it directly, where the netpoller would take two wake-ups
+	// (its own thread, then this one).
 	runtime.LockOSThread()
-	if _, err := io.ReadFull(conn, buf); err != nil {
+	sfd, err := blockingDup(conn.(*net.TCPConn))
+	if err != nil {
+		return fmt.Errorf("state connection: %w", err)
+	}
+	defer unix.Close(sfd)
+	if err := readFullFD(sfd, buf); err != nil {
 		return fmt.Errorf("receiving the state: %w", err)
 	}
 	t1 := clock.Now()
@@ -374,5 +382,45 @@ func runTCPClient(name string, args []string, stdout io.Writer) error {
 		return err
 	}
 	emit(stdout, map[string]any{"event": "done", "result": r})
+	return nil
+}
+
+// blockingDup duplicates the connection's socket and puts it in blocking
+// mode (O_NONBLOCK belongs to the open file, so the connection itself must
+// not be read any more).
+func blockingDup(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, derr
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// readFullFD reads len(b) bytes from fd with blocking reads.
+func readFullFD(fd int, b []byte) error {
+	for n := 0; n < len(b); {
+		k, err := unix.Read(fd, b[n:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return err
+		case k == 0:
+			return io.ErrUnexpectedEOF
+		}
+		n += k
+	}
 	return nil
 }

@@ -269,9 +269,9 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 	tw.write(w)
 	if len(r.Runs) > 1 {
-		fmt.Fprintf(w, "medians: downtime %.3f ms (stop-and-copy %.1f ms), first fault %.3f ms, faults %.0f, fault p50/p99/p999 %.0f/%.0f/%.0f µs, blocktime %.1f ms, total %.2f s, recover90 %s s, verified %v\n",
+		fmt.Fprintf(w, "medians: downtime %.3f ms (stop-and-copy %.1f ms), first fault %.3f ms, faults %.0f, fault p50/p99/p999 %.0f/%.0f/%.0f µs, blocktime %.1f ms, total %.2f s, recover90 %s, verified %v\n",
 			r.DowntimeMS, r.StopcopyDowntimeMS, r.FirstFaultMS, r.Faults, r.FaultP50US, r.FaultP99US, r.FaultP999US,
-			r.BlocktimeMS, r.TotalS, fsec(r.Recover90S), r.Verified)
+			r.BlocktimeMS, r.TotalS, fsecUnit(r.Recover90S), r.Verified)
 	}
 	if r.Recover90Ratio != nil {
 		fmt.Fprintf(w, "recover90 / link time = %.2f (target ≤ 1.1)\n", *r.Recover90Ratio)
@@ -295,6 +295,13 @@ func fsec(v *float64) string {
 		return "never"
 	}
 	return fmt.Sprintf("%.2f", *v)
+}
+
+func fsecUnit(v *float64) string {
+	if v == nil {
+		return "never"
+	}
+	return fmt.Sprintf("%.2f s", *v)
 }
 
 type table struct{ rows [][3]string }
