@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -262,5 +263,83 @@ func TestVerifyCatchesCorruption(t *testing.T) {
 	}
 	if fcode, _ := e.fetcherExit(); fcode != 0 {
 		t.Errorf("pagefetcher exit code %d, want 0", fcode)
+	}
+}
+
+// pagefetcher keeps the handshake connection open while it serves, and
+// closes it when it exits: that is how the VMM learns that the handler is
+// done. The VMM reads some pages (prefetch off, so the migration cannot end)
+// and waits: the connection must stay open. GOGC=10 makes the fetcher
+// collect garbage often while it serves, so that a finalizer closing a
+// descriptor number it no longer owns shows up.
+func TestHandshakeConnectionOpenWhileServing(t *testing.T) {
+	e := newEnv(t, 8<<20, defaultImage)
+	e.startServer()
+	p, ready, err := harness.StartFetcher(bins, e.serverReady.Addr, e.socket, e.tokenFile,
+		[]string{"--prefetch", "off"}, harness.StartOptions{Env: []string{"GOGC=10"}})
+	if p != nil {
+		e.track(p)
+	}
+	if err != nil {
+		t.Fatalf("pagefetcher: %v", err)
+	}
+	e.fetcher, e.fetcherReady = p, ready
+	vmmProc := e.startVMM("--regions", "4k:0x0:8M", "--threads", "2", "--stop-after-pages", "1500", "--wait-handler", "3s")
+	res, code := e.vmmResult(vmmProc)
+	if code != 4 || res.HandlerClosed || !res.StoppedEarly {
+		t.Errorf("vmm: exit code %d, result %+v; want 4 (handler still there after --wait-handler): pagefetcher is still serving and must keep the connection open", code, res)
+	}
+	if e.fetcher.Exited() {
+		code, _ := e.fetcher.ExitCode()
+		t.Errorf("pagefetcher exited (code %d) while the VMM still had pages to read", code)
+	}
+}
+
+// SIGTERM in the middle of a migration drains: pagefetcher fetches every
+// page left, unregisters, prints an ok summary and exits 0. The VMM stops
+// reading after some pages (prefetch off, so the rest is still missing),
+// waits for the fetcher to finish, then checks every byte: after the
+// unregistration, a page the fetcher never placed would read as zeros.
+func TestDrainOnSIGTERM(t *testing.T) {
+	const pages = 8 << 8
+	e := newEnv(t, 8<<20, defaultImage)
+	e.startServer()
+	e.startFetcher("--prefetch", "off")
+	vmmProc := e.startVMM("--regions", "4k:0x0:8M", "--threads", "2", "--stop-after-pages", "300", "--verify", "--wait-handler", "60s")
+	if err := vmmProc.WaitEvent("stopped", vmmTimeout, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.fetcher.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	fcode, sum := e.fetcherExit()
+	if fcode != 0 || sum == nil || !sum.OK {
+		t.Fatalf("pagefetcher after SIGTERM: exit code %d, summary %+v; want 0 and an ok summary (drained)", fcode, sum)
+	}
+	for _, bad := range sum.Summary.Check(pages) {
+		t.Errorf("summary: %s", bad)
+	}
+	if sum.Summary.Pages.Demand >= pages-sum.Summary.Pages.Zero {
+		t.Errorf("summary %+v: every page came on demand, but the VMM read only about 300", sum.Summary.Pages)
+	}
+	res, code := e.vmmResult(vmmProc)
+	if code != 0 || !res.Verified || res.Mismatches != 0 || !res.HandlerClosed || !res.StoppedEarly {
+		t.Errorf("vmm: exit code %d, result %+v; want 0 and every byte right after the drain", code, res)
+	}
+}
+
+// A signal before any VMM hands over has nothing to drain: exit code 9.
+func TestSignalBeforeHandoff(t *testing.T) {
+	e := newEnv(t, 1<<20, defaultImage)
+	e.startServer()
+	e.startFetcher()
+	if err := e.fetcher.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if fcode, _ := e.fetcherExit(); fcode != 9 {
+		t.Errorf("pagefetcher exit code %d after SIGTERM before any handoff, want 9", fcode)
+	}
+	if _, err := os.Stat(e.socket); err == nil {
+		t.Errorf("pagefetcher left its socket %s behind", e.socket)
 	}
 }

@@ -5,20 +5,25 @@
 //
 //	vmm --socket PATH --regions SPEC [--image FILE --verify] [--legacy-handshake]
 //	    [--threads N] [--touch all|random|same|none] [--seed N]
-//	    [--discard OFFSET:LEN [--discard-at N]] [--exit-after-pages N] [--wait-handler D]
+//	    [--discard OFFSET:LEN [--discard-at N]] [--exit-after-pages N | --stop-after-pages N]
+//	    [--wait-handler D]
 //
 // SPEC lists regions as PAGESIZE:OFFSET:SIZE, comma-separated, e.g.
 // 4k:0x0:64M,4k:0x8000000:32M,2m:0x10000000:64M (2m regions are hugetlbfs:
-// reserve huge pages first). --discard drops an image range with
-// madvise(MADV_DONTNEED) halfway through the reads (or at read number
-// --discard-at); those pages must then
-// read as zeros. --exit-after-pages quits as soon as that many pages were
-// read, mid-migration. Otherwise the VMM verifies (with --verify), then
-// waits until the handler closes the handshake connection (it does when it
-// exits), so that it never quits while the handler still works on its
-// memory.
+// reserve huge pages first).
 //
-// It prints one JSON line on stdout at the end, e.g.
+// --discard drops an image range with madvise(MADV_DONTNEED) halfway through
+// the reads (or at read number --discard-at); those pages must then read as
+// zeros. --exit-after-pages quits as soon as that many pages were read,
+// mid-migration. --stop-after-pages stops reading there, prints
+// {"event":"stopped","reads":N}, waits for the handler to finish, and only
+// then verifies: what the handler left behind is checked (after it
+// unregistered the memory, a page it never placed reads as zeros).
+// Otherwise the VMM verifies (with --verify), then waits until the handler
+// closes the handshake connection (it does when it exits), so that it never
+// quits while the handler still works on its memory.
+//
+// It prints one JSON result line on stdout at the end, e.g.
 // {"event":"result","verified":true,"pages":N,"mismatches":0,...}, and exits
 // 0 on success, 1 on an error, 2 on bad flags, 3 when a byte differs, and 4
 // when the handler does not finish within --wait-handler.
@@ -60,6 +65,7 @@ type config struct {
 	discardLen  uint64
 	discardAt   uint64
 	exitAfter   uint64
+	stopAfter   uint64
 	verify      bool
 	waitHandler time.Duration
 }
@@ -79,6 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&discard, "discard", "", "OFFSET:LEN: discard this image range (MADV_DONTNEED) halfway through the reads")
 	fs.Uint64Var(&c.discardAt, "discard-at", 0, "discard at this read (counting from 1) instead of halfway")
 	fs.Uint64Var(&c.exitAfter, "exit-after-pages", 0, "exit as soon as this many page reads were made (0: never)")
+	fs.Uint64Var(&c.stopAfter, "stop-after-pages", 0, "stop reading after this many page reads, wait for the handler, then verify (0: never)")
 	fs.BoolVar(&c.verify, "verify", false, "check every byte against --image (zeros where discarded)")
 	fs.DurationVar(&c.waitHandler, "wait-handler", 2*time.Minute, "before exiting, wait this long for the handler to close the connection (0: do not wait)")
 	if err := fs.Parse(args); err != nil {
@@ -124,6 +131,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			c.discard = true
 		}
 	}
+	if c.exitAfter > 0 && c.stopAfter > 0 {
+		bad("--exit-after-pages and --stop-after-pages exclude each other")
+	}
 	if c.waitHandler < 0 {
 		bad("--wait-handler %v: want a duration >= 0", c.waitHandler)
 	}
@@ -164,7 +174,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	res := &result{Event: "result", Regions: c.spec.String(), Threads: c.threads, Touch: c.touch.String()}
-	code := execute(c, res, stderr)
+	code := execute(c, res, stdout, stderr)
 	if code != exitOK && code != exitMismatch && res.Error != "" {
 		fmt.Fprintf(stderr, "vmm: %s\n", res.Error)
 	}
@@ -173,7 +183,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return code
 }
 
-func execute(c *config, res *result, stderr io.Writer) int {
+func execute(c *config, res *result, stdout, stderr io.Writer) int {
 	fail := func(code int, err error) int {
 		res.Error = err.Error()
 		return code
@@ -201,7 +211,7 @@ func execute(c *config, res *result, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "vmm: pid %d handed over %d regions (%d pages, %d bytes) to %s\n",
 		os.Getpid(), len(c.spec.Regions), res.Pages, res.Bytes, c.socket)
 
-	opts := vmm.TouchOptions{Threads: c.threads, Mode: c.touch, Seed: c.seed, StopAfter: c.exitAfter}
+	opts := vmm.TouchOptions{Threads: c.threads, Mode: c.touch, Seed: c.seed, StopAfter: max(c.exitAfter, c.stopAfter)}
 	if c.discard {
 		reads := res.Pages
 		if c.touch != vmm.TouchAll {
@@ -221,30 +231,46 @@ func execute(c *config, res *result, stderr io.Writer) int {
 	if err != nil {
 		return fail(exitError, err)
 	}
-	if tr.Stopped {
+	if tr.Stopped && c.exitAfter > 0 {
 		fmt.Fprintf(stderr, "vmm: exiting mid-migration after %d page reads, as told\n", tr.Reads)
 		return exitOK
 	}
 
-	if c.verify {
+	verify := func() error {
 		ver, err := vm.Verify(image)
 		res.VerifyMS = ms(ver.Duration)
 		if err != nil {
-			return fail(exitError, err)
+			return err
 		}
 		res.Verified, res.Mismatches, res.DiscardedPages, res.FirstMismatch = ver.OK(), ver.Mismatches, ver.DiscardedPages, ver.FirstMismatches
 		if !ver.OK() {
 			fmt.Fprintf(stderr, "vmm: %d of %d pages differ from the image; first: %+v\n", ver.Mismatches, ver.Pages, ver.FirstMismatches)
+		}
+		return nil
+	}
+	// Normally: verify (faulting in whatever is still missing), then wait
+	// for the handler. After --stop-after-pages: say so, wait for the
+	// handler first, then verify what it left behind.
+	if tr.Stopped {
+		fmt.Fprintf(stdout, "{\"event\":\"stopped\",\"reads\":%d}\n", tr.Reads)
+	} else if c.verify {
+		if err := verify(); err != nil {
+			return fail(exitError, err)
 		}
 	}
 	if c.waitHandler > 0 {
 		err := vm.WaitHandler(c.waitHandler)
 		res.HandlerClosed = err == nil
 		if err != nil {
-			if c.verify && !res.Verified {
+			if c.verify && !tr.Stopped && !res.Verified {
 				return exitMismatch
 			}
 			return fail(exitHandler, err)
+		}
+	}
+	if tr.Stopped && c.verify {
+		if err := verify(); err != nil {
+			return fail(exitError, err)
 		}
 	}
 	if c.verify && !res.Verified {
