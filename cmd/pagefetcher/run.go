@@ -286,7 +286,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		ExpectGeneration: info.Generation, Prefetch: c.prefetch == "on",
 		BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes,
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
-		VMMPid: int(h.Cred.Pid), ClientName: "pagefetcher",
+		VMMPid: int(h.Cred.Pid), ClientName: "pagefetcher", HandoffAt: handoffAt,
 		Logger: log.Named("fetcher"), Metrics: reg,
 	})
 	if err != nil {
@@ -321,7 +321,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 			if tty && c.progress {
 				fmt.Fprintln(stderr)
 			}
-			return finish(r.sum, r.err, forced, handoffAt, stdout)
+			return finish(r.sum, r.err, forced, stdout)
 		case s := <-sigs:
 			if !draining {
 				draining = true
@@ -355,9 +355,13 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 }
 
 // finish prints the summary and maps the outcome to an exit code.
-func finish(sum *fetcher.Summary, err error, forced string, handoffAt time.Time, stdout io.Writer) error {
+func finish(sum *fetcher.Summary, err error, forced string, stdout io.Writer) error {
 	if sum != nil {
 		out := map[string]any{"event": "summary", "ok": err == nil, "summary": sum}
+		var ru unix.Rusage
+		if unix.Getrusage(unix.RUSAGE_SELF, &ru) == nil {
+			out["peak_rss_bytes"] = ru.Maxrss << 10
+		}
 		if err != nil {
 			out["error"] = err.Error()
 		}

@@ -67,7 +67,10 @@ type Config struct {
 	VMMPid int
 	// ClientName is sent to the server when opening the session.
 	ClientName string
-	Logger     hclog.Logger
+	// HandoffAt is when the VMM handed over its memory; first_page_ms counts
+	// from it (from Run's start when zero).
+	HandoffAt time.Time
+	Logger    hclog.Logger
 	// Metrics, when set, receives the fetcher's metrics.
 	Metrics *metrics.Registry
 }
@@ -149,7 +152,10 @@ type Fetcher struct {
 
 	demandMu    sync.Mutex
 	outstanding map[uint64]outstandingReq // page key -> demand request
-	nextID      atomic.Uint64
+	// nOutstanding mirrors len(outstanding) for the bulk path, which yields
+	// the processor while demand requests wait.
+	nOutstanding atomic.Int64
+	nextID       atomic.Uint64
 
 	cur atomic.Pointer[conn] // the live connection, nil while reconnecting
 
@@ -165,7 +171,7 @@ type Fetcher struct {
 	latMetric *metrics.Histogram
 
 	start     time.Time
-	firstPage atomic.Int64 // ns since start, 0 until the first page is placed
+	firstPage atomic.Int64 // ns since the handoff, 0 until the first page is placed
 
 	doneOnce sync.Once
 	done     chan struct{}
@@ -354,6 +360,9 @@ func (f *Fetcher) resolved(how arrival, n uint64) {
 // with an error too.
 func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	f.start = time.Now()
+	if f.cfg.HandoffAt.IsZero() {
+		f.cfg.HandoffAt = f.start
+	}
 	defer f.cfg.Client.Close()
 
 	sess, err := f.open(ctx, f.cfg.Client, f.cfg.ExpectGeneration)

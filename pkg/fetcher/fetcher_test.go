@@ -293,6 +293,7 @@ func TestMigrateDemandOnly(t *testing.T) {
 	if m.sum.Faults == 0 || m.sum.FaultLatencyUS.P50 <= 0 {
 		t.Errorf("no fault latency recorded: %+v", *m.sum)
 	}
+	t.Logf("summary: %+v", *m.sum)
 	if m.sum.Faults > m.sum.Pages.Total {
 		t.Errorf("%d faults for %d pages: a page was asked for twice", m.sum.Faults, m.sum.Pages.Total)
 	}

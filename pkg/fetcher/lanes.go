@@ -204,6 +204,7 @@ func (f *Fetcher) sendDemand(r *region, p uint64) {
 	req := transport.Request{ID: f.nextID.Add(1), Offset: r.Offset + p<<r.shift, Pages: 1}
 	f.demandMu.Lock()
 	f.outstanding[pageKey(r, p)] = outstandingReq{req: req, sentAt: time.Now()}
+	f.nOutstanding.Store(int64(len(f.outstanding)))
 	f.demandMu.Unlock()
 	if c := f.cur.Load(); c != nil {
 		if err := c.demand.Send(req); err != nil {
@@ -239,6 +240,7 @@ func (f *Fetcher) dropOutstanding(r *region, p, n uint64) {
 		for i := p; i < p+n; i++ {
 			delete(f.outstanding, pageKey(r, i))
 		}
+		f.nOutstanding.Store(int64(len(f.outstanding)))
 	}
 	f.demandMu.Unlock()
 }

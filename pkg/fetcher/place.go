@@ -3,6 +3,7 @@ package fetcher
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -105,11 +106,16 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 		}
 		f.evMu.RUnlock()
 		if done > 0 && f.firstPage.Load() == 0 {
-			f.firstPage.CompareAndSwap(0, int64(time.Since(f.start)))
+			f.firstPage.CompareAndSwap(0, int64(time.Since(f.cfg.HandoffAt)))
 		}
 		p, n = p+done, n-done
 		if src != nil {
 			src = src[done*ps:]
+		}
+		if dontWake && f.nOutstanding.Load() > 0 {
+			// Go's scheduler has no priorities: let a demand answer
+			// waiting for a processor go first.
+			runtime.Gosched()
 		}
 		switch {
 		case err == nil:

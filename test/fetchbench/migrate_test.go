@@ -1,0 +1,189 @@
+package fetchbench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/test/harness"
+)
+
+var bins harness.Bins
+
+func TestMain(m *testing.M) {
+	if os.Getenv(echoEnv) != "" {
+		os.Exit(echoMain())
+	}
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "postcopy-fetchbench-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	root, err := harness.ModuleRoot(ctx)
+	if err == nil {
+		bins, err = harness.Build(ctx, root, dir, false)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fetchbench: build:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// image caches generated images across benchmarks of one run.
+var images = map[string]string{}
+
+func genImage(b *testing.B, name string, size uint64, o harness.ImageOptions) string {
+	b.Helper()
+	if p, ok := images[name]; ok {
+		return p
+	}
+	dir := os.TempDir()
+	path := filepath.Join(dir, fmt.Sprintf("postcopy-fetchbench-%d-%s", os.Getpid(), name))
+	if _, err := harness.GenerateImage(path, size, o); err != nil {
+		b.Fatal(err)
+	}
+	images[name] = path
+	return path
+}
+
+type run struct {
+	sum     harness.Summary
+	maxRSS  int64 // pagefetcher's peak RSS, bytes
+	elapsed time.Duration
+}
+
+// migrate runs one migration of image into a VMM with the given layout and
+// touching, and returns pagefetcher's summary.
+func migrate(b *testing.B, image, regions string, fetcherArgs, vmmArgs []string) run {
+	b.Helper()
+	testutil.RequireRoot(b)
+	dir := b.TempDir()
+	srv, ready, err := harness.StartServer(bins, image, "", nil, harness.StartOptions{})
+	if err != nil {
+		b.Fatalf("pageserver: %v\n%s", err, describe(srv))
+	}
+	defer srv.Stop(5 * time.Second)
+	sock := filepath.Join(dir, "uffd.sock")
+	pf, _, err := harness.StartFetcher(bins, ready.Addr, sock, "", fetcherArgs, harness.StartOptions{})
+	if err != nil {
+		b.Fatalf("pagefetcher: %v\n%s", err, describe(pf))
+	}
+	defer pf.Stop(5 * time.Second)
+	args := append([]string{"--socket", sock, "--regions", regions}, vmmArgs...)
+	vm, err := harness.Start("vmm", bins.VMM, args, harness.StartOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer vm.Stop(5 * time.Second)
+	var line harness.SummaryLine
+	if err := pf.WaitEvent("summary", 10*time.Minute, &line); err != nil {
+		b.Fatalf("summary: %v\n%s\n%s", err, pf.Describe(4000), vm.Describe(4000))
+	}
+	if !line.OK {
+		b.Fatalf("migration failed: %+v\n%s", line, pf.Describe(4000))
+	}
+	if code, err := pf.Wait(time.Minute); err != nil || code != 0 {
+		b.Fatalf("pagefetcher exit %d %v\n%s", code, err, pf.Describe(4000))
+	}
+	r := run{sum: line.Summary, elapsed: pf.Runtime()}
+	for _, l := range pf.Lines() {
+		var rss struct {
+			Event string `json:"event"`
+			RSS   int64  `json:"peak_rss_bytes"`
+		}
+		if json.Unmarshal([]byte(l), &rss) == nil && rss.Event == "summary" {
+			r.maxRSS = rss.RSS
+		}
+	}
+	if code, err := vm.Wait(time.Minute); err != nil || code != 0 {
+		b.Fatalf("vmm exit %d %v\n%s", code, err, vm.Describe(4000))
+	}
+	return r
+}
+
+func describe(p *harness.Proc) string {
+	if p == nil {
+		return ""
+	}
+	return p.Describe(4000)
+}
+
+// BenchmarkFaults measures remote-fault latency: demand-only, and while the
+// prefetcher pulls flat out, against the raw TCP round trip of the same run.
+// One thread touches pages in random order, so faults do not overlap.
+func BenchmarkFaults(b *testing.B) {
+	img := genImage(b, "faults", 512<<20, harness.ImageOptions{Seed: 1, ZeroFraction: 0.05})
+	e := startEcho(b)
+	rtt := tcpRTT(b, e, 2000)
+	b.Run("demand-only", func(b *testing.B) {
+		var p50, p99, first []float64
+		for i := 0; i < b.N; i++ {
+			r := migrate(b, img, "4k:0x0:16M", []string{"--prefetch", "off"},
+				[]string{"--threads", "1", "--touch", "random", "--seed", fmt.Sprint(i + 1)})
+			p50 = append(p50, r.sum.FaultLatencyUS.P50)
+			p99 = append(p99, r.sum.FaultLatencyUS.P99)
+			first = append(first, r.sum.FirstPageMS)
+		}
+		rttUS := float64(rtt.Nanoseconds()) / 1e3
+		b.ReportMetric(rttUS, "tcp_rtt_us")
+		b.ReportMetric(medianF(p50), "p50_us")
+		b.ReportMetric(medianF(p99), "p99_us")
+		b.ReportMetric(medianF(p50)/rttUS, "p50_x_tcp_rtt")
+		b.ReportMetric(medianF(first), "first_page_ms")
+	})
+	b.Run("under-prefetch", func(b *testing.B) {
+		var p50, p99 []float64
+		for i := 0; i < b.N; i++ {
+			r := migrate(b, img, "4k:0x0:512M", nil,
+				[]string{"--threads", "1", "--touch", "random", "--seed", fmt.Sprint(i + 1)})
+			p50 = append(p50, r.sum.FaultLatencyUS.P50)
+			p99 = append(p99, r.sum.FaultLatencyUS.P99)
+		}
+		b.ReportMetric(medianF(p50), "p50_us")
+		b.ReportMetric(medianF(p99), "p99_us")
+	})
+}
+
+// BenchmarkResident measures how fast a whole image of random data becomes
+// resident with nothing faulting, against raw one-stream TCP.
+func BenchmarkResident(b *testing.B) {
+	size := uint64(2 << 30)
+	img := genImage(b, "random2g", size, harness.ImageOptions{Seed: 2})
+	e := startEcho(b)
+	bw := tcpBandwidth(b, e, 2<<30)
+	var rates []float64
+	for i := 0; i < b.N; i++ {
+		r := migrate(b, img, "4k:0x0:2G", nil, []string{"--touch", "none"})
+		rates = append(rates, float64(size)/r.sum.TotalS)
+	}
+	b.ReportMetric(bw/1e9, "tcp_GB/s")
+	b.ReportMetric(medianF(rates)/1e9, "GB/s")
+	b.ReportMetric(medianF(rates)/bw, "x_tcp_bw")
+}
+
+// BenchmarkHoles measures an 8 GiB layout that is 95 % holes: time until
+// resident and pagefetcher's peak RSS.
+func BenchmarkHoles(b *testing.B) {
+	img := genImage(b, "holes8g", 8<<30, harness.ImageOptions{Seed: 3, HoleFraction: 0.95})
+	var secs, rss []float64
+	for i := 0; i < b.N; i++ {
+		r := migrate(b, img, "4k:0x0:8G", nil, []string{"--touch", "none"})
+		secs = append(secs, r.sum.TotalS)
+		rss = append(rss, float64(r.maxRSS)/(1<<20))
+	}
+	b.ReportMetric(medianF(secs), "total_s")
+	b.ReportMetric(medianF(rss), "peak_rss_MiB")
+}
