@@ -618,10 +618,12 @@ func (s *Server) check(sess *session, l lane, req request) (uint32, error) {
 }
 
 // Demand serves the urgent lane. A receiving goroutine reads requests and
-// hands each to a worker (at most DemandWorkers at once), which reads the
-// run and sends the answer as soon as it is ready: a slow read does not hold
-// up later requests. Sends are serialized per stream. The first error ends
-// the stream with its status.
+// hands each to an idle worker of the stream (started as needed, at most
+// DemandWorkers, then reused: a hand-off to a parked goroutine costs less
+// than starting one, BenchmarkDemandRTT), which reads the run and sends the
+// answer as soon as it is ready: a slow read does not hold up later
+// requests. Sends are serialized per stream. The first error ends the
+// stream with its status.
 func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 	sess, err := s.streamSession(stream.Context())
 	if err != nil {
@@ -630,6 +632,10 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 	defer sess.detach()
 	ctx := stream.Context()
 
+	type job struct {
+		req request
+		ps  uint32
+	}
 	var (
 		sendMu   sync.Mutex
 		wg       sync.WaitGroup
@@ -638,7 +644,8 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 		failOnce sync.Once
 		failErr  error
 		failed   = make(chan struct{})
-		sem      = make(chan struct{}, s.workers)
+		quit     = make(chan struct{}) // closed when the handler returns
+		jobs     = make(chan job)      // unbuffered: a send hands a job to an idle worker
 		recvDone = make(chan error, 1)
 	)
 	fail := func(err error) {
@@ -654,33 +661,43 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 		}
 		return s.sendRun(stream, rb, req, ps)
 	}
-	// spawn starts a worker for req unless the handler is returning.
-	spawn := func(req request, ps uint32) bool {
+	worker := func() {
+		defer wg.Done()
+		for {
+			select {
+			case j := <-jobs:
+				s.gate.enter()
+				err := s.serve(ctx, sess, laneDemand, j.req, j.ps, send)
+				s.gate.leave()
+				if err != nil {
+					fail(err)
+				}
+			case <-quit:
+				return
+			}
+		}
+	}
+	// startWorker adds a worker unless the handler is returning.
+	startWorker := func() bool {
 		spawnMu.Lock()
 		defer spawnMu.Unlock()
 		if stopped {
 			return false
 		}
-		s.gate.enter()
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			defer s.gate.leave()
-			if err := s.serve(ctx, sess, laneDemand, req, ps, send); err != nil {
-				fail(err)
-			}
-		}()
+		go worker()
 		return true
 	}
-	// finish waits for the workers started so far; none start afterwards.
+	// finish stops the workers once they are idle; none start afterwards.
 	finish := func() {
 		spawnMu.Lock()
 		stopped = true
+		close(quit)
 		spawnMu.Unlock()
 		wg.Wait()
 	}
 	go func() {
+		workers := 0
 		for {
 			var req request
 			if err := stream.RecvMsg(&req); err != nil {
@@ -693,17 +710,29 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 				recvDone <- nil
 				return
 			}
+			j := job{req, ps}
 			select {
-			case sem <- struct{}{}:
+			case jobs <- j: // an idle worker took it
+				continue
+			default:
+			}
+			if workers < s.workers {
+				if !startWorker() {
+					recvDone <- nil
+					return
+				}
+				workers++
+			}
+			select {
+			case jobs <- j:
 			case <-failed:
+				recvDone <- nil
+				return
+			case <-quit:
 				recvDone <- nil
 				return
 			case <-ctx.Done():
 				recvDone <- status.FromContextError(ctx.Err()).Err()
-				return
-			}
-			if !spawn(req, ps) {
-				recvDone <- nil
 				return
 			}
 		}
