@@ -28,6 +28,22 @@ func TestMigrateRegions(t *testing.T) {
 	}
 }
 
+// When every page is resident, pagefetcher reports Done, which ends its
+// session on the server: the server's exit summary shows no session open.
+func TestFetcherReportsDone(t *testing.T) {
+	e, _, _ := migrate(t, migration{
+		imageSize: 8 << 20, image: defaultImage,
+		regions: "4k:0x0:8M",
+		pages:   8 << 8,
+	})
+	if e.serverSummary.SessionsOpen != 0 {
+		t.Errorf("pageserver summary %+v: the session is still open after the migration; want pagefetcher to report Done", e.serverSummary)
+	}
+	if !strings.Contains(e.server.Stderr(), "session done") {
+		t.Errorf("pageserver's log has no \"session done\"")
+	}
+}
+
 // Prefetch off: only demand faults bring pages, and reading every page is
 // what completes the migration.
 func TestPrefetchOff(t *testing.T) {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,6 +43,8 @@ type env struct {
 	serverReady  harness.ServerReady
 	fetcher      *harness.Proc
 	fetcherReady harness.FetcherReady
+
+	serverSummary harness.ServerSummary // set by migrate
 }
 
 // defaultImage has zero pages, nearly-zero pages and holes.
@@ -93,6 +96,24 @@ func (e *env) startServer(extra ...string) {
 		e.t.Fatalf("pageserver ready line %+v: want size %d and an address", ready, e.info.Size)
 	}
 	e.server, e.serverReady = p, ready
+}
+
+// stopServer sends SIGTERM to pageserver, expects it to exit 0 with a
+// graceful summary, and returns the summary.
+func (e *env) stopServer() harness.ServerSummary {
+	e.t.Helper()
+	var sum harness.ServerSummary
+	if err := e.server.Signal(syscall.SIGTERM); err != nil {
+		e.t.Fatal(err)
+	}
+	code, err := e.server.Wait(fetcherTimeout)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.server.WaitEvent("summary", time.Second, &sum); code != 0 || err != nil || !sum.Graceful {
+		e.t.Errorf("pageserver after SIGTERM: exit code %d, summary %+v (%v); want 0 and a graceful summary", code, sum, err)
+	}
+	return sum
 }
 
 // startFetcher starts pagefetcher with the env's token and socket and waits
@@ -186,5 +207,10 @@ func migrate(t *testing.T, m migration) (*env, harness.VMMResult, harness.Summar
 		t.Errorf("summary: %s", bad)
 	}
 	t.Logf("summary %+v; vmm reads %d in %.1f ms, verify %.1f ms", sum.Summary, res.Reads, res.TouchMS, res.VerifyMS)
+	ssum := e.stopServer()
+	if ssum.SessionsTotal != 1 || ssum.DemandRequests == 0 && sum.Summary.Pages.Demand > 0 {
+		t.Errorf("pageserver summary %+v: want the one session, and demand requests if pages came on demand", ssum)
+	}
+	e.serverSummary = ssum
 	return e, res, sum.Summary
 }

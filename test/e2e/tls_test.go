@@ -24,11 +24,14 @@ func TestTLS(t *testing.T) {
 	mutual := append(server[:len(server):len(server)], "--tls-client-ca", pki.CA)
 
 	t.Run("tls", func(t *testing.T) {
-		migrate(t, migration{
+		e, _, _ := migrate(t, migration{
 			imageSize: 8 << 20, image: defaultImage, regions: "4k:0x0:8M", pages: 8 << 8,
 			serverArgs:  server,
 			fetcherArgs: []string{"--tls-ca", pki.CA},
 		})
+		if !e.serverReady.TLS {
+			t.Errorf("pageserver ready line %+v: want tls true", e.serverReady)
+		}
 	})
 	t.Run("mutual", func(t *testing.T) {
 		migrate(t, migration{

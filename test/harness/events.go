@@ -13,6 +13,23 @@ type ServerReady struct {
 	Source     string `json:"source"`
 	Size       uint64 `json:"size"`
 	Generation string `json:"generation"`
+	TLS        bool   `json:"tls"`
+}
+
+// ServerSummary is pageserver's {"event":"summary",...} line, printed on
+// exit.
+type ServerSummary struct {
+	Event          string  `json:"event"`
+	Graceful       bool    `json:"graceful"`
+	UptimeSeconds  float64 `json:"uptime_seconds"`
+	SessionsTotal  uint64  `json:"sessions_total"`
+	SessionsOpen   int     `json:"sessions_open"`
+	DemandRequests uint64  `json:"demand_requests"`
+	DemandBytes    uint64  `json:"demand_bytes"`
+	BulkRequests   uint64  `json:"bulk_requests"`
+	BulkBytes      uint64  `json:"bulk_bytes"`
+	ZeroPages      uint64  `json:"zero_pages"`
+	Errors         uint64  `json:"errors"`
 }
 
 // FetcherReady is pagefetcher's ready line.
