@@ -41,10 +41,7 @@ func (f *Fetcher) faultLoop() error {
 		if f.stopping.Load() {
 			return nil
 		}
-		if wk.Hangup {
-			return ErrVMMGone
-		}
-		if !wk.Readable {
+		if !wk.Readable && !wk.Hangup {
 			continue
 		}
 		for {
@@ -52,11 +49,19 @@ func (f *Fetcher) faultLoop() error {
 			f.evMu.Lock()
 			n, err := f.reader.Read(evs)
 			now := time.Now()
-			if err == nil {
-				for i := range evs[:n] {
-					if faults, err = f.event(&evs[i], faults); err != nil {
-						break
-					}
+			var syscallErr *uffd.Error
+			if err != nil && !errors.As(err, &syscallErr) {
+				// Read returns the events it decoded with the first
+				// message it could not: an event this code does not
+				// know is logged, not fatal.
+				f.log.Warn("undecodable userfaultfd event", "error", err)
+				err = nil
+			}
+			for i := range evs[:n] {
+				var eerr error
+				if faults, eerr = f.event(&evs[i], faults); eerr != nil {
+					err = eerr
+					break
 				}
 			}
 			f.evGen.Add(1)

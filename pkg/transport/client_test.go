@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -296,4 +297,117 @@ func TestPIDImage(t *testing.T) {
 		t.Fatalf("source gone is retryable: %v", err)
 	}
 	t.Logf("source gone: %v", err)
+}
+
+// proxy forwards TCP connections to a server and can cut them all.
+type proxy struct {
+	lis   net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{lis: lis}
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go func() { io.Copy(s, c); s.Close() }()
+			go func() { io.Copy(c, s); c.Close() }()
+		}
+	}()
+	t.Cleanup(func() { lis.Close(); p.cut() })
+	return p
+}
+
+// cut closes every connection made so far.
+func (p *proxy) cut() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.conns)
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+	return n
+}
+
+// TestReconnect: when the connections drop, lanes fail with a retryable
+// error; the session lives on in the server, and new lanes on it work once
+// gRPC has reconnected.
+func TestReconnect(t *testing.T) {
+	ti := makeImage(t, mib, 14, nil, nil)
+	srv := startServer(t, ServerOptions{Image: ti.img})
+	px := startProxy(t, srv.addr)
+	c := dial(t, px.lis.Addr().String(), ClientOptions{})
+	ctx := testCtx(t)
+	sess, err := c.Open(ctx, []Region{{0, mib, PageSize4K}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := sess.Demand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := sess.Bulk(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRun(t, fetch(t, d, 1, 0, 1), ti.content)
+	checkRun(t, fetch(t, b, 2, 4096, 16), ti.content)
+	if n := px.cut(); n != 4 {
+		t.Fatalf("%d proxied connections, want 4 (demand and bulk)", n)
+	}
+	for _, l := range []*Lane{d, b} {
+		_, err := l.Recv()
+		if !IsRetryable(err) {
+			t.Fatalf("Recv after the connection dropped: %v, want a retryable error", err)
+		}
+	}
+	// New lanes on the same session; WaitForReady is not set, so retry
+	// until gRPC has reconnected (its backoff starts at 100 ms).
+	for _, open := range []func(context.Context) (*Lane, error){sess.Demand, sess.Bulk} {
+		for {
+			l, err := open(ctx)
+			if err == nil {
+				err = l.Send(Request{ID: 3, Offset: 8192, Pages: 2})
+			}
+			var r *Response
+			if err == nil {
+				r, err = l.Recv()
+			}
+			if err == nil {
+				checkRun(t, r, ti.content)
+				r.Release()
+				l.Close()
+				break
+			}
+			if !IsRetryable(err) {
+				t.Fatalf("after reconnecting: %v", err)
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatal(ctx.Err())
+			case <-time.After(20 * time.Millisecond): // pacing of the retry loop, not synchronisation
+			}
+		}
+	}
+	if err := sess.Done(ctx, DoneTotals{}); err != nil {
+		t.Fatal(err)
+	}
 }
