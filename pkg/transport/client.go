@@ -249,6 +249,12 @@ func (s *Session) MaxBulkBytes() uint32 { return s.maxBulk }
 
 // Demand opens a demand lane, on the demand connection. The lane lives until
 // Close, ctx ends, or an error ends it.
+//
+// Sessions outlive connections: when a connection drops, its lanes fail
+// with a retryable error (IsRetryable), gRPC reconnects in the background
+// (backoff from 100 ms up to 2 s), and new lanes of the same session carry
+// on. While the connection is down, opening a lane, Send and Recv fail fast
+// with a retryable error rather than wait.
 func (s *Session) Demand(ctx context.Context) (*Lane, error) {
 	return s.lane(ctx, laneDemand)
 }
