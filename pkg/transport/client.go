@@ -324,9 +324,12 @@ type Lane struct {
 	closed atomic.Bool
 }
 
-// Send sends a request. An error matching io.EOF means the stream has ended:
-// Recv returns why.
+// Send sends a request. An error matching io.EOF means the stream has ended
+// (or the lane was closed): Recv returns why.
 func (l *Lane) Send(r Request) error {
+	if l.closed.Load() {
+		return io.EOF
+	}
 	l.sendMu.Lock()
 	err := l.stream.SendMsg(&r)
 	l.sendMu.Unlock()
