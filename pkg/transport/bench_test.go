@@ -192,16 +192,25 @@ func startBenchServer(b *testing.B) *benchEnv {
 // benchCleanup stops the helper process; TestMain calls it.
 var benchCleanup = func() {}
 
-func benchSession(b *testing.B, env *benchEnv) (*Client, *Session) {
+// benchSession dials the helper and opens a session over the whole image;
+// the session ends (Done) and the client closes when b's benchmark ends.
+func benchSession(b *testing.B, env *benchEnv) *Session {
 	c, err := Dial(context.Background(), env.grpcAddr, ClientOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	sess, err := c.Open(context.Background(), []Region{{0, 2 * benchDataSize, PageSize4K}}, 0)
 	if err != nil {
+		c.Close()
 		b.Fatal(err)
 	}
-	return c, sess
+	b.Cleanup(func() {
+		if err := sess.Done(context.Background(), DoneTotals{}); err != nil {
+			b.Error(err)
+		}
+		c.Close()
+	})
+	return sess
 }
 
 // bulkFlat keeps benchWindow requests of benchRun bytes in flight on a bulk
@@ -265,8 +274,7 @@ func BenchmarkBulk(b *testing.B) {
 		base uint64
 	}{{"data", 0}, {"zero", benchDataSize}} {
 		b.Run(tc.name, func(b *testing.B) {
-			c, sess := benchSession(b, env)
-			defer c.Close()
+			sess := benchSession(b, env)
 			b.SetBytes(benchRun)
 			b.ResetTimer()
 			if _, err := bulkFlat(sess, tc.base, b.N, nil); err != nil {
@@ -340,8 +348,7 @@ func demandRTT(b *testing.B, sess *Session) {
 // BenchmarkDemandRTT: one page on demand, nothing else running.
 func BenchmarkDemandRTT(b *testing.B) {
 	env := startBenchServer(b)
-	c, sess := benchSession(b, env)
-	defer c.Close()
+	sess := benchSession(b, env)
 	demandRTT(b, sess)
 }
 
@@ -349,8 +356,7 @@ func BenchmarkDemandRTT(b *testing.B) {
 // same session runs flat out on its own connection.
 func BenchmarkDemandRTTUnderBulk(b *testing.B) {
 	env := startBenchServer(b)
-	c, sess := benchSession(b, env)
-	defer c.Close()
+	sess := benchSession(b, env)
 	stop := make(chan struct{})
 	done := make(chan int64)
 	start := time.Now()
