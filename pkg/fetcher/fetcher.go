@@ -157,7 +157,9 @@ type Fetcher struct {
 	nOutstanding atomic.Int64
 	nextID       atomic.Uint64
 
-	cur atomic.Pointer[conn] // the live connection, nil while reconnecting
+	cur    atomic.Pointer[conn]              // the live connection, nil while reconnecting
+	sess   atomic.Pointer[transport.Session] // the latest session, for Done
+	client atomic.Pointer[transport.Client]  // the latest client, closed by Run
 
 	remaining atomic.Int64
 	counts    [nArrivals]atomic.Uint64
@@ -363,7 +365,8 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	if f.cfg.HandoffAt.IsZero() {
 		f.cfg.HandoffAt = f.start
 	}
-	defer f.cfg.Client.Close()
+	f.client.Store(f.cfg.Client)
+	defer func() { f.client.Load().Close() }()
 
 	sess, err := f.open(ctx, f.cfg.Client, f.cfg.ExpectGeneration)
 	if err != nil {
@@ -432,8 +435,8 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	sum := f.summary()
 	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer dcancel()
-	if c := f.lastSession(); c != nil {
-		if err := c.Done(dctx, f.totals()); err != nil {
+	if s := f.sess.Load(); s != nil {
+		if err := s.Done(dctx, f.totals()); err != nil {
 			f.log.Warn("could not report done to the server; every page is resident anyway", "error", err)
 		}
 	}

@@ -35,13 +35,6 @@ type bulkRun struct {
 
 var errStalled = errors.New("a request got no answer in time")
 
-func (f *Fetcher) lastSession() *transport.Session {
-	if c := f.cur.Load(); c != nil {
-		return c.sess
-	}
-	return nil
-}
-
 // open opens a session for the layout on client.
 func (f *Fetcher) open(ctx context.Context, client *transport.Client, expect uint64) (*transport.Session, error) {
 	regions := make([]transport.Region, len(f.layout.regions))
@@ -81,10 +74,13 @@ func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, sess *
 		}
 		f.log.Warn("link to the source broke; reconnecting", "error", err,
 			"window", f.cfg.ReconnectTimeout)
+		old := client
 		if client, sess, err = f.reconnect(ctx); err != nil {
 			f.fail(err)
 			return
 		}
+		f.client.Store(client)
+		old.Close()
 		f.reconns.Add(1)
 	}
 }
@@ -109,6 +105,7 @@ func (f *Fetcher) startConn(ctx context.Context, client *transport.Client, sess 
 // hands everything in flight back: demand requests stay outstanding (and are
 // sent again on the next connection), bulk runs return to the policy.
 func (f *Fetcher) serveConn(c *conn) error {
+	f.sess.Store(c.sess)
 	f.cur.Store(c)
 	f.resendOutstanding(c)
 

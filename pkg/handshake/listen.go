@@ -103,13 +103,16 @@ func listenFD(fd int, path string) (*Listener, error) {
 		remove()
 		return nil, fmt.Errorf("handshake: listen %s: %w", path, err)
 	}
+	// f owns fd from here on: closing fd directly would leave f's
+	// finalizer to close the number again later, by then perhaps another
+	// descriptor (the VMM's userfaultfd).
 	f := os.NewFile(uintptr(fd), path)
 	fl, err := net.FileListener(f) // dups fd
+	f.Close()
 	if err != nil {
 		remove()
 		return nil, fmt.Errorf("handshake: listener %s: %w", path, err)
 	}
-	unix.Close(fd)
 	return &Listener{ln: fl.(*net.UnixListener), path: path, dev: st.Dev, ino: st.Ino}, nil
 }
 
