@@ -104,15 +104,6 @@ func TestHandshakeForms(t *testing.T) {
 // only (that one with the legacy handshake, page_size_kib 2048).
 func TestHugePages(t *testing.T) {
 	requireUFFD(t)
-	restore, err := harness.ReserveHugePages(8)
-	if err != nil {
-		t.Fatalf("reserve huge pages: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := restore(); err != nil {
-			t.Errorf("restore the huge page pool: %v", err)
-		}
-	})
 	for _, tc := range []struct {
 		name               string
 		fetcherArgs, extra []string
@@ -121,6 +112,16 @@ func TestHugePages(t *testing.T) {
 		{name: "demand-legacy", fetcherArgs: []string{"--prefetch", "off"}, extra: []string{"--legacy-handshake"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			// Reserved just before use: the pool is shared with other tests.
+			restore, err := harness.ReserveHugePages(8)
+			if err != nil {
+				t.Fatalf("reserve huge pages: %v", err)
+			}
+			t.Cleanup(func() {
+				if err := restore(); err != nil {
+					t.Errorf("restore the huge page pool: %v", err)
+				}
+			})
 			_, _, sum := migrate(t, migration{
 				imageSize: 32 << 20, image: defaultImage,
 				regions:     "2m:0x0:8M,4k:0x800000:4M,2m:0x1000000:8M",

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -197,7 +198,11 @@ func migrate(t *testing.T, m migration) (*env, harness.VMMResult, harness.Summar
 	vmmProc := e.startVMM(append([]string{"--regions", m.regions, "--verify"}, m.vmmArgs...)...)
 	res, code := e.vmmResult(vmmProc)
 	if code != 0 || !res.Verified || res.Mismatches != 0 || res.Pages != m.pages || !res.HandlerClosed {
-		t.Errorf("vmm: exit code %d, result %+v; want 0, verified, no mismatches, %d pages, handler closed", code, res, m.pages)
+		msg := fmt.Sprintf("vmm: exit code %d, result %+v; want 0, verified, no mismatches, %d pages, handler closed", code, res, m.pages)
+		if res.Reads == 0 {
+			t.Fatal(msg) // it never got going: nothing to wait for
+		}
+		t.Error(msg)
 	}
 	fcode, sum := e.fetcherExit()
 	if fcode != 0 || sum == nil || !sum.OK {

@@ -130,8 +130,9 @@ func readInt(path string) (int, error) {
 
 // ReserveHugePages makes sure at least n 2 MiB huge pages are free, growing
 // the pool (root only) if needed. restore shrinks the pool back to its size
-// before the call. The kernel may grant fewer pages than asked when memory
-// is fragmented: that is an error.
+// before the call, unless someone else resized it meanwhile. The kernel may
+// grant fewer pages than asked when memory is fragmented: that is an error.
+// The pool is global: pages are only really held once a process maps them.
 func ReserveHugePages(n int) (restore func() error, err error) {
 	nothing := func() error { return nil }
 	free, err := readInt(freeHugePagesPath)
@@ -147,6 +148,12 @@ func ReserveHugePages(n int) (restore func() error, err error) {
 	}
 	want := total + n - free
 	restore = func() error {
+		// Shrink back by what we added, and only if nobody else has
+		// resized the pool since: other tests may share it.
+		now, err := readInt(HugePagesPath)
+		if err != nil || now != want {
+			return err
+		}
 		return os.WriteFile(HugePagesPath, []byte(strconv.Itoa(total)), 0o644)
 	}
 	if err := os.WriteFile(HugePagesPath, []byte(strconv.Itoa(want)), 0o644); err != nil {
