@@ -1,0 +1,158 @@
+package reliability
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/postcopy/postcopy/test/harness"
+)
+
+// Environment variables of the package (see doc.go).
+const (
+	// binEnv names a directory holding prebuilt pageserver, pagefetcher
+	// and vmm binaries, used instead of building them.
+	binEnv = "POSTCOPY_RELIABILITY_BIN"
+	// soakEnv=1 enables the long soak tests.
+	soakEnv = "POSTCOPY_SOAK"
+	// helperEnv selects a helper mode when the test binary is re-executed
+	// as a workload (a VMM) or as a source process.
+	helperEnv = "POSTCOPY_RELIABILITY_HELPER"
+)
+
+// bins are the binaries under test.
+var bins harness.Bins
+
+func TestMain(m *testing.M) {
+	switch mode := os.Getenv(helperEnv); mode {
+	case "":
+	case "workload":
+		os.Exit(workloadMain())
+	case "source":
+		os.Exit(sourceMain())
+	default:
+		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", helperEnv, mode)
+		os.Exit(2)
+	}
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	flag.Parse()
+	if dir := os.Getenv(binEnv); dir != "" {
+		bins = harness.BinsIn(dir)
+	} else {
+		// 0755: the allow-uid tests run a helper as another user, which
+		// needs nothing from here, but keep the binaries usable by any uid.
+		dir, err := os.MkdirTemp("", "postcopy-rel-bin-")
+		if err == nil {
+			err = os.Chmod(dir, 0o755)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "reliability:", err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		root, err := harness.ModuleRoot(ctx)
+		if err == nil {
+			start := time.Now()
+			bins, err = harness.Build(ctx, root, dir, raceEnabled)
+			if testing.Verbose() {
+				fmt.Fprintf(os.Stderr, "reliability: built binaries (race %v) in %v\n", raceEnabled, time.Since(start).Round(time.Millisecond))
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "reliability: build the binaries:", err)
+			return 1
+		}
+	}
+	removeStaleNetns()
+	code := m.Run()
+	if testing.Verbose() {
+		printFaultTable()
+	}
+	if left := children(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "reliability: leaked child processes: %s\n", strings.Join(left, "; "))
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// faultRow is one line of the closing table: a fault injected, what came of
+// it, the longest a single page read of the workload took across it, and the
+// bytes the workload found wrong.
+type faultRow struct {
+	Fault, Outcome, Stall, Wrong string
+}
+
+var faults struct {
+	mu   sync.Mutex
+	rows []faultRow
+}
+
+// record adds a row to the fault table printed at the end of a verbose run.
+func record(t *testing.T, fault, outcome, stall, wrong string) {
+	t.Helper()
+	t.Logf("FAULT %s | %s | stall %s | bytes wrong %s", fault, outcome, stall, wrong)
+	faults.mu.Lock()
+	faults.rows = append(faults.rows, faultRow{fault, outcome, stall, wrong})
+	faults.mu.Unlock()
+}
+
+func printFaultTable() {
+	faults.mu.Lock()
+	defer faults.mu.Unlock()
+	if len(faults.rows) == 0 {
+		return
+	}
+	var b strings.Builder
+	b.WriteString("\n| fault injected | outcome (exit code) | stall the workload saw | bytes wrong |\n| --- | --- | --- | --- |\n")
+	for _, r := range faults.rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.Fault, r.Outcome, r.Stall, r.Wrong)
+	}
+	fmt.Fprint(os.Stderr, b.String())
+}
+
+// children lists this process's child processes (pid and command), from
+// /proc: every test must have stopped and reaped what it started.
+func children() []string {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	self := os.Getpid()
+	var out []string
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(stat)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:]) // state, ppid, ...
+		if len(f) < 2 {
+			continue
+		}
+		if ppid, _ := strconv.Atoi(f[1]); ppid == self {
+			out = append(out, fmt.Sprintf("%d %s", pid, s[strings.IndexByte(s, '(')+1:i]))
+		}
+	}
+	return out
+}
