@@ -74,6 +74,7 @@ func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Repo
 	if os.Geteuid() != 0 {
 		return nil, errors.New("needs root: pageserver reads another process's memory, and the workloads use userfaultfd (and --link creates network namespaces)")
 	}
+	began := time.Now()
 	e := &env{c: c, clock: bench.NewClock(), progress: progress}
 	if e.exe, err = os.Executable(); err != nil {
 		return nil, err
@@ -165,6 +166,8 @@ func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Repo
 		rep.Runs = append(rep.Runs, r)
 	}
 	rep.Summarize()
+	rep.Machine.LoadAvg[1] = bench.LoadAvg1()
+	rep.Setup.ElapsedS = time.Since(began).Seconds()
 	return rep, nil
 }
 
@@ -537,7 +540,7 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 
 // machine describes this machine.
 func machine() bench.Machine {
-	m := bench.Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version()}
+	m := bench.Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadAvg: [2]float64{bench.LoadAvg1(), 0}}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, l := range strings.Split(string(b), "\n") {
 			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {

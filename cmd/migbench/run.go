@@ -34,6 +34,7 @@ type config struct {
 	suite       string
 	outDir      string
 	updateDoc   string
+	regen       bool
 	quiet       bool
 
 	workload bench.Config // from wf
@@ -59,6 +60,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.suite, "suite", "", "run a documented set instead of one configuration: \"default\" (1 and 4 GiB; random and zipf; loopback and 1gbit)")
 	fs.StringVar(&c.outDir, "out", "bench", "with --suite: directory for the results")
 	fs.StringVar(&c.updateDoc, "update-doc", "", "with --suite: replace the generated results in this Markdown file (BENCHMARKS.md)")
+	fs.BoolVar(&c.regen, "regen", false, "with --suite: run nothing, rebuild summary.md, the plots (and --update-doc) from the JSON files in --out")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress lines on stderr")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -99,6 +101,9 @@ func (c *config) validate() error {
 	}
 	if c.updateDoc != "" && c.suite == "" {
 		bad("--update-doc needs --suite")
+	}
+	if c.regen && c.suite == "" {
+		bad("--regen needs --suite")
 	}
 	if c.plotPath != "" {
 		if ext := strings.ToLower(filepath.Ext(c.plotPath)); ext != ".svg" && ext != ".png" {

@@ -72,27 +72,35 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 	}
 	add(p, "post-copy", "#1f77b4")
 	add(c, "stop-and-copy", "#d62728")
-	ymax := 0.0
+	// A logarithmic throughput axis: a post-copy workload that runs at a
+	// thousandth of its rate while its pages arrive is not stopped, and a
+	// linear axis would show the two the same. Empty bins sit on the axis.
+	ymax, ymin := 0.0, math.Inf(1)
 	for _, l := range lines {
 		for _, v := range l.y {
 			ymax = math.Max(ymax, v)
+			if v > 0 {
+				ymin = math.Min(ymin, v)
+			}
 		}
 	}
 	if ymax == 0 {
-		ymax = 1
+		ymax, ymin = 1, 1
 	}
-	unit, uname := 1.0, "ops/s"
-	switch {
-	case ymax >= 1e6:
-		unit, uname = 1e6, "million ops/s"
-	case ymax >= 1e3:
-		unit, uname = 1e3, "thousand ops/s"
+	lo := math.Pow(10, math.Floor(math.Log10(math.Max(1, math.Min(ymin, ymax/1e3)))))
+	hi := math.Pow(10, math.Ceil(math.Log10(ymax*1.05)))
+	if hi <= lo {
+		hi = lo * 10
 	}
-	ytop := niceCeil(ymax * 1.08 / unit)
 
 	const W, H, L, R, T, B = 960.0, 480.0, 80.0, 30.0, 60.0, 90.0
 	px := func(x float64) float64 { return L + (x-begin)/(end-begin)*(W-L-R) }
-	py := func(y float64) float64 { return H - B - y/unit/ytop*(H-T-B) }
+	py := func(y float64) float64 {
+		if y < lo {
+			y = lo
+		}
+		return H - B - (math.Log10(y)-math.Log10(lo))/(math.Log10(hi)-math.Log10(lo))*(H-T-B)
+	}
 	var sb strings.Builder
 	fmt.Fprintf(&sb, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="DejaVu Sans, Arial, sans-serif" font-size="13">`+"\n", W, H, W, H)
 	fmt.Fprintf(&sb, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
@@ -103,10 +111,10 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 	fmt.Fprintf(&sb, `<text x="%.0f" y="44" fill="#555">%s</text>`+"\n", L, html.EscapeString(fmt.Sprintf(
 		"operations per second, averaged over %d ms; time from the switchover (source stops)", width*int(Bucket.Milliseconds()))))
 	// Axes and grid.
-	for _, yt := range ticks(0, ytop) {
-		y := py(yt * unit)
+	for yt := lo; yt <= hi*1.001; yt *= 10 {
+		y := py(yt)
 		fmt.Fprintf(&sb, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e5e5e5"/>`+"\n", L, y, W-R, y)
-		fmt.Fprintf(&sb, `<text x="%.1f" y="%.1f" text-anchor="end">%s</text>`+"\n", L-6, y+4, trimFloat(yt))
+		fmt.Fprintf(&sb, `<text x="%.1f" y="%.1f" text-anchor="end">%s</text>`+"\n", L-6, y+4, decade(yt))
 	}
 	for _, xt := range ticks(begin, end) {
 		x := px(xt)
@@ -116,14 +124,19 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 	fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="black"/>`+"\n", L, H-B, W-R, H-B)
 	fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="black"/>`+"\n", L, T, L, H-B)
 	fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f" text-anchor="middle">time since the switchover (s)</text>`+"\n", (L+W-R)/2, H-B+38)
-	fmt.Fprintf(&sb, `<text transform="translate(18 %.0f) rotate(-90)" text-anchor="middle">throughput (%s)</text>`+"\n", (T+H-B)/2, uname)
+	fmt.Fprintf(&sb, `<text transform="translate(18 %.0f) rotate(-90)" text-anchor="middle">throughput (operations/s, log scale)</text>`+"\n", (T+H-B)/2)
 	// Markers.
 	vline := func(x float64, color, label string, row int) {
 		if x < begin || x > end {
 			return
 		}
 		fmt.Fprintf(&sb, `<line x1="%.1f" y1="%.0f" x2="%.1f" y2="%.0f" stroke="%s" stroke-dasharray="5 4"/>`+"\n", px(x), T, px(x), H-B, color)
-		fmt.Fprintf(&sb, `<text x="%.1f" y="%.0f" fill="%s">%s</text>`+"\n", px(x)+4, T+14+16*float64(row), color, html.EscapeString(label))
+		// Labels right of their line, or left of it in the right half.
+		tx, anchor := px(x)+4, "start"
+		if px(x) > (L+W-R)/2 {
+			tx, anchor = px(x)-4, "end"
+		}
+		fmt.Fprintf(&sb, `<text x="%.1f" y="%.0f" fill="%s" text-anchor="%s">%s</text>`+"\n", tx, T+14+16*float64(row), color, anchor, html.EscapeString(label))
 	}
 	vline(0, "black", "switchover", 0)
 	if p != nil {
@@ -131,7 +144,7 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 		if p.PreRate > 0 {
 			y := py(0.9 * p.PreRate)
 			fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#888" stroke-dasharray="2 3"/>`+"\n", L, y, W-R, y)
-			fmt.Fprintf(&sb, `<text x="%.0f" y="%.1f" fill="#666" text-anchor="end">90 %% of the post-copy source rate</text>`+"\n", W-R-4, y-4)
+			fmt.Fprintf(&sb, `<text x="%.0f" y="%.1f" fill="#666" text-anchor="middle">90 %% of the post-copy source rate</text>`+"\n", (L+W-R)/2, y-4)
 		}
 	}
 	if c != nil {
@@ -166,6 +179,19 @@ func stopDowntime(c *Migration) float64 {
 		return 0
 	}
 	return c.DowntimeMS
+}
+
+// decade labels a power of ten: 100, 1k, 10k, 1M.
+func decade(v float64) string {
+	switch {
+	case v >= 1e9:
+		return trimFloat(v/1e9) + "G"
+	case v >= 1e6:
+		return trimFloat(v/1e6) + "M"
+	case v >= 1e3:
+		return trimFloat(v/1e3) + "k"
+	}
+	return trimFloat(v)
 }
 
 // niceCeil rounds v up to 1, 2, 2.5 or 5 times a power of ten.

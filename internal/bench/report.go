@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -99,6 +100,24 @@ type Machine struct {
 	Kernel    string `json:"kernel"`
 	GoVersion string `json:"go_version"`
 	Hostname  string `json:"hostname"`
+	// LoadAvg is the 1-minute load average when the invocation started and
+	// when it ended (other jobs on the machine take CPU from the processes
+	// of a migration).
+	LoadAvg [2]float64 `json:"load_avg"`
+}
+
+// LoadAvg1 reads the 1-minute load average (0 if unknown).
+func LoadAvg1() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }
 
 // Setup is the configuration of an invocation.
@@ -114,6 +133,7 @@ type Setup struct {
 	WarmupS   float64 `json:"warmup_s"`
 	PostS     float64 `json:"post_s"`
 	Date      string  `json:"date"`
+	ElapsedS  float64 `json:"elapsed_s"` // how long the invocation took
 }
 
 // Report is the JSON document of an invocation. Its first keys are the

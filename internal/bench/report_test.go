@@ -54,7 +54,7 @@ func TestWriteSVG(t *testing.T) {
 	if polylines != 2 {
 		t.Errorf("%d polylines, want 2 (post-copy and stop-and-copy)", polylines)
 	}
-	for _, want := range []string{"switchover", "post-copy", "stop-and-copy", "time since the switchover (s)", "throughput (million ops/s)"} {
+	for _, want := range []string{"switchover", "post-copy", "stop-and-copy", "time since the switchover (s)", "throughput (operations/s, log scale)"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("SVG lacks %q", want)
 		}
