@@ -1,0 +1,84 @@
+package reliability
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// The link between source and destination goes down mid-migration (the
+// destination's veth is set down, in a pair of network namespaces) and comes
+// back. pageserver runs in one namespace, pagefetcher and the workload in
+// the other. Bulk runs are in flight (prefetch on, slowed to one 64 KiB run
+// at a time) and the workload faults while the link is down.
+//
+// short: the link is down 1.5 s, less than --request-timeout (15 s): TCP
+// retransmits, the connection survives, nothing is reconnected.
+//
+// past-request-timeout: with --request-timeout 1s the silence counts as a
+// broken link; the link stays down until pagefetcher has failed to reconnect
+// twice (no route), then comes back; the reconnect must succeed.
+func TestLinkCut(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		outage  time.Duration // short: fixed outage
+		retries int           // past-request-timeout: failed reconnects before the link comes back
+	}{
+		{name: "short", outage: 1500 * time.Millisecond},
+		{name: "past-request-timeout", args: []string{"--request-timeout", "1s"}, retries: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const pages = 16 << 8
+			e := newEnv(t, 16<<20, defaultImage)
+			e.netns = newNetns(t)
+			_, ready := e.startServer(net.JoinHostPort(srcIP, "0"), srcNS)
+			_, port, err := net.SplitHostPort(ready.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := strconv.Atoi(port); err != nil {
+				t.Fatalf("ready address %q", ready.Addr)
+			}
+			f, _ := e.startFetcher(net.JoinHostPort(srcIP, port), dstNS, append([]string{
+				"--bulk-window", "1", "--bulk-run-bytes", "65536", "--log-level", "debug"}, tc.args...)...)
+			w := e.startWorkload(workloadConfig{Regions: "4k:0x0:16M", PauseAt: 256, Threads: 2}, dstNS)
+
+			e.netns.setLink(t, false)
+			cutAt := time.Now()
+			resume(t, w)
+			waitBlockedInFault(t, w, eventTimeout)
+			if tc.retries > 0 {
+				if err := f.waitLog("link to the source broke", 1, eventTimeout); err != nil {
+					t.Fatal(err)
+				}
+				if err := f.waitLog("reconnect failed", tc.retries, eventTimeout); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				// The fault itself: the link stays down this long.
+				time.Sleep(tc.outage - time.Since(cutAt))
+			}
+			e.netns.setLink(t, true)
+			down := time.Since(cutAt)
+
+			res := checkVerified(t, w)
+			sum := checkCompleted(t, f, pages)
+			if tc.retries > 0 && sum.Reconnects < 1 {
+				t.Errorf("summary: %d reconnects, want at least 1", sum.Reconnects)
+			}
+			if sum.Pages.Bulk == 0 {
+				t.Errorf("summary: no bulk pages")
+			}
+			if res.maxRead() < down/2 {
+				t.Errorf("the longest page read took %v, the link was down %v: the workload never waited for it", res.maxRead(), down)
+			}
+			t.Logf("link down %v; workload's longest read %v; %d reconnects; fault latency max %.0f µs",
+				down.Round(time.Millisecond), res.maxRead(), sum.Reconnects, sum.FaultLatencyUS.Max)
+			record(t, fmt.Sprintf("link cut (veth down) for %s, %s", ms(down), tc.name),
+				fmt.Sprintf("completed (exit 0), %d reconnect(s)", sum.Reconnects), ms(res.maxRead()), fmt.Sprint(res.Mismatches))
+		})
+	}
+}
