@@ -28,7 +28,9 @@ func TestTLSRefusals(t *testing.T) {
 	tlsServer := func(cert, key string) []string { return []string{"--tls-cert", cert, "--tls-key", key} }
 	mutual := append(tlsServer(srvCert, srvKey), "--tls-client-ca", good.File)
 	trust := []string{"--tls-ca", good.File}
-	withCert := func(cert, key string) []string { return append(trust[:1:1], good.File, "--tls-cert", cert, "--tls-key", key) }
+	withCert := func(cert, key string) []string {
+		return append(trust[:1:1], good.File, "--tls-cert", cert, "--tls-key", key)
+	}
 
 	t.Run("control-mutual-tls", func(t *testing.T) {
 		e := newEnv(t, 2<<20, defaultImage)
