@@ -3,6 +3,7 @@ package fetcher
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -34,21 +35,17 @@ func (f *Fetcher) faultLoop() error {
 	evs := make([]uffd.Event, 256)
 	faults := make([]faultRef, 0, len(evs))
 	for !f.stopping.Load() {
-		wk, err := f.poller.Wait(-1)
-		if err != nil {
-			return fmt.Errorf("fetcher: waiting for faults: %w", err)
-		}
-		if f.stopping.Load() {
-			return nil
-		}
-		if !wk.Readable && !wk.Hangup {
-			continue
-		}
-		for {
-			faults = faults[:0]
+		var n int
+		var err error
+		var now time.Time
+		faults = faults[:0]
+		// The wait parks in the runtime's poller (see uffd.RuntimePoller):
+		// a blocking poll(2) here would hold a processor that the network
+		// goroutines bringing pages need.
+		werr := f.poller.Read(func() bool {
 			f.evMu.Lock()
-			n, err := f.reader.Read(evs)
-			now := time.Now()
+			n, err = f.reader.Read(evs)
+			now = time.Now()
 			var syscallErr *uffd.Error
 			if err != nil && !errors.As(err, &syscallErr) {
 				// Read returns the events it decoded with the first
@@ -64,24 +61,32 @@ func (f *Fetcher) faultLoop() error {
 					break
 				}
 			}
-			f.evGen.Add(1)
+			if n > 0 {
+				f.evGen.Add(1)
+			}
 			f.evMu.Unlock()
+			return n > 0 || err != nil
+		})
+		if n > 0 {
 			f.genCond.L.Lock()
 			f.genCond.Broadcast()
 			f.genCond.L.Unlock()
-			if err != nil {
-				if errors.Is(err, uffd.ErrProcessGone) {
-					return ErrVMMGone
-				}
-				return fmt.Errorf("fetcher: reading events: %w", err)
+		}
+		if werr != nil {
+			if errors.Is(werr, uffd.ErrInterrupted) || f.stopping.Load() {
+				return nil
 			}
-			for _, ft := range faults {
-				if err := f.fault(ft, now); err != nil {
-					return err
-				}
+			return fmt.Errorf("fetcher: waiting for faults: %w", werr)
+		}
+		if err != nil {
+			if errors.Is(err, uffd.ErrProcessGone) {
+				return ErrVMMGone
 			}
-			if n < len(evs) {
-				break
+			return fmt.Errorf("fetcher: reading events: %w", err)
+		}
+		for _, ft := range faults {
+			if err := f.fault(ft, now); err != nil {
+				return err
 			}
 		}
 	}
@@ -287,51 +292,39 @@ func closeFD(fd int) {
 	}
 }
 
-// watchVMM ends the migration with ErrVMMGone when process pid exits. It
-// waits in poll(2) on a pidfd and an eventfd that stop() signals.
+// watchVMM ends the migration with ErrVMMGone when process pid exits. The
+// pidfd becomes readable at the exit; the wait parks in the runtime poller.
 func (f *Fetcher) watchVMM(pid int) (stop func(), err error) {
-	pfd, err := unix.PidfdOpen(pid, 0)
+	pfd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if err != nil {
 		if errors.Is(err, unix.ESRCH) {
 			return nil, ErrVMMGone
 		}
 		return nil, fmt.Errorf("fetcher: watching VMM pid %d: %w", pid, err)
 	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	file := os.NewFile(uintptr(pfd), "pidfd")
+	rc, err := file.SyscallConn()
 	if err != nil {
-		unix.Close(pfd)
-		return nil, fmt.Errorf("fetcher: eventfd: %w", err)
+		file.Close()
+		return nil, fmt.Errorf("fetcher: watching VMM pid %d: %w", pid, err)
 	}
 	exited := make(chan struct{})
 	go func() {
 		defer close(exited)
-		defer unix.Close(pfd)
-		fds := []unix.PollFd{{Fd: int32(pfd), Events: unix.POLLIN}, {Fd: int32(efd), Events: unix.POLLIN}}
-		for {
-			_, err := unix.Poll(fds, -1)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				f.fail(fmt.Errorf("fetcher: watching VMM: %w", err))
-				return
-			}
-			if fds[1].Revents != 0 {
-				return
-			}
-			if fds[0].Revents != 0 {
-				if !f.finished() {
-					f.log.Error("VMM exited before the migration finished", "pid", pid)
-					f.fail(ErrVMMGone)
-				}
-				return
-			}
+		err := rc.Read(func(fd uintptr) bool {
+			// A pidfd is readable once the process has exited.
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			n, _ := unix.Poll(fds, 0)
+			return n > 0
+		})
+		if err == nil && !f.finished() {
+			f.log.Error("VMM exited before the migration finished", "pid", pid)
+			f.fail(ErrVMMGone)
 		}
 	}()
 	return func() {
-		var one = [8]byte{1}
-		_, _ = unix.Write(efd, one[:])
+		file.SetReadDeadline(time.Unix(1, 0))
 		<-exited
-		unix.Close(efd)
+		file.Close()
 	}, nil
 }

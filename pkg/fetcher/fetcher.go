@@ -137,7 +137,7 @@ type Fetcher struct {
 	genMu   sync.Mutex
 	genCond *sync.Cond
 
-	poller *uffd.Poller
+	poller *uffd.RuntimePoller
 	reader *uffd.Reader
 
 	policyMu sync.Mutex
@@ -379,7 +379,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,
 		"pages", f.layout.totalPages(), "regions", len(f.layout.regions))
 
-	if f.poller, err = uffd.NewPoller(f.fd); err != nil {
+	if f.poller, err = uffd.NewRuntimePoller(f.fd); err != nil {
 		return f.summary(), fmt.Errorf("fetcher: %w", err)
 	}
 	defer f.poller.Close()

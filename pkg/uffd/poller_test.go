@@ -5,8 +5,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/internal/testutil"
 )
 
 func newPoller(t *testing.T, f *FD) *Poller {
@@ -171,5 +174,69 @@ func TestPollMillis(t *testing.T) {
 		if got := pollMillis(c.d); got != c.want {
 			t.Errorf("pollMillis(%v) = %d, want %d", c.d, got, c.want)
 		}
+	}
+}
+
+// The runtime poller wakes a Read when an event arrives and after Interrupt.
+func TestRuntimePoller(t *testing.T) {
+	f, err := Open(OpenOptions{NonBlock: true})
+	if err != nil {
+		testutil.SkipOrFail(t, "userfaultfd: %v", err)
+	}
+	defer f.Close()
+	if _, err := f.API(FeatureEventRemove); err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewRuntimePoller(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	mem, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	start := uint64(uintptr(unsafe.Pointer(&mem[0])))
+	mem[0] = 1 // populate, so that MADV_DONTNEED has something to remove
+	if _, err := f.Register(start, 4096, RegisterMissing); err != nil {
+		t.Fatal(err)
+	}
+	// madvise blocks until the REMOVE event is read: do it from another
+	// goroutine while this one waits in the runtime poller.
+	advised := make(chan error, 1)
+	go func() { advised <- unix.Madvise(mem, unix.MADV_DONTNEED) }()
+	r := NewReader(f, 8)
+	evs := make([]Event, 8)
+	var got []Event
+	if err := p.Read(func() bool {
+		n, _ := r.Read(evs)
+		got = append(got, evs[:n]...)
+		return n > 0
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Kind != EventRemove || got[0].Remove.Start != start {
+		t.Fatalf("events %v, want one REMOVE at %#x", got, start)
+	}
+	if err := <-advised; err != nil {
+		t.Fatal(err)
+	}
+	// Nothing pending now: Read parks until Interrupt.
+	done := make(chan error, 1)
+	go func() { done <- p.Read(func() bool { n, _ := r.Read(evs); return n > 0 }) }()
+	if err := p.Interrupt(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, ErrInterrupted) {
+		t.Fatalf("Read after Interrupt = %v, want ErrInterrupted", err)
+	}
+	blocking, err := Open(OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocking.Close()
+	if _, err := NewRuntimePoller(blocking); err == nil {
+		t.Fatal("NewRuntimePoller accepted a blocking userfaultfd")
 	}
 }
