@@ -317,17 +317,18 @@ func (f *Fetcher) bulkRecv(c *conn) error {
 			return err
 		}
 		c.mu.Lock()
-		br, ok := c.inflight[resp.ID]
+		id := resp.ID // resp returns to a pool at Release
+		br, ok := c.inflight[id]
 		c.mu.Unlock()
 		if !ok {
 			resp.Release()
-			return fmt.Errorf("fetcher: bulk answer %d was never asked for", resp.ID)
+			return fmt.Errorf("fetcher: bulk answer %d was never asked for", id)
 		}
 		if err := resp.Verify(); err != nil {
 			f.crcErrors.Add(1)
 			f.log.Warn("bulk answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
 			resp.Release()
-			f.finishBulk(c, resp.ID, &br.run)
+			f.finishBulk(c, id, &br.run)
 			continue
 		}
 		err = f.placeResponse(resp, false)
@@ -336,7 +337,7 @@ func (f *Fetcher) bulkRecv(c *conn) error {
 			f.fail(err)
 			return err
 		}
-		f.finishBulk(c, resp.ID, nil)
+		f.finishBulk(c, id, nil)
 	}
 }
 
