@@ -11,6 +11,7 @@ package transport
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -22,7 +23,10 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -130,7 +134,36 @@ func acceptLoop(l net.Listener, serve func(net.Conn)) {
 // benchEnv is the helper process shared by every benchmark of a run.
 type benchEnv struct {
 	grpcAddr, bwAddr, rttAddr string
+	pid                       int // the helper's
 	err                       error
+}
+
+// cpuTime returns the CPU time (user + system) used so far by this process
+// and by the helper process.
+func (e *benchEnv) cpuTime() (self, helper time.Duration) {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", e.pid)); err == nil {
+		// Fields after the command (which may hold spaces) start after ')'.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) > 12 {
+			ut, _ := strconv.ParseInt(f[11], 10, 64)
+			st, _ := strconv.ParseInt(f[12], 10, 64)
+			helper = time.Duration(ut+st) * time.Second / 100 // USER_HZ
+		}
+	}
+	return self, helper
+}
+
+// reportCPU reports the CPU time both processes spent per operation since
+// start (from cpuTime): a measure of cost that the machine's other load
+// does not distort as much as wall-clock rates.
+func (e *benchEnv) reportCPU(b *testing.B, self0, helper0 time.Duration) {
+	self, helper := e.cpuTime()
+	b.ReportMetric(float64((self-self0).Microseconds())/float64(b.N), "client-cpu-µs/op")
+	b.ReportMetric(float64((helper-helper0).Microseconds())/float64(b.N), "server-cpu-µs/op")
 }
 
 var (
@@ -174,6 +207,7 @@ func startBenchServer(b *testing.B) *benchEnv {
 			bench.err = err
 			return
 		}
+		bench.pid = cmd.Process.Pid
 		if _, err := fmt.Fscan(bufio.NewReader(out), &bench.grpcAddr, &bench.bwAddr, &bench.rttAddr); err != nil {
 			bench.err = fmt.Errorf("bench server: %w", err)
 		}
@@ -277,9 +311,11 @@ func BenchmarkBulk(b *testing.B) {
 			sess := benchSession(b, env)
 			b.SetBytes(benchRun)
 			b.ResetTimer()
+			self0, helper0 := env.cpuTime()
 			if _, err := bulkFlat(sess, tc.base, b.N, nil); err != nil {
 				b.Fatal(err)
 			}
+			env.reportCPU(b, self0, helper0)
 		})
 	}
 }
@@ -296,6 +332,7 @@ func BenchmarkRawTCP(b *testing.B) {
 	buf := make([]byte, benchRun)
 	b.SetBytes(benchRun)
 	b.ResetTimer()
+	self0, helper0 := env.cpuTime()
 	var hdr [8]byte
 	binary.LittleEndian.PutUint64(hdr[:], uint64(b.N)*benchRun)
 	if _, err := c.Write(hdr[:]); err != nil {
@@ -306,6 +343,7 @@ func BenchmarkRawTCP(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	env.reportCPU(b, self0, helper0)
 }
 
 // reportRTT reports the median and 99th percentile of ds in µs.
@@ -321,7 +359,7 @@ func reportRTT(b *testing.B, ds []time.Duration) {
 
 // demandRTT times b.N one-page demand round trips (request, answer,
 // verify) at random pages of the data half.
-func demandRTT(b *testing.B, sess *Session) {
+func demandRTT(b *testing.B, sess *Session, env *benchEnv) {
 	l, err := sess.Demand(context.Background())
 	if err != nil {
 		b.Fatal(err)
@@ -331,6 +369,10 @@ func demandRTT(b *testing.B, sess *Session) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	ds := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
+	var self0, helper0 time.Duration
+	if env != nil {
+		self0, helper0 = env.cpuTime()
+	}
 	for i := 0; i < b.N; i++ {
 		off := uint64(rng.IntN(benchDataSize/PageSize4K)) * PageSize4K
 		start := time.Now()
@@ -342,6 +384,9 @@ func demandRTT(b *testing.B, sess *Session) {
 		r.Release()
 	}
 	b.StopTimer()
+	if env != nil {
+		env.reportCPU(b, self0, helper0)
+	}
 	reportRTT(b, ds)
 }
 
@@ -349,7 +394,7 @@ func demandRTT(b *testing.B, sess *Session) {
 func BenchmarkDemandRTT(b *testing.B) {
 	env := startBenchServer(b)
 	sess := benchSession(b, env)
-	demandRTT(b, sess)
+	demandRTT(b, sess, env)
 }
 
 // BenchmarkDemandRTTUnderBulk: one page on demand while a bulk lane of the
@@ -367,7 +412,7 @@ func BenchmarkDemandRTTUnderBulk(b *testing.B) {
 		}
 		done <- n
 	}()
-	demandRTT(b, sess)
+	demandRTT(b, sess, nil) // the CPU time would be the bulk lane's
 	close(stop)
 	bytes := <-done
 	b.ReportMetric(float64(bytes)/time.Since(start).Seconds()/1e6, "bulk-MB/s")
@@ -386,6 +431,7 @@ func BenchmarkRawTCPRTT(b *testing.B) {
 	page := make([]byte, PageSize4K)
 	ds := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
+	self0, helper0 := env.cpuTime()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
 		if _, err := c.Write(req[:]); err != nil {
@@ -397,5 +443,6 @@ func BenchmarkRawTCPRTT(b *testing.B) {
 		ds = append(ds, time.Since(start))
 	}
 	b.StopTimer()
+	env.reportCPU(b, self0, helper0)
 	reportRTT(b, ds)
 }
