@@ -35,9 +35,9 @@ func TestDrainOnSIGTERM(t *testing.T) {
 	resume(t, w)
 	res := checkVerified(t, w)
 	// Every page is resident and the memory unregistered: no read waits
-	// for anyone (100 ms is far above a resident read, far below a fault
-	// nobody would ever answer).
-	if res.maxRead() > 100*time.Millisecond {
+	// for anyone (a fault now would never be answered; 500 ms is far above
+	// a resident read, even on a loaded machine).
+	if res.maxRead() > 500*time.Millisecond {
 		t.Errorf("after the drain a page read took %v", res.maxRead())
 	}
 	record(t, "SIGTERM to pagefetcher mid-migration (prefetch off, workload idle)",

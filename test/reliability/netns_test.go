@@ -84,6 +84,18 @@ func newNetns(t *testing.T) *netnsPair {
 	return p
 }
 
+// shape limits what the source sends to rate (tc tbf on its veth), so that
+// a migration lasts long enough, whatever the speed of the binaries, for a
+// fault to land in the middle of it.
+func (p *netnsPair) shape(t *testing.T, rate string) {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", p.src, "tc", "qdisc", "add", "dev", p.srcIf, "root",
+		"tbf", "rate", rate, "burst", "64kb", "latency", "50ms").CombinedOutput()
+	if err != nil {
+		testutil.SkipOrFail(t, "tc tbf on %s: %v: %s", p.srcIf, err, out)
+	}
+}
+
 // setLink sets the destination's veth up or down.
 func (p *netnsPair) setLink(t *testing.T, up bool) {
 	t.Helper()
