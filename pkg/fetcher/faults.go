@@ -68,9 +68,7 @@ func (f *Fetcher) faultLoop() error {
 			return n > 0 || err != nil
 		})
 		if n > 0 {
-			f.genCond.L.Lock()
-			f.genCond.Broadcast()
-			f.genCond.L.Unlock()
+			f.eventsRead()
 		}
 		if werr != nil {
 			if errors.Is(werr, uffd.ErrInterrupted) || f.stopping.Load() {

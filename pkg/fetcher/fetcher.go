@@ -132,10 +132,11 @@ type Fetcher struct {
 	// evMu is the event lock (see the package doc): copies hold it for
 	// reading, the fault loop holds it for writing while it reads events
 	// and records their effects.
-	evMu    sync.RWMutex
-	evGen   atomic.Uint64
-	genMu   sync.Mutex
-	genCond *sync.Cond
+	evMu   sync.RWMutex
+	evGen  atomic.Uint64
+	genMu  sync.Mutex
+	genCh  chan struct{} // closed (and replaced) whenever events were read
+	stopCh chan struct{} // closed when Run stops its loops
 
 	poller *uffd.RuntimePoller
 	reader *uffd.Reader
@@ -238,7 +239,8 @@ func New(cfg Config) (*Fetcher, error) {
 		done:        make(chan struct{}),
 		failCh:      make(chan struct{}),
 	}
-	f.genCond = sync.NewCond(&f.genMu)
+	f.genCh = make(chan struct{})
+	f.stopCh = make(chan struct{})
 	for _, r := range l.regions {
 		if r.PageSize > uffd.PageSize() && r.PageSize > uint64(len(f.zeroBuf)) {
 			f.zeroBuf = make([]byte, r.PageSize)
@@ -419,9 +421,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	f.stopping.Store(true)
 	_ = f.poller.Interrupt()
 	cancel()
-	f.genCond.L.Lock()
-	f.genCond.Broadcast()
-	f.genCond.L.Unlock()
+	close(f.stopCh)
 	wg.Wait()
 
 	if runErr != nil {

@@ -63,6 +63,7 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 	if dontWake {
 		chunk = max(1, uint64(maxBulkCopy)>>r.shift)
 	}
+	backoff := 20 * time.Microsecond
 	for n > 0 {
 		f.evMu.RLock()
 		gen := f.evGen.Load()
@@ -122,9 +123,10 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 		case errors.Is(err, uffd.ErrAgain):
 			// The address space is changing: an event is pending. Wait
 			// for the fault loop to read it, then look again.
-			if !f.waitEvents(gen) {
+			if !f.waitEvents(gen, backoff) {
 				return nil
 			}
+			backoff = min(2*backoff, 5*time.Millisecond)
 		case errors.Is(err, uffd.ErrProcessGone):
 			return ErrVMMGone
 		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
@@ -237,13 +239,35 @@ func (f *Fetcher) markUnmapped(r *region, p, n uint64) {
 	}
 }
 
-// waitEvents waits until the fault loop has read events after generation
-// gen; false if the fetcher is stopping.
-func (f *Fetcher) waitEvents(gen uint64) bool {
-	f.genCond.L.Lock()
-	defer f.genCond.L.Unlock()
-	for f.evGen.Load() <= gen && !f.stopping.Load() {
-		f.genCond.Wait()
+// eventsRead tells copies waiting after EAGAIN that the fault loop has read
+// events.
+func (f *Fetcher) eventsRead() {
+	f.genMu.Lock()
+	close(f.genCh)
+	f.genCh = make(chan struct{})
+	f.genMu.Unlock()
+}
+
+// waitEvents is what a copy does after EAGAIN: the address space is
+// changing, an event is pending. It waits until the fault loop has read
+// events after generation gen, or for backoff at most: the kernel lets copies
+// fail a little longer than the event stays unread (the VMM's thread lifts
+// the flag once it runs again after the read), so a copy that already saw
+// the read must try again later rather than wait for another event. Returns
+// false if the fetcher is stopping.
+func (f *Fetcher) waitEvents(gen uint64, backoff time.Duration) bool {
+	f.genMu.Lock()
+	ch := f.genCh
+	f.genMu.Unlock()
+	if f.evGen.Load() > gen {
+		return !f.stopping.Load()
+	}
+	t := time.NewTimer(backoff)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	case <-f.stopCh:
 	}
 	return !f.stopping.Load()
 }
