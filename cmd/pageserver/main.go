@@ -202,6 +202,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pageserver: %v\n", err)
 		return cli.ExitUsage
 	}
+	// Demand answers must not wait for the network poller behind bulk
+	// work, even on one CPU (see cli.MinProcs).
+	procs := cli.EnsureProcs(cli.MinProcs)
+	log.Debug("runtime", "gomaxprocs", procs)
 	code, err := serve(cfg, log, sigs, stdout)
 	if err != nil {
 		fmt.Fprintf(stderr, "pageserver: %v\n", err)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -207,5 +208,23 @@ func TestUsageError(t *testing.T) {
 	}
 	if s := (&UsageError{Flag: "source", Reason: "required"}).Error(); s != "--source: required" {
 		t.Fatal(s)
+	}
+}
+
+func TestEnsureProcs(t *testing.T) {
+	prev := runtime.GOMAXPROCS(1)
+	defer runtime.GOMAXPROCS(prev)
+	t.Setenv("GOMAXPROCS", "") // restored after the test
+	os.Unsetenv("GOMAXPROCS")
+	if got := EnsureProcs(3); got != 3 || runtime.GOMAXPROCS(0) != 3 {
+		t.Fatalf("EnsureProcs(3) = %d, GOMAXPROCS %d", got, runtime.GOMAXPROCS(0))
+	}
+	if got := EnsureProcs(2); got != 3 {
+		t.Fatalf("EnsureProcs(2) lowered GOMAXPROCS to %d", got)
+	}
+	runtime.GOMAXPROCS(1)
+	t.Setenv("GOMAXPROCS", "1")
+	if got := EnsureProcs(4); got != 1 || runtime.GOMAXPROCS(0) != 1 {
+		t.Fatalf("EnsureProcs overrode an explicit GOMAXPROCS: %d", got)
 	}
 }

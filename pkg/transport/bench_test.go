@@ -7,7 +7,9 @@ package transport
 //
 //	taskset -c 0 go test -run '^$' -bench . ./pkg/transport
 //
-// (the helper inherits the affinity).
+// (the helper inherits the affinity). Both processes run with at least
+// cli.MinProcs Ps, as the binaries do (TestMain); GOMAXPROCS=1 shows what
+// one P costs the demand lane under bulk load.
 
 import (
 	"bufio"

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/cli/clitest"
 	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/pkg/image"
@@ -191,6 +192,9 @@ func TestRetryable(t *testing.T) {
 const helperEnv = "POSTCOPY_TRANSPORT_HELPER"
 
 func TestMain(m *testing.M) {
+	// Run like the binaries (and the helper server below) do: at least
+	// cli.MinProcs Ps, unless GOMAXPROCS is set.
+	cli.EnsureProcs(cli.MinProcs)
 	switch os.Getenv(helperEnv) {
 	case "":
 		code := m.Run()

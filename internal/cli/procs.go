@@ -1,0 +1,29 @@
+package cli
+
+import (
+	"os"
+	"runtime"
+)
+
+// MinProcs is the GOMAXPROCS the binaries run with at least.
+//
+// With one P (GOMAXPROCS=1, which Go picks when the process is confined to
+// one CPU, e.g. by taskset or a cgroup), a goroutine that always has work —
+// a bulk stream reading from its socket — keeps the P busy, and the network
+// poller, which only runs when a P idles or from sysmon every 10 ms, notices
+// a demand answer late. Measured with pkg/transport's
+// BenchmarkDemandRTTUnderBulk, both processes on one vCPU: demand round trip
+// p50 1.5–4 ms with GOMAXPROCS=1 on both sides, 105–150 µs with 4. Extra Ps
+// let an idle P block in the poller and the kernel wake its thread at once.
+const MinProcs = 4
+
+// EnsureProcs raises GOMAXPROCS to at least min unless the GOMAXPROCS
+// environment variable sets it explicitly. It returns the value in effect.
+func EnsureProcs(min int) int {
+	cur := runtime.GOMAXPROCS(0)
+	if _, set := os.LookupEnv("GOMAXPROCS"); set || cur >= min {
+		return cur
+	}
+	runtime.GOMAXPROCS(min)
+	return min
+}
