@@ -193,7 +193,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 	// Reach the server and check the token before any VMM hands over.
 	client, err := dial(ctx)
 	if err != nil {
-		return fatal(exitUnreachable, "server %s unreachable: %v", c.server, err)
+		return fatal(exitUnreachable, "server %s unreachable: %v%s", c.server, err, tlsHint(c, err))
 	}
 	info, err := client.Hello(ctx)
 	if err != nil {
@@ -201,7 +201,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		if errors.Is(err, transport.ErrUnauthenticated) {
 			return fatal(exitAuth, "server %s refused the token: %v", c.server, err)
 		}
-		return fatal(exitUnreachable, "server %s: %v", c.server, err)
+		return fatal(exitUnreachable, "server %s: %v%s", c.server, err, tlsHint(c, err))
 	}
 	log.Info("server reached", "server", c.server, "image", info.Description, "size", info.Size)
 
@@ -393,4 +393,17 @@ func isTTY(w io.Writer) bool {
 	}
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
+}
+
+// tlsHint explains a connection the server closed during or right after the
+// TLS handshake: with TLS 1.3 a refused client certificate often reaches
+// the client only as a broken pipe or a reset.
+func tlsHint(c *config, err error) string {
+	if c.tlsCA == "" || strings.Contains(strings.ToLower(err.Error()), "tls") {
+		return ""
+	}
+	if c.tlsCert != "" {
+		return " (TLS: the server closed the connection — it may have refused the client certificate --tls-cert)"
+	}
+	return " (TLS: the server closed the connection — it may require a client certificate, --tls-cert/--tls-key)"
 }

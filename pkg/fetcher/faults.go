@@ -168,7 +168,7 @@ func (f *Fetcher) fault(ft faultRef, now time.Time) error {
 	old := r.state.or(p, stWaiting|stDemand)
 	if old&stPresent != 0 {
 		f.resolveWaiters(r, p, time.Now())
-		return f.wake(ft.addr, r.PageSize)
+		return f.zeroFill(ft)
 	}
 	if old&stRemoved != 0 {
 		f.dropWaiters(r, p)

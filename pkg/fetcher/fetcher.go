@@ -239,6 +239,7 @@ func New(cfg Config) (*Fetcher, error) {
 		done:        make(chan struct{}),
 		failCh:      make(chan struct{}),
 	}
+	f.start = time.Now() // set before Run, so that Progress may read it meanwhile
 	f.genCh = make(chan struct{})
 	f.stopCh = make(chan struct{})
 	for _, r := range l.regions {
@@ -363,7 +364,6 @@ func (f *Fetcher) resolved(how arrival, n uint64) {
 // to the server and returns the summary. The summary is returned (partial)
 // with an error too.
 func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
-	f.start = time.Now()
 	if f.cfg.HandoffAt.IsZero() {
 		f.cfg.HandoffAt = f.start
 	}

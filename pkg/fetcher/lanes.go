@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -26,6 +27,11 @@ type conn struct {
 
 	mu       sync.Mutex
 	inflight map[uint64]bulkRun // request id -> run on the bulk lane
+
+	// lastDemand and lastBulk are when each lane last brought an answer
+	// (or started): the watchdog judges progress, not a request's age,
+	// since bulk runs wait behind each other on a slow link.
+	lastDemand, lastBulk atomic.Int64
 }
 
 type bulkRun struct {
@@ -33,7 +39,7 @@ type bulkRun struct {
 	sentAt time.Time
 }
 
-var errStalled = errors.New("a request got no answer in time")
+var errStalled = errors.New("link stalled")
 
 // open opens a session for the layout on client.
 func (f *Fetcher) open(ctx context.Context, client *transport.Client, expect uint64) (*transport.Session, error) {
@@ -88,6 +94,9 @@ func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, sess *
 func (f *Fetcher) startConn(ctx context.Context, client *transport.Client, sess *transport.Session) (*conn, error) {
 	cctx, cancel := context.WithCancelCause(ctx)
 	c := &conn{client: client, sess: sess, ctx: cctx, cancel: cancel, inflight: make(map[uint64]bulkRun)}
+	now := time.Now().UnixNano()
+	c.lastDemand.Store(now)
+	c.lastBulk.Store(now)
 	var err error
 	if c.demand, err = sess.Demand(cctx); err != nil {
 		cancel(err)
@@ -249,6 +258,7 @@ func (f *Fetcher) demandRecv(c *conn) error {
 		if err != nil {
 			return err
 		}
+		c.lastDemand.Store(time.Now().UnixNano())
 		if err := resp.Verify(); err != nil {
 			f.crcErrors.Add(1)
 			f.log.Warn("demand answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
@@ -316,6 +326,7 @@ func (f *Fetcher) bulkRecv(c *conn) error {
 		if err != nil {
 			return err
 		}
+		c.lastBulk.Store(time.Now().UnixNano())
 		c.mu.Lock()
 		id := resp.ID // resp returns to a pool at Release
 		br, ok := c.inflight[id]
@@ -354,8 +365,10 @@ func (f *Fetcher) finishBulk(c *conn, id uint64, requeue *prefetch.Run) {
 	f.kickPolicy()
 }
 
-// watchdog ends the connection when a request has waited for its answer
-// longer than RequestTimeout: a stalled server counts as a broken link.
+// watchdog ends the connection when a lane has requests waiting and has
+// brought no answer for RequestTimeout: a stalled server or a dead link
+// counts as a broken link. A slow link is not a stall: answers keep coming,
+// however long each run waits behind the others.
 func (f *Fetcher) watchdog(c *conn) error {
 	period := max(f.cfg.RequestTimeout/4, 10*time.Millisecond)
 	t := time.NewTicker(period)
@@ -367,24 +380,28 @@ func (f *Fetcher) watchdog(c *conn) error {
 		case now := <-t.C:
 			limit := now.Add(-f.cfg.RequestTimeout)
 			f.demandMu.Lock()
-			var late bool
+			demandLate := false
 			for _, o := range f.outstanding {
 				if o.sentAt.Before(limit) {
-					late = true
+					demandLate = true
 					break
 				}
 			}
 			f.demandMu.Unlock()
 			c.mu.Lock()
+			bulkLate := false
 			for _, br := range c.inflight {
 				if br.sentAt.Before(limit) {
-					late = true
+					bulkLate = true
 					break
 				}
 			}
 			c.mu.Unlock()
-			if late {
-				return fmt.Errorf("%w (%v)", errStalled, f.cfg.RequestTimeout)
+			if demandLate && c.lastDemand.Load() < limit.UnixNano() {
+				return fmt.Errorf("%w: the demand lane brought nothing for %v", errStalled, f.cfg.RequestTimeout)
+			}
+			if bulkLate && c.lastBulk.Load() < limit.UnixNano() {
+				return fmt.Errorf("%w: the bulk lane brought nothing for %v", errStalled, f.cfg.RequestTimeout)
 			}
 		}
 	}

@@ -17,7 +17,9 @@ import (
 // ListenOptions tunes Listen.
 type ListenOptions struct {
 	// AllowUID is the uid a peer must have (SO_PEERCRED); -1 allows any
-	// peer. The zero value allows root only.
+	// peer. The zero value allows root only. A uid other than root and
+	// our own also becomes the socket file's owner, so that that peer (a
+	// jailed VMM) can connect to the 0600 socket.
 	AllowUID int
 	// Timeout bounds each handshake after a connection is accepted;
 	// DefaultTimeout if zero.
@@ -65,18 +67,23 @@ func Listen(path string, o ListenOptions) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("handshake: socket: %w", err)
 	}
-	l, err := listenFD(fd, path)
+	l, err := listenFD(fd, path, o)
 	if err != nil {
-		unix.Close(fd)
 		return nil, err
 	}
 	l.opts = o
 	return l, nil
 }
 
-// listenFD binds and listens on fd at path; on error the caller closes fd
-// and no socket file is left behind.
-func listenFD(fd int, path string) (*Listener, error) {
+// listenFD binds and listens on fd at path. It owns fd: on error fd is
+// closed and no socket file is left behind.
+func listenFD(fd int, path string, o ListenOptions) (l *Listener, err error) {
+	owned := true // fd is still ours to close
+	defer func() {
+		if err != nil && owned {
+			unix.Close(fd)
+		}
+	}()
 	if err := unix.Fchmod(fd, 0o600); err != nil {
 		return nil, fmt.Errorf("handshake: fchmod socket: %w", err)
 	}
@@ -91,6 +98,14 @@ func listenFD(fd int, path string) (*Listener, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || st.Mode&0o777 != 0o600 {
 		os.Remove(path)
 		return nil, fmt.Errorf("handshake: %s created with mode %#o, want a socket of mode 0600", path, st.Mode)
+	}
+	if o.AllowUID > 0 && o.AllowUID != os.Geteuid() {
+		// The one peer allowed must be able to connect: a 0600 socket
+		// that it owns (a jailed VMM runs as its own uid).
+		if err := unix.Lchown(path, o.AllowUID, -1); err != nil {
+			os.Remove(path)
+			return nil, fmt.Errorf("handshake: give %s to uid %d (--allow-uid): %w", path, o.AllowUID, err)
+		}
 	}
 	remove := func() {
 		// Remove the file only if it is still the one bound here.
@@ -107,6 +122,7 @@ func listenFD(fd int, path string) (*Listener, error) {
 	// finalizer to close the number again later, by then perhaps another
 	// descriptor (the VMM's userfaultfd).
 	f := os.NewFile(uintptr(fd), path)
+	owned = false
 	fl, err := net.FileListener(f) // dups fd
 	f.Close()
 	if err != nil {

@@ -671,3 +671,22 @@ func TestAcceptCancelled(t *testing.T) {
 	}
 	h.Close()
 }
+
+// With AllowUID set to another user, the socket file is that user's (still
+// 0600), so that a VMM jailed under that uid can connect.
+func TestListenAllowUIDOwnsSocket(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown to another uid needs root")
+	}
+	noLeaks(t)
+	path := filepath.Join(t.TempDir(), "uffd.sock")
+	l := mustListen(t, path, ListenOptions{AllowUID: 65534})
+	defer l.Close()
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Uid != 65534 || st.Mode&0o7777 != 0o600 {
+		t.Fatalf("socket owner %d mode %#o, want 65534 and 0600", st.Uid, st.Mode&0o7777)
+	}
+}
