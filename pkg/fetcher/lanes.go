@@ -39,7 +39,7 @@ type bulkRun struct {
 	sentAt time.Time
 }
 
-var errStalled = errors.New("link stalled")
+var errStalled = errors.New("link stalled: no answer in time")
 
 // open opens a session for the layout on client.
 func (f *Fetcher) open(ctx context.Context, client *transport.Client, expect uint64) (*transport.Session, error) {
