@@ -157,6 +157,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pagefetcher: --log-level: %v\n", err)
 		return exitUsage
 	}
+	// Demand answers must not wait for a processor behind bulk work, even
+	// on one CPU (see cli.MinProcs).
+	log.Debug("runtime", "gomaxprocs", cli.EnsureProcs(cli.MinProcs))
 	if err := serve(c, log, sigs, stdout, stderr); err != nil {
 		var fl *failure
 		if !errors.As(err, &fl) {
