@@ -53,16 +53,17 @@ const (
 
 // config is the validated command line.
 type config struct {
-	listen      string
-	source      string
-	tokenFile   string
-	tlsCert     string
-	tlsKey      string
-	tlsClientCA string
-	logLevel    string
-	logJSON     bool
-	metricsAddr string
-	maxSessions int
+	listen       string
+	source       string
+	tokenFile    string
+	tlsCert      string
+	demandSocket bool
+	tlsKey       string
+	tlsClientCA  string
+	logLevel     string
+	logJSON      bool
+	metricsAddr  string
+	maxSessions  int
 }
 
 // parseFlags parses and validates args. It returns flag.ErrHelp for
@@ -75,6 +76,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.listen, "listen", defaultListen, "`address` to serve on (host:port; loopback by default)")
 	fs.StringVar(&c.source, "source", "", "the image to serve: file:PATH (memory image or shared-memory file) or pid:PID (a stopped process)")
 	fs.StringVar(&c.tokenFile, "token-file", "", "`file` holding the shared token (default: the "+tokenEnv+" environment variable; neither: no token, warned)")
+	fs.BoolVar(&c.demandSocket, "demand-socket", true, "also serve the demand lane as a plain socket lane on the same port (plaintext only; clients fall back to gRPC without it)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate `file` (PEM); with --tls-key, serve TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key `file` (PEM)")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "CA `file` (PEM): require client certificates signed by it (mutual TLS)")
@@ -239,6 +241,7 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	defer img.Close()
 	srv, err := transport.NewServer(transport.ServerOptions{
 		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions,
+		DemandSocket: creds == nil && cfg.demandSocket,
 	})
 	if err != nil {
 		return cli.ExitFailure, err
@@ -274,7 +277,12 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	}
 
 	served := make(chan error, 1)
-	go func() { served <- g.Serve(lis) }()
+	glis := lis
+	if creds == nil && cfg.demandSocket {
+		// Plaintext: socket lanes share the port (see transport.SplitListener).
+		glis = srv.SplitListener(lis)
+	}
+	go func() { served <- g.Serve(glis) }()
 	log.Info("serving", "addr", lis.Addr().String(), "image", img.String(),
 		"generation", fmt.Sprintf("%016x", img.Generation()), "tls", creds != nil,
 		"mutual_tls", cfg.tlsClientCA != "", "token", len(token) > 0)

@@ -63,14 +63,16 @@ type ClientOptions struct {
 // bulk connection (large windows and buffers) — so that a remote fault
 // never queues behind bulk bytes in one TCP stream.
 type Client struct {
-	addr   string
-	token  string
-	name   string
-	log    hclog.Logger
-	demand *grpc.ClientConn
-	bulk   *grpc.ClientConn
-	dRPC   pb.PageServerClient
-	bRPC   pb.PageServerClient
+	addr    string
+	tls     bool
+	timeout time.Duration
+	token   string
+	name    string
+	log     hclog.Logger
+	demand  *grpc.ClientConn
+	bulk    *grpc.ClientConn
+	dRPC    pb.PageServerClient
+	bRPC    pb.PageServerClient
 }
 
 // tcpDialer dials TCP with Nagle off (Go's default, made explicit).
@@ -137,7 +139,7 @@ func Dial(ctx context.Context, addr string, o ClientOptions) (*Client, error) {
 		grpc.WithReadBufferSize(bulkBufferSize),
 	)
 	target := "passthrough:///" + addr
-	c := &Client{addr: addr, token: string(o.Token), name: o.Name, log: log}
+	c := &Client{addr: addr, tls: o.TLS != nil, timeout: timeout, token: string(o.Token), name: o.Name, log: log}
 	var err error
 	if c.demand, err = grpc.NewClient(target, demandOpts...); err != nil {
 		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
@@ -218,6 +220,8 @@ func (c *Client) Open(ctx context.Context, regions []Region, expectGeneration ui
 		c: c, id: r.GetSessionId(), img: imageInfo(r.GetImage()),
 		maxDemand: min(caps.GetMaxDemandBytes(), clientMaxRun),
 		maxBulk:   min(caps.GetMaxBulkBytes(), clientMaxRun),
+		// A socket lane is plaintext: over TLS, demand stays on gRPC.
+		demandSocket: caps.GetDemandSocket() && !c.tls,
 	}
 	if s.id == "" || !caps.GetCrc32C() {
 		return nil, fmt.Errorf("transport: open: server sent no session id or does not checksum: %w", ErrMalformed)
@@ -227,11 +231,12 @@ func (c *Client) Open(ctx context.Context, regions []Region, expectGeneration ui
 
 // Session is an open session: its regions were accepted by the server.
 type Session struct {
-	c         *Client
-	id        string
-	img       ImageInfo
-	maxDemand uint32
-	maxBulk   uint32
+	c            *Client
+	id           string
+	img          ImageInfo
+	maxDemand    uint32
+	maxBulk      uint32
+	demandSocket bool // the server serves socket lanes (Capabilities.demand_socket)
 }
 
 // ID returns the session id (also sent as SessionMetadataKey on streams).
@@ -255,7 +260,21 @@ func (s *Session) MaxBulkBytes() uint32 { return s.maxBulk }
 // (backoff from 100 ms up to 2 s), and new lanes of the same session carry
 // on. While the connection is down, opening a lane, Send and Recv fail fast
 // with a retryable error rather than wait.
+//
+// Where the server offers it (plaintext only), the demand lane is a socket
+// lane (see socketlane.go): same messages, no gRPC hand-offs. If opening one
+// fails, the lane falls back to the gRPC stream.
 func (s *Session) Demand(ctx context.Context) (*Lane, error) {
+	if s.demandSocket {
+		sl, err := openSocketLane(ctx, s.c.addr, s.id, s.c.timeout)
+		if err == nil {
+			return &Lane{sock: sl, kind: laneDemand}, nil
+		}
+		if errors.Is(err, ErrSessionNotFound) {
+			return nil, err
+		}
+		s.c.log.Debug("socket lane refused; demand stays on gRPC", "error", err)
+	}
 	return s.lane(ctx, laneDemand)
 }
 
@@ -318,6 +337,7 @@ type Request struct {
 // several goroutines; Recv from one.
 type Lane struct {
 	stream grpc.BidiStreamingClient[pb.PageRequest, pb.PageRun]
+	sock   *socketLane // instead of stream, for a socket lane
 	cancel context.CancelFunc
 	kind   lane
 	sendMu sync.Mutex
@@ -331,9 +351,14 @@ func (l *Lane) Send(r Request) error {
 		return io.EOF
 	}
 	l.sendMu.Lock()
-	err := l.stream.SendMsg(&r)
+	var err error
+	if l.sock != nil {
+		err = l.sock.send(r)
+	} else {
+		err = l.stream.SendMsg(&r)
+	}
 	l.sendMu.Unlock()
-	if err == io.EOF {
+	if err == io.EOF || err != nil && l.closed.Load() {
 		return io.EOF
 	}
 	return fromStatus(l.kind.String()+" send", err)
@@ -346,9 +371,15 @@ func (l *Lane) Send(r Request) error {
 // Response until it calls Release.
 func (l *Lane) Recv() (*Response, error) {
 	r := responsePool.Get().(*Response)
-	if err := l.stream.RecvMsg(r); err != nil {
+	var err error
+	if l.sock != nil {
+		err = l.sock.recv(r)
+	} else {
+		err = l.stream.RecvMsg(r)
+	}
+	if err != nil {
 		r.Release()
-		if l.closed.Load() && status.Code(err) == codes.Canceled {
+		if l.closed.Load() && (l.sock != nil || status.Code(err) == codes.Canceled) || err == io.EOF {
 			return nil, io.EOF
 		}
 		return nil, fromStatus(l.kind.String()+" recv", err)
@@ -365,6 +396,12 @@ func (l *Lane) Recv() (*Response, error) {
 func (l *Lane) CloseSend() error {
 	l.sendMu.Lock()
 	defer l.sendMu.Unlock()
+	if l.sock != nil {
+		if tc, ok := l.sock.conn.(*net.TCPConn); ok {
+			return tc.CloseWrite()
+		}
+		return nil
+	}
 	return fromStatus(l.kind.String()+" close", l.stream.CloseSend())
 }
 
@@ -372,6 +409,9 @@ func (l *Lane) CloseSend() error {
 // that a blocked Recv returns (io.EOF). Unanswered requests are dropped.
 func (l *Lane) Close() error {
 	l.closed.Store(true)
+	if l.sock != nil {
+		return l.sock.conn.Close()
+	}
 	l.sendMu.Lock()
 	err := l.stream.CloseSend()
 	l.sendMu.Unlock()

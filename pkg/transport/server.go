@@ -89,6 +89,9 @@ type ServerOptions struct {
 	// DemandWorkers bounds the demand requests of one stream read at once;
 	// 0: DefaultDemandWorkers.
 	DemandWorkers int
+	// DemandSocket advertises socket lanes (Capabilities.demand_socket):
+	// set it when serving plaintext through SplitListener.
+	DemandSocket bool
 }
 
 // Server is the source side of the protocol: it serves one image to many
@@ -106,6 +109,7 @@ type Server struct {
 	maxSessions int
 	idleTimeout time.Duration
 	workers     int
+	sockLane    bool
 	health      *health.Server
 
 	gate *demandGate
@@ -160,6 +164,7 @@ func NewServer(o ServerOptions) (*Server, error) {
 		maxSessions: o.MaxSessions,
 		idleTimeout: o.SessionIdleTimeout,
 		workers:     o.DemandWorkers,
+		sockLane:    o.DemandSocket,
 		gate:        newDemandGate(),
 		sessions:    make(map[string]*session),
 		health:      health.NewServer(),
@@ -294,6 +299,7 @@ func (s *Server) caps() *pb.Capabilities {
 		Crc32C:         true,
 		MaxRegions:     MaxRegions,
 		PageSizes:      []uint32{PageSize4K, PageSize2M},
+		DemandSocket:   s.sockLane,
 	}
 }
 

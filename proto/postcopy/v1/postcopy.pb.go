@@ -264,7 +264,18 @@ type Capabilities struct {
 	// max_regions is the largest number of regions Open accepts.
 	MaxRegions uint32 `protobuf:"varint,5,opt,name=max_regions,json=maxRegions,proto3" json:"max_regions,omitempty"`
 	// page_sizes are the page sizes a Region may declare (4096, 2097152).
-	PageSizes     []uint32 `protobuf:"varint,6,rep,packed,name=page_sizes,json=pageSizes,proto3" json:"page_sizes,omitempty"`
+	PageSizes []uint32 `protobuf:"varint,6,rep,packed,name=page_sizes,json=pageSizes,proto3" json:"page_sizes,omitempty"`
+	// demand_socket: the server also serves the Demand lane as a plain
+	// socket lane on the same port (plaintext servers only). A gRPC stream
+	// costs a remote fault several goroutine hand-offs on each side; the
+	// socket lane is read and answered by one goroutine per side. Framing:
+	// the client opens a TCP connection and sends the 8 bytes "PCDEMND1",
+	// a little-endian uint16 length and the session id; the server answers
+	// one byte, 0 (accepted) or 1 followed by a uint16 length and a message
+	// (refused, then closes). Then each request is a little-endian uint32
+	// length and a PageRequest, each answer a uint32 length and a PageRun,
+	// exactly as on the Demand stream.
+	DemandSocket  bool `protobuf:"varint,7,opt,name=demand_socket,json=demandSocket,proto3" json:"demand_socket,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -339,6 +350,13 @@ func (x *Capabilities) GetPageSizes() []uint32 {
 		return x.PageSizes
 	}
 	return nil
+}
+
+func (x *Capabilities) GetDemandSocket() bool {
+	if x != nil {
+		return x.DemandSocket
+	}
+	return false
 }
 
 // Region is a range of the image the destination needs, with the page size
@@ -938,7 +956,7 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x02 \x01(\x06R\n" +
 	"generation\x12 \n" +
-	"\vdescription\x18\x03 \x01(\tR\vdescription\"\xd3\x01\n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\"\xf8\x01\n" +
 	"\fCapabilities\x12(\n" +
 	"\x10max_demand_bytes\x18\x01 \x01(\rR\x0emaxDemandBytes\x12$\n" +
 	"\x0emax_bulk_bytes\x18\x02 \x01(\rR\fmaxBulkBytes\x12\x1b\n" +
@@ -947,7 +965,8 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\vmax_regions\x18\x05 \x01(\rR\n" +
 	"maxRegions\x12\x1d\n" +
 	"\n" +
-	"page_sizes\x18\x06 \x03(\rR\tpageSizes\"U\n" +
+	"page_sizes\x18\x06 \x03(\rR\tpageSizes\x12#\n" +
+	"\rdemand_socket\x18\a \x01(\bR\fdemandSocket\"U\n" +
 	"\x06Region\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\x04R\x06length\x12\x1b\n" +

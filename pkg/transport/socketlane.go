@@ -1,0 +1,361 @@
+package transport
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+)
+
+// The socket lane is the Demand lane without gRPC: a plain TCP connection
+// on the server's port, read and answered by one goroutine on each side.
+// A gRPC stream costs every remote fault several goroutine hand-offs on
+// each side (reader, handler, writer), and on this kind of machine each
+// hand-off to another CPU is a costly wake-up; here the goroutine that reads
+// a request reads the page and writes the answer, and on the client the one
+// that reads the answer places it.
+//
+// Framing (documented in postcopy.proto at Capabilities.demand_socket):
+//
+//	client: "PCDEMND1" | uint16 len | session id
+//	server: 0 (accepted) | 1, uint16 len, message (refused; then closes)
+//	client: { uint32 len | PageRequest }*
+//	server: { uint32 len | PageRun }* — or, once, an error frame:
+//	        uint32 (1<<31 | len) | uint32 gRPC code | uint16 len | reason | message
+//
+// Integers are little-endian. Messages are the protobuf messages of the
+// Demand stream, encoded the same way.
+
+// socketLaneMagic opens a socket lane connection.
+const socketLaneMagic = "PCDEMND1"
+
+const (
+	errFrameBit      = 1 << 31
+	maxRequestFrame  = 256
+	maxSessionIDLen  = 256
+	routeReadTimeout = 10 * time.Second
+)
+
+// SplitListener returns the listener to give the gRPC server: connections
+// that open with the socket lane's greeting are served here as socket
+// lanes, every other connection goes to gRPC unchanged (its first bytes
+// replayed). Accepting continues until the returned listener is closed.
+func (s *Server) SplitListener(l net.Listener) net.Listener {
+	sl := &splitListener{Listener: l, s: s, conns: make(chan net.Conn), done: make(chan struct{})}
+	go sl.acceptLoop()
+	return sl
+}
+
+type splitListener struct {
+	net.Listener
+	s     *Server
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+
+	mu  sync.Mutex
+	err error
+}
+
+func (sl *splitListener) acceptLoop() {
+	for {
+		c, err := sl.Listener.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			sl.mu.Lock()
+			sl.err = err
+			sl.mu.Unlock()
+			sl.Close()
+			return
+		}
+		go sl.route(c)
+	}
+}
+
+// route reads the first bytes of c and sends it where it belongs.
+func (sl *splitListener) route(c net.Conn) {
+	var head [len(socketLaneMagic)]byte
+	_ = c.SetReadDeadline(time.Now().Add(routeReadTimeout))
+	n, err := io.ReadFull(c, head[:])
+	_ = c.SetReadDeadline(time.Time{})
+	if n == len(head) && string(head[:]) == socketLaneMagic {
+		sl.s.serveSocketLane(c)
+		return
+	}
+	if n == 0 && err != nil {
+		c.Close()
+		return
+	}
+	select {
+	case sl.conns <- &prefixConn{Conn: c, prefix: head[:n]}:
+	case <-sl.done:
+		c.Close()
+	}
+}
+
+// Accept returns the next connection for gRPC.
+func (sl *splitListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-sl.conns:
+		return c, nil
+	case <-sl.done:
+		sl.mu.Lock()
+		defer sl.mu.Unlock()
+		if sl.err != nil {
+			return nil, sl.err
+		}
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting.
+func (sl *splitListener) Close() error {
+	var err error
+	sl.once.Do(func() {
+		close(sl.done)
+		err = sl.Listener.Close()
+	})
+	return err
+}
+
+// prefixConn replays bytes already read from a connection.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// serveSocketLane serves one socket lane until the client closes it or an
+// error; errors reach the client as an error frame.
+func (s *Server) serveSocketLane(c net.Conn) {
+	defer c.Close()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	br := bufio.NewReaderSize(c, 4096)
+	_ = c.SetReadDeadline(time.Now().Add(routeReadTimeout))
+	id, err := readShortString(br, maxSessionIDLen)
+	_ = c.SetReadDeadline(time.Time{})
+	if err != nil {
+		return
+	}
+	sess, err := s.lookup(id)
+	if err != nil {
+		msg := status.Convert(err).Message()
+		b := []byte{1, 0, 0}
+		binary.LittleEndian.PutUint16(b[1:], uint16(len(msg)))
+		_, _ = c.Write(append(b, msg...))
+		s.countErr(err)
+		return
+	}
+	sess.streams.Add(1)
+	sess.lastActive.Store(time.Now().UnixNano())
+	defer sess.detach()
+	if _, err := c.Write([]byte{0}); err != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	bufs := make(net.Buffers, 0, 16)
+	var lenBuf [4]byte
+	send := func(rb *runBuf, req request, ps uint32) error {
+		rb.out = outRun{
+			id: req.ID, off: req.Offset, pages: req.Pages, ps: ps,
+			segs: rb.segs, crcs: rb.crcs, buf: rb.buf, pool: &pagePool,
+		}
+		rb.buf = nil
+		bs := rb.out.marshal()
+		rb.out = outRun{}
+		defer bs.Free()
+		binary.LittleEndian.PutUint32(lenBuf[:], uint32(bs.Len()))
+		bufs = append(bufs[:0], lenBuf[:])
+		for _, b := range bs {
+			bufs = append(bufs, b.ReadOnlyData())
+		}
+		_, err := bufs.WriteTo(c)
+		return err
+	}
+	frame := make([]byte, maxRequestFrame)
+	for {
+		var hdr [4]byte
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			return // the client closed the lane
+		}
+		n := binary.LittleEndian.Uint32(hdr[:])
+		if n > maxRequestFrame {
+			s.sendErrorFrame(c, status.Errorf(codes.ResourceExhausted, "request frame of %d bytes, limit %d", n, maxRequestFrame))
+			return
+		}
+		if _, err := io.ReadFull(br, frame[:n]); err != nil {
+			return
+		}
+		var req request
+		if err := req.unmarshal(mem.BufferSlice{mem.SliceBuffer(frame[:n])}); err != nil {
+			s.sendErrorFrame(c, status.Errorf(codes.InvalidArgument, "%v", err))
+			return
+		}
+		ps, err := s.check(sess, laneDemand, req)
+		if err == nil {
+			s.gate.enter()
+			err = s.serve(ctx, sess, laneDemand, req, ps, send)
+			s.gate.leave()
+		}
+		if err != nil {
+			s.sendErrorFrame(c, err)
+			return
+		}
+	}
+}
+
+// sendErrorFrame writes err (a status) as the lane's last frame.
+func (s *Server) sendErrorFrame(c net.Conn, err error) {
+	s.countErr(err)
+	st := status.Convert(err)
+	var reason string
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			reason = info.GetReason()
+		}
+	}
+	msg := st.Message()
+	body := make([]byte, 4+2+len(reason), 4+2+len(reason)+len(msg))
+	binary.LittleEndian.PutUint32(body, uint32(st.Code()))
+	binary.LittleEndian.PutUint16(body[4:], uint16(len(reason)))
+	copy(body[6:], reason)
+	body = append(body, msg...)
+	var hdr [4]byte
+	binary.LittleEndian.PutUint32(hdr[:], errFrameBit|uint32(len(body)))
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = (&net.Buffers{hdr[:], body}).WriteTo(c)
+}
+
+func readShortString(r io.Reader, limit int) (string, error) {
+	var l [2]byte
+	if _, err := io.ReadFull(r, l[:]); err != nil {
+		return "", err
+	}
+	n := int(binary.LittleEndian.Uint16(l[:]))
+	if n > limit {
+		return "", fmt.Errorf("string of %d bytes, limit %d", n, limit)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// socketLane is the client side of a socket lane.
+type socketLane struct {
+	conn net.Conn
+	br   *bufio.Reader
+	buf  []byte // frame buffer, reused
+	wbuf []byte
+}
+
+// openSocketLane dials addr and opens a socket lane for session id.
+func openSocketLane(ctx context.Context, addr, id string, timeout time.Duration) (*socketLane, error) {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := tcpDialer(dctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	hello := make([]byte, 0, len(socketLaneMagic)+2+len(id))
+	hello = append(hello, socketLaneMagic...)
+	hello = binary.LittleEndian.AppendUint16(hello, uint16(len(id)))
+	hello = append(hello, id...)
+	if dl, ok := dctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	br := bufio.NewReaderSize(c, 64<<10)
+	var ok [1]byte
+	if _, err := c.Write(hello); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if _, err := io.ReadFull(br, ok[:]); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if ok[0] != 0 {
+		msg, _ := readShortString(br, 1<<16)
+		c.Close()
+		return nil, fromStatus("demand open", status.Error(codes.NotFound, msg))
+	}
+	_ = c.SetDeadline(time.Time{})
+	return &socketLane{conn: c, br: br}, nil
+}
+
+func (l *socketLane) send(r Request) error {
+	b := append(l.wbuf[:0], 0, 0, 0, 0)
+	b = appendRequest(b, r.ID, r.Offset, r.Pages)
+	binary.LittleEndian.PutUint32(b, uint32(len(b)-4))
+	l.wbuf = b
+	_, err := l.conn.Write(b)
+	return err
+}
+
+func (l *socketLane) recv(r *Response) error {
+	var hdr [4]byte
+	if _, err := io.ReadFull(l.br, hdr[:]); err != nil {
+		return err
+	}
+	n := binary.LittleEndian.Uint32(hdr[:])
+	isErr := n&errFrameBit != 0
+	n &^= errFrameBit
+	if n > clientMaxRun+msgSlack {
+		return fmt.Errorf("frame of %d bytes: %w", n, ErrMalformed)
+	}
+	if cap(l.buf) < int(n) {
+		l.buf = make([]byte, n)
+	}
+	b := l.buf[:n]
+	if _, err := io.ReadFull(l.br, b); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if isErr {
+		if len(b) < 6 {
+			return fmt.Errorf("error frame of %d bytes: %w", len(b), ErrMalformed)
+		}
+		code := codes.Code(binary.LittleEndian.Uint32(b))
+		rl := int(binary.LittleEndian.Uint16(b[4:]))
+		if 6+rl > len(b) {
+			return fmt.Errorf("error frame: %w", ErrMalformed)
+		}
+		reason, msg := string(b[6:6+rl]), string(b[6+rl:])
+		st := status.New(code, msg)
+		if reason != "" {
+			if d, err := st.WithDetails(&errdetails.ErrorInfo{Domain: ErrorDomain, Reason: reason}); err == nil {
+				st = d
+			}
+		}
+		return st.Err()
+	}
+	return r.unmarshal(mem.BufferSlice{mem.SliceBuffer(b)})
+}
