@@ -60,7 +60,8 @@ func benchServer() {
 	if err != nil {
 		fail(err)
 	}
-	srv, err := NewServer(ServerOptions{Image: img})
+	sock := os.Getenv("POSTCOPY_BENCH_GRPC_DEMAND") == ""
+	srv, err := NewServer(ServerOptions{Image: img, DemandSocket: sock})
 	if err != nil {
 		fail(err)
 	}
@@ -74,6 +75,9 @@ func benchServer() {
 	gl, bw, rtt := listen(), listen(), listen()
 	g := grpc.NewServer(srv.GRPCServerOptions()...)
 	srv.Register(g)
+	if sock {
+		gl = srv.SplitListener(gl)
+	}
 	go g.Serve(gl)
 	// Bandwidth: read an 8-byte count, write that many bytes, repeat.
 	go acceptLoop(bw, func(c net.Conn) {
