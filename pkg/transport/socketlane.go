@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
@@ -153,6 +154,7 @@ func (s *Server) serveSocketLane(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
+	markUrgent(c)
 	br := bufio.NewReaderSize(c, 4096)
 	_ = c.SetReadDeadline(time.Now().Add(routeReadTimeout))
 	id, err := readShortString(br, maxSessionIDLen)
@@ -283,6 +285,7 @@ func openSocketLane(ctx context.Context, addr, id string, timeout time.Duration)
 	if err != nil {
 		return nil, err
 	}
+	markUrgent(c)
 	hello := make([]byte, 0, len(socketLaneMagic)+2+len(id))
 	hello = append(hello, socketLaneMagic...)
 	hello = binary.LittleEndian.AppendUint16(hello, uint16(len(id)))
@@ -358,4 +361,28 @@ func (l *socketLane) recv(r *Response) error {
 		return st.Err()
 	}
 	return r.unmarshal(mem.BufferSlice{mem.SliceBuffer(b)})
+}
+
+// markUrgent marks a demand connection's packets as urgent for the network:
+// DSCP EF (expedited forwarding) for routers that honour it, and socket
+// priority 6 (interactive) for local queueing disciplines with priority
+// bands (pfifo_fast, prio), so that a fault's request and page do not queue
+// behind bulk data on a shared link. Best effort: errors are ignored.
+func markUrgent(c net.Conn) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PRIORITY, 6)
+		if ip := tc.RemoteAddr().(*net.TCPAddr).IP; ip.To4() != nil {
+			_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TOS, 0xb8)
+		} else {
+			_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_TCLASS, 0xb8)
+		}
+	})
 }
