@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -170,27 +169,6 @@ func (p *proc) waitExit(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// stop ends the child: SIGTERM, and SIGKILL after grace. A stopped
-// (SIGSTOP) child is continued so that it can take the SIGTERM.
-func (p *proc) stop(grace time.Duration) error {
-	select {
-	case <-p.done:
-		return p.waitErr
-	default:
-	}
-	_ = p.signal(syscall.SIGTERM)
-	_ = p.signal(syscall.SIGCONT)
-	res := make(chan error, 1)
-	go func() { res <- p.wait() }()
-	select {
-	case err := <-res:
-		return err
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		return <-res
-	}
-}
-
 // kill ends the child at once.
 func (p *proc) kill() {
 	select {
@@ -214,6 +192,3 @@ func (p *proc) tail() string {
 	}
 	return fmt.Sprintf("\n--- %s log (%s) ---\n%s", p.name, p.logPath, strings.TrimRight(string(b), "\n"))
 }
-
-// errorsJoin joins the errors that are not nil.
-func errorsJoin(errs ...error) error { return errors.Join(errs...) }

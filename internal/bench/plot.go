@@ -10,8 +10,8 @@ import (
 
 // series is one line of the plot: points (seconds from the stop, ops/s).
 type series struct {
-	name, color, dash string
-	x, y              []float64
+	name, color string
+	x, y        []float64
 }
 
 // binned averages a timeline starting at start (s) into bins of width
