@@ -282,7 +282,8 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 				i, r.Offset, r.Size, info.Size)
 		}
 	}
-	log.Info("VMM handed over", "pid", h.Cred.Pid, "uid", h.Cred.Uid, "regions", len(regions))
+	log.Info("VMM handed over", "pid", h.Cred.Pid, "uid", h.Cred.Uid, "regions", len(regions),
+		"since_handoff", time.Since(handoffAt))
 
 	f, err := fetcher.New(fetcher.Config{
 		UFFD: fd, Regions: regions, Client: client, Redial: dial,

@@ -379,7 +379,8 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		return f.summary(), err
 	}
 	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,
-		"pages", f.layout.totalPages(), "regions", len(f.layout.regions))
+		"pages", f.layout.totalPages(), "regions", len(f.layout.regions),
+		"since_handoff", time.Since(f.cfg.HandoffAt))
 
 	if f.poller, err = uffd.NewRuntimePoller(f.fd); err != nil {
 		return f.summary(), fmt.Errorf("fetcher: %w", err)

@@ -32,6 +32,7 @@ type conn struct {
 	// (or started): the watchdog judges progress, not a request's age,
 	// since bulk runs wait behind each other on a slow link.
 	lastDemand, lastBulk atomic.Int64
+	bulkDone             atomic.Int64 // bulk answers received
 }
 
 type bulkRun struct {
@@ -116,6 +117,7 @@ func (f *Fetcher) startConn(ctx context.Context, client *transport.Client, sess 
 func (f *Fetcher) serveConn(c *conn) error {
 	f.sess.Store(c.sess)
 	f.cur.Store(c)
+	f.log.Debug("lanes open", "since_handoff", time.Since(f.cfg.HandoffAt))
 	f.resendOutstanding(c)
 
 	var wg sync.WaitGroup
@@ -290,8 +292,12 @@ func (f *Fetcher) bulkSend(c *conn) error {
 	}
 	var runs []prefetch.Run
 	for {
+		// The window opens one run per answer received, as TCP's slow
+		// start does: right after the handoff the first faults must not
+		// find the server and both CPUs busy with a full window of bulk.
+		window := min(f.cfg.BulkWindow, 1+int(c.bulkDone.Load()))
 		c.mu.Lock()
-		free := f.cfg.BulkWindow - len(c.inflight)
+		free := window - len(c.inflight)
 		c.mu.Unlock()
 		if free > 0 {
 			f.policyMu.Lock()
@@ -354,6 +360,7 @@ func (f *Fetcher) bulkRecv(c *conn) error {
 
 // finishBulk ends a bulk request; requeue, if set, goes back to the policy.
 func (f *Fetcher) finishBulk(c *conn, id uint64, requeue *prefetch.Run) {
+	c.bulkDone.Add(1)
 	c.mu.Lock()
 	delete(c.inflight, id)
 	c.mu.Unlock()
