@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/transport"
 )
@@ -327,7 +328,11 @@ func (f *Fetcher) bulkSend(c *conn) error {
 
 // bulkRecv places bulk answers with DONTWAKE copies.
 func (f *Fetcher) bulkRecv(c *conn) error {
+	// While demand answers are awaited, checking and copying runs at a
+	// lower CPU priority, so that the demand path gets a CPU at once.
+	th := sched.LockThread()
 	for {
+		th.Defer(f.nOutstanding.Load() > 0)
 		resp, err := c.bulk.Recv()
 		if err != nil {
 			return err

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/pkg/image"
 	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
 )
@@ -774,6 +775,10 @@ func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 	}
 	defer sess.detach()
 	ctx := stream.Context()
+	// Reading and checksumming runs at a lower CPU priority, so that a
+	// demand request arriving meanwhile gets a CPU at once (internal/sched).
+	// Bulk answers are ahead of need; demand answers are a stalled thread.
+	sched.LockThread().Defer(true)
 	send := func(rb *runBuf, req request, ps uint32) error { return s.sendRun(stream, rb, req, ps) }
 	for {
 		var req request

@@ -1,0 +1,57 @@
+// Package sched lowers the CPU priority of background work while urgent
+// work waits.
+//
+// Go's scheduler has no priorities, and on a small machine the bulk path
+// (reading, checksumming and copying a megabyte per run) can hold every CPU
+// just when a remote fault's answer needs one. A goroutine doing bulk work
+// locks itself to its OS thread (LockThread) and, before each piece of work,
+// says whether urgent work is waiting (Thread.Defer): the thread then runs at
+// a lower priority (nice BackgroundNice), so that the kernel runs the threads
+// serving faults first, and at normal priority otherwise, so that bulk
+// throughput does not suffer when nothing else needs the CPU.
+package sched
+
+import (
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// BackgroundNice is the nice value of bulk threads while urgent work waits.
+const BackgroundNice = 10
+
+// Thread is an OS thread whose priority its goroutine changes. It is never
+// handed back to the Go scheduler: when the goroutine returns, the runtime
+// ends the thread, so no other goroutine inherits its priority.
+type Thread struct {
+	tid      int
+	low      bool
+	canRaise bool // whether nice can go back to 0 (needs CAP_SYS_NICE)
+}
+
+// LockThread locks the calling goroutine to its OS thread and returns it.
+func LockThread() *Thread {
+	runtime.LockOSThread()
+	return &Thread{tid: unix.Gettid(), canRaise: true}
+}
+
+// Defer sets the thread's priority: low while urgent work waits, normal
+// otherwise. It makes a system call only when the answer changes. Where the
+// priority cannot be raised again (no CAP_SYS_NICE), the thread stays low.
+func (t *Thread) Defer(urgentWaiting bool) {
+	switch {
+	case urgentWaiting && !t.low:
+		if unix.Setpriority(unix.PRIO_PROCESS, t.tid, BackgroundNice) == nil {
+			t.low = true
+		}
+	case !urgentWaiting && t.low && t.canRaise:
+		if unix.Setpriority(unix.PRIO_PROCESS, t.tid, 0) == nil {
+			t.low = false
+		} else {
+			t.canRaise = false
+		}
+	}
+}
+
+// Low reports whether the thread runs at the lower priority.
+func (t *Thread) Low() bool { return t.low }
