@@ -261,3 +261,107 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkFaultCopyRuntimePoller is BenchmarkFaultCopy with the handler
+// parked in the Go runtime's poller (RuntimePoller), as pkg/fetcher waits.
+func BenchmarkFaultCopyRuntimePoller(b *testing.B) {
+	src := make([]byte, page)
+	benchFaultWith(b, func(f *FD) (wait func() (bool, error), stop, release func()) {
+		p, err := NewRuntimePoller(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := NewReader(f, 64)
+		evs := make([]Event, 64)
+		var pending []Event
+		return func() (bool, error) {
+			err := p.Read(func() bool {
+				n, _ := r.Read(evs)
+				pending = evs[:n]
+				return n > 0
+			})
+			if errors.Is(err, ErrInterrupted) {
+				return false, nil
+			}
+			if err != nil {
+				return false, err
+			}
+			for _, ev := range pending {
+				a := AlignDown(ev.PageFault.Address, page)
+				if _, err := f.Copy(a, src, 0); errors.Is(err, ErrExist) {
+					err = f.Wake(a, page)
+				} else if err != nil {
+					return false, err
+				}
+			}
+			return true, nil
+		}, func() { p.Interrupt() }, func() { p.Close() }
+	})
+}
+
+// benchFaultWith runs the fault benchmark loop of benchFault with a handler
+// built by mk: wait serves one batch (false: stop).
+func benchFaultWith(b *testing.B, mk func(f *FD) (wait func() (bool, error), stop, release func())) {
+	if runtime.GOMAXPROCS(0) < 2 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	}
+	requireUffd(b)
+	f, err := Open(OpenOptions{NonBlock: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.API(0); err != nil {
+		b.Fatal(err)
+	}
+	const pages = 4096
+	mem, err := unix.Mmap(-1, 0, pages*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	if _, err := f.Register(addrOf(mem), pages*page, RegisterMissing); err != nil {
+		b.Fatal(err)
+	}
+	wait, stop, release := mk(f)
+	handlerErr := make(chan error, 1)
+	go func() {
+		for {
+			more, err := wait()
+			if err != nil || !more {
+				if err != nil {
+					f.Unregister(0, 1<<47)
+				}
+				handlerErr <- err
+				return
+			}
+		}
+	}()
+	defer func() {
+		stop()
+		if err := <-handlerErr; err != nil {
+			b.Error(err)
+		}
+		release()
+	}()
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var s byte
+	next := 0
+	b.ResetTimer()
+	for range b.N {
+		if next == pages {
+			b.StopTimer()
+			if err := unix.Madvise(mem, unix.MADV_DONTNEED); err != nil {
+				b.Fatal(err)
+			}
+			next = 0
+			b.StartTimer()
+		}
+		s += mem[next*page]
+		next++
+	}
+	b.StopTimer()
+	sink = s
+}
