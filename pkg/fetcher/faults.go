@@ -39,9 +39,7 @@ func (f *Fetcher) faultLoop() error {
 		var err error
 		var now time.Time
 		faults = faults[:0]
-		// The wait parks in the runtime's poller (see uffd.RuntimePoller):
-		// a blocking poll(2) here would hold a processor that the network
-		// goroutines bringing pages need.
+		// See newFaultWaiter for how the loop waits.
 		werr := f.poller.Read(func() bool {
 			f.evMu.Lock()
 			n, err = f.reader.Read(evs)

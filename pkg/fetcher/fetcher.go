@@ -138,7 +138,7 @@ type Fetcher struct {
 	genCh  chan struct{} // closed (and replaced) whenever events were read
 	stopCh chan struct{} // closed when Run stops its loops
 
-	poller *uffd.RuntimePoller
+	poller faultWaiter
 	reader *uffd.Reader
 
 	policyMu sync.Mutex
@@ -382,7 +382,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		"pages", f.layout.totalPages(), "regions", len(f.layout.regions),
 		"since_handoff", time.Since(f.cfg.HandoffAt))
 
-	if f.poller, err = uffd.NewRuntimePoller(f.fd); err != nil {
+	if f.poller, err = newFaultWaiter(f.fd); err != nil {
 		return f.summary(), fmt.Errorf("fetcher: %w", err)
 	}
 	defer f.poller.Close()
