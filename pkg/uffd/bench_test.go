@@ -29,105 +29,44 @@ import (
 var sink byte
 
 func benchFault(b *testing.B, serve func(f *FD, addr uint64) error) {
-	if runtime.GOMAXPROCS(0) < 2 {
-		// taskset -c 0 makes the runtime choose 1; the thread blocked on
-		// a fault holds its P, so the handler needs a second one.
-		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
-	}
-	requireUffd(b)
-	f, err := Open(OpenOptions{NonBlock: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.API(0); err != nil {
-		b.Fatal(err)
-	}
-	const pages = 4096 // 16 MiB, re-armed with MADV_DONTNEED
-	mem, err := unix.Mmap(-1, 0, pages*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer unix.Munmap(mem)
-	base := addrOf(mem)
-	if _, err := f.Register(base, pages*page, RegisterMissing); err != nil {
-		b.Fatal(err)
-	}
-	p, err := NewPoller(f)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.Close()
-
-	handlerErr := make(chan error, 1)
-	go func() {
-		handlerErr <- handleFaults(f, p, serve)
-	}()
-	defer func() {
-		p.Interrupt()
-		if err := <-handlerErr; err != nil {
-			b.Error(err)
+	benchFaultWith(b, func(f *FD) (wait func() (bool, error), stop, release func()) {
+		p, err := NewPoller(f)
+		if err != nil {
+			b.Fatal(err)
 		}
-	}()
-
-	defer debug.SetGCPercent(debug.SetGCPercent(-1))
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var s byte
-	next := 0
-	b.ResetTimer()
-	for range b.N {
-		if next == pages {
-			b.StopTimer()
-			if err := unix.Madvise(mem, unix.MADV_DONTNEED); err != nil {
-				b.Fatal(err)
+		r := NewReader(f, 64)
+		evs := make([]Event, 64)
+		return func() (bool, error) {
+			w, err := p.Wait(-1)
+			if err != nil || w.Interrupted {
+				return false, err
 			}
-			next = 0
-			b.StartTimer()
-		}
-		s += mem[next*page] // faults
-		next++
-	}
-	b.StopTimer()
-	sink = s
+			n, err := r.Read(evs)
+			if err != nil {
+				return false, err
+			}
+			return true, serveBatch(f, evs[:n], serve)
+		}, func() { p.Interrupt() }, func() { p.Close() }
+	})
 }
 
-// handleFaults is the benchmarks' fault loop: wait, read a batch, serve each
-// fault with a waking operation, wake on EEXIST. On an error it unregisters
-// everything, which wakes the toucher, and returns the error.
-func handleFaults(f *FD, p *Poller, serve func(f *FD, addr uint64) error) error {
-	r := NewReader(f, 64)
-	evs := make([]Event, 64)
-	fail := func(err error) error {
-		f.Unregister(0, 1<<47)
-		return err
-	}
-	for {
-		w, err := p.Wait(-1)
+// serveBatch serves each fault of a batch with a waking operation, and
+// wakes where it got EEXIST.
+func serveBatch(f *FD, evs []Event, serve func(f *FD, addr uint64) error) error {
+	for _, ev := range evs {
+		if ev.Kind != EventPageFault {
+			return fmt.Errorf("unexpected %v", ev)
+		}
+		a := AlignDown(ev.PageFault.Address, page)
+		err := serve(f, a)
+		if errors.Is(err, ErrExist) {
+			err = f.Wake(a, page)
+		}
 		if err != nil {
-			return fail(err)
-		}
-		if w.Interrupted {
-			return nil
-		}
-		n, err := r.Read(evs)
-		if err != nil {
-			return fail(err)
-		}
-		for _, ev := range evs[:n] {
-			if ev.Kind != EventPageFault {
-				return fail(fmt.Errorf("unexpected %v", ev))
-			}
-			a := AlignDown(ev.PageFault.Address, page)
-			err := serve(f, a)
-			if errors.Is(err, ErrExist) {
-				err = f.Wake(a, page)
-			}
-			if err != nil {
-				return fail(err)
-			}
+			return err
 		}
 	}
+	return nil
 }
 
 // BenchmarkFaultCopy: the round trip of one fault served by a waking Copy.
@@ -286,15 +225,10 @@ func BenchmarkFaultCopyRuntimePoller(b *testing.B) {
 			if err != nil {
 				return false, err
 			}
-			for _, ev := range pending {
-				a := AlignDown(ev.PageFault.Address, page)
-				if _, err := f.Copy(a, src, 0); errors.Is(err, ErrExist) {
-					err = f.Wake(a, page)
-				} else if err != nil {
-					return false, err
-				}
-			}
-			return true, nil
+			return true, serveBatch(f, pending, func(f *FD, a uint64) error {
+				_, err := f.Copy(a, src, 0)
+				return err
+			})
 		}, func() { p.Interrupt() }, func() { p.Close() }
 	})
 }
