@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -45,45 +44,11 @@ func runMain(m *testing.M) int {
 		}
 	}
 	code := m.Run()
-	if left := children(); len(left) > 0 {
+	if left := harness.Children(); len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "e2e: leaked child processes: %s\n", strings.Join(left, "; "))
 		if code == 0 {
 			code = 1
 		}
 	}
 	return code
-}
-
-// children lists this process's child processes (pid and command), from
-// /proc: every test must have stopped and reaped what it started.
-func children() []string {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	self := os.Getpid()
-	var out []string
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(stat)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:]) // state, ppid, ...
-		if len(f) < 2 {
-			continue
-		}
-		if ppid, _ := strconv.Atoi(f[1]); ppid == self {
-			out = append(out, fmt.Sprintf("%d %s", pid, s[strings.IndexByte(s, '(')+1:i]))
-		}
-	}
-	return out
 }
