@@ -14,6 +14,7 @@ import (
 // storm of faults cannot starve the background copy forever.
 type demandGate struct {
 	active atomic.Int64 // demand requests being served; read without mu on the fast path
+	last   atomic.Int64 // when the latest demand request came (UnixNano)
 
 	mu   sync.Mutex
 	idle chan struct{} // closed when active drops to 0; replaced when it rises from 0
@@ -30,11 +31,19 @@ func newDemandGate() *demandGate {
 
 // enter marks one more demand request in service.
 func (g *demandGate) enter() {
+	g.last.Store(time.Now().UnixNano())
 	g.mu.Lock()
 	if g.active.Add(1) == 1 {
 		g.idle = make(chan struct{})
 	}
 	g.mu.Unlock()
+}
+
+// recent reports whether demand work is in service or came within window:
+// faults come in bursts, so the bulk path stays in the background for a
+// while after one.
+func (g *demandGate) recent(window time.Duration) bool {
+	return g.active.Load() > 0 || time.Now().UnixNano()-g.last.Load() < int64(window)
 }
 
 // leave marks one demand request done.

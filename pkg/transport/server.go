@@ -598,6 +598,10 @@ func (s *Server) serve(ctx context.Context, sess *session, l lane, req request, 
 	return nil
 }
 
+// demandBurst is how long after a demand request the bulk path stays at
+// the lower priority.
+const demandBurst = 20 * time.Millisecond
+
 // request is a decoded PageRequest.
 type request struct {
 	ID     uint64
@@ -775,10 +779,10 @@ func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 	}
 	defer sess.detach()
 	ctx := stream.Context()
-	// Reading and checksumming runs at a lower CPU priority, so that a
-	// demand request arriving meanwhile gets a CPU at once (internal/sched).
-	// Bulk answers are ahead of need; demand answers are a stalled thread.
-	sched.LockThread().Defer(true)
+	// While demand requests come, reading and checksumming runs at a lower
+	// CPU priority, so that the next one gets a CPU at once
+	// (internal/sched); otherwise at full speed.
+	th := sched.LockThread()
 	send := func(rb *runBuf, req request, ps uint32) error { return s.sendRun(stream, rb, req, ps) }
 	for {
 		var req request
@@ -791,6 +795,7 @@ func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 		if err != nil {
 			return err
 		}
+		th.Defer(s.gate.recent(demandBurst))
 		if err := s.serve(ctx, sess, laneBulk, req, ps, send); err != nil {
 			return err
 		}
