@@ -58,6 +58,7 @@ type config struct {
 	tokenFile    string
 	tlsCert      string
 	demandSocket bool
+	bulkYield    bool
 	tlsKey       string
 	tlsClientCA  string
 	logLevel     string
@@ -76,6 +77,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.listen, "listen", defaultListen, "`address` to serve on (host:port; loopback by default)")
 	fs.StringVar(&c.source, "source", "", "the image to serve: file:PATH (memory image or shared-memory file) or pid:PID (a stopped process)")
 	fs.StringVar(&c.tokenFile, "token-file", "", "`file` holding the shared token (default: the "+tokenEnv+" environment variable; neither: no token, warned)")
+	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "read bulk runs at a lower CPU priority while demand requests come")
 	fs.BoolVar(&c.demandSocket, "demand-socket", true, "also serve the demand lane as a plain socket lane on the same port (plaintext only; clients fall back to gRPC without it)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate `file` (PEM); with --tls-key, serve TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key `file` (PEM)")
@@ -241,7 +243,7 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	defer img.Close()
 	srv, err := transport.NewServer(transport.ServerOptions{
 		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions,
-		DemandSocket: creds == nil && cfg.demandSocket,
+		DemandSocket: creds == nil && cfg.demandSocket, BulkYield: cfg.bulkYield,
 	})
 	if err != nil {
 		return cli.ExitFailure, err

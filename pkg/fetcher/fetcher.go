@@ -57,6 +57,12 @@ type Config struct {
 	BulkWindow int
 	// BulkRunBytes is the largest bulk run (default 1 MiB; at least a page).
 	BulkRunBytes uint64
+	// BulkYield runs bulk placement at a lower CPU priority while demand
+	// answers are awaited (internal/sched). It cuts the fault tail while
+	// the prefetcher runs flat out when the CPUs are otherwise free, but
+	// slows the bulk path when the workload keeps the same CPUs busy; off
+	// by default (see README, "Tuning").
+	BulkYield bool
 	// ReconnectTimeout bounds how long a broken link may stay broken
 	// (default 2 minutes).
 	ReconnectTimeout time.Duration

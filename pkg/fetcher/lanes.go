@@ -328,11 +328,17 @@ func (f *Fetcher) bulkSend(c *conn) error {
 
 // bulkRecv places bulk answers with DONTWAKE copies.
 func (f *Fetcher) bulkRecv(c *conn) error {
-	// While demand answers are awaited, checking and copying runs at a
-	// lower CPU priority, so that the demand path gets a CPU at once.
-	th := sched.LockThread()
+	// With BulkYield, checking and copying runs at a lower CPU priority
+	// while demand answers are awaited, so that the demand path gets a CPU
+	// at once.
+	var th *sched.Thread
+	if f.cfg.BulkYield {
+		th = sched.LockThread()
+	}
 	for {
-		th.Defer(f.nOutstanding.Load() > 0)
+		if th != nil {
+			th.Defer(f.nOutstanding.Load() > 0)
+		}
 		resp, err := c.bulk.Recv()
 		if err != nil {
 			return err

@@ -90,6 +90,9 @@ type ServerOptions struct {
 	// DemandWorkers bounds the demand requests of one stream read at once;
 	// 0: DefaultDemandWorkers.
 	DemandWorkers int
+	// BulkYield reads bulk runs at a lower CPU priority while demand
+	// requests come (internal/sched); off by default, see fetcher.Config.
+	BulkYield bool
 	// DemandSocket advertises socket lanes (Capabilities.demand_socket):
 	// set it when serving plaintext through SplitListener.
 	DemandSocket bool
@@ -111,6 +114,7 @@ type Server struct {
 	idleTimeout time.Duration
 	workers     int
 	sockLane    bool
+	bulkYield   bool
 	health      *health.Server
 
 	gate *demandGate
@@ -166,6 +170,7 @@ func NewServer(o ServerOptions) (*Server, error) {
 		idleTimeout: o.SessionIdleTimeout,
 		workers:     o.DemandWorkers,
 		sockLane:    o.DemandSocket,
+		bulkYield:   o.BulkYield,
 		gate:        newDemandGate(),
 		sessions:    make(map[string]*session),
 		health:      health.NewServer(),
@@ -779,10 +784,13 @@ func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 	}
 	defer sess.detach()
 	ctx := stream.Context()
-	// While demand requests come, reading and checksumming runs at a lower
-	// CPU priority, so that the next one gets a CPU at once
-	// (internal/sched); otherwise at full speed.
-	th := sched.LockThread()
+	// With BulkYield, reading and checksumming runs at a lower CPU
+	// priority while demand requests come, so that the next one gets a
+	// CPU at once (internal/sched); otherwise at full speed.
+	var th *sched.Thread
+	if s.bulkYield {
+		th = sched.LockThread()
+	}
 	send := func(rb *runBuf, req request, ps uint32) error { return s.sendRun(stream, rb, req, ps) }
 	for {
 		var req request
@@ -795,7 +803,9 @@ func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 		if err != nil {
 			return err
 		}
-		th.Defer(s.gate.recent(demandBurst))
+		if th != nil {
+			th.Defer(s.gate.recent(demandBurst))
+		}
 		if err := s.serve(ctx, sess, laneBulk, req, ps, send); err != nil {
 			return err
 		}

@@ -67,11 +67,11 @@ type run struct {
 
 // migrate runs one migration of image into a VMM with the given layout and
 // touching, and returns pagefetcher's summary.
-func migrate(b *testing.B, image, regions string, fetcherArgs, vmmArgs []string) run {
+func migrate(b *testing.B, image, regions string, serverArgs, fetcherArgs, vmmArgs []string) run {
 	b.Helper()
 	testutil.RequireRoot(b)
 	dir := b.TempDir()
-	srv, ready, err := harness.StartServer(bins, image, "", nil, harness.StartOptions{})
+	srv, ready, err := harness.StartServer(bins, image, "", serverArgs, harness.StartOptions{})
 	if err != nil {
 		b.Fatalf("pageserver: %v\n%s", err, describe(srv))
 	}
@@ -131,7 +131,7 @@ func BenchmarkFaults(b *testing.B) {
 	b.Run("demand-only", func(b *testing.B) {
 		var p50, p99, first []float64
 		for i := 0; i < b.N; i++ {
-			r := migrate(b, img, "4k:0x0:16M", []string{"--prefetch", "off"},
+			r := migrate(b, img, "4k:0x0:16M", nil, []string{"--prefetch", "off"},
 				[]string{"--threads", "1", "--touch", "random", "--seed", fmt.Sprint(i + 1)})
 			p50 = append(p50, r.sum.FaultLatencyUS.P50)
 			p99 = append(p99, r.sum.FaultLatencyUS.P99)
@@ -144,17 +144,24 @@ func BenchmarkFaults(b *testing.B) {
 		b.ReportMetric(medianF(p50)/rttUS, "p50_x_tcp_rtt")
 		b.ReportMetric(medianF(first), "first_page_ms")
 	})
-	b.Run("under-prefetch", func(b *testing.B) {
-		var p50, p99 []float64
-		for i := 0; i < b.N; i++ {
-			r := migrate(b, img, "4k:0x0:512M", nil,
-				[]string{"--threads", "1", "--touch", "random", "--seed", fmt.Sprint(i + 1)})
-			p50 = append(p50, r.sum.FaultLatencyUS.P50)
-			p99 = append(p99, r.sum.FaultLatencyUS.P99)
-		}
-		b.ReportMetric(medianF(p50), "p50_us")
-		b.ReportMetric(medianF(p99), "p99_us")
-	})
+	for _, v := range []struct {
+		name string
+		args []string
+	}{{"under-prefetch", nil}, {"under-prefetch-yield", []string{"--bulk-yield"}}} {
+		b.Run(v.name, func(b *testing.B) {
+			var p50, p99, total []float64
+			for i := 0; i < b.N; i++ {
+				r := migrate(b, img, "4k:0x0:512M", v.args, v.args,
+					[]string{"--threads", "1", "--touch", "random", "--seed", fmt.Sprint(i + 1)})
+				p50 = append(p50, r.sum.FaultLatencyUS.P50)
+				p99 = append(p99, r.sum.FaultLatencyUS.P99)
+				total = append(total, r.sum.TotalS)
+			}
+			b.ReportMetric(medianF(p50), "p50_us")
+			b.ReportMetric(medianF(p99), "p99_us")
+			b.ReportMetric(medianF(total), "total_s")
+		})
+	}
 }
 
 // BenchmarkResident measures how fast a whole image of random data becomes
@@ -166,7 +173,7 @@ func BenchmarkResident(b *testing.B) {
 	bw := tcpBandwidth(b, e, 2<<30)
 	var rates []float64
 	for i := 0; i < b.N; i++ {
-		r := migrate(b, img, "4k:0x0:2G", nil, []string{"--touch", "none"})
+		r := migrate(b, img, "4k:0x0:2G", nil, nil, []string{"--touch", "none"})
 		rates = append(rates, float64(size)/r.sum.TotalS)
 	}
 	b.ReportMetric(bw/1e9, "tcp_GB/s")
@@ -180,7 +187,7 @@ func BenchmarkHoles(b *testing.B) {
 	img := genImage(b, "holes8g", 8<<30, harness.ImageOptions{Seed: 3, HoleFraction: 0.95})
 	var secs, rss []float64
 	for i := 0; i < b.N; i++ {
-		r := migrate(b, img, "4k:0x0:8G", nil, []string{"--touch", "none"})
+		r := migrate(b, img, "4k:0x0:8G", nil, nil, []string{"--touch", "none"})
 		secs = append(secs, r.sum.TotalS)
 		rss = append(rss, float64(r.maxRSS)/(1<<20))
 	}
