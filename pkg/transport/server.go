@@ -263,7 +263,9 @@ func (s *Server) unaryErrors(ctx context.Context, req any, _ *grpc.UnaryServerIn
 
 func (s *Server) streamErrors(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 	err := h(srv, ss)
-	if status.Code(err) != codes.Canceled {
+	// A lane that ends because its client went away (cancelled, or the
+	// connection closed under it) is no server error.
+	if status.Code(err) != codes.Canceled && ss.Context().Err() == nil {
 		s.countErr(err)
 	}
 	return err
