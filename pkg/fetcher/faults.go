@@ -177,12 +177,15 @@ func (f *Fetcher) fault(ft faultRef, now time.Time) error {
 		return nil
 	}
 	f.faults.Add(1)
+	// Ask first: the request is on its way while the policy notes the
+	// hint. No kick for the bulk sender: a fault adds no pending page, and
+	// waking that goroutine on every fault costs the demand path a
+	// wake-up (on this VM, often on another vCPU).
+	f.sendDemand(r, p)
 	f.policyMu.Lock()
 	f.policy.Fault(r.idx, p)
 	f.policy.Done(r.idx, p, 1)
 	f.policyMu.Unlock()
-	f.kickPolicy()
-	f.sendDemand(r, p)
 	return nil
 }
 
