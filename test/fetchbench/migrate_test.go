@@ -1,8 +1,8 @@
 package fetchbench
 
 import (
-	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -23,22 +23,14 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "postcopy-fetchbench-")
+	flag.Parse()
+	b, cleanup, err := harness.BuildForTests("fetchbench", "POSTCOPY_FETCHBENCH_BIN", false, testing.Verbose())
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintln(os.Stderr, "fetchbench:", err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	root, err := harness.ModuleRoot(ctx)
-	if err == nil {
-		bins, err = harness.Build(ctx, root, dir, false)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fetchbench: build:", err)
-		return 1
-	}
+	defer cleanup()
+	bins = b
 	return m.Run()
 }
 

@@ -358,3 +358,37 @@ func Children() []string {
 	}
 	return out
 }
+
+// BuildForTests gives a test binary's TestMain the binaries under test: the
+// ones in the directory named by envVar when it is set, otherwise a fresh
+// build (race as asked) into a temporary directory readable by every user
+// (tests may run a helper as another uid). name prefixes the directory and
+// the progress line printed when verbose. cleanup removes what was built.
+func BuildForTests(name, envVar string, race, verbose bool) (bins Bins, cleanup func(), err error) {
+	if dir := os.Getenv(envVar); dir != "" {
+		return BinsIn(dir), func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "postcopy-"+name+"-bin-")
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
+		return Bins{}, nil, err
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	root, err := ModuleRoot(ctx)
+	if err == nil {
+		start := time.Now()
+		bins, err = Build(ctx, root, dir, race)
+		if err == nil && verbose {
+			fmt.Fprintf(os.Stderr, "%s: built binaries (race %v) in %v\n", name, race, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	if err != nil {
+		cleanup()
+		return Bins{}, nil, fmt.Errorf("build the binaries: %w", err)
+	}
+	return bins, cleanup, nil
+}

@@ -1,14 +1,12 @@
 package reliability
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"os"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/postcopy/postcopy/test/harness"
 )
@@ -44,35 +42,13 @@ func TestMain(m *testing.M) {
 
 func runMain(m *testing.M) int {
 	flag.Parse()
-	if dir := os.Getenv(binEnv); dir != "" {
-		bins = harness.BinsIn(dir)
-	} else {
-		// 0755: the allow-uid tests run a helper as another user, which
-		// needs nothing from here, but keep the binaries usable by any uid.
-		dir, err := os.MkdirTemp("", "postcopy-rel-bin-")
-		if err == nil {
-			err = os.Chmod(dir, 0o755)
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "reliability:", err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		root, err := harness.ModuleRoot(ctx)
-		if err == nil {
-			start := time.Now()
-			bins, err = harness.Build(ctx, root, dir, raceEnabled)
-			if testing.Verbose() {
-				fmt.Fprintf(os.Stderr, "reliability: built binaries (race %v) in %v\n", raceEnabled, time.Since(start).Round(time.Millisecond))
-			}
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "reliability: build the binaries:", err)
-			return 1
-		}
+	b, cleanup, err := harness.BuildForTests("reliability", binEnv, raceEnabled, testing.Verbose())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "reliability:", err)
+		return 1
 	}
+	defer cleanup()
+	bins = b
 	removeStaleNetns()
 	code := m.Run()
 	if testing.Verbose() {
