@@ -147,7 +147,7 @@ func (f *Fetcher) serveConn(c *conn) error {
 	c.mu.Lock()
 	f.policyMu.Lock()
 	for _, br := range c.inflight {
-		f.policy.Requeue(br.run)
+		f.requeueLocked(br.run)
 	}
 	f.policyMu.Unlock()
 	c.inflight = nil
@@ -377,7 +377,7 @@ func (f *Fetcher) finishBulk(c *conn, id uint64, requeue *prefetch.Run) {
 	c.mu.Unlock()
 	if requeue != nil {
 		f.policyMu.Lock()
-		f.policy.Requeue(*requeue)
+		f.requeueLocked(*requeue)
 		f.policyMu.Unlock()
 	}
 	f.kickPolicy()
@@ -422,5 +422,28 @@ func (f *Fetcher) watchdog(c *conn) error {
 				return fmt.Errorf("%w: the bulk lane brought nothing for %v", errStalled, f.cfg.RequestTimeout)
 			}
 		}
+	}
+}
+
+// requeueLocked hands the pages of a bulk run that never arrived back to the
+// policy — only those nobody else brings: a page placed or discarded
+// meanwhile is never asked for again, and one a demand request is bringing
+// stays with the demand path (which resends it after a reconnect). The
+// policy wants no page requeued that it was told is Done. policyMu is held.
+func (f *Fetcher) requeueLocked(run prefetch.Run) {
+	const taken = stResolved | stDemand
+	r := f.layout.regions[run.Region]
+	end := run.Page + uint64(run.Pages)
+	for p := run.Page; p < end; {
+		if r.state.get(p)&taken != 0 {
+			p++
+			continue
+		}
+		q := p + 1
+		for q < end && r.state.get(q)&taken == 0 {
+			q++
+		}
+		f.policy.Requeue(prefetch.Run{Region: run.Region, Page: p, Pages: uint32(q - p)})
+		p = q
 	}
 }
