@@ -245,12 +245,22 @@ func (f *Fetcher) resendOutstanding(c *conn) {
 
 func (f *Fetcher) dropOutstanding(r *region, p, n uint64) {
 	f.demandMu.Lock()
-	if len(f.outstanding) > 0 {
+	switch {
+	case len(f.outstanding) == 0:
+	case n <= uint64(len(f.outstanding)):
 		for i := p; i < p+n; i++ {
 			delete(f.outstanding, pageKey(r, i))
 		}
-		f.nOutstanding.Store(int64(len(f.outstanding)))
+	default:
+		// A large range (a discard) against few requests: walk those.
+		lo, hi := pageKey(r, p), pageKey(r, p+n)
+		for k := range f.outstanding {
+			if k >= lo && k < hi {
+				delete(f.outstanding, k)
+			}
+		}
 	}
+	f.nOutstanding.Store(int64(len(f.outstanding)))
 	f.demandMu.Unlock()
 }
 
