@@ -95,17 +95,23 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 			k++
 		}
 		done, err := f.copyRange(r, addr, k, src, dontWake)
+		var werr error
 		if done > 0 {
-			f.markPresent(r, p, done, addr, how, dontWake)
+			werr = f.markPresent(r, p, done, addr, how, dontWake)
 		}
 		if errors.Is(err, uffd.ErrExist) {
 			// The page after the copied ones is there already: nobody
 			// was woken for it.
-			f.markPresent(r, p+done, 1, addr+done*ps, how, true)
+			werr = errors.Join(werr, f.markPresent(r, p+done, 1, addr+done*ps, how, true))
 			done++
 			err = nil
 		}
 		f.evMu.RUnlock()
+		if werr != nil {
+			// A thread that cannot be woken is a hung workload thread:
+			// fail loudly.
+			return werr
+		}
 		if done > 0 && f.firstPage.Load() == 0 {
 			f.firstPage.CompareAndSwap(0, int64(time.Since(f.cfg.HandoffAt)))
 		}
@@ -191,11 +197,13 @@ func (f *Fetcher) copyRange(r *region, addr, k uint64, src []byte, dontWake bool
 
 // markPresent records pages [p, p+n) at addr as present, under the event
 // read lock. The goroutine that turns a page present owns its waiters: it
-// accounts their wait and, when its copy woke nobody, wakes them.
-func (f *Fetcher) markPresent(r *region, p, n, addr uint64, how arrival, needWake bool) {
+// accounts their wait and, when its copy woke nobody, wakes them. It
+// returns what failed a wake (never dropped: that thread would hang).
+func (f *Fetcher) markPresent(r *region, p, n, addr uint64, how arrival, needWake bool) error {
 	now := time.Now()
 	var newly uint64
 	var wakeStart, wakeLen uint64
+	var werr error
 	for i := uint64(0); i < n; i++ {
 		old := r.state.or(p+i, stPresent)
 		if old&stResolved == 0 {
@@ -214,16 +222,21 @@ func (f *Fetcher) markPresent(r *region, p, n, addr uint64, how arrival, needWak
 			continue
 		}
 		if wakeLen > 0 {
-			_ = f.wake(wakeStart, wakeLen)
+			if err := f.wake(wakeStart, wakeLen); err != nil {
+				werr = errors.Join(werr, err)
+			}
 		}
 		wakeStart, wakeLen = a, r.PageSize
 	}
 	if wakeLen > 0 {
-		_ = f.wake(wakeStart, wakeLen)
+		if err := f.wake(wakeStart, wakeLen); err != nil {
+			werr = errors.Join(werr, err)
+		}
 	}
 	if newly > 0 {
 		f.resolved(how, newly)
 	}
+	return werr
 }
 
 func (f *Fetcher) markUnmapped(r *region, p, n uint64) {
