@@ -101,10 +101,11 @@ func (f *Fetcher) event(ev *uffd.Event, faults []faultRef) ([]faultRef, error) {
 		}
 		return append(faults, faultRef{r: r, page: p, tid: ev.PageFault.ThreadID, addr: addr &^ (r.PageSize - 1)}), nil
 	case uffd.EventRemove:
-		f.discard(ev.Remove.Start, ev.Remove.End, stRemoved, viaRemoved)
+		return faults, f.discard(ev.Remove.Start, ev.Remove.End, stRemoved, viaRemoved)
 	case uffd.EventUnmap:
-		f.discard(ev.Unmap.Start, ev.Unmap.End, stUnmapped, viaUnmapped)
+		err := f.discard(ev.Unmap.Start, ev.Unmap.End, stUnmapped, viaUnmapped)
 		f.layout.cut(ev.Unmap.Start, ev.Unmap.End)
+		return faults, err
 	case uffd.EventRemap:
 		f.log.Debug("remap", "from", hex(ev.Remap.From), "to", hex(ev.Remap.To), "len", ev.Remap.Len)
 		f.layout.remap(ev.Remap.From, ev.Remap.To, ev.Remap.Len)
@@ -120,7 +121,8 @@ func (f *Fetcher) event(ev *uffd.Event, faults []faultRef) ([]faultRef, error) {
 // discard marks host range [start, end) removed or unmapped: its pages are
 // never fetched again. Threads waiting there are woken: they fault again and,
 // for a removed range, get a zero page.
-func (f *Fetcher) discard(start, end uint64, bit uint32, how arrival) {
+func (f *Fetcher) discard(start, end uint64, bit uint32, how arrival) error {
+	var werr error
 	f.layout.forRange(start, end, func(r *region, first, n, addr uint64) {
 		var newly uint64
 		for p := first; p < first+n; p++ {
@@ -138,10 +140,9 @@ func (f *Fetcher) discard(start, end uint64, bit uint32, how arrival) {
 		}
 		f.policyDone(r, first, n)
 		f.dropOutstanding(r, first, n)
-		if err := f.fd.Wake(addr, n<<r.shift); err != nil && bit == stRemoved {
-			f.log.Debug("wake after remove", "error", err)
-		}
+		werr = errors.Join(werr, f.wake(addr, n<<r.shift))
 	})
+	return werr
 }
 
 // fault handles one missing-page fault, outside the event lock.
