@@ -338,9 +338,6 @@ func TestTLSFlags(t *testing.T) {
 	if !ready.TLS {
 		t.Fatalf("ready %+v", ready)
 	}
-	if !strings.Contains(p.stderr.String(), "NO TOKEN") {
-		t.Fatalf("no warning without a token:\n%s", p.stderr.String())
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	good, err := cli.ClientTLS(pki.CAFile, pki.ClientCert, pki.ClientKey)
@@ -363,6 +360,15 @@ func TestTLSFlags(t *testing.T) {
 	if c, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{DialTimeout: 3 * time.Second}); err == nil {
 		c.Close()
 		t.Fatal("TLS server accepted a plaintext client")
+	}
+	// stderr is complete only once the process has exited: its copy
+	// runs behind the ready line on stdout.
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	p.wait(t, 30*time.Second)
+	if !strings.Contains(p.stderr.String(), "NO TOKEN") {
+		t.Fatalf("no warning without a token:\n%s", p.stderr.String())
 	}
 }
 
