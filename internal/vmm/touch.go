@@ -158,6 +158,11 @@ func (v *VM) Touch(opts TouchOptions) (TouchResult, error) {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(p))
 	}
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	// Turning the collector off does not stop a cycle already under way,
+	// whose stop-the-world would wait for a thread blocked in a fault —
+	// and, in a process that also serves its faults, forever. Finish any
+	// such cycle now, before the first fault.
+	runtime.GC()
 
 	start := time.Now()
 	for t := 0; t < opts.Threads; t++ {
