@@ -46,6 +46,7 @@ type config struct {
 	handoffTimeout   time.Duration
 	progressInterval time.Duration
 	bulkYield        bool
+	demandPrio       string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -71,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.requestTimeout, "request-timeout", 15*time.Second, "a request unanswered this long counts as a broken link")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 0, "after SIGTERM/SIGINT, force exit (code 9) if not done within this; 0: wait")
 	fs.DurationVar(&c.handoffTimeout, "handoff-timeout", 0, "give up (code 9) if no VMM hands over within this; 0: wait")
+	fs.StringVar(&c.demandPrio, "demand-priority", "rt", "CPU priority of the fault loop and the thread placing demand answers: rt (real-time SCHED_FIFO 1 where permitted, else normal) or normal")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "place bulk pages at a lower CPU priority while faults wait (shorter fault tail on idle CPUs; slower prefetch next to a CPU-bound workload)")
 	fs.DurationVar(&c.progressInterval, "progress-interval", time.Second, "interval of --progress updates")
 	if err := fs.Parse(args); err != nil {
@@ -98,6 +100,9 @@ func (c *config) validate() error {
 	}
 	if c.tlsCert != "" && c.tlsCA == "" {
 		bad("--tls-cert needs --tls-ca")
+	}
+	if c.demandPrio != "rt" && c.demandPrio != "normal" {
+		bad("--demand-priority %q: want rt or normal", c.demandPrio)
 	}
 	if c.prefetch != "on" && c.prefetch != "off" {
 		bad("--prefetch %q: want on or off", c.prefetch)
@@ -291,6 +296,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		UFFD: fd, Regions: regions, Client: client, Redial: dial,
 		ExpectGeneration: info.Generation, Prefetch: c.prefetch == "on",
 		BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
+		UrgentDemand:     c.demandPrio == "rt",
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
 		VMMPid: int(h.Cred.Pid), ClientName: "pagefetcher", HandoffAt: handoffAt,
 		Logger: log.Named("fetcher"), Metrics: reg,

@@ -58,6 +58,8 @@ type config struct {
 	tokenFile    string
 	tlsCert      string
 	demandSocket bool
+	bulkSocket   bool
+	demandPrio   string
 	bulkYield    bool
 	tlsKey       string
 	tlsClientCA  string
@@ -79,6 +81,8 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.tokenFile, "token-file", "", "`file` holding the shared token (default: the "+tokenEnv+" environment variable; neither: no token, warned)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "read bulk runs at a lower CPU priority while demand requests come")
 	fs.BoolVar(&c.demandSocket, "demand-socket", true, "also serve the demand lane as a plain socket lane on the same port (plaintext only; clients fall back to gRPC without it)")
+	fs.StringVar(&c.demandPrio, "demand-priority", "rt", "CPU priority of the threads serving demand socket lanes: rt (real-time SCHED_FIFO 1 where permitted, else normal) or normal")
+	fs.BoolVar(&c.bulkSocket, "bulk-socket", true, "also serve the bulk lane as a plain socket lane on the same port (plaintext only; clients fall back to gRPC without it)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate `file` (PEM); with --tls-key, serve TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key `file` (PEM)")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "CA `file` (PEM): require client certificates signed by it (mutual TLS)")
@@ -131,6 +135,9 @@ func (c *config) validate() error {
 		}
 	default:
 		return cli.Usagef("source", c.source, "must be file:PATH or pid:PID")
+	}
+	if c.demandPrio != "rt" && c.demandPrio != "normal" {
+		return cli.Usagef("demand-priority", c.demandPrio, "must be rt or normal")
 	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return cli.Usagef("tls-key", c.tlsKey, "--tls-cert and --tls-key go together")
@@ -243,7 +250,8 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	defer img.Close()
 	srv, err := transport.NewServer(transport.ServerOptions{
 		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions,
-		DemandSocket: creds == nil && cfg.demandSocket, BulkYield: cfg.bulkYield,
+		DemandSocket: creds == nil && cfg.demandSocket, BulkSocket: creds == nil && cfg.bulkSocket,
+		BulkYield: cfg.bulkYield, UrgentDemand: cfg.demandPrio == "rt",
 	})
 	if err != nil {
 		return cli.ExitFailure, err
@@ -280,7 +288,7 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 
 	served := make(chan error, 1)
 	glis := lis
-	if creds == nil && cfg.demandSocket {
+	if creds == nil && (cfg.demandSocket || cfg.bulkSocket) {
 		// Plaintext: socket lanes share the port (see transport.SplitListener).
 		glis = srv.SplitListener(lis)
 	}
@@ -305,6 +313,7 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		stopped := make(chan struct{})
 		go func() {
 			g.GracefulStop()
+			<-srv.DrainSocketLanes()
 			close(stopped)
 		}()
 		timer := time.NewTimer(stopDeadline)
@@ -320,6 +329,7 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		timer.Stop()
 		if !graceful {
 			g.Stop()
+			srv.CloseSocketLanes()
 			<-stopped
 			code = cli.ExitFailure
 		}

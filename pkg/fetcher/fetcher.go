@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/postcopy/postcopy/internal/metrics"
+	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/internal/stats"
 	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/transport"
@@ -63,6 +65,13 @@ type Config struct {
 	// slows the bulk path when the workload keeps the same CPUs busy; off
 	// by default (see README, "Tuning").
 	BulkYield bool
+	// UrgentDemand runs the demand path — the fault loop, and the
+	// goroutine that receives and places demand answers — on real-time
+	// threads (sched.Urgent) that the kernel wakes directly (poll(2)), so
+	// that a fault never waits for a CPU behind bulk work. Where the
+	// priority cannot be raised (no CAP_SYS_NICE) they run at normal
+	// priority, logged once. Needs GOMAXPROCS >= 2 (else ignored).
+	UrgentDemand bool
 	// ReconnectTimeout bounds how long a broken link may stay broken
 	// (default 2 minutes).
 	ReconnectTimeout time.Duration
@@ -130,10 +139,11 @@ const (
 
 // Fetcher runs one migration. Create it with New, then call Run once.
 type Fetcher struct {
-	cfg    Config
-	log    hclog.Logger
-	fd     *uffd.FD
-	layout *layout
+	urgentOnce sync.Once
+	cfg        Config
+	log        hclog.Logger
+	fd         *uffd.FD
+	layout     *layout
 
 	// evMu is the event lock (see the package doc): copies hold it for
 	// reading, the fault loop holds it for writing while it reads events
@@ -205,6 +215,18 @@ type outstandingReq struct {
 }
 
 func pageKey(r *region, p uint64) uint64 { return uint64(r.idx)<<48 | p }
+
+// urgentThread makes the calling goroutine's thread real-time where
+// Config.UrgentDemand asks for it and the fault loop waits in poll(2).
+func (f *Fetcher) urgentThread() bool {
+	if !f.cfg.UrgentDemand || runtime.GOMAXPROCS(0) < 2 {
+		return false
+	}
+	if err := sched.Urgent(); err != nil {
+		f.urgentOnce.Do(func() { f.log.Info("the demand path runs at normal priority", "error", err) })
+	}
+	return true
+}
 
 // New checks the configuration and prepares a migration.
 func New(cfg Config) (*Fetcher, error) {
@@ -398,7 +420,11 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); f.fail(f.faultLoop()) }()
+	go func() {
+		defer wg.Done()
+		f.urgentThread()
+		f.fail(f.faultLoop())
+	}()
 	go func() { defer wg.Done(); f.connLoop(runCtx, f.cfg.Client, sess) }()
 	if f.cfg.VMMPid != 0 {
 		stopWatch, err := f.watchVMM(f.cfg.VMMPid)

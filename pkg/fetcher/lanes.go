@@ -266,6 +266,9 @@ func (f *Fetcher) dropOutstanding(r *region, p, n uint64) {
 
 // demandRecv places demand answers as they arrive, with waking copies.
 func (f *Fetcher) demandRecv(c *conn) error {
+	if f.urgentThread() {
+		c.demand.WaitInThread()
+	}
 	for {
 		resp, err := c.demand.Recv()
 		if err != nil {

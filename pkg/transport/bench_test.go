@@ -61,7 +61,7 @@ func benchServer() {
 		fail(err)
 	}
 	sock := os.Getenv("POSTCOPY_BENCH_GRPC_DEMAND") == ""
-	srv, err := NewServer(ServerOptions{Image: img, DemandSocket: sock})
+	srv, err := NewServer(ServerOptions{Image: img, DemandSocket: sock, BulkSocket: sock && os.Getenv("POSTCOPY_BENCH_GRPC_BULK") == ""})
 	if err != nil {
 		fail(err)
 	}

@@ -222,6 +222,7 @@ func (c *Client) Open(ctx context.Context, regions []Region, expectGeneration ui
 		maxBulk:   min(caps.GetMaxBulkBytes(), clientMaxRun),
 		// A socket lane is plaintext: over TLS, demand stays on gRPC.
 		demandSocket: caps.GetDemandSocket() && !c.tls,
+		bulkSocket:   caps.GetBulkSocket() && !c.tls,
 	}
 	if s.id == "" || !caps.GetCrc32C() {
 		return nil, fmt.Errorf("transport: open: server sent no session id or does not checksum: %w", ErrMalformed)
@@ -236,7 +237,8 @@ type Session struct {
 	img          ImageInfo
 	maxDemand    uint32
 	maxBulk      uint32
-	demandSocket bool // the server serves socket lanes (Capabilities.demand_socket)
+	demandSocket bool // the server serves demand socket lanes (Capabilities.demand_socket)
+	bulkSocket   bool // and bulk ones (Capabilities.bulk_socket)
 }
 
 // ID returns the session id (also sent as SessionMetadataKey on streams).
@@ -265,25 +267,27 @@ func (s *Session) MaxBulkBytes() uint32 { return s.maxBulk }
 // lane (see socketlane.go): same messages, no gRPC hand-offs. If opening one
 // fails, the lane falls back to the gRPC stream.
 func (s *Session) Demand(ctx context.Context) (*Lane, error) {
-	if s.demandSocket {
-		sl, err := openSocketLane(ctx, s.c.addr, s.id, s.c.timeout)
+	return s.lane(ctx, laneDemand, s.demandSocket)
+}
+
+// Bulk opens a bulk lane, on the bulk connection, or as a socket lane where
+// the server offers one (plaintext only), falling back to gRPC as Demand
+// does. Answers come in the order of the requests.
+func (s *Session) Bulk(ctx context.Context) (*Lane, error) {
+	return s.lane(ctx, laneBulk, s.bulkSocket)
+}
+
+func (s *Session) lane(ctx context.Context, l lane, socket bool) (*Lane, error) {
+	if socket {
+		sl, err := openSocketLane(ctx, s.c.addr, s.id, l, s.c.timeout)
 		if err == nil {
-			return &Lane{sock: sl, kind: laneDemand}, nil
+			return &Lane{sock: sl, kind: l}, nil
 		}
 		if errors.Is(err, ErrSessionNotFound) {
 			return nil, err
 		}
-		s.c.log.Debug("socket lane refused; demand stays on gRPC", "error", err)
+		s.c.log.Debug("socket lane refused; the lane stays on gRPC", "lane", l, "error", err)
 	}
-	return s.lane(ctx, laneDemand)
-}
-
-// Bulk opens a bulk lane, on the bulk connection.
-func (s *Session) Bulk(ctx context.Context) (*Lane, error) {
-	return s.lane(ctx, laneBulk)
-}
-
-func (s *Session) lane(ctx context.Context, l lane) (*Lane, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	ctx = metadata.AppendToOutgoingContext(ctx, SessionMetadataKey, s.id)
 	var (
@@ -391,6 +395,25 @@ func (l *Lane) Recv() (*Response, error) {
 	return r, nil
 }
 
+// WaitInThread makes Recv wait for answers blocked in poll(2) on the
+// calling goroutine's OS thread, which the kernel then wakes directly,
+// instead of in the runtime's network poller: for a goroutine locked to a
+// real-time thread (sched.Urgent) that receives and places demand answers.
+// Call it from the goroutine that calls Recv, before the first Recv; keep
+// another processor free (GOMAXPROCS >= 2), since a thread blocked in a
+// system call holds its processor for a while. Only socket lanes can: it
+// reports whether this lane does.
+func (l *Lane) WaitInThread() bool {
+	if l.sock == nil {
+		return false
+	}
+	tr, ok := newThreadReader(l.sock.conn)
+	if ok {
+		l.sock.src.thread.Store(tr)
+	}
+	return ok
+}
+
 // CloseSend tells the server no more requests follow; Recv returns the
 // remaining answers, then io.EOF.
 func (l *Lane) CloseSend() error {
@@ -410,6 +433,7 @@ func (l *Lane) CloseSend() error {
 func (l *Lane) Close() error {
 	l.closed.Store(true)
 	if l.sock != nil {
+		shutdownConn(l.sock.conn) // wakes a Recv waiting in its thread
 		return l.sock.conn.Close()
 	}
 	l.sendMu.Lock()

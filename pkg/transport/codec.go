@@ -1,8 +1,10 @@
 package transport
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto" // registers the fallback codec
@@ -149,11 +151,24 @@ func (r *outRun) marshal() mem.BufferSlice {
 }
 
 // cursor reads protobuf wire data spread over the buffers of a
-// mem.BufferSlice without copying it first.
+// mem.BufferSlice without copying it first, or, for a socket lane, the next
+// left bytes of a bufio.Reader: then small fields are parsed in the
+// reader's buffer and a large data field is read straight into its
+// destination (read), so that a run's bytes are copied once, from the
+// socket into the pooled buffer that the Response hands out.
 type cursor struct {
 	bufs mem.BufferSlice
 	i    int
 	b    []byte
+
+	br   *bufio.Reader
+	left uint64 // bytes of the frame not yet taken from br
+	err  error  // the first error reading br
+}
+
+// newStreamCursor reads a frame of n bytes from br.
+func newStreamCursor(br *bufio.Reader, n uint64) cursor {
+	return cursor{br: br, left: n}
 }
 
 var errTruncated = errors.New("truncated message")
@@ -168,6 +183,9 @@ func newCursor(data mem.BufferSlice) cursor {
 
 // more makes c.b non-empty, or reports the end of the data.
 func (c *cursor) more() bool {
+	if c.br != nil {
+		return c.fill()
+	}
 	for len(c.b) == 0 {
 		c.i++
 		if c.i >= len(c.bufs) {
@@ -176,6 +194,37 @@ func (c *cursor) more() bool {
 		c.b = c.bufs[c.i].ReadOnlyData()
 	}
 	return true
+}
+
+// fill makes c.b non-empty from br: a view of br's buffer, already
+// discarded from br, valid until br is read again (only fill and read do).
+func (c *cursor) fill() bool {
+	if len(c.b) > 0 {
+		return true
+	}
+	if c.left == 0 || c.err != nil {
+		return false
+	}
+	if c.br.Buffered() == 0 {
+		// One read, of whatever the socket has (up to br's size).
+		if _, err := c.br.Peek(1); err != nil {
+			c.err = streamErr(err)
+			return false
+		}
+	}
+	b, _ := c.br.Peek(int(min(uint64(c.br.Buffered()), c.left)))
+	_, _ = c.br.Discard(len(b))
+	c.left -= uint64(len(b))
+	c.b = b
+	return true
+}
+
+// streamErr is the error of a frame cut short by err.
+func streamErr(err error) error {
+	if err == nil || err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 func (c *cursor) varint() (uint64, error) {
@@ -207,6 +256,26 @@ func (c *cursor) varint() (uint64, error) {
 
 // read copies len(dst) bytes into dst.
 func (c *cursor) read(dst []byte) error {
+	if c.br != nil {
+		n := copy(dst, c.b)
+		dst, c.b = dst[n:], c.b[n:]
+		if len(dst) == 0 {
+			return nil
+		}
+		if uint64(len(dst)) > c.left {
+			return errTruncated
+		}
+		if c.err != nil {
+			return c.err
+		}
+		n, err := io.ReadFull(c.br, dst)
+		c.left -= uint64(n)
+		if err != nil {
+			c.err = streamErr(err)
+			return c.err
+		}
+		return nil
+	}
 	for len(dst) > 0 {
 		if !c.more() {
 			return errTruncated
@@ -233,6 +302,9 @@ func (c *cursor) skip(n uint64) error {
 // remaining returns the number of bytes left.
 func (c *cursor) remaining() uint64 {
 	n := uint64(len(c.b))
+	if c.br != nil {
+		return n + c.left
+	}
 	for _, b := range c.bufs[min(c.i+1, len(c.bufs)):] {
 		n += uint64(b.Len())
 	}
@@ -307,6 +379,23 @@ func (r *request) unmarshal(data mem.BufferSlice) error {
 
 // unmarshal decodes a PageRun into r, its data into a pooled buffer.
 func (r *Response) unmarshal(data mem.BufferSlice) error {
+	c := newCursor(data)
+	return r.decode(&c)
+}
+
+// readFrom decodes a PageRun of n bytes read from br. An error reading br
+// is returned as it is (the lane is broken), a malformed frame as a decoding
+// error; either way the rest of the frame may be unread.
+func (r *Response) readFrom(br *bufio.Reader, n uint64) error {
+	c := newStreamCursor(br, n)
+	err := r.decode(&c)
+	if c.err != nil {
+		return c.err
+	}
+	return err
+}
+
+func (r *Response) decode(c *cursor) error {
 	r.ID, r.Offset, r.Pages, r.PageSize = 0, 0, 0, 0
 	r.Segments = r.Segments[:0]
 	r.Data = nil
@@ -314,7 +403,6 @@ func (r *Response) unmarshal(data mem.BufferSlice) error {
 		pagePool.put(r.buf)
 		r.buf = nil
 	}
-	c := newCursor(data)
 	var seg [24]byte
 	for !c.done() {
 		num, typ, err := c.tag()

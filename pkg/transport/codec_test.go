@@ -1,8 +1,11 @@
 package transport
 
 import (
+	"bufio"
 	"bytes"
 	"hash/crc32"
+	"io"
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc/mem"
@@ -142,7 +145,38 @@ func FuzzUnmarshalPageRun(f *testing.F) {
 				t.Fatalf("segment %d: %+v vs %v", i, r.Segments[i], s)
 			}
 		}
+		// The socket lane's decoder, reading the frame from a stream in
+		// small pieces, reads the same and takes exactly the frame's bytes.
+		trailer := []byte("next frame")
+		br := bufio.NewReaderSize(&chunkReader{b: append(slices.Clip(data), trailer...), n: int(cut)%7 + 1}, 16)
+		var sr Response
+		defer sr.Release()
+		if err := sr.readFrom(br, uint64(len(data))); err != nil {
+			t.Fatalf("stream decoder rejected what the buffer decoder accepts: %v: %x", err, data)
+		}
+		if sr.ID != r.ID || sr.Offset != r.Offset || sr.Pages != r.Pages || sr.PageSize != r.PageSize ||
+			!slices.Equal(sr.Segments, r.Segments) || !bytes.Equal(sr.Data, r.Data) {
+			t.Fatalf("stream decoder disagrees: %+v vs %+v", sr, r)
+		}
+		if rest, _ := io.ReadAll(br); !bytes.Equal(rest, trailer) {
+			t.Fatalf("stream decoder left %q, want %q", rest, trailer)
+		}
 	})
+}
+
+// chunkReader returns at most n bytes per Read.
+type chunkReader struct {
+	b []byte
+	n int
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.b) == 0 {
+		return 0, io.EOF
+	}
+	k := copy(p[:min(len(p), c.n)], c.b)
+	c.b = c.b[k:]
+	return k, nil
 }
 
 // TestStandardClient: a client built from the generated code with gRPC's

@@ -93,9 +93,18 @@ type ServerOptions struct {
 	// BulkYield reads bulk runs at a lower CPU priority while demand
 	// requests come (internal/sched); off by default, see fetcher.Config.
 	BulkYield bool
-	// DemandSocket advertises socket lanes (Capabilities.demand_socket):
-	// set it when serving plaintext through SplitListener.
+	// DemandSocket serves and advertises demand socket lanes
+	// (Capabilities.demand_socket): set it when serving plaintext through
+	// SplitListener.
 	DemandSocket bool
+	// BulkSocket serves and advertises bulk socket lanes
+	// (Capabilities.bulk_socket), likewise.
+	BulkSocket bool
+	// UrgentDemand serves each demand socket lane on a real-time thread
+	// (sched.Urgent) that waits for requests in poll(2): a request then
+	// gets a CPU at once, however busy bulk work keeps them. Where the
+	// priority cannot be raised, lanes run at normal priority (logged once).
+	UrgentDemand bool
 }
 
 // Server is the source side of the protocol: it serves one image to many
@@ -114,6 +123,10 @@ type Server struct {
 	idleTimeout time.Duration
 	workers     int
 	sockLane    bool
+	bulkSock    bool
+	urgent      bool
+	urgentOnce  sync.Once
+	lanes       laneSet
 	bulkYield   bool
 	health      *health.Server
 
@@ -170,6 +183,8 @@ func NewServer(o ServerOptions) (*Server, error) {
 		idleTimeout: o.SessionIdleTimeout,
 		workers:     o.DemandWorkers,
 		sockLane:    o.DemandSocket,
+		bulkSock:    o.BulkSocket,
+		urgent:      o.UrgentDemand,
 		bulkYield:   o.BulkYield,
 		gate:        newDemandGate(),
 		sessions:    make(map[string]*session),
@@ -308,6 +323,7 @@ func (s *Server) caps() *pb.Capabilities {
 		MaxRegions:     MaxRegions,
 		PageSizes:      []uint32{PageSize4K, PageSize2M},
 		DemandSocket:   s.sockLane,
+		BulkSocket:     s.bulkSock,
 	}
 }
 

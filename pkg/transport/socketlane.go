@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -16,33 +17,52 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
+
+	"github.com/postcopy/postcopy/internal/sched"
 )
 
-// The socket lane is the Demand lane without gRPC: a plain TCP connection
-// on the server's port, read and answered by one goroutine on each side.
-// A gRPC stream costs every remote fault several goroutine hand-offs on
-// each side (reader, handler, writer), and on this kind of machine each
-// hand-off to another CPU is a costly wake-up; here the goroutine that reads
-// a request reads the page and writes the answer, and on the client the one
-// that reads the answer places it.
+// A socket lane is a Demand or Bulk lane without gRPC: a plain TCP
+// connection on the server's port, read and answered by one goroutine on
+// each side. A gRPC stream costs every remote fault several goroutine
+// hand-offs on each side (reader, handler, writer), and on this kind of
+// machine each hand-off to another CPU is a costly wake-up; here the
+// goroutine that reads a request reads the page and writes the answer, and
+// on the client the one that reads the answer places it. For bulk runs,
+// gRPC's 16 KiB HTTP/2 frames and its copies through its own buffers cost
+// half the throughput; here a run is written with one writev from the
+// server's read buffer and read straight into the client's run buffer.
 //
-// Framing (documented in postcopy.proto at Capabilities.demand_socket):
+// Framing (documented in postcopy.proto at Capabilities.demand_socket and
+// bulk_socket):
 //
-//	client: "PCDEMND1" | uint16 len | session id
-//	server: 0 (accepted) | 1, uint16 len, message (refused; then closes)
+//	client: "PCDEMND1" or "PCBULKS1" | uint16 len | session id
+//	server: 0 (accepted) | 1 or 2, uint16 len, message (refused: 1 no such
+//	        session, 2 lane kind not served; then closes)
 //	client: { uint32 len | PageRequest }*
 //	server: { uint32 len | PageRun }* — or, once, an error frame:
 //	        uint32 (1<<31 | len) | uint32 gRPC code | uint16 len | reason | message
 //
 // Integers are little-endian. Messages are the protobuf messages of the
-// Demand stream, encoded the same way.
+// Demand and Bulk streams, encoded the same way.
 
-// socketLaneMagic opens a socket lane connection.
-const socketLaneMagic = "PCDEMND1"
+// demandLaneMagic opens a demand socket lane, bulkLaneMagic a bulk one
+// (Capabilities.bulk_socket). Both are 8 bytes.
+const (
+	demandLaneMagic = "PCDEMND1"
+	bulkLaneMagic   = "PCBULKS1"
+)
+
+func laneMagic(l lane) string {
+	if l == laneDemand {
+		return demandLaneMagic
+	}
+	return bulkLaneMagic
+}
 
 const (
 	errFrameBit      = 1 << 31
 	maxRequestFrame  = 256
+	maxErrorFrame    = 64 << 10
 	maxSessionIDLen  = 256
 	routeReadTimeout = 10 * time.Second
 )
@@ -88,13 +108,19 @@ func (sl *splitListener) acceptLoop() {
 
 // route reads the first bytes of c and sends it where it belongs.
 func (sl *splitListener) route(c net.Conn) {
-	var head [len(socketLaneMagic)]byte
+	var head [len(demandLaneMagic)]byte
 	_ = c.SetReadDeadline(time.Now().Add(routeReadTimeout))
 	n, err := io.ReadFull(c, head[:])
 	_ = c.SetReadDeadline(time.Time{})
-	if n == len(head) && string(head[:]) == socketLaneMagic {
-		sl.s.serveSocketLane(c)
-		return
+	if n == len(head) {
+		switch string(head[:]) {
+		case demandLaneMagic:
+			sl.s.serveSocketLane(c, laneDemand)
+			return
+		case bulkLaneMagic:
+			sl.s.serveSocketLane(c, laneBulk)
+			return
+		}
 	}
 	if n == 0 && err != nil {
 		c.Close()
@@ -148,37 +174,66 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 }
 
 // serveSocketLane serves one socket lane until the client closes it or an
-// error; errors reach the client as an error frame.
-func (s *Server) serveSocketLane(c net.Conn) {
+// error; errors reach the client as an error frame. Requests are answered
+// in order, each read and written by this goroutine: on a demand lane the
+// client has one request in flight per faulting page and waits for none
+// (a slow read holds up the lane's later requests; the fetcher's demand
+// requests are single pages); on a bulk lane the client keeps a window of
+// requests queued in the socket.
+func (s *Server) serveSocketLane(c net.Conn, l lane) {
 	defer c.Close()
+	if !s.lanes.add(c) {
+		return // stopping
+	}
+	defer s.lanes.remove(c)
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	markUrgent(c)
-	br := bufio.NewReaderSize(c, 4096)
+	if l == laneDemand {
+		markUrgent(c)
+	}
+	src := &laneReader{conn: c}
+	br := bufio.NewReaderSize(src, 4096)
 	_ = c.SetReadDeadline(time.Now().Add(routeReadTimeout))
 	id, err := readShortString(br, maxSessionIDLen)
 	_ = c.SetReadDeadline(time.Time{})
 	if err != nil {
 		return
 	}
+	if l == laneDemand && !s.sockLane || l == laneBulk && !s.bulkSock {
+		refuseLane(c, refusedNotServed, l.String()+" socket lanes are not served here")
+		return
+	}
 	sess, err := s.lookup(id)
 	if err != nil {
-		msg := status.Convert(err).Message()
-		b := []byte{1, 0, 0}
-		binary.LittleEndian.PutUint16(b[1:], uint16(len(msg)))
-		_, _ = c.Write(append(b, msg...))
+		refuseLane(c, refusedSession, status.Convert(err).Message())
 		s.countErr(err)
 		return
 	}
 	sess.streams.Add(1)
 	sess.lastActive.Store(time.Now().UnixNano())
 	defer sess.detach()
-	if _, err := c.Write([]byte{0}); err != nil {
+	if _, err := c.Write([]byte{laneAccepted}); err != nil {
 		return
+	}
+	if l == laneDemand && s.urgent {
+		// A real-time thread, woken by the kernel when a request arrives,
+		// reads it, reads the page and writes the answer.
+		if err := sched.Urgent(); err != nil {
+			s.urgentOnce.Do(func() { s.log.Info("demand lanes run at normal priority", "error", err) })
+		}
+		if tr, ok := newThreadReader(c); ok {
+			src.thread.Store(tr)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// As Bulk: with BulkYield, bulk runs are read at a lower CPU priority
+	// while demand requests come.
+	var th *sched.Thread
+	if l == laneBulk && s.bulkYield {
+		th = sched.LockThread()
+	}
 
 	bufs := make(net.Buffers, 0, 16)
 	var lenBuf [4]byte
@@ -218,17 +273,106 @@ func (s *Server) serveSocketLane(c net.Conn) {
 			s.sendErrorFrame(c, status.Errorf(codes.InvalidArgument, "%v", err))
 			return
 		}
-		ps, err := s.check(sess, laneDemand, req)
-		if err == nil {
+		ps, err := s.check(sess, l, req)
+		if err == nil && l == laneDemand {
 			s.gate.enter()
-			err = s.serve(ctx, sess, laneDemand, req, ps, send)
+			err = s.serve(ctx, sess, l, req, ps, send)
 			s.gate.leave()
+		} else if err == nil {
+			if th != nil {
+				th.Defer(s.gate.recent(demandBurst))
+			}
+			err = s.serve(ctx, sess, l, req, ps, send)
 		}
 		if err != nil {
 			s.sendErrorFrame(c, err)
 			return
 		}
 	}
+}
+
+// laneSet tracks the socket lanes being served, for a graceful stop (which
+// gRPC's GracefulStop does not see) and a hard one.
+type laneSet struct {
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	closed   bool          // CloseSocketLanes was called: no new lanes
+	draining bool          // DrainSocketLanes was called
+	idle     chan struct{} // closed once draining and no lane is left
+}
+
+func (ls *laneSet) add(c net.Conn) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.closed || ls.draining {
+		return false
+	}
+	if ls.conns == nil {
+		ls.conns = make(map[net.Conn]struct{})
+	}
+	ls.conns[c] = struct{}{}
+	return true
+}
+
+func (ls *laneSet) remove(c net.Conn) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	delete(ls.conns, c)
+	ls.checkIdleLocked()
+}
+
+func (ls *laneSet) checkIdleLocked() {
+	if ls.draining && len(ls.conns) == 0 {
+		select {
+		case <-ls.idle:
+		default:
+			close(ls.idle)
+		}
+	}
+}
+
+// DrainSocketLanes stops accepting socket lanes and returns a channel that
+// is closed once every socket lane being served has ended (its client
+// closed it) — the socket lanes' part of a graceful stop, next to
+// grpc.Server.GracefulStop.
+func (s *Server) DrainSocketLanes() <-chan struct{} {
+	ls := &s.lanes
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if !ls.draining {
+		ls.draining = true
+		ls.idle = make(chan struct{})
+	}
+	ls.checkIdleLocked()
+	return ls.idle
+}
+
+// CloseSocketLanes ends every socket lane at once (their clients see the
+// connection close) and refuses new ones — next to grpc.Server.Stop.
+func (s *Server) CloseSocketLanes() {
+	ls := &s.lanes
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.closed = true
+	for c := range ls.conns {
+		shutdownConn(c) // wakes a lane reading in its own thread
+	}
+}
+
+// Answers to a socket lane's greeting.
+const (
+	laneAccepted     = 0
+	refusedSession   = 1 // no such session (or it ended)
+	refusedNotServed = 2 // this kind of socket lane is not served
+)
+
+// refuseLane answers a greeting with a refusal and its reason.
+func refuseLane(c net.Conn, why byte, msg string) {
+	if len(msg) > 1<<10 {
+		msg = msg[:1<<10]
+	}
+	b := binary.LittleEndian.AppendUint16([]byte{why}, uint16(len(msg)))
+	_, _ = c.Write(append(b, msg...))
 }
 
 // sendErrorFrame writes err (a status) as the lane's last frame.
@@ -242,6 +386,9 @@ func (s *Server) sendErrorFrame(c net.Conn, err error) {
 		}
 	}
 	msg := st.Message()
+	if len(msg) > maxErrorFrame/2 {
+		msg = msg[:maxErrorFrame/2]
+	}
 	body := make([]byte, 4+2+len(reason), 4+2+len(reason)+len(msg))
 	binary.LittleEndian.PutUint32(body, uint32(st.Code()))
 	binary.LittleEndian.PutUint16(body[4:], uint16(len(reason)))
@@ -272,28 +419,48 @@ func readShortString(r io.Reader, limit int) (string, error) {
 // socketLane is the client side of a socket lane.
 type socketLane struct {
 	conn net.Conn
-	br   *bufio.Reader
-	buf  []byte // frame buffer, reused
+	br   *bufio.Reader // reads from src
+	src  *laneReader
 	wbuf []byte
 }
 
-// openSocketLane dials addr and opens a socket lane for session id.
-func openSocketLane(ctx context.Context, addr, id string, timeout time.Duration) (*socketLane, error) {
+// laneReader reads a lane's connection through the runtime's poller, or in
+// the reading thread once a threadReader is set.
+type laneReader struct {
+	conn   net.Conn
+	thread atomic.Pointer[threadReader]
+}
+
+func (r *laneReader) Read(b []byte) (int, error) {
+	if t := r.thread.Load(); t != nil {
+		return t.Read(b)
+	}
+	return r.conn.Read(b)
+}
+
+// openSocketLane dials addr and opens a socket lane of kind l for session
+// id.
+func openSocketLane(ctx context.Context, addr, id string, l lane, timeout time.Duration) (*socketLane, error) {
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c, err := tcpDialer(dctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	markUrgent(c)
-	hello := make([]byte, 0, len(socketLaneMagic)+2+len(id))
-	hello = append(hello, socketLaneMagic...)
+	if l == laneDemand {
+		markUrgent(c)
+	}
+	hello := make([]byte, 0, len(demandLaneMagic)+2+len(id))
+	hello = append(hello, laneMagic(l)...)
 	hello = binary.LittleEndian.AppendUint16(hello, uint16(len(id)))
 	hello = append(hello, id...)
 	if dl, ok := dctx.Deadline(); ok {
 		_ = c.SetDeadline(dl)
 	}
-	br := bufio.NewReaderSize(c, 64<<10)
+	// A bulk run's data is read straight into its buffer: the reader's
+	// buffer takes frame headers and small answers.
+	src := &laneReader{conn: c}
+	br := bufio.NewReaderSize(src, 16<<10)
 	var ok [1]byte
 	if _, err := c.Write(hello); err != nil {
 		c.Close()
@@ -303,13 +470,17 @@ func openSocketLane(ctx context.Context, addr, id string, timeout time.Duration)
 		c.Close()
 		return nil, err
 	}
-	if ok[0] != 0 {
+	if ok[0] != laneAccepted {
 		msg, _ := readShortString(br, 1<<16)
 		c.Close()
-		return nil, fromStatus("demand open", status.Error(codes.NotFound, msg))
+		code := codes.NotFound
+		if ok[0] != refusedSession {
+			code = codes.Unimplemented
+		}
+		return nil, fromStatus(l.String()+" open", status.Error(code, msg))
 	}
 	_ = c.SetDeadline(time.Time{})
-	return &socketLane{conn: c, br: br}, nil
+	return &socketLane{conn: c, br: br, src: src}, nil
 }
 
 func (l *socketLane) send(r Request) error {
@@ -327,40 +498,33 @@ func (l *socketLane) recv(r *Response) error {
 		return err
 	}
 	n := binary.LittleEndian.Uint32(hdr[:])
-	isErr := n&errFrameBit != 0
+	if n&errFrameBit == 0 {
+		if n > clientMaxRun+msgSlack {
+			return fmt.Errorf("frame of %d bytes: %w", n, ErrMalformed)
+		}
+		return r.readFrom(l.br, uint64(n))
+	}
 	n &^= errFrameBit
-	if n > clientMaxRun+msgSlack {
-		return fmt.Errorf("frame of %d bytes: %w", n, ErrMalformed)
+	if n < 6 || n > maxErrorFrame {
+		return fmt.Errorf("error frame of %d bytes: %w", n, ErrMalformed)
 	}
-	if cap(l.buf) < int(n) {
-		l.buf = make([]byte, n)
-	}
-	b := l.buf[:n]
+	b := make([]byte, n)
 	if _, err := io.ReadFull(l.br, b); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return err
+		return streamErr(err)
 	}
-	if isErr {
-		if len(b) < 6 {
-			return fmt.Errorf("error frame of %d bytes: %w", len(b), ErrMalformed)
-		}
-		code := codes.Code(binary.LittleEndian.Uint32(b))
-		rl := int(binary.LittleEndian.Uint16(b[4:]))
-		if 6+rl > len(b) {
-			return fmt.Errorf("error frame: %w", ErrMalformed)
-		}
-		reason, msg := string(b[6:6+rl]), string(b[6+rl:])
-		st := status.New(code, msg)
-		if reason != "" {
-			if d, err := st.WithDetails(&errdetails.ErrorInfo{Domain: ErrorDomain, Reason: reason}); err == nil {
-				st = d
-			}
-		}
-		return st.Err()
+	code := codes.Code(binary.LittleEndian.Uint32(b))
+	rl := int(binary.LittleEndian.Uint16(b[4:]))
+	if 6+rl > len(b) {
+		return fmt.Errorf("error frame: %w", ErrMalformed)
 	}
-	return r.unmarshal(mem.BufferSlice{mem.SliceBuffer(b)})
+	reason, msg := string(b[6:6+rl]), string(b[6+rl:])
+	st := status.New(code, msg)
+	if reason != "" {
+		if d, err := st.WithDetails(&errdetails.ErrorInfo{Domain: ErrorDomain, Reason: reason}); err == nil {
+			st = d
+		}
+	}
+	return st.Err()
 }
 
 // markUrgent marks a demand connection's packets as urgent for the network:

@@ -1,18 +1,33 @@
 package transport
 
 import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+
+	"github.com/postcopy/postcopy/pkg/image"
 )
 
 // startSplitServer serves o through SplitListener, socket lanes on.
 func startSplitServer(t *testing.T, o ServerOptions) string {
 	t.Helper()
-	o.DemandSocket = true
+	o.DemandSocket, o.BulkSocket, o.UrgentDemand = true, true, true
+	return serveSplit(t, o)
+}
+
+// serveSplit serves o, as given, through SplitListener.
+func serveSplit(t *testing.T, o ServerOptions) string {
+	t.Helper()
 	s, err := NewServer(o)
 	if err != nil {
 		t.Fatal(err)
@@ -89,13 +104,102 @@ func TestSocketLane(t *testing.T) {
 	if len(seen) != 48 {
 		t.Fatalf("%d distinct answers, want 48", len(seen))
 	}
+	// The bulk lane is a socket lane too: a window of runs in flight,
+	// answered in order, byte for byte the image's.
 	b, err := sess.Bulk(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	r := fetch(t, b, 1, 0, 48)
-	checkRun(t, r, ti.content)
+	if b.sock == nil {
+		t.Fatal("the bulk lane is not a socket lane")
+	}
+	for i := range 6 {
+		if err := b.Send(Request{ID: uint64(i), Offset: uint64(i * 8 * PageSize4K), Pages: 8}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	zero = 0
+	for i := range 6 {
+		r, err := b.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.ID != uint64(i) {
+			t.Fatalf("bulk answer %d has id %d: out of order", i, r.ID)
+		}
+		zero += checkRun(t, r, ti.content)
+		r.Release()
+	}
+	if zero != 5 {
+		t.Errorf("bulk: %d zero pages, want 5", zero)
+	}
+	if err := b.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Recv(); err != io.EOF {
+		t.Fatalf("bulk lane after CloseSend: %v, want io.EOF", err)
+	}
+}
+
+// A server that serves demand socket lanes but not bulk ones refuses a bulk
+// greeting with a reason the client tells from an unknown session, and the
+// client's bulk lane falls back to gRPC.
+func TestSocketLaneBulkNotServed(t *testing.T) {
+	ti := makeImage(t, 64*PageSize4K, 7, [][2]int{{3, 5}}, nil)
+	addr := serveSplit(t, ServerOptions{Image: ti.img, DemandSocket: true})
+
+	c := dial(t, addr, ClientOptions{})
+	ctx := testCtx(t)
+	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 64 * PageSize4K, PageSize: PageSize4K}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = openSocketLane(ctx, addr, sess.ID(), laneBulk, c.timeout)
+	wantStatus(t, "bulk socket lane not served", err, codes.Unimplemented, "not served")
+	b, err := sess.Bulk(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.sock != nil {
+		t.Fatal("bulk lane is a socket lane though the server does not offer one")
+	}
+	r := fetch(t, b, 1, 0, 64)
+	if checkRun(t, r, ti.content) != 2 {
+		t.Error("bulk over gRPC: wrong zero pages")
+	}
+	r.Release()
+}
+
+// A frame cut short by the connection's end is a retryable error, not a
+// malformed answer.
+func TestSocketLaneTruncatedFrame(t *testing.T) {
+	var frame bytes.Buffer
+	run := (&outRun{id: 1, off: 0, pages: 1, ps: PageSize4K, segs: []image.Segment{{Pages: 1}},
+		crcs: []uint32{1}, buf: pagePool.get(PageSize4K), pool: &pagePool}).marshal()
+	var hdr [4]byte
+	binary.LittleEndian.PutUint32(hdr[:], uint32(run.Len()))
+	frame.Write(hdr[:])
+	for _, b := range run {
+		frame.Write(b.ReadOnlyData())
+	}
+	run.Free()
+	whole := frame.Bytes()
+	for _, cut := range []int{2, 4, 10, len(whole) - 1} {
+		l := &socketLane{br: bufio.NewReaderSize(bytes.NewReader(whole[:cut]), 16)}
+		r := new(Response)
+		err := l.recv(r)
+		if !IsRetryable(err) {
+			t.Errorf("frame cut at %d of %d bytes: %v, want a retryable error", cut, len(whole), err)
+		}
+		r.Release()
+	}
+	l := &socketLane{br: bufio.NewReaderSize(bytes.NewReader(whole), 16)}
+	r := new(Response)
+	if err := l.recv(r); err != nil || r.ID != 1 || len(r.Data) != PageSize4K {
+		t.Fatalf("whole frame: %v %+v", err, r)
+	}
 	r.Release()
 }
 
@@ -122,9 +226,80 @@ func TestSocketLaneErrors(t *testing.T) {
 	_, err = d.Recv()
 	wantStatus(t, "request outside the regions", err, codes.OutOfRange)
 
-	if _, err := openSocketLane(ctx, addr, "0123456789abcdef0123456789abcdef", c.timeout); err == nil {
+	if _, err := openSocketLane(ctx, addr, "0123456789abcdef0123456789abcdef", laneDemand, c.timeout); err == nil {
 		t.Fatal("socket lane of an unknown session accepted")
 	} else {
 		wantStatus(t, "unknown session", err, codes.NotFound, "not found")
+	}
+}
+
+// A demand lane read in its own thread (WaitInThread), as the fetcher's
+// real-time demand path reads it, brings the same answers; Close wakes a
+// Recv blocked in poll(2).
+func TestSocketLaneWaitInThread(t *testing.T) {
+	ti := makeImage(t, 64*PageSize4K, 8, [][2]int{{10, 12}}, []int{30})
+	addr := startSplitServer(t, ServerOptions{Image: ti.img})
+	c := dial(t, addr, ClientOptions{})
+	ctx := testCtx(t)
+	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 64 * PageSize4K, PageSize: PageSize4K}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := sess.Demand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		zero int
+		err  error
+	}
+	fetched := make(chan result, 1)
+	blocked := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if !d.WaitInThread() {
+			fetched <- result{err: errors.New("a socket lane cannot wait in its thread")}
+			return
+		}
+		zero := 0
+		for p := range 64 {
+			if err := d.Send(Request{ID: uint64(p), Offset: uint64(p * PageSize4K), Pages: 1}); err != nil {
+				fetched <- result{err: err}
+				return
+			}
+			r, err := d.Recv()
+			if err != nil {
+				fetched <- result{err: err}
+				return
+			}
+			if r.ID != uint64(p) {
+				fetched <- result{err: fmt.Errorf("answer %d for request %d", r.ID, p)}
+				return
+			}
+			zero += checkRun(t, r, ti.content)
+			r.Release()
+		}
+		fetched <- result{zero: zero}
+		// Nothing asked: this Recv waits until Close.
+		_, err := d.Recv()
+		blocked <- err
+	}()
+	res := <-fetched
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	if res.zero != 3 {
+		t.Errorf("%d zero pages, want 3", res.zero)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-blocked:
+		if err != io.EOF {
+			t.Errorf("Recv after Close: %v, want io.EOF", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Close did not wake a Recv waiting in its thread")
 	}
 }

@@ -139,7 +139,11 @@ func BenchmarkFaults(b *testing.B) {
 	for _, v := range []struct {
 		name string
 		args []string
-	}{{"under-prefetch", nil}, {"under-prefetch-yield", []string{"--bulk-yield"}}} {
+	}{
+		{"under-prefetch", nil},
+		{"under-prefetch-normal-prio", []string{"--demand-priority", "normal"}},
+		{"under-prefetch-yield", []string{"--bulk-yield"}},
+	} {
 		b.Run(v.name, func(b *testing.B) {
 			var p50, p99, total []float64
 			for i := 0; i < b.N; i++ {
@@ -157,20 +161,29 @@ func BenchmarkFaults(b *testing.B) {
 }
 
 // BenchmarkResident measures how fast a whole image of random data becomes
-// resident with nothing faulting, against raw one-stream TCP.
+// resident with nothing faulting, against raw one-stream TCP, with the bulk
+// lane as a socket lane (the default) and as a gRPC stream. Each
+// sub-benchmark measures its own TCP baseline just before its runs.
 func BenchmarkResident(b *testing.B) {
 	size := uint64(2 << 30)
 	img := genImage(b, "random2g", size, harness.ImageOptions{Seed: 2})
 	e := startEcho(b)
-	bw := tcpBandwidth(b, e, 2<<30)
-	var rates []float64
-	for i := 0; i < b.N; i++ {
-		r := migrate(b, img, "4k:0x0:2G", nil, nil, []string{"--touch", "none"})
-		rates = append(rates, float64(size)/r.sum.TotalS)
+	for _, v := range []struct {
+		name string
+		args []string
+	}{{"bulk-socket", nil}, {"bulk-grpc", []string{"--bulk-socket=false"}}} {
+		b.Run(v.name, func(b *testing.B) {
+			bw := tcpBandwidth(b, e, 2<<30)
+			var rates []float64
+			for i := 0; i < b.N; i++ {
+				r := migrate(b, img, "4k:0x0:2G", v.args, nil, []string{"--touch", "none"})
+				rates = append(rates, float64(size)/r.sum.TotalS)
+			}
+			b.ReportMetric(bw/1e9, "tcp_GB/s")
+			b.ReportMetric(medianF(rates)/1e9, "GB/s")
+			b.ReportMetric(medianF(rates)/bw, "x_tcp_bw")
+		})
 	}
-	b.ReportMetric(bw/1e9, "tcp_GB/s")
-	b.ReportMetric(medianF(rates)/1e9, "GB/s")
-	b.ReportMetric(medianF(rates)/bw, "x_tcp_bw")
 }
 
 // BenchmarkHoles measures an 8 GiB layout that is 95 % holes: time until

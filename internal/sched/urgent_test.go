@@ -1,0 +1,65 @@
+package sched
+
+import (
+	"os"
+	"runtime"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/internal/testutil"
+)
+
+// Urgent makes the calling thread, and only it, real-time; threads it
+// creates would start normal (SCHED_FLAG_RESET_ON_FORK).
+func TestUrgent(t *testing.T) {
+	if os.Geteuid() != 0 {
+		// Without CAP_SYS_NICE it must say so and leave the thread normal.
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := Urgent(); err == nil {
+				t.Error("Urgent succeeded without CAP_SYS_NICE")
+			}
+			if IsUrgent() {
+				t.Error("the thread is real-time after a failed Urgent")
+			}
+		}()
+		<-done
+		testutil.RequireRoot(t)
+		return
+	}
+	other := make(chan int)
+	release := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		other <- unix.Gettid()
+		<-release
+	}()
+	otherTid := <-other
+	defer close(release)
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := Urgent(); err != nil {
+			t.Errorf("Urgent as root: %v", err)
+			return
+		}
+		a, err := unix.SchedGetAttr(0, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if a.Policy != unix.SCHED_FIFO || a.Priority != UrgentPriority || a.Flags&unix.SCHED_FLAG_RESET_ON_FORK == 0 {
+			t.Errorf("after Urgent: policy %d priority %d flags %#x, want SCHED_FIFO %d with reset-on-fork",
+				a.Policy, a.Priority, a.Flags, UrgentPriority)
+		}
+		if a, err := unix.SchedGetAttr(otherTid, 0); err != nil || a.Policy != unix.SCHED_NORMAL {
+			t.Errorf("another thread's policy %+v %v, want SCHED_NORMAL", a, err)
+		}
+		// The goroutine returns locked: the runtime ends the thread, so no
+		// other goroutine runs real-time.
+	}()
+	<-done
+}
