@@ -55,6 +55,9 @@ func parseText(text string) (e exposition, err error) {
 			err = pe.error
 		}
 	}()
+	if text == "" {
+		return e, nil // nothing registered yet: an empty exposition
+	}
 	for n, line := range strings.Split(strings.TrimSuffix(text, "\n"), "\n") {
 		fail := func(format string, args ...any) {
 			panic(parseError{fmt.Errorf("line %d %q: %s", n+1, line, fmt.Sprintf(format, args...))})
