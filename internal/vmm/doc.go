@@ -7,8 +7,9 @@
 // The life of a test VM:
 //
 //	vm, err := vmm.Map(spec)             // mmap regions, userfaultfd, UFFDIO_API, REGISTER(MISSING)
+//	t, err := vm.PrepareTouch(opts)      // allocate, collect garbage, GC off: ready to run at once
 //	err = vm.HandOver(socketPath, false) // connect, send layout + uffd (SCM_RIGHTS), keep both open
-//	res, err := vm.Touch(opts)           // fault every page in from N locked OS threads
+//	res, err := t.Run()                  // fault every page in from N locked OS threads
 //	ver, err := vm.Verify(imageFile)     // every byte == image (zeros where discarded)
 //
 // # The Go runtime and faults served by another process

@@ -111,58 +111,94 @@ func (v *VM) pageAddr(pi *pageIndex, p uint64) unsafe.Pointer {
 	return unsafe.Add(unsafe.Pointer(unsafe.SliceData(r.Mem)), (p-pi.firstPage[i])*r.PageSize)
 }
 
-// Touch reads one byte of pages of every region from opts.Threads threads,
-// as a guest resuming after migration would: each first read of a page that
-// has not arrived blocks until the handler resolves it. Each thread is locked
-// to its OS thread; the garbage collector is off and GOMAXPROCS is at least
-// Threads+2 while Touch runs (both are restored afterwards), and the threads
-// allocate nothing.
+// Touch prepares (PrepareTouch) and runs (Toucher.Run) a touch: one byte of
+// pages of every region read from opts.Threads threads, as a guest resuming
+// after migration would.
 func (v *VM) Touch(opts TouchOptions) (TouchResult, error) {
-	var res TouchResult
+	t, err := v.PrepareTouch(opts)
+	if err != nil {
+		return TouchResult{}, err
+	}
+	return t.Run()
+}
+
+// Toucher is a prepared touch: everything its threads need is allocated,
+// the garbage collector is off and no cycle is under way, GOMAXPROCS is at
+// least Threads+2. Prepare it before handing the memory over, as a VMM is
+// ready to resume its vCPUs at once: a collection run after the handoff
+// (milliseconds with the CPUs shared) would count as the handler's delay.
+type Toucher struct {
+	v       *VM
+	opts    TouchOptions
+	pi      pageIndex
+	orders  [][]uint32
+	restore func()
+}
+
+// PrepareTouch checks opts and prepares a touch; Run runs it (once).
+func (v *VM) PrepareTouch(opts TouchOptions) (*Toucher, error) {
 	if opts.Threads < 1 {
-		return res, fmt.Errorf("vmm: touch: %d threads", opts.Threads)
+		return nil, fmt.Errorf("vmm: touch: %d threads", opts.Threads)
 	}
 	if opts.Mode < 0 || opts.Mode > TouchNone {
-		return res, fmt.Errorf("vmm: touch: unknown mode %v", opts.Mode)
+		return nil, fmt.Errorf("vmm: touch: unknown mode %v", opts.Mode)
 	}
+	t := &Toucher{v: v, opts: opts, restore: func() {}}
 	if opts.Mode == TouchNone {
-		return res, nil
+		return t, nil
 	}
-	pi := v.pageIndex()
-	atRead := max(opts.AtRead, 1)
-
-	// Everything the threads need is allocated now, before the first fault.
-	var orders [][]uint32
+	t.pi = v.pageIndex()
 	if opts.Mode == TouchRandom {
-		if pi.total > 1<<32 {
-			return res, fmt.Errorf("vmm: touch: %d pages is too many for random mode", pi.total)
+		if t.pi.total > 1<<32 {
+			return nil, fmt.Errorf("vmm: touch: %d pages is too many for random mode", t.pi.total)
 		}
-		orders = make([][]uint32, opts.Threads)
-		for t := range orders {
-			o := make([]uint32, pi.total)
-			for i := range o {
-				o[i] = uint32(i)
+		t.orders = make([][]uint32, opts.Threads)
+		for i := range t.orders {
+			o := make([]uint32, t.pi.total)
+			for j := range o {
+				o[j] = uint32(j)
 			}
-			rng := rand.New(rand.NewPCG(opts.Seed, uint64(t)))
+			rng := rand.New(rand.NewPCG(opts.Seed, uint64(i)))
 			rng.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
-			orders[t] = o
+			t.orders[i] = o
 		}
 	}
-	sums := make([]uint64, opts.Threads*8) // one cache line apart
-	var reads atomic.Uint64
-	var stop atomic.Bool
-	var atErr error
-	var wg sync.WaitGroup
-
+	procs := -1
 	if p := opts.Threads + 2; runtime.GOMAXPROCS(0) < p {
-		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(p))
+		procs = runtime.GOMAXPROCS(p)
 	}
-	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	gcPercent := debug.SetGCPercent(-1)
+	t.restore = func() {
+		debug.SetGCPercent(gcPercent)
+		if procs > 0 {
+			runtime.GOMAXPROCS(procs)
+		}
+	}
 	// Turning the collector off does not stop a cycle already under way,
 	// whose stop-the-world would wait for a thread blocked in a fault —
 	// and, in a process that also serves its faults, forever. Finish any
 	// such cycle now, before the first fault.
 	runtime.GC()
+	return t, nil
+}
+
+// Run reads the pages: each first read of a page that has not arrived
+// blocks until the handler resolves it. Each thread is locked to its OS
+// thread and allocates nothing. The collector and GOMAXPROCS are restored
+// when it returns.
+func (t *Toucher) Run() (TouchResult, error) {
+	defer t.restore()
+	var res TouchResult
+	opts, v, pi, orders := t.opts, t.v, t.pi, t.orders
+	if opts.Mode == TouchNone {
+		return res, nil
+	}
+	atRead := max(opts.AtRead, 1)
+	sums := make([]uint64, opts.Threads*8) // one cache line apart
+	var reads atomic.Uint64
+	var stop atomic.Bool
+	var atErr error
+	var wg sync.WaitGroup
 
 	start := time.Now()
 	for t := 0; t < opts.Threads; t++ {

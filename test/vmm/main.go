@@ -205,12 +205,6 @@ func execute(c *config, res *result, stdout, stderr io.Writer) int {
 	// No vm.Close: memory stays mapped until the process exits, so that a
 	// handler still running never sees it vanish.
 	res.Pages, res.Bytes = c.spec.Pages(), c.spec.Bytes()
-	if err := vm.HandOver(c.socket, c.legacy); err != nil {
-		return fail(exitError, err)
-	}
-	fmt.Fprintf(stderr, "vmm: pid %d handed over %d regions (%d pages, %d bytes) to %s\n",
-		os.Getpid(), len(c.spec.Regions), res.Pages, res.Bytes, c.socket)
-
 	opts := vmm.TouchOptions{Threads: c.threads, Mode: c.touch, Seed: c.seed, StopAfter: max(c.exitAfter, c.stopAfter)}
 	if c.discard {
 		reads := res.Pages
@@ -226,7 +220,18 @@ func execute(c *config, res *result, stdout, stderr io.Writer) int {
 			return vm.Discard(c.discardOff, c.discardLen)
 		}
 	}
-	tr, err := vm.Touch(opts)
+	// Ready before the handoff, as a VMM resuming its vCPUs at once.
+	toucher, err := vm.PrepareTouch(opts)
+	if err != nil {
+		return fail(exitError, err)
+	}
+	if err := vm.HandOver(c.socket, c.legacy); err != nil {
+		return fail(exitError, err)
+	}
+	fmt.Fprintf(stderr, "vmm: pid %d handed over %d regions (%d pages, %d bytes) to %s\n",
+		os.Getpid(), len(c.spec.Regions), res.Pages, res.Bytes, c.socket)
+
+	tr, err := toucher.Run()
 	res.Reads, res.TouchMS, res.StoppedEarly = tr.Reads, ms(tr.Duration), tr.Stopped
 	if err != nil {
 		return fail(exitError, err)
