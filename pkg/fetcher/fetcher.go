@@ -398,12 +398,13 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	f.client.Store(f.cfg.Client)
 	defer func() { f.client.Load().Close() }()
 
-	sess, err := f.open(ctx, f.cfg.Client, f.cfg.ExpectGeneration)
+	sess, demand, err := f.open(ctx, f.cfg.Client, f.cfg.ExpectGeneration)
 	if err != nil {
 		return f.summary(), err
 	}
 	f.gen = sess.Image().Generation
 	if err := f.newPolicy(uint64(sess.MaxBulkBytes())); err != nil {
+		demand.Close()
 		return f.summary(), err
 	}
 	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,
@@ -411,6 +412,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		"since_handoff", time.Since(f.cfg.HandoffAt))
 
 	if f.poller, err = newFaultWaiter(f.fd); err != nil {
+		demand.Close()
 		return f.summary(), fmt.Errorf("fetcher: %w", err)
 	}
 	defer f.poller.Close()
@@ -425,7 +427,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		f.urgentThread()
 		f.fail(f.faultLoop())
 	}()
-	go func() { defer wg.Done(); f.connLoop(runCtx, f.cfg.Client, sess) }()
+	go func() { defer wg.Done(); f.connLoop(runCtx, f.cfg.Client, sess, demand) }()
 	if f.cfg.VMMPid != 0 {
 		stopWatch, err := f.watchVMM(f.cfg.VMMPid)
 		if err != nil {

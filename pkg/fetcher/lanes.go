@@ -43,32 +43,37 @@ type bulkRun struct {
 
 var errStalled = errors.New("link stalled: no answer in time")
 
-// open opens a session for the layout on client.
-func (f *Fetcher) open(ctx context.Context, client *transport.Client, expect uint64) (*transport.Session, error) {
+// open opens a session for the layout on client, with its demand lane.
+func (f *Fetcher) open(ctx context.Context, client *transport.Client, expect uint64) (*transport.Session, *transport.Lane, error) {
 	regions := make([]transport.Region, len(f.layout.regions))
 	for i, r := range f.layout.regions {
 		regions[i] = transport.Region{Offset: r.Offset, Length: r.Size, PageSize: uint32(r.PageSize)}
 	}
-	sess, err := client.Open(ctx, regions, expect)
+	// After the handoff every round trip before the first demand request
+	// counts: the session opens on its demand lane where the server can
+	// (transport.Client.OpenDemand), and the bulk lane's connection is
+	// dialled meanwhile.
+	client.PrepareLanes(1)
+	sess, demand, err := client.OpenDemand(ctx, regions, expect)
 	switch {
 	case err == nil:
-		return sess, nil
+		return sess, demand, nil
 	case errors.Is(err, transport.ErrImageChanged):
-		return nil, fmt.Errorf("%w: %w", ErrImageChanged, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrImageChanged, err)
 	case errors.Is(err, transport.ErrSourceGone):
-		return nil, fmt.Errorf("%w: %w", ErrSourceLost, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrSourceLost, err)
 	}
 	if c := status.Code(err); c == codes.InvalidArgument || c == codes.OutOfRange {
-		return nil, fmt.Errorf("%w: %w", ErrLayout, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrLayout, err)
 	}
-	return nil, fmt.Errorf("fetcher: opening session: %w", err)
+	return nil, nil, fmt.Errorf("fetcher: opening session: %w", err)
 }
 
 // connLoop runs connection generations until ctx ends or an unrecoverable
 // error. The first generation uses client and sess.
-func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, sess *transport.Session) {
+func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, sess *transport.Session, demand *transport.Lane) {
 	for {
-		c, err := f.startConn(ctx, client, sess)
+		c, err := f.startConn(ctx, client, sess, demand)
 		if err == nil {
 			err = f.serveConn(c)
 		}
@@ -83,7 +88,7 @@ func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, sess *
 		f.log.Warn("link to the source broke; reconnecting", "error", err,
 			"window", f.cfg.ReconnectTimeout)
 		old := client
-		if client, sess, err = f.reconnect(ctx); err != nil {
+		if client, sess, demand, err = f.reconnect(ctx); err != nil {
 			f.fail(err)
 			return
 		}
@@ -93,19 +98,31 @@ func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, sess *
 	}
 }
 
-func (f *Fetcher) startConn(ctx context.Context, client *transport.Client, sess *transport.Session) (*conn, error) {
+// startConn opens the lanes of a connection generation; demand, if not
+// nil, is its demand lane, opened with the session.
+func (f *Fetcher) startConn(ctx context.Context, client *transport.Client, sess *transport.Session, demand *transport.Lane) (*conn, error) {
 	cctx, cancel := context.WithCancelCause(ctx)
 	c := &conn{client: client, sess: sess, ctx: cctx, cancel: cancel, inflight: make(map[uint64]bulkRun)}
 	now := time.Now().UnixNano()
 	c.lastDemand.Store(now)
 	c.lastBulk.Store(now)
-	var err error
-	if c.demand, err = sess.Demand(cctx); err != nil {
-		cancel(err)
-		return nil, err
+	// Both lanes at once: their greetings are round trips on the way to
+	// the first page.
+	var berr error
+	bulkOpen := make(chan struct{})
+	go func() { defer close(bulkOpen); c.bulk, berr = sess.Bulk(cctx) }()
+	var derr error
+	if c.demand = demand; demand == nil {
+		c.demand, derr = sess.Demand(cctx)
 	}
-	if c.bulk, err = sess.Bulk(cctx); err != nil {
-		c.demand.Close()
+	<-bulkOpen
+	if err := errors.Join(derr, berr); err != nil {
+		if c.demand != nil {
+			c.demand.Close()
+		}
+		if c.bulk != nil {
+			c.bulk.Close()
+		}
 		cancel(err)
 		return nil, err
 	}
@@ -165,7 +182,7 @@ func (f *Fetcher) serveConn(c *conn) error {
 
 // reconnect dials again with backoff until it gets a session on the same
 // image or the reconnect window closes.
-func (f *Fetcher) reconnect(ctx context.Context) (*transport.Client, *transport.Session, error) {
+func (f *Fetcher) reconnect(ctx context.Context) (*transport.Client, *transport.Session, *transport.Lane, error) {
 	deadline := time.Now().Add(f.cfg.ReconnectTimeout)
 	backoff := 50 * time.Millisecond
 	var last error
@@ -174,33 +191,34 @@ func (f *Fetcher) reconnect(ctx context.Context) (*transport.Client, *transport.
 		client, err := f.cfg.Redial(actx)
 		if err == nil {
 			var sess *transport.Session
-			sess, err = f.open(actx, client, f.gen)
+			var demand *transport.Lane
+			sess, demand, err = f.open(actx, client, f.gen)
 			if err == nil {
 				cancel()
 				f.log.Info("reconnected", "attempt", attempt, "session", sess.ID())
-				return client, sess, nil
+				return client, sess, demand, nil
 			}
 			client.Close()
 			if errors.Is(err, ErrImageChanged) || errors.Is(err, ErrLayout) || errors.Is(err, ErrSourceLost) {
 				cancel()
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 		}
 		cancel()
 		last = err
 		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
+			return nil, nil, nil, ctx.Err()
 		}
 		wait := min(backoff, time.Until(deadline))
 		if wait <= 0 {
-			return nil, nil, fmt.Errorf("%w: no connection within %v: %w", ErrSourceLost, f.cfg.ReconnectTimeout, last)
+			return nil, nil, nil, fmt.Errorf("%w: no connection within %v: %w", ErrSourceLost, f.cfg.ReconnectTimeout, last)
 		}
 		f.log.Debug("reconnect failed", "attempt", attempt, "error", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, nil, ctx.Err()
+			return nil, nil, nil, ctx.Err()
 		case <-t.C:
 		}
 		backoff = min(backoff*2, 2*time.Second)

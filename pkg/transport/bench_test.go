@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -35,6 +36,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/pkg/image"
 )
 
@@ -61,7 +63,8 @@ func benchServer() {
 		fail(err)
 	}
 	sock := os.Getenv("POSTCOPY_BENCH_GRPC_DEMAND") == ""
-	srv, err := NewServer(ServerOptions{Image: img, DemandSocket: sock, BulkSocket: sock && os.Getenv("POSTCOPY_BENCH_GRPC_BULK") == ""})
+	srv, err := NewServer(ServerOptions{Image: img, DemandSocket: sock,
+		BulkSocket: sock && os.Getenv("POSTCOPY_BENCH_GRPC_BULK") == "", UrgentDemand: benchUrgent()})
 	if err != nil {
 		fail(err)
 	}
@@ -363,8 +366,15 @@ func reportRTT(b *testing.B, ds []time.Duration) {
 	b.ReportMetric(q(0.99), "p99-µs")
 }
 
+// benchUrgent: the demand path runs on real-time threads, as the binaries'
+// default --demand-priority rt has it; POSTCOPY_BENCH_DEMAND_PRIORITY=normal
+// measures it without (both processes).
+func benchUrgent() bool { return os.Getenv("POSTCOPY_BENCH_DEMAND_PRIORITY") != "normal" }
+
 // demandRTT times b.N one-page demand round trips (request, answer,
-// verify) at random pages of the data half.
+// verify) at random pages of the data half, from a thread of its own that
+// is real-time and reads the lane in its thread (Lane.WaitInThread), as
+// the fetcher's demand path does, unless benchUrgent says otherwise.
 func demandRTT(b *testing.B, sess *Session, env *benchEnv) {
 	l, err := sess.Demand(context.Background())
 	if err != nil {
@@ -379,15 +389,39 @@ func demandRTT(b *testing.B, sess *Session, env *benchEnv) {
 	if env != nil {
 		self0, helper0 = env.cpuTime()
 	}
-	for i := 0; i < b.N; i++ {
-		off := uint64(rng.IntN(benchDataSize/PageSize4K)) * PageSize4K
-		start := time.Now()
-		r := fetch(b, l, uint64(i), off, 1)
-		if err := r.Verify(); err != nil {
-			b.Fatal(err)
+	errc := make(chan error, 1)
+	go func() {
+		// The goroutine ends locked: its thread, real-time or not, ends too.
+		runtime.LockOSThread()
+		if benchUrgent() {
+			if err := sched.Urgent(); err != nil {
+				errc <- err
+				return
+			}
+			l.WaitInThread()
 		}
-		ds = append(ds, time.Since(start))
-		r.Release()
+		for i := 0; i < b.N; i++ {
+			off := uint64(rng.IntN(benchDataSize/PageSize4K)) * PageSize4K
+			start := time.Now()
+			if err := l.Send(Request{ID: uint64(i), Offset: off, Pages: 1}); err != nil {
+				errc <- err
+				return
+			}
+			r, err := l.Recv()
+			if err == nil {
+				err = r.Verify()
+			}
+			if err != nil {
+				errc <- err
+				return
+			}
+			ds = append(ds, time.Since(start))
+			r.Release()
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		b.Fatal(err)
 	}
 	b.StopTimer()
 	if env != nil {

@@ -73,7 +73,23 @@ type Client struct {
 	bulk    *grpc.ClientConn
 	dRPC    pb.PageServerClient
 	bRPC    pb.PageServerClient
+
+	socketOpen atomic.Bool // the server offers socket_open (Hello)
+
+	spareMu     sync.Mutex
+	spare       chan spareConn // connections dialled ahead for socket lanes
+	spareClosed bool           // under spareMu: Close was called
 }
+
+// spareConn is a TCP connection dialled ahead (PrepareLanes).
+type spareConn struct {
+	c  net.Conn
+	at time.Time
+}
+
+// spareMaxAge: a spare connection older than this is not used — the server
+// closes a connection that has said nothing for routeReadTimeout.
+const spareMaxAge = routeReadTimeout / 2
 
 // tcpDialer dials TCP with Nagle off (Go's default, made explicit).
 func tcpDialer(ctx context.Context, addr string) (net.Conn, error) {
@@ -139,7 +155,8 @@ func Dial(ctx context.Context, addr string, o ClientOptions) (*Client, error) {
 		grpc.WithReadBufferSize(bulkBufferSize),
 	)
 	target := "passthrough:///" + addr
-	c := &Client{addr: addr, tls: o.TLS != nil, timeout: timeout, token: string(o.Token), name: o.Name, log: log}
+	c := &Client{addr: addr, tls: o.TLS != nil, timeout: timeout, token: string(o.Token), name: o.Name, log: log,
+		spare: make(chan spareConn, 4)}
 	var err error
 	if c.demand, err = grpc.NewClient(target, demandOpts...); err != nil {
 		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
@@ -177,7 +194,69 @@ func Dial(ctx context.Context, addr string, o ClientOptions) (*Client, error) {
 
 // Close closes both connections; open lanes end.
 func (c *Client) Close() error {
+	c.dropSpares()
 	return errors.Join(c.demand.Close(), c.bulk.Close())
+}
+
+// PrepareLanes dials n TCP connections in the background for the socket
+// lanes the next Demand and Bulk calls open, so that a session's lanes cost
+// only their greeting once Open returns: called just before Open, the dials
+// overlap it. Connections left unused are closed by Close (or when too old
+// to use). Over TLS, where lanes are gRPC streams, it does nothing.
+func (c *Client) PrepareLanes(n int) {
+	if c.tls {
+		return
+	}
+	for range n {
+		go func() {
+			dctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+			defer cancel()
+			conn, err := tcpDialer(dctx, c.addr)
+			if err != nil {
+				return // the lane dials again itself, and reports the error
+			}
+			c.spareMu.Lock()
+			defer c.spareMu.Unlock()
+			if c.spareClosed {
+				conn.Close()
+				return
+			}
+			select {
+			case c.spare <- spareConn{conn, time.Now()}:
+			default:
+				conn.Close()
+			}
+		}()
+	}
+}
+
+// takeSpare returns a connection dialled ahead, if a fresh one is ready.
+func (c *Client) takeSpare() net.Conn {
+	for {
+		select {
+		case sc := <-c.spare:
+			if time.Since(sc.at) < spareMaxAge {
+				return sc.c
+			}
+			sc.c.Close()
+		default:
+			return nil
+		}
+	}
+}
+
+func (c *Client) dropSpares() {
+	c.spareMu.Lock()
+	defer c.spareMu.Unlock()
+	c.spareClosed = true
+	for {
+		select {
+		case sc := <-c.spare:
+			sc.c.Close()
+		default:
+			return
+		}
+	}
 }
 
 // Addr returns the address the client dialled.
@@ -198,12 +277,12 @@ func (c *Client) Hello(ctx context.Context) (ImageInfo, error) {
 		return ImageInfo{}, fmt.Errorf("transport: hello: server speaks protocol %d, want %d: %w",
 			r.GetProtocolVersion(), ProtocolVersion, ErrProtocolVersion)
 	}
+	// A socket lane is plaintext: over TLS, sessions open with Open.
+	c.socketOpen.Store(r.GetCaps().GetSocketOpen() && !c.tls)
 	return imageInfo(r.GetImage()), nil
 }
 
-// Open opens a session over regions. expectGeneration, if not 0, must be the
-// image's generation (else an error matching ErrImageChanged).
-func (c *Client) Open(ctx context.Context, regions []Region, expectGeneration uint64) (*Session, error) {
+func (c *Client) openRequest(regions []Region, expectGeneration uint64) *pb.OpenRequest {
 	req := &pb.OpenRequest{
 		Token: c.token, ProtocolVersion: ProtocolVersion, ExpectGeneration: expectGeneration,
 		ClientName: c.name, Regions: make([]*pb.Region, len(regions)),
@@ -211,10 +290,46 @@ func (c *Client) Open(ctx context.Context, regions []Region, expectGeneration ui
 	for i, r := range regions {
 		req.Regions[i] = &pb.Region{Offset: r.Offset, Length: r.Length, PageSize: r.PageSize}
 	}
-	r, err := c.dRPC.Open(ctx, req)
+	return req
+}
+
+// Open opens a session over regions. expectGeneration, if not 0, must be the
+// image's generation (else an error matching ErrImageChanged).
+func (c *Client) Open(ctx context.Context, regions []Region, expectGeneration uint64) (*Session, error) {
+	r, err := c.dRPC.Open(ctx, c.openRequest(regions, expectGeneration))
 	if err != nil {
 		return nil, fromStatus("open", err)
 	}
+	return c.session(r)
+}
+
+// OpenDemand opens a session over regions, as Open does, and its demand
+// lane. Where the server offers it (Capabilities.socket_open, learnt by
+// Hello; plaintext only), both take one round trip on one connection — on
+// the way from a handoff to the first page, Open's round trip through gRPC
+// costs a millisecond or more here; otherwise it calls Open, then
+// Session.Demand.
+func (c *Client) OpenDemand(ctx context.Context, regions []Region, expectGeneration uint64) (*Session, *Lane, error) {
+	if c.socketOpen.Load() {
+		s, l, err := c.socketOpenLane(ctx, c.openRequest(regions, expectGeneration))
+		if err == nil || !errors.Is(err, errSocketOpenUnavailable) {
+			return s, l, err
+		}
+		c.log.Debug("socket open failed; opening with Open", "error", err)
+	}
+	s, err := c.Open(ctx, regions, expectGeneration)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := s.Demand(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, l, nil
+}
+
+// session makes the Session an OpenResponse describes.
+func (c *Client) session(r *pb.OpenResponse) (*Session, error) {
 	caps := r.GetCaps()
 	s := &Session{
 		c: c, id: r.GetSessionId(), img: imageInfo(r.GetImage()),
@@ -279,7 +394,7 @@ func (s *Session) Bulk(ctx context.Context) (*Lane, error) {
 
 func (s *Session) lane(ctx context.Context, l lane, socket bool) (*Lane, error) {
 	if socket {
-		sl, err := openSocketLane(ctx, s.c.addr, s.id, l, s.c.timeout)
+		sl, err := openSocketLane(ctx, s.c, s.id, l)
 		if err == nil {
 			return &Lane{sock: sl, kind: l}, nil
 		}

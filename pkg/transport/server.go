@@ -324,6 +324,7 @@ func (s *Server) caps() *pb.Capabilities {
 		PageSizes:      []uint32{PageSize4K, PageSize2M},
 		DemandSocket:   s.sockLane,
 		BulkSocket:     s.bulkSock,
+		SocketOpen:     s.sockLane,
 	}
 }
 

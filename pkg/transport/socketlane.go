@@ -17,8 +17,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/postcopy/postcopy/internal/sched"
+	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
 )
 
 // A socket lane is a Demand or Bulk lane without gRPC: a plain TCP
@@ -50,7 +52,62 @@ import (
 const (
 	demandLaneMagic = "PCDEMND1"
 	bulkLaneMagic   = "PCBULKS1"
+	openLaneMagic   = "PCOPENS1" // Capabilities.socket_open
 )
+
+// maxOpenFrame bounds an OpenRequest on a socket lane: MaxRegions regions
+// of at most 3 varints each, a token and a name, with room to spare.
+const maxOpenFrame = 1 << 20
+
+// socketOpen serves the greeting of a connection that opened with
+// openLaneMagic: a length-prefixed OpenRequest, answered with a
+// length-prefixed OpenResponse or an error frame, exactly as the Open call
+// would answer it. It returns the new session, or nil after refusing.
+func (s *Server) socketOpen(c net.Conn, br *bufio.Reader) *session {
+	_ = c.SetReadDeadline(time.Now().Add(routeReadTimeout))
+	var hdr [4]byte
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		return nil
+	}
+	n := binary.LittleEndian.Uint32(hdr[:])
+	if n > maxOpenFrame {
+		s.sendErrorFrame(c, status.Errorf(codes.ResourceExhausted, "open frame of %d bytes, limit %d", n, maxOpenFrame))
+		return nil
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(br, b); err != nil {
+		return nil
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if !s.sockLane {
+		s.sendErrorFrame(c, status.Error(codes.Unimplemented, "socket lanes are not served here"))
+		return nil
+	}
+	var req pb.OpenRequest
+	if err := proto.Unmarshal(b, &req); err != nil {
+		s.sendErrorFrame(c, status.Errorf(codes.InvalidArgument, "OpenRequest: %v", err))
+		return nil
+	}
+	resp, err := s.Open(context.Background(), &req)
+	if err != nil {
+		s.sendErrorFrame(c, err)
+		return nil
+	}
+	out, err := proto.Marshal(resp)
+	if err != nil {
+		s.sendErrorFrame(c, status.Errorf(codes.Internal, "OpenResponse: %v", err))
+		return nil
+	}
+	binary.LittleEndian.PutUint32(hdr[:], uint32(len(out)))
+	if _, err := (&net.Buffers{hdr[:], out}).WriteTo(c); err != nil {
+		return nil
+	}
+	sess, err := s.lookup(resp.GetSessionId())
+	if err != nil {
+		return nil
+	}
+	return sess
+}
 
 func laneMagic(l lane) string {
 	if l == laneDemand {
@@ -115,10 +172,13 @@ func (sl *splitListener) route(c net.Conn) {
 	if n == len(head) {
 		switch string(head[:]) {
 		case demandLaneMagic:
-			sl.s.serveSocketLane(c, laneDemand)
+			sl.s.serveSocketLane(c, laneDemand, false)
 			return
 		case bulkLaneMagic:
-			sl.s.serveSocketLane(c, laneBulk)
+			sl.s.serveSocketLane(c, laneBulk, false)
+			return
+		case openLaneMagic:
+			sl.s.serveSocketLane(c, laneDemand, true)
 			return
 		}
 	}
@@ -180,7 +240,10 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 // (a slow read holds up the lane's later requests; the fetcher's demand
 // requests are single pages); on a bulk lane the client keeps a window of
 // requests queued in the socket.
-func (s *Server) serveSocketLane(c net.Conn, l lane) {
+//
+// With open, the connection opened with "PCOPENS1": its greeting is an Open
+// (socketOpen), and it goes on as the new session's demand lane.
+func (s *Server) serveSocketLane(c net.Conn, l lane, open bool) {
 	defer c.Close()
 	if !s.lanes.add(c) {
 		return // stopping
@@ -194,27 +257,35 @@ func (s *Server) serveSocketLane(c net.Conn, l lane) {
 	}
 	src := &laneReader{conn: c}
 	br := bufio.NewReaderSize(src, 4096)
-	_ = c.SetReadDeadline(time.Now().Add(routeReadTimeout))
-	id, err := readShortString(br, maxSessionIDLen)
-	_ = c.SetReadDeadline(time.Time{})
-	if err != nil {
-		return
-	}
-	if l == laneDemand && !s.sockLane || l == laneBulk && !s.bulkSock {
-		refuseLane(c, refusedNotServed, l.String()+" socket lanes are not served here")
-		return
-	}
-	sess, err := s.lookup(id)
-	if err != nil {
-		refuseLane(c, refusedSession, status.Convert(err).Message())
-		s.countErr(err)
-		return
+	var sess *session
+	if open {
+		if sess = s.socketOpen(c, br); sess == nil {
+			return
+		}
+	} else {
+		_ = c.SetReadDeadline(time.Now().Add(routeReadTimeout))
+		id, err := readShortString(br, maxSessionIDLen)
+		_ = c.SetReadDeadline(time.Time{})
+		if err != nil {
+			return
+		}
+		if l == laneDemand && !s.sockLane || l == laneBulk && !s.bulkSock {
+			refuseLane(c, refusedNotServed, l.String()+" socket lanes are not served here")
+			return
+		}
+		if sess, err = s.lookup(id); err != nil {
+			refuseLane(c, refusedSession, status.Convert(err).Message())
+			s.countErr(err)
+			return
+		}
 	}
 	sess.streams.Add(1)
 	sess.lastActive.Store(time.Now().UnixNano())
 	defer sess.detach()
-	if _, err := c.Write([]byte{laneAccepted}); err != nil {
-		return
+	if !open {
+		if _, err := c.Write([]byte{laneAccepted}); err != nil {
+			return
+		}
 	}
 	if l == laneDemand && s.urgent {
 		// A real-time thread, woken by the kernel when a request arrives,
@@ -438,14 +509,17 @@ func (r *laneReader) Read(b []byte) (int, error) {
 	return r.conn.Read(b)
 }
 
-// openSocketLane dials addr and opens a socket lane of kind l for session
-// id.
-func openSocketLane(ctx context.Context, addr, id string, l lane, timeout time.Duration) (*socketLane, error) {
-	dctx, cancel := context.WithTimeout(ctx, timeout)
+// openSocketLane opens a socket lane of kind l for session id, on a
+// connection cl dialled ahead or on a new one.
+func openSocketLane(ctx context.Context, cl *Client, id string, l lane) (*socketLane, error) {
+	dctx, cancel := context.WithTimeout(ctx, cl.timeout)
 	defer cancel()
-	c, err := tcpDialer(dctx, addr)
-	if err != nil {
-		return nil, err
+	c := cl.takeSpare()
+	if c == nil {
+		var err error
+		if c, err = tcpDialer(dctx, cl.addr); err != nil {
+			return nil, err
+		}
 	}
 	if l == laneDemand {
 		markUrgent(c)
@@ -504,12 +578,17 @@ func (l *socketLane) recv(r *Response) error {
 		}
 		return r.readFrom(l.br, uint64(n))
 	}
-	n &^= errFrameBit
+	return readErrorFrame(l.br, n&^errFrameBit)
+}
+
+// readErrorFrame reads the body (n bytes) of an error frame from br and
+// returns the status it carries.
+func readErrorFrame(br *bufio.Reader, n uint32) error {
 	if n < 6 || n > maxErrorFrame {
 		return fmt.Errorf("error frame of %d bytes: %w", n, ErrMalformed)
 	}
 	b := make([]byte, n)
-	if _, err := io.ReadFull(l.br, b); err != nil {
+	if _, err := io.ReadFull(br, b); err != nil {
 		return streamErr(err)
 	}
 	code := codes.Code(binary.LittleEndian.Uint32(b))
@@ -525,6 +604,75 @@ func (l *socketLane) recv(r *Response) error {
 		}
 	}
 	return st.Err()
+}
+
+// errSocketOpenUnavailable marks a socket open that failed before the
+// server judged the request (no connection, or socket lanes refused): the
+// caller falls back to Open.
+var errSocketOpenUnavailable = errors.New("socket open unavailable")
+
+// socketOpenLane opens a session with req on a socket lane (openLaneMagic)
+// and returns it with that lane, its demand lane.
+func (cl *Client) socketOpenLane(ctx context.Context, req *pb.OpenRequest) (*Session, *Lane, error) {
+	unavailable := func(err error) error { return fmt.Errorf("%w: %w", errSocketOpenUnavailable, err) }
+	body, err := proto.Marshal(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, cl.timeout)
+	defer cancel()
+	c := cl.takeSpare()
+	if c == nil {
+		if c, err = tcpDialer(dctx, cl.addr); err != nil {
+			return nil, nil, unavailable(err)
+		}
+	}
+	markUrgent(c)
+	if dl, ok := dctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	hello := make([]byte, 0, len(openLaneMagic)+4+len(body))
+	hello = append(hello, openLaneMagic...)
+	hello = binary.LittleEndian.AppendUint32(hello, uint32(len(body)))
+	hello = append(hello, body...)
+	src := &laneReader{conn: c}
+	br := bufio.NewReaderSize(src, 16<<10)
+	fail := func(err error) (*Session, *Lane, error) {
+		c.Close()
+		return nil, nil, err
+	}
+	if _, err := c.Write(hello); err != nil {
+		return fail(unavailable(err))
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		return fail(unavailable(err))
+	}
+	n := binary.LittleEndian.Uint32(hdr[:])
+	if n&errFrameBit != 0 {
+		err := fromStatus("open", readErrorFrame(br, n&^errFrameBit))
+		if status.Code(err) == codes.Unimplemented {
+			err = unavailable(err)
+		}
+		return fail(err)
+	}
+	if n > maxOpenFrame {
+		return fail(fmt.Errorf("transport: open: answer of %d bytes: %w", n, ErrMalformed))
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(br, b); err != nil {
+		return fail(unavailable(streamErr(err)))
+	}
+	var resp pb.OpenResponse
+	if err := proto.Unmarshal(b, &resp); err != nil {
+		return fail(fmt.Errorf("transport: open: %v: %w", err, ErrMalformed))
+	}
+	sess, err := cl.session(&resp)
+	if err != nil {
+		return fail(err)
+	}
+	_ = c.SetDeadline(time.Time{})
+	return sess, &Lane{sock: &socketLane{conn: c, br: br, src: src}, kind: laneDemand}, nil
 }
 
 // markUrgent marks a demand connection's packets as urgent for the network:

@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/postcopy/postcopy/pkg/image"
 )
@@ -155,7 +156,7 @@ func TestSocketLaneBulkNotServed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = openSocketLane(ctx, addr, sess.ID(), laneBulk, c.timeout)
+	_, err = openSocketLane(ctx, c, sess.ID(), laneBulk)
 	wantStatus(t, "bulk socket lane not served", err, codes.Unimplemented, "not served")
 	b, err := sess.Bulk(ctx)
 	if err != nil {
@@ -226,7 +227,7 @@ func TestSocketLaneErrors(t *testing.T) {
 	_, err = d.Recv()
 	wantStatus(t, "request outside the regions", err, codes.OutOfRange)
 
-	if _, err := openSocketLane(ctx, addr, "0123456789abcdef0123456789abcdef", laneDemand, c.timeout); err == nil {
+	if _, err := openSocketLane(ctx, c, "0123456789abcdef0123456789abcdef", laneDemand); err == nil {
 		t.Fatal("socket lane of an unknown session accepted")
 	} else {
 		wantStatus(t, "unknown session", err, codes.NotFound, "not found")
@@ -301,5 +302,112 @@ func TestSocketLaneWaitInThread(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("Close did not wake a Recv waiting in its thread")
+	}
+}
+
+// A session opened on a socket lane (Capabilities.socket_open) comes with
+// its demand lane, serves the same bytes, and refuses bad requests exactly
+// as Open does: same codes, same sentinels.
+func TestSocketOpen(t *testing.T) {
+	ti := makeImage(t, 64*PageSize4K, 9, [][2]int{{4, 6}}, nil)
+	addr := startSplitServer(t, ServerOptions{Image: ti.img, Token: []byte("secret")})
+	c := dial(t, addr, ClientOptions{Token: []byte("secret")})
+	ctx := testCtx(t)
+	info, err := c.Hello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.socketOpen.Load() {
+		t.Fatal("Hello did not learn socket_open")
+	}
+	regions := []Region{{Offset: 0, Length: 64 * PageSize4K, PageSize: PageSize4K}}
+	sess, d, err := c.OpenDemand(ctx, regions, info.Generation)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.sock == nil {
+		t.Fatal("the demand lane of a socket open is not a socket lane")
+	}
+	r := fetch(t, d, 1, 0, 16)
+	if checkRun(t, r, ti.content) != 2 {
+		t.Error("wrong zero pages")
+	}
+	r.Release()
+	b, err := sess.Bulk(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = fetch(t, b, 2, 16*PageSize4K, 48)
+	checkRun(t, r, ti.content)
+	r.Release()
+	b.Close()
+	if err := sess.Done(ctx, DoneTotals{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Refusals: the same as Open's, for the same requests.
+	bad := []struct {
+		what    string
+		token   string
+		regions []Region
+		gen     uint64
+	}{
+		{"wrong token", "wrong", regions, 0},
+		{"region beyond the image", "secret", []Region{{Offset: 0, Length: 128 * PageSize4K, PageSize: PageSize4K}}, 0},
+		{"misaligned region", "secret", []Region{{Offset: 100, Length: PageSize4K, PageSize: PageSize4K}}, 0},
+		{"another generation", "secret", regions, info.Generation + 1},
+	}
+	for _, tc := range bad {
+		bc := dial(t, addr, ClientOptions{Token: []byte(tc.token)})
+		bc.socketOpen.Store(true) // as Hello would have set it
+		_, _, serr := bc.socketOpenLane(ctx, bc.openRequest(tc.regions, tc.gen))
+		_, gerr := bc.Open(ctx, tc.regions, tc.gen)
+		if serr == nil || gerr == nil {
+			t.Fatalf("%s: socket open %v, Open %v: want both refused", tc.what, serr, gerr)
+		}
+		if status.Code(serr) != status.Code(gerr) {
+			t.Errorf("%s: socket open %v, Open %v: codes differ", tc.what, serr, gerr)
+		}
+		for _, sentinel := range []error{ErrUnauthenticated, ErrImageChanged} {
+			if errors.Is(serr, sentinel) != errors.Is(gerr, sentinel) {
+				t.Errorf("%s: socket open %v, Open %v: only one matches %v", tc.what, serr, gerr, sentinel)
+			}
+		}
+	}
+}
+
+// A server that serves no socket lanes refuses a socket open as
+// Unimplemented, and OpenDemand falls back to Open and a gRPC demand lane.
+func TestSocketOpenFallback(t *testing.T) {
+	ti := makeImage(t, 16*PageSize4K, 10, nil, nil)
+	addr := serveSplit(t, ServerOptions{Image: ti.img})
+	c := dial(t, addr, ClientOptions{})
+	ctx := testCtx(t)
+	if _, err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c.socketOpen.Load() {
+		t.Fatal("socket_open learnt from a server without socket lanes")
+	}
+	c.socketOpen.Store(true) // a client that believes otherwise
+	regions := []Region{{Offset: 0, Length: 16 * PageSize4K, PageSize: PageSize4K}}
+	_, _, err := c.socketOpenLane(ctx, c.openRequest(regions, 0))
+	if !errors.Is(err, errSocketOpenUnavailable) || status.Code(err) != codes.Unimplemented {
+		t.Fatalf("socket open on a server without socket lanes: %v, want Unimplemented", err)
+	}
+	sess, d, err := c.OpenDemand(ctx, regions, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.sock != nil {
+		t.Fatal("fell back, yet the demand lane is a socket lane")
+	}
+	r := fetch(t, d, 1, 0, 16)
+	checkRun(t, r, ti.content)
+	r.Release()
+	if err := sess.Done(ctx, DoneTotals{}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -284,7 +284,16 @@ type Capabilities struct {
 	// throughput here; on a socket lane a run's bytes are written from the
 	// server's read buffer with one writev and read straight into the
 	// client's run buffer. Requests are answered in order.
-	BulkSocket    bool `protobuf:"varint,8,opt,name=bulk_socket,json=bulkSocket,proto3" json:"bulk_socket,omitempty"`
+	BulkSocket bool `protobuf:"varint,8,opt,name=bulk_socket,json=bulkSocket,proto3" json:"bulk_socket,omitempty"`
+	// socket_open: a session may also be opened on a socket lane, saving the
+	// separate Open call's round trip on the way to the first page: the
+	// client sends the 8 bytes "PCOPENS1", a little-endian uint32 length and
+	// an OpenRequest; the server answers a uint32 length and the
+	// OpenResponse, or an error frame (as on a lane: uint32 1<<31 | length,
+	// uint32 gRPC code, uint16 length, reason, message) and closes. Accepted,
+	// the connection goes on as the new session's demand lane. Served with
+	// demand_socket; the client learns it from HelloResponse.caps.
+	SocketOpen    bool `protobuf:"varint,9,opt,name=socket_open,json=socketOpen,proto3" json:"socket_open,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -371,6 +380,13 @@ func (x *Capabilities) GetDemandSocket() bool {
 func (x *Capabilities) GetBulkSocket() bool {
 	if x != nil {
 		return x.BulkSocket
+	}
+	return false
+}
+
+func (x *Capabilities) GetSocketOpen() bool {
+	if x != nil {
+		return x.SocketOpen
 	}
 	return false
 }
@@ -972,7 +988,7 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x02 \x01(\x06R\n" +
 	"generation\x12 \n" +
-	"\vdescription\x18\x03 \x01(\tR\vdescription\"\x99\x02\n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\"\xba\x02\n" +
 	"\fCapabilities\x12(\n" +
 	"\x10max_demand_bytes\x18\x01 \x01(\rR\x0emaxDemandBytes\x12$\n" +
 	"\x0emax_bulk_bytes\x18\x02 \x01(\rR\fmaxBulkBytes\x12\x1b\n" +
@@ -984,7 +1000,9 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"page_sizes\x18\x06 \x03(\rR\tpageSizes\x12#\n" +
 	"\rdemand_socket\x18\a \x01(\bR\fdemandSocket\x12\x1f\n" +
 	"\vbulk_socket\x18\b \x01(\bR\n" +
-	"bulkSocket\"U\n" +
+	"bulkSocket\x12\x1f\n" +
+	"\vsocket_open\x18\t \x01(\bR\n" +
+	"socketOpen\"U\n" +
 	"\x06Region\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\x04R\x06length\x12\x1b\n" +
