@@ -27,6 +27,8 @@ type Thread struct {
 	tid      int
 	low      bool
 	canRaise bool // whether nice can go back to 0 (needs CAP_SYS_NICE)
+	boosted  bool // real-time, until Unboost
+	noBoost  bool // Boost failed: do not try again
 }
 
 // LockThread locks the calling goroutine to its OS thread and returns it.

@@ -7,9 +7,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// UrgentPriority is the SCHED_FIFO priority of the threads that serve
-// faults: the lowest real-time priority, above every normal thread.
-const UrgentPriority = 1
+// Real-time (SCHED_FIFO) priorities: the threads that serve faults above
+// a boosted thread (Thread.Boost), both above every normal thread.
+const (
+	UrgentPriority = 2
+	BoostPriority  = 1
+)
 
 // Urgent locks the calling goroutine to its OS thread and makes that thread
 // real-time (SCHED_FIFO, UrgentPriority), so that when the kernel wakes it —
@@ -45,4 +48,46 @@ func Urgent() error {
 func IsUrgent() bool {
 	a, err := unix.SchedGetAttr(0, 0)
 	return err == nil && a.Policy == unix.SCHED_FIFO
+}
+
+// Boost makes the thread real-time (SCHED_FIFO, BoostPriority) until
+// Unboost: priority inheritance done by hand, for a normal thread that holds
+// what an urgent thread may wait for. The bulk placer holds the fetcher's
+// event lock for each copy; the fault loop needs that lock to read the next
+// fault, and a demand answer's copy waits behind the fault loop. A normal
+// thread preempted while holding the lock — for a time slice, milliseconds,
+// on CPUs shared with the workload — stalls every fault behind it. Boosted,
+// the copy runs to its end; urgent threads still preempt it. Keep boosted
+// sections short and free of waiting. Where the priority cannot be raised it
+// stops trying and returns false.
+//
+// Both are no-ops on a nil Thread.
+func (t *Thread) Boost() bool {
+	if t == nil || t.noBoost {
+		return false
+	}
+	a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: BoostPriority,
+		Flags: unix.SCHED_FLAG_RESET_ON_FORK}
+	if err := unix.SchedSetAttr(t.tid, &a, 0); err != nil {
+		t.noBoost = true
+		return false
+	}
+	t.boosted = true
+	return true
+}
+
+// Unboost ends Boost: the thread is a normal one again, at the nice value
+// Defer last set.
+func (t *Thread) Unboost() {
+	if t == nil || !t.boosted {
+		return
+	}
+	nice := int32(0)
+	if t.low {
+		nice = BackgroundNice
+	}
+	a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: nice}
+	if unix.SchedSetAttr(t.tid, &a, 0) == nil {
+		t.boosted = false
+	}
 }

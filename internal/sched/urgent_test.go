@@ -63,3 +63,34 @@ func TestUrgent(t *testing.T) {
 	}()
 	<-done
 }
+
+// Boost raises the locked thread to real-time below urgent threads, and
+// Unboost brings it back to normal at the nice value Defer set.
+func TestBoost(t *testing.T) {
+	testutil.RequireRoot(t)
+	var nilThread *Thread
+	if nilThread.Boost() {
+		t.Error("a nil Thread boosted")
+	}
+	nilThread.Unboost()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		th := LockThread()
+		th.Defer(true)
+		if !th.Boost() {
+			t.Error("Boost as root failed")
+			return
+		}
+		a, err := unix.SchedGetAttr(th.tid, 0)
+		if err != nil || a.Policy != unix.SCHED_FIFO || a.Priority != BoostPriority || BoostPriority >= UrgentPriority {
+			t.Errorf("boosted: %+v %v, want SCHED_FIFO %d (below %d)", a, err, BoostPriority, UrgentPriority)
+		}
+		th.Unboost()
+		a, err = unix.SchedGetAttr(th.tid, 0)
+		if err != nil || a.Policy != unix.SCHED_NORMAL || a.Nice != BackgroundNice {
+			t.Errorf("after Unboost: %+v %v, want SCHED_NORMAL at nice %d", a, err, BackgroundNice)
+		}
+	}()
+	<-done
+}

@@ -303,7 +303,7 @@ func (f *Fetcher) demandRecv(c *conn) error {
 			}
 			continue
 		}
-		err = f.placeResponse(resp, true)
+		err = f.placeResponse(resp, true, nil)
 		if r, p, ok := f.layout.lookupOffset(resp.Offset); ok {
 			f.dropOutstanding(r, p, uint64(resp.Pages))
 		}
@@ -362,12 +362,18 @@ func (f *Fetcher) bulkRecv(c *conn) error {
 	// With BulkYield, checking and copying runs at a lower CPU priority
 	// while demand answers are awaited, so that the demand path gets a CPU
 	// at once.
-	var th *sched.Thread
-	if f.cfg.BulkYield {
+	//
+	// With UrgentDemand, each copy runs boosted while it holds the event
+	// lock, which the urgent fault loop may be waiting for.
+	var th, boost *sched.Thread
+	if f.cfg.BulkYield || f.cfg.UrgentDemand {
 		th = sched.LockThread()
 	}
+	if f.cfg.UrgentDemand {
+		boost = th
+	}
 	for {
-		if th != nil {
+		if f.cfg.BulkYield {
 			th.Defer(f.nOutstanding.Load() > 0)
 		}
 		resp, err := c.bulk.Recv()
@@ -390,7 +396,7 @@ func (f *Fetcher) bulkRecv(c *conn) error {
 			f.finishBulk(c, id, &br.run)
 			continue
 		}
-		err = f.placeResponse(resp, false)
+		err = f.placeResponse(resp, false, boost)
 		resp.Release()
 		if err != nil {
 			f.fail(err)

@@ -8,19 +8,24 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/pkg/transport"
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
 
 // maxBulkCopy bounds one DONTWAKE copy, so that the fault loop, which needs
 // the event lock to read events, never waits long behind a bulk copy
-// (64 KiB: about 20 µs; DESIGN.md measured full copy speed from 64 KiB up).
+// (64 KiB: about 20 µs; DESIGN.md measured full copy speed from 64 KiB up),
+// unless the copying thread is preempted meanwhile — hence Thread.Boost.
 const maxBulkCopy = 64 << 10
 
 // placeResponse places every page of an answer and reports pages it could not
 // place for a reason that asks for the run again (never: checksum failures are
 // handled before). demand answers are placed with waking copies.
-func (f *Fetcher) placeResponse(resp *transport.Response, demand bool) error {
+//
+// th, if not nil, is the calling bulk goroutine's locked thread: each copy
+// runs boosted (sched.Thread.Boost) while it holds the event lock.
+func (f *Fetcher) placeResponse(resp *transport.Response, demand bool, th *sched.Thread) error {
 	r, p, ok := f.layout.lookupOffset(resp.Offset)
 	if !ok || uint64(resp.PageSize) != r.PageSize || p+uint64(resp.Pages) > r.pages {
 		return fmt.Errorf("fetcher: answer for offset %#x, %d pages of %d bytes does not match any region",
@@ -45,7 +50,7 @@ func (f *Fetcher) placeResponse(resp *transport.Response, demand bool) error {
 			src = data[used : used+sz]
 			used += sz
 		}
-		if err := f.placeRun(r, p, n, src, how, !demand); err != nil {
+		if err := f.placeRun(r, p, n, src, how, !demand, th); err != nil {
 			return err
 		}
 		p += n
@@ -57,7 +62,7 @@ func (f *Fetcher) placeResponse(resp *transport.Response, demand bool) error {
 // placeRun places pages [p, p+n) of r from src, or zero pages when src is
 // nil, skipping pages already resolved. dontWake copies wake nobody: the
 // threads waiting there are woken afterwards, one wake per contiguous range.
-func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dontWake bool) error {
+func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dontWake bool, th *sched.Thread) error {
 	ps := r.PageSize
 	chunk := n
 	if dontWake {
@@ -65,6 +70,7 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 	}
 	backoff := 20 * time.Microsecond
 	for n > 0 {
+		th.Boost()
 		f.evMu.RLock()
 		gen := f.evGen.Load()
 		// Skip what is already resolved.
@@ -76,6 +82,7 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 		}
 		if n == 0 {
 			f.evMu.RUnlock()
+			th.Unboost()
 			return nil
 		}
 		addr, contiguous, ok := f.layout.addrOf(r, p)
@@ -84,6 +91,7 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 			// unmapped without asking for UNMAP events.
 			f.markUnmapped(r, p, 1)
 			f.evMu.RUnlock()
+			th.Unboost()
 			p, n = p+1, n-1
 			if src != nil {
 				src = src[ps:]
@@ -107,6 +115,7 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 			err = nil
 		}
 		f.evMu.RUnlock()
+		th.Unboost()
 		if werr != nil {
 			// A thread that cannot be woken is a hung workload thread:
 			// fail loudly.
