@@ -72,7 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.requestTimeout, "request-timeout", 15*time.Second, "a request unanswered this long counts as a broken link")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 0, "after SIGTERM/SIGINT, force exit (code 9) if not done within this; 0: wait")
 	fs.DurationVar(&c.handoffTimeout, "handoff-timeout", 0, "give up (code 9) if no VMM hands over within this; 0: wait")
-	fs.StringVar(&c.demandPrio, "demand-priority", "rt", "CPU priority of the fault loop and the thread placing demand answers: rt (real-time SCHED_FIFO 1 where permitted, else normal) or normal")
+	fs.StringVar(&c.demandPrio, "demand-priority", "auto", "CPU priority of the fault loop and the thread placing demand answers: rt (real-time where permitted: faults never wait for a CPU behind bulk work, but a fault-dense workload then starves the prefetch on a small machine; see README, Tuning), normal, or auto: rt with --prefetch off, normal otherwise")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "place bulk pages at a lower CPU priority while faults wait (shorter fault tail on idle CPUs; slower prefetch next to a CPU-bound workload)")
 	fs.DurationVar(&c.progressInterval, "progress-interval", time.Second, "interval of --progress updates")
 	if err := fs.Parse(args); err != nil {
@@ -101,8 +101,15 @@ func (c *config) validate() error {
 	if c.tlsCert != "" && c.tlsCA == "" {
 		bad("--tls-cert needs --tls-ca")
 	}
-	if c.demandPrio != "rt" && c.demandPrio != "normal" {
-		bad("--demand-priority %q: want rt or normal", c.demandPrio)
+	switch c.demandPrio {
+	case "auto":
+		c.demandPrio = "normal"
+		if c.prefetch == "off" {
+			c.demandPrio = "rt"
+		}
+	case "rt", "normal":
+	default:
+		bad("--demand-priority %q: want auto, rt or normal", c.demandPrio)
 	}
 	if c.prefetch != "on" && c.prefetch != "off" {
 		bad("--prefetch %q: want on or off", c.prefetch)

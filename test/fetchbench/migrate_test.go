@@ -141,7 +141,8 @@ func BenchmarkFaults(b *testing.B) {
 		args []string
 	}{
 		{"under-prefetch", nil},
-		{"under-prefetch-normal-prio", []string{"--demand-priority", "normal"}},
+		{"under-prefetch-rt", []string{"--demand-priority", "rt"}},
+		{"under-prefetch-normal", []string{"--demand-priority", "normal"}},
 		{"under-prefetch-yield", []string{"--bulk-yield"}},
 	} {
 		b.Run(v.name, func(b *testing.B) {
