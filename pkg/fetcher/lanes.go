@@ -22,9 +22,15 @@ type conn struct {
 	client *transport.Client
 	sess   *transport.Session
 	demand *transport.Lane
-	bulk   *transport.Lane
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+
+	// The bulk lane opens in the background (openBulk): the first demand
+	// request must not wait for its greeting. bulk is set, under mu, before
+	// bulkReady closes; closing (under mu) stops a late open.
+	bulk      *transport.Lane
+	bulkReady chan struct{}
+	closing   bool
 
 	mu       sync.Mutex
 	inflight map[uint64]bulkRun // request id -> run on the bulk lane
@@ -102,29 +108,17 @@ func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, sess *
 // nil, is its demand lane, opened with the session.
 func (f *Fetcher) startConn(ctx context.Context, client *transport.Client, sess *transport.Session, demand *transport.Lane) (*conn, error) {
 	cctx, cancel := context.WithCancelCause(ctx)
-	c := &conn{client: client, sess: sess, ctx: cctx, cancel: cancel, inflight: make(map[uint64]bulkRun)}
+	c := &conn{client: client, sess: sess, ctx: cctx, cancel: cancel, inflight: make(map[uint64]bulkRun),
+		bulkReady: make(chan struct{})}
 	now := time.Now().UnixNano()
 	c.lastDemand.Store(now)
 	c.lastBulk.Store(now)
-	// Both lanes at once: their greetings are round trips on the way to
-	// the first page.
-	var berr error
-	bulkOpen := make(chan struct{})
-	go func() { defer close(bulkOpen); c.bulk, berr = sess.Bulk(cctx) }()
-	var derr error
 	if c.demand = demand; demand == nil {
-		c.demand, derr = sess.Demand(cctx)
-	}
-	<-bulkOpen
-	if err := errors.Join(derr, berr); err != nil {
-		if c.demand != nil {
-			c.demand.Close()
+		var err error
+		if c.demand, err = sess.Demand(cctx); err != nil {
+			cancel(err)
+			return nil, err
 		}
-		if c.bulk != nil {
-			c.bulk.Close()
-		}
-		cancel(err)
-		return nil, err
 	}
 	return c, nil
 }
@@ -135,11 +129,11 @@ func (f *Fetcher) startConn(ctx context.Context, client *transport.Client, sess 
 func (f *Fetcher) serveConn(c *conn) error {
 	f.sess.Store(c.sess)
 	f.cur.Store(c)
-	f.log.Debug("lanes open", "since_handoff", time.Since(f.cfg.HandoffAt))
+	f.log.Debug("demand lane open", "since_handoff", time.Since(f.cfg.HandoffAt))
 	f.resendOutstanding(c)
 
 	var wg sync.WaitGroup
-	errs := make(chan error, 4)
+	errs := make(chan error, 8) // one per goroutine below, with room
 	run := func(fn func(*conn) error) {
 		wg.Add(1)
 		go func() {
@@ -151,13 +145,20 @@ func (f *Fetcher) serveConn(c *conn) error {
 		}()
 	}
 	run(f.demandRecv)
+	run(f.openBulk)
 	run(f.bulkSend)
 	run(f.bulkRecv)
 	run(f.watchdog)
 	<-c.ctx.Done()
 	f.cur.CompareAndSwap(c, nil)
 	c.demand.Close()
-	c.bulk.Close()
+	c.mu.Lock()
+	c.closing = true
+	bulk := c.bulk
+	c.mu.Unlock()
+	if bulk != nil {
+		bulk.Close()
+	}
 	wg.Wait()
 	close(errs)
 
@@ -315,10 +316,33 @@ func (f *Fetcher) demandRecv(c *conn) error {
 	}
 }
 
+// openBulk opens the bulk lane of c; bulkSend and bulkRecv wait for it.
+func (f *Fetcher) openBulk(c *conn) error {
+	l, err := c.sess.Bulk(c.ctx)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		l.Close()
+		return nil
+	}
+	c.bulk = l
+	close(c.bulkReady)
+	f.log.Debug("bulk lane open", "since_handoff", time.Since(f.cfg.HandoffAt))
+	return nil
+}
+
 // bulkSend keeps up to BulkWindow runs in flight on the bulk lane.
 func (f *Fetcher) bulkSend(c *conn) error {
 	select {
 	case <-f.prefetchOn:
+	case <-c.ctx.Done():
+		return nil
+	}
+	select {
+	case <-c.bulkReady:
 	case <-c.ctx.Done():
 		return nil
 	}
@@ -371,6 +395,11 @@ func (f *Fetcher) bulkRecv(c *conn) error {
 	}
 	if f.cfg.UrgentDemand {
 		boost = th
+	}
+	select {
+	case <-c.bulkReady:
+	case <-c.ctx.Done():
+		return nil
 	}
 	for {
 		if f.cfg.BulkYield {

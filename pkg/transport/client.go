@@ -308,7 +308,8 @@ func (c *Client) Open(ctx context.Context, regions []Region, expectGeneration ui
 // Hello; plaintext only), both take one round trip on one connection — on
 // the way from a handoff to the first page, Open's round trip through gRPC
 // costs a millisecond or more here; otherwise it calls Open, then
-// Session.Demand.
+// Session.Demand. ctx bounds the opening; the lane lives until its Close
+// (or an error ends it).
 func (c *Client) OpenDemand(ctx context.Context, regions []Region, expectGeneration uint64) (*Session, *Lane, error) {
 	if c.socketOpen.Load() {
 		s, l, err := c.socketOpenLane(ctx, c.openRequest(regions, expectGeneration))
@@ -321,7 +322,8 @@ func (c *Client) OpenDemand(ctx context.Context, regions []Region, expectGenerat
 	if err != nil {
 		return nil, nil, err
 	}
-	l, err := s.Demand(ctx)
+	// ctx bounds the opening only: the lane lives until Close.
+	l, err := s.Demand(context.WithoutCancel(ctx))
 	if err != nil {
 		return nil, nil, err
 	}

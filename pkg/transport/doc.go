@@ -20,6 +20,23 @@
 //     them in chunks of at most 256 KiB and, before each chunk, waits (at
 //     most 5 ms) while demand requests of any session are being served.
 //
+// # Socket lanes
+//
+// On a plaintext server (ServerOptions.DemandSocket, BulkSocket, served
+// through SplitListener on the same port) both lanes may instead be socket
+// lanes: plain TCP connections carrying the same messages, each prefixed
+// with its length (socketlane.go; the framing is documented in
+// postcopy.proto at Capabilities.demand_socket). A demand socket lane is
+// read and answered by one goroutine per side — on the server a real-time
+// thread woken by the kernel (ServerOptions.UrgentDemand), on the client
+// optionally too (Lane.WaitInThread) — and a bulk socket lane moves a run
+// with one writev from the server's read buffer, read straight into the
+// client's run buffer. Client.OpenDemand opens a session on its demand
+// socket lane (Capabilities.socket_open), saving Open's round trip on the
+// way to the first page. Clients use socket lanes where the server offers
+// them and fall back to gRPC streams otherwise; over TLS, lanes are gRPC
+// streams.
+//
 // Answers carry runs of pages as segments: zero segments carry no bytes
 // (zero detection happens in the image: holes, never-populated pages and
 // all-zero data), data segments carry their bytes and a CRC-32C (Castagnoli)
