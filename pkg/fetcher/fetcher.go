@@ -189,8 +189,9 @@ type Fetcher struct {
 	latency   stats.Histogram
 	latMetric *metrics.Histogram
 
-	start     time.Time
-	firstPage atomic.Int64 // ns since the handoff, 0 until the first page is placed
+	start       time.Time
+	firstPage   atomic.Int64  // ns since the handoff, 0 until the first page is placed
+	firstPlaced chan struct{} // closed when firstPage is set
 
 	doneOnce sync.Once
 	done     chan struct{}
@@ -265,6 +266,7 @@ func New(cfg Config) (*Fetcher, error) {
 		waiters:     make(map[uint64][]waiter),
 		outstanding: make(map[uint64]outstandingReq),
 		done:        make(chan struct{}),
+		firstPlaced: make(chan struct{}),
 		failCh:      make(chan struct{}),
 	}
 	f.start = time.Now() // set before Run, so that Progress may read it meanwhile

@@ -316,6 +316,10 @@ func (f *Fetcher) demandRecv(c *conn) error {
 	}
 }
 
+// startGrace is how long after the handoff the prefetch waits for the
+// first fault's page before it starts anyway.
+const startGrace = 10 * time.Millisecond
+
 // openBulk opens the bulk lane of c; bulkSend and bulkRecv wait for it.
 func (f *Fetcher) openBulk(c *conn) error {
 	l, err := c.sess.Bulk(c.ctx)
@@ -345,6 +349,20 @@ func (f *Fetcher) bulkSend(c *conn) error {
 	case <-c.bulkReady:
 	case <-c.ctx.Done():
 		return nil
+	}
+	// Right after the handoff, the workload's first fault is the
+	// switchover's critical path: the prefetch starts once the first page
+	// is placed, or startGrace after the handoff if no fault comes.
+	if wait := startGrace - time.Since(f.cfg.HandoffAt); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-f.firstPlaced:
+		case <-t.C:
+		case <-c.ctx.Done():
+			t.Stop()
+			return nil
+		}
+		t.Stop()
 	}
 	var runs []prefetch.Run
 	for {

@@ -122,7 +122,9 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 			return werr
 		}
 		if done > 0 && f.firstPage.Load() == 0 {
-			f.firstPage.CompareAndSwap(0, int64(time.Since(f.cfg.HandoffAt)))
+			if f.firstPage.CompareAndSwap(0, int64(time.Since(f.cfg.HandoffAt))) {
+				close(f.firstPlaced)
+			}
 		}
 		p, n = p+done, n-done
 		if src != nil {
