@@ -31,6 +31,7 @@ type conn struct {
 	bulk      *transport.Lane
 	bulkReady chan struct{}
 	closing   bool
+	placeQ    chan *transport.Response // checked bulk answers, to bulkPlace
 
 	mu       sync.Mutex
 	inflight map[uint64]bulkRun // request id -> run on the bulk lane
@@ -109,7 +110,7 @@ func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, sess *
 func (f *Fetcher) startConn(ctx context.Context, client *transport.Client, sess *transport.Session, demand *transport.Lane) (*conn, error) {
 	cctx, cancel := context.WithCancelCause(ctx)
 	c := &conn{client: client, sess: sess, ctx: cctx, cancel: cancel, inflight: make(map[uint64]bulkRun),
-		bulkReady: make(chan struct{})}
+		bulkReady: make(chan struct{}), placeQ: make(chan *transport.Response, 2)}
 	now := time.Now().UnixNano()
 	c.lastDemand.Store(now)
 	c.lastBulk.Store(now)
@@ -148,6 +149,7 @@ func (f *Fetcher) serveConn(c *conn) error {
 	run(f.openBulk)
 	run(f.bulkSend)
 	run(f.bulkRecv)
+	run(f.bulkPlace)
 	run(f.watchdog)
 	<-c.ctx.Done()
 	f.cur.CompareAndSwap(c, nil)
@@ -399,30 +401,16 @@ func (f *Fetcher) bulkSend(c *conn) error {
 	}
 }
 
-// bulkRecv places bulk answers with DONTWAKE copies.
+// bulkRecv receives and checks bulk answers and hands them to bulkPlace:
+// reading a run from the socket and checksumming it overlaps with copying
+// the previous one, on another CPU where there is one.
 func (f *Fetcher) bulkRecv(c *conn) error {
-	// With BulkYield, checking and copying runs at a lower CPU priority
-	// while demand answers are awaited, so that the demand path gets a CPU
-	// at once.
-	//
-	// With UrgentDemand, each copy runs boosted while it holds the event
-	// lock, which the urgent fault loop may be waiting for.
-	var th, boost *sched.Thread
-	if f.cfg.BulkYield || f.cfg.UrgentDemand {
-		th = sched.LockThread()
-	}
-	if f.cfg.UrgentDemand {
-		boost = th
-	}
 	select {
 	case <-c.bulkReady:
 	case <-c.ctx.Done():
 		return nil
 	}
 	for {
-		if f.cfg.BulkYield {
-			th.Defer(f.nOutstanding.Load() > 0)
-		}
 		resp, err := c.bulk.Recv()
 		if err != nil {
 			return err
@@ -443,7 +431,48 @@ func (f *Fetcher) bulkRecv(c *conn) error {
 			f.finishBulk(c, id, &br.run)
 			continue
 		}
-		err = f.placeResponse(resp, false, boost)
+		select {
+		case c.placeQ <- resp:
+		case <-c.ctx.Done():
+			resp.Release() // still in flight: requeued when the connection ends
+			return nil
+		}
+	}
+}
+
+// bulkPlace places checked bulk answers with DONTWAKE copies.
+func (f *Fetcher) bulkPlace(c *conn) error {
+	// With BulkYield, copying runs at a lower CPU priority while demand
+	// answers are awaited, so that the demand path gets a CPU at once.
+	//
+	// With UrgentDemand, each copy runs boosted while it holds the event
+	// lock, which the urgent fault loop may be waiting for.
+	var th, boost *sched.Thread
+	if f.cfg.BulkYield || f.cfg.UrgentDemand {
+		th = sched.LockThread()
+	}
+	if f.cfg.UrgentDemand {
+		boost = th
+	}
+	for {
+		var resp *transport.Response
+		select {
+		case resp = <-c.placeQ:
+		case <-c.ctx.Done():
+			for {
+				select {
+				case resp := <-c.placeQ:
+					resp.Release() // requeued when the connection ends
+				default:
+					return nil
+				}
+			}
+		}
+		if f.cfg.BulkYield {
+			th.Defer(f.nOutstanding.Load() > 0)
+		}
+		id := resp.ID
+		err := f.placeResponse(resp, false, boost)
 		resp.Release()
 		if err != nil {
 			f.fail(err)
