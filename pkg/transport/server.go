@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/postcopy/postcopy/internal/sched"
@@ -127,8 +128,11 @@ type Server struct {
 	urgent      bool
 	urgentOnce  sync.Once
 	lanes       laneSet
-	bulkYield   bool
-	health      *health.Server
+
+	refusals, refusalsLogged atomic.Uint64 // tokens refused; the count at the last log line
+	refusalLogged            atomic.Int64  // when the last refusal was logged (UnixNano)
+	bulkYield                bool
+	health                   *health.Server
 
 	gate *demandGate
 	runs sync.Pool // *runBuf
@@ -288,6 +292,28 @@ func (s *Server) streamErrors(srv any, ss grpc.ServerStream, _ *grpc.StreamServe
 
 // checkToken compares the presented token with the server's in constant
 // time (over SHA-256 sums, so that the length does not leak either).
+// refusalLogEvery bounds how often refused tokens are logged: someone
+// guessing tokens must not flood the log; the count in between is kept.
+const refusalLogEvery = time.Second
+
+// refused logs a refused token, at most once per refusalLogEvery, with the
+// peer's address and how many were refused since the last line — never the
+// token.
+func (s *Server) refused(ctx context.Context, call string, err error) {
+	n := s.refusals.Add(1)
+	now := time.Now().UnixNano()
+	last := s.refusalLogged.Load()
+	if now-last < int64(refusalLogEvery) || !s.refusalLogged.CompareAndSwap(last, now) {
+		return
+	}
+	addr := "unknown"
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		addr = p.Addr.String()
+	}
+	s.log.Warn("refused a client", "call", call, "peer", addr, "reason", status.Convert(err).Message(),
+		"refused_since_last_line", n-s.refusalsLogged.Swap(n))
+}
+
 func (s *Server) checkToken(tok string) error {
 	if !s.tokenSet {
 		return nil
@@ -329,8 +355,9 @@ func (s *Server) caps() *pb.Capabilities {
 }
 
 // Hello checks the token and version and describes the image.
-func (s *Server) Hello(_ context.Context, req *pb.HelloRequest) (*pb.HelloResponse, error) {
+func (s *Server) Hello(ctx context.Context, req *pb.HelloRequest) (*pb.HelloResponse, error) {
 	if err := s.checkToken(req.GetToken()); err != nil {
+		s.refused(ctx, "hello", err)
 		return nil, err
 	}
 	if err := checkVersion(req.GetProtocolVersion()); err != nil {
@@ -341,8 +368,9 @@ func (s *Server) Hello(_ context.Context, req *pb.HelloRequest) (*pb.HelloRespon
 
 // Open checks the token, version, generation and regions and opens a
 // session.
-func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse, error) {
+func (s *Server) Open(ctx context.Context, req *pb.OpenRequest) (*pb.OpenResponse, error) {
 	if err := s.checkToken(req.GetToken()); err != nil {
+		s.refused(ctx, "open", err)
 		return nil, err
 	}
 	if err := checkVersion(req.GetProtocolVersion()); err != nil {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -88,7 +89,7 @@ func (s *Server) socketOpen(c net.Conn, br *bufio.Reader) *session {
 		s.sendErrorFrame(c, status.Errorf(codes.InvalidArgument, "OpenRequest: %v", err))
 		return nil
 	}
-	resp, err := s.Open(context.Background(), &req)
+	resp, err := s.Open(peer.NewContext(context.Background(), &peer.Peer{Addr: c.RemoteAddr()}), &req)
 	if err != nil {
 		s.sendErrorFrame(c, err)
 		return nil

@@ -9,9 +9,11 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 
+	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -409,5 +411,62 @@ func TestSocketOpenFallback(t *testing.T) {
 	r.Release()
 	if err := sess.Done(ctx, DoneTotals{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger and a test at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A refused token leaves an audit line naming the call, the peer and the
+// reason — never the token — whether it came by gRPC or by socket open,
+// and a burst of guesses leaves few lines.
+func TestRefusedTokenLogged(t *testing.T) {
+	ti := makeImage(t, 16*PageSize4K, 11, nil, nil)
+	for _, viaSocket := range []bool{false, true} {
+		var buf lockedBuffer
+		log := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info})
+		addr := startSplitServer(t, ServerOptions{Image: ti.img, Token: []byte("right-token"), Logger: log})
+		c := dial(t, addr, ClientOptions{Token: []byte("guess-12345")})
+		ctx := testCtx(t)
+		regions := []Region{{Offset: 0, Length: 16 * PageSize4K, PageSize: PageSize4K}}
+		for range 3 {
+			var err error
+			if viaSocket {
+				_, _, err = c.socketOpenLane(ctx, c.openRequest(regions, 0))
+			} else {
+				_, err = c.Hello(ctx)
+			}
+			if !errors.Is(err, ErrUnauthenticated) {
+				t.Fatalf("socket=%v: %v, want ErrUnauthenticated", viaSocket, err)
+			}
+		}
+		out := buf.String()
+		n := strings.Count(out, "refused a client")
+		if n < 1 || n > 2 {
+			t.Errorf("socket=%v: %d refusal lines for 3 refusals in a burst, want 1 (2 if the burst straddled a second):\n%s", viaSocket, n, out)
+		}
+		for _, want := range []string{"peer=127.0.0.1:", "wrong token"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("socket=%v: the refusal line lacks %q:\n%s", viaSocket, want, out)
+			}
+		}
+		if strings.Contains(out, "guess-12345") || strings.Contains(out, "right-token") {
+			t.Errorf("socket=%v: the log holds a token:\n%s", viaSocket, out)
+		}
 	}
 }
