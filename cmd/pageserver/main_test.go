@@ -302,6 +302,10 @@ func TestSecondSignal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Keep the lane reachable to the end: a socket lane's connection
+	// unreferenced would be closed by its finalizer at the next GC, ending
+	// the stream the graceful stop is to wait for.
+	defer l.Close()
 	if err := l.Send(transport.Request{ID: 1, Offset: 0, Pages: 1}); err != nil {
 		t.Fatal(err)
 	}
