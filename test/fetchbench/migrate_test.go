@@ -31,6 +31,12 @@ func runMain(m *testing.M) int {
 	}
 	defer cleanup()
 	bins = b
+	// The generated images (up to 8 GiB apart from holes) go with the run.
+	defer func() {
+		for _, p := range images {
+			os.Remove(p)
+		}
+	}()
 	return m.Run()
 }
 
