@@ -221,6 +221,10 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		return fatal(exitUnreachable, "server %s: %v%s", c.server, err, tlsHint(c, err))
 	}
 	log.Info("server reached", "server", c.server, "image", info.Description, "size", info.Size)
+	// The lanes' connections, dialled now: a handoff that comes within a
+	// few seconds (transport.Client.PrepareLanes) opens the session on one
+	// without a TCP handshake on the way to the first page.
+	client.PrepareLanes(2)
 
 	var reg *metrics.Registry
 	if c.metricsAddr != "" {
