@@ -163,23 +163,30 @@ func (v *VM) PrepareTouch(opts TouchOptions) (*Toucher, error) {
 			t.orders[i] = o
 		}
 	}
+	t.restore = quiesceGC(opts.Threads + 2)
+	return t, nil
+}
+
+// quiesceGC prepares this process to fault on memory a handler serves: the
+// garbage collector off and no cycle under way — a cycle's stop-the-world
+// or safe-point wait would wait for a goroutine blocked in a fault, and, in
+// a process that also serves its faults, forever — and GOMAXPROCS at least
+// minProcs. It returns the undo.
+func quiesceGC(minProcs int) func() {
 	procs := -1
-	if p := opts.Threads + 2; runtime.GOMAXPROCS(0) < p {
-		procs = runtime.GOMAXPROCS(p)
+	if runtime.GOMAXPROCS(0) < minProcs {
+		procs = runtime.GOMAXPROCS(minProcs)
 	}
 	gcPercent := debug.SetGCPercent(-1)
-	t.restore = func() {
+	// Turning the collector off does not stop a cycle already under way:
+	// finish it now, before the first fault.
+	runtime.GC()
+	return func() {
 		debug.SetGCPercent(gcPercent)
 		if procs > 0 {
 			runtime.GOMAXPROCS(procs)
 		}
 	}
-	// Turning the collector off does not stop a cycle already under way,
-	// whose stop-the-world would wait for a thread blocked in a fault —
-	// and, in a process that also serves its faults, forever. Finish any
-	// such cycle now, before the first fault.
-	runtime.GC()
-	return t, nil
 }
 
 // Run reads the pages: each first read of a page that has not arrived
@@ -294,6 +301,9 @@ func (v *VM) Verify(image io.ReaderAt) (VerifyResult, error) {
 	v.mu.Lock()
 	disc := append([]byteRange(nil), v.discarded...)
 	v.mu.Unlock()
+	// Reading a discarded page faults again (it reads as zeros once the
+	// handler answers); and a page never touched faults for the first time.
+	defer quiesceGC(3)()
 	inDiscard := func(off uint64) bool {
 		for _, d := range disc {
 			if off >= d.start && off < d.end {
