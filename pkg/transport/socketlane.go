@@ -510,9 +510,11 @@ func (r *laneReader) Read(b []byte) (int, error) {
 	return r.conn.Read(b)
 }
 
-// openSocketLane opens a socket lane of kind l for session id, on a
-// connection cl dialled ahead or on a new one.
-func openSocketLane(ctx context.Context, cl *Client, id string, l lane) (*socketLane, error) {
+// greetLane takes a connection for a socket lane — one dialled ahead, or a
+// new one — marks it urgent for a demand lane, sends hello with the
+// client's timeout as the deadline, and returns the lane, its deadline
+// still set, ready for the answer to be read.
+func (cl *Client) greetLane(ctx context.Context, l lane, hello []byte) (*socketLane, error) {
 	dctx, cancel := context.WithTimeout(ctx, cl.timeout)
 	defer cancel()
 	c := cl.takeSpare()
@@ -525,37 +527,46 @@ func openSocketLane(ctx context.Context, cl *Client, id string, l lane) (*socket
 	if l == laneDemand {
 		markUrgent(c)
 	}
-	hello := make([]byte, 0, len(demandLaneMagic)+2+len(id))
-	hello = append(hello, laneMagic(l)...)
-	hello = binary.LittleEndian.AppendUint16(hello, uint16(len(id)))
-	hello = append(hello, id...)
 	if dl, ok := dctx.Deadline(); ok {
 		_ = c.SetDeadline(dl)
 	}
-	// A bulk run's data is read straight into its buffer: the reader's
-	// buffer takes frame headers and small answers.
-	src := &laneReader{conn: c}
-	br := bufio.NewReaderSize(src, 16<<10)
-	var ok [1]byte
 	if _, err := c.Write(hello); err != nil {
 		c.Close()
 		return nil, err
 	}
-	if _, err := io.ReadFull(br, ok[:]); err != nil {
-		c.Close()
+	// A bulk run's data is read straight into its buffer: the reader's
+	// buffer takes frame headers and small answers.
+	src := &laneReader{conn: c}
+	return &socketLane{conn: c, br: bufio.NewReaderSize(src, 16<<10), src: src}, nil
+}
+
+// openSocketLane opens a socket lane of kind l for session id, on a
+// connection cl dialled ahead or on a new one.
+func openSocketLane(ctx context.Context, cl *Client, id string, l lane) (*socketLane, error) {
+	hello := make([]byte, 0, len(demandLaneMagic)+2+len(id))
+	hello = append(hello, laneMagic(l)...)
+	hello = binary.LittleEndian.AppendUint16(hello, uint16(len(id)))
+	hello = append(hello, id...)
+	sl, err := cl.greetLane(ctx, l, hello)
+	if err != nil {
+		return nil, err
+	}
+	var ok [1]byte
+	if _, err := io.ReadFull(sl.br, ok[:]); err != nil {
+		sl.conn.Close()
 		return nil, err
 	}
 	if ok[0] != laneAccepted {
-		msg, _ := readShortString(br, 1<<16)
-		c.Close()
+		msg, _ := readShortString(sl.br, 1<<16)
+		sl.conn.Close()
 		code := codes.NotFound
 		if ok[0] != refusedSession {
 			code = codes.Unimplemented
 		}
 		return nil, fromStatus(l.String()+" open", status.Error(code, msg))
 	}
-	_ = c.SetDeadline(time.Time{})
-	return &socketLane{conn: c, br: br, src: src}, nil
+	_ = sl.conn.SetDeadline(time.Time{})
+	return sl, nil
 }
 
 func (l *socketLane) send(r Request) error {
@@ -620,38 +631,25 @@ func (cl *Client) socketOpenLane(ctx context.Context, req *pb.OpenRequest) (*Ses
 	if err != nil {
 		return nil, nil, err
 	}
-	dctx, cancel := context.WithTimeout(ctx, cl.timeout)
-	defer cancel()
-	c := cl.takeSpare()
-	if c == nil {
-		if c, err = tcpDialer(dctx, cl.addr); err != nil {
-			return nil, nil, unavailable(err)
-		}
-	}
-	markUrgent(c)
-	if dl, ok := dctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
-	}
 	hello := make([]byte, 0, len(openLaneMagic)+4+len(body))
 	hello = append(hello, openLaneMagic...)
 	hello = binary.LittleEndian.AppendUint32(hello, uint32(len(body)))
 	hello = append(hello, body...)
-	src := &laneReader{conn: c}
-	br := bufio.NewReaderSize(src, 16<<10)
+	sl, err := cl.greetLane(ctx, laneDemand, hello)
+	if err != nil {
+		return nil, nil, unavailable(err)
+	}
 	fail := func(err error) (*Session, *Lane, error) {
-		c.Close()
+		sl.conn.Close()
 		return nil, nil, err
 	}
-	if _, err := c.Write(hello); err != nil {
-		return fail(unavailable(err))
-	}
 	var hdr [4]byte
-	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+	if _, err := io.ReadFull(sl.br, hdr[:]); err != nil {
 		return fail(unavailable(err))
 	}
 	n := binary.LittleEndian.Uint32(hdr[:])
 	if n&errFrameBit != 0 {
-		err := fromStatus("open", readErrorFrame(br, n&^errFrameBit))
+		err := fromStatus("open", readErrorFrame(sl.br, n&^errFrameBit))
 		if status.Code(err) == codes.Unimplemented {
 			err = unavailable(err)
 		}
@@ -661,7 +659,7 @@ func (cl *Client) socketOpenLane(ctx context.Context, req *pb.OpenRequest) (*Ses
 		return fail(fmt.Errorf("transport: open: answer of %d bytes: %w", n, ErrMalformed))
 	}
 	b := make([]byte, n)
-	if _, err := io.ReadFull(br, b); err != nil {
+	if _, err := io.ReadFull(sl.br, b); err != nil {
 		return fail(unavailable(streamErr(err)))
 	}
 	var resp pb.OpenResponse
@@ -672,8 +670,8 @@ func (cl *Client) socketOpenLane(ctx context.Context, req *pb.OpenRequest) (*Ses
 	if err != nil {
 		return fail(err)
 	}
-	_ = c.SetDeadline(time.Time{})
-	return sess, &Lane{sock: &socketLane{conn: c, br: br, src: src}, kind: laneDemand}, nil
+	_ = sl.conn.SetDeadline(time.Time{})
+	return sess, &Lane{sock: sl, kind: laneDemand}, nil
 }
 
 // markUrgent marks a demand connection's packets as urgent for the network:
