@@ -58,9 +58,9 @@ func (f *Fetcher) open(ctx context.Context, client *transport.Client, expect uin
 	}
 	// After the handoff every round trip before the first demand request
 	// counts: the session opens on its demand lane where the server can
-	// (transport.Client.OpenDemand), and the bulk lane's connection is
-	// dialled meanwhile.
-	client.PrepareLanes(1)
+	// (transport.Client.OpenDemand), on a connection dialled ahead like the
+	// bulk lane's (those dialled at start are used while fresh).
+	client.PrepareLanes(2)
 	sess, demand, err := client.OpenDemand(ctx, regions, expect)
 	switch {
 	case err == nil:

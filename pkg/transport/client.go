@@ -76,9 +76,10 @@ type Client struct {
 
 	socketOpen atomic.Bool // the server offers socket_open (Hello)
 
-	spareMu     sync.Mutex
-	spare       chan spareConn // connections dialled ahead for socket lanes
-	spareClosed bool           // under spareMu: Close was called
+	spareMu     sync.Mutex  // guards the three below
+	spares      []spareConn // connections dialled ahead for socket lanes
+	dialing     int         // dials of spares under way
+	spareClosed bool        // Close was called
 }
 
 // spareConn is a TCP connection dialled ahead (PrepareLanes).
@@ -155,8 +156,7 @@ func Dial(ctx context.Context, addr string, o ClientOptions) (*Client, error) {
 		grpc.WithReadBufferSize(bulkBufferSize),
 	)
 	target := "passthrough:///" + addr
-	c := &Client{addr: addr, tls: o.TLS != nil, timeout: timeout, token: string(o.Token), name: o.Name, log: log,
-		spare: make(chan spareConn, 4)}
+	c := &Client{addr: addr, tls: o.TLS != nil, timeout: timeout, token: string(o.Token), name: o.Name, log: log}
 	var err error
 	if c.demand, err = grpc.NewClient(target, demandOpts...); err != nil {
 		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
@@ -198,65 +198,81 @@ func (c *Client) Close() error {
 	return errors.Join(c.demand.Close(), c.bulk.Close())
 }
 
-// PrepareLanes dials n TCP connections in the background for the socket
-// lanes the next Demand and Bulk calls open, so that a session's lanes cost
-// only their greeting once Open returns: called just before Open, the dials
-// overlap it. Connections left unused are closed by Close (or when too old
-// to use). Over TLS, where lanes are gRPC streams, it does nothing.
+// PrepareLanes makes sure n TCP connections are dialled ahead, or on their
+// way, for the socket lanes the next Demand and Bulk calls open, so that a
+// session's lanes cost only their greeting once Open returns: called just
+// before Open, the dials overlap it; called when the client is made, a
+// session opened within spareMaxAge needs none. Connections dialled before
+// and still fresh count towards n. Unused ones are closed by Close (or when
+// too old to use). Over TLS, where lanes are gRPC streams, it does nothing.
 func (c *Client) PrepareLanes(n int) {
 	if c.tls {
 		return
 	}
-	for range n {
+	c.spareMu.Lock()
+	c.dropStaleLocked()
+	want := n - len(c.spares) - c.dialing
+	if c.spareClosed || want <= 0 {
+		c.spareMu.Unlock()
+		return
+	}
+	c.dialing += want
+	c.spareMu.Unlock()
+	for range want {
 		go func() {
 			dctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 			defer cancel()
 			conn, err := tcpDialer(dctx, c.addr)
-			if err != nil {
-				return // the lane dials again itself, and reports the error
-			}
 			c.spareMu.Lock()
 			defer c.spareMu.Unlock()
-			if c.spareClosed {
+			c.dialing--
+			switch {
+			case err != nil:
+				// The lane dials again itself, and reports the error.
+			case c.spareClosed:
 				conn.Close()
-				return
-			}
-			select {
-			case c.spare <- spareConn{conn, time.Now()}:
 			default:
-				conn.Close()
+				c.spares = append(c.spares, spareConn{conn, time.Now()})
 			}
 		}()
 	}
 }
 
-// takeSpare returns a connection dialled ahead, if a fresh one is ready.
-func (c *Client) takeSpare() net.Conn {
-	for {
-		select {
-		case sc := <-c.spare:
-			if time.Since(sc.at) < spareMaxAge {
-				return sc.c
-			}
+// dropStaleLocked closes the spare connections too old to use.
+func (c *Client) dropStaleLocked() {
+	kept := c.spares[:0]
+	for _, sc := range c.spares {
+		if time.Since(sc.at) < spareMaxAge {
+			kept = append(kept, sc)
+		} else {
 			sc.c.Close()
-		default:
-			return nil
 		}
 	}
+	clear(c.spares[len(kept):])
+	c.spares = kept
+}
+
+// takeSpare returns a connection dialled ahead, if a fresh one is ready.
+func (c *Client) takeSpare() net.Conn {
+	c.spareMu.Lock()
+	defer c.spareMu.Unlock()
+	c.dropStaleLocked()
+	if len(c.spares) == 0 {
+		return nil
+	}
+	sc := c.spares[len(c.spares)-1]
+	c.spares = c.spares[:len(c.spares)-1]
+	return sc.c
 }
 
 func (c *Client) dropSpares() {
 	c.spareMu.Lock()
 	defer c.spareMu.Unlock()
 	c.spareClosed = true
-	for {
-		select {
-		case sc := <-c.spare:
-			sc.c.Close()
-		default:
-			return
-		}
+	for _, sc := range c.spares {
+		sc.c.Close()
 	}
+	c.spares = nil
 }
 
 // Addr returns the address the client dialled.

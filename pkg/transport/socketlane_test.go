@@ -470,3 +470,46 @@ func TestRefusedTokenLogged(t *testing.T) {
 		}
 	}
 }
+
+// PrepareLanes makes sure of n connections dialled ahead, counting those
+// fresh or on their way, rather than dialling n more each call; a lane
+// takes one, and Close closes the rest.
+func TestPrepareLanes(t *testing.T) {
+	ti := makeImage(t, 16*PageSize4K, 12, nil, nil)
+	addr := startSplitServer(t, ServerOptions{Image: ti.img})
+	c := dial(t, addr, ClientOptions{})
+	count := func() int {
+		c.spareMu.Lock()
+		defer c.spareMu.Unlock()
+		return len(c.spares) + c.dialing
+	}
+	c.PrepareLanes(2)
+	c.PrepareLanes(2)
+	if n := count(); n != 2 {
+		t.Fatalf("%d connections ready or dialling after PrepareLanes(2) twice, want 2", n)
+	}
+	c.PrepareLanes(3)
+	if n := count(); n != 3 {
+		t.Fatalf("%d after PrepareLanes(3), want 3", n)
+	}
+	ctx := testCtx(t)
+	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 16 * PageSize4K, PageSize: PageSize4K}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := sess.Demand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	r := fetch(t, d, 1, 0, 1)
+	checkRun(t, r, ti.content)
+	r.Release()
+	c.Close()
+	c.spareMu.Lock()
+	left, closed := len(c.spares), c.spareClosed
+	c.spareMu.Unlock()
+	if left != 0 || !closed {
+		t.Fatalf("after Close: %d spares kept (closed %v)", left, closed)
+	}
+}
