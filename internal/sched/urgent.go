@@ -44,12 +44,6 @@ func Urgent() error {
 	return nil
 }
 
-// IsUrgent reports whether the calling thread runs at real-time priority.
-func IsUrgent() bool {
-	a, err := unix.SchedGetAttr(0, 0)
-	return err == nil && a.Policy == unix.SCHED_FIFO
-}
-
 // Boost makes the thread real-time (SCHED_FIFO, BoostPriority) until
 // Unboost: priority inheritance done by hand, for a normal thread that holds
 // what an urgent thread may wait for. The bulk placer holds the fetcher's
