@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/pkg/image"
 )
 
@@ -414,31 +415,13 @@ func TestSocketOpenFallback(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for a logger and a test at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // A refused token leaves an audit line naming the call, the peer and the
 // reason — never the token — whether it came by gRPC or by socket open,
 // and a burst of guesses leaves few lines.
 func TestRefusedTokenLogged(t *testing.T) {
 	ti := makeImage(t, 16*PageSize4K, 11, nil, nil)
 	for _, viaSocket := range []bool{false, true} {
-		var buf lockedBuffer
+		var buf testutil.Buffer
 		log := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info})
 		addr := startSplitServer(t, ServerOptions{Image: ti.img, Token: []byte("right-token"), Logger: log})
 		c := dial(t, addr, ClientOptions{Token: []byte("guess-12345")})

@@ -14,7 +14,6 @@ package uffd
 // see it wake up through the signal instead of through the test.
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -288,24 +287,6 @@ type child struct {
 	ioctls Ioctls
 }
 
-// lockedBuffer collects a child's stderr.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // startChild starts a helper process, receives its userfaultfd and adopts it.
 func startChild(t *testing.T, o childOpts) *child {
 	t.Helper()
@@ -329,7 +310,7 @@ func startChild(t *testing.T, o childOpts) *child {
 		cmd.Env = append(cmd.Env, "UFFD_TEST_HUGE=1")
 	}
 	cmd.ExtraFiles = []*os.File{theirs}
-	stderr := &lockedBuffer{}
+	stderr := &testutil.Buffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		theirs.Close()

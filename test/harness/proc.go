@@ -7,7 +7,6 @@ package harness
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +19,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/postcopy/postcopy/internal/testutil"
 )
 
 // Proc is a running binary whose stdout is read as lines (JSON events for
@@ -32,36 +33,13 @@ type Proc struct {
 	mu      sync.Mutex
 	lines   []string
 	changed chan struct{} // closed and replaced whenever lines grow
-	stderr  lockedBuffer
+	stderr  testutil.Buffer
 
 	startedAt time.Time
 	done      chan struct{} // closed once the process has exited and its output is read
 	exitCode  int
 	waitErr   error
 	exitedAt  time.Time
-}
-
-// lockedBuffer is a bytes.Buffer safe for one writer and many readers, with
-// an optional copy of everything written.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-	tee io.Writer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.tee != nil {
-		_, _ = b.tee.Write(p)
-	}
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // StartOptions configure Start.
@@ -79,7 +57,7 @@ type StartOptions struct {
 // nothing; call Stop or Wait to reap it.
 func Start(name, path string, args []string, o StartOptions) (*Proc, error) {
 	p := &Proc{Name: name, changed: make(chan struct{}), done: make(chan struct{}), exitCode: -1}
-	p.stderr.tee = o.StderrTee
+	p.stderr.Tee = o.StderrTee
 	cmd := exec.Command(path, args...)
 	cmd.Env = append(os.Environ(), o.Env...)
 	if os.Getenv("GORACE") == "" {
