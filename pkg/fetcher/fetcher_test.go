@@ -153,6 +153,13 @@ type harness struct {
 
 func newHarness(t *testing.T, size int64) *harness {
 	t.Helper()
+	return newHarnessLanes(t, size, false)
+}
+
+// newHarnessLanes is newHarness with the server's socket lanes (and their
+// real-time demand threads) on or off.
+func newHarnessLanes(t *testing.T, size int64, sockets bool) *harness {
+	t.Helper()
 	testutil.RequireRoot(t)
 	if _, err := uffd.Probe(uffd.OpenOptions{}); err != nil {
 		testutil.SkipOrFail(t, "userfaultfd: %v", err)
@@ -163,7 +170,8 @@ func newHarness(t *testing.T, size int64) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { img.Close() })
-	srv, err := transport.NewServer(transport.ServerOptions{Image: img})
+	srv, err := transport.NewServer(transport.ServerOptions{Image: img,
+		DemandSocket: sockets, BulkSocket: sockets, UrgentDemand: sockets})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +181,11 @@ func newHarness(t *testing.T, size int64) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go g.Serve(lis)
+	if sockets {
+		go g.Serve(srv.SplitListener(lis))
+	} else {
+		go g.Serve(lis)
+	}
 	t.Cleanup(g.Stop)
 	h.addr = lis.Addr().String()
 	h.sock = filepath.Join(t.TempDir(), "uffd.sock")
@@ -279,6 +291,20 @@ func TestMigrateSeveralRegions(t *testing.T) {
 	m.check(t)
 	if m.sum.Pages.Bulk == 0 {
 		t.Errorf("prefetch on but no page came in bulk: %+v", m.sum.Pages)
+	}
+	t.Logf("summary: %+v", *m.sum)
+}
+
+// The demand path on real-time threads reading socket lanes in their own
+// thread, with bulk copies boosted while they hold the event lock: every
+// byte still arrives, and both lanes bring pages.
+func TestMigrateUrgentSocketLanes(t *testing.T) {
+	h := newHarnessLanes(t, 32<<20, true)
+	m := h.migrate("4k:0x0:16M,4k:0x1000000:8M", Config{Prefetch: true, UrgentDemand: true},
+		"FETCHER_TEST_THREADS=4", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
+	if m.sum.Pages.Bulk == 0 || m.sum.Pages.Demand == 0 {
+		t.Errorf("want pages by both lanes: %+v", m.sum.Pages)
 	}
 	t.Logf("summary: %+v", *m.sum)
 }

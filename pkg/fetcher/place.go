@@ -23,9 +23,12 @@ const maxBulkCopy = 64 << 10
 // place for a reason that asks for the run again (never: checksum failures are
 // handled before). demand answers are placed with waking copies.
 //
-// th, if not nil, is the calling bulk goroutine's locked thread: each copy
-// runs boosted (sched.Thread.Boost) while it holds the event lock.
+// th, if not nil, is the calling bulk goroutine's locked thread: the whole
+// answer is placed boosted (sched.Thread.Boost), since its copies hold the
+// event lock nearly all the time — two system calls per run, not per copy.
 func (f *Fetcher) placeResponse(resp *transport.Response, demand bool, th *sched.Thread) error {
+	th.Boost()
+	defer th.Unboost()
 	r, p, ok := f.layout.lookupOffset(resp.Offset)
 	if !ok || uint64(resp.PageSize) != r.PageSize || p+uint64(resp.Pages) > r.pages {
 		return fmt.Errorf("fetcher: answer for offset %#x, %d pages of %d bytes does not match any region",
@@ -50,7 +53,7 @@ func (f *Fetcher) placeResponse(resp *transport.Response, demand bool, th *sched
 			src = data[used : used+sz]
 			used += sz
 		}
-		if err := f.placeRun(r, p, n, src, how, !demand, th); err != nil {
+		if err := f.placeRun(r, p, n, src, how, !demand); err != nil {
 			return err
 		}
 		p += n
@@ -62,7 +65,7 @@ func (f *Fetcher) placeResponse(resp *transport.Response, demand bool, th *sched
 // placeRun places pages [p, p+n) of r from src, or zero pages when src is
 // nil, skipping pages already resolved. dontWake copies wake nobody: the
 // threads waiting there are woken afterwards, one wake per contiguous range.
-func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dontWake bool, th *sched.Thread) error {
+func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dontWake bool) error {
 	ps := r.PageSize
 	chunk := n
 	if dontWake {
@@ -70,7 +73,6 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 	}
 	backoff := 20 * time.Microsecond
 	for n > 0 {
-		th.Boost()
 		f.evMu.RLock()
 		gen := f.evGen.Load()
 		// Skip what is already resolved.
@@ -82,7 +84,6 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 		}
 		if n == 0 {
 			f.evMu.RUnlock()
-			th.Unboost()
 			return nil
 		}
 		addr, contiguous, ok := f.layout.addrOf(r, p)
@@ -91,7 +92,6 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 			// unmapped without asking for UNMAP events.
 			f.markUnmapped(r, p, 1)
 			f.evMu.RUnlock()
-			th.Unboost()
 			p, n = p+1, n-1
 			if src != nil {
 				src = src[ps:]
@@ -115,7 +115,6 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 			err = nil
 		}
 		f.evMu.RUnlock()
-		th.Unboost()
 		if werr != nil {
 			// A thread that cannot be woken is a hung workload thread:
 			// fail loudly.
