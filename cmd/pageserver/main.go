@@ -16,7 +16,10 @@
 // and logs go to stderr. SIGTERM or SIGINT stops it gracefully (at most 10
 // s, then at once; a second signal stops it at once) and it prints a final
 // {"event":"summary",...} line. Exit status: 0 after a graceful stop, 1 on a
-// runtime failure or a forced stop, 2 for bad flags.
+// runtime failure or a forced stop, 2 for a bad flag or flag value, found
+// before it serves: also a well-formed value that names nothing usable (a
+// missing source, token or TLS file, no such process, an address that
+// cannot be bound). README.md has the list.
 package main
 
 import (
@@ -114,11 +117,11 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 }
 
 func (c *config) validate() error {
-	if err := checkAddr("listen", c.listen); err != nil {
+	if err := cli.CheckHostPort("listen", c.listen, true); err != nil {
 		return err
 	}
 	if c.metricsAddr != "" {
-		if err := checkAddr("metrics-addr", c.metricsAddr); err != nil {
+		if err := cli.CheckHostPort("metrics-addr", c.metricsAddr, true); err != nil {
 			return err
 		}
 	}
@@ -150,20 +153,6 @@ func (c *config) validate() error {
 	}
 	if c.maxSessions <= 0 {
 		return cli.Usagef("max-sessions", strconv.Itoa(c.maxSessions), "must be positive")
-	}
-	return nil
-}
-
-func checkAddr(flag, addr string) error {
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return cli.Usagef(flag, addr, "not host:port: %v", err)
-	}
-	if port == "" {
-		return cli.Usagef(flag, addr, "missing port")
-	}
-	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return cli.Usagef(flag, addr, "bad port %q", port)
 	}
 	return nil
 }
@@ -224,27 +213,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return code
 }
 
-// serve runs the server until a signal or a failure.
+// serve runs the server until a signal or a failure. Until it serves, what
+// the flags name (token file, TLS files, source, addresses) is opened, read
+// and bound: a failure there is a bad flag value (ExitUsage, the message
+// names the flag); once it serves, failures are runtime failures.
 func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Writer) (int, error) {
 	start := time.Now()
 	token, err := cli.ReadToken(cfg.tokenFile, tokenEnv)
 	if err != nil {
-		return cli.ExitFailure, fmt.Errorf("--token-file %q: %w", cfg.tokenFile, err)
-	}
-	if len(token) == 0 {
-		log.Warn("NO TOKEN: every client that reaches " + cfg.listen + " can read this workload's memory; " +
-			"set --token-file or " + tokenEnv)
+		return cli.ExitCode(err), err
 	}
 	var creds credentials.TransportCredentials
 	if cfg.tlsCert != "" {
 		tc, err := cli.ServerTLS(cfg.tlsCert, cfg.tlsKey, cfg.tlsClientCA)
 		if err != nil {
-			return cli.ExitFailure, fmt.Errorf("--tls-cert/--tls-key/--tls-client-ca: %w", err)
+			return cli.ExitCode(err), err
 		}
 		creds = credentials.NewTLS(tc)
 	}
 	img, err := image.Open(cfg.source)
 	if err != nil {
+		if errors.Is(err, image.ErrBadSource) {
+			return cli.ExitUsage, cli.Usagef("source", cfg.source, "%v", err)
+		}
 		return cli.ExitFailure, fmt.Errorf("--source %q: %w", cfg.source, err)
 	}
 	defer img.Close()
@@ -258,7 +249,7 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	}
 	lis, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
-		return cli.ExitFailure, fmt.Errorf("--listen %q: %w", cfg.listen, err)
+		return cli.ExitUsage, cli.Usagef("listen", cfg.listen, "cannot listen: %v", listenErr(err))
 	}
 	opts := srv.GRPCServerOptions()
 	if creds != nil {
@@ -273,7 +264,7 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		ml, err := net.Listen("tcp", cfg.metricsAddr)
 		if err != nil {
 			lis.Close()
-			return cli.ExitFailure, fmt.Errorf("--metrics-addr %q: %w", cfg.metricsAddr, err)
+			return cli.ExitUsage, cli.Usagef("metrics-addr", cfg.metricsAddr, "cannot listen: %v", listenErr(err))
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", srv.MetricsHandler())
@@ -293,6 +284,10 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		glis = srv.SplitListener(lis)
 	}
 	go func() { served <- g.Serve(glis) }()
+	if len(token) == 0 {
+		log.Warn("NO TOKEN: every client that reaches " + lis.Addr().String() + " can read this workload's memory; " +
+			"set --token-file or " + tokenEnv)
+	}
 	log.Info("serving", "addr", lis.Addr().String(), "image", img.String(),
 		"generation", fmt.Sprintf("%016x", img.Generation()), "tls", creds != nil,
 		"mutual_tls", cfg.tlsClientCA != "", "token", len(token) > 0)
@@ -360,4 +355,14 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		code = cli.ExitFailure
 	}
 	return code, runErr
+}
+
+// listenErr drops net.Listen's "listen tcp ADDR:" prefix, which the usage
+// error names already: "bind: address already in use".
+func listenErr(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		return oe.Err
+	}
+	return err
 }

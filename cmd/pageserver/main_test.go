@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -355,8 +356,9 @@ func TestTLSFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.wait(t, 30*time.Second)
-	if !strings.Contains(p.stderr.String(), "NO TOKEN") {
-		t.Fatalf("no warning without a token:\n%s", p.stderr.String())
+	// The warning names the address bound, not the one asked for (:0).
+	if !strings.Contains(p.stderr.String(), "NO TOKEN: every client that reaches "+ready.Addr+" can read") {
+		t.Fatalf("no warning naming %s without a token:\n%s", ready.Addr, p.stderr.String())
 	}
 }
 
@@ -368,6 +370,18 @@ func TestBadFlags(t *testing.T) {
 	}
 	defer busy.Close()
 	src := "file:" + path
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pki := clitest.NewPKI(t, "pageserver")
+	pidMax, err := os.ReadFile("/proc/sys/kernel/pid_max")
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxPID, _ := strconv.Atoi(strings.TrimSpace(string(pidMax)))
+	noPID := "pid:" + strconv.Itoa(maxPID+1) // no process can have it
 	for _, tc := range []struct {
 		args []string
 		env  []string
@@ -385,16 +399,35 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--source", src, "--tls-cert", "c.pem"}, nil, 2, "--tls-cert and --tls-key go together"},
 		{[]string{"--source", src, "--tls-client-ca", "ca.pem"}, nil, 2, `--tls-client-ca "ca.pem": needs --tls-cert`},
 		{[]string{"--source", src, "--metrics-addr", ":x"}, nil, 2, `--metrics-addr ":x": bad port`},
-		{[]string{"--source", "file:/nonexistent/mem"}, nil, 1, `--source "file:/nonexistent/mem"`},
-		{[]string{"--source", src, "--token-file", "/nonexistent/token"}, nil, 1, `--token-file "/nonexistent/token"`},
-		{[]string{"--source", src}, []string{"POSTCOPY_TOKEN="}, 1, "POSTCOPY_TOKEN is set but empty"},
-		{[]string{"--source", src, "--listen", busy.Addr().String()}, nil, 1, `--listen "` + busy.Addr().String() + `"`},
-		{[]string{"--source", src, "--tls-cert", "/nonexistent/c", "--tls-key", "/nonexistent/k"}, nil, 1, "/nonexistent/c"},
+		// Well-formed values that name nothing usable: still bad flags.
+		{[]string{"--source", "file:/nonexistent/mem"}, nil, 2, `--source "file:/nonexistent/mem": file:/nonexistent/mem: no such file or directory`},
+		{[]string{"--source", "file:" + dir}, nil, 2, `--source "file:` + dir + `": file:` + dir + `: not a regular file`},
+		{[]string{"--source", "file:/dev/null"}, nil, 2, `--source "file:/dev/null": file:/dev/null: not a regular file`},
+		{[]string{"--source", noPID}, nil, 2, `--source "` + noPID + `": ` + noPID + `: no such process`},
+		{[]string{"--source", src, "--token-file", "/nonexistent/token"}, nil, 2, `--token-file "/nonexistent/token": no such file or directory`},
+		{[]string{"--source", src, "--token-file", empty}, nil, 2, `--token-file "` + empty + `": the file is empty`},
+		{[]string{"--source", src}, []string{"POSTCOPY_TOKEN="}, 2, "POSTCOPY_TOKEN is set but empty"},
+		{[]string{"--source", src, "--listen", busy.Addr().String()}, nil, 2,
+			`--listen "` + busy.Addr().String() + `": cannot listen: bind: address already in use`},
+		{[]string{"--source", src, "--listen", "192.0.2.1:0"}, nil, 2, `--listen "192.0.2.1:0": cannot listen: bind: cannot assign requested address`},
+		{[]string{"--source", src, "--metrics-addr", busy.Addr().String()}, nil, 2,
+			`--metrics-addr "` + busy.Addr().String() + `": cannot listen: bind: address already in use`},
+		{[]string{"--source", src, "--tls-cert", "/nonexistent/c", "--tls-key", "/nonexistent/k"}, nil, 2, `--tls-cert "/nonexistent/c": no such file or directory`},
+		{[]string{"--source", src, "--tls-cert", empty, "--tls-key", pki.ServerKey}, nil, 2, `--tls-cert "` + empty + `": no PEM certificate found`},
+		{[]string{"--source", src, "--tls-cert", pki.ServerCert, "--tls-key", "/nonexistent/k"}, nil, 2, `--tls-key "/nonexistent/k": no such file or directory`},
+		{[]string{"--source", src, "--tls-cert", pki.ServerCert, "--tls-key", pki.ClientKey}, nil, 2, `--tls-key "` + pki.ClientKey + `": tls: private key does not match public key`},
+		{[]string{"--source", src, "--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey, "--tls-client-ca", "/nonexistent/ca"}, nil, 2,
+			`--tls-client-ca "/nonexistent/ca": no such file or directory`},
+		{[]string{"--source", src, "--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey, "--tls-client-ca", empty}, nil, 2,
+			`--tls-client-ca "` + empty + `": no PEM certificate found`},
 	} {
 		p := start(t, tc.env, tc.args...)
 		code := p.wait(t, 30*time.Second)
 		if code != tc.code || !strings.Contains(p.stderr.String(), tc.msg) {
 			t.Fatalf("pageserver %q: exit %d, stderr:\n%s\nwant exit %d and %q", tc.args, code, p.stderr.String(), tc.code, tc.msg)
+		}
+		if l, ok := <-p.lines; ok {
+			t.Fatalf("pageserver %q printed on stdout: %s", tc.args, l)
 		}
 	}
 	// --help prints the usage, with the default address, on stdout.

@@ -10,9 +10,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 
@@ -109,18 +111,18 @@ func NewLogger(name, level string, jsonFormat bool, w io.Writer) (hclog.Logger, 
 // ReadToken returns the shared token: the content of file if file is not
 // empty (one trailing newline, "\n" or "\r\n", removed), else the value of
 // the environment variable envVar. It returns nil and no error when neither
-// is given (the caller decides whether that is allowed), and an error when
-// the file cannot be read or the token is empty. Errors name the file or
-// variable, never the token.
+// is given (the caller decides whether that is allowed), and a *UsageError
+// when the file cannot be read or the token is empty: it names --token-file
+// and the file, or the variable, never the token.
 func ReadToken(file, envVar string) ([]byte, error) {
 	if file != "" {
 		b, err := os.ReadFile(file)
 		if err != nil {
-			return nil, fmt.Errorf("token file: %w", err)
+			return nil, Usagef("token-file", file, "%v", pathErr(err))
 		}
 		b = trimNewline(b)
 		if len(b) == 0 {
-			return nil, fmt.Errorf("token file %s is empty", file)
+			return nil, Usagef("token-file", file, "the file is empty")
 		}
 		return b, nil
 	}
@@ -133,9 +135,19 @@ func ReadToken(file, envVar string) ([]byte, error) {
 	}
 	b := trimNewline([]byte(v))
 	if len(b) == 0 {
-		return nil, fmt.Errorf("environment variable %s is set but empty", envVar)
+		return nil, &UsageError{Reason: fmt.Sprintf("environment variable %s is set but empty", envVar)}
 	}
 	return b, nil
+}
+
+// pathErr drops the operation and the path from a *fs.PathError, which a
+// UsageError names already: "no such file or directory".
+func pathErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 func trimNewline(b []byte) []byte {
@@ -147,18 +159,20 @@ func trimNewline(b []byte) []byte {
 
 // ServerTLS returns a TLS configuration serving certFile/keyFile (PEM); with
 // clientCAFile, clients must present a certificate signed by one of its CAs
-// (mutual TLS). TLS 1.2 is the minimum.
+// (mutual TLS). TLS 1.2 is the minimum. A file that cannot be read or holds
+// no usable PEM gives a *UsageError naming its flag: --tls-cert, --tls-key,
+// --tls-client-ca.
 func ServerTLS(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 	if certFile == "" || keyFile == "" {
-		return nil, errors.New("server TLS needs both a certificate and a key")
+		return nil, &UsageError{Flag: "tls-key", Reason: "--tls-cert and --tls-key go together"}
 	}
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	pair, err := LoadKeyPair(certFile, keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("server certificate %s / key %s: %w", certFile, keyFile, err)
+		return nil, err
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	if clientCAFile != "" {
-		pool, err := loadPool(clientCAFile)
+		pool, err := LoadCAPool("tls-client-ca", clientCAFile)
 		if err != nil {
 			return nil, err
 		}
@@ -170,37 +184,80 @@ func ServerTLS(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 
 // ClientTLS returns a TLS configuration that trusts the CAs of caFile (the
 // system's roots if empty) and, with certFile and keyFile, presents that
-// client certificate (for mutual TLS). TLS 1.2 is the minimum.
+// client certificate (for mutual TLS). TLS 1.2 is the minimum. A file that
+// cannot be read or holds no usable PEM gives a *UsageError naming its flag:
+// --tls-ca, --tls-cert, --tls-key.
 func ClientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if caFile != "" {
-		pool, err := loadPool(caFile)
+		pool, err := LoadCAPool("tls-ca", caFile)
 		if err != nil {
 			return nil, err
 		}
 		cfg.RootCAs = pool
 	}
 	if (certFile == "") != (keyFile == "") {
-		return nil, errors.New("a client certificate needs both the certificate and the key")
+		return nil, &UsageError{Flag: "tls-key", Reason: "--tls-cert and --tls-key go together"}
 	}
 	if certFile != "" {
-		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		pair, err := LoadKeyPair(certFile, keyFile)
 		if err != nil {
-			return nil, fmt.Errorf("client certificate %s / key %s: %w", certFile, keyFile, err)
+			return nil, err
 		}
 		cfg.Certificates = []tls.Certificate{pair}
 	}
 	return cfg, nil
 }
 
-func loadPool(file string) (*x509.CertPool, error) {
+// LoadKeyPair reads a certificate (--tls-cert) and its private key
+// (--tls-key), PEM. Its errors are *UsageErrors naming the flag of the file
+// at fault: the certificate's when it cannot be read or holds no
+// certificate, the key's otherwise (unreadable, no key, or not the key of
+// that certificate).
+func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return tls.Certificate{}, Usagef("tls-cert", certFile, "%v", pathErr(err))
+	}
+	if _, err := firstCert(certPEM); err != nil {
+		return tls.Certificate{}, Usagef("tls-cert", certFile, "%v", err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return tls.Certificate{}, Usagef("tls-key", keyFile, "%v", pathErr(err))
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return tls.Certificate{}, Usagef("tls-key", keyFile, "%v (certificate: --tls-cert %s)", err, certFile)
+	}
+	return pair, nil
+}
+
+// firstCert parses the first PEM certificate of b.
+func firstCert(b []byte) (*x509.Certificate, error) {
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return nil, errors.New("no PEM certificate found")
+		}
+		if blk.Type == "CERTIFICATE" {
+			return x509.ParseCertificate(blk.Bytes)
+		}
+	}
+}
+
+// LoadCAPool reads the PEM certificates of file (given by --flag) into a
+// pool; a file that cannot be read or holds no certificate gives a
+// *UsageError naming the flag.
+func LoadCAPool(flag, file string) (*x509.CertPool, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("CA file: %w", err)
+		return nil, Usagef(flag, file, "%v", pathErr(err))
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("CA file %s: no PEM certificate found", file)
+		return nil, Usagef(flag, file, "no PEM certificate found")
 	}
 	return pool, nil
 }

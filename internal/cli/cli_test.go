@@ -65,13 +65,14 @@ func TestReadToken(t *testing.T) {
 		{write("c", "secret\n\n"), "secret\n", ""}, // one newline only
 		{write("d", "secret"), "secret", ""},
 		{write("e", "\n"), "", "is empty"},
-		{filepath.Join(dir, "missing"), "", "missing: no such file"},
+		{filepath.Join(dir, "missing"), "", `missing": no such file or directory`},
 		{"", "from-env", ""},
 	} {
 		got, err := ReadToken(tc.file, env)
 		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Fatalf("ReadToken(%q): %v, want an error containing %q", tc.file, err, tc.err)
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.HasPrefix(err.Error(), "--token-file ") ||
+				ExitCode(err) != ExitUsage {
+				t.Fatalf("ReadToken(%q): %v, want a usage error naming --token-file containing %q", tc.file, err, tc.err)
 			}
 			continue
 		}
@@ -80,7 +81,7 @@ func TestReadToken(t *testing.T) {
 		}
 	}
 	t.Setenv(env, "")
-	if _, err := ReadToken("", env); err == nil || !strings.Contains(err.Error(), env) {
+	if _, err := ReadToken("", env); err == nil || !strings.Contains(err.Error(), env) || ExitCode(err) != ExitUsage {
 		t.Fatalf("empty env: %v", err)
 	}
 	os.Unsetenv(env)
@@ -172,15 +173,30 @@ func TestTLSConfigs(t *testing.T) {
 		t.Fatal("mTLS server accepted a certificate of another CA")
 	}
 
-	for _, f := range []func() error{
-		func() error { _, err := ServerTLS(pki.ServerCert, "", ""); return err },
-		func() error { _, err := ServerTLS(pki.ServerCert, pki.ServerKey, pki.ServerKey); return err },
-		func() error { _, err := ServerTLS(pki.ServerCert, pki.ClientKey, ""); return err },
-		func() error { _, err := ClientTLS(pki.CAFile, pki.ClientCert, ""); return err },
-		func() error { _, err := ClientTLS("/nonexistent/ca.pem", "", ""); return err },
+	// Bad files: usage errors naming the flag of the file at fault.
+	for _, tc := range []struct {
+		f    func() error
+		want string
+	}{
+		{func() error { _, err := ServerTLS(pki.ServerCert, "", ""); return err }, "--tls-key: --tls-cert and --tls-key go together"},
+		{func() error { _, err := ServerTLS(pki.ServerCert, pki.ServerKey, pki.ServerKey); return err },
+			fmt.Sprintf("--tls-client-ca %q: no PEM certificate found", pki.ServerKey)},
+		{func() error { _, err := ServerTLS(pki.ServerCert, pki.ClientKey, ""); return err },
+			fmt.Sprintf("--tls-key %q: tls: private key does not match public key (certificate: --tls-cert %s)", pki.ClientKey, pki.ServerCert)},
+		{func() error { _, err := ServerTLS(pki.ServerKey, pki.ServerKey, ""); return err },
+			fmt.Sprintf("--tls-cert %q: no PEM certificate found", pki.ServerKey)},
+		{func() error { _, err := ServerTLS("/nonexistent/c.pem", pki.ServerKey, ""); return err },
+			`--tls-cert "/nonexistent/c.pem": no such file or directory`},
+		{func() error { _, err := ServerTLS(pki.ServerCert, "/nonexistent/k.pem", ""); return err },
+			`--tls-key "/nonexistent/k.pem": no such file or directory`},
+		{func() error { _, err := ClientTLS(pki.CAFile, pki.ClientCert, ""); return err }, "--tls-key: --tls-cert and --tls-key go together"},
+		{func() error { _, err := ClientTLS("/nonexistent/ca.pem", "", ""); return err }, `--tls-ca "/nonexistent/ca.pem": no such file or directory`},
+		{func() error { _, err := ClientTLS(pki.CAFile, pki.ClientKey, pki.ClientKey); return err },
+			fmt.Sprintf("--tls-cert %q: no PEM certificate found", pki.ClientKey)},
 	} {
-		if err := f(); err == nil {
-			t.Fatal("bad TLS files accepted")
+		err := tc.f()
+		if err == nil || err.Error() != tc.want || ExitCode(err) != ExitUsage {
+			t.Errorf("got %v, want the usage error %q", err, tc.want)
 		}
 	}
 }
@@ -226,5 +242,33 @@ func TestEnsureProcs(t *testing.T) {
 	t.Setenv("GOMAXPROCS", "1")
 	if got := EnsureProcs(4); got != 1 || runtime.GOMAXPROCS(0) != 1 {
 		t.Fatalf("EnsureProcs overrode an explicit GOMAXPROCS: %d", got)
+	}
+}
+
+func TestCheckHostPort(t *testing.T) {
+	for _, tc := range []struct {
+		addr   string
+		listen bool
+		want   string // "" for valid
+	}{
+		{"127.0.0.1:7470", false, ""},
+		{"src:7470", false, ""},
+		{"[::1]:1", false, ""},
+		{":7470", true, ""},
+		{"127.0.0.1:0", true, ""},
+		{"127.0.0.1:0", false, `--server "127.0.0.1:0": port 0: want 1..65535`},
+		{":::", false, `--server ":::": not host:port: address :::: too many colons in address`},
+		{"nowhere", false, `--server "nowhere": not host:port: address nowhere: missing port in address`},
+		{"host:", false, `--server "host:": missing port`},
+		{"host:http", false, `--server "host:http": bad port "http"`},
+		{"host:65536", true, `--server "host:65536": bad port "65536"`},
+	} {
+		err := CheckHostPort("server", tc.addr, tc.listen)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("CheckHostPort(%q, listen %v) = %v", tc.addr, tc.listen, err)
+		case tc.want != "" && (err == nil || err.Error() != tc.want || ExitCode(err) != ExitUsage):
+			t.Errorf("CheckHostPort(%q, listen %v) = %v, want %q", tc.addr, tc.listen, err, tc.want)
+		}
 	}
 }

@@ -38,6 +38,10 @@ type fileImage struct {
 // OpenFile opens the file at path as an image: offset = file offset,
 // Size = the file size.
 //
+// A path that does not exist or may not be read, and a file that is not a
+// regular file (a directory, a device), fail with an error matching
+// ErrBadSource.
+//
 // The file is opened read-only and mapped whole with PROT_READ and
 // MAP_SHARED. Its data extents are found once, at open, with
 // lseek(SEEK_DATA) and lseek(SEEK_HOLE); a page wholly inside a hole is a
@@ -69,7 +73,7 @@ func OpenFile(path string) (Image, error) {
 	desc := "file:" + path
 	fd, err := openRetry(path)
 	if err != nil {
-		return nil, newError(nil, err, "%s", desc)
+		return nil, sourceFault(newError(nil, err, "%s", desc))
 	}
 	img, err := newFileImage(path, fd)
 	if err != nil {
@@ -96,7 +100,7 @@ func newFileImage(path string, fd int) (*fileImage, error) {
 		return nil, newError(nil, err, "%s: fstat", desc)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, fmt.Errorf("%s: not a regular file (mode %#o)", desc, st.Mode)
+		return nil, newError(ErrBadSource, nil, "%s: not a regular file (mode %#o)", desc, st.Mode)
 	}
 	var sfs unix.Statfs_t
 	if err := unix.Fstatfs(fd, &sfs); err != nil {

@@ -567,6 +567,10 @@ func TestOpenErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	dirMode := st.Mode
+	if err := unix.Stat("/dev/null", &st); err != nil {
+		t.Fatal(err)
+	}
+	devNullMode := st.Mode
 	for _, tc := range []struct {
 		source, msg string
 		is          error
@@ -581,6 +585,8 @@ func TestOpenErrors(t *testing.T) {
 		{"pid:-3", "pid:-3: not a process id", nil},
 		{"file:" + missing, "file:" + missing + ": no such file or directory", fs.ErrNotExist},
 		{"file:" + dir, fmt.Sprintf("file:%s: not a regular file (mode %#o)", dir, dirMode), nil},
+		{"file:/dev/null", fmt.Sprintf("file:/dev/null: not a regular file (mode %#o)", devNullMode), nil},
+		{"file:" + missing + "/below", "file:" + missing + "/below: no such file or directory", fs.ErrNotExist},
 		{"pid:" + strconv.Itoa(noPID), "pid:" + strconv.Itoa(noPID) + ": no such process", ErrSourceGone},
 	} {
 		img, err := Open(tc.source)
@@ -591,6 +597,10 @@ func TestOpenErrors(t *testing.T) {
 		}
 		if err.Error() != tc.msg || (tc.is != nil && !errors.Is(err, tc.is)) {
 			t.Errorf("Open(%q) = %q, want %q (matching %v)", tc.source, err, tc.msg, tc.is)
+		}
+		// Every one of them is the source's fault: a bad flag value.
+		if !errors.Is(err, ErrBadSource) {
+			t.Errorf("Open(%q) = %q, does not match ErrBadSource", tc.source, err)
 		}
 	}
 }

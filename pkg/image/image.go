@@ -63,6 +63,15 @@ var (
 	ErrOutOfRange = errors.New("range outside the image")
 	// ErrSourceGone means the process behind a pid: image exited.
 	ErrSourceGone = errors.New("source process is gone")
+	// ErrBadSource means that what a source string names cannot be
+	// served: a malformed source string, no such file or process (or one
+	// that exited), a file that is not a regular file (a directory, a
+	// device), no permission to read it, a process with no readable
+	// memory. Open, OpenFile and OpenPID errors match it when the source
+	// named is at fault, not this machine (out of memory or descriptors,
+	// a failing mmap): a command line reports the first kind as a bad
+	// flag value.
+	ErrBadSource = errors.New("source cannot be served")
 	// ErrInvalidRequest means a Read's arguments are malformed: a page size
 	// that is not a power of two, an offset not aligned to it, or a dst
 	// shorter than the pages asked for.

@@ -1,7 +1,6 @@
 package image
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
 )
@@ -9,7 +8,8 @@ import (
 // Open parses a source string and opens it: "file:PATH" (see OpenFile) or
 // "pid:PID" (see OpenPID). Errors name what was wrong, e.g.
 // `source "foo": want file:PATH or pid:PID`, `pid:abc: not a process id`,
-// `file:/x: no such file or directory`.
+// `file:/x: no such file or directory`. Errors of a source that cannot be
+// served, as opposed to failures of this machine, match ErrBadSource.
 func Open(source string) (Image, error) {
 	kind, rest, ok := strings.Cut(source, ":")
 	switch {
@@ -18,9 +18,9 @@ func Open(source string) (Image, error) {
 	case ok && kind == "pid":
 		pid, err := strconv.Atoi(rest)
 		if err != nil || pid <= 0 {
-			return nil, fmt.Errorf("pid:%s: not a process id", rest)
+			return nil, newError(ErrBadSource, nil, "pid:%s: not a process id", rest)
 		}
 		return OpenPID(pid)
 	}
-	return nil, fmt.Errorf("source %q: want file:PATH or pid:PID", source)
+	return nil, newError(ErrBadSource, nil, "source %q: want file:PATH or pid:PID", source)
 }

@@ -80,23 +80,24 @@ type pidImage struct {
 //
 // OpenPID fails with an error matching ErrSourceGone and ESRCH ("pid:1234:
 // no such process") if the process does not exist, and with the errno
-// (EACCES, EPERM) if it may not be read.
+// (EACCES, EPERM) if it may not be read; both, and a process without
+// readable mappings (a kernel thread), also match ErrBadSource.
 func OpenPID(pid int) (Image, error) {
 	name := fmt.Sprintf("pid:%d", pid)
 	if pid <= 0 {
-		return nil, fmt.Errorf("%s: not a process id", name)
+		return nil, newError(ErrBadSource, nil, "%s: not a process id", name)
 	}
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		if err == unix.ESRCH {
-			return nil, newError(ErrSourceGone, unix.ESRCH, "%s", name)
+			return nil, sourceFault(newError(ErrSourceGone, unix.ESRCH, "%s", name))
 		}
-		return nil, newError(nil, err, "%s: pidfd_open", name)
+		return nil, sourceFault(newError(nil, err, "%s: pidfd_open", name))
 	}
 	p := &pidImage{pid: pid, name: name, pidfd: pidfd, pagemap: -1}
 	if err := p.init(); err != nil {
 		_ = p.closeFDs()
-		return nil, err
+		return nil, sourceFault(err)
 	}
 	return p, nil
 }
@@ -146,7 +147,7 @@ func (p *pidImage) init() error {
 		return err
 	}
 	if len(p.maps) == 0 {
-		return fmt.Errorf("%s: no readable mappings", p.name)
+		return newError(ErrBadSource, nil, "%s: no readable mappings", p.name)
 	}
 	p.size = p.maps[len(p.maps)-1].end
 	if p.exited() {
