@@ -5,6 +5,7 @@
 //	pageserver --source file:PATH|pid:PID [--listen ADDR] [--token-file F]
 //	           [--tls-cert F --tls-key F [--tls-client-ca F]]
 //	           [--log-level L] [--log-json] [--metrics-addr ADDR]
+//	           [--drain-timeout D]
 //
 // The token comes from --token-file, or else from the POSTCOPY_TOKEN
 // environment variable (never from a flag, which would show in ps); without
@@ -13,9 +14,11 @@
 //
 //	{"event":"ready","addr":"127.0.0.1:7470","source":"file:...","size":N,"generation":"<hex>"}
 //
-// and logs go to stderr. SIGTERM or SIGINT stops it gracefully (at most 10
-// s, then at once; a second signal stops it at once) and it prints a final
-// {"event":"summary",...} line. Exit status: 0 after a graceful stop, 1 on a
+// and logs go to stderr. SIGTERM or SIGINT stops it gracefully: no new
+// sessions, and the open ones may end within --drain-timeout (10 s by
+// default; 0: no limit), after which they are cut; a second signal cuts them
+// at once. It then prints a final {"event":"summary",...} line, with
+// "graceful":false if sessions were cut. Exit status: 0 after a graceful stop, 1 on a
 // runtime failure or a forced stop, 2 for a bad flag or flag value, found
 // before it serves: also a well-formed value that names nothing usable (a
 // missing source, token or TLS file, no such process, an address that
@@ -51,7 +54,9 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 const (
 	defaultListen = "127.0.0.1:7470"
 	tokenEnv      = "POSTCOPY_TOKEN"
-	stopDeadline  = 10 * time.Second
+	// defaultDrain is how long open sessions may take to end after
+	// SIGTERM/SIGINT (--drain-timeout).
+	defaultDrain = 10 * time.Second
 )
 
 // config is the validated command line.
@@ -70,6 +75,7 @@ type config struct {
 	logJSON      bool
 	metricsAddr  string
 	maxSessions  int
+	drainTimeout time.Duration
 }
 
 // parseFlags parses and validates args. It returns flag.ErrHelp for
@@ -93,6 +99,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.BoolVar(&c.logJSON, "log-json", false, "log JSON lines instead of text")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "`address` (host:port) to serve Prometheus metrics on at /metrics (default: off)")
 	fs.IntVar(&c.maxSessions, "max-sessions", transport.DefaultMaxSessions, "sessions open at once")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", defaultDrain, "after SIGTERM/SIGINT, how long open sessions may take to end before they are cut (then exit 1); 0: wait for every session. A second signal cuts them at once")
 	usage := func(w io.Writer) {
 		fmt.Fprintf(w, "Usage: pageserver --source file:PATH|pid:PID [flags]\n\n"+
 			"Serves a paused workload's memory to postcopy page fetchers.\n\nFlags:\n")
@@ -153,6 +160,9 @@ func (c *config) validate() error {
 	}
 	if c.maxSessions <= 0 {
 		return cli.Usagef("max-sessions", strconv.Itoa(c.maxSessions), "must be positive")
+	}
+	if c.drainTimeout < 0 {
+		return cli.Usagef("drain-timeout", c.drainTimeout.String(), "must be 0 (wait for every session) or positive")
 	}
 	return nil
 }
@@ -303,7 +313,12 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	var runErr error
 	select {
 	case sig := <-sigs:
-		log.Info("stopping", "signal", sig.String(), "deadline", stopDeadline)
+		drain := "none: waiting for every session to end"
+		if cfg.drainTimeout > 0 {
+			drain = cfg.drainTimeout.String()
+		}
+		log.Info("stopping: no new sessions; a second signal cuts the open ones", "signal", sig.String(),
+			"sessions", srv.Stats().SessionsOpen, "drain_timeout", drain)
 		srv.Shutdown()
 		stopped := make(chan struct{})
 		go func() {
@@ -311,17 +326,22 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 			<-srv.DrainSocketLanes()
 			close(stopped)
 		}()
-		timer := time.NewTimer(stopDeadline)
+		var expired <-chan time.Time // never, with --drain-timeout 0
+		if cfg.drainTimeout > 0 {
+			timer := time.NewTimer(cfg.drainTimeout)
+			defer timer.Stop()
+			expired = timer.C
+		}
 		select {
 		case <-stopped:
-		case <-timer.C:
-			log.Warn("graceful stop timed out: closing the remaining sessions", "sessions", srv.Stats().SessionsOpen)
+		case <-expired:
+			log.Warn("graceful stop timed out: closing the remaining sessions", "drain_timeout", cfg.drainTimeout,
+				"sessions", srv.Stats().SessionsOpen)
 			graceful = false
 		case sig := <-sigs:
-			log.Warn("second signal: stopping at once", "signal", sig.String())
+			log.Warn("second signal: stopping at once", "signal", sig.String(), "sessions", srv.Stats().SessionsOpen)
 			graceful = false
 		}
-		timer.Stop()
 		if !graceful {
 			g.Stop()
 			srv.CloseSocketLanes()

@@ -265,6 +265,47 @@ func TestServeAndStop(t *testing.T) {
 	}
 }
 
+// openBulk opens a session on the pageserver at addr with a bulk lane
+// whose stream is established: a session a graceful stop waits for. The
+// caller must keep the lane reachable until the end (and close it): a
+// socket lane's connection unreferenced would be closed by its finalizer at
+// the next GC, ending the stream the graceful stop is to wait for.
+func openBulk(t *testing.T, addr string, token []byte) (*transport.Client, *transport.Lane) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := transport.Dial(ctx, addr, transport.ClientOptions{Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	sess, err := c.Open(ctx, []transport.Region{{Offset: 0, Length: 1 << 20, PageSize: 4096}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := sess.Bulk(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Send(transport.Request{ID: 1, Offset: 0, Pages: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Recv(); err != nil { // the stream is established
+		t.Fatal(err)
+	}
+	return c, l
+}
+
+// stillRunning fails if p exits within d.
+func (p *proc) stillRunning(t *testing.T, d time.Duration, why string) {
+	t.Helper()
+	select {
+	case <-p.done:
+		t.Fatalf("exited %s", why)
+	case <-time.After(d):
+	}
+}
+
 // TestSecondSignal: with a stream open, graceful stop waits; a second
 // signal stops at once (exit 1: sessions were cut).
 func TestSecondSignal(t *testing.T) {
@@ -272,37 +313,10 @@ func TestSecondSignal(t *testing.T) {
 	p := start(t, []string{"POSTCOPY_TOKEN=env-token"}, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--log-json")
 	var ready readyEvent
 	p.line(t, &ready)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{Token: []byte("env-token")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sess, err := c.Open(ctx, []transport.Region{{Offset: 0, Length: 1 << 20, PageSize: 4096}}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := sess.Bulk(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Keep the lane reachable to the end: a socket lane's connection
-	// unreferenced would be closed by its finalizer at the next GC, ending
-	// the stream the graceful stop is to wait for.
+	_, l := openBulk(t, ready.Addr, []byte("env-token"))
 	defer l.Close()
-	if err := l.Send(transport.Request{ID: 1, Offset: 0, Pages: 1}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.Recv(); err != nil { // the stream is established
-		t.Fatal(err)
-	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		t.Fatal("exited with a stream open before the deadline")
-	case <-time.After(300 * time.Millisecond):
-	}
+	p.stillRunning(t, 300*time.Millisecond, "with a stream open before the drain timeout")
 	p.cmd.Process.Signal(syscall.SIGINT)
 	if code := p.wait(t, 5*time.Second); code != cli.ExitFailure {
 		t.Fatalf("exit %d after a second signal, want %d", code, cli.ExitFailure)
@@ -314,6 +328,63 @@ func TestSecondSignal(t *testing.T) {
 	}
 	if !strings.Contains(p.stderr.String(), `"@message":"second signal: stopping at once"`) {
 		t.Fatalf("no JSON log of the second signal:\n%s", p.stderr.String())
+	}
+}
+
+// TestDrainTimeout: with a session open, SIGTERM waits --drain-timeout for
+// it to end, then cuts it: exit 1, "graceful":false.
+func TestDrainTimeout(t *testing.T) {
+	path, _ := writeImage(t)
+	const drain = 1500 * time.Millisecond
+	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--drain-timeout", drain.String())
+	var ready readyEvent
+	p.line(t, &ready)
+	_, l := openBulk(t, ready.Addr, nil)
+	defer l.Close()
+	signalled := time.Now()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	code := p.wait(t, drain+10*time.Second)
+	took := time.Since(signalled)
+	if code != cli.ExitFailure {
+		t.Fatalf("exit %d after the drain timed out, want %d", code, cli.ExitFailure)
+	}
+	if took < drain {
+		t.Fatalf("exited %v after SIGTERM, before --drain-timeout %v", took, drain)
+	}
+	var sum summaryEvent
+	p.line(t, &sum)
+	if sum.Graceful || sum.SessionsTotal != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+	if !strings.Contains(p.stderr.String(), "graceful stop timed out: closing the remaining sessions: drain_timeout=1.5s") {
+		t.Fatalf("no log of the drain timing out:\n%s", p.stderr.String())
+	}
+}
+
+// TestDrainWaits: with --drain-timeout 0, SIGTERM waits for the open
+// session however long it takes, and once it ends, the stop is graceful:
+// exit 0.
+func TestDrainWaits(t *testing.T) {
+	path, _ := writeImage(t)
+	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--drain-timeout", "0")
+	var ready readyEvent
+	p.line(t, &ready)
+	c, l := openBulk(t, ready.Addr, nil)
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	// Longer than a drain timeout of this test's others.
+	p.stillRunning(t, 2*time.Second, "with a session open and --drain-timeout 0")
+	l.Close()
+	c.Close()
+	if code := p.wait(t, 10*time.Second); code != cli.ExitOK {
+		t.Fatalf("exit %d once the session ended, want 0", code)
+	}
+	var sum summaryEvent
+	p.line(t, &sum)
+	if !sum.Graceful || sum.SessionsTotal != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+	if !strings.Contains(p.stderr.String(), "drain_timeout=\"none: waiting for every session to end\"") {
+		t.Fatalf("no log of the stop without a drain timeout:\n%s", p.stderr.String())
 	}
 }
 
@@ -399,6 +470,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--source", src, "--tls-cert", "c.pem"}, nil, 2, "--tls-cert and --tls-key go together"},
 		{[]string{"--source", src, "--tls-client-ca", "ca.pem"}, nil, 2, `--tls-client-ca "ca.pem": needs --tls-cert`},
 		{[]string{"--source", src, "--metrics-addr", ":x"}, nil, 2, `--metrics-addr ":x": bad port`},
+		{[]string{"--source", src, "--drain-timeout", "-1s"}, nil, 2, `--drain-timeout "-1s": must be 0 (wait for every session) or positive`},
+		{[]string{"--source", src, "--drain-timeout", "soon"}, nil, 2, `invalid value "soon" for flag -drain-timeout`},
 		// Well-formed values that name nothing usable: still bad flags.
 		{[]string{"--source", "file:/nonexistent/mem"}, nil, 2, `--source "file:/nonexistent/mem": file:/nonexistent/mem: no such file or directory`},
 		{[]string{"--source", "file:" + dir}, nil, 2, `--source "file:` + dir + `": file:` + dir + `: not a regular file`},
