@@ -193,6 +193,10 @@ type Fetcher struct {
 	firstPage   atomic.Int64  // ns since the handoff, 0 until the first page is placed
 	firstPlaced chan struct{} // closed when firstPage is set
 
+	// fewProcs: GOMAXPROCS is too small for every goroutine of the fetcher
+	// to have a processor when it wakes (see placeRun).
+	fewProcs bool
+
 	doneOnce sync.Once
 	done     chan struct{}
 	stopping atomic.Bool
@@ -268,6 +272,7 @@ func New(cfg Config) (*Fetcher, error) {
 		done:        make(chan struct{}),
 		firstPlaced: make(chan struct{}),
 		failCh:      make(chan struct{}),
+		fewProcs:    runtime.GOMAXPROCS(0) < 4,
 	}
 	f.start = time.Now() // set before Run, so that Progress may read it meanwhile
 	f.genCh = make(chan struct{})

@@ -129,9 +129,13 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 		if src != nil {
 			src = src[done*ps:]
 		}
-		if dontWake && f.nOutstanding.Load() > 0 {
-			// Go's scheduler has no priorities: let a demand answer
-			// waiting for a processor go first.
+		if dontWake && f.fewProcs && f.nOutstanding.Load() > 0 {
+			// Go's scheduler has no priorities: with few processors
+			// (Ps), let a demand answer waiting for one go first. With
+			// enough of them an answer never waits for a P, and a yield
+			// costs a locked thread a hand-off of its P to another
+			// thread and back (perf: the largest scheduler cost of a
+			// prefetch under faults).
 			runtime.Gosched()
 		}
 		switch {
