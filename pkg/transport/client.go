@@ -540,11 +540,24 @@ func (l *Lane) WaitInThread() bool {
 	if l.sock == nil {
 		return false
 	}
-	tr, ok := newThreadReader(l.sock.conn)
-	if ok {
-		l.sock.src.thread.Store(tr)
+	l.sendMu.Lock()
+	defer l.sendMu.Unlock()
+	if l.closed.Load() {
+		return false
 	}
-	return ok
+	if l.sock.src.thread.Load() != nil {
+		return true
+	}
+	tc, err := detachConn(l.sock.conn)
+	if err != nil {
+		return false
+	}
+	l.sock.setConn(tc)
+	l.sock.src.thread.Store(tc)
+	if l.closed.Load() {
+		tc.Close() // Close ran meanwhile, on the old connection
+	}
+	return true
 }
 
 // CloseSend tells the server no more requests follow; Recv returns the
@@ -553,8 +566,8 @@ func (l *Lane) CloseSend() error {
 	l.sendMu.Lock()
 	defer l.sendMu.Unlock()
 	if l.sock != nil {
-		if tc, ok := l.sock.conn.(*net.TCPConn); ok {
-			return tc.CloseWrite()
+		if cw, ok := l.sock.getConn().(interface{ CloseWrite() error }); ok {
+			return cw.CloseWrite()
 		}
 		return nil
 	}
@@ -566,8 +579,9 @@ func (l *Lane) CloseSend() error {
 func (l *Lane) Close() error {
 	l.closed.Store(true)
 	if l.sock != nil {
-		shutdownConn(l.sock.conn) // wakes a Recv waiting in its thread
-		return l.sock.conn.Close()
+		c := l.sock.getConn()
+		shutdownConn(c) // wakes a Recv waiting in its thread
+		return c.Close()
 	}
 	l.sendMu.Lock()
 	err := l.stream.CloseSend()

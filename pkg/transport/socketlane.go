@@ -245,11 +245,11 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 // With open, the connection opened with "PCOPENS1": its greeting is an Open
 // (socketOpen), and it goes on as the new session's demand lane.
 func (s *Server) serveSocketLane(c net.Conn, l lane, open bool) {
-	defer c.Close()
+	defer func() { c.Close() }() // c may become a threadConn
 	if !s.lanes.add(c) {
 		return // stopping
 	}
-	defer s.lanes.remove(c)
+	defer func() { s.lanes.remove(c) }()
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
@@ -294,8 +294,15 @@ func (s *Server) serveSocketLane(c net.Conn, l lane, open bool) {
 		if err := sched.Urgent(); err != nil {
 			s.urgentOnce.Do(func() { s.log.Info("demand lanes run at normal priority", "error", err) })
 		}
-		if tr, ok := newThreadReader(c); ok {
-			src.thread.Store(tr)
+		if tc, err := detachConn(c); err == nil {
+			if !s.lanes.swap(c, tc) {
+				tc.Close()
+				return // stopping
+			}
+			c = tc
+			src.thread.Store(tc)
+		} else if errors.Is(err, net.ErrClosed) {
+			return
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -322,6 +329,10 @@ func (s *Server) serveSocketLane(c net.Conn, l lane, open bool) {
 		bufs = append(bufs[:0], lenBuf[:])
 		for _, b := range bs {
 			bufs = append(bufs, b.ReadOnlyData())
+		}
+		if tc, ok := c.(*threadConn); ok {
+			_, err := tc.writev(bufs)
+			return err
 		}
 		_, err := bufs.WriteTo(c)
 		return err
@@ -381,6 +392,20 @@ func (ls *laneSet) add(c net.Conn) bool {
 	}
 	if ls.conns == nil {
 		ls.conns = make(map[net.Conn]struct{})
+	}
+	ls.conns[c] = struct{}{}
+	return true
+}
+
+// swap replaces lane connection old by c; false if the lanes were closed
+// meanwhile (the caller closes c).
+func (ls *laneSet) swap(old, c net.Conn) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	delete(ls.conns, old)
+	if ls.closed {
+		ls.checkIdleLocked()
+		return false
 	}
 	ls.conns[c] = struct{}{}
 	return true
@@ -490,17 +515,33 @@ func readShortString(r io.Reader, limit int) (string, error) {
 
 // socketLane is the client side of a socket lane.
 type socketLane struct {
-	conn net.Conn
+	conn net.Conn      // changed only by setConn, under the Lane's sendMu
 	br   *bufio.Reader // reads from src
 	src  *laneReader
 	wbuf []byte
+
+	connMu sync.Mutex // guards conn for readers without sendMu (Close)
+}
+
+// setConn replaces the connection (with its threadConn, Lane.WaitInThread).
+func (l *socketLane) setConn(c net.Conn) {
+	l.connMu.Lock()
+	l.conn = c
+	l.src.conn = c
+	l.connMu.Unlock()
+}
+
+func (l *socketLane) getConn() net.Conn {
+	l.connMu.Lock()
+	defer l.connMu.Unlock()
+	return l.conn
 }
 
 // laneReader reads a lane's connection through the runtime's poller, or in
 // the reading thread once a threadReader is set.
 type laneReader struct {
 	conn   net.Conn
-	thread atomic.Pointer[threadReader]
+	thread atomic.Pointer[threadConn]
 }
 
 func (r *laneReader) Read(b []byte) (int, error) {

@@ -32,6 +32,13 @@ func startSplitServer(t *testing.T, o ServerOptions) string {
 // serveSplit serves o, as given, through SplitListener.
 func serveSplit(t *testing.T, o ServerOptions) string {
 	t.Helper()
+	addr, _ := serveSplitServer(t, o)
+	return addr
+}
+
+// serveSplitServer is serveSplit, returning the Server too.
+func serveSplitServer(t *testing.T, o ServerOptions) (string, *Server) {
+	t.Helper()
 	s, err := NewServer(o)
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +52,7 @@ func serveSplit(t *testing.T, o ServerOptions) string {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = g.Serve(s.SplitListener(lis)) }()
 	t.Cleanup(func() { g.Stop(); <-done })
-	return lis.Addr().String()
+	return lis.Addr().String(), s
 }
 
 // The demand lane of a plaintext server offering socket lanes is a socket

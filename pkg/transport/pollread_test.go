@@ -1,0 +1,153 @@
+package transport
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, err := lis.Accept()
+		if err != nil {
+			t.Error(err)
+		}
+		acc <- c
+	}()
+	client, err = net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-acc
+	if server == nil {
+		t.FailNow()
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// A detached connection is the same TCP connection, now blocking and out of
+// the runtime's poller: bytes flow both ways (the peer saw no FIN when the
+// net.Conn was closed), deadlines time out, CloseWrite gives the peer EOF,
+// and Close wakes a read blocked in its thread.
+func TestThreadConn(t *testing.T) {
+	c, peer := tcpPair(t)
+	if _, err := c.Write([]byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	tc, err := detachConn(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("write on the detached net.Conn: %v, want net.ErrClosed", err)
+	}
+	// Data written before and after the detach arrives in order.
+	if _, err := tc.writev([][]byte{[]byte("af"), nil, []byte("ter")}); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len("beforeafter"))
+	if _, err := io.ReadFull(peer, got); err != nil || string(got) != "beforeafter" {
+		t.Fatalf("peer read %q, %v", got, err)
+	}
+	if _, err := peer.Write([]byte("answer")); err != nil {
+		t.Fatal(err)
+	}
+	got = make([]byte, 6)
+	if _, err := io.ReadFull(tc, got); err != nil || string(got) != "answer" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	if tc.LocalAddr().String() != peer.RemoteAddr().String() || tc.RemoteAddr().String() != peer.LocalAddr().String() {
+		t.Errorf("addresses %v→%v, peer %v→%v", tc.LocalAddr(), tc.RemoteAddr(), peer.LocalAddr(), peer.RemoteAddr())
+	}
+
+	// A read deadline ends a read that nothing answers.
+	if err := tc.SetReadDeadline(time.Now().Add(20 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tc.Read(got); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("read past its deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	if err := tc.SetReadDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := tc.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := peer.Read(got); n != 0 || err != io.EOF {
+		t.Errorf("peer after CloseWrite: %d, %v; want EOF", n, err)
+	}
+
+	// A read blocked in its own (locked) thread returns when Close runs.
+	blocked := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		_, err := tc.Read(make([]byte, 8))
+		blocked <- err
+	}()
+	if err := tc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-blocked; err == nil {
+		t.Error("a read blocked across Close returned no error")
+	}
+	if _, err := tc.Read(got); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read after Close: %v, want net.ErrClosed", err)
+	}
+	if err := tc.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("second Close: %v, want net.ErrClosed", err)
+	}
+}
+
+// A hard stop (CloseSocketLanes) ends a demand lane whose server thread
+// reads its detached connection: the client sees the lane end, and the
+// server has no lane left.
+func TestCloseSocketLanesWakesThreadLane(t *testing.T) {
+	ti := makeImage(t, 16*PageSize4K, 1, nil, nil)
+	addr, s := serveSplitServer(t, ServerOptions{Image: ti.img, DemandSocket: true, BulkSocket: true, UrgentDemand: true})
+	c := dial(t, addr, ClientOptions{})
+	ctx := testCtx(t)
+	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 16 * PageSize4K, PageSize: PageSize4K}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := sess.Demand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	// One answered request: the server's lane is past its greeting, reading
+	// in its thread.
+	if err := d.Send(Request{ID: 1, Offset: 0, Pages: 1}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Release()
+
+	s.CloseSocketLanes()
+	if _, err := d.Recv(); err == nil {
+		t.Fatal("Recv after the server closed its lanes returned an answer")
+	}
+	select {
+	case <-s.DrainSocketLanes():
+	case <-ctx.Done():
+		t.Fatal("a socket lane is still served after CloseSocketLanes")
+	}
+}
