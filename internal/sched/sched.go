@@ -28,6 +28,7 @@ type Thread struct {
 	low      bool
 	canRaise bool // whether nice can go back to 0 (needs CAP_SYS_NICE)
 	boosted  bool // real-time, until Unboost
+	urgent   bool // real-time at UrgentPriority (UrgentThread, SetUrgent)
 	noBoost  bool // Boost failed: do not try again
 }
 

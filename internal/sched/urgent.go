@@ -86,3 +86,40 @@ func (t *Thread) Unboost() {
 		t.boosted = false
 	}
 }
+
+// UrgentThread is Urgent returning the thread, whose goroutine may then
+// lower it to normal priority and raise it again (Thread.SetUrgent). The
+// error says why the thread could not be made real-time; the Thread is
+// returned locked either way.
+func UrgentThread() (*Thread, error) {
+	err := Urgent()
+	t := &Thread{tid: unix.Gettid(), canRaise: true, urgent: err == nil}
+	if err != nil {
+		t.noBoost = true
+	}
+	return t, err
+}
+
+// SetUrgent makes the thread real-time (SCHED_FIFO, UrgentPriority) or a
+// normal one. It makes a system call only when that changes, and reports
+// whether the thread is real-time now. It is a no-op on a nil Thread and on
+// one that could not be made real-time.
+func (t *Thread) SetUrgent(on bool) bool {
+	if t == nil || t.noBoost {
+		return false
+	}
+	if on == t.urgent {
+		return on
+	}
+	a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
+	if on {
+		a = unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: UrgentPriority,
+			Flags: unix.SCHED_FLAG_RESET_ON_FORK}
+	}
+	if err := unix.SchedSetAttr(t.tid, &a, 0); err != nil {
+		t.noBoost = true
+		return t.urgent
+	}
+	t.urgent = on
+	return on
+}

@@ -100,3 +100,36 @@ func TestBoost(t *testing.T) {
 	}()
 	<-done
 }
+
+// SetUrgent moves a thread from UrgentThread between real-time and normal,
+// with a system call only when that changes.
+func TestSetUrgent(t *testing.T) {
+	testutil.RequireRoot(t)
+	var nilThread *Thread
+	if nilThread.SetUrgent(true) {
+		t.Error("a nil Thread became real-time")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		th, err := UrgentThread()
+		if err != nil {
+			t.Errorf("UrgentThread as root: %v", err)
+			return
+		}
+		for _, on := range []bool{true, false, false, true} {
+			if got := th.SetUrgent(on); got != on {
+				t.Errorf("SetUrgent(%v) = %v", on, got)
+			}
+			a, err := unix.SchedGetAttr(0, 0)
+			want := uint32(unix.SCHED_NORMAL)
+			if on {
+				want = unix.SCHED_FIFO
+			}
+			if err != nil || a.Policy != want || on && a.Priority != UrgentPriority {
+				t.Errorf("after SetUrgent(%v): %+v %v", on, a, err)
+			}
+		}
+	}()
+	<-done
+}

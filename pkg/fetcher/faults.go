@@ -18,7 +18,8 @@ type faultRef struct {
 	addr uint64
 }
 
-// faultLoop reads userfaultfd events until the fetcher stops.
+// faultLoop reads userfaultfd events until the fetcher stops. th is its
+// real-time thread, nil at normal priority.
 //
 // What the kernel does, and so what this loop does:
 //   - A missing-page fault blocks the faulting thread until a copy, zeropage
@@ -31,7 +32,7 @@ type faultRef struct {
 //     of them, and copies that got EAGAIN wait for this loop's next batch.
 //   - Events are read under the event lock, so no copy runs between reading
 //     a REMOVE and marking its range discarded (see the package doc).
-func (f *Fetcher) faultLoop() error {
+func (f *Fetcher) faultLoop(th *demandThread) error {
 	evs := make([]uffd.Event, 256)
 	faults := make([]faultRef, 0, len(evs))
 	for !f.stopping.Load() {
@@ -65,6 +66,7 @@ func (f *Fetcher) faultLoop() error {
 			f.evMu.Unlock()
 			return n > 0 || err != nil
 		})
+		th.woke(now)
 		if n > 0 {
 			f.eventsRead()
 		}
@@ -85,6 +87,7 @@ func (f *Fetcher) faultLoop() error {
 				return err
 			}
 		}
+		th.idle()
 	}
 	return nil
 }

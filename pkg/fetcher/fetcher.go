@@ -72,6 +72,12 @@ type Config struct {
 	// priority cannot be raised (no CAP_SYS_NICE) they run at normal
 	// priority, logged once. Needs GOMAXPROCS >= 2 (else ignored).
 	UrgentDemand bool
+	// UrgentBudget bounds UrgentDemand: while the demand path's threads
+	// have been busy for more than this many CPUs' time over the current
+	// 20 ms window, they run at normal priority until it ends, so that a
+	// workload faulting back to back cannot starve the prefetch (see
+	// rtBudget). 0: no bound.
+	UrgentBudget float64
 	// ReconnectTimeout bounds how long a broken link may stay broken
 	// (default 2 minutes).
 	ReconnectTimeout time.Duration
@@ -196,6 +202,8 @@ type Fetcher struct {
 	// fewProcs: GOMAXPROCS is too small for every goroutine of the fetcher
 	// to have a processor when it wakes (see placeRun).
 	fewProcs bool
+	// budget bounds the demand path's real-time running; nil: unbounded.
+	budget *rtBudget
 
 	doneOnce sync.Once
 	done     chan struct{}
@@ -222,15 +230,17 @@ type outstandingReq struct {
 func pageKey(r *region, p uint64) uint64 { return uint64(r.idx)<<48 | p }
 
 // urgentThread makes the calling goroutine's thread real-time where
-// Config.UrgentDemand asks for it and the fault loop waits in poll(2).
-func (f *Fetcher) urgentThread() bool {
+// Config.UrgentDemand asks for it and the fault loop waits in poll(2); nil
+// otherwise.
+func (f *Fetcher) urgentThread() *demandThread {
 	if !f.cfg.UrgentDemand || runtime.GOMAXPROCS(0) < 2 {
-		return false
+		return nil
 	}
-	if err := sched.Urgent(); err != nil {
+	th, err := sched.UrgentThread()
+	if err != nil {
 		f.urgentOnce.Do(func() { f.log.Info("the demand path runs at normal priority", "error", err) })
 	}
-	return true
+	return &demandThread{f: f, th: th}
 }
 
 // New checks the configuration and prepares a migration.
@@ -273,6 +283,9 @@ func New(cfg Config) (*Fetcher, error) {
 		firstPlaced: make(chan struct{}),
 		failCh:      make(chan struct{}),
 		fewProcs:    runtime.GOMAXPROCS(0) < 4,
+	}
+	if cfg.UrgentDemand {
+		f.budget = newRTBudget(cfg.UrgentBudget)
 	}
 	f.start = time.Now() // set before Run, so that Progress may read it meanwhile
 	f.genCh = make(chan struct{})
@@ -431,8 +444,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		f.urgentThread()
-		f.fail(f.faultLoop())
+		f.fail(f.faultLoop(f.urgentThread()))
 	}()
 	go func() { defer wg.Done(); f.connLoop(runCtx, f.cfg.Client, sess, demand) }()
 	if f.cfg.VMMPid != 0 {

@@ -298,15 +298,23 @@ func TestMigrateSeveralRegions(t *testing.T) {
 // The demand path on real-time threads reading socket lanes in their own
 // thread, with bulk copies boosted while they hold the event lock: every
 // byte still arrives, and both lanes bring pages.
+//
+// With a budget so small that every window runs out of it, the demand
+// threads drop to normal priority and back, and the bulk copies stop being
+// boosted meanwhile: the same.
 func TestMigrateUrgentSocketLanes(t *testing.T) {
-	h := newHarnessLanes(t, 32<<20, true)
-	m := h.migrate("4k:0x0:16M,4k:0x1000000:8M", Config{Prefetch: true, UrgentDemand: true},
-		"FETCHER_TEST_THREADS=4", "FETCHER_TEST_TOUCH=random")
-	m.check(t)
-	if m.sum.Pages.Bulk == 0 || m.sum.Pages.Demand == 0 {
-		t.Errorf("want pages by both lanes: %+v", m.sum.Pages)
+	for _, budget := range []float64{0, 0.001} {
+		t.Run(fmt.Sprintf("budget=%v", budget), func(t *testing.T) {
+			h := newHarnessLanes(t, 32<<20, true)
+			m := h.migrate("4k:0x0:16M,4k:0x1000000:8M", Config{Prefetch: true, UrgentDemand: true, UrgentBudget: budget},
+				"FETCHER_TEST_THREADS=4", "FETCHER_TEST_TOUCH=random")
+			m.check(t)
+			if m.sum.Pages.Bulk == 0 || m.sum.Pages.Demand == 0 {
+				t.Errorf("want pages by both lanes: %+v", m.sum.Pages)
+			}
+			t.Logf("summary: %+v", *m.sum)
+		})
 	}
-	t.Logf("summary: %+v", *m.sum)
 }
 
 func TestMigrateDemandOnly(t *testing.T) {

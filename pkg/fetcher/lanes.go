@@ -287,15 +287,19 @@ func (f *Fetcher) dropOutstanding(r *region, p, n uint64) {
 
 // demandRecv places demand answers as they arrive, with waking copies.
 func (f *Fetcher) demandRecv(c *conn) error {
-	if f.urgentThread() {
+	th := f.urgentThread()
+	if th != nil {
 		c.demand.WaitInThread()
 	}
 	for {
+		th.idle()
 		resp, err := c.demand.Recv()
 		if err != nil {
 			return err
 		}
-		c.lastDemand.Store(time.Now().UnixNano())
+		now := time.Now()
+		th.woke(now)
+		c.lastDemand.Store(now.UnixNano())
 		if err := resp.Verify(); err != nil {
 			f.crcErrors.Add(1)
 			f.log.Warn("demand answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
@@ -472,7 +476,11 @@ func (f *Fetcher) bulkPlace(c *conn) error {
 			th.Defer(f.nOutstanding.Load() > 0)
 		}
 		id := resp.ID
-		err := f.placeResponse(resp, false, boost)
+		b := boost
+		if !f.budget.realTime() {
+			b = nil // the demand path runs at normal priority: no inversion to avoid
+		}
+		err := f.placeResponse(resp, false, b)
 		resp.Release()
 		if err != nil {
 			f.fail(err)
