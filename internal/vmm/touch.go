@@ -71,6 +71,10 @@ type TouchOptions struct {
 	// much. Its error ends Touch's result.
 	At     func() error
 	AtRead uint64
+	// Pace, if non-zero, is each thread's think time: a read starts no
+	// sooner than Pace after the previous one started — a workload that
+	// faults now and then rather than back to back.
+	Pace time.Duration
 }
 
 // TouchResult is what Touch did.
@@ -216,6 +220,7 @@ func (t *Toucher) Run() (TouchResult, error) {
 			defer runtime.UnlockOSThread()
 			var sum uint64
 			lo, hi := uint64(0), pi.total
+			var next time.Time
 			if opts.Mode == TouchAll {
 				n := uint64(opts.Threads)
 				lo, hi = pi.total*uint64(t)/n, pi.total*uint64(t+1)/n
@@ -223,6 +228,12 @@ func (t *Toucher) Run() (TouchResult, error) {
 			for i := lo; i < hi; i++ {
 				if stop.Load() {
 					break
+				}
+				if opts.Pace > 0 {
+					if d := time.Until(next); d > 0 {
+						time.Sleep(d)
+					}
+					next = time.Now().Add(opts.Pace)
 				}
 				p := i
 				if orders != nil {

@@ -369,6 +369,22 @@ func TestTouchStopAfter(t *testing.T) {
 	}
 }
 
+// Pace spaces each thread's reads: n reads take at least n-1 paces.
+func TestTouchPace(t *testing.T) {
+	requireUFFD(t)
+	image := randomImage(1<<20, 10)
+	spec, _ := ParseSpec("4k:0x0:1M")
+	vm, _, _ := handOver(t, spec, image, false)
+	const pace, reads = 2 * time.Millisecond, 10
+	res, err := vm.Touch(TouchOptions{Threads: 1, Mode: TouchAll, StopAfter: reads, Pace: pace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Reads != reads || res.Duration < (reads-1)*pace {
+		t.Errorf("Touch(Pace %v) = %d reads in %v, want %d in at least %v", pace, res.Reads, res.Duration, reads, (reads-1)*pace)
+	}
+}
+
 func TestDiscardErrors(t *testing.T) {
 	requireUFFD(t)
 	spec, _ := ParseSpec("4k:0x0:64k,4k:0x100000:64k")

@@ -4,7 +4,7 @@
 // would, and checks every byte against the source image.
 //
 //	vmm --socket PATH --regions SPEC [--image FILE --verify] [--legacy-handshake]
-//	    [--threads N] [--touch all|random|same|none] [--seed N]
+//	    [--threads N] [--touch all|random|same|none] [--seed N] [--pace D]
 //	    [--discard OFFSET:LEN [--discard-at N]] [--exit-after-pages N | --stop-after-pages N]
 //	    [--wait-handler D]
 //
@@ -60,6 +60,7 @@ type config struct {
 	threads     int
 	touch       vmm.TouchMode
 	seed        uint64
+	pace        time.Duration
 	discard     bool
 	discardOff  uint64
 	discardLen  uint64
@@ -82,6 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.threads, "threads", 4, "toucher threads (1..256)")
 	fs.StringVar(&touch, "touch", "all", "which pages each thread reads: all (a share each), random (all, each in its own order), same (all, in the same order), none")
 	fs.Uint64Var(&c.seed, "seed", 1, "seed of --touch random")
+	fs.DurationVar(&c.pace, "pace", 0, "think time: each thread starts a read no sooner than this after its previous one (0: back to back)")
 	fs.StringVar(&discard, "discard", "", "OFFSET:LEN: discard this image range (MADV_DONTNEED) halfway through the reads")
 	fs.Uint64Var(&c.discardAt, "discard-at", 0, "discard at this read (counting from 1) instead of halfway")
 	fs.Uint64Var(&c.exitAfter, "exit-after-pages", 0, "exit as soon as this many page reads were made (0: never)")
@@ -111,6 +113,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.threads < 1 || c.threads > 256 {
 		bad("--threads %d: want 1..256", c.threads)
+	}
+	if c.pace < 0 || c.pace > time.Second {
+		bad("--pace %v: want 0..1s", c.pace)
 	}
 	if m, err := vmm.ParseTouchMode(touch); err != nil {
 		bad("--touch: %v", err)
@@ -205,7 +210,7 @@ func execute(c *config, res *result, stdout, stderr io.Writer) int {
 	// No vm.Close: memory stays mapped until the process exits, so that a
 	// handler still running never sees it vanish.
 	res.Pages, res.Bytes = c.spec.Pages(), c.spec.Bytes()
-	opts := vmm.TouchOptions{Threads: c.threads, Mode: c.touch, Seed: c.seed, StopAfter: max(c.exitAfter, c.stopAfter)}
+	opts := vmm.TouchOptions{Threads: c.threads, Mode: c.touch, Seed: c.seed, StopAfter: max(c.exitAfter, c.stopAfter), Pace: c.pace}
 	if c.discard {
 		reads := res.Pages
 		if c.touch != vmm.TouchAll {
