@@ -249,6 +249,11 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		return cli.ExitFailure, fmt.Errorf("--source %q: %w", cfg.source, err)
 	}
 	defer img.Close()
+	if p, ok := img.(image.Process); ok && !p.StoppedAtOpen() {
+		log.Warn("the source process is not stopped: its pages may change while they are served, "+
+			"and a destination would then get memory of no single moment; stop it (SIGSTOP) before the destination resumes",
+			"pid", p.PID(), "state", string(p.StateAtOpen()))
+	}
 	srv, err := transport.NewServer(transport.ServerOptions{
 		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions,
 		DemandSocket: creds == nil && cfg.demandSocket, BulkSocket: creds == nil && cfg.bulkSocket,

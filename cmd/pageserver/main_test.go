@@ -388,6 +388,55 @@ func TestDrainWaits(t *testing.T) {
 	}
 }
 
+// TestSourceNotStopped: serving a process that is not stopped is allowed,
+// with a warning that its pages may change while served; a stopped one
+// gets none.
+func TestSourceNotStopped(t *testing.T) {
+	testutil.RequireRoot(t) // process_vm_readv of a process that is not our child
+	child := exec.Command("sleep", "60")
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		child.Process.Kill()
+		child.Wait()
+	}()
+	pid := child.Process.Pid
+	const warning = "the source process is not stopped: its pages may change while they are served"
+	serveOnce := func() string {
+		t.Helper()
+		p := start(t, nil, "--listen", "127.0.0.1:0", "--source", fmt.Sprintf("pid:%d", pid))
+		var ready readyEvent
+		p.line(t, &ready)
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		if code := p.wait(t, 30*time.Second); code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+		return p.stderr.String()
+	}
+	if log := serveOnce(); !strings.Contains(log, warning) || !strings.Contains(log, fmt.Sprintf("pid=%d state=", pid)) {
+		t.Errorf("no warning for a sleeping process:\n%s", log)
+	}
+	if err := child.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:])); f[0] == "T" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("sleep did not stop")
+		}
+	}
+	if log := serveOnce(); strings.Contains(log, warning) {
+		t.Errorf("a warning for a stopped process:\n%s", log)
+	}
+}
+
 func TestTLSFlags(t *testing.T) {
 	path, _ := writeImage(t)
 	pki := clitest.NewPKI(t, "pageserver")

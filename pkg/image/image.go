@@ -57,6 +57,20 @@ type Image interface {
 	Close() error
 }
 
+// Process is implemented by pid: images: what they tell of their process.
+type Process interface {
+	Image
+	// PID is the process id.
+	PID() int
+	// StoppedAtOpen reports whether the process was stopped (SIGSTOP or a
+	// tracer) when the image was opened. One that was not may change its
+	// pages while they are served; it is the caller's to warn.
+	StoppedAtOpen() bool
+	// StateAtOpen is the process's state letter of /proc/PID/stat at open
+	// (R running, S sleeping, D disk sleep, T stopped, t traced, ...).
+	StateAtOpen() byte
+}
+
 var (
 	// ErrOutOfRange means a range is not (entirely) inside the readable
 	// part of the image.

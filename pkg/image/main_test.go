@@ -69,6 +69,9 @@ func helperMain(mode string) int {
 	if mode == "openpid-nobody" {
 		return helperOpenAsNobody()
 	}
+	if mode == "exec" {
+		return helperExec()
+	}
 	if err := helper(mode); err != nil {
 		fmt.Fprintf(os.Stderr, "helper %s: %v\n", mode, err)
 		return 1
@@ -220,6 +223,7 @@ type child struct {
 	cmd    *exec.Cmd
 	pid    int
 	addr   map[string]uint64
+	stdout *bufio.Reader // what it prints after its first line
 	stderr *bytes.Buffer
 }
 
@@ -243,12 +247,12 @@ func startHelper(tb testing.TB, mode string, env ...string) *child {
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	c := &child{cmd: cmd, pid: cmd.Process.Pid, addr: map[string]uint64{}, stderr: stderr}
+	c := &child{cmd: cmd, pid: cmd.Process.Pid, addr: map[string]uint64{}, stdout: bufio.NewReader(stdout), stderr: stderr}
 	tb.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	line, err := c.stdout.ReadString('\n')
 	if err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
@@ -321,4 +325,21 @@ func helperOpenAsNobody() int {
 	}
 	fmt.Printf("%s\n%v\n", err, (errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM)) && errors.Is(err, ErrBadSource))
 	return 0
+}
+
+// helperExec prints its pid, stops itself and, once continued, executes its
+// own program again with the same arguments and environment: the same
+// process, the same program, a new memory image (that does the same).
+func helperExec() int {
+	fmt.Printf("pid=%d\n", os.Getpid())
+	if err := unix.Kill(os.Getpid(), unix.SIGSTOP); err != nil {
+		fmt.Fprintf(os.Stderr, "helper: SIGSTOP: %v\n", err)
+		return 1
+	}
+	exe, err := os.Executable()
+	if err == nil {
+		err = syscall.Exec(exe, os.Args, os.Environ())
+	}
+	fmt.Fprintf(os.Stderr, "helper: exec: %v\n", err)
+	return 1
 }

@@ -40,9 +40,13 @@ type pidImage struct {
 	desc  string
 	comm  string
 	start uint64 // start time (field 22 of /proc/PID/stat)
-	gen   uint64
-	size  uint64
-	maps  []mapping // readable mappings, sorted
+	// layout is the memory image's addresses in /proc/PID/stat at open:
+	// an exec changes them (procStat.layout).
+	layout [len(statLayoutFields)]uint64
+	state  byte // the process's state at open (field 3 of /proc/PID/stat)
+	gen    uint64
+	size   uint64
+	maps   []mapping // readable mappings, sorted
 
 	pidfd   int // pidfd_open(pid): readable (POLLIN) once the process exited
 	pagemap int // /proc/PID/pagemap, read with pread
@@ -50,6 +54,8 @@ type pidImage struct {
 	mu     sync.RWMutex // Read holds it shared, Close exclusively
 	closed bool
 }
+
+var _ Process = (*pidImage)(nil)
 
 // OpenPID opens the memory of the live process pid as an image: offset =
 // virtual address, Size = the end of its highest readable mapping.
@@ -76,7 +82,11 @@ type pidImage struct {
 // another process is never read from. Reads of an exited process (zombie or
 // reaped) fail with an error matching ErrSourceGone; a short read of a live
 // process (a mapping that changed since open) fails with ErrOutOfRange naming
-// the address.
+// the address, or with ErrSourceGone if the process executed another program
+// since open (its memory image is another one).
+//
+// The process is expected to be stopped; StoppedAtOpen (of Process) tells
+// whether it was at open, for the caller to warn.
 //
 // OpenPID fails with an error matching ErrSourceGone and ESRCH ("pid:1234:
 // no such process") if the process does not exist, and with the errno
@@ -115,8 +125,8 @@ func (p *pidImage) init() error {
 	case st.state == 'Z' || st.state == 'X':
 		return noProcess(" (exited, not yet reaped)")
 	}
-	p.comm, p.start = st.comm, st.start
-	p.gen = pidGeneration(p.pid, p.start)
+	p.comm, p.start, p.layout, p.state = st.comm, st.start, st.layout, st.state
+	p.gen = pidGeneration(p.pid, st, exeID(p.pid))
 
 	path := fmt.Sprintf("/proc/%d/pagemap", p.pid)
 	if p.pagemap, err = openRetry(path); err != nil {
@@ -195,24 +205,55 @@ func (p *pidImage) probe(addr uint64) error {
 	}
 }
 
-// pidGeneration hashes the pid and the process start time. Never 0.
-func pidGeneration(pid int, start uint64) uint64 {
+// pidGeneration hashes what identifies a process's memory image: the pid
+// and the start time (another process), the layout addresses of
+// /proc/PID/stat and the executable's device and inode (an exec in the same
+// process). Never 0.
+func pidGeneration(pid int, st procStat, exe [2]uint64) uint64 {
 	h := fnv.New64a()
-	var b [16]byte
-	binary.LittleEndian.PutUint64(b[:8], uint64(pid))
-	binary.LittleEndian.PutUint64(b[8:], start)
-	_, _ = h.Write(b[:])
+	var b [8]byte
+	for _, v := range append([]uint64{uint64(pid), st.start, exe[0], exe[1]}, st.layout[:]...) {
+		binary.LittleEndian.PutUint64(b[:], v)
+		_, _ = h.Write(b[:])
+	}
 	if g := h.Sum64(); g != 0 {
 		return g
 	}
 	return 1
 }
 
+// exeID is the device and inode of the process's executable
+// (/proc/PID/exe), zeros if it has none (a kernel thread) or may not be
+// seen.
+func exeID(pid int) [2]uint64 {
+	var st unix.Stat_t
+	if unix.Stat(fmt.Sprintf("/proc/%d/exe", pid), &st) != nil {
+		return [2]uint64{}
+	}
+	return [2]uint64{st.Dev, st.Ino}
+}
+
 // Size is the end of the highest readable mapping.
 func (p *pidImage) Size() uint64 { return p.size }
 
-// Generation is a hash of the pid and the process start time.
+// Generation is a hash of the pid, the process start time and what an exec
+// changes: the executable's identity and the addresses of the memory image
+// in /proc/PID/stat (code, stack, data, heap start, arguments,
+// environment). An exec of another program changes it; an exec of the same
+// one does too where address-space randomization is on (the default,
+// kernel.randomize_va_space ≥ 1), which moves the stack, and so the
+// arguments and environment.
 func (p *pidImage) Generation() uint64 { return p.gen }
+
+// PID is the process id.
+func (p *pidImage) PID() int { return p.pid }
+
+// StateAtOpen is the process's state letter in /proc/PID/stat at open.
+func (p *pidImage) StateAtOpen() byte { return p.state }
+
+// StoppedAtOpen reports whether the process was stopped at open: state T
+// (SIGSTOP) or t (a tracer).
+func (p *pidImage) StoppedAtOpen() bool { return isStopped(p.state) }
 
 // String is "pid:PID (COMM, N readable mappings, up to 0xEND)".
 func (p *pidImage) String() string { return p.desc }
@@ -451,10 +492,13 @@ func (p *pidImage) flush(b *iovBatch) error {
 }
 
 // readError explains a failed read at addr: ErrSourceGone if the process
-// exited, ErrOutOfRange naming addr otherwise.
+// exited or executed another program, ErrOutOfRange naming addr otherwise.
 func (p *pidImage) readError(addr uint64, cause error) error {
 	if p.gone() {
 		return p.goneError(addr, cause)
+	}
+	if st, err := readStat(p.pid); err == nil && st.layout != p.layout {
+		return newError(ErrSourceGone, cause, "%s: the process executed a new program since open (reading %#x)", p.name, addr)
 	}
 	return newError(ErrOutOfRange, cause, "%s: address %#x: not readable (mapping changed since open?)", p.name, addr)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/postcopy/postcopy/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -249,6 +250,101 @@ func TestPIDConcurrentReads(t *testing.T) {
 	wg.Wait()
 }
 
+// TestPIDGenerationExec: an exec in the process replaces its memory
+// image, and the generation changes with it, although the pid, the start
+// time and even the program stay the same.
+func TestPIDGenerationExec(t *testing.T) {
+	testutil.RequireRoot(t)
+	if b, err := os.ReadFile("/proc/sys/kernel/randomize_va_space"); err != nil || strings.TrimSpace(string(b)) == "0" {
+		// The same program, arguments and environment then land at the
+		// same addresses: only an exec of another program shows.
+		t.Skipf("address-space randomization off (kernel.randomize_va_space %q, %v)", b, err)
+	}
+	c := startHelper(t, "exec")
+	img, err := OpenPID(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	again, err := OpenPID(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again.Close()
+	if again.Generation() != img.Generation() {
+		t.Fatalf("reopening the same image changed the generation: %#x, then %#x", img.Generation(), again.Generation())
+	}
+	before, err := readStat(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Continue it: it executes itself, prints its pid again and stops
+	// again.
+	if err := unix.Kill(c.pid, unix.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := c.stdout.ReadString('\n'); err != nil || line != fmt.Sprintf("pid=%d\n", c.pid) {
+		t.Fatalf("the exec'd helper printed %q, %v; stderr:\n%s", line, err, c.stderr)
+	}
+	var after procStat
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if after, err = readStat(c.pid); err != nil {
+			t.Fatal(err)
+		}
+		if after.state == 'T' {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the exec'd helper is in state %c, not stopped", after.state)
+		}
+	}
+	if after.start != before.start {
+		t.Fatalf("the start time changed across exec: %d, then %d", before.start, after.start)
+	}
+	execd, err := OpenPID(c.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer execd.Close()
+	if execd.Generation() == img.Generation() {
+		t.Fatalf("generation %#x unchanged across an exec (layout %v, then %v)", img.Generation(), before.layout, after.layout)
+	}
+	// The image opened before the exec: its stack is elsewhere now, and a
+	// read there fails saying why.
+	var stack uint64
+	for _, m := range img.(*pidImage).maps {
+		if m.name == "[stack]" {
+			stack = m.end - page
+		}
+	}
+	dst := make([]byte, page)
+	_, err = img.Read(dst, stack, page, 1, nil)
+	if w := fmt.Sprintf("pid:%d: the process executed a new program since open (reading %#x)", c.pid, stack); err == nil ||
+		!strings.HasPrefix(err.Error(), w) || !errors.Is(err, ErrSourceGone) {
+		t.Errorf("reading the old stack at %#x: %v, want %q", stack, err, w)
+	}
+	t.Logf("generation %#x → %#x", img.Generation(), execd.Generation())
+}
+
+// TestPIDStoppedAtOpen: the image tells whether its process was stopped
+// when it was opened.
+func TestPIDStoppedAtOpen(t *testing.T) {
+	_, img, _ := startLayout(t)
+	var p Process = img
+	if !p.StoppedAtOpen() || p.StateAtOpen() != 'T' {
+		t.Errorf("stopped helper: StoppedAtOpen %v, state %q", p.StoppedAtOpen(), p.StateAtOpen())
+	}
+	self, err := Open(fmt.Sprintf("pid:%d", os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer self.Close()
+	p, ok := self.(Process)
+	if !ok || p.StoppedAtOpen() || p.PID() != os.Getpid() || p.StateAtOpen() == 'T' {
+		t.Errorf("this running process: %T, StoppedAtOpen %v, state %q", self, ok && p.StoppedAtOpen(), p.StateAtOpen())
+	}
+}
+
 // TestPIDGone kills the child: reads of the zombie, then of the reaped
 // process, fail with ErrSourceGone; opening it fails clearly.
 func TestPIDGone(t *testing.T) {
@@ -318,8 +414,18 @@ func TestOpenPIDPermission(t *testing.T) {
 func TestParseStat(t *testing.T) {
 	line := "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 97 0 0 0 0 0 0 0 20 0 1 0 123456789 4096000 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
 	st, err := parseStat([]byte(line))
-	if err != nil || st.comm != "a) b (c)" || st.state != 'S' || st.start != 123456789 {
+	if err != nil || st.comm != "a) b (c)" || st.state != 'S' || st.start != 123456789 || st.layout != [10]uint64{1, 1} {
 		t.Fatalf("parseStat = %+v, %v", st, err)
+	}
+	// A current kernel's line, with every layout field (26-28, 45-51).
+	line = "4243 (prog) T 1 4243 4243 0 -1 4194560 97 0 0 0 0 0 0 0 20 0 1 0 123456790 4096000 100 18446744073709551615 " +
+		"94000000000000 94000000100000 140730000000000 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 " +
+		"94000000200000 94000000300000 94000001000000 140730000001000 140730000002000 140730000002000 140730000003000 0\n"
+	st, err = parseStat([]byte(line))
+	want := [10]uint64{94000000000000, 94000000100000, 140730000000000, 94000000200000, 94000000300000, 94000001000000,
+		140730000001000, 140730000002000, 140730000002000, 140730000003000}
+	if err != nil || st.state != 'T' || st.start != 123456790 || st.layout != want {
+		t.Fatalf("parseStat = %+v, %v; want layout %v", st, err, want)
 	}
 	for _, bad := range []string{"", "1 (x S 1", "1 (x) S 1 2 3", "1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 zz 1"} {
 		if _, err := parseStat([]byte(bad)); err == nil {

@@ -13,7 +13,23 @@ type procStat struct {
 	comm  string
 	state byte   // field 3: R, S, D, T, t, Z, X, ...
 	start uint64 // field 22: start time in clock ticks after boot
+	// layout holds the addresses of the process's memory image that
+	// /proc/PID/stat shows (see statLayoutFields): an exec replaces them,
+	// and with address-space randomization they differ from one exec to
+	// the next, even of the same program with the same arguments. Zeros
+	// where the kernel hides them (no ptrace access) or lacks them.
+	layout [len(statLayoutFields)]uint64
 }
+
+// statLayoutFields are the fields of /proc/PID/stat (numbered from 1, see
+// proc(5)) that procStat.layout holds: startcode, endcode, startstack;
+// start_data, end_data, start_brk, arg_start, arg_end, env_start, env_end
+// (since Linux 3.3 and 3.5).
+var statLayoutFields = [...]int{26, 27, 28, 45, 46, 47, 48, 49, 50, 51}
+
+// isStopped reports whether a state letter of /proc/PID/stat is stopped: by
+// a signal (T) or by a tracer (t).
+func isStopped(state byte) bool { return state == 'T' || state == 't' }
 
 // readStat reads /proc/PID/stat. A process that does not exist yields an
 // error matching fs.ErrNotExist (or ESRCH when it is exiting).
@@ -42,7 +58,16 @@ func parseStat(b []byte) (procStat, error) {
 	if err != nil {
 		return procStat{}, fmt.Errorf("malformed start time in /proc stat line %q", b)
 	}
-	return procStat{comm: string(b[l+1 : r]), state: f[0][0], start: start}, nil
+	st := procStat{comm: string(b[l+1 : r]), state: f[0][0], start: start}
+	for i, field := range statLayoutFields {
+		if field-3 >= len(f) {
+			break // an older kernel
+		}
+		if st.layout[i], err = strconv.ParseUint(f[field-3], 10, 64); err != nil {
+			return procStat{}, fmt.Errorf("malformed field %d in /proc stat line %q", field, b)
+		}
+	}
+	return st, nil
 }
 
 // mapping is one line of /proc/PID/maps.
