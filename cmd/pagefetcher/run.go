@@ -87,13 +87,23 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 func (c *config) validate() error {
 	var errs []string
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
+	// Addresses and the socket path are checked as text (and the socket's
+	// directory with stat): a value that cannot work fails here, before
+	// the server is reached.
 	if c.server == "" {
 		bad("--server is required")
-	} else if !strings.Contains(c.server, ":") {
-		bad("--server %q: want HOST:PORT", c.server)
+	} else if err := cli.CheckHostPort("server", c.server, false); err != nil {
+		bad("%v", err)
+	}
+	if c.metricsAddr != "" {
+		if err := cli.CheckHostPort("metrics-addr", c.metricsAddr, true); err != nil {
+			bad("%v", err)
+		}
 	}
 	if c.uffdSocket == "" {
 		bad("--uffd-socket is required")
+	} else if err := handshake.CheckPath(c.uffdSocket); err != nil {
+		bad("--uffd-socket %q: %v", c.uffdSocket, err)
 	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		bad("--tls-cert and --tls-key go together")
@@ -179,8 +189,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if !errors.As(err, &fl) {
 			fl = &failure{code: exitError, err: err}
 		}
-		log.Error("migration failed", "exit_code", fl.code, "error", fl.err)
-		fmt.Fprintf(stderr, "pagefetcher: %v\n", fl.err)
+		// Once: a JSON log line for JSON consumers, else one plain line.
+		if c.logJSON {
+			log.Error("exiting", "exit_code", fl.code, "error", fl.err.Error())
+		} else {
+			fmt.Fprintf(stderr, "pagefetcher: %s\n", strings.ReplaceAll(fl.err.Error(), "\n", "; "))
+		}
 		return fl.code
 	}
 	return exitOK
@@ -190,17 +204,19 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
+	// The files the flags name are read before the server is reached:
+	// errors name the flag (cli.UsageError).
 	token, err := cli.ReadToken(c.tokenFile, "POSTCOPY_TOKEN")
 	if err != nil {
 		if c.tokenFile != "" {
-			return fatal(exitUsage, "--token-file: %v", err)
+			return &failure{exitUsage, err}
 		}
 		token = nil // no token configured: the server decides whether it needs one
 	}
 	opts := transport.ClientOptions{Token: token, Logger: log.Named("transport"), DialTimeout: c.dialTimeout}
 	if c.tlsCA != "" {
 		if opts.TLS, err = cli.ClientTLS(c.tlsCA, c.tlsCert, c.tlsKey); err != nil {
-			return fatal(exitUsage, "TLS: %v", err)
+			return &failure{exitUsage, err}
 		}
 	}
 	dial := func(ctx context.Context) (*transport.Client, error) {
@@ -232,7 +248,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		addr, errc, err := metrics.Serve(ctx, c.metricsAddr, reg)
 		if err != nil {
 			client.Close()
-			return fatal(exitUsage, "--metrics-addr %s: %v", c.metricsAddr, err)
+			return fatal(exitUsage, "--metrics-addr %q: cannot listen: %v", c.metricsAddr, err)
 		}
 		go func() {
 			if err := <-errc; err != nil {
@@ -245,7 +261,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 	lis, err := handshake.Listen(c.uffdSocket, handshake.ListenOptions{AllowUID: c.allowUID})
 	if err != nil {
 		client.Close()
-		return fatal(exitUsage, "--uffd-socket: %v", err)
+		return fatal(exitUsage, "--uffd-socket %q: %v", c.uffdSocket, err)
 	}
 	defer lis.Close()
 	_ = cli.PrintJSONLine(stdout, map[string]any{

@@ -51,14 +51,14 @@ type Listener struct {
 // The parent directory must not be writable by other users unless it is
 // sticky.
 func Listen(path string, o ListenOptions) (*Listener, error) {
-	if len(path) == 0 || len(path) >= len(unix.RawSockaddrUnix{}.Path) {
-		return nil, fmt.Errorf("handshake: socket path %q: length %d not in 1..%d", path, len(path), len(unix.RawSockaddrUnix{}.Path)-1)
+	if err := checkLen(path); err != nil {
+		return nil, fmt.Errorf("handshake: socket path %q: %w", path, err)
 	}
 	if o.AllowUID < -1 {
 		return nil, fmt.Errorf("handshake: AllowUID %d: want a uid or -1", o.AllowUID)
 	}
 	if err := checkDir(filepath.Dir(path)); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("handshake: %w", err)
 	}
 	if err := removeStale(path); err != nil {
 		return nil, err
@@ -73,6 +73,30 @@ func Listen(path string, o ListenOptions) (*Listener, error) {
 	}
 	l.opts = o
 	return l, nil
+}
+
+// maxPathLen is the longest path a Unix socket address holds (sun_path,
+// with its terminating NUL).
+const maxPathLen = len(unix.RawSockaddrUnix{}.Path) - 1
+
+// CheckPath checks what Listen would refuse of path before trying, with
+// nothing but stat(2): a length that a Unix socket address cannot hold
+// (1..107 bytes), and a directory that does not exist, is not a directory,
+// or that other users could write to (see Listen). A command line checks
+// its socket flag with it before anything else; whether some process
+// listens at path is left to Listen.
+func CheckPath(path string) error {
+	if err := checkLen(path); err != nil {
+		return err
+	}
+	return checkDir(filepath.Dir(path))
+}
+
+func checkLen(path string) error {
+	if len(path) == 0 || len(path) > maxPathLen {
+		return fmt.Errorf("length %d not in 1..%d (the limit of a Unix socket address)", len(path), maxPathLen)
+	}
+	return nil
 }
 
 // listenFD binds and listens on fd at path. It owns fd: on error fd is
@@ -138,10 +162,10 @@ func listenFD(fd int, path string, o ListenOptions) (l *Listener, err error) {
 func checkDir(dir string) error {
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err != nil {
-		return fmt.Errorf("handshake: socket directory %s: %w", dir, err)
+		return fmt.Errorf("socket directory %s: %w", dir, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return fmt.Errorf("handshake: socket directory %s is not a directory", dir)
+		return fmt.Errorf("socket directory %s is not a directory", dir)
 	}
 	if st.Mode&unix.S_ISVTX != 0 {
 		return nil
@@ -149,9 +173,9 @@ func checkDir(dir string) error {
 	perm := st.Mode & 0o777
 	switch {
 	case perm&0o022 != 0:
-		return fmt.Errorf("handshake: socket directory %s has mode %#o: writable by other users and not sticky", dir, perm)
+		return fmt.Errorf("socket directory %s has mode %#o: writable by other users and not sticky", dir, perm)
 	case st.Uid != 0 && int(st.Uid) != os.Geteuid() && perm&0o200 != 0:
-		return fmt.Errorf("handshake: socket directory %s is owned by uid %d, writable by it and not sticky", dir, st.Uid)
+		return fmt.Errorf("socket directory %s is owned by uid %d, writable by it and not sticky", dir, st.Uid)
 	}
 	return nil
 }

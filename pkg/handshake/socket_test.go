@@ -454,6 +454,40 @@ func TestListenDirectory(t *testing.T) {
 	}
 }
 
+// TestCheckPath: what Listen refuses of a path before trying, CheckPath
+// finds without creating anything.
+func TestCheckPath(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	open := filepath.Join(dir, "open")
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ path, err string }{
+		{filepath.Join(dir, "u.sock"), ""},
+		{dir + "/" + strings.Repeat("x", 107-len(dir)-1), ""},
+		{dir + "/" + strings.Repeat("x", 107-len(dir)), "length 108 not in 1..107 (the limit of a Unix socket address)"},
+		{"", "length 0 not in 1..107 (the limit of a Unix socket address)"},
+		{filepath.Join(dir, "missing", "u.sock"), "socket directory " + dir + "/missing: no such file or directory"},
+		{filepath.Join(file, "u.sock"), "socket directory " + file + " is not a directory"},
+		{filepath.Join(open, "u.sock"), "socket directory " + open + " has mode 0777: writable by other users and not sticky"},
+	} {
+		err := CheckPath(tc.path)
+		if tc.err == "" && err != nil || tc.err != "" && (err == nil || err.Error() != tc.err) {
+			t.Errorf("CheckPath(%q) = %v, want %q", tc.path, err, tc.err)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Errorf("CheckPath left files behind: %v", ents)
+	}
+}
+
 func TestListenExisting(t *testing.T) {
 	noLeaks(t)
 	dir := t.TempDir()

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/postcopy/postcopy/internal/cli/clitest"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds pagefetcher and pageserver once per test run and returns
+// their directory.
+func binaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if binDir, buildErr = os.MkdirTemp("", "pagefetcher-test"); buildErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", binDir+"/",
+			"github.com/postcopy/postcopy/cmd/pagefetcher", "github.com/postcopy/postcopy/cmd/pageserver").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// runFetcher runs pagefetcher with args until it exits, and returns its exit
+// code, stdout and stderr.
+func runFetcher(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binaries(t), "pagefetcher"), args...)
+	cmd.Env = append(os.Environ(), "POSTCOPY_TOKEN=")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("pagefetcher %q still running after 30 s; stderr:\n%s", args, stderr.String())
+	}
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
+}
+
+// Flag values that cannot work exit 2 with one line naming the flag, before
+// the server is reached: --server names a port nothing listens on, which
+// would be exit 3.
+func TestFlagValues(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "u.sock")
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pki := clitest.NewPKI(t, "pagefetcher")
+	long := dir + "/" + strings.Repeat("s", 108-len(dir)-1) // 108 bytes
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--server", ":::", "--uffd-socket", sock}, `--server ":::": not host:port`},
+		{[]string{"--server", "127.0.0.1:0", "--uffd-socket", sock}, `--server "127.0.0.1:0": port 0: want 1..65535`},
+		{[]string{"--server", "src:http", "--uffd-socket", sock}, `--server "src:http": bad port "http"`},
+		{[]string{"--metrics-addr", "nowhere"}, `--metrics-addr "nowhere": not host:port`},
+		{[]string{"--metrics-addr", "127.0.0.1:70000"}, `--metrics-addr "127.0.0.1:70000": bad port "70000"`},
+		{[]string{"--uffd-socket", filepath.Join(dir, "missing", "u.sock")},
+			fmt.Sprintf("--uffd-socket %q: socket directory %s: no such file or directory", filepath.Join(dir, "missing", "u.sock"), filepath.Join(dir, "missing"))},
+		{[]string{"--uffd-socket", filepath.Join(file, "u.sock")},
+			fmt.Sprintf("--uffd-socket %q: socket directory %s is not a directory", filepath.Join(file, "u.sock"), file)},
+		{[]string{"--uffd-socket", long}, fmt.Sprintf("--uffd-socket %q: length 108 not in 1..107", long)},
+		{[]string{"--token-file", filepath.Join(dir, "none")}, fmt.Sprintf("--token-file %q: no such file or directory", filepath.Join(dir, "none"))},
+		{[]string{"--token-file", file + ".empty"}, "--token-file"},
+		{[]string{"--tls-ca", "/nonexistent/ca.pem"}, `--tls-ca "/nonexistent/ca.pem": no such file or directory`},
+		{[]string{"--tls-ca", file}, fmt.Sprintf("--tls-ca %q: no PEM certificate found", file)},
+		{[]string{"--tls-ca", pki.CAFile, "--tls-cert", "/nonexistent/c.pem", "--tls-key", pki.ClientKey},
+			`--tls-cert "/nonexistent/c.pem": no such file or directory`},
+		{[]string{"--tls-ca", pki.CAFile, "--tls-cert", pki.ClientCert, "--tls-key", "/nonexistent/k.pem"},
+			`--tls-key "/nonexistent/k.pem": no such file or directory`},
+		{[]string{"--tls-ca", pki.CAFile, "--tls-cert", pki.ClientCert, "--tls-key", pki.ServerKey},
+			fmt.Sprintf("--tls-key %q: tls: private key does not match public key", pki.ServerKey)},
+	} {
+		// --server and --uffd-socket first: a later one of the case wins.
+		args := append([]string{"--server", "127.0.0.1:1", "--uffd-socket", sock, "--dial-timeout", "1s"}, tc.args...)
+		code, stdout, stderr := runFetcher(t, args...)
+		if code != exitUsage || !strings.Contains(stderr, tc.want) {
+			t.Errorf("pagefetcher %q: exit %d, stderr:\n%s\nwant exit %d and %q", tc.args, code, stderr, exitUsage, tc.want)
+			continue
+		}
+		if n := strings.Count(stderr, "\n"); n != 1 || !strings.HasPrefix(stderr, "pagefetcher: ") {
+			t.Errorf("pagefetcher %q: %d lines on stderr, want one \"pagefetcher: ...\":\n%s", tc.args, n, stderr)
+		}
+		if stdout != "" {
+			t.Errorf("pagefetcher %q printed on stdout: %q", tc.args, stdout)
+		}
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a socket was created: %v", err)
+	}
+}
+
+// A fatal error is printed once: as one plain line, or with --log-json as
+// one JSON log line (and no plain line).
+func TestFatalOnce(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "u.sock")
+	args := []string{"--server", "127.0.0.1:1", "--uffd-socket", sock, "--dial-timeout", "1s"}
+	code, _, stderr := runFetcher(t, args...)
+	if code != exitUnreachable || strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "pagefetcher: server 127.0.0.1:1 unreachable: ") {
+		t.Errorf("exit %d, stderr:\n%s\nwant exit %d and the error once, as one plain line", code, stderr, exitUnreachable)
+	}
+	code, _, stderr = runFetcher(t, append(args, "--log-json")...)
+	var found int
+	sc := bufio.NewScanner(strings.NewReader(stderr))
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Errorf("with --log-json, a stderr line is not JSON: %q", sc.Text())
+			continue
+		}
+		if m["@level"] == "error" {
+			found++
+			if m["exit_code"] != float64(exitUnreachable) || !strings.Contains(fmt.Sprint(m["error"]), "server 127.0.0.1:1 unreachable") {
+				t.Errorf("error line %v", m)
+			}
+		}
+	}
+	if code != exitUnreachable || found != 1 {
+		t.Errorf("--log-json: exit %d, %d error lines, want exit %d and one:\n%s", code, found, exitUnreachable, stderr)
+	}
+}
+
+// No VMM handing over within --handoff-timeout: exit 9 naming the flag.
+func TestHandoffTimeout(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "mem.img")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := exec.Command(filepath.Join(binaries(t), "pageserver"), "--listen", "127.0.0.1:0", "--source", "file:"+img)
+	srv.Env = append(os.Environ(), "POSTCOPY_TOKEN=t")
+	out, err := srv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		srv.Process.Signal(syscall.SIGTERM)
+		srv.Wait()
+	}()
+	var ready struct{ Addr string }
+	line, err := bufio.NewReader(out).ReadBytes('\n')
+	if err != nil || json.Unmarshal(line, &ready) != nil || ready.Addr == "" {
+		t.Fatalf("pageserver's ready line %q: %v", line, err)
+	}
+	cmd := exec.Command(filepath.Join(binaries(t), "pagefetcher"), "--server", ready.Addr,
+		"--uffd-socket", filepath.Join(dir, "u.sock"), "--handoff-timeout", "300ms")
+	cmd.Env = append(os.Environ(), "POSTCOPY_TOKEN=t")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	if code := cmd.ProcessState.ExitCode(); code != exitForced || strings.Count(stderr.String(), "no VMM handed over within --handoff-timeout 300ms") != 1 {
+		t.Errorf("exit %d (%v), stderr:\n%s\nwant exit %d naming --handoff-timeout once", code, err, stderr.String(), exitForced)
+	}
+}
