@@ -572,7 +572,7 @@ func writeOutputs(rep *bench.Report, jsonPath, csvPath, plotPath string) error {
 			return err
 		}
 		if csvPath == "" {
-			csvPath = strings.TrimSuffix(jsonPath, filepath.Ext(jsonPath)) + ".csv"
+			csvPath = csvBeside(jsonPath)
 		}
 	}
 	if csvPath != "" {
@@ -590,6 +590,21 @@ func writeOutputs(rep *bench.Report, jsonPath, csvPath, plotPath string) error {
 	return nil
 }
 
+// csvBeside is the CSV file written beside the JSON file jsonPath when
+// --csv is not given: the same name, with .csv.
+func csvBeside(jsonPath string) string {
+	return strings.TrimSuffix(jsonPath, filepath.Ext(jsonPath)) + ".csv"
+}
+
+// svgBeside is the SVG file the plot path asks for: the path itself, or
+// for a .png, the same name with .svg (converted to the PNG).
+func svgBeside(plotPath string) string {
+	if strings.ToLower(filepath.Ext(plotPath)) != ".png" {
+		return plotPath
+	}
+	return strings.TrimSuffix(plotPath, filepath.Ext(plotPath)) + ".svg"
+}
+
 // writePlot writes the SVG plot of the first run, converted to PNG when the
 // path says .png (needs ImageMagick's convert).
 func writePlot(rep *bench.Report, path string) error {
@@ -600,7 +615,7 @@ func writePlot(rep *bench.Report, path string) error {
 	if strings.ToLower(filepath.Ext(path)) != ".png" {
 		return os.WriteFile(path, buf.Bytes(), 0o644)
 	}
-	svg := strings.TrimSuffix(path, filepath.Ext(path)) + ".svg"
+	svg := svgBeside(path)
 	if err := os.WriteFile(svg, buf.Bytes(), 0o644); err != nil {
 		return err
 	}

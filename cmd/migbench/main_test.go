@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,13 +17,84 @@ import (
 	"github.com/postcopy/postcopy/internal/testutil"
 )
 
+// asMigbench, set in the environment, makes the test binary run as migbench
+// with its arguments (see migbench).
+const asMigbench = "MIGBENCH_TEST_AS_MIGBENCH"
+
 // TestMain lets the test binary serve as migbench's hidden subcommands: the
-// benchmark re-executes itself (os.Executable) for its workloads.
+// benchmark re-executes itself (os.Executable) for its workloads; and as
+// migbench itself, for tests of the command line.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && strings.HasPrefix(os.Args[1], "__") {
+	if len(os.Args) > 1 && strings.HasPrefix(os.Args[1], "__") || os.Getenv(asMigbench) == "1" {
 		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
+}
+
+// migbench runs the test binary as migbench in a process of its own and
+// returns its exit code and stderr.
+func migbench(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), asMigbench+"=1")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	if stdout.Len() > 0 {
+		t.Errorf("migbench %q printed on stdout:\n%s", args, stdout.String())
+	}
+	return cmd.ProcessState.ExitCode(), stderr.String()
+}
+
+// Output files and directories that cannot be written, and workload values
+// out of range, exit 2 at once naming the flag: nothing runs first (the
+// benchmark would take minutes, and needs root), and nothing is created.
+func TestOutputFlags(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"busy.csv", "busy.svg"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	missing := filepath.Join(dir, "missing")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--json", missing + "/out.json"}, fmt.Sprintf("--json %q: cannot be created: directory %s: no such file or directory", missing+"/out.json", missing)},
+		{[]string{"--json", dir}, fmt.Sprintf("--json %q: is a directory", dir)},
+		{[]string{"--json", dir + "/busy.json"}, fmt.Sprintf("--csv %q: is a directory (the CSV written beside --json; --csv chooses another file)", dir+"/busy.csv")},
+		{[]string{"--csv", missing + "/t.csv"}, fmt.Sprintf("--csv %q: cannot be created", missing+"/t.csv")},
+		{[]string{"--plot", file + "/p.svg"}, fmt.Sprintf("--plot %q: cannot be created: %s is not a directory", file+"/p.svg", file)},
+		{[]string{"--plot", dir + "/busy.png"}, fmt.Sprintf("--plot %q: is a directory (the SVG written beside a .png)", dir+"/busy.svg")},
+		{[]string{"--log-dir", file + "/logs"}, fmt.Sprintf("--log-dir %q: cannot be created: %s is not a directory", file+"/logs", file)},
+		{[]string{"--suite", "default", "--out", file}, fmt.Sprintf("--out %q: not a directory", file)},
+		{[]string{"--suite", "default", "--out", dir, "--update-doc", missing + ".md"}, "--update-doc " + missing + ".md: want an existing Markdown file"},
+		{[]string{"--size", "0"}, "--size 0 B: want a multiple of 4096 bytes, at least 256 KiB"},
+		{[]string{"--writes", "101"}, "--writes 101"},
+		{[]string{"--theta", "1"}, "--theta 1"},
+	} {
+		code, stderr := migbench(t, tc.args...)
+		if code != 2 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("migbench %q: exit %d, stderr:\n%s\nwant exit 2 and %q", tc.args, code, stderr, tc.want)
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) != 3 {
+		t.Errorf("files left in %s: %v, %v", dir, ents, err)
+	}
 }
 
 func testEnv(t *testing.T, link *bench.Link) *env {

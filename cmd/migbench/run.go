@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/bench"
+	"github.com/postcopy/postcopy/internal/cli"
 )
 
 // config is every flag of the benchmark, validated as a whole.
@@ -110,7 +111,53 @@ func (c *config) validate() error {
 			bad("--plot %s: want a .svg or .png file", c.plotPath)
 		}
 	}
+	errs = append(errs, c.checkOutputs()...)
 	return errors.Join(errs...)
+}
+
+// checkOutputs checks, creating nothing, that every file and directory the
+// flags ask for can be written, so that a benchmark does not run for
+// minutes and then fail to write its results.
+func (c *config) checkOutputs() []error {
+	var errs []error
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.jsonPath != "" {
+		check(cli.CheckOutputFile("json", c.jsonPath))
+		if c.csvPath == "" {
+			if err := cli.CheckOutputFile("csv", csvBeside(c.jsonPath)); err != nil {
+				errs = append(errs, fmt.Errorf("%w (the CSV written beside --json; --csv chooses another file)", err))
+			}
+		}
+	}
+	if c.csvPath != "" {
+		check(cli.CheckOutputFile("csv", c.csvPath))
+	}
+	if c.plotPath != "" {
+		check(cli.CheckOutputFile("plot", c.plotPath))
+		if svg := svgBeside(c.plotPath); svg != c.plotPath {
+			if err := cli.CheckOutputFile("plot", svg); err != nil {
+				errs = append(errs, fmt.Errorf("%w (the SVG written beside a .png)", err))
+			}
+		}
+	}
+	if c.logDir != "" {
+		check(cli.CheckOutputDir("log-dir", c.logDir))
+	}
+	if c.suite != "" {
+		check(cli.CheckOutputDir("out", c.outDir))
+		if c.updateDoc != "" {
+			if st, err := os.Stat(c.updateDoc); err != nil || st.IsDir() {
+				errs = append(errs, fmt.Errorf("--update-doc %s: want an existing Markdown file (%v)", c.updateDoc, err))
+			} else {
+				check(cli.CheckOutputFile("update-doc", c.updateDoc))
+			}
+		}
+	}
+	return errs
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {

@@ -57,30 +57,32 @@ type Config struct {
 	Seed     uint64  // seed of the content and of the operation sequence
 }
 
-// Validate checks the configuration as a whole.
+// Validate checks the configuration as a whole. Its messages name the
+// fields by the migbench flags that set them (--size, --pattern, --writes,
+// --theta, --content).
 func (c Config) Validate() error {
 	var errs []error
 	if c.Size < 64*PageSize || c.Size%PageSize != 0 {
-		errs = append(errs, fmt.Errorf("size %d: want a multiple of %d bytes, at least 256 KiB", c.Size, PageSize))
+		errs = append(errs, fmt.Errorf("--size %s: want a multiple of %d bytes, at least 256 KiB", FormatSize(c.Size), PageSize))
 	}
 	if _, err := ParsePattern(string(c.Pattern)); err != nil {
 		errs = append(errs, err)
 	}
 	if c.WritePct < 0 || c.WritePct > 100 {
-		errs = append(errs, fmt.Errorf("write share %d%%: want 0..100", c.WritePct))
+		errs = append(errs, fmt.Errorf("--writes %d (the share of operations that write, in percent): want 0..100", c.WritePct))
 	}
 	if !(c.Theta > 0 && c.Theta < 1) {
-		errs = append(errs, fmt.Errorf("zipf theta %v: want 0 < theta < 1", c.Theta))
+		errs = append(errs, fmt.Errorf("--theta %v (the zipf exponent): want 0 < theta < 1", c.Theta))
 	}
 	var sum float64
 	for _, v := range c.Mix {
 		sum += v
 	}
 	if math.Abs(sum-1) > 1e-9 {
-		errs = append(errs, fmt.Errorf("content mix sums to %v, want 1", sum))
+		errs = append(errs, fmt.Errorf("--content: the mix sums to %v, want 1", sum))
 	}
 	if c.Pattern == PatternKV && c.Mix[ClassRandom]+c.Mix[ClassText] == 0 {
-		errs = append(errs, errors.New("pattern kv needs random or text content for its values"))
+		errs = append(errs, errors.New("--pattern kv needs random or text --content for its values"))
 	}
 	return errors.Join(errs...)
 }

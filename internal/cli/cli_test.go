@@ -272,3 +272,51 @@ func TestCheckHostPort(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckOutput(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ro := filepath.Join(dir, "ro")
+	if err := os.Mkdir(ro, 0o555); err != nil {
+		t.Fatal(err)
+	}
+	root := os.Geteuid() == 0 // root writes into a 0555 directory
+	for _, tc := range []struct {
+		dir  bool
+		path string
+		want string // "" for writable
+	}{
+		{false, file, ""},
+		{false, filepath.Join(dir, "new.json"), ""},
+		{false, dir, fmt.Sprintf("--x %q: is a directory", dir)},
+		{false, filepath.Join(dir, "no", "new.json"), fmt.Sprintf("--x %q: cannot be created: directory %s: no such file or directory", filepath.Join(dir, "no", "new.json"), filepath.Join(dir, "no"))},
+		{false, filepath.Join(file, "new.json"), fmt.Sprintf("--x %q: cannot be created: %s is not a directory", filepath.Join(file, "new.json"), file)},
+		{true, dir, ""},
+		{true, filepath.Join(dir, "a", "b"), ""},
+		{true, file, fmt.Sprintf("--x %q: not a directory", file)},
+		{true, filepath.Join(file, "a"), fmt.Sprintf("--x %q: cannot be created: %s is not a directory", filepath.Join(file, "a"), file)},
+	} {
+		check := CheckOutputFile
+		if tc.dir {
+			check = CheckOutputDir
+		}
+		err := check("x", tc.path)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || err.Error() != tc.want || ExitCode(err) != ExitUsage) {
+			t.Errorf("check(dir %v, %q) = %v, want %q", tc.dir, tc.path, err, tc.want)
+		}
+	}
+	if !root {
+		if err := CheckOutputFile("x", filepath.Join(ro, "f")); err == nil || !strings.Contains(err.Error(), "is not writable") {
+			t.Errorf("a file in a read-only directory: %v", err)
+		}
+		if err := CheckOutputDir("x", filepath.Join(ro, "d")); err == nil || !strings.Contains(err.Error(), "is not writable") {
+			t.Errorf("a directory in a read-only directory: %v", err)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Errorf("the checks created files: %v", ents)
+	}
+}
