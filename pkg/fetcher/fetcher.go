@@ -91,9 +91,41 @@ type Config struct {
 	// HandoffAt is when the VMM handed over its memory; first_page_ms counts
 	// from it (from Run's start when zero).
 	HandoffAt time.Time
-	Logger    hclog.Logger
+	// Opened, when set, is a session opened before the handoff, so that
+	// none has to open after it, when the first faults already wait: Run
+	// uses it if every region of the layout lies within one of its regions,
+	// with the same page size, and closes it and opens its own otherwise.
+	// Run owns it either way.
+	Opened *Opened
+	Logger hclog.Logger
 	// Metrics, when set, receives the fetcher's metrics.
 	Metrics *metrics.Registry
+}
+
+// Opened is a session with its demand lane, and the regions it was opened
+// for (Config.Opened).
+type Opened struct {
+	Session *transport.Session
+	Demand  *transport.Lane
+	Regions []transport.Region
+}
+
+// covers reports whether every region of l lies within one of o's, with the
+// same page size.
+func (o *Opened) covers(l *layout) bool {
+	for _, r := range l.regions {
+		ok := false
+		for _, or := range o.Regions {
+			if uint64(or.PageSize) == r.PageSize && r.Offset >= or.Offset && r.Offset+r.Size <= or.Offset+or.Length {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // Summary is the result of a migration, for the final JSON line.
@@ -418,9 +450,20 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	f.client.Store(f.cfg.Client)
 	defer func() { f.client.Load().Close() }()
 
-	sess, demand, err := f.open(ctx, f.cfg.Client, f.cfg.ExpectGeneration)
-	if err != nil {
-		return f.summary(), err
+	var sess *transport.Session
+	var demand *transport.Lane
+	var err error
+	if o := f.cfg.Opened; o != nil && o.covers(f.layout) &&
+		(f.cfg.ExpectGeneration == 0 || o.Session.Image().Generation == f.cfg.ExpectGeneration) {
+		sess, demand = o.Session, o.Demand
+	} else {
+		if o != nil {
+			o.Demand.Close()
+			f.log.Debug("the session opened ahead does not cover the layout: opening another")
+		}
+		if sess, demand, err = f.open(ctx, f.cfg.Client, f.cfg.ExpectGeneration); err != nil {
+			return f.summary(), err
+		}
 	}
 	f.gen = sess.Image().Generation
 	if err := f.newPolicy(uint64(sess.MaxBulkBytes())); err != nil {

@@ -149,6 +149,10 @@ type harness struct {
 	imgPath string
 	addr    string
 	sock    string
+	// preopen, if set: the session is opened with these regions before
+	// the fetcher is made (Config.Opened).
+	preopen []transport.Region
+	srv     *transport.Server
 }
 
 func newHarness(t *testing.T, size int64) *harness {
@@ -188,6 +192,7 @@ func newHarnessLanes(t *testing.T, size int64, sockets bool) *harness {
 	}
 	t.Cleanup(g.Stop)
 	h.addr = lis.Addr().String()
+	h.srv = srv
 	h.sock = filepath.Join(t.TempDir(), "uffd.sock")
 	return h
 }
@@ -246,6 +251,13 @@ func (h *harness) migrate(spec string, cfg Config, env ...string) migration {
 	}
 	cfg.UFFD, cfg.Client = fd, client
 	cfg.VMMPid = int(ho.Cred.Pid)
+	if h.preopen != nil {
+		sess, demand, err := client.OpenDemand(ctx, h.preopen, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Opened = &Opened{Session: sess, Demand: demand, Regions: h.preopen}
+	}
 	for _, r := range ho.Regions {
 		cfg.Regions = append(cfg.Regions, Region{Base: r.BaseHostVirtAddr, Size: r.Size, Offset: r.Offset, PageSize: r.PageSize})
 	}
@@ -313,6 +325,31 @@ func TestMigrateUrgentSocketLanes(t *testing.T) {
 				t.Errorf("want pages by both lanes: %+v", m.sum.Pages)
 			}
 			t.Logf("summary: %+v", *m.sum)
+		})
+	}
+}
+
+// A session opened before the handoff is used when it covers the layout —
+// the whole image, with the layout's page size — and replaced by one opened
+// for the layout when it does not (a region outside it): every byte
+// arrives either way.
+func TestMigrateOpenedAhead(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		regions  []transport.Region
+		sessions uint64
+	}{
+		{"covers", []transport.Region{{Offset: 0, Length: 16 << 20, PageSize: transport.PageSize4K}}, 1},
+		{"falls-short", []transport.Region{{Offset: 0, Length: 4 << 20, PageSize: transport.PageSize4K}}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarnessLanes(t, 16<<20, true)
+			h.preopen = tc.regions
+			m := h.migrate("4k:0x0:8M,4k:0x800000:8M", Config{Prefetch: true}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
+			m.check(t)
+			if n := h.srv.Stats().SessionsTotal; n != tc.sessions {
+				t.Errorf("the server opened %d sessions, want %d", n, tc.sessions)
+			}
 		})
 	}
 }
