@@ -54,10 +54,10 @@ func TestFigures(t *testing.T) {
 		t.Errorf("%d destination buckets, want 300", len(m.Dest))
 	}
 	near("post rate", m.PostRate, 10000)
-	if m.Recover90S == nil {
+	if !m.Recovered90 {
 		t.Fatal("no recovery")
 	}
-	near("recover90", *m.Recover90S, 0.49)
+	near("recover90", m.Recover90S, 0.49)
 	if !m.Verified || m.Faults != 12 || m.FaultP50US != 80 || m.LinkRxBytes != 0 {
 		t.Errorf("figures %+v", m)
 	}
@@ -72,6 +72,17 @@ func TestFigures(t *testing.T) {
 	if m, _ := figures(bench.MethodPostCopy, false, sourceReady{}, sd, dd, sum, nil, t0, 0, 0); m.Verified {
 		t.Error("verified despite a checksum error")
 	}
+	// Never back to 90 %: the 3 s observed after the stop, a lower bound.
+	dd.Timeline.Counts = append(filled(50, 10), filled(260, 50)...)
+	m, err = figures(bench.MethodPostCopy, false, sourceReady{}, sd, dd, sum, nil, t0, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Recovered90 {
+		t.Errorf("recovered at %v s at half the rate", m.Recover90S)
+	}
+	near("recover90 observed", m.Recover90S, 3)
+	dd.Timeline.Counts = dst
 	// Too short a warm-up cannot give a reference rate.
 	sd.Timeline.Counts = filled(50, 100)
 	sd.Timeline.Origin = t0 - 500e6
@@ -82,22 +93,22 @@ func TestFigures(t *testing.T) {
 
 // The report's medians and its verdict over runs.
 func TestSummarize(t *testing.T) {
-	rec := func(v float64) *float64 { return &v }
-	mk := func(down float64, r *float64, ok bool) *bench.Migration {
-		return &bench.Migration{DowntimeMS: down, Recover90S: r, Verified: ok}
+	mk := func(down, rec float64, recovered, ok bool) *bench.Migration {
+		return &bench.Migration{DowntimeMS: down, Recover90S: rec, Recovered90: recovered, Verified: ok}
 	}
 	rep := &bench.Report{LinkTimeS: 2, Runs: []bench.Run{
-		{PostCopy: mk(1, rec(1), true), StopCopy: mk(100, rec(3), true)},
-		{PostCopy: mk(3, rec(2), true), StopCopy: mk(300, rec(3), true)},
-		{PostCopy: mk(2, nil, true), StopCopy: mk(200, rec(3), true)},
+		{PostCopy: mk(1, 1, true, true), StopCopy: mk(100, 3, true, true)},
+		{PostCopy: mk(3, 2, true, true), StopCopy: mk(300, 3, true, true)},
+		{PostCopy: mk(2, 5, false, true), StopCopy: mk(200, 3, true, true)},
 	}}
 	rep.Summarize()
 	if rep.DowntimeMS != 2 || rep.StopcopyDowntimeMS != 200 || !rep.Verified {
 		t.Errorf("medians: downtime %v, stop-and-copy %v, verified %v", rep.DowntimeMS, rep.StopcopyDowntimeMS, rep.Verified)
 	}
-	// A run that never recovered counts as infinitely late: median 2 s.
-	if rep.Recover90S == nil || *rep.Recover90S != 2 || rep.Recover90Ratio == nil || *rep.Recover90Ratio != 1 {
-		t.Errorf("recover90 %v, ratio %v", rep.Recover90S, rep.Recover90Ratio)
+	// A run that never recovered counts as later than those that did:
+	// median 2 s.
+	if !rep.Recovered90 || rep.Recover90S != 2 || rep.Recover90Ratio != 1 {
+		t.Errorf("recover90 %v (recovered %v), ratio %v", rep.Recover90S, rep.Recovered90, rep.Recover90Ratio)
 	}
 	rep.Runs[1].StopCopy.Verified = false
 	rep.Summarize()

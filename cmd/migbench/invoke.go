@@ -156,7 +156,7 @@ func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Repo
 				return nil, fmt.Errorf("run %d, %s: %w", i+1, method, err)
 			}
 			fmt.Fprintf(progress, "migbench:   downtime %.3f ms, total %.2f s, %d faults, recover90 %s, verified %v\n",
-				m.DowntimeMS, m.TotalS, m.Faults, recStr(m.Recover90S), m.Verified)
+				m.DowntimeMS, m.TotalS, m.Faults, bench.FormatRecover90(m.Recover90S, m.Recovered90, " s"), m.Verified)
 			if method == bench.MethodPostCopy {
 				r.PostCopy = m
 			} else {
@@ -169,13 +169,6 @@ func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Repo
 	rep.Machine.LoadAvg[1] = bench.LoadAvg1()
 	rep.Setup.ElapsedS = time.Since(began).Seconds()
 	return rep, nil
-}
-
-func recStr(v *float64) string {
-	if v == nil {
-		return "never"
-	}
-	return fmt.Sprintf("%.2f s", *v)
 }
 
 // tcpBaselines measures one-stream bandwidth from the source side to the
@@ -531,9 +524,11 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 	if len(dst) >= 100 {
 		m.PostRate = bench.MeanRate(dst[len(dst)-100:])
 	}
+	// Not back to 90 % within the timeline: the time observed after the
+	// stop, a lower bound.
+	m.Recover90S = float64(len(dst)) * bench.Bucket.Seconds()
 	if r, err := bench.Recover(dst, m.PreRate, 0.9, 10); err == nil {
-		s := r.Seconds()
-		m.Recover90S = &s
+		m.Recover90S, m.Recovered90 = r.Seconds(), true
 	}
 	return m, nil
 }

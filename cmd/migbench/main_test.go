@@ -234,6 +234,13 @@ func runMigbench(t *testing.T, args ...string) map[string]any {
 	if got["verified"] != true {
 		t.Errorf("verified = %v, want true", got["verified"])
 	}
+	// Numbers in the units named, even when the rate never came back.
+	if _, ok := got["recover90_s"].(float64); !ok {
+		t.Errorf("recover90_s = %v, want a number", got["recover90_s"])
+	}
+	if _, ok := got["recovered90"].(bool); !ok {
+		t.Errorf("recovered90 = %v, want a boolean", got["recovered90"])
+	}
 	for _, k := range []string{"downtime_ms", "stopcopy_downtime_ms", "total_s", "bytes_wire", "tcp_gbps", "tcp_rtt_us"} {
 		if v, ok := got[k].(float64); !ok || v <= 0 {
 			t.Errorf("%s = %v, want a positive number", k, got[k])

@@ -61,10 +61,13 @@ type Migration struct {
 	// Throughput: the source's rate over the last second before the stop,
 	// the destination's over the last second it ran, and the time from the
 	// stop until the destination is back to 90 % of PreRate for good
-	// (Recover, 100 ms windows); nil when it never was.
-	PreRate    float64  `json:"pre_ops_per_s"`
-	PostRate   float64  `json:"post_ops_per_s"`
-	Recover90S *float64 `json:"recover90_s"`
+	// (Recover, 100 ms windows). Recovered90 says whether it was within
+	// the destination's timeline; when not, Recover90S is the length of
+	// that timeline, the time observed after the stop: a lower bound.
+	PreRate     float64 `json:"pre_ops_per_s"`
+	PostRate    float64 `json:"post_ops_per_s"`
+	Recover90S  float64 `json:"recover90_s"`
+	Recovered90 bool    `json:"recovered90"`
 
 	SourceFillS float64 `json:"source_fill_s"`
 	SourceOps   uint64  `json:"source_ops"`
@@ -137,22 +140,25 @@ type Setup struct {
 }
 
 // Report is the JSON document of an invocation. Its first keys are the
-// contract of issue 5: medians over the runs, in the units their names say.
+// contract of issue 5: medians over the runs, in the units their names say
+// (always numbers). recover90_s is exact when recovered90 is true, else a
+// lower bound (see Summarize).
 type Report struct {
-	DowntimeMS         float64  `json:"downtime_ms"`
-	FirstFaultMS       float64  `json:"first_fault_ms"`
-	Faults             float64  `json:"faults"`
-	FaultP50US         float64  `json:"fault_p50_us"`
-	FaultP99US         float64  `json:"fault_p99_us"`
-	FaultP999US        float64  `json:"fault_p999_us"`
-	BlocktimeMS        float64  `json:"blocktime_ms"`
-	TotalS             float64  `json:"total_s"`
-	BytesWire          float64  `json:"bytes_wire"`
-	Recover90S         *float64 `json:"recover90_s"`
-	StopcopyDowntimeMS float64  `json:"stopcopy_downtime_ms"`
-	TCPGbps            float64  `json:"tcp_gbps"`
-	TCPRttUS           float64  `json:"tcp_rtt_us"`
-	Verified           bool     `json:"verified"`
+	DowntimeMS         float64 `json:"downtime_ms"`
+	FirstFaultMS       float64 `json:"first_fault_ms"`
+	Faults             float64 `json:"faults"`
+	FaultP50US         float64 `json:"fault_p50_us"`
+	FaultP99US         float64 `json:"fault_p99_us"`
+	FaultP999US        float64 `json:"fault_p999_us"`
+	BlocktimeMS        float64 `json:"blocktime_ms"`
+	TotalS             float64 `json:"total_s"`
+	BytesWire          float64 `json:"bytes_wire"`
+	Recover90S         float64 `json:"recover90_s"`
+	Recovered90        bool    `json:"recovered90"`
+	StopcopyDowntimeMS float64 `json:"stopcopy_downtime_ms"`
+	TCPGbps            float64 `json:"tcp_gbps"`
+	TCPRttUS           float64 `json:"tcp_rtt_us"`
+	Verified           bool    `json:"verified"`
 
 	// More medians.
 	StateMS        float64 `json:"state_ms"`
@@ -163,9 +169,10 @@ type Report struct {
 	StopcopyTotalS float64 `json:"stopcopy_total_s"`
 	// LinkTimeS is the time the link needs to move the memory at the
 	// measured one-stream TCP rate; Recover90Ratio is recover90_s over it
-	// (the target is at most 1.1).
-	LinkTimeS      float64  `json:"link_time_s"`
-	Recover90Ratio *float64 `json:"recover90_link_ratio"`
+	// (the target is at most 1.1; a lower bound too when recovered90 is
+	// false; 0 without a link time).
+	LinkTimeS      float64 `json:"link_time_s"`
+	Recover90Ratio float64 `json:"recover90_link_ratio"`
 
 	TCP struct {
 		Bandwidth TCPBandwidth `json:"bandwidth"`
@@ -226,19 +233,28 @@ func (r *Report) Summarize() {
 	r.HandshakeMS = med(func(m *Migration) float64 { return m.HandshakeMS }, false)
 	r.PreRate = med(func(m *Migration) float64 { return m.PreRate }, false)
 	r.PostRate = med(func(m *Migration) float64 { return m.PostRate }, false)
+	// recover90: a run that never recovered counts as later than every run
+	// that did (it was observed for all it ran after the stop, longer than
+	// the runs that recovered took). When the median falls on runs that
+	// recovered, it is exact; when it falls on one that did not, the
+	// median is not known: recovered90 is false and recover90_s is the
+	// median of the runs' figures, lower bounds included, which is a lower
+	// bound of it.
 	rec := medInf(func(m *Migration) float64 {
-		if m.Recover90S == nil {
+		if !m.Recovered90 {
 			return math.Inf(1)
 		}
-		return *m.Recover90S
+		return m.Recover90S
 	}, false)
-	r.Recover90S, r.Recover90Ratio = nil, nil
-	if !math.IsInf(rec, 1) && !math.IsNaN(rec) {
-		r.Recover90S = &rec
-		if r.LinkTimeS > 0 {
-			ratio := rec / r.LinkTimeS
-			r.Recover90Ratio = &ratio
-		}
+	r.Recovered90 = !math.IsInf(rec, 1) && !math.IsNaN(rec)
+	if r.Recovered90 {
+		r.Recover90S = rec
+	} else {
+		r.Recover90S = med(func(m *Migration) float64 { return m.Recover90S }, false)
+	}
+	r.Recover90Ratio = 0
+	if r.LinkTimeS > 0 {
+		r.Recover90Ratio = r.Recover90S / r.LinkTimeS
 	}
 	r.StopcopyDowntimeMS = med(func(m *Migration) float64 { return m.DowntimeMS }, true)
 	r.StopcopyTotalS = med(func(m *Migration) float64 { return m.TotalS }, true)
@@ -284,17 +300,21 @@ func (r *Report) WriteTable(w io.Writer) {
 		}
 		tw.row("throughput before / after (Mops/s)", fmt.Sprintf("%.3f / %.3f", p.PreRate/1e6, p.PostRate/1e6),
 			fmt.Sprintf("%.3f / %.3f", c.PreRate/1e6, c.PostRate/1e6))
-		tw.row("back to 90 % of it after (s)", fsec(p.Recover90S), fsec(c.Recover90S))
+		tw.row("back to 90 % of it after", FormatRecover90(p.Recover90S, p.Recovered90, " s"), FormatRecover90(c.Recover90S, c.Recovered90, " s"))
 		tw.row("verified (every page)", fmt.Sprint(p.Verified), fmt.Sprint(c.Verified))
 	}
 	tw.write(w)
 	if len(r.Runs) > 1 {
 		fmt.Fprintf(w, "medians: downtime %.3f ms (stop-and-copy %.1f ms), first fault %.3f ms, faults %.0f, fault p50/p99/p999 %.0f/%.0f/%.0f µs, blocktime %.1f ms, total %.2f s, recover90 %s, verified %v\n",
 			r.DowntimeMS, r.StopcopyDowntimeMS, r.FirstFaultMS, r.Faults, r.FaultP50US, r.FaultP99US, r.FaultP999US,
-			r.BlocktimeMS, r.TotalS, fsecUnit(r.Recover90S), r.Verified)
+			r.BlocktimeMS, r.TotalS, FormatRecover90(r.Recover90S, r.Recovered90, " s"), r.Verified)
 	}
-	if r.Recover90Ratio != nil {
-		fmt.Fprintf(w, "recover90 / link time = %.2f (target ≤ 1.1)\n", *r.Recover90Ratio)
+	if r.LinkTimeS > 0 {
+		rel := "="
+		if !r.Recovered90 {
+			rel = ">" // a lower bound
+		}
+		fmt.Fprintf(w, "recover90 / link time %s %.2f (target ≤ 1.1)\n", rel, r.Recover90Ratio)
 	}
 }
 
@@ -310,18 +330,14 @@ func f3(v float64) string {
 	return fmt.Sprintf("%.3f", v)
 }
 
-func fsec(v *float64) string {
-	if v == nil {
-		return "never"
+// FormatRecover90 formats a recover90 figure of s seconds followed by unit:
+// "1.23 s", or when the rate was not reached (s is then a lower bound)
+// "> 4.20 s (not reached)".
+func FormatRecover90(s float64, reached bool, unit string) string {
+	if !reached {
+		return fmt.Sprintf("> %.2f%s (not reached)", s, unit)
 	}
-	return fmt.Sprintf("%.2f", *v)
-}
-
-func fsecUnit(v *float64) string {
-	if v == nil {
-		return "never"
-	}
-	return fmt.Sprintf("%.2f s", *v)
+	return fmt.Sprintf("%.2f%s", s, unit)
 }
 
 type table struct{ rows [][3]string }
@@ -379,18 +395,58 @@ func MarkdownHeader() string {
 
 // MarkdownRow is the row of r under MarkdownHeader.
 func (r *Report) MarkdownRow() string {
-	rec := "never"
-	if r.Recover90S != nil {
-		rec = fmt.Sprintf("%.2f", *r.Recover90S)
-		if r.Recover90Ratio != nil {
-			rec += fmt.Sprintf(" (%.2f×)", *r.Recover90Ratio)
-		}
+	rec := FormatRecover90(r.Recover90S, r.Recovered90, "")
+	if r.Recovered90 && r.LinkTimeS > 0 {
+		rec += fmt.Sprintf(" (%.2f×)", r.Recover90Ratio)
 	}
 	return fmt.Sprintf("| %s | %s | %s | %s | %s / %s / %s | %s | %.0f | %.0f / %.0f / %.0f | %s | %.2f / %.2f | %.2f | %s | %.3f / %.3f | %.2f, %.0f | %v |",
 		r.Setup.Size, r.Setup.Pattern, r.Setup.Link, f3(r.DowntimeMS), f3(r.StateMS), f3(r.HandshakeMS),
 		f3(r.FirstFaultMS), f3(r.StopcopyDowntimeMS), r.Faults, r.FaultP50US, r.FaultP99US, r.FaultP999US,
 		f3(r.BlocktimeMS), r.TotalS, r.StopcopyTotalS, r.LinkTimeS, rec, r.PreRate/1e6, r.PostRate/1e6,
 		r.TCPGbps, r.TCPRttUS, r.Verified)
+}
+
+// DecodeReport decodes a report's JSON, as written by migbench. Reports
+// written before recovered90 existed had recover90_s null where the rate
+// never came back: such a run is read as not recovered, observed for the
+// length of its destination timeline, and the medians are computed again.
+func DecodeReport(b []byte) (*Report, error) {
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, err
+	}
+	type legacyMigration struct {
+		Recover90S *float64 `json:"recover90_s"`
+	}
+	var legacy struct {
+		Recovered90 *bool `json:"recovered90"`
+		Runs        []struct {
+			PostCopy *legacyMigration `json:"postcopy"`
+			StopCopy *legacyMigration `json:"stopcopy"`
+		} `json:"runs"`
+	}
+	if err := json.Unmarshal(b, &legacy); err != nil {
+		return nil, err
+	}
+	if legacy.Recovered90 != nil || len(legacy.Runs) != len(r.Runs) {
+		return &r, nil
+	}
+	for i, run := range legacy.Runs {
+		for _, p := range []struct {
+			m   *Migration
+			old *legacyMigration
+		}{{r.Runs[i].PostCopy, run.PostCopy}, {r.Runs[i].StopCopy, run.StopCopy}} {
+			if p.m == nil || p.old == nil {
+				continue
+			}
+			p.m.Recovered90 = p.old.Recover90S != nil
+			if !p.m.Recovered90 {
+				p.m.Recover90S = float64(len(p.m.Dest)) * Bucket.Seconds()
+			}
+		}
+	}
+	r.Summarize()
+	return &r, nil
 }
 
 // Stamp sets the setup's date to now (UTC).

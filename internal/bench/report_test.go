@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"encoding/csv"
+	"encoding/json"
 	"encoding/xml"
 	"io"
 	"strings"
@@ -12,7 +13,7 @@ import (
 func sampleReport() *Report {
 	rec := 0.5
 	mk := func(method string, down, total float64) *Migration {
-		m := &Migration{Method: method, DowntimeMS: down, TotalS: total, PreRate: 1e6, Recover90S: &rec,
+		m := &Migration{Method: method, DowntimeMS: down, TotalS: total, PreRate: 1e6, Recover90S: rec, Recovered90: true,
 			SourceStartS: -2, Source: make([]uint32, 200), Dest: make([]uint32, 300), Verified: true}
 		for i := range m.Source {
 			m.Source[i] = 10000
@@ -90,7 +91,7 @@ func TestTableAndMarkdown(t *testing.T) {
 	r := sampleReport()
 	var b bytes.Buffer
 	r.WriteTable(&b)
-	for _, want := range []string{"downtime (ms)", "1.500", "900", "back to 90 % of it after (s)", "verified (every page)"} {
+	for _, want := range []string{"downtime (ms)", "1.500", "900", "back to 90 % of it after", "0.50 s", "verified (every page)"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}
@@ -98,5 +99,93 @@ func TestTableAndMarkdown(t *testing.T) {
 	row := r.MarkdownRow()
 	if strings.Count(row, "|") != strings.Count(strings.Split(MarkdownHeader(), "\n")[0], "|") {
 		t.Errorf("markdown row and header differ in columns:\n%s\n%s", MarkdownHeader(), row)
+	}
+}
+
+// A run whose rate never came back to 90 %: recover90_s is still a number,
+// the time observed after the stop (a lower bound), recovered90 is false,
+// and the table and the Markdown row say so.
+func TestRecover90NotReached(t *testing.T) {
+	r := sampleReport()
+	r.LinkTimeS = 2
+	pc := r.Runs[0].PostCopy
+	pc.Recover90S, pc.Recovered90 = 3, false // observed 3 s, not back
+	r.Summarize()
+	if r.Recovered90 || r.Recover90S != 3 || r.Recover90Ratio != 1.5 {
+		t.Errorf("recover90 %v (recovered %v), ratio %v; want 3 (false), 1.5", r.Recover90S, r.Recovered90, r.Recover90Ratio)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["recover90_s"] != 3.0 || got["recovered90"] != false || got["recover90_link_ratio"] != 1.5 {
+		t.Errorf("JSON recover90_s %v, recovered90 %v, recover90_link_ratio %v", got["recover90_s"], got["recovered90"], got["recover90_link_ratio"])
+	}
+	var tb bytes.Buffer
+	r.WriteTable(&tb)
+	for _, want := range []string{"> 3.00 s (not reached)", "recover90 / link time > 1.50 (target ≤ 1.1)"} {
+		if !strings.Contains(tb.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, tb.String())
+		}
+	}
+	if row := r.MarkdownRow(); !strings.Contains(row, "| > 3.00 (not reached) |") {
+		t.Errorf("markdown row %s", row)
+	}
+}
+
+// Medians over runs: one that never recovered counts as later than any
+// that did; when the median falls on it, the median of the figures (lower
+// bounds included) is reported, not recovered.
+func TestSummarizeRecover90(t *testing.T) {
+	mk := func(s float64, ok bool) *Migration { return &Migration{Recover90S: s, Recovered90: ok} }
+	for _, tc := range []struct {
+		name string
+		runs []*Migration
+		want float64
+		ok   bool
+	}{
+		{"all recovered", []*Migration{mk(1, true), mk(3, true), mk(2, true)}, 2, true},
+		{"one of three not", []*Migration{mk(1, true), mk(4, false), mk(2, true)}, 2, true},
+		{"two of three not", []*Migration{mk(1, true), mk(4, false), mk(5, false)}, 4, false},
+		{"one of two not", []*Migration{mk(1, true), mk(4, false)}, 2.5, false},
+		{"none", []*Migration{mk(4, false)}, 4, false},
+	} {
+		r := &Report{LinkTimeS: 2}
+		for _, m := range tc.runs {
+			r.Runs = append(r.Runs, Run{PostCopy: m})
+		}
+		r.Summarize()
+		if r.Recover90S != tc.want || r.Recovered90 != tc.ok || r.Recover90Ratio != tc.want/2 {
+			t.Errorf("%s: recover90 %v (recovered %v, ratio %v), want %v (%v)", tc.name, r.Recover90S, r.Recovered90, r.Recover90Ratio, tc.want, tc.ok)
+		}
+	}
+}
+
+// A report written when recover90_s was null for a run that never
+// recovered reads as not recovered, observed for its timeline.
+func TestDecodeLegacyReport(t *testing.T) {
+	legacy := `{"recover90_s":null,"recover90_link_ratio":null,"link_time_s":2,"runs":[
+		{"index":1,"postcopy":{"recover90_s":null,"dest_timeline":[` + strings.Repeat("1,", 299) + `1],"verified":true},
+		 "stopcopy":{"recover90_s":0.5,"verified":true}}]}`
+	r, err := DecodeReport([]byte(legacy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, sc := r.Runs[0].PostCopy, r.Runs[0].StopCopy
+	if pc.Recovered90 || pc.Recover90S != 3 || !sc.Recovered90 || sc.Recover90S != 0.5 {
+		t.Errorf("runs: post-copy %v (%v), stop-and-copy %v (%v)", pc.Recover90S, pc.Recovered90, sc.Recover90S, sc.Recovered90)
+	}
+	if r.Recovered90 || r.Recover90S != 3 || r.Recover90Ratio != 1.5 || !r.Verified {
+		t.Errorf("medians: recover90 %v (%v), ratio %v, verified %v", r.Recover90S, r.Recovered90, r.Recover90Ratio, r.Verified)
+	}
+	// A current report is taken as it is.
+	b, _ := json.Marshal(r)
+	again, err := DecodeReport(b)
+	if err != nil || again.Recover90S != 3 || again.Recovered90 || again.Runs[0].StopCopy.Recover90S != 0.5 {
+		t.Errorf("round trip: %+v, %v", again, err)
 	}
 }
