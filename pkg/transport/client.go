@@ -462,6 +462,14 @@ func (s *Session) Done(ctx context.Context, t DoneTotals) error {
 	return fromStatus("done", err)
 }
 
+// End ends a session that was not used (opened ahead, for a layout that
+// turned out not to fit it): the server logs it as unused, not as a
+// migration.
+func (s *Session) End(ctx context.Context) error {
+	_, err := s.c.dRPC.Done(ctx, &pb.DoneRequest{SessionId: s.id, Unused: true})
+	return fromStatus("end", err)
+}
+
 // Request asks for Pages pages at Offset (page size: that of the session
 // region holding Offset); ID comes back in the Response.
 type Request struct {

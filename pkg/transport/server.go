@@ -470,6 +470,11 @@ func (s *Server) Done(_ context.Context, req *pb.DoneRequest) (*pb.DoneResponse,
 	delete(s.sessions, sess.id)
 	s.mu.Unlock()
 	sess.ended.Store(true)
+	if req.GetUnused() {
+		sess.log.Info("session ended unused (opened ahead; the destination's layout did not fit it)",
+			"duration", time.Since(sess.opened).Round(time.Millisecond))
+		return &pb.DoneResponse{}, nil
+	}
 	sess.log.Info("session done",
 		"duration", time.Since(sess.opened).Round(time.Millisecond),
 		"demand_requests", sess.demandReqs.Load(), "demand_bytes", sess.demandBytes.Load(),

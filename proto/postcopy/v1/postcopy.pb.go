@@ -850,7 +850,12 @@ type DoneRequest struct {
 	// bytes_received is the number of page bytes received.
 	BytesReceived uint64 `protobuf:"varint,6,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
 	// duration_ns is the session's duration as the destination saw it.
-	DurationNs    uint64 `protobuf:"varint,7,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
+	DurationNs uint64 `protobuf:"varint,7,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
+	// unused: the destination ends a session it did not use — one opened
+	// ahead, before a VMM handed its memory over, whose regions did not fit
+	// the layout it got (other page sizes). Nothing was migrated on it; the
+	// totals above are zero.
+	Unused        bool `protobuf:"varint,8,opt,name=unused,proto3" json:"unused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -932,6 +937,13 @@ func (x *DoneRequest) GetDurationNs() uint64 {
 		return x.DurationNs
 	}
 	return 0
+}
+
+func (x *DoneRequest) GetUnused() bool {
+	if x != nil {
+		return x.Unused
+	}
+	return false
 }
 
 // DoneResponse acknowledges Done.
@@ -1033,7 +1045,7 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\x05pages\x18\x03 \x01(\rR\x05pages\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\rR\bpageSize\x120\n" +
 	"\bsegments\x18\x05 \x03(\v2\x14.postcopy.v1.SegmentR\bsegments\x12\x12\n" +
-	"\x04data\x18\x0f \x01(\fR\x04data\"\xfa\x01\n" +
+	"\x04data\x18\x0f \x01(\fR\x04data\"\x92\x02\n" +
 	"\vDoneRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12!\n" +
@@ -1045,7 +1057,8 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\rpages_removed\x18\x05 \x01(\x04R\fpagesRemoved\x12%\n" +
 	"\x0ebytes_received\x18\x06 \x01(\x04R\rbytesReceived\x12\x1f\n" +
 	"\vduration_ns\x18\a \x01(\x04R\n" +
-	"durationNs\"\x0e\n" +
+	"durationNs\x12\x16\n" +
+	"\x06unused\x18\b \x01(\bR\x06unused\"\x0e\n" +
 	"\fDoneResponse2\xc0\x02\n" +
 	"\n" +
 	"PageServer\x12>\n" +
