@@ -452,6 +452,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 
 	var sess *transport.Session
 	var demand *transport.Lane
+	var unused *transport.Session // opened ahead, not fitting: ended below
 	var err error
 	if o := f.cfg.Opened; o != nil && o.covers(f.layout) &&
 		(f.cfg.ExpectGeneration == 0 || o.Session.Image().Generation == f.cfg.ExpectGeneration) {
@@ -459,6 +460,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	} else {
 		if o != nil {
 			o.Demand.Close()
+			unused = o.Session
 			f.log.Debug("the session opened ahead does not cover the layout: opening another")
 		}
 		if sess, demand, err = f.open(ctx, f.cfg.Client, f.cfg.ExpectGeneration); err != nil {
@@ -483,13 +485,28 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The first connection is current before the fault loop reads a
+	// fault, so that the first request goes out at once.
+	first, err := f.startConn(runCtx, f.cfg.Client, sess, demand)
+	if err != nil {
+		return f.summary(), err
+	}
+	f.cur.Store(first)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		f.fail(f.faultLoop(f.urgentThread()))
 	}()
-	go func() { defer wg.Done(); f.connLoop(runCtx, f.cfg.Client, sess, demand) }()
+	go func() { defer wg.Done(); f.connLoop(runCtx, f.cfg.Client, first) }()
+	if unused != nil {
+		// Off the way to the first page: the loops run.
+		ectx, ecancel := context.WithTimeout(runCtx, 2*time.Second)
+		if err := unused.End(ectx); err != nil {
+			f.log.Debug("ending the session opened ahead", "error", err)
+		}
+		ecancel()
+	}
 	if f.cfg.VMMPid != 0 {
 		stopWatch, err := f.watchVMM(f.cfg.VMMPid)
 		if err != nil {

@@ -347,8 +347,8 @@ func TestMigrateOpenedAhead(t *testing.T) {
 			h.preopen = tc.regions
 			m := h.migrate("4k:0x0:8M,4k:0x800000:8M", Config{Prefetch: true}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
 			m.check(t)
-			if n := h.srv.Stats().SessionsTotal; n != tc.sessions {
-				t.Errorf("the server opened %d sessions, want %d", n, tc.sessions)
+			if st := h.srv.Stats(); st.SessionsTotal != tc.sessions || st.SessionsOpen != 0 {
+				t.Errorf("the server opened %d sessions, %d still open; want %d, none open", st.SessionsTotal, st.SessionsOpen, tc.sessions)
 			}
 		})
 	}

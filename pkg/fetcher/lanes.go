@@ -77,13 +77,19 @@ func (f *Fetcher) open(ctx context.Context, client *transport.Client, expect uin
 }
 
 // connLoop runs connection generations until ctx ends or an unrecoverable
-// error. The first generation uses client and sess.
-func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, sess *transport.Session, demand *transport.Lane) {
+// error, starting with c (started on client).
+func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, c *conn) {
+	var sess *transport.Session
+	var demand *transport.Lane
 	for {
-		c, err := f.startConn(ctx, client, sess, demand)
+		var err error
+		if c == nil {
+			c, err = f.startConn(ctx, client, sess, demand)
+		}
 		if err == nil {
 			err = f.serveConn(c)
 		}
+		c = nil
 		if ctx.Err() != nil {
 			return
 		}
@@ -129,9 +135,12 @@ func (f *Fetcher) startConn(ctx context.Context, client *transport.Client, sess 
 // sent again on the next connection), bulk runs return to the policy.
 func (f *Fetcher) serveConn(c *conn) error {
 	f.sess.Store(c.sess)
-	f.cur.Store(c)
+	if f.cur.Swap(c) != c {
+		// Requests made while there was no connection go out now. (The
+		// first connection is current before the first fault is read.)
+		f.resendOutstanding(c)
+	}
 	f.log.Debug("demand lane open", "since_handoff", time.Since(f.cfg.HandoffAt))
-	f.resendOutstanding(c)
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 8) // one per goroutine below, with room
