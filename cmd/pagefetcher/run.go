@@ -47,6 +47,7 @@ type config struct {
 	progressInterval time.Duration
 	bulkYield        bool
 	demandPrio       string
+	demandBudget     float64
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -72,7 +73,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.requestTimeout, "request-timeout", 15*time.Second, "a request unanswered this long counts as a broken link")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 0, "after SIGTERM/SIGINT, force exit (code 9) if not done within this; 0: wait")
 	fs.DurationVar(&c.handoffTimeout, "handoff-timeout", 0, "give up (code 9) if no VMM hands over within this; 0: wait")
-	fs.StringVar(&c.demandPrio, "demand-priority", "auto", "CPU priority of the fault loop and the thread placing demand answers: rt (real-time where permitted: faults never wait for a CPU behind bulk work, but a fault-dense workload then starves the prefetch on a small machine; see README, Tuning), normal, or auto: rt with --prefetch off, normal otherwise")
+	fs.StringVar(&c.demandPrio, "demand-priority", "auto", "CPU priority of the fault loop and the thread placing demand answers: rt (real-time where permitted: a fault never waits for a CPU behind bulk work, but a workload faulting back to back then starves the prefetch on a small machine; see README, Tuning), normal, or auto: real-time within --demand-rt-budget while the prefetch runs, rt with --prefetch off")
+	fs.Float64Var(&c.demandBudget, "demand-rt-budget", 0.25, "with --demand-priority auto: CPUs' worth of time the demand path may spend real-time per 20 ms; past it, normal priority until the window ends (0..64; 0: no bound)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "place bulk pages at a lower CPU priority while faults wait (shorter fault tail on idle CPUs; slower prefetch next to a CPU-bound workload)")
 	fs.DurationVar(&c.progressInterval, "progress-interval", time.Second, "interval of --progress updates")
 	if err := fs.Parse(args); err != nil {
@@ -113,13 +115,19 @@ func (c *config) validate() error {
 	}
 	switch c.demandPrio {
 	case "auto":
-		c.demandPrio = "normal"
+		// Real-time within the budget; without a prefetch there is
+		// nothing to starve.
 		if c.prefetch == "off" {
-			c.demandPrio = "rt"
+			c.demandBudget = 0
 		}
-	case "rt", "normal":
+	case "rt":
+		c.demandBudget = 0
+	case "normal":
 	default:
 		bad("--demand-priority %q: want auto, rt or normal", c.demandPrio)
+	}
+	if !(c.demandBudget >= 0 && c.demandBudget <= 64) {
+		bad("--demand-rt-budget %v: want 0..64 CPUs", c.demandBudget)
 	}
 	if c.prefetch != "on" && c.prefetch != "off" {
 		bad("--prefetch %q: want on or off", c.prefetch)
@@ -237,10 +245,15 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		return fatal(exitUnreachable, "server %s: %v%s", c.server, err, tlsHint(c, err))
 	}
 	log.Info("server reached", "server", c.server, "image", info.Description, "size", info.Size)
-	// The lanes' connections, dialled now: a handoff that comes within a
-	// few seconds (transport.Client.PrepareLanes) opens the session on one
-	// without a TCP handshake on the way to the first page.
+	// The session and its demand lane, opened now over the whole image,
+	// so that after the handoff the first fault's request goes out at once
+	// (fetcher.Config.Opened; a layout it does not cover, 2 MiB pages,
+	// opens its own). The bulk lane's connection is dialled now too, used
+	// if the handoff comes within a few seconds
+	// (transport.Client.PrepareLanes).
 	client.PrepareLanes(2)
+	opened := openAhead(ctx, client, info, log)
+	client.PrepareLanes(1)
 
 	var reg *metrics.Registry
 	if c.metricsAddr != "" {
@@ -323,7 +336,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		UFFD: fd, Regions: regions, Client: client, Redial: dial,
 		ExpectGeneration: info.Generation, Prefetch: c.prefetch == "on",
 		BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
-		UrgentDemand:     c.demandPrio == "rt",
+		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.demandBudget, Opened: opened,
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
 		VMMPid: int(h.Cred.Pid), ClientName: "pagefetcher", HandoffAt: handoffAt,
 		Logger: log.Named("fetcher"), Metrics: reg,
@@ -445,4 +458,20 @@ func tlsHint(c *config, err error) string {
 		return " (TLS: the server closed the connection — it may have refused the client certificate --tls-cert)"
 	}
 	return " (TLS: the server closed the connection — it may require a client certificate, --tls-cert/--tls-key)"
+}
+
+// openAhead opens a session over the whole image (in 4 KiB pages) with its
+// demand lane, before any VMM hands over; nil, logged, if the server
+// refuses: the fetcher then opens one after the handoff.
+func openAhead(ctx context.Context, client *transport.Client, info transport.ImageInfo, log hclog.Logger) *fetcher.Opened {
+	regions := []transport.Region{{Offset: 0, Length: info.Size &^ (transport.PageSize4K - 1), PageSize: transport.PageSize4K}}
+	if regions[0].Length == 0 {
+		return nil
+	}
+	sess, demand, err := client.OpenDemand(ctx, regions, info.Generation)
+	if err != nil {
+		log.Debug("no session opened ahead: opening one at the handoff", "error", err)
+		return nil
+	}
+	return &fetcher.Opened{Session: sess, Demand: demand, Regions: regions}
 }
