@@ -74,7 +74,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 0, "after SIGTERM/SIGINT, force exit (code 9) if not done within this; 0: wait")
 	fs.DurationVar(&c.handoffTimeout, "handoff-timeout", 0, "give up (code 9) if no VMM hands over within this; 0: wait")
 	fs.StringVar(&c.demandPrio, "demand-priority", "auto", "CPU priority of the fault loop and the thread placing demand answers: rt (real-time where permitted: a fault never waits for a CPU behind bulk work, but a workload faulting back to back then starves the prefetch on a small machine; see README, Tuning), normal, or auto: real-time within --demand-rt-budget while the prefetch runs, rt with --prefetch off")
-	fs.Float64Var(&c.demandBudget, "demand-rt-budget", 0.25, "with --demand-priority auto: CPUs' worth of time the demand path may spend real-time per 20 ms; past it, normal priority until the window ends (0..64; 0: no bound)")
+	fs.Float64Var(&c.demandBudget, "demand-rt-budget", 0.25, "with --demand-priority auto: CPUs' worth of time the demand path may spend real-time per 20 ms; past it, background priority (nice 10) until the window ends (0..64; 0: no bound)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "place bulk pages at a lower CPU priority while faults wait (shorter fault tail on idle CPUs; slower prefetch next to a CPU-bound workload)")
 	fs.DurationVar(&c.progressInterval, "progress-interval", time.Second, "interval of --progress updates")
 	if err := fs.Parse(args); err != nil {

@@ -100,10 +100,12 @@ func UrgentThread() (*Thread, error) {
 	return t, err
 }
 
-// SetUrgent makes the thread real-time (SCHED_FIFO, UrgentPriority) or a
-// normal one. It makes a system call only when that changes, and reports
-// whether the thread is real-time now. It is a no-op on a nil Thread and on
-// one that could not be made real-time.
+// SetUrgent makes the thread real-time (SCHED_FIFO, UrgentPriority) or, off,
+// a background one (SCHED_NORMAL at nice BackgroundNice): urgent work that
+// has had its share of the CPUs yields them to background work. It makes a
+// system call only when that changes, and reports whether the thread is
+// real-time now. It is a no-op on a nil Thread and on one that could not be
+// made real-time.
 func (t *Thread) SetUrgent(on bool) bool {
 	if t == nil || t.noBoost {
 		return false
@@ -111,7 +113,7 @@ func (t *Thread) SetUrgent(on bool) bool {
 	if on == t.urgent {
 		return on
 	}
-	a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
+	a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: BackgroundNice}
 	if on {
 		a = unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: UrgentPriority,
 			Flags: unix.SCHED_FLAG_RESET_ON_FORK}

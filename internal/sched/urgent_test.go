@@ -101,8 +101,8 @@ func TestBoost(t *testing.T) {
 	<-done
 }
 
-// SetUrgent moves a thread from UrgentThread between real-time and normal,
-// with a system call only when that changes.
+// SetUrgent moves a thread from UrgentThread between real-time and
+// background (normal policy at nice BackgroundNice).
 func TestSetUrgent(t *testing.T) {
 	testutil.RequireRoot(t)
 	var nilThread *Thread
@@ -126,7 +126,7 @@ func TestSetUrgent(t *testing.T) {
 			if on {
 				want = unix.SCHED_FIFO
 			}
-			if err != nil || a.Policy != want || on && a.Priority != UrgentPriority {
+			if err != nil || a.Policy != want || on && a.Priority != UrgentPriority || !on && a.Nice != BackgroundNice {
 				t.Errorf("after SetUrgent(%v): %+v %v", on, a, err)
 			}
 		}

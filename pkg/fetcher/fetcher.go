@@ -72,10 +72,10 @@ type Config struct {
 	// priority cannot be raised (no CAP_SYS_NICE) they run at normal
 	// priority, logged once. Needs GOMAXPROCS >= 2 (else ignored).
 	UrgentDemand bool
-	// UrgentBudget bounds UrgentDemand: while the demand path's threads
-	// have been busy for more than this many CPUs' time over the current
-	// 20 ms window, they run at normal priority until it ends, so that a
-	// workload faulting back to back cannot starve the prefetch (see
+	// UrgentBudget bounds UrgentDemand: once the demand path's threads
+	// have been busy for more than this many CPUs' time in the current
+	// 20 ms window, they run in the background (nice 10) until it ends, so
+	// that a workload faulting back to back cannot starve the prefetch (see
 	// rtBudget). 0: no bound.
 	UrgentBudget float64
 	// ReconnectTimeout bounds how long a broken link may stay broken
