@@ -76,6 +76,11 @@ type Client struct {
 
 	socketOpen atomic.Bool // the server offers socket_open (Hello)
 
+	// lastDemand is when a demand request was last sent (UnixNano): bulk
+	// socket lanes read at most maxSyscallBytes per system call within
+	// splitWindow of it (see laneReader).
+	lastDemand atomic.Int64
+
 	spareMu     sync.Mutex  // guards the three below
 	spares      []spareConn // connections dialled ahead for socket lanes
 	dialing     int         // dials of spares under way
@@ -498,6 +503,9 @@ func (l *Lane) Send(r Request) error {
 	l.sendMu.Lock()
 	var err error
 	if l.sock != nil {
+		if l.kind == laneDemand && l.sock.client != nil {
+			l.sock.client.lastDemand.Store(time.Now().UnixNano())
+		}
 		err = l.sock.send(r)
 	} else {
 		err = l.stream.SendMsg(&r)

@@ -522,6 +522,8 @@ type socketLane struct {
 	wbuf []byte
 
 	connMu sync.Mutex // guards conn for readers without sendMu (Close)
+
+	client *Client // the client side's Client
 }
 
 // setConn replaces the connection (with its threadConn, Lane.WaitInThread).
@@ -543,9 +545,18 @@ func (l *socketLane) getConn() net.Conn {
 type laneReader struct {
 	conn   net.Conn
 	thread atomic.Pointer[threadConn]
+	// split, for a client's bulk lane, is when the client last sent a
+	// demand request: within splitWindow of it a read moves at most
+	// maxSyscallBytes, so that the demand answer's thread, woken on this
+	// CPU, does not wait for a megabyte's copy to end (the kernel does not
+	// preempt a system call).
+	split *atomic.Int64
 }
 
 func (r *laneReader) Read(b []byte) (int, error) {
+	if r.split != nil && len(b) > maxSyscallBytes && time.Now().UnixNano()-r.split.Load() < int64(splitWindow) {
+		b = b[:maxSyscallBytes]
+	}
 	if t := r.thread.Load(); t != nil {
 		return t.Read(b)
 	}
@@ -579,7 +590,10 @@ func (cl *Client) greetLane(ctx context.Context, l lane, hello []byte) (*socketL
 	// A bulk run's data is read straight into its buffer: the reader's
 	// buffer takes frame headers and small answers.
 	src := &laneReader{conn: c}
-	return &socketLane{conn: c, br: bufio.NewReaderSize(src, 16<<10), src: src}, nil
+	if l == laneBulk {
+		src.split = &cl.lastDemand
+	}
+	return &socketLane{conn: c, br: bufio.NewReaderSize(src, 16<<10), src: src, client: cl}, nil
 }
 
 // openSocketLane opens a socket lane of kind l for session id, on a
