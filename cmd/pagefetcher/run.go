@@ -251,16 +251,21 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 	// opens its own). The bulk lane's connection is dialled now too, used
 	// if the handoff comes within a few seconds
 	// (transport.Client.PrepareLanes).
-	client.PrepareLanes(2)
 	opened := openAhead(ctx, client, info, log)
-	client.PrepareLanes(1)
+	client.PrepareLanes(2)
+	// Until the fetcher owns it, the session opened ahead is ended on the
+	// way out, so that the server does not keep it until its idle timeout.
+	closeClient := func() {
+		opened.End(log)
+		client.Close()
+	}
 
 	var reg *metrics.Registry
 	if c.metricsAddr != "" {
 		reg = metrics.NewRegistry()
 		addr, errc, err := metrics.Serve(ctx, c.metricsAddr, reg)
 		if err != nil {
-			client.Close()
+			closeClient()
 			return fatal(exitUsage, "--metrics-addr %q: cannot listen: %v", c.metricsAddr, err)
 		}
 		go func() {
@@ -273,7 +278,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 
 	lis, err := handshake.Listen(c.uffdSocket, handshake.ListenOptions{AllowUID: c.allowUID})
 	if err != nil {
-		client.Close()
+		closeClient()
 		return fatal(exitUsage, "--uffd-socket %q: %v", c.uffdSocket, err)
 	}
 	defer lis.Close()
@@ -298,7 +303,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 	case a := <-acc:
 		hcancel()
 		if a.err != nil {
-			client.Close()
+			closeClient()
 			if hctx.Err() == context.DeadlineExceeded {
 				return fatal(exitForced, "no VMM handed over within --handoff-timeout %v", c.handoffTimeout)
 			}
@@ -308,7 +313,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 	case s := <-sigs:
 		hcancel()
 		<-acc
-		client.Close()
+		closeClient()
 		return fatal(exitForced, "%v before any VMM handed over", s)
 	}
 	handoffAt := time.Now()
@@ -316,7 +321,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 	fd, err := uffd.FromFD(h.FD)
 	if err != nil {
 		unix.Close(h.FD)
-		client.Close()
+		closeClient()
 		return fatal(exitHandoff, "handoff: %v", err)
 	}
 	defer fd.Close()
@@ -324,7 +329,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 	for i, r := range h.Regions {
 		regions[i] = fetcher.Region{Base: r.BaseHostVirtAddr, Size: r.Size, Offset: r.Offset, PageSize: r.PageSize}
 		if r.Offset+r.Size > info.Size || r.Offset+r.Size < r.Offset {
-			client.Close()
+			closeClient()
 			return fatal(exitHandoff, "handoff: region %d (offset %#x, size %#x) ends beyond the source image (%#x bytes)",
 				i, r.Offset, r.Size, info.Size)
 		}
@@ -342,9 +347,10 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		Logger: log.Named("fetcher"), Metrics: reg,
 	})
 	if err != nil {
-		client.Close()
+		closeClient()
 		return fatal(exitHandoff, "handoff: %v", err)
 	}
+	// The fetcher owns the session opened ahead from here.
 
 	type result struct {
 		sum *fetcher.Summary
@@ -460,18 +466,18 @@ func tlsHint(c *config, err error) string {
 	return " (TLS: the server closed the connection — it may require a client certificate, --tls-cert/--tls-key)"
 }
 
-// openAhead opens a session over the whole image (in 4 KiB pages) with its
-// demand lane, before any VMM hands over; nil, logged, if the server
-// refuses: the fetcher then opens one after the handoff.
+// openAhead opens a session over the whole image (in 4 KiB pages) before
+// any VMM hands over; nil, logged, if the server refuses: the fetcher then
+// opens one after the handoff.
 func openAhead(ctx context.Context, client *transport.Client, info transport.ImageInfo, log hclog.Logger) *fetcher.Opened {
 	regions := []transport.Region{{Offset: 0, Length: info.Size &^ (transport.PageSize4K - 1), PageSize: transport.PageSize4K}}
 	if regions[0].Length == 0 {
 		return nil
 	}
-	sess, demand, err := client.OpenDemand(ctx, regions, info.Generation)
+	sess, err := client.Open(ctx, regions, info.Generation)
 	if err != nil {
 		log.Debug("no session opened ahead: opening one at the handoff", "error", err)
 		return nil
 	}
-	return &fetcher.Opened{Session: sess, Demand: demand, Regions: regions}
+	return &fetcher.Opened{Session: sess, Regions: regions}
 }

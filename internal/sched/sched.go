@@ -13,6 +13,7 @@ package sched
 
 import (
 	"runtime"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,7 +29,8 @@ type Thread struct {
 	low      bool
 	canRaise bool // whether nice can go back to 0 (needs CAP_SYS_NICE)
 	boosted  bool // real-time, until Unboost
-	urgent   bool // real-time at UrgentPriority (UrgentThread, SetUrgent)
+	urgent   bool // real-time at UrgentPriority (UrgentThread, SetUrgent), under urgentMu
+	urgentMu sync.Mutex
 	noBoost  bool // Boost failed: do not try again
 }
 

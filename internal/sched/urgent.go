@@ -106,14 +106,24 @@ func UrgentThread() (*Thread, error) {
 // system call only when that changes, and reports whether the thread is
 // real-time now. It is a no-op on a nil Thread and on one that could not be
 // made real-time.
+//
+// Unlike the Thread's other methods, it may be called from any goroutine.
 func (t *Thread) SetUrgent(on bool) bool {
-	if t == nil || t.noBoost {
+	if t == nil {
+		return false
+	}
+	t.urgentMu.Lock()
+	defer t.urgentMu.Unlock()
+	if t.noBoost {
 		return false
 	}
 	if on == t.urgent {
 		return on
 	}
-	a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: BackgroundNice}
+	// Reset-on-fork stays set both ways: a thread made real-time under
+	// RLIMIT_RTPRIO (not CAP_SYS_NICE) may not clear it.
+	a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: BackgroundNice,
+		Flags: unix.SCHED_FLAG_RESET_ON_FORK}
 	if on {
 		a = unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: UrgentPriority,
 			Flags: unix.SCHED_FLAG_RESET_ON_FORK}
@@ -124,4 +134,16 @@ func (t *Thread) SetUrgent(on bool) bool {
 	}
 	t.urgent = on
 	return on
+}
+
+// Retire ends SetUrgent for good (it becomes a no-op): call it before the
+// thread's goroutine returns, since another goroutine may still call
+// SetUrgent, and a thread's id may be given to a new thread once it ends.
+func (t *Thread) Retire() {
+	if t == nil {
+		return
+	}
+	t.urgentMu.Lock()
+	t.noBoost = true
+	t.urgentMu.Unlock()
 }

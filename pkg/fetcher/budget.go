@@ -1,6 +1,7 @@
 package fetcher
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,20 +29,49 @@ const budgetWindow = 20 * time.Millisecond
 // harmless.
 type rtBudget struct {
 	limit int64        // busy ns allowed per window
-	start atomic.Int64 // current window's start, ns (monotonic, since f.start)
+	start atomic.Int64 // current window's start, ns (monotonic, since epoch)
 	used  atomic.Int64 // busy ns charged in the current window
 	over  atomic.Bool  // used passed limit in the current window
+	epoch time.Time
+
+	mu      sync.Mutex
+	threads []*sched.Thread // made real-time again when a window ends over budget
+
+	afterFunc func(time.Duration, func()) // time.AfterFunc; tests replace it
 }
 
-func newRTBudget(cpus float64) *rtBudget {
+func newRTBudget(cpus float64, epoch time.Time) *rtBudget {
 	if cpus <= 0 {
 		return nil
 	}
-	return &rtBudget{limit: int64(cpus * float64(budgetWindow))}
+	return &rtBudget{limit: int64(cpus * float64(budgetWindow)), epoch: epoch,
+		afterFunc: func(d time.Duration, f func()) { time.AfterFunc(d, f) }}
 }
 
-// charge adds busy ns spent by a demand thread, at now (ns), and reports
-// whether the demand path may run real-time.
+// add registers a demand thread: when a window that ran over its budget
+// ends, the thread is made real-time again even if it sleeps meanwhile (a
+// thread sets its own priority only when it has work).
+func (b *rtBudget) add(th *sched.Thread) {
+	b.mu.Lock()
+	b.threads = append(b.threads, th)
+	b.mu.Unlock()
+}
+
+// remove unregisters a demand thread (retiring it) before it ends.
+func (b *rtBudget) remove(th *sched.Thread) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	th.Retire()
+	for i, t := range b.threads {
+		if t == th {
+			b.threads = append(b.threads[:i], b.threads[i+1:]...)
+			break
+		}
+	}
+}
+
+// charge adds busy ns spent by a demand thread, at now (ns since epoch), and
+// reports whether the demand path may run real-time.
 func (b *rtBudget) charge(now, busy int64) bool {
 	if b == nil {
 		return true
@@ -50,10 +80,28 @@ func (b *rtBudget) charge(now, busy int64) bool {
 		b.used.Store(0)
 		b.over.Store(false)
 	}
-	if b.used.Add(busy) > b.limit {
-		b.over.Store(true)
+	if b.used.Add(busy) > b.limit && b.over.CompareAndSwap(false, true) {
+		// Over for the rest of this window: at its end, real-time again.
+		s := b.start.Load()
+		b.afterFunc(time.Duration(s+int64(budgetWindow)-now), func() { b.renew(s) })
 	}
 	return !b.over.Load()
+}
+
+// renew ends window start if it is still the current one and makes every
+// demand thread real-time again.
+func (b *rtBudget) renew(start int64) {
+	now := int64(time.Since(b.epoch))
+	if !b.start.CompareAndSwap(start, now) {
+		return // a thread began a new window already
+	}
+	b.used.Store(0)
+	b.over.Store(false)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, th := range b.threads {
+		th.SetUrgent(true)
+	}
 }
 
 // realTime reports whether the demand path runs real-time now.
@@ -65,6 +113,14 @@ type demandThread struct {
 	f     *Fetcher
 	th    *sched.Thread
 	since time.Time // when it woke
+}
+
+// done unregisters the thread from the budget: call it before the
+// goroutine that owns the thread returns.
+func (d *demandThread) done() {
+	if d != nil && d.f.budget != nil {
+		d.f.budget.remove(d.th)
+	}
 }
 
 // woke marks the thread busy from now.
@@ -81,6 +137,6 @@ func (d *demandThread) idle() {
 		return
 	}
 	now := time.Now()
-	d.th.SetUrgent(d.f.budget.charge(int64(now.Sub(d.f.start)), int64(now.Sub(d.since))))
+	d.th.SetUrgent(d.f.budget.charge(int64(now.Sub(d.f.budget.epoch)), int64(now.Sub(d.since))))
 	d.since = time.Time{}
 }

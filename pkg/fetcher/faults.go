@@ -33,6 +33,7 @@ type faultRef struct {
 //   - Events are read under the event lock, so no copy runs between reading
 //     a REMOVE and marking its range discarded (see the package doc).
 func (f *Fetcher) faultLoop(th *demandThread) error {
+	defer th.done()
 	evs := make([]uffd.Event, 256)
 	faults := make([]faultRef, 0, len(evs))
 	for !f.stopping.Load() {

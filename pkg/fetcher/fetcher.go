@@ -94,20 +94,34 @@ type Config struct {
 	// Opened, when set, is a session opened before the handoff, so that
 	// none has to open after it, when the first faults already wait: Run
 	// uses it if every region of the layout lies within one of its regions,
-	// with the same page size, and closes it and opens its own otherwise.
-	// Run owns it either way.
+	// with the same page size (and opens its demand lane, on a connection
+	// dialled ahead where the client has one), and ends it and opens its
+	// own otherwise. Run owns it either way.
 	Opened *Opened
 	Logger hclog.Logger
 	// Metrics, when set, receives the fetcher's metrics.
 	Metrics *metrics.Registry
 }
 
-// Opened is a session with its demand lane, and the regions it was opened
-// for (Config.Opened).
+// Opened is a session and the regions it was opened for (Config.Opened).
+// It holds no lane: a lane would keep the session busy on the server while
+// the destination waits for its VMM (a graceful stop waits for lanes).
 type Opened struct {
 	Session *transport.Session
-	Demand  *transport.Lane
 	Regions []transport.Region
+}
+
+// End ends a session opened ahead and not used (Session.End), within a
+// short timeout; what fails is logged.
+func (o *Opened) End(log hclog.Logger) {
+	if o == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := o.Session.End(ctx); err != nil {
+		log.Debug("ending the session opened ahead", "error", err)
+	}
 }
 
 // covers reports whether every region of l lies within one of o's, with the
@@ -271,6 +285,8 @@ func (f *Fetcher) urgentThread() *demandThread {
 	th, err := sched.UrgentThread()
 	if err != nil {
 		f.urgentOnce.Do(func() { f.log.Info("the demand path runs at normal priority", "error", err) })
+	} else if f.budget != nil {
+		f.budget.add(th)
 	}
 	return &demandThread{f: f, th: th}
 }
@@ -317,7 +333,7 @@ func New(cfg Config) (*Fetcher, error) {
 		fewProcs:    runtime.GOMAXPROCS(0) < 4,
 	}
 	if cfg.UrgentDemand {
-		f.budget = newRTBudget(cfg.UrgentBudget)
+		f.budget = newRTBudget(cfg.UrgentBudget, f.start)
 	}
 	f.start = time.Now() // set before Run, so that Progress may read it meanwhile
 	f.genCh = make(chan struct{})
@@ -452,18 +468,22 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 
 	var sess *transport.Session
 	var demand *transport.Lane
-	var unused *transport.Session // opened ahead, not fitting: ended below
+	var unused *Opened // opened ahead and not used: ended below
 	var err error
 	if o := f.cfg.Opened; o != nil && o.covers(f.layout) &&
 		(f.cfg.ExpectGeneration == 0 || o.Session.Image().Generation == f.cfg.ExpectGeneration) {
-		sess, demand = o.Session, o.Demand
-	} else {
-		if o != nil {
-			o.Demand.Close()
-			unused = o.Session
-			f.log.Debug("the session opened ahead does not cover the layout: opening another")
+		sess = o.Session
+		if demand, err = sess.Demand(ctx); err != nil {
+			f.log.Debug("no demand lane on the session opened ahead: opening another", "error", err)
+			sess, unused = nil, o
 		}
+	} else if o != nil {
+		unused = o
+		f.log.Debug("the session opened ahead does not cover the layout: opening another")
+	}
+	if sess == nil {
 		if sess, demand, err = f.open(ctx, f.cfg.Client, f.cfg.ExpectGeneration); err != nil {
+			unused.End(f.log)
 			return f.summary(), err
 		}
 	}
@@ -499,14 +519,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		f.fail(f.faultLoop(f.urgentThread()))
 	}()
 	go func() { defer wg.Done(); f.connLoop(runCtx, f.cfg.Client, first) }()
-	if unused != nil {
-		// Off the way to the first page: the loops run.
-		ectx, ecancel := context.WithTimeout(runCtx, 2*time.Second)
-		if err := unused.End(ectx); err != nil {
-			f.log.Debug("ending the session opened ahead", "error", err)
-		}
-		ecancel()
-	}
+	unused.End(f.log) // off the way to the first page: the loops run
 	if f.cfg.VMMPid != 0 {
 		stopWatch, err := f.watchVMM(f.cfg.VMMPid)
 		if err != nil {

@@ -252,11 +252,11 @@ func (h *harness) migrate(spec string, cfg Config, env ...string) migration {
 	cfg.UFFD, cfg.Client = fd, client
 	cfg.VMMPid = int(ho.Cred.Pid)
 	if h.preopen != nil {
-		sess, demand, err := client.OpenDemand(ctx, h.preopen, 0)
+		sess, err := client.Open(ctx, h.preopen, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg.Opened = &Opened{Session: sess, Demand: demand, Regions: h.preopen}
+		cfg.Opened = &Opened{Session: sess, Regions: h.preopen}
 	}
 	for _, r := range ho.Regions {
 		cfg.Regions = append(cfg.Regions, Region{Base: r.BaseHostVirtAddr, Size: r.Size, Offset: r.Offset, PageSize: r.PageSize})

@@ -297,6 +297,7 @@ func (f *Fetcher) dropOutstanding(r *region, p, n uint64) {
 // demandRecv places demand answers as they arrive, with waking copies.
 func (f *Fetcher) demandRecv(c *conn) error {
 	th := f.urgentThread()
+	defer th.done()
 	if th != nil {
 		c.demand.WaitInThread()
 	}
