@@ -43,7 +43,9 @@ type threadConn struct {
 // detachConn moves c out of the runtime's poller: it duplicates c's socket,
 // closes c (which takes its descriptor out of the poller; the socket lives
 // on in the duplicate) and returns the duplicate as a blocking threadConn.
-// Nothing may be using c meanwhile. On error c is left as it was.
+// Nothing may be using c meanwhile. If duplicating fails, c is left as it
+// was; if making the duplicate blocking fails (not seen in practice), the
+// connection is gone: c is closed and the socket shut down.
 func detachConn(c net.Conn) (*threadConn, error) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
@@ -113,6 +115,9 @@ func (c *threadConn) Write(b []byte) (int, error) {
 	return c.writev([][]byte{b})
 }
 
+// maxIovecs is the most buffers one writev(2) takes (IOV_MAX).
+const maxIovecs = 1024
+
 // writev writes every byte of bufs, in as few writev(2) calls as it can.
 func (c *threadConn) writev(bufs [][]byte) (int, error) {
 	if !c.enter() {
@@ -125,7 +130,7 @@ func (c *threadConn) writev(bufs [][]byte) (int, error) {
 			bufs = bufs[1:]
 			continue
 		}
-		n, err := unix.Writev(c.fd, bufs)
+		n, err := unix.Writev(c.fd, bufs[:min(len(bufs), maxIovecs)])
 		if n > 0 {
 			total += n
 			for n > 0 {

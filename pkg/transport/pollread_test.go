@@ -62,6 +62,23 @@ func TestThreadConn(t *testing.T) {
 	if _, err := io.ReadFull(peer, got); err != nil || string(got) != "beforeafter" {
 		t.Fatalf("peer read %q, %v", got, err)
 	}
+	// More buffers than one writev(2) takes (IOV_MAX, 1024).
+	many := make([][]byte, 3000)
+	for i := range many {
+		many[i] = []byte{byte(i)}
+	}
+	if n, err := tc.writev(many); err != nil || n != len(many) {
+		t.Fatalf("writev of %d buffers: %d, %v", len(many), n, err)
+	}
+	back := make([]byte, len(many))
+	if _, err := io.ReadFull(peer, back); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range back {
+		if b != byte(i) {
+			t.Fatalf("byte %d of the many buffers: %d", i, b)
+		}
+	}
 	if _, err := peer.Write([]byte("answer")); err != nil {
 		t.Fatal(err)
 	}
