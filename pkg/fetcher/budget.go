@@ -44,6 +44,9 @@ func newRTBudget(cpus float64, epoch time.Time) *rtBudget {
 	if cpus <= 0 {
 		return nil
 	}
+	if epoch.IsZero() {
+		panic("fetcher: rtBudget without an epoch") // windows would never turn
+	}
 	return &rtBudget{limit: int64(cpus * float64(budgetWindow)), epoch: epoch,
 		afterFunc: func(d time.Duration, f func()) { time.AfterFunc(d, f) }}
 }

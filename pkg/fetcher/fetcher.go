@@ -332,10 +332,10 @@ func New(cfg Config) (*Fetcher, error) {
 		failCh:      make(chan struct{}),
 		fewProcs:    runtime.GOMAXPROCS(0) < 4,
 	}
+	f.start = time.Now() // set before Run, so that Progress may read it meanwhile
 	if cfg.UrgentDemand {
 		f.budget = newRTBudget(cfg.UrgentBudget, f.start)
 	}
-	f.start = time.Now() // set before Run, so that Progress may read it meanwhile
 	f.genCh = make(chan struct{})
 	f.stopCh = make(chan struct{})
 	for _, r := range l.regions {
