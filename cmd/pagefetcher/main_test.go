@@ -5,50 +5,33 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/postcopy/postcopy/internal/cli/clitest"
+	"github.com/postcopy/postcopy/test/harness"
 )
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
-
-// binaries builds pagefetcher and pageserver once per test run and returns
-// their directory.
-func binaries(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		if binDir, buildErr = os.MkdirTemp("", "pagefetcher-test"); buildErr != nil {
-			return
-		}
-		out, err := exec.Command("go", "build", "-o", binDir+"/",
-			"github.com/postcopy/postcopy/cmd/pagefetcher", "github.com/postcopy/postcopy/cmd/pageserver").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binDir
-}
+// bins are pagefetcher and pageserver (and the test VMM), built once for
+// the test run, or taken from $POSTCOPY_PAGEFETCHER_BIN.
+var bins harness.Bins
 
 func TestMain(m *testing.M) {
-	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
+	flag.Parse()
+	b, cleanup, err := harness.BuildForTests("pagefetcher", "POSTCOPY_PAGEFETCHER_BIN", false, testing.Verbose())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pagefetcher:", err)
+		os.Exit(1)
 	}
+	bins = b
+	code := m.Run()
+	cleanup()
 	os.Exit(code)
 }
 
@@ -56,28 +39,20 @@ func TestMain(m *testing.M) {
 // code, stdout and stderr.
 func runFetcher(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binaries(t), "pagefetcher"), args...)
-	cmd.Env = append(os.Environ(), "POSTCOPY_TOKEN=")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	done := make(chan error, 1)
-	if err := cmd.Start(); err != nil {
+	p, err := harness.Start("pagefetcher", bins.PageFetcher, args, harness.StartOptions{Env: []string{"POSTCOPY_TOKEN="}})
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		<-done
-		t.Fatalf("pagefetcher %q still running after 30 s; stderr:\n%s", args, stderr.String())
+	code, err := p.Wait(30 * time.Second)
+	if err != nil {
+		p.Stop(0)
+		t.Fatalf("pagefetcher %q: %v; stderr:\n%s", args, err, p.Stderr())
 	}
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		t.Fatal(err)
+	var stdout string
+	for _, l := range p.Lines() {
+		stdout += l + "\n"
 	}
-	return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
+	return code, stdout, p.Stderr()
 }
 
 // Flag values that cannot work exit 2 with one line naming the flag, before
@@ -173,25 +148,14 @@ func TestHandoffTimeout(t *testing.T) {
 	if err := os.WriteFile(img, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	srv := exec.Command(filepath.Join(binaries(t), "pageserver"), "--listen", "127.0.0.1:0", "--source", "file:"+img)
-	srv.Env = append(os.Environ(), "POSTCOPY_TOKEN=t")
-	out, err := srv.StdoutPipe()
+	srv, ready, err := harness.StartServer(bins, img, "", nil, harness.StartOptions{Env: []string{"POSTCOPY_TOKEN=t"}})
+	if srv != nil {
+		defer srv.Stop(5 * time.Second)
+	}
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("pageserver: %v", err)
 	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		srv.Process.Signal(syscall.SIGTERM)
-		srv.Wait()
-	}()
-	var ready struct{ Addr string }
-	line, err := bufio.NewReader(out).ReadBytes('\n')
-	if err != nil || json.Unmarshal(line, &ready) != nil || ready.Addr == "" {
-		t.Fatalf("pageserver's ready line %q: %v", line, err)
-	}
-	cmd := exec.Command(filepath.Join(binaries(t), "pagefetcher"), "--server", ready.Addr,
+	cmd := exec.Command(bins.PageFetcher, "--server", ready.Addr,
 		"--uffd-socket", filepath.Join(dir, "u.sock"), "--handoff-timeout", "300ms")
 	cmd.Env = append(os.Environ(), "POSTCOPY_TOKEN=t")
 	var stderr bytes.Buffer
