@@ -81,6 +81,8 @@ func TestFlagValues(t *testing.T) {
 		{[]string{"--uffd-socket", filepath.Join(file, "u.sock")},
 			fmt.Sprintf("--uffd-socket %q: socket directory %s is not a directory", filepath.Join(file, "u.sock"), file)},
 		{[]string{"--uffd-socket", long}, fmt.Sprintf("--uffd-socket %q: length 108 not in 1..107", long)},
+		{[]string{"--demand-priority", "rt", "--demand-rt-budget", "-1"}, "--demand-rt-budget -1: want 0..64 CPUs"},
+		{[]string{"--prefetch", "off", "--demand-rt-budget", "65"}, "--demand-rt-budget 65: want 0..64 CPUs"},
 		{[]string{"--token-file", filepath.Join(dir, "none")}, fmt.Sprintf("--token-file %q: no such file or directory", filepath.Join(dir, "none"))},
 		{[]string{"--token-file", file + ".empty"}, "--token-file"},
 		{[]string{"--tls-ca", "/nonexistent/ca.pem"}, `--tls-ca "/nonexistent/ca.pem": no such file or directory`},

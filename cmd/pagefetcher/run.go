@@ -113,17 +113,7 @@ func (c *config) validate() error {
 	if c.tlsCert != "" && c.tlsCA == "" {
 		bad("--tls-cert needs --tls-ca")
 	}
-	switch c.demandPrio {
-	case "auto":
-		// Real-time within the budget; without a prefetch there is
-		// nothing to starve.
-		if c.prefetch == "off" {
-			c.demandBudget = 0
-		}
-	case "rt":
-		c.demandBudget = 0
-	case "normal":
-	default:
+	if c.demandPrio != "auto" && c.demandPrio != "rt" && c.demandPrio != "normal" {
 		bad("--demand-priority %q: want auto, rt or normal", c.demandPrio)
 	}
 	if !(c.demandBudget >= 0 && c.demandBudget <= 64) {
@@ -168,6 +158,17 @@ func (f *failure) Error() string { return f.err.Error() }
 
 func fatal(code int, format string, a ...any) *failure {
 	return &failure{code: code, err: fmt.Errorf(format, a...)}
+}
+
+// urgentBudget is the demand path's real-time budget (fetcher.Config's
+// UrgentBudget; 0: no bound): --demand-rt-budget with --demand-priority
+// auto, none with rt, nor with auto and --prefetch off (there is no
+// prefetch to starve).
+func (c *config) urgentBudget() float64 {
+	if c.demandPrio != "auto" || c.prefetch == "off" {
+		return 0
+	}
+	return c.demandBudget
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -341,7 +342,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		UFFD: fd, Regions: regions, Client: client, Redial: dial,
 		ExpectGeneration: info.Generation, Prefetch: c.prefetch == "on",
 		BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
-		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.demandBudget, Opened: opened,
+		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.urgentBudget(), Opened: opened,
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
 		VMMPid: int(h.Cred.Pid), ClientName: "pagefetcher", HandoffAt: handoffAt,
 		Logger: log.Named("fetcher"), Metrics: reg,
