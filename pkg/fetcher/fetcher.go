@@ -507,10 +507,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	defer cancel()
 	// The first connection is current before the fault loop reads a
 	// fault, so that the first request goes out at once.
-	first, err := f.startConn(runCtx, f.cfg.Client, sess, demand)
-	if err != nil {
-		return f.summary(), err
-	}
+	first := f.newConn(runCtx, f.cfg.Client, sess, demand)
 	f.cur.Store(first)
 	var wg sync.WaitGroup
 	wg.Add(2)

@@ -77,19 +77,10 @@ func (f *Fetcher) open(ctx context.Context, client *transport.Client, expect uin
 }
 
 // connLoop runs connection generations until ctx ends or an unrecoverable
-// error, starting with c (started on client).
+// error, starting with c (made on client).
 func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, c *conn) {
-	var sess *transport.Session
-	var demand *transport.Lane
 	for {
-		var err error
-		if c == nil {
-			c, err = f.startConn(ctx, client, sess, demand)
-		}
-		if err == nil {
-			err = f.serveConn(c)
-		}
-		c = nil
+		err := f.serveConn(c)
 		if ctx.Err() != nil {
 			return
 		}
@@ -101,6 +92,8 @@ func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, c *con
 		f.log.Warn("link to the source broke; reconnecting", "error", err,
 			"window", f.cfg.ReconnectTimeout)
 		old := client
+		var sess *transport.Session
+		var demand *transport.Lane
 		if client, sess, demand, err = f.reconnect(ctx); err != nil {
 			f.fail(err)
 			return
@@ -108,26 +101,20 @@ func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, c *con
 		f.client.Store(client)
 		old.Close()
 		f.reconns.Add(1)
+		c = f.newConn(ctx, client, sess, demand)
 	}
 }
 
-// startConn opens the lanes of a connection generation; demand, if not
-// nil, is its demand lane, opened with the session.
-func (f *Fetcher) startConn(ctx context.Context, client *transport.Client, sess *transport.Session, demand *transport.Lane) (*conn, error) {
+// newConn makes a connection generation from a session and its demand lane
+// (the bulk lane opens in the background: openBulk).
+func (f *Fetcher) newConn(ctx context.Context, client *transport.Client, sess *transport.Session, demand *transport.Lane) *conn {
 	cctx, cancel := context.WithCancelCause(ctx)
-	c := &conn{client: client, sess: sess, ctx: cctx, cancel: cancel, inflight: make(map[uint64]bulkRun),
+	c := &conn{client: client, sess: sess, demand: demand, ctx: cctx, cancel: cancel, inflight: make(map[uint64]bulkRun),
 		bulkReady: make(chan struct{}), placeQ: make(chan *transport.Response, 2)}
 	now := time.Now().UnixNano()
 	c.lastDemand.Store(now)
 	c.lastBulk.Store(now)
-	if c.demand = demand; demand == nil {
-		var err error
-		if c.demand, err = sess.Demand(cctx); err != nil {
-			cancel(err)
-			return nil, err
-		}
-	}
-	return c, nil
+	return c
 }
 
 // serveConn runs the lanes of c until one breaks or the fetcher stops, then
