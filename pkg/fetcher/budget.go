@@ -29,10 +29,10 @@ const budgetWindow = 20 * time.Millisecond
 // harmless.
 type rtBudget struct {
 	limit int64        // busy ns allowed per window
-	start atomic.Int64 // current window's start, ns (monotonic, since epoch)
+	start atomic.Int64 // current window's start, ns since epoch (monotonic)
 	used  atomic.Int64 // busy ns charged in the current window
 	over  atomic.Bool  // used passed limit in the current window
-	epoch time.Time
+	epoch time.Time    // when the budget was made: times are counted from it
 
 	mu      sync.Mutex
 	threads []*sched.Thread // made real-time again when a window ends over budget
@@ -40,14 +40,11 @@ type rtBudget struct {
 	afterFunc func(time.Duration, func()) // time.AfterFunc; tests replace it
 }
 
-func newRTBudget(cpus float64, epoch time.Time) *rtBudget {
+func newRTBudget(cpus float64) *rtBudget {
 	if cpus <= 0 {
 		return nil
 	}
-	if epoch.IsZero() {
-		panic("fetcher: rtBudget without an epoch") // windows would never turn
-	}
-	return &rtBudget{limit: int64(cpus * float64(budgetWindow)), epoch: epoch,
+	return &rtBudget{limit: int64(cpus * float64(budgetWindow)), epoch: time.Now(),
 		afterFunc: func(d time.Duration, f func()) { time.AfterFunc(d, f) }}
 }
 
@@ -139,7 +136,8 @@ func (d *demandThread) idle() {
 	if d == nil || d.f.budget == nil || d.since.IsZero() {
 		return
 	}
+	b := d.f.budget
 	now := time.Now()
-	d.th.SetUrgent(d.f.budget.charge(int64(now.Sub(d.f.budget.epoch)), int64(now.Sub(d.since))))
+	d.th.SetUrgent(b.charge(int64(now.Sub(b.epoch)), int64(now.Sub(d.since))))
 	d.since = time.Time{}
 }

@@ -334,7 +334,7 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	f.start = time.Now() // set before Run, so that Progress may read it meanwhile
 	if cfg.UrgentDemand {
-		f.budget = newRTBudget(cfg.UrgentBudget, f.start)
+		f.budget = newRTBudget(cfg.UrgentBudget)
 	}
 	f.genCh = make(chan struct{})
 	f.stopCh = make(chan struct{})

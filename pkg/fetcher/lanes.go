@@ -475,7 +475,7 @@ func (f *Fetcher) bulkPlace(c *conn) error {
 		id := resp.ID
 		b := boost
 		if !f.budget.realTime() {
-			b = nil // the demand path runs at normal priority: no inversion to avoid
+			b = nil // the demand path is past its budget, in the background: no inversion to avoid
 		}
 		err := f.placeResponse(resp, false, b)
 		resp.Release()
