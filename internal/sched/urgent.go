@@ -31,17 +31,21 @@ const (
 // stays locked at normal priority, which is correct, only slower.
 func Urgent() error {
 	runtime.LockOSThread()
-	attr := unix.SchedAttr{
-		Size:     unix.SizeofSchedAttr,
-		Policy:   unix.SCHED_FIFO,
-		Priority: UrgentPriority,
-		// A thread it creates (none should) starts at normal priority.
-		Flags: unix.SCHED_FLAG_RESET_ON_FORK,
-	}
-	if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+	if err := setSched(0, unix.SCHED_FIFO, UrgentPriority, 0); err != nil {
 		return fmt.Errorf("sched: real-time priority for the demand path: %w", err)
 	}
 	return nil
+}
+
+// setSched sets thread tid's (0: the caller's) policy, real-time priority
+// and nice value. Reset-on-fork is always set: a thread the thread creates
+// (none should) starts at normal priority, and a thread made real-time under
+// RLIMIT_RTPRIO rather than CAP_SYS_NICE may not clear the flag, so no call
+// here tries.
+func setSched(tid int, policy, priority uint32, nice int32) error {
+	a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: policy, Priority: priority, Nice: nice,
+		Flags: unix.SCHED_FLAG_RESET_ON_FORK}
+	return unix.SchedSetAttr(tid, &a, 0)
 }
 
 // Boost makes the thread real-time (SCHED_FIFO, BoostPriority) until
@@ -61,9 +65,7 @@ func (t *Thread) Boost() bool {
 	if t == nil || t.noBoost {
 		return false
 	}
-	a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: BoostPriority,
-		Flags: unix.SCHED_FLAG_RESET_ON_FORK}
-	if err := unix.SchedSetAttr(t.tid, &a, 0); err != nil {
+	if err := setSched(t.tid, unix.SCHED_FIFO, BoostPriority, 0); err != nil {
 		t.noBoost = true
 		return false
 	}
@@ -81,8 +83,7 @@ func (t *Thread) Unboost() {
 	if t.low {
 		nice = BackgroundNice
 	}
-	a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: nice}
-	if unix.SchedSetAttr(t.tid, &a, 0) == nil {
+	if setSched(t.tid, unix.SCHED_NORMAL, 0, nice) == nil {
 		t.boosted = false
 	}
 }
@@ -120,15 +121,11 @@ func (t *Thread) SetUrgent(on bool) bool {
 	if on == t.urgent {
 		return on
 	}
-	// Reset-on-fork stays set both ways: a thread made real-time under
-	// RLIMIT_RTPRIO (not CAP_SYS_NICE) may not clear it.
-	a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL, Nice: BackgroundNice,
-		Flags: unix.SCHED_FLAG_RESET_ON_FORK}
+	policy, prio, nice := uint32(unix.SCHED_NORMAL), uint32(0), int32(BackgroundNice)
 	if on {
-		a = unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: UrgentPriority,
-			Flags: unix.SCHED_FLAG_RESET_ON_FORK}
+		policy, prio, nice = unix.SCHED_FIFO, UrgentPriority, 0
 	}
-	if err := unix.SchedSetAttr(t.tid, &a, 0); err != nil {
+	if err := setSched(t.tid, policy, prio, nice); err != nil {
 		t.noBoost = true
 		return t.urgent
 	}

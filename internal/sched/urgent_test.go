@@ -94,8 +94,8 @@ func TestBoost(t *testing.T) {
 		}
 		th.Unboost()
 		a, err = unix.SchedGetAttr(th.tid, 0)
-		if err != nil || a.Policy != unix.SCHED_NORMAL || a.Nice != BackgroundNice {
-			t.Errorf("after Unboost: %+v %v, want SCHED_NORMAL at nice %d", a, err, BackgroundNice)
+		if err != nil || a.Policy != unix.SCHED_NORMAL || a.Nice != BackgroundNice || a.Flags&unix.SCHED_FLAG_RESET_ON_FORK == 0 {
+			t.Errorf("after Unboost: %+v %v, want SCHED_NORMAL at nice %d, reset-on-fork kept", a, err, BackgroundNice)
 		}
 	}()
 	<-done
@@ -126,7 +126,8 @@ func TestSetUrgent(t *testing.T) {
 			if on {
 				want = unix.SCHED_FIFO
 			}
-			if err != nil || a.Policy != want || on && a.Priority != UrgentPriority || !on && a.Nice != BackgroundNice {
+			if err != nil || a.Policy != want || on && a.Priority != UrgentPriority || !on && a.Nice != BackgroundNice ||
+				a.Flags&unix.SCHED_FLAG_RESET_ON_FORK == 0 {
 				t.Errorf("after SetUrgent(%v): %+v %v", on, a, err)
 			}
 		}
