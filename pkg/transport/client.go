@@ -595,9 +595,9 @@ func (l *Lane) CloseSend() error {
 func (l *Lane) Close() error {
 	l.closed.Store(true)
 	if l.sock != nil {
-		c := l.sock.getConn()
-		shutdownConn(c) // wakes a Recv waiting in its thread
-		return c.Close()
+		// Close wakes a Recv blocked on the connection, in the runtime's
+		// poller or in its thread (threadConn.Close shuts the socket down).
+		return l.sock.getConn().Close()
 	}
 	l.sendMu.Lock()
 	err := l.stream.CloseSend()

@@ -453,7 +453,7 @@ func (s *Server) CloseSocketLanes() {
 	defer ls.mu.Unlock()
 	ls.closed = true
 	for c := range ls.conns {
-		shutdownConn(c) // wakes a lane reading in its own thread
+		shutdownConn(c) // wakes its reader, in its thread or the runtime's poller; its goroutine closes it
 	}
 }
 
