@@ -224,3 +224,19 @@ func allZero(b []byte) bool {
 	}
 	return true
 }
+
+// openDemand opens a session over [0, length) in 4 KiB pages on c, and its
+// demand lane, which is closed when the test ends.
+func openDemand(t testing.TB, ctx context.Context, c *Client, length uint64) (*Session, *Lane) {
+	t.Helper()
+	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: length, PageSize: PageSize4K}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := sess.Demand(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return sess, d
+}

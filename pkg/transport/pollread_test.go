@@ -138,15 +138,7 @@ func TestCloseSocketLanesWakesThreadLane(t *testing.T) {
 	addr, s := serveSplitServer(t, ServerOptions{Image: ti.img, DemandSocket: true, BulkSocket: true, UrgentDemand: true})
 	c := dial(t, addr, ClientOptions{})
 	ctx := testCtx(t)
-	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 16 * PageSize4K, PageSize: PageSize4K}}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := sess.Demand(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	_, d := openDemand(t, ctx, c, 16*PageSize4K)
 	// One answered request: the server's lane is past its greeting, reading
 	// in its thread.
 	if err := d.Send(Request{ID: 1, Offset: 0, Pages: 1}); err != nil {

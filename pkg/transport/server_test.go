@@ -192,14 +192,7 @@ func TestDemandOutOfOrder(t *testing.T) {
 	srv := startServer(t, ServerOptions{Image: g})
 	c := dial(t, srv.addr, ClientOptions{})
 	ctx := testCtx(t)
-	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 2 * mib, PageSize: PageSize4K}}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := sess.Demand(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess, d := openDemand(t, ctx, c, 2*mib)
 	if err := d.Send(Request{ID: 1, Offset: 7 * 4096, Pages: 1}); err != nil {
 		t.Fatal(err)
 	}

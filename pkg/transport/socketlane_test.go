@@ -63,15 +63,7 @@ func TestSocketLane(t *testing.T) {
 	addr := startSplitServer(t, ServerOptions{Image: ti.img})
 	c := dial(t, addr, ClientOptions{})
 	ctx := testCtx(t)
-	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 48 * PageSize4K, PageSize: PageSize4K}}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := sess.Demand(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	sess, d := openDemand(t, ctx, c, 48*PageSize4K)
 	if d.sock == nil {
 		t.Fatal("the demand lane is not a socket lane")
 	}
@@ -222,19 +214,11 @@ func TestSocketLaneErrors(t *testing.T) {
 	addr := startSplitServer(t, ServerOptions{Image: ti.img})
 	c := dial(t, addr, ClientOptions{})
 	ctx := testCtx(t)
-	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 16 * PageSize4K, PageSize: PageSize4K}}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := sess.Demand(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	_, d := openDemand(t, ctx, c, 16*PageSize4K)
 	if err := d.Send(Request{ID: 1, Offset: 40 * PageSize4K, Pages: 1}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = d.Recv()
+	_, err := d.Recv()
 	wantStatus(t, "request outside the regions", err, codes.OutOfRange)
 
 	if _, err := openSocketLane(ctx, c, "0123456789abcdef0123456789abcdef", laneDemand); err == nil {
@@ -252,14 +236,7 @@ func TestSocketLaneWaitInThread(t *testing.T) {
 	addr := startSplitServer(t, ServerOptions{Image: ti.img})
 	c := dial(t, addr, ClientOptions{})
 	ctx := testCtx(t)
-	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 64 * PageSize4K, PageSize: PageSize4K}}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := sess.Demand(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, d := openDemand(t, ctx, c, 64*PageSize4K)
 	type result struct {
 		zero int
 		err  error
@@ -483,15 +460,7 @@ func TestPrepareLanes(t *testing.T) {
 		t.Fatalf("%d after PrepareLanes(3), want 3", n)
 	}
 	ctx := testCtx(t)
-	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 16 * PageSize4K, PageSize: PageSize4K}}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := sess.Demand(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	_, d := openDemand(t, ctx, c, 16*PageSize4K)
 	r := fetch(t, d, 1, 0, 1)
 	checkRun(t, r, ti.content)
 	r.Release()
