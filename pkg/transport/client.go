@@ -503,8 +503,8 @@ func (l *Lane) Send(r Request) error {
 	l.sendMu.Lock()
 	var err error
 	if l.sock != nil {
-		if l.kind == laneDemand && l.sock.client != nil {
-			l.sock.client.lastDemand.Store(time.Now().UnixNano())
+		if l.sock.demandSent != nil {
+			l.sock.demandSent.Store(time.Now().UnixNano())
 		}
 		err = l.sock.send(r)
 	} else {

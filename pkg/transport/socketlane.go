@@ -523,7 +523,10 @@ type socketLane struct {
 
 	connMu sync.Mutex // guards conn for readers without sendMu (Close)
 
-	client *Client // the client side's Client
+	// demandSent, on a client's demand lane, is where Send notes when it
+	// sent a request: the client's bulk lanes read in small pieces for a
+	// while after one (laneReader.split).
+	demandSent *atomic.Int64
 }
 
 // setConn replaces the connection (with its threadConn, Lane.WaitInThread).
@@ -541,7 +544,7 @@ func (l *socketLane) getConn() net.Conn {
 }
 
 // laneReader reads a lane's connection through the runtime's poller, or in
-// the reading thread once a threadReader is set.
+// the reading thread once a threadConn is set.
 type laneReader struct {
 	conn   net.Conn
 	thread atomic.Pointer[threadConn]
@@ -590,10 +593,13 @@ func (cl *Client) greetLane(ctx context.Context, l lane, hello []byte) (*socketL
 	// A bulk run's data is read straight into its buffer: the reader's
 	// buffer takes frame headers and small answers.
 	src := &laneReader{conn: c}
+	sl := &socketLane{conn: c, br: bufio.NewReaderSize(src, 16<<10), src: src}
 	if l == laneBulk {
 		src.split = &cl.lastDemand
+	} else {
+		sl.demandSent = &cl.lastDemand
 	}
-	return &socketLane{conn: c, br: bufio.NewReaderSize(src, 16<<10), src: src, client: cl}, nil
+	return sl, nil
 }
 
 // openSocketLane opens a socket lane of kind l for session id, on a
