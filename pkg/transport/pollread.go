@@ -35,9 +35,6 @@ type threadConn struct {
 	raddr  net.Addr
 	mu     sync.RWMutex // held shared by every call on fd; Close takes it
 	closed atomic.Bool
-
-	readTimeout  atomic.Int64 // SO_RCVTIMEO in force, ns (0: none)
-	writeTimeout atomic.Int64
 }
 
 // detachConn moves c out of the runtime's poller: it duplicates c's socket,
@@ -100,7 +97,7 @@ func (c *threadConn) Read(b []byte) (int, error) {
 		switch {
 		case err == unix.EINTR:
 			continue
-		case err == unix.EAGAIN && c.readTimeout.Load() > 0:
+		case err == unix.EAGAIN: // the socket blocks: only SO_RCVTIMEO ends a wait so
 			return 0, c.opErr("read", os.ErrDeadlineExceeded)
 		case err != nil:
 			return 0, c.opErr("read", c.closedOr(err))
@@ -144,7 +141,7 @@ func (c *threadConn) writev(bufs [][]byte) (int, error) {
 		}
 		switch {
 		case err == nil, err == unix.EINTR:
-		case err == unix.EAGAIN && c.writeTimeout.Load() > 0:
+		case err == unix.EAGAIN: // SO_SNDTIMEO
 			return total, c.opErr("write", os.ErrDeadlineExceeded)
 		default:
 			return total, c.opErr("write", c.closedOr(err))
@@ -208,14 +205,14 @@ func (c *threadConn) SetDeadline(t time.Time) error {
 }
 
 func (c *threadConn) SetReadDeadline(t time.Time) error {
-	return c.setTimeout(unix.SO_RCVTIMEO, &c.readTimeout, t)
+	return c.setTimeout(unix.SO_RCVTIMEO, t)
 }
 
 func (c *threadConn) SetWriteDeadline(t time.Time) error {
-	return c.setTimeout(unix.SO_SNDTIMEO, &c.writeTimeout, t)
+	return c.setTimeout(unix.SO_SNDTIMEO, t)
 }
 
-func (c *threadConn) setTimeout(opt int, cur *atomic.Int64, t time.Time) error {
+func (c *threadConn) setTimeout(opt int, t time.Time) error {
 	var d time.Duration
 	if !t.IsZero() {
 		d = max(time.Until(t), time.Microsecond) // zero would mean none
@@ -228,7 +225,6 @@ func (c *threadConn) setTimeout(opt int, cur *atomic.Int64, t time.Time) error {
 	if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, opt, &tv); err != nil {
 		return c.opErr("set", os.NewSyscallError("setsockopt", err))
 	}
-	cur.Store(int64(d))
 	return nil
 }
 
