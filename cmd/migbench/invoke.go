@@ -607,11 +607,8 @@ func writePlot(rep *bench.Report, path string) error {
 	if err := rep.WriteSVG(&buf, 0); err != nil {
 		return err
 	}
-	if strings.ToLower(filepath.Ext(path)) != ".png" {
-		return os.WriteFile(path, buf.Bytes(), 0o644)
-	}
 	svg := svgBeside(path)
-	if err := os.WriteFile(svg, buf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(svg, buf.Bytes(), 0o644); err != nil || svg == path {
 		return err
 	}
 	conv, err := exec.LookPath("convert")

@@ -82,6 +82,7 @@ func TestOutputFlags(t *testing.T) {
 		{[]string{"--log-dir", file + "/logs"}, fmt.Sprintf("--log-dir %q: cannot be created: %s is not a directory", file+"/logs", file)},
 		{[]string{"--suite", "default", "--out", file}, fmt.Sprintf("--out %q: not a directory", file)},
 		{[]string{"--suite", "default", "--out", dir, "--update-doc", missing + ".md"}, "--update-doc " + missing + ".md: want an existing Markdown file"},
+		{[]string{"--suite", "default", "--out", dir, "--update-doc", dir}, "--update-doc " + dir + ": want an existing Markdown file, not a directory"},
 		{[]string{"--size", "0"}, "--size 0 B: want a multiple of 4096 bytes, at least 256 KiB"},
 		{[]string{"--writes", "101"}, "--writes 101"},
 		{[]string{"--theta", "1"}, "--theta 1"},

@@ -150,9 +150,12 @@ func (c *config) checkOutputs() []error {
 	if c.suite != "" {
 		check(cli.CheckOutputDir("out", c.outDir))
 		if c.updateDoc != "" {
-			if st, err := os.Stat(c.updateDoc); err != nil || st.IsDir() {
+			switch st, err := os.Stat(c.updateDoc); {
+			case err != nil:
 				errs = append(errs, fmt.Errorf("--update-doc %s: want an existing Markdown file (%v)", c.updateDoc, err))
-			} else {
+			case st.IsDir():
+				errs = append(errs, fmt.Errorf("--update-doc %s: want an existing Markdown file, not a directory", c.updateDoc))
+			default:
 				check(cli.CheckOutputFile("update-doc", c.updateDoc))
 			}
 		}
