@@ -266,7 +266,16 @@ func startHelper(tb testing.TB, mode string, env ...string) *child {
 		}
 		c.addr[k] = a
 	}
+	c.waitStopped(tb, mode)
+	return c
+}
+
+// waitStopped waits (wait4 with WUNTRACED) until the helper, in mode, has
+// stopped itself.
+func (c *child) waitStopped(tb testing.TB, mode string) {
+	tb.Helper()
 	var ws unix.WaitStatus
+	var err error
 	for {
 		_, err = unix.Wait4(c.pid, &ws, unix.WUNTRACED, nil)
 		if err != unix.EINTR {
@@ -274,9 +283,8 @@ func startHelper(tb testing.TB, mode string, env ...string) *child {
 		}
 	}
 	if err != nil || !ws.Stopped() {
-		tb.Fatalf("helper %s: waiting for it to stop: %v, status %#x; stderr:\n%s", mode, err, ws, stderr)
+		tb.Fatalf("helper %s: waiting for it to stop: %v, status %#x; stderr:\n%s", mode, err, ws, c.stderr)
 	}
-	return c
 }
 
 // readProcPagemap returns the raw pagemap entries of pid for n base pages

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/postcopy/postcopy/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -286,17 +285,10 @@ func TestPIDGenerationExec(t *testing.T) {
 	if line, err := c.stdout.ReadString('\n'); err != nil || line != fmt.Sprintf("pid=%d\n", c.pid) {
 		t.Fatalf("the exec'd helper printed %q, %v; stderr:\n%s", line, err, c.stderr)
 	}
-	var after procStat
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		if after, err = readStat(c.pid); err != nil {
-			t.Fatal(err)
-		}
-		if after.state == 'T' {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the exec'd helper is in state %c, not stopped", after.state)
-		}
+	c.waitStopped(t, "exec (exec'd)")
+	after, err := readStat(c.pid)
+	if err != nil {
+		t.Fatal(err)
 	}
 	if after.start != before.start {
 		t.Fatalf("the start time changed across exec: %d, then %d", before.start, after.start)
