@@ -408,6 +408,12 @@ func (s *Session) Demand(ctx context.Context) (*Lane, error) {
 	return s.lane(ctx, laneDemand, s.demandSocket)
 }
 
+// SocketDemand reports whether Demand opens a socket lane (the server
+// serves them, and the connection is plaintext). A server's graceful stop
+// closes a socket lane that has not taken a request yet, where it waits
+// for a gRPC lane: only a socket lane may be opened long before it is used.
+func (s *Session) SocketDemand() bool { return s.demandSocket }
+
 // Bulk opens a bulk lane, on the bulk connection, or as a socket lane where
 // the server offers one (plaintext only), falling back to gRPC as Demand
 // does. Answers come in the order of the requests.

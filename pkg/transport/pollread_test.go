@@ -2,6 +2,7 @@ package transport
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -158,5 +159,52 @@ func TestCloseSocketLanesWakesThreadLane(t *testing.T) {
 	case <-s.DrainSocketLanes():
 	case <-ctx.Done():
 		t.Fatal("a socket lane is still served after CloseSocketLanes")
+	}
+}
+
+// A graceful stop (DrainSocketLanes) closes a demand lane that has taken
+// no request yet — a destination opens it before its VMM hands over, and
+// may wait long — but waits for a lane in use, which goes on serving.
+func TestDrainClosesUnusedLanes(t *testing.T) {
+	for _, urgent := range []bool{false, true} {
+		t.Run(fmt.Sprintf("urgent=%v", urgent), func(t *testing.T) {
+			ti := makeImage(t, 16*PageSize4K, 1, nil, nil)
+			addr, s := serveSplitServer(t, ServerOptions{Image: ti.img, DemandSocket: true, BulkSocket: true, UrgentDemand: urgent})
+			ctx := testCtx(t)
+			_, used := openDemand(t, ctx, dial(t, addr, ClientOptions{}), 16*PageSize4K)
+			_, unused := openDemand(t, ctx, dial(t, addr, ClientOptions{}), 16*PageSize4K)
+			ask := func(l *Lane, id uint64) error {
+				if err := l.Send(Request{ID: id, Offset: 0, Pages: 1}); err != nil {
+					return err
+				}
+				r, err := l.Recv()
+				if err == nil {
+					r.Release()
+				}
+				return err
+			}
+			if err := ask(used, 1); err != nil {
+				t.Fatal(err)
+			}
+
+			drained := s.DrainSocketLanes()
+			if err := ask(unused, 2); err == nil {
+				t.Fatal("a lane that had taken no request was answered after the drain began")
+			}
+			select {
+			case <-drained:
+				t.Fatal("the drain ended with a lane in use")
+			default:
+			}
+			if err := ask(used, 3); err != nil {
+				t.Fatalf("the lane in use stopped serving during the drain: %v", err)
+			}
+			used.Close()
+			select {
+			case <-drained:
+			case <-ctx.Done():
+				t.Fatal("the drain did not end once the lane in use closed")
+			}
+		})
 	}
 }

@@ -339,10 +339,13 @@ func (s *Server) serveSocketLane(c net.Conn, l lane, open bool) {
 		return writeBounded(c, bufs, &group, limit)
 	}
 	frame := make([]byte, maxRequestFrame)
-	for {
+	for used := false; ; used = true {
 		var hdr [4]byte
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return // the client closed the lane
+		}
+		if !used && !s.lanes.use(c) {
+			return // a stop closed the lane before its first request
 		}
 		n := binary.LittleEndian.Uint32(hdr[:])
 		if n > maxRequestFrame {
@@ -378,8 +381,11 @@ func (s *Server) serveSocketLane(c net.Conn, l lane, open bool) {
 // laneSet tracks the socket lanes being served, for a graceful stop (which
 // gRPC's GracefulStop does not see) and a hard one.
 type laneSet struct {
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
+	mu sync.Mutex
+	// conns maps each lane to whether it has taken a request: a graceful
+	// stop waits for lanes in use and closes the others (a destination
+	// opens its demand lane before its VMM hands over, and may wait long).
+	conns    map[net.Conn]bool
 	closed   bool          // CloseSocketLanes was called: no new lanes
 	draining bool          // DrainSocketLanes was called
 	idle     chan struct{} // closed once draining and no lane is left
@@ -392,9 +398,9 @@ func (ls *laneSet) add(c net.Conn) bool {
 		return false
 	}
 	if ls.conns == nil {
-		ls.conns = make(map[net.Conn]struct{})
+		ls.conns = make(map[net.Conn]bool)
 	}
-	ls.conns[c] = struct{}{}
+	ls.conns[c] = false
 	return true
 }
 
@@ -403,12 +409,26 @@ func (ls *laneSet) add(c net.Conn) bool {
 func (ls *laneSet) swap(old, c net.Conn) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
+	used, ok := ls.conns[old]
 	delete(ls.conns, old)
-	if ls.closed {
+	if ls.closed || !ok {
 		ls.checkIdleLocked()
 		return false
 	}
-	ls.conns[c] = struct{}{}
+	ls.conns[c] = used
+	return true
+}
+
+// use notes that lane c has read its first request; false if a stop closed
+// it before (the request is not served: the client sees the lane close).
+func (ls *laneSet) use(c net.Conn) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	used, ok := ls.conns[c]
+	if !ok || ls.closed || ls.draining && !used {
+		return false
+	}
+	ls.conns[c] = true
 	return true
 }
 
@@ -429,10 +449,11 @@ func (ls *laneSet) checkIdleLocked() {
 	}
 }
 
-// DrainSocketLanes stops accepting socket lanes and returns a channel that
-// is closed once every socket lane being served has ended (its client
-// closed it) — the socket lanes' part of a graceful stop, next to
-// grpc.Server.GracefulStop.
+// DrainSocketLanes stops accepting socket lanes, closes those that have not
+// taken a request yet (opened ahead by a destination still waiting for its
+// VMM: it has nothing to lose), and returns a channel that is closed once
+// every socket lane being served has ended (its client closed it) — the
+// socket lanes' part of a graceful stop, next to grpc.Server.GracefulStop.
 func (s *Server) DrainSocketLanes() <-chan struct{} {
 	ls := &s.lanes
 	ls.mu.Lock()
@@ -440,6 +461,11 @@ func (s *Server) DrainSocketLanes() <-chan struct{} {
 	if !ls.draining {
 		ls.draining = true
 		ls.idle = make(chan struct{})
+		for c, used := range ls.conns {
+			if !used {
+				shutdownConn(c) // its goroutine sees the lane close, and removes it
+			}
+		}
 	}
 	ls.checkIdleLocked()
 	return ls.idle
