@@ -253,7 +253,11 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 	// if the handoff comes within a few seconds
 	// (transport.Client.PrepareLanes).
 	opened := openAhead(ctx, client, info, log)
-	client.PrepareLanes(2)
+	if opened != nil && opened.Demand != nil {
+		client.PrepareLanes(1) // the bulk lane's
+	} else {
+		client.PrepareLanes(2)
+	}
 	// Until the fetcher owns it, the session opened ahead is ended on the
 	// way out, so that the server does not keep it until its idle timeout.
 	closeClient := func() {
@@ -468,8 +472,9 @@ func tlsHint(c *config, err error) string {
 }
 
 // openAhead opens a session over the whole image (in 4 KiB pages) before
-// any VMM hands over; nil, logged, if the server refuses: the fetcher then
-// opens one after the handoff.
+// any VMM hands over, and its demand lane where that is a socket lane; nil,
+// logged, if the server refuses: the fetcher then opens one after the
+// handoff.
 func openAhead(ctx context.Context, client *transport.Client, info transport.ImageInfo, log hclog.Logger) *fetcher.Opened {
 	regions := []transport.Region{{Offset: 0, Length: info.Size &^ (transport.PageSize4K - 1), PageSize: transport.PageSize4K}}
 	if regions[0].Length == 0 {
@@ -480,5 +485,14 @@ func openAhead(ctx context.Context, client *transport.Client, info transport.Ima
 		log.Debug("no session opened ahead: opening one at the handoff", "error", err)
 		return nil
 	}
-	return &fetcher.Opened{Session: sess, Regions: regions}
+	o := &fetcher.Opened{Session: sess, Regions: regions}
+	if sess.SocketDemand() {
+		// Its greeting is then no round trip after the handoff; a server
+		// stopping meanwhile closes it (it has taken no request).
+		if o.Demand, err = sess.Demand(ctx); err != nil {
+			log.Debug("no demand lane opened ahead: opening it at the handoff", "error", err)
+		}
+	}
+	return o
 }
+

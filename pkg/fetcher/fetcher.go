@@ -94,28 +94,33 @@ type Config struct {
 	// Opened, when set, is a session opened before the handoff, so that
 	// none has to open after it, when the first faults already wait: Run
 	// uses it if every region of the layout lies within one of its regions,
-	// with the same page size (and opens its demand lane, on a connection
-	// dialled ahead where the client has one), and ends it and opens its
-	// own otherwise. Run owns it either way.
+	// with the same page size (with its demand lane, or opening one on a
+	// connection dialled ahead where the client has one), and ends it and
+	// opens its own otherwise. Run owns it either way.
 	Opened *Opened
 	Logger hclog.Logger
 	// Metrics, when set, receives the fetcher's metrics.
 	Metrics *metrics.Registry
 }
 
-// Opened is a session and the regions it was opened for (Config.Opened).
-// It holds no lane: a lane would keep the session busy on the server while
-// the destination waits for its VMM (a graceful stop waits for lanes).
+// Opened is a session and the regions it was opened for (Config.Opened),
+// with its demand lane where it was opened too. Only a socket lane should
+// be: a server's graceful stop closes one that has taken no request, but
+// waits for a gRPC lane (transport.Session.SocketDemand).
 type Opened struct {
 	Session *transport.Session
 	Regions []transport.Region
+	Demand  *transport.Lane // nil: Run opens it
 }
 
 // End ends a session opened ahead and not used (Session.End), within a
-// short timeout; what fails is logged.
+// short timeout, closing its demand lane first; what fails is logged.
 func (o *Opened) End(log hclog.Logger) {
 	if o == nil {
 		return
+	}
+	if o.Demand != nil {
+		o.Demand.Close()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -472,10 +477,12 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	var err error
 	if o := f.cfg.Opened; o != nil && o.covers(f.layout) &&
 		(f.cfg.ExpectGeneration == 0 || o.Session.Image().Generation == f.cfg.ExpectGeneration) {
-		sess = o.Session
-		if demand, err = sess.Demand(ctx); err != nil {
-			f.log.Debug("no demand lane on the session opened ahead: opening another", "error", err)
-			sess, unused = nil, o
+		sess, demand = o.Session, o.Demand
+		if demand == nil {
+			if demand, err = sess.Demand(ctx); err != nil {
+				f.log.Debug("no demand lane on the session opened ahead: opening another", "error", err)
+				sess, unused = nil, o
+			}
 		}
 	} else if o != nil {
 		unused = o

@@ -99,3 +99,32 @@ func TestDrainForced(t *testing.T) {
 		})
 	}
 }
+
+// pagefetcher opens its session and demand lane before any VMM hands over,
+// and may wait long; a pageserver told to stop meanwhile must not wait for
+// that lane (it has taken no request): with --drain-timeout 0 (wait for
+// every session) it still stops at once, gracefully, exit 0. pagefetcher
+// goes on waiting, and a signal then stops it with its usual code.
+func TestServerStopsWhileFetcherWaits(t *testing.T) {
+	e := newEnv(t, 8<<20, defaultImage)
+	srv, ready := e.startServer("127.0.0.1:0", hostNS, "--drain-timeout", "0")
+	f, _ := e.startFetcher(ready.Addr, hostNS)
+	if err := srv.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := exit(t, srv, eventTimeout); code != 0 {
+		t.Fatalf("pageserver exit code %d, want 0 (a graceful stop)", code)
+	}
+	if s := events[serverSummary](srv, "summary"); len(s) != 1 || !s[0].Graceful {
+		t.Fatalf("pageserver summary %+v: want one, graceful", s)
+	}
+	if f.Exited() {
+		t.Fatalf("pagefetcher exited while it waited for its VMM:\n%s", f.Stderr())
+	}
+	if err := f.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := exit(t, f, eventTimeout); code != 9 {
+		t.Errorf("pagefetcher exit code %d after SIGTERM before any VMM, want 9", code)
+	}
+}
