@@ -57,7 +57,10 @@ func newLayout(rs []Region) (*layout, error) {
 			return nil, fmt.Errorf("region %d: range overflows", i)
 		}
 		rg := &region{Region: r, idx: i, pages: r.Size / r.PageSize, shift: uint(bits.TrailingZeros64(r.PageSize))}
-		rg.state = newPageTable(rg.pages)
+		var err error
+		if rg.state, err = newPageTable(rg, rg.pages); err != nil {
+			return nil, fmt.Errorf("region %d: %w", i, err)
+		}
 		l.regions = append(l.regions, rg)
 		l.segs = append(l.segs, segment{start: r.Base, end: r.Base + r.Size, r: rg})
 	}

@@ -1,6 +1,7 @@
 package fetcher
 
 import (
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -107,22 +108,36 @@ func TestLayoutRemapAndCut(t *testing.T) {
 	}
 }
 
+// TestPageTableBits, on a small table (from the Go heap) and a large one
+// (from the kernel, zeromem).
 func TestPageTableBits(t *testing.T) {
-	pt := newPageTable(9)
-	if old := pt.or(5, stWaiting); old != 0 {
-		t.Fatalf("old = %#x", old)
-	}
-	if old := pt.or(5, stPresent); old != stWaiting {
-		t.Fatalf("old = %#x", old)
-	}
-	if pt.get(4) != 0 || pt.get(6) != 0 {
-		t.Fatal("neighbour pages changed")
-	}
-	pt.or(8, stRemoved)
-	if old := pt.clear(5, stPresent|stWaiting); old != stPresent|stWaiting || pt.get(5) != 0 {
-		t.Fatalf("clear: old %#x now %#x", old, pt.get(5))
-	}
-	if pt.get(8) != stRemoved {
-		t.Fatal("last page")
+	for _, n := range []uint64{9, 1 << 20} {
+		owner := new(int)
+		pt, err := newPageTable(owner, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []uint64{0, n / 2, n - 1} {
+			if pt.get(p) != 0 {
+				t.Fatalf("%d pages: page %d not missing at first", n, p)
+			}
+		}
+		if old := pt.or(5, stWaiting); old != 0 {
+			t.Fatalf("old = %#x", old)
+		}
+		if old := pt.or(5, stPresent); old != stWaiting {
+			t.Fatalf("old = %#x", old)
+		}
+		if pt.get(4) != 0 || pt.get(6) != 0 {
+			t.Fatal("neighbour pages changed")
+		}
+		pt.or(n-1, stRemoved)
+		if old := pt.clear(5, stPresent|stWaiting); old != stPresent|stWaiting || pt.get(5) != 0 {
+			t.Fatalf("clear: old %#x now %#x", old, pt.get(5))
+		}
+		if pt.get(n-1) != stRemoved || pt.get(n-2) != 0 {
+			t.Fatalf("%d pages: last page", n)
+		}
+		runtime.KeepAlive(owner)
 	}
 }

@@ -1,6 +1,10 @@
 package fetcher
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"github.com/postcopy/postcopy/internal/zeromem"
+)
 
 // Page state bits. A page is resolved when present, removed or unmapped: the
 // fetcher owes it nothing more.
@@ -21,8 +25,12 @@ type pageTable struct {
 	n     uint64
 }
 
-func newPageTable(n uint64) pageTable {
-	return pageTable{words: make([]atomic.Uint32, (n+3)/4), n: n}
+// newPageTable returns the table of n pages, all missing, kept by owner. It
+// comes from the kernel untouched (zeromem): a large layout's table costs
+// nothing at the handoff, each of its pages a fault at its first use.
+func newPageTable[O any](owner *O, n uint64) (pageTable, error) {
+	w, err := zeromem.Slice[atomic.Uint32](owner, int((n+3)/4))
+	return pageTable{words: w, n: n}, err
 }
 
 func (t *pageTable) or(p uint64, bits uint32) (old uint32) {

@@ -218,16 +218,15 @@ func consistent(p *Policy, m *model) error {
 	for r := range p.regions {
 		rs := &p.regions[r]
 		var inRegion uint64
-		for i, w := range rs.bits {
+		for i, w := range rs.taken {
 			for b := 0; b < 64; b++ {
-				if w&(1<<b) == 0 {
-					continue
-				}
 				q := uint64(i*64 + b)
-				if q >= rs.pages {
+				switch {
+				case q >= rs.pages && w&(1<<b) != 0:
 					return fmt.Errorf("region %d: bit %d set beyond the last page %d", r, q, rs.pages-1)
+				case q < rs.pages && w&(1<<b) == 0:
+					inRegion++ // pending
 				}
-				inRegion++
 			}
 		}
 		if inRegion != rs.pending {

@@ -22,6 +22,8 @@ package prefetch
 import (
 	"fmt"
 	"math/bits"
+
+	"github.com/postcopy/postcopy/internal/zeromem"
 )
 
 // Default window around a fault and number of remembered faults, used when
@@ -89,7 +91,7 @@ type Policy struct {
 type region struct {
 	pages   uint64
 	maxRun  uint64
-	bits    []uint64 // bit i set: page i is pending
+	taken   []uint64 // bit i set: page i is not pending (zero memory: all pending)
 	pending uint64
 	cursor  uint64 // where the sweep continues in this region
 }
@@ -143,8 +145,13 @@ func New(regions []Region, cfg Config) (*Policy, error) {
 		rs := &p.regions[i]
 		rs.pages = r.Pages
 		rs.maxRun = uint64(cfg.MaxRunPages[i])
-		rs.bits = make([]uint64, (r.Pages+63)/64)
-		setRange(rs.bits, 0, r.Pages)
+		// Every page pending is all bits clear: memory the kernel hands
+		// out untouched, so that a large layout's policy costs nothing to
+		// make (zeromem).
+		var err error
+		if rs.taken, err = zeromem.Slice[uint64](p, int((r.Pages+63)/64)); err != nil {
+			return nil, fmt.Errorf("prefetch: regions[%d]: %w", i, err)
+		}
 		rs.pending = r.Pages
 	}
 	return p, nil
@@ -160,7 +167,7 @@ func (p *Policy) IsPending(region int, page uint64) bool {
 	if region < 0 || region >= len(p.regions) || page >= p.regions[region].pages {
 		return false
 	}
-	return p.regions[region].bits[page>>6]&(1<<(page&63)) != 0
+	return p.regions[region].taken[page>>6]&(1<<(page&63)) == 0
 }
 
 // Fault records a demand fault at a page as a hint: Next will hand out the
@@ -182,7 +189,7 @@ func (p *Policy) Fault(region int, page uint64) {
 	}
 	rs := &p.regions[region]
 	lo, hi := p.window(rs, page)
-	if _, ok := nextSet(rs.bits, lo, hi); !ok {
+	if _, ok := nextPending(rs.taken, lo, hi); !ok {
 		return
 	}
 	if len(p.hints) == p.maxHints {
@@ -201,7 +208,7 @@ func (p *Policy) Done(region int, page, n uint64) {
 	if n == 0 {
 		return
 	}
-	c := clearRange(rs.bits, page, page+n)
+	c := setRange(rs.taken, page, page+n)
 	rs.pending -= c
 	p.pending -= c
 }
@@ -216,7 +223,7 @@ func (p *Policy) Requeue(r Run) {
 	if r.Pages == 0 {
 		return
 	}
-	c := setRange(rs.bits, r.Page, r.Page+uint64(r.Pages))
+	c := clearRange(rs.taken, r.Page, r.Page+uint64(r.Pages))
 	rs.pending += c
 	p.pending += c
 }
@@ -256,7 +263,7 @@ func (p *Policy) Next(max int, out []Run) []Run {
 		lo, hi := p.window(rs, h.page)
 		out, n = p.emit(h.region, h.page, hi, max, n, out)
 		out, n = p.emit(h.region, lo, h.page, max, n, out)
-		if _, ok := nextSet(rs.bits, lo, hi); ok {
+		if _, ok := nextPending(rs.taken, lo, hi); ok {
 			break // max reached; the rest of this window comes next time
 		}
 		p.hints = p.hints[:len(p.hints)-1]
@@ -270,11 +277,11 @@ func (p *Policy) Next(max int, out []Run) []Run {
 			}
 			continue
 		}
-		s, ok := nextSet(rs.bits, rs.cursor, rs.pages)
+		s, ok := nextPending(rs.taken, rs.cursor, rs.pages)
 		if !ok {
-			s, _ = nextSet(rs.bits, 0, rs.cursor)
+			s, _ = nextPending(rs.taken, 0, rs.cursor)
 		}
-		e := nextClear(rs.bits, s, min(rs.pages, s+rs.maxRun))
+		e := nextTaken(rs.taken, s, min(rs.pages, s+rs.maxRun))
 		out = p.take(p.sweep, s, e, out)
 		n++
 		rs.cursor = e
@@ -294,11 +301,11 @@ func (p *Policy) window(rs *region, page uint64) (lo, hi uint64) {
 func (p *Policy) emit(r int, lo, hi uint64, max, n int, out []Run) ([]Run, int) {
 	rs := &p.regions[r]
 	for n < max {
-		s, ok := nextSet(rs.bits, lo, hi)
+		s, ok := nextPending(rs.taken, lo, hi)
 		if !ok {
 			break
 		}
-		e := nextClear(rs.bits, s, min(hi, s+rs.maxRun))
+		e := nextTaken(rs.taken, s, min(hi, s+rs.maxRun))
 		out = p.take(r, s, e, out)
 		n++
 		lo = e
@@ -309,19 +316,20 @@ func (p *Policy) emit(r int, lo, hi uint64, max, n int, out []Run) ([]Run, int) 
 // take hands out pages [s, e) of region r, all of them pending.
 func (p *Policy) take(r int, s, e uint64, out []Run) []Run {
 	rs := &p.regions[r]
-	clearRange(rs.bits, s, e)
+	setRange(rs.taken, s, e)
 	rs.pending -= e - s
 	p.pending -= e - s
 	return append(out, Run{Region: r, Page: s, Pages: uint32(e - s)})
 }
 
-// nextSet returns the first set bit in [from, to).
-func nextSet(b []uint64, from, to uint64) (uint64, bool) {
+// nextPending returns the first pending page (clear bit of taken) in
+// [from, to).
+func nextPending(taken []uint64, from, to uint64) (uint64, bool) {
 	if from >= to {
 		return 0, false
 	}
 	i := from >> 6
-	w := b[i] & (^uint64(0) << (from & 63))
+	w := ^taken[i] & (^uint64(0) << (from & 63))
 	for {
 		if w != 0 {
 			pos := i<<6 + uint64(bits.TrailingZeros64(w))
@@ -331,15 +339,15 @@ func nextSet(b []uint64, from, to uint64) (uint64, bool) {
 		if i<<6 >= to {
 			return 0, false
 		}
-		w = b[i]
+		w = ^taken[i]
 	}
 }
 
-// nextClear returns the first clear bit in [from, to), or to if there is
-// none. from must be < to.
-func nextClear(b []uint64, from, to uint64) uint64 {
+// nextTaken returns the first page in [from, to) that is not pending (set
+// bit of taken), or to if there is none. from must be < to.
+func nextTaken(taken []uint64, from, to uint64) uint64 {
 	i := from >> 6
-	w := ^b[i] & (^uint64(0) << (from & 63))
+	w := taken[i] & (^uint64(0) << (from & 63))
 	for {
 		if w != 0 {
 			return min(i<<6+uint64(bits.TrailingZeros64(w)), to)
@@ -348,7 +356,7 @@ func nextClear(b []uint64, from, to uint64) uint64 {
 		if i<<6 >= to {
 			return to
 		}
-		w = ^b[i]
+		w = taken[i]
 	}
 }
 

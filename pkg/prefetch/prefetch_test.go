@@ -41,27 +41,28 @@ func TestBitmapHelpers(t *testing.T) {
 						if to > n || to < from {
 							continue
 						}
+						// nextPending: the first clear bit; nextTaken: the first set one.
 						wantPos, wantOK := uint64(0), false
 						for i := from; i < to; i++ {
-							if ref[i] {
+							if !ref[i] {
 								wantPos, wantOK = i, true
 								break
 							}
 						}
-						pos, ok := nextSet(b, from, to)
+						pos, ok := nextPending(b, from, to)
 						if ok != wantOK || (ok && pos != wantPos) {
-							t.Fatalf("%s: nextSet(%d, %d) = %d, %v; want %d, %v", what, from, to, pos, ok, wantPos, wantOK)
+							t.Fatalf("%s: nextPending(%d, %d) = %d, %v; want %d, %v", what, from, to, pos, ok, wantPos, wantOK)
 						}
 						if from < to {
-							wantClear := to
+							wantSet := to
 							for i := from; i < to; i++ {
-								if !ref[i] {
-									wantClear = i
+								if ref[i] {
+									wantSet = i
 									break
 								}
 							}
-							if got := nextClear(b, from, to); got != wantClear {
-								t.Fatalf("%s: nextClear(%d, %d) = %d, want %d", what, from, to, got, wantClear)
+							if got := nextTaken(b, from, to); got != wantSet {
+								t.Fatalf("%s: nextTaken(%d, %d) = %d, want %d", what, from, to, got, wantSet)
 							}
 						}
 					}
@@ -231,7 +232,7 @@ func TestBitmapMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := len(p.regions[0].bits) * 8; got != 256<<10 {
+	if got := len(p.regions[0].taken) * 8; got != 256<<10 {
 		t.Fatalf("bitmap of %d bytes, want %d", got, 256<<10)
 	}
 	if p.Pending() != 2<<20 {
