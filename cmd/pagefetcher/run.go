@@ -8,10 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime"
-	"runtime/debug"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -290,7 +287,6 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		return fatal(exitUsage, "--uffd-socket %q: %v", c.uffdSocket, err)
 	}
 	defer lis.Close()
-	runtime.GC() // what setting up left, so that the wait and the handoff start afresh (see pauseGC)
 	_ = cli.PrintJSONLine(stdout, map[string]any{
 		"event": "ready", "uffd_socket": lis.Addr(), "server": c.server,
 		"image_size": info.Size, "generation": fmt.Sprintf("%016x", info.Generation),
@@ -326,8 +322,6 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		return fatal(exitForced, "%v before any VMM handed over", s)
 	}
 	handoffAt := time.Now()
-	resumeGC := pauseGC()
-	defer resumeGC()
 	defer h.Conn.Close()
 	fd, err := uffd.FromFD(h.FD)
 	if err != nil {
@@ -371,16 +365,6 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 	defer runCancel()
 	res := make(chan result, 1)
 	go func() { s, err := f.Run(runCtx); res <- result{s, err} }()
-	go func() {
-		t := time.NewTimer(gcPauseMax)
-		defer t.Stop()
-		select {
-		case <-f.FirstPlaced():
-		case <-t.C:
-		case <-runCtx.Done():
-		}
-		resumeGC()
-	}()
 
 	var prog <-chan time.Time
 	if c.progress {
@@ -512,18 +496,3 @@ func openAhead(ctx context.Context, client *transport.Client, info transport.Ima
 	return o
 }
 
-// gcPauseMax bounds how long after the handoff the garbage collector stays
-// off (pauseGC) when no page is placed sooner.
-const gcPauseMax = 200 * time.Millisecond
-
-// pauseGC turns the garbage collector off from the handoff until the first
-// page is placed, and returns what turns it on again (once; safe from any
-// goroutine). Setting up for a large layout allocates megabytes (the page
-// table, the prefetch policy) in the handoff's first milliseconds: enough
-// to start a collection, whose stop and mark workers would take the CPU
-// from the first faults just when they wait — and the switchover's downtime
-// would grow with the guest's memory.
-func pauseGC() (resume func()) {
-	prev := debug.SetGCPercent(-1)
-	return sync.OnceFunc(func() { debug.SetGCPercent(prev) })
-}

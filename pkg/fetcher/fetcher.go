@@ -392,10 +392,6 @@ func (f *Fetcher) EnablePrefetch() {
 // at full speed. Run still returns only when every page is resident.
 func (f *Fetcher) Drain() { f.EnablePrefetch() }
 
-// FirstPlaced returns a channel closed once the first page is placed (by
-// any way of arrival).
-func (f *Fetcher) FirstPlaced() <-chan struct{} { return f.firstPlaced }
-
 // Progress returns a snapshot, safe to call while Run runs.
 func (f *Fetcher) Progress() Progress {
 	total := f.layout.totalPages()
