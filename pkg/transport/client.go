@@ -408,11 +408,21 @@ func (s *Session) Demand(ctx context.Context) (*Lane, error) {
 	return s.lane(ctx, laneDemand, s.demandSocket)
 }
 
-// SocketDemand reports whether Demand opens a socket lane (the server
-// serves them, and the connection is plaintext). A server's graceful stop
-// closes a socket lane that has not taken a request yet, where it waits
-// for a gRPC lane: only a socket lane may be opened long before it is used.
-func (s *Session) SocketDemand() bool { return s.demandSocket }
+// DemandSocket opens the demand lane as a socket lane, never falling back
+// to gRPC: an error where the server serves none, or over TLS. A server's
+// graceful stop closes a socket lane whose session has not started (served
+// nothing), where it waits for a gRPC stream: only a socket lane may be
+// opened long before it is used.
+func (s *Session) DemandSocket(ctx context.Context) (*Lane, error) {
+	if !s.demandSocket {
+		return nil, errors.New("transport: no demand socket lane (not offered, or TLS)")
+	}
+	sl, err := openSocketLane(ctx, s.c, s.id, laneDemand)
+	if err != nil {
+		return nil, err
+	}
+	return &Lane{sock: sl, kind: laneDemand}, nil
+}
 
 // Bulk opens a bulk lane, on the bulk connection, or as a socket lane where
 // the server offers one (plaintext only), falling back to gRPC as Demand

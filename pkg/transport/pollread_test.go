@@ -162,17 +162,18 @@ func TestCloseSocketLanesWakesThreadLane(t *testing.T) {
 	}
 }
 
-// A graceful stop (DrainSocketLanes) closes a demand lane that has taken
-// no request yet — a destination opens it before its VMM hands over, and
-// may wait long — but waits for a lane in use, which goes on serving.
-func TestDrainClosesUnusedLanes(t *testing.T) {
+// A graceful stop (DrainSocketLanes) closes the lanes of a session that
+// has not started — a demand lane a destination opened before its VMM
+// handed over — without waiting for its client, and waits for the lanes of
+// sessions that have: served a request (its bulk lane, idle, included: a
+// demand-only migration sends it nothing) or opened a bulk lane. Those go
+// on serving until their clients close them.
+func TestDrainClosesLanesOfUnstartedSessions(t *testing.T) {
 	for _, urgent := range []bool{false, true} {
 		t.Run(fmt.Sprintf("urgent=%v", urgent), func(t *testing.T) {
 			ti := makeImage(t, 16*PageSize4K, 1, nil, nil)
 			addr, s := serveSplitServer(t, ServerOptions{Image: ti.img, DemandSocket: true, BulkSocket: true, UrgentDemand: urgent})
 			ctx := testCtx(t)
-			_, used := openDemand(t, ctx, dial(t, addr, ClientOptions{}), 16*PageSize4K)
-			_, unused := openDemand(t, ctx, dial(t, addr, ClientOptions{}), 16*PageSize4K)
 			ask := func(l *Lane, id uint64) error {
 				if err := l.Send(Request{ID: id, Offset: 0, Pages: 1}); err != nil {
 					return err
@@ -183,27 +184,50 @@ func TestDrainClosesUnusedLanes(t *testing.T) {
 				}
 				return err
 			}
-			if err := ask(used, 1); err != nil {
+			bulk := func(sess *Session) *Lane {
+				b, err := sess.Bulk(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return b
+			}
+			served, d1 := openDemand(t, ctx, dial(t, addr, ClientOptions{}), 16*PageSize4K)
+			if err := ask(d1, 1); err != nil {
 				t.Fatal(err)
 			}
+			b1 := bulk(served)
+			withBulk, d2 := openDemand(t, ctx, dial(t, addr, ClientOptions{}), 16*PageSize4K)
+			b2 := bulk(withBulk)
+			_, ahead := openDemand(t, ctx, dial(t, addr, ClientOptions{}), 16*PageSize4K)
 
 			drained := s.DrainSocketLanes()
-			if err := ask(unused, 2); err == nil {
-				t.Fatal("a lane that had taken no request was answered after the drain began")
+			closed := make(chan error, 1)
+			go func() { _, err := ahead.Recv(); closed <- err }()
+			select {
+			case err := <-closed:
+				if err == nil {
+					t.Fatal("the unstarted session's lane brought an answer nobody asked for")
+				}
+			case <-ctx.Done():
+				t.Fatal("the drain left the lane of a session that had not started open")
 			}
 			select {
 			case <-drained:
-				t.Fatal("the drain ended with a lane in use")
+				t.Fatal("the drain ended with started sessions' lanes open")
 			default:
 			}
-			if err := ask(used, 3); err != nil {
-				t.Fatalf("the lane in use stopped serving during the drain: %v", err)
+			for i, l := range []*Lane{d1, b1, d2, b2} {
+				if err := ask(l, uint64(10+i)); err != nil {
+					t.Fatalf("lane %d of a started session stopped serving during the drain: %v", i, err)
+				}
 			}
-			used.Close()
+			for _, l := range []*Lane{d1, b1, d2, b2} {
+				l.Close()
+			}
 			select {
 			case <-drained:
 			case <-ctx.Done():
-				t.Fatal("the drain did not end once the lane in use closed")
+				t.Fatal("the drain did not end once the started sessions' lanes closed")
 			}
 		})
 	}

@@ -165,6 +165,7 @@ type session struct {
 	log     hclog.Logger
 
 	ended      atomic.Bool
+	started    atomic.Bool // served a request, or opened a bulk lane (laneSet)
 	streams    atomic.Int32
 	lastActive atomic.Int64 // unix ns of the last stream start or end
 
@@ -698,6 +699,9 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 		return err
 	}
 	defer sess.detach()
+	if !s.lanes.startSession(sess) {
+		return status.Error(codes.Unavailable, "the server is stopping")
+	}
 	ctx := stream.Context()
 
 	type job struct {
@@ -835,6 +839,9 @@ func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 		return err
 	}
 	defer sess.detach()
+	if !s.lanes.startSession(sess) {
+		return status.Error(codes.Unavailable, "the server is stopping")
+	}
 	ctx := stream.Context()
 	// With BulkYield, reading and checksumming runs at a lower CPU
 	// priority while demand requests come, so that the next one gets a

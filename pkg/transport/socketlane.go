@@ -281,6 +281,12 @@ func (s *Server) serveSocketLane(c net.Conn, l lane, open bool) {
 			return
 		}
 	}
+	if !s.lanes.attach(c, sess, l) {
+		if !open {
+			refuseLane(c, refusedSession, "the server is stopping")
+		}
+		return
+	}
 	sess.streams.Add(1)
 	sess.lastActive.Store(time.Now().UnixNano())
 	defer sess.detach()
@@ -344,8 +350,8 @@ func (s *Server) serveSocketLane(c net.Conn, l lane, open bool) {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return // the client closed the lane
 		}
-		if !used && !s.lanes.use(c) {
-			return // a stop closed the lane before its first request
+		if !used && !s.lanes.start(c) {
+			return // a stop closed the lane before its session started
 		}
 		n := binary.LittleEndian.Uint32(hdr[:])
 		if n > maxRequestFrame {
@@ -380,15 +386,19 @@ func (s *Server) serveSocketLane(c net.Conn, l lane, open bool) {
 
 // laneSet tracks the socket lanes being served, for a graceful stop (which
 // gRPC's GracefulStop does not see) and a hard one.
+//
+// A graceful stop waits for the lanes of sessions that have started — served
+// a request on any lane, or opened a bulk lane — and closes the others: a
+// destination opens its session and demand lane before its VMM hands over,
+// and may wait long; it has nothing to lose. Whether a session has started
+// changes under mu, so that a lane is either closed unstarted or served to
+// its end.
 type laneSet struct {
-	mu sync.Mutex
-	// conns maps each lane to whether it has taken a request: a graceful
-	// stop waits for lanes in use and closes the others (a destination
-	// opens its demand lane before its VMM hands over, and may wait long).
-	conns    map[net.Conn]bool
-	closed   bool          // CloseSocketLanes was called: no new lanes
-	draining bool          // DrainSocketLanes was called
-	idle     chan struct{} // closed once draining and no lane is left
+	mu       sync.Mutex
+	conns    map[net.Conn]*session // nil: greeting not read yet
+	closed   bool                  // CloseSocketLanes was called: no new lanes
+	draining bool                  // DrainSocketLanes was called
+	idle     chan struct{}         // closed once draining and no lane is left
 }
 
 func (ls *laneSet) add(c net.Conn) bool {
@@ -398,37 +408,74 @@ func (ls *laneSet) add(c net.Conn) bool {
 		return false
 	}
 	if ls.conns == nil {
-		ls.conns = make(map[net.Conn]bool)
+		ls.conns = make(map[net.Conn]*session)
 	}
-	ls.conns[c] = false
+	ls.conns[c] = nil
+	return true
+}
+
+// attach notes the session of lane c, once its greeting is read; a bulk
+// lane starts its session. False if a stop closed the lanes meanwhile, or
+// is draining and the session has not started (the caller refuses the
+// lane).
+func (ls *laneSet) attach(c net.Conn, sess *session, l lane) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if _, ok := ls.conns[c]; !ok || ls.closed {
+		return false
+	}
+	if l == laneBulk && !ls.draining {
+		sess.started.Store(true)
+	}
+	if ls.draining && !sess.started.Load() {
+		return false
+	}
+	ls.conns[c] = sess
+	return true
+}
+
+// start starts the session of lane c at the lane's first request; false if
+// a stop closed the lane before (the request is not served: the client sees
+// the lane close).
+func (ls *laneSet) start(c net.Conn) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	sess, ok := ls.conns[c]
+	if !ok || sess == nil || ls.closed || ls.draining && !sess.started.Load() {
+		return false
+	}
+	sess.started.Store(true)
+	return true
+}
+
+// startSession starts sess from a gRPC lane (a session may mix gRPC and
+// socket lanes); false if a drain began before it had started.
+func (ls *laneSet) startSession(sess *session) bool {
+	if sess.started.Load() {
+		return true
+	}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.draining && !sess.started.Load() {
+		return false
+	}
+	sess.started.Store(true)
 	return true
 }
 
 // swap replaces lane connection old by c; false if the lanes were closed
-// meanwhile (the caller closes c).
+// meanwhile, or a drain began before the lane's session started (the
+// caller closes c).
 func (ls *laneSet) swap(old, c net.Conn) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	used, ok := ls.conns[old]
+	sess, ok := ls.conns[old]
 	delete(ls.conns, old)
-	if ls.closed || !ok {
+	if !ok || ls.closed || ls.draining && (sess == nil || !sess.started.Load()) {
 		ls.checkIdleLocked()
 		return false
 	}
-	ls.conns[c] = used
-	return true
-}
-
-// use notes that lane c has read its first request; false if a stop closed
-// it before (the request is not served: the client sees the lane close).
-func (ls *laneSet) use(c net.Conn) bool {
-	ls.mu.Lock()
-	defer ls.mu.Unlock()
-	used, ok := ls.conns[c]
-	if !ok || ls.closed || ls.draining && !used {
-		return false
-	}
-	ls.conns[c] = true
+	ls.conns[c] = sess
 	return true
 }
 
@@ -449,11 +496,11 @@ func (ls *laneSet) checkIdleLocked() {
 	}
 }
 
-// DrainSocketLanes stops accepting socket lanes, closes those that have not
-// taken a request yet (opened ahead by a destination still waiting for its
-// VMM: it has nothing to lose), and returns a channel that is closed once
-// every socket lane being served has ended (its client closed it) — the
-// socket lanes' part of a graceful stop, next to grpc.Server.GracefulStop.
+// DrainSocketLanes stops accepting socket lanes, closes those of sessions
+// that have not started (laneSet), and returns a channel that is closed
+// once every socket lane being served has ended (its client closed it) —
+// the socket lanes' part of a graceful stop, next to
+// grpc.Server.GracefulStop.
 func (s *Server) DrainSocketLanes() <-chan struct{} {
 	ls := &s.lanes
 	ls.mu.Lock()
@@ -461,8 +508,8 @@ func (s *Server) DrainSocketLanes() <-chan struct{} {
 	if !ls.draining {
 		ls.draining = true
 		ls.idle = make(chan struct{})
-		for c, used := range ls.conns {
-			if !used {
+		for c, sess := range ls.conns {
+			if sess == nil || !sess.started.Load() {
 				shutdownConn(c) // its goroutine sees the lane close, and removes it
 			}
 		}
