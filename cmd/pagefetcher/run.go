@@ -486,13 +486,11 @@ func openAhead(ctx context.Context, client *transport.Client, info transport.Ima
 		return nil
 	}
 	o := &fetcher.Opened{Session: sess, Regions: regions}
-	if sess.SocketDemand() {
-		// Its greeting is then no round trip after the handoff; a server
-		// stopping meanwhile closes it (it has taken no request).
-		if o.Demand, err = sess.Demand(ctx); err != nil {
-			log.Debug("no demand lane opened ahead: opening it at the handoff", "error", err)
-		}
+	// Its greeting is then no round trip after the handoff. Only a socket
+	// lane: a server stopping meanwhile closes it (the session has served
+	// nothing), where it would wait for a gRPC stream.
+	if o.Demand, err = sess.DemandSocket(ctx); err != nil {
+		log.Debug("no demand lane opened ahead: opening it at the handoff", "error", err)
 	}
 	return o
 }
-

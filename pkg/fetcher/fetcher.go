@@ -105,8 +105,8 @@ type Config struct {
 
 // Opened is a session and the regions it was opened for (Config.Opened),
 // with its demand lane where it was opened too. Only a socket lane should
-// be: a server's graceful stop closes one that has taken no request, but
-// waits for a gRPC lane (transport.Session.SocketDemand).
+// be: a server's graceful stop closes one whose session has served
+// nothing, but waits for a gRPC lane (transport.Session.DemandSocket).
 type Opened struct {
 	Session *transport.Session
 	Regions []transport.Region

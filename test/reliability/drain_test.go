@@ -118,13 +118,51 @@ func TestServerStopsWhileFetcherWaits(t *testing.T) {
 	if s := events[serverSummary](srv, "summary"); len(s) != 1 || !s[0].Graceful {
 		t.Fatalf("pageserver summary %+v: want one, graceful", s)
 	}
-	if f.Exited() {
+	select {
+	case <-f.Done():
 		t.Fatalf("pagefetcher exited while it waited for its VMM:\n%s", f.Stderr())
+	case <-time.After(300 * time.Millisecond):
 	}
 	if err := f.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if code := exit(t, f, eventTimeout); code != 9 {
 		t.Errorf("pagefetcher exit code %d after SIGTERM before any VMM, want 9", code)
+	}
+}
+
+// A graceful stop of pageserver waits for a migration in progress even when
+// its lanes are idle: demand-only (--prefetch off: the bulk lane never takes
+// a request), the workload paused after some faults. The server is still
+// there when the workload resumes; the migration completes, every byte
+// right, and only then does the server stop, exit 0.
+func TestServerDrainWaitsForDemandOnlyMigration(t *testing.T) {
+	const pages = 8 << 8
+	e := newEnv(t, 8<<20, defaultImage)
+	srv, ready := e.startServer("127.0.0.1:0", hostNS, "--drain-timeout", "0")
+	f, _ := e.startFetcher(ready.Addr, hostNS, "--prefetch", "off")
+	w := e.startWorkload(workloadConfig{Regions: "4k:0x0:8M", PauseAt: 100, Threads: 2}, hostNS)
+	if err := srv.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.waitLog("stopping", 1, eventTimeout); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-srv.Done():
+		t.Fatalf("pageserver stopped with a migration in progress:\n%s", srv.Stderr())
+	case <-time.After(300 * time.Millisecond):
+	}
+	resume(t, w)
+	sum := checkCompleted(t, f, pages)
+	if sum.Pages.Bulk != 0 {
+		t.Errorf("%d bulk pages with --prefetch off", sum.Pages.Bulk)
+	}
+	checkVerified(t, w)
+	if code := exit(t, srv, eventTimeout); code != 0 {
+		t.Fatalf("pageserver exit code %d once the migration ended, want 0", code)
+	}
+	if s := events[serverSummary](srv, "summary"); len(s) != 1 || !s[0].Graceful {
+		t.Fatalf("pageserver summary %+v: want one, graceful", s)
 	}
 }
