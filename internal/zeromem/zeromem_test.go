@@ -7,7 +7,7 @@ import (
 
 func TestSlice(t *testing.T) {
 	for _, n := range []int{0, 1, MinBytes/8 - 1, MinBytes / 8, 1 << 20} {
-		owner := new(int)
+		owner := new([64]byte) // not a tiny object, whose cleanup may never run
 		s, err := Slice[uint64](owner, n)
 		if err != nil {
 			t.Fatalf("%d elements: %v", n, err)
@@ -32,11 +32,11 @@ func TestSlice(t *testing.T) {
 
 func TestSliceBadLength(t *testing.T) {
 	for _, n := range []int{-1, 1 << 50} {
-		if _, err := Slice[uint64](new(int), n); err == nil {
+		if _, err := Slice[uint64](new([64]byte), n); err == nil {
 			t.Errorf("%d elements: no error", n)
 		}
 	}
-	if _, err := Slice[struct{}](new(int), 4); err == nil {
+	if _, err := Slice[struct{}](new([64]byte), 4); err == nil {
 		t.Error("zero-sized elements: no error")
 	}
 }

@@ -112,7 +112,7 @@ func TestLayoutRemapAndCut(t *testing.T) {
 // (from the kernel, zeromem).
 func TestPageTableBits(t *testing.T) {
 	for _, n := range []uint64{9, 1 << 20} {
-		owner := new(int)
+		owner := new([64]byte) // not a tiny object, whose cleanup may never run
 		pt, err := newPageTable(owner, n)
 		if err != nil {
 			t.Fatal(err)

@@ -131,13 +131,14 @@ func describe(p *harness.Proc) string {
 // pace keeps the faults from stealing the prefetch's CPUs: read back to
 // back (dense-prefetch), a fast demand path lets the reader fault so often
 // that the prefetch no longer runs flat out. Each iteration first runs the
-// same reader (same seed, same pace) with the prefetch off over 8 MiB — its
-// 2048 reads all faults — so that what differs is only the prefetch:
-// p99_x_demand_only is the median over the iterations of each one's ratio
-// of the two p99s (pairs taken moments apart share this VM's noise, which
-// moves either p99 by 3x from one minute to the next). demand_only_p99_us
-// is that paced baseline's median p99; demand-only above gives the
-// back-to-back one.
+// same kind of reader (same pace, same seed) with the prefetch off, over an
+// 8 MiB layout — its 2048 reads all faults — so that what differs is only
+// the prefetch: p99_x_demand_only is the median over the iterations of each
+// one's ratio of the two p99s (pairs taken moments apart share this VM's
+// noise, which moves either p99 by 3x from one minute to the next), and
+// demand_only_p99_us that baseline's median p99. dense-prefetch is compared
+// the same way with a back-to-back reader; demand-only above is that
+// reader alone.
 func BenchmarkFaults(b *testing.B) {
 	img := genImage(b, "faults", 512<<20, harness.ImageOptions{Seed: 1, ZeroFraction: 0.05})
 	e := startEcho(b)
