@@ -6,6 +6,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -34,6 +35,7 @@ const (
 	cmdTCPSend = "__tcpsend"
 	cmdTCPEcho = "__tcpecho"
 	cmdTCPRTT  = "__tcprtt"
+	cmdPlace   = "__place"
 )
 
 // timelineSpan bounds the throughput timelines of the workloads (allocated
@@ -50,6 +52,8 @@ func runChild(name string, args []string, stdin io.Reader, stdout io.Writer) err
 		return runTCPServer(name, args, stdout)
 	case cmdTCPSend, cmdTCPRTT:
 		return runTCPClient(name, args, stdout)
+	case cmdPlace:
+		return runPlace(args, stdout)
 	}
 	return fmt.Errorf("unknown subcommand %q", name)
 }
@@ -422,5 +426,57 @@ func readFullFD(fd int, b []byte) error {
 		}
 		n += k
 	}
+	return nil
+}
+
+// runPlace measures the placement floor: one process maps --size bytes of
+// fresh memory as the destination workload does, registers it with
+// userfaultfd and fills it with UFFDIO_COPY, a MiB at a time, from one
+// buffer already in cache — no network, no checksum, no second process, no
+// workload. No migration on this machine makes that memory resident faster.
+func runPlace(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet(cmdPlace, flag.ContinueOnError)
+	sizeFlag := fs.String("size", "", "bytes of memory to place (SIZE syntax)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	size, err := bench.ParseSize(*sizeFlag)
+	if err != nil {
+		return fmt.Errorf("--size: %w", err)
+	}
+	mem, err := bench.MapMemory(size)
+	if err != nil {
+		return err
+	}
+	fd, err := uffd.Open(uffd.OpenOptions{})
+	if err != nil {
+		return fmt.Errorf("userfaultfd: %w", err)
+	}
+	defer fd.Close()
+	if _, err := fd.API(0); err != nil {
+		return fmt.Errorf("userfaultfd: %w", err)
+	}
+	base := bench.Addr(mem)
+	if _, err := fd.Register(base, size, uffd.RegisterMissing); err != nil {
+		return fmt.Errorf("userfaultfd: %w", err)
+	}
+	buf := make([]byte, 1<<20)
+	x := uint64(0x9e3779b97f4a7c15)
+	for i := 0; i+8 <= len(buf); i += 8 {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		binary.LittleEndian.PutUint64(buf[i:], x)
+	}
+	clock := bench.NewClock()
+	t0 := clock.Now()
+	for off := uint64(0); off < size; {
+		n, err := fd.Copy(base+off, buf[:min(uint64(len(buf)), size-off)], uffd.CopyDontWake)
+		off += n
+		if err != nil && n == 0 {
+			return fmt.Errorf("placing %#x: %w", off, err)
+		}
+	}
+	emit(stdout, map[string]any{"event": "done", "seconds": float64(clock.Now()-t0) / 1e9})
 	return nil
 }

@@ -145,6 +145,10 @@ func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Repo
 	}
 	rep.TCPGbps, rep.TCPRttUS = rep.TCP.Bandwidth.Gbps, rep.TCP.RoundTrip.P50US
 	rep.LinkTimeS = float64(c.workload.Size) * 8 / (rep.TCPGbps * 1e9)
+	fmt.Fprintf(progress, "migbench: placement floor: %s of fresh memory placed in one process\n", rep.Setup.Size)
+	if rep.PlaceFloorS, err = e.placeFloor(ctx); err != nil {
+		return nil, fmt.Errorf("placement floor: %w", err)
+	}
 
 	for i := range c.runs {
 		r := bench.Run{Index: i + 1}
@@ -230,6 +234,26 @@ func (e *env) tcpBaselines(ctx context.Context) (bw bench.TCPBandwidth, rtt benc
 	_ = cl.waitExit(ctx, 10*time.Second)
 	_ = echo.waitExit(ctx, 10*time.Second)
 	return bwRes.Result, rttRes.Result, nil
+}
+
+// placeFloor runs the placement floor (runPlace) over the workload's size
+// and returns its seconds.
+func (e *env) placeFloor(ctx context.Context) (float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	p, err := startProc("place", exec.CommandContext(ctx, e.exe, cmdPlace, "--size", strconv.FormatUint(e.c.workload.Size, 10)),
+		e.logDir, e.clock)
+	if err != nil {
+		return 0, err
+	}
+	defer p.kill()
+	var res struct {
+		Seconds float64 `json:"seconds"`
+	}
+	if _, err := p.nextInto(ctx, &res, "done"); err != nil {
+		return 0, err
+	}
+	return res.Seconds, p.waitExit(ctx, 30*time.Second)
 }
 
 // sleepUntil waits until the CLOCK_MONOTONIC time t (ns).

@@ -242,7 +242,7 @@ func runMigbench(t *testing.T, args ...string) map[string]any {
 	if _, ok := got["recovered90"].(bool); !ok {
 		t.Errorf("recovered90 = %v, want a boolean", got["recovered90"])
 	}
-	for _, k := range []string{"downtime_ms", "stopcopy_downtime_ms", "total_s", "bytes_wire", "tcp_gbps", "tcp_rtt_us"} {
+	for _, k := range []string{"downtime_ms", "stopcopy_downtime_ms", "total_s", "bytes_wire", "tcp_gbps", "tcp_rtt_us", "place_floor_s"} {
 		if v, ok := got[k].(float64); !ok || v <= 0 {
 			t.Errorf("%s = %v, want a positive number", k, got[k])
 		}

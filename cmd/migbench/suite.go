@@ -226,8 +226,13 @@ func targets(reps []*bench.Report) []string {
 		if r.Recovered90 {
 			got = fmt.Sprintf("back to 90 %% after %.2f s", r.Recover90S)
 		}
-		out = append(out, fmt.Sprintf("%s %s %s: %s; the link moves the memory in %.2f s (at the measured %.2f Gbit/s): ≤ 1.1×: %s",
-			r.Setup.Size, r.Setup.Pattern, r.Setup.Link, got, r.LinkTimeS, r.TCPGbps, mark(ok)))
+		floor := ""
+		if r.PlaceFloorS > 0 {
+			floor = fmt.Sprintf(" (one process alone, with nothing else running, makes this memory resident in %.2f s: %.2f× the link time)",
+				r.PlaceFloorS, r.PlaceFloorS/r.LinkTimeS)
+		}
+		out = append(out, fmt.Sprintf("%s %s %s: %s; the link moves the memory in %.2f s (at the measured %.2f Gbit/s)%s: ≤ 1.1×: %s",
+			r.Setup.Size, r.Setup.Pattern, r.Setup.Link, got, r.LinkTimeS, r.TCPGbps, floor, mark(ok)))
 	}
 	return out
 }

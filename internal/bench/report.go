@@ -173,6 +173,11 @@ type Report struct {
 	// false; 0 without a link time).
 	LinkTimeS      float64 `json:"link_time_s"`
 	Recover90Ratio float64 `json:"recover90_link_ratio"`
+	// PlaceFloorS is how long one process takes to make the memory
+	// resident with UFFDIO_COPY from a buffer in cache, with nothing else
+	// running (migbench's placement floor): no migration to this machine
+	// makes it resident sooner, whatever the link. 0 when not measured.
+	PlaceFloorS float64 `json:"place_floor_s"`
 
 	TCP struct {
 		Bandwidth TCPBandwidth `json:"bandwidth"`
@@ -275,6 +280,9 @@ func (r *Report) WriteTable(w io.Writer) {
 		s.Size, s.Pattern, s.Content, s.WritePct, s.Link, s.Runs)
 	fmt.Fprintf(w, "baselines: TCP one stream %.2f Gbit/s, round trip (16 B out, 4 KiB back) p50 %.0f µs; link time for the memory %.2f s\n",
 		r.TCPGbps, r.TCPRttUS, r.LinkTimeS)
+	if r.PlaceFloorS > 0 {
+		fmt.Fprintf(w, "placement floor: one process makes the memory resident (UFFDIO_COPY, nothing else running) in %.2f s\n", r.PlaceFloorS)
+	}
 	tw := &table{}
 	tw.row("", "post-copy", "stop-and-copy")
 	for i, run := range r.Runs {
@@ -389,8 +397,8 @@ func (r *Report) WriteCSV(w io.Writer) error {
 // MarkdownHeader and MarkdownRow render a report as one row of a summary
 // table over several invocations.
 func MarkdownHeader() string {
-	return "| size | pattern | link | downtime ms (p-c) | parts: state / handshake / first op ms | stop-and-copy downtime ms | faults | fault p50 / p99 / p999 µs | blocktime ms | total s (p-c / s-c) | link time s | recover90 s (× link time) | rate before / after Mops/s | TCP Gbit/s, RTT µs | verified |\n" +
-		"|---|---|---|---:|---|---:|---:|---|---:|---|---:|---|---|---|---|"
+	return "| size | pattern | link | downtime ms (p-c) | parts: state / handshake / first op ms | stop-and-copy downtime ms | faults | fault p50 / p99 / p999 µs | blocktime ms | total s (p-c / s-c) | link time s | placement floor s | recover90 s (× link time) | rate before / after Mops/s | TCP Gbit/s, RTT µs | verified |\n" +
+		"|---|---|---|---:|---|---:|---:|---|---:|---|---:|---:|---|---|---|---|"
 }
 
 // MarkdownRow is the row of r under MarkdownHeader.
@@ -399,10 +407,14 @@ func (r *Report) MarkdownRow() string {
 	if r.Recovered90 && r.LinkTimeS > 0 {
 		rec += fmt.Sprintf(" (%.2f×)", r.Recover90Ratio)
 	}
-	return fmt.Sprintf("| %s | %s | %s | %s | %s / %s / %s | %s | %.0f | %.0f / %.0f / %.0f | %s | %.2f / %.2f | %.2f | %s | %.3f / %.3f | %.2f, %.0f | %v |",
+	floor := "-"
+	if r.PlaceFloorS > 0 {
+		floor = fmt.Sprintf("%.2f", r.PlaceFloorS)
+	}
+	return fmt.Sprintf("| %s | %s | %s | %s | %s / %s / %s | %s | %.0f | %.0f / %.0f / %.0f | %s | %.2f / %.2f | %.2f | %s | %s | %.3f / %.3f | %.2f, %.0f | %v |",
 		r.Setup.Size, r.Setup.Pattern, r.Setup.Link, f3(r.DowntimeMS), f3(r.StateMS), f3(r.HandshakeMS),
 		f3(r.FirstFaultMS), f3(r.StopcopyDowntimeMS), r.Faults, r.FaultP50US, r.FaultP99US, r.FaultP999US,
-		f3(r.BlocktimeMS), r.TotalS, r.StopcopyTotalS, r.LinkTimeS, rec, r.PreRate/1e6, r.PostRate/1e6,
+		f3(r.BlocktimeMS), r.TotalS, r.StopcopyTotalS, r.LinkTimeS, floor, rec, r.PreRate/1e6, r.PostRate/1e6,
 		r.TCPGbps, r.TCPRttUS, r.Verified)
 }
 
