@@ -57,6 +57,22 @@ type Image interface {
 	Close() error
 }
 
+// Extent is the range [Offset, Offset+Length) of an image's offset space.
+type Extent struct{ Offset, Length uint64 }
+
+// Readable returns the readable extents of img, ascending, disjoint,
+// adjacent ones merged: those img reports (a pid: image, its readable
+// mappings), else [0, Size()).
+func Readable(img Image) []Extent {
+	if r, ok := img.(interface{ Readable() []Extent }); ok {
+		return r.Readable()
+	}
+	if img.Size() == 0 {
+		return nil
+	}
+	return []Extent{{Offset: 0, Length: img.Size()}}
+}
+
 // Process is implemented by pid: images: what they tell of their process.
 type Process interface {
 	Image

@@ -236,6 +236,22 @@ func exeID(pid int) [2]uint64 {
 // Size is the end of the highest readable mapping.
 func (p *pidImage) Size() uint64 { return p.size }
 
+// Readable returns the readable mappings (see Readable), adjacent ones
+// merged.
+func (p *pidImage) Readable() []Extent {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	var out []Extent
+	for _, m := range p.maps {
+		if n := len(out); n > 0 && out[n-1].Offset+out[n-1].Length == m.start {
+			out[n-1].Length = m.end - out[n-1].Offset
+			continue
+		}
+		out = append(out, Extent{Offset: m.start, Length: m.end - m.start})
+	}
+	return out
+}
+
 // Generation is a hash of the pid, the process start time and what an exec
 // changes: the executable's identity and the addresses of the memory image
 // in /proc/PID/stat (code, stack, data, heap start, arguments,

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -515,4 +516,63 @@ func BenchmarkPIDRead(b *testing.B) {
 			off = (off + 7*page) % benchBytes
 		}
 	})
+}
+
+// TestPIDReadable: the readable extents are the readable mappings,
+// ascending, adjacent ones merged — each readable whole (CheckRange spans
+// adjacent mappings), the byte after each not — and they cover what
+// CheckRange accepts around the layout's gap.
+func TestPIDReadable(t *testing.T) {
+	c, img, _ := startLayout(t)
+	ext := Readable(img)
+	if len(ext) == 0 || !slices.Equal(ext, img.Readable()) {
+		t.Fatalf("Readable = %v, the image's own %v", ext, img.Readable())
+	}
+	for i, e := range ext {
+		if e.Length == 0 {
+			t.Errorf("extent %d is empty", i)
+		}
+		if i > 0 && ext[i-1].Offset+ext[i-1].Length >= e.Offset {
+			t.Errorf("extents %d and %d (%#x+%#x, %#x) not ascending, disjoint and apart", i-1, i, ext[i-1].Offset, ext[i-1].Length, e.Offset)
+		}
+		if err := img.CheckRange(e.Offset, e.Length); err != nil {
+			t.Errorf("extent %#x+%#x: %v", e.Offset, e.Length, err)
+		}
+		if end := e.Offset + e.Length; end < img.Size() {
+			if err := img.CheckRange(end, 1); !errors.Is(err, ErrOutOfRange) {
+				t.Errorf("the byte after extent %#x+%#x: %v, want ErrOutOfRange", e.Offset, e.Length, err)
+			}
+		}
+	}
+	if last := ext[len(ext)-1]; last.Offset+last.Length != img.Size() {
+		t.Errorf("last extent ends at %#x, the image at %#x", last.Offset+last.Length, img.Size())
+	}
+	gap := c.addr["gap"]
+	in := func(a uint64) bool {
+		for _, e := range ext {
+			if a >= e.Offset && a < e.Offset+e.Length {
+				return true
+			}
+		}
+		return false
+	}
+	if !in(gap) || in(gap+page) || !in(gap+2*page) {
+		t.Errorf("around the gap: %v %v %v, want readable, not, readable", in(gap), in(gap+page), in(gap+2*page))
+	}
+}
+
+// A file's one extent is all of it.
+func TestFileReadable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(path, make([]byte, 3*page), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	img, err := OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if got := Readable(img); !slices.Equal(got, []Extent{{Offset: 0, Length: 3 * page}}) {
+		t.Errorf("Readable = %v", got)
+	}
 }

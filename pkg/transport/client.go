@@ -41,7 +41,14 @@ type ImageInfo struct {
 	Generation uint64
 	// Description is human-readable, for logs.
 	Description string
+	// Readable are the readable ranges of the offset space, ascending,
+	// disjoint, adjacent ones merged ([0, Size) for a file; a process's
+	// readable mappings): a session's regions must lie within them.
+	Readable []Extent
 }
+
+// Extent is the range [Offset, Offset+Length) of an image's offset space.
+type Extent struct{ Offset, Length uint64 }
 
 // ClientOptions configure a Client.
 type ClientOptions struct {
@@ -284,7 +291,11 @@ func (c *Client) dropSpares() {
 func (c *Client) Addr() string { return c.addr }
 
 func imageInfo(i *pb.ImageInfo) ImageInfo {
-	return ImageInfo{Size: i.GetSize(), Generation: i.GetGeneration(), Description: i.GetDescription()}
+	info := ImageInfo{Size: i.GetSize(), Generation: i.GetGeneration(), Description: i.GetDescription()}
+	for _, e := range i.GetReadable() {
+		info.Readable = append(info.Readable, Extent{Offset: e.GetOffset(), Length: e.GetLength()})
+	}
+	return info
 }
 
 // Hello checks the token and returns the server's image identity. A refused

@@ -338,7 +338,11 @@ func checkVersion(v uint32) error {
 }
 
 func (s *Server) imageInfo() *pb.ImageInfo {
-	return &pb.ImageInfo{Size: s.img.Size(), Generation: s.img.Generation(), Description: s.img.String()}
+	info := &pb.ImageInfo{Size: s.img.Size(), Generation: s.img.Generation(), Description: s.img.String()}
+	for _, e := range image.Readable(s.img) {
+		info.Readable = append(info.Readable, &pb.Extent{Offset: e.Offset, Length: e.Length})
+	}
+	return info
 }
 
 func (s *Server) caps() *pb.Capabilities {

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -36,14 +38,15 @@ func TestServeFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.Size != 4*mib || info.Generation != ti.img.Generation() || info.Description != ti.img.String() {
-		t.Fatalf("Hello: %+v, want size %d generation %x", info, 4*mib, ti.img.Generation())
+	if info.Size != 4*mib || info.Generation != ti.img.Generation() || info.Description != ti.img.String() ||
+		!slices.Equal(info.Readable, []Extent{{Offset: 0, Length: 4 * mib}}) {
+		t.Fatalf("Hello: %+v, want size %d generation %x, all readable", info, 4*mib, ti.img.Generation())
 	}
 	sess, err := c.Open(ctx, []Region{{Offset: 0, Length: 4 * mib, PageSize: PageSize4K}}, info.Generation)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(sess.ID()) != 32 || sess.Image() != info {
+	if len(sess.ID()) != 32 || !reflect.DeepEqual(sess.Image(), info) {
 		t.Fatalf("session id %q image %+v", sess.ID(), sess.Image())
 	}
 	if sess.MaxDemandBytes() != DefaultMaxDemandBytes || sess.MaxBulkBytes() != DefaultMaxBulkBytes {

@@ -193,7 +193,13 @@ type ImageInfo struct {
 	// rewritten file, another process). Never 0.
 	Generation uint64 `protobuf:"fixed64,2,opt,name=generation,proto3" json:"generation,omitempty"`
 	// description is human-readable, for logs, e.g. "file:/dev/shm/vm0 (...)".
-	Description   string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	// readable lists the readable ranges of the offset space, ascending,
+	// disjoint, adjacent ones merged: [0, size) for a file, the readable
+	// mappings of a process. A session's regions must lie within them (a
+	// region may span adjacent mappings). Empty from a server that does not
+	// say: [0, size).
+	Readable      []*Extent `protobuf:"bytes,4,rep,name=readable,proto3" json:"readable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -249,6 +255,66 @@ func (x *ImageInfo) GetDescription() string {
 	return ""
 }
 
+func (x *ImageInfo) GetReadable() []*Extent {
+	if x != nil {
+		return x.Readable
+	}
+	return nil
+}
+
+// Extent is the range [offset, offset+length) of an image's offset space.
+type Extent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Offset        uint64                 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length        uint64                 `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Extent) Reset() {
+	*x = Extent{}
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Extent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Extent) ProtoMessage() {}
+
+func (x *Extent) ProtoReflect() protoreflect.Message {
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Extent.ProtoReflect.Descriptor instead.
+func (*Extent) Descriptor() ([]byte, []int) {
+	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Extent) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *Extent) GetLength() uint64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
 // Capabilities are the server's limits and features.
 type Capabilities struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -300,7 +366,7 @@ type Capabilities struct {
 
 func (x *Capabilities) Reset() {
 	*x = Capabilities{}
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[3]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -312,7 +378,7 @@ func (x *Capabilities) String() string {
 func (*Capabilities) ProtoMessage() {}
 
 func (x *Capabilities) ProtoReflect() protoreflect.Message {
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[3]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -325,7 +391,7 @@ func (x *Capabilities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capabilities.ProtoReflect.Descriptor instead.
 func (*Capabilities) Descriptor() ([]byte, []int) {
-	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{3}
+	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Capabilities) GetMaxDemandBytes() uint32 {
@@ -408,7 +474,7 @@ type Region struct {
 
 func (x *Region) Reset() {
 	*x = Region{}
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[4]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -420,7 +486,7 @@ func (x *Region) String() string {
 func (*Region) ProtoMessage() {}
 
 func (x *Region) ProtoReflect() protoreflect.Message {
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[4]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -433,7 +499,7 @@ func (x *Region) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Region.ProtoReflect.Descriptor instead.
 func (*Region) Descriptor() ([]byte, []int) {
-	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{4}
+	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Region) GetOffset() uint64 {
@@ -478,7 +544,7 @@ type OpenRequest struct {
 
 func (x *OpenRequest) Reset() {
 	*x = OpenRequest{}
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[5]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -490,7 +556,7 @@ func (x *OpenRequest) String() string {
 func (*OpenRequest) ProtoMessage() {}
 
 func (x *OpenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[5]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -503,7 +569,7 @@ func (x *OpenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenRequest.ProtoReflect.Descriptor instead.
 func (*OpenRequest) Descriptor() ([]byte, []int) {
-	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{5}
+	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *OpenRequest) GetToken() string {
@@ -557,7 +623,7 @@ type OpenResponse struct {
 
 func (x *OpenResponse) Reset() {
 	*x = OpenResponse{}
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[6]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +635,7 @@ func (x *OpenResponse) String() string {
 func (*OpenResponse) ProtoMessage() {}
 
 func (x *OpenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[6]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +648,7 @@ func (x *OpenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenResponse.ProtoReflect.Descriptor instead.
 func (*OpenResponse) Descriptor() ([]byte, []int) {
-	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{6}
+	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *OpenResponse) GetSessionId() string {
@@ -624,7 +690,7 @@ type PageRequest struct {
 
 func (x *PageRequest) Reset() {
 	*x = PageRequest{}
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[7]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -636,7 +702,7 @@ func (x *PageRequest) String() string {
 func (*PageRequest) ProtoMessage() {}
 
 func (x *PageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[7]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -649,7 +715,7 @@ func (x *PageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRequest.ProtoReflect.Descriptor instead.
 func (*PageRequest) Descriptor() ([]byte, []int) {
-	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{7}
+	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PageRequest) GetId() uint64 {
@@ -690,7 +756,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[8]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +768,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[8]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +781,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{8}
+	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Segment) GetPages() uint32 {
@@ -762,7 +828,7 @@ type PageRun struct {
 
 func (x *PageRun) Reset() {
 	*x = PageRun{}
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[9]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +840,7 @@ func (x *PageRun) String() string {
 func (*PageRun) ProtoMessage() {}
 
 func (x *PageRun) ProtoReflect() protoreflect.Message {
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[9]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +853,7 @@ func (x *PageRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRun.ProtoReflect.Descriptor instead.
 func (*PageRun) Descriptor() ([]byte, []int) {
-	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{9}
+	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PageRun) GetId() uint64 {
@@ -862,7 +928,7 @@ type DoneRequest struct {
 
 func (x *DoneRequest) Reset() {
 	*x = DoneRequest{}
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[10]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +940,7 @@ func (x *DoneRequest) String() string {
 func (*DoneRequest) ProtoMessage() {}
 
 func (x *DoneRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[10]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +953,7 @@ func (x *DoneRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoneRequest.ProtoReflect.Descriptor instead.
 func (*DoneRequest) Descriptor() ([]byte, []int) {
-	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{10}
+	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DoneRequest) GetSessionId() string {
@@ -955,7 +1021,7 @@ type DoneResponse struct {
 
 func (x *DoneResponse) Reset() {
 	*x = DoneResponse{}
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[11]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1033,7 @@ func (x *DoneResponse) String() string {
 func (*DoneResponse) ProtoMessage() {}
 
 func (x *DoneResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_postcopy_v1_postcopy_proto_msgTypes[11]
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,7 +1046,7 @@ func (x *DoneResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DoneResponse.ProtoReflect.Descriptor instead.
 func (*DoneResponse) Descriptor() ([]byte, []int) {
-	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{11}
+	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{12}
 }
 
 var File_postcopy_v1_postcopy_proto protoreflect.FileDescriptor
@@ -994,13 +1060,17 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\rHelloResponse\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12,\n" +
 	"\x05image\x18\x02 \x01(\v2\x16.postcopy.v1.ImageInfoR\x05image\x12-\n" +
-	"\x04caps\x18\x03 \x01(\v2\x19.postcopy.v1.CapabilitiesR\x04caps\"a\n" +
+	"\x04caps\x18\x03 \x01(\v2\x19.postcopy.v1.CapabilitiesR\x04caps\"\x92\x01\n" +
 	"\tImageInfo\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x04R\x04size\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x06R\n" +
 	"generation\x12 \n" +
-	"\vdescription\x18\x03 \x01(\tR\vdescription\"\xba\x02\n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\x12/\n" +
+	"\breadable\x18\x04 \x03(\v2\x13.postcopy.v1.ExtentR\breadable\"8\n" +
+	"\x06Extent\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\x04R\x06length\"\xba\x02\n" +
 	"\fCapabilities\x12(\n" +
 	"\x10max_demand_bytes\x18\x01 \x01(\rR\x0emaxDemandBytes\x12$\n" +
 	"\x0emax_bulk_bytes\x18\x02 \x01(\rR\fmaxBulkBytes\x12\x1b\n" +
@@ -1080,43 +1150,45 @@ func file_postcopy_v1_postcopy_proto_rawDescGZIP() []byte {
 	return file_postcopy_v1_postcopy_proto_rawDescData
 }
 
-var file_postcopy_v1_postcopy_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_postcopy_v1_postcopy_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_postcopy_v1_postcopy_proto_goTypes = []any{
 	(*HelloRequest)(nil),  // 0: postcopy.v1.HelloRequest
 	(*HelloResponse)(nil), // 1: postcopy.v1.HelloResponse
 	(*ImageInfo)(nil),     // 2: postcopy.v1.ImageInfo
-	(*Capabilities)(nil),  // 3: postcopy.v1.Capabilities
-	(*Region)(nil),        // 4: postcopy.v1.Region
-	(*OpenRequest)(nil),   // 5: postcopy.v1.OpenRequest
-	(*OpenResponse)(nil),  // 6: postcopy.v1.OpenResponse
-	(*PageRequest)(nil),   // 7: postcopy.v1.PageRequest
-	(*Segment)(nil),       // 8: postcopy.v1.Segment
-	(*PageRun)(nil),       // 9: postcopy.v1.PageRun
-	(*DoneRequest)(nil),   // 10: postcopy.v1.DoneRequest
-	(*DoneResponse)(nil),  // 11: postcopy.v1.DoneResponse
+	(*Extent)(nil),        // 3: postcopy.v1.Extent
+	(*Capabilities)(nil),  // 4: postcopy.v1.Capabilities
+	(*Region)(nil),        // 5: postcopy.v1.Region
+	(*OpenRequest)(nil),   // 6: postcopy.v1.OpenRequest
+	(*OpenResponse)(nil),  // 7: postcopy.v1.OpenResponse
+	(*PageRequest)(nil),   // 8: postcopy.v1.PageRequest
+	(*Segment)(nil),       // 9: postcopy.v1.Segment
+	(*PageRun)(nil),       // 10: postcopy.v1.PageRun
+	(*DoneRequest)(nil),   // 11: postcopy.v1.DoneRequest
+	(*DoneResponse)(nil),  // 12: postcopy.v1.DoneResponse
 }
 var file_postcopy_v1_postcopy_proto_depIdxs = []int32{
 	2,  // 0: postcopy.v1.HelloResponse.image:type_name -> postcopy.v1.ImageInfo
-	3,  // 1: postcopy.v1.HelloResponse.caps:type_name -> postcopy.v1.Capabilities
-	4,  // 2: postcopy.v1.OpenRequest.regions:type_name -> postcopy.v1.Region
-	2,  // 3: postcopy.v1.OpenResponse.image:type_name -> postcopy.v1.ImageInfo
-	3,  // 4: postcopy.v1.OpenResponse.caps:type_name -> postcopy.v1.Capabilities
-	8,  // 5: postcopy.v1.PageRun.segments:type_name -> postcopy.v1.Segment
-	0,  // 6: postcopy.v1.PageServer.Hello:input_type -> postcopy.v1.HelloRequest
-	5,  // 7: postcopy.v1.PageServer.Open:input_type -> postcopy.v1.OpenRequest
-	7,  // 8: postcopy.v1.PageServer.Demand:input_type -> postcopy.v1.PageRequest
-	7,  // 9: postcopy.v1.PageServer.Bulk:input_type -> postcopy.v1.PageRequest
-	10, // 10: postcopy.v1.PageServer.Done:input_type -> postcopy.v1.DoneRequest
-	1,  // 11: postcopy.v1.PageServer.Hello:output_type -> postcopy.v1.HelloResponse
-	6,  // 12: postcopy.v1.PageServer.Open:output_type -> postcopy.v1.OpenResponse
-	9,  // 13: postcopy.v1.PageServer.Demand:output_type -> postcopy.v1.PageRun
-	9,  // 14: postcopy.v1.PageServer.Bulk:output_type -> postcopy.v1.PageRun
-	11, // 15: postcopy.v1.PageServer.Done:output_type -> postcopy.v1.DoneResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	4,  // 1: postcopy.v1.HelloResponse.caps:type_name -> postcopy.v1.Capabilities
+	3,  // 2: postcopy.v1.ImageInfo.readable:type_name -> postcopy.v1.Extent
+	5,  // 3: postcopy.v1.OpenRequest.regions:type_name -> postcopy.v1.Region
+	2,  // 4: postcopy.v1.OpenResponse.image:type_name -> postcopy.v1.ImageInfo
+	4,  // 5: postcopy.v1.OpenResponse.caps:type_name -> postcopy.v1.Capabilities
+	9,  // 6: postcopy.v1.PageRun.segments:type_name -> postcopy.v1.Segment
+	0,  // 7: postcopy.v1.PageServer.Hello:input_type -> postcopy.v1.HelloRequest
+	6,  // 8: postcopy.v1.PageServer.Open:input_type -> postcopy.v1.OpenRequest
+	8,  // 9: postcopy.v1.PageServer.Demand:input_type -> postcopy.v1.PageRequest
+	8,  // 10: postcopy.v1.PageServer.Bulk:input_type -> postcopy.v1.PageRequest
+	11, // 11: postcopy.v1.PageServer.Done:input_type -> postcopy.v1.DoneRequest
+	1,  // 12: postcopy.v1.PageServer.Hello:output_type -> postcopy.v1.HelloResponse
+	7,  // 13: postcopy.v1.PageServer.Open:output_type -> postcopy.v1.OpenResponse
+	10, // 14: postcopy.v1.PageServer.Demand:output_type -> postcopy.v1.PageRun
+	10, // 15: postcopy.v1.PageServer.Bulk:output_type -> postcopy.v1.PageRun
+	12, // 16: postcopy.v1.PageServer.Done:output_type -> postcopy.v1.DoneResponse
+	12, // [12:17] is the sub-list for method output_type
+	7,  // [7:12] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_postcopy_v1_postcopy_proto_init() }
@@ -1130,7 +1202,7 @@ func file_postcopy_v1_postcopy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postcopy_v1_postcopy_proto_rawDesc), len(file_postcopy_v1_postcopy_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
