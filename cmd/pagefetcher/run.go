@@ -471,13 +471,14 @@ func tlsHint(c *config, err error) string {
 	return " (TLS: the server closed the connection — it may require a client certificate, --tls-cert/--tls-key)"
 }
 
-// openAhead opens a session over the whole image (in 4 KiB pages) before
-// any VMM hands over, and its demand lane where that is a socket lane; nil,
+// openAhead opens a session over every readable extent of the image (in
+// 4 KiB pages: a file's whole, a process's readable mappings) before any
+// VMM hands over, and its demand lane where that is a socket lane; nil,
 // logged, if the server refuses: the fetcher then opens one after the
 // handoff.
 func openAhead(ctx context.Context, client *transport.Client, info transport.ImageInfo, log hclog.Logger) *fetcher.Opened {
-	regions := []transport.Region{{Offset: 0, Length: info.Size &^ (transport.PageSize4K - 1), PageSize: transport.PageSize4K}}
-	if regions[0].Length == 0 {
+	regions := aheadRegions(info)
+	if len(regions) == 0 {
 		return nil
 	}
 	sess, err := client.Open(ctx, regions, info.Generation)
@@ -493,4 +494,27 @@ func openAhead(ctx context.Context, client *transport.Client, info transport.Ima
 		log.Debug("no demand lane opened ahead: opening it at the handoff", "error", err)
 	}
 	return o
+}
+
+// aheadRegions are the regions of a session opened ahead: each readable
+// extent of the image ([0, Size) from a server that lists none), cut to
+// whole 4 KiB pages; none if there are more than a session may have.
+func aheadRegions(info transport.ImageInfo) []transport.Region {
+	extents := info.Readable
+	if len(extents) == 0 {
+		extents = []transport.Extent{{Offset: 0, Length: info.Size}}
+	}
+	const ps = transport.PageSize4K
+	var regions []transport.Region
+	for _, e := range extents {
+		start := (e.Offset + ps - 1) &^ (ps - 1)
+		end := (e.Offset + e.Length) &^ (ps - 1)
+		if end > start {
+			regions = append(regions, transport.Region{Offset: start, Length: end - start, PageSize: ps})
+		}
+	}
+	if len(regions) > transport.MaxRegions {
+		return nil
+	}
+	return regions
 }
