@@ -239,9 +239,7 @@ func (p *pidImage) Size() uint64 { return p.size }
 // Readable returns the readable mappings (see Readable), adjacent ones
 // merged.
 func (p *pidImage) Readable() []Extent {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	var out []Extent
+	var out []Extent // maps never change once the image is open
 	for _, m := range p.maps {
 		if n := len(out); n > 0 && out[n-1].Offset+out[n-1].Length == m.start {
 			out[n-1].Length = m.end - out[n-1].Offset

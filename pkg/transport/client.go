@@ -43,7 +43,9 @@ type ImageInfo struct {
 	Description string
 	// Readable are the readable ranges of the offset space, ascending,
 	// disjoint, adjacent ones merged ([0, Size) for a file; a process's
-	// readable mappings): a session's regions must lie within them.
+	// readable mappings): a session's regions must lie within them. Only
+	// Hello's answer has them, and only when there are at most MaxRegions;
+	// nil otherwise (read it as [0, Size)).
 	Readable []Extent
 }
 

@@ -337,10 +337,15 @@ func checkVersion(v uint32) error {
 	return nil
 }
 
-func (s *Server) imageInfo() *pb.ImageInfo {
+// imageInfo describes the image; with extents, its readable extents too
+// (Hello's answer only: a session's answers need none), unless there are
+// more than a session may have regions, which nobody could open.
+func (s *Server) imageInfo(extents bool) *pb.ImageInfo {
 	info := &pb.ImageInfo{Size: s.img.Size(), Generation: s.img.Generation(), Description: s.img.String()}
-	for _, e := range image.Readable(s.img) {
-		info.Readable = append(info.Readable, &pb.Extent{Offset: e.Offset, Length: e.Length})
+	if ext := image.Readable(s.img); extents && len(ext) <= MaxRegions {
+		for _, e := range ext {
+			info.Readable = append(info.Readable, &pb.Extent{Offset: e.Offset, Length: e.Length})
+		}
 	}
 	return info
 }
@@ -368,7 +373,7 @@ func (s *Server) Hello(ctx context.Context, req *pb.HelloRequest) (*pb.HelloResp
 	if err := checkVersion(req.GetProtocolVersion()); err != nil {
 		return nil, err
 	}
-	return &pb.HelloResponse{ProtocolVersion: ProtocolVersion, Image: s.imageInfo(), Caps: s.caps()}, nil
+	return &pb.HelloResponse{ProtocolVersion: ProtocolVersion, Image: s.imageInfo(true), Caps: s.caps()}, nil
 }
 
 // Open checks the token, version, generation and regions and opens a
@@ -438,7 +443,7 @@ func (s *Server) Open(ctx context.Context, req *pb.OpenRequest) (*pb.OpenRespons
 		total += r.Length
 	}
 	sess.log.Info("session opened", "regions", len(sorted), "bytes", total)
-	return &pb.OpenResponse{SessionId: id, Image: s.imageInfo(), Caps: s.caps()}, nil
+	return &pb.OpenResponse{SessionId: id, Image: s.imageInfo(false), Caps: s.caps()}, nil
 }
 
 // dropIdleLocked ends sessions that have had no stream for idleTimeout.

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
-	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -46,7 +45,10 @@ func TestServeFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(sess.ID()) != 32 || !reflect.DeepEqual(sess.Image(), info) {
+	// Open's answer describes the image as Hello's does, without the
+	// extents (only Hello carries them).
+	if im := sess.Image(); len(sess.ID()) != 32 || im.Size != info.Size || im.Generation != info.Generation ||
+		im.Description != info.Description || im.Readable != nil {
 		t.Fatalf("session id %q image %+v", sess.ID(), sess.Image())
 	}
 	if sess.MaxDemandBytes() != DefaultMaxDemandBytes || sess.MaxBulkBytes() != DefaultMaxBulkBytes {

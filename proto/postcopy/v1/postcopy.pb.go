@@ -197,8 +197,9 @@ type ImageInfo struct {
 	// readable lists the readable ranges of the offset space, ascending,
 	// disjoint, adjacent ones merged: [0, size) for a file, the readable
 	// mappings of a process. A session's regions must lie within them (a
-	// region may span adjacent mappings). Empty from a server that does not
-	// say: [0, size).
+	// region may span adjacent mappings). Sent in HelloResponse only, and
+	// only when there are at most max_regions of them; empty otherwise, and
+	// from a server that does not say: read it as [0, size).
 	Readable      []*Extent `protobuf:"bytes,4,rep,name=readable,proto3" json:"readable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
