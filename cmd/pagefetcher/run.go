@@ -246,8 +246,9 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		return fatal(exitUnreachable, "server %s: %v%s", c.server, err, tlsHint(c, err))
 	}
 	log.Info("server reached", "server", c.server, "image", info.Description, "size", info.Size)
-	// The session and its demand lane, opened now over the whole image,
-	// so that after the handoff the first fault's request goes out at once
+	// The session and its demand lane, opened now over the image's
+	// readable extents, so that after the handoff the first fault's
+	// request goes out at once
 	// (fetcher.Config.Opened; a layout it does not cover, 2 MiB pages,
 	// opens its own). The bulk lane's connection is dialled now too, used
 	// if the handoff comes within a few seconds
@@ -479,6 +480,8 @@ func tlsHint(c *config, err error) string {
 func openAhead(ctx context.Context, client *transport.Client, info transport.ImageInfo, log hclog.Logger) *fetcher.Opened {
 	regions := aheadRegions(info)
 	if len(regions) == 0 {
+		log.Debug("no session opened ahead: the image has no readable extent, or more than a session may have regions",
+			"extents", len(info.Readable), "max_regions", transport.MaxRegions)
 		return nil
 	}
 	sess, err := client.Open(ctx, regions, info.Generation)
@@ -507,6 +510,9 @@ func aheadRegions(info transport.ImageInfo) []transport.Region {
 	const ps = transport.PageSize4K
 	var regions []transport.Region
 	for _, e := range extents {
+		if e.Offset+e.Length < e.Offset || e.Offset > ^uint64(0)-ps {
+			continue // wraps: no region (the server names no such extent)
+		}
 		start := (e.Offset + ps - 1) &^ (ps - 1)
 		end := (e.Offset + e.Length) &^ (ps - 1)
 		if end > start {
