@@ -227,7 +227,7 @@ func targets(reps []*bench.Report) []string {
 			got = fmt.Sprintf("back to 90 %% after %.2f s", r.Recover90S)
 		}
 		floor := ""
-		if r.PlaceFloorS > 0 {
+		if r.PlaceFloorS > 0 && r.LinkTimeS > 0 {
 			floor = fmt.Sprintf(" (one process alone, with nothing else running, makes this memory resident in %.2f s: %.2f× the link time)",
 				r.PlaceFloorS, r.PlaceFloorS/r.LinkTimeS)
 		}
