@@ -66,7 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.progress, "progress", false, "show progress: a status line on a terminal, JSON progress events on stdout otherwise")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics")
 	fs.IntVar(&c.allowUID, "allow-uid", -1, "accept the VMM only if its uid (SO_PEERCRED) is this one; -1: any")
-	fs.IntVar(&c.bulkWindow, "bulk-window", 8, "bulk runs in flight (1..256)")
+	fs.IntVar(&c.bulkWindow, "bulk-window", 8, "bulk window, in full runs (--bulk-run-bytes) in flight; runs cut short around faults are sent up to 8x as many (1..256)")
 	fs.Uint64Var(&c.bulkRunBytes, "bulk-run-bytes", 1<<20, "largest bulk run in bytes (4096..4194304)")
 	fs.DurationVar(&c.dialTimeout, "dial-timeout", 5*time.Second, "how long to try reaching the server at start")
 	fs.DurationVar(&c.reconnectTimeout, "reconnect-timeout", 2*time.Minute, "how long a broken link may take to come back")

@@ -55,7 +55,10 @@ type Config struct {
 	// Prefetch pulls every page in the background; off, only faults fetch
 	// (until Drain).
 	Prefetch bool
-	// BulkWindow is the number of bulk runs in flight (default 8).
+	// BulkWindow is the bulk lane's window, in full runs (BulkRunBytes) in
+	// flight (default 8). Runs cut short — around faults, by pages already
+	// there — are sent more of, up to 8 times as many, so that a window of
+	// small runs still fills the link.
 	BulkWindow int
 	// BulkRunBytes is the largest bulk run (default 1 MiB; at least a page).
 	BulkRunBytes uint64
@@ -216,6 +219,7 @@ type Fetcher struct {
 
 	policyMu sync.Mutex
 	policy   *prefetch.Policy
+	runBytes uint64        // a full bulk run's bytes (newPolicy): the window's unit
 	policyCh chan struct{} // signalled when the policy may have work again
 
 	prefetchOn   chan struct{}
@@ -364,6 +368,10 @@ func (f *Fetcher) newPolicy(maxBulk uint64) error {
 	runBytes := f.cfg.BulkRunBytes
 	if maxBulk > 0 && runBytes > maxBulk {
 		runBytes = maxBulk
+	}
+	f.runBytes = runBytes
+	for _, r := range f.layout.regions {
+		f.runBytes = max(f.runBytes, r.PageSize) // a run is at least a page
 	}
 	prs := make([]prefetch.Region, len(f.layout.regions))
 	pcfg := prefetch.Config{MaxRunPages: make([]uint32, len(f.layout.regions))}

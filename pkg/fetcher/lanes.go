@@ -33,8 +33,9 @@ type conn struct {
 	closing   bool
 	placeQ    chan *transport.Response // checked bulk answers, to bulkPlace
 
-	mu       sync.Mutex
-	inflight map[uint64]bulkRun // request id -> run on the bulk lane
+	mu            sync.Mutex
+	inflight      map[uint64]bulkRun // request id -> run on the bulk lane
+	inflightBytes uint64             // the bytes of those runs
 
 	// lastDemand and lastBulk are when each lane last brought an answer
 	// (or started): the watchdog judges progress, not a request's age,
@@ -45,6 +46,7 @@ type conn struct {
 
 type bulkRun struct {
 	run    prefetch.Run
+	bytes  uint64
 	sentAt time.Time
 }
 
@@ -166,7 +168,7 @@ func (f *Fetcher) serveConn(c *conn) error {
 		f.requeueLocked(br.run)
 	}
 	f.policyMu.Unlock()
-	c.inflight = nil
+	c.inflight, c.inflightBytes = nil, 0
 	c.mu.Unlock()
 	f.kickPolicy()
 
@@ -319,6 +321,10 @@ func (f *Fetcher) demandRecv(c *conn) error {
 	}
 }
 
+// bulkRunsPerWindow bounds the runs in flight on the bulk lane: at most
+// this many per run's worth of bytes in the window.
+const bulkRunsPerWindow = 8
+
 // startGrace is how long after the handoff the prefetch waits for the
 // first fault's page before it starts anyway.
 const startGrace = 10 * time.Millisecond
@@ -368,31 +374,41 @@ func (f *Fetcher) bulkSend(c *conn) error {
 		t.Stop()
 	}
 	var runs []prefetch.Run
+	maxRuns := bulkRunsPerWindow * f.cfg.BulkWindow
 	for {
-		// The window opens one run per answer received, as TCP's slow
-		// start does: right after the handoff the first faults must not
-		// find the server and both CPUs busy with a full window of bulk.
-		window := min(f.cfg.BulkWindow, 1+int(c.bulkDone.Load()))
+		// The window is BulkWindow full runs' worth of bytes: runs cut
+		// short (around faults, by pages already there) are sent more of,
+		// or a window of small runs would leave the link idle between
+		// answers. It opens one run's worth per answer received, as TCP's
+		// slow start does: right after the handoff the first faults must
+		// not find the server and both CPUs busy with a full window.
+		limit := uint64(min(f.cfg.BulkWindow, 1+int(c.bulkDone.Load()))) * f.runBytes
 		c.mu.Lock()
-		free := window - len(c.inflight)
+		bytes, n := c.inflightBytes, len(c.inflight)
 		c.mu.Unlock()
-		if free > 0 {
+		sent := false
+		for bytes < limit && n < maxRuns {
 			f.policyMu.Lock()
-			runs = f.policy.Next(free, runs[:0])
+			runs = f.policy.Next(1, runs[:0])
 			f.policyMu.Unlock()
-			for _, run := range runs {
-				r := f.layout.regions[run.Region]
-				req := transport.Request{ID: f.nextID.Add(1), Offset: r.Offset + run.Page<<r.shift, Pages: run.Pages}
-				c.mu.Lock()
-				c.inflight[req.ID] = bulkRun{run: run, sentAt: time.Now()}
-				c.mu.Unlock()
-				if err := c.bulk.Send(req); err != nil {
-					return err
-				}
+			if len(runs) == 0 {
+				break
 			}
-			if len(runs) > 0 {
-				continue
+			run := runs[0]
+			r := f.layout.regions[run.Region]
+			size := uint64(run.Pages) << r.shift
+			req := transport.Request{ID: f.nextID.Add(1), Offset: r.Offset + run.Page<<r.shift, Pages: run.Pages}
+			c.mu.Lock()
+			c.inflight[req.ID] = bulkRun{run: run, bytes: size, sentAt: time.Now()}
+			c.inflightBytes += size
+			c.mu.Unlock()
+			if err := c.bulk.Send(req); err != nil {
+				return err
 			}
+			bytes, n, sent = bytes+size, n+1, true
+		}
+		if sent {
+			continue
 		}
 		select {
 		case <-f.policyCh:
@@ -491,7 +507,10 @@ func (f *Fetcher) bulkPlace(c *conn) error {
 func (f *Fetcher) finishBulk(c *conn, id uint64, requeue *prefetch.Run) {
 	c.bulkDone.Add(1)
 	c.mu.Lock()
-	delete(c.inflight, id)
+	if br, ok := c.inflight[id]; ok {
+		c.inflightBytes -= br.bytes
+		delete(c.inflight, id)
+	}
 	c.mu.Unlock()
 	if requeue != nil {
 		f.policyMu.Lock()
