@@ -342,7 +342,10 @@ func checkVersion(v uint32) error {
 // more than a session may have regions, which nobody could open.
 func (s *Server) imageInfo(extents bool) *pb.ImageInfo {
 	info := &pb.ImageInfo{Size: s.img.Size(), Generation: s.img.Generation(), Description: s.img.String()}
-	if ext := image.Readable(s.img); extents && len(ext) <= MaxRegions {
+	if !extents {
+		return info
+	}
+	if ext := image.Readable(s.img); len(ext) <= MaxRegions {
 		for _, e := range ext {
 			info.Readable = append(info.Readable, &pb.Extent{Offset: e.Offset, Length: e.Length})
 		}
