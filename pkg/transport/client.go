@@ -430,11 +430,16 @@ func (s *Session) DemandSocket(ctx context.Context) (*Lane, error) {
 	if !s.demandSocket {
 		return nil, errors.New("transport: no demand socket lane (not offered, or TLS)")
 	}
-	sl, err := openSocketLane(ctx, s.c, s.id, laneDemand)
+	return s.socketLane(ctx, laneDemand)
+}
+
+// socketLane opens a socket lane of kind l.
+func (s *Session) socketLane(ctx context.Context, l lane) (*Lane, error) {
+	sl, err := openSocketLane(ctx, s.c, s.id, l)
 	if err != nil {
 		return nil, err
 	}
-	return &Lane{sock: sl, kind: laneDemand}, nil
+	return &Lane{sock: sl, kind: l}, nil
 }
 
 // Bulk opens a bulk lane, on the bulk connection, or as a socket lane where
@@ -446,9 +451,9 @@ func (s *Session) Bulk(ctx context.Context) (*Lane, error) {
 
 func (s *Session) lane(ctx context.Context, l lane, socket bool) (*Lane, error) {
 	if socket {
-		sl, err := openSocketLane(ctx, s.c, s.id, l)
+		ln, err := s.socketLane(ctx, l)
 		if err == nil {
-			return &Lane{sock: sl, kind: l}, nil
+			return ln, nil
 		}
 		if errors.Is(err, ErrSessionNotFound) {
 			return nil, err

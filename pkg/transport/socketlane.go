@@ -421,13 +421,7 @@ func (ls *laneSet) add(c net.Conn) bool {
 func (ls *laneSet) attach(c net.Conn, sess *session, l lane) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	if _, ok := ls.conns[c]; !ok || ls.closed {
-		return false
-	}
-	if l == laneBulk && !ls.draining {
-		sess.started.Store(true)
-	}
-	if ls.draining && !sess.started.Load() {
+	if _, ok := ls.conns[c]; !ok || ls.closed || !ls.mayServeLocked(sess, l == laneBulk) {
 		return false
 	}
 	ls.conns[c] = sess
@@ -440,12 +434,8 @@ func (ls *laneSet) attach(c net.Conn, sess *session, l lane) bool {
 func (ls *laneSet) start(c net.Conn) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	sess, ok := ls.conns[c]
-	if !ok || sess == nil || ls.closed || ls.draining && !sess.started.Load() {
-		return false
-	}
-	sess.started.Store(true)
-	return true
+	sess := ls.conns[c]
+	return sess != nil && !ls.closed && ls.mayServeLocked(sess, true)
 }
 
 // startSession starts sess from a gRPC lane (a session may mix gRPC and
@@ -456,10 +446,19 @@ func (ls *laneSet) startSession(sess *session) bool {
 	}
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
+	return ls.mayServeLocked(sess, true)
+}
+
+// mayServeLocked is the one rule of a graceful stop: a session that has not
+// started is served nothing once a drain began. Otherwise it reports true,
+// and with start, the session has started. ls.mu is held.
+func (ls *laneSet) mayServeLocked(sess *session, start bool) bool {
 	if ls.draining && !sess.started.Load() {
 		return false
 	}
-	sess.started.Store(true)
+	if start {
+		sess.started.Store(true)
+	}
 	return true
 }
 
