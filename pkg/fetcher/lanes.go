@@ -46,8 +46,12 @@ type conn struct {
 
 type bulkRun struct {
 	run    prefetch.Run
-	bytes  uint64
 	sentAt time.Time
+}
+
+// runSize is the bytes of a bulk run.
+func (f *Fetcher) runSize(run prefetch.Run) uint64 {
+	return uint64(run.Pages) << f.layout.regions[run.Region].shift
 }
 
 var errStalled = errors.New("link stalled: no answer in time")
@@ -388,24 +392,28 @@ func (f *Fetcher) bulkSend(c *conn) error {
 		c.mu.Unlock()
 		sent := false
 		for bytes < limit && n < maxRuns {
+			// As many runs as full ones fit (a run is at most runBytes),
+			// at least one: short ones leave room for another round.
+			want := min(maxRuns-n, max(1, int((limit-bytes)/f.runBytes)))
 			f.policyMu.Lock()
-			runs = f.policy.Next(1, runs[:0])
+			runs = f.policy.Next(want, runs[:0])
 			f.policyMu.Unlock()
 			if len(runs) == 0 {
 				break
 			}
-			run := runs[0]
-			r := f.layout.regions[run.Region]
-			size := uint64(run.Pages) << r.shift
-			req := transport.Request{ID: f.nextID.Add(1), Offset: r.Offset + run.Page<<r.shift, Pages: run.Pages}
-			c.mu.Lock()
-			c.inflight[req.ID] = bulkRun{run: run, bytes: size, sentAt: time.Now()}
-			c.inflightBytes += size
-			c.mu.Unlock()
-			if err := c.bulk.Send(req); err != nil {
-				return err
+			for _, run := range runs {
+				r := f.layout.regions[run.Region]
+				req := transport.Request{ID: f.nextID.Add(1), Offset: r.Offset + run.Page<<r.shift, Pages: run.Pages}
+				size := f.runSize(run)
+				c.mu.Lock()
+				c.inflight[req.ID] = bulkRun{run: run, sentAt: time.Now()}
+				c.inflightBytes += size
+				c.mu.Unlock()
+				if err := c.bulk.Send(req); err != nil {
+					return err
+				}
+				bytes, n, sent = bytes+size, n+1, true
 			}
-			bytes, n, sent = bytes+size, n+1, true
 		}
 		if sent {
 			continue
@@ -508,7 +516,7 @@ func (f *Fetcher) finishBulk(c *conn, id uint64, requeue *prefetch.Run) {
 	c.bulkDone.Add(1)
 	c.mu.Lock()
 	if br, ok := c.inflight[id]; ok {
-		c.inflightBytes -= br.bytes
+		c.inflightBytes -= f.runSize(br.run)
 		delete(c.inflight, id)
 	}
 	c.mu.Unlock()
