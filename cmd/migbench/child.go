@@ -16,6 +16,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -92,8 +93,10 @@ func timelineOf(tl *bench.Timeline) timelineJSON {
 
 // runSource is the source workload: fill the memory, connect to the
 // destination's state listener, run until told to stop, send the state, stop
-// itself (SIGSTOP) for pageserver to serve its memory; once continued, take
-// the checksums of its (unchanged) memory and report.
+// itself (SIGSTOP) for pageserver to serve its memory; once continued, replay
+// the operations the destination did (its memory has not changed since the
+// stop) and write its State and the checksums of its pages for the
+// destination to verify against.
 func runSource(args []string, stdin io.Reader, stdout io.Writer) error {
 	fs := flag.NewFlagSet(cmdSource, flag.ContinueOnError)
 	var wf workloadFlags
@@ -149,8 +152,8 @@ func runSource(args []string, stdin io.Reader, stdout io.Writer) error {
 
 	w.Run(clock, tl, &stop)
 	t0 := clock.Now()
+	w.T0 = t0
 	st := w.State
-	st.T0 = t0
 	state = append(state, st.Marshal()...)
 	if _, err := conn.Write(state); err != nil {
 		return fmt.Errorf("sending the state: %w", err)
@@ -163,18 +166,31 @@ func runSource(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	emit(stdout, map[string]any{"event": "stopped", "t0": t0, "state_sent": sent, "ops": st.Ops})
 
-	path, ok := <-finish
+	fin, ok := <-finish
 	if !ok {
 		return errors.New("stdin closed before finish")
 	}
+	i := strings.LastIndexByte(fin, ' ')
+	if i < 0 {
+		return fmt.Errorf("finish %q: want a path and the destination's operations", fin)
+	}
+	path := fin[:i]
+	ops, err := strconv.ParseUint(fin[i+1:], 10, 64)
+	if err != nil {
+		return fmt.Errorf("finish %q: the destination's operations: %w", fin, err)
+	}
+	t = clock.Now()
+	w.Replay(ops)
+	replayS := float64(clock.Now()-t) / 1e9
 	t = clock.Now()
 	sums := make([]uint32, w.Pages())
 	bench.PageSums(mem, sums)
-	if err := os.WriteFile(path, bench.EncodeSums(sums), 0o600); err != nil {
+	if err := os.WriteFile(path, bench.EncodeReplay(w.State, sums), 0o600); err != nil {
 		return err
 	}
 	emit(stdout, map[string]any{"event": "done", "timeline": timelineOf(tl), "ops": st.Ops, "reads": st.Reads,
-		"writes": st.Writes, "kv_misses": st.KVMisses, "checksum_s": float64(clock.Now()-t) / 1e9})
+		"writes": st.Writes, "kv_misses": st.KVMisses, "replay_s": replayS,
+		"checksum_s": float64(clock.Now()-t) / 1e9})
 	return nil
 }
 
@@ -182,7 +198,8 @@ func runSource(args []string, stdin io.Reader, stdout io.Writer) error {
 // userfaultfd, wait for the source's state, hand the userfaultfd to
 // pagefetcher (Firecracker's handshake), resume the workload at once (or,
 // for stop-and-copy, once told that every page is there), and at the end
-// verify every page against the source's checksums.
+// verify every page, and the running sum of every word read, against the
+// source's replay of the same operations.
 func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	fs := flag.NewFlagSet(cmdDest, flag.ContinueOnError)
 	var wf workloadFlags
@@ -212,11 +229,6 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	base := bench.Addr(mem)
 	w, err := bench.New(cfg, mem)
 	if err != nil {
-		return err
-	}
-	capSums := make([]uint32, w.Pages())
-	capDone := make([]uint64, (w.Pages()+63)/64)
-	if err := w.EnableCapture(capSums, capDone); err != nil {
 		return err
 	}
 	fd, err := registerMissing(mem, true)
@@ -311,11 +323,11 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	sums, err := bench.DecodeSums(raw)
+	replayed, sums, err := bench.DecodeReplay(raw)
 	if err != nil {
 		return err
 	}
-	v, err := w.Verify(sums)
+	v, err := w.Verify(sums, replayed)
 	if err != nil {
 		return err
 	}

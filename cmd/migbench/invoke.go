@@ -459,12 +459,16 @@ func (e *env) migrate(ctx context.Context, method string, run int) (m *bench.Mig
 	if err := dst.send("stop"); err != nil {
 		return nil, err
 	}
-	if _, err := dst.next(ctx, "stopped"); err != nil {
+	var stopped struct {
+		Ops uint64 `json:"ops"`
+	}
+	if _, err := dst.nextInto(ctx, &stopped, "stopped"); err != nil {
 		return nil, err
 	}
-	// Only now the source takes its checksums (its memory has not changed
-	// since it stopped), so that it takes no CPU from the destination.
-	if err := src.send("finish " + sumsPath); err != nil {
+	// Only now the source replays the destination's operations (its memory
+	// has not changed since it stopped) and takes its checksums, so that it
+	// takes no CPU from the destination.
+	if err := src.send(fmt.Sprintf("finish %s %d", sumsPath, stopped.Ops)); err != nil {
 		return nil, err
 	}
 	if err := src.signal(unix.SIGCONT); err != nil {
@@ -555,7 +559,7 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 	// Not back to 90 % within the timeline: the time observed after the
 	// stop, a lower bound.
 	m.Recover90S = float64(len(dst)) * bench.Bucket.Seconds()
-	if r, err := bench.Recover(dst, m.PreRate, 0.9, 10); err == nil {
+	if r, err := bench.Recover(dst, m.PreRate, 0.9, 10, 50); err == nil {
 		m.Recover90S, m.Recovered90 = r.Seconds(), true
 	}
 	return m, nil

@@ -110,28 +110,34 @@ func TestRecover(t *testing.T) {
 	// ref 1000 ops/s = 10 ops per 10 ms bucket; 90 % needs 9 per bucket on average.
 	const ref = 1000
 	cases := []struct {
-		name string
-		c    []uint32
-		win  int
-		want time.Duration
-		err  error
+		name      string
+		c         []uint32
+		win, hold int
+		want      time.Duration
+		err       error
 	}{
-		{"at once", counts(10, 10, 10, 10), 2, 0, nil},
-		{"after a gap", counts(0, 0, 10, 10, 10, 10), 2, 20 * time.Millisecond, nil},
-		{"window averages a slow start", counts(0, 5, 13, 10, 10, 10), 2, 10 * time.Millisecond, nil},
-		{"a later dip counts", counts(10, 10, 0, 0, 10, 10, 10), 2, 40 * time.Millisecond, nil},
-		{"never", counts(10, 10, 5, 5), 2, 0, ErrNotRecovered},
-		{"too short", counts(10), 2, 0, ErrNotRecovered},
-		{"exactly 90 %", counts(9, 9, 9), 3, 0, nil},
+		{"at once", counts(10, 10, 10, 10), 2, 2, 0, nil},
+		{"after a gap", counts(0, 0, 10, 10, 10, 10), 2, 2, 20 * time.Millisecond, nil},
+		{"window averages a slow start", counts(0, 5, 13, 10, 10, 10), 2, 2, 10 * time.Millisecond, nil},
+		{"a later dip counts", counts(10, 10, 0, 0, 10, 10, 10), 2, 2, 40 * time.Millisecond, nil},
+		{"a short dip within the hold does not", counts(0, 0, 10, 10, 6, 10, 10, 10), 1, 4, 20 * time.Millisecond, nil},
+		{"a long dip does", counts(0, 0, 10, 10, 4, 4, 10, 10, 10, 10), 1, 4, 60 * time.Millisecond, nil},
+		{"the hold passes before the window does", counts(0, 12, 30, 10, 10), 2, 4, 10 * time.Millisecond, nil},
+		{"never", counts(10, 10, 5, 5), 2, 2, 0, ErrNotRecovered},
+		{"too short for the hold", counts(10, 10, 10), 1, 4, 0, ErrNotRecovered},
+		{"exactly 90 %", counts(9, 9, 9), 3, 3, 0, nil},
 	}
 	for _, c := range cases {
-		got, err := Recover(c.c, ref, 0.9, c.win)
+		got, err := Recover(c.c, ref, 0.9, c.win, c.hold)
 		if !errors.Is(err, c.err) || (err == nil && got != c.want) {
 			t.Errorf("%s: Recover = %v, %v; want %v, %v", c.name, got, err, c.want, c.err)
 		}
 	}
-	if _, err := Recover(counts(1, 2), 0, 0.9, 1); err == nil {
+	if _, err := Recover(counts(1, 2), 0, 0.9, 1, 1); err == nil {
 		t.Error("Recover with a zero reference succeeded")
+	}
+	if _, err := Recover(counts(10, 10), ref, 0.9, 2, 1); err == nil {
+		t.Error("Recover with a hold shorter than the window succeeded")
 	}
 }
 
@@ -223,8 +229,6 @@ func TestWorkloadResumesIdentically(t *testing.T) {
 			if src.KVMisses != 0 {
 				t.Fatalf("%d kv misses at the source", src.KVMisses)
 			}
-			sums := make([]uint32, src.Pages())
-			PageSums(srcMem, sums)
 			copy(dstMem, srcMem)
 			dst, err := New(cfg, dstMem)
 			if err != nil {
@@ -234,14 +238,26 @@ func TestWorkloadResumesIdentically(t *testing.T) {
 				t.Fatal("config hashes differ")
 			}
 			dst.State = src.State
-			capSums := make([]uint32, dst.Pages())
-			capDone := make([]uint64, (dst.Pages()+63)/64)
-			if err := dst.EnableCapture(capSums, capDone); err != nil {
+			// A page that arrived wrong: the destination reads it (the
+			// running sum differs) or keeps it (its checksum differs) —
+			// unless it overwrites it unread, which no one can observe.
+			badMem, err := MapMemory(cfg.Size)
+			if err != nil {
 				t.Fatal(err)
 			}
+			copy(badMem, srcMem)
+			for p := uint64(0); p < src.Pages(); p += 7 {
+				badMem[p*PageSize+100] ^= 0x5a
+			}
+			bad, err := New(cfg, badMem)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bad.State = src.State
 			for range 3000 {
 				src.Step()
 				dst.Step()
+				bad.Step()
 			}
 			if src.State != dst.State {
 				t.Fatalf("states differ after the same operations:\nsrc %+v\ndst %+v", src.State, dst.State)
@@ -251,19 +267,26 @@ func TestWorkloadResumesIdentically(t *testing.T) {
 					t.Fatalf("memories differ at byte %d", i)
 				}
 			}
-			// Verification passes against the checksums at the stop, although
-			// the destination has written pages since...
-			v, err := dst.Verify(sums)
-			if err != nil || !v.OK || v.Pages != dst.Pages() {
+			// The source, replaying the destination's operations, ends where
+			// the destination did...
+			sums := make([]uint32, src.Pages())
+			PageSums(srcMem, sums)
+			v, err := dst.Verify(sums, src.State)
+			if err != nil || !v.OK || !v.ReadsMatch || v.Pages != dst.Pages() || v.FirstBad != -1 {
 				t.Fatalf("verify: %+v, %v", v, err)
 			}
-			if cfg.WritePct > 0 && v.Captured == 0 {
-				t.Error("no page was captured before a write")
+			// ... and a destination whose pages arrived wrong does not.
+			v, err = bad.Verify(sums, src.State)
+			if err != nil || v.OK || v.Mismatches == 0 {
+				t.Errorf("verify of corrupted pages: %+v, %v", v, err)
 			}
-			// ... and catches a page that arrived wrong.
+			if v.ReadsMatch {
+				t.Errorf("verify of corrupted pages: reads match: %+v", v)
+			}
+			// A wrong checksum is a mismatch of that page alone.
 			sums[5] ^= 1
-			if v, _ := dst.Verify(sums); v.OK || v.Mismatches != 1 || v.FirstBad != 5 {
-				t.Errorf("verify of a corrupted page: %+v", v)
+			if v, _ := dst.Verify(sums, src.State); v.OK || v.Mismatches != 1 || v.FirstBad != 5 {
+				t.Errorf("verify against a wrong checksum: %+v", v)
 			}
 		})
 	}

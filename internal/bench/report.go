@@ -61,7 +61,8 @@ type Migration struct {
 	// Throughput: the source's rate over the last second before the stop,
 	// the destination's over the last second it ran, and the time from the
 	// stop until the destination is back to 90 % of PreRate for good
-	// (Recover, 100 ms windows). Recovered90 says whether it was within
+	// (Recover: a 100 ms window at 90 %, and every 500 ms window after it).
+	// Recovered90 says whether it was within
 	// the destination's timeline; when not, Recover90S is the length of
 	// that timeline, the time observed after the stop: a lower bound.
 	PreRate     float64 `json:"pre_ops_per_s"`

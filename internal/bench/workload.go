@@ -192,11 +192,6 @@ type Workload struct {
 	kvIdxEnd uint64 // bytes of the index, page aligned
 	kvKeys   uint64
 
-	// capture, at the destination: the checksum of each page as it
-	// arrived, taken before the workload first writes it.
-	capSums []uint32
-	capDone []uint64
-
 	State
 }
 
@@ -318,18 +313,6 @@ func (w *Workload) buildIndex() {
 	})
 }
 
-// EnableCapture makes the workload checksum each page before its first
-// write (the destination's record of the page as it arrived, for Verify).
-// sums has one entry per page and done one bit per page; both are allocated
-// by the caller before the workload runs.
-func (w *Workload) EnableCapture(sums []uint32, done []uint64) error {
-	if uint64(len(sums)) != w.pages || uint64(len(done)) != (w.pages+63)/64 {
-		return fmt.Errorf("capture: %d sums and %d bitmap words for %d pages", len(sums), len(done), w.pages)
-	}
-	w.capSums, w.capDone = sums, done
-	return nil
-}
-
 // Run performs operations until stop is set, recording each in tl at the
 // time it completes (clock). It returns the completion time of the first
 // operation (0 if none ran). stop is checked before each operation.
@@ -398,19 +381,10 @@ func (w *Workload) pageOp(p uint64, write bool) {
 		w.Sum += s
 		return
 	}
-	w.beforeWrite(p)
 	x := w.rngNext()
 	for i := range page {
 		page[i] = x + uint64(i)
 	}
-}
-
-func (w *Workload) beforeWrite(p uint64) {
-	if w.capSums == nil || w.capDone[p/64]&(1<<(p%64)) != 0 {
-		return
-	}
-	w.capSums[p] = crc32.Checksum(w.mem[p*PageSize:(p+1)*PageSize], castagnoli)
-	w.capDone[p/64] |= 1 << (p % 64)
 }
 
 func (w *Workload) kvOp(key uint64, write bool) {
@@ -445,7 +419,6 @@ func (w *Workload) kvOp(key uint64, write bool) {
 		w.Sum += s
 		return
 	}
-	w.beforeWrite(off / PageSize)
 	x := w.rngNext()
 	for i := 1; i < len(val); i++ {
 		val[i] = x + uint64(i)
@@ -459,60 +432,73 @@ func PageSums(mem []byte, sums []uint32) {
 	}
 }
 
-// Verification is the outcome of comparing the destination's pages with the
-// source's checksums.
-type Verification struct {
-	Pages      uint64 `json:"pages"`      // pages compared
-	Captured   uint64 `json:"captured"`   // of which checked by their checksum before the destination first wrote them
-	Mismatches uint64 `json:"mismatches"` // pages that differ
-	FirstBad   int64  `json:"first_bad"`  // first page that differs, -1 if none
-	OK         bool   `json:"ok"`         // every page matched
+// Replay performs n operations. The source, continued after the migration,
+// replays the operations the destination did from the state it sent: a
+// deterministic workload then ends with the memory and the State the
+// destination should have, had every page arrived as it was.
+func (w *Workload) Replay(n uint64) {
+	for range n {
+		w.Step()
+	}
 }
 
-// Verify compares every page of the destination's memory with the source's
-// checksums: pages the workload wrote at the destination by the checksum
-// captured before their first write, the others by their content now.
-func (w *Workload) Verify(source []uint32) (Verification, error) {
+// Verification is the outcome of comparing the destination, after its run,
+// with the source after replaying the same operations.
+type Verification struct {
+	Pages      uint64 `json:"pages"`       // pages compared
+	Mismatches uint64 `json:"mismatches"`  // pages that differ
+	FirstBad   int64  `json:"first_bad"`   // first page that differs, -1 if none
+	ReadsMatch bool   `json:"reads_match"` // same running sum of every word read, same generator state
+	OK         bool   `json:"ok"`          // every page and every read matched
+}
+
+// Verify compares every page of the destination's memory, by its crc32c,
+// with the replayed source's checksums (PageSums), and the destination's
+// State with the replayed source's: a page that arrived wrong and was read
+// changes the running sum; one still unwritten, or written from a value read,
+// changes the page.
+func (w *Workload) Verify(source []uint32, replayed State) (Verification, error) {
 	if uint64(len(source)) != w.pages {
 		return Verification{}, fmt.Errorf("verify: %d source checksums for %d pages", len(source), w.pages)
 	}
 	v := Verification{Pages: w.pages, FirstBad: -1}
 	for p := uint64(0); p < w.pages; p++ {
-		var sum uint32
-		if w.capDone != nil && w.capDone[p/64]&(1<<(p%64)) != 0 {
-			sum = w.capSums[p]
-			v.Captured++
-		} else {
-			sum = crc32.Checksum(w.mem[p*PageSize:(p+1)*PageSize], castagnoli)
-		}
-		if sum != source[p] {
+		if crc32.Checksum(w.mem[p*PageSize:(p+1)*PageSize], castagnoli) != source[p] {
 			v.Mismatches++
 			if v.FirstBad < 0 {
 				v.FirstBad = int64(p)
 			}
 		}
 	}
-	v.OK = v.Mismatches == 0
+	v.ReadsMatch = w.State == replayed
+	v.OK = v.Mismatches == 0 && v.ReadsMatch
 	return v, nil
 }
 
-// EncodeSums and DecodeSums move checksums through a file (little endian).
-func EncodeSums(sums []uint32) []byte {
-	b := make([]byte, 4*len(sums))
-	for i, s := range sums {
-		binary.LittleEndian.PutUint32(b[4*i:], s)
+// EncodeReplay and DecodeReplay move the replayed source's State and the
+// checksums of its pages through a file: the State (Marshal), then one
+// little-endian crc32c per page.
+func EncodeReplay(st State, sums []uint32) []byte {
+	b := append(make([]byte, 0, StateSize+4*len(sums)), st.Marshal()...)
+	for _, s := range sums {
+		b = binary.LittleEndian.AppendUint32(b, s)
 	}
 	return b
 }
 
-// DecodeSums is the inverse of EncodeSums.
-func DecodeSums(b []byte) ([]uint32, error) {
-	if len(b)%4 != 0 {
-		return nil, fmt.Errorf("checksums: %d bytes, not a multiple of 4", len(b))
+// DecodeReplay is the inverse of EncodeReplay.
+func DecodeReplay(b []byte) (State, []uint32, error) {
+	if len(b) < StateSize || (len(b)-StateSize)%4 != 0 {
+		return State{}, nil, fmt.Errorf("replay: %d bytes, not a state and whole checksums", len(b))
 	}
-	s := make([]uint32, len(b)/4)
-	for i := range s {
-		s[i] = binary.LittleEndian.Uint32(b[4*i:])
+	st, err := UnmarshalState(b[:StateSize])
+	if err != nil {
+		return State{}, nil, err
 	}
-	return s, nil
+	b = b[StateSize:]
+	sums := make([]uint32, len(b)/4)
+	for i := range sums {
+		sums[i] = binary.LittleEndian.Uint32(b[4*i:])
+	}
+	return st, sums, nil
 }
