@@ -45,10 +45,16 @@ type Timeline struct {
 	Lost   uint64   // operations after the last bucket
 }
 
-// NewTimeline allocates a timeline of span (rounded up to buckets).
+// NewTimeline allocates a timeline of span (rounded up to buckets), and
+// writes it once: a large allocation comes from pages the process has not
+// touched, and the first Record must not wait for the kernel to fault one in
+// (on the destination, the first operation's time is the end of downtime).
 func NewTimeline(origin int64, span time.Duration) *Timeline {
-	n := int((span + Bucket - 1) / Bucket)
-	return &Timeline{Origin: origin, Counts: make([]uint32, max(n, 1)), Last: -1}
+	c := make([]uint32, max(1, int((span+Bucket-1)/Bucket)))
+	for i := range c {
+		c[i] = 0
+	}
+	return &Timeline{Origin: origin, Counts: c, Last: -1}
 }
 
 // Record counts one operation completed at now (CLOCK_MONOTONIC ns).
