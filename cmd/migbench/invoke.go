@@ -348,7 +348,10 @@ func (e *env) migrate(ctx context.Context, method string, run int) (m *bench.Mig
 		rate = 1e9
 	}
 	rate = min(rate, 200e6)
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute+c.warmup+c.post+time.Duration(4*float64(size)/rate*float64(time.Second)))
+	// Warm-up, the copy and --post; then the source replays what the
+	// destination did, which takes about as long again.
+	copyEst := time.Duration(4 * float64(size) / rate * float64(time.Second))
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute+c.warmup+2*(c.post+copyEst))
 	defer cancel()
 
 	tag := fmt.Sprintf("run%d-%s", run, method)
@@ -556,12 +559,7 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 	if len(dst) >= 100 {
 		m.PostRate = bench.MeanRate(dst[len(dst)-100:])
 	}
-	// Not back to 90 % within the timeline: the time observed after the
-	// stop, a lower bound.
-	m.Recover90S = float64(len(dst)) * bench.Bucket.Seconds()
-	if r, err := bench.Recover(dst, m.PreRate, 0.9, 10, 50); err == nil {
-		m.Recover90S, m.Recovered90 = r.Seconds(), true
-	}
+	m.SetRecover90()
 	return m, nil
 }
 

@@ -67,7 +67,17 @@ func runSuite(ctx context.Context, c *config, stdout, progress io.Writer) error 
 			if err != nil {
 				return err
 			}
-			if err := writeOutputs(rep, "", "", base+".svg"); err != nil {
+			// Derived figures follow the code that reads them: recover90
+			// from each migration's stored timeline, then the medians.
+			for _, run := range rep.Runs {
+				for _, m := range []*bench.Migration{run.PostCopy, run.StopCopy} {
+					if m != nil {
+						m.SetRecover90()
+					}
+				}
+			}
+			rep.Summarize()
+			if err := writeOutputs(rep, base+".json", base+".csv", base+".svg"); err != nil {
 				return err
 			}
 			reps = append(reps, rep)

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,5 +66,49 @@ func TestUpdateDoc(t *testing.T) {
 	}
 	if err := updateDoc(path, text); err == nil {
 		t.Error("a document without markers was updated")
+	}
+}
+
+// --regen recomputes recover90 from each migration's stored timeline and
+// the medians from the runs, and writes them back.
+func TestRegenRecomputesRecover90(t *testing.T) {
+	dir := t.TempDir()
+	dest := make([]uint32, 120) // 200 ms stopped, then 1 s at the reference rate
+	for i := 20; i < len(dest); i++ {
+		dest[i] = 10
+	}
+	src := make([]uint32, 100)
+	for i := range src {
+		src[i] = 10
+	}
+	for _, s := range defaultSuite {
+		mig := func(method string) *bench.Migration {
+			return &bench.Migration{Method: method, PreRate: 1000, Source: src, Dest: dest, Verified: true,
+				Recover90S: 99, Recovered90: false} // stale figures
+		}
+		rep := &bench.Report{LinkTimeS: 1, Verified: true,
+			Setup: bench.Setup{SizeBytes: 1 << 30, Size: s.size, Pattern: s.pattern, Link: s.link, Content: "random", Date: "2026-11-30T00:00:00Z"},
+			Runs:  []bench.Run{{Index: 1, PostCopy: mig(bench.MethodPostCopy), StopCopy: mig(bench.MethodStopCopy)}}}
+		if err := writeOutputs(rep, filepath.Join(dir, s.name()+".json"), "", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := &config{suite: "default", regen: true, outDir: dir}
+	if err := runSuite(t.Context(), c, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range defaultSuite {
+		rep, err := readReport(filepath.Join(dir, s.name()+".json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := rep.Runs[0].PostCopy
+		// The 100 ms window from 190 ms holds nine buckets at the
+		// reference rate: 90 %.
+		if !m.Recovered90 || math.Abs(m.Recover90S-0.19) > 1e-9 || !rep.Recovered90 || math.Abs(rep.Recover90S-0.19) > 1e-9 ||
+			math.Abs(rep.Recover90Ratio-0.19) > 1e-9 {
+			t.Errorf("%s: recover90 %v (recovered %v), median %v (recovered %v, ratio %v); want 0.19 s recomputed",
+				s.name(), m.Recover90S, m.Recovered90, rep.Recover90S, rep.Recovered90, rep.Recover90Ratio)
+		}
 	}
 }

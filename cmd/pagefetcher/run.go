@@ -365,7 +365,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 	defer runCancel()
 	res := make(chan result, 1)
 	go func() { s, err := f.Run(runCtx); res <- result{s, err} }()
-	// Logged once the fetcher runs: a log line is a write(2), off the way
+	// Logged once the fetcher is started: a log line is a write(2), off the way
 	// to the first page.
 	log.Info("VMM handed over", "pid", h.Cred.Pid, "uid", h.Cred.Uid, "regions", len(regions),
 		"since_handoff", handedOver)

@@ -125,6 +125,7 @@ func TestRecover(t *testing.T) {
 		{"the hold passes before the window does", counts(0, 12, 30, 10, 10), 2, 4, 10 * time.Millisecond, nil},
 		{"never", counts(10, 10, 5, 5), 2, 2, 0, ErrNotRecovered},
 		{"too short for the hold", counts(10, 10, 10), 1, 4, 0, ErrNotRecovered},
+		{"the window passes only where no hold run is left", counts(0, 0, 0, 36, 10), 1, 4, 0, ErrNotRecovered},
 		{"exactly 90 %", counts(9, 9, 9), 3, 3, 0, nil},
 	}
 	for _, c := range cases {

@@ -61,10 +61,10 @@ type Migration struct {
 	// Throughput: the source's rate over the last second before the stop,
 	// the destination's over the last second it ran, and the time from the
 	// stop until the destination is back to 90 % of PreRate for good
-	// (Recover: a 100 ms window at 90 %, and every 500 ms window after it).
-	// Recovered90 says whether it was within
-	// the destination's timeline; when not, Recover90S is the length of
-	// that timeline, the time observed after the stop: a lower bound.
+	// (Recover: a 100 ms window at 90 %, and every 500 ms window after it;
+	// SetRecover90). Recovered90 says whether it was within the
+	// destination's timeline; when not, Recover90S is the length of that
+	// timeline, the time observed after the stop: a lower bound.
 	PreRate     float64 `json:"pre_ops_per_s"`
 	PostRate    float64 `json:"post_ops_per_s"`
 	Recover90S  float64 `json:"recover90_s"`
@@ -472,4 +472,17 @@ func finite(v float64) float64 {
 		return 0
 	}
 	return v
+}
+
+// SetRecover90 computes Recover90S and Recovered90 from Dest and PreRate:
+// the start of the first 100 ms window at 90 % of PreRate after which every
+// 500 ms window is too, or the length of Dest when there is none.
+func (m *Migration) SetRecover90() {
+	m.Recover90S, m.Recovered90 = float64(len(m.Dest))*Bucket.Seconds(), false
+	if m.PreRate <= 0 {
+		return
+	}
+	if r, err := Recover(m.Dest, m.PreRate, 0.9, 10, 50); err == nil {
+		m.Recover90S, m.Recovered90 = r.Seconds(), true
+	}
 }

@@ -135,12 +135,13 @@ func Recover(counts []uint32, ref, frac float64, window, hold int) (time.Duratio
 			break
 		}
 	}
-	// From there, the first window that passes.
+	// From there, the first window that passes, among those with a whole
+	// hold run at or after them.
 	sum = 0
 	for _, c := range counts[from : from+window] {
 		sum += uint64(c)
 	}
-	for i := from; i+window <= len(counts); i++ {
+	for i := from; i <= len(counts)-hold; i++ {
 		if i > from {
 			sum += uint64(counts[i+window-1])
 			sum -= uint64(counts[i-1])

@@ -507,7 +507,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		demand.Close()
 		return f.summary(), err
 	}
-	openedAt := time.Since(f.cfg.HandoffAt)
+	sinceHandoff := time.Since(f.cfg.HandoffAt)
 
 	if f.poller, err = newFaultWaiter(f.fd); err != nil {
 		demand.Close()
@@ -529,10 +529,10 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		f.fail(f.faultLoop(f.urgentThread()))
 	}()
 	go func() { defer wg.Done(); f.connLoop(runCtx, f.cfg.Client, first) }()
-	// Logged once the loops run: a log line is a write(2), off the way to
+	// Logged once the loops are started: a log line is a write(2), off the way to
 	// the first page.
 	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,
-		"pages", f.layout.totalPages(), "regions", len(f.layout.regions), "since_handoff", openedAt)
+		"pages", f.layout.totalPages(), "regions", len(f.layout.regions), "since_handoff", sinceHandoff)
 	unused.End(f.log) // off the way to the first page: the loops run
 	if f.cfg.VMMPid != 0 {
 		stopWatch, err := f.watchVMM(f.cfg.VMMPid)
