@@ -112,3 +112,21 @@ func TestRegenRecomputesRecover90(t *testing.T) {
 		}
 	}
 }
+
+// runCounts counts, run by run, post-copy recoveries within 1.1× the link
+// time and stop-and-copy recoveries at all; one run says nothing more.
+func TestRunCounts(t *testing.T) {
+	run := func(post float64, postOK, stopOK bool) bench.Run {
+		return bench.Run{PostCopy: &bench.Migration{Recover90S: post, Recovered90: postOK},
+			StopCopy: &bench.Migration{Recovered90: stopOK}}
+	}
+	r := &bench.Report{LinkTimeS: 10, Runs: []bench.Run{run(10.5, true, true), run(11.5, true, false), run(12, false, true)}}
+	want := " (by run: post-copy within 1.1× in 1 of 3; stop-and-copy back to 90 % for good at all in 2 of 3)"
+	if got := runCounts(r); got != want {
+		t.Errorf("runCounts = %q, want %q", got, want)
+	}
+	r.Runs = r.Runs[:1]
+	if got := runCounts(r); got != "" {
+		t.Errorf("runCounts of one run = %q, want nothing", got)
+	}
+}
