@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/postcopy/postcopy/pkg/image"
 	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
 )
 
@@ -50,7 +51,7 @@ type ImageInfo struct {
 }
 
 // Extent is the range [Offset, Offset+Length) of an image's offset space.
-type Extent struct{ Offset, Length uint64 }
+type Extent = image.Extent
 
 // ClientOptions configure a Client.
 type ClientOptions struct {

@@ -470,7 +470,7 @@ func (ls *laneSet) swap(old, c net.Conn) bool {
 	defer ls.mu.Unlock()
 	sess, ok := ls.conns[old]
 	delete(ls.conns, old)
-	if !ok || ls.closed || ls.draining && (sess == nil || !sess.started.Load()) {
+	if !ok || ls.closed || sess == nil || !ls.mayServeLocked(sess, false) {
 		ls.checkIdleLocked()
 		return false
 	}
@@ -508,7 +508,7 @@ func (s *Server) DrainSocketLanes() <-chan struct{} {
 		ls.draining = true
 		ls.idle = make(chan struct{})
 		for c, sess := range ls.conns {
-			if sess == nil || !sess.started.Load() {
+			if sess == nil || !ls.mayServeLocked(sess, false) {
 				shutdownConn(c) // its goroutine sees the lane close, and removes it
 			}
 		}
