@@ -486,3 +486,17 @@ func (m *Migration) SetRecover90() {
 		m.Recover90S, m.Recovered90 = r.Seconds(), true
 	}
 }
+
+// Recompute derives the figures that follow from stored measurements again
+// (each migration's SetRecover90, then Summarize): a report read from JSON
+// then agrees with the code that reads it.
+func (r *Report) Recompute() {
+	for _, run := range r.Runs {
+		for _, m := range []*Migration{run.PostCopy, run.StopCopy} {
+			if m != nil {
+				m.SetRecover90()
+			}
+		}
+	}
+	r.Summarize()
+}

@@ -113,40 +113,25 @@ func Recover(counts []uint32, ref, frac float64, window, hold int) (time.Duratio
 	if ref <= 0 || math.IsNaN(ref) {
 		return 0, errors.New("recover: reference rate must be positive")
 	}
-	if len(counts) < hold {
-		return 0, ErrNotRecovered
+	// sum[i] is the operations of buckets [0, i); passes says whether the n
+	// buckets from i average frac × ref.
+	sum := make([]uint64, len(counts)+1)
+	for i, c := range counts {
+		sum[i+1] = sum[i] + uint64(c)
 	}
-	// The first start from which every hold run passes: just after the
-	// last one that falls short, found from the back.
-	held := func(n int) float64 { return frac * ref * float64(n) * Bucket.Seconds() } // operations in n buckets
-	var sum uint64
-	for _, c := range counts[len(counts)-hold:] {
-		sum += uint64(c)
+	passes := func(i, n int) bool {
+		return float64(sum[i+n]-sum[i]) >= frac*ref*float64(n)*Bucket.Seconds()
 	}
-	if float64(sum) < held(hold) {
-		return 0, ErrNotRecovered
+	// Hold runs start at 0..last; from is just after the last one that
+	// falls short.
+	last := len(counts) - hold
+	from := last + 1
+	for from > 0 && passes(from-1, hold) {
+		from--
 	}
-	from := 0
-	for s := len(counts) - hold - 1; s >= 0; s-- {
-		sum += uint64(counts[s])
-		sum -= uint64(counts[s+hold])
-		if float64(sum) < held(hold) {
-			from = s + 1
-			break
-		}
-	}
-	// From there, the first window that passes, among those with a whole
-	// hold run at or after them.
-	sum = 0
-	for _, c := range counts[from : from+window] {
-		sum += uint64(c)
-	}
-	for i := from; i <= len(counts)-hold; i++ {
-		if i > from {
-			sum += uint64(counts[i+window-1])
-			sum -= uint64(counts[i-1])
-		}
-		if float64(sum) >= held(window) {
+	// The first window that passes, with a whole hold run at or after it.
+	for i := from; i <= last; i++ {
+		if passes(i, window) {
 			return time.Duration(i) * Bucket, nil
 		}
 	}
