@@ -127,3 +127,42 @@ func pretouch(p unsafe.Pointer, size uintptr) {
 		*(*byte)(unsafe.Add(p, off)) = 0
 	}
 }
+
+// GuestView is what the guest felt, as a VMM reports it in JSON (stable
+// keys, units in the names): see the package documentation, "Stalls".
+type GuestView struct {
+	StallCount      uint64  `json:"stall_count"`
+	StallP50US      float64 `json:"stall_p50_us"`
+	StallP90US      float64 `json:"stall_p90_us"`
+	StallP99US      float64 `json:"stall_p99_us"`
+	StallP999US     float64 `json:"stall_p999_us"`
+	StallMaxUS      float64 `json:"stall_max_us"`
+	FirstTouches    uint64  `json:"first_touches"`
+	FirstTouchMaxUS float64 `json:"first_touch_max_us"`
+	OtherReadMaxUS  float64 `json:"other_read_max_us"`
+	// FirstPageMS runs from just before the handshake's sendmsg to the end
+	// of the first completed read (0: no read); HandlerClosedMS from that
+	// sendmsg until the handler closed the connection (0: not yet).
+	FirstPageMS     float64 `json:"first_page_ms"`
+	HandlerClosedMS float64 `json:"handler_closed_ms"`
+}
+
+// GuestView returns what tr measured on v, the handler's close included if
+// it has happened.
+func (v *VM) GuestView(tr TouchResult) GuestView {
+	s := tr.Stalls
+	g := GuestView{
+		StallCount: s.Count,
+		StallP50US: us(s.P50), StallP90US: us(s.P90), StallP99US: us(s.P99), StallP999US: us(s.P999), StallMaxUS: us(s.Max),
+		FirstTouches: tr.FirstTouches, FirstTouchMaxUS: us(tr.FirstTouchMax), OtherReadMaxUS: us(tr.OtherReadMax),
+	}
+	if tr.FirstReadDone != 0 {
+		g.FirstPageMS = us(tr.FirstReadDone.Sub(v.sentAt)) / 1e3
+	}
+	if at, ok := v.HandlerClosedAt(); ok {
+		g.HandlerClosedMS = us(at.Sub(v.sentAt)) / 1e3
+	}
+	return g
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
