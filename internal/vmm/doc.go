@@ -23,6 +23,31 @@
 // allocates nothing while the touchers run: every access goes straight to the
 // mapped memory, never through a copy.
 //
+// # Stalls: what the guest feels
+//
+// Each toucher thread times its own reads with the monotonic clock (Now),
+// around the load itself, and writes the result into memory allocated and
+// touched before the handoff: no allocation, no lock, no system call inside
+// the timed window. What is counted:
+//
+//   - A page's first touch is the read by the thread that claims the page
+//     first: a per-page bit, set atomically just before the read; exactly
+//     one read of each page is its first touch, however many threads read
+//     it. Other threads reading the page at the same moment wait on the same
+//     fault; their reads are not first touches (OtherReadMax is the slowest).
+//   - A stall is a first touch that found its page missing: the claiming
+//     thread asks mincore(2) (which does not fault) just before starting the
+//     clock. TouchResult.Stalls is the distribution of those reads: the
+//     faults as the guest's thread felt them, from the load that faulted to
+//     the thread running again — the way to the handler and back included.
+//     A page that became resident between mincore and the load counts as a
+//     short stall.
+//   - FirstReadDone is when the first read of any thread completed; with
+//     VM.HandedOverAt (just before the handshake's sendmsg) it gives the
+//     time from the handoff to the first page, and VM.HandlerClosedAt the
+//     time until the handler closed the connection: the VMM's view of
+//     "every page resident" for a handler that closes it then.
+//
 // The package is Linux-only and needs userfaultfd (root, or
 // vm.unprivileged_userfaultfd=1); hugetlbfs regions need 2 MiB huge pages
 // reserved by the caller (/proc/sys/vm/nr_hugepages).

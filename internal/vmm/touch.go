@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -87,6 +86,24 @@ type TouchResult struct {
 	Duration time.Duration
 	// Sum folds the bytes read, so that no read can be optimised away.
 	Sum uint64
+
+	// What the touching threads measured, each around its own load, with
+	// the monotonic clock (see the package documentation, "Stalls").
+	//
+	// Stalls is the distribution of the first touches that found their
+	// page missing: the faults the guest felt.
+	Stalls StallStats
+	// FirstTouches counts the pages whose first touch was timed, missing
+	// or not; FirstTouchMax is the slowest of those reads.
+	FirstTouches  uint64
+	FirstTouchMax time.Duration
+	// OtherReadMax is the slowest read that was not a page's first touch
+	// (another thread had claimed it: a read of a page already resident,
+	// or one that waited on the fault of the thread that claimed it).
+	OtherReadMax time.Duration
+	// FirstReadDone is when the first read of any thread completed; zero
+	// when there was none.
+	FirstReadDone Stamp
 }
 
 // pageRef locates page i of the layout.
@@ -136,6 +153,8 @@ type Toucher struct {
 	opts    TouchOptions
 	pi      pageIndex
 	orders  [][]uint32
+	claimed claimSet
+	recs    []touchRecord
 	restore func()
 }
 
@@ -166,6 +185,20 @@ func (v *VM) PrepareTouch(opts TouchOptions) (*Toucher, error) {
 			rng.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
 			t.orders[i] = o
 		}
+	}
+	t.claimed = make(claimSet, (t.pi.total+63)/64)
+	pretouch(unsafe.Pointer(unsafe.SliceData(t.claimed)), uintptr(len(t.claimed))*8)
+	t.recs = make([]touchRecord, opts.Threads)
+	for i := range t.recs {
+		// A thread makes at most its share of reads (TouchAll) or one
+		// read of every page: that many first touches at most.
+		n := t.pi.total
+		if opts.Mode == TouchAll {
+			k := uint64(opts.Threads)
+			n = t.pi.total*uint64(i+1)/k - t.pi.total*uint64(i)/k
+		}
+		t.recs[i].stalls = make([]int64, n)
+		pretouch(unsafe.Pointer(unsafe.SliceData(t.recs[i].stalls)), uintptr(n)*8)
 	}
 	t.restore = quiesceGC(opts.Threads + 2)
 	return t, nil
@@ -200,7 +233,7 @@ func quiesceGC(minProcs int) func() {
 func (t *Toucher) Run() (TouchResult, error) {
 	defer t.restore()
 	var res TouchResult
-	opts, v, pi, orders := t.opts, t.v, t.pi, t.orders
+	opts, v, pi, orders, claimed, recs := t.opts, t.v, t.pi, t.orders, t.claimed, t.recs
 	if opts.Mode == TouchNone {
 		return res, nil
 	}
@@ -218,6 +251,7 @@ func (t *Toucher) Run() (TouchResult, error) {
 			defer wg.Done()
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
+			rec := &recs[t]
 			var sum uint64
 			lo, hi := uint64(0), pi.total
 			var next time.Time
@@ -239,7 +273,13 @@ func (t *Toucher) Run() (TouchResult, error) {
 				if orders != nil {
 					p = uint64(orders[t][i])
 				}
-				sum += uint64(*(*byte)(v.pageAddr(&pi, p)))
+				addr := v.pageAddr(&pi, p)
+				first := claimed.claim(p)
+				missing := first && !resident(addr, &rec.vec)
+				t0 := Now()
+				sum += uint64(*(*byte)(addr))
+				t1 := Now()
+				rec.record(first, missing, t1.Sub(t0), t1)
 				n := reads.Add(1)
 				if opts.At != nil && n == atRead {
 					atErr = opts.At()
@@ -258,10 +298,27 @@ func (t *Toucher) Run() (TouchResult, error) {
 	for t := 0; t < opts.Threads; t++ {
 		res.Sum += sums[t*8]
 	}
+	res.summarize(recs)
 	if atErr != nil {
 		return res, fmt.Errorf("vmm: touch: at read %d: %w", atRead, atErr)
 	}
 	return res, nil
+}
+
+// summarize folds the threads' records into r.
+func (r *TouchResult) summarize(recs []touchRecord) {
+	var all []int64
+	for i := range recs {
+		rec := &recs[i]
+		all = append(all, rec.stalls[:rec.nStalls]...)
+		r.FirstTouches += rec.firstTouches
+		r.FirstTouchMax = max(r.FirstTouchMax, rec.firstTouchMax)
+		r.OtherReadMax = max(r.OtherReadMax, rec.otherMax)
+		if d := rec.firstReadDone; d != 0 && (r.FirstReadDone == 0 || d < r.FirstReadDone) {
+			r.FirstReadDone = d
+		}
+	}
+	r.Stalls = SummarizeStalls(all)
 }
 
 // Mismatch is one page whose bytes differ from what was expected.
@@ -367,5 +424,3 @@ func (v *VM) Verify(image io.ReaderAt) (VerifyResult, error) {
 func sliceAddr(b []byte) uint64 { return uint64(uintptr(unsafe.Pointer(unsafe.SliceData(b)))) }
 
 func isEOF(err error) bool { return errors.Is(err, io.EOF) }
-
-func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }

@@ -35,6 +35,13 @@ type VM struct {
 	features uffd.Features
 
 	conn *net.UnixConn // the handshake socket, kept open like Firecracker does
+	// sentAt is taken just before the handshake's sendmsg; closedAt when
+	// the watcher saw the handler close the connection, and closed is
+	// closed then (closeErr says how the connection ended).
+	sentAt   Stamp
+	closedAt Stamp
+	closeErr error
+	closedCh chan struct{}
 
 	mu        sync.Mutex
 	discarded []byteRange // image offsets discarded with Discard
@@ -141,12 +148,55 @@ func (v *VM) HandOver(socketPath string, legacy bool) error {
 	if err != nil {
 		return fmt.Errorf("vmm: connect to the page fault handler: %w", err)
 	}
-	if err := handshake.Send(conn, v.HandshakeRegions(), v.fd.Int(), legacy); err != nil {
+	regions := v.HandshakeRegions()
+	v.sentAt = Now()
+	if err := handshake.Send(conn, regions, v.fd.Int(), legacy); err != nil {
 		conn.Close()
 		return fmt.Errorf("vmm: handshake: %w", err)
 	}
 	v.conn = conn
+	v.closedCh = make(chan struct{})
+	go v.watch()
 	return nil
+}
+
+// watch reads the handshake connection until the handler closes it (or it
+// fails), notes when, and closes v.closedCh. Bytes the handler sends, if
+// any, are discarded. It runs from the handoff on, so that the moment is
+// right even while the VMM is busy elsewhere (verifying, say).
+func (v *VM) watch() {
+	var buf [256]byte
+	for {
+		_, err := v.conn.Read(buf[:])
+		if err == nil {
+			continue
+		}
+		v.closedAt = Now()
+		if !errors.Is(err, unix.ECONNRESET) && !isEOF(err) {
+			v.closeErr = fmt.Errorf("vmm: wait for the handler: %w", err)
+		}
+		close(v.closedCh)
+		return
+	}
+}
+
+// HandedOverAt returns when the handshake's sendmsg was about to be made
+// (zero before HandOver).
+func (v *VM) HandedOverAt() Stamp { return v.sentAt }
+
+// HandlerClosedAt returns when the handler closed the handshake
+// connection, and whether it has (a handler like pagefetcher does so once
+// every page is resident and it is done).
+func (v *VM) HandlerClosedAt() (Stamp, bool) {
+	if v.closedCh == nil {
+		return 0, false
+	}
+	select {
+	case <-v.closedCh:
+		return v.closedAt, v.closeErr == nil
+	default:
+		return 0, false
+	}
 }
 
 // ErrHandlerTimeout is returned by WaitHandler when the handler keeps the
@@ -160,22 +210,13 @@ func (v *VM) WaitHandler(timeout time.Duration) error {
 	if v.conn == nil {
 		return errors.New("vmm: not handed over")
 	}
-	if err := v.conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
-		return fmt.Errorf("vmm: %w", err)
-	}
-	var buf [256]byte
-	for {
-		_, err := v.conn.Read(buf[:])
-		switch {
-		case err == nil:
-			continue
-		case errors.Is(err, unix.ECONNRESET) || isEOF(err):
-			return nil
-		case errors.Is(err, unix.ETIMEDOUT) || isTimeout(err):
-			return ErrHandlerTimeout
-		default:
-			return fmt.Errorf("vmm: wait for the handler: %w", err)
-		}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-v.closedCh:
+		return v.closeErr
+	case <-t.C:
+		return ErrHandlerTimeout
 	}
 }
 

@@ -292,6 +292,7 @@ func testTouchDiscardVerify(t *testing.T, mode TouchMode, legacy bool) {
 	if res.Reads != wantReads || res.Stopped {
 		t.Errorf("Touch: %d reads (stopped %v), want %d", res.Reads, res.Stopped, wantReads)
 	}
+	checkStalls(t, vm, res, mode)
 
 	ver, err := vm.Verify(bytes.NewReader(image))
 	if err != nil {
@@ -339,6 +340,36 @@ func testTouchDiscardVerify(t *testing.T, mode TouchMode, legacy bool) {
 	h.Conn.Close()
 	if err := vm.WaitHandler(10 * time.Second); err != nil {
 		t.Errorf("WaitHandler after the handler closed = %v", err)
+	}
+	if at, ok := vm.HandlerClosedAt(); !ok || at < res.FirstReadDone {
+		t.Errorf("HandlerClosedAt = %v, %v; want true, after the first read %v", at, ok, res.FirstReadDone)
+	}
+}
+
+// checkStalls checks what the touching threads measured: one first touch
+// per page, nothing resident before the handler placed it (this handler
+// never prefetches), so that every first touch is a stall unless another
+// thread's read of the same page resolved it first (same and random modes).
+func checkStalls(t *testing.T, vm *VM, res TouchResult, mode TouchMode) {
+	t.Helper()
+	pages := vm.Spec().Pages()
+	s := res.Stalls
+	if res.FirstTouches != pages || s.Count == 0 || s.Count > pages || (mode == TouchAll && s.Count != pages) {
+		t.Errorf("%d first touches and %d stalls of %d pages", res.FirstTouches, s.Count, pages)
+	}
+	if !(0 < s.P50 && s.P50 <= s.P90 && s.P90 <= s.P99 && s.P99 <= s.P999 && s.P999 <= s.Max && s.Max <= res.FirstTouchMax && s.Max < time.Minute) {
+		t.Errorf("stall distribution %+v, slowest first touch %v", s, res.FirstTouchMax)
+	}
+	// A fault served by another thread of this process costs microseconds
+	// at least: a read of a resident page does not.
+	if s.P50 < time.Microsecond {
+		t.Errorf("stall p50 %v: faults cannot be that fast", s.P50)
+	}
+	if mode == TouchAll && res.OtherReadMax != 0 {
+		t.Errorf("every read is a first touch in mode all, but OtherReadMax = %v", res.OtherReadMax)
+	}
+	if sent := vm.HandedOverAt(); sent == 0 || res.FirstReadDone <= sent || res.FirstReadDone.Sub(sent) > time.Minute {
+		t.Errorf("handed over at %v, first read done at %v", sent, res.FirstReadDone)
 	}
 }
 

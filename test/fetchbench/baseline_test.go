@@ -6,11 +6,15 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"slices"
-	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/pkg/uffd"
+	"github.com/postcopy/postcopy/test/harness"
 )
 
 // The TCP baselines run their far end in a child process (this binary,
@@ -25,7 +29,7 @@ func echoMain() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	fmt.Println(lis.Addr().String())
+	fmt.Printf("{\"event\":\"ready\",\"addr\":%q}\n", lis.Addr().String())
 	for {
 		c, err := lis.Accept()
 		if err != nil {
@@ -55,34 +59,50 @@ func echoMain() int {
 }
 
 type echoServer struct {
-	cmd  *exec.Cmd
 	addr string
+	cpus []int // where the client side runs too
 }
 
-func startEcho(b *testing.B) *echoServer {
+// startEcho starts the far end of the TCP baselines on cpus (anywhere if
+// empty).
+func startEcho(b *testing.B, cpus []int) *echoServer {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
-	cmd.Env = append(os.Environ(), echoEnv+"=1")
-	out, err := cmd.StdoutPipe()
+	p, err := harness.Start("echo", os.Args[0], []string{"-test.run=^$", "-test.bench=^$"},
+		harness.StartOptions{Env: []string{echoEnv + "=1"}, CPUs: cpus})
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
+	b.Cleanup(func() { p.Stop(time.Second) })
+	var ready struct {
+		Addr string `json:"addr"`
 	}
-	var line [64]byte
-	n, err := out.Read(line[:])
-	if err != nil {
-		b.Fatal(err)
+	if err := p.WaitEvent("ready", harness.ReadyTimeout, &ready); err != nil {
+		b.Fatalf("%v\n%s", err, p.Describe(2000))
 	}
-	e := &echoServer{cmd: cmd, addr: strings.TrimSpace(string(line[:n]))}
-	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	return e
+	return &echoServer{addr: ready.Addr, cpus: cpus}
+}
+
+// onCPUs runs f on the calling goroutine's thread, pinned to cpus when
+// there are any: a measurement in this process beside pinned children.
+func onCPUs[T any](b *testing.B, cpus []int, f func() T) T {
+	b.Helper()
+	if len(cpus) > 0 {
+		undo, err := harness.PinThread(cpus)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer undo()
+	}
+	return f()
 }
 
 // tcpRTT measures n round trips (16 bytes out, 4 KiB back) and returns the
 // median.
 func tcpRTT(b *testing.B, e *echoServer, n int) time.Duration {
+	return onCPUs(b, e.cpus, func() time.Duration { return tcpRTTHere(b, e, n) })
+}
+
+func tcpRTTHere(b *testing.B, e *echoServer, n int) time.Duration {
 	c, err := net.Dial("tcp", e.addr)
 	if err != nil {
 		b.Fatal(err)
@@ -110,6 +130,10 @@ func tcpRTT(b *testing.B, e *echoServer, n int) time.Duration {
 // tcpBandwidth sends size bytes in 1 MiB writes on one stream and returns
 // bytes per second.
 func tcpBandwidth(b *testing.B, e *echoServer, size int64) float64 {
+	return onCPUs(b, e.cpus, func() float64 { return tcpBandwidthHere(b, e, size) })
+}
+
+func tcpBandwidthHere(b *testing.B, e *echoServer, size int64) float64 {
 	c, err := net.Dial("tcp", e.addr)
 	if err != nil {
 		b.Fatal(err)
@@ -136,17 +160,70 @@ func tcpBandwidth(b *testing.B, e *echoServer, size int64) float64 {
 	return float64(size) / time.Since(t0).Seconds()
 }
 
-// BenchmarkBaselineTCP reports the raw loopback baselines on their own.
-func BenchmarkBaselineTCP(b *testing.B) {
-	e := startEcho(b)
-	var rtt []time.Duration
-	var bw []float64
-	for i := 0; i < b.N; i++ {
-		rtt = append(rtt, tcpRTT(b, e, 2000))
-		bw = append(bw, tcpBandwidth(b, e, 1<<30))
+// copyFloor places size bytes into fresh anonymous memory registered with
+// a userfaultfd (MISSING), with 1 MiB UFFDIO_COPYs from one buffer, in this
+// process on the calling thread (pinned to cpus if any), and returns bytes
+// per second: what placing the memory costs with nothing else running.
+func copyFloor(b *testing.B, size uint64, cpus []int) float64 {
+	return onCPUs(b, cpus, func() float64 {
+		r, err := copyFloorHere(size)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return r
+	})
+}
+
+func copyFloorHere(size uint64) (float64, error) {
+	const chunk = 1 << 20
+	mem, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return 0, fmt.Errorf("copy floor: mmap %d bytes: %w", size, err)
 	}
-	b.ReportMetric(float64(median(rtt).Nanoseconds())/1e3, "rtt_us")
-	b.ReportMetric(medianF(bw)/1e9, "GB/s")
+	defer unix.Munmap(mem)
+	fd, err := uffd.Open(uffd.OpenOptions{})
+	if err != nil {
+		return 0, fmt.Errorf("copy floor: %w", err)
+	}
+	defer fd.Close()
+	base := uint64(uintptr(unsafe.Pointer(unsafe.SliceData(mem))))
+	if _, err := fd.API(0); err != nil {
+		return 0, fmt.Errorf("copy floor: %w", err)
+	}
+	if _, err := fd.Register(base, size, uffd.RegisterMissing); err != nil {
+		return 0, fmt.Errorf("copy floor: %w", err)
+	}
+	src := make([]byte, chunk)
+	for i := range src {
+		src[i] = byte(i*7 + 1)
+	}
+	t0 := time.Now()
+	for off := uint64(0); off < size; {
+		n, err := fd.Copy(base+off, src[:min(chunk, size-off)], uffd.CopyDontWake)
+		if err != nil {
+			return 0, fmt.Errorf("copy floor: %w", err)
+		}
+		off += n // a short copy goes on from where it stopped
+	}
+	return float64(size) / time.Since(t0).Seconds(), nil
+}
+
+// BenchmarkBaselines reports the baselines on their own: the raw loopback
+// TCP round trip and one-stream bandwidth, and the in-process copy floor.
+func BenchmarkBaselines(b *testing.B) {
+	forPlacements(b, func(b *testing.B, cpus []int) {
+		e := startEcho(b, cpus)
+		var rtt []time.Duration
+		var bw, floor []float64
+		for i := 0; i < b.N; i++ {
+			rtt = append(rtt, tcpRTT(b, e, 2000))
+			bw = append(bw, tcpBandwidth(b, e, 1<<30))
+			floor = append(floor, copyFloor(b, 1<<30, cpus))
+		}
+		b.ReportMetric(float64(median(rtt).Nanoseconds())/1e3, "tcp_rtt_us")
+		b.ReportMetric(medianF(bw)/1e9, "tcp_GB/s")
+		b.ReportMetric(medianF(floor)/1e9, "copy_GB/s")
+	})
 }
 
 func median(xs []time.Duration) time.Duration {

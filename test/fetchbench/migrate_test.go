@@ -7,11 +7,18 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/test/harness"
+)
+
+var (
+	pinCPU       = flag.Int("fetchbench.cpu", 0, "the CPU that every process of the pinned sub-benchmarks runs on")
+	fetcherFlags = flag.String("fetchbench.fetcher-flags", "", "extra pagefetcher flags for every pagefetcher run (space-separated), e.g. to compare a setting")
+	serverFlags  = flag.String("fetchbench.server-flags", "", "extra pageserver flags for every pageserver run (space-separated)")
 )
 
 var bins harness.Bins
@@ -41,6 +48,14 @@ func runMain(m *testing.M) int {
 	return m.Run()
 }
 
+// forPlacements runs f as two sub-benchmarks: "pinned", every process (the
+// servers, the handler, the VMM, and this process's own measurements) on
+// one CPU, and "unpinned", anywhere. cpus is nil when unpinned.
+func forPlacements(b *testing.B, f func(b *testing.B, cpus []int)) {
+	b.Run("pinned", func(b *testing.B) { f(b, []int{*pinCPU}) })
+	b.Run("unpinned", func(b *testing.B) { f(b, nil) })
+}
+
 // image caches generated images across benchmarks of one run.
 var images = map[string]string{}
 
@@ -58,192 +73,385 @@ func genImage(b *testing.B, name string, size uint64, o harness.ImageOptions) st
 	return path
 }
 
-type run struct {
-	sum     harness.Summary
-	maxRSS  int64 // pagefetcher's peak RSS, bytes
-	elapsed time.Duration
+// image2G is the random image most sub-benchmarks read (a prefix of it for
+// smaller layouts).
+func image2G(b *testing.B) string {
+	return genImage(b, "random2g", 2<<30, harness.ImageOptions{Seed: 2, ZeroFraction: 0.05})
 }
 
-// migrate runs one migration of image into a VMM with the given layout and
-// touching, and returns pagefetcher's summary.
-func migrate(b *testing.B, image, regions string, serverArgs, fetcherArgs, vmmArgs []string) run {
+// handler says which page fault handler serves a migration.
+type handler int
+
+const (
+	pagefetcher handler = iota
+	yardstick
+)
+
+// mig is one migration to run.
+type mig struct {
+	image, regions string
+	handler        handler
+	// serverArgs and fetcherArgs go to pageserver and pagefetcher (not to
+	// the yardstick), after -fetchbench.server-flags and fetcher-flags.
+	serverArgs, fetcherArgs []string
+	vmmArgs                 []string
+	// cpus pins every process (nil: unpinned).
+	cpus []int
+	// idle is how long the handler waits, ready, before the VMM starts.
+	idle time.Duration
+}
+
+// run is what a migration measured.
+type run struct {
+	// vmm is the VMM's result line: the guest's view, timed in its threads.
+	vmm harness.VMMResult
+	// sum is pagefetcher's own summary: the handler's view (zero for the
+	// yardstick).
+	sum    harness.Summary
+	maxRSS int64 // pagefetcher's peak RSS, bytes
+}
+
+// residentS is the VMM's view of "every page resident": from its
+// handshake's sendmsg until the handler closed the connection.
+func (r run) residentS() float64 { return r.vmm.HandlerClosedMS / 1e3 }
+
+func extraFlags(s string) []string { return strings.Fields(s) }
+
+// migrate runs one migration and returns both views of it.
+func migrate(b *testing.B, m mig) run {
 	b.Helper()
 	testutil.RequireRoot(b)
 	dir := b.TempDir()
-	srv, ready, err := harness.StartServer(bins, image, "", serverArgs, harness.StartOptions{})
-	if err != nil {
-		b.Fatalf("pageserver: %v\n%s", err, describe(srv))
-	}
-	defer srv.Stop(5 * time.Second)
 	sock := filepath.Join(dir, "uffd.sock")
-	pf, _, err := harness.StartFetcher(bins, ready.Addr, sock, "", fetcherArgs, harness.StartOptions{})
-	if err != nil {
-		b.Fatalf("pagefetcher: %v\n%s", err, describe(pf))
-	}
-	defer pf.Stop(5 * time.Second)
-	args := append([]string{"--socket", sock, "--regions", regions}, vmmArgs...)
-	vm, err := harness.Start("vmm", bins.VMM, args, harness.StartOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer vm.Stop(5 * time.Second)
-	var line harness.SummaryLine
-	if err := pf.WaitEvent("summary", 10*time.Minute, &line); err != nil {
-		b.Fatalf("summary: %v\n%s\n%s", err, pf.Describe(4000), vm.Describe(4000))
-	}
-	if !line.OK {
-		b.Fatalf("migration failed: %+v\n%s", line, pf.Describe(4000))
-	}
-	if code, err := pf.Wait(time.Minute); err != nil || code != 0 {
-		b.Fatalf("pagefetcher exit %d %v\n%s", code, err, pf.Describe(4000))
-	}
-	r := run{sum: line.Summary, elapsed: pf.Runtime()}
-	for _, l := range pf.Lines() {
-		var rss struct {
-			Event string `json:"event"`
-			RSS   int64  `json:"peak_rss_bytes"`
+	o := harness.StartOptions{CPUs: m.cpus}
+	var procs []*harness.Proc
+	defer func() {
+		for _, p := range procs {
+			p.Stop(5 * time.Second)
 		}
-		if json.Unmarshal([]byte(l), &rss) == nil && rss.Event == "summary" {
-			r.maxRSS = rss.RSS
+	}()
+	fail := func(format string, a ...any) {
+		b.Helper()
+		var sb strings.Builder
+		for _, p := range procs {
+			sb.WriteString(p.Describe(4000))
 		}
+		b.Fatalf("%s\n%s", fmt.Sprintf(format, a...), sb.String())
+	}
+	track := func(ps ...*harness.Proc) {
+		for _, p := range ps {
+			if p != nil {
+				procs = append(procs, p)
+			}
+		}
+	}
+	var pf, hp *harness.Proc // pagefetcher; the handler, whichever it is
+	switch m.handler {
+	case pagefetcher:
+		srv, ready, err := harness.StartServer(bins, m.image, "", append(extraFlags(*serverFlags), m.serverArgs...), o)
+		track(srv)
+		if err != nil {
+			fail("pageserver: %v", err)
+		}
+		p, _, err := harness.StartFetcher(bins, ready.Addr, sock, "", append(extraFlags(*fetcherFlags), m.fetcherArgs...), o)
+		track(p)
+		if err != nil {
+			fail("pagefetcher: %v", err)
+		}
+		pf, hp = p, p
+	case yardstick:
+		srv, h, err := harness.StartYardstick(bins, m.image, sock, o)
+		track(srv, h)
+		if err != nil {
+			fail("yardstick: %v", err)
+		}
+		hp = h
+	}
+	if m.idle > 0 {
+		// The scenario, not a synchronisation: a handler that has been
+		// idle a while when the VMM comes, as in a real migration.
+		time.Sleep(m.idle)
+	}
+	args := append([]string{"--socket", sock, "--regions", m.regions}, m.vmmArgs...)
+	vm, err := harness.Start("vmm", bins.VMM, args, o)
+	track(vm)
+	if err != nil {
+		fail("vmm: %v", err)
+	}
+	var r run
+	if err := vm.WaitEvent("result", 10*time.Minute, &r.vmm); err != nil {
+		fail("vmm: %v", err)
 	}
 	if code, err := vm.Wait(time.Minute); err != nil || code != 0 {
-		b.Fatalf("vmm exit %d %v\n%s", code, err, vm.Describe(4000))
+		fail("vmm exit %d %v", code, err)
+	}
+	if !r.vmm.HandlerClosed || r.vmm.HandlerClosedMS <= 0 {
+		fail("the VMM did not see the handler close: %+v", r.vmm)
+	}
+	if pf != nil {
+		var line harness.SummaryLine
+		if err := pf.WaitEvent("summary", time.Minute, &line); err != nil {
+			fail("summary: %v", err)
+		}
+		if !line.OK {
+			fail("migration failed: %+v", line)
+		}
+		r.sum = line.Summary
+		for _, l := range pf.Lines() {
+			var rss struct {
+				Event string `json:"event"`
+				RSS   int64  `json:"peak_rss_bytes"`
+			}
+			if json.Unmarshal([]byte(l), &rss) == nil && rss.Event == "summary" {
+				r.maxRSS = rss.RSS
+			}
+		}
+	}
+	if code, err := hp.Wait(time.Minute); err != nil || code != 0 {
+		fail("%s exit %d %v", hp.Name, code, err)
 	}
 	return r
 }
 
-func describe(p *harness.Proc) string {
-	if p == nil {
-		return ""
+// series collects one figure per iteration and reports its median.
+type series map[string][]float64
+
+func (s series) add(unit string, v float64) { s[unit] = append(s[unit], v) }
+
+// report reports the median of every figure, under its unit.
+func (s series) report(b *testing.B) {
+	for unit, xs := range s {
+		b.ReportMetric(medianF(xs), unit)
 	}
-	return p.Describe(4000)
 }
 
-// BenchmarkFaults measures remote-fault latency: demand-only, and while the
-// prefetcher pulls flat out, against the raw TCP round trip of the same run.
-//
-// demand-only: one thread reads a 16 MiB layout in random order, with the
-// prefetch off, so faults never overlap.
-//
-// under-prefetch*: one thread reads a 512 MiB layout at random, a read every
-// 250 µs (vmm --pace), while the prefetcher pulls everything flat out. The
-// pace keeps the faults from stealing the prefetch's CPUs: read back to
-// back (dense-prefetch), a fast demand path lets the reader fault so often
-// that the prefetch no longer runs flat out. Each iteration first runs the
-// same kind of reader (same pace, same seed) with the prefetch off, over an
-// 8 MiB layout — its 2048 reads all faults — so that what differs is only
-// the prefetch: p99_x_demand_only is the median over the iterations of each
-// one's ratio of the two p99s (pairs taken moments apart share this VM's
-// noise, which moves either p99 by 3x from one minute to the next), and
-// demand_only_p99_us that baseline's median p99. dense-prefetch is compared
-// the same way with a back-to-back reader; demand-only above is that
-// reader alone.
-func BenchmarkFaults(b *testing.B) {
-	img := genImage(b, "faults", 512<<20, harness.ImageOptions{Seed: 1, ZeroFraction: 0.05})
-	e := startEcho(b)
-	demandOnly := func(b *testing.B, seed int) run {
-		return migrate(b, img, "4k:0x0:16M", nil, []string{"--prefetch", "off"},
-			[]string{"--threads", "1", "--touch", "random", "--seed", fmt.Sprint(seed)})
-	}
-	// Each iteration measures the TCP round trip just before its
-	// migration, and p50_x_tcp_rtt is the median of the iterations' ratios:
-	// on this VM the round trip alone moves by 2x from one minute to the
-	// next.
-	b.Run("demand-only", func(b *testing.B) {
-		var p50, p99, first, rtts, ratio []float64
+// demandArgs is the demand-only reader: one thread reading every page of
+// the layout in random order, back to back; with the prefetch off every
+// read faults and no two faults overlap.
+func demandArgs(seed int) []string {
+	return []string{"--threads", "1", "--touch", "random", "--seed", fmt.Sprint(seed)}
+}
+
+const demandLayout = "4k:0x0:16M"
+
+// BenchmarkDemand measures demand-only faults as the VMM's thread felt them,
+// against two baselines of the same iteration: the yardstick (the simplest
+// synchronous remote handler) serving the same reader, and the raw TCP round
+// trip between two processes (16 bytes out, 4 KiB back). The two handlers
+// run alternately, in turn first. Ratios are medians of the iterations' own
+// ratios: on a shared machine either figure moves by 2x from one minute to
+// the next, pairs taken moments apart much less.
+func BenchmarkDemand(b *testing.B) {
+	img := image2G(b)
+	forPlacements(b, func(b *testing.B, cpus []int) {
+		e := startEcho(b, cpus)
+		s := series{}
 		for i := 0; i < b.N; i++ {
-			rttUS := float64(tcpRTT(b, e, 2000).Nanoseconds()) / 1e3
-			r := demandOnly(b, i+1)
-			p50 = append(p50, r.sum.FaultLatencyUS.P50)
-			p99 = append(p99, r.sum.FaultLatencyUS.P99)
-			first = append(first, r.sum.FirstPageMS)
-			rtts = append(rtts, rttUS)
-			ratio = append(ratio, r.sum.FaultLatencyUS.P50/rttUS)
-		}
-		b.ReportMetric(medianF(rtts), "tcp_rtt_us")
-		b.ReportMetric(medianF(p50), "p50_us")
-		b.ReportMetric(medianF(p99), "p99_us")
-		b.ReportMetric(medianF(ratio), "p50_x_tcp_rtt")
-		b.ReportMetric(medianF(first), "first_page_ms")
-	})
-	// The baselines read all of an 8 MiB layout (2048 pages, every read a
-	// fault: with the prefetch off the migration ends when all are read).
-	paced := []string{"--threads", "1", "--touch", "random", "--pace", "250us"}
-	dense := []string{"--threads", "1", "--touch", "random"}
-	for _, v := range []struct {
-		name            string
-		args            []string
-		touch, baseline []string
-	}{
-		{"under-prefetch", nil, append(slices.Clone(paced), "--stop-after-pages", "2000"), paced},
-		{"under-prefetch-rt", []string{"--demand-priority", "rt"}, append(slices.Clone(paced), "--stop-after-pages", "2000"), paced},
-		{"under-prefetch-normal", []string{"--demand-priority", "normal"}, append(slices.Clone(paced), "--stop-after-pages", "2000"), paced},
-		{"dense-prefetch", nil, dense, dense},
-	} {
-		b.Run(v.name, func(b *testing.B) {
-			var p50, p99, base99, ratio, total, faults []float64
-			for i := 0; i < b.N; i++ {
-				seed := []string{"--seed", fmt.Sprint(i + 1)}
-				base := migrate(b, img, "4k:0x0:8M", v.args, append([]string{"--prefetch", "off"}, v.args...),
-					append(slices.Clone(v.baseline), seed...))
-				r := migrate(b, img, "4k:0x0:512M", v.args, v.args, append(slices.Clone(v.touch), seed...))
-				p50 = append(p50, r.sum.FaultLatencyUS.P50)
-				p99 = append(p99, r.sum.FaultLatencyUS.P99)
-				base99 = append(base99, base.sum.FaultLatencyUS.P99)
-				ratio = append(ratio, r.sum.FaultLatencyUS.P99/base.sum.FaultLatencyUS.P99)
-				total = append(total, r.sum.TotalS)
-				faults = append(faults, float64(r.sum.Faults))
+			rtt := float64(tcpRTT(b, e, 2000).Nanoseconds()) / 1e3
+			var pf, ys run
+			runPF := func() {
+				pf = migrate(b, mig{image: img, regions: demandLayout, fetcherArgs: []string{"--prefetch", "off"}, vmmArgs: demandArgs(i + 1), cpus: cpus})
 			}
-			b.ReportMetric(medianF(p50), "p50_us")
-			b.ReportMetric(medianF(p99), "p99_us")
-			b.ReportMetric(medianF(base99), "demand_only_p99_us")
-			b.ReportMetric(medianF(ratio), "p99_x_demand_only")
-			b.ReportMetric(medianF(total), "total_s")
-			b.ReportMetric(medianF(faults), "faults")
-		})
-	}
+			runYS := func() {
+				ys = migrate(b, mig{image: img, regions: demandLayout, handler: yardstick, vmmArgs: demandArgs(i + 1), cpus: cpus})
+			}
+			if i%2 == 0 {
+				runPF()
+				runYS()
+			} else {
+				runYS()
+				runPF()
+			}
+			s.add("p50_us", pf.vmm.StallP50US)
+			s.add("p99_us", pf.vmm.StallP99US)
+			s.add("yardstick_p50_us", ys.vmm.StallP50US)
+			s.add("yardstick_p99_us", ys.vmm.StallP99US)
+			s.add("tcp_rtt_us", rtt)
+			s.add("p50_x_yardstick", pf.vmm.StallP50US/ys.vmm.StallP50US)
+			s.add("p50_x_tcp_rtt", pf.vmm.StallP50US/rtt)
+			s.add("handler_p50_us", pf.sum.FaultLatencyUS.P50)
+			s.add("handler_p99_us", pf.sum.FaultLatencyUS.P99)
+		}
+		s.report(b)
+	})
 }
 
-// BenchmarkResident measures how fast a whole image of random data becomes
-// resident with nothing faulting, against raw one-stream TCP, with the bulk
-// lane as a socket lane (the default) and as a gRPC stream. Each iteration
-// measures the TCP baseline just before its migration, and x_tcp_bw is the
-// median of the iterations' ratios (either figure moves by 1.5x from one
-// minute to the next on this VM).
-func BenchmarkResident(b *testing.B) {
-	size := uint64(2 << 30)
-	img := genImage(b, "random2g", size, harness.ImageOptions{Seed: 2})
-	e := startEcho(b)
-	for _, v := range []struct {
+// BenchmarkLoadedFaults measures the fault tail while the prefetch runs flat
+// out: one thread reads a random page of a 2 GiB layout every 2 ms (vmm
+// --pace) for 2000 reads, the reads that find their page missing being the
+// stalls. The baseline, run just before in the same iteration, is the same
+// reader (same pace, same seed) with the prefetch off over a 4 MiB layout
+// (1024 reads, every one a fault): what differs is only the prefetch.
+// p99_x_idle is the median of the iterations' ratios of the two p99s.
+func BenchmarkLoadedFaults(b *testing.B) {
+	img := image2G(b)
+	forPlacements(b, func(b *testing.B, cpus []int) {
+		s := series{}
+		for i := 0; i < b.N; i++ {
+			reader := []string{"--threads", "1", "--touch", "random", "--pace", "2ms", "--seed", fmt.Sprint(i + 1)}
+			idle := migrate(b, mig{image: img, regions: "4k:0x0:4M", fetcherArgs: []string{"--prefetch", "off"}, vmmArgs: reader, cpus: cpus})
+			r := migrate(b, mig{image: img, regions: "4k:0x0:2G", vmmArgs: append(reader, "--stop-after-pages", "2000"), cpus: cpus})
+			s.add("p50_us", r.vmm.StallP50US)
+			s.add("p99_us", r.vmm.StallP99US)
+			s.add("idle_p99_us", idle.vmm.StallP99US)
+			s.add("p99_x_idle", r.vmm.StallP99US/idle.vmm.StallP99US)
+			s.add("stalls", float64(r.vmm.StallCount))
+			s.add("resident_s", r.residentS())
+			s.add("handler_p99_us", r.sum.FaultLatencyUS.P99)
+			s.add("handler_idle_p99_us", idle.sum.FaultLatencyUS.P99)
+		}
+		s.report(b)
+	})
+}
+
+// BenchmarkFaultStorm measures how long a 1 GiB migration takes to make
+// every page resident, as the VMM sees it (from its handshake's sendmsg to
+// the handler's close), while four VMM threads read every page, each in its
+// own random order, back to back, the prefetch on; against the same
+// migration with no thread reading (--touch none), run just before in the
+// same iteration. resident_x_quiet is the median of the iterations' ratios.
+func BenchmarkFaultStorm(b *testing.B) {
+	img := image2G(b)
+	forPlacements(b, func(b *testing.B, cpus []int) {
+		s := series{}
+		for i := 0; i < b.N; i++ {
+			quiet := migrate(b, mig{image: img, regions: "4k:0x0:1G", vmmArgs: []string{"--touch", "none"}, cpus: cpus})
+			r := migrate(b, mig{image: img, regions: "4k:0x0:1G", vmmArgs: []string{"--threads", "4", "--touch", "random", "--seed", fmt.Sprint(i + 1)}, cpus: cpus})
+			s.add("resident_s", r.residentS())
+			s.add("quiet_resident_s", quiet.residentS())
+			s.add("resident_x_quiet", r.residentS()/quiet.residentS())
+			s.add("p50_us", r.vmm.StallP50US)
+			s.add("p99_us", r.vmm.StallP99US)
+			s.add("stalls", float64(r.vmm.StallCount))
+			s.add("handler_total_s", r.sum.TotalS)
+			s.add("handler_demand_pages", float64(r.sum.Pages.Demand))
+		}
+		s.report(b)
+	})
+}
+
+// BenchmarkFirstPage measures the switchover as the VMM sees it: from just
+// before its handshake's sendmsg to the end of its first read, a random
+// page of a 16 MiB layout, with pagefetcher idle for 1.5 s before the VMM
+// comes (as in a real migration, where it waits for the source to stop).
+// The target is the pinned median.
+func BenchmarkFirstPage(b *testing.B) {
+	img := image2G(b)
+	forPlacements(b, func(b *testing.B, cpus []int) {
+		s := series{}
+		for i := 0; i < b.N; i++ {
+			r := migrate(b, mig{image: img, regions: demandLayout, vmmArgs: demandArgs(i + 1), cpus: cpus, idle: 1500 * time.Millisecond})
+			s.add("first_page_ms", r.vmm.FirstPageMS)
+			s.add("handler_first_page_ms", r.sum.FirstPageMS)
+		}
+		s.report(b)
+	})
+}
+
+// BenchmarkTLS measures TLS and mutual TLS against plaintext, each pair in
+// the same iteration: the demand-only p50 as the VMM felt it (the reader of
+// BenchmarkDemand), and the rate at which a 2 GiB layout becomes resident
+// with nothing faulting, as the VMM sees it.
+func BenchmarkTLS(b *testing.B) {
+	img := image2G(b)
+	pki, err := harness.GenerateTLS(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	tlsServer := []string{"--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey}
+	variants := []struct {
+		name            string
+		server, fetcher []string
+	}{
+		{"tls", tlsServer, []string{"--tls-ca", pki.CA}},
+		{"mtls", append(slices.Clone(tlsServer), "--tls-client-ca", pki.CA),
+			[]string{"--tls-ca", pki.CA, "--tls-cert", pki.ClientCert, "--tls-key", pki.ClientKey}},
+	}
+	const size = 2 << 30
+	forPlacements(b, func(b *testing.B, cpus []int) {
+		for _, v := range variants {
+			b.Run(v.name, func(b *testing.B) {
+				s := series{}
+				for i := 0; i < b.N; i++ {
+					demand := func(server, fetcher []string) run {
+						return migrate(b, mig{image: img, regions: demandLayout, serverArgs: server,
+							fetcherArgs: append([]string{"--prefetch", "off"}, fetcher...), vmmArgs: demandArgs(i + 1), cpus: cpus})
+					}
+					bulk := func(server, fetcher []string) run {
+						return migrate(b, mig{image: img, regions: "4k:0x0:2G", serverArgs: server, fetcherArgs: fetcher,
+							vmmArgs: []string{"--touch", "none"}, cpus: cpus})
+					}
+					var plainD, tlsD, plainB, tlsB run
+					if i%2 == 0 {
+						plainD, tlsD = demand(nil, nil), demand(v.server, v.fetcher)
+						plainB, tlsB = bulk(nil, nil), bulk(v.server, v.fetcher)
+					} else {
+						tlsD, plainD = demand(v.server, v.fetcher), demand(nil, nil)
+						tlsB, plainB = bulk(v.server, v.fetcher), bulk(nil, nil)
+					}
+					s.add("p50_us", tlsD.vmm.StallP50US)
+					s.add("plain_p50_us", plainD.vmm.StallP50US)
+					s.add("p50_x_plain", tlsD.vmm.StallP50US/plainD.vmm.StallP50US)
+					s.add("handler_p50_us", tlsD.sum.FaultLatencyUS.P50)
+					s.add("GB/s", size/tlsB.residentS()/1e9)
+					s.add("plain_GB/s", size/plainB.residentS()/1e9)
+					s.add("rate_x_plain", plainB.residentS()/tlsB.residentS())
+					s.add("handler_GB/s", size/tlsB.sum.TotalS/1e9)
+				}
+				s.report(b)
+			})
+		}
+	})
+}
+
+// BenchmarkBulk measures how fast a 2 GiB layout becomes resident with
+// nothing faulting, as the VMM sees it, against the slower of two floors
+// measured in the same iteration: raw one-stream TCP between two processes
+// (1 MiB writes) and placing the same bytes into fresh memory with 1 MiB
+// UFFDIO_COPYs in this process alone. The bulk lane runs as a socket lane
+// (the default) and as a gRPC stream. x_floor is the median of the
+// iterations' ratios.
+func BenchmarkBulk(b *testing.B) {
+	const size = 2 << 30
+	img := image2G(b)
+	variants := []struct {
 		name string
 		args []string
-	}{{"bulk-socket", nil}, {"bulk-grpc", []string{"--bulk-socket=false"}}} {
-		b.Run(v.name, func(b *testing.B) {
-			var bws, rates, ratio []float64
-			for i := 0; i < b.N; i++ {
-				bw := tcpBandwidth(b, e, 2<<30)
-				r := migrate(b, img, "4k:0x0:2G", v.args, nil, []string{"--touch", "none"})
-				rate := float64(size) / r.sum.TotalS
-				bws, rates, ratio = append(bws, bw), append(rates, rate), append(ratio, rate/bw)
-			}
-			b.ReportMetric(medianF(bws)/1e9, "tcp_GB/s")
-			b.ReportMetric(medianF(rates)/1e9, "GB/s")
-			b.ReportMetric(medianF(ratio), "x_tcp_bw")
-		})
-	}
+	}{{"bulk-socket", nil}, {"bulk-grpc", []string{"--bulk-socket=false"}}}
+	forPlacements(b, func(b *testing.B, cpus []int) {
+		e := startEcho(b, cpus)
+		for _, v := range variants {
+			b.Run(v.name, func(b *testing.B) {
+				s := series{}
+				for i := 0; i < b.N; i++ {
+					bw := tcpBandwidth(b, e, size)
+					floor := copyFloor(b, size, cpus)
+					r := migrate(b, mig{image: img, regions: "4k:0x0:2G", serverArgs: v.args, vmmArgs: []string{"--touch", "none"}, cpus: cpus})
+					rate := size / r.residentS()
+					s.add("GB/s", rate/1e9)
+					s.add("tcp_GB/s", bw/1e9)
+					s.add("copy_GB/s", floor/1e9)
+					s.add("x_floor", rate/min(bw, floor))
+					s.add("handler_GB/s", size/r.sum.TotalS/1e9)
+				}
+				s.report(b)
+			})
+		}
+	})
 }
 
 // BenchmarkHoles measures an 8 GiB layout that is 95 % holes: time until
-// resident and pagefetcher's peak RSS.
+// resident (the VMM's view and the handler's) and pagefetcher's peak RSS.
 func BenchmarkHoles(b *testing.B) {
 	img := genImage(b, "holes8g", 8<<30, harness.ImageOptions{Seed: 3, HoleFraction: 0.95})
-	var secs, rss []float64
-	for i := 0; i < b.N; i++ {
-		r := migrate(b, img, "4k:0x0:8G", nil, nil, []string{"--touch", "none"})
-		secs = append(secs, r.sum.TotalS)
-		rss = append(rss, float64(r.maxRSS)/(1<<20))
-	}
-	b.ReportMetric(medianF(secs), "total_s")
-	b.ReportMetric(medianF(rss), "peak_rss_MiB")
+	forPlacements(b, func(b *testing.B, cpus []int) {
+		s := series{}
+		for i := 0; i < b.N; i++ {
+			r := migrate(b, mig{image: img, regions: "4k:0x0:8G", vmmArgs: []string{"--touch", "none"}, cpus: cpus})
+			s.add("resident_s", r.residentS())
+			s.add("handler_total_s", r.sum.TotalS)
+			s.add("peak_rss_MiB", float64(r.maxRSS)/(1<<20))
+		}
+		s.report(b)
+	})
 }

@@ -123,4 +123,6 @@ type VMMResult struct {
 	FirstMismatch  []vmm.Mismatch `json:"first_mismatches"`
 	HandlerClosed  bool           `json:"handler_closed"`
 	Error          string         `json:"error"`
+	// What the guest felt, timed in the VMM's threads (see vmm --help).
+	vmm.GuestView
 }

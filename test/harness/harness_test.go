@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -210,5 +211,35 @@ func TestGenerateTLS(t *testing.T) {
 		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: tc.host, KeyUsages: []x509.ExtKeyUsage{tc.usage}}); err != nil {
 			t.Errorf("%s: %v", tc.cert, err)
 		}
+	}
+}
+
+// A process started with CPUs runs only there, every thread of it.
+func TestStartCPUs(t *testing.T) {
+	p, err := Start("status", "/bin/cat", []string{"/proc/self/status"}, StartOptions{CPUs: []int{0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, err := p.Wait(10 * time.Second); err != nil || code != 0 {
+		t.Fatalf("cat: %d %v\n%s", code, err, p.Describe(1000))
+	}
+	found := false
+	for _, l := range p.Lines() {
+		if v, ok := strings.CutPrefix(l, "Cpus_allowed_list:"); ok {
+			found = true
+			if strings.TrimSpace(v) != "0" {
+				t.Errorf("child's %s, want CPU 0 only", l)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no Cpus_allowed_list in %q", p.Lines())
+	}
+	var mine unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &mine); err != nil || mine.Count() != runtime.NumCPU() {
+		t.Errorf("after the start this thread may run on %d CPUs (%v), want all %d", mine.Count(), err, runtime.NumCPU())
+	}
+	if _, err := PinThread(nil); err == nil {
+		t.Error("PinThread(nil) succeeded")
 	}
 }

@@ -50,6 +50,9 @@ type StartOptions struct {
 	StderrTee io.Writer
 	// StdoutTee, if non-nil, also receives each stdout line as it comes.
 	StdoutTee io.Writer
+	// CPUs, if not empty, are the only CPUs the process and all its
+	// threads may run on (its affinity from the start).
+	CPUs []int
 }
 
 // Start starts path with args. The process gets SIGKILL if this process's
@@ -70,7 +73,7 @@ func Start(name, path string, args []string, o StartOptions) (*Proc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startOn(cmd, o.CPUs); err != nil {
 		return nil, fmt.Errorf("%s: start %s: %w", name, path, err)
 	}
 	p.cmd = cmd
@@ -257,14 +260,14 @@ func (p *Proc) Describe(maxStderr int) string {
 	return b.String()
 }
 
-// Build compiles pageserver, pagefetcher and the test VMM into dir with
+// Build compiles pageserver, pagefetcher, the test VMM and the yardstick into dir with
 // `go build` run in the module root (race adds -race). It returns their paths.
 func Build(ctx context.Context, root, dir string, race bool) (Bins, error) {
 	args := []string{"build", "-o", dir + string(os.PathSeparator)}
 	if race {
 		args = append(args, "-race")
 	}
-	args = append(args, "./cmd/pageserver", "./cmd/pagefetcher", "./test/vmm")
+	args = append(args, "./cmd/pageserver", "./cmd/pagefetcher", "./test/vmm", "./test/yardstick")
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
@@ -274,9 +277,12 @@ func Build(ctx context.Context, root, dir string, race bool) (Bins, error) {
 	return BinsIn(dir), nil
 }
 
-// Bins are the paths of the three binaries.
+// Bins are the paths of the binaries.
 type Bins struct {
 	PageServer, PageFetcher, VMM string
+	// Yardstick is the simplest synchronous remote handler, which
+	// benchmarks measure pagefetcher against.
+	Yardstick string
 }
 
 // BinsIn returns the paths the binaries have in dir.
@@ -285,6 +291,7 @@ func BinsIn(dir string) Bins {
 		PageServer:  dir + "/pageserver",
 		PageFetcher: dir + "/pagefetcher",
 		VMM:         dir + "/vmm",
+		Yardstick:   dir + "/yardstick",
 	}
 }
 

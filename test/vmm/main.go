@@ -27,6 +27,10 @@
 // {"event":"result","verified":true,"pages":N,"mismatches":0,...}, and exits
 // 0 on success, 1 on an error, 2 on bad flags, 3 when a byte differs, and 4
 // when the handler does not finish within --wait-handler.
+//
+// The result line also says what the guest felt (see stallsUsage below,
+// printed by --help): every thread times its own reads with the monotonic
+// clock, around the load.
 package main
 
 import (
@@ -71,10 +75,36 @@ type config struct {
 	waitHandler time.Duration
 }
 
+// stallsUsage explains the timing keys of the result line.
+const stallsUsage = `What the guest felt, in the result line (every thread times its own reads
+with the monotonic clock, around the load itself; nothing is allocated, locked
+or called in between):
+  first touch       the read of a page by the thread that claims it first (a
+                    per-page bit set atomically just before the read): exactly
+                    one per page read, however many threads read it
+  stall             a first touch that found its page missing (mincore just
+                    before the clock starts): a fault, as the thread felt it
+  stall_count, stall_p50_us, stall_p90_us, stall_p99_us, stall_p999_us,
+  stall_max_us      how many stalls, and their distribution (nearest rank)
+  first_touches, first_touch_max_us
+                    first touches, missing or not, and the slowest of them
+  other_read_max_us the slowest read that was not a first touch (another
+                    thread claimed the page: it may have waited on that fault)
+  first_page_ms     from just before the handshake's sendmsg to the end of the
+                    first completed read of any thread (0: no read)
+  handler_closed_ms from that sendmsg until the handler closed the handshake
+                    connection (0: it did not): pagefetcher and the yardstick
+                    close it once every page is resident
+`
+
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("vmm", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: vmm --socket PATH --regions SPEC [flags]\n\n%s\nFlags:\n", stallsUsage)
+		fs.PrintDefaults()
+	}
 	var regions, touch, discard string
 	fs.StringVar(&c.socket, "socket", "", "the page fault handler's Unix socket (required)")
 	fs.StringVar(&c.image, "image", "", "source image file, to verify against (required with --verify)")
@@ -167,6 +197,9 @@ type result struct {
 	FirstMismatch  []vmm.Mismatch `json:"first_mismatches,omitempty"`
 	HandlerClosed  bool           `json:"handler_closed"`
 	Error          string         `json:"error,omitempty"`
+
+	// What the guest felt: see stallsUsage.
+	vmm.GuestView
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -238,6 +271,8 @@ func execute(c *config, res *result, stdout, stderr io.Writer) int {
 
 	tr, err := toucher.Run()
 	res.Reads, res.TouchMS, res.StoppedEarly = tr.Reads, ms(tr.Duration), tr.Stopped
+	// Whatever the way out, the result line says what was measured.
+	defer func() { res.GuestView = vm.GuestView(tr) }()
 	if err != nil {
 		return fail(exitError, err)
 	}

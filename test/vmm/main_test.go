@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,6 +13,7 @@ import (
 
 	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/test/harness"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -69,5 +73,109 @@ func TestRunNoHandler(t *testing.T) {
 	}
 	if code := run([]string{"--regions", "4k:0:64k"}, &out, &errw); code != exitUsage {
 		t.Errorf("missing --socket: exit code %d, want %d", code, exitUsage)
+	}
+}
+
+var bins harness.Bins
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		flag.Parse()
+		b, cleanup, err := harness.BuildForTests("vmm", "POSTCOPY_VMM_BIN", false, testing.Verbose())
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "vmm:", err)
+			return 1
+		}
+		defer cleanup()
+		bins = b
+		return m.Run()
+	}())
+}
+
+// In a real migration (pageserver, pagefetcher with the prefetch off, the
+// VMM: three processes), the result line carries every timing key, with
+// values that fit together: one stall per page (nothing arrives unasked),
+// ordered percentiles, the first page before the handler's close.
+func TestGuestViewKeys(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	image := filepath.Join(dir, "image")
+	if _, err := harness.GenerateImage(image, 4<<20, harness.ImageOptions{Seed: 9, ZeroFraction: 0.1}); err != nil {
+		t.Fatal(err)
+	}
+	var procs []*harness.Proc
+	t.Cleanup(func() {
+		for _, p := range procs {
+			p.Stop(5 * time.Second)
+		}
+	})
+	fail := func(err error) {
+		t.Helper()
+		var b strings.Builder
+		for _, p := range procs {
+			b.WriteString(p.Describe(4000))
+		}
+		t.Fatalf("%v\n%s", err, b.String())
+	}
+	srv, ready, err := harness.StartServer(bins, image, "", nil, harness.StartOptions{})
+	if srv != nil {
+		procs = append(procs, srv)
+	}
+	if err != nil {
+		fail(err)
+	}
+	sock := filepath.Join(dir, "uffd.sock")
+	pf, _, err := harness.StartFetcher(bins, ready.Addr, sock, "", []string{"--prefetch", "off"}, harness.StartOptions{})
+	if pf != nil {
+		procs = append(procs, pf)
+	}
+	if err != nil {
+		fail(err)
+	}
+	vm, err := harness.Start("vmm", bins.VMM, []string{"--socket", sock, "--regions", "4k:0x0:4M", "--threads", "2", "--touch", "random",
+		"--image", image, "--verify"}, harness.StartOptions{})
+	if err != nil {
+		fail(err)
+	}
+	procs = append(procs, vm)
+	if code, err := vm.Wait(2 * time.Minute); code != 0 || err != nil {
+		fail(fmt.Errorf("vmm exit %d %v", code, err))
+	}
+	var line string
+	for _, l := range vm.Lines() {
+		if strings.Contains(l, `"event":"result"`) {
+			line = l
+		}
+	}
+	var res map[string]any
+	if err := json.Unmarshal([]byte(line), &res); err != nil {
+		fail(fmt.Errorf("result line %q: %v", line, err))
+	}
+	num := func(key string) float64 {
+		v, ok := res[key].(float64)
+		if !ok {
+			t.Errorf("result line has no number %q: %s", key, line)
+		}
+		return v
+	}
+	const pages = 1024
+	if n := num("stall_count"); n != pages {
+		t.Errorf("stall_count %v, want %d: with the prefetch off every first touch faults", n, pages)
+	}
+	if n := num("first_touches"); n != pages {
+		t.Errorf("first_touches %v, want %d", n, pages)
+	}
+	p50, p90, p99, p999, pmax := num("stall_p50_us"), num("stall_p90_us"), num("stall_p99_us"), num("stall_p999_us"), num("stall_max_us")
+	// A remote fault crosses three processes and a TCP connection: tens
+	// of microseconds at least.
+	if !(5 < p50 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= pmax && pmax <= num("first_touch_max_us") && pmax < 60e6) {
+		t.Errorf("stall percentiles p50 %v p90 %v p99 %v p99.9 %v max %v: %s", p50, p90, p99, p999, pmax, line)
+	}
+	if o := num("other_read_max_us"); o <= 0 || o >= 60e6 {
+		t.Errorf("other_read_max_us %v: two threads read every page, so some reads are not first touches", o)
+	}
+	first, closed := num("first_page_ms"), num("handler_closed_ms")
+	if !(0 < first && first <= closed && closed < 120e3) {
+		t.Errorf("first_page_ms %v, handler_closed_ms %v", first, closed)
 	}
 }
