@@ -308,9 +308,10 @@ func TestRunRecords(t *testing.T) {
 	clock := NewClock()
 	start := clock.Now()
 	tl := NewTimeline(start, 10*time.Second)
+	stalls := NewStalls(StallThreshold)
 	var stop atomic.Bool
 	res := make(chan int64)
-	go func() { res <- w.Run(clock, tl, &stop) }()
+	go func() { res <- w.Run(clock, tl, stalls, &stop) }()
 	time.Sleep(50 * time.Millisecond) // let it run a while (not synchronisation: any duration works)
 	stop.Store(true)
 	first := <-res
@@ -326,5 +327,55 @@ func TestRunRecords(t *testing.T) {
 	}
 	if w.Reads+w.Writes != w.Ops || w.Writes == 0 {
 		t.Errorf("reads %d + writes %d != ops %d", w.Reads, w.Writes, w.Ops)
+	}
+	// Stalls: only operations over the threshold, at most every one, and
+	// consistent figures (how many there are depends on the machine).
+	f := stalls.Figures()
+	if f.StallThresholdUS != 20 || f.StallCount > w.Ops {
+		t.Errorf("stalls: %+v for %d ops", f, w.Ops)
+	}
+	if f.StallCount > 0 && (f.StallP50US < 20 || f.StallP50US > f.StallP99US || f.StallP99US > f.StallMaxUS ||
+		f.StallTotalMS < float64(f.StallCount)*0.02 || f.StallTotalMS > float64(f.StallCount)*f.StallMaxUS/1e3) {
+		t.Errorf("stall figures inconsistent: %+v", f)
+	}
+}
+
+// Stalls keeps operations over the threshold only, and its figures are
+// those of the histogram of them.
+func TestStalls(t *testing.T) {
+	s := NewStalls(StallThreshold)
+	if f := s.Figures(); f.StallCount != 0 || f.StallP99US != 0 || !f.Measured() {
+		t.Fatalf("empty: %+v", f)
+	}
+	s.Record(int64(StallThreshold)) // not over it
+	for range 900 {
+		s.Record(int64(time.Microsecond))
+		s.Record(int64(30 * time.Microsecond))
+	}
+	for range 99 {
+		s.Record(int64(200 * time.Microsecond))
+	}
+	s.Record(int64(5 * time.Millisecond))
+	f := s.Figures()
+	near := func(name string, got, want float64) {
+		t.Helper()
+		if math.Abs(got-want) > 0.02*want {
+			t.Errorf("%s = %v, want %v (±2 %%)", name, got, want)
+		}
+	}
+	if f.StallCount != 1000 {
+		t.Errorf("count %d, want 1000 (900 of 30 µs, 99 of 200 µs, one of 5 ms)", f.StallCount)
+	}
+	near("p50", f.StallP50US, 30)
+	near("p90", f.StallP90US, 30)
+	near("p99", f.StallP99US, 200)
+	near("p99.9", f.StallP999US, 200)
+	near("max", f.StallMaxUS, 5000)
+	near("total", f.StallTotalMS, 900*0.03+99*0.2+5)
+	if (StallFigures{}).Measured() {
+		t.Error("zero figures say measured")
+	}
+	if n := testing.AllocsPerRun(100, func() { s.Record(int64(time.Millisecond)) }); n != 0 {
+		t.Errorf("Record allocates %v times", n)
 	}
 }

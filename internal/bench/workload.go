@@ -314,13 +314,21 @@ func (w *Workload) buildIndex() {
 }
 
 // Run performs operations until stop is set, recording each in tl at the
-// time it completes (clock). It returns the completion time of the first
-// operation (0 if none ran). stop is checked before each operation.
-func (w *Workload) Run(clock *Clock, tl *Timeline, stop *atomic.Bool) (first int64) {
+// time it completes (clock), and, with stalls, the time each took: from the
+// previous one's completion (the first: from the call) to its own, the one
+// clock reading per operation the timeline takes anyway. It returns the
+// completion time of the first operation (0 if none ran). stop is checked
+// before each operation.
+func (w *Workload) Run(clock *Clock, tl *Timeline, stalls *Stalls, stop *atomic.Bool) (first int64) {
+	prev := clock.Now()
 	for !stop.Load() {
 		w.Step()
 		now := clock.Now()
 		tl.Record(now)
+		if stalls != nil {
+			stalls.Record(now - prev)
+		}
+		prev = now
 		if first == 0 {
 			first = now
 		}
