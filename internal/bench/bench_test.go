@@ -211,15 +211,8 @@ func TestWorkloadResumesIdentically(t *testing.T) {
 		t.Run(string(p), func(t *testing.T) {
 			mix, _ := ParseContent("mixed")
 			cfg := Config{Size: 4 << 20, Pattern: p, Mix: mix, WritePct: 30, Theta: 0.99, Seed: 3}
-			srcMem, err := MapMemory(cfg.Size)
-			if err != nil {
-				t.Fatal(err)
-			}
+			srcMem, src := mapWorkload(t, cfg)
 			dstMem, err := MapMemory(cfg.Size)
-			if err != nil {
-				t.Fatal(err)
-			}
-			src, err := New(cfg, srcMem)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -293,9 +286,9 @@ func TestWorkloadResumesIdentically(t *testing.T) {
 	}
 }
 
-// Run stops at the flag and records every operation it did in the timeline.
-func TestRunRecords(t *testing.T) {
-	cfg := Config{Size: 1 << 20, Pattern: PatternRandom, Mix: Mix{1, 0, 0, 0}, WritePct: 20, Theta: 0.99, Seed: 1}
+// mapWorkload maps cfg's memory and prepares its workload (not filled).
+func mapWorkload(t *testing.T, cfg Config) ([]byte, *Workload) {
+	t.Helper()
 	mem, err := MapMemory(cfg.Size)
 	if err != nil {
 		t.Fatal(err)
@@ -304,6 +297,50 @@ func TestRunRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return mem, w
+}
+
+// Replay ends with the memory and the state that doing each operation with
+// Step gives, for every pattern and write share; and several times faster
+// for the page patterns.
+func TestReplayMatchesStep(t *testing.T) {
+	for _, p := range []Pattern{PatternSeq, PatternRandom, PatternZipf, PatternKV} {
+		for _, writes := range []int{0, 30, 100} {
+			mix, _ := ParseContent("mixed")
+			cfg := Config{Size: 4 << 20, Pattern: p, Mix: mix, WritePct: writes, Theta: 0.99, Seed: 5}
+			mk := func() ([]byte, *Workload) {
+				mem, w := mapWorkload(t, cfg)
+				w.Fill()
+				for range 1000 {
+					w.Step()
+				}
+				return mem, w
+			}
+			stepMem, stepped := mk()
+			replayMem, replayed := mk()
+			const n = 20000 // about 20 operations a page: pages read after a write, written twice
+			for range n {
+				stepped.Step()
+			}
+			replayed.Replay(n)
+			replayed.Base = stepped.Base // where each memory is mapped
+			if stepped.State != replayed.State {
+				t.Errorf("%s, %d%% writes: states differ:\nstep   %+v\nreplay %+v", p, writes, stepped.State, replayed.State)
+			}
+			for i := range stepMem {
+				if stepMem[i] != replayMem[i] {
+					t.Errorf("%s, %d%% writes: memories differ at byte %d", p, writes, i)
+					break
+				}
+			}
+		}
+	}
+}
+
+// Run stops at the flag and records every operation it did in the timeline.
+func TestRunRecords(t *testing.T) {
+	cfg := Config{Size: 1 << 20, Pattern: PatternRandom, Mix: Mix{1, 0, 0, 0}, WritePct: 20, Theta: 0.99, Seed: 1}
+	_, w := mapWorkload(t, cfg)
 	w.Fill()
 	clock := NewClock()
 	start := clock.Now()
