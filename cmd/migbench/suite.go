@@ -360,9 +360,9 @@ func extrapolationNote(reps []*bench.Report) string {
 	if len(parts) == 0 {
 		return ""
 	}
-	return "Some destinations were observed for less than their run's horizon (these runs were made before migbench observed " +
-		"every destination of a run for as long as the first): the rest of the horizon counts at the loss of their last observed second " +
-		"(`lost_work_extrapolated_s`). " + strings.Join(parts, "; ") + "."
+	return "Some destinations were observed for less than their run's horizon (in runs made before migbench observed each destination " +
+		"of a run at least as long as those before it, or where a later method took longer than the first): the rest of the horizon " +
+		"counts at the loss of their last observed second (`lost_work_extrapolated_s`). " + strings.Join(parts, "; ") + "."
 }
 
 // spanOf renders the range of xs in seconds: "3.2 s", "3.0 to 39.7 s".

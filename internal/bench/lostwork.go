@@ -118,9 +118,11 @@ func (r *Run) Horizon() float64 {
 // migbench therefore observes each destination of a run at least as long as
 // those of the methods before it (post-copy runs first: it is the slowest to
 // make the memory resident), and what a destination was not observed for —
-// a few milliseconds of timing, or whole seconds in reports written before
-// the runs were made to agree — counts at its last second's loss
-// (LostWork), reported in lost_work_extrapolated_s.
+// a few milliseconds of timing; the difference where a later method took
+// longer than the first after all (over a shaped link both take the link's
+// time, give or take a second); whole seconds in reports written before the
+// runs were made to agree — counts at its last second's loss (LostWork),
+// reported in lost_work_extrapolated_s.
 func (r *Run) SetLostWork() error {
 	h := r.Horizon()
 	var errs []error

@@ -228,3 +228,32 @@ func TestDecodeLegacyReport(t *testing.T) {
 		t.Errorf("round trip: %+v, %v", again, err)
 	}
 }
+
+// The medians of work lost are over the runs, the ratio the median of the
+// runs' ratios; the stall medians are over the runs that measured them.
+func TestSummarizeLostWorkAndStalls(t *testing.T) {
+	mk := func(lost, x, p99 float64) *Migration {
+		m := &Migration{LostWorkS: lost, LostWorkXStopCopy: x}
+		if p99 > 0 {
+			m.StallFigures = StallFigures{StallThresholdUS: 20, StallCount: uint64(p99), StallP99US: p99}
+		}
+		return m
+	}
+	r := &Report{Runs: []Run{
+		{PostCopy: mk(3, 3, 100), StopCopy: mk(1, 1, 0)},
+		{PostCopy: mk(4, 1, 300), StopCopy: mk(4, 1, 50)},
+		{PostCopy: mk(2, 2, 0), StopCopy: mk(1, 1, 0)},
+	}}
+	r.Summarize()
+	if r.LostWorkS != 3 || r.StopcopyLostWorkS != 1 || r.LostWorkXStopCopy != 2 {
+		t.Errorf("work lost %v and %v, ratio %v; want 3, 1, 2 (not 3 ÷ 1)", r.LostWorkS, r.StopcopyLostWorkS, r.LostWorkXStopCopy)
+	}
+	if r.StallP99US != 200 || r.StallCount != 200 || r.StallThresholdUS != 20 || r.StopcopyStalls.StallP99US != 50 {
+		t.Errorf("stall medians %+v, stop-and-copy %+v", r.StallFigures, r.StopcopyStalls)
+	}
+	r.Runs = r.Runs[2:]
+	r.Summarize()
+	if r.Measured() || r.StopcopyStalls.Measured() {
+		t.Errorf("stalls measured with no run measuring them: %+v", r.StallFigures)
+	}
+}
