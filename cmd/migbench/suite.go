@@ -179,8 +179,8 @@ func suiteSummary(reps []*bench.Report, took time.Duration, outDir, plotDir stri
 	}
 	fmt.Fprintf(&b, "**What the workload saw.** Downtime: the source's stop to the destination's first operation. "+
 		"Work lost: the seconds of work, at the source's rate over its last second before the stop, that the workload did not do "+
-		"from the stop to a horizon common to both methods of a run (the longest destination timeline of the run: "+
-		"%s after the stop here); p-c ÷ s-c is the median of the runs' ratios. Then %s.\n\n",
+		"from the stop to a horizon common to both methods of a run (their shortest destination timeline when it ends a second or more "+
+		"after both had every page, else the longest: %s after the stop here); p-c ÷ s-c is the median of the runs' ratios. Then %s.\n\n",
 		spanOf(horizons), stalls)
 	b.WriteString(bench.MarkdownHeader() + "\n")
 	for _, r := range reps {
@@ -353,8 +353,8 @@ func extrapolationNote(reps []*bench.Report) string {
 			}
 		}
 		if len(xs) > 0 {
-			parts = append(parts, fmt.Sprintf("%s %s %s: %d of %d migrations, %.1f–%.1f s", r.Setup.Size, r.Setup.Pattern,
-				r.Setup.Link, len(xs), n, minOf(xs), maxOf(xs)))
+			parts = append(parts, fmt.Sprintf("%s %s %s: %d of %d migrations, %s", r.Setup.Size, r.Setup.Pattern,
+				r.Setup.Link, len(xs), n, spanOf(xs)))
 		}
 	}
 	if len(parts) == 0 {

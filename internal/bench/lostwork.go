@@ -94,35 +94,45 @@ func (r *Run) Migrations() []*Migration {
 	return ms
 }
 
-// Horizon is the run's common span after the stop, in seconds: the longest
-// destination timeline of its migrations.
+// Horizon is the run's common span after the stop, in seconds: the
+// shortest destination timeline of its migrations when every one of them
+// had its last page (TotalS) at least a second before its end, else the
+// longest (see SetLostWork).
 func (r *Run) Horizon() float64 {
-	var n int
+	b := Bucket.Seconds()
+	shortest, longest, settled := -1, 0, 0.0
 	for _, m := range r.Migrations() {
-		n = max(n, len(m.Dest))
+		if shortest < 0 || len(m.Dest) < shortest {
+			shortest = len(m.Dest)
+		}
+		longest = max(longest, len(m.Dest))
+		settled = max(settled, m.TotalS+referenceBuckets*b)
 	}
-	return float64(n) * Bucket.Seconds()
+	if shortest >= 0 && float64(shortest)*b >= settled-b/2 {
+		return float64(shortest) * b
+	}
+	return float64(longest) * b
 }
 
 // SetLostWork computes every migration's lost work over the run's common
 // horizon, and its ratio to stop-and-copy's in the same run.
 //
-// Every method is counted over the same span after the stop, the longest
-// destination timeline of the run. After its last page a workload runs at
-// about its reference rate, a little below it in some buckets (the
-// machine's noise, which min(1, …) never offsets): a longer observation
-// collects more of that, so methods counted over their own timelines (each
-// runs --post past its own last page, stop-and-copy's ending seconds before
-// post-copy's on loopback) would not compare. A shorter common span (the
-// shortest timeline) would cut the slower method off before its last page.
-// migbench therefore observes each destination of a run at least as long as
-// those of the methods before it (post-copy runs first: it is the slowest to
-// make the memory resident), and what a destination was not observed for —
-// a few milliseconds of timing; the difference where a later method took
-// longer than the first after all (over a shaped link both take the link's
-// time, give or take a second); whole seconds in reports written before the
-// runs were made to agree — counts at its last second's loss (LostWork),
-// reported in lost_work_extrapolated_s.
+// Every method is counted over the same span after the stop. After its last
+// page a workload runs at about its reference rate, a little below it in
+// some buckets (the machine's noise, which min(1, …) never offsets): a
+// longer observation collects more of that, so methods counted over their
+// own timelines (each runs --post past its own last page, stop-and-copy's
+// ending seconds before post-copy's on loopback) would not compare. The span
+// must also reach past every method's last page, or it would leave out the
+// slower one's slowest part. migbench therefore observes each destination of
+// a run at least as long as those of the methods before it (post-copy runs
+// first: it is the slowest to make the memory resident), and the span is the
+// shortest timeline, which every method then saw whole, when it ends at
+// least a second after every method's last page. When it does not (a later
+// method slower than the first after all, or a report written before the
+// runs were made to agree), the span is the longest timeline, and what a
+// shorter one lacks counts at the loss of its last observed second, by then
+// at its steady rate (LostWork), reported in lost_work_extrapolated_s.
 func (r *Run) SetLostWork() error {
 	h := r.Horizon()
 	var errs []error

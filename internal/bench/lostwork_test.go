@@ -97,16 +97,18 @@ func TestReferenceRate(t *testing.T) {
 	}
 }
 
-// Every method of a run is counted over the same span after the stop, the
-// longest destination timeline: a method observed for less counts the rest
-// at its last second's loss. Counted over their own timelines, the noise of
+// Every method of a run is counted over the same span after the stop: the
+// longest destination timeline when the shortest ends before a second has
+// passed after a method's last page, a shorter one counting the rest at its
+// last second's loss. Counted over their own timelines, the noise of
 // post-copy's longer tail would make the two differ by more than their
 // difference.
 func TestRunLostWorkCommonHorizon(t *testing.T) {
-	// Both lose a tenth in every bucket once running (the machine's noise).
-	pc := &Migration{Method: MethodPostCopy, PreRate: 10000, SourceStartS: -1, Source: fill(100, 100),
+	// Both lose a tenth in every bucket once running (the machine's
+	// noise); post-copy's last page arrives at 4.5 s.
+	pc := &Migration{Method: MethodPostCopy, PreRate: 10000, SourceStartS: -1, Source: fill(100, 100), TotalS: 4.5,
 		Dest: slices.Concat(fill(1, 0), fill(99, 50), fill(400, 90))} // 5 s
-	sc := &Migration{Method: MethodStopCopy, PreRate: 10000, SourceStartS: -1, Source: fill(100, 100),
+	sc := &Migration{Method: MethodStopCopy, PreRate: 10000, SourceStartS: -1, Source: fill(100, 100), TotalS: 0.5,
 		Dest: slices.Concat(fill(50, 0), fill(250, 90))} // 3 s
 	r := Run{PostCopy: pc, StopCopy: sc}
 	nearly(t, "horizon", r.Horizon(), 5)
@@ -129,6 +131,23 @@ func TestRunLostWorkCommonHorizon(t *testing.T) {
 	// post-copy's ratio would have been 1.21 instead of 0.95.
 	own, _, _ := LostWork(sc.Source, sc.SourceStartS, sc.Dest, 0, 3, sc.PreRate)
 	nearly(t, "stop-and-copy over its own timeline", own, 0.75)
+
+	// Observed as migbench observes them now, post-copy's destination for
+	// 2 s after its last page and stop-and-copy's as long and a few buckets
+	// more: both are counted over post-copy's 5 s, all of it observed.
+	pc.TotalS = 3
+	sc.Dest = slices.Concat(fill(50, 0), fill(453, 90))
+	nearly(t, "horizon of runs that agree", r.Horizon(), 5)
+	if err := r.SetLostWork(); err != nil {
+		t.Fatal(err)
+	}
+	nearly(t, "post-copy, runs that agree", pc.LostWorkS, 0.905)
+	nearly(t, "stop-and-copy, runs that agree", sc.LostWorkS, 0.5+0.45)
+	nearly(t, "extrapolated, runs that agree", sc.LostWorkExtrapolatedS+pc.LostWorkExtrapolatedS, 0)
+	// Post-copy's last page less than a second before the shortest
+	// timeline ends: the longest counts.
+	pc.Dest = pc.Dest[:390]
+	nearly(t, "horizon too close to a last page", r.Horizon(), 5.03)
 
 	// No reference rate: an error, and no figure.
 	sc.PreRate = 0
