@@ -150,7 +150,7 @@ func runSource(args []string, stdin io.Reader, stdout io.Writer) error {
 	emit(stdout, map[string]any{"event": "ready", "pid": os.Getpid(), "addr": bench.Addr(mem), "size": cfg.Size,
 		"fill_s": fillS, "start": tl.Origin})
 
-	w.Run(clock, tl, &stop)
+	w.Run(clock, tl, nil, &stop)
 	t0 := clock.Now()
 	w.T0 = t0
 	st := w.State
@@ -262,6 +262,7 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 
 	clock := bench.NewClock()
 	tl := bench.NewTimeline(0, timelineSpan)
+	stalls := bench.NewStalls(bench.StallThreshold)
 	buf := make([]byte, bench.StateSize)
 	regions := make([]handshake.Region, 1)
 	emit(stdout, map[string]any{"event": "ready", "state_addr": ln.Addr().String(), "addr": base, "pid": os.Getpid()})
@@ -310,7 +311,7 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	w.State = st
 	tl.Origin = st.T0
-	first := w.Run(clock, tl, &stop)
+	first := w.Run(clock, tl, stalls, &stop)
 	end := clock.Now()
 	runtime.UnlockOSThread()
 	emit(stdout, map[string]any{"event": "stopped", "end": end, "ops": w.Ops - st.Ops})
@@ -333,7 +334,7 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	emit(stdout, map[string]any{"event": "done", "t0": st.T0, "t_state": t1, "t_handshake": t2, "t_resume": tr,
 		"t_first": first, "t_end": end, "ops": w.Ops - st.Ops, "reads": w.Reads - st.Reads,
-		"writes": w.Writes - st.Writes, "kv_misses": w.KVMisses, "verification": v, "timeline": timelineOf(tl)})
+		"writes": w.Writes - st.Writes, "kv_misses": w.KVMisses, "verification": v, "timeline": timelineOf(tl), "stalls": stalls.Figures()})
 	return nil
 }
 

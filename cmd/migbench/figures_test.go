@@ -2,18 +2,13 @@ package main
 
 import (
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/postcopy/postcopy/internal/bench"
 )
 
-func filled(n int, v uint32) []uint32 {
-	c := make([]uint32, n)
-	for i := range c {
-		c[i] = v
-	}
-	return c
-}
+func filled(n int, v uint32) []uint32 { return slices.Repeat([]uint32{v}, n) }
 
 // figures turns the processes' time stamps and timelines into the reported
 // figures: check each against values worked out by hand.
@@ -22,7 +17,8 @@ func TestFigures(t *testing.T) {
 	sd := sourceDone{Timeline: timelineEv{Origin: t0 - 2e9 - 3e6, Counts: append(filled(200, 100), 7)}, Ops: 20007}
 	dst := append(filled(50, 10), filled(260, 100)...)
 	dd := destDone{T0: t0, TState: t0 + 100e3, THandshake: t0 + 300e3, TResume: t0 + 300e3, TFirst: t0 + 2e6,
-		TEnd: t0 + 3e9 + 5e6, Ops: 1, Verification: bench.Verification{OK: true}, Timeline: timelineEv{Origin: t0, Counts: dst}}
+		TEnd: t0 + 3e9 + 5e6, Ops: 1, Verification: bench.Verification{OK: true}, Timeline: timelineEv{Origin: t0, Counts: dst},
+		Stalls: bench.StallFigures{StallThresholdUS: 20, StallCount: 7, StallP99US: 900}}
 	var sum summaryBody
 	sum.Faults = 12
 	sum.Latency.P50 = 80
@@ -58,7 +54,8 @@ func TestFigures(t *testing.T) {
 		t.Fatal("no recovery")
 	}
 	near("recover90", m.Recover90S, 0.49)
-	if !m.Verified || m.Faults != 12 || m.FaultP50US != 80 || m.LinkRxBytes != 0 {
+	if !m.Verified || m.Faults != 12 || m.FaultP50US != 80 || m.LinkRxBytes != 0 || m.StallCount != 7 || m.StallP99US != 900 ||
+		m.CostStartS != 0 {
 		t.Errorf("figures %+v", m)
 	}
 

@@ -148,21 +148,34 @@ func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Repo
 
 	for i := range c.runs {
 		r := bench.Run{Index: i + 1}
+		// Each destination is observed at least as long after the stop as
+		// those of the run's methods before it (post-copy first, the
+		// slowest to make the memory resident), so that their lost work
+		// covers the same span (bench.Run.SetLostWork); two buckets more for
+		// the time the source takes to stop once told.
+		var observe time.Duration
 		for _, method := range []string{bench.MethodPostCopy, bench.MethodStopCopy} {
 			fmt.Fprintf(progress, "migbench: run %d/%d: %s of %s (%s, %s content) over %s\n", i+1, c.runs, method,
 				rep.Setup.Size, rep.Setup.Pattern, rep.Setup.Content, e.link.Name())
-			m, err := e.migrate(ctx, method, i+1)
+			m, err := e.migrate(ctx, method, i+1, observe)
 			if err != nil {
 				return nil, fmt.Errorf("run %d, %s: %w", i+1, method, err)
 			}
-			fmt.Fprintf(progress, "migbench:   downtime %.3f ms, total %.2f s, %d faults, recover90 %s, verified %v\n",
-				m.DowntimeMS, m.TotalS, m.Faults, bench.FormatRecover90(m.Recover90S, m.Recovered90, " s"), m.Verified)
+			observe = max(observe, time.Duration(len(m.Dest)+2)*bench.Bucket)
+			fmt.Fprintf(progress, "migbench:   downtime %.3f ms, total %.2f s, %d faults, stalls over %.0f µs %d (p99 %.0f µs), recover90 %s, verified %v\n",
+				m.DowntimeMS, m.TotalS, m.Faults, m.StallThresholdUS, m.StallCount, m.StallP99US,
+				bench.FormatRecover90(m.Recover90S, m.Recovered90, " s"), m.Verified)
 			if method == bench.MethodPostCopy {
 				r.PostCopy = m
 			} else {
 				r.StopCopy = m
 			}
 		}
+		if err := r.SetLostWork(); err != nil {
+			return nil, fmt.Errorf("run %d: %w", i+1, err)
+		}
+		fmt.Fprintf(progress, "migbench:   work lost over %.2f s after the stop: post-copy %.2f s, stop-and-copy %.2f s (%.2f×)\n",
+			r.PostCopy.LostWorkHorizonS, r.PostCopy.LostWorkS, r.StopCopy.LostWorkS, r.PostCopy.LostWorkXStopCopy)
 		rep.Runs = append(rep.Runs, r)
 	}
 	// After the runs, so that filling that much memory does not change
@@ -312,6 +325,7 @@ type (
 		KVMisses     uint64             `json:"kv_misses"`
 		Verification bench.Verification `json:"verification"`
 		Timeline     timelineEv         `json:"timeline"`
+		Stalls       bench.StallFigures `json:"stalls"`
 	}
 	fetcherSummary struct {
 		OK      bool            `json:"ok"`
@@ -338,8 +352,9 @@ type (
 )
 
 // migrate runs one migration with method (post-copy or stop-and-copy) and
-// measures it.
-func (e *env) migrate(ctx context.Context, method string, run int) (m *bench.Migration, err error) {
+// measures it, observing the destination for --post after its last page,
+// and for at least observe after the stop.
+func (e *env) migrate(ctx context.Context, method string, run int, observe time.Duration) (m *bench.Migration, err error) {
 	c := e.c
 	size := c.workload.Size
 	// A generous bound: filling, the copy at a pessimistic rate, the rest.
@@ -351,7 +366,7 @@ func (e *env) migrate(ctx context.Context, method string, run int) (m *bench.Mig
 	// Warm-up, the copy and --post; then the source replays what the
 	// destination did, which takes about as long again.
 	copyEst := time.Duration(4 * float64(size) / rate * float64(time.Second))
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute+c.warmup+2*(c.post+copyEst))
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute+c.warmup+2*(c.post+copyEst+observe))
 	defer cancel()
 
 	tag := fmt.Sprintf("run%d-%s", run, method)
@@ -424,6 +439,7 @@ func (e *env) migrate(ctx context.Context, method string, run int) (m *bench.Mig
 	if err != nil {
 		return nil, err
 	}
+	tStop := e.clock.Now()
 	if err := src.send("stop"); err != nil {
 		return nil, err
 	}
@@ -455,8 +471,9 @@ func (e *env) migrate(ctx context.Context, method string, run int) (m *bench.Mig
 		return nil, fmt.Errorf("pageserver after SIGTERM: %w", err)
 	}
 
-	// The destination runs on for --post, then everything reports.
-	if err := e.sleepUntil(ctx, tDone+int64(c.post)); err != nil {
+	// The destination runs on for --post (and until observe after the
+	// stop), then everything reports.
+	if err := e.sleepUntil(ctx, max(tDone+int64(c.post), tStop+int64(observe))); err != nil {
 		return nil, err
 	}
 	if err := dst.send("stop"); err != nil {
@@ -532,7 +549,9 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 		m.CopyMS = 0
 	}
 
-	// The source's full buckets before the stop; its last second is the
+	m.StallFigures = dd.Stalls
+	// The source's full buckets before the stop; its last second before
+	// the migration starts costing it (the stop: CostStartS 0) is the
 	// reference rate.
 	bucket := int64(bench.Bucket)
 	n := int((t0 - sd.Timeline.Origin) / bucket)
@@ -540,12 +559,12 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 	if n < len(src) {
 		src = src[:n]
 	}
-	if len(src) < 100 {
-		return nil, fmt.Errorf("the source ran only %d full buckets before the stop, want 100", len(src))
-	}
 	m.Source = src
 	m.SourceStartS = float64(sd.Timeline.Origin-t0) / 1e9
-	m.PreRate = bench.MeanRate(src[len(src)-100:])
+	var err error
+	if m.PreRate, err = bench.ReferenceRate(src, m.SourceStartS, m.CostStartS); err != nil {
+		return nil, err
+	}
 	// The destination's full buckets from the stop to its end.
 	n = int((dd.TEnd - t0) / bucket)
 	dst := dd.Timeline.Counts

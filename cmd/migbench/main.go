@@ -1,10 +1,12 @@
 // Command migbench runs complete post-copy migrations of a real workload on
-// one machine and reports them: downtime and its parts, demand faults and
-// their latency, blocktime, total migration time, bytes moved, and the
-// workload's throughput over time with the time it takes to come back to
-// 90 % of its rate; beside them, in the same invocation, a stop-and-copy
-// migration of the same workload over the same transport and the raw TCP
-// bandwidth and round trip of the link.
+// one machine and reports them, first as the workload saw them: downtime
+// and its parts, the work it lost (against its rate before the stop), its
+// operations that stalled (each timed in its own thread), its throughput
+// over time with the time it takes to come back to 90 % of its rate; then
+// pagefetcher's own view (demand faults and their latency, blocktime), total
+// migration time and bytes moved. Beside them, in the same invocation, a
+// stop-and-copy migration of the same workload over the same transport and
+// the raw TCP bandwidth and round trip of the link.
 //
 //	migbench --size SIZE --pattern seq|random|zipf|kv [--content random|text|mixed]
 //	         [--link RATE] [--json FILE] [--plot FILE] [--csv FILE] [--runs N]

@@ -251,8 +251,34 @@ func runMigbench(t *testing.T, args ...string) map[string]any {
 	if got["stopcopy_downtime_ms"].(float64) <= got["downtime_ms"].(float64) {
 		t.Errorf("stop-and-copy downtime %v ms not above post-copy's %v ms", got["stopcopy_downtime_ms"], got["downtime_ms"])
 	}
+	// The workload's view: work lost by both methods (at least their
+	// downtime), and post-copy's stalls over 20 µs (it faulted), which
+	// include the first operation's.
+	for _, k := range []string{"lost_work_s", "stopcopy_lost_work_s", "lost_work_x_stopcopy", "stall_count", "stall_total_ms",
+		"stall_p50_us", "stall_p99_us", "stall_max_us"} {
+		if v, ok := got[k].(float64); !ok || v <= 0 {
+			t.Errorf("%s = %v, want a positive number", k, got[k])
+		}
+	}
+	if got["stall_threshold_us"] != 20.0 || got["stall_max_us"].(float64) < got["stall_p99_us"].(float64) {
+		t.Errorf("stall threshold %v, p99 %v, max %v", got["stall_threshold_us"], got["stall_p99_us"], got["stall_max_us"])
+	}
+	// Every whole bucket of a downtime is lost.
+	if got["lost_work_s"].(float64) < (got["downtime_ms"].(float64)-10)/1e3 || got["stopcopy_lost_work_s"].(float64) < (got["stopcopy_downtime_ms"].(float64)-10)/1e3 {
+		t.Errorf("work lost %v s and %v s, less than the downtimes %v ms and %v ms", got["lost_work_s"], got["stopcopy_lost_work_s"],
+			got["downtime_ms"], got["stopcopy_downtime_ms"])
+	}
+	// Both methods of a run are counted over the same span, observed.
+	for _, run := range got["runs"].([]any) {
+		pc, sc := run.(map[string]any)["postcopy"].(map[string]any), run.(map[string]any)["stopcopy"].(map[string]any)
+		if pc["lost_work_horizon_s"] != sc["lost_work_horizon_s"] || sc["lost_work_extrapolated_s"].(float64) > 0.05 ||
+			pc["lost_work_extrapolated_s"].(float64) > 0.05 {
+			t.Errorf("horizons %v and %v s, extrapolated %v and %v s", pc["lost_work_horizon_s"], sc["lost_work_horizon_s"],
+				pc["lost_work_extrapolated_s"], sc["lost_work_extrapolated_s"])
+		}
+	}
 	csv, err := os.ReadFile(strings.TrimSuffix(jsonPath, ".json") + ".csv")
-	if err != nil || !strings.HasPrefix(string(csv), "run,method,side,t_s,ops,ops_per_s\n") || strings.Count(string(csv), "\n") < 100 {
+	if err != nil || !strings.HasPrefix(string(csv), "run,method,side,t_s,ops,ops_per_s,lost_ms\n") || strings.Count(string(csv), "\n") < 100 {
 		t.Errorf("CSV timeline: %v, %.200q", err, csv)
 	}
 	svg, err := os.ReadFile(plot)

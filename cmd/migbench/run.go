@@ -61,7 +61,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.suite, "suite", "", "run a documented set instead of one configuration: \"default\" (1 and 4 GiB; random and zipf; loopback and 1gbit)")
 	fs.StringVar(&c.outDir, "out", "bench", "with --suite: directory for the results")
 	fs.StringVar(&c.updateDoc, "update-doc", "", "with --suite: replace the generated results in this Markdown file (BENCHMARKS.md)")
-	fs.BoolVar(&c.regen, "regen", false, "with --suite: run nothing, rebuild summary.md, the plots (and --update-doc) from the JSON files in --out, recomputing recover90 from their timelines")
+	fs.BoolVar(&c.regen, "regen", false, "with --suite: run nothing, rebuild summary.md, the plots (and --update-doc) from the JSON files in --out, recomputing recover90 and the work lost from their timelines")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress lines on stderr")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

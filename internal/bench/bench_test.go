@@ -211,15 +211,8 @@ func TestWorkloadResumesIdentically(t *testing.T) {
 		t.Run(string(p), func(t *testing.T) {
 			mix, _ := ParseContent("mixed")
 			cfg := Config{Size: 4 << 20, Pattern: p, Mix: mix, WritePct: 30, Theta: 0.99, Seed: 3}
-			srcMem, err := MapMemory(cfg.Size)
-			if err != nil {
-				t.Fatal(err)
-			}
+			srcMem, src := mapWorkload(t, cfg)
 			dstMem, err := MapMemory(cfg.Size)
-			if err != nil {
-				t.Fatal(err)
-			}
-			src, err := New(cfg, srcMem)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -293,9 +286,9 @@ func TestWorkloadResumesIdentically(t *testing.T) {
 	}
 }
 
-// Run stops at the flag and records every operation it did in the timeline.
-func TestRunRecords(t *testing.T) {
-	cfg := Config{Size: 1 << 20, Pattern: PatternRandom, Mix: Mix{1, 0, 0, 0}, WritePct: 20, Theta: 0.99, Seed: 1}
+// mapWorkload maps cfg's memory and prepares its workload (not filled).
+func mapWorkload(t *testing.T, cfg Config) ([]byte, *Workload) {
+	t.Helper()
 	mem, err := MapMemory(cfg.Size)
 	if err != nil {
 		t.Fatal(err)
@@ -304,13 +297,58 @@ func TestRunRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return mem, w
+}
+
+// Replay ends with the memory and the state that doing each operation with
+// Step gives, for every pattern and write share; and several times faster
+// for the page patterns.
+func TestReplayMatchesStep(t *testing.T) {
+	for _, p := range []Pattern{PatternSeq, PatternRandom, PatternZipf, PatternKV} {
+		for _, writes := range []int{0, 30, 100} {
+			mix, _ := ParseContent("mixed")
+			cfg := Config{Size: 4 << 20, Pattern: p, Mix: mix, WritePct: writes, Theta: 0.99, Seed: 5}
+			mk := func() ([]byte, *Workload) {
+				mem, w := mapWorkload(t, cfg)
+				w.Fill()
+				for range 1000 {
+					w.Step()
+				}
+				return mem, w
+			}
+			stepMem, stepped := mk()
+			replayMem, replayed := mk()
+			const n = 20000 // about 20 operations a page: pages read after a write, written twice
+			for range n {
+				stepped.Step()
+			}
+			replayed.Replay(n)
+			replayed.Base = stepped.Base // where each memory is mapped
+			if stepped.State != replayed.State {
+				t.Errorf("%s, %d%% writes: states differ:\nstep   %+v\nreplay %+v", p, writes, stepped.State, replayed.State)
+			}
+			for i := range stepMem {
+				if stepMem[i] != replayMem[i] {
+					t.Errorf("%s, %d%% writes: memories differ at byte %d", p, writes, i)
+					break
+				}
+			}
+		}
+	}
+}
+
+// Run stops at the flag and records every operation it did in the timeline.
+func TestRunRecords(t *testing.T) {
+	cfg := Config{Size: 1 << 20, Pattern: PatternRandom, Mix: Mix{1, 0, 0, 0}, WritePct: 20, Theta: 0.99, Seed: 1}
+	_, w := mapWorkload(t, cfg)
 	w.Fill()
 	clock := NewClock()
 	start := clock.Now()
 	tl := NewTimeline(start, 10*time.Second)
+	stalls := NewStalls(StallThreshold)
 	var stop atomic.Bool
 	res := make(chan int64)
-	go func() { res <- w.Run(clock, tl, &stop) }()
+	go func() { res <- w.Run(clock, tl, stalls, &stop) }()
 	time.Sleep(50 * time.Millisecond) // let it run a while (not synchronisation: any duration works)
 	stop.Store(true)
 	first := <-res
@@ -326,5 +364,55 @@ func TestRunRecords(t *testing.T) {
 	}
 	if w.Reads+w.Writes != w.Ops || w.Writes == 0 {
 		t.Errorf("reads %d + writes %d != ops %d", w.Reads, w.Writes, w.Ops)
+	}
+	// Stalls: only operations over the threshold, at most every one, and
+	// consistent figures (how many there are depends on the machine).
+	f := stalls.Figures()
+	if f.StallThresholdUS != 20 || f.StallCount > w.Ops {
+		t.Errorf("stalls: %+v for %d ops", f, w.Ops)
+	}
+	if f.StallCount > 0 && (f.StallP50US < 20 || f.StallP50US > f.StallP99US || f.StallP99US > f.StallMaxUS ||
+		f.StallTotalMS < float64(f.StallCount)*0.02 || f.StallTotalMS > float64(f.StallCount)*f.StallMaxUS/1e3) {
+		t.Errorf("stall figures inconsistent: %+v", f)
+	}
+}
+
+// Stalls keeps operations over the threshold only, and its figures are
+// those of the histogram of them.
+func TestStalls(t *testing.T) {
+	s := NewStalls(StallThreshold)
+	if f := s.Figures(); f.StallCount != 0 || f.StallP99US != 0 || !f.Measured() {
+		t.Fatalf("empty: %+v", f)
+	}
+	s.Record(int64(StallThreshold)) // not over it
+	for range 900 {
+		s.Record(int64(time.Microsecond))
+		s.Record(int64(30 * time.Microsecond))
+	}
+	for range 99 {
+		s.Record(int64(200 * time.Microsecond))
+	}
+	s.Record(int64(5 * time.Millisecond))
+	f := s.Figures()
+	near := func(name string, got, want float64) {
+		t.Helper()
+		if math.Abs(got-want) > 0.02*want {
+			t.Errorf("%s = %v, want %v (±2 %%)", name, got, want)
+		}
+	}
+	if f.StallCount != 1000 {
+		t.Errorf("count %d, want 1000 (900 of 30 µs, 99 of 200 µs, one of 5 ms)", f.StallCount)
+	}
+	near("p50", f.StallP50US, 30)
+	near("p90", f.StallP90US, 30)
+	near("p99", f.StallP99US, 200)
+	near("p99.9", f.StallP999US, 200)
+	near("max", f.StallMaxUS, 5000)
+	near("total", f.StallTotalMS, 900*0.03+99*0.2+5)
+	if (StallFigures{}).Measured() {
+		t.Error("zero figures say measured")
+	}
+	if n := testing.AllocsPerRun(100, func() { s.Record(int64(time.Millisecond)) }); n != 0 {
+		t.Errorf("Record allocates %v times", n)
 	}
 }

@@ -108,8 +108,12 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 	title := fmt.Sprintf("Workload throughput over a migration: %s, %s pattern, %s content, link %s (run %d)",
 		s.Size, s.Pattern, s.Content, s.Link, run+1)
 	fmt.Fprintf(&sb, `<text x="%.0f" y="24" font-size="16" font-weight="bold">%s</text>`+"\n", L, html.EscapeString(title))
-	fmt.Fprintf(&sb, `<text x="%.0f" y="44" fill="#555">%s</text>`+"\n", L, html.EscapeString(fmt.Sprintf(
-		"operations per second, averaged over %d ms; time from the switchover (source stops)", width*int(Bucket.Milliseconds()))))
+	sub := fmt.Sprintf("operations per second, averaged over %d ms; time from the switchover (source stops)", width*int(Bucket.Milliseconds()))
+	if p != nil && c != nil && p.LostWorkHorizonS > 0 {
+		sub = fmt.Sprintf("work lost in the %.1f s from the stop: post-copy %.2f s, stop-and-copy %.2f s (%.2f×); operations/s over %d ms",
+			p.LostWorkHorizonS, p.LostWorkS, c.LostWorkS, p.LostWorkXStopCopy, width*int(Bucket.Milliseconds()))
+	}
+	fmt.Fprintf(&sb, `<text x="%.0f" y="44" fill="#555">%s</text>`+"\n", L, html.EscapeString(sub))
 	// Axes and grid.
 	for yt := lo; yt <= hi*1.001; yt *= 10 {
 		y := py(yt)

@@ -3,6 +3,7 @@ package bench
 import (
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -35,7 +36,25 @@ type Migration struct {
 	FirstFaultMS float64 `json:"first_fault_ms"`
 	CopyMS       float64 `json:"copy_ms"`
 
-	// From pagefetcher's summary.
+	// The workload's view: work lost to the migration (LostWork, over the
+	// run's common horizon, Run.SetLostWork), in seconds at the reference
+	// rate PreRate, from CostStartS (relative to the stop: 0 for post-copy
+	// and stop-and-copy, a warm-up's start for a method that has one) to
+	// LostWorkHorizonS after the stop; LostWorkExtrapolatedS of that span
+	// the destination was not observed for (counted at its last second's
+	// loss); LostWorkXStopCopy is LostWorkS over stop-and-copy's in the same
+	// run. And its stalls: every operation over the threshold, timed in the
+	// destination workload's thread.
+	LostWorkS             float64 `json:"lost_work_s"`
+	LostWorkXStopCopy     float64 `json:"lost_work_x_stopcopy"`
+	CostStartS            float64 `json:"cost_start_s"`
+	LostWorkHorizonS      float64 `json:"lost_work_horizon_s"`
+	LostWorkExtrapolatedS float64 `json:"lost_work_extrapolated_s"`
+	StallFigures
+
+	// From pagefetcher's summary: the handler's view of the faults it
+	// served (from its read of the fault to its wake-up of the workload),
+	// not what the workload waited.
 	Faults          uint64  `json:"faults"`
 	FaultsDuplicate uint64  `json:"faults_duplicate"`
 	FaultP50US      float64 `json:"fault_p50_us"`
@@ -145,6 +164,16 @@ type Setup struct {
 // (always numbers). recover90_s is exact when recovered90 is true, else a
 // lower bound (see Summarize).
 type Report struct {
+	// The workload's view first: work lost (post-copy's and stop-and-copy's
+	// medians, and the median of the runs' ratios of the two), and
+	// post-copy's stalls (medians over the runs of each figure;
+	// stopcopy_stalls: the same for stop-and-copy's destination).
+	LostWorkS         float64      `json:"lost_work_s"`
+	StopcopyLostWorkS float64      `json:"stopcopy_lost_work_s"`
+	LostWorkXStopCopy float64      `json:"lost_work_x_stopcopy"`
+	StopcopyStalls    StallFigures `json:"stopcopy_stalls"`
+	StallFigures
+
 	DowntimeMS         float64 `json:"downtime_ms"`
 	FirstFaultMS       float64 `json:"first_fault_ms"`
 	Faults             float64 `json:"faults"`
@@ -262,6 +291,11 @@ func (r *Report) Summarize() {
 	if r.LinkTimeS > 0 {
 		r.Recover90Ratio = r.Recover90S / r.LinkTimeS
 	}
+	r.LostWorkS = med(func(m *Migration) float64 { return m.LostWorkS }, false)
+	r.StopcopyLostWorkS = med(func(m *Migration) float64 { return m.LostWorkS }, true)
+	r.LostWorkXStopCopy = med(func(m *Migration) float64 { return m.LostWorkXStopCopy }, false)
+	r.StallFigures = r.medianStalls(func(run Run) *Migration { return run.PostCopy })
+	r.StopcopyStalls = r.medianStalls(func(run Run) *Migration { return run.StopCopy })
 	r.StopcopyDowntimeMS = med(func(m *Migration) float64 { return m.DowntimeMS }, true)
 	r.StopcopyTotalS = med(func(m *Migration) float64 { return m.TotalS }, true)
 	r.Verified = len(r.Runs) > 0
@@ -274,7 +308,40 @@ func (r *Report) Summarize() {
 	}
 }
 
-// WriteTable prints the report as a table for a terminal.
+// medianStalls is the median of each stall figure over the runs' migrations
+// of one method (pick) that measured them; zero (not measured) when none did.
+func (r *Report) medianStalls(pick func(Run) *Migration) StallFigures {
+	var fs []StallFigures
+	for _, run := range r.Runs {
+		if m := pick(run); m != nil && m.Measured() {
+			fs = append(fs, m.StallFigures)
+		}
+	}
+	if len(fs) == 0 {
+		return StallFigures{}
+	}
+	med := func(f func(StallFigures) float64) float64 {
+		xs := make([]float64, len(fs))
+		for i, s := range fs {
+			xs[i] = f(s)
+		}
+		return finite(Median(xs))
+	}
+	return StallFigures{
+		StallThresholdUS: med(func(s StallFigures) float64 { return s.StallThresholdUS }),
+		StallCount:       uint64(math.Round(med(func(s StallFigures) float64 { return float64(s.StallCount) }))),
+		StallTotalMS:     med(func(s StallFigures) float64 { return s.StallTotalMS }),
+		StallP50US:       med(func(s StallFigures) float64 { return s.StallP50US }),
+		StallP90US:       med(func(s StallFigures) float64 { return s.StallP90US }),
+		StallP99US:       med(func(s StallFigures) float64 { return s.StallP99US }),
+		StallP999US:      med(func(s StallFigures) float64 { return s.StallP999US }),
+		StallMaxUS:       med(func(s StallFigures) float64 { return s.StallMaxUS }),
+	}
+}
+
+// WriteTable prints the report as a table for a terminal: the workload's
+// view first (downtime, work lost, its stalls, its throughput), then
+// pagefetcher's view of the faults it served and how the memory moved.
 func (r *Report) WriteTable(w io.Writer) {
 	s := r.Setup
 	fmt.Fprintf(w, "migbench: %s, pattern %s, content %s, %d%% writes, link %s, %d run(s)\n",
@@ -294,11 +361,21 @@ func (r *Report) WriteTable(w io.Writer) {
 		if c == nil {
 			c = &Migration{}
 		}
+		tw.row("the workload's view:", "", "")
 		tw.row("downtime (ms)", f3(p.DowntimeMS), f3(c.DowntimeMS))
 		tw.row("  state transfer (ms)", f3(p.StateMS), f3(c.StateMS))
 		tw.row("  handshake (ms)", f3(p.HandshakeMS), f3(c.HandshakeMS))
 		tw.row("  copy of all memory (ms)", "-", f3(c.CopyMS))
 		tw.row("  first operation, with its fault (ms)", f3(p.FirstFaultMS), f3(c.FirstFaultMS))
+		tw.row(fmt.Sprintf("work lost (s, over %.2f s from the stop)", p.LostWorkHorizonS), f3(p.LostWorkS), f3(c.LostWorkS))
+		tw.row("  × stop-and-copy's", fmt.Sprintf("%.2f", p.LostWorkXStopCopy), "1")
+		tw.row(fmt.Sprintf("operations over %.0f µs (stalls), total (ms)", p.StallThresholdUS), stallCount(p.StallFigures), stallCount(c.StallFigures))
+		tw.row("  stall p50/p90/p99/p99.9/max (µs)", stallQuantiles(p.StallFigures), stallQuantiles(c.StallFigures))
+		tw.row("throughput before / after (Mops/s)", fmt.Sprintf("%.3f / %.3f", p.PreRate/1e6, p.PostRate/1e6),
+			fmt.Sprintf("%.3f / %.3f", c.PreRate/1e6, c.PostRate/1e6))
+		tw.row("back to 90 % of it after", FormatRecover90(p.Recover90S, p.Recovered90, " s"), FormatRecover90(c.Recover90S, c.Recovered90, " s"))
+		tw.row("verified (every page)", fmt.Sprint(p.Verified), fmt.Sprint(c.Verified))
+		tw.row("pagefetcher's view:", "", "")
 		tw.row("demand faults", fmt.Sprint(p.Faults), fmt.Sprint(c.Faults))
 		tw.row("fault latency p50/p99/p999/max (µs)", fmt.Sprintf("%.0f/%.0f/%.0f/%.0f", p.FaultP50US, p.FaultP99US, p.FaultP999US, p.FaultMaxUS), "-")
 		tw.row("blocktime (ms)", f3(p.BlocktimeMS), f3(c.BlocktimeMS))
@@ -307,16 +384,14 @@ func (r *Report) WriteTable(w io.Writer) {
 		if p.LinkRxBytes > 0 {
 			tw.row("bytes through the link (rx, frames)", FormatSize(p.LinkRxBytes), FormatSize(c.LinkRxBytes))
 		}
-		tw.row("throughput before / after (Mops/s)", fmt.Sprintf("%.3f / %.3f", p.PreRate/1e6, p.PostRate/1e6),
-			fmt.Sprintf("%.3f / %.3f", c.PreRate/1e6, c.PostRate/1e6))
-		tw.row("back to 90 % of it after", FormatRecover90(p.Recover90S, p.Recovered90, " s"), FormatRecover90(c.Recover90S, c.Recovered90, " s"))
-		tw.row("verified (every page)", fmt.Sprint(p.Verified), fmt.Sprint(c.Verified))
 	}
 	tw.write(w)
 	if len(r.Runs) > 1 {
-		fmt.Fprintf(w, "medians: downtime %.3f ms (stop-and-copy %.1f ms), first fault %.3f ms, faults %.0f, fault p50/p99/p999 %.0f/%.0f/%.0f µs, blocktime %.1f ms, total %.2f s, recover90 %s, verified %v\n",
-			r.DowntimeMS, r.StopcopyDowntimeMS, r.FirstFaultMS, r.Faults, r.FaultP50US, r.FaultP99US, r.FaultP999US,
-			r.BlocktimeMS, r.TotalS, FormatRecover90(r.Recover90S, r.Recovered90, " s"), r.Verified)
+		fmt.Fprintf(w, "medians, the workload's view: downtime %.3f ms (stop-and-copy %.1f ms), work lost %.2f s (stop-and-copy %.2f s; %.2f× it), stalls over %.0f µs %s, p50/p90/p99/p99.9/max %s µs, recover90 %s, verified %v\n",
+			r.DowntimeMS, r.StopcopyDowntimeMS, r.LostWorkS, r.StopcopyLostWorkS, r.LostWorkXStopCopy, r.StallThresholdUS,
+			stallCount(r.StallFigures), stallQuantiles(r.StallFigures), FormatRecover90(r.Recover90S, r.Recovered90, " s"), r.Verified)
+		fmt.Fprintf(w, "medians, pagefetcher's view: first fault %.3f ms, faults %.0f, fault p50/p99/p999 %.0f/%.0f/%.0f µs, blocktime %.1f ms, total %.2f s\n",
+			r.FirstFaultMS, r.Faults, r.FaultP50US, r.FaultP99US, r.FaultP999US, r.BlocktimeMS, r.TotalS)
 	}
 	if r.LinkTimeS > 0 {
 		rel := "="
@@ -325,6 +400,24 @@ func (r *Report) WriteTable(w io.Writer) {
 		}
 		fmt.Fprintf(w, "recover90 / link time %s %.2f (target ≤ 1.1)\n", rel, r.Recover90Ratio)
 	}
+}
+
+// stallCount renders the number of stalls and their total time: "123, 45.6
+// ms"; "-" where they were not measured.
+func stallCount(f StallFigures) string {
+	if !f.Measured() {
+		return "-"
+	}
+	return fmt.Sprintf("%d, %s ms", f.StallCount, f3(f.StallTotalMS))
+}
+
+// stallQuantiles renders p50/p90/p99/p99.9/max of the stalls in µs; "-"
+// where they were not measured.
+func stallQuantiles(f StallFigures) string {
+	if !f.Measured() {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f / %.0f / %.0f / %.0f / %.0f", f.StallP50US, f.StallP90US, f.StallP99US, f.StallP999US, f.StallMaxUS)
 }
 
 func f3(v float64) string {
@@ -368,25 +461,34 @@ func (t *table) write(w io.Writer) {
 
 // WriteCSV writes every run's throughput timeline in long form: run, method,
 // side, t_s (start of the 10 ms bucket, relative to the source's stop),
-// ops (in the bucket), ops_per_s.
+// ops (in the bucket), ops_per_s, and lost_ms: the bucket's share of
+// lost_work_s in milliseconds (LostWork), empty for a bucket outside its
+// span.
 func (r *Report) WriteCSV(w io.Writer) error {
 	cw := csv.NewWriter(w)
-	_ = cw.Write([]string{"run", "method", "side", "t_s", "ops", "ops_per_s"})
+	_ = cw.Write([]string{"run", "method", "side", "t_s", "ops", "ops_per_s", "lost_ms"})
 	b := Bucket.Seconds()
 	for i, run := range r.Runs {
-		for _, m := range []*Migration{run.PostCopy, run.StopCopy} {
-			if m == nil {
-				continue
-			}
+		for _, m := range run.Migrations() {
+			horizon := int(math.Round(m.LostWorkHorizonS / b))
 			for side, counts := range [][]uint32{m.Source, m.Dest} {
 				start, name := m.SourceStartS, "source"
 				if side == 1 {
 					start, name = 0, "destination"
 				}
 				for j, c := range counts {
+					t := start + float64(j)*b
+					lost := ""
+					counted := t >= m.CostStartS-b/2
+					if side == 1 {
+						counted = j < horizon
+					}
+					if counted && m.PreRate > 0 {
+						lost = strconv.FormatFloat(lossOf(c, m.PreRate*b)*b*1e3, 'f', 3, 64)
+					}
 					_ = cw.Write([]string{strconv.Itoa(i + 1), m.Method, name,
-						strconv.FormatFloat(start+float64(j)*b, 'f', 2, 64), strconv.FormatUint(uint64(c), 10),
-						strconv.FormatFloat(Rate(c), 'f', 0, 64)})
+						strconv.FormatFloat(t, 'f', 2, 64), strconv.FormatUint(uint64(c), 10),
+						strconv.FormatFloat(Rate(c), 'f', 0, 64), lost})
 				}
 			}
 		}
@@ -396,10 +498,13 @@ func (r *Report) WriteCSV(w io.Writer) error {
 }
 
 // MarkdownHeader and MarkdownRow render a report as one row of a summary
-// table over several invocations.
+// table over several invocations: the workload's view (downtime, work lost,
+// its stalls, its throughput). TransferMarkdownHeader and TransferMarkdownRow
+// render the rest: pagefetcher's view of the faults it served and how the
+// memory moved.
 func MarkdownHeader() string {
-	return "| size | pattern | link | downtime ms (p-c) | parts: state / handshake / first op ms | stop-and-copy downtime ms | faults | fault p50 / p99 / p999 µs | blocktime ms | total s (p-c / s-c) | link time s | placement floor s | recover90 s (× link time) | rate before / after Mops/s | TCP Gbit/s, RTT µs | verified |\n" +
-		"|---|---|---|---:|---|---:|---:|---|---:|---|---:|---:|---|---|---|---|"
+	return "| size | pattern | link | downtime ms (p-c / s-c) | work lost s (p-c / s-c) | p-c ÷ s-c | stalls (p-c): count, total | stall p50 / p90 / p99 / p99.9 / max µs (p-c) | stalls (s-c): count, total | recover90 s (× link time) | rate before / after Mops/s | verified |\n" +
+		"|---|---|---|---|---|---:|---|---|---|---|---|---|"
 }
 
 // MarkdownRow is the row of r under MarkdownHeader.
@@ -408,15 +513,28 @@ func (r *Report) MarkdownRow() string {
 	if r.Recovered90 && r.LinkTimeS > 0 {
 		rec += fmt.Sprintf(" (%.2f×)", r.Recover90Ratio)
 	}
+	return fmt.Sprintf("| %s | %s | %s | %s / %s | %.2f / %.2f | %.2f | %s | %s | %s | %s | %.3f / %.3f | %v |",
+		r.Setup.Size, r.Setup.Pattern, r.Setup.Link, f3(r.DowntimeMS), f3(r.StopcopyDowntimeMS),
+		r.LostWorkS, r.StopcopyLostWorkS, r.LostWorkXStopCopy, stallCount(r.StallFigures), stallQuantiles(r.StallFigures),
+		stallCount(r.StopcopyStalls), rec, r.PreRate/1e6, r.PostRate/1e6, r.Verified)
+}
+
+// TransferMarkdownHeader heads the table of TransferMarkdownRow.
+func TransferMarkdownHeader() string {
+	return "| size | pattern | link | downtime parts (p-c): state / handshake / first op ms | faults | fault p50 / p99 / p999 µs (pagefetcher's view) | blocktime ms (pagefetcher's view) | total s (p-c / s-c) | link time s | placement floor s | TCP Gbit/s, RTT µs |\n" +
+		"|---|---|---|---|---:|---|---:|---|---:|---:|---|"
+}
+
+// TransferMarkdownRow is the row of r under TransferMarkdownHeader.
+func (r *Report) TransferMarkdownRow() string {
 	floor := "-"
 	if r.PlaceFloorS > 0 {
 		floor = fmt.Sprintf("%.2f", r.PlaceFloorS)
 	}
-	return fmt.Sprintf("| %s | %s | %s | %s | %s / %s / %s | %s | %.0f | %.0f / %.0f / %.0f | %s | %.2f / %.2f | %.2f | %s | %s | %.3f / %.3f | %.2f, %.0f | %v |",
-		r.Setup.Size, r.Setup.Pattern, r.Setup.Link, f3(r.DowntimeMS), f3(r.StateMS), f3(r.HandshakeMS),
-		f3(r.FirstFaultMS), f3(r.StopcopyDowntimeMS), r.Faults, r.FaultP50US, r.FaultP99US, r.FaultP999US,
-		f3(r.BlocktimeMS), r.TotalS, r.StopcopyTotalS, r.LinkTimeS, floor, rec, r.PreRate/1e6, r.PostRate/1e6,
-		r.TCPGbps, r.TCPRttUS, r.Verified)
+	return fmt.Sprintf("| %s | %s | %s | %s / %s / %s | %.0f | %.0f / %.0f / %.0f | %s | %.2f / %.2f | %.2f | %s | %.2f, %.0f |",
+		r.Setup.Size, r.Setup.Pattern, r.Setup.Link, f3(r.StateMS), f3(r.HandshakeMS), f3(r.FirstFaultMS),
+		r.Faults, r.FaultP50US, r.FaultP99US, r.FaultP999US, f3(r.BlocktimeMS), r.TotalS, r.StopcopyTotalS,
+		r.LinkTimeS, floor, r.TCPGbps, r.TCPRttUS)
 }
 
 // DecodeReport decodes a report's JSON, as written by migbench. Reports
@@ -488,15 +606,19 @@ func (m *Migration) SetRecover90() {
 }
 
 // Recompute derives the figures that follow from stored measurements again
-// (each migration's SetRecover90, then Summarize): a report read from JSON
-// then agrees with the code that reads it.
-func (r *Report) Recompute() {
-	for _, run := range r.Runs {
-		for _, m := range []*Migration{run.PostCopy, run.StopCopy} {
-			if m != nil {
-				m.SetRecover90()
-			}
+// (each migration's SetRecover90, each run's SetLostWork, then Summarize): a
+// report read from JSON then agrees with the code that reads it. Stalls are
+// measured, not derived: a report without them keeps none.
+func (r *Report) Recompute() error {
+	var errs []error
+	for i := range r.Runs {
+		for _, m := range r.Runs[i].Migrations() {
+			m.SetRecover90()
+		}
+		if err := r.Runs[i].SetLostWork(); err != nil {
+			errs = append(errs, fmt.Errorf("run %d: %w", r.Runs[i].Index, err))
 		}
 	}
 	r.Summarize()
+	return errors.Join(errs...)
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"io"
+	"math"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -27,6 +29,11 @@ func sampleReport() *Report {
 	}
 	r := &Report{Setup: Setup{Size: "1 GiB", Pattern: "zipf", Content: "random", Link: "1gbit", Runs: 1},
 		Runs: []Run{{Index: 1, PostCopy: mk(MethodPostCopy, 1.5, 0.8), StopCopy: mk(MethodStopCopy, 900, 0.9)}}}
+	r.Runs[0].PostCopy.StallFigures = StallFigures{StallThresholdUS: 20, StallCount: 4321, StallTotalMS: 765,
+		StallP50US: 150, StallP90US: 400, StallP99US: 2500, StallP999US: 9000, StallMaxUS: 12000}
+	if err := r.Runs[0].SetLostWork(); err != nil {
+		panic(err)
+	}
 	r.Summarize()
 	return r
 }
@@ -55,7 +62,8 @@ func TestWriteSVG(t *testing.T) {
 	if polylines != 2 {
 		t.Errorf("%d polylines, want 2 (post-copy and stop-and-copy)", polylines)
 	}
-	for _, want := range []string{"switchover", "post-copy", "stop-and-copy", "time since the switchover (s)", "throughput (operations/s, log scale)"} {
+	for _, want := range []string{"switchover", "post-copy", "stop-and-copy", "time since the switchover (s)", "throughput (operations/s, log scale)",
+		"work lost in the 3.0 s from the stop: post-copy 0.81 s, stop-and-copy 0.91 s (0.89×)"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("SVG lacks %q", want)
 		}
@@ -79,11 +87,26 @@ func TestWriteCSV(t *testing.T) {
 	if len(rows) != 1+2*500 {
 		t.Fatalf("%d rows", len(rows))
 	}
-	if got := strings.Join(rows[1], ","); got != "1,postcopy,source,-2.00,10000,1000000" {
+	// The source's buckets before the stop are not in post-copy's lost
+	// work; each of the destination's is, a whole 10 ms while stopped.
+	if got := strings.Join(rows[1], ","); got != "1,postcopy,source,-2.00,10000,1000000," {
 		t.Errorf("first row %q", got)
 	}
-	if got := strings.Join(rows[201], ","); got != "1,postcopy,destination,0.00,0,0" {
+	if got := strings.Join(rows[201], ","); got != "1,postcopy,destination,0.00,0,0,10.000" {
 		t.Errorf("first destination row %q", got)
+	}
+	if got := strings.Join(rows[500], ","); got != "1,postcopy,destination,2.99,10000,1000000,0.000" {
+		t.Errorf("last destination row %q", got)
+	}
+	var lost float64
+	for _, row := range rows[1:501] {
+		if row[6] != "" {
+			v, _ := strconv.ParseFloat(row[6], 64)
+			lost += v
+		}
+	}
+	if pc := r.Runs[0].PostCopy; math.Abs(lost/1e3-pc.LostWorkS) > 1e-6 {
+		t.Errorf("the CSV's lost_ms sum to %v ms, lost_work_s is %v", lost, pc.LostWorkS)
 	}
 }
 
@@ -91,14 +114,30 @@ func TestTableAndMarkdown(t *testing.T) {
 	r := sampleReport()
 	var b bytes.Buffer
 	r.WriteTable(&b)
-	for _, want := range []string{"downtime (ms)", "1.500", "900", "back to 90 % of it after", "0.50 s", "verified (every page)"} {
+	for _, want := range []string{"downtime (ms)", "1.500", "900", "back to 90 % of it after", "0.50 s", "verified (every page)",
+		"work lost (s, over 3.00 s from the stop)", "0.810", "0.910", "0.89", "operations over 20 µs (stalls), total (ms)",
+		"4321, 765 ms", "150 / 400 / 2500 / 9000 / 12000"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}
 	}
-	row := r.MarkdownRow()
-	if strings.Count(row, "|") != strings.Count(strings.Split(MarkdownHeader(), "\n")[0], "|") {
-		t.Errorf("markdown row and header differ in columns:\n%s\n%s", MarkdownHeader(), row)
+	// The workload's view first, pagefetcher's after it, named as such.
+	if g, h := strings.Index(b.String(), "work lost"), strings.Index(b.String(), "pagefetcher's view:"); g < 0 || h < g ||
+		strings.Index(b.String(), "fault latency") < h {
+		t.Errorf("table order:\n%s", b.String())
+	}
+	for _, tc := range []struct{ header, row string }{
+		{MarkdownHeader(), r.MarkdownRow()}, {TransferMarkdownHeader(), r.TransferMarkdownRow()},
+	} {
+		if strings.Count(tc.row, "|") != strings.Count(strings.Split(tc.header, "\n")[0], "|") {
+			t.Errorf("markdown row and header differ in columns:\n%s\n%s", tc.header, tc.row)
+		}
+	}
+	if row := r.MarkdownRow(); !strings.Contains(row, "| 1.500 / 900 | 0.81 / 0.91 | 0.89 | 4321, 765 ms | 150 / 400 / 2500 / 9000 / 12000 | - |") {
+		t.Errorf("markdown row %s", row)
+	}
+	if h := TransferMarkdownHeader(); !strings.Contains(h, "fault p50 / p99 / p999 µs (pagefetcher's view)") {
+		t.Errorf("transfer header %s", h)
 	}
 }
 
@@ -187,5 +226,34 @@ func TestDecodeLegacyReport(t *testing.T) {
 	again, err := DecodeReport(b)
 	if err != nil || again.Recover90S != 3 || again.Recovered90 || again.Runs[0].StopCopy.Recover90S != 0.5 {
 		t.Errorf("round trip: %+v, %v", again, err)
+	}
+}
+
+// The medians of work lost are over the runs, the ratio the median of the
+// runs' ratios; the stall medians are over the runs that measured them.
+func TestSummarizeLostWorkAndStalls(t *testing.T) {
+	mk := func(lost, x, p99 float64) *Migration {
+		m := &Migration{LostWorkS: lost, LostWorkXStopCopy: x}
+		if p99 > 0 {
+			m.StallFigures = StallFigures{StallThresholdUS: 20, StallCount: uint64(p99), StallP99US: p99}
+		}
+		return m
+	}
+	r := &Report{Runs: []Run{
+		{PostCopy: mk(3, 3, 100), StopCopy: mk(1, 1, 0)},
+		{PostCopy: mk(4, 1, 300), StopCopy: mk(4, 1, 50)},
+		{PostCopy: mk(2, 2, 0), StopCopy: mk(1, 1, 0)},
+	}}
+	r.Summarize()
+	if r.LostWorkS != 3 || r.StopcopyLostWorkS != 1 || r.LostWorkXStopCopy != 2 {
+		t.Errorf("work lost %v and %v, ratio %v; want 3, 1, 2 (not 3 ÷ 1)", r.LostWorkS, r.StopcopyLostWorkS, r.LostWorkXStopCopy)
+	}
+	if r.StallP99US != 200 || r.StallCount != 200 || r.StallThresholdUS != 20 || r.StopcopyStalls.StallP99US != 50 {
+		t.Errorf("stall medians %+v, stop-and-copy %+v", r.StallFigures, r.StopcopyStalls)
+	}
+	r.Runs = r.Runs[2:]
+	r.Summarize()
+	if r.Measured() || r.StopcopyStalls.Measured() {
+		t.Errorf("stalls measured with no run measuring them: %+v", r.StallFigures)
 	}
 }

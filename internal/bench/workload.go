@@ -314,13 +314,21 @@ func (w *Workload) buildIndex() {
 }
 
 // Run performs operations until stop is set, recording each in tl at the
-// time it completes (clock). It returns the completion time of the first
-// operation (0 if none ran). stop is checked before each operation.
-func (w *Workload) Run(clock *Clock, tl *Timeline, stop *atomic.Bool) (first int64) {
+// time it completes (clock), and, with stalls, the time each took: from the
+// previous one's completion (the first: from the call) to its own, the one
+// clock reading per operation the timeline takes anyway. It returns the
+// completion time of the first operation (0 if none ran). stop is checked
+// before each operation.
+func (w *Workload) Run(clock *Clock, tl *Timeline, stalls *Stalls, stop *atomic.Bool) (first int64) {
+	prev := clock.Now()
 	for !stop.Load() {
 		w.Step()
 		now := clock.Now()
 		tl.Record(now)
+		if stalls != nil {
+			stalls.Record(now - prev)
+		}
+		prev = now
 		if first == 0 {
 			first = now
 		}
@@ -330,7 +338,18 @@ func (w *Workload) Run(clock *Clock, tl *Timeline, stop *atomic.Bool) (first int
 
 // Step performs one operation.
 func (w *Workload) Step() {
-	write := w.cfg.WritePct > 0 && w.rngBelow(100) < uint64(w.cfg.WritePct)
+	item, write := w.next()
+	if w.cfg.Pattern == PatternKV {
+		w.kvOp(item, write)
+		return
+	}
+	w.pageOp(item, write)
+}
+
+// next draws the next operation and counts it: whether it writes, and its
+// page (its key, for kv).
+func (w *Workload) next() (item uint64, write bool) {
+	write = w.cfg.WritePct > 0 && w.rngBelow(100) < uint64(w.cfg.WritePct)
 	w.Ops++
 	if write {
 		w.Writes++
@@ -339,19 +358,17 @@ func (w *Workload) Step() {
 	}
 	switch w.cfg.Pattern {
 	case PatternSeq:
-		p := w.Pos
+		item = w.Pos
 		w.Pos++
 		if w.Pos == w.pages {
 			w.Pos = 0
 		}
-		w.pageOp(p, write)
 	case PatternRandom:
-		w.pageOp(w.rngBelow(w.pages), write)
-	case PatternZipf:
-		w.pageOp(w.zipf.Scrambled(w.zipf.Rank(w.rngFloat())), write)
-	case PatternKV:
-		w.kvOp(w.zipf.Scrambled(w.zipf.Rank(w.rngFloat())), write)
+		item = w.rngBelow(w.pages)
+	case PatternZipf, PatternKV:
+		item = w.zipf.Scrambled(w.zipf.Rank(w.rngFloat()))
 	}
+	return item, write
 }
 
 // rngBelow draws from the state's generator in [0, n).
@@ -372,16 +389,25 @@ func (w *Workload) rngNext() uint64 {
 func (w *Workload) rngFloat() float64 { return float64(w.rngNext()>>11) / (1 << 53) }
 
 func (w *Workload) pageOp(p uint64, write bool) {
-	page := w.w[p*pageWords : (p+1)*pageWords : (p+1)*pageWords]
 	if !write {
-		var s uint64
-		for _, v := range page {
-			s += v
-		}
-		w.Sum += s
+		w.Sum += w.pageSum(p)
 		return
 	}
-	x := w.rngNext()
+	w.setPage(p, w.rngNext())
+}
+
+// pageSum is the sum of page p's words.
+func (w *Workload) pageSum(p uint64) uint64 {
+	var s uint64
+	for _, v := range w.w[p*pageWords : (p+1)*pageWords : (p+1)*pageWords] {
+		s += v
+	}
+	return s
+}
+
+// setPage writes page p from x: word i is x + i.
+func (w *Workload) setPage(p, x uint64) {
+	page := w.w[p*pageWords : (p+1)*pageWords : (p+1)*pageWords]
 	for i := range page {
 		page[i] = x + uint64(i)
 	}
@@ -436,9 +462,51 @@ func PageSums(mem []byte, sums []uint32) {
 // replays the operations the destination did from the state it sent: a
 // deterministic workload then ends with the memory and the State the
 // destination should have, had every page arrived as it was.
+//
+// For the page patterns it ends there without doing each operation on the
+// memory, several times faster than Step (the destination may have run for
+// tens of seconds at full speed, and its run is not over until the source
+// has replayed it): a write sets a whole page from one number x (word i is
+// x + i), so the page's content after it is x alone, and a read of it adds
+// 512·x + 0 + 1 + … + 511 to the running sum; a page not yet written is
+// read as it is (once: its sum is kept). Each written page is set from its
+// last x at the end. The kv pattern, whose reads probe the index, replays
+// with Step.
 func (w *Workload) Replay(n uint64) {
+	if w.cfg.Pattern == PatternKV {
+		for range n {
+			w.Step()
+		}
+		return
+	}
+	const (
+		untouched = iota
+		summed    // sum holds the page's sum as it is
+		written   // last holds the x of its last write
+	)
+	state := make([]uint8, w.pages)
+	last := make([]uint64, w.pages) // the sum of an unwritten page, or the x of a written one
+	const idx = pageWords * (pageWords - 1) / 2
 	for range n {
-		w.Step()
+		p, write := w.next()
+		if write {
+			state[p], last[p] = written, w.rngNext()
+			continue
+		}
+		switch state[p] {
+		case untouched:
+			state[p], last[p] = summed, w.pageSum(p)
+			w.Sum += last[p]
+		case summed:
+			w.Sum += last[p]
+		case written:
+			w.Sum += pageWords*last[p] + idx
+		}
+	}
+	for p, st := range state {
+		if st == written {
+			w.setPage(uint64(p), last[p])
+		}
 	}
 }
 

@@ -141,3 +141,15 @@ func (h *Histogram) Quantile(q float64) time.Duration {
 	}
 	return h.max
 }
+
+// Reset empties the histogram. It writes every bucket, so that a histogram
+// allocated ahead is in memory before a Record that must not wait for the
+// kernel to fault a page of it in.
+func (h *Histogram) Reset() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range h.counts {
+		h.counts[i] = 0
+	}
+	h.n, h.sum, h.max, h.min = 0, 0, 0, 0
+}

@@ -53,3 +53,16 @@ func TestEmptyAndMerge(t *testing.T) {
 		t.Fatalf("merge: n=%d max=%v sum=%v", a.Count(), a.Max(), a.Sum())
 	}
 }
+
+func TestReset(t *testing.T) {
+	var h Histogram
+	h.Record(5 * time.Millisecond)
+	h.Reset()
+	if h.Count() != 0 || h.Max() != 0 || h.Sum() != 0 || h.Quantile(0.5) != 0 {
+		t.Fatalf("after Reset: n=%d max=%v sum=%v", h.Count(), h.Max(), h.Sum())
+	}
+	h.Record(2 * time.Microsecond)
+	if h.Quantile(0.5) != 2*time.Microsecond || h.Count() != 1 {
+		t.Fatalf("after Reset and Record: p50 %v, n=%d", h.Quantile(0.5), h.Count())
+	}
+}
