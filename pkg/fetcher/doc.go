@@ -20,13 +20,13 @@
 //
 // # Page states and the wake protocol
 //
-// Each page has a byte of state bits, changed only with atomic OR/AND. The
-// fault loop sets "waiting" and reads the old state; a placer sets "present"
-// and reads the old state. Whichever of the two comes second sees the other's
-// bit, so the thread behind a fault is always woken: either the fault loop
-// sees "present" and wakes it, or the placer sees "waiting" and wakes it. A
-// copy that returns EEXIST is success but wakes nobody, so it is treated like a
-// DONTWAKE copy.
+// The state of every page, the waiting threads, the demand requests
+// outstanding and the wake protocol live in internal/pagestate, a core
+// without system calls, goroutines or clock, tested by scripts without a
+// kernel: this package reads events and answers, feeds them to it, and
+// carries out what it answers — requests to send, zero pages to place,
+// ranges to wake. A copy that returns EEXIST is success but wakes nobody, so
+// it is treated like a DONTWAKE copy.
 //
 // # Discards and the event lock
 //

@@ -8,14 +8,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
 
+// faultRef is a fault read under the event lock, handled after it.
 type faultRef struct {
-	r    *region
-	page uint64
-	tid  uint32
-	addr uint64
+	pg  pagestate.Page
+	tid uint32
 }
 
 // faultLoop reads userfaultfd events until the fetcher stops. th is its
@@ -84,7 +84,7 @@ func (f *Fetcher) faultLoop(th *demandThread) error {
 			return fmt.Errorf("fetcher: reading events: %w", err)
 		}
 		for _, ft := range faults {
-			if err := f.fault(ft, now); err != nil {
+			if err := f.fault(ft.pg, ft.tid, now); err != nil {
 				return err
 			}
 		}
@@ -99,20 +99,18 @@ func (f *Fetcher) event(ev *uffd.Event, faults []faultRef) ([]faultRef, error) {
 	switch ev.Kind {
 	case uffd.EventPageFault:
 		addr := ev.PageFault.Address
-		r, p, ok := f.layout.lookupAddr(addr)
+		pg, ok := f.pages.LookupAddr(addr)
 		if !ok {
 			return faults, fmt.Errorf("%w: %#x", ErrFaultOutside, addr)
 		}
-		return append(faults, faultRef{r: r, page: p, tid: ev.PageFault.ThreadID, addr: addr &^ (r.PageSize - 1)}), nil
+		return append(faults, faultRef{pg: pg, tid: ev.PageFault.ThreadID}), nil
 	case uffd.EventRemove:
-		return faults, f.discard(ev.Remove.Start, ev.Remove.End, stRemoved, viaRemoved)
+		return faults, f.discard(ev.Remove.Start, ev.Remove.End, pagestate.ViaRemoved)
 	case uffd.EventUnmap:
-		err := f.discard(ev.Unmap.Start, ev.Unmap.End, stUnmapped, viaUnmapped)
-		f.layout.cut(ev.Unmap.Start, ev.Unmap.End)
-		return faults, err
+		return faults, f.discard(ev.Unmap.Start, ev.Unmap.End, pagestate.ViaUnmapped)
 	case uffd.EventRemap:
 		f.log.Debug("remap", "from", hex(ev.Remap.From), "to", hex(ev.Remap.To), "len", ev.Remap.Len)
-		f.layout.remap(ev.Remap.From, ev.Remap.To, ev.Remap.Len)
+		f.pages.Remap(ev.Remap.From, ev.Remap.To, ev.Remap.Len)
 	case uffd.EventFork:
 		// A forked child's memory would need a fetcher of its own; VMMs do
 		// not enable UFFD_FEATURE_EVENT_FORK for guest memory.
@@ -122,105 +120,69 @@ func (f *Fetcher) event(ev *uffd.Event, faults []faultRef) ([]faultRef, error) {
 	return faults, nil
 }
 
-// discard marks host range [start, end) removed or unmapped: its pages are
-// never fetched again. Threads waiting there are woken: they fault again and,
-// for a removed range, get a zero page.
-func (f *Fetcher) discard(start, end uint64, bit uint32, how arrival) error {
+// discard takes host range [start, end), removed or unmapped, out of the
+// migration: its pages are never fetched again. Threads waiting there are
+// woken: they fault again and, for a removed range, get a zero page.
+func (f *Fetcher) discard(start, end uint64, how pagestate.Arrival) error {
 	var werr error
-	f.layout.forRange(start, end, func(r *region, first, n, addr uint64) {
-		var newly uint64
-		for p := first; p < first+n; p++ {
-			old := r.state.clear(p, stPresent|stWaiting|stDemand)
-			r.state.or(p, bit)
-			if old&stResolved == 0 {
-				newly++
-			}
-			if old&stWaiting != 0 {
-				f.dropWaiters(r, p)
-			}
-		}
-		if newly > 0 {
-			f.resolved(how, newly)
-		}
-		f.policyDone(r, first, n)
-		f.dropOutstanding(r, first, n)
-		werr = errors.Join(werr, f.wake(addr, n<<r.shift))
-	})
+	for _, d := range f.pages.Discard(start, end, how, time.Now(), nil) {
+		f.policyDone(d.A.Index, d.First, d.N)
+		werr = errors.Join(werr, f.wake(d.Wake.Addr, d.Wake.Len))
+	}
 	return werr
 }
 
 // fault handles one missing-page fault, outside the event lock.
-func (f *Fetcher) fault(ft faultRef, now time.Time) error {
-	r, p := ft.r, ft.page
-	st := r.state.get(p)
-	if st&(stPresent|stRemoved) != 0 {
-		// Placed meanwhile (a bulk DONTWAKE copy, or a duplicate fault
-		// after a waking copy), or discarded. zeroFill wakes the thread:
-		// its zero page fails with EEXIST where the page is there, and
-		// where it is not — discarded, or zapped without a REMOVE event by
-		// a VMM that did not ask for them — a zero page is what the
-		// thread must read.
-		return f.zeroFill(ft)
-	}
-	if st&stUnmapped != 0 {
-		return nil
-	}
-	// Record the waiter before announcing it, so the placer that sees
-	// the waiting bit always finds the record.
-	f.addWaiter(r, p, ft.tid, now)
-	old := r.state.or(p, stWaiting|stDemand)
-	if old&stPresent != 0 {
-		f.resolveWaiters(r, p, time.Now())
-		return f.zeroFill(ft)
-	}
-	if old&stRemoved != 0 {
-		f.dropWaiters(r, p)
-		return f.zeroFill(ft)
-	}
-	if old&stDemand != 0 {
+func (f *Fetcher) fault(pg pagestate.Page, tid uint32, now time.Time) error {
+	act, req := f.pages.Fault(pg, tid, now)
+	switch act {
+	case pagestate.FaultZero:
+		return f.zeroFill(pg)
+	case pagestate.FaultDuplicate:
 		f.dupFaults.Add(1)
-		return nil
+	case pagestate.FaultAsk:
+		f.faults.Add(1)
+		// Ask first: the request is on its way while the policy notes
+		// the hint. No kick for the bulk sender: a fault adds no pending
+		// page, and waking that goroutine on every fault costs the
+		// demand path a wake-up (on this VM, often on another vCPU).
+		f.sendDemand(req)
+		f.policyMu.Lock()
+		f.policy.Fault(req.Area, req.Page)
+		f.policy.Done(req.Area, req.Page, 1)
+		f.policyMu.Unlock()
 	}
-	f.faults.Add(1)
-	// Ask first: the request is on its way while the policy notes the
-	// hint. No kick for the bulk sender: a fault adds no pending page, and
-	// waking that goroutine on every fault costs the demand path a
-	// wake-up (on this VM, often on another vCPU).
-	f.sendDemand(r, p)
-	f.policyMu.Lock()
-	f.policy.Fault(r.idx, p)
-	f.policy.Done(r.idx, p, 1)
-	f.policyMu.Unlock()
 	return nil
 }
 
 // zeroFill answers a fault on a page that is present or discarded: a zero
 // page where nothing is mapped, a wake where the page is there.
-func (f *Fetcher) zeroFill(ft faultRef) error {
-	r := ft.r
+func (f *Fetcher) zeroFill(pg pagestate.Page) error {
+	ps := pg.A.PageSize
 	var err error
-	if f.zeroBuf != nil && r.PageSize > uffd.PageSize() {
-		_, err = f.fd.Copy(ft.addr, f.zeroBuf[:r.PageSize], 0)
+	if f.zeroBuf != nil && ps > uffd.PageSize() {
+		_, err = f.fd.Copy(pg.Addr, f.zeroBuf[:ps], 0)
 	} else {
-		_, err = f.fd.ZeroPage(ft.addr, r.PageSize, 0)
+		_, err = f.fd.ZeroPage(pg.Addr, ps, 0)
 	}
+	res := pagestate.Filled
 	switch {
 	case err == nil:
-		r.state.or(ft.page, stPresent)
-		return nil
 	case errors.Is(err, uffd.ErrExist):
-		r.state.or(ft.page, stPresent)
-		return f.wake(ft.addr, r.PageSize)
+		res = pagestate.FillExist
 	case errors.Is(err, uffd.ErrAgain):
-		// An event is pending: it is read next; the thread faults again
-		// if it still needs to.
-		return f.wake(ft.addr, r.PageSize)
+		res = pagestate.FillAgain
 	case errors.Is(err, uffd.ErrProcessGone):
 		return ErrVMMGone
 	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
-		return nil // unmapped meanwhile
+		res = pagestate.FillGone // unmapped meanwhile
+	default:
+		return fmt.Errorf("fetcher: zero page at %#x: %w", pg.Addr, err)
 	}
-	return fmt.Errorf("fetcher: zero page at %#x: %w", ft.addr, err)
+	if f.pages.ZeroFilled(pg, res) {
+		return f.wake(pg.Addr, ps)
+	}
+	return nil
 }
 
 func (f *Fetcher) wake(addr, length uint64) error {
@@ -234,50 +196,9 @@ func (f *Fetcher) wake(addr, length uint64) error {
 	return fmt.Errorf("fetcher: wake %#x+%d: %w", addr, length, err)
 }
 
-func (f *Fetcher) addWaiter(r *region, p uint64, tid uint32, at time.Time) {
-	k := pageKey(r, p)
-	f.waitMu.Lock()
-	ws := f.waiters[k]
-	for _, w := range ws {
-		if w.tid == tid {
-			f.waitMu.Unlock()
-			return // the same thread again (a retried fault)
-		}
-	}
-	f.waiters[k] = append(ws, waiter{tid: tid, at: at})
-	f.waitMu.Unlock()
-}
-
-// resolveWaiters accounts the wait of every thread on page p: the fault's
-// latency (from its first waiter) and blocktime (every waiter).
-func (f *Fetcher) resolveWaiters(r *region, p uint64, now time.Time) {
-	k := pageKey(r, p)
-	f.waitMu.Lock()
-	ws := f.waiters[k]
-	delete(f.waiters, k)
-	f.waitMu.Unlock()
-	if len(ws) == 0 {
-		return
-	}
-	lat := now.Sub(ws[0].at)
-	f.latency.Record(lat)
-	if f.latMetric != nil {
-		f.latMetric.Observe(lat.Seconds())
-	}
-	var block time.Duration
-	for _, w := range ws {
-		block += now.Sub(w.at)
-	}
-	f.blockNS.Add(int64(block))
-}
-
-func (f *Fetcher) dropWaiters(r *region, p uint64) {
-	f.resolveWaiters(r, p, time.Now())
-}
-
-func (f *Fetcher) policyDone(r *region, p, n uint64) {
+func (f *Fetcher) policyDone(region int, p, n uint64) {
 	f.policyMu.Lock()
-	f.policy.Done(r.idx, p, n)
+	f.policy.Done(region, p, n)
 	f.policyMu.Unlock()
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/internal/stats"
+	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/transport"
 	"github.com/postcopy/postcopy/pkg/uffd"
@@ -132,10 +133,10 @@ func (o *Opened) End(log hclog.Logger) {
 	}
 }
 
-// covers reports whether every region of l lies within one of o's, with the
+// covers reports whether every region of t lies within one of o's, with the
 // same page size.
-func (o *Opened) covers(l *layout) bool {
-	for _, r := range l.regions {
+func (o *Opened) covers(t *pagestate.Table) bool {
+	for _, r := range t.Areas() {
 		ok := false
 		for _, or := range o.Regions {
 			if uint64(or.PageSize) == r.PageSize && r.Offset >= or.Offset && r.Offset+r.Size <= or.Offset+or.Length {
@@ -185,17 +186,8 @@ type Progress struct {
 	Faults        uint64
 }
 
-// arrival says how a page became resident.
-type arrival int
-
-const (
-	viaDemand arrival = iota
-	viaBulk
-	viaZero
-	viaRemoved
-	viaUnmapped
-	nArrivals
-)
+// Region is one range of guest memory handed over by the VMM.
+type Region = pagestate.Region
 
 // Fetcher runs one migration. Create it with New, then call Run once.
 type Fetcher struct {
@@ -203,7 +195,7 @@ type Fetcher struct {
 	cfg        Config
 	log        hclog.Logger
 	fd         *uffd.FD
-	layout     *layout
+	pages      *pagestate.Table
 
 	// evMu is the event lock (see the package doc): copies hold it for
 	// reading, the fault loop holds it for writing while it reads events
@@ -225,22 +217,10 @@ type Fetcher struct {
 	prefetchOn   chan struct{}
 	prefetchOnce sync.Once
 
-	waitMu  sync.Mutex
-	waiters map[uint64][]waiter // page key -> threads waiting on it
-
-	demandMu    sync.Mutex
-	outstanding map[uint64]outstandingReq // page key -> demand request
-	// nOutstanding mirrors len(outstanding) for the bulk path, which yields
-	// the processor while demand requests wait.
-	nOutstanding atomic.Int64
-	nextID       atomic.Uint64
-
 	cur    atomic.Pointer[conn]              // the live connection, nil while reconnecting
 	sess   atomic.Pointer[transport.Session] // the latest session, for Done
 	client atomic.Pointer[transport.Client]  // the latest client, closed by Run
 
-	remaining atomic.Int64
-	counts    [nArrivals]atomic.Uint64
 	bytes     atomic.Uint64
 	faults    atomic.Uint64
 	dupFaults atomic.Uint64
@@ -272,18 +252,6 @@ type Fetcher struct {
 	gen     uint64 // image generation of the session
 }
 
-type waiter struct {
-	tid uint32
-	at  time.Time
-}
-
-type outstandingReq struct {
-	req    transport.Request
-	sentAt time.Time
-}
-
-func pageKey(r *region, p uint64) uint64 { return uint64(r.idx)<<48 | p }
-
 // urgentThread makes the calling goroutine's thread real-time where
 // Config.UrgentDemand asks for it and the fault loop waits in poll(2); nil
 // otherwise.
@@ -308,10 +276,6 @@ func New(cfg Config) (*Fetcher, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("fetcher: no client")
 	}
-	l, err := newLayout(cfg.Regions)
-	if err != nil {
-		return nil, fmt.Errorf("fetcher: %w", err)
-	}
 	if cfg.BulkWindow <= 0 {
 		cfg.BulkWindow = 8
 	}
@@ -331,15 +295,17 @@ func New(cfg Config) (*Fetcher, error) {
 		cfg:         cfg,
 		log:         cfg.Logger,
 		fd:          cfg.UFFD,
-		layout:      l,
 		policyCh:    make(chan struct{}, 1),
 		prefetchOn:  make(chan struct{}),
-		waiters:     make(map[uint64][]waiter),
-		outstanding: make(map[uint64]outstandingReq),
 		done:        make(chan struct{}),
 		firstPlaced: make(chan struct{}),
 		failCh:      make(chan struct{}),
 		fewProcs:    runtime.GOMAXPROCS(0) < 4,
+	}
+	var err error
+	f.pages, err = pagestate.New(cfg.Regions, pagestate.Hooks{Waited: f.waited, Complete: f.complete})
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: %w", err)
 	}
 	f.start = time.Now() // set before Run, so that Progress may read it meanwhile
 	if cfg.UrgentDemand {
@@ -347,12 +313,11 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	f.genCh = make(chan struct{})
 	f.stopCh = make(chan struct{})
-	for _, r := range l.regions {
+	for _, r := range f.pages.Areas() {
 		if r.PageSize > uffd.PageSize() && r.PageSize > uint64(len(f.zeroBuf)) {
 			f.zeroBuf = make([]byte, r.PageSize)
 		}
 	}
-	f.remaining.Store(int64(l.totalPages()))
 	if cfg.Prefetch {
 		f.EnablePrefetch()
 	}
@@ -370,17 +335,18 @@ func (f *Fetcher) newPolicy(maxBulk uint64) error {
 		runBytes = maxBulk
 	}
 	f.runBytes = runBytes
-	for _, r := range f.layout.regions {
+	areas := f.pages.Areas()
+	for _, r := range areas {
 		f.runBytes = max(f.runBytes, r.PageSize) // a run is at least a page
 	}
-	prs := make([]prefetch.Region, len(f.layout.regions))
-	pcfg := prefetch.Config{MaxRunPages: make([]uint32, len(f.layout.regions))}
-	for i, r := range f.layout.regions {
+	prs := make([]prefetch.Region, len(areas))
+	pcfg := prefetch.Config{MaxRunPages: make([]uint32, len(areas))}
+	for i, r := range areas {
 		if maxBulk > 0 && r.PageSize > maxBulk {
 			return fmt.Errorf("%w: region %d has %d-byte pages, larger than the server's largest answer (%d bytes)",
 				ErrLayout, i, r.PageSize, maxBulk)
 		}
-		prs[i] = prefetch.Region{Pages: r.pages}
+		prs[i] = prefetch.Region{Pages: r.Pages}
 		pcfg.MaxRunPages[i] = uint32(max(1, runBytes/r.PageSize))
 	}
 	var err error
@@ -402,7 +368,7 @@ func (f *Fetcher) Drain() { f.EnablePrefetch() }
 
 // Progress returns a snapshot, safe to call while Run runs.
 func (f *Fetcher) Progress() Progress {
-	total := f.layout.totalPages()
+	total := f.pages.TotalPages()
 	el := time.Duration(0)
 	if !f.start.IsZero() {
 		el = time.Since(f.start)
@@ -410,7 +376,7 @@ func (f *Fetcher) Progress() Progress {
 	return Progress{
 		Elapsed:       el,
 		TotalPages:    total,
-		ResolvedPages: total - uint64(max(0, f.remaining.Load())),
+		ResolvedPages: total - uint64(max(0, f.pages.Remaining())),
 		BytesReceived: f.bytes.Load(),
 		Faults:        f.faults.Load(),
 	}
@@ -420,14 +386,12 @@ func (f *Fetcher) registerMetrics(m *metrics.Registry) {
 	f.latMetric = m.Histogram("postcopy_fetcher_fault_latency_seconds",
 		"Time from reading a missing-page fault to the page being placed.",
 		[]float64{25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.1, 1})
-	names := [nArrivals]string{"demand", "bulk", "zero", "removed", "unmapped"}
-	for i, n := range names {
-		c := &f.counts[i]
+	for how := pagestate.Arrival(0); how < pagestate.NArrivals; how++ {
 		m.GaugeFunc("postcopy_fetcher_pages", "Pages resolved, by how they arrived.",
-			func() float64 { return float64(c.Load()) }, "arrival", n)
+			func() float64 { return float64(f.pages.Count(how)) }, "arrival", how.String())
 	}
 	m.GaugeFunc("postcopy_fetcher_pages_total", "Pages of all regions.",
-		func() float64 { return float64(f.layout.totalPages()) })
+		func() float64 { return float64(f.pages.TotalPages()) })
 	m.GaugeFunc("postcopy_fetcher_bytes_received", "Page bytes received from the source.",
 		func() float64 { return float64(f.bytes.Load()) })
 	m.GaugeFunc("postcopy_fetcher_blocktime_seconds", "Total time faulting threads waited.",
@@ -460,12 +424,17 @@ func (f *Fetcher) finished() bool {
 	}
 }
 
-// resolved notes that a page became resolved for the first time.
-func (f *Fetcher) resolved(how arrival, n uint64) {
-	f.counts[how].Add(n)
-	if f.remaining.Add(-int64(n)) == 0 {
-		f.doneOnce.Do(func() { close(f.done) })
+// complete is told by the page table that the last page is resolved.
+func (f *Fetcher) complete() { f.doneOnce.Do(func() { close(f.done) }) }
+
+// waited is told by the page table how long the threads behind a fault
+// waited: the fault's latency, and their summed blocktime.
+func (f *Fetcher) waited(latency, block time.Duration) {
+	f.latency.Record(latency)
+	if f.latMetric != nil {
+		f.latMetric.Observe(latency.Seconds())
 	}
+	f.blockNS.Add(int64(block))
 }
 
 // Run serves the migration until every page is resident, ctx ends, or an
@@ -483,7 +452,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	var demand *transport.Lane
 	var unused *Opened // opened ahead and not used: ended below
 	var err error
-	if o := f.cfg.Opened; o != nil && o.covers(f.layout) &&
+	if o := f.cfg.Opened; o != nil && o.covers(f.pages) &&
 		(f.cfg.ExpectGeneration == 0 || o.Session.Image().Generation == f.cfg.ExpectGeneration) {
 		sess, demand = o.Session, o.Demand
 		if demand == nil {
@@ -532,7 +501,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	// Logged once the loops are started: a log line is a write(2), off the way to
 	// the first page.
 	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,
-		"pages", f.layout.totalPages(), "regions", len(f.layout.regions), "since_handoff", sinceHandoff)
+		"pages", f.pages.TotalPages(), "regions", len(f.pages.Areas()), "since_handoff", sinceHandoff)
 	unused.End(f.log) // off the way to the first page: the loops run
 	if f.cfg.VMMPid != 0 {
 		stopWatch, err := f.watchVMM(f.cfg.VMMPid)
@@ -542,8 +511,8 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 			defer stopWatch()
 		}
 	}
-	if f.remaining.Load() == 0 {
-		f.doneOnce.Do(func() { close(f.done) })
+	if f.pages.Remaining() == 0 {
+		f.complete()
 	}
 
 	var runErr error
@@ -593,8 +562,8 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 func (f *Fetcher) unregisterAll() error {
 	f.evMu.Lock()
 	defer f.evMu.Unlock()
-	for _, s := range f.layout.segs {
-		if err := f.fd.Unregister(s.start, s.end-s.start); err != nil {
+	for _, s := range f.pages.Mapped(nil) {
+		if err := f.fd.Unregister(s.Addr, s.Len); err != nil {
 			if errors.Is(err, uffd.ErrProcessGone) {
 				f.log.Warn("VMM exited as the migration completed")
 				return nil
@@ -621,12 +590,12 @@ func (f *Fetcher) summary() *Summary {
 	if !f.start.IsZero() {
 		s.TotalSeconds = time.Since(f.start).Seconds()
 	}
-	s.Pages.Total = f.layout.totalPages()
-	s.Pages.Demand = f.counts[viaDemand].Load()
-	s.Pages.Bulk = f.counts[viaBulk].Load()
-	s.Pages.Zero = f.counts[viaZero].Load()
-	s.Pages.Removed = f.counts[viaRemoved].Load()
-	s.Pages.Unmapped = f.counts[viaUnmapped].Load()
+	s.Pages.Total = f.pages.TotalPages()
+	s.Pages.Demand = f.pages.Count(pagestate.ViaDemand)
+	s.Pages.Bulk = f.pages.Count(pagestate.ViaBulk)
+	s.Pages.Zero = f.pages.Count(pagestate.ViaZero)
+	s.Pages.Removed = f.pages.Count(pagestate.ViaRemoved)
+	s.Pages.Unmapped = f.pages.Count(pagestate.ViaUnmapped)
 	s.BytesReceived = f.bytes.Load()
 	s.Faults = f.faults.Load()
 	s.DuplicateFault = f.dupFaults.Load()
@@ -644,10 +613,10 @@ func (f *Fetcher) summary() *Summary {
 
 func (f *Fetcher) totals() transport.DoneTotals {
 	return transport.DoneTotals{
-		PagesDemand:   f.counts[viaDemand].Load(),
-		PagesBulk:     f.counts[viaBulk].Load(),
-		PagesZero:     f.counts[viaZero].Load(),
-		PagesRemoved:  f.counts[viaRemoved].Load(),
+		PagesDemand:   f.pages.Count(pagestate.ViaDemand),
+		PagesBulk:     f.pages.Count(pagestate.ViaBulk),
+		PagesZero:     f.pages.Count(pagestate.ViaZero),
+		PagesRemoved:  f.pages.Count(pagestate.ViaRemoved),
 		BytesReceived: f.bytes.Load(),
 		Duration:      time.Since(f.start),
 	}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/postcopy/postcopy/internal/sched"
+	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/transport"
 )
@@ -51,15 +52,16 @@ type bulkRun struct {
 
 // runSize is the bytes of a bulk run.
 func (f *Fetcher) runSize(run prefetch.Run) uint64 {
-	return uint64(run.Pages) << f.layout.regions[run.Region].shift
+	return uint64(run.Pages) << f.pages.Areas()[run.Region].Shift
 }
 
 var errStalled = errors.New("link stalled: no answer in time")
 
 // open opens a session for the layout on client, with its demand lane.
 func (f *Fetcher) open(ctx context.Context, client *transport.Client, expect uint64) (*transport.Session, *transport.Lane, error) {
-	regions := make([]transport.Region, len(f.layout.regions))
-	for i, r := range f.layout.regions {
+	areas := f.pages.Areas()
+	regions := make([]transport.Region, len(areas))
+	for i, r := range areas {
 		regions[i] = transport.Region{Offset: r.Offset, Length: r.Size, PageSize: uint32(r.PageSize)}
 	}
 	// After the handoff every round trip before the first demand request
@@ -230,33 +232,21 @@ func (f *Fetcher) reconnect(ctx context.Context) (*transport.Client, *transport.
 	}
 }
 
-// sendDemand asks for page p of r on the demand lane (or, while
-// reconnecting, leaves it outstanding for the next connection).
-func (f *Fetcher) sendDemand(r *region, p uint64) {
-	req := transport.Request{ID: f.nextID.Add(1), Offset: r.Offset + p<<r.shift, Pages: 1}
-	f.demandMu.Lock()
-	f.outstanding[pageKey(r, p)] = outstandingReq{req: req, sentAt: time.Now()}
-	f.nOutstanding.Store(int64(len(f.outstanding)))
-	f.demandMu.Unlock()
+// sendDemand sends a demand request the page table made outstanding on
+// the demand lane (or, while reconnecting, leaves it for the next
+// connection, which sends every outstanding request again).
+func (f *Fetcher) sendDemand(r pagestate.Request) {
 	if c := f.cur.Load(); c != nil {
-		if err := c.demand.Send(req); err != nil {
+		if err := c.demand.Send(transport.Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {
 			c.cancel(err)
 		}
 	}
 }
 
 func (f *Fetcher) resendOutstanding(c *conn) {
-	f.demandMu.Lock()
-	reqs := make([]transport.Request, 0, len(f.outstanding))
-	now := time.Now()
-	for k, o := range f.outstanding {
-		reqs = append(reqs, o.req)
-		o.sentAt = now
-		f.outstanding[k] = o
-	}
-	f.demandMu.Unlock()
+	reqs := f.pages.Resend(time.Now(), nil)
 	for _, r := range reqs {
-		if err := c.demand.Send(r); err != nil {
+		if err := c.demand.Send(transport.Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {
 			c.cancel(err)
 			return
 		}
@@ -264,27 +254,6 @@ func (f *Fetcher) resendOutstanding(c *conn) {
 	if len(reqs) > 0 {
 		f.log.Info("asked again for pages in flight", "pages", len(reqs))
 	}
-}
-
-func (f *Fetcher) dropOutstanding(r *region, p, n uint64) {
-	f.demandMu.Lock()
-	switch {
-	case len(f.outstanding) == 0:
-	case n <= uint64(len(f.outstanding)):
-		for i := p; i < p+n; i++ {
-			delete(f.outstanding, pageKey(r, i))
-		}
-	default:
-		// A large range (a discard) against few requests: walk those.
-		lo, hi := pageKey(r, p), pageKey(r, p+n)
-		for k := range f.outstanding {
-			if k >= lo && k < hi {
-				delete(f.outstanding, k)
-			}
-		}
-	}
-	f.nOutstanding.Store(int64(len(f.outstanding)))
-	f.demandMu.Unlock()
 }
 
 // demandRecv places demand answers as they arrive, with waking copies.
@@ -306,7 +275,7 @@ func (f *Fetcher) demandRecv(c *conn) error {
 		if err := resp.Verify(); err != nil {
 			f.crcErrors.Add(1)
 			f.log.Warn("demand answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
-			req := transport.Request{ID: f.nextID.Add(1), Offset: resp.Offset, Pages: resp.Pages}
+			req := transport.Request{ID: f.pages.NextID(), Offset: resp.Offset, Pages: resp.Pages}
 			resp.Release()
 			if err := c.demand.Send(req); err != nil {
 				return err
@@ -314,8 +283,8 @@ func (f *Fetcher) demandRecv(c *conn) error {
 			continue
 		}
 		err = f.placeResponse(resp, true, nil)
-		if r, p, ok := f.layout.lookupOffset(resp.Offset); ok {
-			f.dropOutstanding(r, p, uint64(resp.Pages))
+		if r, p, ok := f.pages.LookupOffset(resp.Offset); ok {
+			f.pages.Answered(r, p, uint64(resp.Pages))
 		}
 		resp.Release()
 		if err != nil {
@@ -402,8 +371,8 @@ func (f *Fetcher) bulkSend(c *conn) error {
 				break
 			}
 			for _, run := range runs {
-				r := f.layout.regions[run.Region]
-				req := transport.Request{ID: f.nextID.Add(1), Offset: r.Offset + run.Page<<r.shift, Pages: run.Pages}
+				r := f.pages.Areas()[run.Region]
+				req := transport.Request{ID: f.pages.NextID(), Offset: r.Offset + run.Page<<r.Shift, Pages: run.Pages}
 				size := f.runSize(run)
 				c.mu.Lock()
 				c.inflight[req.ID] = bulkRun{run: run, sentAt: time.Now()}
@@ -494,7 +463,7 @@ func (f *Fetcher) bulkPlace(c *conn) error {
 			}
 		}
 		if f.cfg.BulkYield {
-			th.Defer(f.nOutstanding.Load() > 0)
+			th.Defer(f.pages.Outstanding() > 0)
 		}
 		id := resp.ID
 		b := boost
@@ -542,15 +511,7 @@ func (f *Fetcher) watchdog(c *conn) error {
 			return nil
 		case now := <-t.C:
 			limit := now.Add(-f.cfg.RequestTimeout)
-			f.demandMu.Lock()
-			demandLate := false
-			for _, o := range f.outstanding {
-				if o.sentAt.Before(limit) {
-					demandLate = true
-					break
-				}
-			}
-			f.demandMu.Unlock()
+			demandLate := f.pages.Late(limit)
 			c.mu.Lock()
 			bulkLate := false
 			for _, br := range c.inflight {
@@ -576,19 +537,8 @@ func (f *Fetcher) watchdog(c *conn) error {
 // stays with the demand path (which resends it after a reconnect). The
 // policy wants no page requeued that it was told is Done. policyMu is held.
 func (f *Fetcher) requeueLocked(run prefetch.Run) {
-	const taken = stResolved | stDemand
-	r := f.layout.regions[run.Region]
-	end := run.Page + uint64(run.Pages)
-	for p := run.Page; p < end; {
-		if r.state.get(p)&taken != 0 {
-			p++
-			continue
-		}
-		q := p + 1
-		for q < end && r.state.get(q)&taken == 0 {
-			q++
-		}
-		f.policy.Requeue(prefetch.Run{Region: run.Region, Page: p, Pages: uint32(q - p)})
-		p = q
+	var buf [8]pagestate.PageRange
+	for _, pr := range f.pages.Unclaimed(f.pages.Areas()[run.Region], run.Page, uint64(run.Pages), buf[:0]) {
+		f.policy.Requeue(prefetch.Run{Region: run.Region, Page: pr.First, Pages: uint32(pr.N)})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/postcopy/postcopy/internal/sched"
+	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/transport"
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
@@ -29,8 +30,8 @@ const maxBulkCopy = 64 << 10
 func (f *Fetcher) placeResponse(resp *transport.Response, demand bool, th *sched.Thread) error {
 	th.Boost()
 	defer th.Unboost()
-	r, p, ok := f.layout.lookupOffset(resp.Offset)
-	if !ok || uint64(resp.PageSize) != r.PageSize || p+uint64(resp.Pages) > r.pages {
+	r, p, ok := f.pages.LookupOffset(resp.Offset)
+	if !ok || uint64(resp.PageSize) != r.PageSize || p+uint64(resp.Pages) > r.Pages {
 		return fmt.Errorf("fetcher: answer for offset %#x, %d pages of %d bytes does not match any region",
 			resp.Offset, resp.Pages, resp.PageSize)
 	}
@@ -39,14 +40,14 @@ func (f *Fetcher) placeResponse(resp *transport.Response, demand bool, th *sched
 	for _, seg := range resp.Segments {
 		n := uint64(seg.Pages)
 		var src []byte
-		how := viaBulk
+		how := pagestate.ViaBulk
 		if demand {
-			how = viaDemand
+			how = pagestate.ViaDemand
 		}
 		if seg.Zero {
-			how = viaZero
+			how = pagestate.ViaZero
 		} else {
-			sz := n << r.shift
+			sz := n << r.Shift
 			if used+sz > uint64(len(data)) {
 				return fmt.Errorf("fetcher: answer for offset %#x is short of data", resp.Offset)
 			}
@@ -64,30 +65,29 @@ func (f *Fetcher) placeResponse(resp *transport.Response, demand bool, th *sched
 
 // placeRun places pages [p, p+n) of r from src, or zero pages when src is
 // nil, skipping pages already resolved. dontWake copies wake nobody: the
-// threads waiting there are woken afterwards, one wake per contiguous range.
-func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dontWake bool) error {
+// threads waiting there are woken afterwards, one wake per contiguous range
+// (the page table says which).
+func (f *Fetcher) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pagestate.Arrival, dontWake bool) error {
 	ps := r.PageSize
 	chunk := n
 	if dontWake {
-		chunk = max(1, uint64(maxBulkCopy)>>r.shift)
+		chunk = max(1, uint64(maxBulkCopy)>>r.Shift)
 	}
 	backoff := 20 * time.Microsecond
+	var wakeBuf [8]pagestate.Range
 	for n > 0 {
 		f.evMu.RLock()
 		gen := f.evGen.Load()
-		// Skip what is already resolved.
-		for n > 0 && r.state.get(p)&stResolved != 0 {
-			p, n = p+1, n-1
-			if src != nil {
-				src = src[ps:]
-			}
+		skip, addr, k, mapped := f.pages.Plan(r, p, n, chunk)
+		p, n = p+skip, n-skip
+		if src != nil {
+			src = src[skip*ps:]
 		}
 		if n == 0 {
 			f.evMu.RUnlock()
 			return nil
 		}
-		addr, contiguous, ok := f.layout.addrOf(r, p)
-		if !ok {
+		if !mapped {
 			// Not mapped any more: UNMAP was read already, or the VMM
 			// unmapped without asking for UNMAP events.
 			f.markUnmapped(r, p, 1)
@@ -98,21 +98,22 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 			}
 			continue
 		}
-		k := uint64(1)
-		for k < n && k < chunk && k < contiguous && r.state.get(p+k)&stResolved == 0 {
-			k++
-		}
 		done, err := f.copyRange(r, addr, k, src, dontWake)
-		var werr error
+		wakes := wakeBuf[:0]
+		now := time.Now()
 		if done > 0 {
-			werr = f.markPresent(r, p, done, addr, how, dontWake)
+			wakes = f.pages.Placed(r, p, done, addr, how, !dontWake, now, wakes)
 		}
 		if errors.Is(err, uffd.ErrExist) {
 			// The page after the copied ones is there already: nobody
 			// was woken for it.
-			werr = errors.Join(werr, f.markPresent(r, p+done, 1, addr+done*ps, how, true))
+			wakes = f.pages.Placed(r, p+done, 1, addr+done*ps, how, false, now, wakes)
 			done++
 			err = nil
+		}
+		var werr error
+		for _, w := range wakes {
+			werr = errors.Join(werr, f.wake(w.Addr, w.Len))
 		}
 		f.evMu.RUnlock()
 		if werr != nil {
@@ -129,7 +130,7 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 		if src != nil {
 			src = src[done*ps:]
 		}
-		if dontWake && f.fewProcs && f.nOutstanding.Load() > 0 {
+		if dontWake && f.fewProcs && f.pages.Outstanding() > 0 {
 			// Go's scheduler has no priorities: with few processors
 			// (Ps), let a demand answer waiting for one go first. With
 			// enough of them an answer never waits for a P, and a yield
@@ -166,7 +167,7 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 
 // copyRange copies (or zero-fills) k pages at addr and returns how many whole
 // pages are in place; a short copy is continued.
-func (f *Fetcher) copyRange(r *region, addr, k uint64, src []byte, dontWake bool) (uint64, error) {
+func (f *Fetcher) copyRange(r *pagestate.Area, addr, k uint64, src []byte, dontWake bool) (uint64, error) {
 	ps := r.PageSize
 	want := k * ps
 	var done uint64
@@ -209,60 +210,9 @@ func (f *Fetcher) copyRange(r *region, addr, k uint64, src []byte, dontWake bool
 	return k, nil
 }
 
-// markPresent records pages [p, p+n) at addr as present, under the event
-// read lock. The goroutine that turns a page present owns its waiters: it
-// accounts their wait and, when its copy woke nobody, wakes them. It
-// returns what failed a wake (never dropped: that thread would hang).
-func (f *Fetcher) markPresent(r *region, p, n, addr uint64, how arrival, needWake bool) error {
-	now := time.Now()
-	var newly uint64
-	var wakeStart, wakeLen uint64
-	var werr error
-	for i := uint64(0); i < n; i++ {
-		old := r.state.or(p+i, stPresent)
-		if old&stResolved == 0 {
-			newly++
-		}
-		if old&stPresent != 0 || old&stWaiting == 0 {
-			continue
-		}
-		f.resolveWaiters(r, p+i, now)
-		if !needWake {
-			continue
-		}
-		a := addr + i*r.PageSize
-		if wakeLen > 0 && wakeStart+wakeLen == a {
-			wakeLen += r.PageSize
-			continue
-		}
-		if wakeLen > 0 {
-			if err := f.wake(wakeStart, wakeLen); err != nil {
-				werr = errors.Join(werr, err)
-			}
-		}
-		wakeStart, wakeLen = a, r.PageSize
-	}
-	if wakeLen > 0 {
-		if err := f.wake(wakeStart, wakeLen); err != nil {
-			werr = errors.Join(werr, err)
-		}
-	}
-	if newly > 0 {
-		f.resolved(how, newly)
-	}
-	return werr
-}
-
-func (f *Fetcher) markUnmapped(r *region, p, n uint64) {
-	var newly uint64
-	for i := p; i < p+n; i++ {
-		if r.state.or(i, stUnmapped)&stResolved == 0 {
-			newly++
-		}
-	}
-	if newly > 0 {
-		f.log.Debug("pages no longer mapped", "region", r.idx, "page", p, "n", n)
-		f.resolved(viaUnmapped, newly)
+func (f *Fetcher) markUnmapped(r *pagestate.Area, p, n uint64) {
+	if f.pages.Unmapped(r, p, n) > 0 {
+		f.log.Debug("pages no longer mapped", "region", r.Index, "page", p, "n", n)
 	}
 }
 
