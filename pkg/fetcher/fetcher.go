@@ -211,8 +211,8 @@ type Fetcher struct {
 
 	policyMu sync.Mutex
 	policy   *prefetch.Policy
-	runBytes uint64        // a full bulk run's bytes (newPolicy): the window's unit
-	policyCh chan struct{} // signalled when the policy may have work again
+	window   prefetch.Window // the bulk lane's window (newPolicy)
+	policyCh chan struct{}   // signalled when the policy may have work again
 
 	prefetchOn   chan struct{}
 	prefetchOnce sync.Once
@@ -334,10 +334,10 @@ func (f *Fetcher) newPolicy(maxBulk uint64) error {
 	if maxBulk > 0 && runBytes > maxBulk {
 		runBytes = maxBulk
 	}
-	f.runBytes = runBytes
 	areas := f.pages.Areas()
+	fullRun := runBytes
 	for _, r := range areas {
-		f.runBytes = max(f.runBytes, r.PageSize) // a run is at least a page
+		fullRun = max(fullRun, r.PageSize) // a run is at least a page
 	}
 	prs := make([]prefetch.Region, len(areas))
 	pcfg := prefetch.Config{MaxRunPages: make([]uint32, len(areas))}
@@ -351,6 +351,9 @@ func (f *Fetcher) newPolicy(maxBulk uint64) error {
 	}
 	var err error
 	if f.policy, err = prefetch.New(prs, pcfg); err != nil {
+		return fmt.Errorf("fetcher: %w", err)
+	}
+	if f.window, err = prefetch.NewWindow(f.cfg.BulkWindow, fullRun); err != nil {
 		return fmt.Errorf("fetcher: %w", err)
 	}
 	return nil

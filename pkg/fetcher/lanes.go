@@ -294,14 +294,6 @@ func (f *Fetcher) demandRecv(c *conn) error {
 	}
 }
 
-// bulkRunsPerWindow bounds the runs in flight on the bulk lane: at most
-// this many per run's worth of bytes in the window.
-const bulkRunsPerWindow = 8
-
-// startGrace is how long after the handoff the prefetch waits for the
-// first fault's page before it starts anyway.
-const startGrace = 10 * time.Millisecond
-
 // openBulk opens the bulk lane of c; bulkSend and bulkRecv wait for it.
 func (f *Fetcher) openBulk(c *conn) error {
 	l, err := c.sess.Bulk(c.ctx)
@@ -320,7 +312,8 @@ func (f *Fetcher) openBulk(c *conn) error {
 	return nil
 }
 
-// bulkSend keeps up to BulkWindow runs in flight on the bulk lane.
+// bulkSend keeps the bulk lane's window (prefetch.Window) full of the runs
+// the policy hands out.
 func (f *Fetcher) bulkSend(c *conn) error {
 	select {
 	case <-f.prefetchOn:
@@ -334,8 +327,14 @@ func (f *Fetcher) bulkSend(c *conn) error {
 	}
 	// Right after the handoff, the workload's first fault is the
 	// switchover's critical path: the prefetch starts once the first page
-	// is placed, or startGrace after the handoff if no fault comes.
-	if wait := startGrace - time.Since(f.cfg.HandoffAt); wait > 0 {
+	// is placed, or a grace period after the handoff if no fault comes.
+	placed := false
+	select {
+	case <-f.firstPlaced:
+		placed = true
+	default:
+	}
+	if wait := prefetch.StartAfter(time.Since(f.cfg.HandoffAt), placed); wait > 0 {
 		t := time.NewTimer(wait)
 		select {
 		case <-f.firstPlaced:
@@ -347,23 +346,17 @@ func (f *Fetcher) bulkSend(c *conn) error {
 		t.Stop()
 	}
 	var runs []prefetch.Run
-	maxRuns := bulkRunsPerWindow * f.cfg.BulkWindow
 	for {
-		// The window is BulkWindow full runs' worth of bytes: runs cut
-		// short (around faults, by pages already there) are sent more of,
-		// or a window of small runs would leave the link idle between
-		// answers. It opens one run's worth per answer received, as TCP's
-		// slow start does: right after the handoff the first faults must
-		// not find the server and both CPUs busy with a full window.
-		limit := uint64(min(f.cfg.BulkWindow, 1+int(c.bulkDone.Load()))) * f.runBytes
 		c.mu.Lock()
 		bytes, n := c.inflightBytes, len(c.inflight)
 		c.mu.Unlock()
+		answers := uint64(c.bulkDone.Load())
 		sent := false
-		for bytes < limit && n < maxRuns {
-			// As many runs as full ones fit (a run is at most runBytes),
-			// at least one: short ones leave room for another round.
-			want := min(maxRuns-n, max(1, int((limit-bytes)/f.runBytes)))
+		for {
+			want := f.window.Want(answers, bytes, n)
+			if want == 0 {
+				break
+			}
 			f.policyMu.Lock()
 			runs = f.policy.Next(want, runs[:0])
 			f.policyMu.Unlock()
