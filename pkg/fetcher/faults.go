@@ -3,14 +3,29 @@ package fetcher
 import (
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
+
+// faultLoop reads the userfaultfd's events, feeds them to the page table and
+// carries out what it answers: requests go to the link, zero pages and wakes
+// to the placer, hints to the puller.
+type faultLoop struct {
+	pages  *pagestate.Table
+	place  *placer
+	link   *link
+	pull   *puller
+	stats  *counters
+	life   *lifecycle
+	log    hclog.Logger
+	poller faultWaiter // set by Run
+	reader *uffd.Reader
+}
 
 // faultRef is a fault read under the event lock, handled after it.
 type faultRef struct {
@@ -18,8 +33,8 @@ type faultRef struct {
 	tid uint32
 }
 
-// faultLoop reads userfaultfd events until the fetcher stops. th is its
-// real-time thread, nil at normal priority.
+// run reads userfaultfd events until the fetcher stops. th is its real-time
+// thread, nil at normal priority.
 //
 // What the kernel does, and so what this loop does:
 //   - A missing-page fault blocks the faulting thread until a copy, zeropage
@@ -32,18 +47,18 @@ type faultRef struct {
 //     of them, and copies that got EAGAIN wait for this loop's next batch.
 //   - Events are read under the event lock, so no copy runs between reading
 //     a REMOVE and marking its range discarded (see the package doc).
-func (f *Fetcher) faultLoop(th *demandThread) error {
+func (f *faultLoop) run(th *demandThread) error {
 	defer th.done()
 	evs := make([]uffd.Event, 256)
 	faults := make([]faultRef, 0, len(evs))
-	for !f.stopping.Load() {
+	for !f.life.stopping.Load() {
 		var n int
 		var err error
 		var now time.Time
 		faults = faults[:0]
 		// See newFaultWaiter for how the loop waits.
 		werr := f.poller.Read(func() bool {
-			f.evMu.Lock()
+			f.place.lockEvents()
 			n, err = f.reader.Read(evs)
 			now = time.Now()
 			var syscallErr *uffd.Error
@@ -61,18 +76,15 @@ func (f *Fetcher) faultLoop(th *demandThread) error {
 					break
 				}
 			}
-			if n > 0 {
-				f.evGen.Add(1)
-			}
-			f.evMu.Unlock()
+			f.place.unlockEvents(n > 0)
 			return n > 0 || err != nil
 		})
 		th.woke(now)
 		if n > 0 {
-			f.eventsRead()
+			f.place.eventsRead()
 		}
 		if werr != nil {
-			if errors.Is(werr, uffd.ErrInterrupted) || f.stopping.Load() {
+			if errors.Is(werr, uffd.ErrInterrupted) || f.life.stopping.Load() {
 				return nil
 			}
 			return fmt.Errorf("fetcher: waiting for faults: %w", werr)
@@ -95,7 +107,7 @@ func (f *Fetcher) faultLoop(th *demandThread) error {
 
 // event applies one event under the event lock. Faults are collected for
 // handling after the lock is released.
-func (f *Fetcher) event(ev *uffd.Event, faults []faultRef) ([]faultRef, error) {
+func (f *faultLoop) event(ev *uffd.Event, faults []faultRef) ([]faultRef, error) {
 	switch ev.Kind {
 	case uffd.EventPageFault:
 		addr := ev.PageFault.Address
@@ -123,90 +135,33 @@ func (f *Fetcher) event(ev *uffd.Event, faults []faultRef) ([]faultRef, error) {
 // discard takes host range [start, end), removed or unmapped, out of the
 // migration: its pages are never fetched again. Threads waiting there are
 // woken: they fault again and, for a removed range, get a zero page.
-func (f *Fetcher) discard(start, end uint64, how pagestate.Arrival) error {
+func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 	var werr error
 	for _, d := range f.pages.Discard(start, end, how, time.Now(), nil) {
-		f.policyDone(d.A.Index, d.First, d.N)
-		werr = errors.Join(werr, f.wake(d.Wake.Addr, d.Wake.Len))
+		f.pull.done(d.A.Index, d.First, d.N)
+		werr = errors.Join(werr, f.place.wake(d.Wake.Addr, d.Wake.Len))
 	}
 	return werr
 }
 
 // fault handles one missing-page fault, outside the event lock.
-func (f *Fetcher) fault(pg pagestate.Page, tid uint32, now time.Time) error {
+func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 	act, req := f.pages.Fault(pg, tid, now)
 	switch act {
 	case pagestate.FaultZero:
-		return f.zeroFill(pg)
+		return f.place.zeroFill(pg)
 	case pagestate.FaultDuplicate:
-		f.dupFaults.Add(1)
+		f.stats.dupFaults.Add(1)
 	case pagestate.FaultAsk:
-		f.faults.Add(1)
+		f.stats.faults.Add(1)
 		// Ask first: the request is on its way while the policy notes
 		// the hint. No kick for the bulk sender: a fault adds no pending
 		// page, and waking that goroutine on every fault costs the
 		// demand path a wake-up (on this VM, often on another vCPU).
-		f.sendDemand(req)
-		f.policyMu.Lock()
-		f.policy.Fault(req.Area, req.Page)
-		f.policy.Done(req.Area, req.Page, 1)
-		f.policyMu.Unlock()
+		f.link.sendDemand(req)
+		f.pull.faulted(req.Area, req.Page)
 	}
 	return nil
-}
-
-// zeroFill answers a fault on a page that is present or discarded: a zero
-// page where nothing is mapped, a wake where the page is there.
-func (f *Fetcher) zeroFill(pg pagestate.Page) error {
-	ps := pg.A.PageSize
-	var err error
-	if f.zeroBuf != nil && ps > uffd.PageSize() {
-		_, err = f.fd.Copy(pg.Addr, f.zeroBuf[:ps], 0)
-	} else {
-		_, err = f.fd.ZeroPage(pg.Addr, ps, 0)
-	}
-	res := pagestate.Filled
-	switch {
-	case err == nil:
-	case errors.Is(err, uffd.ErrExist):
-		res = pagestate.FillExist
-	case errors.Is(err, uffd.ErrAgain):
-		res = pagestate.FillAgain
-	case errors.Is(err, uffd.ErrProcessGone):
-		return ErrVMMGone
-	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
-		res = pagestate.FillGone // unmapped meanwhile
-	default:
-		return fmt.Errorf("fetcher: zero page at %#x: %w", pg.Addr, err)
-	}
-	if f.pages.ZeroFilled(pg, res) {
-		return f.wake(pg.Addr, ps)
-	}
-	return nil
-}
-
-func (f *Fetcher) wake(addr, length uint64) error {
-	err := f.fd.Wake(addr, length)
-	switch {
-	case err == nil, errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
-		return nil
-	case errors.Is(err, uffd.ErrProcessGone):
-		return ErrVMMGone
-	}
-	return fmt.Errorf("fetcher: wake %#x+%d: %w", addr, length, err)
-}
-
-func (f *Fetcher) policyDone(region int, p, n uint64) {
-	f.policyMu.Lock()
-	f.policy.Done(region, p, n)
-	f.policyMu.Unlock()
-}
-
-func (f *Fetcher) kickPolicy() {
-	select {
-	case f.policyCh <- struct{}{}:
-	default:
-	}
 }
 
 func hex(v uint64) string { return fmt.Sprintf("%#x", v) }
@@ -217,39 +172,19 @@ func closeFD(fd int) {
 	}
 }
 
-// watchVMM ends the migration with ErrVMMGone when process pid exits. The
-// pidfd becomes readable at the exit; the wait parks in the runtime poller.
-func (f *Fetcher) watchVMM(pid int) (stop func(), err error) {
-	pfd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
-	if err != nil {
-		if errors.Is(err, unix.ESRCH) {
-			return nil, ErrVMMGone
+// drain reads the events left once every range is unregistered
+// (placer.unregisterAll).
+func (f *faultLoop) drain() {
+	evs := make([]uffd.Event, 64)
+	for {
+		n, err := f.reader.Read(evs)
+		if err != nil || n == 0 {
+			return
 		}
-		return nil, fmt.Errorf("fetcher: watching VMM pid %d: %w", pid, err)
-	}
-	file := os.NewFile(uintptr(pfd), "pidfd")
-	rc, err := file.SyscallConn()
-	if err != nil {
-		file.Close()
-		return nil, fmt.Errorf("fetcher: watching VMM pid %d: %w", pid, err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		err := rc.Read(func(fd uintptr) bool {
-			// A pidfd is readable once the process has exited.
-			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			n, _ := unix.Poll(fds, 0)
-			return n > 0
-		})
-		if err == nil && !f.finished() {
-			f.log.Error("VMM exited before the migration finished", "pid", pid)
-			f.fail(ErrVMMGone)
+		for _, ev := range evs[:n] {
+			if ev.Kind == uffd.EventFork {
+				closeFD(ev.Fork.FD)
+			}
 		}
-	}()
-	return func() {
-		file.SetReadDeadline(time.Unix(1, 0))
-		<-exited
-		file.Close()
-	}, nil
+	}
 }

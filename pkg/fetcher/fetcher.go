@@ -4,18 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/postcopy/postcopy/internal/metrics"
-	"github.com/postcopy/postcopy/internal/sched"
-	"github.com/postcopy/postcopy/internal/stats"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
-	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/transport"
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
@@ -190,82 +185,22 @@ type Progress struct {
 type Region = pagestate.Region
 
 // Fetcher runs one migration. Create it with New, then call Run once.
+//
+// It wires the rooms of a migration together: the page table (the state of
+// every page, internal/pagestate), the fault loop that feeds it the
+// userfaultfd's events, the placer (the only code that places pages and
+// wakes threads), the link (the only code that owns connections) and the
+// puller (the prefetch policy of pkg/prefetch).
 type Fetcher struct {
-	urgentOnce sync.Once
-	cfg        Config
-	log        hclog.Logger
-	fd         *uffd.FD
-	pages      *pagestate.Table
-
-	// evMu is the event lock (see the package doc): copies hold it for
-	// reading, the fault loop holds it for writing while it reads events
-	// and records their effects.
-	evMu   sync.RWMutex
-	evGen  atomic.Uint64
-	genMu  sync.Mutex
-	genCh  chan struct{} // closed (and replaced) whenever events were read
-	stopCh chan struct{} // closed when Run stops its loops
-
-	poller faultWaiter
-	reader *uffd.Reader
-
-	policyMu sync.Mutex
-	policy   *prefetch.Policy
-	window   prefetch.Window // the bulk lane's window (newPolicy)
-	policyCh chan struct{}   // signalled when the policy may have work again
-
-	prefetchOn   chan struct{}
-	prefetchOnce sync.Once
-
-	cur    atomic.Pointer[conn]              // the live connection, nil while reconnecting
-	sess   atomic.Pointer[transport.Session] // the latest session, for Done
-	client atomic.Pointer[transport.Client]  // the latest client, closed by Run
-
-	bytes     atomic.Uint64
-	faults    atomic.Uint64
-	dupFaults atomic.Uint64
-	crcErrors atomic.Uint64
-	reconns   atomic.Uint64
-	blockNS   atomic.Int64
-	latency   stats.Histogram
-	latMetric *metrics.Histogram
-
-	start       time.Time
-	firstPage   atomic.Int64  // ns since the handoff, 0 until the first page is placed
-	firstPlaced chan struct{} // closed when firstPage is set
-
-	// fewProcs: GOMAXPROCS is too small for every goroutine of the fetcher
-	// to have a processor when it wakes (see placeRun).
-	fewProcs bool
-	// budget bounds the demand path's real-time running; nil: unbounded.
-	budget *rtBudget
-
-	doneOnce sync.Once
-	done     chan struct{}
-	stopping atomic.Bool
-
-	failMu  sync.Mutex
-	failErr error
-	failCh  chan struct{}
-
-	zeroBuf []byte // a zero page for hugetlbfs regions (no UFFDIO_ZEROPAGE there)
-	gen     uint64 // image generation of the session
-}
-
-// urgentThread makes the calling goroutine's thread real-time where
-// Config.UrgentDemand asks for it and the fault loop waits in poll(2); nil
-// otherwise.
-func (f *Fetcher) urgentThread() *demandThread {
-	if !f.cfg.UrgentDemand || runtime.GOMAXPROCS(0) < 2 {
-		return nil
-	}
-	th, err := sched.UrgentThread()
-	if err != nil {
-		f.urgentOnce.Do(func() { f.log.Info("the demand path runs at normal priority", "error", err) })
-	} else if f.budget != nil {
-		f.budget.add(th)
-	}
-	return &demandThread{f: f, th: th}
+	cfg   Config
+	log   hclog.Logger
+	pages *pagestate.Table
+	loop  *faultLoop
+	place *placer
+	link  *link
+	pull  *puller
+	stats *counters
+	life  *lifecycle
 }
 
 // New checks the configuration and prepares a migration.
@@ -291,33 +226,19 @@ func New(cfg Config) (*Fetcher, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	f := &Fetcher{
-		cfg:         cfg,
-		log:         cfg.Logger,
-		fd:          cfg.UFFD,
-		policyCh:    make(chan struct{}, 1),
-		prefetchOn:  make(chan struct{}),
-		done:        make(chan struct{}),
-		firstPlaced: make(chan struct{}),
-		failCh:      make(chan struct{}),
-		fewProcs:    runtime.GOMAXPROCS(0) < 4,
-	}
+	// The start is set before Run, so that Progress may read it meanwhile.
+	f := &Fetcher{cfg: cfg, log: cfg.Logger, life: newLifecycle(),
+		stats: &counters{firstPlaced: make(chan struct{})}}
 	var err error
-	f.pages, err = pagestate.New(cfg.Regions, pagestate.Hooks{Waited: f.waited, Complete: f.complete})
+	f.pages, err = pagestate.New(cfg.Regions, pagestate.Hooks{Waited: f.stats.waited, Complete: f.life.complete})
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: %w", err)
 	}
-	f.start = time.Now() // set before Run, so that Progress may read it meanwhile
-	if cfg.UrgentDemand {
-		f.budget = newRTBudget(cfg.UrgentBudget)
-	}
-	f.genCh = make(chan struct{})
-	f.stopCh = make(chan struct{})
-	for _, r := range f.pages.Areas() {
-		if r.PageSize > uffd.PageSize() && r.PageSize > uint64(len(f.zeroBuf)) {
-			f.zeroBuf = make([]byte, r.PageSize)
-		}
-	}
+	prio := newDemandPrio(cfg.UrgentDemand, cfg.UrgentBudget, f.log)
+	f.pull = newPuller(f.pages)
+	f.place = newPlacer(cfg.UFFD, f.pages, f.stats, f.life, f.log)
+	f.link = &link{cfg: &f.cfg, log: f.log, pages: f.pages, place: f.place, pull: f.pull, stats: f.stats, life: f.life, prio: prio}
+	f.loop = &faultLoop{pages: f.pages, place: f.place, link: f.link, pull: f.pull, stats: f.stats, life: f.life, log: f.log}
 	if cfg.Prefetch {
 		f.EnablePrefetch()
 	}
@@ -327,43 +248,9 @@ func New(cfg Config) (*Fetcher, error) {
 	return f, nil
 }
 
-// newPolicy sets up the prefetch policy once the server's largest bulk
-// answer is known.
-func (f *Fetcher) newPolicy(maxBulk uint64) error {
-	runBytes := f.cfg.BulkRunBytes
-	if maxBulk > 0 && runBytes > maxBulk {
-		runBytes = maxBulk
-	}
-	areas := f.pages.Areas()
-	fullRun := runBytes
-	for _, r := range areas {
-		fullRun = max(fullRun, r.PageSize) // a run is at least a page
-	}
-	prs := make([]prefetch.Region, len(areas))
-	pcfg := prefetch.Config{MaxRunPages: make([]uint32, len(areas))}
-	for i, r := range areas {
-		if maxBulk > 0 && r.PageSize > maxBulk {
-			return fmt.Errorf("%w: region %d has %d-byte pages, larger than the server's largest answer (%d bytes)",
-				ErrLayout, i, r.PageSize, maxBulk)
-		}
-		prs[i] = prefetch.Region{Pages: r.Pages}
-		pcfg.MaxRunPages[i] = uint32(max(1, runBytes/r.PageSize))
-	}
-	var err error
-	if f.policy, err = prefetch.New(prs, pcfg); err != nil {
-		return fmt.Errorf("fetcher: %w", err)
-	}
-	if f.window, err = prefetch.NewWindow(f.cfg.BulkWindow, fullRun); err != nil {
-		return fmt.Errorf("fetcher: %w", err)
-	}
-	return nil
-}
-
 // EnablePrefetch turns the background pull on (it may have started off).
 // Safe to call from any goroutine, any number of times.
-func (f *Fetcher) EnablePrefetch() {
-	f.prefetchOnce.Do(func() { close(f.prefetchOn) })
-}
+func (f *Fetcher) EnablePrefetch() { f.pull.enable() }
 
 // Drain makes the fetcher finish as fast as it can: it pulls everything left
 // at full speed. Run still returns only when every page is resident.
@@ -372,72 +259,13 @@ func (f *Fetcher) Drain() { f.EnablePrefetch() }
 // Progress returns a snapshot, safe to call while Run runs.
 func (f *Fetcher) Progress() Progress {
 	total := f.pages.TotalPages()
-	el := time.Duration(0)
-	if !f.start.IsZero() {
-		el = time.Since(f.start)
-	}
 	return Progress{
-		Elapsed:       el,
+		Elapsed:       time.Since(f.life.start),
 		TotalPages:    total,
 		ResolvedPages: total - uint64(max(0, f.pages.Remaining())),
-		BytesReceived: f.bytes.Load(),
-		Faults:        f.faults.Load(),
+		BytesReceived: f.stats.bytes.Load(),
+		Faults:        f.stats.faults.Load(),
 	}
-}
-
-func (f *Fetcher) registerMetrics(m *metrics.Registry) {
-	f.latMetric = m.Histogram("postcopy_fetcher_fault_latency_seconds",
-		"Time from reading a missing-page fault to the page being placed.",
-		[]float64{25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.1, 1})
-	for how := pagestate.Arrival(0); how < pagestate.NArrivals; how++ {
-		m.GaugeFunc("postcopy_fetcher_pages", "Pages resolved, by how they arrived.",
-			func() float64 { return float64(f.pages.Count(how)) }, "arrival", how.String())
-	}
-	m.GaugeFunc("postcopy_fetcher_pages_total", "Pages of all regions.",
-		func() float64 { return float64(f.pages.TotalPages()) })
-	m.GaugeFunc("postcopy_fetcher_bytes_received", "Page bytes received from the source.",
-		func() float64 { return float64(f.bytes.Load()) })
-	m.GaugeFunc("postcopy_fetcher_blocktime_seconds", "Total time faulting threads waited.",
-		func() float64 { return float64(f.blockNS.Load()) / 1e9 })
-	m.GaugeFunc("postcopy_fetcher_faults", "Distinct missing-page faults.",
-		func() float64 { return float64(f.faults.Load()) })
-	m.GaugeFunc("postcopy_fetcher_reconnects", "Times a broken link was re-established.",
-		func() float64 { return float64(f.reconns.Load()) })
-}
-
-// fail records the first error that ends Run.
-func (f *Fetcher) fail(err error) {
-	if err == nil {
-		return
-	}
-	f.failMu.Lock()
-	defer f.failMu.Unlock()
-	if f.failErr == nil {
-		f.failErr = err
-		close(f.failCh)
-	}
-}
-
-func (f *Fetcher) finished() bool {
-	select {
-	case <-f.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// complete is told by the page table that the last page is resolved.
-func (f *Fetcher) complete() { f.doneOnce.Do(func() { close(f.done) }) }
-
-// waited is told by the page table how long the threads behind a fault
-// waited: the fault's latency, and their summed blocktime.
-func (f *Fetcher) waited(latency, block time.Duration) {
-	f.latency.Record(latency)
-	if f.latMetric != nil {
-		f.latMetric.Observe(latency.Seconds())
-	}
-	f.blockNS.Add(int64(block))
 }
 
 // Run serves the migration until every page is resident, ctx ends, or an
@@ -446,61 +274,42 @@ func (f *Fetcher) waited(latency, block time.Duration) {
 // with an error too.
 func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	if f.cfg.HandoffAt.IsZero() {
-		f.cfg.HandoffAt = f.start
+		f.cfg.HandoffAt = f.life.start
 	}
-	f.client.Store(f.cfg.Client)
-	defer func() { f.client.Load().Close() }()
+	f.stats.handoff = f.cfg.HandoffAt
+	f.link.client.Store(f.cfg.Client)
+	defer func() { f.link.client.Load().Close() }()
 
-	var sess *transport.Session
-	var demand *transport.Lane
-	var unused *Opened // opened ahead and not used: ended below
-	var err error
-	if o := f.cfg.Opened; o != nil && o.covers(f.pages) &&
-		(f.cfg.ExpectGeneration == 0 || o.Session.Image().Generation == f.cfg.ExpectGeneration) {
-		sess, demand = o.Session, o.Demand
-		if demand == nil {
-			if demand, err = sess.Demand(ctx); err != nil {
-				f.log.Debug("no demand lane on the session opened ahead: opening another", "error", err)
-				sess, unused = nil, o
-			}
-		}
-	} else if o != nil {
-		unused = o
-		f.log.Debug("the session opened ahead does not cover the layout: opening another")
+	sess, demand, unused, err := f.link.open(ctx)
+	if err != nil {
+		return f.summary(), err
 	}
-	if sess == nil {
-		if sess, demand, err = f.open(ctx, f.cfg.Client, f.cfg.ExpectGeneration); err != nil {
-			unused.End(f.log)
-			return f.summary(), err
-		}
-	}
-	f.gen = sess.Image().Generation
-	if err := f.newPolicy(uint64(sess.MaxBulkBytes())); err != nil {
+	if err := f.pull.setup(uint64(sess.MaxBulkBytes()), f.cfg.BulkRunBytes, f.cfg.BulkWindow); err != nil {
 		demand.Close()
 		return f.summary(), err
 	}
 	sinceHandoff := time.Since(f.cfg.HandoffAt)
 
-	if f.poller, err = newFaultWaiter(f.fd); err != nil {
+	if f.loop.poller, err = newFaultWaiter(f.cfg.UFFD); err != nil {
 		demand.Close()
 		return f.summary(), fmt.Errorf("fetcher: %w", err)
 	}
-	defer f.poller.Close()
-	f.reader = uffd.NewReader(f.fd, 256)
+	defer f.loop.poller.Close()
+	f.loop.reader = uffd.NewReader(f.cfg.UFFD, 256)
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// The first connection is current before the fault loop reads a
 	// fault, so that the first request goes out at once.
-	first := f.newConn(runCtx, f.cfg.Client, sess, demand)
-	f.cur.Store(first)
+	first := f.link.newConn(runCtx, f.cfg.Client, sess, demand)
+	f.link.cur.Store(first)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		f.fail(f.faultLoop(f.urgentThread()))
+		f.life.fail(f.loop.run(f.link.prio.thread()))
 	}()
-	go func() { defer wg.Done(); f.connLoop(runCtx, f.cfg.Client, first) }()
+	go func() { defer wg.Done(); f.link.connLoop(runCtx, f.cfg.Client, first) }()
 	// Logged once the loops are started: a log line is a write(2), off the way to
 	// the first page.
 	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,
@@ -509,32 +318,30 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	if f.cfg.VMMPid != 0 {
 		stopWatch, err := f.watchVMM(f.cfg.VMMPid)
 		if err != nil {
-			f.fail(err)
+			f.life.fail(err)
 		} else {
 			defer stopWatch()
 		}
 	}
 	if f.pages.Remaining() == 0 {
-		f.complete()
+		f.life.complete()
 	}
 
 	var runErr error
 	select {
-	case <-f.done:
-	case <-f.failCh:
-		f.failMu.Lock()
-		runErr = f.failErr
-		f.failMu.Unlock()
+	case <-f.life.done:
+	case <-f.life.failCh:
+		runErr = f.life.err()
 	case <-ctx.Done():
 		runErr = ctx.Err()
 	}
 
 	// Stop the loops. The fault loop is interrupted through the poller's
 	// eventfd; the connection loop by its context.
-	f.stopping.Store(true)
-	_ = f.poller.Interrupt()
+	f.life.stopping.Store(true)
+	_ = f.loop.poller.Interrupt()
 	cancel()
-	close(f.stopCh)
+	close(f.life.stopCh)
 	wg.Wait()
 
 	if runErr != nil {
@@ -542,85 +349,17 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		// faults now blocks, instead of reading bytes that never arrived.
 		return f.summary(), runErr
 	}
-	if err := f.unregisterAll(); err != nil {
+	if err := f.place.unregisterAll(f.loop.drain); err != nil {
 		return f.summary(), err
 	}
 	sum := f.summary()
 	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer dcancel()
-	if s := f.sess.Load(); s != nil {
+	if s := f.link.sess.Load(); s != nil {
 		if err := s.Done(dctx, f.totals()); err != nil {
 			f.log.Warn("could not report done to the server; every page is resident anyway", "error", err)
 		}
 	}
 	f.log.Info("migration complete", "seconds", sum.TotalSeconds, "faults", sum.Faults)
 	return sum, nil
-}
-
-// unregisterAll makes the VMM independent of the fetcher: once every page is
-// resident the ranges are unregistered (which also wakes any thread that
-// faulted on a discarded page meanwhile: it retries without userfaultfd and
-// gets a zero page), and events posted until then are read so that no VMM
-// call stays blocked on an unread event.
-func (f *Fetcher) unregisterAll() error {
-	f.evMu.Lock()
-	defer f.evMu.Unlock()
-	for _, s := range f.pages.Mapped(nil) {
-		if err := f.fd.Unregister(s.Addr, s.Len); err != nil {
-			if errors.Is(err, uffd.ErrProcessGone) {
-				f.log.Warn("VMM exited as the migration completed")
-				return nil
-			}
-			return fmt.Errorf("fetcher: unregister: %w", err)
-		}
-	}
-	evs := make([]uffd.Event, 64)
-	for {
-		n, err := f.reader.Read(evs)
-		if err != nil || n == 0 {
-			return nil
-		}
-		for _, ev := range evs[:n] {
-			if ev.Kind == uffd.EventFork {
-				closeFD(ev.Fork.FD)
-			}
-		}
-	}
-}
-
-func (f *Fetcher) summary() *Summary {
-	s := &Summary{}
-	if !f.start.IsZero() {
-		s.TotalSeconds = time.Since(f.start).Seconds()
-	}
-	s.Pages.Total = f.pages.TotalPages()
-	s.Pages.Demand = f.pages.Count(pagestate.ViaDemand)
-	s.Pages.Bulk = f.pages.Count(pagestate.ViaBulk)
-	s.Pages.Zero = f.pages.Count(pagestate.ViaZero)
-	s.Pages.Removed = f.pages.Count(pagestate.ViaRemoved)
-	s.Pages.Unmapped = f.pages.Count(pagestate.ViaUnmapped)
-	s.BytesReceived = f.bytes.Load()
-	s.Faults = f.faults.Load()
-	s.DuplicateFault = f.dupFaults.Load()
-	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
-	s.FaultLatencyUS.P50 = us(f.latency.Quantile(0.5))
-	s.FaultLatencyUS.P99 = us(f.latency.Quantile(0.99))
-	s.FaultLatencyUS.P999 = us(f.latency.Quantile(0.999))
-	s.FaultLatencyUS.Max = us(f.latency.Max())
-	s.BlocktimeMS = float64(f.blockNS.Load()) / 1e6
-	s.FirstPageMS = float64(f.firstPage.Load()) / 1e6
-	s.Reconnects = f.reconns.Load()
-	s.ChecksumErrors = f.crcErrors.Load()
-	return s
-}
-
-func (f *Fetcher) totals() transport.DoneTotals {
-	return transport.DoneTotals{
-		PagesDemand:   f.pages.Count(pagestate.ViaDemand),
-		PagesBulk:     f.pages.Count(pagestate.ViaBulk),
-		PagesZero:     f.pages.Count(pagestate.ViaZero),
-		PagesRemoved:  f.pages.Count(pagestate.ViaRemoved),
-		BytesReceived: f.bytes.Load(),
-		Duration:      time.Since(f.start),
-	}
 }

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -16,6 +17,27 @@ import (
 	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/transport"
 )
+
+// link is the fetcher's side of the network: the only code that owns
+// connections. It opens the session and its lanes, sends the demand
+// requests the page table makes and the bulk runs the puller hands out,
+// hands answers to the placer, and when a lane breaks, reconnects and asks
+// again for everything in flight.
+type link struct {
+	cfg   *Config
+	log   hclog.Logger
+	pages *pagestate.Table
+	place *placer
+	pull  *puller
+	stats *counters
+	life  *lifecycle
+	prio  *demandPrio
+
+	cur    atomic.Pointer[conn]              // the live connection, nil while reconnecting
+	sess   atomic.Pointer[transport.Session] // the latest session, for Done
+	client atomic.Pointer[transport.Client]  // the latest client, closed by Run
+	gen    uint64                            // image generation of the session
+}
 
 // conn is one connection generation: a session with its two lanes. A broken
 // lane ends the generation; the next one re-asks for everything in flight.
@@ -50,16 +72,39 @@ type bulkRun struct {
 	sentAt time.Time
 }
 
-// runSize is the bytes of a bulk run.
-func (f *Fetcher) runSize(run prefetch.Run) uint64 {
-	return uint64(run.Pages) << f.pages.Areas()[run.Region].Shift
-}
-
 var errStalled = errors.New("link stalled: no answer in time")
 
-// open opens a session for the layout on client, with its demand lane.
-func (f *Fetcher) open(ctx context.Context, client *transport.Client, expect uint64) (*transport.Session, *transport.Lane, error) {
-	areas := f.pages.Areas()
+// open gets the migration's session and its demand lane: the one opened
+// ahead (Config.Opened) where it covers the layout, else one opened now.
+// unused is a session opened ahead and not used, for the caller to end (off
+// the way to the first page).
+func (l *link) open(ctx context.Context) (sess *transport.Session, demand *transport.Lane, unused *Opened, err error) {
+	if o := l.cfg.Opened; o != nil && o.covers(l.pages) &&
+		(l.cfg.ExpectGeneration == 0 || o.Session.Image().Generation == l.cfg.ExpectGeneration) {
+		sess, demand = o.Session, o.Demand
+		if demand == nil {
+			if demand, err = sess.Demand(ctx); err != nil {
+				l.log.Debug("no demand lane on the session opened ahead: opening another", "error", err)
+				sess, unused = nil, o
+			}
+		}
+	} else if o != nil {
+		unused = o
+		l.log.Debug("the session opened ahead does not cover the layout: opening another")
+	}
+	if sess == nil {
+		if sess, demand, err = l.openSession(ctx, l.cfg.Client, l.cfg.ExpectGeneration); err != nil {
+			unused.End(l.log)
+			return nil, nil, nil, err
+		}
+	}
+	l.gen = sess.Image().Generation
+	return sess, demand, unused, nil
+}
+
+// openSession opens a session for the layout on client, with its demand lane.
+func (l *link) openSession(ctx context.Context, client *transport.Client, expect uint64) (*transport.Session, *transport.Lane, error) {
+	areas := l.pages.Areas()
 	regions := make([]transport.Region, len(areas))
 	for i, r := range areas {
 		regions[i] = transport.Region{Offset: r.Offset, Length: r.Size, PageSize: uint32(r.PageSize)}
@@ -86,36 +131,36 @@ func (f *Fetcher) open(ctx context.Context, client *transport.Client, expect uin
 
 // connLoop runs connection generations until ctx ends or an unrecoverable
 // error, starting with c (made on client).
-func (f *Fetcher) connLoop(ctx context.Context, client *transport.Client, c *conn) {
+func (l *link) connLoop(ctx context.Context, client *transport.Client, c *conn) {
 	for {
-		err := f.serveConn(c)
+		err := l.serveConn(c)
 		if ctx.Err() != nil {
 			return
 		}
 		retry := transport.IsRetryable(err) || errors.Is(err, errStalled) || errors.Is(err, transport.ErrSessionNotFound)
-		if !retry || f.cfg.Redial == nil {
-			f.fail(err)
+		if !retry || l.cfg.Redial == nil {
+			l.life.fail(err)
 			return
 		}
-		f.log.Warn("link to the source broke; reconnecting", "error", err,
-			"window", f.cfg.ReconnectTimeout)
+		l.log.Warn("link to the source broke; reconnecting", "error", err,
+			"window", l.cfg.ReconnectTimeout)
 		old := client
 		var sess *transport.Session
 		var demand *transport.Lane
-		if client, sess, demand, err = f.reconnect(ctx); err != nil {
-			f.fail(err)
+		if client, sess, demand, err = l.reconnect(ctx); err != nil {
+			l.life.fail(err)
 			return
 		}
-		f.client.Store(client)
+		l.client.Store(client)
 		old.Close()
-		f.reconns.Add(1)
-		c = f.newConn(ctx, client, sess, demand)
+		l.stats.reconns.Add(1)
+		c = l.newConn(ctx, client, sess, demand)
 	}
 }
 
 // newConn makes a connection generation from a session and its demand lane
 // (the bulk lane opens in the background: openBulk).
-func (f *Fetcher) newConn(ctx context.Context, client *transport.Client, sess *transport.Session, demand *transport.Lane) *conn {
+func (l *link) newConn(ctx context.Context, client *transport.Client, sess *transport.Session, demand *transport.Lane) *conn {
 	cctx, cancel := context.WithCancelCause(ctx)
 	c := &conn{client: client, sess: sess, demand: demand, ctx: cctx, cancel: cancel, inflight: make(map[uint64]bulkRun),
 		bulkReady: make(chan struct{}), placeQ: make(chan *transport.Response, 2)}
@@ -128,14 +173,14 @@ func (f *Fetcher) newConn(ctx context.Context, client *transport.Client, sess *t
 // serveConn runs the lanes of c until one breaks or the fetcher stops, then
 // hands everything in flight back: demand requests stay outstanding (and are
 // sent again on the next connection), bulk runs return to the policy.
-func (f *Fetcher) serveConn(c *conn) error {
-	f.sess.Store(c.sess)
-	if f.cur.Swap(c) != c {
+func (l *link) serveConn(c *conn) error {
+	l.sess.Store(c.sess)
+	if l.cur.Swap(c) != c {
 		// Requests made while there was no connection go out now. (The
 		// first connection is current before the first fault is read.)
-		f.resendOutstanding(c)
+		l.resendOutstanding(c)
 	}
-	f.log.Debug("demand lane open", "since_handoff", time.Since(f.cfg.HandoffAt))
+	l.log.Debug("demand lane open", "since_handoff", time.Since(l.cfg.HandoffAt))
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 8) // one per goroutine below, with room
@@ -149,14 +194,14 @@ func (f *Fetcher) serveConn(c *conn) error {
 			}
 		}()
 	}
-	run(f.demandRecv)
-	run(f.openBulk)
-	run(f.bulkSend)
-	run(f.bulkRecv)
-	run(f.bulkPlace)
-	run(f.watchdog)
+	run(l.demandRecv)
+	run(l.openBulk)
+	run(l.bulkSend)
+	run(l.bulkRecv)
+	run(l.bulkPlace)
+	run(l.watchdog)
 	<-c.ctx.Done()
-	f.cur.CompareAndSwap(c, nil)
+	l.cur.CompareAndSwap(c, nil)
 	c.demand.Close()
 	c.mu.Lock()
 	c.closing = true
@@ -169,14 +214,14 @@ func (f *Fetcher) serveConn(c *conn) error {
 	close(errs)
 
 	c.mu.Lock()
-	f.policyMu.Lock()
+	runs := make([]prefetch.Run, 0, len(c.inflight))
 	for _, br := range c.inflight {
-		f.requeueLocked(br.run)
+		runs = append(runs, br.run)
 	}
-	f.policyMu.Unlock()
+	l.pull.requeue(runs...) // lock order: c.mu, then the puller's
 	c.inflight, c.inflightBytes = nil, 0
 	c.mu.Unlock()
-	f.kickPolicy()
+	l.pull.poke()
 
 	if err := context.Cause(c.ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
@@ -189,20 +234,20 @@ func (f *Fetcher) serveConn(c *conn) error {
 
 // reconnect dials again with backoff until it gets a session on the same
 // image or the reconnect window closes.
-func (f *Fetcher) reconnect(ctx context.Context) (*transport.Client, *transport.Session, *transport.Lane, error) {
-	deadline := time.Now().Add(f.cfg.ReconnectTimeout)
+func (l *link) reconnect(ctx context.Context) (*transport.Client, *transport.Session, *transport.Lane, error) {
+	deadline := time.Now().Add(l.cfg.ReconnectTimeout)
 	backoff := 50 * time.Millisecond
 	var last error
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithDeadline(ctx, deadline)
-		client, err := f.cfg.Redial(actx)
+		client, err := l.cfg.Redial(actx)
 		if err == nil {
 			var sess *transport.Session
 			var demand *transport.Lane
-			sess, demand, err = f.open(actx, client, f.gen)
+			sess, demand, err = l.openSession(actx, client, l.gen)
 			if err == nil {
 				cancel()
-				f.log.Info("reconnected", "attempt", attempt, "session", sess.ID())
+				l.log.Info("reconnected", "attempt", attempt, "session", sess.ID())
 				return client, sess, demand, nil
 			}
 			client.Close()
@@ -218,9 +263,9 @@ func (f *Fetcher) reconnect(ctx context.Context) (*transport.Client, *transport.
 		}
 		wait := min(backoff, time.Until(deadline))
 		if wait <= 0 {
-			return nil, nil, nil, fmt.Errorf("%w: no connection within %v: %w", ErrSourceLost, f.cfg.ReconnectTimeout, last)
+			return nil, nil, nil, fmt.Errorf("%w: no connection within %v: %w", ErrSourceLost, l.cfg.ReconnectTimeout, last)
 		}
-		f.log.Debug("reconnect failed", "attempt", attempt, "error", err, "retry_in", wait)
+		l.log.Debug("reconnect failed", "attempt", attempt, "error", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -235,16 +280,16 @@ func (f *Fetcher) reconnect(ctx context.Context) (*transport.Client, *transport.
 // sendDemand sends a demand request the page table made outstanding on
 // the demand lane (or, while reconnecting, leaves it for the next
 // connection, which sends every outstanding request again).
-func (f *Fetcher) sendDemand(r pagestate.Request) {
-	if c := f.cur.Load(); c != nil {
+func (l *link) sendDemand(r pagestate.Request) {
+	if c := l.cur.Load(); c != nil {
 		if err := c.demand.Send(transport.Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {
 			c.cancel(err)
 		}
 	}
 }
 
-func (f *Fetcher) resendOutstanding(c *conn) {
-	reqs := f.pages.Resend(time.Now(), nil)
+func (l *link) resendOutstanding(c *conn) {
+	reqs := l.pages.Resend(time.Now(), nil)
 	for _, r := range reqs {
 		if err := c.demand.Send(transport.Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {
 			c.cancel(err)
@@ -252,13 +297,13 @@ func (f *Fetcher) resendOutstanding(c *conn) {
 		}
 	}
 	if len(reqs) > 0 {
-		f.log.Info("asked again for pages in flight", "pages", len(reqs))
+		l.log.Info("asked again for pages in flight", "pages", len(reqs))
 	}
 }
 
 // demandRecv places demand answers as they arrive, with waking copies.
-func (f *Fetcher) demandRecv(c *conn) error {
-	th := f.urgentThread()
+func (l *link) demandRecv(c *conn) error {
+	th := l.prio.thread()
 	defer th.done()
 	if th != nil {
 		c.demand.WaitInThread()
@@ -273,50 +318,50 @@ func (f *Fetcher) demandRecv(c *conn) error {
 		th.woke(now)
 		c.lastDemand.Store(now.UnixNano())
 		if err := resp.Verify(); err != nil {
-			f.crcErrors.Add(1)
-			f.log.Warn("demand answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
-			req := transport.Request{ID: f.pages.NextID(), Offset: resp.Offset, Pages: resp.Pages}
+			l.stats.crcErrors.Add(1)
+			l.log.Warn("demand answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
+			req := transport.Request{ID: l.pages.NextID(), Offset: resp.Offset, Pages: resp.Pages}
 			resp.Release()
 			if err := c.demand.Send(req); err != nil {
 				return err
 			}
 			continue
 		}
-		err = f.placeResponse(resp, true, nil)
-		if r, p, ok := f.pages.LookupOffset(resp.Offset); ok {
-			f.pages.Answered(r, p, uint64(resp.Pages))
+		err = l.place.placeResponse(resp, true, nil)
+		if r, p, ok := l.pages.LookupOffset(resp.Offset); ok {
+			l.pages.Answered(r, p, uint64(resp.Pages))
 		}
 		resp.Release()
 		if err != nil {
-			f.fail(err)
+			l.life.fail(err)
 			return err
 		}
 	}
 }
 
 // openBulk opens the bulk lane of c; bulkSend and bulkRecv wait for it.
-func (f *Fetcher) openBulk(c *conn) error {
-	l, err := c.sess.Bulk(c.ctx)
+func (l *link) openBulk(c *conn) error {
+	lane, err := c.sess.Bulk(c.ctx)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
-		l.Close()
+		lane.Close()
 		return nil
 	}
-	c.bulk = l
+	c.bulk = lane
 	close(c.bulkReady)
-	f.log.Debug("bulk lane open", "since_handoff", time.Since(f.cfg.HandoffAt))
+	l.log.Debug("bulk lane open", "since_handoff", time.Since(l.cfg.HandoffAt))
 	return nil
 }
 
 // bulkSend keeps the bulk lane's window (prefetch.Window) full of the runs
 // the policy hands out.
-func (f *Fetcher) bulkSend(c *conn) error {
+func (l *link) bulkSend(c *conn) error {
 	select {
-	case <-f.prefetchOn:
+	case <-l.pull.on:
 	case <-c.ctx.Done():
 		return nil
 	}
@@ -330,14 +375,14 @@ func (f *Fetcher) bulkSend(c *conn) error {
 	// is placed, or a grace period after the handoff if no fault comes.
 	placed := false
 	select {
-	case <-f.firstPlaced:
+	case <-l.stats.firstPlaced:
 		placed = true
 	default:
 	}
-	if wait := prefetch.StartAfter(time.Since(f.cfg.HandoffAt), placed); wait > 0 {
+	if wait := prefetch.StartAfter(time.Since(l.cfg.HandoffAt), placed); wait > 0 {
 		t := time.NewTimer(wait)
 		select {
-		case <-f.firstPlaced:
+		case <-l.stats.firstPlaced:
 		case <-t.C:
 		case <-c.ctx.Done():
 			t.Stop()
@@ -353,20 +398,18 @@ func (f *Fetcher) bulkSend(c *conn) error {
 		answers := uint64(c.bulkDone.Load())
 		sent := false
 		for {
-			want := f.window.Want(answers, bytes, n)
+			want := l.pull.window.Want(answers, bytes, n)
 			if want == 0 {
 				break
 			}
-			f.policyMu.Lock()
-			runs = f.policy.Next(want, runs[:0])
-			f.policyMu.Unlock()
+			runs = l.pull.next(want, runs[:0])
 			if len(runs) == 0 {
 				break
 			}
 			for _, run := range runs {
-				r := f.pages.Areas()[run.Region]
-				req := transport.Request{ID: f.pages.NextID(), Offset: r.Offset + run.Page<<r.Shift, Pages: run.Pages}
-				size := f.runSize(run)
+				r := l.pages.Areas()[run.Region]
+				req := transport.Request{ID: l.pages.NextID(), Offset: r.Offset + run.Page<<r.Shift, Pages: run.Pages}
+				size := l.pull.runSize(run)
 				c.mu.Lock()
 				c.inflight[req.ID] = bulkRun{run: run, sentAt: time.Now()}
 				c.inflightBytes += size
@@ -381,7 +424,7 @@ func (f *Fetcher) bulkSend(c *conn) error {
 			continue
 		}
 		select {
-		case <-f.policyCh:
+		case <-l.pull.kick:
 		case <-c.ctx.Done():
 			return nil
 		}
@@ -391,7 +434,7 @@ func (f *Fetcher) bulkSend(c *conn) error {
 // bulkRecv receives and checks bulk answers and hands them to bulkPlace:
 // reading a run from the socket and checksumming it overlaps with copying
 // the previous one, on another CPU where there is one.
-func (f *Fetcher) bulkRecv(c *conn) error {
+func (l *link) bulkRecv(c *conn) error {
 	select {
 	case <-c.bulkReady:
 	case <-c.ctx.Done():
@@ -412,10 +455,10 @@ func (f *Fetcher) bulkRecv(c *conn) error {
 			return fmt.Errorf("fetcher: bulk answer %d was never asked for", id)
 		}
 		if err := resp.Verify(); err != nil {
-			f.crcErrors.Add(1)
-			f.log.Warn("bulk answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
+			l.stats.crcErrors.Add(1)
+			l.log.Warn("bulk answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
 			resp.Release()
-			f.finishBulk(c, id, &br.run)
+			l.finishBulk(c, id, &br.run)
 			continue
 		}
 		select {
@@ -428,17 +471,17 @@ func (f *Fetcher) bulkRecv(c *conn) error {
 }
 
 // bulkPlace places checked bulk answers with DONTWAKE copies.
-func (f *Fetcher) bulkPlace(c *conn) error {
+func (l *link) bulkPlace(c *conn) error {
 	// With BulkYield, copying runs at a lower CPU priority while demand
 	// answers are awaited, so that the demand path gets a CPU at once.
 	//
 	// With UrgentDemand, each copy runs boosted while it holds the event
 	// lock, which the urgent fault loop may be waiting for.
 	var th, boost *sched.Thread
-	if f.cfg.BulkYield || f.cfg.UrgentDemand {
+	if l.cfg.BulkYield || l.cfg.UrgentDemand {
 		th = sched.LockThread()
 	}
-	if f.cfg.UrgentDemand {
+	if l.cfg.UrgentDemand {
 		boost = th
 	}
 	for {
@@ -455,47 +498,45 @@ func (f *Fetcher) bulkPlace(c *conn) error {
 				}
 			}
 		}
-		if f.cfg.BulkYield {
-			th.Defer(f.pages.Outstanding() > 0)
+		if l.cfg.BulkYield {
+			th.Defer(l.pages.Outstanding() > 0)
 		}
 		id := resp.ID
 		b := boost
-		if !f.budget.realTime() {
+		if !l.prio.budget.realTime() {
 			b = nil // the demand path is past its budget, in the background: no inversion to avoid
 		}
-		err := f.placeResponse(resp, false, b)
+		err := l.place.placeResponse(resp, false, b)
 		resp.Release()
 		if err != nil {
-			f.fail(err)
+			l.life.fail(err)
 			return err
 		}
-		f.finishBulk(c, id, nil)
+		l.finishBulk(c, id, nil)
 	}
 }
 
 // finishBulk ends a bulk request; requeue, if set, goes back to the policy.
-func (f *Fetcher) finishBulk(c *conn, id uint64, requeue *prefetch.Run) {
+func (l *link) finishBulk(c *conn, id uint64, requeue *prefetch.Run) {
 	c.bulkDone.Add(1)
 	c.mu.Lock()
 	if br, ok := c.inflight[id]; ok {
-		c.inflightBytes -= f.runSize(br.run)
+		c.inflightBytes -= l.pull.runSize(br.run)
 		delete(c.inflight, id)
 	}
 	c.mu.Unlock()
 	if requeue != nil {
-		f.policyMu.Lock()
-		f.requeueLocked(*requeue)
-		f.policyMu.Unlock()
+		l.pull.requeue(*requeue)
 	}
-	f.kickPolicy()
+	l.pull.poke()
 }
 
 // watchdog ends the connection when a lane has requests waiting and has
 // brought no answer for RequestTimeout: a stalled server or a dead link
 // counts as a broken link. A slow link is not a stall: answers keep coming,
 // however long each run waits behind the others.
-func (f *Fetcher) watchdog(c *conn) error {
-	period := max(f.cfg.RequestTimeout/4, 10*time.Millisecond)
+func (l *link) watchdog(c *conn) error {
+	period := max(l.cfg.RequestTimeout/4, 10*time.Millisecond)
 	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
@@ -503,8 +544,8 @@ func (f *Fetcher) watchdog(c *conn) error {
 		case <-c.ctx.Done():
 			return nil
 		case now := <-t.C:
-			limit := now.Add(-f.cfg.RequestTimeout)
-			demandLate := f.pages.Late(limit)
+			limit := now.Add(-l.cfg.RequestTimeout)
+			demandLate := l.pages.Late(limit)
 			c.mu.Lock()
 			bulkLate := false
 			for _, br := range c.inflight {
@@ -515,23 +556,11 @@ func (f *Fetcher) watchdog(c *conn) error {
 			}
 			c.mu.Unlock()
 			if demandLate && c.lastDemand.Load() < limit.UnixNano() {
-				return fmt.Errorf("%w: the demand lane brought nothing for %v", errStalled, f.cfg.RequestTimeout)
+				return fmt.Errorf("%w: the demand lane brought nothing for %v", errStalled, l.cfg.RequestTimeout)
 			}
 			if bulkLate && c.lastBulk.Load() < limit.UnixNano() {
-				return fmt.Errorf("%w: the bulk lane brought nothing for %v", errStalled, f.cfg.RequestTimeout)
+				return fmt.Errorf("%w: the bulk lane brought nothing for %v", errStalled, l.cfg.RequestTimeout)
 			}
 		}
-	}
-}
-
-// requeueLocked hands the pages of a bulk run that never arrived back to the
-// policy — only those nobody else brings: a page placed or discarded
-// meanwhile is never asked for again, and one a demand request is bringing
-// stays with the demand path (which resends it after a reconnect). The
-// policy wants no page requeued that it was told is Done. policyMu is held.
-func (f *Fetcher) requeueLocked(run prefetch.Run) {
-	var buf [8]pagestate.PageRange
-	for _, pr := range f.pages.Unclaimed(f.pages.Areas()[run.Region], run.Page, uint64(run.Pages), buf[:0]) {
-		f.policy.Requeue(prefetch.Run{Region: run.Region, Page: pr.First, Pages: uint32(pr.N)})
 	}
 }
