@@ -56,20 +56,13 @@ type conn struct {
 	closing   bool
 	placeQ    chan *transport.Response // checked bulk answers, to bulkPlace
 
-	mu            sync.Mutex
-	inflight      map[uint64]bulkRun // request id -> run on the bulk lane
-	inflightBytes uint64             // the bytes of those runs
+	mu sync.Mutex // guards bulk and closing
 
 	// lastDemand and lastBulk are when each lane last brought an answer
 	// (or started): the watchdog judges progress, not a request's age,
 	// since bulk runs wait behind each other on a slow link.
 	lastDemand, lastBulk atomic.Int64
 	bulkDone             atomic.Int64 // bulk answers received
-}
-
-type bulkRun struct {
-	run    prefetch.Run
-	sentAt time.Time
 }
 
 var errStalled = errors.New("link stalled: no answer in time")
@@ -162,7 +155,7 @@ func (l *link) connLoop(ctx context.Context, client *transport.Client, c *conn) 
 // (the bulk lane opens in the background: openBulk).
 func (l *link) newConn(ctx context.Context, client *transport.Client, sess *transport.Session, demand *transport.Lane) *conn {
 	cctx, cancel := context.WithCancelCause(ctx)
-	c := &conn{client: client, sess: sess, demand: demand, ctx: cctx, cancel: cancel, inflight: make(map[uint64]bulkRun),
+	c := &conn{client: client, sess: sess, demand: demand, ctx: cctx, cancel: cancel,
 		bulkReady: make(chan struct{}), placeQ: make(chan *transport.Response, 2)}
 	now := time.Now().UnixNano()
 	c.lastDemand.Store(now)
@@ -213,14 +206,9 @@ func (l *link) serveConn(c *conn) error {
 	wg.Wait()
 	close(errs)
 
-	c.mu.Lock()
-	runs := make([]prefetch.Run, 0, len(c.inflight))
-	for _, br := range c.inflight {
-		runs = append(runs, br.run)
-	}
-	l.pull.requeue(runs...) // lock order: c.mu, then the puller's
-	c.inflight, c.inflightBytes = nil, 0
-	c.mu.Unlock()
+	// Every goroutine of c has returned: its bulk runs in flight never
+	// arrive.
+	l.pull.requeue(l.pages.BulkLost(nil)...)
 	l.pull.poke()
 
 	if err := context.Cause(c.ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -392,9 +380,7 @@ func (l *link) bulkSend(c *conn) error {
 	}
 	var runs []prefetch.Run
 	for {
-		c.mu.Lock()
-		bytes, n := c.inflightBytes, len(c.inflight)
-		c.mu.Unlock()
+		bytes, n := l.pages.BulkInFlight()
 		answers := uint64(c.bulkDone.Load())
 		sent := false
 		for {
@@ -407,17 +393,11 @@ func (l *link) bulkSend(c *conn) error {
 				break
 			}
 			for _, run := range runs {
-				r := l.pages.Areas()[run.Region]
-				req := transport.Request{ID: l.pages.NextID(), Offset: r.Offset + run.Page<<r.Shift, Pages: run.Pages}
-				size := l.pull.runSize(run)
-				c.mu.Lock()
-				c.inflight[req.ID] = bulkRun{run: run, sentAt: time.Now()}
-				c.inflightBytes += size
-				c.mu.Unlock()
-				if err := c.bulk.Send(req); err != nil {
+				b := l.pages.AskBulk(run.Region, run.Page, run.Pages, time.Now())
+				if err := c.bulk.Send(transport.Request{ID: b.ID, Offset: b.Offset, Pages: b.Pages}); err != nil {
 					return err
 				}
-				bytes, n, sent = bytes+size, n+1, true
+				bytes, n, sent = bytes+b.Bytes, n+1, true
 			}
 		}
 		if sent {
@@ -446,11 +426,8 @@ func (l *link) bulkRecv(c *conn) error {
 			return err
 		}
 		c.lastBulk.Store(time.Now().UnixNano())
-		c.mu.Lock()
 		id := resp.ID // resp returns to a pool at Release
-		br, ok := c.inflight[id]
-		c.mu.Unlock()
-		if !ok {
+		if !l.pages.BulkAsked(id) {
 			resp.Release()
 			return fmt.Errorf("fetcher: bulk answer %d was never asked for", id)
 		}
@@ -458,7 +435,7 @@ func (l *link) bulkRecv(c *conn) error {
 			l.stats.crcErrors.Add(1)
 			l.log.Warn("bulk answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
 			resp.Release()
-			l.finishBulk(c, id, &br.run)
+			l.finishBulk(c, id, true)
 			continue
 		}
 		select {
@@ -512,21 +489,16 @@ func (l *link) bulkPlace(c *conn) error {
 			l.life.fail(err)
 			return err
 		}
-		l.finishBulk(c, id, nil)
+		l.finishBulk(c, id, false)
 	}
 }
 
-// finishBulk ends a bulk request; requeue, if set, goes back to the policy.
-func (l *link) finishBulk(c *conn, id uint64, requeue *prefetch.Run) {
+// finishBulk ends a bulk request; with requeue its run goes back to the
+// policy.
+func (l *link) finishBulk(c *conn, id uint64, requeue bool) {
 	c.bulkDone.Add(1)
-	c.mu.Lock()
-	if br, ok := c.inflight[id]; ok {
-		c.inflightBytes -= l.pull.runSize(br.run)
-		delete(c.inflight, id)
-	}
-	c.mu.Unlock()
-	if requeue != nil {
-		l.pull.requeue(*requeue)
+	if b, ok := l.pages.BulkDone(id); ok && requeue {
+		l.pull.requeue(b)
 	}
 	l.pull.poke()
 }
@@ -546,15 +518,7 @@ func (l *link) watchdog(c *conn) error {
 		case now := <-t.C:
 			limit := now.Add(-l.cfg.RequestTimeout)
 			demandLate := l.pages.Late(limit)
-			c.mu.Lock()
-			bulkLate := false
-			for _, br := range c.inflight {
-				if br.sentAt.Before(limit) {
-					bulkLate = true
-					break
-				}
-			}
-			c.mu.Unlock()
+			bulkLate := l.pages.BulkLate(limit)
 			if demandLate && c.lastDemand.Load() < limit.UnixNano() {
 				return fmt.Errorf("%w: the demand lane brought nothing for %v", errStalled, l.cfg.RequestTimeout)
 			}

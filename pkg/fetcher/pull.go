@@ -91,12 +91,12 @@ func (u *puller) next(want int, runs []prefetch.Run) []prefetch.Run {
 // meanwhile is never asked for again, and one a demand request is bringing
 // stays with the demand path (which resends it after a reconnect). The
 // policy wants no page requeued that it was told is Done.
-func (u *puller) requeue(runs ...prefetch.Run) {
+func (u *puller) requeue(runs ...pagestate.BulkRun) {
 	var buf [8]pagestate.PageRange
 	u.mu.Lock()
-	for _, run := range runs {
-		for _, pr := range u.pages.Unclaimed(u.pages.Areas()[run.Region], run.Page, uint64(run.Pages), buf[:0]) {
-			u.policy.Requeue(prefetch.Run{Region: run.Region, Page: pr.First, Pages: uint32(pr.N)})
+	for _, b := range runs {
+		for _, pr := range u.pages.Unclaimed(u.pages.Areas()[b.Area], b.Page, uint64(b.Pages), buf[:0]) {
+			u.policy.Requeue(prefetch.Run{Region: b.Area, Page: pr.First, Pages: uint32(pr.N)})
 		}
 	}
 	u.mu.Unlock()
@@ -108,9 +108,4 @@ func (u *puller) poke() {
 	case u.kick <- struct{}{}:
 	default:
 	}
-}
-
-// runSize is the bytes of a bulk run.
-func (u *puller) runSize(run prefetch.Run) uint64 {
-	return uint64(run.Pages) << u.pages.Areas()[run.Region].Shift
 }

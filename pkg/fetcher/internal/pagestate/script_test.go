@@ -3,6 +3,7 @@ package pagestate
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,6 +28,9 @@ import (
 //	bulk A P N [C]          a bulk run: DONTWAKE copies of at most C pages (default 16)
 //	hold demand|bulk A P N  the same, stopped after its first copy, before the table hears of it
 //	release                 the held placement goes on
+//	send A P N              a bulk run is asked for (AskBulk)
+//	answer ID               the answer to bulk request ID is placed, as bulk A P N, and the request ends
+//	lost                    the connection broke: the bulk runs in flight come back (BulkLost), as requeue
 //	requeue A P N           the runs of a bulk run that go back to the prefetch policy
 //	resend                  the demand requests a new connection sends again
 //	state                   page states per area, counts and blocked threads
@@ -253,6 +257,46 @@ func (*harness) run(hp **harness, cmd string) (string, error) {
 		pl := *h.held
 		h.held = nil
 		err = h.finish(pl)
+		h.flushKernel()
+	case "send":
+		var v []uint64
+		if v, err = parseNums(f[1:], 3); err != nil {
+			return "", err
+		}
+		if _, err = h.area(v[0]); err != nil {
+			return "", err
+		}
+		b := h.t.AskBulk(int(v[0]), v[1], uint32(v[2]), h.now)
+		h.say("sent #%d %d:%d+%d", b.ID, b.Area, b.Page, b.Pages)
+		h.flushKernel()
+	case "answer":
+		var v []uint64
+		if v, err = parseNums(f[1:], 1); err != nil {
+			return "", err
+		}
+		if !h.t.BulkAsked(v[0]) {
+			h.say("error: bulk answer %d was never asked for", v[0])
+			h.flushKernel()
+			break
+		}
+		b, _ := h.t.BulkDone(v[0])
+		err = h.place(placement{a: h.t.regions[b.Area], p0: b.Page, p: b.Page, n: uint64(b.Pages), chunk: 16})
+		h.flushKernel()
+	case "lost":
+		lost := h.t.BulkLost(nil)
+		slices.SortFunc(lost, func(x, y BulkRun) int { return int(x.ID) - int(y.ID) })
+		for _, b := range lost {
+			runs := h.t.Unclaimed(h.t.regions[b.Area], b.Page, uint64(b.Pages), nil)
+			if len(runs) == 0 {
+				h.say("#%d: nothing to requeue", b.ID)
+			}
+			for _, r := range runs {
+				h.say("#%d: requeue %d:%d+%d", b.ID, b.Area, r.First, r.N)
+			}
+		}
+		if len(lost) == 0 {
+			h.say("(none)")
+		}
 		h.flushKernel()
 	case "requeue":
 		var v []uint64
@@ -513,6 +557,9 @@ func (h *harness) state() {
 	if h.waits > 0 {
 		line += fmt.Sprintf("; waits accounted %d", h.waits)
 	}
+	if bytes, runs := h.t.BulkInFlight(); runs > 0 {
+		line += fmt.Sprintf("; bulk in flight %d runs, %d bytes", runs, bytes)
+	}
 	h.say("%s", line)
 	if b := h.k.blockedLine(); b != "" {
 		h.say("blocked %s", b)
@@ -557,6 +604,13 @@ func (h *harness) check() error {
 	}
 	if unresolved > 0 && h.done != 0 {
 		return fmt.Errorf("Complete called with %d pages unresolved", unresolved)
+	}
+	var bulkBytes uint64
+	for _, b := range h.t.bulk {
+		bulkBytes += uint64(b.Pages) << h.t.regions[b.Area].Shift
+	}
+	if bytes, runs := h.t.BulkInFlight(); bytes != bulkBytes || runs != len(h.t.bulk) {
+		return fmt.Errorf("bulk in flight: %d bytes in %d runs, counted %d bytes in %d runs", bytes, runs, bulkBytes, len(h.t.bulk))
 	}
 	for tid, pa := range h.k.blocked {
 		if h.brings(tid, pa) {

@@ -1,6 +1,6 @@
 // Package pagestate is the fetcher's page-state core: the state of every
-// guest page, the threads waiting on them, the demand requests outstanding,
-// and the wake protocol. It makes no system calls, starts no goroutines and
+// guest page, the threads waiting on them, the requests outstanding (demand
+// and bulk), and the wake protocol. It makes no system calls, starts no goroutines and
 // reads no clock (callers pass the time in): each transition is told what
 // happened — a fault was read, pages were placed, a copy found a page there
 // (EEXIST), a range was removed, unmapped or moved — and answers with what
@@ -19,8 +19,9 @@
 // behind a fault is always woken: either Fault sees "present" and answers
 // FaultZero (whose zero page fails with EEXIST and wakes), or Placed sees
 // "waiting" and, for a copy that woke nobody, hands back a wake. The
-// waiters' records and the outstanding requests have a small lock each,
-// never held across a call out of the package.
+// waiters' records, the demand requests and the bulk requests have a small
+// lock each, never held across a call out of the package (except the hooks,
+// which are called with none held).
 //
 // Layout changes (Discard with ViaUnmapped, Remap) and lookups (LookupAddr,
 // AddrOf, Mapped) share the segment list: the caller serialises changes
@@ -81,6 +82,10 @@ type Table struct {
 	nOutstanding atomic.Int64
 	nextID       atomic.Uint64
 
+	bulkMu    sync.Mutex
+	bulk      map[uint64]BulkRun // request id -> bulk run outstanding
+	bulkBytes uint64             // the bytes of those runs
+
 	remaining atomic.Int64
 	counts    [NArrivals]atomic.Uint64
 }
@@ -125,7 +130,8 @@ func New(regions []Region, hooks Hooks) (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Table{layout: *l, hooks: hooks, waiters: make(map[uint64]waiters), outstanding: make(map[uint64]Request)}
+	t := &Table{layout: *l, hooks: hooks, waiters: make(map[uint64]waiters), outstanding: make(map[uint64]Request),
+		bulk: make(map[uint64]BulkRun)}
 	t.remaining.Store(int64(t.totalPages()))
 	return t, nil
 }
@@ -405,8 +411,13 @@ func (t *Table) Resend(now time.Time, out []Request) []Request {
 func (t *Table) Late(limit time.Time) bool {
 	t.demandMu.Lock()
 	defer t.demandMu.Unlock()
-	for _, r := range t.outstanding {
-		if r.SentAt.Before(limit) {
+	return sentBefore(t.outstanding, func(r Request) time.Time { return r.SentAt }, limit)
+}
+
+// sentBefore reports whether a request of m was sent before limit.
+func sentBefore[R any](m map[uint64]R, sentAt func(R) time.Time, limit time.Time) bool {
+	for _, r := range m {
+		if sentAt(r).Before(limit) {
 			return true
 		}
 	}
