@@ -39,7 +39,7 @@ import (
 // placed twice; every resident page known present; every blocked thread has
 // its fault unread, a request outstanding or a placement under way; one
 // request per page however many faults; nothing fetched for a removed or
-// unmapped range; the counts add up.
+// unmapped range, nor a request outstanding for one; the counts add up.
 func TestScripts(t *testing.T) {
 	script.Run(t, func() func(string) (string, error) {
 		var h *harness
@@ -605,6 +605,11 @@ func (h *harness) check() error {
 	if unresolved > 0 && h.done != 0 {
 		return fmt.Errorf("Complete called with %d pages unresolved", unresolved)
 	}
+	for _, q := range h.t.outstanding {
+		if st := h.t.regions[q.Area].state.get(q.Page); st&(stRemoved|stUnmapped) != 0 {
+			return fmt.Errorf("a demand request for page %d:%d, which is %s, is outstanding", q.Area, q.Page, stateName(st))
+		}
+	}
 	var bulkBytes uint64
 	for _, b := range h.t.bulk {
 		bulkBytes += uint64(b.Pages) << h.t.regions[b.Area].Shift
@@ -613,12 +618,24 @@ func (h *harness) check() error {
 		return fmt.Errorf("bulk in flight: %d bytes in %d runs, counted %d bytes in %d runs", bytes, runs, bulkBytes, len(h.t.bulk))
 	}
 	for tid, pa := range h.k.blocked {
-		if h.brings(tid, pa) {
-			continue
+		if !h.brings(tid, pa) {
+			return fmt.Errorf("thread %d blocked at %#x and nothing brings its page: it hangs", tid, pa)
 		}
-		return fmt.Errorf("thread %d blocked at %#x and nothing brings its page: it hangs", tid, pa)
+		if h.k.resident[pa] && h.held == nil && !h.faultUnread(tid) {
+			return fmt.Errorf("thread %d blocked at %#x, where the page is: a wake was lost", tid, pa)
+		}
 	}
 	return nil
+}
+
+// faultUnread reports whether thread tid's fault is posted and not read.
+func (h *harness) faultUnread(tid uint32) bool {
+	for _, e := range h.k.pending {
+		if e.kind == "fault" && e.tid == tid {
+			return true
+		}
+	}
+	return false
 }
 
 // brings reports whether something will end thread tid's wait at pa: its
