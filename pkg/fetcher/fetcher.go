@@ -182,7 +182,12 @@ type Progress struct {
 }
 
 // Region is one range of guest memory handed over by the VMM.
-type Region = pagestate.Region
+type Region struct {
+	Base     uint64 // host virtual address in the VMM's address space
+	Size     uint64 // bytes, a multiple of PageSize
+	Offset   uint64 // where the region starts in the source image
+	PageSize uint64 // 4096 or 2 MiB (hugetlbfs)
+}
 
 // Fetcher runs one migration. Create it with New, then call Run once.
 //
@@ -229,8 +234,12 @@ func New(cfg Config) (*Fetcher, error) {
 	// The start is set before Run, so that Progress may read it meanwhile.
 	f := &Fetcher{cfg: cfg, log: cfg.Logger, life: newLifecycle(),
 		stats: &counters{firstPlaced: make(chan struct{})}}
+	regions := make([]pagestate.Region, len(cfg.Regions))
+	for i, r := range cfg.Regions {
+		regions[i] = pagestate.Region(r)
+	}
 	var err error
-	f.pages, err = pagestate.New(cfg.Regions, pagestate.Hooks{Waited: f.stats.waited, Complete: f.life.complete})
+	f.pages, err = pagestate.New(regions, pagestate.Hooks{Waited: f.stats.waited, Complete: f.life.complete})
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: %w", err)
 	}

@@ -32,26 +32,18 @@ func newPuller(pages *pagestate.Table) *puller {
 // bytes, 0: no limit) is known: runs of runBytes at most, window runs of
 // them in flight.
 func (u *puller) setup(maxBulk, runBytes uint64, window int) error {
-	if maxBulk > 0 && runBytes > maxBulk {
-		runBytes = maxBulk
-	}
 	areas := u.pages.Areas()
-	fullRun := runBytes
-	for _, r := range areas {
-		fullRun = max(fullRun, r.PageSize) // a run is at least a page
-	}
+	pageSizes := make([]uint64, len(areas))
 	prs := make([]prefetch.Region, len(areas))
-	pcfg := prefetch.Config{MaxRunPages: make([]uint32, len(areas))}
 	for i, r := range areas {
-		if maxBulk > 0 && r.PageSize > maxBulk {
-			return fmt.Errorf("%w: region %d has %d-byte pages, larger than the server's largest answer (%d bytes)",
-				ErrLayout, i, r.PageSize, maxBulk)
-		}
+		pageSizes[i] = r.PageSize
 		prs[i] = prefetch.Region{Pages: r.Pages}
-		pcfg.MaxRunPages[i] = uint32(max(1, runBytes/r.PageSize))
 	}
-	var err error
-	if u.policy, err = prefetch.New(prs, pcfg); err != nil {
+	maxRunPages, fullRun, err := prefetch.RunSizes(runBytes, maxBulk, pageSizes)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrLayout, err)
+	}
+	if u.policy, err = prefetch.New(prs, prefetch.Config{MaxRunPages: maxRunPages}); err != nil {
 		return fmt.Errorf("fetcher: %w", err)
 	}
 	if u.window, err = prefetch.NewWindow(window, fullRun); err != nil {

@@ -66,3 +66,29 @@ func StartAfter(sinceHandoff time.Duration, firstPlaced bool) time.Duration {
 	}
 	return StartGrace - sinceHandoff
 }
+
+// RunSizes fits bulk runs to the server and the layout: runs of at most
+// runBytes, or of maxAnswer (the server's largest answer; 0: no limit) if
+// that is smaller, and of at least one page of their region. It returns each
+// region's MaxRunPages (Config) and the window's unit: a full run's bytes. A
+// region whose pages are larger than maxAnswer cannot be served; the error
+// names it.
+func RunSizes(runBytes, maxAnswer uint64, pageSizes []uint64) (maxRunPages []uint32, fullRun uint64, err error) {
+	if maxAnswer > 0 && runBytes > maxAnswer {
+		runBytes = maxAnswer
+	}
+	fullRun = runBytes
+	maxRunPages = make([]uint32, len(pageSizes))
+	for i, ps := range pageSizes {
+		if ps == 0 {
+			return nil, 0, fmt.Errorf("prefetch: region %d has a page size of 0", i)
+		}
+		if maxAnswer > 0 && ps > maxAnswer {
+			return nil, 0, fmt.Errorf("region %d has %d-byte pages, larger than the server's largest answer (%d bytes)",
+				i, ps, maxAnswer)
+		}
+		fullRun = max(fullRun, ps) // a run is at least a page
+		maxRunPages[i] = uint32(max(1, runBytes/ps))
+	}
+	return maxRunPages, fullRun, nil
+}

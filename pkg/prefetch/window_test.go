@@ -1,6 +1,7 @@
 package prefetch
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -83,6 +84,35 @@ func TestStartAfter(t *testing.T) {
 	} {
 		if got := StartAfter(tc.since, tc.placed); got != tc.want {
 			t.Errorf("StartAfter(%v, %v) = %v, want %v", tc.since, tc.placed, got, tc.want)
+		}
+	}
+}
+
+func TestRunSizes(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		name                string
+		runBytes, maxAnswer uint64
+		pageSizes           []uint64
+		want                []uint32
+		wantFull            uint64
+		err                 string
+	}{
+		{"runs of 1 MiB", mib, 0, []uint64{4096, 4096}, []uint32{256, 256}, mib, ""},
+		{"capped by the server", mib, 256 << 10, []uint64{4096}, []uint32{64}, 256 << 10, ""},
+		{"huge pages: one a run, a run one page", mib, 4 * mib, []uint64{4096, 2 * mib}, []uint32{256, 1}, 2 * mib, ""},
+		{"page larger than an answer", mib, mib, []uint64{4096, 2 * mib}, nil, 0,
+			"region 1 has 2097152-byte pages, larger than the server's largest answer (1048576 bytes)"},
+	} {
+		got, full, err := RunSizes(tc.runBytes, tc.maxAnswer, tc.pageSizes)
+		if tc.err != "" {
+			if err == nil || err.Error() != tc.err {
+				t.Errorf("%s: err = %v, want %q", tc.name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || full != tc.wantFull || fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("%s: RunSizes = %v, %d, %v; want %v, %d", tc.name, got, full, err, tc.want, tc.wantFull)
 		}
 	}
 }

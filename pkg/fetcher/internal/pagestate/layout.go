@@ -6,7 +6,8 @@ import (
 	"sort"
 )
 
-// Region is one range of guest memory handed over by the VMM.
+// Region is one range of guest memory handed over by the VMM (the
+// fetcher's Region).
 type Region struct {
 	Base     uint64 // host virtual address in the VMM's address space
 	Size     uint64 // bytes, a multiple of PageSize
