@@ -9,7 +9,7 @@ import (
 
 // TestRandomScripts drives the table with random commands — faults from
 // several threads, demand answers, bulk runs sent, answered, placed, held
-// and lost, removes and unmaps — checking every invariant after each step,
+// and lost, removes, unmaps and remaps — checking every invariant after each step,
 // then serves whatever is left and checks that every thread was woken and
 // every page resolved.
 func TestRandomScripts(t *testing.T) {
@@ -30,7 +30,21 @@ func TestRandomScripts(t *testing.T) {
 			}
 		}
 		do(fmt.Sprintf("new 4k:0x100000:%d", pages))
-		addr := func(p int) uint64 { return 0x100000 + uint64(p)<<12 }
+		// mapped picks a page address where memory is mapped now (REMAP
+		// moves pages; UNMAP drops them), or 0.
+		mapped := func() uint64 {
+			var pas []uint64
+			for _, rg := range h.t.Mapped(nil) {
+				for a := rg.Addr; a < rg.Addr+rg.Len; a += 4096 {
+					pas = append(pas, a)
+				}
+			}
+			if len(pas) == 0 {
+				return 0
+			}
+			return pas[r.IntN(len(pas))]
+		}
+		remaps := 0
 		var sent []uint64
 		for range 40 {
 			switch k := r.IntN(20); {
@@ -43,7 +57,9 @@ func TestRandomScripts(t *testing.T) {
 				if k < 2 {
 					verb = "post"
 				}
-				do(fmt.Sprintf("%s %d %#x", verb, tid, addr(r.IntN(pages))+uint64(r.IntN(4096))))
+				if a := mapped(); a != 0 {
+					do(fmt.Sprintf("%s %d %#x", verb, tid, a+uint64(r.IntN(4096))))
+				}
 			case k < 9:
 				reqs := h.t.Resend(h.now, nil)
 				if len(reqs) == 0 {
@@ -83,13 +99,37 @@ func TestRandomScripts(t *testing.T) {
 					do("release")
 				}
 			case k < 18:
-				p := r.IntN(pages)
-				e := min(pages, p+1+r.IntN(4))
-				verb := "remove"
-				if k == 17 && r.IntN(4) == 0 {
-					verb = "unmap"
+				a := mapped()
+				if a == 0 {
+					continue
 				}
-				do(fmt.Sprintf("%s %#x %#x", verb, addr(p), addr(e)))
+				n := uint64(1+r.IntN(4)) << 12
+				switch {
+				case k == 17 && r.IntN(4) == 0:
+					do(fmt.Sprintf("unmap %#x %#x", a, a+n))
+				case k == 17 && r.IntN(3) == 0:
+					// Each remap moves pages to fresh memory (mremap
+					// with MREMAP_FIXED over nothing).
+					for _, rg := range h.t.Mapped(nil) {
+						if a >= rg.Addr && a < rg.Addr+rg.Len {
+							n = min(n, rg.Addr+rg.Len-a) // within one mapping
+						}
+					}
+					busy := false
+					for _, pa := range h.k.blocked {
+						busy = busy || (pa >= a && pa < a+n)
+					}
+					if busy || h.k.eventPending() {
+						// A VMM moves no memory its threads wait on, nor
+						// while another of its calls on the address space
+						// waits for its event to be read.
+						continue
+					}
+					remaps++
+					do(fmt.Sprintf("remap %#x %#x %#x", a, 0x10000000*uint64(remaps), n))
+				default:
+					do(fmt.Sprintf("remove %#x %#x", a, a+n))
+				}
 			default:
 				do("read")
 			}
