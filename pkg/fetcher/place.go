@@ -19,7 +19,7 @@ import (
 
 // maxBulkCopy bounds one DONTWAKE copy, so that the fault loop, which needs
 // the event lock to read events, never waits long behind a bulk copy
-// (64 KiB: about 20 µs; DESIGN.md measured full copy speed from 64 KiB up),
+// (64 KiB: about 20 µs; copies reach full speed from 64 KiB up),
 // unless the copying thread is preempted meanwhile — hence Thread.Boost.
 const maxBulkCopy = 64 << 10
 
