@@ -1,9 +1,12 @@
 package fetcher
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/postcopy/postcopy/internal/sched"
 )
@@ -107,19 +110,52 @@ func (b *rtBudget) renew(start int64) {
 // realTime reports whether the demand path runs real-time now.
 func (b *rtBudget) realTime() bool { return b == nil || !b.over.Load() }
 
+// demandPrio is the demand path's priority (Config.UrgentDemand and
+// UrgentBudget).
+type demandPrio struct {
+	urgent bool
+	budget *rtBudget // nil: unbounded
+	once   sync.Once
+	log    hclog.Logger
+}
+
+func newDemandPrio(urgent bool, budget float64, log hclog.Logger) *demandPrio {
+	d := &demandPrio{urgent: urgent, log: log}
+	if urgent {
+		d.budget = newRTBudget(budget)
+	}
+	return d
+}
+
+// thread makes the calling goroutine's thread real-time where
+// Config.UrgentDemand asks for it and the fault loop waits in poll(2); nil
+// otherwise.
+func (d *demandPrio) thread() *demandThread {
+	if !d.urgent || runtime.GOMAXPROCS(0) < 2 {
+		return nil
+	}
+	th, err := sched.UrgentThread()
+	if err != nil {
+		d.once.Do(func() { d.log.Info("the demand path runs at normal priority", "error", err) })
+	} else if d.budget != nil {
+		d.budget.add(th)
+	}
+	return &demandThread{budget: d.budget, th: th}
+}
+
 // demandThread is the OS thread of the fault loop or of the demand
 // receiver, real-time within the budget.
 type demandThread struct {
-	f     *Fetcher
-	th    *sched.Thread
-	since time.Time // when it woke
+	budget *rtBudget
+	th     *sched.Thread
+	since  time.Time // when it woke
 }
 
 // done unregisters the thread from the budget: call it before the
 // goroutine that owns the thread returns.
 func (d *demandThread) done() {
-	if d != nil && d.f.budget != nil {
-		d.f.budget.remove(d.th)
+	if d != nil && d.budget != nil {
+		d.budget.remove(d.th)
 	}
 }
 
@@ -133,10 +169,10 @@ func (d *demandThread) woke(now time.Time) {
 // idle charges the busy time since woke, just before the thread waits
 // again, and sets its priority for the wait and what follows it.
 func (d *demandThread) idle() {
-	if d == nil || d.f.budget == nil || d.since.IsZero() {
+	if d == nil || d.budget == nil || d.since.IsZero() {
 		return
 	}
-	b := d.f.budget
+	b := d.budget
 	now := time.Now()
 	d.th.SetUrgent(b.charge(int64(now.Sub(b.epoch)), int64(now.Sub(d.since))))
 	d.since = time.Time{}

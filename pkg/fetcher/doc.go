@@ -18,15 +18,31 @@
 //     never depends on the fetcher again), reports Done to the source and returns
 //     a Summary.
 //
-// # Page states and the wake protocol
+// # Rooms
 //
-// Each page has a byte of state bits, changed only with atomic OR/AND. The
-// fault loop sets "waiting" and reads the old state; a placer sets "present"
-// and reads the old state. Whichever of the two comes second sees the other's
-// bit, so the thread behind a fault is always woken: either the fault loop
-// sees "present" and wakes it, or the placer sees "waiting" and wakes it. A
-// copy that returns EEXIST is success but wakes nobody, so it is treated like a
-// DONTWAKE copy.
+// The Fetcher wires these together, each in its file:
+//
+//   - internal/pagestate: the page table — the state of every page, the
+//     threads waiting, the requests outstanding (demand and bulk), the wake
+//     protocol and what REMOVE, UNMAP and REMAP change. No system calls,
+//     goroutines or clock: events in, actions out, tested by scripts without
+//     a kernel. A copy that returns EEXIST is success but wakes nobody, so it
+//     is treated like a DONTWAKE copy.
+//   - faultloop.go: the fault loop reads the userfaultfd's events, feeds them
+//     to the page table and carries out its answers.
+//   - place.go: the placer, the only code that calls UFFDIO_COPY, ZEROPAGE,
+//     WAKE and UNREGISTER, and the owner of the event lock.
+//   - link.go: the link, the only code that owns connections: the session,
+//     the demand and bulk lanes, reconnects and resends.
+//   - pull.go: the puller holds pkg/prefetch's policy (which runs next, the
+//     window, when to start) for the goroutines that feed it.
+//   - budget.go, wait.go: the demand path's priority, and how the fault loop
+//     waits; stats.go, life.go: the summary's counters, and how Run ends.
+//
+// Lock order: the event lock, then the puller's lock, then the page table's
+// own (each held only inside one of its methods). The page state bits are
+// changed only with atomic OR/AND, by the fault loop and by the placers at
+// once: the page table's doc says why no wake is lost.
 //
 // # Discards and the event lock
 //

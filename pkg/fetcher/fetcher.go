@@ -4,17 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/postcopy/postcopy/internal/metrics"
-	"github.com/postcopy/postcopy/internal/sched"
-	"github.com/postcopy/postcopy/internal/stats"
-	"github.com/postcopy/postcopy/pkg/prefetch"
+	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/transport"
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
@@ -132,10 +128,10 @@ func (o *Opened) End(log hclog.Logger) {
 	}
 }
 
-// covers reports whether every region of l lies within one of o's, with the
+// covers reports whether every region of t lies within one of o's, with the
 // same page size.
-func (o *Opened) covers(l *layout) bool {
-	for _, r := range l.regions {
+func (o *Opened) covers(t *pagestate.Table) bool {
+	for _, r := range t.Areas() {
 		ok := false
 		for _, or := range o.Regions {
 			if uint64(or.PageSize) == r.PageSize && r.Offset >= or.Offset && r.Offset+r.Size <= or.Offset+or.Length {
@@ -185,119 +181,31 @@ type Progress struct {
 	Faults        uint64
 }
 
-// arrival says how a page became resident.
-type arrival int
-
-const (
-	viaDemand arrival = iota
-	viaBulk
-	viaZero
-	viaRemoved
-	viaUnmapped
-	nArrivals
-)
+// Region is one range of guest memory handed over by the VMM.
+type Region struct {
+	Base     uint64 // host virtual address in the VMM's address space
+	Size     uint64 // bytes, a multiple of PageSize
+	Offset   uint64 // where the region starts in the source image
+	PageSize uint64 // 4096 or 2 MiB (hugetlbfs)
+}
 
 // Fetcher runs one migration. Create it with New, then call Run once.
+//
+// It wires the rooms of a migration together: the page table (the state of
+// every page, internal/pagestate), the fault loop that feeds it the
+// userfaultfd's events, the placer (the only code that places pages and
+// wakes threads), the link (the only code that owns connections) and the
+// puller (the prefetch policy of pkg/prefetch).
 type Fetcher struct {
-	urgentOnce sync.Once
-	cfg        Config
-	log        hclog.Logger
-	fd         *uffd.FD
-	layout     *layout
-
-	// evMu is the event lock (see the package doc): copies hold it for
-	// reading, the fault loop holds it for writing while it reads events
-	// and records their effects.
-	evMu   sync.RWMutex
-	evGen  atomic.Uint64
-	genMu  sync.Mutex
-	genCh  chan struct{} // closed (and replaced) whenever events were read
-	stopCh chan struct{} // closed when Run stops its loops
-
-	poller faultWaiter
-	reader *uffd.Reader
-
-	policyMu sync.Mutex
-	policy   *prefetch.Policy
-	runBytes uint64        // a full bulk run's bytes (newPolicy): the window's unit
-	policyCh chan struct{} // signalled when the policy may have work again
-
-	prefetchOn   chan struct{}
-	prefetchOnce sync.Once
-
-	waitMu  sync.Mutex
-	waiters map[uint64][]waiter // page key -> threads waiting on it
-
-	demandMu    sync.Mutex
-	outstanding map[uint64]outstandingReq // page key -> demand request
-	// nOutstanding mirrors len(outstanding) for the bulk path, which yields
-	// the processor while demand requests wait.
-	nOutstanding atomic.Int64
-	nextID       atomic.Uint64
-
-	cur    atomic.Pointer[conn]              // the live connection, nil while reconnecting
-	sess   atomic.Pointer[transport.Session] // the latest session, for Done
-	client atomic.Pointer[transport.Client]  // the latest client, closed by Run
-
-	remaining atomic.Int64
-	counts    [nArrivals]atomic.Uint64
-	bytes     atomic.Uint64
-	faults    atomic.Uint64
-	dupFaults atomic.Uint64
-	crcErrors atomic.Uint64
-	reconns   atomic.Uint64
-	blockNS   atomic.Int64
-	latency   stats.Histogram
-	latMetric *metrics.Histogram
-
-	start       time.Time
-	firstPage   atomic.Int64  // ns since the handoff, 0 until the first page is placed
-	firstPlaced chan struct{} // closed when firstPage is set
-
-	// fewProcs: GOMAXPROCS is too small for every goroutine of the fetcher
-	// to have a processor when it wakes (see placeRun).
-	fewProcs bool
-	// budget bounds the demand path's real-time running; nil: unbounded.
-	budget *rtBudget
-
-	doneOnce sync.Once
-	done     chan struct{}
-	stopping atomic.Bool
-
-	failMu  sync.Mutex
-	failErr error
-	failCh  chan struct{}
-
-	zeroBuf []byte // a zero page for hugetlbfs regions (no UFFDIO_ZEROPAGE there)
-	gen     uint64 // image generation of the session
-}
-
-type waiter struct {
-	tid uint32
-	at  time.Time
-}
-
-type outstandingReq struct {
-	req    transport.Request
-	sentAt time.Time
-}
-
-func pageKey(r *region, p uint64) uint64 { return uint64(r.idx)<<48 | p }
-
-// urgentThread makes the calling goroutine's thread real-time where
-// Config.UrgentDemand asks for it and the fault loop waits in poll(2); nil
-// otherwise.
-func (f *Fetcher) urgentThread() *demandThread {
-	if !f.cfg.UrgentDemand || runtime.GOMAXPROCS(0) < 2 {
-		return nil
-	}
-	th, err := sched.UrgentThread()
-	if err != nil {
-		f.urgentOnce.Do(func() { f.log.Info("the demand path runs at normal priority", "error", err) })
-	} else if f.budget != nil {
-		f.budget.add(th)
-	}
-	return &demandThread{f: f, th: th}
+	cfg   Config
+	log   hclog.Logger
+	pages *pagestate.Table
+	loop  *faultLoop
+	place *placer
+	link  *link
+	pull  *puller
+	stats *counters
+	life  *lifecycle
 }
 
 // New checks the configuration and prepares a migration.
@@ -307,10 +215,6 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	if cfg.Client == nil {
 		return nil, errors.New("fetcher: no client")
-	}
-	l, err := newLayout(cfg.Regions)
-	if err != nil {
-		return nil, fmt.Errorf("fetcher: %w", err)
 	}
 	if cfg.BulkWindow <= 0 {
 		cfg.BulkWindow = 8
@@ -327,32 +231,23 @@ func New(cfg Config) (*Fetcher, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	f := &Fetcher{
-		cfg:         cfg,
-		log:         cfg.Logger,
-		fd:          cfg.UFFD,
-		layout:      l,
-		policyCh:    make(chan struct{}, 1),
-		prefetchOn:  make(chan struct{}),
-		waiters:     make(map[uint64][]waiter),
-		outstanding: make(map[uint64]outstandingReq),
-		done:        make(chan struct{}),
-		firstPlaced: make(chan struct{}),
-		failCh:      make(chan struct{}),
-		fewProcs:    runtime.GOMAXPROCS(0) < 4,
+	// The start is set before Run, so that Progress may read it meanwhile.
+	f := &Fetcher{cfg: cfg, log: cfg.Logger, life: newLifecycle(),
+		stats: &counters{firstPlaced: make(chan struct{})}}
+	regions := make([]pagestate.Region, len(cfg.Regions))
+	for i, r := range cfg.Regions {
+		regions[i] = pagestate.Region(r)
 	}
-	f.start = time.Now() // set before Run, so that Progress may read it meanwhile
-	if cfg.UrgentDemand {
-		f.budget = newRTBudget(cfg.UrgentBudget)
+	var err error
+	f.pages, err = pagestate.New(regions, pagestate.Hooks{Waited: f.stats.waited, Complete: f.life.complete})
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: %w", err)
 	}
-	f.genCh = make(chan struct{})
-	f.stopCh = make(chan struct{})
-	for _, r := range l.regions {
-		if r.PageSize > uffd.PageSize() && r.PageSize > uint64(len(f.zeroBuf)) {
-			f.zeroBuf = make([]byte, r.PageSize)
-		}
-	}
-	f.remaining.Store(int64(l.totalPages()))
+	prio := newDemandPrio(cfg.UrgentDemand, cfg.UrgentBudget, f.log)
+	f.pull = newPuller(f.pages)
+	f.place = newPlacer(cfg.UFFD, f.pages, f.stats, f.life, f.log)
+	f.link = &link{cfg: &f.cfg, log: f.log, pages: f.pages, place: f.place, pull: f.pull, stats: f.stats, life: f.life, prio: prio}
+	f.loop = &faultLoop{pages: f.pages, place: f.place, link: f.link, pull: f.pull, stats: f.stats, life: f.life, log: f.log}
 	if cfg.Prefetch {
 		f.EnablePrefetch()
 	}
@@ -362,39 +257,9 @@ func New(cfg Config) (*Fetcher, error) {
 	return f, nil
 }
 
-// newPolicy sets up the prefetch policy once the server's largest bulk
-// answer is known.
-func (f *Fetcher) newPolicy(maxBulk uint64) error {
-	runBytes := f.cfg.BulkRunBytes
-	if maxBulk > 0 && runBytes > maxBulk {
-		runBytes = maxBulk
-	}
-	f.runBytes = runBytes
-	for _, r := range f.layout.regions {
-		f.runBytes = max(f.runBytes, r.PageSize) // a run is at least a page
-	}
-	prs := make([]prefetch.Region, len(f.layout.regions))
-	pcfg := prefetch.Config{MaxRunPages: make([]uint32, len(f.layout.regions))}
-	for i, r := range f.layout.regions {
-		if maxBulk > 0 && r.PageSize > maxBulk {
-			return fmt.Errorf("%w: region %d has %d-byte pages, larger than the server's largest answer (%d bytes)",
-				ErrLayout, i, r.PageSize, maxBulk)
-		}
-		prs[i] = prefetch.Region{Pages: r.pages}
-		pcfg.MaxRunPages[i] = uint32(max(1, runBytes/r.PageSize))
-	}
-	var err error
-	if f.policy, err = prefetch.New(prs, pcfg); err != nil {
-		return fmt.Errorf("fetcher: %w", err)
-	}
-	return nil
-}
-
 // EnablePrefetch turns the background pull on (it may have started off).
 // Safe to call from any goroutine, any number of times.
-func (f *Fetcher) EnablePrefetch() {
-	f.prefetchOnce.Do(func() { close(f.prefetchOn) })
-}
+func (f *Fetcher) EnablePrefetch() { f.pull.enable() }
 
 // Drain makes the fetcher finish as fast as it can: it pulls everything left
 // at full speed. Run still returns only when every page is resident.
@@ -402,69 +267,13 @@ func (f *Fetcher) Drain() { f.EnablePrefetch() }
 
 // Progress returns a snapshot, safe to call while Run runs.
 func (f *Fetcher) Progress() Progress {
-	total := f.layout.totalPages()
-	el := time.Duration(0)
-	if !f.start.IsZero() {
-		el = time.Since(f.start)
-	}
+	total := f.pages.TotalPages()
 	return Progress{
-		Elapsed:       el,
+		Elapsed:       time.Since(f.life.start),
 		TotalPages:    total,
-		ResolvedPages: total - uint64(max(0, f.remaining.Load())),
-		BytesReceived: f.bytes.Load(),
-		Faults:        f.faults.Load(),
-	}
-}
-
-func (f *Fetcher) registerMetrics(m *metrics.Registry) {
-	f.latMetric = m.Histogram("postcopy_fetcher_fault_latency_seconds",
-		"Time from reading a missing-page fault to the page being placed.",
-		[]float64{25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.1, 1})
-	names := [nArrivals]string{"demand", "bulk", "zero", "removed", "unmapped"}
-	for i, n := range names {
-		c := &f.counts[i]
-		m.GaugeFunc("postcopy_fetcher_pages", "Pages resolved, by how they arrived.",
-			func() float64 { return float64(c.Load()) }, "arrival", n)
-	}
-	m.GaugeFunc("postcopy_fetcher_pages_total", "Pages of all regions.",
-		func() float64 { return float64(f.layout.totalPages()) })
-	m.GaugeFunc("postcopy_fetcher_bytes_received", "Page bytes received from the source.",
-		func() float64 { return float64(f.bytes.Load()) })
-	m.GaugeFunc("postcopy_fetcher_blocktime_seconds", "Total time faulting threads waited.",
-		func() float64 { return float64(f.blockNS.Load()) / 1e9 })
-	m.GaugeFunc("postcopy_fetcher_faults", "Distinct missing-page faults.",
-		func() float64 { return float64(f.faults.Load()) })
-	m.GaugeFunc("postcopy_fetcher_reconnects", "Times a broken link was re-established.",
-		func() float64 { return float64(f.reconns.Load()) })
-}
-
-// fail records the first error that ends Run.
-func (f *Fetcher) fail(err error) {
-	if err == nil {
-		return
-	}
-	f.failMu.Lock()
-	defer f.failMu.Unlock()
-	if f.failErr == nil {
-		f.failErr = err
-		close(f.failCh)
-	}
-}
-
-func (f *Fetcher) finished() bool {
-	select {
-	case <-f.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// resolved notes that a page became resolved for the first time.
-func (f *Fetcher) resolved(how arrival, n uint64) {
-	f.counts[how].Add(n)
-	if f.remaining.Add(-int64(n)) == 0 {
-		f.doneOnce.Do(func() { close(f.done) })
+		ResolvedPages: total - uint64(max(0, f.pages.Remaining())),
+		BytesReceived: f.stats.bytes.Load(),
+		Faults:        f.stats.faults.Load(),
 	}
 }
 
@@ -474,95 +283,74 @@ func (f *Fetcher) resolved(how arrival, n uint64) {
 // with an error too.
 func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	if f.cfg.HandoffAt.IsZero() {
-		f.cfg.HandoffAt = f.start
+		f.cfg.HandoffAt = f.life.start
 	}
-	f.client.Store(f.cfg.Client)
-	defer func() { f.client.Load().Close() }()
+	f.stats.handoff = f.cfg.HandoffAt
+	f.link.client.Store(f.cfg.Client)
+	defer func() { f.link.client.Load().Close() }()
 
-	var sess *transport.Session
-	var demand *transport.Lane
-	var unused *Opened // opened ahead and not used: ended below
-	var err error
-	if o := f.cfg.Opened; o != nil && o.covers(f.layout) &&
-		(f.cfg.ExpectGeneration == 0 || o.Session.Image().Generation == f.cfg.ExpectGeneration) {
-		sess, demand = o.Session, o.Demand
-		if demand == nil {
-			if demand, err = sess.Demand(ctx); err != nil {
-				f.log.Debug("no demand lane on the session opened ahead: opening another", "error", err)
-				sess, unused = nil, o
-			}
-		}
-	} else if o != nil {
-		unused = o
-		f.log.Debug("the session opened ahead does not cover the layout: opening another")
+	sess, demand, unused, err := f.link.open(ctx)
+	if err != nil {
+		return f.summary(), err
 	}
-	if sess == nil {
-		if sess, demand, err = f.open(ctx, f.cfg.Client, f.cfg.ExpectGeneration); err != nil {
-			unused.End(f.log)
-			return f.summary(), err
-		}
-	}
-	f.gen = sess.Image().Generation
-	if err := f.newPolicy(uint64(sess.MaxBulkBytes())); err != nil {
+	if err := f.pull.setup(uint64(sess.MaxBulkBytes()), f.cfg.BulkRunBytes, f.cfg.BulkWindow); err != nil {
 		demand.Close()
 		return f.summary(), err
 	}
 	sinceHandoff := time.Since(f.cfg.HandoffAt)
 
-	if f.poller, err = newFaultWaiter(f.fd); err != nil {
+	if f.loop.poller, err = newFaultWaiter(f.cfg.UFFD); err != nil {
 		demand.Close()
 		return f.summary(), fmt.Errorf("fetcher: %w", err)
 	}
-	defer f.poller.Close()
-	f.reader = uffd.NewReader(f.fd, 256)
+	defer f.loop.poller.Close()
+	f.loop.reader = uffd.NewReader(f.cfg.UFFD, 256)
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// The first connection is current before the fault loop reads a
 	// fault, so that the first request goes out at once.
-	first := f.newConn(runCtx, f.cfg.Client, sess, demand)
-	f.cur.Store(first)
+	first := f.link.newConn(runCtx, f.cfg.Client, sess, demand)
+	f.link.cur.Store(first)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		f.fail(f.faultLoop(f.urgentThread()))
+		f.life.fail(f.loop.run(f.link.prio.thread()))
 	}()
-	go func() { defer wg.Done(); f.connLoop(runCtx, f.cfg.Client, first) }()
+	go func() { defer wg.Done(); f.link.connLoop(runCtx, f.cfg.Client, first) }()
 	// Logged once the loops are started: a log line is a write(2), off the way to
 	// the first page.
 	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,
-		"pages", f.layout.totalPages(), "regions", len(f.layout.regions), "since_handoff", sinceHandoff)
+		"pages", f.pages.TotalPages(), "regions", len(f.pages.Areas()), "since_handoff", sinceHandoff)
 	unused.End(f.log) // off the way to the first page: the loops run
 	if f.cfg.VMMPid != 0 {
 		stopWatch, err := f.watchVMM(f.cfg.VMMPid)
 		if err != nil {
-			f.fail(err)
+			f.life.fail(err)
 		} else {
 			defer stopWatch()
 		}
 	}
-	if f.remaining.Load() == 0 {
-		f.doneOnce.Do(func() { close(f.done) })
+	if f.pages.Remaining() == 0 {
+		f.life.complete()
 	}
 
 	var runErr error
 	select {
-	case <-f.done:
-	case <-f.failCh:
-		f.failMu.Lock()
-		runErr = f.failErr
-		f.failMu.Unlock()
+	case <-f.life.done:
+	case <-f.life.failCh:
+		runErr = f.life.err()
 	case <-ctx.Done():
 		runErr = ctx.Err()
 	}
 
 	// Stop the loops. The fault loop is interrupted through the poller's
 	// eventfd; the connection loop by its context.
-	f.stopping.Store(true)
-	_ = f.poller.Interrupt()
+	f.life.stopping.Store(true)
+	_ = f.loop.poller.Interrupt()
 	cancel()
-	close(f.stopCh)
+	close(f.life.stopCh)
 	wg.Wait()
 
 	if runErr != nil {
@@ -570,85 +358,17 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		// faults now blocks, instead of reading bytes that never arrived.
 		return f.summary(), runErr
 	}
-	if err := f.unregisterAll(); err != nil {
+	if err := f.place.unregisterAll(f.loop.drain); err != nil {
 		return f.summary(), err
 	}
 	sum := f.summary()
 	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer dcancel()
-	if s := f.sess.Load(); s != nil {
+	if s := f.link.sess.Load(); s != nil {
 		if err := s.Done(dctx, f.totals()); err != nil {
 			f.log.Warn("could not report done to the server; every page is resident anyway", "error", err)
 		}
 	}
 	f.log.Info("migration complete", "seconds", sum.TotalSeconds, "faults", sum.Faults)
 	return sum, nil
-}
-
-// unregisterAll makes the VMM independent of the fetcher: once every page is
-// resident the ranges are unregistered (which also wakes any thread that
-// faulted on a discarded page meanwhile: it retries without userfaultfd and
-// gets a zero page), and events posted until then are read so that no VMM
-// call stays blocked on an unread event.
-func (f *Fetcher) unregisterAll() error {
-	f.evMu.Lock()
-	defer f.evMu.Unlock()
-	for _, s := range f.layout.segs {
-		if err := f.fd.Unregister(s.start, s.end-s.start); err != nil {
-			if errors.Is(err, uffd.ErrProcessGone) {
-				f.log.Warn("VMM exited as the migration completed")
-				return nil
-			}
-			return fmt.Errorf("fetcher: unregister: %w", err)
-		}
-	}
-	evs := make([]uffd.Event, 64)
-	for {
-		n, err := f.reader.Read(evs)
-		if err != nil || n == 0 {
-			return nil
-		}
-		for _, ev := range evs[:n] {
-			if ev.Kind == uffd.EventFork {
-				closeFD(ev.Fork.FD)
-			}
-		}
-	}
-}
-
-func (f *Fetcher) summary() *Summary {
-	s := &Summary{}
-	if !f.start.IsZero() {
-		s.TotalSeconds = time.Since(f.start).Seconds()
-	}
-	s.Pages.Total = f.layout.totalPages()
-	s.Pages.Demand = f.counts[viaDemand].Load()
-	s.Pages.Bulk = f.counts[viaBulk].Load()
-	s.Pages.Zero = f.counts[viaZero].Load()
-	s.Pages.Removed = f.counts[viaRemoved].Load()
-	s.Pages.Unmapped = f.counts[viaUnmapped].Load()
-	s.BytesReceived = f.bytes.Load()
-	s.Faults = f.faults.Load()
-	s.DuplicateFault = f.dupFaults.Load()
-	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
-	s.FaultLatencyUS.P50 = us(f.latency.Quantile(0.5))
-	s.FaultLatencyUS.P99 = us(f.latency.Quantile(0.99))
-	s.FaultLatencyUS.P999 = us(f.latency.Quantile(0.999))
-	s.FaultLatencyUS.Max = us(f.latency.Max())
-	s.BlocktimeMS = float64(f.blockNS.Load()) / 1e6
-	s.FirstPageMS = float64(f.firstPage.Load()) / 1e6
-	s.Reconnects = f.reconns.Load()
-	s.ChecksumErrors = f.crcErrors.Load()
-	return s
-}
-
-func (f *Fetcher) totals() transport.DoneTotals {
-	return transport.DoneTotals{
-		PagesDemand:   f.counts[viaDemand].Load(),
-		PagesBulk:     f.counts[viaBulk].Load(),
-		PagesZero:     f.counts[viaZero].Load(),
-		PagesRemoved:  f.counts[viaRemoved].Load(),
-		BytesReceived: f.bytes.Load(),
-		Duration:      time.Since(f.start),
-	}
 }

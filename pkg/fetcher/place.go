@@ -4,20 +4,73 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
 	"github.com/postcopy/postcopy/internal/sched"
+	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/transport"
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
 
 // maxBulkCopy bounds one DONTWAKE copy, so that the fault loop, which needs
 // the event lock to read events, never waits long behind a bulk copy
-// (64 KiB: about 20 µs; DESIGN.md measured full copy speed from 64 KiB up),
+// (64 KiB: about 20 µs; copies reach full speed from 64 KiB up),
 // unless the copying thread is preempted meanwhile — hence Thread.Boost.
 const maxBulkCopy = 64 << 10
+
+// placer puts pages into the workload's memory: the only code that calls
+// UFFDIO_COPY, ZEROPAGE, WAKE and UNREGISTER. It tells the page table what
+// it placed and wakes whom the table says to wake.
+//
+// It owns the event lock (see the package doc): copies hold it for reading;
+// the fault loop holds it for writing (lockEvents, unlockEvents) while it
+// reads events and records their effects. Lock order: the event lock, then
+// the puller's, then the page table's own.
+type placer struct {
+	fd    *uffd.FD
+	pages *pagestate.Table
+	stats *counters
+	life  *lifecycle
+	log   hclog.Logger
+	// zeroBuf is a zero page for hugetlbfs regions (no UFFDIO_ZEROPAGE there).
+	zeroBuf []byte
+	// fewProcs: GOMAXPROCS is too small for every goroutine of the fetcher
+	// to have a processor when it wakes (see placeRun).
+	fewProcs bool
+
+	evMu  sync.RWMutex
+	evGen atomic.Uint64 // batches of events read
+	genMu sync.Mutex
+	genCh chan struct{} // closed (and replaced) whenever events were read
+}
+
+func newPlacer(fd *uffd.FD, pages *pagestate.Table, st *counters, life *lifecycle, log hclog.Logger) *placer {
+	pl := &placer{fd: fd, pages: pages, stats: st, life: life, log: log,
+		fewProcs: runtime.GOMAXPROCS(0) < 4, genCh: make(chan struct{})}
+	for _, r := range pages.Areas() {
+		if r.PageSize > uffd.PageSize() && r.PageSize > uint64(len(pl.zeroBuf)) {
+			pl.zeroBuf = make([]byte, r.PageSize)
+		}
+	}
+	return pl
+}
+
+// lockEvents takes the event lock for the fault loop's read of events.
+func (pl *placer) lockEvents() { pl.evMu.Lock() }
+
+// unlockEvents releases it; read says that events were read, so that copies
+// that got EAGAIN look again (after eventsRead).
+func (pl *placer) unlockEvents(read bool) {
+	if read {
+		pl.evGen.Add(1)
+	}
+	pl.evMu.Unlock()
+}
 
 // placeResponse places every page of an answer and reports pages it could not
 // place for a reason that asks for the run again (never: checksum failures are
@@ -26,11 +79,11 @@ const maxBulkCopy = 64 << 10
 // th, if not nil, is the calling bulk goroutine's locked thread: the whole
 // answer is placed boosted (sched.Thread.Boost), since its copies hold the
 // event lock nearly all the time — two system calls per run, not per copy.
-func (f *Fetcher) placeResponse(resp *transport.Response, demand bool, th *sched.Thread) error {
+func (pl *placer) placeResponse(resp *transport.Response, demand bool, th *sched.Thread) error {
 	th.Boost()
 	defer th.Unboost()
-	r, p, ok := f.layout.lookupOffset(resp.Offset)
-	if !ok || uint64(resp.PageSize) != r.PageSize || p+uint64(resp.Pages) > r.pages {
+	r, p, ok := pl.pages.LookupOffset(resp.Offset)
+	if !ok || uint64(resp.PageSize) != r.PageSize || p+uint64(resp.Pages) > r.Pages {
 		return fmt.Errorf("fetcher: answer for offset %#x, %d pages of %d bytes does not match any region",
 			resp.Offset, resp.Pages, resp.PageSize)
 	}
@@ -39,97 +92,95 @@ func (f *Fetcher) placeResponse(resp *transport.Response, demand bool, th *sched
 	for _, seg := range resp.Segments {
 		n := uint64(seg.Pages)
 		var src []byte
-		how := viaBulk
+		how := pagestate.ViaBulk
 		if demand {
-			how = viaDemand
+			how = pagestate.ViaDemand
 		}
 		if seg.Zero {
-			how = viaZero
+			how = pagestate.ViaZero
 		} else {
-			sz := n << r.shift
+			sz := n << r.Shift
 			if used+sz > uint64(len(data)) {
 				return fmt.Errorf("fetcher: answer for offset %#x is short of data", resp.Offset)
 			}
 			src = data[used : used+sz]
 			used += sz
 		}
-		if err := f.placeRun(r, p, n, src, how, !demand); err != nil {
+		if err := pl.placeRun(r, p, n, src, how, !demand); err != nil {
 			return err
 		}
 		p += n
 	}
-	f.bytes.Add(used)
+	pl.stats.bytes.Add(used)
 	return nil
 }
 
 // placeRun places pages [p, p+n) of r from src, or zero pages when src is
 // nil, skipping pages already resolved. dontWake copies wake nobody: the
-// threads waiting there are woken afterwards, one wake per contiguous range.
-func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dontWake bool) error {
+// threads waiting there are woken afterwards, one wake per contiguous range
+// (the page table says which).
+func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pagestate.Arrival, dontWake bool) error {
 	ps := r.PageSize
 	chunk := n
 	if dontWake {
-		chunk = max(1, uint64(maxBulkCopy)>>r.shift)
+		chunk = max(1, uint64(maxBulkCopy)>>r.Shift)
 	}
 	backoff := 20 * time.Microsecond
+	var wakeBuf [8]pagestate.Range
 	for n > 0 {
-		f.evMu.RLock()
-		gen := f.evGen.Load()
-		// Skip what is already resolved.
-		for n > 0 && r.state.get(p)&stResolved != 0 {
-			p, n = p+1, n-1
-			if src != nil {
-				src = src[ps:]
-			}
+		pl.evMu.RLock()
+		gen := pl.evGen.Load()
+		skip, addr, k, mapped := pl.pages.Plan(r, p, n, chunk)
+		p, n = p+skip, n-skip
+		if src != nil {
+			src = src[skip*ps:]
 		}
 		if n == 0 {
-			f.evMu.RUnlock()
+			pl.evMu.RUnlock()
 			return nil
 		}
-		addr, contiguous, ok := f.layout.addrOf(r, p)
-		if !ok {
+		if !mapped {
 			// Not mapped any more: UNMAP was read already, or the VMM
 			// unmapped without asking for UNMAP events.
-			f.markUnmapped(r, p, 1)
-			f.evMu.RUnlock()
+			pl.markUnmapped(r, p, 1)
+			pl.evMu.RUnlock()
 			p, n = p+1, n-1
 			if src != nil {
 				src = src[ps:]
 			}
 			continue
 		}
-		k := uint64(1)
-		for k < n && k < chunk && k < contiguous && r.state.get(p+k)&stResolved == 0 {
-			k++
-		}
-		done, err := f.copyRange(r, addr, k, src, dontWake)
-		var werr error
+		done, err := pl.copyRange(r, addr, k, src, dontWake)
+		wakes := wakeBuf[:0]
+		now := time.Now()
 		if done > 0 {
-			werr = f.markPresent(r, p, done, addr, how, dontWake)
+			wakes = pl.pages.Placed(r, p, done, addr, how, !dontWake, now, wakes)
 		}
 		if errors.Is(err, uffd.ErrExist) {
 			// The page after the copied ones is there already: nobody
 			// was woken for it.
-			werr = errors.Join(werr, f.markPresent(r, p+done, 1, addr+done*ps, how, true))
+			wakes = pl.pages.Placed(r, p+done, 1, addr+done*ps, how, false, now, wakes)
 			done++
 			err = nil
 		}
-		f.evMu.RUnlock()
+		var werr error
+		for _, w := range wakes {
+			werr = errors.Join(werr, pl.wake(w.Addr, w.Len))
+		}
+		pl.evMu.RUnlock()
 		if werr != nil {
 			// A thread that cannot be woken is a hung workload thread:
 			// fail loudly.
 			return werr
 		}
-		if done > 0 && f.firstPage.Load() == 0 {
-			if f.firstPage.CompareAndSwap(0, int64(time.Since(f.cfg.HandoffAt))) {
-				close(f.firstPlaced)
-			}
+		if done > 0 {
+			pl.stats.placed()
 		}
 		p, n = p+done, n-done
 		if src != nil {
 			src = src[done*ps:]
 		}
-		if dontWake && f.fewProcs && f.nOutstanding.Load() > 0 {
+		if dontWake && pl.fewProcs && pl.pages.Outstanding() > 0 {
 			// Go's scheduler has no priorities: with few processors
 			// (Ps), let a demand answer waiting for one go first. With
 			// enough of them an answer never waits for a P, and a yield
@@ -143,16 +194,16 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 		case errors.Is(err, uffd.ErrAgain):
 			// The address space is changing: an event is pending. Wait
 			// for the fault loop to read it, then look again.
-			if !f.waitEvents(gen, backoff) {
+			if !pl.waitEvents(gen, backoff) {
 				return nil
 			}
 			backoff = min(2*backoff, 5*time.Millisecond)
 		case errors.Is(err, uffd.ErrProcessGone):
 			return ErrVMMGone
 		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
-			f.evMu.RLock()
-			f.markUnmapped(r, p, 1)
-			f.evMu.RUnlock()
+			pl.evMu.RLock()
+			pl.markUnmapped(r, p, 1)
+			pl.evMu.RUnlock()
 			p, n = p+1, n-1
 			if src != nil {
 				src = src[ps:]
@@ -166,7 +217,7 @@ func (f *Fetcher) placeRun(r *region, p, n uint64, src []byte, how arrival, dont
 
 // copyRange copies (or zero-fills) k pages at addr and returns how many whole
 // pages are in place; a short copy is continued.
-func (f *Fetcher) copyRange(r *region, addr, k uint64, src []byte, dontWake bool) (uint64, error) {
+func (pl *placer) copyRange(r *pagestate.Area, addr, k uint64, src []byte, dontWake bool) (uint64, error) {
 	ps := r.PageSize
 	want := k * ps
 	var done uint64
@@ -179,8 +230,8 @@ func (f *Fetcher) copyRange(r *region, addr, k uint64, src []byte, dontWake bool
 			if dontWake {
 				mode = uffd.CopyDontWake
 			}
-			n, err = f.fd.Copy(addr+done, src[done:want], mode)
-		case f.zeroBuf != nil && ps > uffd.PageSize():
+			n, err = pl.fd.Copy(addr+done, src[done:want], mode)
+		case pl.zeroBuf != nil && ps > uffd.PageSize():
 			// hugetlbfs has no UFFDIO_ZEROPAGE: copy from a zero page.
 			mode := uffd.CopyMode(0)
 			if dontWake {
@@ -188,7 +239,7 @@ func (f *Fetcher) copyRange(r *region, addr, k uint64, src []byte, dontWake bool
 			}
 			for n < want-done && err == nil {
 				var c uint64
-				c, err = f.fd.Copy(addr+done+n, f.zeroBuf[:ps], mode)
+				c, err = pl.fd.Copy(addr+done+n, pl.zeroBuf[:ps], mode)
 				n += c
 			}
 		default:
@@ -196,7 +247,7 @@ func (f *Fetcher) copyRange(r *region, addr, k uint64, src []byte, dontWake bool
 			if dontWake {
 				mode = uffd.ZeroPageDontWake
 			}
-			n, err = f.fd.ZeroPage(addr+done, want-done, mode)
+			n, err = pl.fd.ZeroPage(addr+done, want-done, mode)
 		}
 		done += n
 		if err != nil {
@@ -209,70 +260,19 @@ func (f *Fetcher) copyRange(r *region, addr, k uint64, src []byte, dontWake bool
 	return k, nil
 }
 
-// markPresent records pages [p, p+n) at addr as present, under the event
-// read lock. The goroutine that turns a page present owns its waiters: it
-// accounts their wait and, when its copy woke nobody, wakes them. It
-// returns what failed a wake (never dropped: that thread would hang).
-func (f *Fetcher) markPresent(r *region, p, n, addr uint64, how arrival, needWake bool) error {
-	now := time.Now()
-	var newly uint64
-	var wakeStart, wakeLen uint64
-	var werr error
-	for i := uint64(0); i < n; i++ {
-		old := r.state.or(p+i, stPresent)
-		if old&stResolved == 0 {
-			newly++
-		}
-		if old&stPresent != 0 || old&stWaiting == 0 {
-			continue
-		}
-		f.resolveWaiters(r, p+i, now)
-		if !needWake {
-			continue
-		}
-		a := addr + i*r.PageSize
-		if wakeLen > 0 && wakeStart+wakeLen == a {
-			wakeLen += r.PageSize
-			continue
-		}
-		if wakeLen > 0 {
-			if err := f.wake(wakeStart, wakeLen); err != nil {
-				werr = errors.Join(werr, err)
-			}
-		}
-		wakeStart, wakeLen = a, r.PageSize
-	}
-	if wakeLen > 0 {
-		if err := f.wake(wakeStart, wakeLen); err != nil {
-			werr = errors.Join(werr, err)
-		}
-	}
-	if newly > 0 {
-		f.resolved(how, newly)
-	}
-	return werr
-}
-
-func (f *Fetcher) markUnmapped(r *region, p, n uint64) {
-	var newly uint64
-	for i := p; i < p+n; i++ {
-		if r.state.or(i, stUnmapped)&stResolved == 0 {
-			newly++
-		}
-	}
-	if newly > 0 {
-		f.log.Debug("pages no longer mapped", "region", r.idx, "page", p, "n", n)
-		f.resolved(viaUnmapped, newly)
+func (pl *placer) markUnmapped(r *pagestate.Area, p, n uint64) {
+	if pl.pages.Unmapped(r, p, n) > 0 {
+		pl.log.Debug("pages no longer mapped", "region", r.Index, "page", p, "n", n)
 	}
 }
 
 // eventsRead tells copies waiting after EAGAIN that the fault loop has read
 // events.
-func (f *Fetcher) eventsRead() {
-	f.genMu.Lock()
-	close(f.genCh)
-	f.genCh = make(chan struct{})
-	f.genMu.Unlock()
+func (pl *placer) eventsRead() {
+	pl.genMu.Lock()
+	close(pl.genCh)
+	pl.genCh = make(chan struct{})
+	pl.genMu.Unlock()
 }
 
 // waitEvents is what a copy does after EAGAIN: the address space is
@@ -282,19 +282,82 @@ func (f *Fetcher) eventsRead() {
 // the flag once it runs again after the read), so a copy that already saw
 // the read must try again later rather than wait for another event. Returns
 // false if the fetcher is stopping.
-func (f *Fetcher) waitEvents(gen uint64, backoff time.Duration) bool {
-	f.genMu.Lock()
-	ch := f.genCh
-	f.genMu.Unlock()
-	if f.evGen.Load() > gen {
-		return !f.stopping.Load()
+func (pl *placer) waitEvents(gen uint64, backoff time.Duration) bool {
+	pl.genMu.Lock()
+	ch := pl.genCh
+	pl.genMu.Unlock()
+	if pl.evGen.Load() > gen {
+		return !pl.life.stopping.Load()
 	}
 	t := time.NewTimer(backoff)
 	defer t.Stop()
 	select {
 	case <-ch:
 	case <-t.C:
-	case <-f.stopCh:
+	case <-pl.life.stopCh:
 	}
-	return !f.stopping.Load()
+	return !pl.life.stopping.Load()
+}
+
+// zeroFill answers a fault on a page that is present or discarded: a zero
+// page where nothing is mapped, a wake where the page is there.
+func (pl *placer) zeroFill(pg pagestate.Page) error {
+	ps := pg.A.PageSize
+	var err error
+	if pl.zeroBuf != nil && ps > uffd.PageSize() {
+		_, err = pl.fd.Copy(pg.Addr, pl.zeroBuf[:ps], 0)
+	} else {
+		_, err = pl.fd.ZeroPage(pg.Addr, ps, 0)
+	}
+	res := pagestate.Filled
+	switch {
+	case err == nil:
+	case errors.Is(err, uffd.ErrExist):
+		res = pagestate.FillExist
+	case errors.Is(err, uffd.ErrAgain):
+		res = pagestate.FillAgain
+	case errors.Is(err, uffd.ErrProcessGone):
+		return ErrVMMGone
+	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
+		res = pagestate.FillGone // unmapped meanwhile
+	default:
+		return fmt.Errorf("fetcher: zero page at %#x: %w", pg.Addr, err)
+	}
+	if pl.pages.ZeroFilled(pg, res) {
+		return pl.wake(pg.Addr, ps)
+	}
+	return nil
+}
+
+func (pl *placer) wake(addr, length uint64) error {
+	err := pl.fd.Wake(addr, length)
+	switch {
+	case err == nil, errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
+		return nil
+	case errors.Is(err, uffd.ErrProcessGone):
+		return ErrVMMGone
+	}
+	return fmt.Errorf("fetcher: wake %#x+%d: %w", addr, length, err)
+}
+
+// unregisterAll makes the VMM independent of the fetcher: once every page is
+// resident the ranges are unregistered (which also wakes any thread that
+// faulted on a discarded page meanwhile: it retries without userfaultfd and
+// gets a zero page), and then, still under the event lock, drain reads the
+// events posted until then, so that no VMM call stays blocked on an unread
+// event.
+func (pl *placer) unregisterAll(drain func()) error {
+	pl.evMu.Lock()
+	defer pl.evMu.Unlock()
+	for _, s := range pl.pages.Mapped(nil) {
+		if err := pl.fd.Unregister(s.Addr, s.Len); err != nil {
+			if errors.Is(err, uffd.ErrProcessGone) {
+				pl.log.Warn("VMM exited as the migration completed")
+				return nil
+			}
+			return fmt.Errorf("fetcher: unregister: %w", err)
+		}
+	}
+	drain()
+	return nil
 }

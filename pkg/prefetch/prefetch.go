@@ -1,5 +1,7 @@
 // Package prefetch decides which runs of pages the destination pulls next on
-// its bulk lane.
+// its bulk lane (Policy), how many it keeps in flight (Window: the window and
+// its slow start) and when it starts (StartAfter: the grace period after the
+// handoff).
 //
 // It is a pure policy in the style of etcd's raft package: no goroutines, no
 // clock, no I/O and no locking. The caller feeds it inputs — demand faults

@@ -1,20 +1,16 @@
 package prefetch
 
 import (
-	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/postcopy/postcopy/internal/testutil/script"
 )
 
-var rewrite = flag.Bool("rewrite", false, "rewrite the expected output in testdata/*.txt")
-
-// TestScripts runs the scripts in testdata/*.txt. A script is a sequence of
-// cases separated by blank lines; each case is one command, a "----" line and
-// the expected output. Lines starting with # are comments. Commands:
+// TestScripts runs the scripts in testdata/*.txt (internal/testutil/script
+// says how they are written). Commands:
 //
 //	new regions=P,P... maxrun=M,M... [before=B] [after=A] [hints=H]
 //	fault R P          record a fault at page P of region R; prints the hints, newest first
@@ -25,87 +21,10 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output in testda
 //
 // Every step also runs the reference model and the invariant checker.
 func TestScripts(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no scripts in testdata")
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) { runScript(t, f) })
-	}
-}
-
-type scriptCase struct {
-	line     int
-	cmd      string
-	expected string
-}
-
-func parseScript(t *testing.T, data string) []scriptCase {
-	var cases []scriptCase
-	lines := strings.Split(data, "\n")
-	for i := 0; i < len(lines); i++ {
-		l := strings.TrimSpace(lines[i])
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		c := scriptCase{line: i + 1, cmd: l}
-		if i+1 >= len(lines) || strings.TrimSpace(lines[i+1]) != "----" {
-			t.Fatalf("line %d: command %q not followed by ----", i+1, l)
-		}
-		i += 2
-		var exp []string
-		for ; i < len(lines) && strings.TrimSpace(lines[i]) != ""; i++ {
-			exp = append(exp, strings.TrimSpace(lines[i]))
-		}
-		c.expected = strings.Join(exp, "\n")
-		cases = append(cases, c)
-	}
-	return cases
-}
-
-func runScript(t *testing.T, path string) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cases := parseScript(t, string(data))
-	var h *harness
-	var out strings.Builder
-	var header []string
-	// Keep the comments that precede each case when rewriting.
-	lines := strings.Split(string(data), "\n")
-	prev := 0
-	for _, c := range cases {
-		got, err := runCommand(&h, c.cmd)
-		if err != nil {
-			t.Fatalf("%s:%d: %s: %v", path, c.line, c.cmd, err)
-		}
-		if *rewrite {
-			header = header[:0]
-			for _, l := range lines[prev : c.line-1] {
-				if strings.HasPrefix(strings.TrimSpace(l), "#") {
-					header = append(header, l)
-				}
-			}
-			for _, l := range header {
-				out.WriteString(l + "\n")
-			}
-			fmt.Fprintf(&out, "%s\n----\n%s\n\n", c.cmd, got)
-			prev = c.line
-			continue
-		}
-		if got != c.expected {
-			t.Errorf("%s:%d: %s\ngot:\n%s\nwant:\n%s", path, c.line, c.cmd, got, c.expected)
-		}
-	}
-	if *rewrite {
-		if err := os.WriteFile(path, []byte(strings.TrimRight(out.String(), "\n")+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	script.Run(t, func() func(string) (string, error) {
+		var h *harness
+		return func(cmd string) (string, error) { return runCommand(&h, cmd) }
+	})
 }
 
 // runCommand executes one script command; an error is a failed invariant or

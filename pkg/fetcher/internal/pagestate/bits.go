@@ -1,4 +1,4 @@
-package fetcher
+package pagestate
 
 import (
 	"sync/atomic"

@@ -1,4 +1,4 @@
-package fetcher
+package pagestate
 
 import (
 	"runtime"
@@ -24,19 +24,19 @@ func TestLayoutLookups(t *testing.T) {
 		t.Fatalf("totalPages = %d, want 20", got)
 	}
 	r, p, ok := l.lookupAddr(0x10000000 + 5*4096 + 17)
-	if !ok || r.idx != 0 || p != 5 {
+	if !ok || r.Index != 0 || p != 5 {
 		t.Fatalf("lookupAddr: %v %d %v", r, p, ok)
 	}
 	r, p, ok = l.lookupAddr(0x20000000 + 3<<21 + 1)
-	if !ok || r.idx != 1 || p != 3 {
-		t.Fatalf("lookupAddr huge: %d %d %v", r.idx, p, ok)
+	if !ok || r.Index != 1 || p != 3 {
+		t.Fatalf("lookupAddr huge: %d %d %v", r.Index, p, ok)
 	}
 	if _, _, ok := l.lookupAddr(0x10000000 + 16*4096); ok {
 		t.Fatal("address past region 0 found")
 	}
 	r, p, ok = l.lookupOffset(0x40000 + 7*4096)
-	if !ok || r.idx != 0 || p != 7 {
-		t.Fatalf("lookupOffset: %d %d %v", r.idx, p, ok)
+	if !ok || r.Index != 0 || p != 7 {
+		t.Fatalf("lookupOffset: %d %d %v", r.Index, p, ok)
 	}
 	if _, _, ok := l.lookupOffset(0x3f000); ok {
 		t.Fatal("offset before region 0 found")
@@ -98,7 +98,7 @@ func TestLayoutRemapAndCut(t *testing.T) {
 		t.Error("unmapped page still has an address")
 	}
 	var seen []uint64
-	l.forRange(0, 1<<40, func(_ *region, first, n, _ uint64) {
+	l.forRange(0, 1<<40, func(_ *Area, first, n, _ uint64) {
 		for p := first; p < first+n; p++ {
 			seen = append(seen, p)
 		}

@@ -1,0 +1,190 @@
+package fetcher
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
+	"github.com/postcopy/postcopy/pkg/uffd"
+)
+
+// faultLoop reads the userfaultfd's events, feeds them to the page table and
+// carries out what it answers: requests go to the link, zero pages and wakes
+// to the placer, hints to the puller.
+type faultLoop struct {
+	pages  *pagestate.Table
+	place  *placer
+	link   *link
+	pull   *puller
+	stats  *counters
+	life   *lifecycle
+	log    hclog.Logger
+	poller faultWaiter // set by Run
+	reader *uffd.Reader
+}
+
+// faultRef is a fault read under the event lock, handled after it.
+type faultRef struct {
+	pg  pagestate.Page
+	tid uint32
+}
+
+// run reads userfaultfd events until the fetcher stops. th is its real-time
+// thread, nil at normal priority.
+//
+// What the kernel does, and so what this loop does:
+//   - A missing-page fault blocks the faulting thread until a copy, zeropage
+//     or wake covers its address. A thread interrupted by a signal (Go's
+//     preemption, for one) retries the fault and posts it again: duplicate
+//     faults for one page are normal and cost one request.
+//   - REMOVE (MADV_DONTNEED), UNMAP and REMAP block the VMM's own call until
+//     the event is read, and while such an event is unread every copy into
+//     the address space fails with EAGAIN. So events are read promptly, all
+//     of them, and copies that got EAGAIN wait for this loop's next batch.
+//   - Events are read under the event lock, so no copy runs between reading
+//     a REMOVE and marking its range discarded (see the package doc).
+func (f *faultLoop) run(th *demandThread) error {
+	defer th.done()
+	evs := make([]uffd.Event, 256)
+	faults := make([]faultRef, 0, len(evs))
+	for !f.life.stopping.Load() {
+		var n int
+		var err error
+		var now time.Time
+		faults = faults[:0]
+		// See newFaultWaiter for how the loop waits.
+		werr := f.poller.Read(func() bool {
+			f.place.lockEvents()
+			n, err = f.reader.Read(evs)
+			now = time.Now()
+			var syscallErr *uffd.Error
+			if err != nil && !errors.As(err, &syscallErr) {
+				// Read returns the events it decoded with the first
+				// message it could not: an event this code does not
+				// know is logged, not fatal.
+				f.log.Warn("undecodable userfaultfd event", "error", err)
+				err = nil
+			}
+			for i := range evs[:n] {
+				var eerr error
+				if faults, eerr = f.event(&evs[i], faults); eerr != nil {
+					err = eerr
+					break
+				}
+			}
+			f.place.unlockEvents(n > 0)
+			return n > 0 || err != nil
+		})
+		th.woke(now)
+		if n > 0 {
+			f.place.eventsRead()
+		}
+		if werr != nil {
+			if errors.Is(werr, uffd.ErrInterrupted) || f.life.stopping.Load() {
+				return nil
+			}
+			return fmt.Errorf("fetcher: waiting for faults: %w", werr)
+		}
+		if err != nil {
+			if errors.Is(err, uffd.ErrProcessGone) {
+				return ErrVMMGone
+			}
+			return fmt.Errorf("fetcher: reading events: %w", err)
+		}
+		for _, ft := range faults {
+			if err := f.fault(ft.pg, ft.tid, now); err != nil {
+				return err
+			}
+		}
+		th.idle()
+	}
+	return nil
+}
+
+// event applies one event under the event lock. Faults are collected for
+// handling after the lock is released.
+func (f *faultLoop) event(ev *uffd.Event, faults []faultRef) ([]faultRef, error) {
+	switch ev.Kind {
+	case uffd.EventPageFault:
+		addr := ev.PageFault.Address
+		pg, ok := f.pages.LookupAddr(addr)
+		if !ok {
+			return faults, fmt.Errorf("%w: %#x", ErrFaultOutside, addr)
+		}
+		return append(faults, faultRef{pg: pg, tid: ev.PageFault.ThreadID}), nil
+	case uffd.EventRemove:
+		return faults, f.discard(ev.Remove.Start, ev.Remove.End, pagestate.ViaRemoved)
+	case uffd.EventUnmap:
+		return faults, f.discard(ev.Unmap.Start, ev.Unmap.End, pagestate.ViaUnmapped)
+	case uffd.EventRemap:
+		f.log.Debug("remap", "from", hex(ev.Remap.From), "to", hex(ev.Remap.To), "len", ev.Remap.Len)
+		f.pages.Remap(ev.Remap.From, ev.Remap.To, ev.Remap.Len)
+	case uffd.EventFork:
+		// A forked child's memory would need a fetcher of its own; VMMs do
+		// not enable UFFD_FEATURE_EVENT_FORK for guest memory.
+		f.log.Warn("ignoring fork event: the child's userfaultfd is not served", "fd", ev.Fork.FD)
+		closeFD(ev.Fork.FD)
+	}
+	return faults, nil
+}
+
+// discard takes host range [start, end), removed or unmapped, out of the
+// migration: its pages are never fetched again. Threads waiting there are
+// woken: they fault again and, for a removed range, get a zero page.
+func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
+	var werr error
+	for _, d := range f.pages.Discard(start, end, how, time.Now(), nil) {
+		f.pull.done(d.A.Index, d.First, d.N)
+		werr = errors.Join(werr, f.place.wake(d.Wake.Addr, d.Wake.Len))
+	}
+	return werr
+}
+
+// fault handles one missing-page fault, outside the event lock.
+func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
+	act, req := f.pages.Fault(pg, tid, now)
+	switch act {
+	case pagestate.FaultZero:
+		return f.place.zeroFill(pg)
+	case pagestate.FaultDuplicate:
+		f.stats.dupFaults.Add(1)
+	case pagestate.FaultAsk:
+		f.stats.faults.Add(1)
+		// Ask first: the request is on its way while the policy notes
+		// the hint. No kick for the bulk sender: a fault adds no pending
+		// page, and waking that goroutine on every fault costs the
+		// demand path a wake-up (on this VM, often on another vCPU).
+		f.link.sendDemand(req)
+		f.pull.faulted(req.Area, req.Page)
+	}
+	return nil
+}
+
+func hex(v uint64) string { return fmt.Sprintf("%#x", v) }
+
+func closeFD(fd int) {
+	if fd >= 0 {
+		_ = unix.Close(fd)
+	}
+}
+
+// drain reads the events left once every range is unregistered
+// (placer.unregisterAll).
+func (f *faultLoop) drain() {
+	evs := make([]uffd.Event, 64)
+	for {
+		n, err := f.reader.Read(evs)
+		if err != nil || n == 0 {
+			return
+		}
+		for _, ev := range evs[:n] {
+			if ev.Kind == uffd.EventFork {
+				closeFD(ev.Fork.FD)
+			}
+		}
+	}
+}

@@ -1,0 +1,514 @@
+// Package pagestate is the fetcher's page-state core: the state of every
+// guest page, the threads waiting on them, the requests outstanding (demand
+// and bulk), and the wake protocol. It makes no system calls, starts no goroutines and
+// reads no clock (callers pass the time in): each transition is told what
+// happened — a fault was read, pages were placed, a copy found a page there
+// (EEXIST), a range was removed, unmapped or moved — and answers with what
+// its caller must do — send this request, zero-fill this page, wake these
+// ranges, stop fetching that range. The placer (UFFDIO_COPY, ZEROPAGE, WAKE)
+// and the link (lanes, resends) act on those answers; the scripted tests in
+// testdata run every transition against a model of the kernel without one.
+//
+// Unlike etcd's raft.RawNode, which one goroutine owns, a Table is driven by
+// three at once — the fault loop, the demand receiver and the bulk placer —
+// so that a demand answer is placed by the goroutine that read it, with no
+// hand-off on the way to the guest. They agree through the page state bits,
+// changed only with atomic OR/AND: the fault loop sets "waiting" and reads
+// the old state (Fault); a placer sets "present" and reads the old state
+// (Placed). Whichever comes second sees the other's bit, so the thread
+// behind a fault is always woken: either Fault sees "present" and answers
+// FaultZero (whose zero page fails with EEXIST and wakes), or Placed sees
+// "waiting" and, for a copy that woke nobody, hands back a wake. The
+// waiters' records, the demand requests and the bulk requests have a small
+// lock each, never held across a call out of the package (except the hooks,
+// which are called with none held).
+//
+// Layout changes (Discard with ViaUnmapped, Remap) and lookups (LookupAddr,
+// AddrOf, Mapped) share the segment list: the caller serialises changes
+// against lookups with its event lock (the fetcher's doc says why).
+package pagestate
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Arrival says how a page became resolved.
+type Arrival int
+
+const (
+	ViaDemand Arrival = iota
+	ViaBulk
+	ViaZero
+	ViaRemoved
+	ViaUnmapped
+	NArrivals
+)
+
+var arrivalNames = [NArrivals]string{"demand", "bulk", "zero", "removed", "unmapped"}
+
+// String names the arrival as the metrics do: "demand", "bulk", ...
+func (a Arrival) String() string {
+	if a < 0 || a >= NArrivals {
+		return fmt.Sprintf("arrival(%d)", int(a))
+	}
+	return arrivalNames[a]
+}
+
+// Hooks are told what the caller only records. Both may be nil.
+type Hooks struct {
+	// Waited is told, each time the threads waiting on one page are
+	// resolved, the latency of its first fault and the sum of every
+	// waiting thread's wait (blocktime).
+	Waited func(latency, block time.Duration)
+	// Complete is called once, by the transition that resolves the last
+	// page.
+	Complete func()
+}
+
+// Table is the state of every page of a layout. Create it with New.
+type Table struct {
+	layout
+	hooks Hooks
+
+	waitMu  sync.Mutex
+	waiters map[uint64]waiters // page key -> threads waiting on it
+
+	demandMu    sync.Mutex
+	outstanding map[uint64]Request // page key -> demand request
+	// nOutstanding mirrors len(outstanding), read without the lock.
+	nOutstanding atomic.Int64
+	nextID       atomic.Uint64
+
+	bulkMu    sync.Mutex
+	bulk      map[uint64]BulkRun // request id -> bulk run outstanding
+	bulkBytes uint64             // the bytes of those runs
+
+	remaining atomic.Int64
+	counts    [NArrivals]atomic.Uint64
+}
+
+type waiter struct {
+	tid uint32
+	at  time.Time
+}
+
+// waiters are the threads waiting on one page: the first inline, so that
+// the usual page, with one thread waiting, costs no allocation.
+type waiters struct {
+	first waiter
+	more  []waiter
+}
+
+// Request is a demand request: Pages pages at image offset Offset, for page
+// Page of area Area.
+type Request struct {
+	ID     uint64
+	Offset uint64
+	Pages  uint32
+	Area   int
+	Page   uint64
+	SentAt time.Time
+}
+
+// Range is a range of host addresses.
+type Range struct{ Addr, Len uint64 }
+
+// Page is one page of an area and the page-aligned host address it was
+// found at.
+type Page struct {
+	A    *Area
+	P    uint64
+	Addr uint64
+}
+
+// New returns the table of a layout with every page missing.
+func New(regions []Region, hooks Hooks) (*Table, error) {
+	l, err := newLayout(regions)
+	if err != nil {
+		return nil, err
+	}
+	t := &Table{layout: *l, hooks: hooks, waiters: make(map[uint64]waiters), outstanding: make(map[uint64]Request),
+		bulk: make(map[uint64]BulkRun)}
+	t.remaining.Store(int64(t.totalPages()))
+	return t, nil
+}
+
+func key(a *Area, p uint64) uint64 { return uint64(a.Index)<<48 | p }
+
+// Areas returns the areas, by region index. The caller does not change it.
+func (t *Table) Areas() []*Area { return t.regions }
+
+// TotalPages is the number of pages of all regions.
+func (t *Table) TotalPages() uint64 { return t.totalPages() }
+
+// Remaining is the number of pages not resolved yet.
+func (t *Table) Remaining() int64 { return t.remaining.Load() }
+
+// Count is the number of pages resolved by way how.
+func (t *Table) Count(how Arrival) uint64 { return t.counts[how].Load() }
+
+// NextID returns a fresh request id.
+func (t *Table) NextID() uint64 { return t.nextID.Add(1) }
+
+// Outstanding is the number of demand requests outstanding.
+func (t *Table) Outstanding() int64 { return t.nOutstanding.Load() }
+
+// LookupAddr finds the page holding host address addr.
+func (t *Table) LookupAddr(addr uint64) (Page, bool) {
+	a, p, ok := t.lookupAddr(addr)
+	if !ok {
+		return Page{}, false
+	}
+	return Page{A: a, P: p, Addr: addr &^ (a.PageSize - 1)}, true
+}
+
+// LookupOffset finds the page at image offset off.
+func (t *Table) LookupOffset(off uint64) (*Area, uint64, bool) { return t.lookupOffset(off) }
+
+// AddrOf returns the host address of page p of a and how many pages from p
+// on are contiguous in memory; ok is false when the page is not mapped.
+func (t *Table) AddrOf(a *Area, p uint64) (addr, contiguous uint64, ok bool) { return t.addrOf(a, p) }
+
+// Mapped appends every mapped host range to out.
+func (t *Table) Mapped(out []Range) []Range {
+	for _, s := range t.segs {
+		out = append(out, Range{Addr: s.start, Len: s.end - s.start})
+	}
+	return out
+}
+
+// resolved notes that n pages became resolved for the first time.
+func (t *Table) resolved(how Arrival, n uint64) {
+	if n == 0 {
+		return
+	}
+	t.counts[how].Add(n)
+	if t.remaining.Add(-int64(n)) == 0 && t.hooks.Complete != nil {
+		t.hooks.Complete()
+	}
+}
+
+// FaultAction is what Fault asks of its caller.
+type FaultAction uint8
+
+const (
+	// FaultAsk: a demand request is outstanding now; send it.
+	FaultAsk FaultAction = iota
+	// FaultDuplicate: a request for the page is outstanding already (another
+	// thread, or a retried fault); the thread waits for its answer.
+	FaultDuplicate
+	// FaultZero: the page is present or removed; answer with a zero page at
+	// the fault's address and report the outcome to ZeroFilled. Where the
+	// page is there the zero page fails with EEXIST, and the thread must be
+	// woken; where it is not (removed, or zapped without a REMOVE event by a
+	// VMM that did not ask for them) a zero page is what the thread must read.
+	FaultZero
+	// FaultIgnore: the page is unmapped; nothing is owed.
+	FaultIgnore
+)
+
+var faultActionNames = [...]string{"ask", "duplicate", "zero", "ignore"}
+
+func (a FaultAction) String() string { return faultActionNames[a] }
+
+// Fault records a missing-page fault by thread tid on pg, read at now. For
+// FaultAsk it returns the request it made outstanding.
+func (t *Table) Fault(pg Page, tid uint32, now time.Time) (FaultAction, Request) {
+	a, p := pg.A, pg.P
+	st := a.state.get(p)
+	if st&(stPresent|stRemoved) != 0 {
+		return FaultZero, Request{}
+	}
+	if st&stUnmapped != 0 {
+		return FaultIgnore, Request{}
+	}
+	// Record the waiter before announcing it, so the placer that sees the
+	// waiting bit always finds the record.
+	t.addWaiter(a, p, tid, now)
+	old := a.state.or(p, stWaiting|stDemand)
+	switch {
+	case old&stPresent != 0:
+		t.resolveWaiters(a, p, now)
+		return FaultZero, Request{}
+	case old&stRemoved != 0:
+		t.resolveWaiters(a, p, now)
+		return FaultZero, Request{}
+	case old&stDemand != 0:
+		return FaultDuplicate, Request{}
+	}
+	req := Request{ID: t.nextID.Add(1), Offset: a.Offset + p<<a.Shift, Pages: 1, Area: a.Index, Page: p, SentAt: now}
+	t.demandMu.Lock()
+	t.outstanding[key(a, p)] = req
+	t.nOutstanding.Store(int64(len(t.outstanding)))
+	t.demandMu.Unlock()
+	return FaultAsk, req
+}
+
+// FillResult is how a zero page asked for by FaultZero went.
+type FillResult uint8
+
+const (
+	Filled    FillResult = iota // placed (and the thread woken by it)
+	FillExist                   // EEXIST: the page is there; nobody was woken
+	FillAgain                   // EAGAIN: an event is pending, read next
+	FillGone                    // the address is not mapped any more
+)
+
+// ZeroFilled records how a FaultZero's zero page went and reports whether
+// the thread at pg.Addr must be woken: after EEXIST (the page is there, the
+// kernel woke nobody) and after EAGAIN (an event is pending; the thread
+// faults again if it still needs to).
+func (t *Table) ZeroFilled(pg Page, res FillResult) (wake bool) {
+	switch res {
+	case Filled:
+		pg.A.state.or(pg.P, stPresent)
+	case FillExist:
+		pg.A.state.or(pg.P, stPresent)
+		return true
+	case FillAgain:
+		return true
+	}
+	return false
+}
+
+// Placed records that pages [p, p+n) of a, at host address addr, are in
+// place by way how (a copy, or EEXIST: found there). The caller that turns a
+// page present owns its waiters: their wait is accounted and, when its copy
+// woke nobody (woke false: DONTWAKE, or EEXIST), Placed appends to wakes the
+// ranges to wake, one per contiguous run of pages with waiting threads.
+func (t *Table) Placed(a *Area, p, n, addr uint64, how Arrival, woke bool, now time.Time, wakes []Range) []Range {
+	var newly uint64
+	var cur Range
+	for i := uint64(0); i < n; i++ {
+		old := a.state.or(p+i, stPresent)
+		if old&stResolved == 0 {
+			newly++
+		}
+		if old&stPresent != 0 || old&stWaiting == 0 {
+			continue
+		}
+		t.resolveWaiters(a, p+i, now)
+		if woke {
+			continue
+		}
+		at := addr + i*a.PageSize
+		if cur.Len > 0 && cur.Addr+cur.Len == at {
+			cur.Len += a.PageSize
+			continue
+		}
+		if cur.Len > 0 {
+			wakes = append(wakes, cur)
+		}
+		cur = Range{Addr: at, Len: a.PageSize}
+	}
+	if cur.Len > 0 {
+		wakes = append(wakes, cur)
+	}
+	t.resolved(how, newly)
+	return wakes
+}
+
+// Unmapped records that pages [p, p+n) of a are found not mapped (by a
+// placer: the VMM unmapped them without an UNMAP event, or the event is
+// read already). It returns how many were not resolved before.
+func (t *Table) Unmapped(a *Area, p, n uint64) uint64 {
+	var newly uint64
+	for i := p; i < p+n; i++ {
+		if a.state.or(i, stUnmapped)&stResolved == 0 {
+			newly++
+		}
+	}
+	t.resolved(ViaUnmapped, newly)
+	return newly
+}
+
+// Discarded is a run of pages that Discard took out of the migration: the
+// caller stops fetching pages [First, First+N) of A (the prefetch policy's
+// Done) and wakes host range Wake, where threads may wait (they fault again
+// and, in a removed range, get a zero page).
+type Discarded struct {
+	A        *Area
+	First, N uint64
+	Wake     Range
+}
+
+// Discard records that the VMM removed (how ViaRemoved: UFFD_EVENT_REMOVE)
+// or unmapped (ViaUnmapped: UFFD_EVENT_UNMAP) host range [start, end): its
+// pages are never fetched again, their demand requests are dropped, and
+// their waiters are accounted. An unmapped range leaves the layout. The
+// caller holds its event lock for writing.
+func (t *Table) Discard(start, end uint64, how Arrival, now time.Time, out []Discarded) []Discarded {
+	bit := stRemoved
+	if how == ViaUnmapped {
+		bit = stUnmapped
+	}
+	t.forRange(start, end, func(a *Area, first, n, addr uint64) {
+		var newly uint64
+		for p := first; p < first+n; p++ {
+			old := a.state.clear(p, stPresent|stWaiting|stDemand)
+			a.state.or(p, bit)
+			if old&stResolved == 0 {
+				newly++
+			}
+			if old&stWaiting != 0 {
+				t.resolveWaiters(a, p, now)
+			}
+		}
+		t.resolved(how, newly)
+		t.Answered(a, first, n)
+		out = append(out, Discarded{A: a, First: first, N: n, Wake: Range{Addr: addr, Len: n << a.Shift}})
+	})
+	if how == ViaUnmapped {
+		t.cut(start, end)
+	}
+	return out
+}
+
+// Remap follows mremap(2): host range [from, from+length) now lives at to.
+// The caller holds its event lock for writing.
+func (t *Table) Remap(from, to, length uint64) { t.remap(from, to, length) }
+
+// Answered drops the demand requests for pages [p, p+n) of a: their answer
+// was placed, or they are not needed any more.
+func (t *Table) Answered(a *Area, p, n uint64) {
+	t.demandMu.Lock()
+	switch {
+	case len(t.outstanding) == 0:
+	case n <= uint64(len(t.outstanding)):
+		for i := p; i < p+n; i++ {
+			delete(t.outstanding, key(a, i))
+		}
+	default:
+		// A large range (a discard) against few requests: walk those.
+		lo, hi := key(a, p), key(a, p+n)
+		for k := range t.outstanding {
+			if k >= lo && k < hi {
+				delete(t.outstanding, k)
+			}
+		}
+	}
+	t.nOutstanding.Store(int64(len(t.outstanding)))
+	t.demandMu.Unlock()
+}
+
+// Resend appends every outstanding demand request to out, marked sent at
+// now: a new connection asks for them again.
+func (t *Table) Resend(now time.Time, out []Request) []Request {
+	t.demandMu.Lock()
+	for k, r := range t.outstanding {
+		r.SentAt = now
+		t.outstanding[k] = r
+		out = append(out, r)
+	}
+	t.demandMu.Unlock()
+	return out
+}
+
+// Late reports whether a demand request outstanding was sent before limit.
+func (t *Table) Late(limit time.Time) bool {
+	t.demandMu.Lock()
+	defer t.demandMu.Unlock()
+	return sentBefore(t.outstanding, func(r Request) time.Time { return r.SentAt }, limit)
+}
+
+// sentBefore reports whether a request of m was sent before limit.
+func sentBefore[R any](m map[uint64]R, sentAt func(R) time.Time, limit time.Time) bool {
+	for _, r := range m {
+		if sentAt(r).Before(limit) {
+			return true
+		}
+	}
+	return false
+}
+
+// PageRange is pages [First, First+N) of one area.
+type PageRange struct{ First, N uint64 }
+
+// Unclaimed appends to out the runs of pages [first, first+n) of a that
+// nobody brings: not resolved, and no demand request outstanding. A bulk run
+// that never arrived goes back to the prefetch policy as those runs only.
+func (t *Table) Unclaimed(a *Area, first, n uint64, out []PageRange) []PageRange {
+	const taken = stResolved | stDemand
+	end := first + n
+	for p := first; p < end; {
+		if a.state.get(p)&taken != 0 {
+			p++
+			continue
+		}
+		q := p + 1
+		for q < end && a.state.get(q)&taken == 0 {
+			q++
+		}
+		out = append(out, PageRange{First: p, N: q - p})
+		p = q
+	}
+	return out
+}
+
+func (t *Table) addWaiter(a *Area, p uint64, tid uint32, at time.Time) {
+	k := key(a, p)
+	w := waiter{tid: tid, at: at}
+	t.waitMu.Lock()
+	defer t.waitMu.Unlock()
+	ws, ok := t.waiters[k]
+	if !ok {
+		t.waiters[k] = waiters{first: w}
+		return
+	}
+	if ws.first.tid == tid {
+		return // the same thread again (a retried fault)
+	}
+	for _, o := range ws.more {
+		if o.tid == tid {
+			return
+		}
+	}
+	ws.more = append(ws.more, w)
+	t.waiters[k] = ws
+}
+
+// resolveWaiters accounts the wait of every thread on page p: the fault's
+// latency (from its first waiter) and blocktime (every waiter).
+func (t *Table) resolveWaiters(a *Area, p uint64, now time.Time) {
+	k := key(a, p)
+	t.waitMu.Lock()
+	ws, ok := t.waiters[k]
+	delete(t.waiters, k)
+	t.waitMu.Unlock()
+	if !ok || t.hooks.Waited == nil {
+		return
+	}
+	block := now.Sub(ws.first.at)
+	for _, w := range ws.more {
+		block += now.Sub(w.at)
+	}
+	t.hooks.Waited(now.Sub(ws.first.at), block)
+}
+
+// Plan chooses the next copy among pages [p, p+n) of a: it skips the pages
+// resolved already (skip of them), and returns the host address of the next
+// page and how many pages from it, at most max, are unresolved and
+// contiguous in memory (k). k is 0 when every page is resolved; mapped is
+// false when page p+skip is not mapped (the caller records it Unmapped and
+// goes on). The caller holds its event lock for reading.
+func (t *Table) Plan(a *Area, p, n, max uint64) (skip, addr, k uint64, mapped bool) {
+	for skip < n && a.state.get(p+skip)&stResolved != 0 {
+		skip++
+	}
+	if skip == n {
+		return skip, 0, 0, true
+	}
+	p, n = p+skip, n-skip
+	addr, contiguous, ok := t.addrOf(a, p)
+	if !ok {
+		return skip, 0, 0, false
+	}
+	k = 1
+	for k < n && k < max && k < contiguous && a.state.get(p+k)&stResolved == 0 {
+		k++
+	}
+	return skip, addr, k, true
+}

@@ -1,0 +1,530 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/postcopy/postcopy/internal/sched"
+	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
+	"github.com/postcopy/postcopy/pkg/prefetch"
+	"github.com/postcopy/postcopy/pkg/transport"
+)
+
+// link is the fetcher's side of the network: the only code that owns
+// connections. It opens the session and its lanes, sends the demand
+// requests the page table makes and the bulk runs the puller hands out,
+// hands answers to the placer, and when a lane breaks, reconnects and asks
+// again for everything in flight.
+type link struct {
+	cfg   *Config
+	log   hclog.Logger
+	pages *pagestate.Table
+	place *placer
+	pull  *puller
+	stats *counters
+	life  *lifecycle
+	prio  *demandPrio
+
+	cur    atomic.Pointer[conn]              // the live connection, nil while reconnecting
+	sess   atomic.Pointer[transport.Session] // the latest session, for Done
+	client atomic.Pointer[transport.Client]  // the latest client, closed by Run
+	gen    uint64                            // image generation of the session
+}
+
+// conn is one connection generation: a session with its two lanes. A broken
+// lane ends the generation; the next one re-asks for everything in flight.
+type conn struct {
+	client *transport.Client
+	sess   *transport.Session
+	demand *transport.Lane
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	// The bulk lane opens in the background (openBulk): the first demand
+	// request must not wait for its greeting. bulk is set, under mu, before
+	// bulkReady closes; closing (under mu) stops a late open.
+	bulk      *transport.Lane
+	bulkReady chan struct{}
+	closing   bool
+	placeQ    chan *transport.Response // checked bulk answers, to bulkPlace
+
+	mu sync.Mutex // guards bulk and closing
+
+	// lastDemand and lastBulk are when each lane last brought an answer
+	// (or started): the watchdog judges progress, not a request's age,
+	// since bulk runs wait behind each other on a slow link.
+	lastDemand, lastBulk atomic.Int64
+	bulkDone             atomic.Int64 // bulk answers received
+}
+
+var errStalled = errors.New("link stalled: no answer in time")
+
+// open gets the migration's session and its demand lane: the one opened
+// ahead (Config.Opened) where it covers the layout, else one opened now.
+// unused is a session opened ahead and not used, for the caller to end (off
+// the way to the first page).
+func (l *link) open(ctx context.Context) (sess *transport.Session, demand *transport.Lane, unused *Opened, err error) {
+	if o := l.cfg.Opened; o != nil && o.covers(l.pages) &&
+		(l.cfg.ExpectGeneration == 0 || o.Session.Image().Generation == l.cfg.ExpectGeneration) {
+		sess, demand = o.Session, o.Demand
+		if demand == nil {
+			if demand, err = sess.Demand(ctx); err != nil {
+				l.log.Debug("no demand lane on the session opened ahead: opening another", "error", err)
+				sess, unused = nil, o
+			}
+		}
+	} else if o != nil {
+		unused = o
+		l.log.Debug("the session opened ahead does not cover the layout: opening another")
+	}
+	if sess == nil {
+		if sess, demand, err = l.openSession(ctx, l.cfg.Client, l.cfg.ExpectGeneration); err != nil {
+			unused.End(l.log)
+			return nil, nil, nil, err
+		}
+	}
+	l.gen = sess.Image().Generation
+	return sess, demand, unused, nil
+}
+
+// openSession opens a session for the layout on client, with its demand lane.
+func (l *link) openSession(ctx context.Context, client *transport.Client, expect uint64) (*transport.Session, *transport.Lane, error) {
+	areas := l.pages.Areas()
+	regions := make([]transport.Region, len(areas))
+	for i, r := range areas {
+		regions[i] = transport.Region{Offset: r.Offset, Length: r.Size, PageSize: uint32(r.PageSize)}
+	}
+	// After the handoff every round trip before the first demand request
+	// counts: the session opens on its demand lane where the server can
+	// (transport.Client.OpenDemand), on a connection dialled ahead like the
+	// bulk lane's (those dialled at start are used while fresh).
+	client.PrepareLanes(2)
+	sess, demand, err := client.OpenDemand(ctx, regions, expect)
+	switch {
+	case err == nil:
+		return sess, demand, nil
+	case errors.Is(err, transport.ErrImageChanged):
+		return nil, nil, fmt.Errorf("%w: %w", ErrImageChanged, err)
+	case errors.Is(err, transport.ErrSourceGone):
+		return nil, nil, fmt.Errorf("%w: %w", ErrSourceLost, err)
+	}
+	if c := status.Code(err); c == codes.InvalidArgument || c == codes.OutOfRange {
+		return nil, nil, fmt.Errorf("%w: %w", ErrLayout, err)
+	}
+	return nil, nil, fmt.Errorf("fetcher: opening session: %w", err)
+}
+
+// connLoop runs connection generations until ctx ends or an unrecoverable
+// error, starting with c (made on client).
+func (l *link) connLoop(ctx context.Context, client *transport.Client, c *conn) {
+	for {
+		err := l.serveConn(c)
+		if ctx.Err() != nil {
+			return
+		}
+		retry := transport.IsRetryable(err) || errors.Is(err, errStalled) || errors.Is(err, transport.ErrSessionNotFound)
+		if !retry || l.cfg.Redial == nil {
+			l.life.fail(err)
+			return
+		}
+		l.log.Warn("link to the source broke; reconnecting", "error", err,
+			"window", l.cfg.ReconnectTimeout)
+		old := client
+		var sess *transport.Session
+		var demand *transport.Lane
+		if client, sess, demand, err = l.reconnect(ctx); err != nil {
+			l.life.fail(err)
+			return
+		}
+		l.client.Store(client)
+		old.Close()
+		l.stats.reconns.Add(1)
+		c = l.newConn(ctx, client, sess, demand)
+	}
+}
+
+// newConn makes a connection generation from a session and its demand lane
+// (the bulk lane opens in the background: openBulk).
+func (l *link) newConn(ctx context.Context, client *transport.Client, sess *transport.Session, demand *transport.Lane) *conn {
+	cctx, cancel := context.WithCancelCause(ctx)
+	c := &conn{client: client, sess: sess, demand: demand, ctx: cctx, cancel: cancel,
+		bulkReady: make(chan struct{}), placeQ: make(chan *transport.Response, 2)}
+	now := time.Now().UnixNano()
+	c.lastDemand.Store(now)
+	c.lastBulk.Store(now)
+	return c
+}
+
+// serveConn runs the lanes of c until one breaks or the fetcher stops, then
+// hands everything in flight back: demand requests stay outstanding (and are
+// sent again on the next connection), bulk runs return to the policy.
+func (l *link) serveConn(c *conn) error {
+	l.sess.Store(c.sess)
+	if l.cur.Swap(c) != c {
+		// Requests made while there was no connection go out now. (The
+		// first connection is current before the first fault is read.)
+		l.resendOutstanding(c)
+	}
+	l.log.Debug("demand lane open", "since_handoff", time.Since(l.cfg.HandoffAt))
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 8) // one per goroutine below, with room
+	run := func(fn func(*conn) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(c); err != nil {
+				c.cancel(err)
+				errs <- err
+			}
+		}()
+	}
+	run(l.demandRecv)
+	run(l.openBulk)
+	run(l.bulkSend)
+	run(l.bulkRecv)
+	run(l.bulkPlace)
+	run(l.watchdog)
+	<-c.ctx.Done()
+	l.cur.CompareAndSwap(c, nil)
+	c.demand.Close()
+	c.mu.Lock()
+	c.closing = true
+	bulk := c.bulk
+	c.mu.Unlock()
+	if bulk != nil {
+		bulk.Close()
+	}
+	wg.Wait()
+	close(errs)
+
+	// Every goroutine of c has returned: its bulk runs in flight never
+	// arrive.
+	l.pull.requeue(l.pages.BulkLost(nil)...)
+	l.pull.poke()
+
+	if err := context.Cause(c.ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	for err := range errs {
+		return err
+	}
+	return c.ctx.Err()
+}
+
+// reconnect dials again with backoff until it gets a session on the same
+// image or the reconnect window closes.
+func (l *link) reconnect(ctx context.Context) (*transport.Client, *transport.Session, *transport.Lane, error) {
+	deadline := time.Now().Add(l.cfg.ReconnectTimeout)
+	backoff := 50 * time.Millisecond
+	var last error
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithDeadline(ctx, deadline)
+		client, err := l.cfg.Redial(actx)
+		if err == nil {
+			var sess *transport.Session
+			var demand *transport.Lane
+			sess, demand, err = l.openSession(actx, client, l.gen)
+			if err == nil {
+				cancel()
+				l.log.Info("reconnected", "attempt", attempt, "session", sess.ID())
+				return client, sess, demand, nil
+			}
+			client.Close()
+			if errors.Is(err, ErrImageChanged) || errors.Is(err, ErrLayout) || errors.Is(err, ErrSourceLost) {
+				cancel()
+				return nil, nil, nil, err
+			}
+		}
+		cancel()
+		last = err
+		if ctx.Err() != nil {
+			return nil, nil, nil, ctx.Err()
+		}
+		wait := min(backoff, time.Until(deadline))
+		if wait <= 0 {
+			return nil, nil, nil, fmt.Errorf("%w: no connection within %v: %w", ErrSourceLost, l.cfg.ReconnectTimeout, last)
+		}
+		l.log.Debug("reconnect failed", "attempt", attempt, "error", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, nil, nil, ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+// sendDemand sends a demand request the page table made outstanding on
+// the demand lane (or, while reconnecting, leaves it for the next
+// connection, which sends every outstanding request again).
+func (l *link) sendDemand(r pagestate.Request) {
+	if c := l.cur.Load(); c != nil {
+		if err := c.demand.Send(transport.Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {
+			c.cancel(err)
+		}
+	}
+}
+
+func (l *link) resendOutstanding(c *conn) {
+	reqs := l.pages.Resend(time.Now(), nil)
+	for _, r := range reqs {
+		if err := c.demand.Send(transport.Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {
+			c.cancel(err)
+			return
+		}
+	}
+	if len(reqs) > 0 {
+		l.log.Info("asked again for pages in flight", "pages", len(reqs))
+	}
+}
+
+// demandRecv places demand answers as they arrive, with waking copies.
+func (l *link) demandRecv(c *conn) error {
+	th := l.prio.thread()
+	defer th.done()
+	if th != nil {
+		c.demand.WaitInThread()
+	}
+	for {
+		th.idle()
+		resp, err := c.demand.Recv()
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		th.woke(now)
+		c.lastDemand.Store(now.UnixNano())
+		if err := resp.Verify(); err != nil {
+			l.stats.crcErrors.Add(1)
+			l.log.Warn("demand answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
+			req := transport.Request{ID: l.pages.NextID(), Offset: resp.Offset, Pages: resp.Pages}
+			resp.Release()
+			if err := c.demand.Send(req); err != nil {
+				return err
+			}
+			continue
+		}
+		err = l.place.placeResponse(resp, true, nil)
+		if r, p, ok := l.pages.LookupOffset(resp.Offset); ok {
+			l.pages.Answered(r, p, uint64(resp.Pages))
+		}
+		resp.Release()
+		if err != nil {
+			l.life.fail(err)
+			return err
+		}
+	}
+}
+
+// openBulk opens the bulk lane of c; bulkSend and bulkRecv wait for it.
+func (l *link) openBulk(c *conn) error {
+	lane, err := c.sess.Bulk(c.ctx)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		lane.Close()
+		return nil
+	}
+	c.bulk = lane
+	close(c.bulkReady)
+	l.log.Debug("bulk lane open", "since_handoff", time.Since(l.cfg.HandoffAt))
+	return nil
+}
+
+// bulkSend keeps the bulk lane's window (prefetch.Window) full of the runs
+// the policy hands out.
+func (l *link) bulkSend(c *conn) error {
+	select {
+	case <-l.pull.on:
+	case <-c.ctx.Done():
+		return nil
+	}
+	select {
+	case <-c.bulkReady:
+	case <-c.ctx.Done():
+		return nil
+	}
+	// Right after the handoff, the workload's first fault is the
+	// switchover's critical path: the prefetch starts once the first page
+	// is placed, or a grace period after the handoff if no fault comes.
+	placed := false
+	select {
+	case <-l.stats.firstPlaced:
+		placed = true
+	default:
+	}
+	if wait := prefetch.StartAfter(time.Since(l.cfg.HandoffAt), placed); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-l.stats.firstPlaced:
+		case <-t.C:
+		case <-c.ctx.Done():
+			t.Stop()
+			return nil
+		}
+		t.Stop()
+	}
+	var runs []prefetch.Run
+	for {
+		bytes, n := l.pages.BulkInFlight()
+		answers := uint64(c.bulkDone.Load())
+		sent := false
+		for {
+			want := l.pull.window.Want(answers, bytes, n)
+			if want == 0 {
+				break
+			}
+			runs = l.pull.next(want, runs[:0])
+			if len(runs) == 0 {
+				break
+			}
+			for _, run := range runs {
+				b := l.pages.AskBulk(run.Region, run.Page, run.Pages, time.Now())
+				if err := c.bulk.Send(transport.Request{ID: b.ID, Offset: b.Offset, Pages: b.Pages}); err != nil {
+					return err
+				}
+				bytes, n, sent = bytes+b.Bytes, n+1, true
+			}
+		}
+		if sent {
+			continue
+		}
+		select {
+		case <-l.pull.kick:
+		case <-c.ctx.Done():
+			return nil
+		}
+	}
+}
+
+// bulkRecv receives and checks bulk answers and hands them to bulkPlace:
+// reading a run from the socket and checksumming it overlaps with copying
+// the previous one, on another CPU where there is one.
+func (l *link) bulkRecv(c *conn) error {
+	select {
+	case <-c.bulkReady:
+	case <-c.ctx.Done():
+		return nil
+	}
+	for {
+		resp, err := c.bulk.Recv()
+		if err != nil {
+			return err
+		}
+		c.lastBulk.Store(time.Now().UnixNano())
+		id := resp.ID // resp returns to a pool at Release
+		if !l.pages.BulkAsked(id) {
+			resp.Release()
+			return fmt.Errorf("fetcher: bulk answer %d was never asked for", id)
+		}
+		if err := resp.Verify(); err != nil {
+			l.stats.crcErrors.Add(1)
+			l.log.Warn("bulk answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
+			resp.Release()
+			l.finishBulk(c, id, true)
+			continue
+		}
+		select {
+		case c.placeQ <- resp:
+		case <-c.ctx.Done():
+			resp.Release() // still in flight: requeued when the connection ends
+			return nil
+		}
+	}
+}
+
+// bulkPlace places checked bulk answers with DONTWAKE copies.
+func (l *link) bulkPlace(c *conn) error {
+	// With BulkYield, copying runs at a lower CPU priority while demand
+	// answers are awaited, so that the demand path gets a CPU at once.
+	//
+	// With UrgentDemand, each copy runs boosted while it holds the event
+	// lock, which the urgent fault loop may be waiting for.
+	var th, boost *sched.Thread
+	if l.cfg.BulkYield || l.cfg.UrgentDemand {
+		th = sched.LockThread()
+	}
+	if l.cfg.UrgentDemand {
+		boost = th
+	}
+	for {
+		var resp *transport.Response
+		select {
+		case resp = <-c.placeQ:
+		case <-c.ctx.Done():
+			for {
+				select {
+				case resp := <-c.placeQ:
+					resp.Release() // requeued when the connection ends
+				default:
+					return nil
+				}
+			}
+		}
+		if l.cfg.BulkYield {
+			th.Defer(l.pages.Outstanding() > 0)
+		}
+		id := resp.ID
+		b := boost
+		if !l.prio.budget.realTime() {
+			b = nil // the demand path is past its budget, in the background: no inversion to avoid
+		}
+		err := l.place.placeResponse(resp, false, b)
+		resp.Release()
+		if err != nil {
+			l.life.fail(err)
+			return err
+		}
+		l.finishBulk(c, id, false)
+	}
+}
+
+// finishBulk ends a bulk request; with requeue its run goes back to the
+// policy.
+func (l *link) finishBulk(c *conn, id uint64, requeue bool) {
+	c.bulkDone.Add(1)
+	if b, ok := l.pages.BulkDone(id); ok && requeue {
+		l.pull.requeue(b)
+	}
+	l.pull.poke()
+}
+
+// watchdog ends the connection when a lane has requests waiting and has
+// brought no answer for RequestTimeout: a stalled server or a dead link
+// counts as a broken link. A slow link is not a stall: answers keep coming,
+// however long each run waits behind the others.
+func (l *link) watchdog(c *conn) error {
+	period := max(l.cfg.RequestTimeout/4, 10*time.Millisecond)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return nil
+		case now := <-t.C:
+			limit := now.Add(-l.cfg.RequestTimeout)
+			demandLate := l.pages.Late(limit)
+			bulkLate := l.pages.BulkLate(limit)
+			if demandLate && c.lastDemand.Load() < limit.UnixNano() {
+				return fmt.Errorf("%w: the demand lane brought nothing for %v", errStalled, l.cfg.RequestTimeout)
+			}
+			if bulkLate && c.lastBulk.Load() < limit.UnixNano() {
+				return fmt.Errorf("%w: the bulk lane brought nothing for %v", errStalled, l.cfg.RequestTimeout)
+			}
+		}
+	}
+}
