@@ -27,21 +27,28 @@
 //
 // Each toucher thread times its own reads with the monotonic clock (Now),
 // around the load itself, and writes the result into memory allocated and
-// touched before the handoff: no allocation, no lock, no system call inside
-// the timed window. What is counted:
+// touched before the handoff (room for one sample per read the thread
+// makes: 8 bytes per page it reads): no allocation, no lock, no system call
+// inside the timed window. What is counted:
 //
+//   - A stall is a read that found its page missing: every thread asks
+//     mincore(2) (which does not fault) about the page just before it
+//     starts the clock for each read, and records each read that found the
+//     page missing in its own samples. TouchResult.Stalls is the
+//     distribution of those reads: the faults as the guest's threads felt
+//     them, from the load that faulted to the thread running again — the
+//     way to the handler and back included. Several threads reading a page
+//     that is still missing each count once, each blocked for as long as it
+//     was (a thread that reads it after another's fault resolved it does
+//     not count). A page that became resident between mincore and the load
+//     counts as a short stall; one dropped (Discard) between them is a
+//     fault not counted.
 //   - A page's first touch is the read by the thread that claims the page
 //     first: a per-page bit, set atomically just before the read; exactly
 //     one read of each page is its first touch, however many threads read
-//     it. Other threads reading the page at the same moment wait on the same
-//     fault; their reads are not first touches (OtherReadMax is the slowest).
-//   - A stall is a first touch that found its page missing: the claiming
-//     thread asks mincore(2) (which does not fault) just before starting the
-//     clock. TouchResult.Stalls is the distribution of those reads: the
-//     faults as the guest's thread felt them, from the load that faulted to
-//     the thread running again — the way to the handler and back included.
-//     A page that became resident between mincore and the load counts as a
-//     short stall.
+//     it (FirstTouches, FirstTouchMax). The other reads are not
+//     (OtherReadMax is the slowest); the claim decides nothing about
+//     stalls.
 //   - FirstReadDone is when the first read of any thread completed; with
 //     VM.HandedOverAt (just before the handshake's sendmsg) it gives the
 //     time from the handoff to the first page, and VM.HandlerClosedAt the

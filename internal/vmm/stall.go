@@ -64,10 +64,13 @@ func SummarizeStalls(samples []int64) StallStats {
 // (and its memory touched) before the handoff; the touch loop only writes
 // into it.
 type touchRecord struct {
-	// stalls holds the duration (ns) of each first touch that found its
-	// page missing, stalls[:nStalls].
+	// stalls holds the duration (ns) of each read that found its page
+	// missing, stalls[:nStalls]: room for one per read the thread makes.
 	stalls  []int64
 	nStalls int
+	// dropped counts stalls that found no room in stalls (none: it is
+	// sized to the thread's reads).
+	dropped uint64
 	// firstTouches counts this thread's first touches, missing or not;
 	// firstTouchMax is the slowest of them.
 	firstTouches  uint64
@@ -81,11 +84,22 @@ type touchRecord struct {
 	_   [64]byte // keep threads' hot fields off each other's cache lines
 }
 
-// record notes one read of duration d that ended at end: a first touch
-// (first) of a page that was missing (missing), or a later read.
+// record notes one read of duration d that ended at end: a stall if its
+// page was missing just before it (missing), whichever thread claimed the
+// page; the page's first touch (first), or a later read. The stalls buffer
+// has room for every read the thread makes (PrepareTouch); a sample beyond
+// it would be counted in dropped, never lost silently.
 func (r *touchRecord) record(first, missing bool, d time.Duration, end Stamp) {
 	if r.firstReadDone == 0 {
 		r.firstReadDone = end
+	}
+	if missing {
+		if r.nStalls < len(r.stalls) {
+			r.stalls[r.nStalls] = int64(d)
+			r.nStalls++
+		} else {
+			r.dropped++
+		}
 	}
 	if !first {
 		r.otherMax = max(r.otherMax, d)
@@ -93,10 +107,6 @@ func (r *touchRecord) record(first, missing bool, d time.Duration, end Stamp) {
 	}
 	r.firstTouches++
 	r.firstTouchMax = max(r.firstTouchMax, d)
-	if missing && r.nStalls < len(r.stalls) {
-		r.stalls[r.nStalls] = int64(d)
-		r.nStalls++
-	}
 }
 
 // claimSet is a bitmap of pages whose first touch has been claimed, one bit

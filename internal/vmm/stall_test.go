@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -36,19 +37,23 @@ func TestSummarizeStalls(t *testing.T) {
 }
 
 func TestTouchRecord(t *testing.T) {
-	r := touchRecord{stalls: make([]int64, 2)}
-	r.record(false, false, 50*time.Microsecond, 100) // another thread's page
+	r := touchRecord{stalls: make([]int64, 3)}
+	r.record(false, false, 50*time.Microsecond, 100) // another thread's page, resident
 	r.record(true, false, time.Microsecond, 200)     // first touch, resident
 	r.record(true, true, 80*time.Microsecond, 300)
-	r.record(true, true, 90*time.Microsecond, 400)
-	r.record(true, true, 70*time.Microsecond, 500) // beyond the buffer: dropped, still counted as a first touch
-	if r.firstReadDone != 100 || r.otherMax != 50*time.Microsecond || r.firstTouches != 4 || r.firstTouchMax != 90*time.Microsecond || r.nStalls != 2 {
+	r.record(false, true, 90*time.Microsecond, 400) // another thread claimed it, but it was missing: a stall all the same
+	r.record(true, true, 70*time.Microsecond, 500)
+	r.record(false, true, 60*time.Microsecond, 600) // beyond the buffer: dropped, counted
+	if r.firstReadDone != 100 || r.otherMax != 90*time.Microsecond || r.firstTouches != 3 || r.firstTouchMax != 80*time.Microsecond || r.nStalls != 3 || r.dropped != 1 {
 		t.Fatalf("record: %+v", r)
+	}
+	if got, want := r.stalls, []int64{int64(80 * time.Microsecond), int64(90 * time.Microsecond), int64(70 * time.Microsecond)}; !slices.Equal(got, want) {
+		t.Fatalf("stall samples %v, want %v", got, want)
 	}
 	var res TouchResult
 	res.summarize([]touchRecord{r, {stalls: []int64{int64(10 * time.Microsecond)}, nStalls: 1, firstTouches: 1, firstReadDone: 50}, {}})
-	want := StallStats{Count: 3, P50: 80 * time.Microsecond, P90: 90 * time.Microsecond, P99: 90 * time.Microsecond, P999: 90 * time.Microsecond, Max: 90 * time.Microsecond}
-	if res.Stalls != want || res.FirstTouches != 5 || res.FirstReadDone != 50 || res.OtherReadMax != 50*time.Microsecond {
+	want := StallStats{Count: 4, P50: 70 * time.Microsecond, P90: 90 * time.Microsecond, P99: 90 * time.Microsecond, P999: 90 * time.Microsecond, Max: 90 * time.Microsecond}
+	if res.Stalls != want || res.FirstTouches != 4 || res.FirstReadDone != 50 || res.OtherReadMax != 90*time.Microsecond || res.StallsDropped != 1 {
 		t.Errorf("summarize: %+v", res)
 	}
 }
@@ -109,7 +114,7 @@ func TestResident(t *testing.T) {
 func TestStamp(t *testing.T) {
 	a := Now()
 	time.Sleep(time.Millisecond)
-	if d := Now().Sub(a); d < time.Millisecond || d > time.Second {
+	if d := Now().Sub(a); d < time.Millisecond {
 		t.Errorf("a 1 ms sleep measured %v", d)
 	}
 }

@@ -90,8 +90,9 @@ type TouchResult struct {
 	// What the touching threads measured, each around its own load, with
 	// the monotonic clock (see the package documentation, "Stalls").
 	//
-	// Stalls is the distribution of the first touches that found their
-	// page missing: the faults the guest felt.
+	// Stalls is the distribution of the reads, by any thread, that found
+	// their page missing: the faults the guest felt, each blocked thread
+	// once (threads waiting on the same page's fault each count).
 	Stalls StallStats
 	// FirstTouches counts the pages whose first touch was timed, missing
 	// or not; FirstTouchMax is the slowest of those reads.
@@ -99,8 +100,12 @@ type TouchResult struct {
 	FirstTouchMax time.Duration
 	// OtherReadMax is the slowest read that was not a page's first touch
 	// (another thread had claimed it: a read of a page already resident,
-	// or one that waited on the fault of the thread that claimed it).
+	// or one that waited on a fault too, then also a stall).
 	OtherReadMax time.Duration
+	// StallsDropped counts stalls left out of Stalls for want of room in
+	// the preallocated samples: zero, as every thread has room for one
+	// per read; Run fails otherwise.
+	StallsDropped uint64
 	// FirstReadDone is when the first read of any thread completed; zero
 	// when there was none.
 	FirstReadDone Stamp
@@ -190,18 +195,25 @@ func (v *VM) PrepareTouch(opts TouchOptions) (*Toucher, error) {
 	pretouch(unsafe.Pointer(unsafe.SliceData(t.claimed)), uintptr(len(t.claimed))*8)
 	t.recs = make([]touchRecord, opts.Threads)
 	for i := range t.recs {
-		// A thread makes at most its share of reads (TouchAll) or one
-		// read of every page: that many first touches at most.
-		n := t.pi.total
-		if opts.Mode == TouchAll {
-			k := uint64(opts.Threads)
-			n = t.pi.total*uint64(i+1)/k - t.pi.total*uint64(i)/k
-		}
-		t.recs[i].stalls = make([]int64, n)
-		pretouch(unsafe.Pointer(unsafe.SliceData(t.recs[i].stalls)), uintptr(n)*8)
+		// Any read of a thread may find its page missing: room for one
+		// sample per read it makes (its share, or every page once).
+		lo, hi := t.share(i)
+		t.recs[i].stalls = make([]int64, hi-lo)
+		pretouch(unsafe.Pointer(unsafe.SliceData(t.recs[i].stalls)), uintptr(hi-lo)*8)
 	}
 	t.restore = quiesceGC(opts.Threads + 2)
 	return t, nil
+}
+
+// share returns the range [lo, hi) of read numbers thread th makes: its
+// contiguous share of the pages in TouchAll, every page otherwise (the
+// page itself comes from the thread's order in TouchRandom).
+func (t *Toucher) share(th int) (lo, hi uint64) {
+	if t.opts.Mode == TouchAll {
+		n := uint64(t.opts.Threads)
+		return t.pi.total * uint64(th) / n, t.pi.total * uint64(th+1) / n
+	}
+	return 0, t.pi.total
 }
 
 // quiesceGC prepares this process to fault on memory a handler serves: the
@@ -233,6 +245,7 @@ func quiesceGC(minProcs int) func() {
 func (t *Toucher) Run() (TouchResult, error) {
 	defer t.restore()
 	var res TouchResult
+	tc := t
 	opts, v, pi, orders, claimed, recs := t.opts, t.v, t.pi, t.orders, t.claimed, t.recs
 	if opts.Mode == TouchNone {
 		return res, nil
@@ -253,12 +266,8 @@ func (t *Toucher) Run() (TouchResult, error) {
 			defer runtime.UnlockOSThread()
 			rec := &recs[t]
 			var sum uint64
-			lo, hi := uint64(0), pi.total
 			var next time.Time
-			if opts.Mode == TouchAll {
-				n := uint64(opts.Threads)
-				lo, hi = pi.total*uint64(t)/n, pi.total*uint64(t+1)/n
-			}
+			lo, hi := tc.share(t)
 			for i := lo; i < hi; i++ {
 				if stop.Load() {
 					break
@@ -274,8 +283,11 @@ func (t *Toucher) Run() (TouchResult, error) {
 					p = uint64(orders[t][i])
 				}
 				addr := v.pageAddr(&pi, p)
+				// Every read asks mincore, the last thing before the
+				// clock starts: any thread may be the one whose load
+				// faults, or one that waits on another's fault.
 				first := claimed.claim(p)
-				missing := first && !resident(addr, &rec.vec)
+				missing := !resident(addr, &rec.vec)
 				t0 := Now()
 				sum += uint64(*(*byte)(addr))
 				t1 := Now()
@@ -302,6 +314,9 @@ func (t *Toucher) Run() (TouchResult, error) {
 	if atErr != nil {
 		return res, fmt.Errorf("vmm: touch: at read %d: %w", atRead, atErr)
 	}
+	if res.StallsDropped > 0 {
+		return res, fmt.Errorf("vmm: touch: %d stalls found no room in the samples (sized to each thread's reads)", res.StallsDropped)
+	}
 	return res, nil
 }
 
@@ -311,6 +326,7 @@ func (r *TouchResult) summarize(recs []touchRecord) {
 	for i := range recs {
 		rec := &recs[i]
 		all = append(all, rec.stalls[:rec.nStalls]...)
+		r.StallsDropped += rec.dropped
 		r.FirstTouches += rec.firstTouches
 		r.FirstTouchMax = max(r.FirstTouchMax, rec.firstTouchMax)
 		r.OtherReadMax = max(r.OtherReadMax, rec.otherMax)

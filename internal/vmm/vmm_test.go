@@ -347,18 +347,21 @@ func testTouchDiscardVerify(t *testing.T, mode TouchMode, legacy bool) {
 }
 
 // checkStalls checks what the touching threads measured: one first touch
-// per page, nothing resident before the handler placed it (this handler
-// never prefetches), so that every first touch is a stall unless another
-// thread's read of the same page resolved it first (same and random modes).
+// per page, and nothing resident before the handler placed it (this handler
+// never prefetches and places only the page that faulted), so that every
+// page is a stall at least once — the thread whose load faulted on it found
+// it missing — and at most once per read (every thread of same and random
+// modes may find it missing). Mode all reads each page once: exactly one
+// stall per page (the discard drops pages already read, or still missing).
 func checkStalls(t *testing.T, vm *VM, res TouchResult, mode TouchMode) {
 	t.Helper()
 	pages := vm.Spec().Pages()
 	s := res.Stalls
-	if res.FirstTouches != pages || s.Count == 0 || s.Count > pages || (mode == TouchAll && s.Count != pages) {
-		t.Errorf("%d first touches and %d stalls of %d pages", res.FirstTouches, s.Count, pages)
+	if res.FirstTouches != pages || s.Count < pages || s.Count > res.Reads || (mode == TouchAll && s.Count != pages) || res.StallsDropped != 0 {
+		t.Errorf("%d first touches and %d stalls (%d dropped) of %d pages in %d reads", res.FirstTouches, s.Count, res.StallsDropped, pages, res.Reads)
 	}
-	if !(0 < s.P50 && s.P50 <= s.P90 && s.P90 <= s.P99 && s.P99 <= s.P999 && s.P999 <= s.Max && s.Max <= res.FirstTouchMax && s.Max < time.Minute) {
-		t.Errorf("stall distribution %+v, slowest first touch %v", s, res.FirstTouchMax)
+	if !(0 < s.P50 && s.P50 <= s.P90 && s.P90 <= s.P99 && s.P99 <= s.P999 && s.P999 <= s.Max && s.Max <= max(res.FirstTouchMax, res.OtherReadMax) && s.Max < time.Minute) {
+		t.Errorf("stall distribution %+v, slowest first touch %v, slowest other read %v", s, res.FirstTouchMax, res.OtherReadMax)
 	}
 	// A fault served by another thread of this process costs microseconds
 	// at least: a read of a resident page does not.

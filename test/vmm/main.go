@@ -79,17 +79,22 @@ type config struct {
 const stallsUsage = `What the guest felt, in the result line (every thread times its own reads
 with the monotonic clock, around the load itself; nothing is allocated, locked
 or called in between):
+  stall             a read that found its page missing: every thread asks
+                    mincore about the page just before it starts the clock
+                    for each read, and records each such read in its own
+                    samples: a fault, as that thread felt it. Threads blocked
+                    on the same page each count once; a read after another
+                    thread's fault resolved the page does not count
+  stall_count, stall_p50_us, stall_p90_us, stall_p99_us, stall_p999_us,
+  stall_max_us      how many stalls, and their distribution (nearest rank)
   first touch       the read of a page by the thread that claims it first (a
                     per-page bit set atomically just before the read): exactly
                     one per page read, however many threads read it
-  stall             a first touch that found its page missing (mincore just
-                    before the clock starts): a fault, as the thread felt it
-  stall_count, stall_p50_us, stall_p90_us, stall_p99_us, stall_p999_us,
-  stall_max_us      how many stalls, and their distribution (nearest rank)
   first_touches, first_touch_max_us
                     first touches, missing or not, and the slowest of them
   other_read_max_us the slowest read that was not a first touch (another
-                    thread claimed the page: it may have waited on that fault)
+                    thread claimed the page; it may have waited on a fault,
+                    and is then a stall too)
   first_page_ms     from just before the handshake's sendmsg to the end of the
                     first completed read of any thread (0: no read)
   handler_closed_ms from that sendmsg until the handler closed the handshake

@@ -159,8 +159,12 @@ func TestGuestViewKeys(t *testing.T) {
 		return v
 	}
 	const pages = 1024
-	if n := num("stall_count"); n != pages {
-		t.Errorf("stall_count %v, want %d: with the prefetch off every first touch faults", n, pages)
+	// With the prefetch off a page arrives only when a read faults on it,
+	// and the thread making that read found it missing: every page is a
+	// stall at least once. Both threads may find a page missing: at most
+	// one stall per read.
+	if n, reads := num("stall_count"), num("reads"); n < pages || n > reads || reads != 2*pages {
+		t.Errorf("stall_count %v of %v reads, want %d..reads (2 threads read every one of %d pages)", n, reads, pages, pages)
 	}
 	if n := num("first_touches"); n != pages {
 		t.Errorf("first_touches %v, want %d", n, pages)
@@ -168,7 +172,7 @@ func TestGuestViewKeys(t *testing.T) {
 	p50, p90, p99, p999, pmax := num("stall_p50_us"), num("stall_p90_us"), num("stall_p99_us"), num("stall_p999_us"), num("stall_max_us")
 	// A remote fault crosses three processes and a TCP connection: tens
 	// of microseconds at least.
-	if !(5 < p50 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= pmax && pmax <= num("first_touch_max_us") && pmax < 60e6) {
+	if !(5 < p50 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= pmax && pmax <= max(num("first_touch_max_us"), num("other_read_max_us")) && pmax < 60e6) {
 		t.Errorf("stall percentiles p50 %v p90 %v p99 %v p99.9 %v max %v: %s", p50, p90, p99, p999, pmax, line)
 	}
 	if o := num("other_read_max_us"); o <= 0 || o >= 60e6 {
