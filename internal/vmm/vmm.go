@@ -148,9 +148,14 @@ func (v *VM) HandOver(socketPath string, legacy bool) error {
 	if err != nil {
 		return fmt.Errorf("vmm: connect to the page fault handler: %w", err)
 	}
-	regions := v.HandshakeRegions()
+	msg, err := handshake.Marshal(v.HandshakeRegions(), legacy)
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("vmm: handshake: encode: %w", err)
+	}
+	// The stamp goes as close to the sendmsg as it can: after the encoding.
 	v.sentAt = Now()
-	if err := handshake.Send(conn, regions, v.fd.Int(), legacy); err != nil {
+	if err := handshake.SendMessage(conn, msg, v.fd.Int()); err != nil {
 		conn.Close()
 		return fmt.Errorf("vmm: handshake: %w", err)
 	}

@@ -27,8 +27,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // Page sizes a region may have: base pages and 2 MiB huge pages.
@@ -257,4 +260,25 @@ func Marshal(regions []Region, legacy bool) ([]byte, error) {
 		l[i] = legacyRegion{r.BaseHostVirtAddr, r.Size, r.Offset, r.PageSize}
 	}
 	return json.Marshal(l)
+}
+
+// SendMessage is Send with the message already encoded (Marshal): data goes
+// in one sendmsg with fd attached (none when fd is negative), any rest a
+// stream socket did not take at once after it. A VMM that times the handoff
+// from the sendmsg encodes first and takes its stamp just before this.
+func SendMessage(conn *net.UnixConn, data []byte, fd int) error {
+	var oob []byte
+	if fd >= 0 {
+		oob = unix.UnixRights(fd)
+	}
+	n, _, err := conn.WriteMsgUnix(data, oob, nil)
+	if err != nil {
+		return fmt.Errorf("handshake: send: %w", err)
+	}
+	if n < len(data) {
+		if _, err := conn.Write(data[n:]); err != nil {
+			return fmt.Errorf("handshake: send: %w", err)
+		}
+	}
+	return nil
 }

@@ -244,18 +244,5 @@ func Send(conn *net.UnixConn, regions []Region, fd int, legacy bool) error {
 	if err != nil {
 		return fmt.Errorf("handshake: encode: %w", err)
 	}
-	var oob []byte
-	if fd >= 0 {
-		oob = unix.UnixRights(fd)
-	}
-	n, _, err := conn.WriteMsgUnix(data, oob, nil)
-	if err != nil {
-		return fmt.Errorf("handshake: send: %w", err)
-	}
-	if n < len(data) {
-		if _, err := conn.Write(data[n:]); err != nil {
-			return fmt.Errorf("handshake: send: %w", err)
-		}
-	}
-	return nil
+	return SendMessage(conn, data, fd)
 }
