@@ -29,7 +29,9 @@
 // Each iteration measures its baselines next to its migration, and a ratio
 // is the median of the iterations' own ratios (on a shared machine any one
 // figure moves by 2x from one minute to the next; pairs taken moments apart
-// much less). Where two migrations are compared, they run in turn first.
+// much less). Where two runs are compared — two migrations, or a migration
+// and its TCP and copy floors (Bulk) — they run in turn first: one in even
+// iterations, the other in odd ones.
 //
 // # Sub-benchmarks
 //

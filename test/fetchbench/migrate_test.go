@@ -234,6 +234,19 @@ func demandArgs(seed int) []string {
 
 const demandLayout = "4k:0x0:16M"
 
+// inTurn runs the two runs of iteration i, each first in turn: a before b
+// in even iterations, b before a in odd ones, so that neither of a pair
+// always runs on a machine the other has just warmed (or loaded).
+func inTurn(i int, a, b func()) {
+	if i%2 == 0 {
+		a()
+		b()
+	} else {
+		b()
+		a()
+	}
+}
+
 // BenchmarkDemand measures demand-only faults as the VMM's thread felt them,
 // against two baselines of the same iteration: the yardstick (the simplest
 // synchronous remote handler) serving the same reader, and the raw TCP round
@@ -255,13 +268,7 @@ func BenchmarkDemand(b *testing.B) {
 			runYS := func() {
 				ys = migrate(b, mig{image: img, regions: demandLayout, handler: yardstick, vmmArgs: demandArgs(i + 1), cpus: cpus})
 			}
-			if i%2 == 0 {
-				runPF()
-				runYS()
-			} else {
-				runYS()
-				runPF()
-			}
+			inTurn(i, runPF, runYS)
 			s.add("p50_us", pf.vmm.StallP50US)
 			s.add("p99_us", pf.vmm.StallP99US)
 			s.add("yardstick_p50_us", ys.vmm.StallP50US)
@@ -279,8 +286,8 @@ func BenchmarkDemand(b *testing.B) {
 // BenchmarkLoadedFaults measures the fault tail while the prefetch runs flat
 // out: one thread reads a random page of a 2 GiB layout every 2 ms (vmm
 // --pace) for 2000 reads, the reads that find their page missing being the
-// stalls. The baseline, run just before in the same iteration, is the same
-// reader (same pace, same seed) with the prefetch off over a 4 MiB layout
+// stalls. The baseline, run in the same iteration (first in turn), is the
+// same reader (same pace, same seed) with the prefetch off over a 4 MiB layout
 // (1024 reads, every one a fault): what differs is only the prefetch.
 // p99_x_idle is the median of the iterations' ratios of the two p99s.
 func BenchmarkLoadedFaults(b *testing.B) {
@@ -289,8 +296,14 @@ func BenchmarkLoadedFaults(b *testing.B) {
 		s := series{}
 		for i := 0; i < b.N; i++ {
 			reader := []string{"--threads", "1", "--touch", "random", "--pace", "2ms", "--seed", fmt.Sprint(i + 1)}
-			idle := migrate(b, mig{image: img, regions: "4k:0x0:4M", fetcherArgs: []string{"--prefetch", "off"}, vmmArgs: reader, cpus: cpus})
-			r := migrate(b, mig{image: img, regions: "4k:0x0:2G", vmmArgs: append(reader, "--stop-after-pages", "2000"), cpus: cpus})
+			var idle, r run
+			inTurn(i,
+				func() {
+					idle = migrate(b, mig{image: img, regions: "4k:0x0:4M", fetcherArgs: []string{"--prefetch", "off"}, vmmArgs: reader, cpus: cpus})
+				},
+				func() {
+					r = migrate(b, mig{image: img, regions: "4k:0x0:2G", vmmArgs: append(reader, "--stop-after-pages", "2000"), cpus: cpus})
+				})
 			s.add("p50_us", r.vmm.StallP50US)
 			s.add("p99_us", r.vmm.StallP99US)
 			s.add("idle_p99_us", idle.vmm.StallP99US)
@@ -308,15 +321,21 @@ func BenchmarkLoadedFaults(b *testing.B) {
 // every page resident, as the VMM sees it (from its handshake's sendmsg to
 // the handler's close), while four VMM threads read every page, each in its
 // own random order, back to back, the prefetch on; against the same
-// migration with no thread reading (--touch none), run just before in the
-// same iteration. resident_x_quiet is the median of the iterations' ratios.
+// migration with no thread reading (--touch none), run in the same
+// iteration (first in turn). resident_x_quiet is the median of the iterations' ratios.
 func BenchmarkFaultStorm(b *testing.B) {
 	img := image2G(b)
 	forPlacements(b, func(b *testing.B, cpus []int) {
 		s := series{}
 		for i := 0; i < b.N; i++ {
-			quiet := migrate(b, mig{image: img, regions: "4k:0x0:1G", vmmArgs: []string{"--touch", "none"}, cpus: cpus})
-			r := migrate(b, mig{image: img, regions: "4k:0x0:1G", vmmArgs: []string{"--threads", "4", "--touch", "random", "--seed", fmt.Sprint(i + 1)}, cpus: cpus})
+			var quiet, r run
+			inTurn(i,
+				func() {
+					quiet = migrate(b, mig{image: img, regions: "4k:0x0:1G", vmmArgs: []string{"--touch", "none"}, cpus: cpus})
+				},
+				func() {
+					r = migrate(b, mig{image: img, regions: "4k:0x0:1G", vmmArgs: []string{"--threads", "4", "--touch", "random", "--seed", fmt.Sprint(i + 1)}, cpus: cpus})
+				})
 			s.add("resident_s", r.residentS())
 			s.add("quiet_resident_s", quiet.residentS())
 			s.add("resident_x_quiet", r.residentS()/quiet.residentS())
@@ -424,9 +443,13 @@ func BenchmarkBulk(b *testing.B) {
 			b.Run(v.name, func(b *testing.B) {
 				s := series{}
 				for i := 0; i < b.N; i++ {
-					bw := tcpBandwidth(b, e, size)
-					floor := copyFloor(b, size, cpus)
-					r := migrate(b, mig{image: img, regions: "4k:0x0:2G", serverArgs: v.args, vmmArgs: []string{"--touch", "none"}, cpus: cpus})
+					var bw, floor float64
+					var r run
+					inTurn(i,
+						func() { bw, floor = tcpBandwidth(b, e, size), copyFloor(b, size, cpus) },
+						func() {
+							r = migrate(b, mig{image: img, regions: "4k:0x0:2G", serverArgs: v.args, vmmArgs: []string{"--touch", "none"}, cpus: cpus})
+						})
 					rate := size / r.residentS()
 					s.add("GB/s", rate/1e9)
 					s.add("tcp_GB/s", bw/1e9)
