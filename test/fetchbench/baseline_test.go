@@ -3,9 +3,8 @@ package fetchbench
 import (
 	"encoding/binary"
 	"fmt"
-	"io"
-	"net"
 	"os"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -15,46 +14,64 @@ import (
 
 	"github.com/postcopy/postcopy/pkg/uffd"
 	"github.com/postcopy/postcopy/test/harness"
+	"github.com/postcopy/postcopy/test/harness/rawtcp"
 )
 
 // The TCP baselines run their far end in a child process (this binary,
 // re-executed) so that both are between two processes, like the migration.
 const echoEnv = "FETCHBENCH_ECHO"
 
-// echoMain serves on a loopback listener: for each connection, either a
-// 16-byte request answered with 4 KiB (round trips), or a byte count to sink.
+// echoMain is the far end of the TCP baselines, built like the yardstick's
+// server: one locked OS thread, blocking system calls on raw sockets (no
+// network poller), one connection at a time on a loopback listener. Each
+// request is an 8-byte little-endian count: 0 is answered with 4 KiB (a
+// round trip, the size of the yardstick's request and answer); n > 0 has n
+// bytes follow, read and dropped, then answered with one byte (bandwidth).
 func echoMain() int {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	runtime.LockOSThread()
+	lfd, addr, err := rawtcp.Listen()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintln(os.Stderr, "echo:", err)
 		return 1
 	}
-	fmt.Printf("{\"event\":\"ready\",\"addr\":%q}\n", lis.Addr().String())
+	fmt.Printf("{\"event\":\"ready\",\"addr\":%q}\n", addr)
+	buf := make([]byte, 1<<20)
 	for {
-		c, err := lis.Accept()
+		c, err := rawtcp.Accept(lfd)
 		if err != nil {
-			return 0
+			fmt.Fprintln(os.Stderr, "echo:", err)
+			return 1
 		}
-		go func(c net.Conn) {
-			defer c.Close()
-			var hdr [16]byte
-			page := make([]byte, 4096)
-			for {
-				if _, err := io.ReadFull(c, hdr[:]); err != nil {
-					return
-				}
-				if n := binary.LittleEndian.Uint64(hdr[:8]); n > 0 { // bandwidth: sink n bytes, ack
-					if _, err := io.CopyN(io.Discard, c, int64(n)); err != nil {
-						return
-					}
-					c.Write(hdr[:1])
-					continue
-				}
-				if _, err := c.Write(page); err != nil {
-					return
-				}
+		echoServe(c, buf)
+		unix.Close(c)
+	}
+}
+
+// echoServe answers the requests of connection c until it ends; buf is the
+// answer (its first 4 KiB) and the sink.
+func echoServe(c int, buf []byte) {
+	var hdr [8]byte
+	for {
+		if rawtcp.ReadFull(c, hdr[:]) != nil {
+			return // the client is done
+		}
+		n := binary.LittleEndian.Uint64(hdr[:])
+		if n == 0 {
+			if rawtcp.WriteFull(c, buf[:4096]) != nil {
+				return
 			}
-		}(c)
+			continue
+		}
+		for n > 0 {
+			k := min(n, uint64(len(buf)))
+			if rawtcp.ReadFull(c, buf[:k]) != nil {
+				return
+			}
+			n -= k
+		}
+		if rawtcp.WriteFull(c, hdr[:1]) != nil {
+			return
+		}
 	}
 }
 
@@ -65,7 +82,7 @@ type echoServer struct {
 
 // startEcho starts the far end of the TCP baselines on cpus (anywhere if
 // empty).
-func startEcho(b *testing.B, cpus []int) *echoServer {
+func startEcho(b testing.TB, cpus []int) *echoServer {
 	b.Helper()
 	p, err := harness.Start("echo", os.Args[0], []string{"-test.run=^$", "-test.bench=^$"},
 		harness.StartOptions{Env: []string{echoEnv + "=1"}, CPUs: cpus})
@@ -82,8 +99,9 @@ func startEcho(b *testing.B, cpus []int) *echoServer {
 	return &echoServer{addr: ready.Addr, cpus: cpus}
 }
 
-// onCPUs runs f on the calling goroutine's thread, pinned to cpus when
-// there are any: a measurement in this process beside pinned children.
+// onCPUs runs f on the calling goroutine, locked to its OS thread and that
+// thread pinned to cpus when there are any: a measurement in this process
+// beside pinned children, its blocking system calls all made by one thread.
 func onCPUs[T any](b *testing.B, cpus []int, f func() T) T {
 	b.Helper()
 	if len(cpus) > 0 {
@@ -92,72 +110,89 @@ func onCPUs[T any](b *testing.B, cpus []int, f func() T) T {
 			b.Fatal(err)
 		}
 		defer undo()
+	} else {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 	}
 	return f()
 }
 
-// tcpRTT measures n round trips (16 bytes out, 4 KiB back) and returns the
-// median.
+// tcpRTT measures n round trips (8 bytes out, 4 KiB back, as the yardstick
+// handler's) with blocking system calls on this locked thread and returns
+// the median.
 func tcpRTT(b *testing.B, e *echoServer, n int) time.Duration {
-	return onCPUs(b, e.cpus, func() time.Duration { return tcpRTTHere(b, e, n) })
+	return onCPUs(b, e.cpus, func() time.Duration {
+		d, err := tcpRTTHere(e.addr, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return d
+	})
 }
 
-func tcpRTTHere(b *testing.B, e *echoServer, n int) time.Duration {
-	c, err := net.Dial("tcp", e.addr)
+func tcpRTTHere(addr string, n int) (time.Duration, error) {
+	c, err := rawtcp.Dial(addr)
 	if err != nil {
-		b.Fatal(err)
+		return 0, fmt.Errorf("tcp round trip: %w", err)
 	}
-	defer c.Close()
-	var req [16]byte
+	defer unix.Close(c)
+	var req [8]byte
 	page := make([]byte, 4096)
 	rtts := make([]time.Duration, 0, n)
 	for i := 0; i < n+100; i++ {
 		t0 := time.Now()
-		if _, err := c.Write(req[:]); err != nil {
-			b.Fatal(err)
+		if err := rawtcp.WriteFull(c, req[:]); err != nil {
+			return 0, fmt.Errorf("tcp round trip: send: %w", err)
 		}
-		if _, err := io.ReadFull(c, page); err != nil {
-			b.Fatal(err)
+		if err := rawtcp.ReadFull(c, page); err != nil {
+			return 0, fmt.Errorf("tcp round trip: receive: %w", err)
 		}
 		if i >= 100 { // warm-up
 			rtts = append(rtts, time.Since(t0))
 		}
 	}
 	slices.Sort(rtts)
-	return rtts[len(rtts)/2]
+	return rtts[len(rtts)/2], nil
 }
 
-// tcpBandwidth sends size bytes in 1 MiB writes on one stream and returns
-// bytes per second.
+// tcpBandwidth sends size bytes on one stream, in blocking 1 MiB writes
+// from this locked thread, and returns bytes per second (until the far end
+// has read them all).
 func tcpBandwidth(b *testing.B, e *echoServer, size int64) float64 {
-	return onCPUs(b, e.cpus, func() float64 { return tcpBandwidthHere(b, e, size) })
+	return onCPUs(b, e.cpus, func() float64 {
+		r, err := tcpBandwidthHere(e.addr, size)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return r
+	})
 }
 
-func tcpBandwidthHere(b *testing.B, e *echoServer, size int64) float64 {
-	c, err := net.Dial("tcp", e.addr)
+func tcpBandwidthHere(addr string, size int64) (float64, error) {
+	c, err := rawtcp.Dial(addr)
 	if err != nil {
-		b.Fatal(err)
+		return 0, fmt.Errorf("tcp bandwidth: %w", err)
 	}
-	defer c.Close()
-	var hdr [16]byte
-	binary.LittleEndian.PutUint64(hdr[:8], uint64(size))
+	defer unix.Close(c)
+	var hdr [8]byte
+	binary.LittleEndian.PutUint64(hdr[:], uint64(size))
 	buf := make([]byte, 1<<20)
 	for i := range buf {
 		buf[i] = byte(i * 7)
 	}
 	t0 := time.Now()
-	if _, err := c.Write(hdr[:]); err != nil {
-		b.Fatal(err)
+	if err := rawtcp.WriteFull(c, hdr[:]); err != nil {
+		return 0, fmt.Errorf("tcp bandwidth: send: %w", err)
 	}
 	for sent := int64(0); sent < size; sent += int64(len(buf)) {
-		if _, err := c.Write(buf[:min(int64(len(buf)), size-sent)]); err != nil {
-			b.Fatal(err)
+		if err := rawtcp.WriteFull(c, buf[:min(int64(len(buf)), size-sent)]); err != nil {
+			return 0, fmt.Errorf("tcp bandwidth: send: %w", err)
 		}
 	}
-	if _, err := io.ReadFull(c, hdr[:1]); err != nil {
-		b.Fatal(err)
+	if err := rawtcp.ReadFull(c, hdr[:1]); err != nil {
+		return 0, fmt.Errorf("tcp bandwidth: receive the end: %w", err)
 	}
-	return float64(size) / time.Since(t0).Seconds()
+	return float64(size) / time.Since(t0).Seconds(), nil
 }
 
 // copyFloor places size bytes into fresh anonymous memory registered with
@@ -239,4 +274,24 @@ func medianF(xs []float64) float64 {
 		return (s[n/2-1] + s[n/2]) / 2
 	}
 	return s[len(s)/2]
+}
+
+// The TCP baselines work end to end against the echo child: round trips
+// come back whole, and a stream's every byte is read before the answer.
+func TestTCPBaselines(t *testing.T) {
+	e := startEcho(t, nil)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	rtt, err := tcpRTTHere(e.addr, 50)
+	if err != nil || rtt <= 0 || rtt > time.Minute {
+		t.Errorf("round trip: %v, %v", rtt, err)
+	}
+	// Not a multiple of the 1 MiB writes: the last one is short.
+	bw, err := tcpBandwidthHere(e.addr, 3<<20+12345)
+	if err != nil || bw <= 0 {
+		t.Errorf("bandwidth: %v B/s, %v", bw, err)
+	}
+	if _, err := tcpRTTHere("127.0.0.1", 1); err == nil {
+		t.Error("round trip to an address without a port: no error")
+	}
 }

@@ -21,8 +21,12 @@
 //     handler — one thread polls the userfaultfd, reads the event, sends the
 //     8-byte offset on a blocking TCP socket, reads 4 KiB, places it with a
 //     waking UFFDIO_COPY — with a server answering from the mmapped image;
-//   - the raw TCP round trip between two processes (16 bytes out, 4 KiB
-//     back) and one-stream TCP bandwidth (1 MiB writes);
+//   - the raw TCP round trip between two processes (8 bytes out, 4 KiB
+//     back, as the yardstick's handler sends and gets) and one-stream TCP
+//     bandwidth (1 MiB writes): both ends, like the yardstick, one locked OS
+//     thread making blocking system calls on raw sockets — no network
+//     poller, no hand-off to another thread — the measuring one in this
+//     process (pinned with the rest in .../pinned), the far end in a child;
 //   - the copy floor: placing the same bytes into fresh anonymous memory with
 //     1 MiB UFFDIO_COPYs in this process, with nothing else running.
 //

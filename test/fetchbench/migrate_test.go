@@ -250,7 +250,7 @@ func inTurn(i int, a, b func()) {
 // BenchmarkDemand measures demand-only faults as the VMM's thread felt them,
 // against two baselines of the same iteration: the yardstick (the simplest
 // synchronous remote handler) serving the same reader, and the raw TCP round
-// trip between two processes (16 bytes out, 4 KiB back). The two handlers
+// trip between two processes (8 bytes out, 4 KiB back). The two handlers
 // run alternately, in turn first. Ratios are medians of the iterations' own
 // ratios: on a shared machine either figure moves by 2x from one minute to
 // the next, pairs taken moments apart much less.

@@ -41,6 +41,7 @@ import (
 
 	"github.com/postcopy/postcopy/pkg/handshake"
 	"github.com/postcopy/postcopy/pkg/uffd"
+	"github.com/postcopy/postcopy/test/harness/rawtcp"
 )
 
 const pageSize = 4096
@@ -102,35 +103,19 @@ func serve(path string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("mmap %s: %w", path, err)
 	}
-	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	lfd, addr, err := rawtcp.Listen()
 	if err != nil {
 		return err
 	}
-	if err := unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		return err
-	}
-	if err := unix.Listen(lfd, 1); err != nil {
-		return err
-	}
-	sa, err := unix.Getsockname(lfd)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "{\"event\":\"ready\",\"addr\":\"127.0.0.1:%d\"}\n", sa.(*unix.SockaddrInet4).Port)
+	fmt.Fprintf(stdout, "{\"event\":\"ready\",\"addr\":%q}\n", addr)
 	for {
-		c, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+		c, err := rawtcp.Accept(lfd)
 		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			return fmt.Errorf("accept: %w", err)
-		}
-		if err := unix.SetsockoptInt(c, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
 			return err
 		}
 		var req [8]byte
 		for {
-			if err := readFull(c, req[:]); err != nil {
+			if err := rawtcp.ReadFull(c, req[:]); err != nil {
 				break // the handler is done (EOF) or gone
 			}
 			off := binary.LittleEndian.Uint64(req[:])
@@ -138,7 +123,7 @@ func serve(path string, stdout io.Writer) error {
 				fmt.Fprintf(os.Stderr, "yardstick: offset %#x is not a page of the %d-byte image\n", off, len(img))
 				break
 			}
-			if err := writeFull(c, img[off:off+pageSize]); err != nil {
+			if err := rawtcp.WriteFull(c, img[off:off+pageSize]); err != nil {
 				break
 			}
 		}
@@ -148,9 +133,9 @@ func serve(path string, stdout io.Writer) error {
 
 // handle serves one VMM's faults from the server at addr.
 func handle(addr, socket string, stdout io.Writer) error {
-	conn, err := dial(addr)
+	conn, err := rawtcp.Dial(addr)
 	if err != nil {
-		return err
+		return fmt.Errorf("--server: %w", err)
 	}
 	defer unix.Close(conn)
 	l, err := handshake.Listen(socket, handshake.ListenOptions{AllowUID: os.Geteuid()})
@@ -235,10 +220,10 @@ func handle(addr, socket string, stdout io.Writer) error {
 			continue
 		}
 		binary.LittleEndian.PutUint64(req[:], r.Offset+addr-r.BaseHostVirtAddr)
-		if err := writeFull(conn, req[:]); err != nil {
+		if err := rawtcp.WriteFull(conn, req[:]); err != nil {
 			return fmt.Errorf("send offset: %w", err)
 		}
-		if err := readFull(conn, page); err != nil {
+		if err := rawtcp.ReadFull(conn, page); err != nil {
 			return fmt.Errorf("read page: %w", err)
 		}
 		// EEXIST cannot happen while this is the only handler placing
@@ -270,57 +255,4 @@ func regionOf(regions []handshake.Region, addr uint64) int {
 		}
 	}
 	return -1
-}
-
-// dial connects a blocking TCP socket with TCP_NODELAY to addr (IPv4
-// HOST:PORT).
-func dial(addr string) (int, error) {
-	var a [4]byte
-	var port int
-	if _, err := fmt.Sscanf(addr, "%d.%d.%d.%d:%d", &a[0], &a[1], &a[2], &a[3], &port); err != nil {
-		return -1, fmt.Errorf("--server %q: want IPv4 HOST:PORT", addr)
-	}
-	c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	if err := unix.Connect(c, &unix.SockaddrInet4{Addr: a, Port: port}); err != nil {
-		unix.Close(c)
-		return -1, fmt.Errorf("connect to %s: %w", addr, err)
-	}
-	if err := unix.SetsockoptInt(c, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
-		unix.Close(c)
-		return -1, err
-	}
-	return c, nil
-}
-
-func readFull(fd int, b []byte) error {
-	for len(b) > 0 {
-		n, err := unix.Read(fd, b)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			return err
-		case n == 0:
-			return io.EOF
-		}
-		b = b[n:]
-	}
-	return nil
-}
-
-func writeFull(fd int, b []byte) error {
-	for len(b) > 0 {
-		n, err := unix.Write(fd, b)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		b = b[n:]
-	}
-	return nil
 }
