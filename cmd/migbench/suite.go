@@ -332,11 +332,6 @@ func anyStalls(reps []*bench.Report) bool {
 	return false
 }
 
-// extrapolationShown is the extrapolated span worth a note, in seconds: more
-// than the few buckets by which a destination told to run as long as another
-// may fall short of it.
-const extrapolationShown = 0.05
-
 // extrapolationNote says, where a destination was observed for less than its
 // run's horizon, how much of the horizon counted at its last second's loss.
 func extrapolationNote(reps []*bench.Report) string {
@@ -347,7 +342,7 @@ func extrapolationNote(reps []*bench.Report) string {
 		for _, run := range r.Runs {
 			for _, m := range run.Migrations() {
 				n++
-				if m.LostWorkExtrapolatedS > extrapolationShown {
+				if m.LostWorkExtrapolatedS > bench.ExtrapolationShownS {
 					xs = append(xs, m.LostWorkExtrapolatedS)
 				}
 			}
@@ -360,7 +355,7 @@ func extrapolationNote(reps []*bench.Report) string {
 	if len(parts) == 0 {
 		return ""
 	}
-	return "Some destinations were observed for less than their run's horizon (in runs made before migbench observed each destination " +
+	return bench.EstimateMark + " Estimates: some destinations were observed for less than their run's horizon (in runs made before migbench observed each destination " +
 		"of a run at least as long as those before it, or where a later method took longer than the first): the rest of the horizon " +
 		"counts at the loss of their last observed second (`lost_work_extrapolated_s`). " + strings.Join(parts, "; ") + "."
 }

@@ -163,7 +163,10 @@ func TestRegenRecomputes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"| 1GiB | random | loopback | 0 / 0 | 0.20 / 0.10 | 2.00 | - | - | - |",
+		// Stop-and-copy's figure and the ratio rest on 0.6 s extrapolated:
+		// marked, and the note says so.
+		"| 1GiB | random | loopback | 0 / 0 | 0.20 / 0.10† | 2.00† | - | - | - |",
+		"† Estimates: some destinations were observed for less than their run's horizon",
 		"its stalls: not measured in these runs",
 		"from the stop to a horizon common to both methods of a run (their shortest destination timeline when it ends a second or more after both had every page, else the longest: 3.2 s after the stop here)",
 		"1GiB random loopback: post-copy loses 0.20 s of work, stop-and-copy 0.10 s: 2.00× (median of the runs' ratios): ≤ 1.1×: **not met**",

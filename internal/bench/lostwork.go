@@ -47,13 +47,18 @@ func lossOf(c uint32, share float64) float64 {
 // Run.SetLostWork). Buckets of it beyond dest (a destination observed for
 // less than the horizon) count at dest's mean loss over its last observed
 // second — the workload runs at its steady rate by then — and
-// extrapolatedS says how much of the horizon that covered.
+// extrapolatedS says how much of the horizon that covered. An empty dest
+// (a destination never observed) is an error.
 func LostWork(src []uint32, srcStartS float64, dest []uint32, fromS, horizonS, ref float64) (lostS, extrapolatedS float64, err error) {
 	if ref <= 0 || math.IsNaN(ref) || math.IsInf(ref, 0) {
 		return 0, 0, errors.New("lost work: the reference rate must be positive")
 	}
 	if fromS > 0 || horizonS < 0 {
 		return 0, 0, fmt.Errorf("lost work: from %v s to %v s after the stop: want from ≤ 0 ≤ horizon", fromS, horizonS)
+	}
+	if len(dest) == 0 {
+		// Nothing observed after the stop: no figure, not a loss of 0.
+		return 0, 0, errors.New("lost work: the destination timeline is empty")
 	}
 	b := Bucket.Seconds()
 	share := ref * b
@@ -68,9 +73,6 @@ func LostWork(src []uint32, srcStartS float64, dest []uint32, fromS, horizonS, r
 		buckets += lossOf(dest[i], share)
 	}
 	if missing := n - len(dest); missing > 0 {
-		if len(dest) == 0 {
-			return 0, 0, errors.New("lost work: no destination timeline to extend to the horizon")
-		}
 		tail := dest[max(0, len(dest)-referenceBuckets):]
 		var l float64
 		for _, c := range tail {
@@ -135,6 +137,12 @@ func (r *Run) Horizon() float64 {
 // at its steady rate (LostWork), reported in lost_work_extrapolated_s.
 func (r *Run) SetLostWork() error {
 	h := r.Horizon()
+	if h <= 0 {
+		for _, m := range r.Migrations() {
+			m.LostWorkS, m.LostWorkExtrapolatedS, m.LostWorkHorizonS, m.LostWorkXStopCopy = 0, 0, 0, 0
+		}
+		return errors.New("lost work: no destination timeline in the run: no horizon after the stop")
+	}
 	var errs []error
 	for _, m := range r.Migrations() {
 		m.LostWorkHorizonS = h

@@ -65,6 +65,8 @@ func TestLostWork(t *testing.T) {
 		{"from after the stop", ref, 0.5, 1, fill(10, 1)},
 		{"negative horizon", ref, 0, -1, fill(10, 1)},
 		{"nothing to extend", ref, 0, 1, nil},
+		{"no destination, no horizon", ref, 0, 0, nil},
+		{"empty destination, no horizon", ref, 0, 0, []uint32{}},
 	} {
 		if _, _, err := LostWork(src, -3, bad.dest, bad.from, bad.to, bad.ref); err == nil {
 			t.Errorf("%s: no error", bad.name)
@@ -153,5 +155,28 @@ func TestRunLostWorkCommonHorizon(t *testing.T) {
 	sc.PreRate = 0
 	if err := r.SetLostWork(); err == nil || sc.LostWorkS != 0 || pc.LostWorkXStopCopy != 0 {
 		t.Errorf("no reference: %v, stop-and-copy %v, ratio %v", err, sc.LostWorkS, pc.LostWorkXStopCopy)
+	}
+}
+
+// A run whose destinations were never observed has no horizon: an error,
+// not a lost work of 0.
+func TestRunLostWorkNoDestination(t *testing.T) {
+	pc := &Migration{Method: MethodPostCopy, PreRate: 10000, SourceStartS: -1, Source: fill(100, 100), TotalS: 1,
+		LostWorkS: 9, LostWorkHorizonS: 9, LostWorkXStopCopy: 9}
+	sc := &Migration{Method: MethodStopCopy, PreRate: 10000, SourceStartS: -1, Source: fill(100, 100), TotalS: 1}
+	r := Run{PostCopy: pc, StopCopy: sc}
+	if err := r.SetLostWork(); err == nil {
+		t.Error("no destination timeline: no error")
+	}
+	if pc.LostWorkS != 0 || pc.LostWorkHorizonS != 0 || pc.LostWorkXStopCopy != 0 {
+		t.Errorf("no destination timeline: post-copy keeps figures %+v", pc)
+	}
+	// One destination observed: the other's figure is still an error.
+	pc.Dest = fill(300, 100)
+	if err := r.SetLostWork(); err == nil || pc.LostWorkS != 0 || sc.LostWorkS != 0 {
+		t.Errorf("stop-and-copy's destination not observed: %v, post-copy %v, stop-and-copy %v", err, pc.LostWorkS, sc.LostWorkS)
+	}
+	if err := (&Run{}).SetLostWork(); err == nil {
+		t.Error("a run without migrations: no error")
 	}
 }

@@ -352,6 +352,7 @@ func (r *Report) WriteTable(w io.Writer) {
 		fmt.Fprintf(w, "placement floor: one process makes the memory resident (UFFDIO_COPY, nothing else running) in %.2f s\n", r.PlaceFloorS)
 	}
 	tw := &table{}
+	var notes []string // the estimates' footnotes
 	tw.row("", "post-copy", "stop-and-copy")
 	for i, run := range r.Runs {
 		if len(r.Runs) > 1 {
@@ -367,8 +368,17 @@ func (r *Report) WriteTable(w io.Writer) {
 		tw.row("  handshake (ms)", f3(p.HandshakeMS), f3(c.HandshakeMS))
 		tw.row("  copy of all memory (ms)", "-", f3(c.CopyMS))
 		tw.row("  first operation, with its fault (ms)", f3(p.FirstFaultMS), f3(c.FirstFaultMS))
-		tw.row(fmt.Sprintf("work lost (s, over %.2f s from the stop)", p.LostWorkHorizonS), f3(p.LostWorkS), f3(c.LostWorkS))
-		tw.row("  × stop-and-copy's", fmt.Sprintf("%.2f", p.LostWorkXStopCopy), "1")
+		tw.row(fmt.Sprintf("work lost (s, over %.2f s from the stop)", p.LostWorkHorizonS), f3(p.LostWorkS)+p.estimate(), f3(c.LostWorkS)+c.estimate())
+		tw.row("  × stop-and-copy's", fmt.Sprintf("%.2f", p.LostWorkXStopCopy)+either(p.estimate(), c.estimate()), "1")
+		for _, e := range []struct {
+			m    *Migration
+			name string
+		}{{p, "post-copy"}, {c, "stop-and-copy"}} {
+			if e.m.estimate() != "" {
+				notes = append(notes, fmt.Sprintf("%s run %d, %s: work lost is an estimate: its destination was observed for %.2f s less than the %.2f s horizon, counted at the loss of its last observed second",
+					EstimateMark, i+1, e.name, e.m.LostWorkExtrapolatedS, e.m.LostWorkHorizonS))
+			}
+		}
 		tw.row(fmt.Sprintf("operations over %.0f µs (stalls), total (ms)", p.StallThresholdUS), stallCount(p.StallFigures), stallCount(c.StallFigures))
 		tw.row("  stall p50/p90/p99/p99.9/max (µs)", stallQuantiles(p.StallFigures), stallQuantiles(c.StallFigures))
 		tw.row("throughput before / after (Mops/s)", fmt.Sprintf("%.3f / %.3f", p.PreRate/1e6, p.PostRate/1e6),
@@ -386,9 +396,13 @@ func (r *Report) WriteTable(w io.Writer) {
 		}
 	}
 	tw.write(w)
+	for _, n := range notes {
+		fmt.Fprintln(w, n)
+	}
 	if len(r.Runs) > 1 {
-		fmt.Fprintf(w, "medians, the workload's view: downtime %.3f ms (stop-and-copy %.1f ms), work lost %.2f s (stop-and-copy %.2f s; %.2f× it), stalls over %.0f µs %s, p50/p90/p99/p99.9/max %s µs, recover90 %s, verified %v\n",
-			r.DowntimeMS, r.StopcopyDowntimeMS, r.LostWorkS, r.StopcopyLostWorkS, r.LostWorkXStopCopy, r.StallThresholdUS,
+		pe, ce := r.estimates(false), r.estimates(true)
+		fmt.Fprintf(w, "medians, the workload's view: downtime %.3f ms (stop-and-copy %.1f ms), work lost %.2f%s s (stop-and-copy %.2f%s s; %.2f%s× it), stalls over %.0f µs %s, p50/p90/p99/p99.9/max %s µs, recover90 %s, verified %v\n",
+			r.DowntimeMS, r.StopcopyDowntimeMS, r.LostWorkS, pe, r.StopcopyLostWorkS, ce, r.LostWorkXStopCopy, either(pe, ce), r.StallThresholdUS,
 			stallCount(r.StallFigures), stallQuantiles(r.StallFigures), FormatRecover90(r.Recover90S, r.Recovered90, " s"), r.Verified)
 		fmt.Fprintf(w, "medians, pagefetcher's view: first fault %.3f ms, faults %.0f, fault p50/p99/p999 %.0f/%.0f/%.0f µs, blocktime %.1f ms, total %.2f s\n",
 			r.FirstFaultMS, r.Faults, r.FaultP50US, r.FaultP99US, r.FaultP999US, r.BlocktimeMS, r.TotalS)
@@ -400,6 +414,49 @@ func (r *Report) WriteTable(w io.Writer) {
 		}
 		fmt.Fprintf(w, "recover90 / link time %s %.2f (target ≤ 1.1)\n", rel, r.Recover90Ratio)
 	}
+}
+
+// EstimateMark marks a work-lost figure that is partly an estimate: a
+// destination observed for more than ExtrapolationShownS less than its
+// run's horizon, the rest counted at the loss of its last observed second
+// (LostWork; lost_work_extrapolated_s). A median is marked when a run of
+// its method was.
+const EstimateMark = "†"
+
+// ExtrapolationShownS is the extrapolated span worth a mark, in seconds:
+// more than the few buckets by which a destination told to run as long as
+// another may fall short of it.
+const ExtrapolationShownS = 0.05
+
+// estimate returns EstimateMark when m's work lost is partly extrapolated.
+func (m *Migration) estimate() string {
+	if m != nil && m.LostWorkExtrapolatedS > ExtrapolationShownS {
+		return EstimateMark
+	}
+	return ""
+}
+
+// estimates returns EstimateMark when a run's migration of one method
+// (stop: stop-and-copy) has its work lost partly extrapolated.
+func (r *Report) estimates(stop bool) string {
+	for _, run := range r.Runs {
+		m := run.PostCopy
+		if stop {
+			m = run.StopCopy
+		}
+		if m.estimate() != "" {
+			return EstimateMark
+		}
+	}
+	return ""
+}
+
+// either is the mark of a figure computed from two marked or unmarked ones.
+func either(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 // stallCount renders the number of stalls and their total time: "123, 45.6
@@ -507,15 +564,17 @@ func MarkdownHeader() string {
 		"|---|---|---|---|---|---:|---|---|---|---|---|---|"
 }
 
-// MarkdownRow is the row of r under MarkdownHeader.
+// MarkdownRow is the row of r under MarkdownHeader. A work-lost figure
+// (and the ratio) resting on an extrapolated run carries EstimateMark.
 func (r *Report) MarkdownRow() string {
 	rec := FormatRecover90(r.Recover90S, r.Recovered90, "")
 	if r.Recovered90 && r.LinkTimeS > 0 {
 		rec += fmt.Sprintf(" (%.2f×)", r.Recover90Ratio)
 	}
-	return fmt.Sprintf("| %s | %s | %s | %s / %s | %.2f / %.2f | %.2f | %s | %s | %s | %s | %.3f / %.3f | %v |",
+	pe, ce := r.estimates(false), r.estimates(true)
+	return fmt.Sprintf("| %s | %s | %s | %s / %s | %.2f%s / %.2f%s | %.2f%s | %s | %s | %s | %s | %.3f / %.3f | %v |",
 		r.Setup.Size, r.Setup.Pattern, r.Setup.Link, f3(r.DowntimeMS), f3(r.StopcopyDowntimeMS),
-		r.LostWorkS, r.StopcopyLostWorkS, r.LostWorkXStopCopy, stallCount(r.StallFigures), stallQuantiles(r.StallFigures),
+		r.LostWorkS, pe, r.StopcopyLostWorkS, ce, r.LostWorkXStopCopy, either(pe, ce), stallCount(r.StallFigures), stallQuantiles(r.StallFigures),
 		stallCount(r.StopcopyStalls), rec, r.PreRate/1e6, r.PostRate/1e6, r.Verified)
 }
 

@@ -141,6 +141,53 @@ func TestTableAndMarkdown(t *testing.T) {
 	}
 }
 
+// A destination observed for less than its run's horizon: its work lost,
+// the ratio, and the medians resting on it are marked as estimates, and
+// the table says by how much; a shortfall of a bucket or two is not marked.
+func TestEstimateMarked(t *testing.T) {
+	r := sampleReport()
+	if row := r.MarkdownRow(); strings.Contains(row, EstimateMark) {
+		t.Errorf("nothing extrapolated, yet marked: %s", row)
+	}
+	var b bytes.Buffer
+	r.WriteTable(&b)
+	if strings.Contains(b.String(), EstimateMark) {
+		t.Errorf("nothing extrapolated, yet marked:\n%s", b.String())
+	}
+	// Post-copy's last page 2.5 s after the stop: the horizon is the
+	// longest timeline, post-copy's 3 s, and stop-and-copy's destination,
+	// observed for 2 s, is extrapolated over 1 s.
+	r.Runs[0].PostCopy.TotalS = 2.5
+	sc := r.Runs[0].StopCopy
+	full := sc.Dest
+	sc.Dest = full[:200]
+	if err := r.Runs[0].SetLostWork(); err != nil {
+		t.Fatal(err)
+	}
+	r.Summarize()
+	nearly(t, "extrapolated", sc.LostWorkExtrapolatedS, 1)
+	if row := r.MarkdownRow(); !strings.Contains(row, "| 0.81 / 0.91† | 0.89† |") {
+		t.Errorf("markdown row %s: want stop-and-copy's work lost and the ratio marked", row)
+	}
+	b.Reset()
+	r.WriteTable(&b)
+	for _, want := range []string{"0.810  ", "0.910†", "0.89†",
+		"† run 1, stop-and-copy: work lost is an estimate: its destination was observed for 1.00 s less than the 3.00 s horizon"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+	// Short by two buckets: within what a destination told to run as long
+	// as another may fall short by.
+	sc.Dest = full[:298]
+	if err := r.Runs[0].SetLostWork(); err != nil {
+		t.Fatal(err)
+	}
+	if sc.LostWorkExtrapolatedS == 0 || strings.Contains(r.MarkdownRow(), EstimateMark) {
+		t.Errorf("%.2f s extrapolated: row %s", sc.LostWorkExtrapolatedS, r.MarkdownRow())
+	}
+}
+
 // A run whose rate never came back to 90 %: recover90_s is still a number,
 // the time observed after the stop (a lower bound), recovered90 is false,
 // and the table and the Markdown row say so.
