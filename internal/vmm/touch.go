@@ -245,7 +245,6 @@ func quiesceGC(minProcs int) func() {
 func (t *Toucher) Run() (TouchResult, error) {
 	defer t.restore()
 	var res TouchResult
-	tc := t
 	opts, v, pi, orders, claimed, recs := t.opts, t.v, t.pi, t.orders, t.claimed, t.recs
 	if opts.Mode == TouchNone {
 		return res, nil
@@ -258,16 +257,16 @@ func (t *Toucher) Run() (TouchResult, error) {
 	var wg sync.WaitGroup
 
 	start := time.Now()
-	for t := 0; t < opts.Threads; t++ {
+	for th := 0; th < opts.Threads; th++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
-			rec := &recs[t]
+			rec := &recs[th]
 			var sum uint64
 			var next time.Time
-			lo, hi := tc.share(t)
+			lo, hi := t.share(th)
 			for i := lo; i < hi; i++ {
 				if stop.Load() {
 					break
@@ -280,7 +279,7 @@ func (t *Toucher) Run() (TouchResult, error) {
 				}
 				p := i
 				if orders != nil {
-					p = uint64(orders[t][i])
+					p = uint64(orders[th][i])
 				}
 				addr := v.pageAddr(&pi, p)
 				// Every read asks mincore, the last thing before the
@@ -300,15 +299,15 @@ func (t *Toucher) Run() (TouchResult, error) {
 					stop.Store(true)
 				}
 			}
-			sums[t*8] = sum
+			sums[th*8] = sum
 		}()
 	}
 	wg.Wait()
 	res.Duration = time.Since(start)
 	res.Reads = reads.Load()
 	res.Stopped = stop.Load()
-	for t := 0; t < opts.Threads; t++ {
-		res.Sum += sums[t*8]
+	for th := 0; th < opts.Threads; th++ {
+		res.Sum += sums[th*8]
 	}
 	res.summarize(recs)
 	if atErr != nil {
@@ -322,7 +321,11 @@ func (t *Toucher) Run() (TouchResult, error) {
 
 // summarize folds the threads' records into r.
 func (r *TouchResult) summarize(recs []touchRecord) {
-	var all []int64
+	n := 0
+	for i := range recs {
+		n += recs[i].nStalls
+	}
+	all := make([]int64, 0, n)
 	for i := range recs {
 		rec := &recs[i]
 		all = append(all, rec.stalls[:rec.nStalls]...)
