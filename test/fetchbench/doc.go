@@ -5,10 +5,12 @@
 //
 // # Whose view
 //
-// The primary figures are the VMM's: every first touch of a page is timed in
-// the VMM's thread that makes it, around the load (see vmm --help for what
-// counts as a first touch and a stall), switchover runs from just before the
-// VMM's handshake sendmsg to its first completed read, and "resident" from
+// The primary figures are the VMM's: every read of a page is timed in the
+// VMM's thread that makes it, around the load, and each read that found its
+// page missing (mincore just before) is a stall, every thread blocked on a
+// page counting once (see vmm --help for what counts as a stall and a first
+// touch); switchover runs from just before the VMM's handshake sendmsg (the
+// message already encoded) to its first completed read, and "resident" from
 // that sendmsg until the handler closes the handshake connection, which
 // pagefetcher does once every page is resident. pagefetcher's own summary
 // (the handler's view, which misses the fault's way to the handler and the
