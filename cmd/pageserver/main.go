@@ -227,6 +227,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+	// A reader of stdout that went away (pageserver | head -1) makes the
+	// summary's write fail, logged, instead of killing us.
+	signal.Ignore(syscall.SIGPIPE)
 
 	cfg, err := parseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
@@ -407,9 +410,8 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	}
 	log.Info("stopped", "graceful", graceful, "sessions", st.SessionsTotal,
 		"demand_bytes", st.DemandBytes, "bulk_bytes", st.BulkBytes, "zero_pages", st.ZeroPages)
-	if err := cli.PrintJSONLine(stdout, sum); err != nil && runErr == nil {
-		runErr = err
-		code = cli.ExitFailure
+	if err := cli.PrintJSONLine(stdout, sum); err != nil {
+		log.Warn("writing the summary line to stdout failed", "error", err)
 	}
 	return code, runErr
 }

@@ -1,10 +1,11 @@
 package transport
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"net"
-	"sync/atomic"
+	"sync"
 	"syscall"
 	"time"
 
@@ -93,34 +94,71 @@ func (r *acceptRetry) failed(err error, done <-chan struct{}) bool {
 // succeeded resets the backoff after an accepted connection.
 func (r *acceptRetry) succeeded() { r.delay = 0 }
 
-// pendingConns counts connections not yet authenticated.
+// pendingConns tracks the connections not yet authenticated, oldest first.
+//
+// At the limit, a new connection evicts the oldest one that has been
+// waiting longer than evictAfter (a greeting's deadline): past its greeting
+// and still not authenticated, it is a connection nobody uses for pages — a
+// destination's spare gRPC connection, a probe's — and a client that wants
+// it back reconnects. Only when every pending connection is younger is the
+// new one refused: a flood of new connections then shuts out others for at
+// most evictAfter after it stops.
 type pendingConns struct {
-	max     int64
-	n       atomic.Int64
-	refused atomic.Uint64
-	logged  atomic.Int64 // UnixNano of the last log line about refusals
+	max        int
+	evictAfter time.Duration
+
+	mu      sync.Mutex
+	conns   list.List // of *connGuard, oldest first
+	refused uint64
+	logged  time.Time // of the last log line about refusals
 }
 
-// admit counts a new connection; false (it must be closed) at the limit.
-func (p *pendingConns) admit() bool {
-	if p.n.Add(1) > p.max {
-		p.n.Add(-1)
-		p.refused.Add(1)
-		return false
+// admit counts the new connection c; nil (c must be closed) at the limit.
+// It may close an older pending connection to make room.
+func (p *pendingConns) admit(c net.Conn, now time.Time) *connGuard {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns.Len() >= p.max {
+		oldest := p.conns.Front()
+		g := oldest.Value.(*connGuard)
+		if now.Sub(g.since) < p.evictAfter {
+			p.refused++
+			return nil
+		}
+		p.conns.Remove(oldest)
+		g.el = nil
+		_ = g.conn.Close() // its reader sees the error and gives up
 	}
-	return true
+	g := &connGuard{p: p, conn: c, since: now}
+	g.el = p.conns.PushBack(g)
+	return g
+}
+
+// count is the number of pending connections.
+func (p *pendingConns) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.conns.Len()
 }
 
 // connGuard is one accepted connection's place among the pending ones,
-// given back once, when it authenticates or closes.
+// given up once: when it authenticates, closes, or is evicted.
 type connGuard struct {
-	p    *pendingConns
-	done atomic.Bool
+	p     *pendingConns
+	conn  net.Conn
+	since time.Time
+	el    *list.Element // nil once given up
 }
 
 func (g *connGuard) release() {
-	if g != nil && g.done.CompareAndSwap(false, true) {
-		g.p.n.Add(-1)
+	if g == nil {
+		return
+	}
+	g.p.mu.Lock()
+	defer g.p.mu.Unlock()
+	if g.el != nil {
+		g.p.conns.Remove(g.el)
+		g.el = nil
 	}
 }
 
@@ -159,13 +197,17 @@ func authenticated(ctx context.Context) {
 // refusalLogEvery.
 func (s *Server) refusedConn(remote net.Addr) {
 	p := &s.pending
-	now := time.Now().UnixNano()
-	last := p.logged.Load()
-	if now-last < int64(refusalLogEvery) || !p.logged.CompareAndSwap(last, now) {
+	p.mu.Lock()
+	now := time.Now()
+	if now.Sub(p.logged) < refusalLogEvery {
+		p.mu.Unlock()
 		return
 	}
+	p.logged = now
+	refused := p.refused
+	p.mu.Unlock()
 	s.log.Warn("too many connections not yet authenticated: closing new ones", "peer", remote.String(),
-		"limit", p.max, "refused_total", p.refused.Load())
+		"limit", p.max, "refused_total", refused)
 }
 
 // maxHealthWatches bounds the health service's Watch streams open at once,

@@ -262,10 +262,11 @@ func NewServer(o ServerOptions) (*Server, error) {
 	if s.maxUrgent <= 0 {
 		s.maxUrgent = DefaultMaxUrgentLanes
 	}
-	s.pending.max = int64(o.MaxUnauthenticated)
+	s.pending.max = o.MaxUnauthenticated
 	if s.pending.max <= 0 {
 		s.pending.max = DefaultMaxUnauthenticated
 	}
+	s.pending.evictAfter = connectionTimeout
 	s.healthSvc = &boundedHealth{Server: s.health, watches: make(chan struct{}, maxHealthWatches)}
 	if s.maxDemand < PageSize4K || s.maxBulk < PageSize4K {
 		return nil, fmt.Errorf("transport: MaxDemandBytes %d and MaxBulkBytes %d must be at least %d",

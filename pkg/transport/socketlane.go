@@ -180,12 +180,13 @@ func (sl *splitListener) acceptLoop() {
 			return
 		}
 		retry.succeeded()
-		if !sl.s.pending.admit() {
+		g := sl.s.pending.admit(c, time.Now())
+		if g == nil {
 			sl.s.refusedConn(c.RemoteAddr())
 			c.Close()
 			continue
 		}
-		go sl.route(c, &connGuard{p: &sl.s.pending})
+		go sl.route(c, g)
 	}
 }
 
