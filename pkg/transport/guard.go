@@ -26,8 +26,8 @@ import (
 // the server gave out.
 
 // DefaultMaxUnauthenticated is the default number of connections accepted
-// and not yet authenticated at once; past it, new connections are closed at
-// once.
+// and not yet authenticated at once (see pendingConns for what happens past
+// it).
 const DefaultMaxUnauthenticated = 64
 
 // Accept retries: a temporary failure (out of descriptors, a connection

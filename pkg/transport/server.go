@@ -116,7 +116,8 @@ type ServerOptions struct {
 	SessionUnusedTimeout time.Duration
 	// MaxUnauthenticated bounds the connections accepted through
 	// SplitListener that have not authenticated yet (see guard.go); past
-	// it, new connections are closed at once. 0:
+	// it, a new connection takes the place of the oldest one waiting past
+	// its greeting, or is closed at once if there is none (guard.go). 0:
 	// DefaultMaxUnauthenticated.
 	MaxUnauthenticated int
 	// MaxUrgentLanes bounds the real-time threads of UrgentDemand; 0:

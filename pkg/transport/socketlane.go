@@ -141,9 +141,10 @@ const (
 // temporary failures (out of descriptors, a connection aborted while
 // queued) are retried with a growing delay and logged, never the end of
 // the listener. At most ServerOptions.MaxUnauthenticated connections may
-// be waiting to authenticate (guard.go); past it, new ones are closed at
-// once. Over TLS too the listener should be given to gRPC through it, for
-// the accept retries and that bound: a TLS connection never begins with a
+// be waiting to authenticate (guard.go); past it, a new one takes the
+// place of the oldest waiting past its greeting, or is closed at once.
+// Over TLS too the listener should be given to gRPC through it, for the
+// accept retries and that bound: a TLS connection never begins with a
 // socket lane's greeting, and goes to gRPC.
 func (s *Server) SplitListener(l net.Listener) net.Listener {
 	sl := &splitListener{Listener: l, s: s, conns: make(chan net.Conn), done: make(chan struct{})}
