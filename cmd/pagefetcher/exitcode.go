@@ -7,7 +7,7 @@ const (
 	exitUsage       = 2 // bad flags or flag values
 	exitUnreachable = 3 // the server could not be reached (address, TLS, protocol version)
 	exitAuth        = 4 // the server refused the token
-	exitHandoff     = 5 // the VMM's handshake was invalid (or its peer not --allow-uid), or its layout does not fit the image
+	exitHandoff     = 5 // the VMM's layout does not fit the image (a failed or refused handshake is logged, and the wait goes on)
 	exitVMMGone     = 6 // the VMM exited before the migration finished
 	exitSourceLost  = 7 // the source is gone: reconnect window exceeded, or source process exited
 	exitImageChange = 8 // the server now serves a different image

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -37,6 +38,7 @@ type config struct {
 	progress         bool
 	metricsAddr      string
 	allowUID         int
+	vmmPID           int
 	bulkWindow       int
 	bulkRunBytes     uint64
 	dialTimeout      time.Duration
@@ -65,7 +67,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.logJSON, "log-json", false, "log as JSON lines")
 	fs.BoolVar(&c.progress, "progress", false, "show progress: a status line on a terminal, JSON progress events on stdout otherwise")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics")
-	fs.IntVar(&c.allowUID, "allow-uid", -1, "accept the VMM only if its uid (SO_PEERCRED) is this one; -1: any")
+	fs.IntVar(&c.allowUID, "allow-uid", os.Geteuid(), "accept the VMM only if its uid (SO_PEERCRED) is this one (default: pagefetcher's own); -1: any")
+	fs.IntVar(&c.vmmPID, "vmm-pid", 0, "accept the VMM only if it is this process (SO_PEERCRED pid); 0: any process --allow-uid allows")
 	fs.IntVar(&c.bulkWindow, "bulk-window", 8, "bulk window, in full runs (--bulk-run-bytes) in flight; runs cut short around faults are sent up to 8x as many (1..256)")
 	fs.Uint64Var(&c.bulkRunBytes, "bulk-run-bytes", 1<<20, "largest bulk run in bytes (4096..4194304)")
 	fs.DurationVar(&c.dialTimeout, "dial-timeout", 5*time.Second, "how long to try reaching the server at start")
@@ -131,6 +134,9 @@ func (c *config) validate() error {
 	if c.allowUID < -1 {
 		bad("--allow-uid %d: want a uid or -1", c.allowUID)
 	}
+	if c.vmmPID < 0 {
+		bad("--vmm-pid %d: want a process id, or 0 for any", c.vmmPID)
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -172,10 +178,14 @@ func (c *config) urgentBudget() float64 {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	// Signals first: nothing may start before they are handled.
+	// Signals first: nothing may start before they are handled. A reader
+	// of our output that goes away (pagefetcher --progress | head -1) must
+	// not kill the migration: writes then fail, and output.line says so
+	// once.
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+	signal.Ignore(syscall.SIGPIPE)
 
 	c, err := parseFlags(args, stderr)
 	if err != nil {
@@ -209,9 +219,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io.Writer) error {
+func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writer) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	stdout := &output{w: w, log: log}
 
 	// The files the flags name are read before the server is reached:
 	// errors name the flag (cli.UsageError).
@@ -282,18 +293,20 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		log.Info("metrics", "addr", addr.String())
 	}
 
-	lis, err := handshake.Listen(c.uffdSocket, handshake.ListenOptions{AllowUID: c.allowUID})
+	lis, err := handshake.Listen(c.uffdSocket, handshake.ListenOptions{AllowUID: c.allowUID, AllowPID: c.vmmPID})
 	if err != nil {
 		closeClient()
 		return fatal(exitUsage, "--uffd-socket %q: %v", c.uffdSocket, err)
 	}
 	defer lis.Close()
-	_ = cli.PrintJSONLine(stdout, map[string]any{
+	stdout.line(map[string]any{
 		"event": "ready", "uffd_socket": lis.Addr(), "server": c.server,
 		"image_size": info.Size, "generation": fmt.Sprintf("%016x", info.Generation),
 	})
 
-	// Wait for the VMM. A signal now has nothing to drain.
+	// Wait for the VMM. A signal now has nothing to drain. A client whose
+	// handshake fails, or that --allow-uid or --vmm-pid refuse, is logged
+	// and the wait goes on.
 	hctx, hcancel := context.WithCancel(ctx)
 	if c.handoffTimeout > 0 {
 		hctx, hcancel = context.WithTimeout(ctx, c.handoffTimeout)
@@ -303,7 +316,8 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 		err error
 	}
 	acc := make(chan accepted, 1)
-	go func() { h, err := lis.Accept(hctx); acc <- accepted{h, err} }()
+	refused := refusalLog{log: log}
+	go func() { h, err := lis.AcceptVMM(hctx, refused.note); acc <- accepted{h, err} }()
 	var h *handshake.Handoff
 	select {
 	case a := <-acc:
@@ -316,6 +330,10 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 			return fatal(exitHandoff, "handoff: %v", a.err)
 		}
 		h = a.h
+		// No other client may connect from now on: the socket file goes.
+		if err := lis.Close(); err != nil {
+			log.Warn("closing the uffd socket", "error", err)
+		}
 	case s := <-sigs:
 		hcancel()
 		<-acc
@@ -412,7 +430,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 				fmt.Fprintf(stderr, "\r%d/%d pages resident (%.1f%%), %.1f MB/s, %d faults   ",
 					p.ResolvedPages, p.TotalPages, 100*float64(p.ResolvedPages)/float64(max(1, p.TotalPages)), mbs, p.Faults)
 			} else {
-				_ = cli.PrintJSONLine(stdout, map[string]any{
+				stdout.line(map[string]any{
 					"event": "progress", "elapsed_s": p.Elapsed.Seconds(), "resident_pages": p.ResolvedPages,
 					"total_pages": p.TotalPages, "bytes_received": p.BytesReceived, "mb_s": mbs, "faults": p.Faults,
 				})
@@ -422,7 +440,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, stdout, stderr io
 }
 
 // finish prints the summary and maps the outcome to an exit code.
-func finish(sum *fetcher.Summary, err error, forced string, stdout io.Writer) error {
+func finish(sum *fetcher.Summary, err error, forced string, stdout *output) error {
 	if sum != nil {
 		out := map[string]any{"event": "summary", "ok": err == nil, "summary": sum}
 		var ru unix.Rusage
@@ -432,7 +450,7 @@ func finish(sum *fetcher.Summary, err error, forced string, stdout io.Writer) er
 		if err != nil {
 			out["error"] = err.Error()
 		}
-		_ = cli.PrintJSONLine(stdout, out)
+		stdout.line(out)
 	}
 	switch {
 	case err == nil:
@@ -451,6 +469,55 @@ func finish(sum *fetcher.Summary, err error, forced string, stdout io.Writer) er
 		return &failure{exitAuth, err}
 	}
 	return &failure{exitError, err}
+}
+
+// output writes pagefetcher's JSON lines to stdout. A failed write (a
+// reader gone) is logged once; later lines are dropped: the migration
+// goes on, and the exit code tells how it ended.
+type output struct {
+	w      io.Writer
+	log    hclog.Logger
+	failed bool
+}
+
+func (o *output) line(v any) {
+	if o.failed {
+		return
+	}
+	if err := cli.PrintJSONLine(o.w, v); err != nil {
+		o.failed = true
+		o.log.Warn("writing to stdout failed: no more progress or summary lines; the migration goes on", "error", err)
+	}
+}
+
+// refusalLog logs refused handshakes on the uffd socket: each of the
+// first refusalBurst, then at most one line per refusalEvery with the
+// count in between, so that a client retrying in a loop cannot flood the
+// log.
+type refusalLog struct {
+	log        hclog.Logger
+	mu         sync.Mutex
+	n, nLogged int
+	last       time.Time
+}
+
+const (
+	refusalBurst = 5
+	refusalEvery = time.Second
+)
+
+func (r *refusalLog) note(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.n++
+	now := time.Now()
+	if r.n > refusalBurst && now.Sub(r.last) < refusalEvery {
+		return
+	}
+	r.last = now
+	r.log.Warn("refused a client on the uffd socket; still waiting for the VMM", "error", err,
+		"refused_since_last_line", r.n-r.nLogged)
+	r.nLogged = r.n
 }
 
 func isTTY(w io.Writer) bool {

@@ -2,10 +2,14 @@
 // file or a stopped process — to page fetchers on other hosts, over the
 // postcopy gRPC protocol (proto/postcopy/v1).
 //
-//	pageserver --source file:PATH|pid:PID [--listen ADDR] [--token-file F]
+//	pageserver --source file:PATH|pid:PID [--ranges LIST] [--listen ADDR] [--token-file F]
 //	           [--tls-cert F --tls-key F [--tls-client-ca F]]
 //	           [--log-level L] [--log-json] [--metrics-addr ADDR]
-//	           [--drain-timeout D]
+//	           [--drain-timeout D] [--max-unauthenticated N]
+//	           [--session-unused-timeout D]
+//
+// A pid: source serves only the --ranges its operator names (required
+// with pid:): a process holds more than its workload's memory.
 //
 // The token comes from --token-file, or else from the POSTCOPY_TOKEN
 // environment variable (never from a flag, which would show in ps); without
@@ -76,6 +80,10 @@ type config struct {
 	metricsAddr  string
 	maxSessions  int
 	drainTimeout time.Duration
+	ranges       string
+	pidRanges    image.Ranges
+	maxUnauth    int
+	unusedAfter  time.Duration
 }
 
 // parseFlags parses and validates args. It returns flag.ErrHelp for
@@ -86,7 +94,10 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("pageserver", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.listen, "listen", defaultListen, "`address` to serve on (host:port; loopback by default)")
-	fs.StringVar(&c.source, "source", "", "the image to serve: file:PATH (memory image or shared-memory file) or pid:PID (a stopped process)")
+	fs.StringVar(&c.source, "source", "", "the image to serve: file:PATH (memory image or shared-memory file) or pid:PID (a stopped process; needs --ranges)")
+	fs.StringVar(&c.ranges, "ranges", "", "with a pid: source, what of the process to serve (required): a comma-separated `list` of 0xSTART-0xEND address ranges, map:PATTERN (mappings whose /proc/PID/maps path matches; * matches anything), or all (every readable mapping: stack, environment, heap and libraries too)")
+	fs.IntVar(&c.maxUnauth, "max-unauthenticated", transport.DefaultMaxUnauthenticated, "connections accepted and not yet authenticated at once; past it, a new one replaces the oldest that has waited over 10 s, or is closed")
+	fs.DurationVar(&c.unusedAfter, "session-unused-timeout", transport.DefaultSessionUnusedTimeout, "a session that has served nothing and has no lane open for this long is ended (at the next Open)")
 	fs.StringVar(&c.tokenFile, "token-file", "", "`file` holding the shared token (default: the "+tokenEnv+" environment variable; neither: no token, warned)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "read bulk runs at a lower CPU priority while demand requests come")
 	fs.BoolVar(&c.demandSocket, "demand-socket", true, "also serve the demand lane as a plain socket lane on the same port (plaintext only; clients fall back to gRPC without it)")
@@ -143,8 +154,20 @@ func (c *config) validate() error {
 		if pid, err := strconv.Atoi(c.source[len("pid:"):]); err != nil || pid <= 0 {
 			return cli.Usagef("source", c.source, "PID must be a positive number")
 		}
+		if c.ranges == "" {
+			return cli.Usagef("ranges", "", "required with a pid: source: name what of the process to serve "+
+				"(0xSTART-0xEND, map:PATTERN, or all)")
+		}
+		r, err := image.ParseRanges(c.ranges)
+		if err != nil {
+			return cli.Usagef("ranges", c.ranges, "%v", err)
+		}
+		c.pidRanges = r
 	default:
 		return cli.Usagef("source", c.source, "must be file:PATH or pid:PID")
+	}
+	if c.ranges != "" && !strings.HasPrefix(c.source, "pid:") {
+		return cli.Usagef("ranges", c.ranges, "applies to pid: sources only")
 	}
 	if c.demandPrio != "rt" && c.demandPrio != "normal" {
 		return cli.Usagef("demand-priority", c.demandPrio, "must be rt or normal")
@@ -160,6 +183,12 @@ func (c *config) validate() error {
 	}
 	if c.maxSessions <= 0 {
 		return cli.Usagef("max-sessions", strconv.Itoa(c.maxSessions), "must be positive")
+	}
+	if c.maxUnauth <= 0 {
+		return cli.Usagef("max-unauthenticated", strconv.Itoa(c.maxUnauth), "must be positive")
+	}
+	if c.unusedAfter <= 0 {
+		return cli.Usagef("session-unused-timeout", c.unusedAfter.String(), "must be positive")
 	}
 	if c.drainTimeout < 0 {
 		return cli.Usagef("drain-timeout", c.drainTimeout.String(), "must be 0 (wait for every session) or positive")
@@ -198,6 +227,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+	// A reader of stdout that went away (pageserver | head -1) makes the
+	// summary's write fail, logged, instead of killing us.
+	signal.Ignore(syscall.SIGPIPE)
 
 	cfg, err := parseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
@@ -241,8 +273,11 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		}
 		creds = credentials.NewTLS(tc)
 	}
-	img, err := image.Open(cfg.source)
+	img, err := image.OpenRanges(cfg.source, cfg.pidRanges)
 	if err != nil {
+		if errors.Is(err, image.ErrBadRanges) {
+			return cli.ExitUsage, cli.Usagef("ranges", cfg.ranges, "%v", err)
+		}
 		if errors.Is(err, image.ErrBadSource) {
 			return cli.ExitUsage, cli.Usagef("source", cfg.source, "%v", err)
 		}
@@ -258,6 +293,7 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions,
 		DemandSocket: creds == nil && cfg.demandSocket, BulkSocket: creds == nil && cfg.bulkSocket,
 		BulkYield: cfg.bulkYield, UrgentDemand: cfg.demandPrio == "rt",
+		MaxUnauthenticated: cfg.maxUnauth, SessionUnusedTimeout: cfg.unusedAfter,
 	})
 	if err != nil {
 		return cli.ExitFailure, err
@@ -293,11 +329,10 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	}
 
 	served := make(chan error, 1)
-	glis := lis
-	if creds == nil && (cfg.demandSocket || cfg.bulkSocket) {
-		// Plaintext: socket lanes share the port (see transport.SplitListener).
-		glis = srv.SplitListener(lis)
-	}
+	// Plaintext: socket lanes share the port; with TLS or without, the
+	// listener retries temporary accept failures and bounds the connections
+	// not yet authenticated (see transport.SplitListener).
+	glis := srv.SplitListener(lis)
 	go func() { served <- g.Serve(glis) }()
 	if len(token) == 0 {
 		log.Warn("NO TOKEN: every client that reaches " + lis.Addr().String() + " can read this workload's memory; " +
@@ -375,9 +410,8 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	}
 	log.Info("stopped", "graceful", graceful, "sessions", st.SessionsTotal,
 		"demand_bytes", st.DemandBytes, "bulk_bytes", st.BulkBytes, "zero_pages", st.ZeroPages)
-	if err := cli.PrintJSONLine(stdout, sum); err != nil && runErr == nil {
-		runErr = err
-		code = cli.ExitFailure
+	if err := cli.PrintJSONLine(stdout, sum); err != nil {
+		log.Warn("writing the summary line to stdout failed", "error", err)
 	}
 	return code, runErr
 }

@@ -405,7 +405,7 @@ func TestSourceNotStopped(t *testing.T) {
 	const warning = "the source process is not stopped: its pages may change while they are served"
 	serveOnce := func() string {
 		t.Helper()
-		p := start(t, nil, "--listen", "127.0.0.1:0", "--source", fmt.Sprintf("pid:%d", pid))
+		p := start(t, nil, "--listen", "127.0.0.1:0", "--source", fmt.Sprintf("pid:%d", pid), "--ranges", "all")
 		var ready readyEvent
 		p.line(t, &ready)
 		p.cmd.Process.Signal(syscall.SIGTERM)
@@ -502,6 +502,7 @@ func TestBadFlags(t *testing.T) {
 	}
 	maxPID, _ := strconv.Atoi(strings.TrimSpace(string(pidMax)))
 	noPID := "pid:" + strconv.Itoa(maxPID+1) // no process can have it
+	self := "pid:" + strconv.Itoa(os.Getpid())
 	for _, tc := range []struct {
 		args []string
 		env  []string
@@ -525,7 +526,13 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--source", "file:/nonexistent/mem"}, nil, 2, `--source "file:/nonexistent/mem": file:/nonexistent/mem: no such file or directory`},
 		{[]string{"--source", "file:" + dir}, nil, 2, `--source "file:` + dir + `": file:` + dir + `: not a regular file`},
 		{[]string{"--source", "file:/dev/null"}, nil, 2, `--source "file:/dev/null": file:/dev/null: not a regular file`},
-		{[]string{"--source", noPID}, nil, 2, `--source "` + noPID + `": ` + noPID + `: no such process`},
+		{[]string{"--source", noPID, "--ranges", "all"}, nil, 2, `--source "` + noPID + `": ` + noPID + `: no such process`},
+		{[]string{"--source", "pid:1"}, nil, 2, `--ranges: required with a pid: source`},
+		{[]string{"--source", "pid:1", "--ranges", "0x1000"}, nil, 2, `--ranges "0x1000": "0x1000": not a range`},
+		{[]string{"--source", src, "--ranges", "all"}, nil, 2, `--ranges "all": applies to pid: sources only`},
+		{[]string{"--source", self, "--ranges", "map:/no/such/path*"}, nil, 2, `--ranges "map:/no/such/path*": ` + self + `: map:/no/such/path* matches no readable mapping`},
+		{[]string{"--source", src, "--max-unauthenticated", "0"}, nil, 2, `--max-unauthenticated "0": must be positive`},
+		{[]string{"--source", src, "--session-unused-timeout", "0s"}, nil, 2, `--session-unused-timeout "0s": must be positive`},
 		{[]string{"--source", src, "--token-file", "/nonexistent/token"}, nil, 2, `--token-file "/nonexistent/token": no such file or directory`},
 		{[]string{"--source", src, "--token-file", empty}, nil, 2, `--token-file "` + empty + `": the file is empty`},
 		{[]string{"--source", src}, []string{"POSTCOPY_TOKEN="}, 2, "POSTCOPY_TOKEN is set but empty"},

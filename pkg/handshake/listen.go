@@ -21,6 +21,9 @@ type ListenOptions struct {
 	// our own also becomes the socket file's owner, so that that peer (a
 	// jailed VMM) can connect to the 0600 socket.
 	AllowUID int
+	// AllowPID, if positive, is the one process (SO_PEERCRED pid) allowed
+	// to hand over, besides AllowUID.
+	AllowPID int
 	// Timeout bounds each handshake after a connection is accepted;
 	// DefaultTimeout if zero.
 	Timeout time.Duration
@@ -56,6 +59,9 @@ func Listen(path string, o ListenOptions) (*Listener, error) {
 	}
 	if o.AllowUID < -1 {
 		return nil, fmt.Errorf("handshake: AllowUID %d: want a uid or -1", o.AllowUID)
+	}
+	if o.AllowPID < 0 {
+		return nil, fmt.Errorf("handshake: AllowPID %d: want a process id, or 0 for any", o.AllowPID)
 	}
 	if err := checkDir(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("handshake: %w", err)
@@ -233,15 +239,20 @@ func (l *Listener) Accept(ctx context.Context) (*Handoff, error) {
 		}
 		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, err)
 	}
+	return l.receive(ctx, conn)
+}
+
+// receive checks the peer of conn and receives its handshake; on any error
+// conn is closed.
+func (l *Listener) receive(ctx context.Context, conn *net.UnixConn) (*Handoff, error) {
 	cred, err := peerCred(conn)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	if l.opts.AllowUID >= 0 && cred.Uid != uint32(l.opts.AllowUID) {
+	if err := l.allowed(cred); err != nil {
 		conn.Close()
-		return nil, &kindError{kind: ErrPeerNotAllowed, msg: fmt.Sprintf(
-			"handshake: peer pid %d uid %d is not allowed on %s (want uid %d)", cred.Pid, cred.Uid, l.path, l.opts.AllowUID)}
+		return nil, err
 	}
 	h, err := ReceiveContext(ctx, conn, l.opts.Timeout)
 	if err != nil {
@@ -249,6 +260,128 @@ func (l *Listener) Accept(ctx context.Context) (*Handoff, error) {
 		return nil, fmt.Errorf("handshake from pid %d on %s: %w", cred.Pid, l.path, err)
 	}
 	return h, nil
+}
+
+// allowed checks a peer's credentials against AllowUID and AllowPID.
+func (l *Listener) allowed(cred unix.Ucred) error {
+	if l.opts.AllowUID >= 0 && cred.Uid != uint32(l.opts.AllowUID) {
+		return &kindError{kind: ErrPeerNotAllowed, msg: fmt.Sprintf(
+			"handshake: peer pid %d uid %d is not allowed on %s (want uid %d)", cred.Pid, cred.Uid, l.path, l.opts.AllowUID)}
+	}
+	if l.opts.AllowPID > 0 && cred.Pid != int32(l.opts.AllowPID) {
+		return &kindError{kind: ErrPeerNotAllowed, msg: fmt.Sprintf(
+			"handshake: peer pid %d uid %d is not allowed on %s (want pid %d)", cred.Pid, cred.Uid, l.path, l.opts.AllowPID)}
+	}
+	return nil
+}
+
+// acceptRetryDelay is the wait after a temporary accept failure.
+const acceptRetryDelay = 50 * time.Millisecond
+
+// maxPendingHandshakes bounds the handshakes AcceptVMM receives at once;
+// further connections wait in the socket's backlog.
+const maxPendingHandshakes = 8
+
+// AcceptVMM waits for the first valid handoff: it accepts connections and
+// receives their handshakes (each within ListenOptions.Timeout, several at
+// once), and a connection whose peer is not allowed or whose handshake
+// fails (not JSON, no or the wrong descriptor, nothing within the timeout)
+// is closed and reported to refused, if not nil, while the wait goes on: a
+// stray or hostile client cannot end it, nor hold it up for longer than
+// the timeout. It returns once a handshake succeeded, with the other
+// handshakes in progress abandoned, or with ctx's error. Listening goes on
+// until Close, which the caller does at once to turn later clients away.
+func (l *Listener) AcceptVMM(ctx context.Context, refused func(error)) (*Handoff, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := l.ln.SetDeadline(time.Time{}); err != nil {
+		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, err)
+	}
+	stop := interruptOnDone(ctx, func() { l.ln.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	var wg sync.WaitGroup
+	won := make(chan *Handoff, 1) // the first valid handoff; it cancels ctx
+	err := l.acceptLoop(ctx, &wg, func(h *Handoff) {
+		select {
+		case won <- h:
+			cancel() // the others stop, the accept returns
+		default:
+			h.Close() // another handshake won
+		}
+	}, refused)
+	cancel()
+	wg.Wait()
+	// A handoff that came while the wait ended for another reason still
+	// wins: its VMM is waiting.
+	select {
+	case h := <-won:
+		return h, nil
+	default:
+		return nil, err
+	}
+}
+
+// acceptLoop accepts connections and receives their handshakes, at most
+// maxPendingHandshakes at once, each in a goroutine counted in wg that
+// calls ok with a valid handoff or refused with the error; it returns once
+// ctx ends (ok cancels it) or accepting fails for good.
+func (l *Listener) acceptLoop(ctx context.Context, wg *sync.WaitGroup, ok func(*Handoff), refused func(error)) error {
+	slots := make(chan struct{}, maxPendingHandshakes)
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return fmt.Errorf("handshake: accept on %s: %w", l.path, ctx.Err())
+		}
+		conn, err := l.ln.AcceptUnix()
+		if err != nil {
+			<-slots
+			if ctx.Err() != nil {
+				return fmt.Errorf("handshake: accept on %s: %w", l.path, ctx.Err())
+			}
+			if !isTemporary(err) {
+				return fmt.Errorf("handshake: accept on %s: %w", l.path, err)
+			}
+			if refused != nil {
+				refused(fmt.Errorf("handshake: accept on %s: %w", l.path, err))
+			}
+			t := time.NewTimer(acceptRetryDelay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			h, err := l.receive(ctx, conn)
+			if err != nil {
+				if refused != nil && ctx.Err() == nil {
+					refused(err)
+				}
+				return
+			}
+			ok(h)
+		}()
+	}
+}
+
+// isTemporary reports whether an accept error is worth retrying: out of
+// descriptors or memory, a connection gone while queued.
+func isTemporary(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
+		syscall.ECONNABORTED, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // Close stops listening and removes the socket file (if it is still the one

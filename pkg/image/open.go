@@ -10,7 +10,11 @@ import (
 // `source "foo": want file:PATH or pid:PID`, `pid:abc: not a process id`,
 // `file:/x: no such file or directory`. Errors of a source that cannot be
 // served, as opposed to failures of this machine, match ErrBadSource.
-func Open(source string) (Image, error) {
+func Open(source string) (Image, error) { return OpenRanges(source, AllRanges) }
+
+// OpenRanges is Open serving of a pid: source only what r selects (see
+// OpenPIDRanges); r does not apply to file: sources.
+func OpenRanges(source string, r Ranges) (Image, error) {
 	kind, rest, ok := strings.Cut(source, ":")
 	switch {
 	case ok && kind == "file" && rest != "":
@@ -20,7 +24,7 @@ func Open(source string) (Image, error) {
 		if err != nil || pid <= 0 {
 			return nil, newError(ErrBadSource, nil, "pid:%s: not a process id", rest)
 		}
-		return OpenPID(pid)
+		return OpenPIDRanges(pid, r)
 	}
 	return nil, newError(ErrBadSource, nil, "source %q: want file:PATH or pid:PID", source)
 }

@@ -46,7 +46,8 @@ type pidImage struct {
 	state  byte // the process's state at open (field 3 of /proc/PID/stat)
 	gen    uint64
 	size   uint64
-	maps   []mapping // readable mappings, sorted
+	maps   []mapping // readable mappings (of ranges), sorted
+	ranges Ranges
 
 	pidfd   int // pidfd_open(pid): readable (POLLIN) once the process exited
 	pagemap int // /proc/PID/pagemap, read with pread
@@ -92,7 +93,19 @@ var _ Process = (*pidImage)(nil)
 // no such process") if the process does not exist, and with the errno
 // (EACCES, EPERM) if it may not be read; both, and a process without
 // readable mappings (a kernel thread), also match ErrBadSource.
-func OpenPID(pid int) (Image, error) {
+//
+// OpenPID serves every readable mapping; OpenPIDRanges only those a Ranges
+// selects.
+func OpenPID(pid int) (Image, error) { return OpenPIDRanges(pid, AllRanges) }
+
+// OpenPIDRanges is OpenPID serving only what r selects: Readable lists it,
+// CheckRange and Read refuse anything else with ErrOutOfRange, and Size
+// ends with it. A range of r outside the readable mappings, or a pattern
+// that matches none, fails with an error matching ErrBadSource.
+func OpenPIDRanges(pid int, r Ranges) (Image, error) {
+	if !r.all && len(r.extents) == 0 && len(r.patterns) == 0 {
+		return nil, newError(ErrBadSource, nil, "pid:%d: no ranges selected", pid)
+	}
 	name := fmt.Sprintf("pid:%d", pid)
 	if pid <= 0 {
 		return nil, newError(ErrBadSource, nil, "%s: not a process id", name)
@@ -104,7 +117,7 @@ func OpenPID(pid int) (Image, error) {
 		}
 		return nil, sourceFault(newError(nil, err, "%s: pidfd_open", name))
 	}
-	p := &pidImage{pid: pid, name: name, pidfd: pidfd, pagemap: -1}
+	p := &pidImage{pid: pid, name: name, pidfd: pidfd, pagemap: -1, ranges: r}
 	if err := p.init(); err != nil {
 		_ = p.closeFDs()
 		return nil, sourceFault(err)
@@ -159,11 +172,19 @@ func (p *pidImage) init() error {
 	if len(p.maps) == 0 {
 		return newError(ErrBadSource, nil, "%s: no readable mappings", p.name)
 	}
+	if p.maps, err = p.ranges.restrict(p.name, p.maps); err != nil {
+		return err
+	}
 	p.size = p.maps[len(p.maps)-1].end
 	if p.exited() {
 		return noProcess(" (exited while opening)")
 	}
-	p.desc = fmt.Sprintf("%s (%s, %d readable mappings, up to %#x)", p.name, p.comm, len(p.maps), p.size)
+	if p.ranges.all {
+		p.desc = fmt.Sprintf("%s (%s, %d readable mappings, up to %#x)", p.name, p.comm, len(p.maps), p.size)
+	} else {
+		p.desc = fmt.Sprintf("%s (%s, ranges %s: %d pieces of readable mappings, up to %#x)",
+			p.name, p.comm, p.ranges, len(p.maps), p.size)
+	}
 	return nil
 }
 

@@ -57,6 +57,20 @@
 // with errors.Is; IsRetryable tells connection-level failures from final
 // ones.
 //
+// # Limits
+//
+// Before a client authenticates (the right token, or a session id the
+// server gave out), what it can make the server hold is bounded: the
+// connections waiting to authenticate (ServerOptions.MaxUnauthenticated,
+// counted by SplitListener, which also retries temporary accept failures),
+// a greeting's time, every length field it sends, the streams of a gRPC
+// connection and the health service's Watch streams (guard.go). After it, a
+// session's lanes (MaxLanesPerSession of each kind), the real-time threads
+// of demand lanes (ServerOptions.MaxUrgentLanes), the time a socket lane's
+// write may block, and the life of a session never used
+// (ServerOptions.SessionUnusedTimeout). Session ids are 128 random bits,
+// compared in constant time.
+//
 // # Serving
 //
 //	srv, err := transport.NewServer(transport.ServerOptions{Image: img, Token: tok})

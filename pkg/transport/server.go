@@ -51,6 +51,24 @@ const (
 	// DefaultDemandWorkers is the default number of demand requests of one
 	// stream served at once.
 	DefaultDemandWorkers = 8
+	// DefaultSessionUnusedTimeout is how long a session that has served
+	// nothing and has no lane open lives: it is ended at the next Open
+	// after that.
+	DefaultSessionUnusedTimeout = 5 * time.Minute
+	// MaxLanesPerSession bounds the demand lanes, and separately the bulk
+	// lanes, open at once on one session (gRPC streams and socket lanes
+	// together); a destination uses one of each, and briefly two while it
+	// replaces a broken one.
+	MaxLanesPerSession = 8
+	// DefaultMaxUrgentLanes is the default number of demand socket lanes
+	// served on a real-time thread at once (ServerOptions.UrgentDemand);
+	// further ones are served at normal priority.
+	DefaultMaxUrgentLanes = 16
+	// connectionTimeout bounds a gRPC connection's greeting (TLS and
+	// HTTP/2 handshakes), as routeReadTimeout bounds a socket lane's.
+	connectionTimeout = 10 * time.Second
+	// maxConcurrentStreams bounds the streams of one gRPC connection.
+	maxConcurrentStreams = 32
 
 	// bulkChunk is the largest read a bulk run does between two checks for
 	// demand work (a 2 MiB page is read whole).
@@ -59,8 +77,12 @@ const (
 	// drain, so that bulk copying cannot starve.
 	bulkMaxYield = 5 * time.Millisecond
 	// maxRequestMsg bounds the size of any message a client sends (an Open
-	// with MaxRegions regions is about 70 KiB).
-	maxRequestMsg = 1 << 20
+	// with MaxRegions regions is about 70 KiB, at most 150 KiB with the
+	// largest varints). gRPC allocates a message's buffer from its length
+	// prefix, before authentication: with maxConcurrentStreams and
+	// DefaultMaxUnauthenticated it bounds what clients with no token can
+	// make the server hold.
+	maxRequestMsg = 256 << 10
 	// msgSlack is added to the largest run for the rest of a PageRun.
 	msgSlack = 64 << 10
 )
@@ -88,6 +110,19 @@ type ServerOptions struct {
 	// SessionIdleTimeout: a session without an open stream for this long is
 	// dropped when room is needed for a new one; 0: DefaultSessionIdleTimeout.
 	SessionIdleTimeout time.Duration
+	// SessionUnusedTimeout: a session that has served nothing (no request,
+	// no bulk lane) and has no lane open for this long is ended at the next
+	// Open; 0: DefaultSessionUnusedTimeout.
+	SessionUnusedTimeout time.Duration
+	// MaxUnauthenticated bounds the connections accepted through
+	// SplitListener that have not authenticated yet (see guard.go); past
+	// it, a new connection takes the place of the oldest one waiting past
+	// its greeting, or is closed at once if there is none (guard.go). 0:
+	// DefaultMaxUnauthenticated.
+	MaxUnauthenticated int
+	// MaxUrgentLanes bounds the real-time threads of UrgentDemand; 0:
+	// DefaultMaxUrgentLanes.
+	MaxUrgentLanes int
 	// DemandWorkers bounds the demand requests of one stream read at once;
 	// 0: DefaultDemandWorkers.
 	DemandWorkers int
@@ -114,31 +149,37 @@ type ServerOptions struct {
 type Server struct {
 	pb.UnimplementedPageServerServer
 
-	img         image.Image
-	tokenSum    [sha256.Size]byte
-	tokenSet    bool
-	log         hclog.Logger
-	maxDemand   uint32
-	maxBulk     uint32
-	maxSessions int
-	idleTimeout time.Duration
-	workers     int
-	sockLane    bool
-	bulkSock    bool
-	urgent      bool
-	urgentOnce  sync.Once
-	lanes       laneSet
+	img           image.Image
+	tokenSum      [sha256.Size]byte
+	tokenSet      bool
+	log           hclog.Logger
+	maxDemand     uint32
+	maxBulk       uint32
+	maxSessions   int
+	idleTimeout   time.Duration
+	unusedAfter   time.Duration
+	maxUrgent     int32
+	urgentLanes   atomic.Int32 // demand socket lanes on a real-time thread
+	pending       pendingConns
+	workers       int
+	sockLane      bool
+	bulkSock      bool
+	urgent        bool
+	urgentOnce    sync.Once
+	urgentCapOnce sync.Once
+	lanes         laneSet
 
 	refusals, refusalsLogged atomic.Uint64 // tokens refused; the count at the last log line
 	refusalLogged            atomic.Int64  // when the last refusal was logged (UnixNano)
 	bulkYield                bool
 	health                   *health.Server
+	healthSvc                *boundedHealth
 
 	gate *demandGate
 	runs sync.Pool // *runBuf
 
 	mu       sync.Mutex
-	sessions map[string]*session
+	sessions map[[sha256.Size]byte]*session // by the SHA-256 of the id (see lookup)
 
 	counters counters
 }
@@ -167,7 +208,8 @@ type session struct {
 	ended      atomic.Bool
 	started    atomic.Bool // served a request, or opened a bulk lane (laneSet)
 	streams    atomic.Int32
-	lastActive atomic.Int64 // unix ns of the last stream start or end
+	lanes      [2]atomic.Int32 // open lanes by kind (lane)
+	lastActive atomic.Int64    // unix ns of the last stream start or end
 
 	demandReqs, bulkReqs   atomic.Uint64
 	demandBytes, bulkBytes atomic.Uint64
@@ -186,13 +228,15 @@ func NewServer(o ServerOptions) (*Server, error) {
 		maxBulk:     o.MaxBulkBytes,
 		maxSessions: o.MaxSessions,
 		idleTimeout: o.SessionIdleTimeout,
+		unusedAfter: o.SessionUnusedTimeout,
+		maxUrgent:   int32(o.MaxUrgentLanes),
 		workers:     o.DemandWorkers,
 		sockLane:    o.DemandSocket,
 		bulkSock:    o.BulkSocket,
 		urgent:      o.UrgentDemand,
 		bulkYield:   o.BulkYield,
 		gate:        newDemandGate(),
-		sessions:    make(map[string]*session),
+		sessions:    make(map[[sha256.Size]byte]*session),
 		health:      health.NewServer(),
 	}
 	if s.log == nil {
@@ -213,6 +257,18 @@ func NewServer(o ServerOptions) (*Server, error) {
 	if s.workers <= 0 {
 		s.workers = DefaultDemandWorkers
 	}
+	if s.unusedAfter <= 0 {
+		s.unusedAfter = DefaultSessionUnusedTimeout
+	}
+	if s.maxUrgent <= 0 {
+		s.maxUrgent = DefaultMaxUrgentLanes
+	}
+	s.pending.max = o.MaxUnauthenticated
+	if s.pending.max <= 0 {
+		s.pending.max = DefaultMaxUnauthenticated
+	}
+	s.pending.evictAfter = connectionTimeout
+	s.healthSvc = &boundedHealth{Server: s.health, watches: make(chan struct{}, maxHealthWatches)}
 	if s.maxDemand < PageSize4K || s.maxBulk < PageSize4K {
 		return nil, fmt.Errorf("transport: MaxDemandBytes %d and MaxBulkBytes %d must be at least %d",
 			s.maxDemand, s.maxBulk, PageSize4K)
@@ -236,7 +292,10 @@ func NewServer(o ServerOptions) (*Server, error) {
 // see wireCodec; the Demand and Bulk handlers need it), message size
 // limits, flow-control windows and buffers sized for bulk runs, keepalive
 // that finds a dead client within seconds and permits the client's pings,
-// and interceptors counting errors.
+// and interceptors counting errors; and the limits on what a client may
+// hold before it authenticates: a greeting (TLS and HTTP/2 handshakes)
+// within connectionTimeout, at most maxConcurrentStreams streams per
+// connection, pings no more often than the enforcement policy permits.
 func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 	maxRun := max(s.maxDemand, s.maxBulk)
 	return []grpc.ServerOption{
@@ -248,6 +307,8 @@ func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 		grpc.ReadBufferSize(bulkBufferSize),
 		grpc.KeepaliveParams(serverKeepalive),
 		grpc.KeepaliveEnforcementPolicy(serverEnforcement),
+		grpc.ConnectionTimeout(connectionTimeout),
+		grpc.MaxConcurrentStreams(maxConcurrentStreams),
 		grpc.ForceServerCodecV2(wireCodec{}),
 		experimental.BufferPool(&pagePool),
 		grpc.ChainUnaryInterceptor(s.unaryErrors),
@@ -256,10 +317,11 @@ func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 }
 
 // Register registers the PageServer service and the standard gRPC health
-// service (reporting SERVING for "" and "postcopy.v1.PageServer") on g.
+// service (reporting SERVING for "" and "postcopy.v1.PageServer"; at most
+// maxHealthWatches Watch streams at once) on g.
 func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterPageServerServer(g, s)
-	healthpb.RegisterHealthServer(g, s.health)
+	healthpb.RegisterHealthServer(g, s.healthSvc)
 }
 
 // Shutdown marks the health service NOT_SERVING, for a graceful stop.
@@ -373,6 +435,7 @@ func (s *Server) Hello(ctx context.Context, req *pb.HelloRequest) (*pb.HelloResp
 		s.refused(ctx, "hello", err)
 		return nil, err
 	}
+	authenticated(ctx)
 	if err := checkVersion(req.GetProtocolVersion()); err != nil {
 		return nil, err
 	}
@@ -386,6 +449,7 @@ func (s *Server) Open(ctx context.Context, req *pb.OpenRequest) (*pb.OpenRespons
 		s.refused(ctx, "open", err)
 		return nil, err
 	}
+	authenticated(ctx)
 	if err := checkVersion(req.GetProtocolVersion()); err != nil {
 		return nil, err
 	}
@@ -429,6 +493,7 @@ func (s *Server) Open(ctx context.Context, req *pb.OpenRequest) (*pb.OpenRespons
 	sess.log = s.log.With("session", id[:8], "client", name)
 
 	s.mu.Lock()
+	s.dropUnusedLocked(now)
 	if len(s.sessions) >= s.maxSessions {
 		s.dropIdleLocked(now)
 	}
@@ -437,7 +502,7 @@ func (s *Server) Open(ctx context.Context, req *pb.OpenRequest) (*pb.OpenRespons
 		s.mu.Unlock()
 		return nil, status.Errorf(codes.ResourceExhausted, "too many open sessions: %d (max %d)", n, s.maxSessions)
 	}
-	s.sessions[id] = sess
+	s.sessions[sha256.Sum256([]byte(id))] = sess
 	s.mu.Unlock()
 	s.counters.sessionsTotal.Add(1)
 
@@ -451,19 +516,40 @@ func (s *Server) Open(ctx context.Context, req *pb.OpenRequest) (*pb.OpenRespons
 
 // dropIdleLocked ends sessions that have had no stream for idleTimeout.
 func (s *Server) dropIdleLocked(now time.Time) {
-	for id, sess := range s.sessions {
+	for key, sess := range s.sessions {
 		if sess.streams.Load() == 0 && now.Sub(time.Unix(0, sess.lastActive.Load())) > s.idleTimeout {
 			sess.ended.Store(true)
-			delete(s.sessions, id)
+			delete(s.sessions, key)
 			sess.log.Warn("idle session dropped", "idle", s.idleTimeout)
 		}
 	}
 }
 
+// dropUnusedLocked ends sessions that have served nothing and had no lane
+// open for unusedAfter: a token holder opening sessions and leaving them
+// must not keep others' out until the idle timeout.
+func (s *Server) dropUnusedLocked(now time.Time) {
+	for key, sess := range s.sessions {
+		if !sess.started.Load() && sess.streams.Load() == 0 &&
+			now.Sub(time.Unix(0, sess.lastActive.Load())) > s.unusedAfter {
+			sess.ended.Store(true)
+			delete(s.sessions, key)
+			sess.log.Warn("unused session ended", "unused_for", s.unusedAfter)
+		}
+	}
+}
+
+// lookup finds a session by its id. The map is keyed by the id's SHA-256,
+// and the id found is compared with the one presented in constant time, so
+// that the time a lookup takes tells nothing of how much of a guess was
+// right.
 func (s *Server) lookup(id string) (*session, error) {
 	s.mu.Lock()
-	sess := s.sessions[id]
+	sess := s.sessions[sha256.Sum256([]byte(id))]
 	s.mu.Unlock()
+	if sess != nil && subtle.ConstantTimeCompare([]byte(sess.id), []byte(id)) != 1 {
+		sess = nil
+	}
 	if sess == nil || sess.ended.Load() {
 		if len(id) > 8 {
 			id = id[:8] + "..."
@@ -474,13 +560,14 @@ func (s *Server) lookup(id string) (*session, error) {
 }
 
 // Done ends a session and logs its totals.
-func (s *Server) Done(_ context.Context, req *pb.DoneRequest) (*pb.DoneResponse, error) {
+func (s *Server) Done(ctx context.Context, req *pb.DoneRequest) (*pb.DoneResponse, error) {
 	sess, err := s.lookup(req.GetSessionId())
 	if err != nil {
 		return nil, err
 	}
+	authenticated(ctx)
 	s.mu.Lock()
-	delete(s.sessions, sess.id)
+	delete(s.sessions, sha256.Sum256([]byte(sess.id)))
 	s.mu.Unlock()
 	sess.ended.Store(true)
 	if req.GetUnused() {
@@ -501,8 +588,8 @@ func (s *Server) Done(_ context.Context, req *pb.DoneRequest) (*pb.DoneResponse,
 }
 
 // streamSession finds the session a stream names in its metadata and
-// counts the stream on it.
-func (s *Server) streamSession(ctx context.Context) (*session, error) {
+// counts the stream, a lane of kind l, on it.
+func (s *Server) streamSession(ctx context.Context, l lane) (*session, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	ids := md.Get(SessionMetadataKey)
 	if len(ids) != 1 || ids[0] == "" {
@@ -512,14 +599,30 @@ func (s *Server) streamSession(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess.streams.Add(1)
-	sess.lastActive.Store(time.Now().UnixNano())
+	authenticated(ctx)
+	if err := sess.attach(l); err != nil {
+		return nil, err
+	}
 	return sess, nil
 }
 
-func (sess *session) detach() {
+// attach counts a lane of kind l on the session; ResourceExhausted past
+// MaxLanesPerSession.
+func (sess *session) attach(l lane) error {
+	if sess.lanes[l].Add(1) > MaxLanesPerSession {
+		sess.lanes[l].Add(-1)
+		return status.Errorf(codes.ResourceExhausted, "too many %s lanes open on this session (max %d)", l, MaxLanesPerSession)
+	}
+	sess.streams.Add(1)
+	sess.lastActive.Store(time.Now().UnixNano())
+	return nil
+}
+
+// detach undoes attach(l).
+func (sess *session) detach(l lane) {
 	sess.lastActive.Store(time.Now().UnixNano())
 	sess.streams.Add(-1)
+	sess.lanes[l].Add(-1)
 }
 
 func (s *Server) sourceGone(err error) error {
@@ -706,11 +809,11 @@ func (s *Server) check(sess *session, l lane, req request) (uint32, error) {
 // requests. Sends are serialized per stream. The first error ends the
 // stream with its status.
 func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
-	sess, err := s.streamSession(stream.Context())
+	sess, err := s.streamSession(stream.Context(), laneDemand)
 	if err != nil {
 		return err
 	}
-	defer sess.detach()
+	defer sess.detach(laneDemand)
 	if !s.lanes.startSession(sess) {
 		return status.Error(codes.Unavailable, "the server is stopping")
 	}
@@ -846,11 +949,11 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 // flight, and gRPC's writer sends one answer while the next is read. Reads
 // yield to demand work (see demandGate).
 func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
-	sess, err := s.streamSession(stream.Context())
+	sess, err := s.streamSession(stream.Context(), laneBulk)
 	if err != nil {
 		return err
 	}
-	defer sess.detach()
+	defer sess.detach(laneBulk)
 	if !s.lanes.startSession(sess) {
 		return status.Error(codes.Unavailable, "the server is stopping")
 	}

@@ -40,8 +40,9 @@ import (
 // bulk_socket):
 //
 //	client: "PCDEMND1" or "PCBULKS1" | uint16 len | session id
-//	server: 0 (accepted) | 1 or 2, uint16 len, message (refused: 1 no such
-//	        session, 2 lane kind not served; then closes)
+//	server: 0 (accepted) | 1, 2 or 3, uint16 len, message (refused: 1 no
+//	        such session, 2 lane kind not served, 3 MaxLanesPerSession
+//	        lanes of the kind open; then closes)
 //	client: { uint32 len | PageRequest }*
 //	server: { uint32 len | PageRun }* — or, once, an error frame:
 //	        uint32 (1<<31 | len) | uint32 gRPC code | uint16 len | reason | message
@@ -64,7 +65,9 @@ const maxOpenFrame = 1 << 20
 // socketOpen serves the greeting of a connection that opened with
 // openLaneMagic: a length-prefixed OpenRequest, answered with a
 // length-prefixed OpenResponse or an error frame, exactly as the Open call
-// would answer it. It returns the new session, or nil after refusing.
+// would answer it. It returns the new session, or nil after refusing. The
+// request's body is read as it arrives: its length field alone allocates
+// nothing.
 func (s *Server) socketOpen(c net.Conn, br *bufio.Reader) *session {
 	_ = c.SetReadDeadline(time.Now().Add(routeReadTimeout))
 	var hdr [4]byte
@@ -76,8 +79,8 @@ func (s *Server) socketOpen(c net.Conn, br *bufio.Reader) *session {
 		s.sendErrorFrame(c, status.Errorf(codes.ResourceExhausted, "open frame of %d bytes, limit %d", n, maxOpenFrame))
 		return nil
 	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(br, b); err != nil {
+	b, err := io.ReadAll(io.LimitReader(br, int64(n)))
+	if err != nil || len(b) != int(n) {
 		return nil
 	}
 	_ = c.SetReadDeadline(time.Time{})
@@ -101,6 +104,7 @@ func (s *Server) socketOpen(c net.Conn, br *bufio.Reader) *session {
 		return nil
 	}
 	binary.LittleEndian.PutUint32(hdr[:], uint32(len(out)))
+	_ = c.SetWriteDeadline(time.Now().Add(laneWriteTimeout))
 	if _, err := (&net.Buffers{hdr[:], out}).WriteTo(c); err != nil {
 		return nil
 	}
@@ -124,12 +128,24 @@ const (
 	maxErrorFrame    = 64 << 10
 	maxSessionIDLen  = 256
 	routeReadTimeout = 10 * time.Second
+	// laneWriteTimeout bounds a server's write on a socket lane: a client
+	// that stops reading loses its lane instead of holding the server's
+	// goroutine (or real-time thread) and run buffer for ever.
+	laneWriteTimeout = 30 * time.Second
 )
 
 // SplitListener returns the listener to give the gRPC server: connections
 // that open with the socket lane's greeting are served here as socket
 // lanes, every other connection goes to gRPC unchanged (its first bytes
-// replayed). Accepting continues until the returned listener is closed.
+// replayed). Accepting continues until the returned listener is closed:
+// temporary failures (out of descriptors, a connection aborted while
+// queued) are retried with a growing delay and logged, never the end of
+// the listener. At most ServerOptions.MaxUnauthenticated connections may
+// be waiting to authenticate (guard.go); past it, a new one takes the
+// place of the oldest waiting past its greeting, or is closed at once.
+// Over TLS too the listener should be given to gRPC through it, for the
+// accept retries and that bound: a TLS connection never begins with a
+// socket lane's greeting, and goes to gRPC.
 func (s *Server) SplitListener(l net.Listener) net.Listener {
 	sl := &splitListener{Listener: l, s: s, conns: make(chan net.Conn), done: make(chan struct{})}
 	go sl.acceptLoop()
@@ -148,12 +164,15 @@ type splitListener struct {
 }
 
 func (sl *splitListener) acceptLoop() {
+	retry := acceptRetry{log: sl.s.log}
 	for {
 		c, err := sl.Listener.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if !errors.Is(err, net.ErrClosed) && temporaryAccept(err) {
+				if retry.failed(err, sl.done) {
+					continue
+				}
+				return // closed while waiting
 			}
 			sl.mu.Lock()
 			sl.err = err
@@ -161,12 +180,20 @@ func (sl *splitListener) acceptLoop() {
 			sl.Close()
 			return
 		}
-		go sl.route(c)
+		retry.succeeded()
+		g := sl.s.pending.admit(c, time.Now())
+		if g == nil {
+			sl.s.refusedConn(c.RemoteAddr())
+			c.Close()
+			continue
+		}
+		go sl.route(c, g)
 	}
 }
 
-// route reads the first bytes of c and sends it where it belongs.
-func (sl *splitListener) route(c net.Conn) {
+// route reads the first bytes of c and sends it where it belongs. g is c's
+// place among the connections not yet authenticated.
+func (sl *splitListener) route(c net.Conn, g *connGuard) {
 	var head [len(demandLaneMagic)]byte
 	_ = c.SetReadDeadline(time.Now().Add(routeReadTimeout))
 	n, err := io.ReadFull(c, head[:])
@@ -174,23 +201,25 @@ func (sl *splitListener) route(c net.Conn) {
 	if n == len(head) {
 		switch string(head[:]) {
 		case demandLaneMagic:
-			sl.s.serveSocketLane(c, laneDemand, false)
+			sl.s.serveSocketLane(c, g, laneDemand, false)
 			return
 		case bulkLaneMagic:
-			sl.s.serveSocketLane(c, laneBulk, false)
+			sl.s.serveSocketLane(c, g, laneBulk, false)
 			return
 		case openLaneMagic:
-			sl.s.serveSocketLane(c, laneDemand, true)
+			sl.s.serveSocketLane(c, g, laneDemand, true)
 			return
 		}
 	}
 	if n == 0 && err != nil {
+		g.release()
 		c.Close()
 		return
 	}
 	select {
-	case sl.conns <- &prefixConn{Conn: c, prefix: head[:n]}:
+	case sl.conns <- &guardedConn{Conn: &prefixConn{Conn: c, prefix: head[:n]}, g: g}:
 	case <-sl.done:
+		g.release()
 		c.Close()
 	}
 }
@@ -244,8 +273,11 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 // requests queued in the socket.
 //
 // With open, the connection opened with "PCOPENS1": its greeting is an Open
-// (socketOpen), and it goes on as the new session's demand lane.
-func (s *Server) serveSocketLane(c net.Conn, l lane, open bool) {
+// (socketOpen), and it goes on as the new session's demand lane. g is
+// released once the greeting named a session (or opened one), or at the
+// end.
+func (s *Server) serveSocketLane(c net.Conn, g *connGuard, l lane, open bool) {
+	defer g.release()
 	defer func() { c.Close() }() // c may become a threadConn
 	if !s.lanes.add(c) {
 		return // stopping
@@ -281,36 +313,62 @@ func (s *Server) serveSocketLane(c net.Conn, l lane, open bool) {
 			return
 		}
 	}
+	g.release() // a session id the server gave out, or a new session
 	if !s.lanes.attach(c, sess, l) {
 		if !open {
 			refuseLane(c, refusedSession, "the server is stopping")
 		}
 		return
 	}
-	sess.streams.Add(1)
-	sess.lastActive.Store(time.Now().UnixNano())
-	defer sess.detach()
+	if err := sess.attach(l); err != nil {
+		s.countErr(err)
+		if open {
+			s.sendErrorFrame(c, err)
+		} else {
+			refuseLane(c, refusedLimit, status.Convert(err).Message())
+		}
+		return
+	}
+	defer sess.detach(l)
 	if !open {
+		_ = c.SetWriteDeadline(time.Now().Add(laneWriteTimeout))
 		if _, err := c.Write([]byte{laneAccepted}); err != nil {
 			return
 		}
 	}
 	if l == laneDemand && s.urgent {
 		// A real-time thread, woken by the kernel when a request arrives,
-		// reads it, reads the page and writes the answer.
-		if err := sched.Urgent(); err != nil {
-			s.urgentOnce.Do(func() { s.log.Info("demand lanes run at normal priority", "error", err) })
-		}
-		if tc, err := detachConn(c); err == nil {
-			if !s.lanes.swap(c, tc) {
-				tc.Close()
-				return // stopping
+		// reads it, reads the page and writes the answer: at most
+		// maxUrgent of them, further lanes are served like bulk ones.
+		if s.urgentLanes.Add(1) > s.maxUrgent {
+			s.urgentLanes.Add(-1)
+			s.urgentCapOnce.Do(func() {
+				s.log.Info("more demand lanes than real-time threads permitted: the others run at normal priority",
+					"max_urgent_lanes", s.maxUrgent)
+			})
+		} else {
+			defer s.urgentLanes.Add(-1)
+			if err := sched.Urgent(); err != nil {
+				s.urgentOnce.Do(func() { s.log.Info("demand lanes run at normal priority", "error", err) })
 			}
-			c = tc
-			src.thread.Store(tc)
-		} else if errors.Is(err, net.ErrClosed) {
-			return
+			if tc, err := detachConn(c); err == nil {
+				if !s.lanes.swap(c, tc) {
+					tc.Close()
+					return // stopping
+				}
+				c = tc
+				src.thread.Store(tc)
+			} else if errors.Is(err, net.ErrClosed) {
+				return
+			}
 		}
+	}
+	// A threadConn's write timeout counts from each blocked write (see
+	// threadConn.SetWriteDeadline): set once. A poller's deadline is set
+	// before each answer.
+	_, inThread := c.(*threadConn)
+	if inThread {
+		_ = c.SetWriteDeadline(time.Now().Add(laneWriteTimeout))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -341,6 +399,9 @@ func (s *Server) serveSocketLane(c net.Conn, l lane, open bool) {
 		limit := 0
 		if l == laneBulk && s.gate.recent(splitWindow) {
 			limit = maxSyscallBytes
+		}
+		if !inThread {
+			_ = c.SetWriteDeadline(time.Now().Add(laneWriteTimeout))
 		}
 		return writeBounded(c, bufs, &group, limit)
 	}
@@ -534,6 +595,7 @@ const (
 	laneAccepted     = 0
 	refusedSession   = 1 // no such session (or it ended)
 	refusedNotServed = 2 // this kind of socket lane is not served
+	refusedLimit     = 3 // the session has MaxLanesPerSession lanes of this kind open
 )
 
 // refuseLane answers a greeting with a refusal and its reason.
@@ -542,6 +604,7 @@ func refuseLane(c net.Conn, why byte, msg string) {
 		msg = msg[:1<<10]
 	}
 	b := binary.LittleEndian.AppendUint16([]byte{why}, uint16(len(msg)))
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = c.Write(append(b, msg...))
 }
 

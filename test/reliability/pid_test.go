@@ -20,7 +20,7 @@ func TestMigrateFromProcess(t *testing.T) {
 	src := startSource(t)
 	expected := filepath.Join(e.dir, "expected")
 	writeSourceImage(t, expected)
-	_, ready := e.startServer("127.0.0.1:0", hostNS, "--source", src.spec())
+	_, ready := e.startServer("127.0.0.1:0", hostNS, "--source", src.spec(), "--ranges", src.ranges())
 	f, _ := e.startFetcher(ready.Addr, hostNS)
 	w := e.launchWorkload(workloadConfig{Regions: sourceRegions, Image: expected, Threads: 2}, hostNS)
 	res := checkVerified(t, w)
@@ -41,7 +41,7 @@ func TestSourceProcessKilled(t *testing.T) {
 	src := startSource(t)
 	expected := filepath.Join(e.dir, "expected")
 	writeSourceImage(t, expected)
-	_, ready := e.startServer("127.0.0.1:0", hostNS, "--source", src.spec())
+	_, ready := e.startServer("127.0.0.1:0", hostNS, "--source", src.spec(), "--ranges", src.ranges())
 	f, _ := e.startFetcher(ready.Addr, hostNS, "--prefetch", "off")
 	w := e.startWorkload(workloadConfig{Regions: sourceRegions, Image: expected, PauseAt: 512}, hostNS)
 

@@ -146,6 +146,11 @@ func (s *sourceProc) kill() {
 
 func (s *sourceProc) spec() string { return "pid:" + strconv.Itoa(s.pid) }
 
+// ranges is the --ranges of the source's mapping.
+func (s *sourceProc) ranges() string {
+	return fmt.Sprintf("%#x-%#x", uint64(sourceAddr), uint64(sourceAddr)+sourceSize)
+}
+
 // writeSourceImage writes the source's expected memory to path: a sparse
 // file holding sourcePage's bytes at offset sourceAddr.
 func writeSourceImage(t *testing.T, path string) {

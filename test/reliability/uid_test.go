@@ -71,13 +71,13 @@ func TestAllowUID(t *testing.T) {
 				}
 				return
 			}
-			code := exit(t, f, eventTimeout)
-			if code != 5 {
-				t.Errorf("pagefetcher exit code %d, want 5 (handshake refused)", code)
-			}
+			// Refused and logged; pagefetcher waits on for its VMM.
 			want := fmt.Sprintf("uid %d is not allowed", tc.peerUID)
-			if !strings.Contains(f.Stderr(), want) {
-				t.Errorf("pagefetcher's stderr does not say %q", want)
+			if err := f.waitLog(want, 1, eventTimeout); err != nil {
+				t.Fatalf("pagefetcher's stderr does not say %q: %v", want, err)
+			}
+			if f.Exited() {
+				t.Fatalf("pagefetcher exited after refusing a VMM")
 			}
 			// The refused VMM got nothing: either its handshake failed
 			// (the fetcher closed the connection before reading it), or it
@@ -97,6 +97,11 @@ func TestAllowUID(t *testing.T) {
 				}
 				break
 			}
+			// The VMM of the allowed uid then migrates.
+			good := e.launchWorkload(workloadConfig{Regions: "4k:0x0:4M", Threads: 2, UID: tc.allow,
+				FsuidRoot: tc.allow != 0}, hostNS)
+			checkVerified(t, good)
+			checkCompleted(t, f, 4<<8)
 		})
 	}
 }

@@ -51,6 +51,9 @@ type workloadConfig struct {
 	// workload reaches a socket of mode 0600 owned by root, while
 	// SO_PEERCRED reports the effective uid UID.
 	FsuidRoot bool `json:"fsuid_root"`
+	// Gate, if set, is a FIFO the workload reads to its end before it
+	// connects: the test knows its pid before it hands over.
+	Gate string `json:"gate"`
 }
 
 // workloadResult is the workload's final line.
@@ -131,6 +134,11 @@ func runWorkload(cfg *workloadConfig, res *workloadResult, resume <-chan os.Sign
 	if cfg.UID > 0 {
 		if err := dropTo(cfg.UID, cfg.FsuidRoot); err != nil {
 			return fail("drop to uid %d: %v", cfg.UID, err)
+		}
+	}
+	if cfg.Gate != "" {
+		if _, err := os.ReadFile(cfg.Gate); err != nil {
+			return fail("gate: %v", err)
 		}
 	}
 	if err := vm.HandOver(cfg.Socket, false); err != nil {
