@@ -233,7 +233,8 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 		}
 		token = nil // no token configured: the server decides whether it needs one
 	}
-	opts := transport.ClientOptions{Token: token, Logger: log.Named("transport"), DialTimeout: c.dialTimeout}
+	opts := transport.ClientOptions{Token: token, Logger: log.Named("transport"), DialTimeout: c.dialTimeout,
+		Name: "pagefetcher"}
 	if c.tlsCA != "" {
 		if opts.TLS, err = cli.ClientTLS(c.tlsCA, c.tlsCert, c.tlsKey); err != nil {
 			return &failure{exitUsage, err}
