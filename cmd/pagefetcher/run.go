@@ -233,7 +233,8 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 		}
 		token = nil // no token configured: the server decides whether it needs one
 	}
-	opts := transport.ClientOptions{Token: token, Logger: log.Named("transport"), DialTimeout: c.dialTimeout}
+	opts := transport.ClientOptions{Token: token, Logger: log.Named("transport"), DialTimeout: c.dialTimeout,
+		Name: "pagefetcher"}
 	if c.tlsCA != "" {
 		if opts.TLS, err = cli.ClientTLS(c.tlsCA, c.tlsCert, c.tlsKey); err != nil {
 			return &failure{exitUsage, err}
@@ -544,9 +545,8 @@ func tlsHint(c *config, err error) string {
 
 // openAhead opens a session over every readable extent of the image (in
 // 4 KiB pages: a file's whole, a process's readable mappings) before any
-// VMM hands over, and its demand lane where that is a socket lane; nil,
-// logged, if the server refuses: the fetcher then opens one after the
-// handoff.
+// VMM hands over, and its demand lane; nil, logged, if the server refuses:
+// the fetcher then opens one after the handoff.
 func openAhead(ctx context.Context, client *transport.Client, info transport.ImageInfo, log hclog.Logger) *fetcher.Opened {
 	regions := aheadRegions(info)
 	if len(regions) == 0 {
@@ -560,10 +560,12 @@ func openAhead(ctx context.Context, client *transport.Client, info transport.Ima
 		return nil
 	}
 	o := &fetcher.Opened{Session: sess, Regions: regions}
-	// Its greeting is then no round trip after the handoff. Only a socket
-	// lane: a server stopping meanwhile closes it (the session has served
-	// nothing), where it would wait for a gRPC stream.
-	if o.Demand, err = sess.DemandSocket(ctx); err != nil {
+	// Its greeting is then no round trip after the handoff, and while the
+	// lane is open the server does not end the session as unused however
+	// long the VMM takes (--session-unused-timeout). A socket lane, or a
+	// gRPC stream over TLS: either starts the session only at its first
+	// request, and a server stopping meanwhile ends it rather than wait.
+	if o.Demand, err = sess.Demand(ctx); err != nil {
 		log.Debug("no demand lane opened ahead: opening it at the handoff", "error", err)
 	}
 	return o

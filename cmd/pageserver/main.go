@@ -362,8 +362,11 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		srv.Shutdown()
 		stopped := make(chan struct{})
 		go func() {
+			// The lanes' drain first: it ends the gRPC demand lanes of
+			// sessions that have not started, which GracefulStop waits for.
+			lanes := srv.DrainSocketLanes()
 			g.GracefulStop()
-			<-srv.DrainSocketLanes()
+			<-lanes
 			close(stopped)
 		}()
 		var expired <-chan time.Time // never, with --drain-timeout 0

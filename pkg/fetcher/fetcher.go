@@ -103,9 +103,8 @@ type Config struct {
 }
 
 // Opened is a session and the regions it was opened for (Config.Opened),
-// with its demand lane where it was opened too. Only a socket lane should
-// be: a server's graceful stop closes one whose session has served
-// nothing, but waits for a gRPC lane (transport.Session.DemandSocket).
+// with its demand lane where it was opened too (a server's graceful stop
+// ends a demand lane whose session has served nothing).
 type Opened struct {
 	Session *transport.Session
 	Regions []transport.Region

@@ -423,10 +423,12 @@ func (s *Session) Demand(ctx context.Context) (*Lane, error) {
 }
 
 // DemandSocket opens the demand lane as a socket lane, never falling back
-// to gRPC: an error where the server serves none, or over TLS. A server's
-// graceful stop closes a socket lane whose session has not started (served
-// nothing), where it waits for a gRPC stream: only a socket lane may be
-// opened long before it is used.
+// to gRPC: an error where the server serves none, or over TLS.
+//
+// A demand lane, socket or gRPC, may be opened long before it is used: it
+// starts its session only at its first request, a server's graceful stop
+// ends it if its session has not started (served nothing), and while it is
+// open the session is not ended as unused.
 func (s *Session) DemandSocket(ctx context.Context) (*Lane, error) {
 	if !s.demandSocket {
 		return nil, errors.New("transport: no demand socket lane (not offered, or TLS)")

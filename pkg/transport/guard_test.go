@@ -254,7 +254,11 @@ func TestLookupWholeID(t *testing.T) {
 	if len(id) != 32 {
 		t.Errorf("session id %q: %d hex digits, want 32 (128 bits)", id, len(id))
 	}
-	wrong := id[:len(id)-1] + string("01"[id[len(id)-1]&1])
+	last := byte('0')
+	if id[len(id)-1] == '0' {
+		last = '1'
+	}
+	wrong := id[:len(id)-1] + string(last)
 	if _, err := ts.lookup(wrong); err == nil {
 		t.Errorf("lookup(%q) found the session %q", wrong, id)
 	}

@@ -808,14 +808,21 @@ func (s *Server) check(sess *session, l lane, req request) (uint32, error) {
 // answer as soon as it is ready: a slow read does not hold up later
 // requests. Sends are serialized per stream. The first error ends the
 // stream with its status.
+//
+// Like a demand socket lane, the lane starts its session at its first
+// request, not when it opens: a destination opens it before its VMM hands
+// over (the session then has a lane open, and is not ended unused,
+// ServerOptions.SessionUnusedTimeout), and a graceful stop that begins
+// before that request ends it (laneSet) rather than wait for it.
 func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 	sess, err := s.streamSession(stream.Context(), laneDemand)
 	if err != nil {
 		return err
 	}
 	defer sess.detach(laneDemand)
-	if !s.lanes.startSession(sess) {
-		return status.Error(codes.Unavailable, "the server is stopping")
+	errStopping := status.Error(codes.Unavailable, "the server is stopping")
+	if !s.lanes.mayServe(sess) {
+		return errStopping
 	}
 	ctx := stream.Context()
 
@@ -891,6 +898,11 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 				recvDone <- err
 				return
 			}
+			if !s.lanes.startSession(sess) {
+				fail(errStopping)
+				recvDone <- nil
+				return
+			}
 			ps, err := s.check(sess, laneDemand, req)
 			if err != nil {
 				fail(err)
@@ -924,23 +936,31 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 			}
 		}
 	}()
-	select {
-	case err := <-recvDone:
-		finish()
+	drain := s.lanes.drainBegun()
+	for {
 		select {
+		case err := <-recvDone:
+			finish()
+			select {
+			case <-failed:
+				return failErr
+			default:
+			}
+			if err == io.EOF {
+				return nil
+			}
+			return err
 		case <-failed:
+			// The receiving goroutine may still be blocked in RecvMsg: it
+			// ends when the stream does, as this handler returns.
+			finish()
 			return failErr
-		default:
+		case <-drain:
+			drain = nil // once
+			if !s.lanes.mayServe(sess) {
+				fail(errStopping)
+			}
 		}
-		if err == io.EOF {
-			return nil
-		}
-		return err
-	case <-failed:
-		// The receiving goroutine may still be blocked in RecvMsg: it ends
-		// when the stream does, as this handler returns.
-		finish()
-		return failErr
 	}
 }
 

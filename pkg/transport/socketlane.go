@@ -453,13 +453,33 @@ func (s *Server) serveSocketLane(c net.Conn, g *connGuard, l lane, open bool) {
 // destination opens its session and demand lane before its VMM hands over,
 // and may wait long; it has nothing to lose. Whether a session has started
 // changes under mu, so that a lane is either closed unstarted or served to
-// its end.
+// its end. A gRPC demand lane follows the same rule (Server.Demand ends
+// when the drain begins if its session has not started).
 type laneSet struct {
 	mu       sync.Mutex
 	conns    map[net.Conn]*session // nil: greeting not read yet
 	closed   bool                  // CloseSocketLanes was called: no new lanes
 	draining bool                  // DrainSocketLanes was called
+	begun    chan struct{}         // closed when draining begins (drainBegun)
 	idle     chan struct{}         // closed once draining and no lane is left
+}
+
+// drainBegun is closed when a graceful stop begins (DrainSocketLanes).
+func (ls *laneSet) drainBegun() <-chan struct{} {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.begun == nil {
+		ls.begun = make(chan struct{})
+	}
+	return ls.begun
+}
+
+// mayServe reports whether a lane of sess may still be served: false once
+// a drain began, if sess had not started by then.
+func (ls *laneSet) mayServe(sess *session) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.mayServeLocked(sess, false)
 }
 
 func (ls *laneSet) add(c net.Conn) bool {
@@ -557,10 +577,10 @@ func (ls *laneSet) checkIdleLocked() {
 }
 
 // DrainSocketLanes stops accepting socket lanes, closes those of sessions
-// that have not started (laneSet), and returns a channel that is closed
-// once every socket lane being served has ended (its client closed it) —
-// the socket lanes' part of a graceful stop, next to
-// grpc.Server.GracefulStop.
+// that have not started (laneSet) and ends their gRPC demand lanes, and
+// returns a channel that is closed once every socket lane being served has
+// ended (its client closed it) — the lanes' part of a graceful stop, called
+// before grpc.Server.GracefulStop (which waits for the gRPC lanes it ends).
 func (s *Server) DrainSocketLanes() <-chan struct{} {
 	ls := &s.lanes
 	ls.mu.Lock()
@@ -568,6 +588,10 @@ func (s *Server) DrainSocketLanes() <-chan struct{} {
 	if !ls.draining {
 		ls.draining = true
 		ls.idle = make(chan struct{})
+		if ls.begun == nil {
+			ls.begun = make(chan struct{})
+		}
+		close(ls.begun)
 		for c, sess := range ls.conns {
 			if sess == nil || !ls.mayServeLocked(sess, false) {
 				shutdownConn(c) // its goroutine sees the lane close, and removes it

@@ -23,6 +23,11 @@
 //     it), and a full migration from a live process (pid_test.go);
 //   - the VMM killed while faulting, or with threads blocked in faults the
 //     server cannot answer (exit 6 within two seconds) (vmm_test.go);
+//   - pagefetcher waiting for its VMM past pageserver's
+//     --session-unused-timeout, over TLS, on a plaintext server with and
+//     without demand socket lanes: the session it opened ahead is kept (its
+//     demand lane is open) and the migration runs on it (expiry_test.go);
+//     pageserver stopped meanwhile does not wait for it (drain_test.go);
 //   - SIGTERM on pagefetcher: it drains and exits 0, after which the workload
 //     reads every page without a fault; a second SIGTERM or --drain-timeout
 //     during a drain that cannot progress forces exit 9 and leaves the memory

@@ -103,31 +103,41 @@ func TestDrainForced(t *testing.T) {
 // pagefetcher opens its session and demand lane before any VMM hands over,
 // and may wait long; a pageserver told to stop meanwhile must not wait for
 // that lane (it has taken no request): with --drain-timeout 0 (wait for
-// every session) it still stops at once, gracefully, exit 0. pagefetcher
-// goes on waiting, and a signal then stops it with its usual code.
+// every session) it still stops at once, gracefully, exit 0 — whether the
+// lane is a socket lane or, over TLS or without demand socket lanes, a gRPC
+// stream. pagefetcher goes on waiting, and a signal then stops it with its
+// usual code.
 func TestServerStopsWhileFetcherWaits(t *testing.T) {
-	e := newEnv(t, 8<<20, defaultImage)
-	srv, ready := e.startServer("127.0.0.1:0", hostNS, "--drain-timeout", "0")
-	f, _ := e.startFetcher(ready.Addr, hostNS)
-	if err := srv.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if code := exit(t, srv, eventTimeout); code != 0 {
-		t.Fatalf("pageserver exit code %d, want 0 (a graceful stop)", code)
-	}
-	if s := events[serverSummary](srv, "summary"); len(s) != 1 || !s[0].Graceful {
-		t.Fatalf("pageserver summary %+v: want one, graceful", s)
-	}
-	select {
-	case <-f.Done():
-		t.Fatalf("pagefetcher exited while it waited for its VMM:\n%s", f.Stderr())
-	case <-time.After(300 * time.Millisecond):
-	}
-	if err := f.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if code := exit(t, f, eventTimeout); code != 9 {
-		t.Errorf("pagefetcher exit code %d after SIGTERM before any VMM, want 9", code)
+	for _, tc := range expiryCases(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, 8<<20, defaultImage)
+			srv, ready := e.startServer("127.0.0.1:0", hostNS, append([]string{"--drain-timeout", "0",
+				"--session-unused-timeout", unusedTimeout.String()}, tc.server...)...)
+			f, _ := e.startFetcher(ready.Addr, hostNS, tc.fetcher...)
+			// A stop before the server counts the lane would prove nothing:
+			// it does once the session outlived the unused timeout.
+			e.outliveUnusedTimeout(srv, ready.Addr, tc.tls)
+			if err := srv.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if code := exit(t, srv, eventTimeout); code != 0 {
+				t.Fatalf("pageserver exit code %d, want 0 (a graceful stop)", code)
+			}
+			if s := events[serverSummary](srv, "summary"); len(s) != 1 || !s[0].Graceful {
+				t.Fatalf("pageserver summary %+v: want one, graceful", s)
+			}
+			select {
+			case <-f.Done():
+				t.Fatalf("pagefetcher exited while it waited for its VMM:\n%s", f.Stderr())
+			case <-time.After(300 * time.Millisecond):
+			}
+			if err := f.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if code := exit(t, f, eventTimeout); code != 9 {
+				t.Errorf("pagefetcher exit code %d after SIGTERM before any VMM, want 9", code)
+			}
+		})
 	}
 }
 
