@@ -37,11 +37,13 @@ type placer struct {
 	stats *counters
 	life  *lifecycle
 	log   hclog.Logger
-	// zeroBuf is a zero page for hugetlbfs regions (no UFFDIO_ZEROPAGE there).
-	zeroBuf []byte
+	// kern places and wakes: pl.fd's ioctls (a pagestate.Kernel).
+	kern *uffdKernel
 	// fewProcs: GOMAXPROCS is too small for every goroutine of the fetcher
 	// to have a processor when it wakes (see placeRun).
 	fewProcs bool
+	// warnedUnmapped: threads found waiting on unmapped pages were logged.
+	warnedUnmapped atomic.Bool
 
 	evMu  sync.RWMutex
 	evGen atomic.Uint64 // batches of events read
@@ -50,11 +52,11 @@ type placer struct {
 }
 
 func newPlacer(fd *uffd.FD, pages *pagestate.Table, st *counters, life *lifecycle, log hclog.Logger) *placer {
-	pl := &placer{fd: fd, pages: pages, stats: st, life: life, log: log,
+	pl := &placer{fd: fd, pages: pages, stats: st, life: life, log: log, kern: &uffdKernel{fd: fd},
 		fewProcs: runtime.GOMAXPROCS(0) < 4, genCh: make(chan struct{})}
 	for _, r := range pages.Areas() {
-		if r.PageSize > uffd.PageSize() && r.PageSize > uint64(len(pl.zeroBuf)) {
-			pl.zeroBuf = make([]byte, r.PageSize)
+		if r.PageSize > uffd.PageSize() && r.PageSize > uint64(len(pl.kern.zeroBuf)) {
+			pl.kern.zeroBuf = make([]byte, r.PageSize)
 		}
 	}
 	return pl
@@ -118,7 +120,7 @@ func (pl *placer) placeResponse(resp *transport.Response, demand bool, th *sched
 // placeRun places pages [p, p+n) of r from src, or zero pages when src is
 // nil, skipping pages already resolved. dontWake copies wake nobody: the
 // threads waiting there are woken afterwards, one wake per contiguous range
-// (the page table says which).
+// (the page table's PlaceStep says which, and wakes after EEXIST too).
 func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pagestate.Arrival, dontWake bool) error {
 	ps := r.PageSize
 	chunk := n
@@ -126,59 +128,25 @@ func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pages
 		chunk = max(1, uint64(maxBulkCopy)>>r.Shift)
 	}
 	backoff := 20 * time.Microsecond
-	var wakeBuf [8]pagestate.Range
 	for n > 0 {
 		pl.evMu.RLock()
 		gen := pl.evGen.Load()
-		skip, addr, k, mapped := pl.pages.Plan(r, p, n, chunk)
-		p, n = p+skip, n-skip
-		if src != nil {
-			src = src[skip*ps:]
-		}
-		if n == 0 {
-			pl.evMu.RUnlock()
-			return nil
-		}
-		if !mapped {
-			// Not mapped any more: UNMAP was read already, or the VMM
-			// unmapped without asking for UNMAP events.
-			pl.markUnmapped(r, p, 1)
-			pl.evMu.RUnlock()
-			p, n = p+1, n-1
-			if src != nil {
-				src = src[ps:]
-			}
-			continue
-		}
-		done, err := pl.copyRange(r, addr, k, src, dontWake)
-		wakes := wakeBuf[:0]
-		now := time.Now()
-		if done > 0 {
-			wakes = pl.pages.Placed(r, p, done, addr, how, !dontWake, now, wakes)
-		}
-		if errors.Is(err, uffd.ErrExist) {
-			// The page after the copied ones is there already: nobody
-			// was woken for it.
-			wakes = pl.pages.Placed(r, p+done, 1, addr+done*ps, how, false, now, wakes)
-			done++
-			err = nil
-		}
-		var werr error
-		for _, w := range wakes {
-			werr = errors.Join(werr, pl.wake(w.Addr, w.Len))
-		}
+		st, err := pl.pages.PlaceStep(pl.kern, r, p, n, chunk, src, how, dontWake)
 		pl.evMu.RUnlock()
-		if werr != nil {
+		if st.Unmapped > 0 {
+			pl.noteUnmapped(r, p+st.Used-1, st.WokeUnmapped)
+		}
+		if err != nil {
 			// A thread that cannot be woken is a hung workload thread:
 			// fail loudly.
-			return werr
+			return err
 		}
-		if done > 0 {
+		if st.Placed > 0 {
 			pl.stats.placed()
 		}
-		p, n = p+done, n-done
+		p, n = p+st.Used, n-st.Used
 		if src != nil {
-			src = src[done*ps:]
+			src = src[st.Used*ps:]
 		}
 		if dontWake && pl.fewProcs && pl.pages.Outstanding() > 0 {
 			// Go's scheduler has no priorities: with few processors
@@ -189,35 +157,28 @@ func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pages
 			// prefetch under faults).
 			runtime.Gosched()
 		}
-		switch {
-		case err == nil:
-		case errors.Is(err, uffd.ErrAgain):
+		if st.Again {
 			// The address space is changing: an event is pending. Wait
 			// for the fault loop to read it, then look again.
 			if !pl.waitEvents(gen, backoff) {
 				return nil
 			}
 			backoff = min(2*backoff, 5*time.Millisecond)
-		case errors.Is(err, uffd.ErrProcessGone):
-			return ErrVMMGone
-		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
-			pl.evMu.RLock()
-			pl.markUnmapped(r, p, 1)
-			pl.evMu.RUnlock()
-			p, n = p+1, n-1
-			if src != nil {
-				src = src[ps:]
-			}
-		default:
-			return fmt.Errorf("fetcher: placing %d pages at %#x: %w", k, addr, err)
 		}
 	}
 	return nil
 }
 
-// copyRange copies (or zero-fills) k pages at addr and returns how many whole
+// uffdKernel is the placer's pagestate.Kernel: the userfaultfd itself.
+type uffdKernel struct {
+	fd *uffd.FD
+	// zeroBuf is a zero page for hugetlbfs regions (no UFFDIO_ZEROPAGE there).
+	zeroBuf []byte
+}
+
+// Copy copies (or zero-fills) k pages at addr and returns how many whole
 // pages are in place; a short copy is continued.
-func (pl *placer) copyRange(r *pagestate.Area, addr, k uint64, src []byte, dontWake bool) (uint64, error) {
+func (kn *uffdKernel) Copy(r *pagestate.Area, addr, k uint64, src []byte, dontWake bool) (uint64, pagestate.FillResult, error) {
 	ps := r.PageSize
 	want := k * ps
 	var done uint64
@@ -230,8 +191,8 @@ func (pl *placer) copyRange(r *pagestate.Area, addr, k uint64, src []byte, dontW
 			if dontWake {
 				mode = uffd.CopyDontWake
 			}
-			n, err = pl.fd.Copy(addr+done, src[done:want], mode)
-		case pl.zeroBuf != nil && ps > uffd.PageSize():
+			n, err = kn.fd.Copy(addr+done, src[done:want], mode)
+		case kn.zeroBuf != nil && ps > uffd.PageSize():
 			// hugetlbfs has no UFFDIO_ZEROPAGE: copy from a zero page.
 			mode := uffd.CopyMode(0)
 			if dontWake {
@@ -239,7 +200,7 @@ func (pl *placer) copyRange(r *pagestate.Area, addr, k uint64, src []byte, dontW
 			}
 			for n < want-done && err == nil {
 				var c uint64
-				c, err = pl.fd.Copy(addr+done+n, pl.zeroBuf[:ps], mode)
+				c, err = kn.fd.Copy(addr+done+n, kn.zeroBuf[:ps], mode)
 				n += c
 			}
 		default:
@@ -247,23 +208,52 @@ func (pl *placer) copyRange(r *pagestate.Area, addr, k uint64, src []byte, dontW
 			if dontWake {
 				mode = uffd.ZeroPageDontWake
 			}
-			n, err = pl.fd.ZeroPage(addr+done, want-done, mode)
+			n, err = kn.fd.ZeroPage(addr+done, want-done, mode)
 		}
 		done += n
-		if err != nil {
-			return done / ps, err
+		switch {
+		case err == nil:
+		case errors.Is(err, uffd.ErrExist):
+			return done / ps, pagestate.FillExist, nil
+		case errors.Is(err, uffd.ErrAgain):
+			return done / ps, pagestate.FillAgain, nil
+		case errors.Is(err, uffd.ErrProcessGone):
+			return done / ps, pagestate.Filled, ErrVMMGone
+		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
+			return done / ps, pagestate.FillGone, nil
+		default:
+			return done / ps, pagestate.Filled, fmt.Errorf("fetcher: placing %d pages at %#x: %w", k, addr, err)
 		}
 		if n == 0 {
-			return done / ps, fmt.Errorf("fetcher: copy at %#x made no progress", addr+done)
+			return done / ps, pagestate.Filled, fmt.Errorf("fetcher: copy at %#x made no progress", addr+done)
 		}
 	}
-	return k, nil
+	return k, pagestate.Filled, nil
 }
 
-func (pl *placer) markUnmapped(r *pagestate.Area, p, n uint64) {
-	if pl.pages.Unmapped(r, p, n) > 0 {
-		pl.log.Debug("pages no longer mapped", "region", r.Index, "page", p, "n", n)
+// Wake is UFFDIO_WAKE: a range no longer mapped is nobody to wake.
+func (kn *uffdKernel) Wake(addr, length uint64) error {
+	err := kn.fd.Wake(addr, length)
+	switch {
+	case err == nil, errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
+		return nil
+	case errors.Is(err, uffd.ErrProcessGone):
+		return ErrVMMGone
 	}
+	return fmt.Errorf("fetcher: wake %#x+%d: %w", addr, length, err)
+}
+
+func (*uffdKernel) Now() time.Time { return time.Now() }
+
+// noteUnmapped logs pages the placer found not mapped; threads that waited
+// there (woken: they fault again or get SIGSEGV) are worth a warning, once.
+func (pl *placer) noteUnmapped(r *pagestate.Area, p uint64, woke bool) {
+	if woke && pl.warnedUnmapped.CompareAndSwap(false, true) {
+		pl.log.Warn("threads waited on pages that are not mapped any more (unmapped without UNMAP events?): woken",
+			"region", r.Index, "page", p)
+		return
+	}
+	pl.log.Debug("pages no longer mapped", "region", r.Index, "page", p)
 }
 
 // eventsRead tells copies waiting after EAGAIN that the fault loop has read
@@ -300,45 +290,11 @@ func (pl *placer) waitEvents(gen uint64, backoff time.Duration) bool {
 }
 
 // zeroFill answers a fault on a page that is present or discarded: a zero
-// page where nothing is mapped, a wake where the page is there.
-func (pl *placer) zeroFill(pg pagestate.Page) error {
-	ps := pg.A.PageSize
-	var err error
-	if pl.zeroBuf != nil && ps > uffd.PageSize() {
-		_, err = pl.fd.Copy(pg.Addr, pl.zeroBuf[:ps], 0)
-	} else {
-		_, err = pl.fd.ZeroPage(pg.Addr, ps, 0)
-	}
-	res := pagestate.Filled
-	switch {
-	case err == nil:
-	case errors.Is(err, uffd.ErrExist):
-		res = pagestate.FillExist
-	case errors.Is(err, uffd.ErrAgain):
-		res = pagestate.FillAgain
-	case errors.Is(err, uffd.ErrProcessGone):
-		return ErrVMMGone
-	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
-		res = pagestate.FillGone // unmapped meanwhile
-	default:
-		return fmt.Errorf("fetcher: zero page at %#x: %w", pg.Addr, err)
-	}
-	if pl.pages.ZeroFilled(pg, res) {
-		return pl.wake(pg.Addr, ps)
-	}
-	return nil
-}
+// page where nothing is mapped, a wake where the page is there (or where
+// nothing is mapped any more).
+func (pl *placer) zeroFill(pg pagestate.Page) error { return pl.pages.ZeroFill(pl.kern, pg) }
 
-func (pl *placer) wake(addr, length uint64) error {
-	err := pl.fd.Wake(addr, length)
-	switch {
-	case err == nil, errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
-		return nil
-	case errors.Is(err, uffd.ErrProcessGone):
-		return ErrVMMGone
-	}
-	return fmt.Errorf("fetcher: wake %#x+%d: %w", addr, length, err)
-}
+func (pl *placer) wake(addr, length uint64) error { return pl.kern.Wake(addr, length) }
 
 // unregisterAll makes the VMM independent of the fetcher: once every page is
 // resident the ranges are unregistered (which also wakes any thread that

@@ -19,12 +19,18 @@ import (
 //   - a waking copy or zero page wakes the threads blocked in its range, a
 //     DONTWAKE copy none, UFFDIO_WAKE those in its range;
 //   - a woken thread whose page is still not resident faults again (a fault
-//     event is posted for it).
+//     event is posted for it);
+//   - memory unmapped (munmap, with or without an UNMAP event) cannot be
+//     copied to (ENOENT); a thread that touches it, or is woken there, gets
+//     SIGSEGV; a thread blocked there when it was unmapped stays blocked
+//     until it is woken.
 type kernel struct {
 	resident map[uint64]bool   // page address -> resident
 	copies   map[uint64]int    // page address -> successful copies since it was last zapped
 	blocked  map[uint32]uint64 // thread -> page address it is blocked on
 	pending  []kevent          // posted, not read
+	gone     []Range           // host ranges unmapped
+	segv     []uint32          // threads killed by SIGSEGV
 	woken    []uint32          // threads woken by the current command
 	pageSize func(addr uint64) uint64
 	log      []string // what the current command did in the kernel
@@ -51,6 +57,11 @@ func (k *kernel) fault(tid uint32, addr uint64) error {
 		return fmt.Errorf("thread %d is blocked already", tid)
 	}
 	pa := addr &^ (k.pageSize(addr) - 1)
+	if k.unmapped(pa) {
+		k.logf("thread %d: SIGSEGV at %#x", tid, addr)
+		k.segv = append(k.segv, tid)
+		return nil
+	}
 	if k.resident[pa] {
 		k.logf("thread %d reads %#x without a fault", tid, addr)
 		return nil
@@ -82,9 +93,15 @@ func (k *kernel) copy(addr, n uint64, dontWake, zero bool) (uint64, string) {
 		return 0, "EAGAIN"
 	}
 	var done uint64
+	res := ""
 	for done < n {
 		ps := k.pageSize(addr + done)
+		if k.unmapped(addr + done) {
+			res = "ENOENT"
+			break
+		}
 		if k.resident[addr+done] {
+			res = "EEXIST"
 			break
 		}
 		k.resident[addr+done] = true
@@ -94,10 +111,6 @@ func (k *kernel) copy(addr, n uint64, dontWake, zero bool) (uint64, string) {
 	mode := ""
 	if dontWake {
 		mode = " dontwake"
-	}
-	res := ""
-	if done < n {
-		res = "EEXIST"
 	}
 	if done > 0 {
 		k.logf("%s %#x+%#x%s", what, addr, done, mode)
@@ -129,6 +142,11 @@ func (k *kernel) wakeRange(addr, n uint64) {
 		pa := k.blocked[tid]
 		delete(k.blocked, tid)
 		k.woken = append(k.woken, tid)
+		if k.unmapped(pa) {
+			k.logf("thread %d: SIGSEGV at %#x", tid, pa)
+			k.segv = append(k.segv, tid)
+			continue
+		}
 		if !k.resident[pa] {
 			// Woken with nothing there: it faults again.
 			k.blocked[tid] = pa
@@ -145,6 +163,22 @@ func (k *kernel) zap(start, end uint64) {
 			delete(k.copies, a)
 		}
 	}
+}
+
+// unmap takes host range [start, end) out of the address space.
+func (k *kernel) unmap(start, end uint64) {
+	k.zap(start, end)
+	k.gone = append(k.gone, Range{Addr: start, Len: end - start})
+}
+
+// unmapped reports whether host address addr is unmapped.
+func (k *kernel) unmapped(addr uint64) bool {
+	for _, r := range k.gone {
+		if addr >= r.Addr && addr < r.Addr+r.Len {
+			return true
+		}
+	}
+	return false
 }
 
 // remap moves the resident pages of [from, from+n) to to.

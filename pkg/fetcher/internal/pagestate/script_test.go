@@ -3,6 +3,7 @@ package pagestate
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,14 +15,18 @@ import (
 
 // TestScripts runs the scripts in testdata/*.txt (internal/testutil/script
 // says how they are written) against a Table driven as the fetcher drives it
-// — the harness plays the fault loop and the placer — over a model of the
-// kernel (kernel_test.go). Commands:
+// over a model of the kernel (kernel_test.go). The placements and zero pages
+// run the placer's own code (PlaceStep, ZeroFill) over the model; the
+// harness plays the rest of the fault loop and the placer's loop around
+// PlaceStep (waiting for events after EAGAIN), which live in the fetcher
+// package. Commands:
 //
 //	new SIZE:BASE:PAGES...  regions (SIZE 4k or 2m), at consecutive image offsets
 //	fault TID ADDR          thread TID faults at ADDR; the fault loop reads every event
 //	post TID ADDR           thread TID faults at ADDR; the event stays unread
 //	remove START END        the VMM discards [START, END) (UFFD_EVENT_REMOVE posted)
 //	unmap START END         the VMM unmaps [START, END) (UFFD_EVENT_UNMAP posted)
+//	munmap START END        the VMM unmaps [START, END) without UNMAP events: nothing is posted
 //	remap FROM TO LEN       the VMM moves [FROM, FROM+LEN) to TO (UFFD_EVENT_REMAP posted)
 //	read                    the fault loop reads every pending event and acts on it
 //	demand A P              the demand answer for page P of area A: waking copy, then Answered
@@ -40,11 +45,44 @@ import (
 // its fault unread, a request outstanding or a placement under way; one
 // request per page however many faults; nothing fetched for a removed or
 // unmapped range, nor a request outstanding for one; the counts add up.
+// At the end of every script (and before a new table) no thread may be left
+// blocked.
 func TestScripts(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last []**harness // per script, in script.Run's order
 	script.Run(t, func() func(string) (string, error) {
 		var h *harness
-		return func(cmd string) (string, error) { return h.run(&h, cmd) }
+		last = append(last, &h)
+		return func(cmd string) (string, error) {
+			if strings.HasPrefix(cmd, "new") && h != nil {
+				if err := h.checkEnd(); err != nil {
+					return "", err
+				}
+			}
+			return h.run(&h, cmd)
+		}
 	})
+	for i, hp := range last {
+		if h := *hp; h != nil && i < len(files) {
+			if err := h.checkEnd(); err != nil {
+				t.Errorf("%s: at the end: %v", files[i], err)
+			}
+		}
+	}
+}
+
+// checkEnd: nothing is held or waits for events, and no thread is blocked.
+func (h *harness) checkEnd() error {
+	if h.held != nil || len(h.defered) > 0 {
+		return errors.New("a placement is held or waits for events")
+	}
+	if b := h.k.blockedLine(); b != "" {
+		return fmt.Errorf("threads left blocked: %s", b)
+	}
+	return nil
 }
 
 // harness drives a Table as the fetcher does, over the kernel model.
@@ -57,6 +95,20 @@ type harness struct {
 	waits int            // Waited calls
 	done  int            // Complete calls
 	held  *placement
+	// heldAt is the copy the held placement stopped after.
+	heldAt Range
+	// resume lets the held placement go on; its result comes on result.
+	resume chan struct{}
+	result chan error
+	// heldCh is sent to by the held placement once its copy is made.
+	heldCh chan struct{}
+	// zeroing: the fault loop's zero page is being placed.
+	zeroing bool
+	// last is the last copy made: pages placed, and how it ended.
+	last struct {
+		done uint64
+		res  FillResult
+	}
 	// injectRemove is posted once the fault loop has read its batch.
 	injectRemove *kevent
 	defered      []placement // placements that got EAGAIN: retried after the next read
@@ -187,6 +239,14 @@ func (*harness) run(hp **harness, cmd string) (string, error) {
 			err = h.read()
 		}
 		h.flushKernel()
+	case "munmap":
+		var v []uint64
+		if v, err = parseNums(f[1:], 2); err != nil {
+			return "", err
+		}
+		h.k.unmap(v[0], v[1])
+		h.say("unmapped without an event")
+		h.flushKernel()
 	case "remove", "unmap":
 		var v []uint64
 		if v, err = parseNums(f[1:], 2); err != nil {
@@ -254,9 +314,9 @@ func (*harness) run(hp **harness, cmd string) (string, error) {
 		if h.held == nil {
 			return "", errors.New("nothing held")
 		}
-		pl := *h.held
 		h.held = nil
-		err = h.finish(pl)
+		h.resume <- struct{}{}
+		err = <-h.result
 		h.flushKernel()
 	case "send":
 		var v []uint64
@@ -387,8 +447,12 @@ func (h *harness) read() error {
 				h.k.wake(d.Wake)
 			}
 			// The VMM's call goes on once the event is read: the kernel
-			// zaps the range.
-			h.k.zap(e.addr, e.end)
+			// zaps (or unmaps) the range.
+			if e.kind == "unmap" {
+				h.k.unmap(e.addr, e.end)
+			} else {
+				h.k.zap(e.addr, e.end)
+			}
 		case "remap":
 			h.t.Remap(e.addr, e.to, e.end-e.addr)
 			h.say("remap %#x -> %#x", e.addr, e.to)
@@ -418,16 +482,11 @@ func (h *harness) read() error {
 			h.say("fault %d: ignore %d:%d", ft.tid, ft.pg.A.Index, ft.pg.P)
 		case FaultZero:
 			h.say("fault %d: zero %d:%d", ft.tid, ft.pg.A.Index, ft.pg.P)
-			_, kerr := h.k.copy(ft.pg.Addr, ft.pg.A.PageSize, false, true)
-			res := Filled
-			switch kerr {
-			case "EEXIST":
-				res = FillExist
-			case "EAGAIN":
-				res = FillAgain
-			}
-			if h.t.ZeroFilled(ft.pg, res) {
-				h.k.wake(Range{Addr: ft.pg.Addr, Len: ft.pg.A.PageSize})
+			h.zeroing = true
+			err := h.t.ZeroFill(h, ft.pg)
+			h.zeroing = false
+			if err != nil {
+				return err
 			}
 		}
 	}
@@ -442,11 +501,27 @@ func (h *harness) read() error {
 	return nil
 }
 
-func (h *harness) place(pl placement) error { return h.finish(pl) }
+// place runs a placement; a held one runs in a goroutine that stops after
+// its first copy (in Copy) until release, while the script goes on.
+func (h *harness) place(pl placement) error {
+	if !pl.holdNext {
+		return h.finish(pl)
+	}
+	held := make(chan struct{})
+	h.resume, h.result, h.heldCh = make(chan struct{}), make(chan error, 1), held
+	go func() { h.result <- h.finish(pl) }()
+	select {
+	case <-held:
+		h.held = &pl
+		return nil
+	case err := <-h.result:
+		h.heldCh = nil // it made no copy
+		return err
+	}
+}
 
-// finish is the placer, as the fetcher's placeRun: Plan, copy, tell the
-// table, wake what it says; EEXIST counts the page found there as placed by
-// a copy that woke nobody; EAGAIN waits for the fault loop's next read.
+// finish is the placer's loop around PlaceStep (the fetcher's placeRun):
+// EAGAIN waits for the fault loop's next read.
 func (h *harness) finish(pl placement) error {
 	a := pl.a
 	chunk := pl.chunk
@@ -458,60 +533,27 @@ func (h *harness) finish(pl placement) error {
 		how = ViaDemand
 	}
 	if pl.demand {
-		defer func() {
-			if h.held == nil {
-				h.t.Answered(a, pl.p0, 1)
-			}
-		}()
+		defer h.t.Answered(a, pl.p0, 1)
 	}
 	for pl.n > 0 {
-		c := pl.copied
-		pl.copied = nil
-		if c == nil {
-			skip, addr, k, mapped := h.t.Plan(a, pl.p, pl.n, chunk)
-			pl.p, pl.n = pl.p+skip, pl.n-skip
-			if pl.n == 0 {
-				return nil
+		h.last.done, h.last.res = 0, Filled
+		st, err := h.t.PlaceStep(h, a, pl.p, pl.n, chunk, nil, how, !pl.demand)
+		if err != nil {
+			return err
+		}
+		if st.Placed > 0 {
+			if d := h.last.done; d > 0 {
+				h.say("placed %d:%d+%d %s", a.Index, pl.p+st.Used-st.Placed, d, how)
 			}
-			if !mapped {
-				h.t.Unmapped(a, pl.p, 1)
-				h.say("unmapped %d:%d", a.Index, pl.p)
-				pl.p, pl.n = pl.p+1, pl.n-1
-				continue
-			}
-			for i := uint64(0); i < k; i++ {
-				if st := a.state.get(pl.p + i); st&(stRemoved|stUnmapped) != 0 {
-					return fmt.Errorf("copy planned into %d:%d, which is %s", a.Index, pl.p+i, stateName(st))
-				}
-			}
-			n, kerr := h.k.copy(addr, k<<a.Shift, !pl.demand, false)
-			c = &copied{addr: addr, done: n >> a.Shift, err: kerr}
-			if pl.holdNext {
-				pl.holdNext = false
-				pl.copied = c
-				h.held = &pl
-				h.say("held after the copy")
-				return nil
+			if h.last.res == FillExist {
+				h.say("placed %d:%d+1 %s (found there)", a.Index, pl.p+st.Used-1, how)
 			}
 		}
-		done := c.done
-		var wakes []Range
-		if done > 0 {
-			wakes = h.t.Placed(a, pl.p, done, c.addr, how, pl.demand, h.now, wakes)
-			h.say("placed %d:%d+%d %s", a.Index, pl.p, done, how)
+		if st.Unmapped > 0 {
+			h.say("unmapped %d:%d", a.Index, pl.p+st.Used-1)
 		}
-		if c.err == "EEXIST" {
-			// The page after the copied ones is there already: nobody
-			// was woken for it.
-			wakes = h.t.Placed(a, pl.p+done, 1, c.addr+done<<a.Shift, how, false, h.now, wakes)
-			h.say("placed %d:%d+1 %s (found there)", a.Index, pl.p+done, how)
-			done++
-		}
-		for _, w := range wakes {
-			h.k.wake(w)
-		}
-		pl.p, pl.n = pl.p+done, pl.n-done
-		if c.err == "EAGAIN" {
+		pl.p, pl.n = pl.p+st.Used, pl.n-st.Used
+		if st.Again {
 			h.defered = append(h.defered, pl)
 			h.say("waits for events")
 			return nil
@@ -519,6 +561,49 @@ func (h *harness) finish(pl placement) error {
 	}
 	return nil
 }
+
+// Copy is the harness's Kernel: the model's copy; a held placement stops
+// after it until release.
+func (h *harness) Copy(a *Area, addr, k uint64, src []byte, dontWake bool) (uint64, FillResult, error) {
+	if !h.zeroing {
+		for i := uint64(0); i < k; i++ {
+			if b, p, ok := h.t.lookupAddr(addr + i<<a.Shift); ok {
+				if st := b.state.get(p); st&(stRemoved|stUnmapped) != 0 {
+					return 0, Filled, fmt.Errorf("copy planned into %d:%d, which is %s", b.Index, p, stateName(st))
+				}
+			}
+		}
+	}
+	n, kerr := h.k.copy(addr, k<<a.Shift, dontWake, h.zeroing)
+	res := Filled
+	switch kerr {
+	case "EEXIST":
+		res = FillExist
+	case "EAGAIN":
+		res = FillAgain
+	case "ENOENT":
+		res = FillGone
+	}
+	if h.heldCh != nil && !h.zeroing {
+		h.heldAt = Range{Addr: addr, Len: k << a.Shift}
+		h.say("held after the copy")
+		ch := h.heldCh
+		h.heldCh = nil
+		close(ch)
+		<-h.resume
+	}
+	h.last.done, h.last.res = n>>a.Shift, res
+	return n >> a.Shift, res, nil
+}
+
+// Wake is UFFDIO_WAKE in the model.
+func (h *harness) Wake(addr, length uint64) error {
+	h.k.wake(Range{Addr: addr, Len: length})
+	return nil
+}
+
+// Now is the script's clock.
+func (h *harness) Now() time.Time { return h.now }
 
 func stateName(st uint32) string {
 	switch {
@@ -621,7 +706,8 @@ func (h *harness) check() error {
 		if !h.brings(tid, pa) {
 			return fmt.Errorf("thread %d blocked at %#x and nothing brings its page: it hangs", tid, pa)
 		}
-		if h.k.resident[pa] && h.held == nil && !h.faultUnread(tid) {
+		held := h.held != nil && pa >= h.heldAt.Addr && pa < h.heldAt.Addr+h.heldAt.Len
+		if h.k.resident[pa] && !held && !h.faultUnread(tid) {
 			return fmt.Errorf("thread %d blocked at %#x, where the page is: a wake was lost", tid, pa)
 		}
 	}

@@ -10,9 +10,13 @@
 // testdata run every transition against a model of the kernel without one.
 //
 // Unlike etcd's raft.RawNode, which one goroutine owns, a Table is driven by
-// three at once — the fault loop, the demand receiver and the bulk placer —
-// so that a demand answer is placed by the goroutine that read it, with no
-// hand-off on the way to the guest. They agree through the page state bits,
+// several goroutines at once: the fault loop (Fault, Discard, Remap,
+// ZeroFill), the demand receiver (PlaceStep, Answered), and the link's
+// goroutines of each connection — serveConn (Resend, BulkLost, Unclaimed),
+// bulkSend (AskBulk, BulkInFlight), bulkRecv (BulkAsked, BulkDone,
+// PlaceStep) and the watchdog (Late, BulkLate) — so that a demand answer is
+// placed by the goroutine that read it, with no hand-off on the way to the
+// guest. They agree through the page state bits,
 // changed only with atomic OR/AND: the fault loop sets "waiting" and reads
 // the old state (Fault); a placer sets "present" and reads the old state
 // (Placed). Whichever comes second sees the other's bit, so the thread
@@ -103,7 +107,12 @@ type waiters struct {
 }
 
 // Request is a demand request: Pages pages at image offset Offset, for page
-// Page of area Area.
+// Page of area Area. SentAt is the time its fault was read (Fault's now),
+// or the time Resend asked for it again: the fault loop sends it right
+// after, so it precedes the send by the handling of the faults before it in
+// the batch (microseconds). It serves Late only, against limits of the
+// watchdog's order (seconds); stamping the send would cost a clock read per
+// request on the demand path for no decision that changes.
 type Request struct {
 	ID     uint64
 	Offset uint64
@@ -230,11 +239,12 @@ func (t *Table) Fault(pg Page, tid uint32, now time.Time) (FaultAction, Request)
 	t.addWaiter(a, p, tid, now)
 	old := a.state.or(p, stWaiting|stDemand)
 	switch {
-	case old&stPresent != 0:
-		t.resolveWaiters(a, p, now)
-		return FaultZero, Request{}
-	case old&stRemoved != 0:
-		t.resolveWaiters(a, p, now)
+	case old&(stPresent|stRemoved|stUnmapped) != 0:
+		// Resolved meanwhile, by a placer that saw no waiting bit: this
+		// fault owns the thread. Its zero page fails with EEXIST (present)
+		// or ENOENT (unmapped), or places the zero page (removed), and
+		// ZeroFilled wakes the thread and accounts its wait when that is
+		// done, not at the batch's read time.
 		return FaultZero, Request{}
 	case old&stDemand != 0:
 		return FaultDuplicate, Request{}
@@ -257,21 +267,23 @@ const (
 	FillGone                    // the address is not mapped any more
 )
 
-// ZeroFilled records how a FaultZero's zero page went and reports whether
-// the thread at pg.Addr must be woken: after EEXIST (the page is there, the
-// kernel woke nobody) and after EAGAIN (an event is pending; the thread
-// faults again if it still needs to).
-func (t *Table) ZeroFilled(pg Page, res FillResult) (wake bool) {
+// ZeroFilled records how a FaultZero's zero page went, at now, and reports
+// whether the thread at pg.Addr must be woken: after EEXIST (the page is
+// there, the kernel woke nobody), after EAGAIN (an event is pending; the
+// thread faults again if it still needs to) and when the address is not
+// mapped any more (the thread faults again, or gets SIGSEGV: a thread left
+// in the userfaultfd's wait queue would sleep forever). The waiters of a
+// fault that raced with the page's placement (Fault) are accounted here.
+func (t *Table) ZeroFilled(pg Page, res FillResult, now time.Time) (wake bool) {
+	t.resolveWaiters(pg.A, pg.P, now)
 	switch res {
 	case Filled:
 		pg.A.state.or(pg.P, stPresent)
+		return false
 	case FillExist:
 		pg.A.state.or(pg.P, stPresent)
-		return true
-	case FillAgain:
-		return true
 	}
-	return false
+	return true
 }
 
 // Placed records that pages [p, p+n) of a, at host address addr, are in
@@ -294,15 +306,7 @@ func (t *Table) Placed(a *Area, p, n, addr uint64, how Arrival, woke bool, now t
 		if woke {
 			continue
 		}
-		at := addr + i*a.PageSize
-		if cur.Len > 0 && cur.Addr+cur.Len == at {
-			cur.Len += a.PageSize
-			continue
-		}
-		if cur.Len > 0 {
-			wakes = append(wakes, cur)
-		}
-		cur = Range{Addr: at, Len: a.PageSize}
+		wakes = addWake(wakes, &cur, addr+i*a.PageSize, a.PageSize)
 	}
 	if cur.Len > 0 {
 		wakes = append(wakes, cur)
@@ -311,18 +315,54 @@ func (t *Table) Placed(a *Area, p, n, addr uint64, how Arrival, woke bool, now t
 	return wakes
 }
 
-// Unmapped records that pages [p, p+n) of a are found not mapped (by a
-// placer: the VMM unmapped them without an UNMAP event, or the event is
-// read already). It returns how many were not resolved before.
-func (t *Table) Unmapped(a *Area, p, n uint64) uint64 {
-	var newly uint64
-	for i := p; i < p+n; i++ {
-		if a.state.or(i, stUnmapped)&stResolved == 0 {
-			newly++
-		}
+// addWake adds the page at host address at (of size ps) to the wake range
+// cur, or, where it is not contiguous, appends cur to wakes and starts
+// another: one UFFDIO_WAKE per contiguous range.
+func addWake(wakes []Range, cur *Range, at, ps uint64) []Range {
+	if cur.Len > 0 && cur.Addr+cur.Len == at {
+		cur.Len += ps
+		return wakes
 	}
+	if cur.Len > 0 {
+		wakes = append(wakes, *cur)
+	}
+	*cur = Range{Addr: at, Len: ps}
+	return wakes
+}
+
+// Unmapped records that pages [p, p+n) of a are found not mapped, at now
+// (by a placer: the VMM unmapped them without an UNMAP event, or the event
+// is read already), and drops their demand requests. It returns how many
+// were not resolved before, and appends to wakes the host ranges of those
+// with threads waiting, one per contiguous run: the caller wakes them
+// (UFFDIO_WAKE needs no mapping), and they fault again or get SIGSEGV. A
+// fault that sets the waiting bit after this is answered FaultZero (Fault).
+// The caller holds its event lock for reading.
+func (t *Table) Unmapped(a *Area, p, n uint64, now time.Time, wakes []Range) (uint64, []Range) {
+	var newly uint64
+	var cur Range
+	for i := p; i < p+n; i++ {
+		old := a.state.or(i, stUnmapped)
+		if old&stResolved != 0 {
+			continue // its waiters belong to whoever resolved it
+		}
+		newly++
+		if old&stWaiting == 0 {
+			continue
+		}
+		t.resolveWaiters(a, i, now)
+		at, _, ok := t.addrOf(a, i)
+		if !ok {
+			continue // cut from the layout by UNMAP, which woke them
+		}
+		wakes = addWake(wakes, &cur, at, a.PageSize)
+	}
+	if cur.Len > 0 {
+		wakes = append(wakes, cur)
+	}
+	t.Answered(a, p, n)
 	t.resolved(ViaUnmapped, newly)
-	return newly
+	return newly, wakes
 }
 
 // Discarded is a run of pages that Discard took out of the migration: the
