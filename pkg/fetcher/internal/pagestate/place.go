@@ -57,7 +57,7 @@ func (t *Table) PlaceStep(k Kernel, a *Area, p, n, max uint64, src []byte, how A
 	if skip == n {
 		return st, nil
 	}
-	p, n = p+skip, n-skip
+	p += skip
 	if !mapped {
 		// Not in the layout any more: UNMAP was read already (and its
 		// waiters woken then).

@@ -121,12 +121,6 @@ type placement struct {
 	demand   bool
 	chunk    uint64
 	holdNext bool
-	copied   *copied // held after this copy
-}
-
-type copied struct {
-	addr, done uint64
-	err        string
 }
 
 func (h *harness) say(format string, args ...any) { h.k.logf(format, args...) }
