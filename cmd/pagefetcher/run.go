@@ -444,9 +444,8 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 func finish(sum *fetcher.Summary, err error, forced string, stdout *output) error {
 	if sum != nil {
 		out := map[string]any{"event": "summary", "ok": err == nil, "summary": sum}
-		var ru unix.Rusage
-		if unix.Getrusage(unix.RUSAGE_SELF, &ru) == nil {
-			out["peak_rss_bytes"] = ru.Maxrss << 10
+		if rss, err := cli.PeakRSS(); err == nil {
+			out["peak_rss_bytes"] = rss
 		}
 		if err != nil {
 			out["error"] = err.Error()

@@ -320,3 +320,25 @@ func TestCheckOutput(t *testing.T) {
 		t.Errorf("the checks created files: %v", ents)
 	}
 }
+
+// PeakRSS sees memory this process touched, and not much more than it has.
+func TestPeakRSS(t *testing.T) {
+	before, err := PeakRSS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 64<<20)
+	for i := range b {
+		if i%4096 == 0 {
+			b[i] = 1
+		}
+	}
+	after, err := PeakRSS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after < before+60<<20 {
+		t.Fatalf("peak RSS %d after touching 64 MiB, was %d", after, before)
+	}
+	runtime.KeepAlive(b)
+}

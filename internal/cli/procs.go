@@ -1,8 +1,12 @@
 package cli
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 )
 
 // MinProcs is the GOMAXPROCS the binaries run with at least.
@@ -26,4 +30,26 @@ func EnsureProcs(min int) int {
 	}
 	runtime.GOMAXPROCS(min)
 	return min
+}
+
+// PeakRSS returns this process's peak resident set size in bytes since its
+// exec: VmHWM of /proc/self/status, the high-water mark of its own memory.
+// getrusage's ru_maxrss is not that: Linux carries the largest RSS of the
+// process image it replaced over exec, so a process started by a parent
+// holding gigabytes would report the parent's RSS.
+func PeakRSS() (uint64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/self/status: VmHWM %q: %w", strings.TrimSpace(v), err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, errors.New("/proc/self/status has no VmHWM")
 }
