@@ -320,3 +320,14 @@ func TestMigrationShaped(t *testing.T) {
 		}
 	}
 }
+
+// --version prints one line on stdout and exits 0.
+func TestVersionFlag(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"--version"}, strings.NewReader(""), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+	if out := stdout.String(); !strings.HasPrefix(out, "migbench ") || strings.Count(out, "\n") != 1 {
+		t.Fatalf("stdout %q", out)
+	}
+}

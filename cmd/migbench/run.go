@@ -46,6 +46,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("migbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	cli.VersionFlag(fs)
 	c.wf.register(fs)
 	fs.StringVar(&c.link, "link", "", "shape the link with tc tbf at this rate (1gbit, 10gbit, ...): source and destination in two network namespaces (root); default loopback")
 	fs.StringVar(&c.jsonPath, "json", "", "write every figure as JSON to this file")
@@ -169,6 +170,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "migbench %s: %v\n", args[0], err)
 			return 1
 		}
+		return 0
+	}
+	if cli.WantsVersion(args) {
+		cli.PrintVersion(stdout, "migbench")
 		return 0
 	}
 	// Signals first: the first one cancels everything and cleans up (the

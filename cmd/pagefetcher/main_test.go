@@ -167,3 +167,14 @@ func TestHandoffTimeout(t *testing.T) {
 		t.Errorf("exit %d (%v), stderr:\n%s\nwant exit %d naming --handoff-timeout once", code, err, stderr.String(), exitForced)
 	}
 }
+
+// --version prints one line on stdout and exits 0, whatever else is missing.
+func TestVersionFlag(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"--version"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+	if out := stdout.String(); !strings.HasPrefix(out, "pagefetcher ") || strings.Count(out, "\n") != 1 {
+		t.Fatalf("stdout %q", out)
+	}
+}

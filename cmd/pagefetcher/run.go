@@ -18,6 +18,7 @@ import (
 
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/metrics"
+	"github.com/postcopy/postcopy/internal/version"
 	"github.com/postcopy/postcopy/pkg/fetcher"
 	"github.com/postcopy/postcopy/pkg/handshake"
 	"github.com/postcopy/postcopy/pkg/transport"
@@ -56,6 +57,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("pagefetcher", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	cli.VersionFlag(fs)
 	fs.StringVar(&c.server, "server", "", "pageserver address HOST:PORT (required)")
 	fs.StringVar(&c.uffdSocket, "uffd-socket", "", "Unix socket path the VMM hands its userfaultfd to (required; created 0600)")
 	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the session token (else $POSTCOPY_TOKEN)")
@@ -187,6 +189,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer signal.Stop(sigs)
 	signal.Ignore(syscall.SIGPIPE)
 
+	if cli.WantsVersion(args) {
+		cli.PrintVersion(stdout, "pagefetcher")
+		return exitOK
+	}
 	c, err := parseFlags(args, stderr)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -301,7 +307,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 	}
 	defer lis.Close()
 	stdout.line(map[string]any{
-		"event": "ready", "uffd_socket": lis.Addr(), "server": c.server,
+		"event": "ready", "version": version.Get().Version, "uffd_socket": lis.Addr(), "server": c.server,
 		"image_size": info.Size, "generation": fmt.Sprintf("%016x", info.Generation),
 	})
 
@@ -443,7 +449,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 // finish prints the summary and maps the outcome to an exit code.
 func finish(sum *fetcher.Summary, err error, forced string, stdout *output) error {
 	if sum != nil {
-		out := map[string]any{"event": "summary", "ok": err == nil, "summary": sum}
+		out := map[string]any{"event": "summary", "version": version.Get().Version, "ok": err == nil, "summary": sum}
 		if rss, err := cli.PeakRSS(); err == nil {
 			out["peak_rss_bytes"] = rss
 		}

@@ -49,6 +49,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/internal/version"
 	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/transport"
 )
@@ -93,6 +94,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("pageserver", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	cli.VersionFlag(fs)
 	fs.StringVar(&c.listen, "listen", defaultListen, "`address` to serve on (host:port; loopback by default)")
 	fs.StringVar(&c.source, "source", "", "the image to serve: file:PATH (memory image or shared-memory file) or pid:PID (a stopped process; needs --ranges)")
 	fs.StringVar(&c.ranges, "ranges", "", "with a pid: source, what of the process to serve (required): a comma-separated `list` of 0xSTART-0xEND address ranges, map:PATTERN (mappings whose /proc/PID/maps path matches; * matches anything), or all (every readable mapping: stack, environment, heap and libraries too)")
@@ -205,6 +207,7 @@ type readyEvent struct {
 	Generation  string `json:"generation"`
 	MetricsAddr string `json:"metrics_addr,omitempty"`
 	TLS         bool   `json:"tls"`
+	Version     string `json:"version"`
 }
 
 // summaryEvent is the line printed on exit.
@@ -220,6 +223,7 @@ type summaryEvent struct {
 	BulkBytes      uint64  `json:"bulk_bytes"`
 	ZeroPages      uint64  `json:"zero_pages"`
 	Errors         uint64  `json:"errors"`
+	Version        string  `json:"version"`
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -231,6 +235,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// summary's write fail, logged, instead of killing us.
 	signal.Ignore(syscall.SIGPIPE)
 
+	if cli.WantsVersion(args) {
+		cli.PrintVersion(stdout, "pageserver")
+		return cli.ExitOK
+	}
 	cfg, err := parseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return cli.ExitOK
@@ -342,7 +350,7 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		"generation", fmt.Sprintf("%016x", img.Generation()), "tls", creds != nil,
 		"mutual_tls", cfg.tlsClientCA != "", "token", len(token) > 0)
 	if err := cli.PrintJSONLine(stdout, readyEvent{
-		Event: "ready", Addr: lis.Addr().String(), Source: cfg.source, Size: img.Size(),
+		Event: "ready", Version: version.Get().Version, Addr: lis.Addr().String(), Source: cfg.source, Size: img.Size(),
 		Generation: fmt.Sprintf("%016x", img.Generation()), MetricsAddr: metricsAddr, TLS: creds != nil,
 	}); err != nil {
 		g.Stop()
@@ -406,7 +414,7 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		errs += n
 	}
 	sum := summaryEvent{
-		Event: "summary", Graceful: graceful, UptimeSeconds: time.Since(start).Seconds(),
+		Event: "summary", Version: version.Get().Version, Graceful: graceful, UptimeSeconds: time.Since(start).Seconds(),
 		SessionsTotal: st.SessionsTotal, SessionsOpen: st.SessionsOpen,
 		DemandRequests: st.DemandRequests, DemandBytes: st.DemandBytes,
 		BulkRequests: st.BulkRequests, BulkBytes: st.BulkBytes, ZeroPages: st.ZeroPages, Errors: errs,

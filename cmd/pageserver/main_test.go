@@ -565,3 +565,14 @@ func TestBadFlags(t *testing.T) {
 		t.Fatalf("--help: %v\n%s", err, out)
 	}
 }
+
+// --version prints one line on stdout and exits 0, whatever else is missing.
+func TestVersionFlag(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"--version"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+	if out := stdout.String(); !strings.HasPrefix(out, "pageserver ") || strings.Count(out, "\n") != 1 {
+		t.Fatalf("stdout %q", out)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -19,6 +20,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/postcopy/postcopy/internal/version"
 )
 
 // Exit statuses of the binaries.
@@ -271,4 +274,30 @@ func PrintJSONLine(w io.Writer, v any) error {
 	}
 	_, err = w.Write(append(b, '\n'))
 	return err
+}
+
+// VersionFlag registers --version on fs; WantsVersion then says whether the
+// command line asked for it.
+func VersionFlag(fs *flag.FlagSet) {
+	fs.Bool("version", false, "print the version (module version, VCS revision, Go version) and exit")
+}
+
+// WantsVersion reports whether args ask for --version (or -version, or
+// --version=true) before any "--". It is checked before the flags are
+// validated, so that --version works without the flags a run needs.
+func WantsVersion(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "--version", "-version", "--version=true", "-version=true":
+			return true
+		}
+	}
+	return false
+}
+
+// PrintVersion writes "NAME VERSION" for --version.
+func PrintVersion(w io.Writer, name string) {
+	fmt.Fprintf(w, "%s %s\n", name, version.Get())
 }

@@ -342,3 +342,27 @@ func TestPeakRSS(t *testing.T) {
 	}
 	runtime.KeepAlive(b)
 }
+
+func TestWantsVersion(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"--version"}, true},
+		{[]string{"-version"}, true},
+		{[]string{"--server", "x:1", "--version=true"}, true},
+		{[]string{"--version=false"}, false},
+		{[]string{"--", "--version"}, false},
+		{[]string{"--verbose"}, false},
+	} {
+		if got := WantsVersion(tc.args); got != tc.want {
+			t.Errorf("WantsVersion(%q) = %v, want %v", tc.args, got, tc.want)
+		}
+	}
+	var b bytes.Buffer
+	PrintVersion(&b, "pagefetcher")
+	if !strings.HasPrefix(b.String(), "pagefetcher ") || !strings.Contains(b.String(), " go1.") || !strings.HasSuffix(b.String(), "\n") {
+		t.Fatalf("PrintVersion = %q", b.String())
+	}
+}
