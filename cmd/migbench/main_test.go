@@ -331,3 +331,24 @@ func TestVersionFlag(t *testing.T) {
 		t.Fatalf("stdout %q", out)
 	}
 }
+
+// --help goes to stdout in groups, exit 0; an unknown flag is one line on
+// stderr naming it, exit 2.
+func TestHelpAndBadFlag(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"--help"}, strings.NewReader(""), &stdout, &stderr); code != 0 || stderr.Len() != 0 {
+		t.Fatalf("--help: exit %d, stderr %q", code, stderr.String())
+	}
+	for _, want := range []string{"Usage: migbench ", "\nWorkload:\n", "\n  --size string\n", "\n  --version\n"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("--help lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	stdout.Reset()
+	stderr.Reset()
+	code := run([]string{"--no-such-flag"}, strings.NewReader(""), &stdout, &stderr)
+	if code != 2 || stdout.Len() != 0 || strings.Count(stderr.String(), "\n") != 1 ||
+		!strings.Contains(stderr.String(), "--no-such-flag") {
+		t.Fatalf("bad flag: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+}

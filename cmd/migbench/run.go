@@ -42,10 +42,21 @@ type config struct {
 	rateBits uint64
 }
 
-func parseFlags(args []string, stderr io.Writer) (*config, error) {
+// benchFlagGroups orders --help.
+var benchFlagGroups = []cli.FlagGroup{
+	{Title: "Workload", Flags: []string{"size", "pattern", "content", "writes", "theta", "seed"}},
+	{Title: "Migration", Flags: []string{"link", "runs", "warmup", "post", "tcp-duration", "fetcher-args", "bin"}},
+	{Title: "Suite", Flags: []string{"suite", "out", "update-doc", "regen"}},
+	{Title: "Output", Flags: []string{"json", "plot", "csv", "log-dir", "quiet", "version"}},
+}
+
+// parseFlags parses and validates args. It returns flag.ErrHelp for --help
+// (after printing the usage to stdout) and a one-line error naming the flag
+// for anything wrong.
+func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("migbench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	cli.VersionFlag(fs)
 	c.wf.register(fs)
 	fs.StringVar(&c.link, "link", "", "shape the link with tc tbf at this rate (1gbit, 10gbit, ...): source and destination in two network namespaces (root); default loopback")
@@ -65,7 +76,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.regen, "regen", false, "with --suite: run nothing, rebuild summary.md, the plots (and --update-doc) from the JSON files in --out, recomputing recover90 and the work lost from their timelines")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress lines on stderr")
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		if errors.Is(err, flag.ErrHelp) {
+			cli.Usage(stdout, "migbench [--size N] [--pattern P] [--link RATE] [flags]  |  migbench --suite default [flags]",
+				"Migrates a workload between two processes with pageserver and pagefetcher, against stop-and-copy,\n"+
+					"and reports what the workload lost (see BENCHMARKS.md). Needs root.", fs, benchFlagGroups)
+			return nil, flag.ErrHelp
+		}
+		return nil, cli.ParseError("migbench", err)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -196,7 +213,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 	}()
 
-	c, err := parseFlags(args, stderr)
+	c, err := parseFlags(args, stdout)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

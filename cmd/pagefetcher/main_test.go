@@ -178,3 +178,28 @@ func TestVersionFlag(t *testing.T) {
 		t.Fatalf("stdout %q", out)
 	}
 }
+
+// --help goes to stdout, flags with two dashes in groups, exit 0; an unknown
+// flag is one line on stderr naming it, exit 2.
+func TestHelpAndBadFlag(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"--help"}, &stdout, &stderr); code != exitOK || stderr.Len() != 0 {
+		t.Fatalf("--help: exit %d, stderr %q", code, stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{"Usage: pagefetcher ", "\nSource:\n", "\n  --server ", "\n  --vmm-pid ", "\n  --version\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("--help lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "\n  -") && strings.Contains(out, "\n  -s") {
+		t.Errorf("--help shows a one-dash flag:\n%s", out)
+	}
+	stdout.Reset()
+	stderr.Reset()
+	code := run([]string{"--no-such-flag"}, &stdout, &stderr)
+	if code != exitUsage || stdout.Len() != 0 || strings.Count(stderr.String(), "\n") != 1 ||
+		!strings.Contains(stderr.String(), "--no-such-flag") {
+		t.Fatalf("bad flag: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+}

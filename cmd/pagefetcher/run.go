@@ -53,10 +53,22 @@ type config struct {
 	demandBudget     float64
 }
 
-func parseFlags(args []string, stderr io.Writer) (*config, error) {
+// fetcherFlagGroups orders --help.
+var fetcherFlagGroups = []cli.FlagGroup{
+	{Title: "Source", Flags: []string{"server", "token-file", "tls-ca", "tls-cert", "tls-key"}},
+	{Title: "The VMM's handoff", Flags: []string{"uffd-socket", "allow-uid", "vmm-pid", "handoff-timeout"}},
+	{Title: "Migration", Flags: []string{"prefetch", "bulk-window", "bulk-run-bytes", "demand-priority", "demand-rt-budget", "bulk-yield"}},
+	{Title: "Failures and stopping", Flags: []string{"dial-timeout", "request-timeout", "reconnect-timeout", "drain-timeout"}},
+	{Title: "Output", Flags: []string{"log-level", "log-json", "progress", "progress-interval", "metrics-addr", "version"}},
+}
+
+// parseFlags parses and validates args. It returns flag.ErrHelp for --help
+// (after printing the usage to stdout) and a *cli.UsageError, one line
+// naming the flag, for anything wrong.
+func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("pagefetcher", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	cli.VersionFlag(fs)
 	fs.StringVar(&c.server, "server", "", "pageserver address HOST:PORT (required)")
 	fs.StringVar(&c.uffdSocket, "uffd-socket", "", "Unix socket path the VMM hands its userfaultfd to (required; created 0600)")
@@ -83,7 +95,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "place bulk pages at a lower CPU priority while faults wait (shorter fault tail on idle CPUs; slower prefetch next to a CPU-bound workload)")
 	fs.DurationVar(&c.progressInterval, "progress-interval", time.Second, "interval of --progress updates")
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		if errors.Is(err, flag.ErrHelp) {
+			cli.Usage(stdout, "pagefetcher --server HOST:PORT --uffd-socket PATH [flags]",
+				"Takes a VMM's userfaultfd over Firecracker's UFFD handshake and fetches its memory from\n"+
+					"pageserver: every missing page on demand, every other page in the background, until all\n"+
+					"of it is resident. Exit codes: see the README.", fs, fetcherFlagGroups)
+			return nil, flag.ErrHelp
+		}
+		return nil, cli.ParseError("pagefetcher", err)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -193,7 +212,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		cli.PrintVersion(stdout, "pagefetcher")
 		return exitOK
 	}
-	c, err := parseFlags(args, stderr)
+	c, err := parseFlags(args, stdout)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK

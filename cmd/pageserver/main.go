@@ -87,6 +87,16 @@ type config struct {
 	unusedAfter  time.Duration
 }
 
+// serverFlagGroups orders --help.
+var serverFlagGroups = []cli.FlagGroup{
+	{Title: "Source", Flags: []string{"source", "ranges"}},
+	{Title: "Network and security", Flags: []string{"listen", "token-file", "tls-cert", "tls-key", "tls-client-ca",
+		"max-unauthenticated", "max-sessions", "session-unused-timeout", "demand-socket", "bulk-socket"}},
+	{Title: "Scheduling", Flags: []string{"demand-priority", "bulk-yield"}},
+	{Title: "Stopping", Flags: []string{"drain-timeout"}},
+	{Title: "Output", Flags: []string{"log-level", "log-json", "metrics-addr", "version"}},
+}
+
 // parseFlags parses and validates args. It returns flag.ErrHelp for
 // --help (after printing the usage to stdout) and *cli.UsageError for
 // anything wrong.
@@ -113,19 +123,14 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "`address` (host:port) to serve Prometheus metrics on at /metrics (default: off)")
 	fs.IntVar(&c.maxSessions, "max-sessions", transport.DefaultMaxSessions, "sessions open at once")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", defaultDrain, "after SIGTERM/SIGINT, how long open sessions may take to end before they are cut (then exit 1); 0: wait for every session. A second signal cuts them at once")
-	usage := func(w io.Writer) {
-		fmt.Fprintf(w, "Usage: pageserver --source file:PATH|pid:PID [flags]\n\n"+
-			"Serves a paused workload's memory to postcopy page fetchers.\n\nFlags:\n")
-		fs.SetOutput(w)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			usage(stdout)
+			cli.Usage(stdout, "pageserver --source file:PATH|pid:PID [--ranges LIST] [flags]",
+				"Serves a paused workload's memory to postcopy page fetchers. Exit codes: see the README.",
+				fs, serverFlagGroups)
 			return nil, flag.ErrHelp
 		}
-		return nil, &cli.UsageError{Reason: err.Error() + " (see pageserver --help)"}
+		return nil, cli.ParseError("pageserver", err)
 	}
 	if fs.NArg() > 0 {
 		return nil, &cli.UsageError{Reason: fmt.Sprintf("unexpected argument %q", fs.Arg(0))}

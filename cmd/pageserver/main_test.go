@@ -509,7 +509,7 @@ func TestBadFlags(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{[]string{"--bogus"}, nil, 2, "flag provided but not defined: -bogus"},
+		{[]string{"--bogus"}, nil, 2, "flag provided but not defined: --bogus"},
 		{[]string{"--source", src, "extra"}, nil, 2, `unexpected argument "extra"`},
 		{[]string{}, nil, 2, "--source: required"},
 		{[]string{"--source", "mem:1"}, nil, 2, `--source "mem:1": must be file:PATH or pid:PID`},
@@ -521,7 +521,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--source", src, "--tls-client-ca", "ca.pem"}, nil, 2, `--tls-client-ca "ca.pem": needs --tls-cert`},
 		{[]string{"--source", src, "--metrics-addr", ":x"}, nil, 2, `--metrics-addr ":x": bad port`},
 		{[]string{"--source", src, "--drain-timeout", "-1s"}, nil, 2, `--drain-timeout "-1s": must be 0 (wait for every session) or positive`},
-		{[]string{"--source", src, "--drain-timeout", "soon"}, nil, 2, `invalid value "soon" for flag -drain-timeout`},
+		{[]string{"--source", src, "--drain-timeout", "soon"}, nil, 2, `invalid value "soon" for flag --drain-timeout`},
 		// Well-formed values that name nothing usable: still bad flags.
 		{[]string{"--source", "file:/nonexistent/mem"}, nil, 2, `--source "file:/nonexistent/mem": file:/nonexistent/mem: no such file or directory`},
 		{[]string{"--source", "file:" + dir}, nil, 2, `--source "file:` + dir + `": file:` + dir + `: not a regular file`},
@@ -574,5 +574,26 @@ func TestVersionFlag(t *testing.T) {
 	}
 	if out := stdout.String(); !strings.HasPrefix(out, "pageserver ") || strings.Count(out, "\n") != 1 {
 		t.Fatalf("stdout %q", out)
+	}
+}
+
+// --help goes to stdout in groups, exit 0; an unknown flag is one line on
+// stderr naming it, exit 2.
+func TestHelpAndBadFlag(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"--help"}, &stdout, &stderr); code != 0 || stderr.Len() != 0 {
+		t.Fatalf("--help: exit %d, stderr %q", code, stderr.String())
+	}
+	for _, want := range []string{"Usage: pageserver ", "\nSource:\n", "\n  --source ", "\n  --ranges list\n", "\n  --version\n"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("--help lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	stdout.Reset()
+	stderr.Reset()
+	code := run([]string{"--no-such-flag"}, &stdout, &stderr)
+	if code != 2 || stdout.Len() != 0 || strings.Count(stderr.String(), "\n") != 1 ||
+		!strings.Contains(stderr.String(), "--no-such-flag") {
+		t.Fatalf("bad flag: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
 	}
 }
