@@ -108,7 +108,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.listen, "listen", defaultListen, "`address` to serve on (host:port; loopback by default)")
 	fs.StringVar(&c.source, "source", "", "the image to serve: file:PATH (memory image or shared-memory file) or pid:PID (a stopped process; needs --ranges)")
 	fs.StringVar(&c.ranges, "ranges", "", "with a pid: source, what of the process to serve (required): a comma-separated `list` of 0xSTART-0xEND address ranges, map:PATTERN (mappings whose /proc/PID/maps path matches; * matches anything), or all (every readable mapping: stack, environment, heap and libraries too)")
-	fs.IntVar(&c.maxUnauth, "max-unauthenticated", transport.DefaultMaxUnauthenticated, "connections accepted and not yet authenticated at once; past it, a new one replaces the oldest that has waited over 10 s, or is closed")
+	fs.IntVar(&c.maxUnauth, "max-unauthenticated", transport.DefaultMaxUnauthenticated, "connections accepted and not yet authenticated at once, a quarter of them from any one address; a new one is never refused: it closes the oldest pending one of its own address past that quarter, or at the limit of the address holding the most")
 	fs.DurationVar(&c.unusedAfter, "session-unused-timeout", transport.DefaultSessionUnusedTimeout, "a session that has served nothing and has no lane open for this long is ended (at the next Open)")
 	fs.StringVar(&c.tokenFile, "token-file", "", "`file` holding the shared token (default: the "+tokenEnv+" environment variable; neither: no token, warned)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "read bulk runs at a lower CPU priority while demand requests come")

@@ -312,6 +312,13 @@ func (c *Client) Hello(ctx context.Context) (ImageInfo, error) {
 		return ImageInfo{}, fmt.Errorf("transport: hello: server speaks protocol %d, want %d: %w",
 			r.GetProtocolVersion(), ProtocolVersion, ErrProtocolVersion)
 	}
+	// The bulk connection says hello too, so that the server counts it as
+	// authenticated: until its first bulk stream — long after, or never
+	// where the bulk lane is a socket lane — it would otherwise sit among
+	// the connections the server may close to make room for new ones.
+	if _, err := c.bRPC.Hello(ctx, &pb.HelloRequest{Token: c.token, ProtocolVersion: ProtocolVersion}); err != nil {
+		return ImageInfo{}, fromStatus("hello (bulk connection)", err)
+	}
 	// A socket lane is plaintext: over TLS, sessions open with Open.
 	c.socketOpen.Store(r.GetCaps().GetSocketOpen() && !c.tls)
 	return imageInfo(r.GetImage()), nil

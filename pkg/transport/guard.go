@@ -96,42 +96,89 @@ func (r *acceptRetry) succeeded() { r.delay = 0 }
 
 // pendingConns tracks the connections not yet authenticated, oldest first.
 //
-// At the limit, a new connection evicts the oldest one that has been
-// waiting longer than evictAfter (a greeting's deadline): past its greeting
-// and still not authenticated, it is a connection nobody uses for pages — a
-// destination's spare gRPC connection, a probe's — and a client that wants
-// it back reconnects. Only when every pending connection is younger is the
-// new one refused: a flood of new connections then shuts out others for at
-// most evictAfter after it stops.
+// A new connection is never refused: room is made for it. A source address
+// may hold at most perAddr of the pending connections (a quarter of max); a
+// connection past that closes the oldest pending one from its own address.
+// At max, a new connection closes the oldest pending one of the address
+// that holds the most. So a flood — of any rate, from a few addresses —
+// only ever displaces its own connections, and a destination connecting
+// from elsewhere always gets a place and keeps it until it has
+// authenticated (a greeting's deadline bounds how long that may take). A
+// flood from the destination's own address (loopback, a shared NAT) can
+// still displace the destination's pending connections: the greeting
+// deadline and the client's reconnects are the answer there.
 type pendingConns struct {
-	max        int
-	evictAfter time.Duration
+	max int
 
 	mu      sync.Mutex
 	conns   list.List // of *connGuard, oldest first
-	refused uint64
-	logged  time.Time // of the last log line about refusals
+	perAddr map[string]int
+	evicted uint64
+	logged  time.Time // of the last log line about evictions
 }
 
-// admit counts the new connection c; nil (c must be closed) at the limit.
-// It may close an older pending connection to make room.
-func (p *pendingConns) admit(c net.Conn, now time.Time) *connGuard {
+// limitPerAddr is how many pending connections one address may hold.
+func (p *pendingConns) limitPerAddr() int { return max(1, (p.max+3)/4) }
+
+// hostOf is the address part of a remote address (its port dropped).
+func hostOf(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	if h, _, err := net.SplitHostPort(a.String()); err == nil {
+		return h
+	}
+	return a.String()
+}
+
+// admit counts the new connection c, first closing an older pending
+// connection if the limits ask for room; it returns the connection that
+// was closed for it, if any.
+func (p *pendingConns) admit(c net.Conn, now time.Time) (g *connGuard, evicted net.Conn) {
+	host := hostOf(c.RemoteAddr())
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.conns.Len() >= p.max {
-		oldest := p.conns.Front()
-		g := oldest.Value.(*connGuard)
-		if now.Sub(g.since) < p.evictAfter {
-			p.refused++
-			return nil
-		}
-		p.conns.Remove(oldest)
-		g.el = nil
-		_ = g.conn.Close() // its reader sees the error and gives up
+	if p.perAddr == nil {
+		p.perAddr = map[string]int{}
 	}
-	g := &connGuard{p: p, conn: c, since: now}
+	victim := ""
+	switch {
+	case p.perAddr[host] >= p.limitPerAddr():
+		victim = host
+	case p.conns.Len() >= p.max:
+		for h, n := range p.perAddr {
+			if victim == "" || n > p.perAddr[victim] {
+				victim = h
+			}
+		}
+	}
+	if victim != "" {
+		for el := p.conns.Front(); el != nil; el = el.Next() {
+			if old := el.Value.(*connGuard); old.host == victim {
+				p.removeLocked(old)
+				p.evicted++
+				evicted = old.conn
+				_ = old.conn.Close() // its reader sees the error and gives up
+				break
+			}
+		}
+	}
+	g = &connGuard{p: p, conn: c, host: host, since: now}
 	g.el = p.conns.PushBack(g)
-	return g
+	p.perAddr[host]++
+	return g, evicted
+}
+
+// removeLocked takes g out of the pending connections; p.mu is held.
+func (p *pendingConns) removeLocked(g *connGuard) {
+	if g.el == nil {
+		return
+	}
+	p.conns.Remove(g.el)
+	g.el = nil
+	if p.perAddr[g.host]--; p.perAddr[g.host] <= 0 {
+		delete(p.perAddr, g.host)
+	}
 }
 
 // count is the number of pending connections.
@@ -146,6 +193,7 @@ func (p *pendingConns) count() int {
 type connGuard struct {
 	p     *pendingConns
 	conn  net.Conn
+	host  string
 	since time.Time
 	el    *list.Element // nil once given up
 }
@@ -156,10 +204,7 @@ func (g *connGuard) release() {
 	}
 	g.p.mu.Lock()
 	defer g.p.mu.Unlock()
-	if g.el != nil {
-		g.p.conns.Remove(g.el)
-		g.el = nil
-	}
+	g.p.removeLocked(g)
 }
 
 // guardAddr is the remote address of a guarded connection as gRPC sees it
@@ -193,9 +238,9 @@ func authenticated(ctx context.Context) {
 	}
 }
 
-// refusedConn logs connections closed at the limit, at most once per
-// refusalLogEvery.
-func (s *Server) refusedConn(remote net.Addr) {
+// evictedConn logs a pending connection closed to make room for a new one
+// (pendingConns), at most once per refusalLogEvery.
+func (s *Server) evictedConn(closed net.Conn) {
 	p := &s.pending
 	p.mu.Lock()
 	now := time.Now()
@@ -204,10 +249,10 @@ func (s *Server) refusedConn(remote net.Addr) {
 		return
 	}
 	p.logged = now
-	refused := p.refused
+	evicted := p.evicted
 	p.mu.Unlock()
-	s.log.Warn("too many connections not yet authenticated: closing new ones", "peer", remote.String(),
-		"limit", p.max, "refused_total", refused)
+	s.log.Warn("too many connections not yet authenticated: closed the oldest from the address holding the most",
+		"peer", closed.RemoteAddr().String(), "limit", p.max, "per_address", p.limitPerAddr(), "evicted_total", evicted)
 }
 
 // maxHealthWatches bounds the health service's Watch streams open at once,

@@ -106,34 +106,48 @@ func TestSplitListenerRetriesTemporaryErrors(t *testing.T) {
 // oldest makes room for new ones, and a client gets in.
 func TestMaxUnauthenticated(t *testing.T) {
 	ti := makeImage(t, 1<<16, 1, nil, nil)
-	addr, s := serveSplitServer(t, ServerOptions{Image: ti.img, DemandSocket: true, MaxUnauthenticated: 3})
-	var held []net.Conn
-	for range 3 {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		held = append(held, c)
-	}
-	waitFor(t, "3 pending connections", func() bool { return s.pending.count() == 3 })
+	// 8 pending connections at most, 2 from any one address.
+	addr, s := serveSplitServer(t, ServerOptions{Image: ti.img, DemandSocket: true, MaxUnauthenticated: 8})
 	closed := func(c net.Conn, wait time.Duration) bool {
 		_ = c.SetReadDeadline(time.Now().Add(wait))
 		n, err := c.Read(make([]byte, 1))
 		return n == 0 && err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
 	}
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
+	dialFrom := func(ip string) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
 	}
-	defer c.Close()
-	if !closed(c, 5*time.Second) {
-		t.Fatalf("a 4th connection while 3 greet: not closed")
+	// One address flooding: each connection past its 2 closes its own
+	// oldest, however fast they come.
+	var flood []net.Conn
+	evicted := func() uint64 {
+		s.pending.mu.Lock()
+		defer s.pending.mu.Unlock()
+		return s.pending.evicted
 	}
-	// The held ones are now "past their greeting": a client evicts them.
-	s.pending.mu.Lock()
-	s.pending.evictAfter = 0
-	s.pending.mu.Unlock()
+	for range 6 {
+		flood = append(flood, dialFrom("127.0.0.2"))
+	}
+	waitFor(t, "4 of the flood's connections evicted", func() bool { return evicted() == 4 && s.pending.count() == 2 })
+	for i, c := range flood {
+		if got, want := closed(c, time.Second), i < 4; got != want {
+			t.Errorf("flood connection %d closed %v, want %v (an address keeps its 2 newest)", i, got, want)
+		}
+	}
+	// Four addresses fill the 8 places; a destination from a fifth still
+	// gets one (the oldest of an address holding the most is closed), and
+	// migrates.
+	for _, ip := range []string{"127.0.0.3", "127.0.0.4", "127.0.0.5"} {
+		dialFrom(ip)
+		dialFrom(ip)
+	}
+	waitFor(t, "8 pending connections", func() bool { return s.pending.count() == 8 })
 	ctx := testCtx(t)
 	cl := dial(t, addr, ClientOptions{})
 	_, lane, err := cl.OpenDemand(ctx, []Region{{Offset: 0, Length: 1 << 16, PageSize: PageSize4K}}, 0)
@@ -142,18 +156,14 @@ func TestMaxUnauthenticated(t *testing.T) {
 	}
 	defer lane.Close()
 	fetch(t, lane, 1, 0, 1).Release()
-	// The client's connections evicted the oldest held ones (how many
-	// depends on when each of its connections authenticated): they were
-	// closed before the client could fetch.
-	evicted := 0
-	for _, c := range held {
-		if closed(c, time.Second) {
-			evicted++
-		}
+	if n := s.pending.count(); n > 8 {
+		t.Fatalf("%d pending connections, limit 8", n)
 	}
-	if evicted < 2 {
-		t.Errorf("%d of the held connections evicted, want at least 2", evicted)
+	// The flood goes on from its address: it only displaces its own.
+	for range 6 {
+		dialFrom("127.0.0.2")
 	}
+	fetch(t, lane, 2, 0, 1).Release()
 }
 
 // waitFor polls cond until it holds, or fails the test after 10 s.

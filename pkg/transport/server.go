@@ -78,10 +78,11 @@ const (
 	bulkMaxYield = 5 * time.Millisecond
 	// maxRequestMsg bounds the size of any message a client sends (an Open
 	// with MaxRegions regions is about 70 KiB, at most 150 KiB with the
-	// largest varints). gRPC allocates a message's buffer from its length
-	// prefix, before authentication: with maxConcurrentStreams and
-	// DefaultMaxUnauthenticated it bounds what clients with no token can
-	// make the server hold.
+	// largest varints). gRPC reads a message as it arrives, but may hold up
+	// to this much of it before authentication: with maxConcurrentStreams
+	// and DefaultMaxUnauthenticated it bounds what clients with no token
+	// can make the server hold. A socket lane's Open frame has the same
+	// bound (maxOpenFrame).
 	maxRequestMsg = 256 << 10
 	// msgSlack is added to the largest run for the rest of a PageRun.
 	msgSlack = 64 << 10
@@ -115,9 +116,9 @@ type ServerOptions struct {
 	// Open; 0: DefaultSessionUnusedTimeout.
 	SessionUnusedTimeout time.Duration
 	// MaxUnauthenticated bounds the connections accepted through
-	// SplitListener that have not authenticated yet (see guard.go); past
-	// it, a new connection takes the place of the oldest one waiting past
-	// its greeting, or is closed at once if there is none (guard.go). 0:
+	// SplitListener that have not authenticated yet, a quarter of them from
+	// any one address; a new connection is never refused but closes an
+	// older pending one (pendingConns, guard.go). 0:
 	// DefaultMaxUnauthenticated.
 	MaxUnauthenticated int
 	// MaxUrgentLanes bounds the real-time threads of UrgentDemand; 0:
@@ -267,7 +268,6 @@ func NewServer(o ServerOptions) (*Server, error) {
 	if s.pending.max <= 0 {
 		s.pending.max = DefaultMaxUnauthenticated
 	}
-	s.pending.evictAfter = connectionTimeout
 	s.healthSvc = &boundedHealth{Server: s.health, watches: make(chan struct{}, maxHealthWatches)}
 	if s.maxDemand < PageSize4K || s.maxBulk < PageSize4K {
 		return nil, fmt.Errorf("transport: MaxDemandBytes %d and MaxBulkBytes %d must be at least %d",

@@ -60,7 +60,7 @@ const (
 
 // maxOpenFrame bounds an OpenRequest on a socket lane: MaxRegions regions
 // of at most 3 varints each, a token and a name, with room to spare.
-const maxOpenFrame = 1 << 20
+const maxOpenFrame = maxRequestMsg
 
 // socketOpen serves the greeting of a connection that opened with
 // openLaneMagic: a length-prefixed OpenRequest, answered with a
@@ -141,8 +141,8 @@ const (
 // temporary failures (out of descriptors, a connection aborted while
 // queued) are retried with a growing delay and logged, never the end of
 // the listener. At most ServerOptions.MaxUnauthenticated connections may
-// be waiting to authenticate (guard.go); past it, a new one takes the
-// place of the oldest waiting past its greeting, or is closed at once.
+// be waiting to authenticate, a quarter of them from any one address; a
+// new one closes an older pending one to make room (pendingConns, guard.go).
 // Over TLS too the listener should be given to gRPC through it, for the
 // accept retries and that bound: a TLS connection never begins with a
 // socket lane's greeting, and goes to gRPC.
@@ -181,11 +181,9 @@ func (sl *splitListener) acceptLoop() {
 			return
 		}
 		retry.succeeded()
-		g := sl.s.pending.admit(c, time.Now())
-		if g == nil {
-			sl.s.refusedConn(c.RemoteAddr())
-			c.Close()
-			continue
+		g, evicted := sl.s.pending.admit(c, time.Now())
+		if evicted != nil {
+			sl.s.evictedConn(evicted)
 		}
 		go sl.route(c, g)
 	}
@@ -780,9 +778,12 @@ func openSocketLane(ctx context.Context, cl *Client, id string, l lane) (*socket
 	if ok[0] != laneAccepted {
 		msg, _ := readShortString(sl.br, 1<<16)
 		sl.conn.Close()
-		code := codes.NotFound
-		if ok[0] != refusedSession {
-			code = codes.Unimplemented
+		code := codes.Unimplemented // socket lanes not served here
+		switch ok[0] {
+		case refusedSession:
+			code = codes.NotFound
+		case refusedLimit:
+			code = codes.ResourceExhausted
 		}
 		return nil, fromStatus(l.String()+" open", status.Error(code, msg))
 	}

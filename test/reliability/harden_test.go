@@ -41,9 +41,13 @@ func TestAttackFDExhaustion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// From eight loopback addresses: one address's pending connections past
+	// a quarter of --max-unauthenticated close its own oldest, so one
+	// address alone would never run the server out of descriptors.
 	var conns []net.Conn
-	for range 100 {
-		c, err := net.Dial("tcp", ready.Addr)
+	for i := range 100 {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%8))}}
+		c, err := d.Dial("tcp", ready.Addr)
 		if err != nil {
 			break
 		}
@@ -58,6 +62,56 @@ func TestAttackFDExhaustion(t *testing.T) {
 	f, _ := e.startFetcher(ready.Addr, hostNS)
 	migrate4M(t, e, f)
 	record(t, "attack: pageserver out of descriptors", "listener kept; migration completed (exit 0)", "-", "0")
+}
+
+// A flood of fresh connections that never authenticate, from several
+// addresses and kept up while a destination connects and migrates, takes
+// no place from the destination: a new connection always gets one (the
+// oldest pending connection of the address holding the most is closed).
+// Before, past --max-unauthenticated connections all younger than their
+// greeting deadline, every new connection was closed at once, the
+// destination's too.
+func TestAttackFreshConnectionFlood(t *testing.T) {
+	e := newEnv(t, 4<<20, defaultImage)
+	_, ready := e.startServer("127.0.0.1:0", hostNS)
+	stop := make(chan struct{})
+	dialled := make(chan struct{})
+	var flood sync.WaitGroup
+	flood.Add(1)
+	go func() {
+		defer flood.Done()
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%8))}}
+			c, err := d.Dial("tcp", ready.Addr)
+			if err != nil {
+				continue
+			}
+			conns = append(conns, c)
+			if len(conns) > 256 { // the server closed the old ones long ago
+				conns[0].Close()
+				conns = conns[1:]
+			}
+			if i == 2*transport.DefaultMaxUnauthenticated {
+				close(dialled)
+			}
+		}
+	}()
+	defer func() { close(stop); flood.Wait() }()
+	<-dialled
+	f, _ := e.startFetcher(ready.Addr, hostNS)
+	migrate4M(t, e, f)
+	record(t, "attack: a flood of fresh unauthenticated connections", "destination connected and migrated (exit 0)", "-", "0")
 }
 
 // Connections that send junk are bounded in number (--max-unauthenticated,
@@ -79,8 +133,9 @@ func TestAttackJunkConnections(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	// Each connection must be closed by the server: the 36 past the limit
-	// at once, the others when their greeting times out.
+	// Each connection must be closed by the server: those past the limit
+	// (past a quarter of it, from this one address) at once, the others
+	// when their greeting times out.
 	var closedFast, stillOpen atomic.Int32
 	var wg sync.WaitGroup
 	for _, c := range conns {
@@ -277,7 +332,11 @@ func TestAttackUffdSocketSameUID(t *testing.T) {
 		t.Fatalf("pagefetcher: %v", err)
 	}
 	// The intruder got nothing: it fails, or blocks in its first fault.
+	intruderDeadline := time.Now().Add(eventTimeout)
 	for !blockedInFault(intruder.Pid()) && !intruder.Exited() {
+		if time.Now().After(intruderDeadline) {
+			t.Fatalf("the intruder neither blocked in a fault nor exited within %v", eventTimeout)
+		}
 		select {
 		case <-intruder.Done():
 		case <-time.After(10 * time.Millisecond):
