@@ -356,10 +356,6 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 			return fatal(exitHandoff, "handoff: %v", a.err)
 		}
 		h = a.h
-		// No other client may connect from now on: the socket file goes.
-		if err := lis.Close(); err != nil {
-			log.Warn("closing the uffd socket", "error", err)
-		}
 	case s := <-sigs:
 		hcancel()
 		<-acc
@@ -409,8 +405,13 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 	defer runCancel()
 	res := make(chan result, 1)
 	go func() { s, err := f.Run(runCtx); res <- result{s, err} }()
-	// Logged once the fetcher is started: a log line is a write(2), off the way
-	// to the first page.
+	// No other client may connect from now on: the socket file goes. Nobody
+	// accepts on it since the handoff; it is closed (a close and an unlink)
+	// once the fetcher is started, off the way to the first page. Logged
+	// then too: a log line is a write(2).
+	if err := lis.Close(); err != nil {
+		log.Warn("closing the uffd socket", "error", err)
+	}
 	log.Info("VMM handed over", "pid", h.Cred.Pid, "uid", h.Cred.Uid, "regions", len(regions),
 		"since_handoff", handedOver)
 
