@@ -115,8 +115,9 @@ func TestAttackFreshConnectionFlood(t *testing.T) {
 }
 
 // Connections that send junk are bounded in number (--max-unauthenticated,
-// 64 by default: past it, closed at once) and in time (gRPC's greeting
-// within 10 s), and a destination migrates once they are gone.
+// 64 by default, a quarter of it from one address: past that, the oldest
+// are closed at once) and in time (gRPC's greeting within 10 s), and a
+// destination migrates once they are gone.
 func TestAttackJunkConnections(t *testing.T) {
 	e := newEnv(t, 4<<20, defaultImage)
 	_, ready := e.startServer("127.0.0.1:0", hostNS)
