@@ -388,7 +388,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 		BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
 		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.urgentBudget(), Opened: opened,
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
-		VMMPid: int(h.Cred.Pid), ClientName: "pagefetcher", HandoffAt: handoffAt,
+		VMMPid: int(h.Cred.Pid), HandoffAt: handoffAt,
 		Logger: log.Named("fetcher"), Metrics: reg,
 	})
 	if err != nil {

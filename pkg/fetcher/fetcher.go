@@ -85,8 +85,6 @@ type Config struct {
 	RequestTimeout time.Duration
 	// VMMPid, when not zero, is watched: its exit ends Run with ErrVMMGone.
 	VMMPid int
-	// ClientName is sent to the server when opening the session.
-	ClientName string
 	// HandoffAt is when the VMM handed over its memory; first_page_ms counts
 	// from it (from Run's start when zero).
 	HandoffAt time.Time
