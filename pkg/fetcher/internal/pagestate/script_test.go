@@ -472,8 +472,6 @@ func (h *harness) read() error {
 			h.say("fault %d: ask %d:%d", ft.tid, req.Area, req.Page)
 		case FaultDuplicate:
 			h.say("fault %d: duplicate %d:%d", ft.tid, ft.pg.A.Index, ft.pg.P)
-		case FaultIgnore:
-			h.say("fault %d: ignore %d:%d", ft.tid, ft.pg.A.Index, ft.pg.P)
 		case FaultZero:
 			h.say("fault %d: zero %d:%d", ft.tid, ft.pg.A.Index, ft.pg.P)
 			h.zeroing = true

@@ -28,7 +28,7 @@
 // which are called with none held).
 //
 // Layout changes (Discard with ViaUnmapped, Remap) and lookups (LookupAddr,
-// AddrOf, Mapped) share the segment list: the caller serialises changes
+// Plan, Mapped) share the segment list: the caller serialises changes
 // against lookups with its event lock (the fetcher's doc says why).
 package pagestate
 
@@ -177,10 +177,6 @@ func (t *Table) LookupAddr(addr uint64) (Page, bool) {
 // LookupOffset finds the page at image offset off.
 func (t *Table) LookupOffset(off uint64) (*Area, uint64, bool) { return t.lookupOffset(off) }
 
-// AddrOf returns the host address of page p of a and how many pages from p
-// on are contiguous in memory; ok is false when the page is not mapped.
-func (t *Table) AddrOf(a *Area, p uint64) (addr, contiguous uint64, ok bool) { return t.addrOf(a, p) }
-
 // Mapped appends every mapped host range to out.
 func (t *Table) Mapped(out []Range) []Range {
 	for _, s := range t.segs {
@@ -209,17 +205,17 @@ const (
 	// FaultDuplicate: a request for the page is outstanding already (another
 	// thread, or a retried fault); the thread waits for its answer.
 	FaultDuplicate
-	// FaultZero: the page is present or removed; answer with a zero page at
-	// the fault's address and report the outcome to ZeroFilled. Where the
-	// page is there the zero page fails with EEXIST, and the thread must be
-	// woken; where it is not (removed, or zapped without a REMOVE event by a
-	// VMM that did not ask for them) a zero page is what the thread must read.
+	// FaultZero: the page is present, removed or unmapped; answer with a
+	// zero page at the fault's address and report the outcome to
+	// ZeroFilled. Where the page is there the zero page fails with EEXIST,
+	// and the thread must be woken; where it is not (removed, or zapped
+	// without a REMOVE event by a VMM that did not ask for them) a zero page
+	// is what the thread must read; where nothing is mapped any more it fails
+	// with ENOENT, and the thread is woken (to fault again, or SIGSEGV).
 	FaultZero
-	// FaultIgnore: the page is unmapped; nothing is owed.
-	FaultIgnore
 )
 
-var faultActionNames = [...]string{"ask", "duplicate", "zero", "ignore"}
+var faultActionNames = [...]string{"ask", "duplicate", "zero"}
 
 func (a FaultAction) String() string { return faultActionNames[a] }
 
@@ -228,11 +224,12 @@ func (a FaultAction) String() string { return faultActionNames[a] }
 func (t *Table) Fault(pg Page, tid uint32, now time.Time) (FaultAction, Request) {
 	a, p := pg.A, pg.P
 	st := a.state.get(p)
-	if st&(stPresent|stRemoved) != 0 {
+	if st&stResolved != 0 {
+		// Present (the zero page finds it: EEXIST), removed (the zero page
+		// is what the thread must read) or unmapped without an event (the
+		// zero page finds nothing: ENOENT): ZeroFilled wakes the thread
+		// either way. A thread left in the wait queue would hang forever.
 		return FaultZero, Request{}
-	}
-	if st&stUnmapped != 0 {
-		return FaultIgnore, Request{}
 	}
 	// Record the waiter before announcing it, so the placer that sees the
 	// waiting bit always finds the record.
