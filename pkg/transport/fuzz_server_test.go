@@ -4,7 +4,6 @@ import (
 	"io"
 	"net"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
@@ -38,7 +37,7 @@ func FuzzSocketLane(f *testing.F) {
 			_, _ = cl.Write(data)
 			cl.Close() // the server reads EOF next
 		}()
-		g, evicted := s.pending.admit(srv, time.Now())
+		g, evicted := s.pending.admit(srv)
 		if evicted != nil {
 			t.Fatal("pending connections leaked: one was evicted to make room")
 		}

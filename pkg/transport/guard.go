@@ -131,11 +131,17 @@ func hostOf(a net.Addr) string {
 	return a.String()
 }
 
-// admit counts the new connection c, first closing an older pending
-// connection if the limits ask for room; it returns the connection that
-// was closed for it, if any.
-func (p *pendingConns) admit(c net.Conn, now time.Time) (g *connGuard, evicted net.Conn) {
+// admit counts the new connection c, first taking out an older pending
+// connection if the limits ask for room; it returns that one, closed
+// (after the lock is released: a close(2) under it would hold up every
+// release behind the accept loop).
+func (p *pendingConns) admit(c net.Conn) (g *connGuard, evicted net.Conn) {
 	host := hostOf(c.RemoteAddr())
+	defer func() {
+		if evicted != nil {
+			_ = evicted.Close() // its reader sees the error and gives up
+		}
+	}()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.perAddr == nil {
@@ -158,12 +164,11 @@ func (p *pendingConns) admit(c net.Conn, now time.Time) (g *connGuard, evicted n
 				p.removeLocked(old)
 				p.evicted++
 				evicted = old.conn
-				_ = old.conn.Close() // its reader sees the error and gives up
 				break
 			}
 		}
 	}
-	g = &connGuard{p: p, conn: c, host: host, since: now}
+	g = &connGuard{p: p, conn: c, host: host}
 	g.el = p.conns.PushBack(g)
 	p.perAddr[host]++
 	return g, evicted
@@ -191,11 +196,10 @@ func (p *pendingConns) count() int {
 // connGuard is one accepted connection's place among the pending ones,
 // given up once: when it authenticates, closes, or is evicted.
 type connGuard struct {
-	p     *pendingConns
-	conn  net.Conn
-	host  string
-	since time.Time
-	el    *list.Element // nil once given up
+	p    *pendingConns
+	conn net.Conn
+	host string
+	el   *list.Element // nil once given up
 }
 
 func (g *connGuard) release() {

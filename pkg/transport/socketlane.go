@@ -181,7 +181,7 @@ func (sl *splitListener) acceptLoop() {
 			return
 		}
 		retry.succeeded()
-		g, evicted := sl.s.pending.admit(c, time.Now())
+		g, evicted := sl.s.pending.admit(c)
 		if evicted != nil {
 			sl.s.evictedConn(evicted)
 		}
