@@ -268,6 +268,13 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 	dial := func(ctx context.Context) (*transport.Client, error) {
 		return transport.Dial(ctx, c.server, opts)
 	}
+	redial := func(ctx context.Context) (fetcher.Source, error) {
+		client, err := dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return fetcher.ClientSource(client), nil
+	}
 
 	// Reach the server and check the token before any VMM hands over.
 	client, err := dial(ctx)
@@ -290,12 +297,8 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 	// opens its own). The bulk lane's connection is dialled now too, used
 	// if the handoff comes within a few seconds
 	// (transport.Client.PrepareLanes).
-	opened := openAhead(ctx, client, info, log)
-	if opened != nil && opened.Demand != nil {
-		client.PrepareLanes(1) // the bulk lane's
-	} else {
-		client.PrepareLanes(2)
-	}
+	src := fetcher.ClientSource(client)
+	opened := fetcher.OpenAhead(ctx, src, info, log)
 	// Until the fetcher owns it, the session opened ahead is ended on the
 	// way out, so that the server does not keep it until its idle timeout.
 	closeClient := func() {
@@ -383,7 +386,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 	handedOver := time.Since(handoffAt)
 
 	f, err := fetcher.New(fetcher.Config{
-		UFFD: fd, Regions: regions, Client: client, Redial: dial,
+		UFFD: fd, Regions: regions, Source: src, Redial: redial,
 		ExpectGeneration: info.Generation, Prefetch: c.prefetch == "on",
 		BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
 		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.urgentBudget(), Opened: opened,
@@ -566,58 +569,4 @@ func tlsHint(c *config, err error) string {
 		return " (TLS: the server closed the connection — it may have refused the client certificate --tls-cert)"
 	}
 	return " (TLS: the server closed the connection — it may require a client certificate, --tls-cert/--tls-key)"
-}
-
-// openAhead opens a session over every readable extent of the image (in
-// 4 KiB pages: a file's whole, a process's readable mappings) before any
-// VMM hands over, and its demand lane; nil, logged, if the server refuses:
-// the fetcher then opens one after the handoff.
-func openAhead(ctx context.Context, client *transport.Client, info transport.ImageInfo, log hclog.Logger) *fetcher.Opened {
-	regions := aheadRegions(info)
-	if len(regions) == 0 {
-		log.Debug("no session opened ahead: the image has no readable extent, or more than a session may have regions",
-			"extents", len(info.Readable), "max_regions", transport.MaxRegions)
-		return nil
-	}
-	sess, err := client.Open(ctx, regions, info.Generation)
-	if err != nil {
-		log.Debug("no session opened ahead: opening one at the handoff", "error", err)
-		return nil
-	}
-	o := &fetcher.Opened{Session: sess, Regions: regions}
-	// Its greeting is then no round trip after the handoff, and while the
-	// lane is open the server does not end the session as unused however
-	// long the VMM takes (--session-unused-timeout). A socket lane, or a
-	// gRPC stream over TLS: either starts the session only at its first
-	// request, and a server stopping meanwhile ends it rather than wait.
-	if o.Demand, err = sess.Demand(ctx); err != nil {
-		log.Debug("no demand lane opened ahead: opening it at the handoff", "error", err)
-	}
-	return o
-}
-
-// aheadRegions are the regions of a session opened ahead: each readable
-// extent of the image ([0, Size) from a server that lists none), cut to
-// whole 4 KiB pages; none if there are more than a session may have.
-func aheadRegions(info transport.ImageInfo) []transport.Region {
-	extents := info.Readable
-	if len(extents) == 0 {
-		extents = []transport.Extent{{Offset: 0, Length: info.Size}}
-	}
-	const ps = transport.PageSize4K
-	var regions []transport.Region
-	for _, e := range extents {
-		if e.Offset+e.Length < e.Offset || e.Offset > ^uint64(0)-ps {
-			continue // wraps: no region (the server names no such extent)
-		}
-		start := (e.Offset + ps - 1) &^ (ps - 1)
-		end := (e.Offset + e.Length) &^ (ps - 1)
-		if end > start {
-			regions = append(regions, transport.Region{Offset: start, Length: end - start, PageSize: ps})
-		}
-	}
-	if len(regions) > transport.MaxRegions {
-		return nil
-	}
-	return regions
 }
