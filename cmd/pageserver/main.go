@@ -30,18 +30,14 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -49,6 +45,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/internal/daemon"
 	"github.com/postcopy/postcopy/internal/version"
 	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/transport"
@@ -233,12 +230,10 @@ type summaryEvent struct {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	// Signals first: a signal during start-up must stop us, not kill us.
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
 	// A reader of stdout that went away (pageserver | head -1) makes the
 	// summary's write fail, logged, instead of killing us.
-	signal.Ignore(syscall.SIGPIPE)
+	sigs := daemon.Catch()
+	defer sigs.Stop()
 
 	if cli.WantsVersion(args) {
 		cli.PrintVersion(stdout, "pageserver")
@@ -249,52 +244,51 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cli.ExitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "pageserver: %v\n", err)
-		return cli.ExitCode(err)
+		return cli.Fail(stderr, "pageserver", nil, err)
 	}
 	log, err := cli.NewLogger("pageserver", cfg.logLevel, cfg.logJSON, stderr)
 	if err != nil {
-		fmt.Fprintf(stderr, "pageserver: %v\n", err)
-		return cli.ExitUsage
+		return cli.Fail(stderr, "pageserver", nil, cli.Usagef("log-level", cfg.logLevel, "%v", err))
 	}
 	// Demand answers must not wait for the network poller behind bulk
 	// work, even on one CPU (see cli.MinProcs).
 	procs := cli.EnsureProcs(cli.MinProcs)
 	log.Debug("runtime", "gomaxprocs", procs)
-	code, err := serve(cfg, log, sigs, stdout)
-	if err != nil {
-		fmt.Fprintf(stderr, "pageserver: %v\n", err)
+	if err := serve(cfg, log, sigs, stdout); err != nil {
+		return cli.Fail(stderr, "pageserver", nil, err)
 	}
-	return code
+	return cli.ExitOK
 }
 
-// serve runs the server until a signal or a failure. Until it serves, what
-// the flags name (token file, TLS files, source, addresses) is opened, read
-// and bound: a failure there is a bad flag value (ExitUsage, the message
-// names the flag); once it serves, failures are runtime failures.
-func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Writer) (int, error) {
+// serve runs the server until a signal or a failure; its error carries the
+// exit code (cli.ExitCode). Until it serves, what the flags name (token
+// file, TLS files, source, addresses) is opened, read and bound: a failure
+// there is a bad flag value (ExitUsage, the message names the flag); once
+// it serves, failures are runtime failures, and so is a stop that cut
+// sessions.
+func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer) error {
 	start := time.Now()
 	token, err := cli.ReadToken(cfg.tokenFile, tokenEnv)
 	if err != nil {
-		return cli.ExitCode(err), err
+		return err
 	}
 	var creds credentials.TransportCredentials
 	if cfg.tlsCert != "" {
 		tc, err := cli.ServerTLS(cfg.tlsCert, cfg.tlsKey, cfg.tlsClientCA)
 		if err != nil {
-			return cli.ExitCode(err), err
+			return err
 		}
 		creds = credentials.NewTLS(tc)
 	}
 	img, err := image.OpenRanges(cfg.source, cfg.pidRanges)
 	if err != nil {
 		if errors.Is(err, image.ErrBadRanges) {
-			return cli.ExitUsage, cli.Usagef("ranges", cfg.ranges, "%v", err)
+			return cli.Usagef("ranges", cfg.ranges, "%v", err)
 		}
 		if errors.Is(err, image.ErrBadSource) {
-			return cli.ExitUsage, cli.Usagef("source", cfg.source, "%v", err)
+			return cli.Usagef("source", cfg.source, "%v", err)
 		}
-		return cli.ExitFailure, fmt.Errorf("--source %q: %w", cfg.source, err)
+		return fmt.Errorf("--source %q: %w", cfg.source, err)
 	}
 	defer img.Close()
 	if p, ok := img.(image.Process); ok && !p.StoppedAtOpen() {
@@ -309,11 +303,11 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		MaxUnauthenticated: cfg.maxUnauth, SessionUnusedTimeout: cfg.unusedAfter,
 	})
 	if err != nil {
-		return cli.ExitFailure, err
+		return err
 	}
 	lis, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
-		return cli.ExitUsage, cli.Usagef("listen", cfg.listen, "cannot listen: %v", listenErr(err))
+		return cli.Usagef("listen", cfg.listen, "cannot listen: %v", daemon.ListenError(err))
 	}
 	opts := srv.GRPCServerOptions()
 	if creds != nil {
@@ -322,23 +316,15 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	g := grpc.NewServer(opts...)
 	srv.Register(g)
 
-	var metricsSrv *http.Server
 	var metricsAddr string
 	if cfg.metricsAddr != "" {
-		ml, err := net.Listen("tcp", cfg.metricsAddr)
+		ms, err := daemon.ServeMetrics(cfg.metricsAddr, srv.MetricsHandler(), log)
 		if err != nil {
 			lis.Close()
-			return cli.ExitUsage, cli.Usagef("metrics-addr", cfg.metricsAddr, "cannot listen: %v", listenErr(err))
+			return err
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", srv.MetricsHandler())
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		metricsAddr = ml.Addr().String()
-		go func() {
-			if err := metricsSrv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics server failed", "error", err)
-			}
-		}()
+		defer ms.Close()
+		metricsAddr = ms.Addr()
 	}
 
 	served := make(chan error, 1)
@@ -359,21 +345,23 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 		Generation: fmt.Sprintf("%016x", img.Generation()), MetricsAddr: metricsAddr, TLS: creds != nil,
 	}); err != nil {
 		g.Stop()
-		return cli.ExitFailure, fmt.Errorf("printing the ready line: %w", err)
+		return fmt.Errorf("printing the ready line: %w", err)
 	}
 
-	code, graceful := cli.ExitOK, true
-	var runErr error
-	select {
-	case sig := <-sigs:
+	// The first signal stops gracefully: no new session, and the open ones
+	// may end within --drain-timeout; a second signal, or the timeout, cuts
+	// them.
+	draining, stopped := make(chan struct{}), make(chan struct{})
+	forced := make(chan daemon.Forced, 1)
+	stopWatch := sigs.Drain(cfg.drainTimeout, func(sig os.Signal) {
 		drain := "none: waiting for every session to end"
 		if cfg.drainTimeout > 0 {
 			drain = cfg.drainTimeout.String()
 		}
 		log.Info("stopping: no new sessions; a second signal cuts the open ones", "signal", sig.String(),
 			"sessions", srv.Stats().SessionsOpen, "drain_timeout", drain)
+		close(draining) // before GracefulStop ends Serve
 		srv.Shutdown()
-		stopped := make(chan struct{})
 		go func() {
 			// The lanes' drain first: it ends the gRPC demand lanes of
 			// sessions that have not started, which GracefulStop waits for.
@@ -382,36 +370,37 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 			<-lanes
 			close(stopped)
 		}()
-		var expired <-chan time.Time // never, with --drain-timeout 0
-		if cfg.drainTimeout > 0 {
-			timer := time.NewTimer(cfg.drainTimeout)
-			defer timer.Stop()
-			expired = timer.C
+	}, func(why daemon.Forced) { forced <- why })
+	defer stopWatch()
+
+	graceful := true
+	var runErr error
+	select {
+	case err := <-served:
+		select {
+		case <-draining: // the graceful stop ended Serve
+		default:
+			runErr = fmt.Errorf("serving on %s: %w", lis.Addr(), err)
+			graceful = false
 		}
+	case <-draining:
+	}
+	if runErr == nil {
 		select {
 		case <-stopped:
-		case <-expired:
-			log.Warn("graceful stop timed out: closing the remaining sessions", "drain_timeout", cfg.drainTimeout,
-				"sessions", srv.Stats().SessionsOpen)
+		case why := <-forced:
+			if why.Signal == nil {
+				log.Warn("graceful stop timed out: closing the remaining sessions", "drain_timeout", cfg.drainTimeout,
+					"sessions", srv.Stats().SessionsOpen)
+			} else {
+				log.Warn("second signal: stopping at once", "signal", why.Signal.String(), "sessions", srv.Stats().SessionsOpen)
+			}
 			graceful = false
-		case sig := <-sigs:
-			log.Warn("second signal: stopping at once", "signal", sig.String(), "sessions", srv.Stats().SessionsOpen)
-			graceful = false
-		}
-		if !graceful {
 			g.Stop()
 			srv.CloseSocketLanes()
 			<-stopped
-			code = cli.ExitFailure
+			runErr = cli.Exit(cli.ExitFailure, nil) // said by the log and the summary ("graceful":false)
 		}
-	case err := <-served:
-		runErr = fmt.Errorf("serving on %s: %w", lis.Addr(), err)
-		code, graceful = cli.ExitFailure, false
-	}
-	if metricsSrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = metricsSrv.Shutdown(ctx)
-		cancel()
 	}
 	st := srv.Stats()
 	var errs uint64
@@ -429,15 +418,5 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	if err := cli.PrintJSONLine(stdout, sum); err != nil {
 		log.Warn("writing the summary line to stdout failed", "error", err)
 	}
-	return code, runErr
-}
-
-// listenErr drops net.Listen's "listen tcp ADDR:" prefix, which the usage
-// error names already: "bind: address already in use".
-func listenErr(err error) error {
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		return oe.Err
-	}
-	return err
+	return runErr
 }
