@@ -260,37 +260,42 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return cli.ExitOK
 }
 
-// serve runs the server until a signal or a failure; its error carries the
-// exit code (cli.ExitCode). Until it serves, what the flags name (token
-// file, TLS files, source, addresses) is opened, read and bound: a failure
-// there is a bad flag value (ExitUsage, the message names the flag); once
-// it serves, failures are runtime failures, and so is a stop that cut
-// sessions.
-func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer) error {
-	start := time.Now()
+// instance is what open makes of the flags: nothing served yet.
+type instance struct {
+	img   image.Image
+	srv   *transport.Server
+	lis   net.Listener
+	g     *grpc.Server
+	token []byte
+	tls   bool
+}
+
+// open is the first phase: it opens, reads and binds what the flags name
+// (token file, TLS files, source, address). A failure here is a bad flag
+// value (ExitUsage, the message names the flag), or one of this machine.
+func open(cfg *config, log hclog.Logger) (*instance, error) {
 	token, err := cli.ReadToken(cfg.tokenFile, tokenEnv)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var creds credentials.TransportCredentials
 	if cfg.tlsCert != "" {
 		tc, err := cli.ServerTLS(cfg.tlsCert, cfg.tlsKey, cfg.tlsClientCA)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		creds = credentials.NewTLS(tc)
 	}
 	img, err := image.OpenRanges(cfg.source, cfg.pidRanges)
 	if err != nil {
 		if errors.Is(err, image.ErrBadRanges) {
-			return cli.Usagef("ranges", cfg.ranges, "%v", err)
+			return nil, cli.Usagef("ranges", cfg.ranges, "%v", err)
 		}
 		if errors.Is(err, image.ErrBadSource) {
-			return cli.Usagef("source", cfg.source, "%v", err)
+			return nil, cli.Usagef("source", cfg.source, "%v", err)
 		}
-		return fmt.Errorf("--source %q: %w", cfg.source, err)
+		return nil, fmt.Errorf("--source %q: %w", cfg.source, err)
 	}
-	defer img.Close()
 	if p, ok := img.(image.Process); ok && !p.StoppedAtOpen() {
 		log.Warn("the source process is not stopped: its pages may change while they are served, "+
 			"and a destination would then get memory of no single moment; stop it (SIGSTOP) before the destination resumes",
@@ -303,11 +308,13 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 		MaxUnauthenticated: cfg.maxUnauth, SessionUnusedTimeout: cfg.unusedAfter,
 	})
 	if err != nil {
-		return err
+		img.Close()
+		return nil, err
 	}
 	lis, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
-		return cli.Usagef("listen", cfg.listen, "cannot listen: %v", daemon.ListenError(err))
+		img.Close()
+		return nil, cli.Usagef("listen", cfg.listen, "cannot listen: %v", daemon.ListenError(err))
 	}
 	opts := srv.GRPCServerOptions()
 	if creds != nil {
@@ -315,7 +322,21 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 	}
 	g := grpc.NewServer(opts...)
 	srv.Register(g)
+	return &instance{img: img, srv: srv, lis: lis, g: g, token: token, tls: creds != nil}, nil
+}
 
+// serve runs the server until a signal or a failure; its error carries the
+// exit code (cli.ExitCode). Until it serves, failures are bad flag values
+// (open); once it serves, failures are runtime failures, and so is a stop
+// that cut sessions.
+func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer) error {
+	start := time.Now()
+	in, err := open(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer in.img.Close()
+	img, srv, lis, g, token := in.img, in.srv, in.lis, in.g, in.token
 	var metricsAddr string
 	if cfg.metricsAddr != "" {
 		ms, err := daemon.ServeMetrics(cfg.metricsAddr, srv.MetricsHandler(), log)
@@ -338,19 +359,42 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 			"set --token-file or " + tokenEnv)
 	}
 	log.Info("serving", "addr", lis.Addr().String(), "image", img.String(),
-		"generation", fmt.Sprintf("%016x", img.Generation()), "tls", creds != nil,
+		"generation", fmt.Sprintf("%016x", img.Generation()), "tls", in.tls,
 		"mutual_tls", cfg.tlsClientCA != "", "token", len(token) > 0)
 	if err := cli.PrintJSONLine(stdout, readyEvent{
 		Event: "ready", Version: version.Get().Version, Addr: lis.Addr().String(), Source: cfg.source, Size: img.Size(),
-		Generation: fmt.Sprintf("%016x", img.Generation()), MetricsAddr: metricsAddr, TLS: creds != nil,
+		Generation: fmt.Sprintf("%016x", img.Generation()), MetricsAddr: metricsAddr, TLS: in.tls,
 	}); err != nil {
 		g.Stop()
 		return fmt.Errorf("printing the ready line: %w", err)
 	}
 
-	// The first signal stops gracefully: no new session, and the open ones
-	// may end within --drain-timeout; a second signal, or the timeout, cuts
-	// them.
+	graceful, runErr := stop(in, cfg, log, sigs, served)
+	st := srv.Stats()
+	var errs uint64
+	for _, n := range st.Errors {
+		errs += n
+	}
+	sum := summaryEvent{
+		Event: "summary", Version: version.Get().Version, Graceful: graceful, UptimeSeconds: time.Since(start).Seconds(),
+		SessionsTotal: st.SessionsTotal, SessionsOpen: st.SessionsOpen,
+		DemandRequests: st.DemandRequests, DemandBytes: st.DemandBytes,
+		BulkRequests: st.BulkRequests, BulkBytes: st.BulkBytes, ZeroPages: st.ZeroPages, Errors: errs,
+	}
+	log.Info("stopped", "graceful", graceful, "sessions", st.SessionsTotal,
+		"demand_bytes", st.DemandBytes, "bulk_bytes", st.BulkBytes, "zero_pages", st.ZeroPages)
+	if err := cli.PrintJSONLine(stdout, sum); err != nil {
+		log.Warn("writing the summary line to stdout failed", "error", err)
+	}
+	return runErr
+}
+
+// stop waits for the end: the first signal stops gracefully — no new
+// session, and the open ones may end within --drain-timeout — a second
+// signal or the timeout cuts them; or serving fails. graceful is false if
+// sessions were cut or serving failed.
+func stop(in *instance, cfg *config, log hclog.Logger, sigs *daemon.Signals, served <-chan error) (graceful bool, err error) {
+	srv, g, lis := in.srv, in.g, in.lis
 	draining, stopped := make(chan struct{}), make(chan struct{})
 	forced := make(chan daemon.Forced, 1)
 	stopWatch := sigs.Drain(cfg.drainTimeout, func(sig os.Signal) {
@@ -373,19 +417,18 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 	}, func(why daemon.Forced) { forced <- why })
 	defer stopWatch()
 
-	graceful := true
-	var runErr error
+	graceful = true
 	select {
-	case err := <-served:
+	case serr := <-served:
 		select {
 		case <-draining: // the graceful stop ended Serve
 		default:
-			runErr = fmt.Errorf("serving on %s: %w", lis.Addr(), err)
+			err = fmt.Errorf("serving on %s: %w", lis.Addr(), serr)
 			graceful = false
 		}
 	case <-draining:
 	}
-	if runErr == nil {
+	if err == nil {
 		select {
 		case <-stopped:
 		case why := <-forced:
@@ -399,24 +442,8 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 			g.Stop()
 			srv.CloseSocketLanes()
 			<-stopped
-			runErr = cli.Exit(cli.ExitFailure, nil) // said by the log and the summary ("graceful":false)
+			err = cli.Exit(cli.ExitFailure, nil) // said by the log and the summary ("graceful":false)
 		}
 	}
-	st := srv.Stats()
-	var errs uint64
-	for _, n := range st.Errors {
-		errs += n
-	}
-	sum := summaryEvent{
-		Event: "summary", Version: version.Get().Version, Graceful: graceful, UptimeSeconds: time.Since(start).Seconds(),
-		SessionsTotal: st.SessionsTotal, SessionsOpen: st.SessionsOpen,
-		DemandRequests: st.DemandRequests, DemandBytes: st.DemandBytes,
-		BulkRequests: st.BulkRequests, BulkBytes: st.BulkBytes, ZeroPages: st.ZeroPages, Errors: errs,
-	}
-	log.Info("stopped", "graceful", graceful, "sessions", st.SessionsTotal,
-		"demand_bytes", st.DemandBytes, "bulk_bytes", st.BulkBytes, "zero_pages", st.ZeroPages)
-	if err := cli.PrintJSONLine(stdout, sum); err != nil {
-		log.Warn("writing the summary line to stdout failed", "error", err)
-	}
-	return runErr
+	return graceful, err
 }
