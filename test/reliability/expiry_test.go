@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/internal/testutil/pki"
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/wire"
 )
@@ -33,14 +34,14 @@ type expiryCase struct {
 
 func expiryCases(t *testing.T) []expiryCase {
 	dir := t.TempDir()
-	pki := newCA(t, dir, "ca")
-	srvCert, srvKey := pki.issue("server", leafOptions{hosts: []string{"127.0.0.1"}})
-	probeTLS, err := cli.ClientTLS(pki.File, "", "")
+	ca := pki.NewCAT(t, dir, "ca")
+	srvCert, srvKey := ca.IssueT(t, "server", pki.Leaf{Hosts: []string{"127.0.0.1"}})
+	probeTLS, err := cli.ClientTLS(ca.File, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return []expiryCase{
-		{"tls", []string{"--tls-cert", srvCert, "--tls-key", srvKey}, []string{"--tls-ca", pki.File}, probeTLS},
+		{"tls", []string{"--tls-cert", srvCert, "--tls-key", srvKey}, []string{"--tls-ca", ca.File}, probeTLS},
 		{"plaintext-no-demand-socket", []string{"--demand-socket=false"}, nil, nil},
 		{"plaintext", nil, nil, nil},
 	}
