@@ -19,10 +19,11 @@ import (
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/internal/version"
+	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/fetcher"
 	"github.com/postcopy/postcopy/pkg/handshake"
-	"github.com/postcopy/postcopy/pkg/transport"
 	"github.com/postcopy/postcopy/pkg/uffd"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // config is every flag, parsed and validated as a whole.
@@ -258,15 +259,15 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 		}
 		token = nil // no token configured: the server decides whether it needs one
 	}
-	opts := transport.ClientOptions{Token: token, Logger: log.Named("transport"), DialTimeout: c.dialTimeout,
+	opts := client.Options{Token: token, Logger: log.Named("transport"), DialTimeout: c.dialTimeout,
 		Name: "pagefetcher"}
 	if c.tlsCA != "" {
 		if opts.TLS, err = cli.ClientTLS(c.tlsCA, c.tlsCert, c.tlsKey); err != nil {
 			return &failure{exitUsage, err}
 		}
 	}
-	dial := func(ctx context.Context) (*transport.Client, error) {
-		return transport.Dial(ctx, c.server, opts)
+	dial := func(ctx context.Context) (*client.Client, error) {
+		return client.Dial(ctx, c.server, opts)
 	}
 
 	// Reach the server and check the token before any VMM hands over.
@@ -277,7 +278,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 	info, err := client.Hello(ctx)
 	if err != nil {
 		client.Close()
-		if errors.Is(err, transport.ErrUnauthenticated) {
+		if errors.Is(err, wire.ErrUnauthenticated) {
 			return fatal(exitAuth, "server %s refused the token: %v", c.server, err)
 		}
 		return fatal(exitUnreachable, "server %s: %v%s", c.server, err, tlsHint(c, err))
@@ -289,7 +290,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 	// (fetcher.Config.Opened; a layout it does not cover, 2 MiB pages,
 	// opens its own). The bulk lane's connection is dialled now too, used
 	// if the handoff comes within a few seconds
-	// (transport.Client.PrepareLanes).
+	// (client.Client.PrepareLanes).
 	opened := openAhead(ctx, client, info, log)
 	if opened != nil && opened.Demand != nil {
 		client.PrepareLanes(1) // the bulk lane's
@@ -487,11 +488,11 @@ func finish(sum *fetcher.Summary, err error, forced string, stdout *output) erro
 		return &failure{exitVMMGone, err}
 	case errors.Is(err, fetcher.ErrImageChanged):
 		return &failure{exitImageChange, err}
-	case errors.Is(err, fetcher.ErrSourceLost), errors.Is(err, transport.ErrSourceGone):
+	case errors.Is(err, fetcher.ErrSourceLost), errors.Is(err, wire.ErrSourceGone):
 		return &failure{exitSourceLost, err}
 	case errors.Is(err, fetcher.ErrLayout):
 		return &failure{exitHandoff, err}
-	case errors.Is(err, transport.ErrUnauthenticated):
+	case errors.Is(err, wire.ErrUnauthenticated):
 		return &failure{exitAuth, err}
 	}
 	return &failure{exitError, err}
@@ -572,11 +573,11 @@ func tlsHint(c *config, err error) string {
 // 4 KiB pages: a file's whole, a process's readable mappings) before any
 // VMM hands over, and its demand lane; nil, logged, if the server refuses:
 // the fetcher then opens one after the handoff.
-func openAhead(ctx context.Context, client *transport.Client, info transport.ImageInfo, log hclog.Logger) *fetcher.Opened {
+func openAhead(ctx context.Context, client *client.Client, info wire.ImageInfo, log hclog.Logger) *fetcher.Opened {
 	regions := aheadRegions(info)
 	if len(regions) == 0 {
 		log.Debug("no session opened ahead: the image has no readable extent, or more than a session may have regions",
-			"extents", len(info.Readable), "max_regions", transport.MaxRegions)
+			"extents", len(info.Readable), "max_regions", wire.MaxRegions)
 		return nil
 	}
 	sess, err := client.Open(ctx, regions, info.Generation)
@@ -599,13 +600,13 @@ func openAhead(ctx context.Context, client *transport.Client, info transport.Ima
 // aheadRegions are the regions of a session opened ahead: each readable
 // extent of the image ([0, Size) from a server that lists none), cut to
 // whole 4 KiB pages; none if there are more than a session may have.
-func aheadRegions(info transport.ImageInfo) []transport.Region {
+func aheadRegions(info wire.ImageInfo) []wire.Region {
 	extents := info.Readable
 	if len(extents) == 0 {
-		extents = []transport.Extent{{Offset: 0, Length: info.Size}}
+		extents = []wire.Extent{{Offset: 0, Length: info.Size}}
 	}
-	const ps = transport.PageSize4K
-	var regions []transport.Region
+	const ps = wire.PageSize4K
+	var regions []wire.Region
 	for _, e := range extents {
 		if e.Offset+e.Length < e.Offset || e.Offset > ^uint64(0)-ps {
 			continue // wraps: no region (the server names no such extent)
@@ -613,10 +614,10 @@ func aheadRegions(info transport.ImageInfo) []transport.Region {
 		start := (e.Offset + ps - 1) &^ (ps - 1)
 		end := (e.Offset + e.Length) &^ (ps - 1)
 		if end > start {
-			regions = append(regions, transport.Region{Offset: start, Length: end - start, PageSize: ps})
+			regions = append(regions, wire.Region{Offset: start, Length: end - start, PageSize: ps})
 		}
 	}
-	if len(regions) > transport.MaxRegions {
+	if len(regions) > wire.MaxRegions {
 		return nil
 	}
 	return regions

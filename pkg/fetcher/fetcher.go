@@ -10,9 +10,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/postcopy/postcopy/internal/metrics"
+	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
-	"github.com/postcopy/postcopy/pkg/transport"
 	"github.com/postcopy/postcopy/pkg/uffd"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // Errors that end Run. The binary maps each to its own exit code.
@@ -42,9 +43,9 @@ type Config struct {
 	Regions []Region
 	// Client is connected to the page server (Dial and, usually, Hello
 	// done). Run closes it.
-	Client *transport.Client
+	Client *client.Client
 	// Redial connects again after a lane broke; nil disables reconnecting.
-	Redial func(ctx context.Context) (*transport.Client, error)
+	Redial func(ctx context.Context) (*client.Client, error)
 	// ExpectGeneration, when not zero, is the image generation the session
 	// must have (a reconnect always demands the first session's).
 	ExpectGeneration uint64
@@ -104,9 +105,9 @@ type Config struct {
 // with its demand lane where it was opened too (a server's graceful stop
 // ends a demand lane whose session has served nothing).
 type Opened struct {
-	Session *transport.Session
-	Regions []transport.Region
-	Demand  *transport.Lane // nil: Run opens it
+	Session *client.Session
+	Regions []wire.Region
+	Demand  *client.Lane // nil: Run opens it
 }
 
 // End ends a session opened ahead and not used (Session.End), within a
