@@ -8,8 +8,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/fetcher"
-	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // upstream is the server as connect leaves it: reached, the token checked,
@@ -40,33 +41,33 @@ func connect(ctx context.Context, c *config, log hclog.Logger) (*upstream, error
 		}
 		token = nil // no token configured: the server decides whether it needs one
 	}
-	opts := transport.ClientOptions{Token: token, Logger: log.Named("transport"), DialTimeout: c.dialTimeout,
+	opts := client.Options{Token: token, Logger: log.Named("transport"), DialTimeout: c.dialTimeout,
 		Name: "pagefetcher"}
 	if c.tlsCA != "" {
 		if opts.TLS, err = cli.ClientTLS(c.tlsCA, c.tlsCert, c.tlsKey); err != nil {
 			return nil, err
 		}
 	}
-	client, err := transport.Dial(ctx, c.server, opts)
+	cl, err := client.Dial(ctx, c.server, opts)
 	if err != nil {
 		return nil, cli.Exitf(exitUnreachable, "server %s unreachable: %v%s", c.server, err, tlsHint(c, err))
 	}
-	info, err := client.Hello(ctx)
+	info, err := cl.Hello(ctx)
 	if err != nil {
-		client.Close()
-		if errors.Is(err, transport.ErrUnauthenticated) {
+		cl.Close()
+		if errors.Is(err, wire.ErrUnauthenticated) {
 			return nil, cli.Exitf(exitAuth, "server %s refused the token: %v", c.server, err)
 		}
 		return nil, cli.Exitf(exitUnreachable, "server %s: %v%s", c.server, err, tlsHint(c, err))
 	}
 	log.Info("server reached", "server", c.server, "image", info.Description, "size", info.Size)
-	u := &upstream{src: fetcher.ClientSource(client), info: info}
+	u := &upstream{src: fetcher.ClientSource(cl), info: info}
 	u.redial = func(ctx context.Context) (fetcher.Source, error) {
-		client, err := transport.Dial(ctx, c.server, opts)
+		cl, err := client.Dial(ctx, c.server, opts)
 		if err != nil {
 			return nil, err
 		}
-		return fetcher.ClientSource(client), nil
+		return fetcher.ClientSource(cl), nil
 	}
 	u.opened = fetcher.OpenAhead(ctx, u.src, info, log)
 	return u, nil

@@ -14,7 +14,7 @@ import (
 	"github.com/postcopy/postcopy/internal/daemon"
 	"github.com/postcopy/postcopy/internal/version"
 	"github.com/postcopy/postcopy/pkg/fetcher"
-	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // supervise is the last phase: it runs the migration until every page is
@@ -102,11 +102,11 @@ func finish(sum *fetcher.Summary, err error, forced string, out *output) error {
 		return cli.Exit(exitVMMGone, err)
 	case errors.Is(err, fetcher.ErrImageChanged):
 		return cli.Exit(exitImageChange, err)
-	case errors.Is(err, fetcher.ErrSourceLost), errors.Is(err, transport.ErrSourceGone):
+	case errors.Is(err, fetcher.ErrSourceLost), errors.Is(err, wire.ErrSourceGone):
 		return cli.Exit(exitSourceLost, err)
 	case errors.Is(err, fetcher.ErrLayout):
 		return cli.Exit(exitHandoff, err)
-	case errors.Is(err, transport.ErrUnauthenticated):
+	case errors.Is(err, wire.ErrUnauthenticated):
 		return cli.Exit(exitAuth, err)
 	}
 	return cli.Exit(exitError, err)

@@ -48,7 +48,7 @@ import (
 	"github.com/postcopy/postcopy/internal/daemon"
 	"github.com/postcopy/postcopy/internal/version"
 	"github.com/postcopy/postcopy/pkg/image"
-	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/server"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -105,8 +105,8 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.listen, "listen", defaultListen, "`address` to serve on (host:port; loopback by default)")
 	fs.StringVar(&c.source, "source", "", "the image to serve: file:PATH (memory image or shared-memory file) or pid:PID (a stopped process; needs --ranges)")
 	fs.StringVar(&c.ranges, "ranges", "", "with a pid: source, what of the process to serve (required): a comma-separated `list` of 0xSTART-0xEND address ranges, map:PATTERN (mappings whose /proc/PID/maps path matches; * matches anything), or all (every readable mapping: stack, environment, heap and libraries too)")
-	fs.IntVar(&c.maxUnauth, "max-unauthenticated", transport.DefaultMaxUnauthenticated, "connections accepted and not yet authenticated at once, a quarter of them from any one address; a new one is never refused: it closes the oldest pending one of its own address past that quarter, or at the limit of the address holding the most")
-	fs.DurationVar(&c.unusedAfter, "session-unused-timeout", transport.DefaultSessionUnusedTimeout, "a session that has served nothing and has no lane open for this long is ended (at the next Open)")
+	fs.IntVar(&c.maxUnauth, "max-unauthenticated", server.DefaultMaxUnauthenticated, "connections accepted and not yet authenticated at once, a quarter of them from any one address; a new one is never refused: it closes the oldest pending one of its own address past that quarter, or at the limit of the address holding the most")
+	fs.DurationVar(&c.unusedAfter, "session-unused-timeout", server.DefaultSessionUnusedTimeout, "a session that has served nothing and has no lane open for this long is ended (at the next Open)")
 	fs.StringVar(&c.tokenFile, "token-file", "", "`file` holding the shared token (default: the "+tokenEnv+" environment variable; neither: no token, warned)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "read bulk runs at a lower CPU priority while demand requests come")
 	fs.BoolVar(&c.demandSocket, "demand-socket", true, "also serve the demand lane as a plain socket lane on the same port (plaintext only; clients fall back to gRPC without it)")
@@ -118,7 +118,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: "+cli.LogLevels)
 	fs.BoolVar(&c.logJSON, "log-json", false, "log JSON lines instead of text")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "`address` (host:port) to serve Prometheus metrics on at /metrics (default: off)")
-	fs.IntVar(&c.maxSessions, "max-sessions", transport.DefaultMaxSessions, "sessions open at once")
+	fs.IntVar(&c.maxSessions, "max-sessions", server.DefaultMaxSessions, "sessions open at once")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", defaultDrain, "after SIGTERM/SIGINT, how long open sessions may take to end before they are cut (then exit 1); 0: wait for every session. A second signal cuts them at once")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -263,7 +263,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 // instance is what open makes of the flags: nothing served yet.
 type instance struct {
 	img   image.Image
-	srv   *transport.Server
+	srv   *server.Server
 	lis   net.Listener
 	g     *grpc.Server
 	token []byte
@@ -301,7 +301,7 @@ func open(cfg *config, log hclog.Logger) (*instance, error) {
 			"and a destination would then get memory of no single moment; stop it (SIGSTOP) before the destination resumes",
 			"pid", p.PID(), "state", string(p.StateAtOpen()))
 	}
-	srv, err := transport.NewServer(transport.ServerOptions{
+	srv, err := server.NewServer(server.Options{
 		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions,
 		DemandSocket: creds == nil && cfg.demandSocket, BulkSocket: creds == nil && cfg.bulkSocket,
 		BulkYield: cfg.bulkYield, UrgentDemand: cfg.demandPrio == "rt",
@@ -351,7 +351,7 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 	served := make(chan error, 1)
 	// Plaintext: socket lanes share the port; with TLS or without, the
 	// listener retries temporary accept failures and bounds the connections
-	// not yet authenticated (see transport.SplitListener).
+	// not yet authenticated (see server.SplitListener).
 	glis := srv.SplitListener(lis)
 	go func() { served <- g.Serve(glis) }()
 	if len(token) == 0 {

@@ -21,10 +21,12 @@ import (
 
 	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/handshake"
 	"github.com/postcopy/postcopy/pkg/image"
-	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/server"
 	"github.com/postcopy/postcopy/pkg/uffd"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // The VMM runs in a child process (this test binary, re-executed): a thread
@@ -162,8 +164,8 @@ type harness struct {
 	sock    string
 	// preopen, if set: the session is opened with these regions before
 	// the fetcher is made (Config.Opened).
-	preopen []transport.Region
-	srv     *transport.Server
+	preopen []wire.Region
+	srv     *server.Server
 }
 
 func newHarness(t *testing.T, size int64) *harness {
@@ -185,7 +187,7 @@ func newHarnessLanes(t *testing.T, size int64, sockets bool) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { img.Close() })
-	srv, err := transport.NewServer(transport.ServerOptions{Image: img,
+	srv, err := server.NewServer(server.Options{Image: img,
 		DemandSocket: sockets, BulkSocket: sockets, UrgentDemand: sockets})
 	if err != nil {
 		t.Fatal(err)
@@ -257,7 +259,7 @@ func (h *harness) migrate(spec string, cfg Config, env ...string) migration {
 	}
 	defer fd.Close()
 	if cfg.Source == nil {
-		client, err := transport.Dial(ctx, h.addr, transport.ClientOptions{})
+		client, err := client.Dial(ctx, h.addr, client.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -350,11 +352,11 @@ func TestMigrateUrgentSocketLanes(t *testing.T) {
 func TestMigrateOpenedAhead(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
-		regions  []transport.Region
+		regions  []wire.Region
 		sessions uint64
 	}{
-		{"covers", []transport.Region{{Offset: 0, Length: 16 << 20, PageSize: transport.PageSize4K}}, 1},
-		{"falls-short", []transport.Region{{Offset: 0, Length: 4 << 20, PageSize: transport.PageSize4K}}, 2},
+		{"covers", []wire.Region{{Offset: 0, Length: 16 << 20, PageSize: wire.PageSize4K}}, 1},
+		{"falls-short", []wire.Region{{Offset: 0, Length: 4 << 20, PageSize: wire.PageSize4K}}, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarnessLanes(t, 16<<20, true)

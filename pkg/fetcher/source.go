@@ -3,7 +3,8 @@ package fetcher
 import (
 	"context"
 
-	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/client"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // Source is where a migration's pages come from: the page server, through
@@ -74,31 +75,31 @@ type Lane interface {
 type (
 	// Request asks for Pages pages at Offset, in the page size of the
 	// session region holding Offset; ID comes back in the Response.
-	Request = transport.Request
+	Request = wire.Request
 	// Response answers a Request: Segments cover its pages in order, Data
 	// holds the bytes of its data segments, each with its CRC-32C
 	// (Castagnoli).
-	Response = transport.Response
+	Response = wire.Response
 	// Segment is a run of consecutive pages of a Response, all zero (no
 	// bytes in Data) or all data.
-	Segment = transport.Segment
+	Segment = wire.Segment
 	// SourceRegion is a range of the image's offset space a session covers,
 	// in pages of PageSize.
-	SourceRegion = transport.Region
+	SourceRegion = wire.Region
 	// ImageInfo identifies a source's image: size, generation, readable
 	// extents.
-	ImageInfo = transport.ImageInfo
+	ImageInfo = wire.ImageInfo
 	// Extent is a range of an image's offset space.
-	Extent = transport.Extent
+	Extent = wire.Extent
 	// DoneTotals are a finished migration's totals, for the source's logs.
-	DoneTotals = transport.DoneTotals
+	DoneTotals = client.DoneTotals
 )
 
 // Page sizes a session region may have.
 const (
-	PageSize4K = transport.PageSize4K
-	PageSize2M = transport.PageSize2M
+	PageSize4K = wire.PageSize4K
+	PageSize2M = wire.PageSize2M
 )
 
 // MaxSourceRegions is the most regions a session may have.
-const MaxSourceRegions = transport.MaxRegions
+const MaxSourceRegions = wire.MaxRegions

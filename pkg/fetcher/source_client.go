@@ -8,16 +8,17 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/client"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // ClientSource is the page server as a Source, through a client connected
-// to it (transport.Dial; Hello done, so that sessions open in one round
+// to it (client.Dial; Hello done, so that sessions open in one round
 // trip where the server can). Its lanes are the client's own: a request
 // and an answer cost an interface call more, nothing else.
-func ClientSource(c *transport.Client) Source { return clientSource{c} }
+func ClientSource(c *client.Client) Source { return clientSource{c} }
 
-type clientSource struct{ c *transport.Client }
+type clientSource struct{ c *client.Client }
 
 func (s clientSource) Open(ctx context.Context, regions []SourceRegion, expect uint64) (Session, error) {
 	sess, err := s.c.Open(ctx, regions, expect)
@@ -35,10 +36,10 @@ func (s clientSource) OpenDemand(ctx context.Context, regions []SourceRegion, ex
 	return clientSession{sess}, lane, nil
 }
 
-// Retryable: a connection-level failure (transport.IsRetryable), or a
+// Retryable: a connection-level failure (wire.IsRetryable), or a
 // session the server no longer knows (it restarted, or expired it).
 func (s clientSource) Retryable(err error) bool {
-	return transport.IsRetryable(err) || errors.Is(err, transport.ErrSessionNotFound)
+	return wire.IsRetryable(err) || errors.Is(err, wire.ErrSessionNotFound)
 }
 
 func (s clientSource) PrepareLanes(n int) { s.c.PrepareLanes(n) }
@@ -50,9 +51,9 @@ func (s clientSource) Close() error { return s.c.Close() }
 // the image (the server's InvalidArgument or OutOfRange).
 func openError(err error) error {
 	switch {
-	case errors.Is(err, transport.ErrImageChanged):
+	case errors.Is(err, wire.ErrImageChanged):
 		return fmt.Errorf("%w: %w", ErrImageChanged, err)
-	case errors.Is(err, transport.ErrSourceGone):
+	case errors.Is(err, wire.ErrSourceGone):
 		return fmt.Errorf("%w: %w", ErrSourceLost, err)
 	}
 	if c := status.Code(err); c == codes.InvalidArgument || c == codes.OutOfRange {
@@ -61,8 +62,8 @@ func openError(err error) error {
 	return err
 }
 
-// clientSession is a transport.Session as a Session: its lanes as Lanes.
-type clientSession struct{ *transport.Session }
+// clientSession is a client.Session as a Session: its lanes as Lanes.
+type clientSession struct{ *client.Session }
 
 func (s clientSession) Demand(ctx context.Context) (Lane, error) {
 	l, err := s.Session.Demand(ctx)

@@ -11,7 +11,8 @@ import (
 
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/testutil/pki"
-	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/client"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // unusedTimeout is the pageserver --session-unused-timeout of these tests:
@@ -94,7 +95,7 @@ func (e *env) outliveUnusedTimeout(srv *proc, addr string, tlsCfg *tls.Config) {
 	probe := e.probeClient(addr, tlsCfg)
 	ctx, cancel := context.WithTimeout(context.Background(), eventTimeout)
 	defer cancel()
-	if _, err := probe.Open(ctx, []transport.Region{{Offset: 0, Length: 4096, PageSize: 4096}}, 0); err != nil {
+	if _, err := probe.Open(ctx, []wire.Region{{Offset: 0, Length: 4096, PageSize: 4096}}, 0); err != nil {
 		e.t.Fatalf("probe Open: %v", err)
 	}
 	for {
@@ -114,7 +115,7 @@ func (e *env) outliveUnusedTimeout(srv *proc, addr string, tlsCfg *tls.Config) {
 
 // probeClient dials addr with the env's token (over TLS with tlsCfg), as
 // another destination would; closed at the end of the test.
-func (e *env) probeClient(addr string, tlsCfg *tls.Config) *transport.Client {
+func (e *env) probeClient(addr string, tlsCfg *tls.Config) *client.Client {
 	e.t.Helper()
 	tok, err := os.ReadFile(e.tokenFile)
 	if err != nil {
@@ -122,7 +123,7 @@ func (e *env) probeClient(addr string, tlsCfg *tls.Config) *transport.Client {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), eventTimeout)
 	defer cancel()
-	cl, err := transport.Dial(ctx, addr, transport.ClientOptions{TLS: tlsCfg,
+	cl, err := client.Dial(ctx, addr, client.Options{TLS: tlsCfg,
 		Token: []byte(strings.TrimSpace(string(tok))), Name: "expiry-probe"})
 	if err != nil {
 		e.t.Fatal(err)
@@ -133,9 +134,9 @@ func (e *env) probeClient(addr string, tlsCfg *tls.Config) *transport.Client {
 
 // openAndEnd opens a one-page session and ends it as unused: the Open is
 // when the server ends the sessions unused past its timeout.
-func openAndEnd(ctx context.Context, t *testing.T, cl *transport.Client) {
+func openAndEnd(ctx context.Context, t *testing.T, cl *client.Client) {
 	t.Helper()
-	s, err := cl.Open(ctx, []transport.Region{{Offset: 0, Length: 4096, PageSize: 4096}}, 0)
+	s, err := cl.Open(ctx, []wire.Region{{Offset: 0, Length: 4096, PageSize: 4096}}, 0)
 	if err != nil {
 		t.Fatalf("probe Open: %v", err)
 	}
