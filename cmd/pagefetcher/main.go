@@ -106,7 +106,7 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	f, err := fetcher.New(fetcher.Config{
 		UFFD: h.fd, Regions: h.regions, Source: up.src, Redial: up.redial,
 		ExpectGeneration: up.info.Generation, ImageSize: up.info.Size, Prefetch: c.prefetch == "on",
-		BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
+		DemandRate: demandRate(c.demandRate), BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
 		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.urgentBudget(), Opened: up.opened,
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
 		VMMPid: int(h.cred.Pid), HandoffAt: h.at,
@@ -128,4 +128,13 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		log.Info("VMM handed over", "pid", h.cred.Pid, "uid", h.cred.Uid, "regions", len(h.regions),
 			"since_handoff", h.took)
 	})
+}
+
+// demandRate maps --demand-rate to fetcher.Config.DemandRate: the flag's 0
+// is "no bound", the library's negative.
+func demandRate(flag float64) float64 {
+	if flag == 0 {
+		return -1
+	}
+	return flag
 }

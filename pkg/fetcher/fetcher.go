@@ -11,6 +11,7 @@ import (
 
 	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
+	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
 
@@ -61,6 +62,12 @@ type Config struct {
 	// there — are sent more of, up to 8 times as many, so that a window of
 	// small runs still fills the link.
 	BulkWindow int
+	// DemandRate bounds the faults per second that take the demand lane
+	// while the bulk lane brings pages; the faults beyond it ride the bulk
+	// lane: their page starts the next bulk run (prefetch.Admission says
+	// why). 0: prefetch.DefaultDemandRate; negative: no bound, every fault
+	// takes the demand lane.
+	DemandRate float64
 	// BulkRunBytes is the largest bulk run (default 1 MiB; at least a page).
 	BulkRunBytes uint64
 	// BulkYield runs bulk placement at a lower CPU priority while demand
@@ -119,6 +126,8 @@ type Summary struct {
 	BytesReceived  uint64 `json:"bytes_received"`
 	Faults         uint64 `json:"faults"`
 	DuplicateFault uint64 `json:"faults_duplicate"`
+	// FaultsOnBulk are the faults that rode the bulk lane (DemandRate).
+	FaultsOnBulk   uint64 `json:"faults_on_bulk"`
 	FaultLatencyUS struct {
 		P50  float64 `json:"p50"`
 		P99  float64 `json:"p99"`
@@ -210,7 +219,15 @@ func New(cfg Config) (*Fetcher, error) {
 	f.pull = newPuller(f.pages)
 	f.place = newPlacer(cfg.UFFD, f.pages, f.stats, f.life, f.log)
 	f.link = &link{cfg: &f.cfg, log: f.log, pages: f.pages, place: f.place, pull: f.pull, stats: f.stats, life: f.life, prio: prio}
-	f.loop = &faultLoop{pages: f.pages, place: f.place, link: f.link, pull: f.pull, stats: f.stats, life: f.life, log: f.log}
+	rate := cfg.DemandRate
+	switch {
+	case rate == 0:
+		rate = prefetch.DefaultDemandRate
+	case rate < 0:
+		rate = 0 // no bound
+	}
+	f.loop = &faultLoop{pages: f.pages, place: f.place, link: f.link, pull: f.pull, stats: f.stats, life: f.life, log: f.log,
+		admit: prefetch.NewAdmission(rate, prefetch.DefaultDemandBurst), epoch: time.Now()}
 	if cfg.Prefetch {
 		f.EnablePrefetch()
 	}

@@ -450,3 +450,20 @@ func TestLayoutBeyondImage(t *testing.T) {
 		t.Errorf("Open of generation 2 = %v, want %v", err, ErrImageChanged)
 	}
 }
+
+// Past the demand rate, faults ride the bulk lane: with a rate of one fault
+// a second (after the first 32), four threads reading at random wait for
+// bulk runs that start at their pages — and every byte still arrives.
+func TestFaultsRideBulkLane(t *testing.T) {
+	h := newHarness(t, 64<<20)
+	m := h.migrate("4k:0x0:64M", Config{Prefetch: true, DemandRate: 1, BulkWindow: 2},
+		"FETCHER_TEST_THREADS=4", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
+	if m.sum.FaultsOnBulk == 0 {
+		t.Errorf("no fault rode the bulk lane: %+v", *m.sum)
+	}
+	if m.sum.Faults > 64 {
+		t.Errorf("%d faults took the demand lane at one a second after a burst of 32", m.sum.Faults)
+	}
+	t.Logf("faults: %d demand, %d on the bulk lane, %d duplicate; %.2f s", m.sum.Faults, m.sum.FaultsOnBulk, m.sum.DuplicateFault, m.sum.TotalSeconds)
+}

@@ -283,7 +283,19 @@ func (l *link) sendDemand(r pagestate.Request) {
 	}
 }
 
+// bulkFlowing reports whether the bulk lane of the live connection has
+// brought an answer: a fault may ride it.
+func (l *link) bulkFlowing() bool {
+	c := l.cur.Load()
+	return c != nil && c.bulkDone.Load() > 0
+}
+
 func (l *link) resendOutstanding(c *conn) {
+	// Faults riding the bulk lane: the runs that were to bring them may
+	// have been lost with the old connection (requeued, hint gone).
+	for _, pg := range l.pages.Riding(nil) {
+		l.pull.hint(pg.A.Index, pg.P)
+	}
 	reqs := l.pages.Resend(time.Now(), nil)
 	for _, r := range reqs {
 		if err := c.demand.Send(Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {

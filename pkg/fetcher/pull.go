@@ -64,6 +64,16 @@ func (u *puller) faulted(region int, p uint64) {
 	u.mu.Unlock()
 }
 
+// hint tells the policy that a fault on page p of region rides the bulk
+// lane: the next run starts at it. The bulk sender is poked: where its
+// window has room, the run goes out now.
+func (u *puller) hint(region int, p uint64) {
+	u.mu.Lock()
+	u.policy.Fault(region, p)
+	u.mu.Unlock()
+	u.poke()
+}
+
 // done tells the policy that pages [p, p+n) of region need no fetching.
 func (u *puller) done(region int, p, n uint64) {
 	u.mu.Lock()

@@ -16,6 +16,7 @@ type counters struct {
 	bytes     atomic.Uint64
 	faults    atomic.Uint64
 	dupFaults atomic.Uint64
+	rides     atomic.Uint64 // faults that rode the bulk lane
 	crcErrors atomic.Uint64
 	reconns   atomic.Uint64
 	blockNS   atomic.Int64
@@ -80,6 +81,7 @@ func (f *Fetcher) summary() *Summary {
 	s.BytesReceived = c.bytes.Load()
 	s.Faults = c.faults.Load()
 	s.DuplicateFault = c.dupFaults.Load()
+	s.FaultsOnBulk = c.rides.Load()
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 	s.FaultLatencyUS.P50 = us(c.latency.Quantile(0.5))
 	s.FaultLatencyUS.P99 = us(c.latency.Quantile(0.99))
