@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/postcopy/postcopy/internal/cli"
@@ -303,10 +304,11 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 		client.Close()
 	}
 
-	var reg *metrics.Registry
+	var reg prometheus.Registerer // nil: no metrics
 	if c.metricsAddr != "" {
-		reg = metrics.NewRegistry()
-		addr, errc, err := metrics.Serve(ctx, c.metricsAddr, reg)
+		r := metrics.NewRegistry()
+		reg = r
+		addr, errc, err := metrics.Serve(ctx, c.metricsAddr, r)
 		if err != nil {
 			closeClient()
 			return fatal(exitUsage, "--metrics-addr %q: cannot listen: %v", c.metricsAddr, err)
@@ -389,7 +391,7 @@ func serve(c *config, log hclog.Logger, sigs <-chan os.Signal, w, stderr io.Writ
 		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.urgentBudget(), Opened: opened,
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
 		VMMPid: int(h.Cred.Pid), HandoffAt: handoffAt,
-		Logger: log.Named("fetcher"), Metrics: reg,
+		Logger: log.Named("fetcher"), Registerer: reg,
 	})
 	if err != nil {
 		closeClient()

@@ -1,51 +1,44 @@
 package reliability
 
 import (
-	"bufio"
 	"fmt"
-	"net/http"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postcopy/postcopy/internal/metrics/metricstest"
 )
 
-// scrape fetches http://addr/metrics and returns every sample by its series
-// (name{labels}) and, under the bare name, the sum of the samples of each
-// metric name whatever their labels.
+// scrape fetches http://addr/metrics and returns every counter and gauge
+// sample by its series (name{labels}) and, under the bare name, the sum of
+// the samples of each metric name whatever their labels; a histogram gives
+// name_count and name_sum.
 func scrape(addr string) (map[string]float64, error) {
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + addr + "/metrics")
+	fams, err := metricstest.Scrape(addr)
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
-	}
 	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
+	for name, mf := range fams {
+		for _, m := range mf.GetMetric() {
+			if h := m.GetHistogram(); h != nil {
+				out[name+"_count"] += float64(h.GetSampleCount())
+				out[name+"_sum"] += h.GetSampleSum()
+				continue
+			}
+			v := m.GetGauge().GetValue() + m.GetCounter().GetValue() + m.GetUntyped().GetValue()
+			if ls := m.GetLabel(); len(ls) > 0 {
+				kv := make([]string, len(ls))
+				for i, l := range ls {
+					kv[i] = fmt.Sprintf("%s=%q", l.GetName(), l.GetValue())
+				}
+				out[name+"{"+strings.Join(kv, ",")+"}"] = v
+			}
+			out[name] += v
 		}
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		name, _, labelled := strings.Cut(f[0], "{")
-		v, err := strconv.ParseFloat(f[1], 64)
-		if err != nil {
-			continue
-		}
-		if labelled {
-			out[f[0]] = v
-		}
-		out[name] += v
 	}
-	return out, sc.Err()
+	return out, nil
 }
 
 var metricsAddrRE = regexp.MustCompile(`metrics: addr=(\S+)`)
@@ -70,7 +63,9 @@ func fetcherMetricsAddr(t *testing.T, f *proc) string {
 
 // resolvedPages is pagefetcher's count of pages resolved so far, from its
 // metrics.
-func resolvedPages(m map[string]float64) uint64 { return uint64(m["postcopy_fetcher_pages"]) }
+func resolvedPages(m map[string]float64) uint64 {
+	return uint64(m["postcopy_fetcher_pages_resolved_total"])
+}
 
 // waitMetrics polls the metrics at addr every 20 ms until cond holds on
 // them, and returns them; it gives up when p exits or timeout passes.
