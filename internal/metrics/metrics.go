@@ -4,17 +4,12 @@
 // The libraries (pkg/fetcher, the page server) register their own
 // collectors on a prometheus.Registerer their embedder passes in; a binary
 // makes one registry with NewRegistry, hands it to them, and serves it with
-// Serve or Handler. The registry also carries the Go runtime's and the
+// Handler (internal/daemon's metrics server). The registry also carries the Go runtime's and the
 // process's collectors (go_*, process_*) and postcopy_build_info.
 package metrics
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"net"
 	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -69,45 +64,4 @@ func Handler(g prometheus.Gatherer) http.Handler {
 		}
 		h.ServeHTTP(w, req)
 	})
-}
-
-// Serve listens on the TCP address addr (e.g. "127.0.0.1:9464"; port 0
-// picks one) and serves g at /metrics until ctx ends, then shuts the server
-// down (waiting up to 5 s for requests in flight). It returns the address
-// listened on and a channel that yields the server's error — nil after a
-// clean shutdown — once it has stopped, and is then closed. An error
-// listening is returned at once.
-func Serve(ctx context.Context, addr string, g prometheus.Gatherer) (net.Addr, <-chan error, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("metrics: listen: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", Handler(g))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	errc := make(chan error, 1)
-	go func() {
-		defer close(errc)
-		var err error
-		select {
-		case <-ctx.Done():
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err = srv.Shutdown(sctx)
-			cancel()
-			if serr := <-served; err == nil && !errors.Is(serr, http.ErrServerClosed) {
-				err = serr
-			}
-		case err = <-served:
-		}
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		if err != nil {
-			err = fmt.Errorf("metrics: serve %s: %w", ln.Addr(), err)
-		}
-		errc <- err
-	}()
-	return ln.Addr(), errc, nil
 }

@@ -87,3 +87,75 @@ func waitMetrics(p *proc, addr string, timeout time.Duration, what string, cond 
 		}
 	}
 }
+
+// The real binaries' metrics endpoints, scraped over HTTP through a
+// migration: a _total name is a counter and a counter is named _total, each
+// process says which build it is (postcopy_build_info) and carries the Go
+// and process collectors, and no counter goes down from one scrape to the
+// next.
+func TestMetricsEndpoints(t *testing.T) {
+	const pages, pauseAt = 8 << 8, 100
+	e := newEnv(t, pages*4096, defaultImage)
+	srv, ready := e.startServer("127.0.0.1:0", hostNS, "--metrics-addr", "127.0.0.1:0")
+	f, _ := e.startFetcher(ready.Addr, hostNS, "--prefetch", "off", "--metrics-addr", "127.0.0.1:0")
+	fetcherAddr := fetcherMetricsAddr(t, f)
+	scrapeOK := func(addr string) metricstest.Families {
+		t.Helper()
+		fams, err := metricstest.Scrape(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, prefix := range []string{"postcopy_", "process_"} {
+			if err := fams.CheckTypes(prefix); err != nil {
+				t.Errorf("%s: %v", addr, err)
+			}
+		}
+		if fams.Type("go_goroutines") != "gauge" {
+			t.Errorf("%s: no Go collector (go_goroutines)", addr)
+		}
+		if _, err := fams.CheckBuildInfo(); err != nil {
+			t.Errorf("%s: %v", addr, err)
+		}
+		return fams
+	}
+	growth := func(what string, before, after metricstest.Families) {
+		t.Helper()
+		if err := metricstest.CheckGrowth(before, after); err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+
+	f0 := scrapeOK(fetcherAddr) // before the handoff: no fetcher yet, the process's own metrics
+
+	w := e.startWorkload(workloadConfig{Regions: "4k:0x0:8M", PauseAt: pauseAt, Threads: 2}, hostNS)
+	f1 := scrapeOK(fetcherAddr)
+	growth("pagefetcher, handoff → paused", f0, f1)
+	if v, _ := f1.Value("postcopy_fetcher_faults_total"); v < pauseAt {
+		t.Errorf("paused after %d reads, prefetch off: %v faults", pauseAt, v)
+	}
+	if v := f1.Sum("postcopy_fetcher_pages_resolved_total"); v < pauseAt {
+		t.Errorf("paused after %d reads: %v pages resolved", pauseAt, v)
+	}
+	if v, _ := f1.Value("postcopy_fetcher_layout_pages"); v != pages {
+		t.Errorf("layout pages %v; want %d", v, pages)
+	}
+	if n, _, _ := f1.Histogram("postcopy_fetcher_fault_service_seconds"); n < pauseAt {
+		t.Errorf("paused after %d reads: %d faults in the fault service histogram", pauseAt, n)
+	}
+	f2 := scrapeOK(fetcherAddr)
+	growth("pagefetcher, paused", f1, f2)
+	s1 := scrapeOK(ready.MetricsAddr)
+
+	resume(t, w)
+	sum := checkCompleted(t, f, pages)
+	if float64(sum.Faults) < f2.Sum("postcopy_fetcher_faults_total") {
+		t.Errorf("summary: %d faults; the metrics said %v before the end", sum.Faults, f2.Sum("postcopy_fetcher_faults_total"))
+	}
+	s2 := scrapeOK(ready.MetricsAddr)
+	growth("pageserver, paused → done", s1, s2)
+	if s2.Sum("postcopy_pages_total") < pages || s2.Sum("postcopy_pages_total") <= s1.Sum("postcopy_pages_total") {
+		t.Errorf("pageserver answered %v pages (%v while paused) for a layout of %d",
+			s2.Sum("postcopy_pages_total"), s1.Sum("postcopy_pages_total"), pages)
+	}
+	stopServer(t, srv)
+}
