@@ -20,6 +20,7 @@ import (
 	"os"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/daemon"
@@ -75,10 +76,11 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	if err != nil {
 		return err
 	}
-	var reg *metrics.Registry
+	var reg prometheus.Registerer // nil: no metrics
 	if c.metricsAddr != "" {
-		reg = metrics.NewRegistry()
-		ms, err := daemon.ServeMetrics(c.metricsAddr, reg.Handler(), log)
+		r := metrics.NewRegistry()
+		reg = r
+		ms, err := daemon.ServeMetrics(c.metricsAddr, metrics.Handler(r), log)
 		if err != nil {
 			up.close(log)
 			return err
@@ -110,7 +112,7 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.urgentBudget(), Opened: up.opened,
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
 		VMMPid: int(h.cred.Pid), HandoffAt: h.at,
-		Logger: log.Named("fetcher"), Metrics: reg,
+		Logger: log.Named("fetcher"), Registerer: reg,
 	})
 	if err != nil {
 		up.close(log)

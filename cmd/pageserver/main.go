@@ -46,6 +46,7 @@ import (
 
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/daemon"
+	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/internal/version"
 	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/server"
@@ -339,7 +340,12 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 	img, srv, lis, g, token := in.img, in.srv, in.lis, in.g, in.token
 	var metricsAddr string
 	if cfg.metricsAddr != "" {
-		ms, err := daemon.ServeMetrics(cfg.metricsAddr, srv.MetricsHandler(), log)
+		reg := metrics.NewRegistry()
+		if err := srv.RegisterMetrics(reg); err != nil {
+			lis.Close()
+			return err
+		}
+		ms, err := daemon.ServeMetrics(cfg.metricsAddr, metrics.Handler(reg), log)
 		if err != nil {
 			lis.Close()
 			return err

@@ -246,7 +246,9 @@ func TestServeAndStop(t *testing.T) {
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{"postcopy_requests_total{lane=\"demand\"} 1\n", "postcopy_zero_pages_total 2\n",
-		"postcopy_sessions_total 1\n", "postcopy_errors_total{code=\"Unauthenticated\"} 1\n"} {
+		"postcopy_sessions_total 1\n", "postcopy_errors_total{code=\"Unauthenticated\"} 1\n",
+		"# TYPE postcopy_requests_total counter\n", "# TYPE postcopy_sessions_open gauge\n",
+		"postcopy_build_info{goversion=", "# TYPE process_cpu_seconds_total counter\n", "# TYPE go_goroutines gauge\n"} {
 		if !strings.Contains(string(metrics), want) {
 			t.Fatalf("metrics lack %q:\n%s", want, metrics)
 		}

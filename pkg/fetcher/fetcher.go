@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/uffd"
@@ -108,8 +108,11 @@ type Config struct {
 	// opens its own otherwise. Run owns it either way.
 	Opened *Opened
 	Logger hclog.Logger
-	// Metrics, when set, receives the fetcher's metrics.
-	Metrics *metrics.Registry
+	// Registerer, when set, receives the fetcher's metrics
+	// (postcopy_fetcher_*); nil: none. A fetcher's metrics can be
+	// registered once per Registerer: New fails on a second (wrap it with
+	// prometheus.WrapRegistererWith to tell several fetchers apart).
+	Registerer prometheus.Registerer
 }
 
 // Summary is the result of a migration, for the final JSON line.
@@ -231,8 +234,10 @@ func New(cfg Config) (*Fetcher, error) {
 	if cfg.Prefetch {
 		f.EnablePrefetch()
 	}
-	if cfg.Metrics != nil {
-		f.registerMetrics(cfg.Metrics)
+	if cfg.Registerer != nil {
+		if err := f.registerMetrics(cfg.Registerer); err != nil {
+			return nil, fmt.Errorf("fetcher: metrics: %w", err)
+		}
 	}
 	return f, nil
 }

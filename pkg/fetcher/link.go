@@ -457,6 +457,7 @@ func (l *link) bulkRecv(c *conn) error {
 			l.finishBulk(c, id, true)
 			continue
 		}
+		l.stats.bulkRun(uint64(resp.Pages) * uint64(resp.PageSize))
 		select {
 		case c.placeQ <- resp:
 		case <-c.ctx.Done():
