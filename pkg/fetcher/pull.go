@@ -3,6 +3,7 @@ package fetcher
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -32,6 +33,8 @@ type puller struct {
 	// on demand, in first-fault order (under mu).
 	ws          *workingset.Set
 	used        bool
+	wsLog       hclog.Logger // set with used, until the set is handed out
+	wsStart     time.Time
 	record      bool
 	image       workingset.Image
 	firstFaults []faultedPage
@@ -111,7 +114,7 @@ func (u *puller) useWorkingSet(img workingset.Image, log hclog.Logger) error {
 	if err := u.policy.First(runs); err != nil {
 		return fmt.Errorf("fetcher: %w", err)
 	}
-	u.used = true
+	u.used, u.wsLog, u.wsStart = true, log, time.Now()
 	log.Info("pulling the working set first", "pages", len(u.ws.Pages), "runs", len(runs))
 	return nil
 }
@@ -183,7 +186,12 @@ func (u *puller) done(region int, p, n uint64) {
 func (u *puller) next(want int, runs []prefetch.Run) []prefetch.Run {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.policy.Next(want, runs)
+	runs = u.policy.Next(want, runs)
+	if u.wsLog != nil && !u.policy.InFirst() {
+		u.wsLog.Debug("working set handed out", "after", time.Since(u.wsStart))
+		u.wsLog = nil
+	}
+	return runs
 }
 
 // requeue hands the pages of bulk runs that never arrived back to the

@@ -274,6 +274,9 @@ func (p *Policy) First(runs []Run) error {
 	return nil
 }
 
+// InFirst reports whether runs given to First are still to be handed out.
+func (p *Policy) InFirst() bool { return len(p.first) > 0 }
+
 // Next appends up to max runs of pending pages to out and returns it; every
 // page handed out stops being pending.
 //
