@@ -6,8 +6,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/postcopy/postcopy/pkg/workingset"
@@ -15,10 +17,13 @@ import (
 )
 
 // The working-set tests' restore: a 128 MiB image, one VMM thread reading
-// the same 2 % of its pages (655) in the same order, one every 2 ms. Bulk
-// runs of one page make the sweep slow (a second or more for 32768 pages),
-// so that without a working set most reads find their page missing, and
-// with one (655 single-page runs first) nearly none do.
+// the same 2 % of its pages (655) in the same order, one every 2 ms, then
+// waiting for the handler to finish before it verifies every byte (so that
+// its verification faults on nothing: a working set records the faults of
+// the reads alone). Bulk runs of one page make the sweep slow (a second or
+// more for 32768 pages), so that without a working set most reads find
+// their page missing, and with one (655 single-page runs first) nearly
+// none do.
 const (
 	wsImageSize = 128 << 20
 	wsLayout    = "4k:0x0:128M"
@@ -27,17 +32,30 @@ const (
 )
 
 var (
-	wsReader  = []string{"--regions", wsLayout, "--verify", "--threads", "1", "--touch", "sample", "--fraction", "0.02", "--seed", "5", "--pace", "2ms"}
+	wsReader = []string{"--regions", wsLayout, "--verify", "--threads", "1", "--touch", "sample", "--fraction", "0.02", "--seed", "5", "--pace", "2ms",
+		"--stop-after-pages", strconv.Itoa(wsSample)}
 	wsSlowRun = []string{"--bulk-run-bytes", "4096"}
 )
 
 // restore runs one restore on e's server: a pagefetcher with args, the VMM
 // reading wsReader. It expects both to succeed and returns the VMM's
-// result and pagefetcher's summary.
+// result and pagefetcher's summary. With --prefetch off among args, the
+// VMM's reads leave most pages missing: once they are done, pagefetcher is
+// told to drain (SIGTERM), which ends the migration with every page
+// resident.
 func (e *env) restore(args ...string) (harness.VMMResult, harness.Summary) {
 	e.t.Helper()
 	e.startFetcher(args...)
-	res, code := e.vmmResult(e.startVMM(wsReader...))
+	vm := e.startVMM(wsReader...)
+	if slices.Contains(args, "off") {
+		if err := vm.WaitEvent("stopped", vmmTimeout, nil); err != nil {
+			e.t.Fatalf("vmm: %v", err)
+		}
+		if err := e.fetcher.Signal(syscall.SIGTERM); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	res, code := e.vmmResult(vm)
 	if code != 0 || !res.Verified || res.Reads != wsSample {
 		e.t.Fatalf("vmm: exit code %d, result %+v; want 0, verified, %d reads", code, res, wsSample)
 	}
@@ -66,8 +84,8 @@ func (e *env) imageID() workingset.Image {
 	return workingset.Image{Size: e.serverReady.Size, Generation: gen}
 }
 
-// Record, then reuse: the first restore (demand only) records every page
-// the VMM read, in order; the second pulls them first and its VMM stalls
+// Record, then reuse: the first restore (demand only, drained once the VMM
+// has read) records every page the VMM read; the second pulls them first and its VMM stalls
 // on a quarter of them at most, where a restore with no set stalls on more
 // than the one with it. Recording again merges into the set.
 func TestWorkingSetRecordReuse(t *testing.T) {
