@@ -4,11 +4,128 @@
 // missing-page fault from a remote pageserver, pulls every other page in the
 // background, and exits 0 once all memory is resident and unregistered.
 //
-// Exit codes are documented in README.md and in exitcode.go.
+// A run has three phases, each in its file: connect (reach the server,
+// check the token, open the session ahead), awaitHandoff (the VMM's
+// userfaultfd and layout) and supervise (the migration, its progress, and
+// signals: the first drains, a second one forces). Exit codes are
+// documented in README.md and in exitcode.go.
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
 	"os"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/internal/daemon"
+	"github.com/postcopy/postcopy/internal/metrics"
+	"github.com/postcopy/postcopy/internal/version"
+	"github.com/postcopy/postcopy/pkg/fetcher"
+	"github.com/postcopy/postcopy/pkg/handshake"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	// Signals first: nothing may start before they are handled.
+	sigs := daemon.Catch()
+	defer sigs.Stop()
+
+	if cli.WantsVersion(args) {
+		cli.PrintVersion(stdout, "pagefetcher")
+		return exitOK
+	}
+	c, err := parseFlags(args, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		return cli.Fail(stderr, "pagefetcher", nil, err)
+	}
+	log, err := cli.NewLogger("pagefetcher", c.logLevel, c.logJSON, stderr)
+	if err != nil {
+		return cli.Fail(stderr, "pagefetcher", nil, cli.Usagef("log-level", "", "%v", err))
+	}
+	// Demand answers must not wait for a processor behind bulk work, even
+	// on one CPU (see cli.MinProcs).
+	log.Debug("runtime", "gomaxprocs", cli.EnsureProcs(cli.MinProcs))
+	if err := serve(c, log, sigs, stdout, stderr); err != nil {
+		var jsonLog hclog.Logger
+		if c.logJSON {
+			jsonLog = log
+		}
+		return cli.Fail(stderr, "pagefetcher", jsonLog, err)
+	}
+	return exitOK
+}
+
+// serve runs the phases of a migration. Its error carries the exit code
+// (cli.ExitCode).
+func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Writer) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &output{w: w, log: log}
+
+	up, err := connect(ctx, c, log)
+	if err != nil {
+		return err
+	}
+	var reg *metrics.Registry
+	if c.metricsAddr != "" {
+		reg = metrics.NewRegistry()
+		ms, err := daemon.ServeMetrics(c.metricsAddr, reg.Handler(), log)
+		if err != nil {
+			up.close(log)
+			return err
+		}
+		defer ms.Close()
+		log.Info("metrics", "addr", ms.Addr())
+	}
+	lis, err := handshake.Listen(c.uffdSocket, handshake.ListenOptions{AllowUID: c.allowUID, AllowPID: c.vmmPID})
+	if err != nil {
+		up.close(log)
+		return cli.Exitf(exitUsage, "--uffd-socket %q: %v", c.uffdSocket, err)
+	}
+	defer lis.Close()
+	out.line(map[string]any{
+		"event": "ready", "version": version.Get().Version, "uffd_socket": lis.Addr(), "server": c.server,
+		"image_size": up.info.Size, "generation": fmt.Sprintf("%016x", up.info.Generation),
+	})
+
+	h, err := awaitHandoff(ctx, c, lis, sigs, log)
+	if err != nil {
+		up.close(log)
+		return err
+	}
+	defer h.close()
+	f, err := fetcher.New(fetcher.Config{
+		UFFD: h.fd, Regions: h.regions, Source: up.src, Redial: up.redial,
+		ExpectGeneration: up.info.Generation, ImageSize: up.info.Size, Prefetch: c.prefetch == "on",
+		BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
+		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.urgentBudget(), Opened: up.opened,
+		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
+		VMMPid: int(h.cred.Pid), HandoffAt: h.at,
+		Logger: log.Named("fetcher"), Metrics: reg,
+	})
+	if err != nil {
+		up.close(log)
+		return cli.Exitf(exitHandoff, "handoff: %w", err)
+	}
+	// The fetcher owns the source and the session opened ahead from here.
+	return supervise(ctx, f, c, sigs, out, stderr, log, func() {
+		// No other client may connect from now on: the socket file goes.
+		// Nobody accepts on it since the handoff; it is closed (a close
+		// and an unlink) once the fetcher is started, off the way to the
+		// first page. Logged then too: a log line is a write(2).
+		if err := lis.Close(); err != nil {
+			log.Warn("closing the uffd socket", "error", err)
+		}
+		log.Info("VMM handed over", "pid", h.cred.Pid, "uid", h.cred.Uid, "regions", len(h.regions),
+			"since_handoff", h.took)
+	})
+}

@@ -30,18 +30,14 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -49,9 +45,10 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/internal/daemon"
 	"github.com/postcopy/postcopy/internal/version"
 	"github.com/postcopy/postcopy/pkg/image"
-	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/server"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -108,8 +105,8 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.listen, "listen", defaultListen, "`address` to serve on (host:port; loopback by default)")
 	fs.StringVar(&c.source, "source", "", "the image to serve: file:PATH (memory image or shared-memory file) or pid:PID (a stopped process; needs --ranges)")
 	fs.StringVar(&c.ranges, "ranges", "", "with a pid: source, what of the process to serve (required): a comma-separated `list` of 0xSTART-0xEND address ranges, map:PATTERN (mappings whose /proc/PID/maps path matches; * matches anything), or all (every readable mapping: stack, environment, heap and libraries too)")
-	fs.IntVar(&c.maxUnauth, "max-unauthenticated", transport.DefaultMaxUnauthenticated, "connections accepted and not yet authenticated at once, a quarter of them from any one address; a new one is never refused: it closes the oldest pending one of its own address past that quarter, or at the limit of the address holding the most")
-	fs.DurationVar(&c.unusedAfter, "session-unused-timeout", transport.DefaultSessionUnusedTimeout, "a session that has served nothing and has no lane open for this long is ended (at the next Open)")
+	fs.IntVar(&c.maxUnauth, "max-unauthenticated", server.DefaultMaxUnauthenticated, "connections accepted and not yet authenticated at once, a quarter of them from any one address; a new one is never refused: it closes the oldest pending one of its own address past that quarter, or at the limit of the address holding the most")
+	fs.DurationVar(&c.unusedAfter, "session-unused-timeout", server.DefaultSessionUnusedTimeout, "a session that has served nothing and has no lane open for this long is ended (at the next Open)")
 	fs.StringVar(&c.tokenFile, "token-file", "", "`file` holding the shared token (default: the "+tokenEnv+" environment variable; neither: no token, warned)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "read bulk runs at a lower CPU priority while demand requests come")
 	fs.BoolVar(&c.demandSocket, "demand-socket", true, "also serve the demand lane as a plain socket lane on the same port (plaintext only; clients fall back to gRPC without it)")
@@ -121,7 +118,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: "+cli.LogLevels)
 	fs.BoolVar(&c.logJSON, "log-json", false, "log JSON lines instead of text")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "`address` (host:port) to serve Prometheus metrics on at /metrics (default: off)")
-	fs.IntVar(&c.maxSessions, "max-sessions", transport.DefaultMaxSessions, "sessions open at once")
+	fs.IntVar(&c.maxSessions, "max-sessions", server.DefaultMaxSessions, "sessions open at once")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", defaultDrain, "after SIGTERM/SIGINT, how long open sessions may take to end before they are cut (then exit 1); 0: wait for every session. A second signal cuts them at once")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -233,12 +230,10 @@ type summaryEvent struct {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	// Signals first: a signal during start-up must stop us, not kill us.
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
 	// A reader of stdout that went away (pageserver | head -1) makes the
 	// summary's write fail, logged, instead of killing us.
-	signal.Ignore(syscall.SIGPIPE)
+	sigs := daemon.Catch()
+	defer sigs.Stop()
 
 	if cli.WantsVersion(args) {
 		cli.PrintVersion(stdout, "pageserver")
@@ -249,71 +244,77 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cli.ExitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "pageserver: %v\n", err)
-		return cli.ExitCode(err)
+		return cli.Fail(stderr, "pageserver", nil, err)
 	}
 	log, err := cli.NewLogger("pageserver", cfg.logLevel, cfg.logJSON, stderr)
 	if err != nil {
-		fmt.Fprintf(stderr, "pageserver: %v\n", err)
-		return cli.ExitUsage
+		return cli.Fail(stderr, "pageserver", nil, cli.Usagef("log-level", cfg.logLevel, "%v", err))
 	}
 	// Demand answers must not wait for the network poller behind bulk
 	// work, even on one CPU (see cli.MinProcs).
 	procs := cli.EnsureProcs(cli.MinProcs)
 	log.Debug("runtime", "gomaxprocs", procs)
-	code, err := serve(cfg, log, sigs, stdout)
-	if err != nil {
-		fmt.Fprintf(stderr, "pageserver: %v\n", err)
+	if err := serve(cfg, log, sigs, stdout); err != nil {
+		return cli.Fail(stderr, "pageserver", nil, err)
 	}
-	return code
+	return cli.ExitOK
 }
 
-// serve runs the server until a signal or a failure. Until it serves, what
-// the flags name (token file, TLS files, source, addresses) is opened, read
-// and bound: a failure there is a bad flag value (ExitUsage, the message
-// names the flag); once it serves, failures are runtime failures.
-func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Writer) (int, error) {
-	start := time.Now()
+// instance is what open makes of the flags: nothing served yet.
+type instance struct {
+	img   image.Image
+	srv   *server.Server
+	lis   net.Listener
+	g     *grpc.Server
+	token []byte
+	tls   bool
+}
+
+// open is the first phase: it opens, reads and binds what the flags name
+// (token file, TLS files, source, address). A failure here is a bad flag
+// value (ExitUsage, the message names the flag), or one of this machine.
+func open(cfg *config, log hclog.Logger) (*instance, error) {
 	token, err := cli.ReadToken(cfg.tokenFile, tokenEnv)
 	if err != nil {
-		return cli.ExitCode(err), err
+		return nil, err
 	}
 	var creds credentials.TransportCredentials
 	if cfg.tlsCert != "" {
 		tc, err := cli.ServerTLS(cfg.tlsCert, cfg.tlsKey, cfg.tlsClientCA)
 		if err != nil {
-			return cli.ExitCode(err), err
+			return nil, err
 		}
 		creds = credentials.NewTLS(tc)
 	}
 	img, err := image.OpenRanges(cfg.source, cfg.pidRanges)
 	if err != nil {
 		if errors.Is(err, image.ErrBadRanges) {
-			return cli.ExitUsage, cli.Usagef("ranges", cfg.ranges, "%v", err)
+			return nil, cli.Usagef("ranges", cfg.ranges, "%v", err)
 		}
 		if errors.Is(err, image.ErrBadSource) {
-			return cli.ExitUsage, cli.Usagef("source", cfg.source, "%v", err)
+			return nil, cli.Usagef("source", cfg.source, "%v", err)
 		}
-		return cli.ExitFailure, fmt.Errorf("--source %q: %w", cfg.source, err)
+		return nil, fmt.Errorf("--source %q: %w", cfg.source, err)
 	}
-	defer img.Close()
 	if p, ok := img.(image.Process); ok && !p.StoppedAtOpen() {
 		log.Warn("the source process is not stopped: its pages may change while they are served, "+
 			"and a destination would then get memory of no single moment; stop it (SIGSTOP) before the destination resumes",
 			"pid", p.PID(), "state", string(p.StateAtOpen()))
 	}
-	srv, err := transport.NewServer(transport.ServerOptions{
+	srv, err := server.NewServer(server.Options{
 		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions,
 		DemandSocket: creds == nil && cfg.demandSocket, BulkSocket: creds == nil && cfg.bulkSocket,
 		BulkYield: cfg.bulkYield, UrgentDemand: cfg.demandPrio == "rt",
 		MaxUnauthenticated: cfg.maxUnauth, SessionUnusedTimeout: cfg.unusedAfter,
 	})
 	if err != nil {
-		return cli.ExitFailure, err
+		img.Close()
+		return nil, err
 	}
 	lis, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
-		return cli.ExitUsage, cli.Usagef("listen", cfg.listen, "cannot listen: %v", listenErr(err))
+		img.Close()
+		return nil, cli.Usagef("listen", cfg.listen, "cannot listen: %v", daemon.ListenError(err))
 	}
 	opts := srv.GRPCServerOptions()
 	if creds != nil {
@@ -321,30 +322,36 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	}
 	g := grpc.NewServer(opts...)
 	srv.Register(g)
+	return &instance{img: img, srv: srv, lis: lis, g: g, token: token, tls: creds != nil}, nil
+}
 
-	var metricsSrv *http.Server
+// serve runs the server until a signal or a failure; its error carries the
+// exit code (cli.ExitCode). Until it serves, failures are bad flag values
+// (open); once it serves, failures are runtime failures, and so is a stop
+// that cut sessions.
+func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer) error {
+	start := time.Now()
+	in, err := open(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer in.img.Close()
+	img, srv, lis, g, token := in.img, in.srv, in.lis, in.g, in.token
 	var metricsAddr string
 	if cfg.metricsAddr != "" {
-		ml, err := net.Listen("tcp", cfg.metricsAddr)
+		ms, err := daemon.ServeMetrics(cfg.metricsAddr, srv.MetricsHandler(), log)
 		if err != nil {
 			lis.Close()
-			return cli.ExitUsage, cli.Usagef("metrics-addr", cfg.metricsAddr, "cannot listen: %v", listenErr(err))
+			return err
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", srv.MetricsHandler())
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		metricsAddr = ml.Addr().String()
-		go func() {
-			if err := metricsSrv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics server failed", "error", err)
-			}
-		}()
+		defer ms.Close()
+		metricsAddr = ms.Addr()
 	}
 
 	served := make(chan error, 1)
 	// Plaintext: socket lanes share the port; with TLS or without, the
 	// listener retries temporary accept failures and bounds the connections
-	// not yet authenticated (see transport.SplitListener).
+	// not yet authenticated (see server.SplitListener).
 	glis := srv.SplitListener(lis)
 	go func() { served <- g.Serve(glis) }()
 	if len(token) == 0 {
@@ -352,67 +359,17 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 			"set --token-file or " + tokenEnv)
 	}
 	log.Info("serving", "addr", lis.Addr().String(), "image", img.String(),
-		"generation", fmt.Sprintf("%016x", img.Generation()), "tls", creds != nil,
+		"generation", fmt.Sprintf("%016x", img.Generation()), "tls", in.tls,
 		"mutual_tls", cfg.tlsClientCA != "", "token", len(token) > 0)
 	if err := cli.PrintJSONLine(stdout, readyEvent{
 		Event: "ready", Version: version.Get().Version, Addr: lis.Addr().String(), Source: cfg.source, Size: img.Size(),
-		Generation: fmt.Sprintf("%016x", img.Generation()), MetricsAddr: metricsAddr, TLS: creds != nil,
+		Generation: fmt.Sprintf("%016x", img.Generation()), MetricsAddr: metricsAddr, TLS: in.tls,
 	}); err != nil {
 		g.Stop()
-		return cli.ExitFailure, fmt.Errorf("printing the ready line: %w", err)
+		return fmt.Errorf("printing the ready line: %w", err)
 	}
 
-	code, graceful := cli.ExitOK, true
-	var runErr error
-	select {
-	case sig := <-sigs:
-		drain := "none: waiting for every session to end"
-		if cfg.drainTimeout > 0 {
-			drain = cfg.drainTimeout.String()
-		}
-		log.Info("stopping: no new sessions; a second signal cuts the open ones", "signal", sig.String(),
-			"sessions", srv.Stats().SessionsOpen, "drain_timeout", drain)
-		srv.Shutdown()
-		stopped := make(chan struct{})
-		go func() {
-			// The lanes' drain first: it ends the gRPC demand lanes of
-			// sessions that have not started, which GracefulStop waits for.
-			lanes := srv.DrainSocketLanes()
-			g.GracefulStop()
-			<-lanes
-			close(stopped)
-		}()
-		var expired <-chan time.Time // never, with --drain-timeout 0
-		if cfg.drainTimeout > 0 {
-			timer := time.NewTimer(cfg.drainTimeout)
-			defer timer.Stop()
-			expired = timer.C
-		}
-		select {
-		case <-stopped:
-		case <-expired:
-			log.Warn("graceful stop timed out: closing the remaining sessions", "drain_timeout", cfg.drainTimeout,
-				"sessions", srv.Stats().SessionsOpen)
-			graceful = false
-		case sig := <-sigs:
-			log.Warn("second signal: stopping at once", "signal", sig.String(), "sessions", srv.Stats().SessionsOpen)
-			graceful = false
-		}
-		if !graceful {
-			g.Stop()
-			srv.CloseSocketLanes()
-			<-stopped
-			code = cli.ExitFailure
-		}
-	case err := <-served:
-		runErr = fmt.Errorf("serving on %s: %w", lis.Addr(), err)
-		code, graceful = cli.ExitFailure, false
-	}
-	if metricsSrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = metricsSrv.Shutdown(ctx)
-		cancel()
-	}
+	graceful, runErr := stop(in, cfg, log, sigs, served)
 	st := srv.Stats()
 	var errs uint64
 	for _, n := range st.Errors {
@@ -429,15 +386,64 @@ func serve(cfg *config, log hclog.Logger, sigs <-chan os.Signal, stdout io.Write
 	if err := cli.PrintJSONLine(stdout, sum); err != nil {
 		log.Warn("writing the summary line to stdout failed", "error", err)
 	}
-	return code, runErr
+	return runErr
 }
 
-// listenErr drops net.Listen's "listen tcp ADDR:" prefix, which the usage
-// error names already: "bind: address already in use".
-func listenErr(err error) error {
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		return oe.Err
+// stop waits for the end: the first signal stops gracefully — no new
+// session, and the open ones may end within --drain-timeout — a second
+// signal or the timeout cuts them; or serving fails. graceful is false if
+// sessions were cut or serving failed.
+func stop(in *instance, cfg *config, log hclog.Logger, sigs *daemon.Signals, served <-chan error) (graceful bool, err error) {
+	srv, g, lis := in.srv, in.g, in.lis
+	draining, stopped := make(chan struct{}), make(chan struct{})
+	forced := make(chan daemon.Forced, 1)
+	stopWatch := sigs.Drain(cfg.drainTimeout, func(sig os.Signal) {
+		drain := "none: waiting for every session to end"
+		if cfg.drainTimeout > 0 {
+			drain = cfg.drainTimeout.String()
+		}
+		log.Info("stopping: no new sessions; a second signal cuts the open ones", "signal", sig.String(),
+			"sessions", srv.Stats().SessionsOpen, "drain_timeout", drain)
+		close(draining) // before GracefulStop ends Serve
+		srv.Shutdown()
+		go func() {
+			// The lanes' drain first: it ends the gRPC demand lanes of
+			// sessions that have not started, which GracefulStop waits for.
+			lanes := srv.DrainSocketLanes()
+			g.GracefulStop()
+			<-lanes
+			close(stopped)
+		}()
+	}, func(why daemon.Forced) { forced <- why })
+	defer stopWatch()
+
+	graceful = true
+	select {
+	case serr := <-served:
+		select {
+		case <-draining: // the graceful stop ended Serve
+		default:
+			err = fmt.Errorf("serving on %s: %w", lis.Addr(), serr)
+			graceful = false
+		}
+	case <-draining:
 	}
-	return err
+	if err == nil {
+		select {
+		case <-stopped:
+		case why := <-forced:
+			if why.Signal == nil {
+				log.Warn("graceful stop timed out: closing the remaining sessions", "drain_timeout", cfg.drainTimeout,
+					"sessions", srv.Stats().SessionsOpen)
+			} else {
+				log.Warn("second signal: stopping at once", "signal", why.Signal.String(), "sessions", srv.Stats().SessionsOpen)
+			}
+			graceful = false
+			g.Stop()
+			srv.CloseSocketLanes()
+			<-stopped
+			err = cli.Exit(cli.ExitFailure, nil) // said by the log and the summary ("graceful":false)
+		}
+	}
+	return graceful, err
 }

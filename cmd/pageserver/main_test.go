@@ -23,8 +23,9 @@ import (
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/cli/clitest"
 	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/image"
-	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 var (
@@ -198,19 +199,19 @@ func TestServeAndStop(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	bad, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{Token: []byte("tok-124")})
+	bad, err := client.Dial(ctx, ready.Addr, client.Options{Token: []byte("tok-124")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := bad.Hello(ctx); !errors.Is(err, transport.ErrUnauthenticated) {
+	if _, err := bad.Hello(ctx); !errors.Is(err, wire.ErrUnauthenticated) {
 		t.Fatalf("wrong token: %v", err)
 	}
 	bad.Close()
-	c, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{Token: []byte("tok-123")})
+	c, err := client.Dial(ctx, ready.Addr, client.Options{Token: []byte("tok-123")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := c.Open(ctx, []transport.Region{{Offset: 0, Length: 1 << 20, PageSize: 4096}}, img.Generation())
+	sess, err := c.Open(ctx, []wire.Region{{Offset: 0, Length: 1 << 20, PageSize: 4096}}, img.Generation())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +219,7 @@ func TestServeAndStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Send(transport.Request{ID: 1, Offset: 126 << 12, Pages: 4}); err != nil {
+	if err := l.Send(wire.Request{ID: 1, Offset: 126 << 12, Pages: 4}); err != nil {
 		t.Fatal(err)
 	}
 	r, err := l.Recv()
@@ -233,7 +234,7 @@ func TestServeAndStop(t *testing.T) {
 	}
 	r.Release()
 	l.Close()
-	if err := sess.Done(ctx, transport.DoneTotals{PagesDemand: 4}); err != nil {
+	if err := sess.Done(ctx, client.DoneTotals{PagesDemand: 4}); err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
@@ -270,16 +271,16 @@ func TestServeAndStop(t *testing.T) {
 // caller must keep the lane reachable until the end (and close it): a
 // socket lane's connection unreferenced would be closed by its finalizer at
 // the next GC, ending the stream the graceful stop is to wait for.
-func openBulk(t *testing.T, addr string, token []byte) (*transport.Client, *transport.Lane) {
+func openBulk(t *testing.T, addr string, token []byte) (*client.Client, *client.Lane) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := transport.Dial(ctx, addr, transport.ClientOptions{Token: token})
+	c, err := client.Dial(ctx, addr, client.Options{Token: token})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	sess, err := c.Open(ctx, []transport.Region{{Offset: 0, Length: 1 << 20, PageSize: 4096}}, 0)
+	sess, err := c.Open(ctx, []wire.Region{{Offset: 0, Length: 1 << 20, PageSize: 4096}}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +288,7 @@ func openBulk(t *testing.T, addr string, token []byte) (*transport.Client, *tran
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Send(transport.Request{ID: 1, Offset: 0, Pages: 1}); err != nil {
+	if err := l.Send(wire.Request{ID: 1, Offset: 0, Pages: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := l.Recv(); err != nil { // the stream is established
@@ -453,7 +454,7 @@ func TestTLSFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{TLS: good})
+	c, err := client.Dial(ctx, ready.Addr, client.Options{TLS: good})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,11 +463,11 @@ func TestTLSFlags(t *testing.T) {
 	}
 	c.Close()
 	noCert, _ := cli.ClientTLS(pki.CAFile, "", "")
-	if c, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{TLS: noCert, DialTimeout: 3 * time.Second}); err == nil {
+	if c, err := client.Dial(ctx, ready.Addr, client.Options{TLS: noCert, DialTimeout: 3 * time.Second}); err == nil {
 		c.Close()
 		t.Fatal("mTLS server accepted a client without a certificate")
 	}
-	if c, err := transport.Dial(ctx, ready.Addr, transport.ClientOptions{DialTimeout: 3 * time.Second}); err == nil {
+	if c, err := client.Dial(ctx, ready.Addr, client.Options{DialTimeout: 3 * time.Second}); err == nil {
 		c.Close()
 		t.Fatal("TLS server accepted a plaintext client")
 	}

@@ -63,18 +63,64 @@ func Usagef(flag, value, format string, args ...any) *UsageError {
 	return &UsageError{Flag: flag, Value: value, Reason: fmt.Sprintf(format, args...)}
 }
 
-// ExitCode maps an error to the binary's exit status: nil → ExitOK, a
-// UsageError (anywhere in the chain) → ExitUsage, anything else →
-// ExitFailure.
+// ExitError is an error with the exit status it ends the binary with (a
+// binary's own codes beyond these three: pagefetcher's). Err nil: the
+// failure has been logged already, and Fail prints nothing more.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("exit status %d", e.Code)
+	}
+	return e.Err.Error()
+}
+
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// Exit gives err the exit status code.
+func Exit(code int, err error) *ExitError { return &ExitError{Code: code, Err: err} }
+
+// Exitf is Exit with a formatted error (%w wraps).
+func Exitf(code int, format string, a ...any) *ExitError {
+	return &ExitError{Code: code, Err: fmt.Errorf(format, a...)}
+}
+
+// ExitCode maps an error to the binary's exit status: nil → ExitOK, an
+// ExitError → its code (the outermost in the chain), a UsageError →
+// ExitUsage, anything else → ExitFailure.
 func ExitCode(err error) int {
 	if err == nil {
 		return ExitOK
+	}
+	var e *ExitError
+	if errors.As(err, &e) {
+		return e.Code
 	}
 	var u *UsageError
 	if errors.As(err, &u) {
 		return ExitUsage
 	}
 	return ExitFailure
+}
+
+// Fail reports the error a binary exits with, once, and returns its exit
+// status (ExitCode): one line "NAME: error" on stderr (newlines made "; "),
+// or, with a JSON logger (--log-json), one error log line with exit_code
+// and error.
+func Fail(stderr io.Writer, name string, jsonLog hclog.Logger, err error) int {
+	code := ExitCode(err)
+	if e, ok := err.(*ExitError); ok && e.Err == nil {
+		return code
+	}
+	if jsonLog != nil {
+		jsonLog.Error("exiting", "exit_code", code, "error", err.Error())
+	} else {
+		fmt.Fprintf(stderr, "%s: %s\n", name, strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	return code
 }
 
 // LogLevels lists the accepted --log-level values.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -364,5 +365,34 @@ func TestWantsVersion(t *testing.T) {
 	PrintVersion(&b, "pagefetcher")
 	if !strings.HasPrefix(b.String(), "pagefetcher ") || !strings.Contains(b.String(), " go1.") || !strings.HasSuffix(b.String(), "\n") {
 		t.Fatalf("PrintVersion = %q", b.String())
+	}
+}
+
+// One scheme for every binary: an ExitError's code, a usage error's 2,
+// anything else 1; Fail reports the error once, plain or as JSON, and
+// nothing for an ExitError without an error.
+func TestExitScheme(t *testing.T) {
+	usage := Usagef("server", "x", "bad")
+	for _, tc := range []struct {
+		err  error
+		code int
+		line string
+	}{
+		{Exitf(7, "source lost: %w", errors.New("gone")), 7, "pagefetcher: source lost: gone\n"},
+		{fmt.Errorf("opening: %w", usage), ExitUsage, "pagefetcher: opening: --server \"x\": bad\n"},
+		{Exit(9, usage), 9, "pagefetcher: --server \"x\": bad\n"},
+		{errors.New("one\ntwo"), ExitFailure, "pagefetcher: one; two\n"},
+		{Exit(ExitFailure, nil), ExitFailure, ""},
+	} {
+		var stderr bytes.Buffer
+		if code := Fail(&stderr, "pagefetcher", nil, tc.err); code != tc.code || stderr.String() != tc.line {
+			t.Errorf("Fail(%v) = %d, %q; want %d, %q", tc.err, code, stderr.String(), tc.code, tc.line)
+		}
+	}
+	var stderr bytes.Buffer
+	log, _ := NewLogger("x", "info", true, &stderr)
+	if code := Fail(io.Discard, "x", log, Exitf(3, "unreachable")); code != 3 ||
+		!strings.Contains(stderr.String(), `"exit_code":3`) || !strings.Contains(stderr.String(), `"error":"unreachable"`) {
+		t.Errorf("JSON: %d, %s", code, stderr.String())
 	}
 }

@@ -15,7 +15,7 @@ import (
 // one CPU, e.g. by taskset or a cgroup), a goroutine that always has work —
 // a bulk stream reading from its socket — keeps the P busy, and the network
 // poller, which only runs when a P idles or from sysmon every 10 ms, notices
-// a demand answer late. Measured with pkg/transport's
+// a demand answer late. Measured with pkg/server's
 // BenchmarkDemandRTTUnderBulk, both processes on one vCPU: demand round trip
 // p50 1.5–4 ms with GOMAXPROCS=1 on both sides, 105–150 µs with 4. Extra Ps
 // let an idle P block in the poller and the kernel wake its thread at once.

@@ -33,7 +33,10 @@
 //   - place.go: the placer, the only code that calls UFFDIO_COPY, ZEROPAGE,
 //     WAKE and UNREGISTER, and the owner of the event lock.
 //   - link.go: the link, the only code that owns connections: the session,
-//     the demand and bulk lanes, reconnects and resends.
+//     the demand and bulk lanes, reconnects and resends, over a Source
+//     (source.go): the page server's client (ClientSource) or an
+//     io.ReaderAt in this process (ReaderSource). OpenAhead (ahead.go)
+//     opens the session before the handoff.
 //   - pull.go: the puller holds pkg/prefetch's policy (which runs next, the
 //     window, when to start) for the goroutines that feed it.
 //   - budget.go, wait.go: the demand path's priority, and how the fault loop

@@ -11,7 +11,6 @@ import (
 
 	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
-	"github.com/postcopy/postcopy/pkg/transport"
 	"github.com/postcopy/postcopy/pkg/uffd"
 	"github.com/postcopy/postcopy/pkg/workingset"
 )
@@ -34,21 +33,27 @@ var (
 	ErrFaultOutside = errors.New("fault outside the handed-over regions")
 )
 
-// Config is what Run needs. UFFD, Regions and Client are required.
+// Config is what Run needs. UFFD, Regions and Source are required.
 type Config struct {
 	// UFFD is the workload's userfaultfd with every region registered in
 	// MISSING mode and UFFDIO_API done (by the VMM). Run does not close it.
 	UFFD *uffd.FD
 	// Regions is the layout the VMM handed over.
 	Regions []Region
-	// Client is connected to the page server (Dial and, usually, Hello
-	// done). Run closes it.
-	Client *transport.Client
-	// Redial connects again after a lane broke; nil disables reconnecting.
-	Redial func(ctx context.Context) (*transport.Client, error)
+	// Source serves the pages: the page server (ClientSource) or a reader
+	// in this process (ReaderSource). Run closes it.
+	Source Source
+	// Redial makes a new Source after a lane broke with an error the
+	// Source calls retryable; nil disables reconnecting. Run closes what it
+	// returns.
+	Redial func(ctx context.Context) (Source, error)
 	// ExpectGeneration, when not zero, is the image generation the session
 	// must have (a reconnect always demands the first session's).
 	ExpectGeneration uint64
+	// ImageSize, when not zero, is the size of the source's image
+	// (ImageInfo.Size): New refuses a region that ends beyond it, with an
+	// error matching ErrLayout.
+	ImageSize uint64
 	// Prefetch pulls every page in the background; off, only faults fetch
 	// (until Drain).
 	Prefetch bool
@@ -107,49 +112,6 @@ type Config struct {
 	Logger           hclog.Logger
 	// Metrics, when set, receives the fetcher's metrics.
 	Metrics *metrics.Registry
-}
-
-// Opened is a session and the regions it was opened for (Config.Opened),
-// with its demand lane where it was opened too (a server's graceful stop
-// ends a demand lane whose session has served nothing).
-type Opened struct {
-	Session *transport.Session
-	Regions []transport.Region
-	Demand  *transport.Lane // nil: Run opens it
-}
-
-// End ends a session opened ahead and not used (Session.End), within a
-// short timeout, closing its demand lane first; what fails is logged.
-func (o *Opened) End(log hclog.Logger) {
-	if o == nil {
-		return
-	}
-	if o.Demand != nil {
-		o.Demand.Close()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := o.Session.End(ctx); err != nil {
-		log.Debug("ending the session opened ahead", "error", err)
-	}
-}
-
-// covers reports whether every region of t lies within one of o's, with the
-// same page size.
-func (o *Opened) covers(t *pagestate.Table) bool {
-	for _, r := range t.Areas() {
-		ok := false
-		for _, or := range o.Regions {
-			if uint64(or.PageSize) == r.PageSize && r.Offset >= or.Offset && r.Offset+r.Size <= or.Offset+or.Length {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return false
-		}
-	}
-	return true
 }
 
 // Summary is the result of a migration, for the final JSON line.
@@ -219,8 +181,8 @@ func New(cfg Config) (*Fetcher, error) {
 	if cfg.UFFD == nil {
 		return nil, errors.New("fetcher: no userfaultfd")
 	}
-	if cfg.Client == nil {
-		return nil, errors.New("fetcher: no client")
+	if cfg.Source == nil {
+		return nil, errors.New("fetcher: no source")
 	}
 	if cfg.BulkWindow <= 0 {
 		cfg.BulkWindow = 8
@@ -242,6 +204,10 @@ func New(cfg Config) (*Fetcher, error) {
 		stats: &counters{firstPlaced: make(chan struct{})}}
 	regions := make([]pagestate.Region, len(cfg.Regions))
 	for i, r := range cfg.Regions {
+		if cfg.ImageSize != 0 && (r.Offset+r.Size > cfg.ImageSize || r.Offset+r.Size < r.Offset) {
+			return nil, fmt.Errorf("fetcher: region %d (offset %#x, size %#x) ends beyond the source image (%#x bytes): %w",
+				i, r.Offset, r.Size, cfg.ImageSize, ErrLayout)
+		}
 		regions[i] = pagestate.Region(r)
 	}
 	var err error
@@ -293,8 +259,8 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		f.cfg.HandoffAt = f.life.start
 	}
 	f.stats.handoff = f.cfg.HandoffAt
-	f.link.client.Store(f.cfg.Client)
-	defer func() { f.link.client.Load().Close() }()
+	f.link.setSource(f.cfg.Source)
+	defer func() { f.link.source().Close() }()
 
 	sess, demand, unused, err := f.link.open(ctx)
 	if err != nil {
@@ -321,7 +287,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	defer cancel()
 	// The first connection is current before the fault loop reads a
 	// fault, so that the first request goes out at once.
-	first := f.link.newConn(runCtx, f.cfg.Client, sess, demand)
+	first := f.link.newConn(runCtx, f.cfg.Source, sess, demand)
 	f.link.cur.Store(first)
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -329,7 +295,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		defer wg.Done()
 		f.life.fail(f.loop.run(f.link.prio.thread()))
 	}()
-	go func() { defer wg.Done(); f.link.connLoop(runCtx, f.cfg.Client, first) }()
+	go func() { defer wg.Done(); f.link.connLoop(runCtx, f.cfg.Source, first) }()
 	// Logged once the loops are started: a log line is a write(2), off the way to
 	// the first page.
 	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,
@@ -375,8 +341,8 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	sum := f.summary()
 	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer dcancel()
-	if s := f.link.sess.Load(); s != nil {
-		if err := s.Done(dctx, f.totals()); err != nil {
+	if c := f.link.last.Load(); c != nil {
+		if err := c.sess.Done(dctx, f.totals()); err != nil {
 			f.log.Warn("could not report done to the server; every page is resident anyway", "error", err)
 		}
 	}

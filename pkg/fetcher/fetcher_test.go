@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -19,10 +21,12 @@ import (
 
 	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/handshake"
 	"github.com/postcopy/postcopy/pkg/image"
-	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/server"
 	"github.com/postcopy/postcopy/pkg/uffd"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // The VMM runs in a child process (this test binary, re-executed): a thread
@@ -34,6 +38,15 @@ const vmmEnv = "FETCHER_TEST_VMM"
 func TestMain(m *testing.M) {
 	if os.Getenv(vmmEnv) != "" {
 		os.Exit(vmmMain())
+	}
+	// An example cannot skip: without userfaultfd the examples are left
+	// out, with the reason, unless they are required (testutil.Required).
+	if _, err := uffd.Probe(uffd.OpenOptions{}); err != nil && !testutil.Required() {
+		flag.Parse()
+		if flag.Lookup("test.skip").Value.String() == "" {
+			_ = flag.Set("test.skip", "^Example")
+			fmt.Fprintf(os.Stderr, "examples skipped: userfaultfd: %v\n", err)
+		}
 	}
 	os.Exit(m.Run())
 }
@@ -151,8 +164,8 @@ type harness struct {
 	sock    string
 	// preopen, if set: the session is opened with these regions before
 	// the fetcher is made (Config.Opened).
-	preopen []transport.Region
-	srv     *transport.Server
+	preopen []wire.Region
+	srv     *server.Server
 }
 
 func newHarness(t *testing.T, size int64) *harness {
@@ -174,7 +187,7 @@ func newHarnessLanes(t *testing.T, size int64, sockets bool) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { img.Close() })
-	srv, err := transport.NewServer(transport.ServerOptions{Image: img,
+	srv, err := server.NewServer(server.Options{Image: img,
 		DemandSocket: sockets, BulkSocket: sockets, UrgentDemand: sockets})
 	if err != nil {
 		t.Fatal(err)
@@ -246,14 +259,17 @@ func (h *harness) migrate(spec string, cfg Config, env ...string) migration {
 		t.Fatal(err)
 	}
 	defer fd.Close()
-	client, err := transport.Dial(ctx, h.addr, transport.ClientOptions{})
-	if err != nil {
-		t.Fatal(err)
+	if cfg.Source == nil {
+		client, err := client.Dial(ctx, h.addr, client.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Source = ClientSource(client)
 	}
-	cfg.UFFD, cfg.Client = fd, client
+	cfg.UFFD = fd
 	cfg.VMMPid = int(ho.Cred.Pid)
 	if h.preopen != nil {
-		sess, err := client.Open(ctx, h.preopen, 0)
+		sess, err := cfg.Source.Open(ctx, h.preopen, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -337,11 +353,11 @@ func TestMigrateUrgentSocketLanes(t *testing.T) {
 func TestMigrateOpenedAhead(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
-		regions  []transport.Region
+		regions  []wire.Region
 		sessions uint64
 	}{
-		{"covers", []transport.Region{{Offset: 0, Length: 16 << 20, PageSize: transport.PageSize4K}}, 1},
-		{"falls-short", []transport.Region{{Offset: 0, Length: 4 << 20, PageSize: transport.PageSize4K}}, 2},
+		{"covers", []wire.Region{{Offset: 0, Length: 16 << 20, PageSize: wire.PageSize4K}}, 1},
+		{"falls-short", []wire.Region{{Offset: 0, Length: 4 << 20, PageSize: wire.PageSize4K}}, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarnessLanes(t, 16<<20, true)
@@ -389,5 +405,49 @@ func TestVMMExitsMidMigration(t *testing.T) {
 		"FETCHER_TEST_STOP_AFTER=50")
 	if m.err == nil || !strings.Contains(m.err.Error(), ErrVMMGone.Error()) {
 		t.Fatalf("Run = %v, want %v", m.err, ErrVMMGone)
+	}
+}
+
+// The fetcher fed by a ReaderSource over the image file, in this process:
+// every byte arrives, by both lanes, and zero pages as zero pages.
+func TestMigrateReaderSource(t *testing.T) {
+	h := newHarness(t, 16<<20)
+	f, err := os.Open(h.imgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	src := NewReaderSource(f, 16<<20, "file "+h.imgPath)
+	cfg := Config{Source: src, Prefetch: true, ImageSize: src.Info().Size,
+		Opened: OpenAhead(context.Background(), src, src.Info(), nil)}
+	if cfg.Opened == nil || cfg.Opened.Demand == nil {
+		t.Fatalf("nothing opened ahead: %+v", cfg.Opened)
+	}
+	m := h.migrate("4k:0x0:8M,4k:0x800000:8M", cfg, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
+	if p := m.sum.Pages; p.Demand == 0 || p.Bulk == 0 || p.Zero == 0 {
+		t.Errorf("want pages by demand, in bulk and as zero pages: %+v", p)
+	}
+	if st := h.srv.Stats(); st.SessionsTotal != 0 {
+		t.Errorf("the page server opened %d sessions; the reader should have served everything", st.SessionsTotal)
+	}
+}
+
+// A layout that ends beyond the image is refused by New (ErrLayout), and a
+// ReaderSource refuses a session outside its image the same way.
+func TestLayoutBeyondImage(t *testing.T) {
+	src := NewReaderSource(bytes.NewReader(make([]byte, 8192)), 8192, "8 KiB")
+	_, err := New(Config{UFFD: &uffd.FD{}, Source: src, ImageSize: 8192,
+		Regions: []Region{{Base: 0x10000, Size: 8192, Offset: 4096, PageSize: 4096}}})
+	if !errors.Is(err, ErrLayout) || !strings.Contains(err.Error(), "region 0 (offset 0x1000, size 0x2000) ends beyond the source image (0x2000 bytes)") {
+		t.Errorf("New = %v, want %v naming region 0", err, ErrLayout)
+	}
+	_, err = src.Open(context.Background(), []SourceRegion{{Offset: 4096, Length: 8192, PageSize: PageSize4K}}, 0)
+	if !errors.Is(err, ErrLayout) {
+		t.Errorf("Open = %v, want %v", err, ErrLayout)
+	}
+	_, err = src.Open(context.Background(), []SourceRegion{{Offset: 0, Length: 8192, PageSize: PageSize4K}}, 2)
+	if !errors.Is(err, ErrImageChanged) {
+		t.Errorf("Open of generation 2 = %v, want %v", err, ErrImageChanged)
 	}
 }

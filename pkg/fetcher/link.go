@@ -9,13 +9,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/prefetch"
-	"github.com/postcopy/postcopy/pkg/transport"
 )
 
 // link is the fetcher's side of the network: the only code that owns
@@ -33,28 +30,42 @@ type link struct {
 	life  *lifecycle
 	prio  *demandPrio
 
-	cur    atomic.Pointer[conn]              // the live connection, nil while reconnecting
-	sess   atomic.Pointer[transport.Session] // the latest session, for Done
-	client atomic.Pointer[transport.Client]  // the latest client, closed by Run
-	gen    uint64                            // image generation of the session
+	cur  atomic.Pointer[conn] // the live connection, nil while reconnecting
+	last atomic.Pointer[conn] // the latest connection, for Done
+	gen  uint64               // image generation of the session
+
+	srcMu sync.Mutex
+	src   Source // the latest source, closed by Run
+}
+
+func (l *link) setSource(s Source) {
+	l.srcMu.Lock()
+	defer l.srcMu.Unlock()
+	l.src = s
+}
+
+func (l *link) source() Source {
+	l.srcMu.Lock()
+	defer l.srcMu.Unlock()
+	return l.src
 }
 
 // conn is one connection generation: a session with its two lanes. A broken
 // lane ends the generation; the next one re-asks for everything in flight.
 type conn struct {
-	client *transport.Client
-	sess   *transport.Session
-	demand *transport.Lane
+	client Source
+	sess   Session
+	demand Lane
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
 	// The bulk lane opens in the background (openBulk): the first demand
 	// request must not wait for its greeting. bulk is set, under mu, before
 	// bulkReady closes; closing (under mu) stops a late open.
-	bulk      *transport.Lane
+	bulk      Lane
 	bulkReady chan struct{}
 	closing   bool
-	placeQ    chan *transport.Response // checked bulk answers, to bulkPlace
+	placeQ    chan *Response // checked bulk answers, to bulkPlace
 
 	mu sync.Mutex // guards bulk and closing
 
@@ -71,7 +82,7 @@ var errStalled = errors.New("link stalled: no answer in time")
 // ahead (Config.Opened) where it covers the layout, else one opened now.
 // unused is a session opened ahead and not used, for the caller to end (off
 // the way to the first page).
-func (l *link) open(ctx context.Context) (sess *transport.Session, demand *transport.Lane, unused *Opened, err error) {
+func (l *link) open(ctx context.Context) (sess Session, demand Lane, unused *Opened, err error) {
 	if o := l.cfg.Opened; o != nil && o.covers(l.pages) &&
 		(l.cfg.ExpectGeneration == 0 || o.Session.Image().Generation == l.cfg.ExpectGeneration) {
 		sess, demand = o.Session, o.Demand
@@ -86,7 +97,7 @@ func (l *link) open(ctx context.Context) (sess *transport.Session, demand *trans
 		l.log.Debug("the session opened ahead does not cover the layout: opening another")
 	}
 	if sess == nil {
-		if sess, demand, err = l.openSession(ctx, l.cfg.Client, l.cfg.ExpectGeneration); err != nil {
+		if sess, demand, err = l.openSession(ctx, l.cfg.Source, l.cfg.ExpectGeneration); err != nil {
 			unused.End(l.log)
 			return nil, nil, nil, err
 		}
@@ -95,42 +106,38 @@ func (l *link) open(ctx context.Context) (sess *transport.Session, demand *trans
 	return sess, demand, unused, nil
 }
 
-// openSession opens a session for the layout on client, with its demand lane.
-func (l *link) openSession(ctx context.Context, client *transport.Client, expect uint64) (*transport.Session, *transport.Lane, error) {
+// openSession opens a session for the layout on src, with its demand lane.
+func (l *link) openSession(ctx context.Context, src Source, expect uint64) (Session, Lane, error) {
 	areas := l.pages.Areas()
-	regions := make([]transport.Region, len(areas))
+	regions := make([]SourceRegion, len(areas))
 	for i, r := range areas {
-		regions[i] = transport.Region{Offset: r.Offset, Length: r.Size, PageSize: uint32(r.PageSize)}
+		regions[i] = SourceRegion{Offset: r.Offset, Length: r.Size, PageSize: uint32(r.PageSize)}
 	}
 	// After the handoff every round trip before the first demand request
-	// counts: the session opens on its demand lane where the server can
-	// (transport.Client.OpenDemand), on a connection dialled ahead like the
-	// bulk lane's (those dialled at start are used while fresh).
-	client.PrepareLanes(2)
-	sess, demand, err := client.OpenDemand(ctx, regions, expect)
+	// counts: the session opens on its demand lane where the source can
+	// (the page server's client: transport.Client.OpenDemand), on a
+	// connection dialled ahead like the bulk lane's (those dialled at start
+	// are used while fresh).
+	prepareLanes(src, 2)
+	sess, demand, err := src.OpenDemand(ctx, regions, expect)
 	switch {
 	case err == nil:
 		return sess, demand, nil
-	case errors.Is(err, transport.ErrImageChanged):
-		return nil, nil, fmt.Errorf("%w: %w", ErrImageChanged, err)
-	case errors.Is(err, transport.ErrSourceGone):
-		return nil, nil, fmt.Errorf("%w: %w", ErrSourceLost, err)
-	}
-	if c := status.Code(err); c == codes.InvalidArgument || c == codes.OutOfRange {
-		return nil, nil, fmt.Errorf("%w: %w", ErrLayout, err)
+	case errors.Is(err, ErrImageChanged), errors.Is(err, ErrSourceLost), errors.Is(err, ErrLayout):
+		return nil, nil, err
 	}
 	return nil, nil, fmt.Errorf("fetcher: opening session: %w", err)
 }
 
 // connLoop runs connection generations until ctx ends or an unrecoverable
 // error, starting with c (made on client).
-func (l *link) connLoop(ctx context.Context, client *transport.Client, c *conn) {
+func (l *link) connLoop(ctx context.Context, client Source, c *conn) {
 	for {
 		err := l.serveConn(c)
 		if ctx.Err() != nil {
 			return
 		}
-		retry := transport.IsRetryable(err) || errors.Is(err, errStalled) || errors.Is(err, transport.ErrSessionNotFound)
+		retry := errors.Is(err, errStalled) || client.Retryable(err)
 		if !retry || l.cfg.Redial == nil {
 			l.life.fail(err)
 			return
@@ -138,13 +145,13 @@ func (l *link) connLoop(ctx context.Context, client *transport.Client, c *conn) 
 		l.log.Warn("link to the source broke; reconnecting", "error", err,
 			"window", l.cfg.ReconnectTimeout)
 		old := client
-		var sess *transport.Session
-		var demand *transport.Lane
+		var sess Session
+		var demand Lane
 		if client, sess, demand, err = l.reconnect(ctx); err != nil {
 			l.life.fail(err)
 			return
 		}
-		l.client.Store(client)
+		l.setSource(client)
 		old.Close()
 		l.stats.reconns.Add(1)
 		c = l.newConn(ctx, client, sess, demand)
@@ -153,10 +160,10 @@ func (l *link) connLoop(ctx context.Context, client *transport.Client, c *conn) 
 
 // newConn makes a connection generation from a session and its demand lane
 // (the bulk lane opens in the background: openBulk).
-func (l *link) newConn(ctx context.Context, client *transport.Client, sess *transport.Session, demand *transport.Lane) *conn {
+func (l *link) newConn(ctx context.Context, client Source, sess Session, demand Lane) *conn {
 	cctx, cancel := context.WithCancelCause(ctx)
 	c := &conn{client: client, sess: sess, demand: demand, ctx: cctx, cancel: cancel,
-		bulkReady: make(chan struct{}), placeQ: make(chan *transport.Response, 2)}
+		bulkReady: make(chan struct{}), placeQ: make(chan *Response, 2)}
 	now := time.Now().UnixNano()
 	c.lastDemand.Store(now)
 	c.lastBulk.Store(now)
@@ -167,7 +174,7 @@ func (l *link) newConn(ctx context.Context, client *transport.Client, sess *tran
 // hands everything in flight back: demand requests stay outstanding (and are
 // sent again on the next connection), bulk runs return to the policy.
 func (l *link) serveConn(c *conn) error {
-	l.sess.Store(c.sess)
+	l.last.Store(c)
 	if l.cur.Swap(c) != c {
 		// Requests made while there was no connection go out now. (The
 		// first connection is current before the first fault is read.)
@@ -222,7 +229,7 @@ func (l *link) serveConn(c *conn) error {
 
 // reconnect dials again with backoff until it gets a session on the same
 // image or the reconnect window closes.
-func (l *link) reconnect(ctx context.Context) (*transport.Client, *transport.Session, *transport.Lane, error) {
+func (l *link) reconnect(ctx context.Context) (Source, Session, Lane, error) {
 	deadline := time.Now().Add(l.cfg.ReconnectTimeout)
 	backoff := 50 * time.Millisecond
 	var last error
@@ -230,8 +237,8 @@ func (l *link) reconnect(ctx context.Context) (*transport.Client, *transport.Ses
 		actx, cancel := context.WithDeadline(ctx, deadline)
 		client, err := l.cfg.Redial(actx)
 		if err == nil {
-			var sess *transport.Session
-			var demand *transport.Lane
+			var sess Session
+			var demand Lane
 			sess, demand, err = l.openSession(actx, client, l.gen)
 			if err == nil {
 				cancel()
@@ -270,7 +277,7 @@ func (l *link) reconnect(ctx context.Context) (*transport.Client, *transport.Ses
 // connection, which sends every outstanding request again).
 func (l *link) sendDemand(r pagestate.Request) {
 	if c := l.cur.Load(); c != nil {
-		if err := c.demand.Send(transport.Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {
+		if err := c.demand.Send(Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {
 			c.cancel(err)
 		}
 	}
@@ -279,7 +286,7 @@ func (l *link) sendDemand(r pagestate.Request) {
 func (l *link) resendOutstanding(c *conn) {
 	reqs := l.pages.Resend(time.Now(), nil)
 	for _, r := range reqs {
-		if err := c.demand.Send(transport.Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {
+		if err := c.demand.Send(Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {
 			c.cancel(err)
 			return
 		}
@@ -293,8 +300,8 @@ func (l *link) resendOutstanding(c *conn) {
 func (l *link) demandRecv(c *conn) error {
 	th := l.prio.thread()
 	defer th.done()
-	if th != nil {
-		c.demand.WaitInThread()
+	if w, ok := c.demand.(interface{ WaitInThread() bool }); ok && th != nil {
+		w.WaitInThread()
 	}
 	for {
 		th.idle()
@@ -308,7 +315,7 @@ func (l *link) demandRecv(c *conn) error {
 		if err := resp.Verify(); err != nil {
 			l.stats.crcErrors.Add(1)
 			l.log.Warn("demand answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
-			req := transport.Request{ID: l.pages.NextID(), Offset: resp.Offset, Pages: resp.Pages}
+			req := Request{ID: l.pages.NextID(), Offset: resp.Offset, Pages: resp.Pages}
 			resp.Release()
 			if err := c.demand.Send(req); err != nil {
 				return err
@@ -394,7 +401,7 @@ func (l *link) bulkSend(c *conn) error {
 			}
 			for _, run := range runs {
 				b := l.pages.AskBulk(run.Region, run.Page, run.Pages, time.Now())
-				if err := c.bulk.Send(transport.Request{ID: b.ID, Offset: b.Offset, Pages: b.Pages}); err != nil {
+				if err := c.bulk.Send(Request{ID: b.ID, Offset: b.Offset, Pages: b.Pages}); err != nil {
 					return err
 				}
 				bytes, n, sent = bytes+b.Bytes, n+1, true
@@ -462,7 +469,7 @@ func (l *link) bulkPlace(c *conn) error {
 		boost = th
 	}
 	for {
-		var resp *transport.Response
+		var resp *Response
 		select {
 		case resp = <-c.placeQ:
 		case <-c.ctx.Done():

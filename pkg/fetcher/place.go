@@ -13,8 +13,8 @@ import (
 
 	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
-	"github.com/postcopy/postcopy/pkg/transport"
 	"github.com/postcopy/postcopy/pkg/uffd"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // maxBulkCopy bounds one DONTWAKE copy, so that the fault loop, which needs
@@ -81,7 +81,7 @@ func (pl *placer) unlockEvents(read bool) {
 // th, if not nil, is the calling bulk goroutine's locked thread: the whole
 // answer is placed boosted (sched.Thread.Boost), since its copies hold the
 // event lock nearly all the time — two system calls per run, not per copy.
-func (pl *placer) placeResponse(resp *transport.Response, demand bool, th *sched.Thread) error {
+func (pl *placer) placeResponse(resp *wire.Response, demand bool, th *sched.Thread) error {
 	th.Boost()
 	defer th.Unboost()
 	r, p, ok := pl.pages.LookupOffset(resp.Offset)

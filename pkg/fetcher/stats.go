@@ -6,8 +6,8 @@ import (
 
 	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/internal/stats"
+	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
-	"github.com/postcopy/postcopy/pkg/transport"
 )
 
 // counters are the figures of the summary and the metrics that the page
@@ -92,8 +92,8 @@ func (f *Fetcher) summary() *Summary {
 	return s
 }
 
-func (f *Fetcher) totals() transport.DoneTotals {
-	return transport.DoneTotals{
+func (f *Fetcher) totals() client.DoneTotals {
+	return client.DoneTotals{
 		PagesDemand:   f.pages.Count(pagestate.ViaDemand),
 		PagesBulk:     f.pages.Count(pagestate.ViaBulk),
 		PagesZero:     f.pages.Count(pagestate.ViaZero),

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postcopy/postcopy/internal/testutil/pki"
 	"github.com/postcopy/postcopy/test/harness"
 )
 
@@ -12,22 +13,22 @@ import (
 // demands, or trusting another CA, cannot reach the server (exit 3).
 func TestTLS(t *testing.T) {
 	requireUFFD(t)
-	pki, err := harness.GenerateTLS(t.TempDir())
+	certs, err := pki.New(t.TempDir(), "postcopy test CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := harness.GenerateTLS(t.TempDir())
+	other, err := pki.New(t.TempDir(), "postcopy test CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	server := []string{"--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey}
-	mutual := append(server[:len(server):len(server)], "--tls-client-ca", pki.CA)
+	server := []string{"--tls-cert", certs.ServerCert, "--tls-key", certs.ServerKey}
+	mutual := append(server[:len(server):len(server)], "--tls-client-ca", certs.CA)
 
 	t.Run("tls", func(t *testing.T) {
 		e, _, _ := migrate(t, migration{
 			imageSize: 8 << 20, image: defaultImage, regions: "4k:0x0:8M", pages: 8 << 8,
 			serverArgs:  server,
-			fetcherArgs: []string{"--tls-ca", pki.CA},
+			fetcherArgs: []string{"--tls-ca", certs.CA},
 		})
 		if !e.serverReady.TLS {
 			t.Errorf("pageserver ready line %+v: want tls true", e.serverReady)
@@ -37,7 +38,7 @@ func TestTLS(t *testing.T) {
 		migrate(t, migration{
 			imageSize: 8 << 20, image: defaultImage, regions: "4k:0x0:8M", pages: 8 << 8,
 			serverArgs:  mutual,
-			fetcherArgs: []string{"--tls-ca", pki.CA, "--tls-cert", pki.ClientCert, "--tls-key", pki.ClientKey},
+			fetcherArgs: []string{"--tls-ca", certs.CA, "--tls-cert", certs.ClientCert, "--tls-key", certs.ClientKey},
 		})
 	})
 	for _, tc := range []struct {
@@ -45,7 +46,7 @@ func TestTLS(t *testing.T) {
 		server  []string
 		fetcher []string
 	}{
-		{"no-client-cert", mutual, []string{"--tls-ca", pki.CA}},
+		{"no-client-cert", mutual, []string{"--tls-ca", certs.CA}},
 		{"other-ca", server, []string{"--tls-ca", other.CA}},
 		{"plaintext-to-tls", server, nil},
 	} {

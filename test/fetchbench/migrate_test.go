@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/internal/testutil/pki"
 	"github.com/postcopy/postcopy/test/harness"
 )
 
@@ -373,18 +374,18 @@ func BenchmarkFirstPage(b *testing.B) {
 // with nothing faulting, as the VMM sees it.
 func BenchmarkTLS(b *testing.B) {
 	img := image2G(b)
-	pki, err := harness.GenerateTLS(b.TempDir())
+	certs, err := pki.New(b.TempDir(), "postcopy test CA")
 	if err != nil {
 		b.Fatal(err)
 	}
-	tlsServer := []string{"--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey}
+	tlsServer := []string{"--tls-cert", certs.ServerCert, "--tls-key", certs.ServerKey}
 	variants := []struct {
 		name            string
 		server, fetcher []string
 	}{
-		{"tls", tlsServer, []string{"--tls-ca", pki.CA}},
-		{"mtls", append(slices.Clone(tlsServer), "--tls-client-ca", pki.CA),
-			[]string{"--tls-ca", pki.CA, "--tls-cert", pki.ClientCert, "--tls-key", pki.ClientKey}},
+		{"tls", tlsServer, []string{"--tls-ca", certs.CA}},
+		{"mtls", append(slices.Clone(tlsServer), "--tls-client-ca", certs.CA),
+			[]string{"--tls-ca", certs.CA, "--tls-cert", certs.ClientCert, "--tls-key", certs.ClientKey}},
 	}
 	const size = 2 << 30
 	forPlacements(b, func(b *testing.B, cpus []int) {

@@ -2,8 +2,6 @@ package harness
 
 import (
 	"bytes"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -176,41 +174,6 @@ func TestGenerateImage(t *testing.T) {
 	}
 	if _, err := GenerateImage(path, 1000, o); err == nil {
 		t.Error("size 1000 accepted")
-	}
-}
-
-func TestGenerateTLS(t *testing.T) {
-	f, err := GenerateTLS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(f.CA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		t.Fatal("CA PEM not parsed")
-	}
-	for _, tc := range []struct {
-		cert, key string
-		usage     x509.ExtKeyUsage
-		host      string
-	}{
-		{f.ServerCert, f.ServerKey, x509.ExtKeyUsageServerAuth, "127.0.0.1"},
-		{f.ClientCert, f.ClientKey, x509.ExtKeyUsageClientAuth, ""},
-	} {
-		pair, err := tls.LoadX509KeyPair(tc.cert, tc.key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		leaf, err := x509.ParseCertificate(pair.Certificate[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: tc.host, KeyUsages: []x509.ExtKeyUsage{tc.usage}}); err != nil {
-			t.Errorf("%s: %v", tc.cert, err)
-		}
 	}
 }
 

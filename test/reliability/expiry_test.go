@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/cli"
-	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/internal/testutil/pki"
+	"github.com/postcopy/postcopy/pkg/client"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // unusedTimeout is the pageserver --session-unused-timeout of these tests:
@@ -32,14 +34,14 @@ type expiryCase struct {
 
 func expiryCases(t *testing.T) []expiryCase {
 	dir := t.TempDir()
-	pki := newCA(t, dir, "ca")
-	srvCert, srvKey := pki.issue("server", leafOptions{hosts: []string{"127.0.0.1"}})
-	probeTLS, err := cli.ClientTLS(pki.File, "", "")
+	ca := pki.NewCAT(t, dir, "ca")
+	srvCert, srvKey := ca.IssueT(t, "server", pki.Leaf{Hosts: []string{"127.0.0.1"}})
+	probeTLS, err := cli.ClientTLS(ca.File, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return []expiryCase{
-		{"tls", []string{"--tls-cert", srvCert, "--tls-key", srvKey}, []string{"--tls-ca", pki.File}, probeTLS},
+		{"tls", []string{"--tls-cert", srvCert, "--tls-key", srvKey}, []string{"--tls-ca", ca.File}, probeTLS},
 		{"plaintext-no-demand-socket", []string{"--demand-socket=false"}, nil, nil},
 		{"plaintext", nil, nil, nil},
 	}
@@ -93,7 +95,7 @@ func (e *env) outliveUnusedTimeout(srv *proc, addr string, tlsCfg *tls.Config) {
 	probe := e.probeClient(addr, tlsCfg)
 	ctx, cancel := context.WithTimeout(context.Background(), eventTimeout)
 	defer cancel()
-	if _, err := probe.Open(ctx, []transport.Region{{Offset: 0, Length: 4096, PageSize: 4096}}, 0); err != nil {
+	if _, err := probe.Open(ctx, []wire.Region{{Offset: 0, Length: 4096, PageSize: 4096}}, 0); err != nil {
 		e.t.Fatalf("probe Open: %v", err)
 	}
 	for {
@@ -113,7 +115,7 @@ func (e *env) outliveUnusedTimeout(srv *proc, addr string, tlsCfg *tls.Config) {
 
 // probeClient dials addr with the env's token (over TLS with tlsCfg), as
 // another destination would; closed at the end of the test.
-func (e *env) probeClient(addr string, tlsCfg *tls.Config) *transport.Client {
+func (e *env) probeClient(addr string, tlsCfg *tls.Config) *client.Client {
 	e.t.Helper()
 	tok, err := os.ReadFile(e.tokenFile)
 	if err != nil {
@@ -121,7 +123,7 @@ func (e *env) probeClient(addr string, tlsCfg *tls.Config) *transport.Client {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), eventTimeout)
 	defer cancel()
-	cl, err := transport.Dial(ctx, addr, transport.ClientOptions{TLS: tlsCfg,
+	cl, err := client.Dial(ctx, addr, client.Options{TLS: tlsCfg,
 		Token: []byte(strings.TrimSpace(string(tok))), Name: "expiry-probe"})
 	if err != nil {
 		e.t.Fatal(err)
@@ -132,9 +134,9 @@ func (e *env) probeClient(addr string, tlsCfg *tls.Config) *transport.Client {
 
 // openAndEnd opens a one-page session and ends it as unused: the Open is
 // when the server ends the sessions unused past its timeout.
-func openAndEnd(ctx context.Context, t *testing.T, cl *transport.Client) {
+func openAndEnd(ctx context.Context, t *testing.T, cl *client.Client) {
 	t.Helper()
-	s, err := cl.Open(ctx, []transport.Region{{Offset: 0, Length: 4096, PageSize: 4096}}, 0)
+	s, err := cl.Open(ctx, []wire.Region{{Offset: 0, Length: 4096, PageSize: 4096}}, 0)
 	if err != nil {
 		t.Fatalf("probe Open: %v", err)
 	}

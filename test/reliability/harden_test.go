@@ -22,7 +22,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/postcopy/postcopy/pkg/transport"
+	"github.com/postcopy/postcopy/pkg/client"
+	"github.com/postcopy/postcopy/pkg/server"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // Attacks from a neighbour on the same network or host, each of which
@@ -102,7 +104,7 @@ func TestAttackFreshConnectionFlood(t *testing.T) {
 				conns[0].Close()
 				conns = conns[1:]
 			}
-			if i == 2*transport.DefaultMaxUnauthenticated {
+			if i == 2*server.DefaultMaxUnauthenticated {
 				close(dialled)
 			}
 		}
@@ -158,9 +160,9 @@ func TestAttackJunkConnections(t *testing.T) {
 	if n := stillOpen.Load(); n > 0 {
 		t.Errorf("%d junk connections still open after 30 s", n)
 	}
-	if n := closedFast.Load(); n < 100-transport.DefaultMaxUnauthenticated {
+	if n := closedFast.Load(); n < 100-server.DefaultMaxUnauthenticated {
 		t.Errorf("%d junk connections closed within 5 s, want the %d past --max-unauthenticated",
-			n, 100-transport.DefaultMaxUnauthenticated)
+			n, 100-server.DefaultMaxUnauthenticated)
 	}
 	f, _ := e.startFetcher(ready.Addr, hostNS)
 	migrate4M(t, e, f)
@@ -241,14 +243,14 @@ func TestAttackManyDemandLanes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), migrateTimeout)
 	defer cancel()
 	cl := e.client(ctx, ready.Addr)
-	var lanes []*transport.Lane
+	var lanes []*client.Lane
 	defer func() {
 		for _, l := range lanes {
 			l.Close()
 		}
 	}()
 	for s := range 5 {
-		sess, err := cl.Open(ctx, []transport.Region{{Offset: 0, Length: 1 << 20, PageSize: 4096}}, 0)
+		sess, err := cl.Open(ctx, []wire.Region{{Offset: 0, Length: 1 << 20, PageSize: 4096}}, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -264,13 +266,13 @@ func TestAttackManyDemandLanes(t *testing.T) {
 			lanes = append(lanes, l)
 			opened++
 		}
-		if opened > transport.MaxLanesPerSession {
-			t.Errorf("session %d: %d demand lanes open, want at most %d", s, opened, transport.MaxLanesPerSession)
+		if opened > server.MaxLanesPerSession {
+			t.Errorf("session %d: %d demand lanes open, want at most %d", s, opened, server.MaxLanesPerSession)
 		}
 	}
 	// Every lane opened is served: one request each, answered.
 	for i, l := range lanes {
-		if err := l.Send(transport.Request{ID: uint64(i), Offset: 0, Pages: 1}); err != nil {
+		if err := l.Send(wire.Request{ID: uint64(i), Offset: 0, Pages: 1}); err != nil {
 			t.Fatal(err)
 		}
 		r, err := l.Recv()
@@ -279,8 +281,8 @@ func TestAttackManyDemandLanes(t *testing.T) {
 		}
 		r.Release()
 	}
-	if n := realtimeThreads(t, srv.Pid()); n > transport.DefaultMaxUrgentLanes {
-		t.Errorf("pageserver has %d real-time threads for %d lanes, want at most %d", n, len(lanes), transport.DefaultMaxUrgentLanes)
+	if n := realtimeThreads(t, srv.Pid()); n > server.DefaultMaxUrgentLanes {
+		t.Errorf("pageserver has %d real-time threads for %d lanes, want at most %d", n, len(lanes), server.DefaultMaxUrgentLanes)
 	}
 }
 
@@ -430,7 +432,7 @@ func TestAttackPIDRanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []transport.Extent{{Offset: sourceAddr, Length: sourceSize}}
+	want := []wire.Extent{{Offset: sourceAddr, Length: sourceSize}}
 	if fmt.Sprint(info.Readable) != fmt.Sprint(want) {
 		t.Errorf("Hello lists %x, want only %x", info.Readable, want)
 	}
@@ -446,7 +448,7 @@ func TestAttackPIDRanges(t *testing.T) {
 	}
 	envStart := procStatField(t, src.pid, 48) &^ 4095 // env_start, rounded down to its page
 	for what, at := range map[string]uint64{"the environment": envStart, "the program": low} {
-		_, err = cl.Open(ctx, []transport.Region{{Offset: at, Length: 4096, PageSize: 4096}}, 0)
+		_, err = cl.Open(ctx, []wire.Region{{Offset: at, Length: 4096, PageSize: 4096}}, 0)
 		if err == nil || !strings.Contains(err.Error(), "OutOfRange") {
 			t.Errorf("opening a session over %s (%#x): %v; want it refused as out of range", what, at, err)
 		}
@@ -464,13 +466,13 @@ func migrate4M(t *testing.T, e *env, f *proc) {
 
 // client dials addr with the env's token, as a destination would; closed
 // at the end of the test.
-func (e *env) client(ctx context.Context, addr string) *transport.Client {
+func (e *env) client(ctx context.Context, addr string) *client.Client {
 	e.t.Helper()
 	tok, err := os.ReadFile(e.tokenFile)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	cl, err := transport.Dial(ctx, addr, transport.ClientOptions{Token: []byte(strings.TrimSpace(string(tok)))})
+	cl, err := client.Dial(ctx, addr, client.Options{Token: []byte(strings.TrimSpace(string(tok)))})
 	if err != nil {
 		e.t.Fatal(err)
 	}

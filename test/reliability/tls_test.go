@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postcopy/postcopy/internal/testutil/pki"
 )
 
 // TLS and mutual TLS with certificates that must be refused: a server
@@ -16,14 +18,14 @@ import (
 func TestTLSRefusals(t *testing.T) {
 	requireUFFD(t)
 	dir := t.TempDir()
-	good, other := newCA(t, dir, "ca"), newCA(t, dir, "other-ca")
-	srvCert, srvKey := good.issue("server", leafOptions{hosts: []string{"127.0.0.1", "localhost"}})
-	expCert, expKey := good.issue("expired-server", leafOptions{hosts: []string{"127.0.0.1"}, expired: true})
-	sanCert, sanKey := good.issue("elsewhere", leafOptions{hosts: []string{"pageserver.elsewhere.example", "10.9.9.9"}})
-	otherSrvCert, otherSrvKey := other.issue("server", leafOptions{hosts: []string{"127.0.0.1"}})
-	cliCert, cliKey := good.issue("client", leafOptions{client: true})
-	otherCliCert, otherCliKey := other.issue("client", leafOptions{client: true})
-	expCliCert, expCliKey := good.issue("expired-client", leafOptions{client: true, expired: true})
+	good, other := pki.NewCAT(t, dir, "ca"), pki.NewCAT(t, dir, "other-ca")
+	srvCert, srvKey := good.IssueT(t, "server", pki.Leaf{Hosts: []string{"127.0.0.1", "localhost"}})
+	expCert, expKey := good.IssueT(t, "expired-server", pki.Leaf{Hosts: []string{"127.0.0.1"}, Expired: true})
+	sanCert, sanKey := good.IssueT(t, "elsewhere", pki.Leaf{Hosts: []string{"pageserver.elsewhere.example", "10.9.9.9"}})
+	otherSrvCert, otherSrvKey := other.IssueT(t, "server", pki.Leaf{Hosts: []string{"127.0.0.1"}})
+	cliCert, cliKey := good.IssueT(t, "client", pki.Leaf{Client: true})
+	otherCliCert, otherCliKey := other.IssueT(t, "client", pki.Leaf{Client: true})
+	expCliCert, expCliKey := good.IssueT(t, "expired-client", pki.Leaf{Client: true, Expired: true})
 
 	tlsServer := func(cert, key string) []string { return []string{"--tls-cert", cert, "--tls-key", key} }
 	mutual := append(tlsServer(srvCert, srvKey), "--tls-client-ca", good.File)

@@ -337,33 +337,26 @@ type Capabilities struct {
 	// page_sizes are the page sizes a Region may declare (4096, 2097152).
 	PageSizes []uint32 `protobuf:"varint,6,rep,packed,name=page_sizes,json=pageSizes,proto3" json:"page_sizes,omitempty"`
 	// demand_socket: the server also serves the Demand lane as a plain
-	// socket lane on the same port (plaintext servers only). A gRPC stream
-	// costs a remote fault several goroutine hand-offs on each side; the
-	// socket lane is read and answered by one goroutine per side. Framing:
-	// the client opens a TCP connection and sends the 8 bytes "PCDEMND1",
-	// a little-endian uint16 length and the session id; the server answers
-	// one byte, 0 (accepted), or 1 (no such session) or 2 (this kind of lane
-	// is not served) followed by a uint16 length and a message (refused, then
-	// closes). Then each request is a little-endian uint32
-	// length and a PageRequest, each answer a uint32 length and a PageRun,
-	// exactly as on the Demand stream.
+	// socket lane on the same port (plaintext servers only): a TCP
+	// connection carrying the Demand stream's messages, each prefixed with
+	// its length. A gRPC stream costs a remote fault several goroutine
+	// hand-offs on each side; the socket lane is read and answered by one
+	// goroutine per side. The framing (greeting, refusals, frames, error
+	// frames) is specified once, in pkg/wire's doc.go ("Socket lanes").
 	DemandSocket bool `protobuf:"varint,7,opt,name=demand_socket,json=demandSocket,proto3" json:"demand_socket,omitempty"`
 	// bulk_socket: the server also serves the Bulk lane as a socket lane
-	// (plaintext servers only), framed as demand_socket but opened with the
-	// 8 bytes "PCBULKS1". gRPC cuts every message into 16 KiB HTTP/2 frames
-	// and copies it through its own buffers on both sides, which halves bulk
-	// throughput here; on a socket lane a run's bytes are written from the
-	// server's read buffer with one writev and read straight into the
-	// client's run buffer. Requests are answered in order.
+	// (plaintext servers only; framing: pkg/wire's doc.go). gRPC cuts every
+	// message into 16 KiB HTTP/2 frames and copies it through its own
+	// buffers on both sides, which halves bulk throughput here; on a socket
+	// lane a run's bytes are written from the server's read buffer with one
+	// writev and read straight into the client's run buffer. Requests are
+	// answered in order.
 	BulkSocket bool `protobuf:"varint,8,opt,name=bulk_socket,json=bulkSocket,proto3" json:"bulk_socket,omitempty"`
 	// socket_open: a session may also be opened on a socket lane, saving the
-	// separate Open call's round trip on the way to the first page: the
-	// client sends the 8 bytes "PCOPENS1", a little-endian uint32 length and
-	// an OpenRequest; the server answers a uint32 length and the
-	// OpenResponse, or an error frame (as on a lane: uint32 1<<31 | length,
-	// uint32 gRPC code, uint16 length, reason, message) and closes. Accepted,
-	// the connection goes on as the new session's demand lane. Served with
-	// demand_socket; the client learns it from HelloResponse.caps.
+	// separate Open call's round trip on the way to the first page (framing:
+	// pkg/wire's doc.go); accepted, the connection goes on as the new
+	// session's demand lane. Served with demand_socket; the client learns it
+	// from HelloResponse.caps.
 	SocketOpen bool `protobuf:"varint,9,opt,name=socket_open,json=socketOpen,proto3" json:"socket_open,omitempty"`
 	// working_set_bytes, when not 0, is the size of the working set the
 	// server offers for its image (pageserver --working-set): read it with

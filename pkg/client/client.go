@@ -1,0 +1,624 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/postcopy/postcopy/internal/bufpool"
+	"github.com/postcopy/postcopy/internal/netio"
+	"github.com/postcopy/postcopy/pkg/wire"
+	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
+)
+
+// DefaultDialTimeout bounds Dial when Options.DialTimeout is 0.
+const DefaultDialTimeout = 5 * time.Second
+
+// Options configure a Client.
+type Options struct {
+	// TLS is the client's TLS configuration; nil: plaintext.
+	TLS *tls.Config
+	// Token is the server's shared secret; nil if it requires none.
+	Token []byte
+	// Logger receives connection events; nil: hclog.NewNullLogger().
+	Logger hclog.Logger
+	// DialTimeout bounds Dial (both connections ready); 0: DefaultDialTimeout.
+	DialTimeout time.Duration
+	// Name identifies this destination in the server's logs.
+	Name string
+}
+
+// Client is the destination side of the protocol: two gRPC client
+// connections to one server, on separate TCP connections — the demand
+// connection (small buffers, urgent requests, and the unary calls) and the
+// bulk connection (large windows and buffers) — so that a remote fault
+// never queues behind bulk bytes in one TCP stream.
+type Client struct {
+	addr    string
+	tls     bool
+	timeout time.Duration
+	token   string
+	name    string
+	log     hclog.Logger
+	demand  *grpc.ClientConn
+	bulk    *grpc.ClientConn
+	dRPC    pb.PageServerClient
+	bRPC    pb.PageServerClient
+
+	socketOpen atomic.Bool // the server offers socket_open (Hello)
+
+	// lastDemand is when a demand request was last sent (UnixNano): bulk
+	// socket lanes read at most netio.MaxSyscallBytes per system call within
+	// netio.SplitWindow of it (see netio.LaneReader).
+	lastDemand atomic.Int64
+
+	spareMu     sync.Mutex  // guards the three below
+	spares      []spareConn // connections dialled ahead for socket lanes
+	dialing     int         // dials of spares under way
+	spareClosed bool        // Close was called
+}
+
+// spareConn is a TCP connection dialled ahead (PrepareLanes).
+type spareConn struct {
+	c  net.Conn
+	at time.Time
+}
+
+// spareMaxAge: a spare connection older than this is not used — the server
+// closes a connection that has said nothing for wire.RouteReadTimeout.
+const spareMaxAge = wire.RouteReadTimeout / 2
+
+// tcpDialer dials TCP with Nagle off (Go's default, made explicit).
+func tcpDialer(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	return c, nil
+}
+
+// Dial opens the demand and the bulk connection to addr ("host:port") and
+// waits until both are ready (a health check answered on each), or until
+// ctx or DialTimeout ends. A wrong address, a TLS mismatch or a server that
+// is not a page server fails at the first attempt, with an error naming addr
+// and the connection.
+func Dial(ctx context.Context, addr string, o Options) (*Client, error) {
+	if addr == "" {
+		return nil, errors.New("transport: dial: empty address")
+	}
+	timeout := o.DialTimeout
+	if timeout <= 0 {
+		timeout = DefaultDialTimeout
+	}
+	log := o.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	creds := insecure.NewCredentials()
+	if o.TLS != nil {
+		creds = credentials.NewTLS(o.TLS.Clone())
+	}
+	common := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithContextDialer(tcpDialer),
+		grpc.WithKeepaliveParams(wire.ClientKeepalive),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second,
+			},
+			MinConnectTimeout: timeout,
+		}),
+		experimental.WithBufferPool(&bufpool.Pages),
+		grpc.WithDefaultCallOptions(
+			grpc.ForceCodecV2(wire.Codec{}),
+			grpc.MaxCallRecvMsgSize(wire.ClientMaxRun+wire.MsgSlack),
+			grpc.MaxCallSendMsgSize(wire.MaxRequestMsg),
+		),
+	}
+	demandOpts := append(append([]grpc.DialOption{}, common...),
+		grpc.WithInitialWindowSize(wire.DemandStreamWindow),
+		grpc.WithInitialConnWindowSize(wire.DemandConnWindow),
+		grpc.WithWriteBufferSize(wire.DemandWriteBuffer),
+		grpc.WithReadBufferSize(wire.DemandReadBuffer),
+	)
+	bulkOpts := append(append([]grpc.DialOption{}, common...),
+		grpc.WithInitialWindowSize(wire.BulkStreamWindow),
+		grpc.WithInitialConnWindowSize(wire.BulkConnWindow),
+		grpc.WithWriteBufferSize(wire.BulkBufferSize),
+		grpc.WithReadBufferSize(wire.BulkBufferSize),
+	)
+	target := "passthrough:///" + addr
+	c := &Client{addr: addr, tls: o.TLS != nil, timeout: timeout, token: string(o.Token), name: o.Name, log: log}
+	var err error
+	if c.demand, err = grpc.NewClient(target, demandOpts...); err != nil {
+		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
+	}
+	if c.bulk, err = grpc.NewClient(target, bulkOpts...); err != nil {
+		c.demand.Close()
+		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
+	}
+	c.dRPC = pb.NewPageServerClient(c.demand)
+	c.bRPC = pb.NewPageServerClient(c.bulk)
+
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	errs := make(chan error, 2)
+	for _, cc := range []struct {
+		name string
+		cc   *grpc.ClientConn
+	}{{"demand", c.demand}, {"bulk", c.bulk}} {
+		go func() {
+			_, err := healthpb.NewHealthClient(cc.cc).Check(dctx, &healthpb.HealthCheckRequest{})
+			if err != nil {
+				err = fmt.Errorf("transport: connect to %s (%s connection): %w", addr, cc.name, wire.FromStatus("health check", err))
+			}
+			errs <- err
+		}()
+	}
+	err = errors.Join(<-errs, <-errs)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	log.Debug("connected", "addr", addr)
+	return c, nil
+}
+
+// Close closes both connections; open lanes end.
+func (c *Client) Close() error {
+	c.dropSpares()
+	return errors.Join(c.demand.Close(), c.bulk.Close())
+}
+
+// PrepareLanes makes sure n TCP connections are dialled ahead, or on their
+// way, for the socket lanes the next Demand and Bulk calls open, so that a
+// session's lanes cost only their greeting once Open returns: called just
+// before Open, the dials overlap it; called when the client is made, a
+// session opened within spareMaxAge needs none. Connections dialled before
+// and still fresh count towards n. Unused ones are closed by Close (or when
+// too old to use). Over TLS, where lanes are gRPC streams, it does nothing.
+func (c *Client) PrepareLanes(n int) {
+	if c.tls {
+		return
+	}
+	c.spareMu.Lock()
+	c.dropStaleLocked()
+	want := n - len(c.spares) - c.dialing
+	if c.spareClosed || want <= 0 {
+		c.spareMu.Unlock()
+		return
+	}
+	c.dialing += want
+	c.spareMu.Unlock()
+	for range want {
+		go func() {
+			dctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+			defer cancel()
+			conn, err := tcpDialer(dctx, c.addr)
+			c.spareMu.Lock()
+			defer c.spareMu.Unlock()
+			c.dialing--
+			switch {
+			case err != nil:
+				// The lane dials again itself, and reports the error.
+			case c.spareClosed:
+				conn.Close()
+			default:
+				c.spares = append(c.spares, spareConn{conn, time.Now()})
+			}
+		}()
+	}
+}
+
+// dropStaleLocked closes the spare connections too old to use.
+func (c *Client) dropStaleLocked() {
+	kept := c.spares[:0]
+	for _, sc := range c.spares {
+		if time.Since(sc.at) < spareMaxAge {
+			kept = append(kept, sc)
+		} else {
+			sc.c.Close()
+		}
+	}
+	clear(c.spares[len(kept):])
+	c.spares = kept
+}
+
+// takeSpare returns a connection dialled ahead, if a fresh one is ready.
+func (c *Client) takeSpare() net.Conn {
+	c.spareMu.Lock()
+	defer c.spareMu.Unlock()
+	c.dropStaleLocked()
+	if len(c.spares) == 0 {
+		return nil
+	}
+	sc := c.spares[len(c.spares)-1]
+	c.spares = c.spares[:len(c.spares)-1]
+	return sc.c
+}
+
+func (c *Client) dropSpares() {
+	c.spareMu.Lock()
+	defer c.spareMu.Unlock()
+	c.spareClosed = true
+	for _, sc := range c.spares {
+		sc.c.Close()
+	}
+	c.spares = nil
+}
+
+// Addr returns the address the client dialled.
+func (c *Client) Addr() string { return c.addr }
+
+func imageInfo(i *pb.ImageInfo) wire.ImageInfo {
+	info := wire.ImageInfo{Size: i.GetSize(), Generation: i.GetGeneration(), Description: i.GetDescription()}
+	for _, e := range i.GetReadable() {
+		info.Readable = append(info.Readable, wire.Extent{Offset: e.GetOffset(), Length: e.GetLength()})
+	}
+	return info
+}
+
+// Hello checks the token and returns the server's image identity. A refused
+// token gives an error matching wire.ErrUnauthenticated.
+func (c *Client) Hello(ctx context.Context) (wire.ImageInfo, error) {
+	r, err := c.dRPC.Hello(ctx, &pb.HelloRequest{Token: c.token, ProtocolVersion: wire.ProtocolVersion})
+	if err != nil {
+		return wire.ImageInfo{}, wire.FromStatus("hello", err)
+	}
+	if r.GetProtocolVersion() != wire.ProtocolVersion {
+		return wire.ImageInfo{}, fmt.Errorf("transport: hello: server speaks protocol %d, want %d: %w",
+			r.GetProtocolVersion(), wire.ProtocolVersion, wire.ErrProtocolVersion)
+	}
+	// The bulk connection says hello too, so that the server counts it as
+	// authenticated: until its first bulk stream — long after, or never
+	// where the bulk lane is a socket lane — it would otherwise sit among
+	// the connections the server may close to make room for new ones.
+	if _, err := c.bRPC.Hello(ctx, &pb.HelloRequest{Token: c.token, ProtocolVersion: wire.ProtocolVersion}); err != nil {
+		return wire.ImageInfo{}, wire.FromStatus("hello (bulk connection)", err)
+	}
+	// A socket lane is plaintext: over TLS, sessions open with Open.
+	c.socketOpen.Store(r.GetCaps().GetSocketOpen() && !c.tls)
+	return imageInfo(r.GetImage()), nil
+}
+
+func (c *Client) openRequest(regions []wire.Region, expectGeneration uint64) *pb.OpenRequest {
+	req := &pb.OpenRequest{
+		Token: c.token, ProtocolVersion: wire.ProtocolVersion, ExpectGeneration: expectGeneration,
+		ClientName: c.name, Regions: make([]*pb.Region, len(regions)),
+	}
+	for i, r := range regions {
+		req.Regions[i] = &pb.Region{Offset: r.Offset, Length: r.Length, PageSize: r.PageSize}
+	}
+	return req
+}
+
+// Open opens a session over regions. expectGeneration, if not 0, must be the
+// image's generation (else an error matching wire.ErrImageChanged).
+func (c *Client) Open(ctx context.Context, regions []wire.Region, expectGeneration uint64) (*Session, error) {
+	r, err := c.dRPC.Open(ctx, c.openRequest(regions, expectGeneration))
+	if err != nil {
+		return nil, wire.FromStatus("open", err)
+	}
+	return c.session(r)
+}
+
+// OpenDemand opens a session over regions, as Open does, and its demand
+// lane. Where the server offers it (Capabilities.socket_open, learnt by
+// Hello; plaintext only), both take one round trip on one connection — on
+// the way from a handoff to the first page, Open's round trip through gRPC
+// costs a millisecond or more here; otherwise it calls Open, then
+// Session.Demand. ctx bounds the opening; the lane lives until its Close
+// (or an error ends it).
+func (c *Client) OpenDemand(ctx context.Context, regions []wire.Region, expectGeneration uint64) (*Session, *Lane, error) {
+	if c.socketOpen.Load() {
+		s, l, err := c.socketOpenLane(ctx, c.openRequest(regions, expectGeneration))
+		if err == nil || !errors.Is(err, errSocketOpenUnavailable) {
+			return s, l, err
+		}
+		c.log.Debug("socket open failed; opening with Open", "error", err)
+	}
+	s, err := c.Open(ctx, regions, expectGeneration)
+	if err != nil {
+		return nil, nil, err
+	}
+	// ctx bounds the opening only: the lane lives until Close.
+	l, err := s.Demand(context.WithoutCancel(ctx))
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, l, nil
+}
+
+// session makes the Session an OpenResponse describes.
+func (c *Client) session(r *pb.OpenResponse) (*Session, error) {
+	caps := r.GetCaps()
+	s := &Session{
+		c: c, id: r.GetSessionId(), img: imageInfo(r.GetImage()),
+		maxDemand: min(caps.GetMaxDemandBytes(), wire.ClientMaxRun),
+		maxBulk:   min(caps.GetMaxBulkBytes(), wire.ClientMaxRun),
+		// A socket lane is plaintext: over TLS, demand stays on gRPC.
+		demandSocket: caps.GetDemandSocket() && !c.tls,
+		bulkSocket:   caps.GetBulkSocket() && !c.tls,
+	}
+	if s.id == "" || !caps.GetCrc32C() {
+		return nil, fmt.Errorf("transport: open: server sent no session id or does not checksum: %w", wire.ErrMalformed)
+	}
+	return s, nil
+}
+
+// Session is an open session: its regions were accepted by the server.
+type Session struct {
+	c            *Client
+	id           string
+	img          wire.ImageInfo
+	maxDemand    uint32
+	maxBulk      uint32
+	demandSocket bool // the server serves demand socket lanes (Capabilities.demand_socket)
+	bulkSocket   bool // and bulk ones (Capabilities.bulk_socket)
+}
+
+// ID returns the session id (also sent as wire.SessionMetadataKey on streams).
+func (s *Session) ID() string { return s.id }
+
+// Image returns the image's identity as of Open.
+func (s *Session) Image() wire.ImageInfo { return s.img }
+
+// MaxDemandBytes is the largest run (pages * page size) a demand request
+// may ask for.
+func (s *Session) MaxDemandBytes() uint32 { return s.maxDemand }
+
+// MaxBulkBytes is the largest run a bulk request may ask for.
+func (s *Session) MaxBulkBytes() uint32 { return s.maxBulk }
+
+// Demand opens a demand lane, on the demand connection. The lane lives until
+// Close, ctx ends, or an error ends it.
+//
+// Sessions outlive connections: when a connection drops, its lanes fail
+// with a retryable error (wire.IsRetryable), gRPC reconnects in the background
+// (backoff from 100 ms up to 2 s), and new lanes of the same session carry
+// on. While the connection is down, opening a lane, Send and Recv fail fast
+// with a retryable error rather than wait.
+//
+// Where the server offers it (plaintext only), the demand lane is a socket
+// lane (see socketlane.go): same messages, no gRPC hand-offs. If opening one
+// fails, the lane falls back to the gRPC stream.
+func (s *Session) Demand(ctx context.Context) (*Lane, error) {
+	return s.lane(ctx, wire.LaneDemand, s.demandSocket)
+}
+
+// DemandSocket opens the demand lane as a socket lane, never falling back
+// to gRPC: an error where the server serves none, or over TLS.
+//
+// A demand lane, socket or gRPC, may be opened long before it is used: it
+// starts its session only at its first request, a server's graceful stop
+// ends it if its session has not started (served nothing), and while it is
+// open the session is not ended as unused.
+func (s *Session) DemandSocket(ctx context.Context) (*Lane, error) {
+	if !s.demandSocket {
+		return nil, errors.New("transport: no demand socket lane (not offered, or TLS)")
+	}
+	return s.socketLane(ctx, wire.LaneDemand)
+}
+
+// socketLane opens a socket lane of kind l.
+func (s *Session) socketLane(ctx context.Context, l wire.LaneKind) (*Lane, error) {
+	sl, err := openSocketLane(ctx, s.c, s.id, l)
+	if err != nil {
+		return nil, err
+	}
+	return &Lane{sock: sl, kind: l}, nil
+}
+
+// Bulk opens a bulk lane, on the bulk connection, or as a socket lane where
+// the server offers one (plaintext only), falling back to gRPC as Demand
+// does. Answers come in the order of the requests.
+func (s *Session) Bulk(ctx context.Context) (*Lane, error) {
+	return s.lane(ctx, wire.LaneBulk, s.bulkSocket)
+}
+
+func (s *Session) lane(ctx context.Context, l wire.LaneKind, socket bool) (*Lane, error) {
+	if socket {
+		ln, err := s.socketLane(ctx, l)
+		if err == nil {
+			return ln, nil
+		}
+		if errors.Is(err, wire.ErrSessionNotFound) {
+			return nil, err
+		}
+		s.c.log.Debug("socket lane refused; the lane stays on gRPC", "lane", l, "error", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	ctx = metadata.AppendToOutgoingContext(ctx, wire.SessionMetadataKey, s.id)
+	var (
+		st  grpc.BidiStreamingClient[pb.PageRequest, pb.PageRun]
+		err error
+	)
+	if l == wire.LaneDemand {
+		st, err = s.c.dRPC.Demand(ctx)
+	} else {
+		st, err = s.c.bRPC.Bulk(ctx)
+	}
+	if err != nil {
+		cancel()
+		return nil, wire.FromStatus(l.String()+" open", err)
+	}
+	return &Lane{stream: st, cancel: cancel, kind: l}, nil
+}
+
+// DoneTotals are the destination's totals, logged by the server at Done.
+type DoneTotals struct {
+	// PagesDemand, PagesBulk and PagesZero count pages placed from demand
+	// answers, bulk answers, and as zero pages.
+	PagesDemand, PagesBulk, PagesZero uint64
+	// PagesRemoved counts pages discarded without fetching.
+	PagesRemoved uint64
+	// BytesReceived counts page bytes received.
+	BytesReceived uint64
+	// Duration is the session's duration as the destination saw it.
+	Duration time.Duration
+}
+
+// Done reports the totals and ends the session: later requests on it fail
+// with wire.ErrSessionNotFound.
+func (s *Session) Done(ctx context.Context, t DoneTotals) error {
+	_, err := s.c.dRPC.Done(ctx, &pb.DoneRequest{
+		SessionId: s.id, PagesDemand: t.PagesDemand, PagesBulk: t.PagesBulk, PagesZero: t.PagesZero,
+		PagesRemoved: t.PagesRemoved, BytesReceived: t.BytesReceived, DurationNs: uint64(t.Duration),
+	})
+	return wire.FromStatus("done", err)
+}
+
+// End ends a session that was not used (opened ahead, for a layout that
+// turned out not to fit it): the server logs it as unused, not as a
+// migration.
+func (s *Session) End(ctx context.Context) error {
+	_, err := s.c.dRPC.Done(ctx, &pb.DoneRequest{SessionId: s.id, Unused: true})
+	return wire.FromStatus("end", err)
+}
+
+// Lane is one Demand or Bulk stream of a session. Send may be called from
+// several goroutines; Recv from one.
+type Lane struct {
+	stream grpc.BidiStreamingClient[pb.PageRequest, pb.PageRun]
+	sock   *socketLane // instead of stream, for a socket lane
+	cancel context.CancelFunc
+	kind   wire.LaneKind
+	sendMu sync.Mutex
+	closed atomic.Bool
+}
+
+// Send sends a request. An error matching io.EOF means the stream has ended
+// (or the lane was closed): Recv returns why.
+func (l *Lane) Send(r wire.Request) error {
+	if l.closed.Load() {
+		return io.EOF
+	}
+	l.sendMu.Lock()
+	var err error
+	if l.sock != nil {
+		if l.sock.demandSent != nil {
+			l.sock.demandSent.Store(time.Now().UnixNano())
+		}
+		err = l.sock.send(r)
+	} else {
+		err = l.stream.SendMsg(&r)
+	}
+	l.sendMu.Unlock()
+	if err == io.EOF || err != nil && l.closed.Load() {
+		return io.EOF
+	}
+	return wire.FromStatus(l.kind.String()+" send", err)
+}
+
+// Recv returns the next answer, in any order relative to the requests. It
+// returns io.EOF when the stream ended cleanly (after CloseSend, once every
+// answer has arrived) or after Close; other errors are *wire.Error values
+// that match wire's sentinels where they apply. The caller owns the
+// wire.Response until it calls Release.
+func (l *Lane) Recv() (*wire.Response, error) {
+	r := wire.NewResponse()
+	var err error
+	if l.sock != nil {
+		err = l.sock.recv(r)
+	} else {
+		err = l.stream.RecvMsg(r)
+	}
+	if err != nil {
+		r.Release()
+		if l.closed.Load() && (l.sock != nil || status.Code(err) == codes.Canceled) || err == io.EOF {
+			return nil, io.EOF
+		}
+		return nil, wire.FromStatus(l.kind.String()+" recv", err)
+	}
+	if err := r.Check(); err != nil {
+		r.Release()
+		return nil, fmt.Errorf("transport: %s recv: %w", l.kind, err)
+	}
+	return r, nil
+}
+
+// WaitInThread makes Recv wait for answers blocked in poll(2) on the
+// calling goroutine's OS thread, which the kernel then wakes directly,
+// instead of in the runtime's network poller: for a goroutine locked to a
+// real-time thread (sched.Urgent) that receives and places demand answers.
+// Call it from the goroutine that calls Recv, before the first Recv; keep
+// another processor free (GOMAXPROCS >= 2), since a thread blocked in a
+// system call holds its processor for a while. Only socket lanes can: it
+// reports whether this lane does.
+func (l *Lane) WaitInThread() bool {
+	if l.sock == nil {
+		return false
+	}
+	l.sendMu.Lock()
+	defer l.sendMu.Unlock()
+	if l.closed.Load() {
+		return false
+	}
+	if l.sock.src.Thread.Load() != nil {
+		return true
+	}
+	tc, err := netio.Detach(l.sock.conn)
+	if err != nil {
+		return false
+	}
+	l.sock.setConn(tc)
+	l.sock.src.Thread.Store(tc)
+	if l.closed.Load() {
+		tc.Close() // Close ran meanwhile, on the old connection
+	}
+	return true
+}
+
+// CloseSend tells the server no more requests follow; Recv returns the
+// remaining answers, then io.EOF.
+func (l *Lane) CloseSend() error {
+	l.sendMu.Lock()
+	defer l.sendMu.Unlock()
+	if l.sock != nil {
+		if cw, ok := l.sock.getConn().(interface{ CloseWrite() error }); ok {
+			return cw.CloseWrite()
+		}
+		return nil
+	}
+	return wire.FromStatus(l.kind.String()+" close", l.stream.CloseSend())
+}
+
+// Close ends the lane at once: it half-closes the stream and cancels it, so
+// that a blocked Recv returns (io.EOF). Unanswered requests are dropped.
+func (l *Lane) Close() error {
+	l.closed.Store(true)
+	if l.sock != nil {
+		// Close wakes a Recv blocked on the connection, in the runtime's
+		// poller or in its thread (netio.ThreadConn.Close shuts the socket down).
+		return l.sock.getConn().Close()
+	}
+	l.sendMu.Lock()
+	err := l.stream.CloseSend()
+	l.sendMu.Unlock()
+	l.cancel()
+	if err == io.EOF {
+		err = nil
+	}
+	return wire.FromStatus(l.kind.String()+" close", err)
+}

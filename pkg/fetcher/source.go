@@ -1,0 +1,105 @@
+package fetcher
+
+import (
+	"context"
+
+	"github.com/postcopy/postcopy/pkg/client"
+	"github.com/postcopy/postcopy/pkg/wire"
+)
+
+// Source is where a migration's pages come from: the page server, through
+// its client (ClientSource), or an io.ReaderAt in this process
+// (ReaderSource). The fetcher opens a session over the layout's regions
+// and, on it, a demand lane (one page or a small run per fault) and a bulk
+// lane (the prefetch's runs); Run closes the Source at its end.
+//
+// A Source may also have
+//
+//	PrepareLanes(n int)
+//
+// to get the connections of the next n lanes ready ahead (the fetcher
+// calls it before it opens a session); and a Lane
+//
+//	WaitInThread() bool
+//
+// to wait for answers blocked in the calling goroutine's OS thread, for a
+// demand path on real-time threads (Config.UrgentDemand).
+type Source interface {
+	// Open opens a session over regions. expect, when not zero, is the
+	// image generation the session must have. Errors match
+	// ErrImageChanged, ErrSourceLost or ErrLayout where they apply.
+	Open(ctx context.Context, regions []SourceRegion, expect uint64) (Session, error)
+	// OpenDemand opens a session, as Open does, and its demand lane (in
+	// one round trip where the source can). ctx bounds the opening only:
+	// the lane lives until its Close.
+	OpenDemand(ctx context.Context, regions []SourceRegion, expect uint64) (Session, Lane, error)
+	// Retryable reports whether err, from a lane or from opening one,
+	// means that the link broke and that a new Source (Config.Redial) may
+	// carry on with a new session.
+	Retryable(err error) bool
+	// Close ends the source's connections; its lanes end.
+	Close() error
+}
+
+// Session is a session of a Source: its regions were accepted.
+type Session interface {
+	// ID names the session in logs.
+	ID() string
+	// Image is the image's identity as of the opening.
+	Image() ImageInfo
+	// MaxBulkBytes is the largest run a bulk request may ask for (0: no
+	// limit).
+	MaxBulkBytes() uint32
+	// Demand opens a demand lane: answers in any order.
+	Demand(ctx context.Context) (Lane, error)
+	// Bulk opens a bulk lane: answers in the order of the requests.
+	Bulk(ctx context.Context) (Lane, error)
+	// Done reports the totals of a finished migration and ends the session.
+	Done(ctx context.Context, t DoneTotals) error
+	// End ends a session that was not used.
+	End(ctx context.Context) error
+}
+
+// Lane carries requests for runs of pages and their answers. Send may be
+// called from several goroutines, Recv from one. After Close, Send and
+// Recv return an error matching io.EOF. The caller of Recv owns the
+// Response until it calls Release.
+type Lane interface {
+	Send(Request) error
+	Recv() (*Response, error)
+	Close() error
+}
+
+// The protocol's values, as the page server's client (pkg/transport)
+// defines them; every Source speaks them.
+type (
+	// Request asks for Pages pages at Offset, in the page size of the
+	// session region holding Offset; ID comes back in the Response.
+	Request = wire.Request
+	// Response answers a Request: Segments cover its pages in order, Data
+	// holds the bytes of its data segments, each with its CRC-32C
+	// (Castagnoli).
+	Response = wire.Response
+	// Segment is a run of consecutive pages of a Response, all zero (no
+	// bytes in Data) or all data.
+	Segment = wire.Segment
+	// SourceRegion is a range of the image's offset space a session covers,
+	// in pages of PageSize.
+	SourceRegion = wire.Region
+	// ImageInfo identifies a source's image: size, generation, readable
+	// extents.
+	ImageInfo = wire.ImageInfo
+	// Extent is a range of an image's offset space.
+	Extent = wire.Extent
+	// DoneTotals are a finished migration's totals, for the source's logs.
+	DoneTotals = client.DoneTotals
+)
+
+// Page sizes a session region may have.
+const (
+	PageSize4K = wire.PageSize4K
+	PageSize2M = wire.PageSize2M
+)
+
+// MaxSourceRegions is the most regions a session may have.
+const MaxSourceRegions = wire.MaxRegions

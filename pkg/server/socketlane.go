@@ -1,0 +1,580 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/postcopy/postcopy/internal/bufpool"
+	"github.com/postcopy/postcopy/internal/netio"
+	"github.com/postcopy/postcopy/internal/sched"
+	"github.com/postcopy/postcopy/pkg/wire"
+	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
+)
+
+// The server side of socket lanes: Demand and Bulk lanes without gRPC, on
+// plain TCP connections on the server's port, each read and answered by
+// one goroutine. Why they exist and their framing: pkg/wire's doc.go,
+// "Socket lanes".
+
+// socketOpen serves the greeting of a connection that opened with
+// wire.OpenLaneMagic: a length-prefixed OpenRequest, answered with a
+// length-prefixed OpenResponse or an error frame, exactly as the Open call
+// would answer it. It returns the new session, or nil after refusing. The
+// request's body is read as it arrives: its length field alone allocates
+// nothing.
+func (s *Server) socketOpen(c net.Conn, br *bufio.Reader) *session {
+	_ = c.SetReadDeadline(time.Now().Add(wire.RouteReadTimeout))
+	var hdr [4]byte
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		return nil
+	}
+	n := binary.LittleEndian.Uint32(hdr[:])
+	if n > wire.MaxOpenFrame {
+		s.sendErrorFrame(c, status.Errorf(codes.ResourceExhausted, "open frame of %d bytes, limit %d", n, wire.MaxOpenFrame))
+		return nil
+	}
+	b, err := io.ReadAll(io.LimitReader(br, int64(n)))
+	if err != nil || len(b) != int(n) {
+		return nil
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if !s.sockLane {
+		s.sendErrorFrame(c, status.Error(codes.Unimplemented, "socket lanes are not served here"))
+		return nil
+	}
+	var req pb.OpenRequest
+	if err := proto.Unmarshal(b, &req); err != nil {
+		s.sendErrorFrame(c, status.Errorf(codes.InvalidArgument, "OpenRequest: %v", err))
+		return nil
+	}
+	resp, err := s.Open(peer.NewContext(context.Background(), &peer.Peer{Addr: c.RemoteAddr()}), &req)
+	if err != nil {
+		s.sendErrorFrame(c, err)
+		return nil
+	}
+	out, err := proto.Marshal(resp)
+	if err != nil {
+		s.sendErrorFrame(c, status.Errorf(codes.Internal, "OpenResponse: %v", err))
+		return nil
+	}
+	binary.LittleEndian.PutUint32(hdr[:], uint32(len(out)))
+	_ = c.SetWriteDeadline(time.Now().Add(laneWriteTimeout))
+	if _, err := (&net.Buffers{hdr[:], out}).WriteTo(c); err != nil {
+		return nil
+	}
+	sess, err := s.lookup(resp.GetSessionId())
+	if err != nil {
+		return nil
+	}
+	return sess
+}
+
+const (
+	// laneWriteTimeout bounds a server's write on a socket lane: a client
+	// that stops reading loses its lane instead of holding the server's
+	// goroutine (or real-time thread) and run buffer for ever.
+	laneWriteTimeout = 30 * time.Second
+)
+
+// SplitListener returns the listener to give the gRPC server: connections
+// that open with the socket lane's greeting are served here as socket
+// lanes, every other connection goes to gRPC unchanged (its first bytes
+// replayed). Accepting continues until the returned listener is closed:
+// temporary failures (out of descriptors, a connection aborted while
+// queued) are retried with a growing delay and logged, never the end of
+// the listener. At most Options.MaxUnauthenticated connections may
+// be waiting to authenticate, a quarter of them from any one address; a
+// new one closes an older pending one to make room (pendingConns, guard.go).
+// Over TLS too the listener should be given to gRPC through it, for the
+// accept retries and that bound: a TLS connection never begins with a
+// socket lane's greeting, and goes to gRPC.
+func (s *Server) SplitListener(l net.Listener) net.Listener {
+	sl := &splitListener{Listener: l, s: s, conns: make(chan net.Conn), done: make(chan struct{})}
+	go sl.acceptLoop()
+	return sl
+}
+
+type splitListener struct {
+	net.Listener
+	s     *Server
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+
+	mu  sync.Mutex
+	err error
+}
+
+func (sl *splitListener) acceptLoop() {
+	retry := acceptRetry{log: sl.s.log}
+	for {
+		c, err := sl.Listener.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) && temporaryAccept(err) {
+				if retry.failed(err, sl.done) {
+					continue
+				}
+				return // closed while waiting
+			}
+			sl.mu.Lock()
+			sl.err = err
+			sl.mu.Unlock()
+			sl.Close()
+			return
+		}
+		retry.succeeded()
+		g, evicted := sl.s.pending.admit(c)
+		if evicted != nil {
+			sl.s.evictedConn(evicted)
+		}
+		go sl.route(c, g)
+	}
+}
+
+// route reads the first bytes of c and sends it where it belongs. g is c's
+// place among the connections not yet authenticated.
+func (sl *splitListener) route(c net.Conn, g *connGuard) {
+	var head [len(wire.DemandLaneMagic)]byte
+	_ = c.SetReadDeadline(time.Now().Add(wire.RouteReadTimeout))
+	n, err := io.ReadFull(c, head[:])
+	_ = c.SetReadDeadline(time.Time{})
+	if n == len(head) {
+		switch string(head[:]) {
+		case wire.DemandLaneMagic:
+			sl.s.serveSocketLane(c, g, wire.LaneDemand, false)
+			return
+		case wire.BulkLaneMagic:
+			sl.s.serveSocketLane(c, g, wire.LaneBulk, false)
+			return
+		case wire.OpenLaneMagic:
+			sl.s.serveSocketLane(c, g, wire.LaneDemand, true)
+			return
+		}
+	}
+	if n == 0 && err != nil {
+		g.release()
+		c.Close()
+		return
+	}
+	select {
+	case sl.conns <- &guardedConn{Conn: &prefixConn{Conn: c, prefix: head[:n]}, g: g}:
+	case <-sl.done:
+		g.release()
+		c.Close()
+	}
+}
+
+// Accept returns the next connection for gRPC.
+func (sl *splitListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-sl.conns:
+		return c, nil
+	case <-sl.done:
+		sl.mu.Lock()
+		defer sl.mu.Unlock()
+		if sl.err != nil {
+			return nil, sl.err
+		}
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting.
+func (sl *splitListener) Close() error {
+	var err error
+	sl.once.Do(func() {
+		close(sl.done)
+		err = sl.Listener.Close()
+	})
+	return err
+}
+
+// prefixConn replays bytes already read from a connection.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// serveSocketLane serves one socket lane until the client closes it or an
+// error; errors reach the client as an error frame. Requests are answered
+// in order, each read and written by this goroutine: on a demand lane the
+// client has one request in flight per faulting page and waits for none
+// (a slow read holds up the lane's later requests; the fetcher's demand
+// requests are single pages); on a bulk lane the client keeps a window of
+// requests queued in the socket.
+//
+// With open, the connection opened with "PCOPENS1": its greeting is an Open
+// (socketOpen), and it goes on as the new session's demand lane. g is
+// released once the greeting named a session (or opened one), or at the
+// end.
+func (s *Server) serveSocketLane(c net.Conn, g *connGuard, l wire.LaneKind, open bool) {
+	defer g.release()
+	defer func() { c.Close() }() // c may become a netio.ThreadConn
+	if !s.lanes.add(c) {
+		return // stopping
+	}
+	defer func() { s.lanes.remove(c) }()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	if l == wire.LaneDemand {
+		netio.MarkUrgent(c)
+	}
+	src := &netio.LaneReader{Conn: c}
+	br := bufio.NewReaderSize(src, 4096)
+	var sess *session
+	if open {
+		if sess = s.socketOpen(c, br); sess == nil {
+			return
+		}
+	} else {
+		_ = c.SetReadDeadline(time.Now().Add(wire.RouteReadTimeout))
+		id, err := wire.ReadShortString(br, wire.MaxSessionIDLen)
+		_ = c.SetReadDeadline(time.Time{})
+		if err != nil {
+			return
+		}
+		if l == wire.LaneDemand && !s.sockLane || l == wire.LaneBulk && !s.bulkSock {
+			refuseLane(c, wire.RefusedNotServed, l.String()+" socket lanes are not served here")
+			return
+		}
+		if sess, err = s.lookup(id); err != nil {
+			refuseLane(c, wire.RefusedSession, status.Convert(err).Message())
+			s.countErr(err)
+			return
+		}
+	}
+	g.release() // a session id the server gave out, or a new session
+	if !s.lanes.attach(c, sess, l) {
+		if !open {
+			refuseLane(c, wire.RefusedSession, "the server is stopping")
+		}
+		return
+	}
+	if err := sess.attach(l); err != nil {
+		s.countErr(err)
+		if open {
+			s.sendErrorFrame(c, err)
+		} else {
+			refuseLane(c, wire.RefusedLimit, status.Convert(err).Message())
+		}
+		return
+	}
+	defer sess.detach(l)
+	if !open {
+		_ = c.SetWriteDeadline(time.Now().Add(laneWriteTimeout))
+		if _, err := c.Write([]byte{wire.LaneAccepted}); err != nil {
+			return
+		}
+	}
+	if l == wire.LaneDemand && s.urgent {
+		// A real-time thread, woken by the kernel when a request arrives,
+		// reads it, reads the page and writes the answer: at most
+		// maxUrgent of them, further lanes are served like bulk ones.
+		if s.urgentLanes.Add(1) > s.maxUrgent {
+			s.urgentLanes.Add(-1)
+			s.urgentCapOnce.Do(func() {
+				s.log.Info("more demand lanes than real-time threads permitted: the others run at normal priority",
+					"max_urgent_lanes", s.maxUrgent)
+			})
+		} else {
+			defer s.urgentLanes.Add(-1)
+			if err := sched.Urgent(); err != nil {
+				s.urgentOnce.Do(func() { s.log.Info("demand lanes run at normal priority", "error", err) })
+			}
+			if tc, err := netio.Detach(c); err == nil {
+				if !s.lanes.swap(c, tc) {
+					tc.Close()
+					return // stopping
+				}
+				c = tc
+				src.Thread.Store(tc)
+			} else if errors.Is(err, net.ErrClosed) {
+				return
+			}
+		}
+	}
+	// A netio.ThreadConn's write timeout counts from each blocked write (see
+	// netio.ThreadConn.SetWriteDeadline): set once. A poller's deadline is set
+	// before each answer.
+	_, inThread := c.(*netio.ThreadConn)
+	if inThread {
+		_ = c.SetWriteDeadline(time.Now().Add(laneWriteTimeout))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// As Bulk: with BulkYield, bulk runs are read at a lower CPU priority
+	// while demand requests come.
+	var th *sched.Thread
+	if l == wire.LaneBulk && s.bulkYield {
+		th = sched.LockThread()
+	}
+
+	bufs := make(net.Buffers, 0, 16)
+	group := make(net.Buffers, 0, 16)
+	var lenBuf [4]byte
+	send := func(rb *runBuf, req wire.Request, ps uint32) error {
+		rb.out = wire.OutRun{
+			ID: req.ID, Offset: req.Offset, Pages: req.Pages, PageSize: ps,
+			Segs: rb.segs, CRCs: rb.crcs, Buf: rb.buf, Pool: &bufpool.Pages,
+		}
+		rb.buf = nil
+		bs := rb.out.Marshal()
+		rb.out = wire.OutRun{}
+		defer bs.Free()
+		binary.LittleEndian.PutUint32(lenBuf[:], uint32(bs.Len()))
+		bufs = append(bufs[:0], lenBuf[:])
+		for _, b := range bs {
+			bufs = append(bufs, b.ReadOnlyData())
+		}
+		limit := 0
+		if l == wire.LaneBulk && s.gate.recent(netio.SplitWindow) {
+			limit = netio.MaxSyscallBytes
+		}
+		if !inThread {
+			_ = c.SetWriteDeadline(time.Now().Add(laneWriteTimeout))
+		}
+		return netio.WriteBounded(c, bufs, &group, limit)
+	}
+	frame := make([]byte, wire.MaxRequestFrame)
+	for used := false; ; used = true {
+		var hdr [4]byte
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			return // the client closed the lane
+		}
+		if !used && !s.lanes.start(c) {
+			return // a stop closed the lane before its session started
+		}
+		n := binary.LittleEndian.Uint32(hdr[:])
+		if n > wire.MaxRequestFrame {
+			s.sendErrorFrame(c, status.Errorf(codes.ResourceExhausted, "request frame of %d bytes, limit %d", n, wire.MaxRequestFrame))
+			return
+		}
+		if _, err := io.ReadFull(br, frame[:n]); err != nil {
+			return
+		}
+		var req wire.Request
+		if err := (wire.Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(frame[:n])}, &req); err != nil {
+			s.sendErrorFrame(c, status.Errorf(codes.InvalidArgument, "%v", err))
+			return
+		}
+		ps, err := s.check(sess, l, req)
+		if err == nil && l == wire.LaneDemand {
+			s.gate.enter()
+			err = s.serve(ctx, sess, l, req, ps, send)
+			s.gate.leave()
+		} else if err == nil {
+			if th != nil {
+				th.Defer(s.gate.recent(demandBurst))
+			}
+			err = s.serve(ctx, sess, l, req, ps, send)
+		}
+		if err != nil {
+			s.sendErrorFrame(c, err)
+			return
+		}
+	}
+}
+
+// laneSet tracks the socket lanes being served, for a graceful stop (which
+// gRPC's GracefulStop does not see) and a hard one.
+//
+// A graceful stop waits for the lanes of sessions that have started — served
+// a request on any lane, or opened a bulk lane — and closes the others: a
+// destination opens its session and demand lane before its VMM hands over,
+// and may wait long; it has nothing to lose. Whether a session has started
+// changes under mu, so that a lane is either closed unstarted or served to
+// its end. A gRPC demand lane follows the same rule (Server.Demand ends
+// when the drain begins if its session has not started).
+type laneSet struct {
+	mu       sync.Mutex
+	conns    map[net.Conn]*session // nil: greeting not read yet
+	closed   bool                  // CloseSocketLanes was called: no new lanes
+	draining bool                  // DrainSocketLanes was called
+	begun    chan struct{}         // closed when draining begins (drainBegun)
+	idle     chan struct{}         // closed once draining and no lane is left
+}
+
+// drainBegun is closed when a graceful stop begins (DrainSocketLanes).
+func (ls *laneSet) drainBegun() <-chan struct{} {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.begun == nil {
+		ls.begun = make(chan struct{})
+	}
+	return ls.begun
+}
+
+// mayServe reports whether a lane of sess may still be served: false once
+// a drain began, if sess had not started by then.
+func (ls *laneSet) mayServe(sess *session) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.mayServeLocked(sess, false)
+}
+
+func (ls *laneSet) add(c net.Conn) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.closed || ls.draining {
+		return false
+	}
+	if ls.conns == nil {
+		ls.conns = make(map[net.Conn]*session)
+	}
+	ls.conns[c] = nil
+	return true
+}
+
+// attach notes the session of lane c, once its greeting is read; a bulk
+// lane starts its session. False if a stop closed the lanes meanwhile, or
+// is draining and the session has not started (the caller refuses the
+// lane).
+func (ls *laneSet) attach(c net.Conn, sess *session, l wire.LaneKind) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if _, ok := ls.conns[c]; !ok || ls.closed || !ls.mayServeLocked(sess, l == wire.LaneBulk) {
+		return false
+	}
+	ls.conns[c] = sess
+	return true
+}
+
+// start starts the session of lane c at the lane's first request; false if
+// a stop closed the lane before (the request is not served: the client sees
+// the lane close).
+func (ls *laneSet) start(c net.Conn) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	sess := ls.conns[c]
+	return sess != nil && !ls.closed && ls.mayServeLocked(sess, true)
+}
+
+// startSession starts sess from a gRPC lane (a session may mix gRPC and
+// socket lanes); false if a drain began before it had started.
+func (ls *laneSet) startSession(sess *session) bool {
+	if sess.started.Load() {
+		return true
+	}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.mayServeLocked(sess, true)
+}
+
+// mayServeLocked is the one rule of a graceful stop: a session that has not
+// started is served nothing once a drain began. Otherwise it reports true,
+// and with start, the session has started. ls.mu is held.
+func (ls *laneSet) mayServeLocked(sess *session, start bool) bool {
+	if ls.draining && !sess.started.Load() {
+		return false
+	}
+	if start {
+		sess.started.Store(true)
+	}
+	return true
+}
+
+// swap replaces lane connection old by c; false if the lanes were closed
+// meanwhile, or a drain began before the lane's session started (the
+// caller closes c).
+func (ls *laneSet) swap(old, c net.Conn) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	sess, ok := ls.conns[old]
+	delete(ls.conns, old)
+	if !ok || ls.closed || sess == nil || !ls.mayServeLocked(sess, false) {
+		ls.checkIdleLocked()
+		return false
+	}
+	ls.conns[c] = sess
+	return true
+}
+
+func (ls *laneSet) remove(c net.Conn) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	delete(ls.conns, c)
+	ls.checkIdleLocked()
+}
+
+func (ls *laneSet) checkIdleLocked() {
+	if ls.draining && len(ls.conns) == 0 {
+		select {
+		case <-ls.idle:
+		default:
+			close(ls.idle)
+		}
+	}
+}
+
+// DrainSocketLanes stops accepting socket lanes, closes those of sessions
+// that have not started (laneSet) and ends their gRPC demand lanes, and
+// returns a channel that is closed once every socket lane being served has
+// ended (its client closed it) — the lanes' part of a graceful stop, called
+// before grpc.Server.GracefulStop (which waits for the gRPC lanes it ends).
+func (s *Server) DrainSocketLanes() <-chan struct{} {
+	ls := &s.lanes
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if !ls.draining {
+		ls.draining = true
+		ls.idle = make(chan struct{})
+		if ls.begun == nil {
+			ls.begun = make(chan struct{})
+		}
+		close(ls.begun)
+		for c, sess := range ls.conns {
+			if sess == nil || !ls.mayServeLocked(sess, false) {
+				netio.ShutdownConn(c) // its goroutine sees the lane close, and removes it
+			}
+		}
+	}
+	ls.checkIdleLocked()
+	return ls.idle
+}
+
+// CloseSocketLanes ends every socket lane at once (their clients see the
+// connection close) and refuses new ones — next to grpc.Server.Stop.
+func (s *Server) CloseSocketLanes() {
+	ls := &s.lanes
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.closed = true
+	for c := range ls.conns {
+		netio.ShutdownConn(c) // wakes its reader, in its thread or the runtime's poller; its goroutine closes it
+	}
+}
+
+// refuseLane answers a greeting with a refusal and its reason.
+func refuseLane(c net.Conn, why byte, msg string) {
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.Write(wire.Refusal(why, msg))
+}
+
+// sendErrorFrame writes err (a status) as the lane's last frame.
+func (s *Server) sendErrorFrame(c net.Conn, err error) {
+	s.countErr(err)
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.Write(wire.ErrorFrame(err))
+}

@@ -1,0 +1,83 @@
+// Package wire is what both ends of the postcopy page-server protocol
+// (proto/postcopy/v1) share: the messages as Go types (Region, Request,
+// Response, ImageInfo), the protocol's limits, the gRPC codec of the page
+// messages, the framing of socket lanes, the checks of regions and
+// requests, and the errors a client sees. The source side is pkg/server,
+// the destination side pkg/client.
+//
+// # Sessions and lanes
+//
+// A client says Hello (token check, image identity), then Opens a session
+// over the regions it needs; the server checks every region against the
+// image once (ValidateRegions) and afterwards checks every request against
+// the session's regions (ValidateRequest), so that no request reads outside
+// them. Pages travel on two lanes, each a bidirectional stream carrying the
+// session id in the gRPC metadata key SessionMetadataKey
+// ("postcopy-session"):
+//
+//   - Demand, on its own TCP connection with small buffers: each request is
+//     answered as soon as its read completes, in any order.
+//   - Bulk, on a second TCP connection with large windows and 1 MiB buffers:
+//     the client keeps a window of large runs in flight; the server's reads
+//     yield to demand work.
+//
+// Answers carry runs of pages as segments: zero segments carry no bytes
+// (zero detection happens in the image: holes, never-populated pages and
+// all-zero data), data segments carry their bytes and a CRC-32C (Castagnoli)
+// that Response.Verify checks. Done ends the session.
+//
+// # Socket lanes
+//
+// On a plaintext server both lanes may instead be socket lanes
+// (Capabilities.demand_socket, bulk_socket): plain TCP connections on the
+// server's port carrying the same messages, each prefixed with its length.
+// A gRPC stream costs every remote fault several goroutine hand-offs on each
+// side (reader, handler, writer), and on this kind of machine each hand-off
+// to another CPU is a costly wake-up; on a socket lane the goroutine that
+// reads a request reads the page and writes the answer, and on the client
+// the one that reads the answer places it. For bulk runs, gRPC's 16 KiB
+// HTTP/2 frames and its copies through its own buffers cost half the
+// throughput; on a socket lane a run is written with one writev from the
+// server's read buffer and read straight into the client's run buffer.
+// A session may also be opened on a socket lane (Capabilities.socket_open),
+// saving the separate Open call's round trip on the way to the first page.
+//
+// This is the one specification of the framing (postcopy.proto points
+// here). Integers are little-endian. Messages are the protobuf messages of
+// the Demand and Bulk streams (and of the Open call), encoded the same way.
+//
+//	client: "PCDEMND1" or "PCBULKS1" | uint16 len | session id
+//	server: 0 (accepted) | 1, 2 or 3, uint16 len, message (refused: 1 no
+//	        such session, 2 lane kind not served, 3 the session's most lanes
+//	        of the kind open; then closes)
+//	client: { uint32 len | PageRequest }*
+//	server: { uint32 len | PageRun }* — or, once, an error frame:
+//	        uint32 (1<<31 | len) | uint32 gRPC code | uint16 len | reason | message
+//
+// or, opening a session (socket_open, served with demand_socket):
+//
+//	client: "PCOPENS1" | uint32 len | OpenRequest
+//	server: uint32 len | OpenResponse — or an error frame, as above, and closes
+//
+// after which the connection goes on as the new session's demand lane
+// (requests and answers as above). The reason of an error frame is the
+// google.rpc.ErrorInfo reason of the status (domain ErrorDomain), empty if
+// none. Requests are answered in order on a socket lane. The limits of the
+// frames are MaxSessionIDLen, MaxOpenFrame, MaxRequestFrame and
+// MaxErrorFrame; the greeting must arrive within RouteReadTimeout.
+//
+// # Errors
+//
+// The server answers every bad input with a gRPC status whose message names
+// the problem (see the table in postcopy.proto): Unauthenticated for tokens,
+// InvalidArgument or OutOfRange for regions and requests, NotFound for
+// unknown sessions, ResourceExhausted for limits, and FailedPrecondition
+// with a google.rpc.ErrorInfo reason (ReasonProtocolVersion,
+// ReasonImageChanged, ReasonSourceGone) for the final conditions: the
+// protocol version, an image that changed, a source process that exited
+// (message "source gone: pid:PID: process exited ..."). The client converts
+// statuses once (FromStatus), into *Error values matching
+// ErrUnauthenticated, ErrImageChanged, ErrSourceGone, ErrSessionNotFound or
+// ErrProtocolVersion with errors.Is; IsRetryable tells connection-level
+// failures from final ones.
+package wire
