@@ -2,6 +2,8 @@ package fetcher
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -9,7 +11,10 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/postcopy/postcopy/internal/pagetest"
+	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/image"
+	"github.com/postcopy/postcopy/pkg/server"
 	"github.com/postcopy/postcopy/pkg/workingset"
 )
 
@@ -127,5 +132,53 @@ func TestRecordWorkingSetFailed(t *testing.T) {
 	}
 	if _, ok := m.f.Recorded(); ok {
 		t.Fatal("Recorded ok after a failed migration")
+	}
+}
+
+// OfferedWorkingSet reads the set a page server offers through a
+// ClientSource; a server offering none, or a Source without the method,
+// gives none; a set that does not parse is an error matching
+// workingset.ErrMalformed.
+func TestOfferedWorkingSet(t *testing.T) {
+	img, err := image.OpenFile(makeImage(t, 1<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	id := workingset.Image{Size: img.Size(), Generation: img.Generation()}
+	set, _, err := workingset.Record(nil, id, 4096, []uint64{8192, 0, 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := workingset.Marshal(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	offered := func(ws []byte) (*workingset.Set, error) {
+		t.Helper()
+		srv, err := server.NewServer(server.Options{Image: img, WorkingSet: ws})
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr, _ := pagetest.Serve(t, srv, false)
+		ctx := pagetest.Ctx(t)
+		c := pagetest.Dial(t, addr, client.Options{})
+		if _, err := c.Hello(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return OfferedWorkingSet(ctx, ClientSource(c))
+	}
+	got, err := offered(good)
+	if err != nil || got == nil || got.Image != id || !slices.Equal(got.Offsets(), set.Offsets()) {
+		t.Fatalf("offered set %+v, %v; want %+v", got, err, set)
+	}
+	if got, err := offered(nil); got != nil || err != nil {
+		t.Fatalf("a server offering none: %+v, %v", got, err)
+	}
+	if _, err := offered([]byte("not a set")); !errors.Is(err, workingset.ErrMalformed) {
+		t.Fatalf("a malformed offer: %v, want ErrMalformed", err)
+	}
+	if got, err := OfferedWorkingSet(context.Background(), NewReaderSource(bytes.NewReader(nil), 0, "empty")); got != nil || err != nil {
+		t.Fatalf("a Source without working sets: %+v, %v", got, err)
 	}
 }
