@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -41,6 +42,8 @@ type config struct {
 	bulkYield        bool
 	demandPrio       string
 	demandBudget     float64
+	workingSet       string
+	recordWorkingSet string
 }
 
 // fetcherFlagGroups orders --help.
@@ -48,6 +51,7 @@ var fetcherFlagGroups = []cli.FlagGroup{
 	{Title: "Source", Flags: []string{"server", "token-file", "tls-ca", "tls-cert", "tls-key"}},
 	{Title: "The VMM's handoff", Flags: []string{"uffd-socket", "allow-uid", "vmm-pid", "handoff-timeout"}},
 	{Title: "Migration", Flags: []string{"prefetch", "demand-rate", "bulk-window", "bulk-run-bytes", "demand-priority", "demand-rt-budget", "bulk-yield"}},
+	{Title: "Working sets (docs/working-set.md)", Flags: []string{"working-set", "record-working-set"}},
 	{Title: "Failures and stopping", Flags: []string{"dial-timeout", "request-timeout", "reconnect-timeout", "drain-timeout"}},
 	{Title: "Output", Flags: []string{"log-level", "log-json", "progress", "progress-interval", "metrics-addr", "version"}},
 }
@@ -85,6 +89,8 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.Float64Var(&c.demandBudget, "demand-rt-budget", 0.25, "with --demand-priority auto: CPUs' worth of time the demand path may spend real-time per 20 ms; past it, background priority (nice 10) until the window ends (0..64; 0: no bound)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "place bulk pages at a lower CPU priority while faults wait (shorter fault tail on idle CPUs; slower prefetch next to a CPU-bound workload)")
 	fs.DurationVar(&c.progressInterval, "progress-interval", time.Second, "interval of --progress updates")
+	fs.StringVar(&c.workingSet, "working-set", "", "pull the pages of this working set first, in its order (wins over one the server offers)")
+	fs.StringVar(&c.recordWorkingSet, "record-working-set", "", "once every page is resident, write the pages the VMM faulted on to this working set, merged into a set of the same image there (atomically; nothing on a failed migration)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			cli.Usage(stdout, "pagefetcher --server HOST:PORT --uffd-socket PATH [flags]",
@@ -151,6 +157,13 @@ func (c *config) validate() error {
 	}
 	if c.vmmPID < 0 {
 		bad("--vmm-pid %d: want a process id, or 0 for any", c.vmmPID)
+	}
+	if c.recordWorkingSet != "" {
+		// Written at the end, next to where it goes: its directory must
+		// be there from the start.
+		if fi, err := os.Stat(filepath.Dir(c.recordWorkingSet)); err != nil || !fi.IsDir() {
+			bad("--record-working-set %q: its directory is missing or not a directory", c.recordWorkingSet)
+		}
 	}
 	for _, d := range []struct {
 		name string

@@ -112,6 +112,7 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.urgentBudget(), Opened: up.opened,
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
 		VMMPid: int(h.cred.Pid), HandoffAt: h.at,
+		WorkingSet: up.ws, RecordWorkingSet: c.recordWorkingSet != "",
 		Logger: log.Named("fetcher"), Registerer: reg,
 	})
 	if err != nil {

@@ -538,6 +538,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--source", src, "--session-unused-timeout", "0s"}, nil, 2, `--session-unused-timeout "0s": must be positive`},
 		{[]string{"--source", src, "--token-file", "/nonexistent/token"}, nil, 2, `--token-file "/nonexistent/token": no such file or directory`},
 		{[]string{"--source", src, "--token-file", empty}, nil, 2, `--token-file "` + empty + `": the file is empty`},
+		{[]string{"--source", src, "--working-set", empty}, nil, 2, `--working-set "` + empty + `": malformed working set: not a working set`},
+		{[]string{"--source", src, "--working-set", "/nonexistent/ws"}, nil, 2, `--working-set "/nonexistent/ws": open /nonexistent/ws: no such file or directory`},
 		{[]string{"--source", src}, []string{"POSTCOPY_TOKEN="}, 2, "POSTCOPY_TOKEN is set but empty"},
 		{[]string{"--source", src, "--listen", busy.Addr().String()}, nil, 2,
 			`--listen "` + busy.Addr().String() + `": cannot listen: bind: address already in use`},

@@ -163,7 +163,7 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 			f.stats.dupFaults.Add(1)
 		case pagestate.FaultRide:
 			f.stats.rides.Add(1)
-			f.pull.hint(pg.A.Index, pg.P)
+			f.pull.hint(pg.A.Index, pg.P, true)
 		}
 		return nil
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/uffd"
+	"github.com/postcopy/postcopy/pkg/workingset"
 )
 
 // Errors that end Run. The binary maps each to its own exit code.
@@ -107,7 +108,15 @@ type Config struct {
 	// connection dialled ahead where the client has one), and ends it and
 	// opens its own otherwise. Run owns it either way.
 	Opened *Opened
-	Logger hclog.Logger
+	// WorkingSet, when set, is a working set (pkg/workingset) whose pages
+	// the prefetch pulls first, in its order, before fault hints and the
+	// sweep. One that does not belong to the session's image is ignored,
+	// with one warning naming the mismatch.
+	WorkingSet *workingset.Set
+	// RecordWorkingSet keeps the pages the VMM faulted on, in first-fault
+	// order, for Recorded once Run has returned.
+	RecordWorkingSet bool
+	Logger           hclog.Logger
 	// Registerer, when set, receives the fetcher's metrics
 	// (postcopy_fetcher_*); nil: none. A fetcher's metrics can be
 	// registered once per Registerer: New fails on a second (wrap it with
@@ -220,6 +229,7 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	prio := newDemandPrio(cfg.UrgentDemand, cfg.UrgentBudget, f.log)
 	f.pull = newPuller(f.pages)
+	f.pull.ws, f.pull.record = cfg.WorkingSet, cfg.RecordWorkingSet
 	f.place = newPlacer(cfg.UFFD, f.pages, f.stats, f.life, f.log)
 	f.link = &link{cfg: &f.cfg, log: f.log, pages: f.pages, place: f.place, pull: f.pull, stats: f.stats, life: f.life, prio: prio}
 	rate := cfg.DemandRate
@@ -279,6 +289,10 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		return f.summary(), err
 	}
 	if err := f.pull.setup(uint64(sess.MaxBulkBytes()), f.cfg.BulkRunBytes, f.cfg.BulkWindow); err != nil {
+		demand.Close()
+		return f.summary(), err
+	}
+	if err := f.pull.useWorkingSet(workingset.Image{Size: sess.Image().Size, Generation: sess.Image().Generation}, f.log); err != nil {
 		demand.Close()
 		return f.summary(), err
 	}

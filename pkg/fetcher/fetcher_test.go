@@ -211,6 +211,7 @@ func newHarnessLanes(t *testing.T, size int64, sockets bool) *harness {
 }
 
 type migration struct {
+	f      *Fetcher
 	sum    *Summary
 	err    error
 	vmm    vmmResult
@@ -281,7 +282,7 @@ func (h *harness) migrate(spec string, cfg Config, env ...string) migration {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var m migration
+	m := migration{f: f}
 	m.sum, m.err = f.Run(ctx)
 	ho.Conn.Close() // the VMM waits for this before it exits
 	select {

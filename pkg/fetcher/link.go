@@ -294,7 +294,7 @@ func (l *link) resendOutstanding(c *conn) {
 	// Faults riding the bulk lane: the runs that were to bring them may
 	// have been lost with the old connection (requeued, hint gone).
 	for _, pg := range l.pages.Riding(nil) {
-		l.pull.hint(pg.A.Index, pg.P)
+		l.pull.hint(pg.A.Index, pg.P, false)
 	}
 	reqs := l.pages.Resend(time.Now(), nil)
 	for _, r := range reqs {
