@@ -144,6 +144,9 @@ func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 	var werr error
 	for _, d := range f.pages.Discard(start, end, how, time.Now(), nil) {
 		f.pull.done(d.A.Index, d.First, d.N)
+		if cf := f.link.confirm; cf != nil {
+			cf.done(d.A.Index, d.First, d.N)
+		}
 		werr = errors.Join(werr, f.place.wake(d.Wake.Addr, d.Wake.Len))
 	}
 	return werr
@@ -152,10 +155,19 @@ func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 // fault handles one missing-page fault, outside the event lock. While the
 // bulk lane brings pages and the demand lane has served its rate
 // (Config.DemandRate), the fault rides the bulk lane: its page becomes the
-// policy's newest hint, so the next bulk run starts at it.
+// policy's newest hint, so the next bulk run starts at it. A page the
+// confirm pass is to place (a copy of it is cached) rides the warm lane
+// instead, and is the confirm order's newest hint when it takes the demand
+// lane.
 func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 	t := int64(now.Sub(f.epoch))
-	if !f.admit.Open(t) && f.link.bulkFlowing() {
+	cf := f.link.confirm
+	cached := cf.wants(pg.A, pg.P)
+	flowing := f.link.bulkFlowing()
+	if cached {
+		flowing = cf.flowing.Load()
+	}
+	if !f.admit.Open(t) && flowing {
 		switch f.pages.FaultRiding(pg, tid, now) {
 		case pagestate.FaultZero:
 			return f.place.zeroFill(pg)
@@ -164,6 +176,9 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 		case pagestate.FaultRide:
 			f.stats.rides.Add(1)
 			f.pull.hint(pg.A.Index, pg.P, true)
+			if cached {
+				cf.hint(pg.A.Index, pg.P)
+			}
 		}
 		return nil
 	}
@@ -182,6 +197,9 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 		// demand path a wake-up (on this VM, often on another vCPU).
 		f.link.sendDemand(req)
 		f.pull.faulted(req.Area, req.Page)
+		if cached {
+			cf.hint(req.Area, req.Page)
+		}
 	}
 	return nil
 }

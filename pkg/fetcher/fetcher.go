@@ -32,6 +32,13 @@ var (
 	// ErrFaultOutside: a fault at an address outside every region; the
 	// thread behind it cannot be served.
 	ErrFaultOutside = errors.New("fault outside the handed-over regions")
+	// ErrSourceRunning: at the handoff the source refused to freeze — its
+	// process still runs — so the pages a warm-up copied cannot be
+	// confirmed (WarmSession.Freeze).
+	ErrSourceRunning = errors.New("the source still runs at the handoff")
+	// ErrWarmUnsupported: the source cannot warm a cache (StartWarmup): an
+	// older page server. The migration can go on as plain post-copy.
+	ErrWarmUnsupported = errors.New("the source cannot warm a cache")
 )
 
 // Config is what Run needs. UFFD, Regions and Source are required.
@@ -116,7 +123,14 @@ type Config struct {
 	// RecordWorkingSet keeps the pages the VMM faulted on, in first-fault
 	// order, for Recorded once Run has returned.
 	RecordWorkingSet bool
-	Logger           hclog.Logger
+	// Warmup, when set, is a warm-up started before the handoff
+	// (StartWarmup). Run stops it first, tells the source to freeze
+	// (WarmSession.Freeze: a source that still runs fails the migration
+	// with ErrSourceRunning) and confirms the pages it copied before it
+	// places them (confirm.go); the bulk lane pulls the others. Run owns
+	// it: it closes it at its end.
+	Warmup *Warmup
+	Logger hclog.Logger
 	// Registerer, when set, receives the fetcher's metrics
 	// (postcopy_fetcher_*); nil: none. A fetcher's metrics can be
 	// registered once per Registerer: New fails on a second (wrap it with
@@ -134,6 +148,8 @@ type Summary struct {
 		Zero     uint64 `json:"zero"`
 		Removed  uint64 `json:"removed"`
 		Unmapped uint64 `json:"unmapped"`
+		// Confirmed pages were placed from a warm-up's cache.
+		Confirmed uint64 `json:"confirmed,omitempty"`
 	} `json:"pages"`
 	BytesReceived  uint64 `json:"bytes_received"`
 	Faults         uint64 `json:"faults"`
@@ -150,6 +166,14 @@ type Summary struct {
 	FirstPageMS    float64 `json:"first_page_ms"`
 	Reconnects     uint64  `json:"reconnects"`
 	ChecksumErrors uint64  `json:"checksum_errors"`
+	// With a warm-up (Config.Warmup): its rounds and how long it ran
+	// until the handoff; the pages placed from its cache (pages.confirmed
+	// too); the cached pages the source answered with content after the
+	// freeze (they changed since their copy was taken).
+	WarmRounds              int     `json:"warm_rounds,omitempty"`
+	WarmSeconds             float64 `json:"warm_s,omitempty"`
+	PagesConfirmed          uint64  `json:"pages_confirmed,omitempty"`
+	PagesChangedAfterFreeze uint64  `json:"pages_changed_after_freeze,omitempty"`
 }
 
 // Progress is a snapshot of a running migration.
@@ -281,6 +305,12 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		f.cfg.HandoffAt = f.life.start
 	}
 	f.stats.handoff = f.cfg.HandoffAt
+	if w := f.cfg.Warmup; w != nil {
+		// The cache is read-only from here: the fault loop and the
+		// confirm pass read it.
+		w.stop()
+		defer w.Close()
+	}
 	f.link.setSource(f.cfg.Source)
 	defer func() { f.link.source().Close() }()
 
@@ -295,6 +325,13 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	if err := f.pull.useWorkingSet(workingset.Image{Size: sess.Image().Size, Generation: sess.Image().Generation}, f.log); err != nil {
 		demand.Close()
 		return f.summary(), err
+	}
+	if w := f.cfg.Warmup; w != nil {
+		if f.link.confirm, err = newConfirmer(w.cache, f.pages, f.place, f.pull, f.stats, uint64(sess.MaxBulkBytes()),
+			f.pull.wsRuns, f.log); err != nil {
+			demand.Close()
+			return f.summary(), err
+		}
 	}
 	sinceHandoff := time.Since(f.cfg.HandoffAt)
 

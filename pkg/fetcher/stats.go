@@ -159,6 +159,14 @@ func (f *Fetcher) summary() *Summary {
 	s.FirstPageMS = float64(c.firstPage.Load()) / 1e6
 	s.Reconnects = c.reconns.Load()
 	s.ChecksumErrors = c.crcErrors.Load()
+	s.Pages.Confirmed = f.pages.Count(pagestate.ViaConfirmed)
+	if w := f.cfg.Warmup; w != nil {
+		s.WarmRounds, s.WarmSeconds = w.rounds, w.elapsed().Seconds()
+		s.PagesConfirmed = s.Pages.Confirmed
+	}
+	if cf := f.link.confirm; cf != nil {
+		s.PagesChangedAfterFreeze = cf.changed.Load()
+	}
 	return s
 }
 

@@ -36,12 +36,17 @@ type Request struct {
 }
 
 // Segment describes consecutive pages of a Response that are all zero (no
-// bytes in Data) or all data (with the crc32c of their bytes).
+// bytes in Data), all the same as the copy whose digests a WarmRequest named
+// (Same: no bytes in Data), or all data (with the crc32c of their bytes).
 type Segment struct {
 	Pages  uint32
 	Zero   bool
 	CRC32C uint32
+	Same   bool
 }
+
+// hasData reports whether the segment's pages have bytes in Data.
+func (sg Segment) hasData() bool { return !sg.Zero && !sg.Same }
 
 // Response answers one Request: Segments cover its Pages in order; Data
 // holds the bytes of the data segments, concatenated.
@@ -76,7 +81,7 @@ func (r *Response) Check() error {
 			return fmt.Errorf("run at %#x: empty segment: %w", r.Offset, ErrMalformed)
 		}
 		pages += uint64(sg.Pages)
-		if !sg.Zero {
+		if sg.hasData() {
 			data += uint64(sg.Pages) * uint64(r.PageSize)
 		}
 	}
@@ -95,7 +100,7 @@ func (r *Response) Verify() error {
 	ps := uint64(r.PageSize)
 	for _, sg := range r.Segments {
 		n := uint64(sg.Pages) * ps
-		if !sg.Zero {
+		if sg.hasData() {
 			if pos+int(n) > len(r.Data) {
 				return fmt.Errorf("transport: run at %#x: data too short: %w", r.Offset, ErrMalformed)
 			}
