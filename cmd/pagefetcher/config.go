@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/handshake"
 )
 
@@ -39,6 +40,7 @@ type config struct {
 	bulkYield        bool
 	demandPrio       string
 	demandBudget     float64
+	id               string
 }
 
 // fetcherFlagGroups orders --help.
@@ -47,7 +49,7 @@ var fetcherFlagGroups = []cli.FlagGroup{
 	{Title: "The VMM's handoff", Flags: []string{"uffd-socket", "allow-uid", "vmm-pid", "handoff-timeout"}},
 	{Title: "Migration", Flags: []string{"prefetch", "bulk-window", "bulk-run-bytes", "demand-priority", "demand-rt-budget", "bulk-yield"}},
 	{Title: "Failures and stopping", Flags: []string{"dial-timeout", "request-timeout", "reconnect-timeout", "drain-timeout"}},
-	{Title: "Output", Flags: []string{"log-level", "log-json", "progress", "progress-interval", "metrics-addr", "version"}},
+	{Title: "Output", Flags: []string{"id", "log-level", "log-json", "progress", "progress-interval", "metrics-addr", "version"}},
 }
 
 // parseFlags parses and validates args. It returns flag.ErrHelp for --help
@@ -82,6 +84,10 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.Float64Var(&c.demandBudget, "demand-rt-budget", 0.25, "with --demand-priority auto: CPUs' worth of time the demand path may spend real-time per 20 ms; past it, background priority (nice 10) until the window ends (0..64; 0: no bound)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "place bulk pages at a lower CPU priority while faults wait (shorter fault tail on idle CPUs; slower prefetch next to a CPU-bound workload)")
 	fs.DurationVar(&c.progressInterval, "progress-interval", time.Second, "interval of --progress updates")
+	fs.Func("id", "the orchestrator's `id` for this migration, echoed in every JSON line and log line (printable, at most 128 bytes)", func(s string) error {
+		c.id = s
+		return events.CheckID(s)
+	})
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			cli.Usage(stdout, "pagefetcher --server HOST:PORT --uffd-socket PATH [flags]",

@@ -118,7 +118,8 @@ type Progress struct {
 	ResidentPages uint64  `json:"resident_pages"`
 	TotalPages    uint64  `json:"total_pages"`
 	ReceivedBytes uint64  `json:"received_bytes"`
-	// ReceivedBytesPerS is the rate since the previous progress line.
+	// ReceivedBytesPerS is the rate since the previous progress line (the
+	// first: since the handoff).
 	ReceivedBytesPerS float64 `json:"received_bytes_per_s"`
 	Faults            uint64  `json:"faults"`
 }
