@@ -20,6 +20,7 @@ import (
 	"os"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/daemon"
@@ -79,10 +80,11 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	if err != nil {
 		return err
 	}
-	var reg *metrics.Registry
+	var reg prometheus.Registerer // nil: no metrics
 	if c.metricsAddr != "" {
-		reg = metrics.NewRegistry()
-		ms, err := daemon.ServeMetrics(c.metricsAddr, reg.Handler(), log)
+		r := metrics.NewRegistry()
+		reg = r
+		ms, err := daemon.ServeMetrics(c.metricsAddr, metrics.Handler(r), log)
 		if err != nil {
 			up.close(log)
 			return err
@@ -108,11 +110,12 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	f, err := fetcher.New(fetcher.Config{
 		UFFD: h.fd, Regions: h.regions, Source: up.src, Redial: up.redial,
 		ExpectGeneration: up.info.Generation, ImageSize: up.info.Size, Prefetch: c.prefetch == "on",
-		BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
+		DemandRate: demandRate(c.demandRate), BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
 		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.urgentBudget(), Opened: up.opened,
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
 		VMMPid: int(h.cred.Pid), HandoffAt: h.at,
-		Logger: log.Named("fetcher"), Metrics: reg,
+		WorkingSet: up.ws, RecordWorkingSet: c.recordWorkingSet != "",
+		Logger: log.Named("fetcher"), Registerer: reg,
 	})
 	if err != nil {
 		up.close(log)
@@ -130,4 +133,13 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		log.Info("VMM handed over", "pid", h.cred.Pid, "uid", h.cred.Uid, "regions", len(h.regions),
 			"since_handoff", h.took)
 	})
+}
+
+// demandRate maps --demand-rate to fetcher.Config.DemandRate: the flag's 0
+// is "no bound", the library's negative.
+func demandRate(flag float64) float64 {
+	if flag == 0 {
+		return -1
+	}
+	return flag
 }

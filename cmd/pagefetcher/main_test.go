@@ -96,6 +96,10 @@ func TestFlagValues(t *testing.T) {
 			`--tls-key "/nonexistent/k.pem": no such file or directory`},
 		{[]string{"--tls-ca", pki.CAFile, "--tls-cert", pki.ClientCert, "--tls-key", pki.ServerKey},
 			fmt.Sprintf("--tls-key %q: tls: private key does not match public key", pki.ServerKey)},
+		{[]string{"--working-set", file}, fmt.Sprintf("--working-set %q: malformed working set: not a working set", file)},
+		{[]string{"--working-set", filepath.Join(dir, "none")}, fmt.Sprintf("--working-set %q: open %s: no such file or directory", filepath.Join(dir, "none"), filepath.Join(dir, "none"))},
+		{[]string{"--record-working-set", filepath.Join(dir, "missing", "ws")},
+			fmt.Sprintf("--record-working-set %q: its directory is missing or not a directory", filepath.Join(dir, "missing", "ws"))},
 	} {
 		// --server and --uffd-socket first: a later one of the case wins.
 		args := append([]string{"--server", "127.0.0.1:1", "--uffd-socket", sock, "--dial-timeout", "1s"}, tc.args...)

@@ -42,7 +42,7 @@ func migration(s *fetcher.Summary) events.Migration {
 		TotalS: s.TotalSeconds,
 		Pages: events.Pages{Total: s.Pages.Total, Demand: s.Pages.Demand, Bulk: s.Pages.Bulk, Zero: s.Pages.Zero,
 			Removed: s.Pages.Removed, Unmapped: s.Pages.Unmapped},
-		ReceivedBytes: s.BytesReceived, Faults: s.Faults, FaultsDuplicate: s.DuplicateFault,
+		ReceivedBytes: s.BytesReceived, Faults: s.Faults, FaultsDuplicate: s.DuplicateFault, FaultsOnBulk: s.FaultsOnBulk,
 		FaultLatencyS: events.Quantiles{P50: s.FaultLatencyUS.P50 / us, P99: s.FaultLatencyUS.P99 / us,
 			P999: s.FaultLatencyUS.P999 / us, Max: s.FaultLatencyUS.Max / us},
 		BlocktimeS: s.BlocktimeMS / ms, FirstPageS: s.FirstPageMS / ms,

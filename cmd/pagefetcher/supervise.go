@@ -63,6 +63,9 @@ func supervise(ctx context.Context, f *fetcher.Fetcher, c *config, sigs *daemon.
 			if tty && c.progress {
 				fmt.Fprintln(stderr)
 			}
+			if r.err == nil && c.recordWorkingSet != "" {
+				saveWorkingSet(c.recordWorkingSet, f, log)
+			}
 			return finish(r.sum, r.err, forced, out)
 		case now := <-prog:
 			p := f.Progress()

@@ -49,6 +49,7 @@ import (
 
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/daemon"
+	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/internal/version"
 	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/image"
@@ -86,12 +87,13 @@ type config struct {
 	pidRanges    image.Ranges
 	maxUnauth    int
 	unusedAfter  time.Duration
+	workingSet   string
 	id           string
 }
 
 // serverFlagGroups orders --help.
 var serverFlagGroups = []cli.FlagGroup{
-	{Title: "Source", Flags: []string{"source", "ranges"}},
+	{Title: "Source", Flags: []string{"source", "ranges", "working-set"}},
 	{Title: "Network and security", Flags: []string{"listen", "token-file", "tls-cert", "tls-key", "tls-client-ca",
 		"max-unauthenticated", "max-sessions", "session-unused-timeout", "demand-socket", "bulk-socket"}},
 	{Title: "Scheduling", Flags: []string{"demand-priority", "bulk-yield"}},
@@ -109,6 +111,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	cli.VersionFlag(fs)
 	fs.StringVar(&c.listen, "listen", defaultListen, "`address` to serve on (host:port; loopback by default)")
 	fs.StringVar(&c.source, "source", "", "the image to serve: file:PATH (memory image or shared-memory file) or pid:PID (a stopped process; needs --ranges)")
+	fs.StringVar(&c.workingSet, "working-set", "", "a working set of the image (`file`, docs/working-set.md) to offer every pagefetcher: the pages a past restore faulted on, pulled first")
 	fs.StringVar(&c.ranges, "ranges", "", "with a pid: source, what of the process to serve (required): a comma-separated `list` of 0xSTART-0xEND address ranges, map:PATTERN (mappings whose /proc/PID/maps path matches; * matches anything), or all (every readable mapping: stack, environment, heap and libraries too)")
 	fs.IntVar(&c.maxUnauth, "max-unauthenticated", server.DefaultMaxUnauthenticated, "connections accepted and not yet authenticated at once, a quarter of them from any one address; a new one is never refused: it closes the oldest pending one of its own address past that quarter, or at the limit of the address holding the most")
 	fs.DurationVar(&c.unusedAfter, "session-unused-timeout", server.DefaultSessionUnusedTimeout, "a session that has served nothing and has no lane open for this long is ended (at the next Open)")
@@ -285,8 +288,13 @@ func open(cfg *config, log hclog.Logger) (*instance, error) {
 			"and a destination would then get memory of no single moment; stop it (SIGSTOP) before the destination resumes",
 			"pid", p.PID(), "state", string(p.StateAtOpen()))
 	}
+	ws, err := offeredWorkingSet(cfg.workingSet, img, log)
+	if err != nil {
+		img.Close()
+		return nil, err
+	}
 	srv, err := server.NewServer(server.Options{
-		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions,
+		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions, WorkingSet: ws,
 		DemandSocket: creds == nil && cfg.demandSocket, BulkSocket: creds == nil && cfg.bulkSocket,
 		BulkYield: cfg.bulkYield, UrgentDemand: cfg.demandPrio == "rt",
 		MaxUnauthenticated: cfg.maxUnauth, SessionUnusedTimeout: cfg.unusedAfter,
@@ -323,7 +331,12 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 	img, srv, lis, g, token := in.img, in.srv, in.lis, in.g, in.token
 	var metricsAddr string
 	if cfg.metricsAddr != "" {
-		ms, err := daemon.ServeMetrics(cfg.metricsAddr, srv.MetricsHandler(), log)
+		reg := metrics.NewRegistry()
+		if err := srv.RegisterMetrics(reg); err != nil {
+			lis.Close()
+			return err
+		}
+		ms, err := daemon.ServeMetrics(cfg.metricsAddr, metrics.Handler(reg), log)
 		if err != nil {
 			lis.Close()
 			return err

@@ -247,7 +247,9 @@ func TestServeAndStop(t *testing.T) {
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{"postcopy_requests_total{lane=\"demand\"} 1\n", "postcopy_zero_pages_total 2\n",
-		"postcopy_sessions_total 1\n", "postcopy_errors_total{code=\"Unauthenticated\"} 1\n"} {
+		"postcopy_sessions_total 1\n", "postcopy_errors_total{code=\"Unauthenticated\"} 1\n",
+		"# TYPE postcopy_requests_total counter\n", "# TYPE postcopy_sessions_open gauge\n",
+		"postcopy_build_info{goversion=", "# TYPE process_cpu_seconds_total counter\n", "# TYPE go_goroutines gauge\n"} {
 		if !strings.Contains(string(metrics), want) {
 			t.Fatalf("metrics lack %q:\n%s", want, metrics)
 		}
@@ -540,6 +542,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--source", src, "--session-unused-timeout", "0s"}, nil, 2, `--session-unused-timeout "0s": must be positive`},
 		{[]string{"--source", src, "--token-file", "/nonexistent/token"}, nil, 2, `--token-file "/nonexistent/token": no such file or directory`},
 		{[]string{"--source", src, "--token-file", empty}, nil, 2, `--token-file "` + empty + `": the file is empty`},
+		{[]string{"--source", src, "--working-set", empty}, nil, 2, `--working-set "` + empty + `": malformed working set: not a working set`},
+		{[]string{"--source", src, "--working-set", "/nonexistent/ws"}, nil, 2, `--working-set "/nonexistent/ws": open /nonexistent/ws: no such file or directory`},
 		{[]string{"--source", src}, []string{"POSTCOPY_TOKEN="}, 2, "POSTCOPY_TOKEN is set but empty"},
 		{[]string{"--source", src, "--listen", busy.Addr().String()}, nil, 2,
 			`--listen "` + busy.Addr().String() + `": cannot listen: bind: address already in use`},

@@ -62,7 +62,8 @@ type Client struct {
 	dRPC    pb.PageServerClient
 	bRPC    pb.PageServerClient
 
-	socketOpen atomic.Bool // the server offers socket_open (Hello)
+	socketOpen atomic.Bool   // the server offers socket_open (Hello)
+	workingSet atomic.Uint64 // the bytes of the working set the server offers (Hello)
 
 	// lastDemand is when a demand request was last sent (UnixNano): bulk
 	// socket lanes read at most netio.MaxSyscallBytes per system call within
@@ -299,6 +300,7 @@ func (c *Client) Hello(ctx context.Context) (wire.ImageInfo, error) {
 	}
 	// A socket lane is plaintext: over TLS, sessions open with Open.
 	c.socketOpen.Store(r.GetCaps().GetSocketOpen() && !c.tls)
+	c.workingSet.Store(r.GetCaps().GetWorkingSetBytes())
 	return imageInfo(r.GetImage()), nil
 }
 

@@ -165,6 +165,9 @@ type Migration struct {
 	ReceivedBytes   uint64  `json:"received_bytes"`
 	Faults          uint64  `json:"faults"`
 	FaultsDuplicate uint64  `json:"faults_duplicate"`
+	// FaultsOnBulk are the faults that rode the bulk lane (past
+	// --demand-rate): their page started the next bulk run.
+	FaultsOnBulk uint64 `json:"faults_on_bulk"`
 	// FaultLatencyS is the distribution of demand faults' latencies.
 	FaultLatencyS Quantiles `json:"fault_latency_s"`
 	// BlocktimeS is the total time faulting threads waited.

@@ -21,6 +21,10 @@ import (
 // past-request-timeout: with --request-timeout 1s the silence counts as a
 // broken link; the link stays down until pagefetcher has failed to reconnect
 // twice (no route), then comes back; the reconnect must succeed.
+//
+// riding: the same with --demand-rate 1: past the first faults, every fault
+// rides the bulk lane, and the runs that were to bring the waiting pages are
+// lost with the connection: the new one must ask for them again.
 func TestLinkCut(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -30,6 +34,7 @@ func TestLinkCut(t *testing.T) {
 	}{
 		{name: "short", outage: 1500 * time.Millisecond},
 		{name: "past-request-timeout", args: []string{"--request-timeout", "1s"}, retries: 2},
+		{name: "riding", args: []string{"--request-timeout", "1s", "--demand-rate", "1"}, retries: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const pages = 16 << 8
