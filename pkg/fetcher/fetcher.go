@@ -149,7 +149,7 @@ type Summary struct {
 		Removed  uint64 `json:"removed"`
 		Unmapped uint64 `json:"unmapped"`
 		// Confirmed pages were placed from a warm-up's cache.
-		Confirmed uint64 `json:"confirmed,omitempty"`
+		Confirmed uint64 `json:"confirmed"`
 	} `json:"pages"`
 	BytesReceived  uint64 `json:"bytes_received"`
 	Faults         uint64 `json:"faults"`
@@ -167,13 +167,12 @@ type Summary struct {
 	Reconnects     uint64  `json:"reconnects"`
 	ChecksumErrors uint64  `json:"checksum_errors"`
 	// With a warm-up (Config.Warmup): its rounds and how long it ran
-	// until the handoff; the pages placed from its cache (pages.confirmed
-	// too); the cached pages the source answered with content after the
-	// freeze (they changed since their copy was taken).
-	WarmRounds              int     `json:"warm_rounds,omitempty"`
-	WarmSeconds             float64 `json:"warm_s,omitempty"`
-	PagesConfirmed          uint64  `json:"pages_confirmed,omitempty"`
-	PagesChangedAfterFreeze uint64  `json:"pages_changed_after_freeze,omitempty"`
+	// until the handoff, and the cached pages the source answered with
+	// content after the freeze (they changed since their copy was taken).
+	// The pages placed from its cache are pages.confirmed.
+	WarmRounds              uint64  `json:"warm_rounds"`
+	WarmSeconds             float64 `json:"warm_s"`
+	PagesChangedAfterFreeze uint64  `json:"pages_changed_after_freeze"`
 }
 
 // Progress is a snapshot of a running migration.

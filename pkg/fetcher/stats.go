@@ -161,8 +161,7 @@ func (f *Fetcher) summary() *Summary {
 	s.ChecksumErrors = c.crcErrors.Load()
 	s.Pages.Confirmed = f.pages.Count(pagestate.ViaConfirmed)
 	if w := f.cfg.Warmup; w != nil {
-		s.WarmRounds, s.WarmSeconds = w.rounds, w.elapsed().Seconds()
-		s.PagesConfirmed = s.Pages.Confirmed
+		s.WarmRounds, s.WarmSeconds = uint64(w.rounds), w.elapsed().Seconds()
 	}
 	if cf := f.link.confirm; cf != nil {
 		s.PagesChangedAfterFreeze = cf.changed.Load()
