@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -522,4 +523,84 @@ func sleepingChild() {
 	fmt.Println("ready")
 	var b [1]byte
 	_, _ = os.Stdin.Read(b[:])
+}
+
+// FuzzMarkSame: whatever the run (zero and data pages) and the digests
+// named (right, 0, or wrong), markSame answers each page as same exactly
+// when its digest is named and right, keeps every other page's kind,
+// merges neighbours of one kind, and checksum then covers the data
+// segments only.
+func FuzzMarkSame(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8})
+	f.Add([]byte{0x11, 0x22, 0x30, 0x40, 0x05})
+	f.Fuzz(func(t *testing.T, spec []byte) {
+		// Each byte of spec is a page: bit 0 zero page, bits 1-2 its
+		// digest (0 none, 1 right, 2-3 wrong), the rest its fill byte.
+		if len(spec) == 0 || len(spec) > 64 {
+			return
+		}
+		const ps = wire.PageSize4K
+		pages := len(spec)
+		rb := &runBuf{buf: new([]byte)}
+		*rb.buf = make([]byte, pages*ps)
+		digests := make([]byte, 8*pages)
+		want := make([]byte, pages)
+		for i, c := range spec {
+			zero := c&1 != 0
+			page := (*rb.buf)[i*ps : (i+1)*ps]
+			if zero {
+				rb.segs = append(rb.segs, image.Segment{Pages: 1, Zero: true})
+				clear(page)
+			} else {
+				rb.segs = append(rb.segs, image.Segment{Pages: 1})
+				for k := range page {
+					page[k] = c | 0x80 // never all zero
+				}
+			}
+			var d uint64
+			switch c >> 1 & 3 {
+			case 1:
+				d = wire.PageDigest(page)
+			case 2, 3:
+				d = wire.PageDigest(page) ^ uint64(c)<<3 | 1<<63
+			}
+			binary.LittleEndian.PutUint64(digests[8*i:], d)
+			switch {
+			case c>>1&3 == 1:
+				want[i] = 's'
+			case zero:
+				want[i] = 'z'
+			default:
+				want[i] = 'd'
+			}
+		}
+		same := rb.markSame(digests, ps)
+		rb.checksum(ps)
+		r := wire.Response{Pages: uint32(pages), PageSize: ps}
+		pos := 0
+		for i, sg := range rb.segs {
+			if i > 0 && rb.segs[i-1].Zero == sg.Zero && rb.same[i-1] == rb.same[i] {
+				t.Fatalf("segments %d and %d of one kind not merged: %v %v", i-1, i, rb.segs, rb.same)
+			}
+			seg := wire.Segment{Pages: sg.Pages, Zero: sg.Zero, Same: rb.same[i], CRC32C: rb.crcs[i]}
+			n := int(sg.Pages) * ps
+			if !sg.Zero && !rb.same[i] {
+				r.Data = append(r.Data, (*rb.buf)[pos:pos+n]...)
+			}
+			pos += n
+			r.Segments = append(r.Segments, seg)
+		}
+		if got := pageKinds(&r); got != string(want) {
+			t.Fatalf("pages %q, want %q", got, want)
+		}
+		if int(same) != strings.Count(string(want), "s") {
+			t.Fatalf("%d same pages counted, want %d", same, strings.Count(string(want), "s"))
+		}
+		if err := r.Check(); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Verify(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
