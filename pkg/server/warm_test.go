@@ -318,6 +318,21 @@ func TestWarmOldPeers(t *testing.T) {
 	if st := srv.Stats(); st.WarmRequests != 0 || st.Freezes != 0 || len(st.Errors) != 0 {
 		t.Fatalf("an old client's migration: %+v", st)
 	}
+
+	// A session opened on a socket lane (OpenDemand, socket_open) learns the
+	// capability too.
+	c3 := dial(t, startSplitServer(t, Options{Image: ti.Img}), client.Options{})
+	if _, err := c3.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sess3, l3, err := c3.OpenDemand(ctx, []wire.Region{{Offset: 0, Length: mib, PageSize: wire.PageSize4K}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l3.Close()
+	if !sess3.CanWarm() {
+		t.Fatal("CanWarm is false on a session opened on a socket lane")
+	}
 }
 
 // startStoppedChild starts the helper process of TestPIDImage (2 MiB
