@@ -40,7 +40,7 @@ func (s *Session) Warm(ctx context.Context) (*WarmLane, error) {
 	st, err := s.c.bRPC.Warm(ctx)
 	if err != nil {
 		cancel()
-		return nil, wire.FromStatus(wire.LaneWarm+" open", err)
+		return nil, wire.FromStatus("warm open", err)
 	}
 	return &WarmLane{stream: st, cancel: cancel}, nil
 }
@@ -80,7 +80,7 @@ func (l *WarmLane) Send(r wire.WarmRequest) error {
 	if err == io.EOF || err != nil && l.closed.Load() {
 		return io.EOF
 	}
-	return wire.FromStatus(wire.LaneWarm+" send", err)
+	return wire.FromStatus("warm send", err)
 }
 
 // Recv returns the next answer, in the order of the requests: segments
@@ -96,11 +96,11 @@ func (l *WarmLane) Recv() (*wire.Response, error) {
 		if err == io.EOF || l.closed.Load() && status.Code(err) == codes.Canceled {
 			return nil, io.EOF
 		}
-		return nil, wire.FromStatus(wire.LaneWarm+" recv", err)
+		return nil, wire.FromStatus("warm recv", err)
 	}
 	if err := r.Check(); err != nil {
 		r.Release()
-		return nil, fmt.Errorf("transport: %s recv: %w", wire.LaneWarm, err)
+		return nil, fmt.Errorf("transport: warm recv: %w", err)
 	}
 	return r, nil
 }
@@ -110,7 +110,7 @@ func (l *WarmLane) Recv() (*wire.Response, error) {
 func (l *WarmLane) CloseSend() error {
 	l.sendMu.Lock()
 	defer l.sendMu.Unlock()
-	return wire.FromStatus(wire.LaneWarm+" close", l.stream.CloseSend())
+	return wire.FromStatus("warm close", l.stream.CloseSend())
 }
 
 // Close ends the lane at once, so that a blocked Recv returns (io.EOF).
@@ -124,5 +124,5 @@ func (l *WarmLane) Close() error {
 	if err == io.EOF {
 		err = nil
 	}
-	return wire.FromStatus(wire.LaneWarm+" close", err)
+	return wire.FromStatus("warm close", err)
 }

@@ -22,9 +22,8 @@ const ReasonSourceRunning = "SOURCE_RUNNING"
 // the bytes of a running source cannot be confirmed.
 var ErrSourceRunning = errors.New("source process not stopped")
 
-// LaneWarm names the Warm lane in messages (a Warm stream counts as a bulk
-// lane of its session on the server).
-const LaneWarm = "warm"
+// laneWarm names the Warm lane in messages.
+const laneWarm = "warm"
 
 // PageDigest returns the digest of a page as Warm requests name it:
 // crc32c(page)<<32 | crc32-IEEE(page), both hardware-accelerated; a random
@@ -81,13 +80,13 @@ func DigestAt(digests []byte, i int) uint64 {
 // run, or a gRPC status error (InvalidArgument or OutOfRange) naming the
 // request id and the problem.
 func ValidateWarmRequest(sorted []Region, id, off uint64, pages uint32, digestBytes int, maxBytes uint32) (Region, error) {
-	r, err := ValidateRequest(sorted, LaneWarm, id, off, pages, maxBytes)
+	r, err := ValidateRequest(sorted, laneWarm, id, off, pages, maxBytes)
 	if err != nil {
 		return Region{}, err
 	}
 	if digestBytes != 0 && uint64(digestBytes) != 8*uint64(pages) {
 		return Region{}, status.Errorf(codes.InvalidArgument,
-			"%s request %d: %d bytes of digests for %d pages (want 0 or 8 per page)", LaneWarm, id, digestBytes, pages)
+			"%s request %d: %d bytes of digests for %d pages (want 0 or 8 per page)", laneWarm, id, digestBytes, pages)
 	}
 	return r, nil
 }

@@ -144,7 +144,7 @@ func FuzzValidateWarmRequest(f *testing.F) {
 		if err != nil {
 			return
 		}
-		want, wantErr := ValidateRequest(sorted, LaneWarm, 1, off, pages, maxBytes)
+		want, wantErr := ValidateRequest(sorted, laneWarm, 1, off, pages, maxBytes)
 		r, err := ValidateWarmRequest(sorted, 1, off, pages, digestBytes, maxBytes)
 		if err != nil {
 			wantRejectCode(t, err)
