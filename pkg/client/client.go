@@ -362,6 +362,7 @@ func (c *Client) session(r *pb.OpenResponse) (*Session, error) {
 		// A socket lane is plaintext: over TLS, demand stays on gRPC.
 		demandSocket: caps.GetDemandSocket() && !c.tls,
 		bulkSocket:   caps.GetBulkSocket() && !c.tls,
+		warm:         caps.GetWarm(),
 	}
 	if s.id == "" || !caps.GetCrc32C() {
 		return nil, fmt.Errorf("transport: open: server sent no session id or does not checksum: %w", wire.ErrMalformed)
@@ -378,6 +379,7 @@ type Session struct {
 	maxBulk      uint32
 	demandSocket bool // the server serves demand socket lanes (Capabilities.demand_socket)
 	bulkSocket   bool // and bulk ones (Capabilities.bulk_socket)
+	warm         bool // the server has Warm and Freeze (Capabilities.warm)
 }
 
 // ID returns the session id (also sent as wire.SessionMetadataKey on streams).

@@ -36,17 +36,15 @@ type Request struct {
 }
 
 // Segment describes consecutive pages of a Response that are all zero (no
-// bytes in Data), all the same as the copy whose digests a WarmRequest named
-// (Same: no bytes in Data), or all data (with the crc32c of their bytes).
+// bytes in Data), all data (with the crc32c of their bytes) or, in Warm
+// answers only, all the same as the copies whose digests the request named
+// (Same: no bytes in Data).
 type Segment struct {
 	Pages  uint32
 	Zero   bool
 	CRC32C uint32
 	Same   bool
 }
-
-// hasData reports whether the segment's pages have bytes in Data.
-func (sg Segment) hasData() bool { return !sg.Zero && !sg.Same }
 
 // Response answers one Request: Segments cover its Pages in order; Data
 // holds the bytes of the data segments, concatenated.
@@ -68,8 +66,8 @@ var responsePool = sync.Pool{New: func() any { return new(Response) }}
 func NewResponse() *Response { return responsePool.Get().(*Response) }
 
 // Check verifies the structure: a supported page size, segments of at
-// least one page covering exactly Pages, and Data of the data segments'
-// length.
+// least one page covering exactly Pages, none both zero and same, and Data
+// of the data segments' length.
 func (r *Response) Check() error {
 	if r.PageSize != PageSize4K && r.PageSize != PageSize2M {
 		return fmt.Errorf("run at %#x: page size %d: %w", r.Offset, r.PageSize, ErrMalformed)
@@ -80,8 +78,11 @@ func (r *Response) Check() error {
 		if sg.Pages == 0 {
 			return fmt.Errorf("run at %#x: empty segment: %w", r.Offset, ErrMalformed)
 		}
+		if sg.Zero && sg.Same {
+			return fmt.Errorf("run at %#x: segment both zero and same: %w", r.Offset, ErrMalformed)
+		}
 		pages += uint64(sg.Pages)
-		if sg.hasData() {
+		if !sg.Zero && !sg.Same {
 			data += uint64(sg.Pages) * uint64(r.PageSize)
 		}
 	}
@@ -100,7 +101,7 @@ func (r *Response) Verify() error {
 	ps := uint64(r.PageSize)
 	for _, sg := range r.Segments {
 		n := uint64(sg.Pages) * ps
-		if sg.hasData() {
+		if !sg.Zero && !sg.Same {
 			if pos+int(n) > len(r.Data) {
 				return fmt.Errorf("transport: run at %#x: data too short: %w", r.Offset, ErrMalformed)
 			}
