@@ -8,11 +8,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/prefetch"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // The confirm pass: after the handoff, no page a warm-up copied (warm.go)
@@ -207,16 +205,14 @@ func (cf *confirmer) abandon(why string) {
 	cf.pull.poke()
 }
 
-// freezeError gives an error of Freeze its meaning: FAILED_PRECONDITION
-// from the page server says that the source process still runs.
+// freezeError gives an error of Freeze its meaning: the page server's
+// FAILED_PRECONDITION (wire.ErrSourceRunning) says that the source process
+// still runs.
 func freezeError(err error) error {
-	if err == nil || errors.Is(err, ErrSourceRunning) {
+	if err == nil || errors.Is(err, ErrSourceRunning) || !errors.Is(err, wire.ErrSourceRunning) {
 		return err
 	}
-	if status.Code(err) == codes.FailedPrecondition {
-		return fmt.Errorf("%w: %w", ErrSourceRunning, err)
-	}
-	return err
+	return fmt.Errorf("%w: %w", ErrSourceRunning, err)
 }
 
 // confirmLoop runs the confirm pass on connection c until it is done, c

@@ -123,11 +123,15 @@ func StartWarmup(ctx context.Context, src Source, info ImageInfo, cfg WarmConfig
 		return nil, fmt.Errorf("fetcher: warm-up: the image has no readable extent, or more than a session may have regions")
 	}
 	w := &Warmup{cfg: cfg, log: cfg.Logger, info: info, regions: regions, done: make(chan struct{})}
-	sess, lane, err := w.open(ctx, src)
+	// The lanes live until the warm-up stops, whatever ctx does after.
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	sess, lane, err := w.open(ctx, lctx, src)
 	if err != nil {
+		cancel()
 		return nil, err
 	}
 	if w.cache, err = newCache(regions); err != nil {
+		cancel()
 		lane.Close()
 		endSession(sess, w.log)
 		return nil, err
@@ -138,15 +142,14 @@ func StartWarmup(ctx context.Context, src Source, info ImageInfo, cfg WarmConfig
 		w.maxRun = max(1, min(w.maxRun, m/cachePage))
 	}
 	w.start = time.Now()
-	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w.cancel = cancel
 	go w.loop(lctx, src)
 	return w, nil
 }
 
 // open opens a session over the warm-up's regions on src and its warm
-// lane.
-func (w *Warmup) open(ctx context.Context, src Source) (Session, WarmLane, error) {
+// lane; ctx bounds the opening, the lane lives until laneCtx ends.
+func (w *Warmup) open(ctx, laneCtx context.Context, src Source) (Session, WarmLane, error) {
 	sess, err := src.Open(ctx, w.regions, w.info.Generation)
 	if err != nil {
 		return nil, nil, fmt.Errorf("fetcher: warm-up: opening a session: %w", err)
@@ -156,7 +159,7 @@ func (w *Warmup) open(ctx context.Context, src Source) (Session, WarmLane, error
 		endSession(sess, w.log)
 		return nil, nil, ErrWarmUnsupported
 	}
-	lane, err := ws.Warm(ctx)
+	lane, err := ws.Warm(laneCtx)
 	if err != nil {
 		endSession(sess, w.log)
 		return nil, nil, fmt.Errorf("fetcher: warm-up: opening the warm lane: %w", err)
@@ -346,6 +349,21 @@ func startWarmLink(lane WarmLane) *warmLink {
 	return l
 }
 
+// why returns why the lane broke, after its Send failed with err (a lane
+// that ended says only io.EOF): the error its receiver gets, which says
+// whether the link may be made again. Answers before it are dropped.
+func (l *warmLink) why(err error) error {
+	for a := range l.answers {
+		if a.resp != nil {
+			a.resp.Release()
+		}
+		if a.err != nil {
+			return a.err
+		}
+	}
+	return err
+}
+
 // close closes the lane and waits for the receiver; answers not taken are
 // dropped.
 func (l *warmLink) close() {
@@ -423,7 +441,7 @@ func (w *Warmup) serve(ctx context.Context, plan *[]warmRun, inflight map[uint64
 			req := WarmRequest{ID: w.nextID, Offset: r.off, Pages: uint32(r.n),
 				Digests: w.cache.appendDigests(nil, r.i, r.n)}
 			if err := w.link.lane.Send(req); err != nil {
-				return err
+				return w.link.why(err)
 			}
 			if len(inflight) == 0 {
 				lastAnswer = time.Now() // the watch counts from the first request in flight
@@ -507,9 +525,9 @@ func (w *Warmup) reconnect(ctx context.Context) error {
 	}
 	var sess Session
 	var lane WarmLane
-	src, attempt, err := redial(ctx, w.cfg.ReconnectTimeout, w.cfg.Redial, w.log, func(ctx context.Context, src Source) error {
+	src, attempt, err := redial(ctx, w.cfg.ReconnectTimeout, w.cfg.Redial, w.log, func(actx context.Context, src Source) error {
 		var err error
-		sess, lane, err = w.open(ctx, src)
+		sess, lane, err = w.open(actx, ctx, src)
 		return err
 	})
 	if err != nil {

@@ -3,13 +3,21 @@ package fetcher
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"sync/atomic"
 	"testing"
+	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"google.golang.org/grpc"
+
+	"github.com/postcopy/postcopy/pkg/client"
+	"github.com/postcopy/postcopy/pkg/image"
+	"github.com/postcopy/postcopy/pkg/server"
+
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // warmSource is a ReaderSource over the harness's image file, opened for
@@ -197,7 +205,7 @@ func TestWarmSourceStillRunning(t *testing.T) {
 	src, _ := h.warmSource()
 	running := wrapSource{Source: src, wrap: func(s Session) Session {
 		return warmSession{Session: s, freeze: func(context.Context) error {
-			return status.Error(codes.FailedPrecondition, "source process 42 is running (state R)")
+			return fmt.Errorf("freeze: source process 42 is running (state R): %w", wire.ErrSourceRunning)
 		}}
 	}}
 	rounds := make(chan WarmRound, 1)
@@ -313,4 +321,105 @@ func TestWarmReconnect(t *testing.T) {
 	if p := m.sum.Pages; p.Bulk != 0 || p.Confirmed < p.Total/2 || m.sum.PagesChangedAfterFreeze != 0 {
 		t.Errorf("pages %+v, %d changed: want none by the bulk lane, most confirmed, none changed", p, m.sum.PagesChangedAfterFreeze)
 	}
+}
+
+// pageServer is a page server over the harness's image on addr (":0" for a
+// port of its own): its address, and how to stop it (connections cut).
+func (h *harness) pageServer(addr string, opts server.Options) (*server.Server, string, func()) {
+	h.t.Helper()
+	img, err := image.OpenFile(h.imgPath)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	opts.Image = img
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	g := grpc.NewServer(srv.GRPCServerOptions()...)
+	srv.Register(g)
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	go g.Serve(lis)
+	stop := func() { g.Stop(); img.Close() }
+	h.t.Cleanup(stop)
+	return srv, lis.Addr().String(), stop
+}
+
+func dialSource(t *testing.T, addr string) (Source, ImageInfo) {
+	t.Helper()
+	cl, err := client.Dial(context.Background(), addr, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cl.Hello(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ClientSource(cl), info
+}
+
+// The page server as the source: a warm-up whose server is restarted over
+// the same image between two rounds reconnects (a new session on the new
+// server) and goes on; after the handoff the new server is asked to freeze
+// and confirms every copy: the pages are placed from the cache, every byte
+// verified.
+func TestWarmClientSourceServerRestart(t *testing.T) {
+	const size = 32 << 20
+	h := newHarness(t, size)
+	_, addr, stop := h.pageServer("127.0.0.1:0", server.Options{})
+	var srv2 *server.Server
+	src, info := dialSource(t, addr)
+	rounds := make(chan WarmRound, 2)
+	w, err := StartWarmup(context.Background(), src, info, WarmConfig{Rounds: 2, ReconnectTimeout: 30 * time.Second,
+		Redial: func(ctx context.Context) (Source, error) {
+			cl, err := client.Dial(ctx, addr, client.Options{})
+			if err != nil {
+				return nil, err
+			}
+			return ClientSource(cl), nil
+		},
+		OnRound: func(r WarmRound) {
+			if r.Round == 1 {
+				stop()
+				srv2, _, _ = h.pageServer(addr, server.Options{})
+			}
+			rounds <- r
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1, r2 := <-rounds, <-rounds
+	if r1.Pages != size/4096 || r2.Pages != size/4096 || r2.Changed != 0 {
+		t.Errorf("rounds %+v, %+v: want every page in each, none changed", r1, r2)
+	}
+	if st := srv2.Stats(); st.SessionsTotal == 0 || st.WarmSamePages != size/4096 {
+		t.Errorf("the restarted server: %d sessions, %d pages answered same; want the warm-up's session and every page same",
+			st.SessionsTotal, st.WarmSamePages)
+	}
+	src2, _ := dialSource(t, addr)
+	m := h.migrate("4k:0x0:32M", Config{Source: src2, Prefetch: true, Warmup: w}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
+	if m.sum.Pages.Confirmed == 0 || m.sum.PagesChangedAfterFreeze != 0 || m.sum.Pages.Bulk != 0 {
+		t.Errorf("pages %+v, %d changed after the freeze: want pages confirmed, none changed, none by the bulk lane", m.sum.Pages, m.sum.PagesChangedAfterFreeze)
+	}
+	if st := srv2.Stats(); st.Freezes != 1 {
+		t.Errorf("the server saw %d freezes, want 1", st.Freezes)
+	}
+	t.Logf("summary: %+v", *m.sum)
+}
+
+// A page server from before the Warm and Freeze calls: StartWarmup says so,
+// and a migration without a warm-up runs as before.
+func TestWarmClientSourceOldServer(t *testing.T) {
+	h := newHarness(t, 8<<20)
+	_, addr, _ := h.pageServer("127.0.0.1:0", server.Options{NoWarm: true})
+	src, info := dialSource(t, addr)
+	if _, err := StartWarmup(context.Background(), src, info, WarmConfig{}); !errors.Is(err, ErrWarmUnsupported) {
+		t.Fatalf("StartWarmup against an old server: %v, want %v", err, ErrWarmUnsupported)
+	}
+	m := h.migrate("4k:0x0:8M", Config{Source: src, Prefetch: true}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
 }
