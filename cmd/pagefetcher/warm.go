@@ -34,6 +34,9 @@ func startWarmup(ctx context.Context, c *config, up *upstream, out *output, log 
 		what = "the working set's warm-up"
 	}
 	switch {
+	case errors.Is(err, fetcher.ErrNothingToWarm):
+		log.Debug("no warm-up", "reason", err) // the fetcher warns about the set once
+		return nil
 	case errors.Is(err, fetcher.ErrWarmUnsupported):
 		log.Warn(what+": the server cannot warm a cache (an older pageserver); migrating as plain post-copy", "server", c.server)
 		return nil

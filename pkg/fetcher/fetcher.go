@@ -39,6 +39,9 @@ var (
 	// ErrWarmUnsupported: the source cannot warm a cache (StartWarmup): an
 	// older page server. The migration can go on as plain post-copy.
 	ErrWarmUnsupported = errors.New("the source cannot warm a cache")
+	// ErrNothingToWarm: a warm-up of a working set alone
+	// (WarmConfig.OnlyWorkingSet) whose set is not of the image.
+	ErrNothingToWarm = errors.New("nothing to warm")
 )
 
 // Config is what Run needs. UFFD, Regions and Source are required.
@@ -308,10 +311,12 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		// The cache is read-only from here: the fault loop and the
 		// confirm pass read it.
 		w.stop()
-		defer w.Close()
 	}
 	f.link.setSource(f.cfg.Source)
 	defer func() { f.link.source().Close() }()
+	if w := f.cfg.Warmup; w != nil {
+		defer w.Close() // before the source closes: its session may be on it
+	}
 
 	sess, demand, unused, err := f.link.open(ctx)
 	if err != nil {

@@ -118,6 +118,10 @@ func StartWarmup(ctx context.Context, src Source, info ImageInfo, cfg WarmConfig
 	if cfg.Rate < 0 || cfg.Rate != cfg.Rate {
 		return nil, fmt.Errorf("fetcher: warm-up rate %v", cfg.Rate)
 	}
+	if cfg.OnlyWorkingSet && (cfg.WorkingSet == nil ||
+		cfg.WorkingSet.Match(workingset.Image{Size: info.Size, Generation: info.Generation}) != nil) {
+		return nil, fmt.Errorf("%w: no working set of this image", ErrNothingToWarm)
+	}
 	regions := aheadRegions(info)
 	if len(regions) == 0 {
 		return nil, fmt.Errorf("fetcher: warm-up: the image has no readable extent, or more than a session may have regions")
@@ -167,10 +171,12 @@ func (w *Warmup) open(ctx, laneCtx context.Context, src Source) (Session, WarmLa
 	return sess, lane, nil
 }
 
+// endSession ends a warm-up's session: Done, so that the source logs what
+// the warm-up asked of it.
 func endSession(sess Session, log hclog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := sess.End(ctx); err != nil {
+	if err := sess.Done(ctx, DoneTotals{}); err != nil {
 		log.Debug("ending the warm-up's session", "error", err)
 	}
 }
@@ -240,7 +246,8 @@ func (w *Warmup) plan(round int) []warmRun {
 func (w *Warmup) setRuns() []warmRun {
 	ws := w.cfg.WorkingSet
 	if err := ws.Match(workingset.Image{Size: w.info.Size, Generation: w.info.Generation}); err != nil {
-		w.log.Warn("warm-up: ignoring the working set", "reason", err.Error())
+		// The migration warns about it once (Config.WorkingSet).
+		w.log.Debug("warm-up: ignoring the working set", "reason", err.Error())
 		return nil
 	}
 	var pages []uint64 // cache pages
