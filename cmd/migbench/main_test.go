@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -172,7 +173,13 @@ func TestFlags(t *testing.T) {
 		{[]string{"--link", "fast"}, "--link"},
 		{[]string{"--runs", "0"}, "--runs"},
 		{[]string{"--plot", "x.pdf"}, "--plot"},
-		{[]string{"--warmup", "1s"}, "--warmup"},
+		{[]string{"--lead", "1s"}, "--lead 1s: want at least 1.5s"},
+		{[]string{"--warmup", "5s"}, "--warmup is the hybrid's warm-up: it needs hybrid in --methods"},
+		{[]string{"--methods", "postcopy,hybrid", "--warmup", "-1s"}, "--warmup -1s: want a positive duration"},
+		{[]string{"--hybrid-args", "--warm-rate 1M"}, "--hybrid-args needs hybrid in --methods"},
+		{[]string{"--methods", "precopy"}, `--methods "precopy": "precopy" is not a method: want a comma-separated list of postcopy, stopcopy, hybrid`},
+		{[]string{"--methods", ""}, `--methods "": "" is not a method`},
+		{[]string{"--methods", "hybrid,postcopy,hybrid"}, `--methods "hybrid,postcopy,hybrid": hybrid named twice`},
 		{[]string{"extra"}, "unexpected argument"},
 	} {
 		_, err := parseFlags(c.args, &out)
@@ -186,6 +193,25 @@ func TestFlags(t *testing.T) {
 	}
 	if c.workload.Size != 64<<20 || c.workload.Pattern != bench.PatternKV || c.runs != 2 {
 		t.Errorf("config %+v", c.workload)
+	}
+	if !slices.Equal(c.methods, []string{bench.MethodPostCopy, bench.MethodStopCopy}) || c.warmupSet || c.lead != 3*time.Second {
+		t.Errorf("defaults: methods %q, warm-up set %v, lead %v", c.methods, c.warmupSet, c.lead)
+	}
+	// Methods run in one order whatever the list's: post-copy first.
+	c, err = parseFlags([]string{"--methods", " hybrid,stopcopy ,postcopy", "--warmup", "2s", "--hybrid-args", "--warm-rate 1M"}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.methods, bench.Methods) || !c.warmupSet || c.warmup != 2*time.Second {
+		t.Errorf("methods %q, warm-up %v (set %v)", c.methods, c.warmup, c.warmupSet)
+	}
+	// The suite makes every method: --warmup applies to its hybrid.
+	if _, err := parseFlags([]string{"--suite", "default", "--out", t.TempDir(), "--warmup", "2s"}, &out); err != nil {
+		t.Errorf("--suite with --warmup: %v", err)
+	}
+	// A bad --methods exits 2 naming the flag, before anything runs.
+	if code, stderr := migbench(t, "--methods", "postcopy,precopy"); code != 2 || !strings.Contains(stderr, "--methods") {
+		t.Errorf("--methods postcopy,precopy: exit %d, stderr %q", code, stderr)
 	}
 }
 
@@ -215,7 +241,7 @@ func runMigbench(t *testing.T, args ...string) map[string]any {
 	jsonPath := filepath.Join(dir, "out.json")
 	plot := filepath.Join(dir, "out.svg")
 	var stdout, stderr bytes.Buffer
-	args = append(args, "--json", jsonPath, "--plot", plot, "--warmup", "1.5s", "--post", "1.2s", "--tcp-duration", "300ms")
+	args = append(args, "--json", jsonPath, "--plot", plot, "--lead", "1.5s", "--post", "1.2s", "--tcp-duration", "300ms")
 	if code := run(args, strings.NewReader(""), &stdout, &stderr); code != 0 {
 		t.Fatalf("migbench %v: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, stdout.String(), stderr.String())
 	}
