@@ -133,9 +133,9 @@ func TestFiguresHybrid(t *testing.T) {
 		TEnd: t0 + 3e9, Verification: bench.Verification{OK: true},
 		Timeline: timelineEv{Origin: t0, Counts: append(filled(5, 0), filled(295, 100)...)}}
 	line := []byte(`{"event":"summary","version":"v0","ok":true,"peak_rss_bytes":1075838976,"summary":{"total_s":0.5,` +
-		`"pages":{"total":262144,"demand":10,"bulk":300,"zero":0},"bytes_received":1228800,"faults":12,"faults_duplicate":0,` +
+		`"pages":{"total":262144,"demand":10,"bulk":300,"zero":0,"confirmed":261834},"bytes_received":1228800,"faults":12,"faults_duplicate":0,` +
 		`"fault_latency_us":{"p50":80,"p99":300,"p999":400,"max":500},"blocktime_ms":1,"checksum_errors":0,` +
-		`"warm_rounds":3,"warm_s":1.9,"pages_confirmed":261834,"pages_changed_after_freeze":310}}`)
+		`"warm_rounds":3,"warm_s":1.9,"pages_changed_after_freeze":310}}`)
 	var fs fetcherSummary
 	var sum summaryBody
 	if err := json.Unmarshal(line, &fs); err != nil {
@@ -247,17 +247,15 @@ func TestWarmUp(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(p.kill)
-		if _, err := p.next(t.Context(), "ready"); err != nil {
-			t.Fatal(err)
-		}
 		return p
 	}
 	e := testEnv(t, bench.Loopback())
 	e.progress = io.Discard
 
-	// Until the changed set stops shrinking: round 4 changed more than 3.
+	// Until the changed set stops shrinking: round 4 changed more than 3
+	// (round 1 may end before the ready line).
 	w := &warmRun{Start: e.clock.Now()}
-	if err := e.warmUp(t.Context(), fetcher(e, false, ready, round1, `{"event":"progress"}`, round2, round3, round4, round4), w); err != nil {
+	if err := e.warmUp(t.Context(), fetcher(e, false, round1, ready, `{"event":"progress"}`, round2, round3, round4, round4), w); err != nil {
 		t.Fatal(err)
 	}
 	if w.Stop != bench.WarmStopSettled || len(w.Rounds) != 4 || w.Rounds[3].Changed != 655 || w.Rounds[2].ElapsedS != 0.29 {
@@ -274,15 +272,21 @@ func TestWarmUp(t *testing.T) {
 		t.Errorf("--warmup %v: stopped after %v: %+v", e.c.warmup, elapsed, w)
 	}
 
+	// Never ready (the socket not listening) by the warm-up's end: an error.
+	err := e.warmUp(t.Context(), fetcher(e, false, round1), &warmRun{Start: e.clock.Now()})
+	if err == nil || !strings.Contains(err.Error(), "pagefetcher was not ready") {
+		t.Errorf("never ready: %v", err)
+	}
+
 	// pagefetcher's summary, or its end, during the warm-up: an error
 	// naming it.
 	w = &warmRun{Start: e.clock.Now()}
-	err := e.warmUp(t.Context(), fetcher(e, false, ready, round1, `{"event":"summary","ok":false,"error":"freeze refused"}`), w)
+	err = e.warmUp(t.Context(), fetcher(e, false, ready, round1, `{"event":"summary","ok":false,"error":"freeze refused"}`), w)
 	if err == nil || !strings.Contains(err.Error(), "pagefetcher ended during the warm-up") || !strings.Contains(err.Error(), "freeze refused") {
 		t.Errorf("summary during the warm-up: %v", err)
 	}
 	err = e.warmUp(t.Context(), fetcher(e, true, ready, round1), &warmRun{Start: e.clock.Now()})
-	if err == nil || !strings.Contains(err.Error(), "pagefetcher ended before warm/summary") {
+	if err == nil || !strings.Contains(err.Error(), "pagefetcher ended before ready/warm/summary") {
 		t.Errorf("pagefetcher exits during the warm-up: %v", err)
 	}
 }

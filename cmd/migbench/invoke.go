@@ -346,6 +346,9 @@ type (
 		TotalS float64 `json:"total_s"`
 		Pages  struct {
 			Total, Demand, Bulk, Zero uint64
+			// Confirmed pages were placed from a warm-up's cache
+			// (pagefetcher --warm), confirmed unchanged.
+			Confirmed uint64
 		} `json:"pages"`
 		BytesReceived   uint64 `json:"bytes_received"`
 		Faults          uint64 `json:"faults"`
@@ -358,10 +361,9 @@ type (
 		} `json:"fault_latency_us"`
 		BlocktimeMS    float64 `json:"blocktime_ms"`
 		ChecksumErrors uint64  `json:"checksum_errors"`
-		// A warm-up's (pagefetcher --warm): cached pages placed once
-		// confirmed unchanged, and those found changed at the switchover.
-		PagesConfirmed uint64 `json:"pages_confirmed"`
-		PagesChanged   uint64 `json:"pages_changed_after_freeze"`
+		// A warm-up's (pagefetcher --warm): the cached pages found
+		// changed at the switchover.
+		PagesChanged uint64 `json:"pages_changed_after_freeze"`
 	}
 	// warmRun is what migbench saw of a hybrid's warm-up: its start
 	// (CLOCK_MONOTONIC ns, pagefetcher --warm about to start, the source
@@ -465,18 +467,18 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 		return nil, err
 	}
 	var pf *proc
-	startFetcher := func(extra ...string) error {
+	startFetcher := func(extra ...string) (err error) {
 		fargs := []string{"--server", psr.Addr, "--uffd-socket", sock, "--token-file", e.tokenFile}
 		fargs = append(append(fargs, strings.Fields(c.fetcherArgs)...), extra...)
-		if pf, err = start("pagefetcher", bench.DestSide, e.pagefetcher, fargs...); err != nil {
-			return err
-		}
-		_, err := pf.next(ctx, "ready")
+		pf, err = start("pagefetcher", bench.DestSide, e.pagefetcher, fargs...)
 		return err
 	}
 	if !hybrid {
 		// Started and connected beforehand: it costs the source nothing.
 		if err := startFetcher(); err != nil {
+			return nil, err
+		}
+		if _, err := pf.next(ctx, "ready"); err != nil {
 			return nil, err
 		}
 	}
@@ -590,15 +592,23 @@ func (e *env) warmLimit() time.Duration {
 	return 30*time.Second + time.Duration(4*e.linkTimeS*float64(time.Second))
 }
 
-// warmUp lets pagefetcher --warm copy the memory while the source runs:
-// for --warmup, or until the pages changed per round stop shrinking
-// (warmSettled; at most warmLimit). It records each round pagefetcher
-// reports in w.
-func (e *env) warmUp(ctx context.Context, pf *proc, w *warmRun) error {
+// warmUp lets pagefetcher --warm, just started, copy the memory while the
+// source runs: for --warmup, or until the pages changed per round stop
+// shrinking (warmSettled; at most warmLimit). It records each round
+// pagefetcher reports in w, and fails unless pagefetcher said it was ready
+// by then.
+func (e *env) warmUp(ctx context.Context, pf *proc, w *warmRun) (err error) {
 	fixed := e.c.warmupSet && e.c.warmup > 0
 	deadline := w.Start + int64(e.warmLimit())
+	// Its warm-up starts before its ready line: a round may end first.
+	ready := false
+	defer func() {
+		if !ready && err == nil {
+			err = fmt.Errorf("pagefetcher was not ready (server reached, the socket listening) by the warm-up's end%s", pf.tail())
+		}
+	}()
 	for {
-		ev, ok, err := pf.nextBefore(ctx, deadline, "warm", "summary")
+		ev, ok, err := pf.nextBefore(ctx, deadline, "ready", "warm", "summary")
 		switch {
 		case err != nil:
 			return err
@@ -614,6 +624,9 @@ func (e *env) warmUp(ctx context.Context, pf *proc, w *warmRun) error {
 			var fs fetcherSummary
 			_ = json.Unmarshal(ev.Raw, &fs)
 			return fmt.Errorf("pagefetcher ended during the warm-up, before any handoff (ok %v: %s)%s", fs.OK, fs.Error, pf.tail())
+		case ev.Name == "ready":
+			ready = true
+			continue
 		}
 		var wr bench.WarmRound
 		if err := json.Unmarshal(ev.Raw, &wr); err != nil {
@@ -677,7 +690,7 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 		// before it.
 		m.CostStartS = float64(warm.Start-t0) / 1e9
 		m.WarmUp = &bench.WarmUp{WarmS: -m.CostStartS, WarmRounds: len(warm.Rounds), WarmLog: warm.Rounds, WarmStop: warm.Stop,
-			ChangedPages: sum.PagesChanged, PagesConfirmed: sum.PagesConfirmed}
+			ChangedPages: sum.PagesChanged, PagesConfirmed: sum.Pages.Confirmed}
 	}
 
 	m.StallFigures = dd.Stalls
