@@ -48,6 +48,8 @@ type LaneConn struct {
 
 	mu     sync.Mutex // orders Detach against Close and Shutdown
 	closed bool
+
+	gather []byte // Gather's buffer; nil: not gathering
 }
 
 // NewLaneConn returns c as a lane's connection, Nagle's algorithm off (Go's
@@ -75,7 +77,44 @@ func (c *LaneConn) Read(b []byte) (int, error) {
 	return c.current().Read(b)
 }
 
-func (c *LaneConn) Write(b []byte) (int, error) { return c.current().Write(b) }
+func (c *LaneConn) Write(b []byte) (int, error) {
+	if c.gather != nil {
+		if len(c.gather)+len(b) > cap(c.gather) {
+			if err := c.sendGathered(); err != nil {
+				return 0, err
+			}
+		}
+		if len(b) <= cap(c.gather) {
+			c.gather = append(c.gather, b...)
+			return len(b), nil
+		}
+	}
+	return c.current().Write(b)
+}
+
+// Gather makes Write gather what it is given in buf, up to buf's capacity,
+// and send it with one write system call when buf is full and at Flush.
+// Below crypto/tls, which sends each record with a write of its own, it
+// gathers a run's records into fewer system calls and full TCP segments,
+// for one copy of each record (crypto/tls reuses a record's buffer once
+// Write returns). For a connection with one writer.
+func (c *LaneConn) Gather(buf []byte) { c.gather = buf[:0] }
+
+// Flush sends what Write gathered, and ends Gather.
+func (c *LaneConn) Flush() error {
+	err := c.sendGathered()
+	c.gather = nil
+	return err
+}
+
+func (c *LaneConn) sendGathered() error {
+	if len(c.gather) == 0 {
+		return nil
+	}
+	_, err := c.current().Write(c.gather)
+	c.gather = c.gather[:0]
+	return err
+}
 
 // Writev writes every byte of bufs with writev(2), in its thread once
 // detached. It may change bufs' elements.
