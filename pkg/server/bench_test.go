@@ -173,7 +173,7 @@ func acceptLoop(l net.Listener, serve func(net.Conn)) {
 type benchEnv struct {
 	grpcAddr, bwAddr, rttAddr string
 	pki                       *pki.Files // with POSTCOPY_BENCH_TLS
-	pid                       int // the helper's
+	pid                       int        // the helper's
 	err                       error
 }
 
