@@ -204,7 +204,8 @@ func buildBinaries(t *testing.T) string {
 	return dir
 }
 
-// contractKeys are the JSON keys issue 5 promises to external clients.
+// contractKeys are the JSON keys promised to external clients (README,
+// "migbench").
 var contractKeys = []string{"downtime_ms", "first_fault_ms", "faults", "fault_p50_us", "fault_p99_us", "fault_p999_us",
 	"blocktime_ms", "total_s", "bytes_wire", "recover90_s", "stopcopy_downtime_ms", "tcp_gbps", "tcp_rtt_us", "verified"}
 

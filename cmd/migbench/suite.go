@@ -49,7 +49,7 @@ const (
 
 // runSuite runs the default set, writing each configuration's JSON, CSV and
 // SVG into the output directory, summary.md with one table for all and the
-// targets of issue 5 checked, and (--update-doc) the same into the document.
+// targets of BENCHMARKS.md checked, and (--update-doc) the same into the document.
 func runSuite(ctx context.Context, c *config, stdout, progress io.Writer) error {
 	if err := os.MkdirAll(c.outDir, 0o755); err != nil {
 		return err
@@ -388,7 +388,8 @@ func maxOf(xs []float64) float64 {
 	return m
 }
 
-// recoverTarget is issue 5's bound on recover90, in link times.
+// recoverTarget is the bound on recover90 that BENCHMARKS.md's targets set,
+// in link times.
 const recoverTarget = 1.1
 
 // runCounts says, with more than one run, in how many the post-copy

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/handshake"
+	"github.com/postcopy/postcopy/pkg/prefetch"
 )
 
 // config is every flag, parsed and validated as a whole.
@@ -29,6 +32,7 @@ type config struct {
 	allowUID         int
 	vmmPID           int
 	bulkWindow       int
+	demandRate       float64
 	bulkRunBytes     uint64
 	dialTimeout      time.Duration
 	reconnectTimeout time.Duration
@@ -39,15 +43,19 @@ type config struct {
 	bulkYield        bool
 	demandPrio       string
 	demandBudget     float64
+	workingSet       string
+	recordWorkingSet string
+	id               string
 }
 
 // fetcherFlagGroups orders --help.
 var fetcherFlagGroups = []cli.FlagGroup{
 	{Title: "Source", Flags: []string{"server", "token-file", "tls-ca", "tls-cert", "tls-key"}},
 	{Title: "The VMM's handoff", Flags: []string{"uffd-socket", "allow-uid", "vmm-pid", "handoff-timeout"}},
-	{Title: "Migration", Flags: []string{"prefetch", "bulk-window", "bulk-run-bytes", "demand-priority", "demand-rt-budget", "bulk-yield"}},
+	{Title: "Migration", Flags: []string{"prefetch", "demand-rate", "bulk-window", "bulk-run-bytes", "demand-priority", "demand-rt-budget", "bulk-yield"}},
+	{Title: "Working sets (docs/working-set.md)", Flags: []string{"working-set", "record-working-set"}},
 	{Title: "Failures and stopping", Flags: []string{"dial-timeout", "request-timeout", "reconnect-timeout", "drain-timeout"}},
-	{Title: "Output", Flags: []string{"log-level", "log-json", "progress", "progress-interval", "metrics-addr", "version"}},
+	{Title: "Output", Flags: []string{"id", "log-level", "log-json", "progress", "progress-interval", "metrics-addr", "version"}},
 }
 
 // parseFlags parses and validates args. It returns flag.ErrHelp for --help
@@ -71,6 +79,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics")
 	fs.IntVar(&c.allowUID, "allow-uid", os.Geteuid(), "accept the VMM only if its uid (SO_PEERCRED) is this one (default: pagefetcher's own); -1: any")
 	fs.IntVar(&c.vmmPID, "vmm-pid", 0, "accept the VMM only if it is this process (SO_PEERCRED pid); 0: any process --allow-uid allows")
+	fs.Float64Var(&c.demandRate, "demand-rate", prefetch.DefaultDemandRate, "faults per second served on the demand lane while the prefetch runs; faults beyond it ride the bulk lane (their page starts the next bulk run), so that a workload faulting back to back does not take the CPU the transfer needs (0: no bound; see README, Scheduling)")
 	fs.IntVar(&c.bulkWindow, "bulk-window", 8, "bulk window, in full runs (--bulk-run-bytes) in flight; runs cut short around faults are sent up to 8x as many (1..256)")
 	fs.Uint64Var(&c.bulkRunBytes, "bulk-run-bytes", 1<<20, "largest bulk run in bytes (4096..4194304)")
 	fs.DurationVar(&c.dialTimeout, "dial-timeout", 5*time.Second, "how long to try reaching the server at start")
@@ -82,6 +91,12 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.Float64Var(&c.demandBudget, "demand-rt-budget", 0.25, "with --demand-priority auto: CPUs' worth of time the demand path may spend real-time per 20 ms; past it, background priority (nice 10) until the window ends (0..64; 0: no bound)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "place bulk pages at a lower CPU priority while faults wait (shorter fault tail on idle CPUs; slower prefetch next to a CPU-bound workload)")
 	fs.DurationVar(&c.progressInterval, "progress-interval", time.Second, "interval of --progress updates")
+	fs.StringVar(&c.workingSet, "working-set", "", "pull the pages of this working set first, in its order (wins over one the server offers)")
+	fs.StringVar(&c.recordWorkingSet, "record-working-set", "", "once every page is resident, write the pages the VMM faulted on to this working set, merged into a set of the same image there (atomically; nothing on a failed migration)")
+	fs.Func("id", "the orchestrator's `id` for this migration, echoed in every JSON line and log line (printable, at most 128 bytes)", func(s string) error {
+		c.id = s
+		return events.CheckID(s)
+	})
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			cli.Usage(stdout, "pagefetcher --server HOST:PORT --uffd-socket PATH [flags]",
@@ -134,6 +149,9 @@ func (c *config) validate() error {
 	if c.prefetch != "on" && c.prefetch != "off" {
 		bad("--prefetch %q: want on or off", c.prefetch)
 	}
+	if c.demandRate < 0 || c.demandRate > 1e7 || c.demandRate != c.demandRate {
+		bad("--demand-rate %v: want 0..10000000 faults per second (0: no bound)", c.demandRate)
+	}
 	if c.bulkWindow < 1 || c.bulkWindow > 256 {
 		bad("--bulk-window %d: want 1..256", c.bulkWindow)
 	}
@@ -145,6 +163,13 @@ func (c *config) validate() error {
 	}
 	if c.vmmPID < 0 {
 		bad("--vmm-pid %d: want a process id, or 0 for any", c.vmmPID)
+	}
+	if c.recordWorkingSet != "" {
+		// Written at the end, next to where it goes: its directory must
+		// be there from the start.
+		if fi, err := os.Stat(filepath.Dir(c.recordWorkingSet)); err != nil || !fi.IsDir() {
+			bad("--record-working-set %q: its directory is missing or not a directory", c.recordWorkingSet)
+		}
 	}
 	for _, d := range []struct {
 		name string

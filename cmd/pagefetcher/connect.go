@@ -11,6 +11,7 @@ import (
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/fetcher"
 	"github.com/postcopy/postcopy/pkg/wire"
+	"github.com/postcopy/postcopy/pkg/workingset"
 )
 
 // upstream is the server as connect leaves it: reached, the token checked,
@@ -20,6 +21,7 @@ type upstream struct {
 	redial func(context.Context) (fetcher.Source, error)
 	info   fetcher.ImageInfo
 	opened *fetcher.Opened // nil: the fetcher opens one at the handoff
+	ws     *workingset.Set // the working set to pull first; nil: none
 }
 
 // close ends the session opened ahead and the connections, for a run that
@@ -34,6 +36,10 @@ func (u *upstream) close(log hclog.Logger) {
 // errors name the flag), reaches the server and checks the token before any
 // VMM hands over, and opens the session ahead (fetcher.OpenAhead).
 func connect(ctx context.Context, c *config, log hclog.Logger) (*upstream, error) {
+	ws, err := loadWorkingSet(c.workingSet)
+	if err != nil {
+		return nil, err
+	}
 	token, err := cli.ReadToken(c.tokenFile, "POSTCOPY_TOKEN")
 	if err != nil {
 		if c.tokenFile != "" {
@@ -70,6 +76,7 @@ func connect(ctx context.Context, c *config, log hclog.Logger) (*upstream, error
 		return fetcher.ClientSource(cl), nil
 	}
 	u.opened = fetcher.OpenAhead(ctx, u.src, info, log)
+	u.ws = chooseWorkingSet(ctx, ws, c.workingSet, u.src, log)
 	return u, nil
 }
 

@@ -20,11 +20,13 @@ import (
 	"os"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/daemon"
 	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/internal/version"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/fetcher"
 	"github.com/postcopy/postcopy/pkg/handshake"
 )
@@ -51,6 +53,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return cli.Fail(stderr, "pagefetcher", nil, cli.Usagef("log-level", "", "%v", err))
 	}
+	if c.id != "" {
+		log = log.With("id", c.id) // every log line, as every JSON line, names the migration
+	}
 	// Demand answers must not wait for a processor behind bulk work, even
 	// on one CPU (see cli.MinProcs).
 	log.Debug("runtime", "gomaxprocs", cli.EnsureProcs(cli.MinProcs))
@@ -69,16 +74,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Writer) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out := &output{w: w, log: log}
+	out := newOutput(w, version.Get().Version, c.id, log)
 
 	up, err := connect(ctx, c, log)
 	if err != nil {
 		return err
 	}
-	var reg *metrics.Registry
+	var reg prometheus.Registerer // nil: no metrics
 	if c.metricsAddr != "" {
-		reg = metrics.NewRegistry()
-		ms, err := daemon.ServeMetrics(c.metricsAddr, reg.Handler(), log)
+		r := metrics.NewRegistry()
+		reg = r
+		ms, err := daemon.ServeMetrics(c.metricsAddr, metrics.Handler(r), log)
 		if err != nil {
 			up.close(log)
 			return err
@@ -92,10 +98,8 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		return cli.Exitf(exitUsage, "--uffd-socket %q: %v", c.uffdSocket, err)
 	}
 	defer lis.Close()
-	out.line(map[string]any{
-		"event": "ready", "version": version.Get().Version, "uffd_socket": lis.Addr(), "server": c.server,
-		"image_size": up.info.Size, "generation": fmt.Sprintf("%016x", up.info.Generation),
-	})
+	out.line(&events.FetcherReady{UFFDSocket: lis.Addr(), Server: c.server, ImageSizeBytes: up.info.Size,
+		Generation: fmt.Sprintf("%016x", up.info.Generation)})
 
 	h, err := awaitHandoff(ctx, c, lis, sigs, log)
 	if err != nil {
@@ -106,11 +110,12 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	f, err := fetcher.New(fetcher.Config{
 		UFFD: h.fd, Regions: h.regions, Source: up.src, Redial: up.redial,
 		ExpectGeneration: up.info.Generation, ImageSize: up.info.Size, Prefetch: c.prefetch == "on",
-		BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
+		DemandRate: demandRate(c.demandRate), BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
 		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.urgentBudget(), Opened: up.opened,
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
 		VMMPid: int(h.cred.Pid), HandoffAt: h.at,
-		Logger: log.Named("fetcher"), Metrics: reg,
+		WorkingSet: up.ws, RecordWorkingSet: c.recordWorkingSet != "",
+		Logger: log.Named("fetcher"), Registerer: reg,
 	})
 	if err != nil {
 		up.close(log)
@@ -128,4 +133,13 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		log.Info("VMM handed over", "pid", h.cred.Pid, "uid", h.cred.Uid, "regions", len(h.regions),
 			"since_handoff", h.took)
 	})
+}
+
+// demandRate maps --demand-rate to fetcher.Config.DemandRate: the flag's 0
+// is "no bound", the library's negative.
+func demandRate(flag float64) float64 {
+	if flag == 0 {
+		return -1
+	}
+	return flag
 }

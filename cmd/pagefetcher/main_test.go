@@ -81,6 +81,9 @@ func TestFlagValues(t *testing.T) {
 		{[]string{"--uffd-socket", filepath.Join(file, "u.sock")},
 			fmt.Sprintf("--uffd-socket %q: socket directory %s is not a directory", filepath.Join(file, "u.sock"), file)},
 		{[]string{"--uffd-socket", long}, fmt.Sprintf("--uffd-socket %q: length 108 not in 1..107", long)},
+		{[]string{"--id", ""}, `invalid value "" for flag --id: empty (see pagefetcher --help)`},
+		{[]string{"--id", "a\nb"}, `invalid value "a\nb" for flag --id: unprintable character U+000A at byte 1`},
+		{[]string{"--id", strings.Repeat("é", 65)}, `for flag --id: 130 bytes, want at most 128`},
 		{[]string{"--demand-priority", "rt", "--demand-rt-budget", "-1"}, "--demand-rt-budget -1: want 0..64 CPUs"},
 		{[]string{"--prefetch", "off", "--demand-rt-budget", "65"}, "--demand-rt-budget 65: want 0..64 CPUs"},
 		{[]string{"--token-file", filepath.Join(dir, "none")}, fmt.Sprintf("--token-file %q: no such file or directory", filepath.Join(dir, "none"))},
@@ -93,6 +96,10 @@ func TestFlagValues(t *testing.T) {
 			`--tls-key "/nonexistent/k.pem": no such file or directory`},
 		{[]string{"--tls-ca", pki.CAFile, "--tls-cert", pki.ClientCert, "--tls-key", pki.ServerKey},
 			fmt.Sprintf("--tls-key %q: tls: private key does not match public key", pki.ServerKey)},
+		{[]string{"--working-set", file}, fmt.Sprintf("--working-set %q: malformed working set: not a working set", file)},
+		{[]string{"--working-set", filepath.Join(dir, "none")}, fmt.Sprintf("--working-set %q: open %s: no such file or directory", filepath.Join(dir, "none"), filepath.Join(dir, "none"))},
+		{[]string{"--record-working-set", filepath.Join(dir, "missing", "ws")},
+			fmt.Sprintf("--record-working-set %q: its directory is missing or not a directory", filepath.Join(dir, "missing", "ws"))},
 	} {
 		// --server and --uffd-socket first: a later one of the case wins.
 		args := append([]string{"--server", "127.0.0.1:1", "--uffd-socket", sock, "--dial-timeout", "1s"}, tc.args...)

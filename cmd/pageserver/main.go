@@ -4,7 +4,7 @@
 //
 //	pageserver --source file:PATH|pid:PID [--ranges LIST] [--listen ADDR] [--token-file F]
 //	           [--tls-cert F --tls-key F [--tls-client-ca F]]
-//	           [--log-level L] [--log-json] [--metrics-addr ADDR]
+//	           [--log-level L] [--log-json] [--metrics-addr ADDR] [--id ID]
 //	           [--drain-timeout D] [--max-unauthenticated N]
 //	           [--session-unused-timeout D]
 //
@@ -16,17 +16,20 @@
 // one, every client is accepted and a warning is logged. Once listening, it
 // prints one JSON line on stdout:
 //
-//	{"event":"ready","addr":"127.0.0.1:7470","source":"file:...","size":N,"generation":"<hex>"}
+//	{"event":"ready","ts":"...","version":"...","addr":"127.0.0.1:7470","source":"file:...","image_size_bytes":N,...}
 //
 // and logs go to stderr. SIGTERM or SIGINT stops it gracefully: no new
 // sessions, and the open ones may end within --drain-timeout (10 s by
 // default; 0: no limit), after which they are cut; a second signal cuts them
 // at once. It then prints a final {"event":"summary",...} line, with
-// "graceful":false if sessions were cut. Exit status: 0 after a graceful stop, 1 on a
-// runtime failure or a forced stop, 2 for a bad flag or flag value, found
-// before it serves: also a well-formed value that names nothing usable (a
-// missing source, token or TLS file, no such process, an address that
-// cannot be bound). README.md has the list.
+// "graceful":false if sessions were cut. docs/events.md documents both
+// lines; with --id ID, each carries "id", and so does every log line.
+//
+// Exit status: 0 after a graceful stop, 1 on a runtime failure or a forced
+// stop, 2 for a bad flag or flag value, found before it serves: also a
+// well-formed value that names nothing usable (a missing source, token or
+// TLS file, no such process, an address that cannot be bound). README.md
+// has the list.
 package main
 
 import (
@@ -46,7 +49,9 @@ import (
 
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/daemon"
+	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/internal/version"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/server"
 )
@@ -82,16 +87,18 @@ type config struct {
 	pidRanges    image.Ranges
 	maxUnauth    int
 	unusedAfter  time.Duration
+	workingSet   string
+	id           string
 }
 
 // serverFlagGroups orders --help.
 var serverFlagGroups = []cli.FlagGroup{
-	{Title: "Source", Flags: []string{"source", "ranges"}},
+	{Title: "Source", Flags: []string{"source", "ranges", "working-set"}},
 	{Title: "Network and security", Flags: []string{"listen", "token-file", "tls-cert", "tls-key", "tls-client-ca",
 		"max-unauthenticated", "max-sessions", "session-unused-timeout", "demand-socket", "bulk-socket"}},
 	{Title: "Scheduling", Flags: []string{"demand-priority", "bulk-yield"}},
 	{Title: "Stopping", Flags: []string{"drain-timeout"}},
-	{Title: "Output", Flags: []string{"log-level", "log-json", "metrics-addr", "version"}},
+	{Title: "Output", Flags: []string{"id", "log-level", "log-json", "metrics-addr", "version"}},
 }
 
 // parseFlags parses and validates args. It returns flag.ErrHelp for
@@ -104,6 +111,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	cli.VersionFlag(fs)
 	fs.StringVar(&c.listen, "listen", defaultListen, "`address` to serve on (host:port; loopback by default)")
 	fs.StringVar(&c.source, "source", "", "the image to serve: file:PATH (memory image or shared-memory file) or pid:PID (a stopped process; needs --ranges)")
+	fs.StringVar(&c.workingSet, "working-set", "", "a working set of the image (`file`, docs/working-set.md) to offer every pagefetcher: the pages a past restore faulted on, pulled first")
 	fs.StringVar(&c.ranges, "ranges", "", "with a pid: source, what of the process to serve (required): a comma-separated `list` of 0xSTART-0xEND address ranges, map:PATTERN (mappings whose /proc/PID/maps path matches; * matches anything), or all (every readable mapping: stack, environment, heap and libraries too)")
 	fs.IntVar(&c.maxUnauth, "max-unauthenticated", server.DefaultMaxUnauthenticated, "connections accepted and not yet authenticated at once, a quarter of them from any one address; a new one is never refused: it closes the oldest pending one of its own address past that quarter, or at the limit of the address holding the most")
 	fs.DurationVar(&c.unusedAfter, "session-unused-timeout", server.DefaultSessionUnusedTimeout, "a session that has served nothing and has no lane open for this long is ended (at the next Open)")
@@ -119,6 +127,10 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.BoolVar(&c.logJSON, "log-json", false, "log JSON lines instead of text")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "`address` (host:port) to serve Prometheus metrics on at /metrics (default: off)")
 	fs.IntVar(&c.maxSessions, "max-sessions", server.DefaultMaxSessions, "sessions open at once")
+	fs.Func("id", "the orchestrator's `id` for this migration, echoed in every JSON line and log line (printable, at most 128 bytes)", func(s string) error {
+		c.id = s
+		return events.CheckID(s)
+	})
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", defaultDrain, "after SIGTERM/SIGINT, how long open sessions may take to end before they are cut (then exit 1); 0: wait for every session. A second signal cuts them at once")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -200,34 +212,6 @@ func (c *config) validate() error {
 	return nil
 }
 
-// readyEvent is the line printed once serving.
-type readyEvent struct {
-	Event       string `json:"event"`
-	Addr        string `json:"addr"`
-	Source      string `json:"source"`
-	Size        uint64 `json:"size"`
-	Generation  string `json:"generation"`
-	MetricsAddr string `json:"metrics_addr,omitempty"`
-	TLS         bool   `json:"tls"`
-	Version     string `json:"version"`
-}
-
-// summaryEvent is the line printed on exit.
-type summaryEvent struct {
-	Event          string  `json:"event"`
-	Graceful       bool    `json:"graceful"`
-	UptimeSeconds  float64 `json:"uptime_seconds"`
-	SessionsTotal  uint64  `json:"sessions_total"`
-	SessionsOpen   int     `json:"sessions_open"`
-	DemandRequests uint64  `json:"demand_requests"`
-	DemandBytes    uint64  `json:"demand_bytes"`
-	BulkRequests   uint64  `json:"bulk_requests"`
-	BulkBytes      uint64  `json:"bulk_bytes"`
-	ZeroPages      uint64  `json:"zero_pages"`
-	Errors         uint64  `json:"errors"`
-	Version        string  `json:"version"`
-}
-
 func run(args []string, stdout, stderr io.Writer) int {
 	// Signals first: a signal during start-up must stop us, not kill us.
 	// A reader of stdout that went away (pageserver | head -1) makes the
@@ -249,6 +233,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log, err := cli.NewLogger("pageserver", cfg.logLevel, cfg.logJSON, stderr)
 	if err != nil {
 		return cli.Fail(stderr, "pageserver", nil, cli.Usagef("log-level", cfg.logLevel, "%v", err))
+	}
+	if cfg.id != "" {
+		log = log.With("id", cfg.id) // every log line, as every JSON line, names the migration
 	}
 	// Demand answers must not wait for the network poller behind bulk
 	// work, even on one CPU (see cli.MinProcs).
@@ -299,8 +286,13 @@ func open(cfg *config, log hclog.Logger) (*instance, error) {
 			"and a destination would then get memory of no single moment; stop it (SIGSTOP) before the destination resumes",
 			"pid", p.PID(), "state", string(p.StateAtOpen()))
 	}
+	ws, err := offeredWorkingSet(cfg.workingSet, img, log)
+	if err != nil {
+		img.Close()
+		return nil, err
+	}
 	srv, err := server.NewServer(server.Options{
-		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions,
+		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions, WorkingSet: ws,
 		TLS: tlsConf, DemandSocket: cfg.demandSocket, BulkSocket: cfg.bulkSocket,
 		BulkYield: cfg.bulkYield, UrgentDemand: cfg.demandPrio == "rt",
 		MaxUnauthenticated: cfg.maxUnauth, SessionUnusedTimeout: cfg.unusedAfter,
@@ -333,7 +325,12 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 	img, srv, lis, g, token := in.img, in.srv, in.lis, in.g, in.token
 	var metricsAddr string
 	if cfg.metricsAddr != "" {
-		ms, err := daemon.ServeMetrics(cfg.metricsAddr, srv.MetricsHandler(), log)
+		reg := metrics.NewRegistry()
+		if err := srv.RegisterMetrics(reg); err != nil {
+			lis.Close()
+			return err
+		}
+		ms, err := daemon.ServeMetrics(cfg.metricsAddr, metrics.Handler(reg), log)
 		if err != nil {
 			lis.Close()
 			return err
@@ -355,8 +352,9 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 	log.Info("serving", "addr", lis.Addr().String(), "image", img.String(),
 		"generation", fmt.Sprintf("%016x", img.Generation()), "tls", in.tls,
 		"mutual_tls", cfg.tlsClientCA != "", "token", len(token) > 0)
-	if err := cli.PrintJSONLine(stdout, readyEvent{
-		Event: "ready", Version: version.Get().Version, Addr: lis.Addr().String(), Source: cfg.source, Size: img.Size(),
+	out := events.NewPrinter(stdout, version.Get().Version, cfg.id)
+	if err := out.Print(&events.ServerReady{
+		Addr: lis.Addr().String(), Source: cfg.source, ImageSizeBytes: img.Size(),
 		Generation: fmt.Sprintf("%016x", img.Generation()), MetricsAddr: metricsAddr, TLS: in.tls,
 	}); err != nil {
 		g.Stop()
@@ -369,15 +367,15 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 	for _, n := range st.Errors {
 		errs += n
 	}
-	sum := summaryEvent{
-		Event: "summary", Version: version.Get().Version, Graceful: graceful, UptimeSeconds: time.Since(start).Seconds(),
-		SessionsTotal: st.SessionsTotal, SessionsOpen: st.SessionsOpen,
+	sum := &events.ServerSummary{
+		Graceful: graceful, UptimeS: time.Since(start).Seconds(),
+		SessionsTotal: st.SessionsTotal, SessionsOpen: uint64(st.SessionsOpen),
 		DemandRequests: st.DemandRequests, DemandBytes: st.DemandBytes,
 		BulkRequests: st.BulkRequests, BulkBytes: st.BulkBytes, ZeroPages: st.ZeroPages, Errors: errs,
 	}
 	log.Info("stopped", "graceful", graceful, "sessions", st.SessionsTotal,
 		"demand_bytes", st.DemandBytes, "bulk_bytes", st.BulkBytes, "zero_pages", st.ZeroPages)
-	if err := cli.PrintJSONLine(stdout, sum); err != nil {
+	if err := out.Print(sum); err != nil {
 		log.Warn("writing the summary line to stdout failed", "error", err)
 	}
 	return runErr

@@ -24,6 +24,7 @@ import (
 	"github.com/postcopy/postcopy/internal/cli/clitest"
 	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/pkg/client"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/wire"
 )
@@ -184,7 +185,7 @@ func TestServeAndStop(t *testing.T) {
 	}
 	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--token-file", tokFile,
 		"--metrics-addr", "127.0.0.1:0", "--log-level", "debug")
-	var ready readyEvent
+	var ready events.ServerReady
 	p.line(t, &ready)
 	img, err := image.OpenFile(path)
 	if err != nil {
@@ -192,7 +193,7 @@ func TestServeAndStop(t *testing.T) {
 	}
 	defer img.Close()
 	if ready.Event != "ready" || !strings.HasPrefix(ready.Addr, "127.0.0.1:") || ready.Addr == "127.0.0.1:0" ||
-		ready.Source != "file:"+path || ready.Size != 1<<20 || ready.Generation != fmt.Sprintf("%016x", img.Generation()) ||
+		ready.Source != "file:"+path || ready.ImageSizeBytes != 1<<20 || ready.Generation != fmt.Sprintf("%016x", img.Generation()) ||
 		ready.MetricsAddr == "" {
 		t.Fatalf("ready line %+v", ready)
 	}
@@ -246,7 +247,9 @@ func TestServeAndStop(t *testing.T) {
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{"postcopy_requests_total{lane=\"demand\"} 1\n", "postcopy_zero_pages_total 2\n",
-		"postcopy_sessions_total 1\n", "postcopy_errors_total{code=\"Unauthenticated\"} 1\n"} {
+		"postcopy_sessions_total 1\n", "postcopy_errors_total{code=\"Unauthenticated\"} 1\n",
+		"# TYPE postcopy_requests_total counter\n", "# TYPE postcopy_sessions_open gauge\n",
+		"postcopy_build_info{goversion=", "# TYPE process_cpu_seconds_total counter\n", "# TYPE go_goroutines gauge\n"} {
 		if !strings.Contains(string(metrics), want) {
 			t.Fatalf("metrics lack %q:\n%s", want, metrics)
 		}
@@ -256,7 +259,7 @@ func TestServeAndStop(t *testing.T) {
 	if code := p.wait(t, 15*time.Second); code != 0 {
 		t.Fatalf("exit %d after SIGTERM, want 0", code)
 	}
-	var sum summaryEvent
+	var sum events.ServerSummary
 	p.line(t, &sum)
 	if sum.Event != "summary" || !sum.Graceful || sum.DemandRequests != 1 || sum.SessionsTotal != 1 || sum.ZeroPages != 2 {
 		t.Fatalf("summary %+v", sum)
@@ -312,7 +315,7 @@ func (p *proc) stillRunning(t *testing.T, d time.Duration, why string) {
 func TestSecondSignal(t *testing.T) {
 	path, _ := writeImage(t)
 	p := start(t, []string{"POSTCOPY_TOKEN=env-token"}, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--log-json")
-	var ready readyEvent
+	var ready events.ServerReady
 	p.line(t, &ready)
 	_, l := openBulk(t, ready.Addr, []byte("env-token"))
 	defer l.Close()
@@ -322,7 +325,7 @@ func TestSecondSignal(t *testing.T) {
 	if code := p.wait(t, 5*time.Second); code != cli.ExitFailure {
 		t.Fatalf("exit %d after a second signal, want %d", code, cli.ExitFailure)
 	}
-	var sum summaryEvent
+	var sum events.ServerSummary
 	p.line(t, &sum)
 	if sum.Graceful {
 		t.Fatalf("summary %+v", sum)
@@ -338,7 +341,7 @@ func TestDrainTimeout(t *testing.T) {
 	path, _ := writeImage(t)
 	const drain = 1500 * time.Millisecond
 	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--drain-timeout", drain.String())
-	var ready readyEvent
+	var ready events.ServerReady
 	p.line(t, &ready)
 	_, l := openBulk(t, ready.Addr, nil)
 	defer l.Close()
@@ -352,7 +355,7 @@ func TestDrainTimeout(t *testing.T) {
 	if took < drain {
 		t.Fatalf("exited %v after SIGTERM, before --drain-timeout %v", took, drain)
 	}
-	var sum summaryEvent
+	var sum events.ServerSummary
 	p.line(t, &sum)
 	if sum.Graceful || sum.SessionsTotal != 1 {
 		t.Fatalf("summary %+v", sum)
@@ -368,7 +371,7 @@ func TestDrainTimeout(t *testing.T) {
 func TestDrainWaits(t *testing.T) {
 	path, _ := writeImage(t)
 	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--drain-timeout", "0")
-	var ready readyEvent
+	var ready events.ServerReady
 	p.line(t, &ready)
 	c, l := openBulk(t, ready.Addr, nil)
 	p.cmd.Process.Signal(syscall.SIGTERM)
@@ -379,7 +382,7 @@ func TestDrainWaits(t *testing.T) {
 	if code := p.wait(t, 10*time.Second); code != cli.ExitOK {
 		t.Fatalf("exit %d once the session ended, want 0", code)
 	}
-	var sum summaryEvent
+	var sum events.ServerSummary
 	p.line(t, &sum)
 	if !sum.Graceful || sum.SessionsTotal != 1 {
 		t.Fatalf("summary %+v", sum)
@@ -407,7 +410,7 @@ func TestSourceNotStopped(t *testing.T) {
 	serveOnce := func() string {
 		t.Helper()
 		p := start(t, nil, "--listen", "127.0.0.1:0", "--source", fmt.Sprintf("pid:%d", pid), "--ranges", "all")
-		var ready readyEvent
+		var ready events.ServerReady
 		p.line(t, &ready)
 		p.cmd.Process.Signal(syscall.SIGTERM)
 		if code := p.wait(t, 30*time.Second); code != 0 {
@@ -443,7 +446,7 @@ func TestTLSFlags(t *testing.T) {
 	pki := clitest.NewPKI(t, "pageserver")
 	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path,
 		"--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey, "--tls-client-ca", pki.CAFile)
-	var ready readyEvent
+	var ready events.ServerReady
 	p.line(t, &ready)
 	if !ready.TLS {
 		t.Fatalf("ready %+v", ready)
@@ -523,6 +526,9 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--source", src, "--metrics-addr", ":x"}, nil, 2, `--metrics-addr ":x": bad port`},
 		{[]string{"--source", src, "--drain-timeout", "-1s"}, nil, 2, `--drain-timeout "-1s": must be 0 (wait for every session) or positive`},
 		{[]string{"--source", src, "--drain-timeout", "soon"}, nil, 2, `invalid value "soon" for flag --drain-timeout`},
+		{[]string{"--source", src, "--id", ""}, nil, 2, `invalid value "" for flag --id: empty (see pageserver --help)`},
+		{[]string{"--source", src, "--id", "vm\x1b[0m"}, nil, 2, `invalid value "vm\x1b[0m" for flag --id: unprintable character U+001B at byte 2`},
+		{[]string{"--source", src, "--id", strings.Repeat("x", 129)}, nil, 2, `for flag --id: 129 bytes, want at most 128`},
 		// Well-formed values that name nothing usable: still bad flags.
 		{[]string{"--source", "file:/nonexistent/mem"}, nil, 2, `--source "file:/nonexistent/mem": file:/nonexistent/mem: no such file or directory`},
 		{[]string{"--source", "file:" + dir}, nil, 2, `--source "file:` + dir + `": file:` + dir + `: not a regular file`},
@@ -536,6 +542,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--source", src, "--session-unused-timeout", "0s"}, nil, 2, `--session-unused-timeout "0s": must be positive`},
 		{[]string{"--source", src, "--token-file", "/nonexistent/token"}, nil, 2, `--token-file "/nonexistent/token": no such file or directory`},
 		{[]string{"--source", src, "--token-file", empty}, nil, 2, `--token-file "` + empty + `": the file is empty`},
+		{[]string{"--source", src, "--working-set", empty}, nil, 2, `--working-set "` + empty + `": malformed working set: not a working set`},
+		{[]string{"--source", src, "--working-set", "/nonexistent/ws"}, nil, 2, `--working-set "/nonexistent/ws": open /nonexistent/ws: no such file or directory`},
 		{[]string{"--source", src}, []string{"POSTCOPY_TOKEN="}, 2, "POSTCOPY_TOKEN is set but empty"},
 		{[]string{"--source", src, "--listen", busy.Addr().String()}, nil, 2,
 			`--listen "` + busy.Addr().String() + `": cannot listen: bind: address already in use`},

@@ -159,8 +159,8 @@ type Setup struct {
 	ElapsedS  float64 `json:"elapsed_s"` // how long the invocation took
 }
 
-// Report is the JSON document of an invocation. Its first keys are the
-// contract of issue 5: medians over the runs, in the units their names say
+// Report is the JSON document of an invocation. Its first keys are a
+// contract with external clients (README, "migbench"): medians over the runs, in the units their names say
 // (always numbers). recover90_s is exact when recovered90 is true, else a
 // lower bound (see Summarize).
 type Report struct {

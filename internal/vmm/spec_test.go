@@ -91,7 +91,7 @@ func TestParseSpecErrors(t *testing.T) {
 }
 
 func TestParseTouchMode(t *testing.T) {
-	for _, m := range []TouchMode{TouchAll, TouchRandom, TouchSame, TouchNone} {
+	for _, m := range []TouchMode{TouchAll, TouchRandom, TouchSame, TouchNone, TouchSample} {
 		got, err := ParseTouchMode(m.String())
 		if err != nil || got != m {
 			t.Errorf("ParseTouchMode(%q) = %v, %v", m.String(), got, err)

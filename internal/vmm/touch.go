@@ -16,7 +16,8 @@ import (
 // TouchMode says which pages each toucher thread reads, and in which order.
 type TouchMode int
 
-// Touch modes. Every mode except TouchNone reads every page at least once.
+// Touch modes. Every mode except TouchNone and TouchSample reads every page
+// at least once.
 const (
 	// TouchAll splits the pages into one contiguous share per thread; each
 	// thread reads its share in order, so every page is read exactly once.
@@ -29,9 +30,14 @@ const (
 	TouchSame
 	// TouchNone reads nothing.
 	TouchNone
+	// TouchSample has every thread read the same sample of the pages
+	// (TouchOptions.Fraction of them, chosen by Seed) in the same random
+	// order (Seed): a restored workload that needs a few of its pages, the
+	// same ones in the same order every time it is restored.
+	TouchSample
 )
 
-var touchModeNames = [...]string{TouchAll: "all", TouchRandom: "random", TouchSame: "same", TouchNone: "none"}
+var touchModeNames = [...]string{TouchAll: "all", TouchRandom: "random", TouchSame: "same", TouchNone: "none", TouchSample: "sample"}
 
 // String returns the mode's name as ParseTouchMode accepts it.
 func (m TouchMode) String() string {
@@ -41,14 +47,14 @@ func (m TouchMode) String() string {
 	return fmt.Sprintf("TouchMode(%d)", int(m))
 }
 
-// ParseTouchMode parses "all", "random", "same" or "none".
+// ParseTouchMode parses "all", "random", "same", "none" or "sample".
 func ParseTouchMode(s string) (TouchMode, error) {
 	for m, name := range touchModeNames {
 		if s == name {
 			return TouchMode(m), nil
 		}
 	}
-	return 0, fmt.Errorf("touch mode %q: want all, random, same or none", s)
+	return 0, fmt.Errorf("touch mode %q: want all, random, same, none or sample", s)
 }
 
 // TouchOptions configure Touch.
@@ -57,8 +63,11 @@ type TouchOptions struct {
 	Threads int
 	// Mode says which pages each thread reads.
 	Mode TouchMode
-	// Seed seeds TouchRandom's orders.
+	// Seed seeds TouchRandom's orders and TouchSample's sample and order.
 	Seed uint64
+	// Fraction is the share of the pages TouchSample reads, in (0, 1]; at
+	// least one page is read.
+	Fraction float64
 	// StopAfter, if non-zero, stops every thread once that many page reads
 	// have been made in total (reads already blocked on a fault complete
 	// first): a VMM that quits mid-migration.
@@ -168,7 +177,7 @@ func (v *VM) PrepareTouch(opts TouchOptions) (*Toucher, error) {
 	if opts.Threads < 1 {
 		return nil, fmt.Errorf("vmm: touch: %d threads", opts.Threads)
 	}
-	if opts.Mode < 0 || opts.Mode > TouchNone {
+	if opts.Mode < 0 || opts.Mode > TouchSample {
 		return nil, fmt.Errorf("vmm: touch: unknown mode %v", opts.Mode)
 	}
 	t := &Toucher{v: v, opts: opts, restore: func() {}}
@@ -191,6 +200,25 @@ func (v *VM) PrepareTouch(opts TouchOptions) (*Toucher, error) {
 			t.orders[i] = o
 		}
 	}
+	if opts.Mode == TouchSample {
+		if !(opts.Fraction > 0 && opts.Fraction <= 1) {
+			return nil, fmt.Errorf("vmm: touch: sample fraction %v: want (0, 1]", opts.Fraction)
+		}
+		if t.pi.total > 1<<32 {
+			return nil, fmt.Errorf("vmm: touch: %d pages is too many for sample mode", t.pi.total)
+		}
+		o := make([]uint32, t.pi.total)
+		for j := range o {
+			o[j] = uint32(j)
+		}
+		rng := rand.New(rand.NewPCG(opts.Seed, 0))
+		rng.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
+		o = o[:max(1, uint64(opts.Fraction*float64(t.pi.total)))]
+		t.orders = make([][]uint32, opts.Threads)
+		for i := range t.orders {
+			t.orders[i] = o // one order, read by every thread
+		}
+	}
 	t.claimed = make(claimSet, (t.pi.total+63)/64)
 	pretouch(unsafe.Pointer(unsafe.SliceData(t.claimed)), uintptr(len(t.claimed))*8)
 	t.recs = make([]touchRecord, opts.Threads)
@@ -206,12 +234,16 @@ func (v *VM) PrepareTouch(opts TouchOptions) (*Toucher, error) {
 }
 
 // share returns the range [lo, hi) of read numbers thread th makes: its
-// contiguous share of the pages in TouchAll, every page otherwise (the
-// page itself comes from the thread's order in TouchRandom).
+// contiguous share of the pages in TouchAll, the sample in TouchSample,
+// every page otherwise (the page itself comes from the thread's order in
+// TouchRandom and TouchSample).
 func (t *Toucher) share(th int) (lo, hi uint64) {
-	if t.opts.Mode == TouchAll {
+	switch t.opts.Mode {
+	case TouchAll:
 		n := uint64(t.opts.Threads)
 		return t.pi.total * uint64(th) / n, t.pi.total * uint64(th+1) / n
+	case TouchSample:
+		return 0, uint64(len(t.orders[th]))
 	}
 	return 0, t.pi.total
 }

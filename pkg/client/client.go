@@ -66,8 +66,9 @@ type Client struct {
 	dRPC    pb.PageServerClient
 	bRPC    pb.PageServerClient
 
-	socketOpen  atomic.Bool // the server offers socket_open (Hello)
-	socketLanes atomic.Bool // the server offers socket lanes of either kind (Hello)
+	socketOpen  atomic.Bool   // the server offers socket_open (Hello)
+	socketLanes atomic.Bool   // the server offers socket lanes of either kind (Hello)
+	workingSet  atomic.Uint64 // the bytes of the working set the server offers (Hello)
 
 	// lastDemand is when a demand request was last sent (UnixNano): bulk
 	// socket lanes read at most netio.MaxSyscallBytes per system call within
@@ -313,6 +314,7 @@ func (c *Client) Hello(ctx context.Context) (wire.ImageInfo, error) {
 	caps := r.GetCaps()
 	c.socketOpen.Store(caps.GetSocketOpen() && c.lanesUsable())
 	c.socketLanes.Store(caps.GetDemandSocket() || caps.GetBulkSocket())
+	c.workingSet.Store(caps.GetWorkingSetBytes())
 	return imageInfo(r.GetImage()), nil
 }
 

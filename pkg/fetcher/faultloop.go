@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
+	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
 
@@ -25,6 +26,10 @@ type faultLoop struct {
 	log    hclog.Logger
 	poller faultWaiter // set by Run
 	reader *uffd.Reader
+	// admit decides which faults take the demand lane while the bulk lane
+	// brings pages (Config.DemandRate); the rest ride the bulk lane.
+	admit prefetch.Admission
+	epoch time.Time // admit's clock counts from it
 }
 
 // faultRef is a fault read under the event lock, handled after it.
@@ -144,8 +149,24 @@ func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 	return werr
 }
 
-// fault handles one missing-page fault, outside the event lock.
+// fault handles one missing-page fault, outside the event lock. While the
+// bulk lane brings pages and the demand lane has served its rate
+// (Config.DemandRate), the fault rides the bulk lane: its page becomes the
+// policy's newest hint, so the next bulk run starts at it.
 func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
+	t := int64(now.Sub(f.epoch))
+	if !f.admit.Open(t) && f.link.bulkFlowing() {
+		switch f.pages.FaultRiding(pg, tid, now) {
+		case pagestate.FaultZero:
+			return f.place.zeroFill(pg)
+		case pagestate.FaultDuplicate:
+			f.stats.dupFaults.Add(1)
+		case pagestate.FaultRide:
+			f.stats.rides.Add(1)
+			f.pull.hint(pg.A.Index, pg.P, true)
+		}
+		return nil
+	}
 	act, req := f.pages.Fault(pg, tid, now)
 	switch act {
 	case pagestate.FaultZero:
@@ -154,6 +175,7 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 		f.stats.dupFaults.Add(1)
 	case pagestate.FaultAsk:
 		f.stats.faults.Add(1)
+		f.admit.Take(t)
 		// Ask first: the request is on its way while the policy notes
 		// the hint. No kick for the bulk sender: a fault adds no pending
 		// page, and waking that goroutine on every fault costs the

@@ -8,10 +8,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
+	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/uffd"
+	"github.com/postcopy/postcopy/pkg/workingset"
 )
 
 // Errors that end Run. The binary maps each to its own exit code.
@@ -61,6 +63,12 @@ type Config struct {
 	// there — are sent more of, up to 8 times as many, so that a window of
 	// small runs still fills the link.
 	BulkWindow int
+	// DemandRate bounds the faults per second that take the demand lane
+	// while the bulk lane brings pages; the faults beyond it ride the bulk
+	// lane: their page starts the next bulk run (prefetch.Admission says
+	// why). 0: prefetch.DefaultDemandRate; negative: no bound, every fault
+	// takes the demand lane.
+	DemandRate float64
 	// BulkRunBytes is the largest bulk run (default 1 MiB; at least a page).
 	BulkRunBytes uint64
 	// BulkYield runs bulk placement at a lower CPU priority while demand
@@ -100,9 +108,20 @@ type Config struct {
 	// connection dialled ahead where the client has one), and ends it and
 	// opens its own otherwise. Run owns it either way.
 	Opened *Opened
-	Logger hclog.Logger
-	// Metrics, when set, receives the fetcher's metrics.
-	Metrics *metrics.Registry
+	// WorkingSet, when set, is a working set (pkg/workingset) whose pages
+	// the prefetch pulls first, in its order, before fault hints and the
+	// sweep. One that does not belong to the session's image is ignored,
+	// with one warning naming the mismatch.
+	WorkingSet *workingset.Set
+	// RecordWorkingSet keeps the pages the VMM faulted on, in first-fault
+	// order, for Recorded once Run has returned.
+	RecordWorkingSet bool
+	Logger           hclog.Logger
+	// Registerer, when set, receives the fetcher's metrics
+	// (postcopy_fetcher_*); nil: none. A fetcher's metrics can be
+	// registered once per Registerer: New fails on a second (wrap it with
+	// prometheus.WrapRegistererWith to tell several fetchers apart).
+	Registerer prometheus.Registerer
 }
 
 // Summary is the result of a migration, for the final JSON line.
@@ -119,6 +138,8 @@ type Summary struct {
 	BytesReceived  uint64 `json:"bytes_received"`
 	Faults         uint64 `json:"faults"`
 	DuplicateFault uint64 `json:"faults_duplicate"`
+	// FaultsOnBulk are the faults that rode the bulk lane (DemandRate).
+	FaultsOnBulk   uint64 `json:"faults_on_bulk"`
 	FaultLatencyUS struct {
 		P50  float64 `json:"p50"`
 		P99  float64 `json:"p99"`
@@ -208,14 +229,25 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	prio := newDemandPrio(cfg.UrgentDemand, cfg.UrgentBudget, f.log)
 	f.pull = newPuller(f.pages)
+	f.pull.ws, f.pull.record = cfg.WorkingSet, cfg.RecordWorkingSet
 	f.place = newPlacer(cfg.UFFD, f.pages, f.stats, f.life, f.log)
 	f.link = &link{cfg: &f.cfg, log: f.log, pages: f.pages, place: f.place, pull: f.pull, stats: f.stats, life: f.life, prio: prio}
-	f.loop = &faultLoop{pages: f.pages, place: f.place, link: f.link, pull: f.pull, stats: f.stats, life: f.life, log: f.log}
+	rate := cfg.DemandRate
+	switch {
+	case rate == 0:
+		rate = prefetch.DefaultDemandRate
+	case rate < 0:
+		rate = 0 // no bound
+	}
+	f.loop = &faultLoop{pages: f.pages, place: f.place, link: f.link, pull: f.pull, stats: f.stats, life: f.life, log: f.log,
+		admit: prefetch.NewAdmission(rate, prefetch.DefaultDemandBurst), epoch: time.Now()}
 	if cfg.Prefetch {
 		f.EnablePrefetch()
 	}
-	if cfg.Metrics != nil {
-		f.registerMetrics(cfg.Metrics)
+	if cfg.Registerer != nil {
+		if err := f.registerMetrics(cfg.Registerer); err != nil {
+			return nil, fmt.Errorf("fetcher: metrics: %w", err)
+		}
 	}
 	return f, nil
 }
@@ -257,6 +289,10 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		return f.summary(), err
 	}
 	if err := f.pull.setup(uint64(sess.MaxBulkBytes()), f.cfg.BulkRunBytes, f.cfg.BulkWindow); err != nil {
+		demand.Close()
+		return f.summary(), err
+	}
+	if err := f.pull.useWorkingSet(workingset.Image{Size: sess.Image().Size, Generation: sess.Image().Generation}, f.log); err != nil {
 		demand.Close()
 		return f.summary(), err
 	}

@@ -211,6 +211,7 @@ func newHarnessLanes(t *testing.T, size int64, sockets bool) *harness {
 }
 
 type migration struct {
+	f      *Fetcher
 	sum    *Summary
 	err    error
 	vmm    vmmResult
@@ -281,7 +282,7 @@ func (h *harness) migrate(spec string, cfg Config, env ...string) migration {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var m migration
+	m := migration{f: f}
 	m.sum, m.err = f.Run(ctx)
 	ho.Conn.Close() // the VMM waits for this before it exits
 	select {
@@ -449,4 +450,21 @@ func TestLayoutBeyondImage(t *testing.T) {
 	if !errors.Is(err, ErrImageChanged) {
 		t.Errorf("Open of generation 2 = %v, want %v", err, ErrImageChanged)
 	}
+}
+
+// Past the demand rate, faults ride the bulk lane: with a rate of one fault
+// a second (after the first 32), four threads reading at random wait for
+// bulk runs that start at their pages — and every byte still arrives.
+func TestFaultsRideBulkLane(t *testing.T) {
+	h := newHarness(t, 64<<20)
+	m := h.migrate("4k:0x0:64M", Config{Prefetch: true, DemandRate: 1, BulkWindow: 2},
+		"FETCHER_TEST_THREADS=4", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
+	if m.sum.FaultsOnBulk == 0 {
+		t.Errorf("no fault rode the bulk lane: %+v", *m.sum)
+	}
+	if m.sum.Faults > 64 {
+		t.Errorf("%d faults took the demand lane at one a second after a burst of 32", m.sum.Faults)
+	}
+	t.Logf("faults: %d demand, %d on the bulk lane, %d duplicate; %.2f s", m.sum.Faults, m.sum.FaultsOnBulk, m.sum.DuplicateFault, m.sum.TotalSeconds)
 }

@@ -30,9 +30,9 @@ type link struct {
 	life  *lifecycle
 	prio  *demandPrio
 
-	cur  atomic.Pointer[conn] // the live connection, nil while reconnecting
-	last atomic.Pointer[conn] // the latest connection, for Done
-	gen  uint64               // image generation of the session
+	cur      atomic.Pointer[conn] // the live connection, nil while reconnecting
+	last     atomic.Pointer[conn] // the latest connection, for Done
+	imageGen uint64               // image generation of the session
 
 	srcMu sync.Mutex
 	src   Source // the latest source, closed by Run
@@ -50,8 +50,8 @@ func (l *link) source() Source {
 	return l.src
 }
 
-// conn is one connection generation: a session with its two lanes. A broken
-// lane ends the generation; the next one re-asks for everything in flight.
+// conn is one connection: a session with its two lanes. A broken
+// lane ends the connection; the next one re-asks for everything in flight.
 type conn struct {
 	client Source
 	sess   Session
@@ -102,7 +102,7 @@ func (l *link) open(ctx context.Context) (sess Session, demand Lane, unused *Ope
 			return nil, nil, nil, err
 		}
 	}
-	l.gen = sess.Image().Generation
+	l.imageGen = sess.Image().Generation
 	return sess, demand, unused, nil
 }
 
@@ -129,7 +129,7 @@ func (l *link) openSession(ctx context.Context, src Source, expect uint64) (Sess
 	return nil, nil, fmt.Errorf("fetcher: opening session: %w", err)
 }
 
-// connLoop runs connection generations until ctx ends or an unrecoverable
+// connLoop runs connections, one after another, until ctx ends or an unrecoverable
 // error, starting with c (made on client).
 func (l *link) connLoop(ctx context.Context, client Source, c *conn) {
 	for {
@@ -158,7 +158,7 @@ func (l *link) connLoop(ctx context.Context, client Source, c *conn) {
 	}
 }
 
-// newConn makes a connection generation from a session and its demand lane
+// newConn makes a connection from a session and its demand lane
 // (the bulk lane opens in the background: openBulk).
 func (l *link) newConn(ctx context.Context, client Source, sess Session, demand Lane) *conn {
 	cctx, cancel := context.WithCancelCause(ctx)
@@ -239,7 +239,7 @@ func (l *link) reconnect(ctx context.Context) (Source, Session, Lane, error) {
 		if err == nil {
 			var sess Session
 			var demand Lane
-			sess, demand, err = l.openSession(actx, client, l.gen)
+			sess, demand, err = l.openSession(actx, client, l.imageGen)
 			if err == nil {
 				cancel()
 				l.log.Info("reconnected", "attempt", attempt, "session", sess.ID())
@@ -283,7 +283,19 @@ func (l *link) sendDemand(r pagestate.Request) {
 	}
 }
 
+// bulkFlowing reports whether the bulk lane of the live connection has
+// brought an answer: a fault may ride it.
+func (l *link) bulkFlowing() bool {
+	c := l.cur.Load()
+	return c != nil && c.bulkDone.Load() > 0
+}
+
 func (l *link) resendOutstanding(c *conn) {
+	// Faults riding the bulk lane: the runs that were to bring them may
+	// have been lost with the old connection (requeued, hint gone).
+	for _, pg := range l.pages.Riding(nil) {
+		l.pull.hint(pg.A.Index, pg.P, false)
+	}
 	reqs := l.pages.Resend(time.Now(), nil)
 	for _, r := range reqs {
 		if err := c.demand.Send(Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {
@@ -445,6 +457,7 @@ func (l *link) bulkRecv(c *conn) error {
 			l.finishBulk(c, id, true)
 			continue
 		}
+		l.stats.bulkRun(uint64(resp.Pages) * uint64(resp.PageSize))
 		select {
 		case c.placeQ <- resp:
 		case <-c.ctx.Done():

@@ -45,15 +45,15 @@ type placer struct {
 	// warnedUnmapped: threads found waiting on unmapped pages were logged.
 	warnedUnmapped atomic.Bool
 
-	evMu  sync.RWMutex
-	evGen atomic.Uint64 // batches of events read
-	genMu sync.Mutex
-	genCh chan struct{} // closed (and replaced) whenever events were read
+	evMu      sync.RWMutex
+	evBatches atomic.Uint64 // batches of events read
+	batchMu   sync.Mutex
+	batchCh   chan struct{} // closed (and replaced) whenever events were read
 }
 
 func newPlacer(fd *uffd.FD, pages *pagestate.Table, st *counters, life *lifecycle, log hclog.Logger) *placer {
 	pl := &placer{fd: fd, pages: pages, stats: st, life: life, log: log, kern: &uffdKernel{fd: fd},
-		fewProcs: runtime.GOMAXPROCS(0) < 4, genCh: make(chan struct{})}
+		fewProcs: runtime.GOMAXPROCS(0) < 4, batchCh: make(chan struct{})}
 	for _, r := range pages.Areas() {
 		if r.PageSize > uffd.PageSize() && r.PageSize > uint64(len(pl.kern.zeroBuf)) {
 			pl.kern.zeroBuf = make([]byte, r.PageSize)
@@ -69,7 +69,7 @@ func (pl *placer) lockEvents() { pl.evMu.Lock() }
 // that got EAGAIN look again (after eventsRead).
 func (pl *placer) unlockEvents(read bool) {
 	if read {
-		pl.evGen.Add(1)
+		pl.evBatches.Add(1)
 	}
 	pl.evMu.Unlock()
 }
@@ -130,7 +130,7 @@ func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pages
 	backoff := 20 * time.Microsecond
 	for n > 0 {
 		pl.evMu.RLock()
-		gen := pl.evGen.Load()
+		seen := pl.evBatches.Load()
 		st, err := pl.pages.PlaceStep(pl.kern, r, p, n, chunk, src, how, dontWake)
 		pl.evMu.RUnlock()
 		if st.Unmapped > 0 {
@@ -160,7 +160,7 @@ func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pages
 		if st.Again {
 			// The address space is changing: an event is pending. Wait
 			// for the fault loop to read it, then look again.
-			if !pl.waitEvents(gen, backoff) {
+			if !pl.waitEvents(seen, backoff) {
 				return nil
 			}
 			backoff = min(2*backoff, 5*time.Millisecond)
@@ -259,24 +259,24 @@ func (pl *placer) noteUnmapped(r *pagestate.Area, p uint64, woke bool) {
 // eventsRead tells copies waiting after EAGAIN that the fault loop has read
 // events.
 func (pl *placer) eventsRead() {
-	pl.genMu.Lock()
-	close(pl.genCh)
-	pl.genCh = make(chan struct{})
-	pl.genMu.Unlock()
+	pl.batchMu.Lock()
+	close(pl.batchCh)
+	pl.batchCh = make(chan struct{})
+	pl.batchMu.Unlock()
 }
 
 // waitEvents is what a copy does after EAGAIN: the address space is
 // changing, an event is pending. It waits until the fault loop has read
-// events after generation gen, or for backoff at most: the kernel lets copies
+// events after batch seen, or for backoff at most: the kernel lets copies
 // fail a little longer than the event stays unread (the VMM's thread lifts
 // the flag once it runs again after the read), so a copy that already saw
 // the read must try again later rather than wait for another event. Returns
 // false if the fetcher is stopping.
-func (pl *placer) waitEvents(gen uint64, backoff time.Duration) bool {
-	pl.genMu.Lock()
-	ch := pl.genCh
-	pl.genMu.Unlock()
-	if pl.evGen.Load() > gen {
+func (pl *placer) waitEvents(seen uint64, backoff time.Duration) bool {
+	pl.batchMu.Lock()
+	ch := pl.batchCh
+	pl.batchMu.Unlock()
+	if pl.evBatches.Load() > seen {
 		return !pl.life.stopping.Load()
 	}
 	t := time.NewTimer(backoff)

@@ -3,9 +3,13 @@ package fetcher
 import (
 	"fmt"
 	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/prefetch"
+	"github.com/postcopy/postcopy/pkg/workingset"
 )
 
 // puller holds the prefetch policy (pkg/prefetch) for the goroutines that
@@ -22,6 +26,24 @@ type puller struct {
 	kick   chan struct{} // signalled when the policy may have work again
 	on     chan struct{} // closed when the prefetch is enabled
 	onOnce sync.Once
+
+	// The working set: ws is the one to pull first (Config.WorkingSet);
+	// used says it matched the image and was given to the policy. With
+	// record (Config.RecordWorkingSet), firstFaults lists the pages asked for
+	// on demand, in first-fault order (under mu).
+	ws          *workingset.Set
+	used        bool
+	wsLog       hclog.Logger // set with used, until the set is handed out
+	wsStart     time.Time
+	record      bool
+	image       workingset.Image
+	firstFaults []faultedPage
+}
+
+// faultedPage is page Page of region Region.
+type faultedPage struct {
+	Region int
+	Page   uint64
 }
 
 func newPuller(pages *pagestate.Table) *puller {
@@ -61,7 +83,110 @@ func (u *puller) faulted(region int, p uint64) {
 	u.mu.Lock()
 	u.policy.Fault(region, p)
 	u.policy.Done(region, p, 1)
+	if u.record {
+		u.firstFaults = append(u.firstFaults, faultedPage{Region: region, Page: p})
+	}
 	u.mu.Unlock()
+}
+
+// hint tells the policy that a fault on page p of region rides the bulk
+// lane: the next run starts at it. The bulk sender is poked: where its
+// window has room, the run goes out now. first says the fault is new (not
+// hinted again after a reconnect): a working set being recorded keeps it.
+func (u *puller) hint(region int, p uint64, first bool) {
+	u.mu.Lock()
+	u.policy.Fault(region, p)
+	if first && u.record {
+		u.firstFaults = append(u.firstFaults, faultedPage{Region: region, Page: p})
+	}
+	u.mu.Unlock()
+	u.poke()
+}
+
+// useWorkingSet gives the policy the working set's pages that lie in the
+// layout, in the set's order, once the session's image is known: a set of
+// another image is ignored, with one warning naming the mismatch.
+func (u *puller) useWorkingSet(img workingset.Image, log hclog.Logger) error {
+	u.image = img
+	if u.ws == nil {
+		return nil
+	}
+	if err := u.ws.Match(img); err != nil {
+		log.Warn("ignoring the working set", "reason", err.Error())
+		return nil
+	}
+	var runs []prefetch.Run
+	for _, off := range u.ws.Offsets() {
+		runs = appendRuns(runs, u.pages.Areas(), off, u.ws.PageSize)
+	}
+	if len(runs) == 0 && len(u.ws.Pages) > 0 {
+		log.Warn("ignoring the working set", "reason", fmt.Sprintf("none of its %d pages lies in the handed-over layout", len(u.ws.Pages)))
+		return nil
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if err := u.policy.First(runs); err != nil {
+		return fmt.Errorf("fetcher: %w", err)
+	}
+	u.used, u.wsLog, u.wsStart = true, log, time.Now()
+	log.Info("pulling the working set first", "pages", len(u.ws.Pages), "runs", len(runs))
+	return nil
+}
+
+// appendRuns appends the runs of the regions' pages that image range [off,
+// off+size) falls in.
+func appendRuns(runs []prefetch.Run, areas []*pagestate.Area, off, size uint64) []prefetch.Run {
+	for _, a := range areas {
+		lo, hi := max(off, a.Offset), min(off+size, a.Offset+a.Size)
+		if lo >= hi {
+			continue
+		}
+		first := (lo - a.Offset) >> a.Shift
+		last := (hi - a.Offset - 1) >> a.Shift
+		runs = append(runs, prefetch.Run{Region: a.Index, Page: first, Pages: uint32(last - first + 1)})
+	}
+	return runs
+}
+
+// Recorded is what a migration recorded for a working set
+// (Config.RecordWorkingSet): the image, the page size the offsets count in
+// (the layout's smallest) and the pages, in order — those of the working
+// set it pulled first, if it used one, then those the VMM faulted on
+// outside it, in first-fault order. The pages of a set used count as seen:
+// a page that arrived before the VMM needed it costs no fault, so the
+// fetcher cannot tell whether the VMM touched it.
+type Recorded struct {
+	Image    workingset.Image
+	PageSize uint64
+	Offsets  []uint64
+}
+
+// Recorded returns what the migration recorded for a working set, once Run
+// has returned; ok is false unless Config.RecordWorkingSet was set and every
+// page became resident without an error. Call it only after Run returned
+// nil: a migration that failed must not leave a working set.
+func (f *Fetcher) Recorded() (rec Recorded, ok bool) {
+	u := f.pull
+	if !u.record || !f.life.finished() || f.life.err() != nil {
+		return Recorded{}, false
+	}
+	areas := u.pages.Areas()
+	rec.Image, rec.PageSize = u.image, areas[0].PageSize
+	for _, a := range areas {
+		rec.PageSize = min(rec.PageSize, a.PageSize)
+	}
+	if u.used {
+		for _, off := range u.ws.Offsets() {
+			rec.Offsets = append(rec.Offsets, off&^(rec.PageSize-1))
+		}
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, fp := range u.firstFaults {
+		a := areas[fp.Region]
+		rec.Offsets = append(rec.Offsets, a.Offset+fp.Page<<a.Shift)
+	}
+	return rec, true
 }
 
 // done tells the policy that pages [p, p+n) of region need no fetching.
@@ -75,7 +200,12 @@ func (u *puller) done(region int, p, n uint64) {
 func (u *puller) next(want int, runs []prefetch.Run) []prefetch.Run {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.policy.Next(want, runs)
+	runs = u.policy.Next(want, runs)
+	if u.wsLog != nil && !u.policy.InFirst() {
+		u.wsLog.Debug("working set handed out", "after", time.Since(u.wsStart))
+		u.wsLog = nil
+	}
+	return runs
 }
 
 // requeue hands the pages of bulk runs that never arrived back to the

@@ -37,6 +37,14 @@ func (h *harness) fault(r int, page uint64) error {
 	return h.check()
 }
 
+func (h *harness) first(runs []Run) error {
+	if err := h.p.First(runs); err != nil {
+		return err
+	}
+	h.m.first = slices.Clone(runs)
+	return h.check()
+}
+
 func (h *harness) done(r int, page, n uint64) error {
 	h.p.Done(r, page, n)
 	h.m.done(r, page, n)

@@ -15,6 +15,7 @@ type model struct {
 	maxHints int
 	hints    []hint // newest last
 	sweep    int
+	first    []Run // First's runs, as given (not coalesced)
 }
 
 type mregion struct {
@@ -121,6 +122,35 @@ func (m *model) next(max int) []Run {
 	var out []Run
 	if m.count() == 0 {
 		return nil // nothing pending: no change at all, hints included
+	}
+	// First's runs, in order; a run's pages go with the next run's when it
+	// starts where they end (First coalesces them).
+	for len(m.first) > 0 && len(out) < max {
+		r := m.first[0]
+		mr := &m.regions[r.Region]
+		start, end := r.Page, r.Page+uint64(r.Pages)
+		k := 1
+		for k < len(m.first) && m.first[k].Region == r.Region && m.first[k].Page == end {
+			end += uint64(m.first[k].Pages)
+			k++
+		}
+		for q := start; q < end && len(out) < max; q++ {
+			if mr.pending[q] {
+				run := m.runAt(r.Region, q, end)
+				out = append(out, run)
+				q += uint64(run.Pages) - 1
+			}
+		}
+		left := false
+		for q := start; q < end; q++ {
+			left = left || mr.pending[q]
+		}
+		if left {
+			// The rest of the coalesced run comes next time: keep it as one.
+			m.first = append([]Run{{Region: r.Region, Page: start, Pages: uint32(end - start)}}, m.first[k:]...)
+			break
+		}
+		m.first = m.first[k:]
 	}
 	for len(m.hints) > 0 && len(out) < max {
 		h := m.hints[len(m.hints)-1]

@@ -11,9 +11,10 @@
 //
 // The policy keeps one "pending" bit per page: the page has not been handed
 // out by Next and is not known to be resident. Next hands pending pages out
-// in runs, first around recent faults (a fault at page p suggests that its
-// neighbours will be touched soon), newest fault first, then in a sequential
-// sweep over every region. Every page handed out stops being pending, so a
+// in runs: first the runs of a working set (First: the pages a past restore
+// of the same image faulted on, in that order), then around recent faults
+// (a fault at page p suggests that its neighbours will be touched soon),
+// newest fault first, then in a sequential sweep over every region. Every page handed out stops being pending, so a
 // page is handed out again only after Requeue.
 //
 // Memory is one bit per page plus a small fixed amount per region: an 8 GiB
@@ -88,6 +89,10 @@ type Policy struct {
 	// sweep is the region the sequential sweep is in.
 	sweep   int
 	pending uint64
+	// first holds the working set's runs (First); firstAt is the one Next
+	// serves next.
+	first   []Run
+	firstAt int
 }
 
 type region struct {
@@ -241,10 +246,43 @@ func (p *Policy) check(op string, region int, page, n uint64) *region {
 	return rs
 }
 
+// First makes Next hand out the pending pages of runs before anything else,
+// in the given order: a working set. Runs adjacent in both the list and the
+// region (one ends where the next starts) are coalesced into one, so that
+// they go in as few requests as MaxRunPages allows. It replaces the runs of
+// an earlier First; a run outside its region, or of no pages, is an error
+// and changes nothing.
+func (p *Policy) First(runs []Run) error {
+	var out []Run
+	for i, r := range runs {
+		if r.Region < 0 || r.Region >= len(p.regions) {
+			return fmt.Errorf("prefetch: First: run %d (%v): no region %d", i, r, r.Region)
+		}
+		if rs := &p.regions[r.Region]; r.Pages == 0 || r.Page >= rs.pages || uint64(r.Pages) > rs.pages-r.Page {
+			return fmt.Errorf("prefetch: First: run %d (%v) is empty or outside region %d of %d pages", i, r, r.Region, rs.pages)
+		}
+		if n := len(out); n > 0 {
+			last := &out[n-1]
+			if last.Region == r.Region && last.Page+uint64(last.Pages) == r.Page && uint64(last.Pages)+uint64(r.Pages) <= 1<<32-1 {
+				last.Pages += r.Pages
+				continue
+			}
+		}
+		out = append(out, r)
+	}
+	p.first, p.firstAt = out, 0
+	return nil
+}
+
+// InFirst reports whether runs given to First are still to be handed out.
+func (p *Policy) InFirst() bool { return len(p.first) > 0 }
+
 // Next appends up to max runs of pending pages to out and returns it; every
 // page handed out stops being pending.
 //
-// Hints come first, newest first. For a fault at page p, Next hands out the
+// The runs given to First come first, in their order: the pending pages of
+// each, in ascending order, split at pages that are not pending and at the
+// region's MaxRunPages. Hints come next, newest first. For a fault at page p, Next hands out the
 // pending pages of [p, p+After] and then of [p-Before, p), in ascending
 // order within each part, split at pages that are not pending and at the
 // region's MaxRunPages. A hint is dropped when Next finds that its window
@@ -259,6 +297,18 @@ func (p *Policy) Next(max int, out []Run) []Run {
 		return out
 	}
 	n := 0
+	for p.firstAt < len(p.first) && n < max {
+		r := p.first[p.firstAt]
+		end := r.Page + uint64(r.Pages)
+		out, n = p.emit(r.Region, r.Page, end, max, n, out)
+		if _, ok := nextPending(p.regions[r.Region].taken, r.Page, end); ok {
+			break // max reached; the rest of this run comes next time
+		}
+		p.firstAt++
+	}
+	if p.firstAt == len(p.first) {
+		p.first, p.firstAt = nil, 0
+	}
 	for len(p.hints) > 0 && n < max {
 		h := p.hints[len(p.hints)-1]
 		rs := &p.regions[h.region]

@@ -265,7 +265,7 @@ func FuzzPolicy(f *testing.F) {
 			t.Fatal(err)
 		}
 		for step := 0; !rd.empty() && step < 500; step++ {
-			op := rd.byte() % 5
+			op := rd.byte() % 6
 			r := int(rd.byte()) % (nreg + 1) // nreg: an invalid region, for Fault
 			switch op {
 			case 0:
@@ -284,6 +284,24 @@ func FuzzPolicy(f *testing.F) {
 				}
 				run := h.handed[int(rd.byte())%len(h.handed)]
 				err = h.requeue(run)
+			case 5:
+				// A working set: a few runs, often adjacent to the
+				// one before (coalesced), sometimes overlapping.
+				r %= nreg
+				var runs []Run
+				for k := int(rd.byte() % 6); k > 0; k-- {
+					size := regions[r].Pages
+					pg := uint64(rd.byte()) % size
+					if b := rd.byte(); b%2 == 0 && len(runs) > 0 {
+						last := runs[len(runs)-1]
+						if e := last.Page + uint64(last.Pages); e < size {
+							pg = e
+						}
+					}
+					n := 1 + uint64(rd.byte())%(size-pg)
+					runs = append(runs, Run{Region: r, Page: pg, Pages: uint32(n)})
+				}
+				err = h.first(runs)
 			}
 			if err != nil {
 				t.Fatalf("step %d: %v", step, err)

@@ -17,6 +17,7 @@ import (
 //	done R P N         mark N pages from P done; prints Pending
 //	next K             prints the runs handed out ("region:page+pages"), then Pending
 //	requeue R P N      requeue the run; prints Pending
+//	first R P N ...    set First's runs (triples); prints the runs as coalesced
 //	drain              Next until nothing is pending; prints how often each page was handed out
 //
 // Every step also runs the reference model and the invariant checker.
@@ -44,6 +45,23 @@ func runCommand(hp **harness, cmd string) (string, error) {
 			}
 			args = append(args, v)
 		}
+	}
+	if f[0] == "first" {
+		if len(args)%3 != 0 {
+			return "", fmt.Errorf("first takes triples R P N")
+		}
+		var runs []Run
+		for i := 0; i < len(args); i += 3 {
+			runs = append(runs, Run{Region: int(args[i]), Page: args[i+1], Pages: uint32(args[i+2])})
+		}
+		if err := h.first(runs); err != nil {
+			return "error: " + err.Error(), nil
+		}
+		var rs []string
+		for _, r := range h.p.first {
+			rs = append(rs, r.String())
+		}
+		return "first " + strings.Join(rs, " "), nil
 	}
 	want := map[string]int{"fault": 2, "done": 3, "next": 1, "requeue": 3, "drain": 0}
 	if n, ok := want[f[0]]; ok && len(args) != n {

@@ -1,12 +1,9 @@
 package server
 
 import (
-	"bufio"
-	"fmt"
-	"io"
-	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 )
 
@@ -62,50 +59,69 @@ func (s *Server) Stats() ServerStats {
 	return st
 }
 
-// WriteMetrics writes the server's totals in the Prometheus text exposition
-// format (version 0.0.4).
-func (s *Server) WriteMetrics(w io.Writer) error {
-	st := s.Stats()
-	bw := bufio.NewWriter(w)
-	metric := func(name, typ, help string) {
-		fmt.Fprintf(bw, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
-	}
-	metric("postcopy_sessions_open", "gauge", "Sessions open now.")
-	fmt.Fprintf(bw, "postcopy_sessions_open %d\n", st.SessionsOpen)
-	metric("postcopy_sessions_total", "counter", "Sessions opened.")
-	fmt.Fprintf(bw, "postcopy_sessions_total %d\n", st.SessionsTotal)
-	metric("postcopy_requests_total", "counter", "Page runs answered, by lane.")
-	fmt.Fprintf(bw, "postcopy_requests_total{lane=\"demand\"} %d\n", st.DemandRequests)
-	fmt.Fprintf(bw, "postcopy_requests_total{lane=\"bulk\"} %d\n", st.BulkRequests)
-	metric("postcopy_pages_total", "counter", "Pages answered (zero pages included), by lane.")
-	fmt.Fprintf(bw, "postcopy_pages_total{lane=\"demand\"} %d\n", st.DemandPages)
-	fmt.Fprintf(bw, "postcopy_pages_total{lane=\"bulk\"} %d\n", st.BulkPages)
-	metric("postcopy_bytes_total", "counter", "Page data bytes sent (zero pages excluded), by lane.")
-	fmt.Fprintf(bw, "postcopy_bytes_total{lane=\"demand\"} %d\n", st.DemandBytes)
-	fmt.Fprintf(bw, "postcopy_bytes_total{lane=\"bulk\"} %d\n", st.BulkBytes)
-	metric("postcopy_zero_pages_total", "counter", "Pages sent as zero runs, without bytes.")
-	fmt.Fprintf(bw, "postcopy_zero_pages_total %d\n", st.ZeroPages)
-	metric("postcopy_bulk_yields_total", "counter", "Bulk read chunks that waited for demand work.")
-	fmt.Fprintf(bw, "postcopy_bulk_yields_total %d\n", st.BulkYields)
-	metric("postcopy_bulk_yield_seconds_total", "counter", "Time bulk reads waited for demand work.")
-	fmt.Fprintf(bw, "postcopy_bulk_yield_seconds_total %g\n", st.BulkYieldTime.Seconds())
-	metric("postcopy_errors_total", "counter", "RPCs and streams ended with an error status, by gRPC code.")
-	for c := codes.Code(0); c < 17; c++ {
-		if n := st.Errors[c]; n > 0 {
-			fmt.Fprintf(bw, "postcopy_errors_total{code=%q} %d\n", c.String(), n)
-		}
-	}
-	return bw.Flush()
+// RegisterMetrics registers the server's metrics on r: the totals of Stats
+// as counters (postcopy_sessions_total, postcopy_requests_total{lane},
+// postcopy_pages_total{lane}, postcopy_bytes_total{lane},
+// postcopy_zero_pages_total, postcopy_bulk_yields_total,
+// postcopy_bulk_yield_seconds_total, postcopy_errors_total{code}) and
+// postcopy_sessions_open as a gauge, all read from Stats at each scrape. A
+// server's metrics can be registered once per Registerer.
+func (s *Server) RegisterMetrics(r prometheus.Registerer) error {
+	return r.Register(newMetricsCollector(s))
 }
 
-// MetricsHandler serves WriteMetrics over HTTP (for /metrics).
-func (s *Server) MetricsHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-			return
-		}
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		_ = s.WriteMetrics(w)
-	})
+// metricsCollector exposes a Server's totals (Stats) as Prometheus
+// metrics, read at each scrape: nothing is added on the serving path.
+type metricsCollector struct {
+	s                                         *Server
+	sessionsOpen, sessionsTotal               *prometheus.Desc
+	requests, pages, bytes, zeroPages, errors *prometheus.Desc
+	yields, yieldSeconds                      *prometheus.Desc
+}
+
+func newMetricsCollector(s *Server) *metricsCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return &metricsCollector{s: s,
+		sessionsOpen:  d("postcopy_sessions_open", "Sessions open now."),
+		sessionsTotal: d("postcopy_sessions_total", "Sessions opened."),
+		requests:      d("postcopy_requests_total", "Page runs answered, by lane.", "lane"),
+		pages:         d("postcopy_pages_total", "Pages answered (zero pages included), by lane.", "lane"),
+		bytes:         d("postcopy_bytes_total", "Page data bytes sent (zero pages excluded), by lane.", "lane"),
+		zeroPages:     d("postcopy_zero_pages_total", "Pages sent as zero runs, without bytes."),
+		yields:        d("postcopy_bulk_yields_total", "Bulk read chunks that waited for demand work."),
+		yieldSeconds:  d("postcopy_bulk_yield_seconds_total", "Time bulk reads waited for demand work."),
+		errors:        d("postcopy_errors_total", "RPCs and streams ended with an error status, by gRPC code.", "code"),
+	}
+}
+
+// Describe sends every metric's description.
+func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.sessionsOpen, c.sessionsTotal, c.requests, c.pages, c.bytes,
+		c.zeroPages, c.yields, c.yieldSeconds, c.errors} {
+		ch <- d
+	}
+}
+
+// Collect sends the server's totals, from one Stats call.
+func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.Stats()
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	ch <- prometheus.MustNewConstMetric(c.sessionsOpen, prometheus.GaugeValue, float64(st.SessionsOpen))
+	counter(c.sessionsTotal, float64(st.SessionsTotal))
+	counter(c.requests, float64(st.DemandRequests), "demand")
+	counter(c.requests, float64(st.BulkRequests), "bulk")
+	counter(c.pages, float64(st.DemandPages), "demand")
+	counter(c.pages, float64(st.BulkPages), "bulk")
+	counter(c.bytes, float64(st.DemandBytes), "demand")
+	counter(c.bytes, float64(st.BulkBytes), "bulk")
+	counter(c.zeroPages, float64(st.ZeroPages))
+	counter(c.yields, float64(st.BulkYields))
+	counter(c.yieldSeconds, st.BulkYieldTime.Seconds())
+	for code, n := range st.Errors {
+		counter(c.errors, float64(n), code.String())
+	}
 }

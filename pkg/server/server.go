@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -133,6 +134,12 @@ type Options struct {
 	// gets a CPU at once, however busy bulk work keeps them. Where the
 	// priority cannot be raised, lanes run at normal priority (logged once).
 	UrgentDemand bool
+	// WorkingSet, when not empty, is a working set for the image, in the
+	// working-set file format (pkg/workingset, docs/working-set.md): the
+	// server offers it to every client (Capabilities.working_set_bytes)
+	// and serves it with WorkingSet. The caller checks that it belongs to
+	// Image; at most wire.MaxWorkingSet bytes.
+	WorkingSet []byte
 }
 
 // Server is the source side of the protocol: it serves one image to many
@@ -168,8 +175,9 @@ type Server struct {
 	health                   *health.Server
 	healthSvc                *boundedHealth
 
-	gate *demandGate
-	runs sync.Pool // *runBuf
+	gate       *demandGate
+	runs       sync.Pool // *runBuf
+	workingSet []byte    // offered to clients (Options.WorkingSet)
 
 	mu       sync.Mutex
 	sessions map[[sha256.Size]byte]*session // by the SHA-256 of the id (see lookup)
@@ -214,6 +222,9 @@ func NewServer(o Options) (*Server, error) {
 	if o.Image == nil {
 		return nil, errors.New("transport: Options.Image is nil")
 	}
+	if len(o.WorkingSet) > wire.MaxWorkingSet {
+		return nil, fmt.Errorf("transport: Options.WorkingSet has %d bytes, more than %d", len(o.WorkingSet), wire.MaxWorkingSet)
+	}
 	s := &Server{
 		img:         o.Image,
 		log:         o.Logger,
@@ -228,6 +239,7 @@ func NewServer(o Options) (*Server, error) {
 		bulkSock:    o.BulkSocket,
 		urgent:      o.UrgentDemand,
 		bulkYield:   o.BulkYield,
+		workingSet:  slices.Clone(o.WorkingSet),
 		gate:        newDemandGate(),
 		sessions:    make(map[[sha256.Size]byte]*session),
 		health:      health.NewServer(),
@@ -417,15 +429,16 @@ func (s *Server) imageInfo(extents bool) *pb.ImageInfo {
 
 func (s *Server) caps() *pb.Capabilities {
 	return &pb.Capabilities{
-		MaxDemandBytes: s.maxDemand,
-		MaxBulkBytes:   s.maxBulk,
-		ZeroRuns:       true,
-		Crc32C:         true,
-		MaxRegions:     wire.MaxRegions,
-		PageSizes:      []uint32{wire.PageSize4K, wire.PageSize2M},
-		DemandSocket:   s.sockLane,
-		BulkSocket:     s.bulkSock,
-		SocketOpen:     s.sockLane,
+		MaxDemandBytes:  s.maxDemand,
+		MaxBulkBytes:    s.maxBulk,
+		ZeroRuns:        true,
+		Crc32C:          true,
+		MaxRegions:      wire.MaxRegions,
+		PageSizes:       []uint32{wire.PageSize4K, wire.PageSize2M},
+		DemandSocket:    s.sockLane,
+		BulkSocket:      s.bulkSock,
+		SocketOpen:      s.sockLane,
+		WorkingSetBytes: uint64(len(s.workingSet)),
 	}
 }
 

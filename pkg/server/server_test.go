@@ -11,12 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/postcopy/postcopy/internal/metrics/metricstest"
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/wire"
@@ -467,15 +469,40 @@ func TestBadInputs(t *testing.T) {
 	if st.Errors[codes.InvalidArgument] == 0 || st.Errors[codes.Unauthenticated] == 0 || st.Errors[codes.OutOfRange] == 0 {
 		t.Fatalf("errors not counted: %v", st.Errors)
 	}
-	var sb strings.Builder
-	if err := srv.WriteMetrics(&sb); err != nil {
+	reg := prometheus.NewRegistry()
+	if err := srv.RegisterMetrics(reg); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"postcopy_sessions_open 8\n", `postcopy_errors_total{code="InvalidArgument"}`,
-		"# TYPE postcopy_requests_total counter\n", `postcopy_requests_total{lane="demand"}`} {
-		if !strings.Contains(sb.String(), want) {
-			t.Fatalf("metrics lack %q:\n%s", want, sb.String())
+	fams, err := metricstest.Gather(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fams.CheckTypes("postcopy_"); err != nil {
+		t.Error(err)
+	}
+	// The metrics lie between two Stats taken around the scrape (streams
+	// may still be ending).
+	st2 := srv.Stats()
+	for _, c := range []struct {
+		name     string
+		labels   []string
+		min, max uint64
+	}{
+		{"postcopy_errors_total", []string{"code", "InvalidArgument"}, st.Errors[codes.InvalidArgument], st2.Errors[codes.InvalidArgument]},
+		{"postcopy_errors_total", []string{"code", "Unauthenticated"}, st.Errors[codes.Unauthenticated], st2.Errors[codes.Unauthenticated]},
+		{"postcopy_requests_total", []string{"lane", "demand"}, st.DemandRequests, st2.DemandRequests},
+		{"postcopy_requests_total", []string{"lane", "bulk"}, st.BulkRequests, st2.BulkRequests},
+		{"postcopy_sessions_total", nil, st.SessionsTotal, st2.SessionsTotal},
+	} {
+		if got, ok := fams.Value(c.name, c.labels...); !ok || got < float64(c.min) || got > float64(c.max) {
+			t.Errorf("%s%v = %v (%v); Stats says %d, then %d", c.name, c.labels, got, ok, c.min, c.max)
 		}
+	}
+	if got, _ := fams.Value("postcopy_sessions_open"); got != 8 {
+		t.Errorf("postcopy_sessions_open = %v; want 8", got)
+	}
+	if err := srv.RegisterMetrics(reg); err == nil {
+		t.Error("the server's metrics registered twice on one registry")
 	}
 }
 

@@ -26,6 +26,12 @@ const (
 	// whatever the server offers: a session's largest demand and bulk runs
 	// never exceed it.
 	ClientMaxRun = 16 << 20
+	// WorkingSetChunk is the most bytes of a working set one WorkingSet
+	// answer carries.
+	WorkingSetChunk = 128 << 10
+	// MaxWorkingSet bounds the working set a server offers and a client
+	// reads (pkg/workingset's MaxFileBytes).
+	MaxWorkingSet = 64 << 20
 )
 
 // LaneKind names a lane's kind, Demand or Bulk, in messages and counters.

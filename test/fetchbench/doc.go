@@ -74,6 +74,15 @@
 //     the copy floor (tcp_GB/s, copy_GB/s, x_floor); handler_GB/s. The bulk
 //     lane as a socket lane (the default) and as a gRPC stream.
 //   - Holes: 8 GiB, 95 % holes: resident_s, handler_total_s, peak_rss_MiB.
+//   - WorkingSet: a 1 GiB image restored twice, one VMM thread reading the
+//     same 5 % of its pages in the same random order back to back (vmm
+//     --touch sample), first with pagefetcher --record-working-set, then
+//     with --working-set, and once with no set as the baseline: the VMM's
+//     touch phase (touch_ms_first, touch_ms_second, touch_x), stalls
+//     (stalls_first, stalls_second, stalls_x) and time to resident
+//     (resident_s_first, resident_s_second, resident_s_noset,
+//     resident_x_noset); set_pages, set_bytes; handler_faults_first,
+//     handler_faults_second.
 //   - Baselines: the TCP round trip and bandwidth and the copy floor alone.
 //
 // ns/op is the wall time of one iteration (every migration of it).

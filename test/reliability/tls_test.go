@@ -85,7 +85,7 @@ func TestTLSRefusals(t *testing.T) {
 			if code != 3 {
 				t.Errorf("pagefetcher exit code %d, want 3 (server unreachable)", code)
 			}
-			if len(events[map[string]any](f, "ready")) != 0 {
+			if len(eventsOf[map[string]any](f, "ready")) != 0 {
 				t.Errorf("pagefetcher printed a ready line")
 			}
 			// When the server refuses the client's certificate (TLS 1.3:

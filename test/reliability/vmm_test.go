@@ -42,7 +42,7 @@ func TestVMMKilledWhileFaulting(t *testing.T) {
 	metrics := fetcherMetricsAddr(t, f)
 	vm := e.startVMM(hostNS, "--regions", "4k:0x0:16M", "--threads", "4", "--touch", "random")
 	m, err := waitMetrics(f, metrics, migrateTimeout, "200 faults", func(m map[string]float64) bool {
-		return m["postcopy_fetcher_faults"] >= 200
+		return m["postcopy_fetcher_faults_total"] >= 200
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -64,13 +64,13 @@ func TestVMMKilledWithFaultsPending(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := m["postcopy_fetcher_faults"]
+	before := m["postcopy_fetcher_faults_total"]
 	if err := srv.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	resume(t, w)
 	if _, err := waitMetrics(f, metrics, eventTimeout, "new faults", func(m map[string]float64) bool {
-		return m["postcopy_fetcher_faults"] >= before+4
+		return m["postcopy_fetcher_faults_total"] >= before+4
 	}); err != nil {
 		t.Fatal(err)
 	}

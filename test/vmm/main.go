@@ -4,7 +4,7 @@
 // would, and checks every byte against the source image.
 //
 //	vmm --socket PATH --regions SPEC [--image FILE --verify] [--legacy-handshake]
-//	    [--threads N] [--touch all|random|same|none] [--seed N] [--pace D]
+//	    [--threads N] [--touch all|random|same|none|sample] [--fraction F] [--seed N] [--pace D]
 //	    [--discard OFFSET:LEN [--discard-at N]] [--exit-after-pages N | --stop-after-pages N]
 //	    [--wait-handler D]
 //
@@ -64,6 +64,7 @@ type config struct {
 	threads     int
 	touch       vmm.TouchMode
 	seed        uint64
+	fraction    float64
 	pace        time.Duration
 	discard     bool
 	discardOff  uint64
@@ -116,8 +117,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&regions, "regions", "", "memory layout PAGESIZE:OFFSET:SIZE,... (required)")
 	fs.BoolVar(&c.legacy, "legacy-handshake", false, "send page_size_kib instead of page_size")
 	fs.IntVar(&c.threads, "threads", 4, "toucher threads (1..256)")
-	fs.StringVar(&touch, "touch", "all", "which pages each thread reads: all (a share each), random (all, each in its own order), same (all, in the same order), none")
-	fs.Uint64Var(&c.seed, "seed", 1, "seed of --touch random")
+	fs.StringVar(&touch, "touch", "all", "which pages each thread reads: all (a share each), random (all, each in its own order), same (all, in the same order), none, sample (--fraction of them, chosen by --seed, in one order chosen by --seed)")
+	fs.Uint64Var(&c.seed, "seed", 1, "seed of --touch random and sample")
+	fs.Float64Var(&c.fraction, "fraction", 0.05, "the share of the pages --touch sample reads, in (0, 1]")
 	fs.DurationVar(&c.pace, "pace", 0, "think time: each thread starts a read no sooner than this after its previous one (0: back to back)")
 	fs.StringVar(&discard, "discard", "", "OFFSET:LEN: discard this image range (MADV_DONTNEED) halfway through the reads")
 	fs.Uint64Var(&c.discardAt, "discard-at", 0, "discard at this read (counting from 1) instead of halfway")
@@ -157,6 +159,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	} else {
 		c.touch = m
 	}
+	if !(c.fraction > 0 && c.fraction <= 1) {
+		bad("--fraction %v: want (0, 1]", c.fraction)
+	}
 	if discard != "" {
 		off, n, ok := strings.Cut(discard, ":")
 		var err1, err2 error
@@ -165,8 +170,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		switch {
 		case !ok || err1 != nil || err2 != nil || c.discardLen == 0:
 			bad("--discard %q: want OFFSET:LEN, e.g. 0x100000:64k", discard)
-		case c.touch == vmm.TouchNone:
-			bad("--discard happens halfway through the reads: it needs --touch other than none")
+		case c.touch == vmm.TouchNone || c.touch == vmm.TouchSample:
+			bad("--discard happens halfway through the reads of every page: it needs --touch other than none or sample")
 		default:
 			c.discard = true
 		}
@@ -248,7 +253,7 @@ func execute(c *config, res *result, stdout, stderr io.Writer) int {
 	// No vm.Close: memory stays mapped until the process exits, so that a
 	// handler still running never sees it vanish.
 	res.Pages, res.Bytes = c.spec.Pages(), c.spec.Bytes()
-	opts := vmm.TouchOptions{Threads: c.threads, Mode: c.touch, Seed: c.seed, StopAfter: max(c.exitAfter, c.stopAfter), Pace: c.pace}
+	opts := vmm.TouchOptions{Threads: c.threads, Mode: c.touch, Seed: c.seed, Fraction: c.fraction, StopAfter: max(c.exitAfter, c.stopAfter), Pace: c.pace}
 	if c.discard {
 		reads := res.Pages
 		if c.touch != vmm.TouchAll {

@@ -41,9 +41,10 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"--socket", "s", "--regions", "4k:0:3k"}, `--regions "4k:0:3k": invalid memory layout: region 0: offset 0x0 and size 0xc00 must be multiples of the page size 0x1000`},
 		{[]string{"--socket", "s", "--regions", "4k:0:4k", "--verify"}, "--verify needs --image"},
 		{[]string{"--socket", "s", "--regions", "4k:0:4k", "--threads", "0"}, "--threads 0: want 1..256"},
-		{[]string{"--socket", "s", "--regions", "4k:0:4k", "--touch", "twice"}, `--touch: touch mode "twice": want all, random, same or none`},
+		{[]string{"--socket", "s", "--regions", "4k:0:4k", "--touch", "twice"}, `--touch: touch mode "twice": want all, random, same, none or sample`},
 		{[]string{"--socket", "s", "--regions", "4k:0:4k", "--discard", "12"}, `--discard "12": want OFFSET:LEN, e.g. 0x100000:64k`},
-		{[]string{"--socket", "s", "--regions", "4k:0:4k", "--discard", "0:4k", "--touch", "none"}, "--discard happens halfway through the reads: it needs --touch other than none"},
+		{[]string{"--socket", "s", "--regions", "4k:0:4k", "--discard", "0:4k", "--touch", "none"}, "--discard happens halfway through the reads of every page: it needs --touch other than none or sample"},
+		{[]string{"--socket", "s", "--regions", "4k:0:4k", "--touch", "sample", "--fraction", "0"}, "--fraction 0: want (0, 1]"},
 		{[]string{"--socket", "s", "--regions", "4k:0:4k", "--exit-after-pages", "1", "--stop-after-pages", "1"}, "--exit-after-pages and --stop-after-pages exclude each other"},
 		{[]string{"--socket", "s", "--regions", "4k:0:4k", "extra"}, `unexpected argument "extra"`},
 	} {

@@ -16,6 +16,10 @@
 //  4. Done: reports the destination's totals and ends the session; later
 //     requests naming it fail with NOT_FOUND.
 //
+// WorkingSet, at any time after Hello, reads the working set the server
+// offers for its image (Capabilities.working_set_bytes): the pages a past
+// restore faulted on, which the destination pulls first.
+//
 // Every request is checked against the session's regions: nothing outside
 // them is ever read. Errors are gRPC statuses whose message names what was
 // wrong:
@@ -353,9 +357,14 @@ type Capabilities struct {
 	// pkg/wire's doc.go); accepted, the connection goes on as the new
 	// session's demand lane. Served with demand_socket; the client learns it
 	// from HelloResponse.caps.
-	SocketOpen    bool `protobuf:"varint,9,opt,name=socket_open,json=socketOpen,proto3" json:"socket_open,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SocketOpen bool `protobuf:"varint,9,opt,name=socket_open,json=socketOpen,proto3" json:"socket_open,omitempty"`
+	// working_set_bytes, when not 0, is the size of the working set the
+	// server offers for its image (pageserver --working-set): read it with
+	// WorkingSet. 0: none offered (or a server that does not know of working
+	// sets).
+	WorkingSetBytes uint64 `protobuf:"varint,10,opt,name=working_set_bytes,json=workingSetBytes,proto3" json:"working_set_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Capabilities) Reset() {
@@ -449,6 +458,13 @@ func (x *Capabilities) GetSocketOpen() bool {
 		return x.SocketOpen
 	}
 	return false
+}
+
+func (x *Capabilities) GetWorkingSetBytes() uint64 {
+	if x != nil {
+		return x.WorkingSetBytes
+	}
+	return 0
 }
 
 // Region is a range of the image the destination needs, with the page size
@@ -1043,6 +1059,129 @@ func (*DoneResponse) Descriptor() ([]byte, []int) {
 	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{12}
 }
 
+// WorkingSetRequest asks for the bytes of the offered working set from
+// offset on.
+type WorkingSetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token: as in HelloRequest.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// protocol_version: as in HelloRequest.
+	ProtocolVersion uint32 `protobuf:"varint,2,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	// offset is where in the working set's bytes the answer starts (0 for the
+	// first part); below working_set_bytes.
+	Offset        uint64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkingSetRequest) Reset() {
+	*x = WorkingSetRequest{}
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkingSetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkingSetRequest) ProtoMessage() {}
+
+func (x *WorkingSetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkingSetRequest.ProtoReflect.Descriptor instead.
+func (*WorkingSetRequest) Descriptor() ([]byte, []int) {
+	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WorkingSetRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *WorkingSetRequest) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *WorkingSetRequest) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+// WorkingSetResponse holds a part of the working set.
+type WorkingSetResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// data are the working set's bytes from the request's offset on, at most
+	// 128 KiB of them: ask again from offset + len(data) until total.
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// total is the working set's size in bytes (working_set_bytes). The
+	// working set names the image it was recorded for in its own header.
+	Total         uint64 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkingSetResponse) Reset() {
+	*x = WorkingSetResponse{}
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkingSetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkingSetResponse) ProtoMessage() {}
+
+func (x *WorkingSetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_postcopy_v1_postcopy_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkingSetResponse.ProtoReflect.Descriptor instead.
+func (*WorkingSetResponse) Descriptor() ([]byte, []int) {
+	return file_postcopy_v1_postcopy_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WorkingSetResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *WorkingSetResponse) GetTotal() uint64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
 var File_postcopy_v1_postcopy_proto protoreflect.FileDescriptor
 
 const file_postcopy_v1_postcopy_proto_rawDesc = "" +
@@ -1064,7 +1203,7 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\breadable\x18\x04 \x03(\v2\x13.postcopy.v1.ExtentR\breadable\"8\n" +
 	"\x06Extent\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
-	"\x06length\x18\x02 \x01(\x04R\x06length\"\xba\x02\n" +
+	"\x06length\x18\x02 \x01(\x04R\x06length\"\xe6\x02\n" +
 	"\fCapabilities\x12(\n" +
 	"\x10max_demand_bytes\x18\x01 \x01(\rR\x0emaxDemandBytes\x12$\n" +
 	"\x0emax_bulk_bytes\x18\x02 \x01(\rR\fmaxBulkBytes\x12\x1b\n" +
@@ -1078,7 +1217,9 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\vbulk_socket\x18\b \x01(\bR\n" +
 	"bulkSocket\x12\x1f\n" +
 	"\vsocket_open\x18\t \x01(\bR\n" +
-	"socketOpen\"U\n" +
+	"socketOpen\x12*\n" +
+	"\x11working_set_bytes\x18\n" +
+	" \x01(\x04R\x0fworkingSetBytes\"U\n" +
 	"\x06Region\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\x04R\x06length\x12\x1b\n" +
@@ -1123,14 +1264,23 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\vduration_ns\x18\a \x01(\x04R\n" +
 	"durationNs\x12\x16\n" +
 	"\x06unused\x18\b \x01(\bR\x06unused\"\x0e\n" +
-	"\fDoneResponse2\xc0\x02\n" +
+	"\fDoneResponse\"l\n" +
+	"\x11WorkingSetRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12)\n" +
+	"\x10protocol_version\x18\x02 \x01(\rR\x0fprotocolVersion\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\">\n" +
+	"\x12WorkingSetResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total2\x8f\x03\n" +
 	"\n" +
 	"PageServer\x12>\n" +
 	"\x05Hello\x12\x19.postcopy.v1.HelloRequest\x1a\x1a.postcopy.v1.HelloResponse\x12;\n" +
 	"\x04Open\x12\x18.postcopy.v1.OpenRequest\x1a\x19.postcopy.v1.OpenResponse\x12<\n" +
 	"\x06Demand\x12\x18.postcopy.v1.PageRequest\x1a\x14.postcopy.v1.PageRun(\x010\x01\x12:\n" +
 	"\x04Bulk\x12\x18.postcopy.v1.PageRequest\x1a\x14.postcopy.v1.PageRun(\x010\x01\x12;\n" +
-	"\x04Done\x12\x18.postcopy.v1.DoneRequest\x1a\x19.postcopy.v1.DoneResponseB;Z9github.com/postcopy/postcopy/proto/postcopy/v1;postcopyv1b\x06proto3"
+	"\x04Done\x12\x18.postcopy.v1.DoneRequest\x1a\x19.postcopy.v1.DoneResponse\x12M\n" +
+	"\n" +
+	"WorkingSet\x12\x1e.postcopy.v1.WorkingSetRequest\x1a\x1f.postcopy.v1.WorkingSetResponseB;Z9github.com/postcopy/postcopy/proto/postcopy/v1;postcopyv1b\x06proto3"
 
 var (
 	file_postcopy_v1_postcopy_proto_rawDescOnce sync.Once
@@ -1144,21 +1294,23 @@ func file_postcopy_v1_postcopy_proto_rawDescGZIP() []byte {
 	return file_postcopy_v1_postcopy_proto_rawDescData
 }
 
-var file_postcopy_v1_postcopy_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_postcopy_v1_postcopy_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_postcopy_v1_postcopy_proto_goTypes = []any{
-	(*HelloRequest)(nil),  // 0: postcopy.v1.HelloRequest
-	(*HelloResponse)(nil), // 1: postcopy.v1.HelloResponse
-	(*ImageInfo)(nil),     // 2: postcopy.v1.ImageInfo
-	(*Extent)(nil),        // 3: postcopy.v1.Extent
-	(*Capabilities)(nil),  // 4: postcopy.v1.Capabilities
-	(*Region)(nil),        // 5: postcopy.v1.Region
-	(*OpenRequest)(nil),   // 6: postcopy.v1.OpenRequest
-	(*OpenResponse)(nil),  // 7: postcopy.v1.OpenResponse
-	(*PageRequest)(nil),   // 8: postcopy.v1.PageRequest
-	(*Segment)(nil),       // 9: postcopy.v1.Segment
-	(*PageRun)(nil),       // 10: postcopy.v1.PageRun
-	(*DoneRequest)(nil),   // 11: postcopy.v1.DoneRequest
-	(*DoneResponse)(nil),  // 12: postcopy.v1.DoneResponse
+	(*HelloRequest)(nil),       // 0: postcopy.v1.HelloRequest
+	(*HelloResponse)(nil),      // 1: postcopy.v1.HelloResponse
+	(*ImageInfo)(nil),          // 2: postcopy.v1.ImageInfo
+	(*Extent)(nil),             // 3: postcopy.v1.Extent
+	(*Capabilities)(nil),       // 4: postcopy.v1.Capabilities
+	(*Region)(nil),             // 5: postcopy.v1.Region
+	(*OpenRequest)(nil),        // 6: postcopy.v1.OpenRequest
+	(*OpenResponse)(nil),       // 7: postcopy.v1.OpenResponse
+	(*PageRequest)(nil),        // 8: postcopy.v1.PageRequest
+	(*Segment)(nil),            // 9: postcopy.v1.Segment
+	(*PageRun)(nil),            // 10: postcopy.v1.PageRun
+	(*DoneRequest)(nil),        // 11: postcopy.v1.DoneRequest
+	(*DoneResponse)(nil),       // 12: postcopy.v1.DoneResponse
+	(*WorkingSetRequest)(nil),  // 13: postcopy.v1.WorkingSetRequest
+	(*WorkingSetResponse)(nil), // 14: postcopy.v1.WorkingSetResponse
 }
 var file_postcopy_v1_postcopy_proto_depIdxs = []int32{
 	2,  // 0: postcopy.v1.HelloResponse.image:type_name -> postcopy.v1.ImageInfo
@@ -1173,13 +1325,15 @@ var file_postcopy_v1_postcopy_proto_depIdxs = []int32{
 	8,  // 9: postcopy.v1.PageServer.Demand:input_type -> postcopy.v1.PageRequest
 	8,  // 10: postcopy.v1.PageServer.Bulk:input_type -> postcopy.v1.PageRequest
 	11, // 11: postcopy.v1.PageServer.Done:input_type -> postcopy.v1.DoneRequest
-	1,  // 12: postcopy.v1.PageServer.Hello:output_type -> postcopy.v1.HelloResponse
-	7,  // 13: postcopy.v1.PageServer.Open:output_type -> postcopy.v1.OpenResponse
-	10, // 14: postcopy.v1.PageServer.Demand:output_type -> postcopy.v1.PageRun
-	10, // 15: postcopy.v1.PageServer.Bulk:output_type -> postcopy.v1.PageRun
-	12, // 16: postcopy.v1.PageServer.Done:output_type -> postcopy.v1.DoneResponse
-	12, // [12:17] is the sub-list for method output_type
-	7,  // [7:12] is the sub-list for method input_type
+	13, // 12: postcopy.v1.PageServer.WorkingSet:input_type -> postcopy.v1.WorkingSetRequest
+	1,  // 13: postcopy.v1.PageServer.Hello:output_type -> postcopy.v1.HelloResponse
+	7,  // 14: postcopy.v1.PageServer.Open:output_type -> postcopy.v1.OpenResponse
+	10, // 15: postcopy.v1.PageServer.Demand:output_type -> postcopy.v1.PageRun
+	10, // 16: postcopy.v1.PageServer.Bulk:output_type -> postcopy.v1.PageRun
+	12, // 17: postcopy.v1.PageServer.Done:output_type -> postcopy.v1.DoneResponse
+	14, // 18: postcopy.v1.PageServer.WorkingSet:output_type -> postcopy.v1.WorkingSetResponse
+	13, // [13:19] is the sub-list for method output_type
+	7,  // [7:13] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -1196,7 +1350,7 @@ func file_postcopy_v1_postcopy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_postcopy_v1_postcopy_proto_rawDesc), len(file_postcopy_v1_postcopy_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -16,6 +16,10 @@
 //  4. Done: reports the destination's totals and ends the session; later
 //     requests naming it fail with NOT_FOUND.
 //
+// WorkingSet, at any time after Hello, reads the working set the server
+// offers for its image (Capabilities.working_set_bytes): the pages a past
+// restore faulted on, which the destination pulls first.
+//
 // Every request is checked against the session's regions: nothing outside
 // them is ever read. Errors are gRPC statuses whose message names what was
 // wrong:
@@ -61,11 +65,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PageServer_Hello_FullMethodName  = "/postcopy.v1.PageServer/Hello"
-	PageServer_Open_FullMethodName   = "/postcopy.v1.PageServer/Open"
-	PageServer_Demand_FullMethodName = "/postcopy.v1.PageServer/Demand"
-	PageServer_Bulk_FullMethodName   = "/postcopy.v1.PageServer/Bulk"
-	PageServer_Done_FullMethodName   = "/postcopy.v1.PageServer/Done"
+	PageServer_Hello_FullMethodName      = "/postcopy.v1.PageServer/Hello"
+	PageServer_Open_FullMethodName       = "/postcopy.v1.PageServer/Open"
+	PageServer_Demand_FullMethodName     = "/postcopy.v1.PageServer/Demand"
+	PageServer_Bulk_FullMethodName       = "/postcopy.v1.PageServer/Bulk"
+	PageServer_Done_FullMethodName       = "/postcopy.v1.PageServer/Done"
+	PageServer_WorkingSet_FullMethodName = "/postcopy.v1.PageServer/WorkingSet"
 )
 
 // PageServerClient is the client API for PageServer service.
@@ -87,6 +92,11 @@ type PageServerClient interface {
 	Bulk(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PageRequest, PageRun], error)
 	// Done reports the destination's totals and ends the session.
 	Done(ctx context.Context, in *DoneRequest, opts ...grpc.CallOption) (*DoneResponse, error)
+	// WorkingSet returns a part of the working set the server offers for its
+	// image (Capabilities.working_set_bytes > 0), in the working-set file
+	// format (docs/working-set.md). It opens no session. A server that
+	// offers none answers NOT_FOUND; one older than this call, UNIMPLEMENTED.
+	WorkingSet(ctx context.Context, in *WorkingSetRequest, opts ...grpc.CallOption) (*WorkingSetResponse, error)
 }
 
 type pageServerClient struct {
@@ -153,6 +163,16 @@ func (c *pageServerClient) Done(ctx context.Context, in *DoneRequest, opts ...gr
 	return out, nil
 }
 
+func (c *pageServerClient) WorkingSet(ctx context.Context, in *WorkingSetRequest, opts ...grpc.CallOption) (*WorkingSetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WorkingSetResponse)
+	err := c.cc.Invoke(ctx, PageServer_WorkingSet_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PageServerServer is the server API for PageServer service.
 // All implementations must embed UnimplementedPageServerServer
 // for forward compatibility.
@@ -172,6 +192,11 @@ type PageServerServer interface {
 	Bulk(grpc.BidiStreamingServer[PageRequest, PageRun]) error
 	// Done reports the destination's totals and ends the session.
 	Done(context.Context, *DoneRequest) (*DoneResponse, error)
+	// WorkingSet returns a part of the working set the server offers for its
+	// image (Capabilities.working_set_bytes > 0), in the working-set file
+	// format (docs/working-set.md). It opens no session. A server that
+	// offers none answers NOT_FOUND; one older than this call, UNIMPLEMENTED.
+	WorkingSet(context.Context, *WorkingSetRequest) (*WorkingSetResponse, error)
 	mustEmbedUnimplementedPageServerServer()
 }
 
@@ -196,6 +221,9 @@ func (UnimplementedPageServerServer) Bulk(grpc.BidiStreamingServer[PageRequest, 
 }
 func (UnimplementedPageServerServer) Done(context.Context, *DoneRequest) (*DoneResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Done not implemented")
+}
+func (UnimplementedPageServerServer) WorkingSet(context.Context, *WorkingSetRequest) (*WorkingSetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method WorkingSet not implemented")
 }
 func (UnimplementedPageServerServer) mustEmbedUnimplementedPageServerServer() {}
 func (UnimplementedPageServerServer) testEmbeddedByValue()                    {}
@@ -286,6 +314,24 @@ func _PageServer_Done_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PageServer_WorkingSet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WorkingSetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PageServerServer).WorkingSet(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PageServer_WorkingSet_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PageServerServer).WorkingSet(ctx, req.(*WorkingSetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PageServer_ServiceDesc is the grpc.ServiceDesc for PageServer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -304,6 +350,10 @@ var PageServer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Done",
 			Handler:    _PageServer_Done_Handler,
+		},
+		{
+			MethodName: "WorkingSet",
+			Handler:    _PageServer_WorkingSet_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

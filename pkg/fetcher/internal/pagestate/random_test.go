@@ -57,6 +57,14 @@ func TestRandomScripts(t *testing.T) {
 				if k < 2 {
 					verb = "post"
 				}
+				if r.IntN(4) == 0 {
+					// Later faults ride the bulk lane, or ask again.
+					if h.ride {
+						do("ride off")
+					} else {
+						do("ride on")
+					}
+				}
 				if a := mapped(); a != 0 {
 					do(fmt.Sprintf("%s %d %#x", verb, tid, a+uint64(r.IntN(4096))))
 				}

@@ -112,6 +112,8 @@ type harness struct {
 	// injectRemove is posted once the fault loop has read its batch.
 	injectRemove *kevent
 	defered      []placement // placements that got EAGAIN: retried after the next read
+	// ride: faults read from now on ride the bulk lane (FaultRiding).
+	ride bool
 }
 
 type placement struct {
@@ -369,6 +371,22 @@ func (*harness) run(hp **harness, cmd string) (string, error) {
 		for _, r := range runs {
 			h.say("requeue %d:%d+%d", a.Index, r.First, r.N)
 		}
+	case "ride":
+		if len(f) != 2 || (f[1] != "on" && f[1] != "off") {
+			return "", fmt.Errorf("usage: ride on|off")
+		}
+		h.ride = f[1] == "on"
+		h.out = append(h.out, "faults ride the bulk lane: "+f[1])
+	case "riding":
+		var lines []string
+		for _, pg := range h.t.Riding(nil) {
+			lines = append(lines, fmt.Sprintf("riding %d:%d", pg.A.Index, pg.P))
+		}
+		if len(lines) == 0 {
+			lines = append(lines, "(none)")
+		}
+		slicesSort(lines)
+		h.out = append(h.out, lines...)
 	case "resend":
 		reqs := h.t.Resend(h.now, nil)
 		if len(reqs) == 0 {
@@ -458,8 +476,16 @@ func (h *harness) read() error {
 		h.say("remove posted")
 	}
 	for _, ft := range faults {
-		act, req := h.t.Fault(ft.pg, ft.tid, h.now)
+		var act FaultAction
+		var req Request
+		if h.ride {
+			act = h.t.FaultRiding(ft.pg, ft.tid, h.now)
+		} else {
+			act, req = h.t.Fault(ft.pg, ft.tid, h.now)
+		}
 		switch act {
+		case FaultRide:
+			h.say("fault %d: ride %d:%d", ft.tid, ft.pg.A.Index, ft.pg.P)
 		case FaultAsk:
 			k := key(ft.pg.A, ft.pg.P)
 			h.asks[k]++
@@ -732,6 +758,12 @@ func (h *harness) brings(tid uint32, pa uint64) bool {
 		return false
 	}
 	if _, ok := h.t.outstanding[key(a, p)]; ok {
+		return true
+	}
+	// A fault riding the bulk lane: the fetcher hints its page to the
+	// prefetch policy (again on every new connection: Riding), which hands
+	// it out until it is placed.
+	if _, ok := h.t.waiters[key(a, p)]; ok && a.state.get(p)&(stResolved|stDemand) == 0 {
 		return true
 	}
 	covers := func(pl *placement) bool { return pl.a == a && p >= pl.p && p < pl.p+pl.n }

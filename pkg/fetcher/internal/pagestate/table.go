@@ -213,15 +213,33 @@ const (
 	// is what the thread must read; where nothing is mapped any more it fails
 	// with ENOENT, and the thread is woken (to fault again, or SIGSEGV).
 	FaultZero
+	// FaultRide (FaultRiding only): the thread waits for the bulk lane to
+	// bring the page; no request is outstanding for it. The caller makes
+	// sure a bulk run will: the page is pending in the prefetch policy, or
+	// in a run in flight (a lost run is requeued, as Unclaimed says).
+	FaultRide
 )
 
-var faultActionNames = [...]string{"ask", "duplicate", "zero"}
+var faultActionNames = [...]string{"ask", "duplicate", "zero", "ride"}
 
 func (a FaultAction) String() string { return faultActionNames[a] }
 
 // Fault records a missing-page fault by thread tid on pg, read at now. For
 // FaultAsk it returns the request it made outstanding.
 func (t *Table) Fault(pg Page, tid uint32, now time.Time) (FaultAction, Request) {
+	return t.fault(pg, tid, now, true)
+}
+
+// FaultRiding is Fault for a fault that is to ride the bulk lane: where
+// Fault would ask, it records the waiting thread only and answers FaultRide.
+// A later fault on the page may still ask (Fault), and a page with a demand
+// request outstanding waits for it (FaultDuplicate).
+func (t *Table) FaultRiding(pg Page, tid uint32, now time.Time) FaultAction {
+	act, _ := t.fault(pg, tid, now, false)
+	return act
+}
+
+func (t *Table) fault(pg Page, tid uint32, now time.Time, ask bool) (FaultAction, Request) {
 	a, p := pg.A, pg.P
 	st := a.state.get(p)
 	if st&stResolved != 0 {
@@ -234,7 +252,11 @@ func (t *Table) Fault(pg Page, tid uint32, now time.Time) (FaultAction, Request)
 	// Record the waiter before announcing it, so the placer that sees the
 	// waiting bit always finds the record.
 	t.addWaiter(a, p, tid, now)
-	old := a.state.or(p, stWaiting|stDemand)
+	bits := stWaiting | stDemand
+	if !ask {
+		bits = stWaiting
+	}
+	old := a.state.or(p, bits)
 	switch {
 	case old&(stPresent|stRemoved|stUnmapped) != 0:
 		// Resolved meanwhile, by a placer that saw no waiting bit: this
@@ -245,6 +267,8 @@ func (t *Table) Fault(pg Page, tid uint32, now time.Time) (FaultAction, Request)
 		return FaultZero, Request{}
 	case old&stDemand != 0:
 		return FaultDuplicate, Request{}
+	case !ask:
+		return FaultRide, Request{}
 	}
 	req := Request{ID: t.nextID.Add(1), Offset: a.Offset + p<<a.Shift, Pages: 1, Area: a.Index, Page: p, SentAt: now}
 	t.demandMu.Lock()
@@ -441,6 +465,24 @@ func (t *Table) Resend(now time.Time, out []Request) []Request {
 		out = append(out, r)
 	}
 	t.demandMu.Unlock()
+	return out
+}
+
+// Riding appends to out the pages that threads wait on with no demand
+// request outstanding and that are not resolved: faults riding the bulk
+// lane (FaultRiding). Their Addr is left zero. A new connection hints them
+// to the prefetch policy again: the runs that were to bring them may have
+// been lost with the old one.
+func (t *Table) Riding(out []Page) []Page {
+	t.waitMu.Lock()
+	defer t.waitMu.Unlock()
+	for k := range t.waiters {
+		a := t.regions[k>>48]
+		p := k & (1<<48 - 1)
+		if a.state.get(p)&(stResolved|stDemand) == 0 {
+			out = append(out, Page{A: a, P: p})
+		}
+	}
 	return out
 }
 
