@@ -82,7 +82,7 @@ func (cl *Client) dialLane(ctx context.Context) (laneConn, error) {
 	if cl.laneTLS == nil {
 		return laneConn{lc, lc}, nil
 	}
-	tc := tls.Client(lc, cl.laneTLS)
+	tc := tls.Client(&readAhead{Conn: lc, r: bufio.NewReaderSize(lc, readAheadSize)}, cl.laneTLS)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		lc.Close()
 		return laneConn{}, fmt.Errorf("TLS handshake: %w", err)
@@ -220,3 +220,21 @@ func (cl *Client) socketOpenLane(ctx context.Context, req *pb.OpenRequest) (*Ses
 	cl.logLane(wire.LaneDemand, true)
 	return sess, &Lane{sock: sl, kind: wire.LaneDemand}, nil
 }
+
+// readAheadSize is what a TLS lane's reads ask of the socket at once.
+const readAheadSize = 256 << 10
+
+// readAhead reads a TLS lane's socket in large reads: crypto/tls reads about
+// a record at a time, and a bulk run is 64 of them. The copy this adds
+// costs less than the system calls and wake-ups it saves: in
+// test/fetchbench's TLS/unpinned, the bulk rate went from a median of 0.54
+// to 0.61 of plaintext's (busy machine, four runs each).
+type readAhead struct {
+	net.Conn // the lane's netio.LaneConn
+	r        *bufio.Reader
+}
+
+func (c *readAhead) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// NetConn returns the lane's connection (netio.ShutdownConn).
+func (c *readAhead) NetConn() net.Conn { return c.Conn }
