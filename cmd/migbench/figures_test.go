@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/postcopy/postcopy/internal/bench"
+	"github.com/postcopy/postcopy/pkg/events"
 )
 
 func filled(n int, v uint32) []uint32 { return slices.Repeat([]uint32{v}, n) }
@@ -19,9 +20,9 @@ func TestFigures(t *testing.T) {
 	dd := destDone{T0: t0, TState: t0 + 100e3, THandshake: t0 + 300e3, TResume: t0 + 300e3, TFirst: t0 + 2e6,
 		TEnd: t0 + 3e9 + 5e6, Ops: 1, Verification: bench.Verification{OK: true}, Timeline: timelineEv{Origin: t0, Counts: dst},
 		Stalls: bench.StallFigures{StallThresholdUS: 20, StallCount: 7, StallP99US: 900}}
-	var sum summaryBody
+	var sum events.Migration
 	sum.Faults = 12
-	sum.Latency.P50 = 80
+	sum.FaultLatencyS.P50 = 80e-6
 	m, err := figures(bench.MethodPostCopy, false, sourceReady{FillS: 1}, sd, dd, sum, nil, t0+1500e6, 5, 6)
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +55,8 @@ func TestFigures(t *testing.T) {
 		t.Fatal("no recovery")
 	}
 	near("recover90", m.Recover90S, 0.49)
-	if !m.Verified || m.Faults != 12 || m.FaultP50US != 80 || m.LinkRxBytes != 0 || m.StallCount != 7 || m.StallP99US != 900 ||
+	near("fault p50", m.FaultP50US, 80)
+	if !m.Verified || m.Faults != 12 || m.LinkRxBytes != 0 || m.StallCount != 7 || m.StallP99US != 900 ||
 		m.CostStartS != 0 {
 		t.Errorf("figures %+v", m)
 	}

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/postcopy/postcopy/internal/bench"
+	"github.com/postcopy/postcopy/pkg/events"
 )
 
 // cleanups run when a second signal makes migbench exit at once.
@@ -289,7 +290,8 @@ func (e *env) sleepUntil(ctx context.Context, t int64) error {
 	}
 }
 
-// The events of the children.
+// The events of the workload children (pageserver's and pagefetcher's are
+// pkg/events').
 type (
 	destReady struct {
 		StateAddr string `json:"state_addr"`
@@ -301,9 +303,6 @@ type (
 		Size  uint64  `json:"size"`
 		FillS float64 `json:"fill_s"`
 		Start int64   `json:"start"`
-	}
-	addrReady struct {
-		Addr string `json:"addr"`
 	}
 	timelineEv struct {
 		Origin int64    `json:"origin"`
@@ -326,28 +325,6 @@ type (
 		Verification bench.Verification `json:"verification"`
 		Timeline     timelineEv         `json:"timeline"`
 		Stalls       bench.StallFigures `json:"stalls"`
-	}
-	fetcherSummary struct {
-		OK      bool            `json:"ok"`
-		Error   string          `json:"error"`
-		Summary json.RawMessage `json:"summary"`
-	}
-	summaryBody struct {
-		TotalS float64 `json:"total_s"`
-		Pages  struct {
-			Total, Demand, Bulk, Zero uint64
-		} `json:"pages"`
-		BytesReceived   uint64 `json:"bytes_received"`
-		Faults          uint64 `json:"faults"`
-		FaultsDuplicate uint64 `json:"faults_duplicate"`
-		Latency         struct {
-			P50  float64 `json:"p50"`
-			P99  float64 `json:"p99"`
-			P999 float64 `json:"p999"`
-			Max  float64 `json:"max"`
-		} `json:"fault_latency_us"`
-		BlocktimeMS    float64 `json:"blocktime_ms"`
-		ChecksumErrors uint64  `json:"checksum_errors"`
 	}
 )
 
@@ -418,7 +395,7 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 	if err != nil {
 		return nil, err
 	}
-	var psr addrReady
+	var psr events.ServerReady
 	if _, err := ps.nextInto(ctx, &psr, "ready"); err != nil {
 		return nil, err
 	}
@@ -444,7 +421,7 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 	if err := src.send("stop"); err != nil {
 		return nil, err
 	}
-	var fs fetcherSummary
+	var fs events.FetcherSummary
 	ev, err := pf.nextInto(ctx, &fs, "summary")
 	if err != nil {
 		return nil, err
@@ -513,15 +490,15 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 		return nil, err
 	}
 
-	var sum summaryBody
-	if err := json.Unmarshal(fs.Summary, &sum); err != nil {
-		return nil, fmt.Errorf("pagefetcher summary: %w: %s", err, fs.Summary)
+	raw, err := json.Marshal(fs.Summary)
+	if err != nil {
+		return nil, fmt.Errorf("pagefetcher summary: %w", err)
 	}
-	return figures(method, e.link.Shaped(), sr, sd, dd, sum, fs.Summary, tDone, rx1-rx0, tx1-tx0)
+	return figures(method, e.link.Shaped(), sr, sd, dd, fs.Summary, raw, tDone, rx1-rx0, tx1-tx0)
 }
 
 // figures computes a migration's figures from what the processes reported.
-func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destDone, sum summaryBody,
+func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destDone, sum events.Migration,
 	rawSummary json.RawMessage, tDone int64, rx, tx uint64) (*bench.Migration, error) {
 	ms := func(a, b int64) float64 { return float64(b-a) / 1e6 }
 	t0 := dd.T0
@@ -533,10 +510,11 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 		DowntimeMS: ms(t0, dd.TFirst), StateMS: ms(t0, dd.TState), HandshakeMS: ms(dd.TState, dd.THandshake),
 		FirstFaultMS: ms(dd.TResume, dd.TFirst), CopyMS: ms(dd.THandshake, dd.TResume),
 		Faults: sum.Faults, FaultsDuplicate: sum.FaultsDuplicate,
-		FaultP50US: sum.Latency.P50, FaultP99US: sum.Latency.P99, FaultP999US: sum.Latency.P999, FaultMaxUS: sum.Latency.Max,
-		BlocktimeMS: sum.BlocktimeMS, FetcherTotalS: sum.TotalS,
+		FaultP50US: sum.FaultLatencyS.P50 * 1e6, FaultP99US: sum.FaultLatencyS.P99 * 1e6,
+		FaultP999US: sum.FaultLatencyS.P999 * 1e6, FaultMaxUS: sum.FaultLatencyS.Max * 1e6,
+		BlocktimeMS: sum.BlocktimeS * 1e3, FetcherTotalS: sum.TotalS,
 		PagesDemand: sum.Pages.Demand, PagesBulk: sum.Pages.Bulk, PagesZero: sum.Pages.Zero,
-		BytesWire: sum.BytesReceived, TotalS: float64(tDone-t0) / 1e9,
+		BytesWire: sum.ReceivedBytes, TotalS: float64(tDone-t0) / 1e9,
 		SourceFillS: sr.FillS, SourceOps: sd.Ops, DestOps: dd.Ops, KVMisses: dd.KVMisses,
 		Verification: dd.Verification, FetcherSummary: rawSummary,
 	}
