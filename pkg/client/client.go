@@ -381,6 +381,7 @@ func (c *Client) session(r *pb.OpenResponse) (*Session, error) {
 		maxBulk:      min(caps.GetMaxBulkBytes(), wire.ClientMaxRun),
 		demandSocket: caps.GetDemandSocket() && c.lanesUsable(),
 		bulkSocket:   caps.GetBulkSocket() && c.lanesUsable(),
+		warm:         caps.GetWarm(),
 	}
 	if s.id == "" || !caps.GetCrc32C() {
 		return nil, fmt.Errorf("transport: open: server sent no session id or does not checksum: %w", wire.ErrMalformed)
@@ -397,6 +398,7 @@ type Session struct {
 	maxBulk      uint32
 	demandSocket bool // the server serves demand socket lanes (Capabilities.demand_socket)
 	bulkSocket   bool // and bulk ones (Capabilities.bulk_socket)
+	warm         bool // the server has Warm and Freeze (Capabilities.warm)
 }
 
 // ID returns the session id (also sent as wire.SessionMetadataKey on streams).

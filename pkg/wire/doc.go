@@ -93,11 +93,19 @@
 // InvalidArgument or OutOfRange for regions and requests, NotFound for
 // unknown sessions, ResourceExhausted for limits, and FailedPrecondition
 // with a google.rpc.ErrorInfo reason (ReasonProtocolVersion,
-// ReasonImageChanged, ReasonSourceGone) for the final conditions: the
-// protocol version, an image that changed, a source process that exited
-// (message "source gone: pid:PID: process exited ..."). The client converts
+// ReasonImageChanged, ReasonSourceGone, ReasonSourceRunning) for the final
+// conditions: the protocol version, an image that changed, a source process
+// that exited (message "source gone: pid:PID: process exited ..."), a
+// Freeze while the source process still runs. The client converts
 // statuses once (FromStatus), into *Error values matching
-// ErrUnauthenticated, ErrImageChanged, ErrSourceGone, ErrSessionNotFound or
-// ErrProtocolVersion with errors.Is; IsRetryable tells connection-level
-// failures from final ones.
+// ErrUnauthenticated, ErrImageChanged, ErrSourceGone, ErrSourceRunning,
+// ErrSessionNotFound or ErrProtocolVersion with errors.Is; IsRetryable
+// tells connection-level failures from final ones.
+//
+// # Warm
+//
+// The Warm lane (Capabilities.warm, warm.go) is a bulk lane whose requests
+// (WarmRequest) name the digest (PageDigest) of the copy the destination
+// holds of each page: a page equal to it is answered by a same segment
+// (Segment.Same), without bytes. Freeze marks the handoff.
 package wire
