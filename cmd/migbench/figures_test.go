@@ -11,9 +11,20 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/bench"
+	"github.com/postcopy/postcopy/pkg/events"
 )
 
 func filled(n int, v uint32) []uint32 { return slices.Repeat([]uint32{v}, n) }
+
+// summaryLine is pagefetcher's summary line of a migration that succeeded.
+func summaryLine(t *testing.T, sum events.Migration, peakRSS uint64) json.RawMessage {
+	t.Helper()
+	b, err := json.Marshal(events.FetcherSummary{Header: events.Header{Event: "summary"}, OK: true, PeakRSSBytes: peakRSS, Summary: sum})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
 
 // near fails t unless got is want, to a relative 1e-9.
 func near(t *testing.T, name string, got, want float64) {
@@ -32,10 +43,10 @@ func TestFigures(t *testing.T) {
 	dd := destDone{T0: t0, TState: t0 + 100e3, THandshake: t0 + 300e3, TResume: t0 + 300e3, TFirst: t0 + 2e6,
 		TEnd: t0 + 3e9 + 5e6, Ops: 1, Verification: bench.Verification{OK: true}, Timeline: timelineEv{Origin: t0, Counts: dst},
 		Stalls: bench.StallFigures{StallThresholdUS: 20, StallCount: 7, StallP99US: 900}}
-	var sum summaryBody
+	var sum events.Migration
 	sum.Faults = 12
-	sum.Latency.P50 = 80
-	m, err := figures(bench.MethodPostCopy, false, sourceReady{FillS: 1}, sd, dd, sum, fetcherSummary{PeakRSS: 7 << 20}, t0+1500e6, 5, 6, nil)
+	sum.FaultLatencyS.P50 = 80e-6
+	m, err := figures(bench.MethodPostCopy, false, sourceReady{FillS: 1}, sd, dd, summaryLine(t, sum, 7<<20), t0+1500e6, 5, 6, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,24 +72,25 @@ func TestFigures(t *testing.T) {
 		t.Fatal("no recovery")
 	}
 	near(t, "recover90", m.Recover90S, 0.49)
-	if !m.Verified || m.Faults != 12 || m.FaultP50US != 80 || m.LinkRxBytes != 0 || m.StallCount != 7 || m.StallP99US != 900 ||
+	near(t, "fault p50", m.FaultP50US, 80)
+	if !m.Verified || m.Faults != 12 || m.LinkRxBytes != 0 || m.StallCount != 7 || m.StallP99US != 900 ||
 		m.CostStartS != 0 || m.FetcherPeakRSS != 7<<20 || m.WarmUp != nil {
 		t.Errorf("figures %+v", m)
 	}
 
 	// A kv lookup that missed fails the verification; so does a checksum error.
 	dd.KVMisses = 1
-	if m, _ := figures(bench.MethodPostCopy, false, sourceReady{}, sd, dd, sum, fetcherSummary{}, t0, 0, 0, nil); m.Verified {
+	if m, _ := figures(bench.MethodPostCopy, false, sourceReady{}, sd, dd, summaryLine(t, sum, 0), t0, 0, 0, nil); m.Verified {
 		t.Error("verified despite a kv miss")
 	}
 	dd.KVMisses = 0
 	sum.ChecksumErrors = 1
-	if m, _ := figures(bench.MethodPostCopy, false, sourceReady{}, sd, dd, sum, fetcherSummary{}, t0, 0, 0, nil); m.Verified {
+	if m, _ := figures(bench.MethodPostCopy, false, sourceReady{}, sd, dd, summaryLine(t, sum, 0), t0, 0, 0, nil); m.Verified {
 		t.Error("verified despite a checksum error")
 	}
 	// Never back to 90 %: the 3 s observed after the stop, a lower bound.
 	dd.Timeline.Counts = append(filled(50, 10), filled(260, 50)...)
-	m, err = figures(bench.MethodPostCopy, false, sourceReady{}, sd, dd, sum, fetcherSummary{}, t0, 0, 0, nil)
+	m, err = figures(bench.MethodPostCopy, false, sourceReady{}, sd, dd, summaryLine(t, sum, 0), t0, 0, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +102,7 @@ func TestFigures(t *testing.T) {
 	// Too short a warm-up cannot give a reference rate.
 	sd.Timeline.Counts = filled(50, 100)
 	sd.Timeline.Origin = t0 - 500e6
-	if _, err := figures(bench.MethodPostCopy, false, sourceReady{}, sd, dd, sum, fetcherSummary{}, t0, 0, 0, nil); err == nil {
+	if _, err := figures(bench.MethodPostCopy, false, sourceReady{}, sd, dd, summaryLine(t, sum, 0), t0, 0, 0, nil); err == nil {
 		t.Error("figures accepted half a second of source timeline")
 	}
 }
@@ -132,22 +144,15 @@ func TestFiguresHybrid(t *testing.T) {
 	dd := destDone{T0: t0, TState: t0 + 100e3, THandshake: t0 + 300e3, TResume: t0 + 300e3, TFirst: t0 + 45e6,
 		TEnd: t0 + 3e9, Verification: bench.Verification{OK: true},
 		Timeline: timelineEv{Origin: t0, Counts: append(filled(5, 0), filled(295, 100)...)}}
-	line := []byte(`{"event":"summary","version":"v0","ok":true,"peak_rss_bytes":1075838976,"summary":{"total_s":0.5,` +
-		`"pages":{"total":262144,"demand":10,"bulk":300,"zero":0,"confirmed":261834},"bytes_received":1228800,"faults":12,"faults_duplicate":0,` +
-		`"fault_latency_us":{"p50":80,"p99":300,"p999":400,"max":500},"blocktime_ms":1,"checksum_errors":0,` +
+	line := []byte(`{"event":"summary","ts":"2026-12-07T10:00:00Z","version":"v0","ok":true,"peak_rss_bytes":1075838976,"summary":{"total_s":0.5,` +
+		`"pages":{"total":262144,"demand":10,"bulk":300,"zero":0,"removed":0,"unmapped":0,"confirmed":261834},"received_bytes":1228800,` +
+		`"faults":12,"faults_duplicate":0,"faults_on_bulk":0,"fault_latency_s":{"p50":8e-05,"p99":0.0003,"p999":0.0004,"max":0.0005},` +
+		`"blocktime_s":0.001,"first_page_s":0.0004,"reconnects":0,"checksum_errors":0,` +
 		`"warm_rounds":3,"warm_s":1.9,"pages_changed_after_freeze":310}}`)
-	var fs fetcherSummary
-	var sum summaryBody
-	if err := json.Unmarshal(line, &fs); err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(fs.Summary, &sum); err != nil {
-		t.Fatal(err)
-	}
 	warm := &warmRun{Start: t0 - 2e9, Stop: bench.WarmStopSettled, Rounds: []bench.WarmRound{
 		{Round: 1, Pages: 262144, ElapsedS: 0.9}, {Round: 2, Pages: 262144, Changed: 900, ElapsedS: 1.4},
 		{Round: 3, Pages: 262144, Changed: 905, ElapsedS: 1.9}}}
-	m, err := figures(bench.MethodHybrid, false, sourceReady{}, sd, dd, sum, fs, t0+500e6, 0, 0, warm)
+	m, err := figures(bench.MethodHybrid, false, sourceReady{}, sd, dd, line, t0+500e6, 0, 0, warm)
 	if err != nil {
 		t.Fatal(err)
 	}

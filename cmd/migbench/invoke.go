@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/postcopy/postcopy/internal/bench"
+	"github.com/postcopy/postcopy/pkg/events"
 )
 
 // cleanups run when a second signal makes migbench exit at once.
@@ -298,7 +299,8 @@ func (e *env) sleepUntil(ctx context.Context, t int64) error {
 	}
 }
 
-// The events of the children.
+// The events of the workload children (pageserver's and pagefetcher's are
+// pkg/events').
 type (
 	destReady struct {
 		StateAddr string `json:"state_addr"`
@@ -310,9 +312,6 @@ type (
 		Size  uint64  `json:"size"`
 		FillS float64 `json:"fill_s"`
 		Start int64   `json:"start"`
-	}
-	addrReady struct {
-		Addr string `json:"addr"`
 	}
 	timelineEv struct {
 		Origin int64    `json:"origin"`
@@ -335,35 +334,6 @@ type (
 		Verification bench.Verification `json:"verification"`
 		Timeline     timelineEv         `json:"timeline"`
 		Stalls       bench.StallFigures `json:"stalls"`
-	}
-	fetcherSummary struct {
-		OK      bool            `json:"ok"`
-		Error   string          `json:"error"`
-		PeakRSS uint64          `json:"peak_rss_bytes"`
-		Summary json.RawMessage `json:"summary"`
-	}
-	summaryBody struct {
-		TotalS float64 `json:"total_s"`
-		Pages  struct {
-			Total, Demand, Bulk, Zero uint64
-			// Confirmed pages were placed from a warm-up's cache
-			// (pagefetcher --warm), confirmed unchanged.
-			Confirmed uint64
-		} `json:"pages"`
-		BytesReceived   uint64 `json:"bytes_received"`
-		Faults          uint64 `json:"faults"`
-		FaultsDuplicate uint64 `json:"faults_duplicate"`
-		Latency         struct {
-			P50  float64 `json:"p50"`
-			P99  float64 `json:"p99"`
-			P999 float64 `json:"p999"`
-			Max  float64 `json:"max"`
-		} `json:"fault_latency_us"`
-		BlocktimeMS    float64 `json:"blocktime_ms"`
-		ChecksumErrors uint64  `json:"checksum_errors"`
-		// A warm-up's (pagefetcher --warm): the cached pages found
-		// changed at the switchover.
-		PagesChanged uint64 `json:"pages_changed_after_freeze"`
 	}
 	// warmRun is what migbench saw of a hybrid's warm-up: its start
 	// (CLOCK_MONOTONIC ns, pagefetcher --warm about to start, the source
@@ -462,7 +432,7 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 	if err != nil {
 		return nil, err
 	}
-	var psr addrReady
+	var psr events.ServerReady
 	if _, err := ps.nextInto(ctx, &psr, "ready"); err != nil {
 		return nil, err
 	}
@@ -506,7 +476,7 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 	if err := src.send("stop"); err != nil {
 		return nil, err
 	}
-	var fs fetcherSummary
+	var fs events.FetcherSummary
 	ev, err := pf.nextInto(ctx, &fs, "summary")
 	if err != nil {
 		return nil, err
@@ -575,11 +545,7 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 		return nil, err
 	}
 
-	var sum summaryBody
-	if err := json.Unmarshal(fs.Summary, &sum); err != nil {
-		return nil, fmt.Errorf("pagefetcher summary: %w: %s", err, fs.Summary)
-	}
-	return figures(method, e.link.Shaped(), sr, sd, dd, sum, fs, tDone, rx1-rx0, tx1-tx0, warm)
+	return figures(method, e.link.Shaped(), sr, sd, dd, ev.Raw, tDone, rx1-rx0, tx1-tx0, warm)
 }
 
 // warmLimit bounds a warm-up that runs until the changed set stops
@@ -621,17 +587,18 @@ func (e *env) warmUp(ctx context.Context, pf *proc, w *warmRun) (err error) {
 				e.warmLimit(), len(w.Rounds))
 			return nil
 		case ev.Name == "summary":
-			var fs fetcherSummary
+			var fs events.FetcherSummary
 			_ = json.Unmarshal(ev.Raw, &fs)
 			return fmt.Errorf("pagefetcher ended during the warm-up, before any handoff (ok %v: %s)%s", fs.OK, fs.Error, pf.tail())
 		case ev.Name == "ready":
 			ready = true
 			continue
 		}
-		var wr bench.WarmRound
-		if err := json.Unmarshal(ev.Raw, &wr); err != nil {
-			return fmt.Errorf("pagefetcher: warm event %s: %w", ev.Raw, err)
+		var line events.Warm
+		if err := json.Unmarshal(ev.Raw, &line); err != nil {
+			return fmt.Errorf("pagefetcher: warm line %s: %w", ev.Raw, err)
 		}
+		wr := bench.WarmRound{Round: line.Round, Pages: line.Pages, Changed: line.Changed, ElapsedS: line.ElapsedS}
 		w.Rounds = append(w.Rounds, wr)
 		fmt.Fprintf(e.progress, "migbench:   warm-up round %d: %d pages, %d changed (%.2f s)\n", wr.Round, wr.Pages, wr.Changed, wr.ElapsedS)
 		if !fixed && warmSettled(w.Rounds) {
@@ -654,10 +621,35 @@ func warmSettled(rounds []bench.WarmRound) bool {
 	return last == 0 || n >= 3 && last >= rounds[n-2].Changed
 }
 
-// figures computes a migration's figures from what the processes reported;
-// warm is the hybrid's warm-up (nil for the other methods).
-func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destDone, sum summaryBody,
-	fs fetcherSummary, tDone int64, rx, tx uint64, warm *warmRun) (*bench.Migration, error) {
+// figures computes a migration's figures from what the processes reported:
+// pagefetcher's summary line (summary), and warm, the hybrid's warm-up (nil
+// for the other methods).
+func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destDone, summary json.RawMessage,
+	tDone int64, rx, tx uint64, warm *warmRun) (*bench.Migration, error) {
+	var fs events.FetcherSummary
+	if err := json.Unmarshal(summary, &fs); err != nil {
+		return nil, fmt.Errorf("pagefetcher's summary: %w: %s", err, summary)
+	}
+	// The summary object as printed (with any key migbench does not
+	// know), and a warm-up's figures in it.
+	var line struct {
+		Summary json.RawMessage `json:"summary"`
+	}
+	var warmSum struct {
+		Pages struct {
+			Confirmed uint64 `json:"confirmed"`
+		} `json:"pages"`
+		PagesChangedAfterFreeze uint64 `json:"pages_changed_after_freeze"`
+	}
+	if err := json.Unmarshal(summary, &line); err != nil {
+		return nil, fmt.Errorf("pagefetcher's summary: %w", err)
+	}
+	if len(line.Summary) > 0 {
+		if err := json.Unmarshal(line.Summary, &warmSum); err != nil {
+			return nil, fmt.Errorf("pagefetcher's summary: %w", err)
+		}
+	}
+	sum := fs.Summary
 	ms := func(a, b int64) float64 { return float64(b-a) / 1e6 }
 	t0 := dd.T0
 	if dd.TFirst == 0 {
@@ -668,12 +660,13 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 		DowntimeMS: ms(t0, dd.TFirst), StateMS: ms(t0, dd.TState), HandshakeMS: ms(dd.TState, dd.THandshake),
 		FirstFaultMS: ms(dd.TResume, dd.TFirst), CopyMS: ms(dd.THandshake, dd.TResume),
 		Faults: sum.Faults, FaultsDuplicate: sum.FaultsDuplicate,
-		FaultP50US: sum.Latency.P50, FaultP99US: sum.Latency.P99, FaultP999US: sum.Latency.P999, FaultMaxUS: sum.Latency.Max,
-		BlocktimeMS: sum.BlocktimeMS, FetcherTotalS: sum.TotalS,
+		FaultP50US: sum.FaultLatencyS.P50 * 1e6, FaultP99US: sum.FaultLatencyS.P99 * 1e6,
+		FaultP999US: sum.FaultLatencyS.P999 * 1e6, FaultMaxUS: sum.FaultLatencyS.Max * 1e6,
+		BlocktimeMS: sum.BlocktimeS * 1e3, FetcherTotalS: sum.TotalS,
 		PagesDemand: sum.Pages.Demand, PagesBulk: sum.Pages.Bulk, PagesZero: sum.Pages.Zero,
-		BytesWire: sum.BytesReceived, TotalS: float64(tDone-t0) / 1e9,
+		BytesWire: sum.ReceivedBytes, TotalS: float64(tDone-t0) / 1e9,
 		SourceFillS: sr.FillS, SourceOps: sd.Ops, DestOps: dd.Ops, KVMisses: dd.KVMisses,
-		Verification: dd.Verification, FetcherSummary: fs.Summary, FetcherPeakRSS: fs.PeakRSS,
+		Verification: dd.Verification, FetcherSummary: line.Summary, FetcherPeakRSS: fs.PeakRSSBytes,
 	}
 	if shaped {
 		m.LinkRxBytes, m.LinkTxBytes = rx, tx
@@ -690,7 +683,7 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 		// before it.
 		m.CostStartS = float64(warm.Start-t0) / 1e9
 		m.WarmUp = &bench.WarmUp{WarmS: -m.CostStartS, WarmRounds: len(warm.Rounds), WarmLog: warm.Rounds, WarmStop: warm.Stop,
-			ChangedPages: sum.PagesChanged, PagesConfirmed: sum.Pages.Confirmed}
+			ChangedPages: warmSum.PagesChangedAfterFreeze, PagesConfirmed: warmSum.Pages.Confirmed}
 	}
 
 	m.StallFigures = dd.Stalls

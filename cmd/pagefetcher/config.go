@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/handshake"
 	"github.com/postcopy/postcopy/pkg/prefetch"
 )
@@ -44,6 +45,7 @@ type config struct {
 	demandBudget     float64
 	workingSet       string
 	recordWorkingSet string
+	id               string
 }
 
 // fetcherFlagGroups orders --help.
@@ -53,7 +55,7 @@ var fetcherFlagGroups = []cli.FlagGroup{
 	{Title: "Migration", Flags: []string{"prefetch", "demand-rate", "bulk-window", "bulk-run-bytes", "demand-priority", "demand-rt-budget", "bulk-yield"}},
 	{Title: "Working sets (docs/working-set.md)", Flags: []string{"working-set", "record-working-set"}},
 	{Title: "Failures and stopping", Flags: []string{"dial-timeout", "request-timeout", "reconnect-timeout", "drain-timeout"}},
-	{Title: "Output", Flags: []string{"log-level", "log-json", "progress", "progress-interval", "metrics-addr", "version"}},
+	{Title: "Output", Flags: []string{"id", "log-level", "log-json", "progress", "progress-interval", "metrics-addr", "version"}},
 }
 
 // parseFlags parses and validates args. It returns flag.ErrHelp for --help
@@ -91,6 +93,10 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.DurationVar(&c.progressInterval, "progress-interval", time.Second, "interval of --progress updates")
 	fs.StringVar(&c.workingSet, "working-set", "", "pull the pages of this working set first, in its order (wins over one the server offers)")
 	fs.StringVar(&c.recordWorkingSet, "record-working-set", "", "once every page is resident, write the pages the VMM faulted on to this working set, merged into a set of the same image there (atomically; nothing on a failed migration)")
+	fs.Func("id", "the orchestrator's `id` for this migration, echoed in every JSON line and log line (printable, at most 128 bytes)", func(s string) error {
+		c.id = s
+		return events.CheckID(s)
+	})
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			cli.Usage(stdout, "pagefetcher --server HOST:PORT --uffd-socket PATH [flags]",

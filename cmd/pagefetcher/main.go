@@ -26,6 +26,7 @@ import (
 	"github.com/postcopy/postcopy/internal/daemon"
 	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/internal/version"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/fetcher"
 	"github.com/postcopy/postcopy/pkg/handshake"
 )
@@ -52,6 +53,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return cli.Fail(stderr, "pagefetcher", nil, cli.Usagef("log-level", "", "%v", err))
 	}
+	if c.id != "" {
+		log = log.With("id", c.id) // every log line, as every JSON line, names the migration
+	}
 	// Demand answers must not wait for a processor behind bulk work, even
 	// on one CPU (see cli.MinProcs).
 	log.Debug("runtime", "gomaxprocs", cli.EnsureProcs(cli.MinProcs))
@@ -70,7 +74,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Writer) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out := &output{w: w, log: log}
+	out := newOutput(w, version.Get().Version, c.id, log)
 
 	up, err := connect(ctx, c, log)
 	if err != nil {
@@ -94,10 +98,8 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		return cli.Exitf(exitUsage, "--uffd-socket %q: %v", c.uffdSocket, err)
 	}
 	defer lis.Close()
-	out.line(map[string]any{
-		"event": "ready", "version": version.Get().Version, "uffd_socket": lis.Addr(), "server": c.server,
-		"image_size": up.info.Size, "generation": fmt.Sprintf("%016x", up.info.Generation),
-	})
+	out.line(&events.FetcherReady{UFFDSocket: lis.Addr(), Server: c.server, ImageSizeBytes: up.info.Size,
+		Generation: fmt.Sprintf("%016x", up.info.Generation)})
 
 	h, err := awaitHandoff(ctx, c, lis, sigs, log)
 	if err != nil {

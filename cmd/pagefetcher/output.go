@@ -7,25 +7,46 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
-	"github.com/postcopy/postcopy/internal/cli"
+	"github.com/postcopy/postcopy/pkg/events"
+	"github.com/postcopy/postcopy/pkg/fetcher"
 )
 
-// output writes pagefetcher's JSON lines to stdout. A failed write (a
-// reader gone) is logged once; later lines are dropped: the migration
-// goes on, and the exit code tells how it ended.
+// output writes pagefetcher's JSON lines (pkg/events) to stdout. A failed
+// write (a reader gone) is logged once; later lines are dropped: the
+// migration goes on, and the exit code tells how it ended.
 type output struct {
-	w      io.Writer
+	p      *events.Printer
 	log    hclog.Logger
 	failed bool
 }
 
-func (o *output) line(v any) {
+func newOutput(w io.Writer, version, id string, log hclog.Logger) *output {
+	return &output{p: events.NewPrinter(w, version, id), log: log}
+}
+
+func (o *output) line(e events.Event) {
 	if o.failed {
 		return
 	}
-	if err := cli.PrintJSONLine(o.w, v); err != nil {
+	if err := o.p.Print(e); err != nil {
 		o.failed = true
 		o.log.Warn("writing to stdout failed: no more progress or summary lines; the migration goes on", "error", err)
+	}
+}
+
+// migration converts the fetcher's summary to the summary line's body:
+// seconds and bytes.
+func migration(s *fetcher.Summary) events.Migration {
+	const us, ms = 1e6, 1e3 // per second
+	return events.Migration{
+		TotalS: s.TotalSeconds,
+		Pages: events.Pages{Total: s.Pages.Total, Demand: s.Pages.Demand, Bulk: s.Pages.Bulk, Zero: s.Pages.Zero,
+			Removed: s.Pages.Removed, Unmapped: s.Pages.Unmapped},
+		ReceivedBytes: s.BytesReceived, Faults: s.Faults, FaultsDuplicate: s.DuplicateFault, FaultsOnBulk: s.FaultsOnBulk,
+		FaultLatencyS: events.Quantiles{P50: s.FaultLatencyUS.P50 / us, P99: s.FaultLatencyUS.P99 / us,
+			P999: s.FaultLatencyUS.P999 / us, Max: s.FaultLatencyUS.Max / us},
+		BlocktimeS: s.BlocktimeMS / ms, FirstPageS: s.FirstPageMS / ms,
+		Reconnects: s.Reconnects, ChecksumErrors: s.ChecksumErrors,
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/daemon"
-	"github.com/postcopy/postcopy/internal/version"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/fetcher"
 	"github.com/postcopy/postcopy/pkg/wire"
 )
@@ -69,16 +69,14 @@ func supervise(ctx context.Context, f *fetcher.Fetcher, c *config, sigs *daemon.
 			return finish(r.sum, r.err, forced, out)
 		case now := <-prog:
 			p := f.Progress()
-			mbs := float64(p.BytesReceived-lastBytes) / now.Sub(lastAt).Seconds() / 1e6
+			rate := float64(p.BytesReceived-lastBytes) / now.Sub(lastAt).Seconds()
 			lastBytes, lastAt = p.BytesReceived, now
 			if tty {
 				fmt.Fprintf(stderr, "\r%d/%d pages resident (%.1f%%), %.1f MB/s, %d faults   ",
-					p.ResolvedPages, p.TotalPages, 100*float64(p.ResolvedPages)/float64(max(1, p.TotalPages)), mbs, p.Faults)
+					p.ResolvedPages, p.TotalPages, 100*float64(p.ResolvedPages)/float64(max(1, p.TotalPages)), rate/1e6, p.Faults)
 			} else {
-				out.line(map[string]any{
-					"event": "progress", "elapsed_s": p.Elapsed.Seconds(), "resident_pages": p.ResolvedPages,
-					"total_pages": p.TotalPages, "bytes_received": p.BytesReceived, "mb_s": mbs, "faults": p.Faults,
-				})
+				out.line(&events.Progress{ElapsedS: p.Elapsed.Seconds(), ResidentPages: p.ResolvedPages,
+					TotalPages: p.TotalPages, ReceivedBytes: p.BytesReceived, ReceivedBytesPerS: rate, Faults: p.Faults})
 			}
 		}
 	}
@@ -87,12 +85,12 @@ func supervise(ctx context.Context, f *fetcher.Fetcher, c *config, sigs *daemon.
 // finish prints the summary and maps the outcome to an exit code.
 func finish(sum *fetcher.Summary, err error, forced string, out *output) error {
 	if sum != nil {
-		line := map[string]any{"event": "summary", "version": version.Get().Version, "ok": err == nil, "summary": sum}
+		line := &events.FetcherSummary{OK: err == nil, Summary: migration(sum)}
 		if rss, err := cli.PeakRSS(); err == nil {
-			line["peak_rss_bytes"] = rss
+			line.PeakRSSBytes = rss
 		}
 		if err != nil {
-			line["error"] = err.Error()
+			line.Error = err.Error()
 		}
 		out.line(line)
 	}

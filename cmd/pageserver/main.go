@@ -4,7 +4,7 @@
 //
 //	pageserver --source file:PATH|pid:PID [--ranges LIST] [--listen ADDR] [--token-file F]
 //	           [--tls-cert F --tls-key F [--tls-client-ca F]]
-//	           [--log-level L] [--log-json] [--metrics-addr ADDR]
+//	           [--log-level L] [--log-json] [--metrics-addr ADDR] [--id ID]
 //	           [--drain-timeout D] [--max-unauthenticated N]
 //	           [--session-unused-timeout D]
 //
@@ -16,20 +16,24 @@
 // one, every client is accepted and a warning is logged. Once listening, it
 // prints one JSON line on stdout:
 //
-//	{"event":"ready","addr":"127.0.0.1:7470","source":"file:...","size":N,"generation":"<hex>"}
+//	{"event":"ready","ts":"...","version":"...","addr":"127.0.0.1:7470","source":"file:...","image_size_bytes":N,...}
 //
 // and logs go to stderr. SIGTERM or SIGINT stops it gracefully: no new
 // sessions, and the open ones may end within --drain-timeout (10 s by
 // default; 0: no limit), after which they are cut; a second signal cuts them
 // at once. It then prints a final {"event":"summary",...} line, with
-// "graceful":false if sessions were cut. Exit status: 0 after a graceful stop, 1 on a
-// runtime failure or a forced stop, 2 for a bad flag or flag value, found
-// before it serves: also a well-formed value that names nothing usable (a
-// missing source, token or TLS file, no such process, an address that
-// cannot be bound). README.md has the list.
+// "graceful":false if sessions were cut. docs/events.md documents both
+// lines; with --id ID, each carries "id", and so does every log line.
+//
+// Exit status: 0 after a graceful stop, 1 on a runtime failure or a forced
+// stop, 2 for a bad flag or flag value, found before it serves: also a
+// well-formed value that names nothing usable (a missing source, token or
+// TLS file, no such process, an address that cannot be bound). README.md
+// has the list.
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -42,12 +46,12 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/daemon"
 	"github.com/postcopy/postcopy/internal/metrics"
 	"github.com/postcopy/postcopy/internal/version"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/server"
 )
@@ -84,6 +88,7 @@ type config struct {
 	maxUnauth    int
 	unusedAfter  time.Duration
 	workingSet   string
+	id           string
 }
 
 // serverFlagGroups orders --help.
@@ -93,7 +98,7 @@ var serverFlagGroups = []cli.FlagGroup{
 		"max-unauthenticated", "max-sessions", "session-unused-timeout", "demand-socket", "bulk-socket"}},
 	{Title: "Scheduling", Flags: []string{"demand-priority", "bulk-yield"}},
 	{Title: "Stopping", Flags: []string{"drain-timeout"}},
-	{Title: "Output", Flags: []string{"log-level", "log-json", "metrics-addr", "version"}},
+	{Title: "Output", Flags: []string{"id", "log-level", "log-json", "metrics-addr", "version"}},
 }
 
 // parseFlags parses and validates args. It returns flag.ErrHelp for
@@ -112,9 +117,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.DurationVar(&c.unusedAfter, "session-unused-timeout", server.DefaultSessionUnusedTimeout, "a session that has served nothing and has no lane open for this long is ended (at the next Open)")
 	fs.StringVar(&c.tokenFile, "token-file", "", "`file` holding the shared token (default: the "+tokenEnv+" environment variable; neither: no token, warned)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "read bulk runs at a lower CPU priority while demand requests come")
-	fs.BoolVar(&c.demandSocket, "demand-socket", true, "also serve the demand lane as a plain socket lane on the same port (plaintext only; clients fall back to gRPC without it)")
+	fs.BoolVar(&c.demandSocket, "demand-socket", true, "also serve the demand lane as a socket lane on the same port (over TLS too; clients fall back to gRPC without it)")
 	fs.StringVar(&c.demandPrio, "demand-priority", "rt", "CPU priority of the threads serving demand socket lanes: rt (real-time where permitted, else normal: a remote fault's page is read and sent at once, whatever bulk work the source host does) or normal")
-	fs.BoolVar(&c.bulkSocket, "bulk-socket", true, "also serve the bulk lane as a plain socket lane on the same port (plaintext only; clients fall back to gRPC without it)")
+	fs.BoolVar(&c.bulkSocket, "bulk-socket", true, "also serve the bulk lane as a socket lane on the same port (over TLS too; clients fall back to gRPC without it)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate `file` (PEM); with --tls-key, serve TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key `file` (PEM)")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "CA `file` (PEM): require client certificates signed by it (mutual TLS)")
@@ -122,6 +127,10 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.BoolVar(&c.logJSON, "log-json", false, "log JSON lines instead of text")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "`address` (host:port) to serve Prometheus metrics on at /metrics (default: off)")
 	fs.IntVar(&c.maxSessions, "max-sessions", server.DefaultMaxSessions, "sessions open at once")
+	fs.Func("id", "the orchestrator's `id` for this migration, echoed in every JSON line and log line (printable, at most 128 bytes)", func(s string) error {
+		c.id = s
+		return events.CheckID(s)
+	})
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", defaultDrain, "after SIGTERM/SIGINT, how long open sessions may take to end before they are cut (then exit 1); 0: wait for every session. A second signal cuts them at once")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -203,34 +212,6 @@ func (c *config) validate() error {
 	return nil
 }
 
-// readyEvent is the line printed once serving.
-type readyEvent struct {
-	Event       string `json:"event"`
-	Addr        string `json:"addr"`
-	Source      string `json:"source"`
-	Size        uint64 `json:"size"`
-	Generation  string `json:"generation"`
-	MetricsAddr string `json:"metrics_addr,omitempty"`
-	TLS         bool   `json:"tls"`
-	Version     string `json:"version"`
-}
-
-// summaryEvent is the line printed on exit.
-type summaryEvent struct {
-	Event          string  `json:"event"`
-	Graceful       bool    `json:"graceful"`
-	UptimeSeconds  float64 `json:"uptime_seconds"`
-	SessionsTotal  uint64  `json:"sessions_total"`
-	SessionsOpen   int     `json:"sessions_open"`
-	DemandRequests uint64  `json:"demand_requests"`
-	DemandBytes    uint64  `json:"demand_bytes"`
-	BulkRequests   uint64  `json:"bulk_requests"`
-	BulkBytes      uint64  `json:"bulk_bytes"`
-	ZeroPages      uint64  `json:"zero_pages"`
-	Errors         uint64  `json:"errors"`
-	Version        string  `json:"version"`
-}
-
 func run(args []string, stdout, stderr io.Writer) int {
 	// Signals first: a signal during start-up must stop us, not kill us.
 	// A reader of stdout that went away (pageserver | head -1) makes the
@@ -252,6 +233,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log, err := cli.NewLogger("pageserver", cfg.logLevel, cfg.logJSON, stderr)
 	if err != nil {
 		return cli.Fail(stderr, "pageserver", nil, cli.Usagef("log-level", cfg.logLevel, "%v", err))
+	}
+	if cfg.id != "" {
+		log = log.With("id", cfg.id) // every log line, as every JSON line, names the migration
 	}
 	// Demand answers must not wait for the network poller behind bulk
 	// work, even on one CPU (see cli.MinProcs).
@@ -281,13 +265,11 @@ func open(cfg *config, log hclog.Logger) (*instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	var creds credentials.TransportCredentials
+	var tlsConf *tls.Config
 	if cfg.tlsCert != "" {
-		tc, err := cli.ServerTLS(cfg.tlsCert, cfg.tlsKey, cfg.tlsClientCA)
-		if err != nil {
+		if tlsConf, err = cli.ServerTLS(cfg.tlsCert, cfg.tlsKey, cfg.tlsClientCA); err != nil {
 			return nil, err
 		}
-		creds = credentials.NewTLS(tc)
 	}
 	img, err := image.OpenRanges(cfg.source, cfg.pidRanges)
 	if err != nil {
@@ -311,7 +293,7 @@ func open(cfg *config, log hclog.Logger) (*instance, error) {
 	}
 	srv, err := server.NewServer(server.Options{
 		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions, WorkingSet: ws,
-		DemandSocket: creds == nil && cfg.demandSocket, BulkSocket: creds == nil && cfg.bulkSocket,
+		TLS: tlsConf, DemandSocket: cfg.demandSocket, BulkSocket: cfg.bulkSocket,
 		BulkYield: cfg.bulkYield, UrgentDemand: cfg.demandPrio == "rt",
 		MaxUnauthenticated: cfg.maxUnauth, SessionUnusedTimeout: cfg.unusedAfter,
 	})
@@ -324,13 +306,9 @@ func open(cfg *config, log hclog.Logger) (*instance, error) {
 		img.Close()
 		return nil, cli.Usagef("listen", cfg.listen, "cannot listen: %v", daemon.ListenError(err))
 	}
-	opts := srv.GRPCServerOptions()
-	if creds != nil {
-		opts = append(opts, grpc.Creds(creds))
-	}
-	g := grpc.NewServer(opts...)
+	g := grpc.NewServer(srv.GRPCServerOptions()...) // with TLS, its credentials
 	srv.Register(g)
-	return &instance{img: img, srv: srv, lis: lis, g: g, token: token, tls: creds != nil}, nil
+	return &instance{img: img, srv: srv, lis: lis, g: g, token: token, tls: tlsConf != nil}, nil
 }
 
 // serve runs the server until a signal or a failure; its error carries the
@@ -362,9 +340,9 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 	}
 
 	served := make(chan error, 1)
-	// Plaintext: socket lanes share the port; with TLS or without, the
-	// listener retries temporary accept failures and bounds the connections
-	// not yet authenticated (see server.SplitListener).
+	// Socket lanes share the port (over TLS, routed by ALPN); the listener
+	// also retries temporary accept failures and bounds the connections not
+	// yet authenticated (see server.SplitListener).
 	glis := srv.SplitListener(lis)
 	go func() { served <- g.Serve(glis) }()
 	if len(token) == 0 {
@@ -374,8 +352,9 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 	log.Info("serving", "addr", lis.Addr().String(), "image", img.String(),
 		"generation", fmt.Sprintf("%016x", img.Generation()), "tls", in.tls,
 		"mutual_tls", cfg.tlsClientCA != "", "token", len(token) > 0)
-	if err := cli.PrintJSONLine(stdout, readyEvent{
-		Event: "ready", Version: version.Get().Version, Addr: lis.Addr().String(), Source: cfg.source, Size: img.Size(),
+	out := events.NewPrinter(stdout, version.Get().Version, cfg.id)
+	if err := out.Print(&events.ServerReady{
+		Addr: lis.Addr().String(), Source: cfg.source, ImageSizeBytes: img.Size(),
 		Generation: fmt.Sprintf("%016x", img.Generation()), MetricsAddr: metricsAddr, TLS: in.tls,
 	}); err != nil {
 		g.Stop()
@@ -388,15 +367,15 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 	for _, n := range st.Errors {
 		errs += n
 	}
-	sum := summaryEvent{
-		Event: "summary", Version: version.Get().Version, Graceful: graceful, UptimeSeconds: time.Since(start).Seconds(),
-		SessionsTotal: st.SessionsTotal, SessionsOpen: st.SessionsOpen,
+	sum := &events.ServerSummary{
+		Graceful: graceful, UptimeS: time.Since(start).Seconds(),
+		SessionsTotal: st.SessionsTotal, SessionsOpen: uint64(st.SessionsOpen),
 		DemandRequests: st.DemandRequests, DemandBytes: st.DemandBytes,
 		BulkRequests: st.BulkRequests, BulkBytes: st.BulkBytes, ZeroPages: st.ZeroPages, Errors: errs,
 	}
 	log.Info("stopped", "graceful", graceful, "sessions", st.SessionsTotal,
 		"demand_bytes", st.DemandBytes, "bulk_bytes", st.BulkBytes, "zero_pages", st.ZeroPages)
-	if err := cli.PrintJSONLine(stdout, sum); err != nil {
+	if err := out.Print(sum); err != nil {
 		log.Warn("writing the summary line to stdout failed", "error", err)
 	}
 	return runErr

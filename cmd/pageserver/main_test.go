@@ -24,6 +24,7 @@ import (
 	"github.com/postcopy/postcopy/internal/cli/clitest"
 	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/pkg/client"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/wire"
 )
@@ -184,7 +185,7 @@ func TestServeAndStop(t *testing.T) {
 	}
 	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--token-file", tokFile,
 		"--metrics-addr", "127.0.0.1:0", "--log-level", "debug")
-	var ready readyEvent
+	var ready events.ServerReady
 	p.line(t, &ready)
 	img, err := image.OpenFile(path)
 	if err != nil {
@@ -192,7 +193,7 @@ func TestServeAndStop(t *testing.T) {
 	}
 	defer img.Close()
 	if ready.Event != "ready" || !strings.HasPrefix(ready.Addr, "127.0.0.1:") || ready.Addr == "127.0.0.1:0" ||
-		ready.Source != "file:"+path || ready.Size != 1<<20 || ready.Generation != fmt.Sprintf("%016x", img.Generation()) ||
+		ready.Source != "file:"+path || ready.ImageSizeBytes != 1<<20 || ready.Generation != fmt.Sprintf("%016x", img.Generation()) ||
 		ready.MetricsAddr == "" {
 		t.Fatalf("ready line %+v", ready)
 	}
@@ -258,7 +259,7 @@ func TestServeAndStop(t *testing.T) {
 	if code := p.wait(t, 15*time.Second); code != 0 {
 		t.Fatalf("exit %d after SIGTERM, want 0", code)
 	}
-	var sum summaryEvent
+	var sum events.ServerSummary
 	p.line(t, &sum)
 	if sum.Event != "summary" || !sum.Graceful || sum.DemandRequests != 1 || sum.SessionsTotal != 1 || sum.ZeroPages != 2 {
 		t.Fatalf("summary %+v", sum)
@@ -314,7 +315,7 @@ func (p *proc) stillRunning(t *testing.T, d time.Duration, why string) {
 func TestSecondSignal(t *testing.T) {
 	path, _ := writeImage(t)
 	p := start(t, []string{"POSTCOPY_TOKEN=env-token"}, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--log-json")
-	var ready readyEvent
+	var ready events.ServerReady
 	p.line(t, &ready)
 	_, l := openBulk(t, ready.Addr, []byte("env-token"))
 	defer l.Close()
@@ -324,7 +325,7 @@ func TestSecondSignal(t *testing.T) {
 	if code := p.wait(t, 5*time.Second); code != cli.ExitFailure {
 		t.Fatalf("exit %d after a second signal, want %d", code, cli.ExitFailure)
 	}
-	var sum summaryEvent
+	var sum events.ServerSummary
 	p.line(t, &sum)
 	if sum.Graceful {
 		t.Fatalf("summary %+v", sum)
@@ -340,7 +341,7 @@ func TestDrainTimeout(t *testing.T) {
 	path, _ := writeImage(t)
 	const drain = 1500 * time.Millisecond
 	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--drain-timeout", drain.String())
-	var ready readyEvent
+	var ready events.ServerReady
 	p.line(t, &ready)
 	_, l := openBulk(t, ready.Addr, nil)
 	defer l.Close()
@@ -354,7 +355,7 @@ func TestDrainTimeout(t *testing.T) {
 	if took < drain {
 		t.Fatalf("exited %v after SIGTERM, before --drain-timeout %v", took, drain)
 	}
-	var sum summaryEvent
+	var sum events.ServerSummary
 	p.line(t, &sum)
 	if sum.Graceful || sum.SessionsTotal != 1 {
 		t.Fatalf("summary %+v", sum)
@@ -370,7 +371,7 @@ func TestDrainTimeout(t *testing.T) {
 func TestDrainWaits(t *testing.T) {
 	path, _ := writeImage(t)
 	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path, "--drain-timeout", "0")
-	var ready readyEvent
+	var ready events.ServerReady
 	p.line(t, &ready)
 	c, l := openBulk(t, ready.Addr, nil)
 	p.cmd.Process.Signal(syscall.SIGTERM)
@@ -381,7 +382,7 @@ func TestDrainWaits(t *testing.T) {
 	if code := p.wait(t, 10*time.Second); code != cli.ExitOK {
 		t.Fatalf("exit %d once the session ended, want 0", code)
 	}
-	var sum summaryEvent
+	var sum events.ServerSummary
 	p.line(t, &sum)
 	if !sum.Graceful || sum.SessionsTotal != 1 {
 		t.Fatalf("summary %+v", sum)
@@ -409,7 +410,7 @@ func TestSourceNotStopped(t *testing.T) {
 	serveOnce := func() string {
 		t.Helper()
 		p := start(t, nil, "--listen", "127.0.0.1:0", "--source", fmt.Sprintf("pid:%d", pid), "--ranges", "all")
-		var ready readyEvent
+		var ready events.ServerReady
 		p.line(t, &ready)
 		p.cmd.Process.Signal(syscall.SIGTERM)
 		if code := p.wait(t, 30*time.Second); code != 0 {
@@ -445,7 +446,7 @@ func TestTLSFlags(t *testing.T) {
 	pki := clitest.NewPKI(t, "pageserver")
 	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path,
 		"--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey, "--tls-client-ca", pki.CAFile)
-	var ready readyEvent
+	var ready events.ServerReady
 	p.line(t, &ready)
 	if !ready.TLS {
 		t.Fatalf("ready %+v", ready)
@@ -525,6 +526,9 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--source", src, "--metrics-addr", ":x"}, nil, 2, `--metrics-addr ":x": bad port`},
 		{[]string{"--source", src, "--drain-timeout", "-1s"}, nil, 2, `--drain-timeout "-1s": must be 0 (wait for every session) or positive`},
 		{[]string{"--source", src, "--drain-timeout", "soon"}, nil, 2, `invalid value "soon" for flag --drain-timeout`},
+		{[]string{"--source", src, "--id", ""}, nil, 2, `invalid value "" for flag --id: empty (see pageserver --help)`},
+		{[]string{"--source", src, "--id", "vm\x1b[0m"}, nil, 2, `invalid value "vm\x1b[0m" for flag --id: unprintable character U+001B at byte 2`},
+		{[]string{"--source", src, "--id", strings.Repeat("x", 129)}, nil, 2, `for flag --id: 129 bytes, want at most 128`},
 		// Well-formed values that name nothing usable: still bad flags.
 		{[]string{"--source", "file:/nonexistent/mem"}, nil, 2, `--source "file:/nonexistent/mem": file:/nonexistent/mem: no such file or directory`},
 		{[]string{"--source", "file:" + dir}, nil, 2, `--source "file:` + dir + `": file:` + dir + `: not a regular file`},

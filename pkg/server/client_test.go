@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,7 +23,6 @@ import (
 	"github.com/postcopy/postcopy/internal/cli/clitest"
 	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/pkg/client"
-	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/wire"
 )
 
@@ -204,6 +201,9 @@ func TestMain(m *testing.M) {
 		os.Exit(code)
 	case "stopped-child":
 		stoppedChild()
+	case "sleeping-child":
+		sleepingChild()
+		os.Exit(0)
 	case "bench-server":
 		benchServer()
 		os.Exit(0)
@@ -232,36 +232,9 @@ func stoppedChild() {
 // then reports the child's death as wire.ErrSourceGone.
 func TestPIDImage(t *testing.T) {
 	testutil.RequireRoot(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=stopped-child")
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, addr, size := startStoppedChild(t)
 	pid := cmd.Process.Pid
-	defer func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	}()
-	var addr, size uint64
-	if _, err := fmt.Fscan(bufio.NewReader(out), &addr, &size); err != nil {
-		t.Fatal(err)
-	}
-	var ws syscall.WaitStatus
-	if _, err := syscall.Wait4(pid, &ws, syscall.WUNTRACED, nil); err != nil || !ws.Stopped() {
-		t.Fatalf("child %d not stopped: %v %v", pid, ws, err)
-	}
-	img, err := image.OpenPID(pid)
-	if err != nil {
-		t.Fatalf("image.OpenPID(%d): %v", pid, err)
-	}
-	defer img.Close()
-	srv := startServer(t, Options{Image: img})
-	c := dial(t, srv.addr, client.Options{})
+	img, _, c := servePID(t, pid)
 	ctx := testCtx(t)
 
 	// A region over a gap in the child's mappings is refused at Open.

@@ -30,6 +30,13 @@ type ServerStats struct {
 	// BulkYieldTime is the total time they waited.
 	BulkYields    uint64
 	BulkYieldTime time.Duration
+	// WarmRequests, WarmPages and WarmBytes count the Warm lane's runs,
+	// pages (same, zero and data) and data bytes; WarmSamePages the pages
+	// it answered as same, without bytes.
+	WarmRequests, WarmPages, WarmBytes, WarmSamePages uint64
+	// Freezes counts the Freeze calls accepted (refused ones count in
+	// Errors).
+	Freezes uint64
 }
 
 // Stats returns the server's totals.
@@ -50,6 +57,11 @@ func (s *Server) Stats() ServerStats {
 		Errors:         map[codes.Code]uint64{},
 		BulkYields:     s.gate.waits.Load(),
 		BulkYieldTime:  time.Duration(s.gate.waitedNs.Load()),
+		WarmRequests:   s.warm.reqs.Load(),
+		WarmPages:      s.warm.pages.Load(),
+		WarmBytes:      s.warm.bytes.Load(),
+		WarmSamePages:  s.warm.same.Load(),
+		Freezes:        s.warm.freezes.Load(),
 	}
 	for c := range s.counters.errors {
 		if n := s.counters.errors[c].Load(); n > 0 {
@@ -61,7 +73,8 @@ func (s *Server) Stats() ServerStats {
 
 // RegisterMetrics registers the server's metrics on r: the totals of Stats
 // as counters (postcopy_sessions_total, postcopy_requests_total{lane},
-// postcopy_pages_total{lane}, postcopy_bytes_total{lane},
+// postcopy_pages_total{lane}, postcopy_bytes_total{lane} with lane demand,
+// bulk or warm, postcopy_warm_same_pages_total, postcopy_freezes_total,
 // postcopy_zero_pages_total, postcopy_bulk_yields_total,
 // postcopy_bulk_yield_seconds_total, postcopy_errors_total{code}) and
 // postcopy_sessions_open as a gauge, all read from Stats at each scrape. A
@@ -77,6 +90,7 @@ type metricsCollector struct {
 	sessionsOpen, sessionsTotal               *prometheus.Desc
 	requests, pages, bytes, zeroPages, errors *prometheus.Desc
 	yields, yieldSeconds                      *prometheus.Desc
+	warmSame, freezes                         *prometheus.Desc
 }
 
 func newMetricsCollector(s *Server) *metricsCollector {
@@ -93,13 +107,15 @@ func newMetricsCollector(s *Server) *metricsCollector {
 		yields:        d("postcopy_bulk_yields_total", "Bulk read chunks that waited for demand work."),
 		yieldSeconds:  d("postcopy_bulk_yield_seconds_total", "Time bulk reads waited for demand work."),
 		errors:        d("postcopy_errors_total", "RPCs and streams ended with an error status, by gRPC code.", "code"),
+		warmSame:      d("postcopy_warm_same_pages_total", "Pages the Warm lane answered as same as the copy held, without bytes."),
+		freezes:       d("postcopy_freezes_total", "Freeze calls accepted: a destination took over from a stopped source."),
 	}
 }
 
 // Describe sends every metric's description.
 func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.sessionsOpen, c.sessionsTotal, c.requests, c.pages, c.bytes,
-		c.zeroPages, c.yields, c.yieldSeconds, c.errors} {
+		c.zeroPages, c.yields, c.yieldSeconds, c.errors, c.warmSame, c.freezes} {
 		ch <- d
 	}
 }
@@ -118,6 +134,11 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.pages, float64(st.BulkPages), "bulk")
 	counter(c.bytes, float64(st.DemandBytes), "demand")
 	counter(c.bytes, float64(st.BulkBytes), "bulk")
+	counter(c.requests, float64(st.WarmRequests), "warm")
+	counter(c.pages, float64(st.WarmPages), "warm")
+	counter(c.bytes, float64(st.WarmBytes), "warm")
+	counter(c.warmSame, float64(st.WarmSamePages))
+	counter(c.freezes, float64(st.Freezes))
 	counter(c.zeroPages, float64(st.ZeroPages))
 	counter(c.yields, float64(st.BulkYields))
 	counter(c.yieldSeconds, st.BulkYieldTime.Seconds())

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -113,9 +115,16 @@ type Options struct {
 	// BulkYield reads bulk runs at a lower CPU priority while demand
 	// requests come (internal/sched); off by default, see fetcher.Config.
 	BulkYield bool
+	// TLS, if set, is the TLS configuration of everything served, mutual
+	// TLS included (ClientAuth, ClientCAs): GRPCServerOptions then carry
+	// the gRPC server's credentials, and SplitListener makes every TLS
+	// handshake itself, with the credentials gRPC would use, and routes each
+	// connection by the protocol it negotiated (ALPN): socket lanes over
+	// TLS, or gRPC. Do not also give the gRPC server credentials of its own.
+	TLS *tls.Config
 	// DemandSocket serves and advertises demand socket lanes
-	// (Capabilities.demand_socket): set it when serving plaintext through
-	// SplitListener.
+	// (Capabilities.demand_socket), through SplitListener: plaintext, or
+	// over TLS with Options.TLS.
 	DemandSocket bool
 	// BulkSocket serves and advertises bulk socket lanes
 	// (Capabilities.bulk_socket), likewise.
@@ -131,6 +140,10 @@ type Options struct {
 	// and serves it with WorkingSet. The caller checks that it belongs to
 	// Image; at most wire.MaxWorkingSet bytes.
 	WorkingSet []byte
+	// NoWarm makes the server one from before the Warm and Freeze calls
+	// (no Capabilities.warm; both answer UNIMPLEMENTED): for tests of
+	// clients against such a server.
+	NoWarm bool
 }
 
 // Server is the source side of the protocol: it serves one image to many
@@ -154,6 +167,7 @@ type Server struct {
 	workers       int
 	sockLane      bool
 	bulkSock      bool
+	tlsCreds      credentials.TransportCredentials // Options.TLS; nil: plaintext
 	urgent        bool
 	urgentOnce    sync.Once
 	urgentCapOnce sync.Once
@@ -168,11 +182,13 @@ type Server struct {
 	gate       *demandGate
 	runs       sync.Pool // *runBuf
 	workingSet []byte    // offered to clients (Options.WorkingSet)
+	noWarm     bool      // Options.NoWarm
 
 	mu       sync.Mutex
 	sessions map[[sha256.Size]byte]*session // by the SHA-256 of the id (see lookup)
 
 	counters counters
+	warm     warmCounters
 }
 
 // counters are the server's totals (see ServerStats).
@@ -205,6 +221,7 @@ type session struct {
 	demandReqs, bulkReqs   atomic.Uint64
 	demandBytes, bulkBytes atomic.Uint64
 	zeroPages              atomic.Uint64
+	warm                   warmTotals
 }
 
 // NewServer checks the options and returns a Server.
@@ -230,12 +247,16 @@ func NewServer(o Options) (*Server, error) {
 		urgent:      o.UrgentDemand,
 		bulkYield:   o.BulkYield,
 		workingSet:  slices.Clone(o.WorkingSet),
+		noWarm:      o.NoWarm,
 		gate:        newDemandGate(),
 		sessions:    make(map[[sha256.Size]byte]*session),
 		health:      health.NewServer(),
 	}
 	if s.log == nil {
 		s.log = hclog.NewNullLogger()
+	}
+	if o.TLS != nil {
+		s.tlsCreds = serverTLS(o.TLS, o.DemandSocket || o.BulkSocket)
 	}
 	if s.maxDemand == 0 {
 		s.maxDemand = DefaultMaxDemandBytes
@@ -289,10 +310,11 @@ func NewServer(o Options) (*Server, error) {
 // and interceptors counting errors; and the limits on what a client may
 // hold before it authenticates: a greeting (TLS and HTTP/2 handshakes)
 // within connectionTimeout, at most maxConcurrentStreams streams per
-// connection, pings no more often than the enforcement policy permits.
+// connection, pings no more often than the enforcement policy permits. With
+// Options.TLS, the TLS credentials too.
 func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 	maxRun := max(s.maxDemand, s.maxBulk)
-	return []grpc.ServerOption{
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(wire.MaxRequestMsg),
 		grpc.MaxSendMsgSize(int(maxRun) + wire.MsgSlack),
 		grpc.InitialWindowSize(wire.BulkStreamWindow),
@@ -308,6 +330,10 @@ func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 		grpc.ChainUnaryInterceptor(s.unaryErrors),
 		grpc.ChainStreamInterceptor(s.streamErrors),
 	}
+	if s.tlsCreds != nil {
+		opts = append(opts, grpc.Creds(routedTLS{s.tlsCreds}))
+	}
+	return opts
 }
 
 // Register registers the PageServer service and the standard gRPC health
@@ -421,6 +447,7 @@ func (s *Server) caps() *pb.Capabilities {
 		BulkSocket:      s.bulkSock,
 		SocketOpen:      s.sockLane,
 		WorkingSetBytes: uint64(len(s.workingSet)),
+		Warm:            !s.noWarm,
 	}
 }
 
@@ -575,6 +602,8 @@ func (s *Server) Done(ctx context.Context, req *pb.DoneRequest) (*pb.DoneRespons
 		"demand_requests", sess.demandReqs.Load(), "demand_bytes", sess.demandBytes.Load(),
 		"bulk_requests", sess.bulkReqs.Load(), "bulk_bytes", sess.bulkBytes.Load(),
 		"zero_pages_sent", sess.zeroPages.Load(),
+		"warm_requests", sess.warm.reqs.Load(), "warm_bytes", sess.warm.bytes.Load(),
+		"warm_same_pages", sess.warm.same.Load(),
 		"client_pages_demand", req.GetPagesDemand(), "client_pages_bulk", req.GetPagesBulk(),
 		"client_pages_zero", req.GetPagesZero(), "client_pages_removed", req.GetPagesRemoved(),
 		"client_bytes_received", req.GetBytesReceived(),
@@ -630,14 +659,26 @@ type runBuf struct {
 	segs []image.Segment
 	tmp  []image.Segment
 	crcs []uint32
+	same []bool // nil, or one per segment: a same segment (Warm answers)
 	out  wire.OutRun
+
+	sameBuf []bool // same's storage
 }
 
-// readRun reads a validated run into a pooled buffer: data pages at their
-// natural position, segments merged across chunks, a crc32c per data
-// segment. Bulk runs read in chunks of at most bulkChunk bytes, each after
-// waiting for demand work to drain.
+// readRun reads a validated run into a pooled buffer (readPages) and
+// computes a crc32c per data segment.
 func (s *Server) readRun(ctx context.Context, l wire.LaneKind, off uint64, pages, ps uint32, rb *runBuf) error {
+	if err := s.readPages(ctx, l, off, pages, ps, rb); err != nil {
+		return err
+	}
+	rb.checksum(ps)
+	return nil
+}
+
+// readPages reads a validated run into a pooled buffer: data pages at their
+// natural position, segments merged across chunks. Bulk runs read in chunks
+// of at most bulkChunk bytes, each after waiting for demand work to drain.
+func (s *Server) readPages(ctx context.Context, l wire.LaneKind, off uint64, pages, ps uint32, rb *runBuf) error {
 	n := int(pages) * int(ps)
 	rb.buf = bufpool.Pages.Get(n)
 	data := *rb.buf
@@ -683,18 +724,23 @@ func (s *Server) readRun(ctx context.Context, l wire.LaneKind, off uint64, pages
 		}
 		done += k
 	}
+	return nil
+}
+
+// checksum computes a crc32c per data segment of rb.
+func (rb *runBuf) checksum(ps uint32) {
+	data := *rb.buf
 	rb.crcs = rb.crcs[:0]
 	pos := 0
-	for _, sg := range rb.segs {
+	for i, sg := range rb.segs {
 		b := int(sg.Pages) * int(ps)
-		if sg.Zero {
+		if sg.Zero || rb.same != nil && rb.same[i] {
 			rb.crcs = append(rb.crcs, 0)
 		} else {
 			rb.crcs = append(rb.crcs, wire.Checksum(data[pos:pos+b]))
 		}
 		pos += b
 	}
-	return nil
 }
 
 func (s *Server) release(rb *runBuf) {
@@ -702,6 +748,7 @@ func (s *Server) release(rb *runBuf) {
 		bufpool.Pages.Put(rb.buf)
 		rb.buf = nil
 	}
+	rb.same = nil
 	s.runs.Put(rb)
 }
 
@@ -984,7 +1031,7 @@ func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 func (s *Server) sendRun(stream grpc.ServerStream, rb *runBuf, req wire.Request, ps uint32) error {
 	rb.out = wire.OutRun{
 		ID: req.ID, Offset: req.Offset, Pages: req.Pages, PageSize: ps,
-		Segs: rb.segs, CRCs: rb.crcs, Buf: rb.buf, Pool: &bufpool.Pages,
+		Segs: rb.segs, CRCs: rb.crcs, Same: rb.same, Buf: rb.buf, Pool: &bufpool.Pages,
 	}
 	rb.buf = nil
 	err := stream.SendMsg(&rb.out)

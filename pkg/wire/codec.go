@@ -27,6 +27,8 @@ import (
 //     buffers into a pooled buffer that Response.Release returns.
 //   - *Request (server ← PageRequest, client → PageRequest): decoded and
 //     encoded without allocating a message.
+//   - *WarmRequest (client → WarmRequest): encoded without allocating a
+//     message (the server decodes the generated type).
 //
 // Every other message goes to gRPC's registered proto codec. The codec is
 // installed with grpc.ForceServerCodecV2 (the server's GRPCServerOptions)
@@ -46,6 +48,8 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 		return m.Marshal(), nil
 	case *Request:
 		return mem.BufferSlice{mem.SliceBuffer(appendRequest(nil, m.ID, m.Offset, m.Pages))}, nil
+	case *WarmRequest:
+		return mem.BufferSlice{mem.SliceBuffer(appendWarmRequest(nil, m))}, nil
 	}
 	return protoCodec.Marshal(v)
 }
@@ -93,7 +97,8 @@ type OutRun struct {
 	ID, Offset      uint64
 	Pages, PageSize uint32
 	Segs            []image.Segment
-	CRCs            []uint32 // one per segment, 0 for a zero segment
+	CRCs            []uint32 // one per segment, 0 for a zero or same segment
+	Same            []bool   // nil, or one per segment: a same segment (Warm answers; never Zero), no bytes
 	Buf             *[]byte
 	Pool            mem.BufferPool
 	hdr             []byte
@@ -114,9 +119,14 @@ func (r *OutRun) Marshal() mem.BufferSlice {
 		if sg.Pages != 0 {
 			n += 1 + protowire.SizeVarint(uint64(sg.Pages))
 		}
+		same := r.same(i)
 		if sg.Zero {
 			n += 2
-		} else {
+		}
+		if same {
+			n += 2
+		}
+		if !sg.Zero && !same {
 			dataLen += uint64(sg.Pages) * uint64(r.PageSize)
 		}
 		if r.CRCs[i] != 0 {
@@ -132,6 +142,9 @@ func (r *OutRun) Marshal() mem.BufferSlice {
 			b = protowire.AppendTag(b, fSegCRC, protowire.Fixed32Type)
 			b = protowire.AppendFixed32(b, r.CRCs[i])
 		}
+		if same {
+			b = appendVarintField(b, fSegSame, 1)
+		}
 	}
 	if dataLen > 0 {
 		b = protowire.AppendTag(b, fRunData, protowire.BytesType)
@@ -142,9 +155,9 @@ func (r *OutRun) Marshal() mem.BufferSlice {
 	root := mem.NewBuffer(r.Buf, r.Pool)
 	r.Buf = nil
 	pos := 0
-	for _, sg := range r.Segs {
+	for i, sg := range r.Segs {
 		n := int(sg.Pages) * int(r.PageSize)
-		if !sg.Zero {
+		if !sg.Zero && !r.same(i) {
 			out = append(out, root.Slice(pos, pos+n))
 		}
 		pos += n
@@ -152,6 +165,9 @@ func (r *OutRun) Marshal() mem.BufferSlice {
 	root.Free() // the slices hold the buffer until gRPC has written them
 	return out
 }
+
+// same reports whether segment i is a same segment.
+func (r *OutRun) same(i int) bool { return r.Same != nil && r.Same[i] }
 
 // cursor reads protobuf wire data spread over the buffers of a
 // mem.BufferSlice without copying it first, or, for a socket lane, the next
@@ -502,6 +518,12 @@ func parseSegment(b []byte) (Segment, error) {
 				return s, protowire.ParseError(n)
 			}
 			s.CRC32C, b = v, b[n:]
+		case num == fSegSame && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return s, protowire.ParseError(n)
+			}
+			s.Same, b = v != 0, b[n:]
 		default:
 			n := protowire.ConsumeFieldValue(num, typ, b)
 			if n < 0 {

@@ -124,6 +124,10 @@ func FuzzUnmarshalPageRun(f *testing.F) {
 	f.Add(seed, uint16(3))
 	f.Add([]byte{0x2a, 0x02, 0x08, 0x01, 0x7a, 0x00}, uint16(1))
 	f.Add([]byte{0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, uint16(4))
+	// A Warm answer: data, same, zero.
+	warm, _ := proto.Marshal(&pb.PageRun{Id: 2, Offset: 8192, Pages: 4, PageSize: 4096,
+		Segments: []*pb.Segment{{Pages: 1, Crc32C: 9}, {Pages: 2, Same: true}, {Pages: 1, Zero: true}}, Data: make([]byte, 4096)})
+	f.Add(warm, uint16(20))
 	f.Fuzz(func(t *testing.T, data []byte, cut uint16) {
 		var r Response
 		err := (Codec{}).Unmarshal(split(data, int(cut)), &r)
@@ -140,8 +144,22 @@ func FuzzUnmarshalPageRun(f *testing.F) {
 			t.Fatalf("decoders disagree: %+v vs %v", r, &m)
 		}
 		for i, s := range m.GetSegments() {
-			if r.Segments[i] != (Segment{Pages: s.GetPages(), Zero: s.GetZero(), CRC32C: s.GetCrc32C()}) {
+			if r.Segments[i] != (Segment{Pages: s.GetPages(), Zero: s.GetZero(), CRC32C: s.GetCrc32C(), Same: s.GetSame()}) {
 				t.Fatalf("segment %d: %+v vs %v", i, r.Segments[i], s)
+			}
+		}
+		// Check and Verify of whatever decoded never panic; a checked run's
+		// data is exactly its data segments' bytes.
+		if r.Check() == nil {
+			_ = r.Verify()
+			var data int
+			for _, sg := range r.Segments {
+				if !sg.Zero && !sg.Same {
+					data += int(sg.Pages) * int(r.PageSize)
+				}
+			}
+			if data != len(r.Data) {
+				t.Fatalf("Check accepted %d data bytes for %d bytes of data segments", len(r.Data), data)
 			}
 		}
 		// The socket lane's decoder, reading the frame from a stream in

@@ -112,6 +112,8 @@ func FromStatus(op string, err error) error {
 		e.sentinel = ErrSourceGone
 	case e.Reason == ReasonProtocolVersion:
 		e.sentinel = ErrProtocolVersion
+	case e.Reason == ReasonSourceRunning:
+		e.sentinel = ErrSourceRunning
 	}
 	return e
 }

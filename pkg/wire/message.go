@@ -36,11 +36,14 @@ type Request struct {
 }
 
 // Segment describes consecutive pages of a Response that are all zero (no
-// bytes in Data) or all data (with the crc32c of their bytes).
+// bytes in Data), all data (with the crc32c of their bytes) or, in Warm
+// answers only, all the same as the copies whose digests the request named
+// (Same: no bytes in Data).
 type Segment struct {
 	Pages  uint32
 	Zero   bool
 	CRC32C uint32
+	Same   bool
 }
 
 // Response answers one Request: Segments cover its Pages in order; Data
@@ -63,8 +66,8 @@ var responsePool = sync.Pool{New: func() any { return new(Response) }}
 func NewResponse() *Response { return responsePool.Get().(*Response) }
 
 // Check verifies the structure: a supported page size, segments of at
-// least one page covering exactly Pages, and Data of the data segments'
-// length.
+// least one page covering exactly Pages, none both zero and same, and Data
+// of the data segments' length.
 func (r *Response) Check() error {
 	if r.PageSize != PageSize4K && r.PageSize != PageSize2M {
 		return fmt.Errorf("run at %#x: page size %d: %w", r.Offset, r.PageSize, ErrMalformed)
@@ -75,8 +78,11 @@ func (r *Response) Check() error {
 		if sg.Pages == 0 {
 			return fmt.Errorf("run at %#x: empty segment: %w", r.Offset, ErrMalformed)
 		}
+		if sg.Zero && sg.Same {
+			return fmt.Errorf("run at %#x: segment both zero and same: %w", r.Offset, ErrMalformed)
+		}
 		pages += uint64(sg.Pages)
-		if !sg.Zero {
+		if !sg.Zero && !sg.Same {
 			data += uint64(sg.Pages) * uint64(r.PageSize)
 		}
 	}
@@ -95,7 +101,7 @@ func (r *Response) Verify() error {
 	ps := uint64(r.PageSize)
 	for _, sg := range r.Segments {
 		n := uint64(sg.Pages) * ps
-		if !sg.Zero {
+		if !sg.Zero && !sg.Same {
 			if pos+int(n) > len(r.Data) {
 				return fmt.Errorf("transport: run at %#x: data too short: %w", r.Offset, ErrMalformed)
 			}

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/test/harness"
 )
 
@@ -200,7 +201,7 @@ func (d *demo) run(ctx context.Context) error {
 	if err := waitExit(ctx, fetcher, time.Minute); err != nil {
 		return err
 	}
-	var sum harness.SummaryLine
+	var sum events.FetcherSummary
 	sumErr := fetcher.WaitEvent("summary", time.Second, &sum)
 	var res harness.VMMResult
 	resErr := vm.WaitEvent("result", time.Second, &res)
@@ -224,7 +225,7 @@ func (d *demo) run(ctx context.Context) error {
 	case vcode != 0 || !res.Verified:
 		return fmt.Errorf("the VMM exited with code %d, verified %v, %d mismatches", vcode, res.Verified, res.Mismatches)
 	}
-	if bad := sum.Summary.Check(d.c.size / 4096); len(bad) > 0 {
+	if bad := harness.CheckSummary(&sum.Summary, d.c.size/4096); len(bad) > 0 {
 		return fmt.Errorf("inconsistent summary: %s", strings.Join(bad, "; "))
 	}
 	return nil
@@ -254,22 +255,16 @@ func waitExit(ctx context.Context, p *harness.Proc, timeout time.Duration) error
 type progressWriter struct{ w io.Writer }
 
 func (pw progressWriter) Write(b []byte) (int, error) {
-	var ev struct {
-		Event    string  `json:"event"`
-		Elapsed  float64 `json:"elapsed_s"`
-		Resident uint64  `json:"resident_pages"`
-		Total    uint64  `json:"total_pages"`
-		MBs      float64 `json:"mb_s"`
-		Faults   uint64  `json:"faults"`
-	}
-	if json.Unmarshal(b, &ev) == nil && ev.Event == "progress" && ev.Total > 0 {
+	var ev events.Progress
+	if json.Unmarshal(b, &ev) == nil && ev.Event == "progress" && ev.TotalPages > 0 {
 		fmt.Fprintf(pw.w, "    %5.1f s  %7d/%d pages resident (%5.1f%%)  %7.1f MB/s  %d faults\n",
-			ev.Elapsed, ev.Resident, ev.Total, 100*float64(ev.Resident)/float64(ev.Total), ev.MBs, ev.Faults)
+			ev.ElapsedS, ev.ResidentPages, ev.TotalPages, 100*float64(ev.ResidentPages)/float64(ev.TotalPages),
+			ev.ReceivedBytesPerS/1e6, ev.Faults)
 	}
 	return len(b), nil
 }
 
-func printSummary(w io.Writer, l *harness.SummaryLine) {
+func printSummary(w io.Writer, l *events.FetcherSummary) {
 	s := &l.Summary
 	p := s.Pages
 	fmt.Fprintf(w, "pagefetcher summary (ok: %v)\n", l.OK)
@@ -281,14 +276,14 @@ func printSummary(w io.Writer, l *harness.SummaryLine) {
 		p.Total, p.Demand, p.Bulk, p.Zero, p.Removed, p.Unmapped)
 	rate := 0.0
 	if s.TotalS > 0 {
-		rate = float64(s.BytesReceived) / s.TotalS / 1e6
+		rate = float64(s.ReceivedBytes) / s.TotalS / 1e6
 	}
-	fmt.Fprintf(w, "  received         %s (%.0f MB/s over the whole migration)\n", human(s.BytesReceived), rate)
-	fmt.Fprintf(w, "  faults           %d (%d duplicates)\n", s.Faults, s.FaultsDup)
-	fmt.Fprintf(w, "  fault latency    p50 %.0f µs, p99 %.0f µs, p99.9 %.0f µs, max %.0f µs\n",
-		s.FaultLatencyUS.P50, s.FaultLatencyUS.P99, s.FaultLatencyUS.P999, s.FaultLatencyUS.Max)
-	fmt.Fprintf(w, "  blocktime        %.1f ms (time threads spent waiting for pages)\n", s.BlocktimeMS)
-	fmt.Fprintf(w, "  first page       %.2f ms after the handoff\n", s.FirstPageMS)
+	fmt.Fprintf(w, "  received         %s (%.0f MB/s over the whole migration)\n", human(s.ReceivedBytes), rate)
+	fmt.Fprintf(w, "  faults           %d (%d duplicates)\n", s.Faults, s.FaultsDuplicate)
+	l50, l99, l999, lmax := s.FaultLatencyS.P50*1e6, s.FaultLatencyS.P99*1e6, s.FaultLatencyS.P999*1e6, s.FaultLatencyS.Max*1e6
+	fmt.Fprintf(w, "  fault latency    p50 %.0f µs, p99 %.0f µs, p99.9 %.0f µs, max %.0f µs\n", l50, l99, l999, lmax)
+	fmt.Fprintf(w, "  blocktime        %.1f ms (time threads spent waiting for pages)\n", s.BlocktimeS*1e3)
+	fmt.Fprintf(w, "  first page       %.2f ms after the handoff\n", s.FirstPageS*1e3)
 	fmt.Fprintf(w, "  reconnects       %d, checksum errors %d\n", s.Reconnects, s.ChecksumErrors)
 }
 

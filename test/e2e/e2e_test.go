@@ -23,7 +23,7 @@ func TestMigrateRegions(t *testing.T) {
 	if sum.Pages.Zero == 0 {
 		t.Error("no zero pages reported, but the image has zero pages and holes in every region")
 	}
-	if sum.BytesReceived == 0 || sum.Pages.Demand+sum.Pages.Bulk == 0 {
+	if sum.ReceivedBytes == 0 || sum.Pages.Demand+sum.Pages.Bulk == 0 {
 		t.Errorf("no data received: %+v", sum)
 	}
 }
@@ -77,7 +77,7 @@ func TestManyThreadsSamePages(t *testing.T) {
 		t.Errorf("demand %d + zero %d, bulk %d: want every one of %d pages fetched exactly once on demand",
 			sum.Pages.Demand, sum.Pages.Zero, sum.Pages.Bulk, pages)
 	}
-	t.Logf("%d faults (%d duplicates) for %d pages", sum.Faults, sum.FaultsDup, pages)
+	t.Logf("%d faults (%d duplicates) for %d pages", sum.Faults, sum.FaultsDuplicate, pages)
 }
 
 // Both forms of Firecracker's handshake: page_size and page_size_kib.
@@ -333,7 +333,7 @@ func TestDrainOnSIGTERM(t *testing.T) {
 	if fcode != 0 || sum == nil || !sum.OK {
 		t.Fatalf("pagefetcher after SIGTERM: exit code %d, summary %+v; want 0 and an ok summary (drained)", fcode, sum)
 	}
-	for _, bad := range sum.Summary.Check(pages) {
+	for _, bad := range harness.CheckSummary(&sum.Summary, pages) {
 		t.Errorf("summary: %s", bad)
 	}
 	if sum.Summary.Pages.Demand >= pages-sum.Summary.Pages.Zero {

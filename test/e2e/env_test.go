@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/uffd"
 	"github.com/postcopy/postcopy/test/harness"
 )
@@ -42,11 +43,11 @@ type env struct {
 	socket    string
 
 	server       *harness.Proc
-	serverReady  harness.ServerReady
+	serverReady  events.ServerReady
 	fetcher      *harness.Proc
-	fetcherReady harness.FetcherReady
+	fetcherReady events.FetcherReady
 
-	serverSummary harness.ServerSummary // set by migrate
+	serverSummary events.ServerSummary // set by migrate
 }
 
 // defaultImage has zero pages, nearly-zero pages and holes.
@@ -72,10 +73,17 @@ func newEnv(t *testing.T, imageSize uint64, o harness.ImageOptions) *env {
 	return e
 }
 
-// track stops p when the test ends and shows it if the test failed.
+// track stops p when the test ends and shows it if the test failed. Every
+// line pageserver and pagefetcher printed must be one that
+// docs/events.schema.json documents.
 func (e *env) track(p *harness.Proc) {
 	e.t.Cleanup(func() {
 		killed := p.Stop(stopGrace)
+		if p.Name == events.PageServer || p.Name == events.PageFetcher {
+			for _, bad := range harness.CheckEvents(eventSchema, p.Name, "", p.Lines()) {
+				e.t.Error(bad)
+			}
+		}
 		if e.t.Failed() {
 			e.t.Logf("\n%s", p.Describe(32<<10))
 		}
@@ -94,7 +102,7 @@ func (e *env) startServer(extra ...string) {
 	if err != nil {
 		e.t.Fatalf("pageserver: %v", err)
 	}
-	if ready.Size != e.info.Size || ready.Addr == "" {
+	if ready.ImageSizeBytes != e.info.Size || ready.Addr == "" {
 		e.t.Fatalf("pageserver ready line %+v: want size %d and an address", ready, e.info.Size)
 	}
 	e.server, e.serverReady = p, ready
@@ -102,9 +110,9 @@ func (e *env) startServer(extra ...string) {
 
 // stopServer sends SIGTERM to pageserver, expects it to exit 0 with a
 // graceful summary, and returns the summary.
-func (e *env) stopServer() harness.ServerSummary {
+func (e *env) stopServer() events.ServerSummary {
 	e.t.Helper()
-	var sum harness.ServerSummary
+	var sum events.ServerSummary
 	if err := e.server.Signal(syscall.SIGTERM); err != nil {
 		e.t.Fatal(err)
 	}
@@ -129,7 +137,7 @@ func (e *env) startFetcher(extra ...string) {
 	if err != nil {
 		e.t.Fatalf("pagefetcher: %v", err)
 	}
-	if ready.UFFDSocket != e.socket || ready.ImageSize != e.info.Size || ready.Generation != e.serverReady.Generation {
+	if ready.UFFDSocket != e.socket || ready.ImageSizeBytes != e.info.Size || ready.Generation != e.serverReady.Generation {
 		e.t.Fatalf("pagefetcher ready line %+v; server said %+v", ready, e.serverReady)
 	}
 	e.fetcher, e.fetcherReady = p, ready
@@ -164,13 +172,13 @@ func (e *env) vmmResult(p *harness.Proc) (harness.VMMResult, int) {
 
 // fetcherExit waits for pagefetcher to exit and returns its code and its
 // summary line, if it printed one.
-func (e *env) fetcherExit() (int, *harness.SummaryLine) {
+func (e *env) fetcherExit() (int, *events.FetcherSummary) {
 	e.t.Helper()
 	code, err := e.fetcher.Wait(fetcherTimeout)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	var sum harness.SummaryLine
+	var sum events.FetcherSummary
 	if err := e.fetcher.WaitEvent("summary", time.Second, &sum); err != nil {
 		return code, nil
 	}
@@ -191,7 +199,7 @@ type migration struct {
 // migrate runs m end to end and checks what every successful migration must
 // show: the VMM read and verified every byte, the fetcher exited 0 with a
 // consistent summary. It returns both results for more checks.
-func migrate(t *testing.T, m migration) (*env, harness.VMMResult, harness.Summary) {
+func migrate(t *testing.T, m migration) (*env, harness.VMMResult, events.Migration) {
 	t.Helper()
 	e := newEnv(t, m.imageSize, m.image)
 	e.startServer(m.serverArgs...)
@@ -209,7 +217,7 @@ func migrate(t *testing.T, m migration) (*env, harness.VMMResult, harness.Summar
 	if fcode != 0 || sum == nil || !sum.OK {
 		t.Fatalf("pagefetcher: exit code %d, summary %+v; want 0 and an ok summary", fcode, sum)
 	}
-	for _, bad := range sum.Summary.Check(m.pages) {
+	for _, bad := range harness.CheckSummary(&sum.Summary, m.pages) {
 		t.Errorf("summary: %s", bad)
 	}
 	t.Logf("summary %+v; vmm reads %d in %.1f ms, verify %.1f ms", sum.Summary, res.Reads, res.TouchMS, res.VerifyMS)

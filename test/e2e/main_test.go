@@ -1,17 +1,22 @@
 package e2e
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
 	"strings"
 	"testing"
 
+	"github.com/postcopy/postcopy/internal/testutil/jsonschema"
 	"github.com/postcopy/postcopy/test/harness"
 )
 
 // bins are the binaries under test.
 var bins harness.Bins
+
+// eventSchema is docs/events.schema.json.
+var eventSchema *jsonschema.Schema
 
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
@@ -24,6 +29,14 @@ func runMain(m *testing.M) int {
 	}
 	defer cleanup()
 	bins = b
+	root, err := harness.ModuleRoot(context.Background())
+	if err == nil {
+		eventSchema, err = harness.EventSchema(root)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
 	code := m.Run()
 	if left := harness.Children(); len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "e2e: leaked child processes: %s\n", strings.Join(left, "; "))

@@ -50,7 +50,7 @@ func TestSourceRestart(t *testing.T) {
 	if fcode != 0 || sum == nil || !sum.OK {
 		t.Fatalf("pagefetcher: exit code %d, summary %+v; want 0 after reconnecting", fcode, sum)
 	}
-	for _, bad := range sum.Summary.Check(8 << 8) {
+	for _, bad := range harness.CheckSummary(&sum.Summary, 8<<8) {
 		t.Errorf("summary: %s", bad)
 	}
 	if sum.Summary.Reconnects == 0 {

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/workingset"
 	"github.com/postcopy/postcopy/test/harness"
 )
@@ -43,7 +44,7 @@ var (
 // VMM's reads leave most pages missing: once they are done, pagefetcher is
 // told to drain (SIGTERM), which ends the migration with every page
 // resident.
-func (e *env) restore(args ...string) (harness.VMMResult, harness.Summary) {
+func (e *env) restore(args ...string) (harness.VMMResult, events.Migration) {
 	e.t.Helper()
 	e.startFetcher(args...)
 	vm := e.startVMM(wsReader...)
@@ -81,7 +82,7 @@ func (e *env) imageID() workingset.Image {
 	if err != nil {
 		e.t.Fatalf("generation %q: %v", e.serverReady.Generation, err)
 	}
-	return workingset.Image{Size: e.serverReady.Size, Generation: gen}
+	return workingset.Image{Size: e.serverReady.ImageSizeBytes, Generation: gen}
 }
 
 // Record, then reuse: the first restore (demand only, drained once the VMM

@@ -13,6 +13,7 @@ import (
 
 	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/internal/testutil/pki"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/test/harness"
 )
 
@@ -108,7 +109,7 @@ type run struct {
 	vmm harness.VMMResult
 	// sum is pagefetcher's own summary: the handler's view (zero for the
 	// yardstick).
-	sum    harness.Summary
+	sum    events.Migration
 	maxRSS int64 // pagefetcher's peak RSS, bytes
 }
 
@@ -190,7 +191,7 @@ func migrate(b *testing.B, m mig) run {
 		fail("the VMM did not see the handler close: %+v", r.vmm)
 	}
 	if pf != nil {
-		var line harness.SummaryLine
+		var line events.FetcherSummary
 		if err := pf.WaitEvent("summary", time.Minute, &line); err != nil {
 			fail("summary: %v", err)
 		}
@@ -277,8 +278,8 @@ func BenchmarkDemand(b *testing.B) {
 			s.add("tcp_rtt_us", rtt)
 			s.add("p50_x_yardstick", pf.vmm.StallP50US/ys.vmm.StallP50US)
 			s.add("p50_x_tcp_rtt", pf.vmm.StallP50US/rtt)
-			s.add("handler_p50_us", pf.sum.FaultLatencyUS.P50)
-			s.add("handler_p99_us", pf.sum.FaultLatencyUS.P99)
+			s.add("handler_p50_us", pf.sum.FaultLatencyS.P50*1e6)
+			s.add("handler_p99_us", pf.sum.FaultLatencyS.P99*1e6)
 		}
 		s.report(b)
 	})
@@ -311,8 +312,8 @@ func BenchmarkLoadedFaults(b *testing.B) {
 			s.add("p99_x_idle", r.vmm.StallP99US/idle.vmm.StallP99US)
 			s.add("stalls", float64(r.vmm.StallCount))
 			s.add("resident_s", r.residentS())
-			s.add("handler_p99_us", r.sum.FaultLatencyUS.P99)
-			s.add("handler_idle_p99_us", idle.sum.FaultLatencyUS.P99)
+			s.add("handler_p99_us", r.sum.FaultLatencyS.P99*1e6)
+			s.add("handler_idle_p99_us", idle.sum.FaultLatencyS.P99*1e6)
 		}
 		s.report(b)
 	})
@@ -362,7 +363,7 @@ func BenchmarkFirstPage(b *testing.B) {
 		for i := 0; i < b.N; i++ {
 			r := migrate(b, mig{image: img, regions: demandLayout, vmmArgs: demandArgs(i + 1), cpus: cpus, idle: 1500 * time.Millisecond})
 			s.add("first_page_ms", r.vmm.FirstPageMS)
-			s.add("handler_first_page_ms", r.sum.FirstPageMS)
+			s.add("handler_first_page_ms", r.sum.FirstPageS*1e3)
 		}
 		s.report(b)
 	})
@@ -412,7 +413,7 @@ func BenchmarkTLS(b *testing.B) {
 					s.add("p50_us", tlsD.vmm.StallP50US)
 					s.add("plain_p50_us", plainD.vmm.StallP50US)
 					s.add("p50_x_plain", tlsD.vmm.StallP50US/plainD.vmm.StallP50US)
-					s.add("handler_p50_us", tlsD.sum.FaultLatencyUS.P50)
+					s.add("handler_p50_us", tlsD.sum.FaultLatencyS.P50*1e6)
 					s.add("GB/s", size/tlsB.residentS()/1e9)
 					s.add("plain_GB/s", size/plainB.residentS()/1e9)
 					s.add("rate_x_plain", plainB.residentS()/tlsB.residentS())

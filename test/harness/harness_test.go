@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/pkg/events"
 )
 
 // The test binary doubles as the helper process of the Proc tests.
@@ -23,7 +26,7 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	case "events":
 		fmt.Println("not json")
-		fmt.Println(`{"event":"ready","addr":"127.0.0.1:1","size":42}`)
+		fmt.Println(`{"event":"ready","addr":"127.0.0.1:1","image_size_bytes":42}`)
 		fmt.Fprintln(os.Stderr, "some log")
 		fmt.Println(`{"event":"summary","ok":true,"summary":{"pages":{"total":3}}}`)
 		os.Exit(7)
@@ -56,18 +59,18 @@ func helper(t *testing.T, mode string) *Proc {
 
 func TestProcEvents(t *testing.T) {
 	p := helper(t, "events")
-	var ready ServerReady
+	var ready events.ServerReady
 	if err := p.WaitEvent("ready", 10*time.Second, &ready); err != nil {
 		t.Fatal(err)
 	}
-	if ready.Addr != "127.0.0.1:1" || ready.Size != 42 {
+	if ready.Addr != "127.0.0.1:1" || ready.ImageSizeBytes != 42 {
 		t.Errorf("ready %+v", ready)
 	}
 	code, err := p.Wait(10 * time.Second)
 	if err != nil || code != 7 {
 		t.Fatalf("Wait = %d, %v; want 7", code, err)
 	}
-	var sum SummaryLine
+	var sum events.FetcherSummary
 	if err := p.WaitEvent("summary", time.Second, &sum); err != nil || !sum.OK || sum.Summary.Pages.Total != 3 {
 		t.Errorf("summary %+v, %v", sum, err)
 	}
@@ -121,6 +124,40 @@ func TestProcStop(t *testing.T) {
 	}
 	if code, _ := stubborn.ExitCode(); code != -1 || !stubborn.Exited() {
 		t.Errorf("stubborn helper: exit code %d, exited %v; want -1 (killed)", code, stubborn.Exited())
+	}
+}
+
+// CheckEvents finds what is wrong with a binary's lines: not JSON, an
+// event the binary does not print, a key or type off the schema, a missing
+// id.
+func TestCheckEvents(t *testing.T) {
+	root, err := ModuleRoot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema, err := EventSchema(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := `{"event":"ready","ts":"2025-01-02T03:04:05.000006Z","version":"(devel)","id":"m1","addr":"127.0.0.1:1",` +
+		`"source":"file:/x","image_size_bytes":4096,"generation":"0123456789abcdef","tls":false}`
+	if bad := CheckEvents(schema, events.PageServer, "m1", []string{ready}); len(bad) != 0 {
+		t.Errorf("a valid ready line: %q", bad)
+	}
+	for _, tc := range []struct {
+		binary, line, want string
+	}{
+		{events.PageServer, "hello", "no JSON object"},
+		{events.PageServer, `{"event":"progress"}`, "an event it is not documented to print"},
+		{events.PageFetcher, ready, `pagefetcher.ready: ` + ready + `: (root): missing required key "uffd_socket"`},
+		{events.PageServer, strings.Replace(ready, `"image_size_bytes":4096`, `"size":4096`, 1), `key "size" is not in the schema`},
+		{events.PageServer, strings.Replace(ready, `"tls":false`, `"tls":"no"`, 1), `/tls: want boolean, got string "no"`},
+		{events.PageServer, strings.Replace(ready, `"id":"m1",`, "", 1), `pageserver.ready: id "", want "m1"`},
+	} {
+		bad := CheckEvents(schema, tc.binary, "m1", []string{tc.line})
+		if len(bad) == 0 || !strings.Contains(strings.Join(bad, "\n"), tc.want) {
+			t.Errorf("%s %s: %q, want %q", tc.binary, tc.line, bad, tc.want)
+		}
 	}
 }
 

@@ -2,6 +2,8 @@ package harness
 
 import (
 	"time"
+
+	"github.com/postcopy/postcopy/pkg/events"
 )
 
 // ReadyTimeout is how long StartServer and StartFetcher wait for a ready
@@ -12,8 +14,8 @@ var ReadyTimeout = 60 * time.Second
 // the token in tokenFile (none if empty), plus extra flags, and waits for its
 // ready line. The Proc is returned even on error (nil only if it could not
 // start), so that the caller can show its stderr and stop it.
-func StartServer(b Bins, image, tokenFile string, extra []string, o StartOptions) (*Proc, ServerReady, error) {
-	var ready ServerReady
+func StartServer(b Bins, image, tokenFile string, extra []string, o StartOptions) (*Proc, events.ServerReady, error) {
+	var ready events.ServerReady
 	args := []string{"--listen", "127.0.0.1:0", "--source", "file:" + image}
 	if tokenFile != "" {
 		args = append(args, "--token-file", tokenFile)
@@ -30,8 +32,8 @@ func StartServer(b Bins, image, tokenFile string, extra []string, o StartOptions
 // the VMM on socket, with the token in tokenFile (none if empty) plus extra
 // flags, and waits for its ready line. The Proc is returned even on error, as
 // by StartServer.
-func StartFetcher(b Bins, addr, socket, tokenFile string, extra []string, o StartOptions) (*Proc, FetcherReady, error) {
-	var ready FetcherReady
+func StartFetcher(b Bins, addr, socket, tokenFile string, extra []string, o StartOptions) (*Proc, events.FetcherReady, error) {
+	var ready events.FetcherReady
 	args := []string{"--server", addr, "--uffd-socket", socket}
 	if tokenFile != "" {
 		args = append(args, "--token-file", tokenFile)

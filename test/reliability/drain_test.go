@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/postcopy/postcopy/pkg/events"
 )
 
 // SIGTERM mid-migration does not abandon the VMM: with prefetch off and the
@@ -123,7 +125,7 @@ func TestServerStopsWhileFetcherWaits(t *testing.T) {
 			if code := exit(t, srv, eventTimeout); code != 0 {
 				t.Fatalf("pageserver exit code %d, want 0 (a graceful stop)", code)
 			}
-			if s := events[serverSummary](srv, "summary"); len(s) != 1 || !s[0].Graceful {
+			if s := eventsOf[events.ServerSummary](srv, "summary"); len(s) != 1 || !s[0].Graceful {
 				t.Fatalf("pageserver summary %+v: want one, graceful", s)
 			}
 			select {
@@ -172,7 +174,7 @@ func TestServerDrainWaitsForDemandOnlyMigration(t *testing.T) {
 	if code := exit(t, srv, eventTimeout); code != 0 {
 		t.Fatalf("pageserver exit code %d once the migration ended, want 0", code)
 	}
-	if s := events[serverSummary](srv, "summary"); len(s) != 1 || !s[0].Graceful {
+	if s := eventsOf[events.ServerSummary](srv, "summary"); len(s) != 1 || !s[0].Graceful {
 		t.Fatalf("pageserver summary %+v: want one, graceful", s)
 	}
 }

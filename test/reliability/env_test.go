@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/uffd"
 	"github.com/postcopy/postcopy/test/harness"
 )
@@ -103,9 +104,9 @@ func (p *proc) waitLog(substr string, n int, timeout time.Duration) error {
 	})
 }
 
-// events returns the stdout JSON lines whose "event" is name, decoded
+// eventsOf returns the stdout JSON lines whose "event" is name, decoded
 // into fresh values of T.
-func events[T any](p *proc, name string) []T {
+func eventsOf[T any](p *proc, name string) []T {
 	return parseEvents[T](p.out.String(), name)
 }
 
@@ -145,38 +146,10 @@ func waitEvent[T any](p *proc, name string, timeout time.Duration, cond func(T) 
 	return found, err
 }
 
-// progressEvent is pagefetcher's --progress line.
-type progressEvent struct {
-	ElapsedS      float64 `json:"elapsed_s"`
-	ResidentPages uint64  `json:"resident_pages"`
-	TotalPages    uint64  `json:"total_pages"`
-	BytesReceived uint64  `json:"bytes_received"`
-	Faults        uint64  `json:"faults"`
+// servedPages is the number of 4 KiB pages the server answered.
+func servedPages(s events.ServerSummary) uint64 {
+	return (s.DemandBytes+s.BulkBytes)/4096 + s.ZeroPages
 }
-
-// serverReady is pageserver's ready line.
-type serverReady struct {
-	Addr        string `json:"addr"`
-	Size        uint64 `json:"size"`
-	Generation  string `json:"generation"`
-	MetricsAddr string `json:"metrics_addr"`
-	TLS         bool   `json:"tls"`
-}
-
-// serverSummary is pageserver's final line.
-type serverSummary struct {
-	Graceful       bool   `json:"graceful"`
-	SessionsTotal  uint64 `json:"sessions_total"`
-	DemandRequests uint64 `json:"demand_requests"`
-	DemandBytes    uint64 `json:"demand_bytes"`
-	BulkRequests   uint64 `json:"bulk_requests"`
-	BulkBytes      uint64 `json:"bulk_bytes"`
-	ZeroPages      uint64 `json:"zero_pages"`
-	Errors         uint64 `json:"errors"`
-}
-
-// pages is the number of 4 KiB pages the server answered.
-func (s serverSummary) pages() uint64 { return (s.DemandBytes+s.BulkBytes)/4096 + s.ZeroPages }
 
 // env is one test's world: a directory, an image, a token, and processes,
 // each stopped at cleanup (SIGCONT, SIGTERM, then SIGKILL) and shown with
@@ -270,14 +243,14 @@ func (e *env) track(p *proc) {
 // startServer starts pageserver on listen serving the env's image (unless
 // args give --source) with the env's token file, and waits for its ready
 // line.
-func (e *env) startServer(listen string, ns where, args ...string) (*proc, serverReady) {
+func (e *env) startServer(listen string, ns where, args ...string) (*proc, events.ServerReady) {
 	e.t.Helper()
 	all := []string{"--listen", listen, "--token-file", e.tokenFile}
 	if !hasFlag(args, "--source") {
 		all = append(all, "--source", "file:"+e.image)
 	}
 	p := e.start("pageserver", bins.PageServer, append(all, args...), ns)
-	ready, err := waitEvent[serverReady](p, "ready", readyTimeout, nil)
+	ready, err := waitEvent[events.ServerReady](p, "ready", readyTimeout, nil)
 	if err != nil {
 		e.t.Fatalf("pageserver: %v", err)
 	}
@@ -286,11 +259,11 @@ func (e *env) startServer(listen string, ns where, args ...string) (*proc, serve
 
 // startFetcher starts pagefetcher against addr on the env's socket and token
 // and waits for its ready line.
-func (e *env) startFetcher(addr string, ns where, args ...string) (*proc, harness.FetcherReady) {
+func (e *env) startFetcher(addr string, ns where, args ...string) (*proc, events.FetcherReady) {
 	e.t.Helper()
 	all := append([]string{"--server", addr, "--uffd-socket", e.socket, "--token-file", e.tokenFile}, args...)
 	p := e.start("pagefetcher", bins.PageFetcher, all, ns)
-	ready, err := waitEvent[harness.FetcherReady](p, "ready", readyTimeout, nil)
+	ready, err := waitEvent[events.FetcherReady](p, "ready", readyTimeout, nil)
 	if err != nil {
 		e.t.Fatalf("pagefetcher: %v", err)
 	}
@@ -324,8 +297,8 @@ func exit(t *testing.T, p *proc, timeout time.Duration) int {
 }
 
 // fetcherSummary returns pagefetcher's summary line, if it printed one.
-func fetcherSummary(p *proc) *harness.SummaryLine {
-	s := events[harness.SummaryLine](p, "summary")
+func fetcherSummary(p *proc) *events.FetcherSummary {
+	s := eventsOf[events.FetcherSummary](p, "summary")
 	if len(s) == 0 {
 		return nil
 	}
@@ -334,26 +307,26 @@ func fetcherSummary(p *proc) *harness.SummaryLine {
 
 // checkCompleted checks what every survived migration must show:
 // pagefetcher exited 0 with an ok, consistent summary of pages pages.
-func checkCompleted(t *testing.T, f *proc, pages uint64) harness.Summary {
+func checkCompleted(t *testing.T, f *proc, pages uint64) events.Migration {
 	t.Helper()
 	code := exit(t, f, migrateTimeout)
 	sum := fetcherSummary(f)
 	if code != 0 || sum == nil || !sum.OK {
 		t.Fatalf("pagefetcher: exit code %d, summary %+v; want 0 and an ok summary", code, sum)
 	}
-	for _, bad := range sum.Summary.Check(pages) {
+	for _, bad := range harness.CheckSummary(&sum.Summary, pages) {
 		t.Errorf("summary: %s", bad)
 	}
 	return sum.Summary
 }
 
 // stopServer stops pageserver gracefully and returns its summary.
-func stopServer(t *testing.T, p *proc) serverSummary {
+func stopServer(t *testing.T, p *proc) events.ServerSummary {
 	t.Helper()
 	if p.Stop(30 * time.Second) {
 		t.Fatalf("pageserver needed SIGKILL to stop")
 	}
-	s := events[serverSummary](p, "summary")
+	s := eventsOf[events.ServerSummary](p, "summary")
 	if len(s) == 0 {
 		t.Fatalf("pageserver printed no summary")
 	}

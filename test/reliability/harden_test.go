@@ -23,6 +23,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/postcopy/postcopy/pkg/client"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/server"
 	"github.com/postcopy/postcopy/pkg/wire"
 )
@@ -39,7 +40,7 @@ func TestAttackFDExhaustion(t *testing.T) {
 	// sh sets the hard limit too: Go raises the soft one to it at start.
 	srv := e.start("pageserver", "sh", []string{"-c", `ulimit -n 48 && exec "$@"`, "sh", bins.PageServer,
 		"--listen", "127.0.0.1:0", "--token-file", e.tokenFile, "--source", "file:" + e.image}, hostNS)
-	ready, err := waitEvent[serverReady](srv, "ready", readyTimeout, nil)
+	ready, err := waitEvent[events.ServerReady](srv, "ready", readyTimeout, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

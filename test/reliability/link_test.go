@@ -85,7 +85,7 @@ func TestLinkCut(t *testing.T) {
 				t.Errorf("the longest page read took %v, the link was down %v: the workload never waited for it", res.maxRead(), down)
 			}
 			t.Logf("link down %v; workload's longest read %v; %d reconnects; fault latency max %.0f µs",
-				down.Round(time.Millisecond), res.maxRead(), sum.Reconnects, sum.FaultLatencyUS.Max)
+				down.Round(time.Millisecond), res.maxRead(), sum.Reconnects, sum.FaultLatencyS.Max)
 			record(t, fmt.Sprintf("link cut (veth down) for %s, %s", ms(down), tc.name),
 				fmt.Sprintf("completed (exit 0), %d reconnect(s)", sum.Reconnects), ms(res.maxRead()), fmt.Sprint(res.Mismatches))
 		})
@@ -112,5 +112,5 @@ func TestSlowLinkIsNotAStall(t *testing.T) {
 		t.Errorf("%d reconnects on a slow but healthy link: pagefetcher took data still arriving for a stall", sum.Reconnects)
 	}
 	t.Logf("%.1f s, %d reconnects, %d bytes received for %d pages; workload's longest read %v",
-		sum.TotalS, sum.Reconnects, sum.BytesReceived, pages, res.maxRead())
+		sum.TotalS, sum.Reconnects, sum.ReceivedBytes, pages, res.maxRead())
 }

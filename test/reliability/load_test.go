@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/test/harness"
 )
 
@@ -50,7 +51,7 @@ func TestLoad(t *testing.T) {
 		if _, err := harness.GenerateImage(paths[i], im.size, o); err != nil {
 			t.Fatal(err)
 		}
-		var ready serverReady
+		var ready events.ServerReady
 		servers[i], ready = e.startServer("127.0.0.1:0", hostNS, "--source", "file:"+paths[i])
 		addrs[i] = ready.Addr
 	}
@@ -77,7 +78,7 @@ func TestLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 		code := exit(t, vmms[i], migrateTimeout)
-		res := events[harness.VMMResult](vmms[i], "result")
+		res := eventsOf[harness.VMMResult](vmms[i], "result")
 		if code != 0 || len(res) == 0 || !res[0].Verified || res[0].Mismatches != 0 || res[0].Pages != spec.Pages() || !res[0].HandlerClosed {
 			t.Errorf("migration %d (%s of image %d): vmm exit code %d, result %+v; want verified, no mismatches", i, m.regions, m.server, code, res)
 		}

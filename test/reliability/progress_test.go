@@ -2,6 +2,8 @@ package reliability
 
 import (
 	"testing"
+
+	"github.com/postcopy/postcopy/pkg/events"
 )
 
 // --progress prints JSON progress events while the migration runs (stderr
@@ -15,13 +17,13 @@ func TestProgressEvents(t *testing.T) {
 	f, _ := e.startFetcher(ready.Addr, hostNS, "--prefetch", "off", "--progress", "--progress-interval", "10ms")
 	w := e.startWorkload(workloadConfig{Regions: "4k:0x0:4M", PauseAt: pauseAt}, hostNS)
 	// While the workload is paused, progress shows its pages resident.
-	if _, err := waitEvent(f, "progress", eventTimeout, func(p progressEvent) bool { return p.ResidentPages >= pauseAt }); err != nil {
+	if _, err := waitEvent(f, "progress", eventTimeout, func(p events.Progress) bool { return p.ResidentPages >= pauseAt }); err != nil {
 		t.Fatal(err)
 	}
 	resume(t, w)
 	checkVerified(t, w)
 	checkCompleted(t, f, pages)
-	evs := events[progressEvent](f, "progress")
+	evs := eventsOf[events.Progress](f, "progress")
 	var last uint64
 	for i, p := range evs {
 		if p.TotalPages != pages || p.ResidentPages > pages || p.ResidentPages < last {

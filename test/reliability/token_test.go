@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/postcopy/postcopy/pkg/events"
 )
 
 // Tokens come from a file or the environment (the file wins), a wrong one is
@@ -64,7 +66,7 @@ func TestTokens(t *testing.T) {
 			}
 			sArgs, sEnv := source(tc.server)
 			srv := e.start("pageserver", bins.PageServer, append(append([]string{"--listen", "127.0.0.1:0", "--source", "file:" + e.image}, sArgs...), logArgs...), hostNS, sEnv...)
-			ready, err := waitEvent[serverReady](srv, "ready", readyTimeout, nil)
+			ready, err := waitEvent[events.ServerReady](srv, "ready", readyTimeout, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -315,7 +315,7 @@ func resume(t *testing.T, p *proc) {
 func workloadDone(t *testing.T, p *proc) (workloadResult, int) {
 	t.Helper()
 	code := exit(t, p, migrateTimeout)
-	r := events[workloadResult](p, "result")
+	r := eventsOf[workloadResult](p, "result")
 	if len(r) == 0 {
 		t.Fatalf("workload exited with code %d and no result", code)
 	}

@@ -1,0 +1,128 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/postcopy/postcopy/pkg/wire"
+	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
+)
+
+// ErrNoWarm: the server has no Warm and Freeze calls (no Capabilities.warm:
+// a server from before them). Session.Warm and Session.Freeze return it
+// without calling the server.
+var ErrNoWarm = errors.New("transport: the server has no Warm and Freeze calls (Capabilities.warm): it is older than hybrid migration")
+
+// CanWarm reports whether the server has the Warm and Freeze calls
+// (Capabilities.warm, in the answer that opened the session).
+func (s *Session) CanWarm() bool { return s.warm }
+
+// Warm opens a Warm lane, on the bulk connection: a bulk lane whose
+// requests name the digests of the copies held (wire.WarmRequest), answered
+// in order, pages equal to their copy as same segments. It lives until
+// Close, ctx ends, or an error ends it; a broken connection fails it with a
+// retryable error, as a Bulk lane. Without CanWarm: ErrNoWarm.
+func (s *Session) Warm(ctx context.Context) (*WarmLane, error) {
+	if !s.warm {
+		return nil, fmt.Errorf("transport: warm open: %w", ErrNoWarm)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	ctx = metadata.AppendToOutgoingContext(ctx, wire.SessionMetadataKey, s.id)
+	st, err := s.c.bRPC.Warm(ctx)
+	if err != nil {
+		cancel()
+		return nil, wire.FromStatus("warm open", err)
+	}
+	return &WarmLane{stream: st, cancel: cancel}, nil
+}
+
+// Freeze tells the server that the destination takes over from a stopped
+// source; it returns once the server agreed. A process source that still
+// runs gives an error matching wire.ErrSourceRunning (FAILED_PRECONDITION,
+// naming its state): its bytes cannot be confirmed. Without CanWarm:
+// ErrNoWarm.
+func (s *Session) Freeze(ctx context.Context) error {
+	if !s.warm {
+		return fmt.Errorf("transport: freeze: %w", ErrNoWarm)
+	}
+	_, err := s.c.dRPC.Freeze(ctx, &pb.FreezeRequest{SessionId: s.id})
+	return wire.FromStatus("freeze", err)
+}
+
+// WarmLane is one Warm stream of a session. Send may be called from
+// several goroutines; Recv from one.
+type WarmLane struct {
+	stream grpc.BidiStreamingClient[pb.WarmRequest, pb.PageRun]
+	cancel context.CancelFunc
+	sendMu sync.Mutex
+	closed atomic.Bool
+}
+
+// Send sends a request: Digests nil, or one per page (0 where no copy is
+// held; the server refuses other lengths, InvalidArgument). An error matching io.EOF means the stream has ended (or the lane
+// was closed): Recv returns why.
+func (l *WarmLane) Send(r wire.WarmRequest) error {
+	if l.closed.Load() {
+		return io.EOF
+	}
+	l.sendMu.Lock()
+	err := l.stream.SendMsg(&r)
+	l.sendMu.Unlock()
+	if err == io.EOF || err != nil && l.closed.Load() {
+		return io.EOF
+	}
+	return wire.FromStatus("warm send", err)
+}
+
+// Recv returns the next answer, in the order of the requests: segments
+// that are Same (no bytes: the copy held is the page), Zero, or data. It
+// returns io.EOF when the stream ended cleanly (after CloseSend, once every
+// answer has arrived) or after Close; other errors are *wire.Error values
+// matching wire's sentinels where they apply. The caller owns the
+// wire.Response until it calls Release.
+func (l *WarmLane) Recv() (*wire.Response, error) {
+	r := wire.NewResponse()
+	if err := l.stream.RecvMsg(r); err != nil {
+		r.Release()
+		if err == io.EOF || l.closed.Load() && status.Code(err) == codes.Canceled {
+			return nil, io.EOF
+		}
+		return nil, wire.FromStatus("warm recv", err)
+	}
+	if err := r.Check(); err != nil {
+		r.Release()
+		return nil, fmt.Errorf("transport: warm recv: %w", err)
+	}
+	return r, nil
+}
+
+// CloseSend tells the server no more requests follow; Recv returns the
+// remaining answers, then io.EOF.
+func (l *WarmLane) CloseSend() error {
+	l.sendMu.Lock()
+	defer l.sendMu.Unlock()
+	return wire.FromStatus("warm close", l.stream.CloseSend())
+}
+
+// Close ends the lane at once, so that a blocked Recv returns (io.EOF).
+// Unanswered requests are dropped.
+func (l *WarmLane) Close() error {
+	l.closed.Store(true)
+	l.sendMu.Lock()
+	err := l.stream.CloseSend()
+	l.sendMu.Unlock()
+	l.cancel()
+	if err == io.EOF {
+		err = nil
+	}
+	return wire.FromStatus("warm close", err)
+}

@@ -1,0 +1,248 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/postcopy/postcopy/pkg/image"
+	"github.com/postcopy/postcopy/pkg/wire"
+	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
+)
+
+// Warm and Freeze (Capabilities.warm) serve a hybrid migration. The server
+// keeps nothing of what a destination holds: each Warm request names the
+// digests of its copies, and the server reads the live pages, computes
+// theirs and answers "same" or the content. So an answer lost with a broken
+// connection costs nothing but asking again, and a server restarted over
+// the same image can still confirm. Nothing is cached on the server: after
+// Freeze, every answer reads the frozen memory.
+
+// warmCounters are the server's Warm and Freeze totals (see ServerStats).
+type warmCounters struct {
+	warmTotals
+	pages   atomic.Uint64
+	freezes atomic.Uint64
+}
+
+// warmTotals are a session's Warm totals, logged at Done.
+type warmTotals struct {
+	reqs  atomic.Uint64
+	bytes atomic.Uint64 // data bytes sent
+	same  atomic.Uint64 // pages answered as same
+}
+
+var errWarmOff = status.Error(codes.Unimplemented, "the Warm and Freeze calls are off on this server")
+
+// Warm serves the Warm lane: requests are read and answered in order, like
+// Bulk's, with Bulk's limits, and reads yield to demand work the same way.
+// A Warm stream counts as a bulk lane of its session (MaxLanesPerSession).
+func (s *Server) Warm(stream pb.PageServer_WarmServer) error {
+	if s.noWarm {
+		return errWarmOff
+	}
+	sess, err := s.streamSession(stream.Context(), wire.LaneBulk)
+	if err != nil {
+		return err
+	}
+	defer sess.detach(wire.LaneBulk)
+	if !s.lanes.startSession(sess) {
+		return status.Error(codes.Unavailable, "the server is stopping")
+	}
+	ctx := stream.Context()
+	var req pb.WarmRequest
+	for {
+		if err := stream.RecvMsg(&req); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if sess.ended.Load() {
+			return status.Error(codes.NotFound, "session ended")
+		}
+		r, err := wire.ValidateWarmRequest(sess.regions, req.GetId(), req.GetOffset(), req.GetPages(),
+			len(req.GetDigests()), s.maxBulk)
+		if err != nil {
+			return err
+		}
+		if err := s.serveWarm(ctx, sess, &req, r.PageSize, stream); err != nil {
+			return err
+		}
+	}
+}
+
+// serveWarm reads one validated Warm request's run and sends its answer:
+// the pages whose digest the request names and equals the live page's as
+// same segments, the others as a bulk run has them.
+func (s *Server) serveWarm(ctx context.Context, sess *session, req *pb.WarmRequest, ps uint32, stream pb.PageServer_WarmServer) error {
+	rb := s.runs.Get().(*runBuf)
+	defer s.release(rb)
+	if err := s.readPages(ctx, wire.LaneBulk, req.GetOffset(), req.GetPages(), ps, rb); err != nil {
+		return err
+	}
+	var same uint64
+	if d := req.GetDigests(); len(d) > 0 {
+		same = rb.markSame(d, ps)
+	}
+	rb.checksum(ps)
+	if sess.ended.Load() {
+		return status.Error(codes.NotFound, "session ended")
+	}
+	wr := wire.Request{ID: req.GetId(), Offset: req.GetOffset(), Pages: req.GetPages()}
+	if err := s.sendRun(stream, rb, wr, ps); err != nil {
+		return err
+	}
+	var dataBytes, zero uint64
+	for i, sg := range rb.segs {
+		switch {
+		case sg.Zero:
+			zero += uint64(sg.Pages)
+		case rb.same == nil || !rb.same[i]:
+			dataBytes += uint64(sg.Pages) * uint64(ps)
+		}
+	}
+	for _, t := range []*warmTotals{&s.warm.warmTotals, &sess.warm} {
+		t.reqs.Add(1)
+		t.bytes.Add(dataBytes)
+		t.same.Add(same)
+	}
+	s.warm.pages.Add(uint64(req.GetPages()))
+	s.counters.zeroPages.Add(zero)
+	sess.zeroPages.Add(zero)
+	return nil
+}
+
+// markSame re-segments the run rb holds (readPages' zero and data
+// segments) into zero, data and same segments: a page is the same when
+// digests (8 bytes per page, wire.DigestAt) names a digest, not 0, equal to
+// the page's now. It returns the number of same pages.
+func (rb *runBuf) markSame(digests []byte, ps uint32) uint64 {
+	data := *rb.buf
+	out := rb.tmp[:0]
+	rb.sameBuf = rb.sameBuf[:0]
+	var same uint64
+	add := func(zero, isSame bool) {
+		if last := len(out) - 1; last >= 0 && out[last].Zero == zero && rb.sameBuf[last] == isSame {
+			out[last].Pages++
+			return
+		}
+		out = append(out, image.Segment{Pages: 1, Zero: zero})
+		rb.sameBuf = append(rb.sameBuf, isSame)
+	}
+	p := 0
+	for _, sg := range rb.segs {
+		for range sg.Pages {
+			d := wire.DigestAt(digests, p)
+			var live uint64
+			if d != 0 {
+				if sg.Zero {
+					live = zeroDigest(ps)
+				} else {
+					live = wire.PageDigest(data[p*int(ps) : (p+1)*int(ps)])
+				}
+			}
+			if d != 0 && d == live {
+				same++
+				add(false, true)
+			} else {
+				add(sg.Zero, false)
+			}
+			p++
+		}
+	}
+	rb.tmp, rb.segs = rb.segs, out
+	rb.same = rb.sameBuf
+	return same
+}
+
+var (
+	zeroDigest4K = sync.OnceValue(func() uint64 { return wire.PageDigest(make([]byte, wire.PageSize4K)) })
+	zeroDigest2M = sync.OnceValue(func() uint64 { return wire.PageDigest(make([]byte, wire.PageSize2M)) })
+)
+
+// zeroDigest returns the digest of a zero page of size ps.
+func zeroDigest(ps uint32) uint64 {
+	if ps == wire.PageSize2M {
+		return zeroDigest2M()
+	}
+	return zeroDigest4K()
+}
+
+// Freeze is the destination's word that it takes over: the orchestrator
+// stops the source before it hands the destination over, so this is the
+// moment the source must be frozen. For a process (pid:) source it checks
+// that the process is stopped (state T or t), else FAILED_PRECONDITION
+// (wire.ReasonSourceRunning) naming the state; the source's bytes could
+// change under the destination's confirmations otherwise. It logs and
+// counts every accepted Freeze.
+func (s *Server) Freeze(ctx context.Context, req *pb.FreezeRequest) (*pb.FreezeResponse, error) {
+	if s.noWarm {
+		return nil, errWarmOff
+	}
+	sess, err := s.lookup(req.GetSessionId())
+	if err != nil {
+		return nil, err
+	}
+	authenticated(ctx)
+	state := "-"
+	if p, ok := s.img.(image.Process); ok {
+		st, err := processState(p.PID())
+		if err != nil {
+			return nil, s.sourceGone(fmt.Errorf("pid:%d: %w", p.PID(), err))
+		}
+		state = stateName(st)
+		if st != 'T' && st != 't' {
+			sess.log.Warn("freeze refused: the source process is not stopped", "pid", p.PID(), "state", state)
+			return nil, wire.ReasonStatus(wire.ReasonSourceRunning, fmt.Sprintf(
+				"source pid:%d is not stopped: state %s; stop it (SIGSTOP) before the destination takes over",
+				p.PID(), state))
+		}
+	}
+	s.warm.freezes.Add(1)
+	sess.log.Info("source frozen: the destination takes over", "source", s.img.String(), "state", state,
+		"session_age", time.Since(sess.opened).Round(time.Millisecond))
+	return &pb.FreezeResponse{}, nil
+}
+
+// processState reads the state letter of /proc/PID/stat (field 3, after
+// the command name in parentheses, which may itself hold parentheses). A
+// process that exited (no such entry, a zombie or a dead one) is an error.
+func processState(pid int) (byte, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, errors.New("process exited")
+	}
+	if err != nil {
+		return 0, err
+	}
+	r := bytes.LastIndexByte(b, ')')
+	if r < 0 || r+2 >= len(b) {
+		return 0, fmt.Errorf("malformed /proc stat line %q", b)
+	}
+	st := b[r+2]
+	if st == 'Z' || st == 'X' || st == 'x' {
+		return 0, fmt.Errorf("process exited (state %s)", stateName(st))
+	}
+	return st, nil
+}
+
+// stateName names a state letter of /proc/PID/stat as proc(5) does.
+func stateName(st byte) string {
+	names := map[byte]string{'R': "running", 'S': "sleeping", 'D': "disk sleep", 'T': "stopped",
+		't': "tracing stop", 'Z': "zombie", 'X': "dead", 'x': "dead", 'I': "idle", 'P': "parked",
+		'W': "waking", 'K': "wakekill"}
+	if n, ok := names[st]; ok {
+		return fmt.Sprintf("%c (%s)", st, n)
+	}
+	return fmt.Sprintf("%q", st)
+}
