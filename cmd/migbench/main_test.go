@@ -326,6 +326,45 @@ func TestMigrationLoopback(t *testing.T) {
 	}
 }
 
+// The three methods side by side, end to end: the hybrid warms until the
+// changed set stops shrinking, and its object has every key post-copy's
+// has, its warm-up's, and its work lost from the warm-up's start; every
+// page verified.
+func TestMigrationHybrid(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := buildBinaries(t)
+	if out, _ := exec.Command(filepath.Join(bin, "pagefetcher"), "--help").CombinedOutput(); !strings.Contains(string(out), "--warm") {
+		t.Skip("this pagefetcher has no --warm")
+	}
+	got := runMigbench(t, "--size", "64MiB", "--pattern", "zipf", "--bin", bin, "--methods", "postcopy,stopcopy,hybrid")
+	run := got["runs"].([]any)[0].(map[string]any)
+	pc, h := run["postcopy"].(map[string]any), run["hybrid"].(map[string]any)
+	for k := range pc {
+		if _, ok := h[k]; !ok {
+			t.Errorf("runs[0].hybrid lacks post-copy's key %q", k)
+		}
+	}
+	for _, k := range []string{"warm_s", "warm_rounds", "changed_pages", "pages_confirmed", "lost_work_s", "fetcher_peak_rss_bytes"} {
+		if v, ok := h[k].(float64); !ok || v <= 0 && k != "changed_pages" {
+			t.Errorf("runs[0].hybrid.%s = %v, want a positive number", k, h[k])
+		}
+	}
+	if h["verified"] != true || h["warm_stop"] != bench.WarmStopSettled || h["lost_work_horizon_s"] != pc["lost_work_horizon_s"] ||
+		h["cost_start_s"].(float64) != -h["warm_s"].(float64) || h["downtime_ms"].(float64) <= 0 {
+		t.Errorf("hybrid: verified %v, warm-up stopped by %v, horizon %v (post-copy's %v), cost start %v, warm-up %v s, downtime %v ms",
+			h["verified"], h["warm_stop"], h["lost_work_horizon_s"], pc["lost_work_horizon_s"], h["cost_start_s"], h["warm_s"], h["downtime_ms"])
+	}
+	// At least three rounds (the changed set compared twice) unless a
+	// round found nothing changed.
+	if rounds, _ := h["warm_log"].([]any); len(rounds) < 2 || float64(len(rounds)) != h["warm_rounds"].(float64) {
+		t.Errorf("warm log %v, rounds %v", rounds, h["warm_rounds"])
+	}
+	med, ok := got["hybrid"].(map[string]any)
+	if !ok || med["verified"] != true || med["lost_work_s"] != h["lost_work_s"] {
+		t.Errorf("hybrid medians %v", got["hybrid"])
+	}
+}
+
 // The same over a shaped link in two namespaces: the link's counters see the
 // memory go through, and the namespaces are gone afterwards.
 func TestMigrationShaped(t *testing.T) {
