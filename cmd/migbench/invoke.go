@@ -600,7 +600,9 @@ func (e *env) warmUp(ctx context.Context, pf *proc, w *warmRun) (err error) {
 		}
 		wr := bench.WarmRound{Round: line.Round, Pages: line.Pages, Changed: line.Changed, ElapsedS: line.ElapsedS}
 		w.Rounds = append(w.Rounds, wr)
-		fmt.Fprintf(e.progress, "migbench:   warm-up round %d: %d pages, %d changed (%.2f s)\n", wr.Round, wr.Pages, wr.Changed, wr.ElapsedS)
+		if wr.Round <= 5 || wr.Round%10 == 0 { // the rest in the JSON's warm_log
+			fmt.Fprintf(e.progress, "migbench:   warm-up round %d: %d pages, %d changed (%.2f s)\n", wr.Round, wr.Pages, wr.Changed, wr.ElapsedS)
+		}
 		if !fixed && warmSettled(w.Rounds) {
 			w.Stop = bench.WarmStopSettled
 			return nil

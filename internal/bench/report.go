@@ -670,14 +670,22 @@ func (r *Report) methods() []string {
 }
 
 // ChangedByRound renders the pages changed by each warm-up round after
-// the first: "1234, 800, 790"; "-" for none (also for a nil w).
+// the first: "1234, 800, 790"; past eight rounds, the first three and the
+// last three: "1234, 800, 790, … (40 rounds), 700, 650, 655"; "-" for none
+// (also for a nil w).
 func (w *WarmUp) ChangedByRound() string {
 	if w == nil || len(w.WarmLog) < 2 {
 		return "-"
 	}
 	var parts []string
-	for _, wr := range w.WarmLog[1:] {
-		parts = append(parts, strconv.FormatUint(wr.Changed, 10))
+	rounds := w.WarmLog[1:]
+	for i, wr := range rounds {
+		if len(rounds) > 8 && i == 3 {
+			parts = append(parts, fmt.Sprintf("… (%d rounds)", len(w.WarmLog)))
+		}
+		if len(rounds) <= 8 || i < 3 || i >= len(rounds)-3 {
+			parts = append(parts, strconv.FormatUint(wr.Changed, 10))
+		}
 	}
 	return strings.Join(parts, ", ")
 }
@@ -866,7 +874,7 @@ func (r *Report) MarkdownRow() string {
 
 // HybridMarkdownHeader heads the table of HybridMarkdownRow.
 func HybridMarkdownHeader() string {
-	return "| size | pattern | link | warm-up s (rounds) | pages changed by round, run 1 | changed at the switchover / confirmed from the cache (pages) | hybrid total s (p-c) | hybrid recover90 s | bytes on the wire (hyb / p-c) | peak RSS of pagefetcher (hyb) |\n" +
+	return "| size | pattern | link | warm-up s (rounds) | pages changed by round, run 1 | changed at the switchover / confirmed from the cache (pages) | hybrid total s (p-c) | hybrid recover90 s | bytes on the wire after the switchover (hyb / p-c) | peak RSS of pagefetcher (hyb) |\n" +
 		"|---|---|---|---|---|---|---|---|---|---|"
 }
 

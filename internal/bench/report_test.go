@@ -430,6 +430,25 @@ func TestHybridReport(t *testing.T) {
 	nearly(t, "recomputed", back.Runs[0].Hybrid.LostWorkS, 0.81)
 }
 
+// The changed set by round: every round after the first, or past eight
+// the first and last three.
+func TestChangedByRound(t *testing.T) {
+	w := &WarmUp{}
+	for i := range 12 {
+		w.WarmLog = append(w.WarmLog, WarmRound{Round: uint64(i + 1), Changed: uint64(i * 10)})
+	}
+	if got := w.ChangedByRound(); got != "10, 20, 30, … (12 rounds), 90, 100, 110" {
+		t.Errorf("12 rounds: %q", got)
+	}
+	w.WarmLog = w.WarmLog[:9]
+	if got := w.ChangedByRound(); got != "10, 20, 30, 40, 50, 60, 70, 80" {
+		t.Errorf("9 rounds: %q", got)
+	}
+	if got := (*WarmUp)(nil).ChangedByRound(); got != "-" {
+		t.Errorf("none: %q", got)
+	}
+}
+
 // A report written before the hybrid: warmup_s was the source's lead.
 func TestDecodeReportBeforeHybrid(t *testing.T) {
 	r, err := DecodeReport([]byte(`{"recovered90":true,"setup":{"warmup_s":3},"runs":[{"index":1,"postcopy":{"verified":true},"stopcopy":{"verified":true}}]}`))
