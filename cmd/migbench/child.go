@@ -308,6 +308,7 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 		return fmt.Errorf("the source's workload (config %#x, %d bytes) is not this one (%#x, %d bytes)",
 			st.ConfigHash, st.Size, cfg.Hash(), cfg.Size)
 	}
+	var tStopped int64 // when the source was seen stopped (the hybrid's)
 	if *mode == bench.MethodHybrid {
 		f := srcStat.Load()
 		if f == nil {
@@ -316,6 +317,7 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 		if err := waitStopped(f, 5*time.Second); err != nil {
 			return err
 		}
+		tStopped = clock.Now()
 	}
 	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: *sock, Net: "unix"})
 	if err != nil {
@@ -355,7 +357,7 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	emit(stdout, map[string]any{"event": "done", "t0": st.T0, "t_state": t1, "t_handshake": t2, "t_resume": tr,
+	emit(stdout, map[string]any{"event": "done", "t0": st.T0, "t_state": t1, "t_source_stopped": tStopped, "t_handshake": t2, "t_resume": tr,
 		"t_first": first, "t_end": end, "ops": w.Ops - st.Ops, "reads": w.Reads - st.Reads,
 		"writes": w.Writes - st.Writes, "kv_misses": w.KVMisses, "verification": v, "timeline": timelineOf(tl), "stalls": stalls.Figures()})
 	return nil
@@ -380,7 +382,9 @@ func waitStopped(f *os.File, limit time.Duration) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the source did not stop within %v of sending its state (state %q)", limit, st)
 		}
-		time.Sleep(20 * time.Microsecond)
+		// This thread's own sleep: a timer of the Go runtime would wake
+		// it through another thread, and later.
+		_ = unix.Nanosleep(&unix.Timespec{Nsec: 20_000}, nil)
 	}
 }
 

@@ -2,11 +2,14 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -141,7 +144,7 @@ func TestFiguresHybrid(t *testing.T) {
 	const t0 = int64(20e9)
 	// The source: 3 s at 100 operations a bucket, then 2 s of warm-up at 60.
 	sd := sourceDone{Timeline: timelineEv{Origin: t0 - 5e9, Counts: append(filled(300, 100), filled(200, 60)...)}}
-	dd := destDone{T0: t0, TState: t0 + 100e3, THandshake: t0 + 300e3, TResume: t0 + 300e3, TFirst: t0 + 45e6,
+	dd := destDone{T0: t0, TState: t0 + 100e3, TSrcStopped: t0 + 150e3, THandshake: t0 + 300e3, TResume: t0 + 300e3, TFirst: t0 + 45e6,
 		TEnd: t0 + 3e9, Verification: bench.Verification{OK: true},
 		Timeline: timelineEv{Origin: t0, Counts: append(filled(5, 0), filled(295, 100)...)}}
 	line := []byte(`{"event":"summary","ts":"2026-12-07T10:00:00Z","version":"v0","ok":true,"peak_rss_bytes":1075838976,"summary":{"total_s":0.5,` +
@@ -164,6 +167,7 @@ func TestFiguresHybrid(t *testing.T) {
 		t.Fatal("no warm-up figures")
 	}
 	near(t, "warm", m.WarmS, 2)
+	near(t, "source stop wait", m.SourceStopWaitMS, 0.05)
 	if m.WarmRounds != 3 || m.WarmStop != bench.WarmStopSettled || m.ChangedPages != 310 || m.PagesConfirmed != 261834 ||
 		m.FetcherPeakRSS != 1075838976 || !m.Verified || m.Faults != 12 {
 		t.Errorf("hybrid figures %+v, warm-up %+v", m, *m.WarmUp)
@@ -293,5 +297,33 @@ func TestWarmUp(t *testing.T) {
 	err = e.warmUp(t.Context(), fetcher(e, true, ready, round1), &warmRun{Start: e.clock.Now()})
 	if err == nil || !strings.Contains(err.Error(), "pagefetcher ended before ready/warm/summary") {
 		t.Errorf("pagefetcher exits during the warm-up: %v", err)
+	}
+}
+
+// waitStopped sees a real process stop, and times out on one that runs,
+// naming its state; procState reads a command name with spaces and
+// parentheses.
+func TestWaitStopped(t *testing.T) {
+	cmd := exec.CommandContext(t.Context(), "sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	f, err := os.Open(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := waitStopped(f, 50*time.Millisecond); err == nil || !strings.Contains(err.Error(), `(state 'S')`) {
+		t.Errorf("a sleeping process: %v", err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitStopped(f, 5*time.Second); err != nil {
+		t.Errorf("a stopped process: %v", err)
+	}
+	if got := procState([]byte("42 (a (b) c) t 1 2 3")); got != 't' {
+		t.Errorf("procState = %q", got)
 	}
 }

@@ -325,6 +325,7 @@ type (
 	destDone struct {
 		T0           int64              `json:"t0"`
 		TState       int64              `json:"t_state"`
+		TSrcStopped  int64              `json:"t_source_stopped"` // the hybrid's: the source seen stopped
 		THandshake   int64              `json:"t_handshake"`
 		TResume      int64              `json:"t_resume"`
 		TFirst       int64              `json:"t_first"`
@@ -686,6 +687,9 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 		m.CostStartS = float64(warm.Start-t0) / 1e9
 		m.WarmUp = &bench.WarmUp{WarmS: -m.CostStartS, WarmRounds: len(warm.Rounds), WarmLog: warm.Rounds, WarmStop: warm.Stop,
 			ChangedPages: warmSum.PagesChangedAfterFreeze, PagesConfirmed: warmSum.Pages.Confirmed}
+		if dd.TSrcStopped > 0 {
+			m.SourceStopWaitMS = ms(dd.TState, dd.TSrcStopped)
+		}
 	}
 
 	m.StallFigures = dd.Stalls

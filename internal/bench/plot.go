@@ -172,8 +172,8 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 	if ms := r.Runs[run].Migrations(); len(ms) > 0 && ms[0].PreRate > 0 {
 		y := py(0.9 * ms[0].PreRate)
 		fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#888" stroke-dasharray="2 3"/>`+"\n", L, y, W-R, y)
-		fmt.Fprintf(&sb, `<text x="%.0f" y="%.1f" fill="#666" text-anchor="middle">90 %% of the %s source rate</text>`+"\n",
-			(L+W-R)/2, y-4, MethodLabel(ms[0].Method))
+		fmt.Fprintf(&sb, `<text x="%.0f" y="%.1f" fill="#666">90 %% of the %s source rate</text>`+"\n",
+			L+6, y-4, MethodLabel(ms[0].Method))
 	}
 	if c != nil {
 		vline(c.TotalS, methodColors[MethodStopCopy], fmt.Sprintf("stop-and-copy: resumes (%.2f s)", c.TotalS), 2)
@@ -194,7 +194,7 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 	}
 	// Legend.
 	for i, l := range lines {
-		x := L + float64(i)*140
+		x := L + float64(i)*130
 		y := H - 22
 		fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="%s" stroke-width="3"/>`+"\n", x, y-4, x+28, y-4, l.color)
 		fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f">%s</text>`+"\n", x+34, y, l.name)
@@ -208,7 +208,7 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 		downs = append(downs, MethodLabel(m.Method)+" "+d)
 	}
 	if len(downs) > 0 {
-		fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f" fill="#333">%s</text>`+"\n", L+float64(len(lines))*140, H-22,
+		fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f" fill="#333" font-size="12">%s</text>`+"\n", L+float64(len(lines))*130, H-22,
 			html.EscapeString("downtime: "+strings.Join(downs, ", ")))
 	}
 	sb.WriteString("</svg>\n")

@@ -75,6 +75,11 @@ type WarmUp struct {
 	// confirmed unchanged.
 	ChangedPages   uint64 `json:"changed_pages"`
 	PagesConfirmed uint64 `json:"pages_confirmed"`
+	// SourceStopWaitMS is the part of the handshake the destination
+	// waited, once it had the source's state, for the source to show as
+	// stopped (it sends its state, then stops itself; the freeze at the
+	// handoff needs it stopped).
+	SourceStopWaitMS float64 `json:"source_stop_wait_ms"`
 }
 
 // Migration holds the figures of one migration, in the units their names say.
@@ -566,6 +571,14 @@ func (r *Report) WriteTable(w io.Writer) {
 		tw.row("downtime (ms)", col(func(m *Migration) string { return f3(m.DowntimeMS) })...)
 		tw.row("  state transfer (ms)", col(func(m *Migration) string { return f3(m.StateMS) })...)
 		tw.row("  handshake (ms)", col(func(m *Migration) string { return f3(m.HandshakeMS) })...)
+		if hybrid {
+			tw.row("    of it, the source seen stopped (ms)", col(only(func(m *Migration) string {
+				if m.WarmUp == nil {
+					return "-"
+				}
+				return f3(m.SourceStopWaitMS)
+			}, MethodHybrid))...)
+		}
 		tw.row("  copy of all memory (ms)", col(only(func(m *Migration) string { return f3(m.CopyMS) }, MethodStopCopy))...)
 		tw.row("  first operation, with its fault (ms)", col(func(m *Migration) string { return f3(m.FirstFaultMS) })...)
 		if hybrid {
