@@ -202,19 +202,6 @@ func TestTLSConfigs(t *testing.T) {
 	}
 }
 
-func TestPrintJSONLine(t *testing.T) {
-	var buf bytes.Buffer
-	if err := PrintJSONLine(&buf, map[string]any{"event": "ready", "addr": "127.0.0.1:1"}); err != nil {
-		t.Fatal(err)
-	}
-	if buf.String() != `{"addr":"127.0.0.1:1","event":"ready"}`+"\n" {
-		t.Fatalf("%q", buf.String())
-	}
-	if err := PrintJSONLine(&buf, func() {}); err == nil {
-		t.Fatal("unencodable value accepted")
-	}
-}
-
 func TestUsageError(t *testing.T) {
 	err := fmt.Errorf("config: %w", Usagef("listen", "nowhere", "missing port"))
 	if ExitCode(err) != ExitUsage || err.Error() != `config: --listen "nowhere": missing port` {

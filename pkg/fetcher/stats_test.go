@@ -104,6 +104,27 @@ func TestRegisterMetricsTwice(t *testing.T) {
 	}
 }
 
+// Close takes a fetcher's metrics off its Registerer: the next fetcher of
+// a sequence registers on the same one.
+func TestCloseUnregisters(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	first := newStatsFetcher(t)
+	if err := first.registerMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	if err := newStatsFetcher(t).registerMetrics(reg); err == nil {
+		t.Fatal("a second fetcher registered beside the first")
+	}
+	first.Close()
+	if fams, err := metricstest.Gather(reg); err != nil || len(fams) != 0 {
+		t.Fatalf("after Close the registry holds %d families (%v)", len(fams), err)
+	}
+	if err := newStatsFetcher(t).registerMetrics(reg); err != nil {
+		t.Fatalf("after Close: %v", err)
+	}
+	first.Close() // twice: nothing left to do
+}
+
 // A real migration with metrics: every figure of the summary that is also
 // a metric agrees with it, counters are typed as such, and the histograms
 // saw the faults and the bulk runs.
