@@ -21,7 +21,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/postcopy/postcopy/internal/testutil"
-	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/internal/testutil/vmm"
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/handshake"
 	"github.com/postcopy/postcopy/pkg/image"

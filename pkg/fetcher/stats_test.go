@@ -6,7 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/postcopy/postcopy/internal/metrics/metricstest"
+	"github.com/postcopy/postcopy/internal/testutil/metricstest"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 )
 
