@@ -242,7 +242,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	procs := cli.EnsureProcs(cli.MinProcs)
 	log.Debug("runtime", "gomaxprocs", procs)
 	if err := serve(cfg, log, sigs, stdout); err != nil {
-		return cli.Fail(stderr, "pageserver", nil, err)
+		var jsonLog hclog.Logger
+		if cfg.logJSON {
+			jsonLog = log // one JSON object per stderr line, the id with it
+		}
+		return cli.Fail(stderr, "pageserver", jsonLog, err)
 	}
 	return cli.ExitOK
 }

@@ -155,7 +155,8 @@ func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 // policy's newest hint, so the next bulk run starts at it.
 func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 	t := int64(now.Sub(f.epoch))
-	if !f.admit.Open(t) && f.link.bulkFlowing() {
+	flowing := f.link.bulkFlowing()
+	if flowing && !f.admit.Open(t) {
 		switch f.pages.FaultRiding(pg, tid, now) {
 		case pagestate.FaultZero:
 			return f.place.zeroFill(pg)
@@ -163,7 +164,7 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 			f.stats.dupFaults.Add(1)
 		case pagestate.FaultRide:
 			f.stats.rides.Add(1)
-			f.pull.hint(pg.A.Index, pg.P, true)
+			f.pull.ride(pg.A.Index, pg.P, true)
 		}
 		return nil
 	}
@@ -175,7 +176,13 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 		f.stats.dupFaults.Add(1)
 	case pagestate.FaultAsk:
 		f.stats.faults.Add(1)
-		f.admit.Take(t)
+		if flowing {
+			// Only faults that could have ridden are charged: those
+			// before the bulk lane flows (start-up, --prefetch off, a
+			// reconnect) must not leave a debt that makes later ones
+			// ride.
+			f.admit.Take(t)
+		}
 		// Ask first: the request is on its way while the policy notes
 		// the hint. No kick for the bulk sender: a fault adds no pending
 		// page, and waking that goroutine on every fault costs the

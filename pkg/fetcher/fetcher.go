@@ -98,8 +98,8 @@ type Config struct {
 	RequestTimeout time.Duration
 	// VMMPid, when not zero, is watched: its exit ends Run with ErrVMMGone.
 	VMMPid int
-	// HandoffAt is when the VMM handed over its memory; first_page_ms counts
-	// from it (from Run's start when zero).
+	// HandoffAt is when the VMM handed over its memory; first_page_s counts
+	// from it (from New when zero), as Progress.Elapsed does.
 	HandoffAt time.Time
 	// Opened, when set, is a session opened before the handoff, so that
 	// none has to open after it, when the first faults already wait: Run
@@ -119,42 +119,44 @@ type Config struct {
 	Logger           hclog.Logger
 	// Registerer, when set, receives the fetcher's metrics
 	// (postcopy_fetcher_*); nil: none. A fetcher's metrics can be
-	// registered once per Registerer: New fails on a second (wrap it with
+	// registered once per Registerer: New fails on a second (Close the
+	// previous Fetcher first, or wrap the Registerer with
 	// prometheus.WrapRegistererWith to tell several fetchers apart).
 	Registerer prometheus.Registerer
 }
 
-// Summary is the result of a migration, for the final JSON line.
+// Summary is the result of a migration. pagefetcher prints it as the
+// summary line of pkg/events (events.Migration), in that package's units.
 type Summary struct {
-	TotalSeconds float64 `json:"total_s"`
+	TotalSeconds float64
 	Pages        struct {
-		Total    uint64 `json:"total"`
-		Demand   uint64 `json:"demand"`
-		Bulk     uint64 `json:"bulk"`
-		Zero     uint64 `json:"zero"`
-		Removed  uint64 `json:"removed"`
-		Unmapped uint64 `json:"unmapped"`
-	} `json:"pages"`
-	BytesReceived  uint64 `json:"bytes_received"`
-	Faults         uint64 `json:"faults"`
-	DuplicateFault uint64 `json:"faults_duplicate"`
+		Total    uint64
+		Demand   uint64
+		Bulk     uint64
+		Zero     uint64
+		Removed  uint64
+		Unmapped uint64
+	}
+	BytesReceived  uint64
+	Faults         uint64
+	DuplicateFault uint64
 	// FaultsOnBulk are the faults that rode the bulk lane (DemandRate).
-	FaultsOnBulk   uint64 `json:"faults_on_bulk"`
+	FaultsOnBulk   uint64
 	FaultLatencyUS struct {
-		P50  float64 `json:"p50"`
-		P99  float64 `json:"p99"`
-		P999 float64 `json:"p999"`
-		Max  float64 `json:"max"`
-	} `json:"fault_latency_us"`
-	BlocktimeMS    float64 `json:"blocktime_ms"`
-	FirstPageMS    float64 `json:"first_page_ms"`
-	Reconnects     uint64  `json:"reconnects"`
-	ChecksumErrors uint64  `json:"checksum_errors"`
+		P50  float64
+		P99  float64
+		P999 float64
+		Max  float64
+	}
+	BlocktimeMS    float64
+	FirstPageMS    float64
+	Reconnects     uint64
+	ChecksumErrors uint64
 }
 
 // Progress is a snapshot of a running migration.
 type Progress struct {
-	Elapsed       time.Duration
+	Elapsed       time.Duration // since the handoff (Config.HandoffAt, else New)
 	TotalPages    uint64
 	ResolvedPages uint64
 	BytesReceived uint64
@@ -214,6 +216,10 @@ func New(cfg Config) (*Fetcher, error) {
 	// The start is set before Run, so that Progress may read it meanwhile.
 	f := &Fetcher{cfg: cfg, log: cfg.Logger, life: newLifecycle(),
 		stats: &counters{firstPlaced: make(chan struct{})}}
+	if f.cfg.HandoffAt.IsZero() {
+		f.cfg.HandoffAt = f.life.start
+	}
+	f.stats.handoff = f.cfg.HandoffAt
 	regions := make([]pagestate.Region, len(cfg.Regions))
 	for i, r := range cfg.Regions {
 		if cfg.ImageSize != 0 && (r.Offset+r.Size > cfg.ImageSize || r.Offset+r.Size < r.Offset) {
@@ -264,7 +270,7 @@ func (f *Fetcher) Drain() { f.EnablePrefetch() }
 func (f *Fetcher) Progress() Progress {
 	total := f.pages.TotalPages()
 	return Progress{
-		Elapsed:       time.Since(f.life.start),
+		Elapsed:       time.Since(f.stats.handoff),
 		TotalPages:    total,
 		ResolvedPages: total - uint64(max(0, f.pages.Remaining())),
 		BytesReceived: f.stats.bytes.Load(),
@@ -277,10 +283,6 @@ func (f *Fetcher) Progress() Progress {
 // to the server and returns the summary. The summary is returned (partial)
 // with an error too.
 func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
-	if f.cfg.HandoffAt.IsZero() {
-		f.cfg.HandoffAt = f.life.start
-	}
-	f.stats.handoff = f.cfg.HandoffAt
 	f.link.setSource(f.cfg.Source)
 	defer func() { f.link.source().Close() }()
 
@@ -288,19 +290,28 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	if err != nil {
 		return f.summary(), err
 	}
-	if err := f.pull.setup(uint64(sess.MaxBulkBytes()), f.cfg.BulkRunBytes, f.cfg.BulkWindow); err != nil {
+	// abandon ends what was opened when Run fails before its loops start:
+	// the server would hold the sessions until they expire.
+	abandon := func(err error) (*Summary, error) {
 		demand.Close()
+		unused.End(f.log)
+		ectx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if eerr := sess.End(ectx); eerr != nil {
+			f.log.Debug("ending the session", "error", eerr)
+		}
 		return f.summary(), err
 	}
+	if err := f.pull.setup(uint64(sess.MaxBulkBytes()), f.cfg.BulkRunBytes, f.cfg.BulkWindow); err != nil {
+		return abandon(err)
+	}
 	if err := f.pull.useWorkingSet(workingset.Image{Size: sess.Image().Size, Generation: sess.Image().Generation}, f.log); err != nil {
-		demand.Close()
-		return f.summary(), err
+		return abandon(err)
 	}
 	sinceHandoff := time.Since(f.cfg.HandoffAt)
 
 	if f.loop.poller, err = newFaultWaiter(f.cfg.UFFD); err != nil {
-		demand.Close()
-		return f.summary(), fmt.Errorf("fetcher: %w", err)
+		return abandon(fmt.Errorf("fetcher: %w", err))
 	}
 	defer f.loop.poller.Close()
 	f.loop.reader = uffd.NewReader(f.cfg.UFFD, 256)

@@ -70,7 +70,7 @@ func benchServer() {
 	sock := os.Getenv("POSTCOPY_BENCH_GRPC_DEMAND") == ""
 	var tlsConf *tls.Config
 	if f := benchPKI(); f != nil {
-		pair, err := f.Server()
+		pair, err := tls.LoadX509KeyPair(f.ServerCert, f.ServerKey)
 		if err != nil {
 			fail(err)
 		}

@@ -12,8 +12,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/postcopy/postcopy/internal/pagetest"
 	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/internal/testutil/pagetest"
 	"github.com/postcopy/postcopy/internal/testutil/pki"
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/wire"

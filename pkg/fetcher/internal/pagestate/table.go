@@ -232,8 +232,8 @@ func (t *Table) Fault(pg Page, tid uint32, now time.Time) (FaultAction, Request)
 
 // FaultRiding is Fault for a fault that is to ride the bulk lane: where
 // Fault would ask, it records the waiting thread only and answers FaultRide.
-// A later fault on the page may still ask (Fault), and a page with a demand
-// request outstanding waits for it (FaultDuplicate).
+// A later fault on the page may still ask (Fault); a page with a demand
+// request outstanding, or ridden already, is waited for (FaultDuplicate).
 func (t *Table) FaultRiding(pg Page, tid uint32, now time.Time) FaultAction {
 	act, _ := t.fault(pg, tid, now, false)
 	return act
@@ -266,6 +266,10 @@ func (t *Table) fault(pg Page, tid uint32, now time.Time, ask bool) (FaultAction
 		// done, not at the batch's read time.
 		return FaultZero, Request{}
 	case old&stDemand != 0:
+		return FaultDuplicate, Request{}
+	case !ask && old&stWaiting != 0:
+		// Ridden already (another thread, or a retried fault): the
+		// ride that brings it is queued or in flight.
 		return FaultDuplicate, Request{}
 	case !ask:
 		return FaultRide, Request{}
