@@ -9,7 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
-	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
 
@@ -26,10 +25,8 @@ type faultLoop struct {
 	log    hclog.Logger
 	poller faultWaiter // set by Run
 	reader *uffd.Reader
-	// admit decides which faults take the demand lane while the bulk lane
-	// brings pages (Config.DemandRate); the rest ride the bulk lane.
-	admit prefetch.Admission
-	epoch time.Time // admit's clock counts from it
+	// rider decides which faults ride the bulk lane (ride.go).
+	rider *rider
 }
 
 // faultRef is a fault read under the event lock, handled after it.
@@ -149,14 +146,12 @@ func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 	return werr
 }
 
-// fault handles one missing-page fault, outside the event lock. While the
-// bulk lane brings pages and the demand lane has served its rate
-// (Config.DemandRate), the fault rides the bulk lane: its page becomes the
-// policy's newest hint, so the next bulk run starts at it.
+// fault handles one missing-page fault, outside the event lock: it rides
+// the bulk lane — its page leads the next bulk run — or takes the demand
+// lane, as the rider decides (ride.go).
 func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
-	t := int64(now.Sub(f.epoch))
-	flowing := f.link.bulkFlowing()
-	if flowing && !f.admit.Open(t) {
+	ride, flowing := f.rider.ride(tid, now)
+	if ride {
 		switch f.pages.FaultRiding(pg, tid, now) {
 		case pagestate.FaultZero:
 			return f.place.zeroFill(pg)
@@ -181,7 +176,7 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 			// before the bulk lane flows (start-up, --prefetch off, a
 			// reconnect) must not leave a debt that makes later ones
 			// ride.
-			f.admit.Take(t)
+			f.rider.charge(now)
 		}
 		// Ask first: the request is on its way while the policy notes
 		// the hint. No kick for the bulk sender: a fault adds no pending

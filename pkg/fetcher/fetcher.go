@@ -64,10 +64,11 @@ type Config struct {
 	// small runs still fills the link.
 	BulkWindow int
 	// DemandRate bounds the faults per second that take the demand lane
-	// while the bulk lane brings pages; the faults beyond it ride the bulk
-	// lane: their page starts the next bulk run (prefetch.Admission says
-	// why). 0: prefetch.DefaultDemandRate; negative: no bound, every fault
-	// takes the demand lane.
+	// while the bulk lane brings pages; the faults beyond it, and those a
+	// thread makes back to back, ride the bulk lane: their page leads the
+	// next bulk run (ride.go says when and why). 0:
+	// prefetch.DefaultDemandRate; negative: riding off, every fault takes
+	// the demand lane.
 	DemandRate float64
 	// BulkRunBytes is the largest bulk run (default 1 MiB; at least a page).
 	BulkRunBytes uint64
@@ -229,7 +230,8 @@ func New(cfg Config) (*Fetcher, error) {
 		regions[i] = pagestate.Region(r)
 	}
 	var err error
-	f.pages, err = pagestate.New(regions, pagestate.Hooks{Waited: f.stats.waited, Complete: f.life.complete})
+	woken := &wakeTimes{epoch: f.life.start}
+	f.pages, err = pagestate.New(regions, pagestate.Hooks{Waited: f.stats.waited, Complete: f.life.complete, Woken: woken.set})
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: %w", err)
 	}
@@ -243,10 +245,10 @@ func New(cfg Config) (*Fetcher, error) {
 	case rate == 0:
 		rate = prefetch.DefaultDemandRate
 	case rate < 0:
-		rate = 0 // no bound
+		rate = 0 // riding off
 	}
 	f.loop = &faultLoop{pages: f.pages, place: f.place, link: f.link, pull: f.pull, stats: f.stats, life: f.life, log: f.log,
-		admit: prefetch.NewAdmission(rate, prefetch.DefaultDemandBurst), epoch: time.Now()}
+		rider: newRider(rate, woken, f.link, f.stats)}
 	if cfg.Prefetch {
 		f.EnablePrefetch()
 	}

@@ -463,10 +463,13 @@ func TestLayoutBeyondImage(t *testing.T) {
 
 // Past the demand rate, faults ride the bulk lane: with a rate of one fault
 // a second (after the first 32), four threads reading at random wait for
-// bulk runs that start at their pages — and every byte still arrives.
+// bulk runs that start at their pages — and every byte still arrives. The
+// runs are small, so that a ride waits little behind them even under the
+// race detector (a ride that would wait longer than maxRideWait takes the
+// demand lane).
 func TestFaultsRideBulkLane(t *testing.T) {
 	h := newHarness(t, 64<<20)
-	m := h.migrate("4k:0x0:64M", Config{Prefetch: true, DemandRate: 1, BulkWindow: 2},
+	m := h.migrate("4k:0x0:64M", Config{Prefetch: true, DemandRate: 1, BulkWindow: 1, BulkRunBytes: 64 << 10},
 		"FETCHER_TEST_THREADS=4", "FETCHER_TEST_TOUCH=random")
 	m.check(t)
 	if m.sum.FaultsOnBulk == 0 {
@@ -549,5 +552,24 @@ func TestBulkSendFailsMidBatch(t *testing.T) {
 				t.Errorf("%d reconnects, want 1 (the injected failure)", m.sum.Reconnects)
 			}
 		})
+	}
+}
+
+// A thread that faults back to back rides the bulk lane even with the
+// demand rate far from spent (the test VMM asks for thread ids); with
+// riding off (DemandRate < 0) no fault rides.
+func TestBackToBackFaultsRide(t *testing.T) {
+	h := newHarness(t, 64<<20)
+	m := h.migrate("4k:0x0:64M", Config{Prefetch: true, DemandRate: 1e6, BulkWindow: 1, BulkRunBytes: 64 << 10},
+		"FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
+	if m.sum.FaultsOnBulk == 0 {
+		t.Errorf("no back-to-back fault rode the bulk lane: %+v", *m.sum)
+	}
+	m = h.migrate("4k:0x0:64M", Config{Prefetch: true, DemandRate: -1, BulkWindow: 1, BulkRunBytes: 64 << 10},
+		"FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
+	if m.sum.FaultsOnBulk != 0 {
+		t.Errorf("riding off, yet %d faults rode", m.sum.FaultsOnBulk)
 	}
 }

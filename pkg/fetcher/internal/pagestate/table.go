@@ -70,6 +70,9 @@ type Hooks struct {
 	// Complete is called once, by the transition that resolves the last
 	// page.
 	Complete func()
+	// Woken is told, for every thread waiting on a page that was resolved,
+	// its id (0 when the VMM did not ask for thread ids) and when.
+	Woken func(tid uint32, at time.Time)
 }
 
 // Table is the state of every page of a layout. Create it with New.
@@ -561,7 +564,16 @@ func (t *Table) resolveWaiters(a *Area, p uint64, now time.Time) {
 	ws, ok := t.waiters[k]
 	delete(t.waiters, k)
 	t.waitMu.Unlock()
-	if !ok || t.hooks.Waited == nil {
+	if !ok {
+		return
+	}
+	if t.hooks.Woken != nil {
+		t.hooks.Woken(ws.first.tid, now)
+		for _, w := range ws.more {
+			t.hooks.Woken(w.tid, now)
+		}
+	}
+	if t.hooks.Waited == nil {
 		return
 	}
 	block := now.Sub(ws.first.at)
