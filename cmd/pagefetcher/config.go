@@ -150,7 +150,7 @@ func (c *config) validate() error {
 		bad("--prefetch %q: want on or off", c.prefetch)
 	}
 	if c.demandRate < 0 || c.demandRate > 1e7 || c.demandRate != c.demandRate {
-		bad("--demand-rate %v: want 0..10000000 faults per second (0: no bound)", c.demandRate)
+		bad("--demand-rate %v: want 0..10000000 faults per second (0: riding off)", c.demandRate)
 	}
 	if c.bulkWindow < 1 || c.bulkWindow > 256 {
 		bad("--bulk-window %d: want 1..256", c.bulkWindow)
