@@ -12,7 +12,7 @@ PROTOC_GEN_GO_GRPC_VER := v1.6.0
 GOTESTFLAGS     ?=
 FUZZTIME        ?= 20000x
 
-.PHONY: all build test bench bench-go lint fmt vet staticcheck proto proto-check demo fuzz clean
+.PHONY: all build test bench bench-go lint fmt vet staticcheck proto proto-check demo fuzz install-check clean
 
 all: build
 
@@ -26,6 +26,12 @@ test: build
 	$(GO) vet ./...
 	POSTCOPY_REQUIRE_UFFD=1 $(GO) test -race -count=1 -timeout 20m $(GOTESTFLAGS) ./...
 	cd examples/embed && $(GO) vet ./... && POSTCOPY_REQUIRE_UFFD=1 $(GO) test -race -count=1 $(GOTESTFLAGS) ./...
+
+# `go install github.com/postcopy/postcopy/cmd/...@latest` from a clean module
+# cache, with this checkout's HEAD served as a module version by a local
+# file:// proxy in front of the usual one (scripts/install-check).
+install-check:
+	./scripts/install-check
 
 # The documented benchmark set (BENCHMARKS.md): end-to-end migrations with
 # migbench (1 and 4 GiB, random and zipfian, loopback and a 1gbit shaped

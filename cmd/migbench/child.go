@@ -6,6 +6,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -204,7 +206,7 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	fs := flag.NewFlagSet(cmdDest, flag.ContinueOnError)
 	var wf workloadFlags
 	wf.register(fs)
-	mode := fs.String("mode", "postcopy", "postcopy or stopcopy")
+	mode := fs.String("mode", "postcopy", "postcopy, stopcopy or hybrid")
 	sock := fs.String("uffd-socket", "", "pagefetcher's Unix socket")
 	listen := fs.String("state-listen", "127.0.0.1:0", "address to take the source's state on")
 	if err := fs.Parse(args); err != nil {
@@ -214,8 +216,8 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *mode != "postcopy" && *mode != "stopcopy" {
-		return fmt.Errorf("--mode %q: want postcopy or stopcopy", *mode)
+	if !slices.Contains(bench.Methods, *mode) {
+		return fmt.Errorf("--mode %q: want one of %s", *mode, strings.Join(bench.Methods, ", "))
 	}
 	// A goroutine blocked on a missing page keeps its thread and its P, and
 	// a stop-the-world GC would wait for it: no GC, Ps to spare.
@@ -246,6 +248,10 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	var stop atomic.Bool
 	resume := make(chan struct{}, 1)
 	verify := make(chan string, 1)
+	// The source's /proc/PID/stat, opened when told its pid ("source
+	// PID", the hybrid's): the destination hands over only once the source
+	// is stopped (its pagefetcher's freeze asks pageserver to check).
+	var srcStat atomic.Pointer[os.File]
 	go func() {
 		for c := range cmds {
 			switch {
@@ -255,6 +261,14 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 				resume <- struct{}{}
 			case strings.HasPrefix(c, "verify "):
 				verify <- strings.TrimPrefix(c, "verify ")
+			case strings.HasPrefix(c, "source "):
+				f, err := os.Open("/proc/" + strings.TrimPrefix(c, "source ") + "/stat")
+				if err != nil {
+					emit(stdout, map[string]any{"event": "error", "error": err.Error()})
+					continue
+				}
+				srcStat.Store(f)
+				emit(stdout, map[string]any{"event": "source"})
 			}
 		}
 		close(verify)
@@ -294,6 +308,17 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 		return fmt.Errorf("the source's workload (config %#x, %d bytes) is not this one (%#x, %d bytes)",
 			st.ConfigHash, st.Size, cfg.Hash(), cfg.Size)
 	}
+	var tStopped int64 // when the source was seen stopped (the hybrid's)
+	if *mode == bench.MethodHybrid {
+		f := srcStat.Load()
+		if f == nil {
+			return errors.New("hybrid: the state arrived before the source's pid")
+		}
+		if err := waitStopped(f, 5*time.Second); err != nil {
+			return err
+		}
+		tStopped = clock.Now()
+	}
 	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: *sock, Net: "unix"})
 	if err != nil {
 		return fmt.Errorf("pagefetcher socket: %w", err)
@@ -332,10 +357,45 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	emit(stdout, map[string]any{"event": "done", "t0": st.T0, "t_state": t1, "t_handshake": t2, "t_resume": tr,
+	emit(stdout, map[string]any{"event": "done", "t0": st.T0, "t_state": t1, "t_source_stopped": tStopped, "t_handshake": t2, "t_resume": tr,
 		"t_first": first, "t_end": end, "ops": w.Ops - st.Ops, "reads": w.Reads - st.Reads,
 		"writes": w.Writes - st.Writes, "kv_misses": w.KVMisses, "verification": v, "timeline": timelineOf(tl), "stalls": stalls.Figures()})
 	return nil
+}
+
+// waitStopped waits until the process whose /proc/PID/stat is f is
+// stopped (state T or t), at most limit. The source sends its state, then
+// stops itself: the state may arrive first, by the time the kernel takes
+// to stop every thread of the source, or longer when a CPU is busy.
+func waitStopped(f *os.File, limit time.Duration) error {
+	var buf [512]byte
+	deadline := time.Now().Add(limit)
+	for {
+		n, err := f.ReadAt(buf[:], 0)
+		if n == 0 && err != nil {
+			return fmt.Errorf("the source's state: %w", err)
+		}
+		st := procState(buf[:n])
+		if st == 'T' || st == 't' {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the source did not stop within %v of sending its state (state %q)", limit, st)
+		}
+		// This thread's own sleep: a timer of the Go runtime would wake
+		// it through another thread, and later.
+		_ = unix.Nanosleep(&unix.Timespec{Nsec: 20_000}, nil)
+	}
+}
+
+// procState is the state letter of a /proc/PID/stat line: the field after
+// the command name in parentheses (which may hold spaces and parentheses).
+func procState(stat []byte) byte {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
+		return '?'
+	}
+	return stat[i+2]
 }
 
 func runTCPServer(name string, args []string, stdout io.Writer) error {

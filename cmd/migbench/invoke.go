@@ -68,6 +68,7 @@ type env struct {
 	pagefetcher string
 	clock       *bench.Clock
 	progress    io.Writer
+	linkTimeS   float64 // the memory's time over the link, once measured
 }
 
 // invoke runs one configuration: baselines, then the runs.
@@ -136,7 +137,7 @@ func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Repo
 	rep = &bench.Report{Machine: machine(), Setup: bench.Setup{
 		SizeBytes: c.workload.Size, Size: bench.FormatSize(c.workload.Size), Pattern: string(c.workload.Pattern),
 		Content: c.wf.content, WritePct: c.workload.WritePct, Link: e.link.Name(), LinkBits: e.link.RateBits,
-		Runs: c.runs, WarmupS: c.warmup.Seconds(), PostS: c.post.Seconds(),
+		Runs: c.runs, Methods: c.methods, LeadS: c.lead.Seconds(), WarmupS: c.warmup.Seconds(), PostS: c.post.Seconds(),
 	}}
 	rep.Setup.Stamp()
 
@@ -146,6 +147,7 @@ func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Repo
 	}
 	rep.TCPGbps, rep.TCPRttUS = rep.TCP.Bandwidth.Gbps, rep.TCP.RoundTrip.P50US
 	rep.LinkTimeS = float64(c.workload.Size) * 8 / (rep.TCPGbps * 1e9)
+	e.linkTimeS = rep.LinkTimeS
 
 	for i := range c.runs {
 		r := bench.Run{Index: i + 1}
@@ -155,7 +157,7 @@ func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Repo
 		// covers the same span (bench.Run.SetLostWork); two buckets more for
 		// the time the source takes to stop once told.
 		var observe time.Duration
-		for _, method := range []string{bench.MethodPostCopy, bench.MethodStopCopy} {
+		for _, method := range c.methods {
 			fmt.Fprintf(progress, "migbench: run %d/%d: %s of %s (%s, %s content) over %s\n", i+1, c.runs, method,
 				rep.Setup.Size, rep.Setup.Pattern, rep.Setup.Content, e.link.Name())
 			m, err := e.migrate(ctx, method, i+1, observe)
@@ -163,20 +165,27 @@ func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Repo
 				return nil, fmt.Errorf("run %d, %s: %w", i+1, method, err)
 			}
 			observe = max(observe, time.Duration(len(m.Dest)+2)*bench.Bucket)
+			if m.WarmUp != nil {
+				fmt.Fprintf(progress, "migbench:   warm-up %.2f s, %d rounds (%s), %d pages changed at the switchover, %d confirmed from the cache\n",
+					m.WarmS, m.WarmRounds, m.WarmStop, m.ChangedPages, m.PagesConfirmed)
+			}
 			fmt.Fprintf(progress, "migbench:   downtime %.3f ms, total %.2f s, %d faults, stalls over %.0f µs %d (p99 %.0f µs), recover90 %s, verified %v\n",
 				m.DowntimeMS, m.TotalS, m.Faults, m.StallThresholdUS, m.StallCount, m.StallP99US,
 				bench.FormatRecover90(m.Recover90S, m.Recovered90, " s"), m.Verified)
-			if method == bench.MethodPostCopy {
-				r.PostCopy = m
-			} else {
-				r.StopCopy = m
-			}
+			r.SetMethod(method, m)
 		}
 		if err := r.SetLostWork(); err != nil {
 			return nil, fmt.Errorf("run %d: %w", i+1, err)
 		}
-		fmt.Fprintf(progress, "migbench:   work lost over %.2f s after the stop: post-copy %.2f s, stop-and-copy %.2f s (%.2f×)\n",
-			r.PostCopy.LostWorkHorizonS, r.PostCopy.LostWorkS, r.StopCopy.LostWorkS, r.PostCopy.LostWorkXStopCopy)
+		var lost []string
+		for _, m := range r.Migrations() {
+			l := fmt.Sprintf("%s %.2f s", bench.MethodLabel(m.Method), m.LostWorkS)
+			if r.StopCopy != nil && m != r.StopCopy {
+				l += fmt.Sprintf(" (%.2f×)", m.LostWorkXStopCopy)
+			}
+			lost = append(lost, l)
+		}
+		fmt.Fprintf(progress, "migbench:   work lost over %.2f s after the stop: %s\n", r.Migrations()[0].LostWorkHorizonS, strings.Join(lost, ", "))
 		rep.Runs = append(rep.Runs, r)
 	}
 	// After the runs, so that filling that much memory does not change
@@ -316,6 +325,7 @@ type (
 	destDone struct {
 		T0           int64              `json:"t0"`
 		TState       int64              `json:"t_state"`
+		TSrcStopped  int64              `json:"t_source_stopped"` // the hybrid's: the source seen stopped
 		THandshake   int64              `json:"t_handshake"`
 		TResume      int64              `json:"t_resume"`
 		TFirst       int64              `json:"t_first"`
@@ -326,24 +336,38 @@ type (
 		Timeline     timelineEv         `json:"timeline"`
 		Stalls       bench.StallFigures `json:"stalls"`
 	}
+	// warmRun is what migbench saw of a hybrid's warm-up: its start
+	// (CLOCK_MONOTONIC ns, pagefetcher --warm about to start, the source
+	// running), the rounds pagefetcher reported before the stop, and why
+	// it ended.
+	warmRun struct {
+		Start  int64
+		Rounds []bench.WarmRound
+		Stop   string
+	}
 )
 
-// migrate runs one migration with method (post-copy or stop-and-copy) and
-// measures it, observing the destination for --post after its last page,
-// and for at least observe after the stop.
+// migrate runs one migration with method (post-copy, stop-and-copy or the
+// hybrid) and measures it, observing the destination for --post after its
+// last page, and for at least observe after the stop.
 func (e *env) migrate(ctx context.Context, method string, run int, observe time.Duration) (m *bench.Migration, err error) {
 	c := e.c
 	size := c.workload.Size
+	hybrid := method == bench.MethodHybrid
 	// A generous bound: filling, the copy at a pessimistic rate, the rest.
 	rate := float64(e.link.RateBits) / 8
 	if rate == 0 {
 		rate = 1e9
 	}
 	rate = min(rate, 200e6)
-	// Warm-up, the copy and --post; then the source replays what the
-	// destination did, which takes about as long again.
+	// The lead and the warm-up, the copy and --post; then the source
+	// replays what the destination did, which takes about as long again.
 	copyEst := time.Duration(4 * float64(size) / rate * float64(time.Second))
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute+c.warmup+2*(c.post+copyEst+observe))
+	warmBound := time.Duration(0)
+	if hybrid {
+		warmBound = e.warmLimit()
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute+c.lead+warmBound+copyEst+2*(c.post+copyEst+observe))
 	defer cancel()
 
 	tag := fmt.Sprintf("run%d-%s", run, method)
@@ -388,6 +412,20 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 	if _, err := dst.next(ctx, "connected"); err != nil {
 		return nil, err
 	}
+	if hybrid {
+		// The hybrid's destination hands over only once the source is
+		// stopped: pagefetcher's freeze asks pageserver to check it.
+		if err := dst.send(fmt.Sprintf("source %d", sr.PID)); err != nil {
+			return nil, err
+		}
+		ev, err := dst.next(ctx, "source", "error")
+		if err != nil {
+			return nil, err
+		}
+		if ev.Name == "error" {
+			return nil, fmt.Errorf("destination: the source's pid: %s", ev.Raw)
+		}
+	}
 	// pageserver on the source's memory, now that its layout is final.
 	ps, err := start("pageserver", bench.SourceSide, e.pageserver, "--listen", e.link.Addr[bench.SourceSide]+":0",
 		"--source", fmt.Sprintf("pid:%d", sr.PID), "--ranges", fmt.Sprintf("%#x-%#x", sr.Addr, sr.Addr+sr.Size),
@@ -399,23 +437,41 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 	if _, err := ps.nextInto(ctx, &psr, "ready"); err != nil {
 		return nil, err
 	}
-	fargs := []string{"--server", psr.Addr, "--uffd-socket", sock, "--token-file", e.tokenFile}
-	fargs = append(fargs, strings.Fields(c.fetcherArgs)...)
-	pf, err := start("pagefetcher", bench.DestSide, e.pagefetcher, fargs...)
-	if err != nil {
-		return nil, err
+	var pf *proc
+	startFetcher := func(extra ...string) (err error) {
+		fargs := []string{"--server", psr.Addr, "--uffd-socket", sock, "--token-file", e.tokenFile}
+		fargs = append(append(fargs, strings.Fields(c.fetcherArgs)...), extra...)
+		pf, err = start("pagefetcher", bench.DestSide, e.pagefetcher, fargs...)
+		return err
 	}
-	if _, err := pf.next(ctx, "ready"); err != nil {
-		return nil, err
+	if !hybrid {
+		// Started and connected beforehand: it costs the source nothing.
+		if err := startFetcher(); err != nil {
+			return nil, err
+		}
+		if _, err := pf.next(ctx, "ready"); err != nil {
+			return nil, err
+		}
 	}
 
-	// Switchover, once the source has run its warm-up.
-	if err := e.sleepUntil(ctx, sr.Start+int64(c.warmup)); err != nil {
+	// The source runs its lead; then the migration starts to cost it: the
+	// switchover, or the hybrid's warm-up.
+	if err := e.sleepUntil(ctx, sr.Start+int64(c.lead)); err != nil {
 		return nil, err
 	}
 	rx0, tx0, err := e.link.Counters(ctx, bench.DestSide)
 	if err != nil {
 		return nil, err
+	}
+	var warm *warmRun
+	if hybrid {
+		warm = &warmRun{Start: e.clock.Now()}
+		if err := startFetcher(append([]string{"--warm"}, strings.Fields(c.hybridArgs)...)...); err != nil {
+			return nil, err
+		}
+		if err := e.warmUp(ctx, pf, warm); err != nil {
+			return nil, err
+		}
 	}
 	tStop := e.clock.Now()
 	if err := src.send("stop"); err != nil {
@@ -490,16 +546,113 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 		return nil, err
 	}
 
-	raw, err := json.Marshal(fs.Summary)
-	if err != nil {
-		return nil, fmt.Errorf("pagefetcher summary: %w", err)
-	}
-	return figures(method, e.link.Shaped(), sr, sd, dd, fs.Summary, raw, tDone, rx1-rx0, tx1-tx0)
+	return figures(method, e.link.Shaped(), sr, sd, dd, ev.Raw, tDone, rx1-rx0, tx1-tx0, warm)
 }
 
-// figures computes a migration's figures from what the processes reported.
-func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destDone, sum events.Migration,
-	rawSummary json.RawMessage, tDone int64, rx, tx uint64) (*bench.Migration, error) {
+// warmLimit bounds a warm-up that runs until the changed set stops
+// shrinking: 30 s and four times the memory's time over the link (at least
+// one whole round, with time to spare for a --warm-rate below the link's).
+func (e *env) warmLimit() time.Duration {
+	if e.c.warmupSet && e.c.warmup > 0 {
+		return e.c.warmup
+	}
+	return 30*time.Second + time.Duration(4*e.linkTimeS*float64(time.Second))
+}
+
+// warmUp lets pagefetcher --warm, just started, copy the memory while the
+// source runs: for --warmup, or until the pages changed per round stop
+// shrinking (warmSettled; at most warmLimit). It records each round
+// pagefetcher reports in w, and fails unless pagefetcher said it was ready
+// by then.
+func (e *env) warmUp(ctx context.Context, pf *proc, w *warmRun) (err error) {
+	fixed := e.c.warmupSet && e.c.warmup > 0
+	deadline := w.Start + int64(e.warmLimit())
+	// Its warm-up starts before its ready line: a round may end first.
+	ready := false
+	defer func() {
+		if !ready && err == nil {
+			err = fmt.Errorf("pagefetcher was not ready (server reached, the socket listening) by the warm-up's end%s", pf.tail())
+		}
+	}()
+	for {
+		ev, ok, err := pf.nextBefore(ctx, deadline, "ready", "warm", "summary")
+		switch {
+		case err != nil:
+			return err
+		case !ok && fixed:
+			w.Stop = bench.WarmStopDuration
+			return nil
+		case !ok:
+			w.Stop = bench.WarmStopLimit
+			fmt.Fprintf(e.progress, "migbench:   the warm-up reached its bound of %v (%d rounds), the changed set still shrinking\n",
+				e.warmLimit(), len(w.Rounds))
+			return nil
+		case ev.Name == "summary":
+			var fs events.FetcherSummary
+			_ = json.Unmarshal(ev.Raw, &fs)
+			return fmt.Errorf("pagefetcher ended during the warm-up, before any handoff (ok %v: %s)%s", fs.OK, fs.Error, pf.tail())
+		case ev.Name == "ready":
+			ready = true
+			continue
+		}
+		var line events.Warm
+		if err := json.Unmarshal(ev.Raw, &line); err != nil {
+			return fmt.Errorf("pagefetcher: warm line %s: %w", ev.Raw, err)
+		}
+		wr := bench.WarmRound{Round: line.Round, Pages: line.Pages, Changed: line.Changed, ElapsedS: line.ElapsedS}
+		w.Rounds = append(w.Rounds, wr)
+		if wr.Round <= 5 || wr.Round%10 == 0 { // the rest in the JSON's warm_log
+			fmt.Fprintf(e.progress, "migbench:   warm-up round %d: %d pages, %d changed (%.2f s)\n", wr.Round, wr.Pages, wr.Changed, wr.ElapsedS)
+		}
+		if !fixed && warmSettled(w.Rounds) {
+			w.Stop = bench.WarmStopSettled
+			return nil
+		}
+	}
+}
+
+// warmSettled says whether a warm-up's changed set stopped shrinking: the
+// last round found nothing changed, or (from round 3, round 1 having held
+// no copy to compare) at least as many changed pages as the round before.
+// Another round would then not leave fewer pages to the post-copy phase.
+func warmSettled(rounds []bench.WarmRound) bool {
+	n := len(rounds)
+	if n < 2 {
+		return false
+	}
+	last := rounds[n-1].Changed
+	return last == 0 || n >= 3 && last >= rounds[n-2].Changed
+}
+
+// figures computes a migration's figures from what the processes reported:
+// pagefetcher's summary line (summary), and warm, the hybrid's warm-up (nil
+// for the other methods).
+func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destDone, summary json.RawMessage,
+	tDone int64, rx, tx uint64, warm *warmRun) (*bench.Migration, error) {
+	var fs events.FetcherSummary
+	if err := json.Unmarshal(summary, &fs); err != nil {
+		return nil, fmt.Errorf("pagefetcher's summary: %w: %s", err, summary)
+	}
+	// The summary object as printed (with any key migbench does not
+	// know), and a warm-up's figures in it.
+	var line struct {
+		Summary json.RawMessage `json:"summary"`
+	}
+	var warmSum struct {
+		Pages struct {
+			Confirmed uint64 `json:"confirmed"`
+		} `json:"pages"`
+		PagesChangedAfterFreeze uint64 `json:"pages_changed_after_freeze"`
+	}
+	if err := json.Unmarshal(summary, &line); err != nil {
+		return nil, fmt.Errorf("pagefetcher's summary: %w", err)
+	}
+	if len(line.Summary) > 0 {
+		if err := json.Unmarshal(line.Summary, &warmSum); err != nil {
+			return nil, fmt.Errorf("pagefetcher's summary: %w", err)
+		}
+	}
+	sum := fs.Summary
 	ms := func(a, b int64) float64 { return float64(b-a) / 1e6 }
 	t0 := dd.T0
 	if dd.TFirst == 0 {
@@ -516,7 +669,7 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 		PagesDemand: sum.Pages.Demand, PagesBulk: sum.Pages.Bulk, PagesZero: sum.Pages.Zero,
 		BytesWire: sum.ReceivedBytes, TotalS: float64(tDone-t0) / 1e9,
 		SourceFillS: sr.FillS, SourceOps: sd.Ops, DestOps: dd.Ops, KVMisses: dd.KVMisses,
-		Verification: dd.Verification, FetcherSummary: rawSummary,
+		Verification: dd.Verification, FetcherSummary: line.Summary, FetcherPeakRSS: fs.PeakRSSBytes,
 	}
 	if shaped {
 		m.LinkRxBytes, m.LinkTxBytes = rx, tx
@@ -524,8 +677,19 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 	// Verified: every page matched, the kv lookups all found their values,
 	// and pagefetcher saw no checksum error.
 	m.Verified = dd.Verification.OK && dd.KVMisses == 0 && sum.ChecksumErrors == 0
-	if method == bench.MethodPostCopy {
+	if method != bench.MethodStopCopy {
 		m.CopyMS = 0
+	}
+	if warm != nil {
+		// The warm-up costs the source from its start: the lost work
+		// counts from there, against the source's rate over the second
+		// before it.
+		m.CostStartS = float64(warm.Start-t0) / 1e9
+		m.WarmUp = &bench.WarmUp{WarmS: -m.CostStartS, WarmRounds: len(warm.Rounds), WarmLog: warm.Rounds, WarmStop: warm.Stop,
+			ChangedPages: warmSum.PagesChangedAfterFreeze, PagesConfirmed: warmSum.Pages.Confirmed}
+		if dd.TSrcStopped > 0 {
+			m.SourceStopWaitMS = ms(dd.TState, dd.TSrcStopped)
+		}
 	}
 
 	m.StallFigures = dd.Stalls

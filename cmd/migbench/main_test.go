@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -172,7 +173,13 @@ func TestFlags(t *testing.T) {
 		{[]string{"--link", "fast"}, "--link"},
 		{[]string{"--runs", "0"}, "--runs"},
 		{[]string{"--plot", "x.pdf"}, "--plot"},
-		{[]string{"--warmup", "1s"}, "--warmup"},
+		{[]string{"--lead", "1s"}, "--lead 1s: want at least 1.5s"},
+		{[]string{"--warmup", "5s"}, "--warmup is the hybrid's warm-up: it needs hybrid in --methods"},
+		{[]string{"--methods", "postcopy,hybrid", "--warmup", "-1s"}, "--warmup -1s: want a positive duration"},
+		{[]string{"--hybrid-args", "--warm-rate 1M"}, "--hybrid-args needs hybrid in --methods"},
+		{[]string{"--methods", "precopy"}, `--methods "precopy": "precopy" is not a method: want a comma-separated list of postcopy, stopcopy, hybrid`},
+		{[]string{"--methods", ""}, `--methods "": "" is not a method`},
+		{[]string{"--methods", "hybrid,postcopy,hybrid"}, `--methods "hybrid,postcopy,hybrid": hybrid named twice`},
 		{[]string{"extra"}, "unexpected argument"},
 	} {
 		_, err := parseFlags(c.args, &out)
@@ -186,6 +193,25 @@ func TestFlags(t *testing.T) {
 	}
 	if c.workload.Size != 64<<20 || c.workload.Pattern != bench.PatternKV || c.runs != 2 {
 		t.Errorf("config %+v", c.workload)
+	}
+	if !slices.Equal(c.methods, []string{bench.MethodPostCopy, bench.MethodStopCopy}) || c.warmupSet || c.lead != 3*time.Second {
+		t.Errorf("defaults: methods %q, warm-up set %v, lead %v", c.methods, c.warmupSet, c.lead)
+	}
+	// Methods run in one order whatever the list's: post-copy first.
+	c, err = parseFlags([]string{"--methods", " hybrid,stopcopy ,postcopy", "--warmup", "2s", "--hybrid-args", "--warm-rate 1M"}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.methods, bench.Methods) || !c.warmupSet || c.warmup != 2*time.Second {
+		t.Errorf("methods %q, warm-up %v (set %v)", c.methods, c.warmup, c.warmupSet)
+	}
+	// The suite makes every method: --warmup applies to its hybrid.
+	if _, err := parseFlags([]string{"--suite", "default", "--out", t.TempDir(), "--warmup", "2s"}, &out); err != nil {
+		t.Errorf("--suite with --warmup: %v", err)
+	}
+	// A bad --methods exits 2 naming the flag, before anything runs.
+	if code, stderr := migbench(t, "--methods", "postcopy,precopy"); code != 2 || !strings.Contains(stderr, "--methods") {
+		t.Errorf("--methods postcopy,precopy: exit %d, stderr %q", code, stderr)
 	}
 }
 
@@ -215,7 +241,7 @@ func runMigbench(t *testing.T, args ...string) map[string]any {
 	jsonPath := filepath.Join(dir, "out.json")
 	plot := filepath.Join(dir, "out.svg")
 	var stdout, stderr bytes.Buffer
-	args = append(args, "--json", jsonPath, "--plot", plot, "--warmup", "1.5s", "--post", "1.2s", "--tcp-duration", "300ms")
+	args = append(args, "--json", jsonPath, "--plot", plot, "--lead", "1.5s", "--post", "1.2s", "--tcp-duration", "300ms")
 	if code := run(args, strings.NewReader(""), &stdout, &stderr); code != 0 {
 		t.Fatalf("migbench %v: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, stdout.String(), stderr.String())
 	}
@@ -297,6 +323,45 @@ func TestMigrationLoopback(t *testing.T) {
 	got := runMigbench(t, "--size", "64MiB", "--pattern", "zipf", "--content", "mixed", "--bin", bin)
 	if f, _ := got["faults"].(float64); f < 1 {
 		t.Errorf("faults = %v: the post-copy destination must have faulted", got["faults"])
+	}
+}
+
+// The three methods side by side, end to end: the hybrid warms until the
+// changed set stops shrinking, and its object has every key post-copy's
+// has, its warm-up's, and its work lost from the warm-up's start; every
+// page verified.
+func TestMigrationHybrid(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := buildBinaries(t)
+	if out, _ := exec.Command(filepath.Join(bin, "pagefetcher"), "--help").CombinedOutput(); !strings.Contains(string(out), "--warm") {
+		t.Skip("this pagefetcher has no --warm")
+	}
+	got := runMigbench(t, "--size", "64MiB", "--pattern", "zipf", "--bin", bin, "--methods", "postcopy,stopcopy,hybrid")
+	run := got["runs"].([]any)[0].(map[string]any)
+	pc, h := run["postcopy"].(map[string]any), run["hybrid"].(map[string]any)
+	for k := range pc {
+		if _, ok := h[k]; !ok {
+			t.Errorf("runs[0].hybrid lacks post-copy's key %q", k)
+		}
+	}
+	for _, k := range []string{"warm_s", "warm_rounds", "changed_pages", "pages_confirmed", "lost_work_s", "fetcher_peak_rss_bytes"} {
+		if v, ok := h[k].(float64); !ok || v <= 0 && k != "changed_pages" {
+			t.Errorf("runs[0].hybrid.%s = %v, want a positive number", k, h[k])
+		}
+	}
+	if h["verified"] != true || h["warm_stop"] != bench.WarmStopSettled || h["lost_work_horizon_s"] != pc["lost_work_horizon_s"] ||
+		h["cost_start_s"].(float64) != -h["warm_s"].(float64) || h["downtime_ms"].(float64) <= 0 {
+		t.Errorf("hybrid: verified %v, warm-up stopped by %v, horizon %v (post-copy's %v), cost start %v, warm-up %v s, downtime %v ms",
+			h["verified"], h["warm_stop"], h["lost_work_horizon_s"], pc["lost_work_horizon_s"], h["cost_start_s"], h["warm_s"], h["downtime_ms"])
+	}
+	// At least three rounds (the changed set compared twice) unless a
+	// round found nothing changed.
+	if rounds, _ := h["warm_log"].([]any); len(rounds) < 2 || float64(len(rounds)) != h["warm_rounds"].(float64) {
+		t.Errorf("warm log %v, rounds %v", rounds, h["warm_rounds"])
+	}
+	med, ok := got["hybrid"].(map[string]any)
+	if !ok || med["verified"] != true || med["lost_work_s"] != h["lost_work_s"] {
+		t.Errorf("hybrid medians %v", got["hybrid"])
 	}
 }
 

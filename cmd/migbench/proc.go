@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -98,21 +100,30 @@ func (p *proc) readEvents(out io.Reader) {
 // next returns the child's next event named one of names, skipping (and
 // logging) others; it fails if the child ends its output first.
 func (p *proc) next(ctx context.Context, names ...string) (event, error) {
+	ev, _, err := p.nextBefore(ctx, math.MaxInt64, names...)
+	return ev, err
+}
+
+// nextBefore is next, but gives up at the CLOCK_MONOTONIC time deadline
+// (ns): then it returns ok false and no error.
+func (p *proc) nextBefore(ctx context.Context, deadline int64, names ...string) (ev event, ok bool, err error) {
+	t := time.NewTimer(time.Duration(max(0, deadline-p.clock.Now())))
+	defer t.Stop()
 	for {
 		select {
-		case ev, ok := <-p.events:
-			if !ok {
+		case ev, open := <-p.events:
+			if !open {
 				err := p.wait()
-				return event{}, fmt.Errorf("%s ended before %s (%v)%s", p.name, strings.Join(names, "/"), err, p.tail())
+				return event{}, false, fmt.Errorf("%s ended before %s (%v)%s", p.name, strings.Join(names, "/"), err, p.tail())
 			}
-			for _, n := range names {
-				if ev.Name == n {
-					return ev, nil
-				}
+			if slices.Contains(names, ev.Name) {
+				return ev, true, nil
 			}
 			fmt.Fprintf(p.logFile, "event: %s\n", ev.Raw)
+		case <-t.C:
+			return event{}, false, nil
 		case <-ctx.Done():
-			return event{}, fmt.Errorf("%s: waiting for %s: %w%s", p.name, strings.Join(names, "/"), ctx.Err(), p.tail())
+			return event{}, false, fmt.Errorf("%s: waiting for %s: %w%s", p.name, strings.Join(names, "/"), ctx.Err(), p.tail())
 		}
 	}
 }

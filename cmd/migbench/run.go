@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -26,7 +27,10 @@ type config struct {
 	plotPath    string
 	csvPath     string
 	runs        int
+	methodsFlag string
+	lead        time.Duration
 	warmup      time.Duration
+	hybridArgs  string
 	post        time.Duration
 	tcpDuration time.Duration
 	binDir      string
@@ -40,12 +44,18 @@ type config struct {
 
 	workload bench.Config // from wf
 	rateBits uint64
+	// methods are --methods in the order a run makes them
+	// (bench.Methods); methodsSet and warmupSet say whether the flags
+	// were given.
+	methods    []string
+	methodsSet bool
+	warmupSet  bool
 }
 
 // benchFlagGroups orders --help.
 var benchFlagGroups = []cli.FlagGroup{
 	{Title: "Workload", Flags: []string{"size", "pattern", "content", "writes", "theta", "seed"}},
-	{Title: "Migration", Flags: []string{"link", "runs", "warmup", "post", "tcp-duration", "fetcher-args", "bin"}},
+	{Title: "Migration", Flags: []string{"link", "methods", "runs", "lead", "warmup", "post", "tcp-duration", "fetcher-args", "hybrid-args", "bin"}},
 	{Title: "Suite", Flags: []string{"suite", "out", "update-doc", "regen"}},
 	{Title: "Output", Flags: []string{"json", "plot", "csv", "log-dir", "quiet", "version"}},
 }
@@ -64,7 +74,10 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.plotPath, "plot", "", "write the throughput plot to this file (.svg; .png through ImageMagick's convert if installed)")
 	fs.StringVar(&c.csvPath, "csv", "", "write the throughput timeline as CSV to this file (default: the --json file with .csv)")
 	fs.IntVar(&c.runs, "runs", 1, "repetitions (medians are reported)")
-	fs.DurationVar(&c.warmup, "warmup", 3*time.Second, "how long the source workload runs before the switchover (at least 1.5s: the last second is its reference rate)")
+	fs.StringVar(&c.methodsFlag, "methods", defaultMethods, "migration methods of each run, comma separated: postcopy, stopcopy, hybrid (warm the destination while the source runs, then post-copy what changed)")
+	fs.DurationVar(&c.lead, "lead", 3*time.Second, "how long the source workload runs before any migration work: the switchover, or the hybrid's warm-up start (at least 1.5s: the last second is its reference rate)")
+	fs.DurationVar(&c.warmup, "warmup", 0, "the hybrid's warm-up: how long pagefetcher --warm copies the memory while the source runs (default: until the pages changed per round stop shrinking)")
+	fs.StringVar(&c.hybridArgs, "hybrid-args", "", "extra arguments for the hybrid's pagefetcher, after --warm and --fetcher-args (e.g. \"--warm-rate 200M\")")
 	fs.DurationVar(&c.post, "post", 2*time.Second, "how long the destination runs after the last page is resident")
 	fs.DurationVar(&c.tcpDuration, "tcp-duration", 2*time.Second, "duration of the TCP bandwidth baseline")
 	fs.StringVar(&c.binDir, "bin", "", "directory of pageserver and pagefetcher (default: beside migbench, else $PATH)")
@@ -87,6 +100,10 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	fs.Visit(func(f *flag.Flag) {
+		c.methodsSet = c.methodsSet || f.Name == "methods"
+		c.warmupSet = c.warmupSet || f.Name == "warmup"
+	})
 	return c, c.validate()
 }
 
@@ -106,8 +123,21 @@ func (c *config) validate() error {
 	if c.runs < 1 || c.runs > 100 {
 		bad("--runs %d: want 1..100", c.runs)
 	}
-	if c.warmup < 1500*time.Millisecond {
-		bad("--warmup %v: want at least 1.5s", c.warmup)
+	if c.methods, err = parseMethods(c.methodsFlag); err != nil {
+		errs = append(errs, err)
+	}
+	if c.lead < 1500*time.Millisecond {
+		bad("--lead %v: want at least 1.5s", c.lead)
+	}
+	hybrid := slices.Contains(c.methods, bench.MethodHybrid) || c.suite != "" && !c.methodsSet
+	switch {
+	case c.warmup < 0:
+		bad("--warmup %v: want a positive duration (or none: until the pages changed per round stop shrinking)", c.warmup)
+	case c.warmupSet && !hybrid:
+		bad("--warmup is the hybrid's warm-up: it needs hybrid in --methods (--lead is how long the source runs before the switchover)")
+	}
+	if c.hybridArgs != "" && !hybrid {
+		bad("--hybrid-args needs hybrid in --methods")
 	}
 	if c.post < 1100*time.Millisecond {
 		bad("--post %v: want at least 1.1s (the last second is the rate after)", c.post)
@@ -131,6 +161,33 @@ func (c *config) validate() error {
 	}
 	errs = append(errs, c.checkOutputs()...)
 	return errors.Join(errs...)
+}
+
+// defaultMethods is --methods' default.
+const defaultMethods = bench.MethodPostCopy + "," + bench.MethodStopCopy
+
+// parseMethods parses --methods: names from bench.Methods, each at most
+// once, returned in the order a run makes them (post-copy first: see
+// bench.Run.SetLostWork).
+func parseMethods(s string) ([]string, error) {
+	seen := map[string]bool{}
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		switch {
+		case !slices.Contains(bench.Methods, f):
+			return nil, fmt.Errorf("--methods %q: %q is not a method: want a comma-separated list of %s", s, f, strings.Join(bench.Methods, ", "))
+		case seen[f]:
+			return nil, fmt.Errorf("--methods %q: %s named twice", s, f)
+		}
+		seen[f] = true
+	}
+	var out []string
+	for _, m := range bench.Methods {
+		if seen[m] {
+			out = append(out, m)
+		}
+	}
+	return out, nil
 }
 
 // checkOutputs checks, creating nothing, that every file and directory the

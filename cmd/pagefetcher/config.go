@@ -82,7 +82,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics")
 	fs.IntVar(&c.allowUID, "allow-uid", os.Geteuid(), "accept the VMM only if its uid (SO_PEERCRED) is this one (default: pagefetcher's own); -1: any")
 	fs.IntVar(&c.vmmPID, "vmm-pid", 0, "accept the VMM only if it is this process (SO_PEERCRED pid); 0: any process --allow-uid allows")
-	fs.Float64Var(&c.demandRate, "demand-rate", prefetch.DefaultDemandRate, "faults per second served on the demand lane while the prefetch runs; faults beyond it ride the bulk lane (their page starts the next bulk run), so that a workload faulting back to back does not take the CPU the transfer needs (0: no bound; see README, Scheduling)")
+	fs.Float64Var(&c.demandRate, "demand-rate", prefetch.DefaultDemandRate, "faults per second served on the demand lane while the prefetch runs; faults beyond it, and those of a thread faulting back to back, ride the bulk lane (their page leads the next bulk run), so that a workload streaming through missing memory does not take the CPU the transfer needs (0: riding off; see README, How it works)")
 	fs.IntVar(&c.bulkWindow, "bulk-window", 8, "bulk window, in full runs (--bulk-run-bytes) in flight; runs cut short around faults are sent up to 8x as many (1..256)")
 	fs.Uint64Var(&c.bulkRunBytes, "bulk-run-bytes", 1<<20, "largest bulk run in bytes (4096..4194304)")
 	fs.DurationVar(&c.dialTimeout, "dial-timeout", 5*time.Second, "how long to try reaching the server at start")
@@ -155,7 +155,7 @@ func (c *config) validate() error {
 		bad("--prefetch %q: want on or off", c.prefetch)
 	}
 	if c.demandRate < 0 || c.demandRate > 1e7 || c.demandRate != c.demandRate {
-		bad("--demand-rate %v: want 0..10000000 faults per second (0: no bound)", c.demandRate)
+		bad("--demand-rate %v: want 0..10000000 faults per second (0: riding off)", c.demandRate)
 	}
 	if c.bulkWindow < 1 || c.bulkWindow > 256 {
 		bad("--bulk-window %d: want 1..256", c.bulkWindow)

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postcopy/postcopy/internal/cli/clitest"
+	"github.com/postcopy/postcopy/internal/testutil/pki"
 	"github.com/postcopy/postcopy/test/harness"
 )
 
@@ -65,7 +65,7 @@ func TestFlagValues(t *testing.T) {
 	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	pki := clitest.NewPKI(t, "pagefetcher")
+	certs := pki.NewT(t, "pagefetcher")
 	long := dir + "/" + strings.Repeat("s", 108-len(dir)-1) // 108 bytes
 	for _, tc := range []struct {
 		args []string
@@ -90,12 +90,12 @@ func TestFlagValues(t *testing.T) {
 		{[]string{"--token-file", file + ".empty"}, "--token-file"},
 		{[]string{"--tls-ca", "/nonexistent/ca.pem"}, `--tls-ca "/nonexistent/ca.pem": no such file or directory`},
 		{[]string{"--tls-ca", file}, fmt.Sprintf("--tls-ca %q: no PEM certificate found", file)},
-		{[]string{"--tls-ca", pki.CAFile, "--tls-cert", "/nonexistent/c.pem", "--tls-key", pki.ClientKey},
+		{[]string{"--tls-ca", certs.CA, "--tls-cert", "/nonexistent/c.pem", "--tls-key", certs.ClientKey},
 			`--tls-cert "/nonexistent/c.pem": no such file or directory`},
-		{[]string{"--tls-ca", pki.CAFile, "--tls-cert", pki.ClientCert, "--tls-key", "/nonexistent/k.pem"},
+		{[]string{"--tls-ca", certs.CA, "--tls-cert", certs.ClientCert, "--tls-key", "/nonexistent/k.pem"},
 			`--tls-key "/nonexistent/k.pem": no such file or directory`},
-		{[]string{"--tls-ca", pki.CAFile, "--tls-cert", pki.ClientCert, "--tls-key", pki.ServerKey},
-			fmt.Sprintf("--tls-key %q: tls: private key does not match public key", pki.ServerKey)},
+		{[]string{"--tls-ca", certs.CA, "--tls-cert", certs.ClientCert, "--tls-key", certs.ServerKey},
+			fmt.Sprintf("--tls-key %q: tls: private key does not match public key", certs.ServerKey)},
 		{[]string{"--working-set", file}, fmt.Sprintf("--working-set %q: malformed working set: not a working set", file)},
 		{[]string{"--working-set", filepath.Join(dir, "none")}, fmt.Sprintf("--working-set %q: open %s: no such file or directory", filepath.Join(dir, "none"), filepath.Join(dir, "none"))},
 		{[]string{"--record-working-set", filepath.Join(dir, "missing", "ws")},

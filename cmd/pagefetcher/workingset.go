@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -31,11 +32,19 @@ func loadWorkingSet(path string) (*workingset.Set, error) {
 // offered set that cannot be read is logged and left out: the migration
 // goes on without it. Whether the set matches the image the fetcher checks
 // once the session is open.
+// offeredSetTimeout bounds reading the working set a server offers.
+const offeredSetTimeout = 10 * time.Second
+
 func chooseWorkingSet(ctx context.Context, own *workingset.Set, path string, src fetcher.Source, log hclog.Logger) *workingset.Set {
 	if own != nil {
 		log.Info("working set", "source", "flag", "path", path, "pages", len(own.Pages))
 		return own
 	}
+	// Bounded: a server that stalls the call must not hold pagefetcher
+	// before its ready line, where a signal is not acted on yet and
+	// --handoff-timeout has not started.
+	ctx, cancel := context.WithTimeout(ctx, offeredSetTimeout)
+	defer cancel()
 	s, err := fetcher.OfferedWorkingSet(ctx, src)
 	if err != nil {
 		log.Warn("ignoring the working set the server offers", "error", err)

@@ -33,6 +33,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -45,7 +46,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/daemon"
@@ -117,9 +117,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.DurationVar(&c.unusedAfter, "session-unused-timeout", server.DefaultSessionUnusedTimeout, "a session that has served nothing and has no lane open for this long is ended (at the next Open)")
 	fs.StringVar(&c.tokenFile, "token-file", "", "`file` holding the shared token (default: the "+tokenEnv+" environment variable; neither: no token, warned)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "read bulk runs at a lower CPU priority while demand requests come")
-	fs.BoolVar(&c.demandSocket, "demand-socket", true, "also serve the demand lane as a plain socket lane on the same port (plaintext only; clients fall back to gRPC without it)")
+	fs.BoolVar(&c.demandSocket, "demand-socket", true, "also serve the demand lane as a socket lane on the same port (over TLS too; clients fall back to gRPC without it)")
 	fs.StringVar(&c.demandPrio, "demand-priority", "rt", "CPU priority of the threads serving demand socket lanes: rt (real-time where permitted, else normal: a remote fault's page is read and sent at once, whatever bulk work the source host does) or normal")
-	fs.BoolVar(&c.bulkSocket, "bulk-socket", true, "also serve the bulk lane as a plain socket lane on the same port (plaintext only; clients fall back to gRPC without it)")
+	fs.BoolVar(&c.bulkSocket, "bulk-socket", true, "also serve the bulk lane as a socket lane on the same port (over TLS too; clients fall back to gRPC without it)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate `file` (PEM); with --tls-key, serve TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key `file` (PEM)")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "CA `file` (PEM): require client certificates signed by it (mutual TLS)")
@@ -242,7 +242,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	procs := cli.EnsureProcs(cli.MinProcs)
 	log.Debug("runtime", "gomaxprocs", procs)
 	if err := serve(cfg, log, sigs, stdout); err != nil {
-		return cli.Fail(stderr, "pageserver", nil, err)
+		var jsonLog hclog.Logger
+		if cfg.logJSON {
+			jsonLog = log // one JSON object per stderr line, the id with it
+		}
+		return cli.Fail(stderr, "pageserver", jsonLog, err)
 	}
 	return cli.ExitOK
 }
@@ -265,13 +269,11 @@ func open(cfg *config, log hclog.Logger) (*instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	var creds credentials.TransportCredentials
+	var tlsConf *tls.Config
 	if cfg.tlsCert != "" {
-		tc, err := cli.ServerTLS(cfg.tlsCert, cfg.tlsKey, cfg.tlsClientCA)
-		if err != nil {
+		if tlsConf, err = cli.ServerTLS(cfg.tlsCert, cfg.tlsKey, cfg.tlsClientCA); err != nil {
 			return nil, err
 		}
-		creds = credentials.NewTLS(tc)
 	}
 	img, err := image.OpenRanges(cfg.source, cfg.pidRanges)
 	if err != nil {
@@ -295,7 +297,7 @@ func open(cfg *config, log hclog.Logger) (*instance, error) {
 	}
 	srv, err := server.NewServer(server.Options{
 		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions, WorkingSet: ws,
-		DemandSocket: creds == nil && cfg.demandSocket, BulkSocket: creds == nil && cfg.bulkSocket,
+		TLS: tlsConf, DemandSocket: cfg.demandSocket, BulkSocket: cfg.bulkSocket,
 		BulkYield: cfg.bulkYield, UrgentDemand: cfg.demandPrio == "rt",
 		MaxUnauthenticated: cfg.maxUnauth, SessionUnusedTimeout: cfg.unusedAfter,
 	})
@@ -308,13 +310,9 @@ func open(cfg *config, log hclog.Logger) (*instance, error) {
 		img.Close()
 		return nil, cli.Usagef("listen", cfg.listen, "cannot listen: %v", daemon.ListenError(err))
 	}
-	opts := srv.GRPCServerOptions()
-	if creds != nil {
-		opts = append(opts, grpc.Creds(creds))
-	}
-	g := grpc.NewServer(opts...)
+	g := grpc.NewServer(srv.GRPCServerOptions()...) // with TLS, its credentials
 	srv.Register(g)
-	return &instance{img: img, srv: srv, lis: lis, g: g, token: token, tls: creds != nil}, nil
+	return &instance{img: img, srv: srv, lis: lis, g: g, token: token, tls: tlsConf != nil}, nil
 }
 
 // serve runs the server until a signal or a failure; its error carries the
@@ -346,9 +344,9 @@ func serve(cfg *config, log hclog.Logger, sigs *daemon.Signals, stdout io.Writer
 	}
 
 	served := make(chan error, 1)
-	// Plaintext: socket lanes share the port; with TLS or without, the
-	// listener retries temporary accept failures and bounds the connections
-	// not yet authenticated (see server.SplitListener).
+	// Socket lanes share the port (over TLS, routed by ALPN); the listener
+	// also retries temporary accept failures and bounds the connections not
+	// yet authenticated (see server.SplitListener).
 	glis := srv.SplitListener(lis)
 	go func() { served <- g.Serve(glis) }()
 	if len(token) == 0 {

@@ -21,8 +21,8 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/cli"
-	"github.com/postcopy/postcopy/internal/cli/clitest"
 	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/internal/testutil/pki"
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/image"
@@ -443,9 +443,9 @@ func TestSourceNotStopped(t *testing.T) {
 
 func TestTLSFlags(t *testing.T) {
 	path, _ := writeImage(t)
-	pki := clitest.NewPKI(t, "pageserver")
+	certs := pki.NewT(t, "pageserver")
 	p := start(t, nil, "--listen", "127.0.0.1:0", "--source", "file:"+path,
-		"--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey, "--tls-client-ca", pki.CAFile)
+		"--tls-cert", certs.ServerCert, "--tls-key", certs.ServerKey, "--tls-client-ca", certs.CA)
 	var ready events.ServerReady
 	p.line(t, &ready)
 	if !ready.TLS {
@@ -453,7 +453,7 @@ func TestTLSFlags(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	good, err := cli.ClientTLS(pki.CAFile, pki.ClientCert, pki.ClientKey)
+	good, err := cli.ClientTLS(certs.CA, certs.ClientCert, certs.ClientKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -465,7 +465,7 @@ func TestTLSFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	noCert, _ := cli.ClientTLS(pki.CAFile, "", "")
+	noCert, _ := cli.ClientTLS(certs.CA, "", "")
 	if c, err := client.Dial(ctx, ready.Addr, client.Options{TLS: noCert, DialTimeout: 3 * time.Second}); err == nil {
 		c.Close()
 		t.Fatal("mTLS server accepted a client without a certificate")
@@ -499,7 +499,7 @@ func TestBadFlags(t *testing.T) {
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	pki := clitest.NewPKI(t, "pageserver")
+	certs := pki.NewT(t, "pageserver")
 	pidMax, err := os.ReadFile("/proc/sys/kernel/pid_max")
 	if err != nil {
 		t.Fatal(err)
@@ -551,12 +551,12 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--source", src, "--metrics-addr", busy.Addr().String()}, nil, 2,
 			`--metrics-addr "` + busy.Addr().String() + `": cannot listen: bind: address already in use`},
 		{[]string{"--source", src, "--tls-cert", "/nonexistent/c", "--tls-key", "/nonexistent/k"}, nil, 2, `--tls-cert "/nonexistent/c": no such file or directory`},
-		{[]string{"--source", src, "--tls-cert", empty, "--tls-key", pki.ServerKey}, nil, 2, `--tls-cert "` + empty + `": no PEM certificate found`},
-		{[]string{"--source", src, "--tls-cert", pki.ServerCert, "--tls-key", "/nonexistent/k"}, nil, 2, `--tls-key "/nonexistent/k": no such file or directory`},
-		{[]string{"--source", src, "--tls-cert", pki.ServerCert, "--tls-key", pki.ClientKey}, nil, 2, `--tls-key "` + pki.ClientKey + `": tls: private key does not match public key`},
-		{[]string{"--source", src, "--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey, "--tls-client-ca", "/nonexistent/ca"}, nil, 2,
+		{[]string{"--source", src, "--tls-cert", empty, "--tls-key", certs.ServerKey}, nil, 2, `--tls-cert "` + empty + `": no PEM certificate found`},
+		{[]string{"--source", src, "--tls-cert", certs.ServerCert, "--tls-key", "/nonexistent/k"}, nil, 2, `--tls-key "/nonexistent/k": no such file or directory`},
+		{[]string{"--source", src, "--tls-cert", certs.ServerCert, "--tls-key", certs.ClientKey}, nil, 2, `--tls-key "` + certs.ClientKey + `": tls: private key does not match public key`},
+		{[]string{"--source", src, "--tls-cert", certs.ServerCert, "--tls-key", certs.ServerKey, "--tls-client-ca", "/nonexistent/ca"}, nil, 2,
 			`--tls-client-ca "/nonexistent/ca": no such file or directory`},
-		{[]string{"--source", src, "--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey, "--tls-client-ca", empty}, nil, 2,
+		{[]string{"--source", src, "--tls-cert", certs.ServerCert, "--tls-key", certs.ServerKey, "--tls-client-ca", empty}, nil, 2,
 			`--tls-client-ca "` + empty + `": no PEM certificate found`},
 	} {
 		p := start(t, tc.env, tc.args...)

@@ -88,8 +88,8 @@ func LostWork(src []uint32, srcStartS float64, dest []uint32, fromS, horizonS, r
 // ran (nil ones left out).
 func (r *Run) Migrations() []*Migration {
 	var ms []*Migration
-	for _, m := range []*Migration{r.PostCopy, r.StopCopy} {
-		if m != nil {
+	for _, method := range Methods {
+		if m := r.Method(method); m != nil {
 			ms = append(ms, m)
 		}
 	}

@@ -28,38 +28,48 @@ func binned(counts []uint32, start float64, width int) (x, y []float64) {
 	return x, y
 }
 
-// WriteSVG plots the throughput of run (0-based) over time: post-copy
-// against stop-and-copy, each with its source part before the stop, the
-// switchover at 0, the end of each migration, and 90 % of the source's
-// rate. Rates are averaged over bins of at least 50 ms.
+// methodColors are the plot's colours by method.
+var methodColors = map[string]string{MethodPostCopy: "#1f77b4", MethodStopCopy: "#d62728", MethodHybrid: "#2ca02c"}
+
+// WriteSVG plots the throughput of run (0-based) over time: each method of
+// the run (post-copy, stop-and-copy, hybrid), each with its source part
+// before the stop (the hybrid's from before its warm-up), the switchover at
+// 0, the hybrid's warm-up start, the end of each migration, and 90 % of the
+// source's rate. Rates are averaged over bins of at least 50 ms.
 func (r *Report) WriteSVG(w io.Writer, run int) error {
 	if run < 0 || run >= len(r.Runs) {
 		return fmt.Errorf("plot: no run %d", run+1)
 	}
-	p, c := r.Runs[run].PostCopy, r.Runs[run].StopCopy
-	// The time span: a second (or a tenth of the span) before the stop to the end of the longest
-	// destination timeline.
+	p, c, h := r.Runs[run].PostCopy, r.Runs[run].StopCopy, r.Runs[run].Hybrid
+	// The time span: a second (or a tenth of the span) before the stop,
+	// or half a second before the hybrid's warm-up started, to the end of
+	// the longest destination timeline.
 	end := 0.0
-	for _, m := range []*Migration{p, c} {
-		if m != nil {
-			end = math.Max(end, float64(len(m.Dest))*Bucket.Seconds())
-		}
+	for _, m := range r.Runs[run].Migrations() {
+		end = math.Max(end, float64(len(m.Dest))*Bucket.Seconds())
 	}
 	begin := -math.Max(1, end*0.1)
-	if p != nil && p.SourceStartS > begin {
-		begin = math.Min(p.SourceStartS, 0)
+	if h != nil && h.CostStartS < 0 {
+		begin = math.Min(begin, h.CostStartS-0.5)
+	}
+	earliest := 0.0 // the earliest source bucket of any line
+	for _, m := range r.Runs[run].Migrations() {
+		earliest = math.Min(earliest, m.SourceStartS)
+	}
+	if earliest > begin {
+		begin = earliest
 	}
 	width := max(5, int((end-begin)/Bucket.Seconds()/600)) // ≤ ~600 points a line
 	var lines []series
-	add := func(m *Migration, name, color string) {
+	add := func(m *Migration) {
 		if m == nil {
 			return
 		}
-		// Source: only its last second (or what there is).
+		// Source: only from begin on (or what there is).
 		src := m.Source
 		skip := 0
 		if first := m.SourceStartS; first < begin {
-			skip = int((begin - first) / Bucket.Seconds())
+			skip = int(math.Ceil((begin - first) / Bucket.Seconds()))
 		}
 		if skip < len(src) {
 			src = src[skip:]
@@ -68,10 +78,11 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 		}
 		sx, sy := binned(src, m.SourceStartS+float64(skip)*Bucket.Seconds(), width)
 		dx, dy := binned(m.Dest, 0, width)
-		lines = append(lines, series{name: name, color: color, x: append(sx, dx...), y: append(sy, dy...)})
+		lines = append(lines, series{name: MethodLabel(m.Method), color: methodColors[m.Method], x: append(sx, dx...), y: append(sy, dy...)})
 	}
-	add(p, "post-copy", "#1f77b4")
-	add(c, "stop-and-copy", "#d62728")
+	add(p)
+	add(c)
+	add(h)
 	// A logarithmic throughput axis: a post-copy workload that runs at a
 	// thousandth of its rate while its pages arrive is not stopped, and a
 	// linear axis would show the two the same. Empty bins sit on the axis.
@@ -109,9 +120,21 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 		s.Size, s.Pattern, s.Content, s.Link, run+1)
 	fmt.Fprintf(&sb, `<text x="%.0f" y="24" font-size="16" font-weight="bold">%s</text>`+"\n", L, html.EscapeString(title))
 	sub := fmt.Sprintf("operations per second, averaged over %d ms; time from the switchover (source stops)", width*int(Bucket.Milliseconds()))
-	if p != nil && c != nil && p.LostWorkHorizonS > 0 {
-		sub = fmt.Sprintf("work lost in the %.1f s from the stop: post-copy %.2f s, stop-and-copy %.2f s (%.2f×); operations/s over %d ms",
-			p.LostWorkHorizonS, p.LostWorkS, c.LostWorkS, p.LostWorkXStopCopy, width*int(Bucket.Milliseconds()))
+	if c != nil && c.LostWorkHorizonS > 0 {
+		var parts []string
+		for _, m := range r.Runs[run].Migrations() {
+			part := fmt.Sprintf("%s %.2f s", MethodLabel(m.Method), m.LostWorkS)
+			if m != c {
+				part += fmt.Sprintf(" (%.2f×)", m.LostWorkXStopCopy)
+			}
+			parts = append(parts, part)
+		}
+		from := "from the stop"
+		if h != nil {
+			from = "from the stop (the hybrid's from its warm-up)"
+		}
+		sub = fmt.Sprintf("work lost in the %.1f s %s: %s; operations/s over %d ms",
+			c.LostWorkHorizonS, from, strings.Join(parts, ", "), width*int(Bucket.Milliseconds()))
 	}
 	fmt.Fprintf(&sb, `<text x="%.0f" y="44" fill="#555">%s</text>`+"\n", L, html.EscapeString(sub))
 	// Axes and grid.
@@ -144,15 +167,22 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 	}
 	vline(0, "black", "switchover", 0)
 	if p != nil {
-		vline(p.TotalS, "#1f77b4", fmt.Sprintf("post-copy: all pages resident (%.2f s)", p.TotalS), 1)
-		if p.PreRate > 0 {
-			y := py(0.9 * p.PreRate)
-			fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#888" stroke-dasharray="2 3"/>`+"\n", L, y, W-R, y)
-			fmt.Fprintf(&sb, `<text x="%.0f" y="%.1f" fill="#666" text-anchor="middle">90 %% of the post-copy source rate</text>`+"\n", (L+W-R)/2, y-4)
-		}
+		vline(p.TotalS, methodColors[MethodPostCopy], fmt.Sprintf("post-copy: all pages resident (%.2f s)", p.TotalS), 1)
+	}
+	if ms := r.Runs[run].Migrations(); len(ms) > 0 && ms[0].PreRate > 0 {
+		y := py(0.9 * ms[0].PreRate)
+		fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#888" stroke-dasharray="2 3"/>`+"\n", L, y, W-R, y)
+		fmt.Fprintf(&sb, `<text x="%.0f" y="%.1f" fill="#666">90 %% of the %s source rate</text>`+"\n",
+			L+6, y-4, MethodLabel(ms[0].Method))
 	}
 	if c != nil {
-		vline(c.TotalS, "#d62728", fmt.Sprintf("stop-and-copy: resumes (%.2f s)", c.TotalS), 2)
+		vline(c.TotalS, methodColors[MethodStopCopy], fmt.Sprintf("stop-and-copy: resumes (%.2f s)", c.TotalS), 2)
+	}
+	if h != nil {
+		vline(h.TotalS, methodColors[MethodHybrid], fmt.Sprintf("hybrid: all pages resident (%.2f s)", h.TotalS), 3)
+		if h.CostStartS < 0 {
+			vline(h.CostStartS, methodColors[MethodHybrid], fmt.Sprintf("hybrid: warm-up starts (%.2f s)", h.CostStartS), 4)
+		}
 	}
 	// Lines.
 	for _, l := range lines {
@@ -164,25 +194,26 @@ func (r *Report) WriteSVG(w io.Writer, run int) error {
 	}
 	// Legend.
 	for i, l := range lines {
-		x := L + float64(i)*200
+		x := L + float64(i)*130
 		y := H - 22
 		fmt.Fprintf(&sb, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="%s" stroke-width="3"/>`+"\n", x, y-4, x+28, y-4, l.color)
 		fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f">%s</text>`+"\n", x+34, y, l.name)
 	}
-	if p != nil {
-		fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f" fill="#333">%s</text>`+"\n", L+420, H-22, html.EscapeString(fmt.Sprintf(
-			"downtime: post-copy %.2f ms, stop-and-copy %.0f ms", p.DowntimeMS, stopDowntime(c))))
+	var downs []string
+	for _, m := range r.Runs[run].Migrations() {
+		d := fmt.Sprintf("%.2f ms", m.DowntimeMS)
+		if m.DowntimeMS >= 100 {
+			d = fmt.Sprintf("%.0f ms", m.DowntimeMS)
+		}
+		downs = append(downs, MethodLabel(m.Method)+" "+d)
+	}
+	if len(downs) > 0 {
+		fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f" fill="#333" font-size="12">%s</text>`+"\n", L+float64(len(lines))*130, H-22,
+			html.EscapeString("downtime: "+strings.Join(downs, ", ")))
 	}
 	sb.WriteString("</svg>\n")
 	_, err := io.WriteString(w, sb.String())
 	return err
-}
-
-func stopDowntime(c *Migration) float64 {
-	if c == nil {
-		return 0
-	}
-	return c.DowntimeMS
 }
 
 // decade labels a power of ten: 100, 1k, 10k, 1M.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,7 +19,68 @@ import (
 const (
 	MethodPostCopy = "postcopy"
 	MethodStopCopy = "stopcopy"
+	// MethodHybrid warms the destination while the source still runs
+	// (pagefetcher --warm), then stops the source and post-copies only
+	// what changed.
+	MethodHybrid = "hybrid"
 )
+
+// Methods are every method, in the order a run makes them: post-copy
+// first (the slowest to make the memory resident: see Run.SetLostWork).
+var Methods = []string{MethodPostCopy, MethodStopCopy, MethodHybrid}
+
+// MethodLabel is a method's name in tables and plots.
+func MethodLabel(method string) string {
+	switch method {
+	case MethodPostCopy:
+		return "post-copy"
+	case MethodStopCopy:
+		return "stop-and-copy"
+	}
+	return method
+}
+
+// WarmRound is one of pagefetcher's "warm" lines: a round of the warm-up
+// over the whole image (Pages), with the pages that came back changed
+// although a copy was held (Changed; 0 in round 1), ElapsedS from the
+// warm-up's start in pagefetcher's view.
+type WarmRound struct {
+	Round    uint64  `json:"round"`
+	Pages    uint64  `json:"pages"`
+	Changed  uint64  `json:"changed"`
+	ElapsedS float64 `json:"elapsed_s"`
+}
+
+// How a hybrid's warm-up ended (WarmUp.WarmStop).
+const (
+	WarmStopDuration = "warmup"  // --warmup elapsed
+	WarmStopSettled  = "settled" // the changed set stopped shrinking
+	WarmStopLimit    = "limit"   // it kept shrinking until migbench's bound
+)
+
+// WarmUp holds the figures only a hybrid migration has.
+type WarmUp struct {
+	// WarmS runs from the warm-up's start (pagefetcher --warm started,
+	// the source running) to the source's stop: -CostStartS.
+	WarmS float64 `json:"warm_s"`
+	// WarmRounds counts the rounds pagefetcher reported done before the
+	// source's stop; WarmLog has their lines.
+	WarmRounds int         `json:"warm_rounds"`
+	WarmLog    []WarmRound `json:"warm_log"`
+	WarmStop   string      `json:"warm_stop"`
+	// ChangedPages are the cached pages that pagefetcher found changed at
+	// the switchover (the frozen source's page differed from its copy):
+	// the pages the warm-up could not spare the post-copy phase.
+	// PagesConfirmed are the cached pages placed from its cache once
+	// confirmed unchanged.
+	ChangedPages   uint64 `json:"changed_pages"`
+	PagesConfirmed uint64 `json:"pages_confirmed"`
+	// SourceStopWaitMS is the part of the handshake the destination
+	// waited, once it had the source's state, for the source to show as
+	// stopped (it sends its state, then stops itself; the freeze at the
+	// handoff needs it stopped).
+	SourceStopWaitMS float64 `json:"source_stop_wait_ms"`
+}
 
 // Migration holds the figures of one migration, in the units their names say.
 // Times are measured with CLOCK_MONOTONIC, shared by every process.
@@ -104,15 +166,48 @@ type Migration struct {
 	Source       []uint32 `json:"source_timeline"`
 	Dest         []uint32 `json:"dest_timeline"`
 
+	// FetcherPeakRSS is pagefetcher's peak resident memory, from its
+	// summary line (0: not reported).
+	FetcherPeakRSS uint64 `json:"fetcher_peak_rss_bytes"`
+
+	// The hybrid's own figures (nil for the other methods).
+	*WarmUp
+
 	FetcherSummary json.RawMessage `json:"fetcher_summary"`
 }
 
-// Run is one repetition: a post-copy migration and its stop-and-copy
-// baseline, on the same workload configuration and link.
+// Run is one repetition: a migration by each method of the invocation
+// (--methods), on the same workload configuration and link.
 type Run struct {
 	Index    int        `json:"index"`
 	PostCopy *Migration `json:"postcopy"`
 	StopCopy *Migration `json:"stopcopy"`
+	Hybrid   *Migration `json:"hybrid,omitempty"`
+}
+
+// Method returns the run's migration by method (nil: not made).
+func (r *Run) Method(method string) *Migration {
+	switch method {
+	case MethodPostCopy:
+		return r.PostCopy
+	case MethodStopCopy:
+		return r.StopCopy
+	case MethodHybrid:
+		return r.Hybrid
+	}
+	return nil
+}
+
+// SetMethod stores m as the run's migration by method.
+func (r *Run) SetMethod(method string, m *Migration) {
+	switch method {
+	case MethodPostCopy:
+		r.PostCopy = m
+	case MethodStopCopy:
+		r.StopCopy = m
+	case MethodHybrid:
+		r.Hybrid = m
+	}
 }
 
 // Machine describes where the figures came from.
@@ -145,18 +240,26 @@ func LoadAvg1() float64 {
 
 // Setup is the configuration of an invocation.
 type Setup struct {
-	SizeBytes uint64  `json:"size_bytes"`
-	Size      string  `json:"size"`
-	Pattern   string  `json:"pattern"`
-	Content   string  `json:"content"`
-	WritePct  int     `json:"write_pct"`
-	Link      string  `json:"link"`
-	LinkBits  uint64  `json:"link_bits_per_s"`
-	Runs      int     `json:"runs"`
-	WarmupS   float64 `json:"warmup_s"`
-	PostS     float64 `json:"post_s"`
-	Date      string  `json:"date"`
-	ElapsedS  float64 `json:"elapsed_s"` // how long the invocation took
+	SizeBytes uint64 `json:"size_bytes"`
+	Size      string `json:"size"`
+	Pattern   string `json:"pattern"`
+	Content   string `json:"content"`
+	WritePct  int    `json:"write_pct"`
+	Link      string `json:"link"`
+	LinkBits  uint64 `json:"link_bits_per_s"`
+	Runs      int    `json:"runs"`
+	// Methods are the methods of every run, in the order they ran.
+	Methods []string `json:"methods"`
+	// LeadS is how long the source ran before any migration work (its
+	// last second is the reference rate): post-copy's and stop-and-copy's
+	// switchover, the hybrid's warm-up start.
+	LeadS float64 `json:"lead_s"`
+	// WarmupS is the hybrid's warm-up (--warmup); 0: until the changed
+	// set stopped shrinking.
+	WarmupS  float64 `json:"warmup_s"`
+	PostS    float64 `json:"post_s"`
+	Date     string  `json:"date"`
+	ElapsedS float64 `json:"elapsed_s"` // how long the invocation took
 }
 
 // Report is the JSON document of an invocation. Its first keys are a
@@ -189,6 +292,9 @@ type Report struct {
 	TCPGbps            float64 `json:"tcp_gbps"`
 	TCPRttUS           float64 `json:"tcp_rtt_us"`
 	Verified           bool    `json:"verified"`
+
+	// Hybrid has the hybrid's medians, when the runs made it.
+	Hybrid *HybridSummary `json:"hybrid,omitempty"`
 
 	// More medians.
 	StateMS        float64 `json:"state_ms"`
@@ -235,85 +341,155 @@ func Median(xs []float64) float64 {
 	return (s[n/2-1] + s[n/2]) / 2
 }
 
-// Summarize fills the report's medians from its runs.
-func (r *Report) Summarize() {
-	var medInf func(f func(m *Migration) float64, stop bool) float64
-	med := func(f func(m *Migration) float64, stop bool) float64 {
-		return finite(medInf(f, stop))
-	}
-	medInf = func(f func(m *Migration) float64, stop bool) float64 {
-		var xs []float64
-		for _, run := range r.Runs {
-			m := run.PostCopy
-			if stop {
-				m = run.StopCopy
-			}
-			if m != nil {
-				xs = append(xs, f(m))
-			}
+// HybridSummary is the hybrid's medians over the runs (PeakRSSBytes: the
+// highest of the runs), in the units their names say.
+type HybridSummary struct {
+	LostWorkS         float64 `json:"lost_work_s"`
+	LostWorkXStopCopy float64 `json:"lost_work_x_stopcopy"`
+	DowntimeMS        float64 `json:"downtime_ms"`
+	StallFigures
+	WarmS          float64 `json:"warm_s"`
+	WarmRounds     float64 `json:"warm_rounds"`
+	ChangedPages   float64 `json:"changed_pages"`
+	PagesConfirmed float64 `json:"pages_confirmed"`
+	PeakRSSBytes   uint64  `json:"peak_rss_bytes"`
+	FirstFaultMS   float64 `json:"first_fault_ms"`
+	Faults         float64 `json:"faults"`
+	FaultP99US     float64 `json:"fault_p99_us"`
+	TotalS         float64 `json:"total_s"`
+	BytesWire      float64 `json:"bytes_wire"`
+	Recover90S     float64 `json:"recover90_s"`
+	Recovered90    bool    `json:"recovered90"`
+	PreRate        float64 `json:"pre_ops_per_s"`
+	PostRate       float64 `json:"post_ops_per_s"`
+	Verified       bool    `json:"verified"`
+}
+
+// median is the median of f over the runs' migrations by method (NaN when
+// none made it).
+func (r *Report) median(method string, f func(m *Migration) float64) float64 {
+	var xs []float64
+	for i := range r.Runs {
+		if m := r.Runs[i].Method(method); m != nil {
+			xs = append(xs, f(m))
 		}
-		return Median(xs)
 	}
-	r.DowntimeMS = med(func(m *Migration) float64 { return m.DowntimeMS }, false)
-	r.FirstFaultMS = med(func(m *Migration) float64 { return m.FirstFaultMS }, false)
-	r.Faults = med(func(m *Migration) float64 { return float64(m.Faults) }, false)
-	r.FaultP50US = med(func(m *Migration) float64 { return m.FaultP50US }, false)
-	r.FaultP99US = med(func(m *Migration) float64 { return m.FaultP99US }, false)
-	r.FaultP999US = med(func(m *Migration) float64 { return m.FaultP999US }, false)
-	r.FaultMaxUS = med(func(m *Migration) float64 { return m.FaultMaxUS }, false)
-	r.BlocktimeMS = med(func(m *Migration) float64 { return m.BlocktimeMS }, false)
-	r.TotalS = med(func(m *Migration) float64 { return m.TotalS }, false)
-	r.BytesWire = med(func(m *Migration) float64 { return float64(m.BytesWire) }, false)
-	r.StateMS = med(func(m *Migration) float64 { return m.StateMS }, false)
-	r.HandshakeMS = med(func(m *Migration) float64 { return m.HandshakeMS }, false)
-	r.PreRate = med(func(m *Migration) float64 { return m.PreRate }, false)
-	r.PostRate = med(func(m *Migration) float64 { return m.PostRate }, false)
-	// recover90: a run that never recovered counts as later than every run
-	// that did (it was observed for all it ran after the stop, longer than
-	// the runs that recovered took). When the median falls on runs that
-	// recovered, it is exact; when it falls on one that did not, the
-	// median is not known: recovered90 is false and recover90_s is the
-	// median of the runs' figures, lower bounds included, which is a lower
-	// bound of it.
-	rec := medInf(func(m *Migration) float64 {
+	return Median(xs)
+}
+
+// recover90 is the median recover90 of a method's migrations: a run that
+// never recovered counts as later than every run that did (it was observed
+// for all it ran after the stop, longer than the runs that recovered
+// took). When the median falls on runs that recovered, it is exact; when it
+// falls on one that did not, the median is not known: recovered is false
+// and s is the median of the runs' figures, lower bounds included, which is
+// a lower bound of it.
+func (r *Report) recover90(method string) (s float64, recovered bool) {
+	rec := r.median(method, func(m *Migration) float64 {
 		if !m.Recovered90 {
 			return math.Inf(1)
 		}
 		return m.Recover90S
-	}, false)
-	r.Recovered90 = !math.IsInf(rec, 1) && !math.IsNaN(rec)
-	if r.Recovered90 {
-		r.Recover90S = rec
-	} else {
-		r.Recover90S = med(func(m *Migration) float64 { return m.Recover90S }, false)
+	})
+	if !math.IsInf(rec, 1) && !math.IsNaN(rec) {
+		return rec, true
 	}
+	return finite(r.median(method, func(m *Migration) float64 { return m.Recover90S })), false
+}
+
+// Summarize fills the report's medians from its runs.
+func (r *Report) Summarize() {
+	med := func(method string, f func(m *Migration) float64) float64 { return finite(r.median(method, f)) }
+	pc := func(f func(m *Migration) float64) float64 { return med(MethodPostCopy, f) }
+	r.DowntimeMS = pc(func(m *Migration) float64 { return m.DowntimeMS })
+	r.FirstFaultMS = pc(func(m *Migration) float64 { return m.FirstFaultMS })
+	r.Faults = pc(func(m *Migration) float64 { return float64(m.Faults) })
+	r.FaultP50US = pc(func(m *Migration) float64 { return m.FaultP50US })
+	r.FaultP99US = pc(func(m *Migration) float64 { return m.FaultP99US })
+	r.FaultP999US = pc(func(m *Migration) float64 { return m.FaultP999US })
+	r.FaultMaxUS = pc(func(m *Migration) float64 { return m.FaultMaxUS })
+	r.BlocktimeMS = pc(func(m *Migration) float64 { return m.BlocktimeMS })
+	r.TotalS = pc(func(m *Migration) float64 { return m.TotalS })
+	r.BytesWire = pc(func(m *Migration) float64 { return float64(m.BytesWire) })
+	r.StateMS = pc(func(m *Migration) float64 { return m.StateMS })
+	r.HandshakeMS = pc(func(m *Migration) float64 { return m.HandshakeMS })
+	r.PreRate = pc(func(m *Migration) float64 { return m.PreRate })
+	r.PostRate = pc(func(m *Migration) float64 { return m.PostRate })
+	r.Recover90S, r.Recovered90 = r.recover90(MethodPostCopy)
 	r.Recover90Ratio = 0
 	if r.LinkTimeS > 0 {
 		r.Recover90Ratio = r.Recover90S / r.LinkTimeS
 	}
-	r.LostWorkS = med(func(m *Migration) float64 { return m.LostWorkS }, false)
-	r.StopcopyLostWorkS = med(func(m *Migration) float64 { return m.LostWorkS }, true)
-	r.LostWorkXStopCopy = med(func(m *Migration) float64 { return m.LostWorkXStopCopy }, false)
-	r.StallFigures = r.medianStalls(func(run Run) *Migration { return run.PostCopy })
-	r.StopcopyStalls = r.medianStalls(func(run Run) *Migration { return run.StopCopy })
-	r.StopcopyDowntimeMS = med(func(m *Migration) float64 { return m.DowntimeMS }, true)
-	r.StopcopyTotalS = med(func(m *Migration) float64 { return m.TotalS }, true)
+	r.LostWorkS = pc(func(m *Migration) float64 { return m.LostWorkS })
+	r.StopcopyLostWorkS = med(MethodStopCopy, func(m *Migration) float64 { return m.LostWorkS })
+	r.LostWorkXStopCopy = pc(func(m *Migration) float64 { return m.LostWorkXStopCopy })
+	r.StallFigures = r.medianStalls(MethodPostCopy)
+	r.StopcopyStalls = r.medianStalls(MethodStopCopy)
+	r.StopcopyDowntimeMS = med(MethodStopCopy, func(m *Migration) float64 { return m.DowntimeMS })
+	r.StopcopyTotalS = med(MethodStopCopy, func(m *Migration) float64 { return m.TotalS })
+	r.Hybrid = r.summarizeHybrid()
 	r.Verified = len(r.Runs) > 0
-	for _, run := range r.Runs {
-		for _, m := range []*Migration{run.PostCopy, run.StopCopy} {
-			if m == nil || !m.Verified {
+	for i := range r.Runs {
+		ms := r.Runs[i].Migrations()
+		if len(ms) == 0 {
+			r.Verified = false
+		}
+		for _, m := range ms {
+			if !m.Verified {
 				r.Verified = false
 			}
 		}
 	}
 }
 
+// summarizeHybrid is the hybrid's medians, nil when no run made it.
+func (r *Report) summarizeHybrid() *HybridSummary {
+	var n int
+	h := &HybridSummary{Verified: true}
+	for i := range r.Runs {
+		if m := r.Runs[i].Hybrid; m != nil {
+			n++
+			h.PeakRSSBytes = max(h.PeakRSSBytes, m.FetcherPeakRSS)
+			h.Verified = h.Verified && m.Verified
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	med := func(f func(m *Migration) float64) float64 { return finite(r.median(MethodHybrid, f)) }
+	warm := func(f func(w *WarmUp) float64) float64 {
+		return med(func(m *Migration) float64 {
+			if m.WarmUp == nil {
+				return 0
+			}
+			return f(m.WarmUp)
+		})
+	}
+	h.LostWorkS = med(func(m *Migration) float64 { return m.LostWorkS })
+	h.LostWorkXStopCopy = med(func(m *Migration) float64 { return m.LostWorkXStopCopy })
+	h.DowntimeMS = med(func(m *Migration) float64 { return m.DowntimeMS })
+	h.StallFigures = r.medianStalls(MethodHybrid)
+	h.WarmS = warm(func(w *WarmUp) float64 { return w.WarmS })
+	h.WarmRounds = warm(func(w *WarmUp) float64 { return float64(w.WarmRounds) })
+	h.ChangedPages = warm(func(w *WarmUp) float64 { return float64(w.ChangedPages) })
+	h.PagesConfirmed = warm(func(w *WarmUp) float64 { return float64(w.PagesConfirmed) })
+	h.FirstFaultMS = med(func(m *Migration) float64 { return m.FirstFaultMS })
+	h.Faults = med(func(m *Migration) float64 { return float64(m.Faults) })
+	h.FaultP99US = med(func(m *Migration) float64 { return m.FaultP99US })
+	h.TotalS = med(func(m *Migration) float64 { return m.TotalS })
+	h.BytesWire = med(func(m *Migration) float64 { return float64(m.BytesWire) })
+	h.Recover90S, h.Recovered90 = r.recover90(MethodHybrid)
+	h.PreRate = med(func(m *Migration) float64 { return m.PreRate })
+	h.PostRate = med(func(m *Migration) float64 { return m.PostRate })
+	return h
+}
+
 // medianStalls is the median of each stall figure over the runs' migrations
-// of one method (pick) that measured them; zero (not measured) when none did.
-func (r *Report) medianStalls(pick func(Run) *Migration) StallFigures {
+// by method that measured them; zero (not measured) when none did.
+func (r *Report) medianStalls(method string) StallFigures {
 	var fs []StallFigures
-	for _, run := range r.Runs {
-		if m := pick(run); m != nil && m.Measured() {
+	for i := range r.Runs {
+		if m := r.Runs[i].Method(method); m != nil && m.Measured() {
 			fs = append(fs, m.StallFigures)
 		}
 	}
@@ -353,67 +529,178 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 	tw := &table{}
 	var notes []string // the estimates' footnotes
-	tw.row("", "post-copy", "stop-and-copy")
-	for i, run := range r.Runs {
+	methods := r.methods()
+	head := make([]string, len(methods))
+	for j, method := range methods {
+		head[j] = MethodLabel(method)
+	}
+	tw.row("", head...)
+	hybrid := slices.Contains(methods, MethodHybrid)
+	for i := range r.Runs {
+		run := &r.Runs[i]
 		if len(r.Runs) > 1 {
-			tw.row(fmt.Sprintf("run %d", i+1), "", "")
+			tw.row(fmt.Sprintf("run %d", i+1))
 		}
-		p, c := run.PostCopy, run.StopCopy
-		if c == nil {
-			c = &Migration{}
+		// col renders f of each method's migration of this run, "-" for
+		// a method it did not make.
+		col := func(f func(m *Migration) string) []string {
+			out := make([]string, len(methods))
+			for j, method := range methods {
+				out[j] = "-"
+				if m := run.Method(method); m != nil {
+					out[j] = f(m)
+				}
+			}
+			return out
 		}
-		tw.row("the workload's view:", "", "")
-		tw.row("downtime (ms)", f3(p.DowntimeMS), f3(c.DowntimeMS))
-		tw.row("  state transfer (ms)", f3(p.StateMS), f3(c.StateMS))
-		tw.row("  handshake (ms)", f3(p.HandshakeMS), f3(c.HandshakeMS))
-		tw.row("  copy of all memory (ms)", "-", f3(c.CopyMS))
-		tw.row("  first operation, with its fault (ms)", f3(p.FirstFaultMS), f3(c.FirstFaultMS))
-		tw.row(fmt.Sprintf("work lost (s, over %.2f s from the stop)", p.LostWorkHorizonS), f3(p.LostWorkS)+p.estimate(), f3(c.LostWorkS)+c.estimate())
-		tw.row("  × stop-and-copy's", fmt.Sprintf("%.2f", p.LostWorkXStopCopy)+either(p.estimate(), c.estimate()), "1")
-		for _, e := range []struct {
-			m    *Migration
-			name string
-		}{{p, "post-copy"}, {c, "stop-and-copy"}} {
-			if e.m.estimate() != "" {
-				notes = append(notes, fmt.Sprintf("%s run %d, %s: work lost is an estimate: its destination was observed for %.2f s less than the %.2f s horizon, counted at the loss of its last observed second",
-					EstimateMark, i+1, e.name, e.m.LostWorkExtrapolatedS, e.m.LostWorkHorizonS))
+		// only renders f for the methods named, "-" for the others.
+		only := func(f func(m *Migration) string, names ...string) func(m *Migration) string {
+			return func(m *Migration) string {
+				if !slices.Contains(names, m.Method) {
+					return "-"
+				}
+				return f(m)
 			}
 		}
-		tw.row(fmt.Sprintf("operations over %.0f µs (stalls), total (ms)", p.StallThresholdUS), stallCount(p.StallFigures), stallCount(c.StallFigures))
-		tw.row("  stall p50/p90/p99/p99.9/max (µs)", stallQuantiles(p.StallFigures), stallQuantiles(c.StallFigures))
-		tw.row("throughput before / after (Mops/s)", fmt.Sprintf("%.3f / %.3f", p.PreRate/1e6, p.PostRate/1e6),
-			fmt.Sprintf("%.3f / %.3f", c.PreRate/1e6, c.PostRate/1e6))
-		tw.row("back to 90 % of it after", FormatRecover90(p.Recover90S, p.Recovered90, " s"), FormatRecover90(c.Recover90S, c.Recovered90, " s"))
-		tw.row("verified (every page)", fmt.Sprint(p.Verified), fmt.Sprint(c.Verified))
-		tw.row("pagefetcher's view:", "", "")
-		tw.row("demand faults", fmt.Sprint(p.Faults), fmt.Sprint(c.Faults))
-		tw.row("fault latency p50/p99/p999/max (µs)", fmt.Sprintf("%.0f/%.0f/%.0f/%.0f", p.FaultP50US, p.FaultP99US, p.FaultP999US, p.FaultMaxUS), "-")
-		tw.row("blocktime (ms)", f3(p.BlocktimeMS), f3(c.BlocktimeMS))
-		tw.row("total migration time (s)", f3(p.TotalS), f3(c.TotalS))
-		tw.row("bytes on the wire (page payload)", FormatSize(p.BytesWire), FormatSize(c.BytesWire))
-		if p.LinkRxBytes > 0 {
-			tw.row("bytes through the link (rx, frames)", FormatSize(p.LinkRxBytes), FormatSize(c.LinkRxBytes))
+		horizon := 0.0
+		for _, m := range run.Migrations() {
+			horizon = max(horizon, m.LostWorkHorizonS)
 		}
+		sc := run.StopCopy
+		tw.row("the workload's view:")
+		tw.row("downtime (ms)", col(func(m *Migration) string { return f3(m.DowntimeMS) })...)
+		tw.row("  state transfer (ms)", col(func(m *Migration) string { return f3(m.StateMS) })...)
+		tw.row("  handshake (ms)", col(func(m *Migration) string { return f3(m.HandshakeMS) })...)
+		if hybrid {
+			tw.row("    of it, the source seen stopped (ms)", col(only(func(m *Migration) string {
+				if m.WarmUp == nil {
+					return "-"
+				}
+				return f3(m.SourceStopWaitMS)
+			}, MethodHybrid))...)
+		}
+		tw.row("  copy of all memory (ms)", col(only(func(m *Migration) string { return f3(m.CopyMS) }, MethodStopCopy))...)
+		tw.row("  first operation, with its fault (ms)", col(func(m *Migration) string { return f3(m.FirstFaultMS) })...)
+		if hybrid {
+			tw.row("warm-up before the stop (s), rounds", col(only(func(m *Migration) string {
+				if m.WarmUp == nil {
+					return "-"
+				}
+				return fmt.Sprintf("%s, %d", f3(m.WarmS), m.WarmRounds)
+			}, MethodHybrid))...)
+			tw.row("  pages changed by round", col(only(func(m *Migration) string { return m.WarmUp.ChangedByRound() }, MethodHybrid))...)
+			tw.row("  changed at the switchover / confirmed (pages)", col(only(func(m *Migration) string {
+				if m.WarmUp == nil {
+					return "-"
+				}
+				return fmt.Sprintf("%d / %d", m.ChangedPages, m.PagesConfirmed)
+			}, MethodHybrid))...)
+		}
+		tw.row(fmt.Sprintf("work lost (s, to %.2f s after the stop)", horizon), col(func(m *Migration) string { return f3(m.LostWorkS) + m.estimate() })...)
+		if hybrid {
+			tw.row("  counted from (s, relative to the stop)", col(func(m *Migration) string { return fmt.Sprintf("%.2f", m.CostStartS) })...)
+		}
+		if sc != nil {
+			tw.row("  × stop-and-copy's", col(func(m *Migration) string {
+				if m == sc {
+					return "1"
+				}
+				return fmt.Sprintf("%.2f", m.LostWorkXStopCopy) + either(m.estimate(), sc.estimate())
+			})...)
+		}
+		for _, m := range run.Migrations() {
+			if m.estimate() != "" {
+				notes = append(notes, fmt.Sprintf("%s run %d, %s: work lost is an estimate: its destination was observed for %.2f s less than the %.2f s horizon, counted at the loss of its last observed second",
+					EstimateMark, i+1, MethodLabel(m.Method), m.LostWorkExtrapolatedS, m.LostWorkHorizonS))
+			}
+		}
+		threshold := 0.0
+		for _, m := range run.Migrations() {
+			threshold = max(threshold, m.StallThresholdUS)
+		}
+		tw.row(fmt.Sprintf("operations over %.0f µs (stalls), total (ms)", threshold), col(func(m *Migration) string { return stallCount(m.StallFigures) })...)
+		tw.row("  stall p50/p90/p99/p99.9/max (µs)", col(func(m *Migration) string { return stallQuantiles(m.StallFigures) })...)
+		tw.row("throughput before / after (Mops/s)", col(func(m *Migration) string { return fmt.Sprintf("%.3f / %.3f", m.PreRate/1e6, m.PostRate/1e6) })...)
+		tw.row("back to 90 % of it after", col(func(m *Migration) string { return FormatRecover90(m.Recover90S, m.Recovered90, " s") })...)
+		tw.row("verified (every page)", col(func(m *Migration) string { return fmt.Sprint(m.Verified) })...)
+		tw.row("pagefetcher's view:")
+		tw.row("demand faults", col(func(m *Migration) string { return fmt.Sprint(m.Faults) })...)
+		tw.row("fault latency p50/p99/p999/max (µs)", col(only(func(m *Migration) string {
+			return fmt.Sprintf("%.0f/%.0f/%.0f/%.0f", m.FaultP50US, m.FaultP99US, m.FaultP999US, m.FaultMaxUS)
+		}, MethodPostCopy, MethodHybrid))...)
+		tw.row("blocktime (ms)", col(func(m *Migration) string { return f3(m.BlocktimeMS) })...)
+		tw.row("total migration time (s)", col(func(m *Migration) string { return f3(m.TotalS) })...)
+		tw.row("bytes on the wire (page payload)", col(func(m *Migration) string { return FormatSize(m.BytesWire) })...)
+		if run.PostCopy != nil && run.PostCopy.LinkRxBytes > 0 {
+			tw.row("bytes through the link (rx, frames)", col(func(m *Migration) string { return FormatSize(m.LinkRxBytes) })...)
+		}
+		tw.row("peak RSS of pagefetcher", col(func(m *Migration) string {
+			if m.FetcherPeakRSS == 0 {
+				return "-"
+			}
+			return FormatSize(m.FetcherPeakRSS)
+		})...)
 	}
 	tw.write(w)
 	for _, n := range notes {
 		fmt.Fprintln(w, n)
 	}
 	if len(r.Runs) > 1 {
-		pe, ce := r.estimates(false), r.estimates(true)
+		pe, ce := r.estimates(MethodPostCopy), r.estimates(MethodStopCopy)
 		fmt.Fprintf(w, "medians, the workload's view: downtime %.3f ms (stop-and-copy %.1f ms), work lost %.2f%s s (stop-and-copy %.2f%s s; %.2f%s× it), stalls over %.0f µs %s, p50/p90/p99/p99.9/max %s µs, recover90 %s, verified %v\n",
 			r.DowntimeMS, r.StopcopyDowntimeMS, r.LostWorkS, pe, r.StopcopyLostWorkS, ce, r.LostWorkXStopCopy, either(pe, ce), r.StallThresholdUS,
 			stallCount(r.StallFigures), stallQuantiles(r.StallFigures), FormatRecover90(r.Recover90S, r.Recovered90, " s"), r.Verified)
 		fmt.Fprintf(w, "medians, pagefetcher's view: first fault %.3f ms, faults %.0f, fault p50/p99/p999 %.0f/%.0f/%.0f µs, blocktime %.1f ms, total %.2f s\n",
 			r.FirstFaultMS, r.Faults, r.FaultP50US, r.FaultP99US, r.FaultP999US, r.BlocktimeMS, r.TotalS)
+		if h := r.Hybrid; h != nil {
+			he := r.estimates(MethodHybrid)
+			fmt.Fprintf(w, "medians, hybrid: downtime %.3f ms, work lost %.2f%s s (%.2f%s× stop-and-copy's), warm-up %.2f s over %.0f rounds, %.0f pages changed at the switchover, stalls %s, total %.2f s, peak RSS of pagefetcher %s, verified %v\n",
+				h.DowntimeMS, h.LostWorkS, he, h.LostWorkXStopCopy, either(he, ce), h.WarmS, h.WarmRounds, h.ChangedPages, stallCount(h.StallFigures),
+				h.TotalS, FormatSize(h.PeakRSSBytes), h.Verified)
+		}
 	}
-	if r.LinkTimeS > 0 {
+	if r.LinkTimeS > 0 && r.Runs[0].PostCopy != nil {
 		rel := "="
 		if !r.Recovered90 {
 			rel = ">" // a lower bound
 		}
 		fmt.Fprintf(w, "recover90 / link time %s %.2f (target ≤ 1.1)\n", rel, r.Recover90Ratio)
 	}
+}
+
+// methods are the methods the report's runs made, in the order they ran.
+func (r *Report) methods() []string {
+	var out []string
+	for _, method := range Methods {
+		for i := range r.Runs {
+			if r.Runs[i].Method(method) != nil {
+				out = append(out, method)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// ChangedByRound renders the pages changed by each warm-up round after
+// the first: "1234, 800, 790"; past eight rounds, the first three and the
+// last three: "1234, 800, 790, … (40 rounds), 700, 650, 655"; "-" for none
+// (also for a nil w).
+func (w *WarmUp) ChangedByRound() string {
+	if w == nil || len(w.WarmLog) < 2 {
+		return "-"
+	}
+	var parts []string
+	rounds := w.WarmLog[1:]
+	for i, wr := range rounds {
+		if len(rounds) > 8 && i == 3 {
+			parts = append(parts, fmt.Sprintf("… (%d rounds)", len(w.WarmLog)))
+		}
+		if len(rounds) <= 8 || i < 3 || i >= len(rounds)-3 {
+			parts = append(parts, strconv.FormatUint(wr.Changed, 10))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // EstimateMark marks a work-lost figure that is partly an estimate: a
@@ -436,15 +723,11 @@ func (m *Migration) estimate() string {
 	return ""
 }
 
-// estimates returns EstimateMark when a run's migration of one method
-// (stop: stop-and-copy) has its work lost partly extrapolated.
-func (r *Report) estimates(stop bool) string {
-	for _, run := range r.Runs {
-		m := run.PostCopy
-		if stop {
-			m = run.StopCopy
-		}
-		if m.estimate() != "" {
+// estimates returns EstimateMark when a run's migration by method has its
+// work lost partly extrapolated.
+func (r *Report) estimates(method string) string {
+	for i := range r.Runs {
+		if r.Runs[i].Method(method).estimate() != "" {
 			return EstimateMark
 		}
 	}
@@ -499,20 +782,36 @@ func FormatRecover90(s float64, reached bool, unit string) string {
 	return fmt.Sprintf("%.2f%s", s, unit)
 }
 
-type table struct{ rows [][3]string }
+// table lays rows out in columns: the first left-aligned, the others
+// right-aligned.
+type table struct{ rows [][]string }
 
-func (t *table) row(a, b, c string) { t.rows = append(t.rows, [3]string{a, b, c}) }
+func (t *table) row(label string, cells ...string) {
+	t.rows = append(t.rows, append([]string{label}, cells...))
+}
 
 func (t *table) write(w io.Writer) {
-	var wd [3]int
+	var wd []int
 	for _, r := range t.rows {
 		for i, c := range r {
+			if i >= len(wd) {
+				wd = append(wd, 0)
+			}
 			wd[i] = max(wd[i], len([]rune(c)))
 		}
 	}
 	for _, r := range t.rows {
-		fmt.Fprintf(w, "  %s%s  %s%s  %s\n", r[0], strings.Repeat(" ", wd[0]-len([]rune(r[0]))),
-			strings.Repeat(" ", wd[1]-len([]rune(r[1]))), r[1], r[2])
+		var b strings.Builder
+		b.WriteString("  ")
+		for i, c := range r {
+			pad := strings.Repeat(" ", wd[i]-len([]rune(c)))
+			if i == 0 {
+				b.WriteString(c + pad)
+			} else {
+				b.WriteString("  " + pad + c)
+			}
+		}
+		fmt.Fprintln(w, strings.TrimRight(b.String(), " "))
 	}
 }
 
@@ -556,12 +855,14 @@ func (r *Report) WriteCSV(w io.Writer) error {
 
 // MarkdownHeader and MarkdownRow render a report as one row of a summary
 // table over several invocations: the workload's view (downtime, work lost,
-// its stalls, its throughput). TransferMarkdownHeader and TransferMarkdownRow
+// its stalls, its throughput), the three methods side by side ("-" for one
+// the runs did not make). TransferMarkdownHeader and TransferMarkdownRow
 // render the rest: pagefetcher's view of the faults it served and how the
-// memory moved.
+// memory moved; HybridMarkdownHeader and HybridMarkdownRow the hybrid's
+// warm-up.
 func MarkdownHeader() string {
-	return "| size | pattern | link | downtime ms (p-c / s-c) | work lost s (p-c / s-c) | p-c ÷ s-c | stalls (p-c): count, total | stall p50 / p90 / p99 / p99.9 / max µs (p-c) | stalls (s-c): count, total | recover90 s (× link time) | rate before / after Mops/s | verified |\n" +
-		"|---|---|---|---|---|---:|---|---|---|---|---|---|"
+	return "| size | pattern | link | downtime ms (p-c / s-c / hyb) | work lost s (p-c / s-c / hyb) | ÷ s-c (p-c / hyb) | stalls (p-c): count, total | stall p50 / p90 / p99 / p99.9 / max µs (p-c) | stalls (s-c): count, total | stalls (hyb): count, total | recover90 s (× link time) | rate before / after Mops/s | verified |\n" +
+		"|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 }
 
 // MarkdownRow is the row of r under MarkdownHeader. A work-lost figure
@@ -571,11 +872,46 @@ func (r *Report) MarkdownRow() string {
 	if r.Recovered90 && r.LinkTimeS > 0 {
 		rec += fmt.Sprintf(" (%.2f×)", r.Recover90Ratio)
 	}
-	pe, ce := r.estimates(false), r.estimates(true)
-	return fmt.Sprintf("| %s | %s | %s | %s / %s | %.2f%s / %.2f%s | %.2f%s | %s | %s | %s | %s | %.3f / %.3f | %v |",
-		r.Setup.Size, r.Setup.Pattern, r.Setup.Link, f3(r.DowntimeMS), f3(r.StopcopyDowntimeMS),
-		r.LostWorkS, pe, r.StopcopyLostWorkS, ce, r.LostWorkXStopCopy, either(pe, ce), stallCount(r.StallFigures), stallQuantiles(r.StallFigures),
-		stallCount(r.StopcopyStalls), rec, r.PreRate/1e6, r.PostRate/1e6, r.Verified)
+	pe, ce, he := r.estimates(MethodPostCopy), r.estimates(MethodStopCopy), r.estimates(MethodHybrid)
+	hDown, hLost, hX, hStalls := "-", "-", "-", "-"
+	if h := r.Hybrid; h != nil {
+		hDown, hLost = f3(h.DowntimeMS), fmt.Sprintf("%.2f%s", h.LostWorkS, he)
+		hX, hStalls = fmt.Sprintf("%.2f%s", h.LostWorkXStopCopy, either(he, ce)), stallCount(h.StallFigures)
+	}
+	return fmt.Sprintf("| %s | %s | %s | %s / %s / %s | %.2f%s / %.2f%s / %s | %.2f%s / %s | %s | %s | %s | %s | %s | %.3f / %.3f | %v |",
+		r.Setup.Size, r.Setup.Pattern, r.Setup.Link, f3(r.DowntimeMS), f3(r.StopcopyDowntimeMS), hDown,
+		r.LostWorkS, pe, r.StopcopyLostWorkS, ce, hLost, r.LostWorkXStopCopy, either(pe, ce), hX,
+		stallCount(r.StallFigures), stallQuantiles(r.StallFigures), stallCount(r.StopcopyStalls), hStalls,
+		rec, r.PreRate/1e6, r.PostRate/1e6, r.Verified)
+}
+
+// HybridMarkdownHeader heads the table of HybridMarkdownRow.
+func HybridMarkdownHeader() string {
+	return "| size | pattern | link | warm-up s (rounds) | pages changed by round, run 1 | changed at the switchover / confirmed from the cache (pages) | hybrid total s (p-c) | hybrid recover90 s | bytes on the wire after the switchover (hyb / p-c) | peak RSS of pagefetcher (hyb) |\n" +
+		"|---|---|---|---|---|---|---|---|---|---|"
+}
+
+// HybridMarkdownRow is the row of r under HybridMarkdownHeader ("-" cells
+// for a report without the hybrid).
+func (r *Report) HybridMarkdownRow() string {
+	h := r.Hybrid
+	if h == nil {
+		return fmt.Sprintf("| %s | %s | %s | - | - | - | - | - | - | - |", r.Setup.Size, r.Setup.Pattern, r.Setup.Link)
+	}
+	var first *WarmUp
+	for i := range r.Runs {
+		if m := r.Runs[i].Hybrid; m != nil {
+			first = m.WarmUp
+			break
+		}
+	}
+	rss := "-"
+	if h.PeakRSSBytes > 0 {
+		rss = FormatSize(h.PeakRSSBytes)
+	}
+	return fmt.Sprintf("| %s | %s | %s | %.2f (%.0f) | %s | %.0f / %.0f | %.2f (%.2f) | %s | %s / %s | %s |",
+		r.Setup.Size, r.Setup.Pattern, r.Setup.Link, h.WarmS, h.WarmRounds, first.ChangedByRound(), h.ChangedPages, h.PagesConfirmed,
+		h.TotalS, r.TotalS, FormatRecover90(h.Recover90S, h.Recovered90, ""), FormatSize(uint64(h.BytesWire)), FormatSize(uint64(r.BytesWire)), rss)
 }
 
 // TransferMarkdownHeader heads the table of TransferMarkdownRow.
@@ -610,13 +946,25 @@ func DecodeReport(b []byte) (*Report, error) {
 	}
 	var legacy struct {
 		Recovered90 *bool `json:"recovered90"`
-		Runs        []struct {
+		Setup       struct {
+			LeadS *float64 `json:"lead_s"`
+		} `json:"setup"`
+		Runs []struct {
 			PostCopy *legacyMigration `json:"postcopy"`
 			StopCopy *legacyMigration `json:"stopcopy"`
 		} `json:"runs"`
 	}
 	if err := json.Unmarshal(b, &legacy); err != nil {
 		return nil, err
+	}
+	// Reports written before the hybrid existed: warmup_s was how long the
+	// source ran before the switchover (now lead_s), and every run made
+	// post-copy and stop-and-copy.
+	if legacy.Setup.LeadS == nil {
+		r.Setup.LeadS, r.Setup.WarmupS = r.Setup.WarmupS, 0
+	}
+	if len(r.Setup.Methods) == 0 {
+		r.Setup.Methods = r.methods()
 	}
 	if legacy.Recovered90 != nil || len(legacy.Runs) != len(r.Runs) {
 		return &r, nil

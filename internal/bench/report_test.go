@@ -7,6 +7,7 @@ import (
 	"encoding/xml"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -63,7 +64,7 @@ func TestWriteSVG(t *testing.T) {
 		t.Errorf("%d polylines, want 2 (post-copy and stop-and-copy)", polylines)
 	}
 	for _, want := range []string{"switchover", "post-copy", "stop-and-copy", "time since the switchover (s)", "throughput (operations/s, log scale)",
-		"work lost in the 3.0 s from the stop: post-copy 0.81 s, stop-and-copy 0.91 s (0.89×)"} {
+		"work lost in the 3.0 s from the stop: post-copy 0.81 s (0.89×), stop-and-copy 0.91 s"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("SVG lacks %q", want)
 		}
@@ -115,7 +116,7 @@ func TestTableAndMarkdown(t *testing.T) {
 	var b bytes.Buffer
 	r.WriteTable(&b)
 	for _, want := range []string{"downtime (ms)", "1.500", "900", "back to 90 % of it after", "0.50 s", "verified (every page)",
-		"work lost (s, over 3.00 s from the stop)", "0.810", "0.910", "0.89", "operations over 20 µs (stalls), total (ms)",
+		"work lost (s, to 3.00 s after the stop)", "0.810", "0.910", "0.89", "operations over 20 µs (stalls), total (ms)",
 		"4321, 765 ms", "150 / 400 / 2500 / 9000 / 12000"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
@@ -133,7 +134,7 @@ func TestTableAndMarkdown(t *testing.T) {
 			t.Errorf("markdown row and header differ in columns:\n%s\n%s", tc.header, tc.row)
 		}
 	}
-	if row := r.MarkdownRow(); !strings.Contains(row, "| 1.500 / 900 | 0.81 / 0.91 | 0.89 | 4321, 765 ms | 150 / 400 / 2500 / 9000 / 12000 | - |") {
+	if row := r.MarkdownRow(); !strings.Contains(row, "| 1.500 / 900 / - | 0.81 / 0.91 / - | 0.89 / - | 4321, 765 ms | 150 / 400 / 2500 / 9000 / 12000 | - | - |") {
 		t.Errorf("markdown row %s", row)
 	}
 	if h := TransferMarkdownHeader(); !strings.Contains(h, "fault p50 / p99 / p999 µs (pagefetcher's view)") {
@@ -166,7 +167,7 @@ func TestEstimateMarked(t *testing.T) {
 	}
 	r.Summarize()
 	nearly(t, "extrapolated", sc.LostWorkExtrapolatedS, 1)
-	if row := r.MarkdownRow(); !strings.Contains(row, "| 0.81 / 0.91† | 0.89† |") {
+	if row := r.MarkdownRow(); !strings.Contains(row, "| 0.81 / 0.91† / - | 0.89† / - |") {
 		t.Errorf("markdown row %s: want stop-and-copy's work lost and the ratio marked", row)
 	}
 	b.Reset()
@@ -302,5 +303,159 @@ func TestSummarizeLostWorkAndStalls(t *testing.T) {
 	r.Summarize()
 	if r.Measured() || r.StopcopyStalls.Measured() {
 		t.Errorf("stalls measured with no run measuring them: %+v", r.StallFigures)
+	}
+}
+
+// sampleHybridReport is sampleReport with a hybrid in its run: warmed for
+// a second before the stop (its source at half the rate then), stopped
+// 2 ms, every page resident 0.3 s after the stop.
+func sampleHybridReport() *Report {
+	r := sampleReport()
+	h := &Migration{Method: MethodHybrid, DowntimeMS: 2, TotalS: 0.3, PreRate: 1e6, CostStartS: -1, Recover90S: 0.31, Recovered90: true,
+		SourceStartS: -2, Source: make([]uint32, 200), Dest: make([]uint32, 300), Verified: true, FetcherPeakRSS: 1<<30 + 5<<20,
+		WarmUp: &WarmUp{WarmS: 1, WarmRounds: 3, WarmStop: WarmStopSettled, ChangedPages: 120, PagesConfirmed: 262000,
+			WarmLog: []WarmRound{{Round: 1, Pages: 262144}, {Round: 2, Pages: 262144, Changed: 500}, {Round: 3, Pages: 262144, Changed: 510}}}}
+	for i := range h.Source {
+		h.Source[i] = 10000
+		if i >= 100 {
+			h.Source[i] = 5000
+		}
+	}
+	for i := range h.Dest {
+		if float64(i)*Bucket.Seconds() > h.TotalS {
+			h.Dest[i] = 10000
+		}
+	}
+	r.Runs[0].Hybrid = h
+	r.Setup.Methods = Methods
+	if err := r.Runs[0].SetLostWork(); err != nil {
+		panic(err)
+	}
+	r.Summarize()
+	return r
+}
+
+// The hybrid beside the two others: its work lost counts its warm-up (half
+// the rate for a second: 0.5 s) and its 31 buckets without an operation
+// after the stop; its medians, its line in the plot, its rows in the CSV,
+// the table and the Markdown.
+func TestHybridReport(t *testing.T) {
+	r := sampleHybridReport()
+	h := r.Runs[0].Hybrid
+	nearly(t, "hybrid lost work", h.LostWorkS, 0.5+0.31)
+	nearly(t, "hybrid ÷ stop-and-copy's", h.LostWorkXStopCopy, 0.81/0.91)
+	if r.Hybrid == nil {
+		t.Fatal("no hybrid medians")
+	}
+	nearly(t, "median", r.Hybrid.LostWorkS, 0.81)
+	if r.Hybrid.DowntimeMS != 2 || r.Hybrid.WarmRounds != 3 || r.Hybrid.ChangedPages != 120 || r.Hybrid.PeakRSSBytes != 1<<30+5<<20 ||
+		!r.Hybrid.Verified || !r.Verified {
+		t.Errorf("hybrid medians %+v", *r.Hybrid)
+	}
+	h.Verified = false
+	r.Summarize()
+	if r.Verified || r.Hybrid.Verified {
+		t.Error("verified although the hybrid was not")
+	}
+	h.Verified = true
+	r.Summarize()
+
+	var b bytes.Buffer
+	if err := r.WriteSVG(&b, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(b.String(), "<polyline"); n != 3 {
+		t.Errorf("%d polylines, want 3", n)
+	}
+	for _, want := range []string{"hybrid: warm-up starts (-1.00 s)", "hybrid: all pages resident (0.30 s)",
+		"work lost in the 3.0 s from the stop (the hybrid&#39;s from its warm-up): post-copy 0.81 s (0.89×), stop-and-copy 0.91 s, hybrid 0.81 s (0.89×)",
+		"downtime: post-copy 1.50 ms, stop-and-copy 900 ms, hybrid 2.00 ms"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("SVG lacks %q", want)
+		}
+	}
+
+	b.Reset()
+	if err := r.WriteCSV(&b); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := csv.NewReader(&b).ReadAll()
+	if err != nil || len(rows) != 1+3*500 {
+		t.Fatalf("%d rows, %v", len(rows), err)
+	}
+	// The hybrid's source buckets count from its warm-up's start.
+	if got := strings.Join(rows[1001+99], ","); got != "1,hybrid,source,-1.01,10000,1000000," {
+		t.Errorf("hybrid's last source row before the warm-up %q", got)
+	}
+	if got := strings.Join(rows[1001+100], ","); got != "1,hybrid,source,-1.00,5000,500000,5.000" {
+		t.Errorf("hybrid's first source row of the warm-up %q", got)
+	}
+
+	b.Reset()
+	r.WriteTable(&b)
+	for _, want := range []string{"post-copy  stop-and-copy         hybrid", "warm-up before the stop (s), rounds", "1.000, 3",
+		"pages changed by round", "500, 510", "120 / 262000", "work lost (s, to 3.00 s after the stop)",
+		"counted from (s, relative to the stop)", "0.00           0.00          -1.00",
+		"peak RSS of pagefetcher"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+	if row := r.MarkdownRow(); !strings.Contains(row, "| 1.500 / 900 / 2.000 | 0.81 / 0.91 / 0.81 | 0.89 / 0.89 |") {
+		t.Errorf("markdown row %s", row)
+	}
+	row, head := r.HybridMarkdownRow(), HybridMarkdownHeader()
+	if strings.Count(row, "|") != strings.Count(strings.Split(head, "\n")[0], "|") ||
+		!strings.Contains(row, "| 1.00 (3) | 500, 510 | 120 / 262000 | 0.30 (0.80) | 0.31 |") {
+		t.Errorf("hybrid markdown row\n%s\n%s", head, row)
+	}
+
+	// JSON: the hybrid's medians under "hybrid", its run under
+	// runs[i].hybrid, read back as written.
+	raw, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeReport(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Hybrid == nil || back.Runs[0].Hybrid == nil || back.Runs[0].Hybrid.WarmUp == nil || back.Runs[0].Hybrid.WarmRounds != 3 ||
+		back.Runs[0].PostCopy.WarmUp != nil || len(back.Setup.Methods) != 3 {
+		t.Errorf("read back: %+v", back)
+	}
+	if err := back.Recompute(); err != nil {
+		t.Fatal(err)
+	}
+	nearly(t, "recomputed", back.Runs[0].Hybrid.LostWorkS, 0.81)
+}
+
+// The changed set by round: every round after the first, or past eight
+// the first and last three.
+func TestChangedByRound(t *testing.T) {
+	w := &WarmUp{}
+	for i := range 12 {
+		w.WarmLog = append(w.WarmLog, WarmRound{Round: uint64(i + 1), Changed: uint64(i * 10)})
+	}
+	if got := w.ChangedByRound(); got != "10, 20, 30, … (12 rounds), 90, 100, 110" {
+		t.Errorf("12 rounds: %q", got)
+	}
+	w.WarmLog = w.WarmLog[:9]
+	if got := w.ChangedByRound(); got != "10, 20, 30, 40, 50, 60, 70, 80" {
+		t.Errorf("9 rounds: %q", got)
+	}
+	if got := (*WarmUp)(nil).ChangedByRound(); got != "-" {
+		t.Errorf("none: %q", got)
+	}
+}
+
+// A report written before the hybrid: warmup_s was the source's lead.
+func TestDecodeReportBeforeHybrid(t *testing.T) {
+	r, err := DecodeReport([]byte(`{"recovered90":true,"setup":{"warmup_s":3},"runs":[{"index":1,"postcopy":{"verified":true},"stopcopy":{"verified":true}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Setup.LeadS != 3 || r.Setup.WarmupS != 0 || !slices.Equal(r.Setup.Methods, []string{MethodPostCopy, MethodStopCopy}) || r.Hybrid != nil {
+		t.Errorf("setup %+v", r.Setup)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"flag"
@@ -309,17 +308,6 @@ func LoadCAPool(flag, file string) (*x509.CertPool, error) {
 		return nil, Usagef(flag, file, "no PEM certificate found")
 	}
 	return pool, nil
-}
-
-// PrintJSONLine writes v as one line of JSON (a single write), for events
-// such as "ready" and final summaries that orchestrators read from stdout.
-func PrintJSONLine(w io.Writer, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(append(b, '\n'))
-	return err
 }
 
 // VersionFlag registers --version on fs; WantsVersion then says whether the

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/postcopy/postcopy/internal/cli/clitest"
+	"github.com/postcopy/postcopy/internal/testutil/pki"
 )
 
 func TestNewLogger(t *testing.T) {
@@ -132,29 +132,29 @@ func handshake(t *testing.T, server, client *tls.Config) (cerr, serr error) {
 }
 
 func TestTLSConfigs(t *testing.T) {
-	pki := clitest.NewPKI(t, "good")
-	other := clitest.NewPKI(t, "other")
-	srv, err := ServerTLS(pki.ServerCert, pki.ServerKey, "")
+	certs := pki.NewT(t, "good")
+	other := pki.NewT(t, "other")
+	srv, err := ServerTLS(certs.ServerCert, certs.ServerKey, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	mtls, err := ServerTLS(pki.ServerCert, pki.ServerKey, pki.CAFile)
+	mtls, err := ServerTLS(certs.ServerCert, certs.ServerKey, certs.CA)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, err := ClientTLS(pki.CAFile, "", "")
+	cli, err := ClientTLS(certs.CA, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	withCert, err := ClientTLS(pki.CAFile, pki.ClientCert, pki.ClientKey)
+	withCert, err := ClientTLS(certs.CA, certs.ClientCert, certs.ClientKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wrongCA, err := ClientTLS(other.CAFile, "", "")
+	wrongCA, err := ClientTLS(other.CA, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherCert, err := ClientTLS(pki.CAFile, other.ClientCert, other.ClientKey)
+	otherCert, err := ClientTLS(certs.CA, other.ClientCert, other.ClientKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,39 +179,26 @@ func TestTLSConfigs(t *testing.T) {
 		f    func() error
 		want string
 	}{
-		{func() error { _, err := ServerTLS(pki.ServerCert, "", ""); return err }, "--tls-key: --tls-cert and --tls-key go together"},
-		{func() error { _, err := ServerTLS(pki.ServerCert, pki.ServerKey, pki.ServerKey); return err },
-			fmt.Sprintf("--tls-client-ca %q: no PEM certificate found", pki.ServerKey)},
-		{func() error { _, err := ServerTLS(pki.ServerCert, pki.ClientKey, ""); return err },
-			fmt.Sprintf("--tls-key %q: tls: private key does not match public key (certificate: --tls-cert %s)", pki.ClientKey, pki.ServerCert)},
-		{func() error { _, err := ServerTLS(pki.ServerKey, pki.ServerKey, ""); return err },
-			fmt.Sprintf("--tls-cert %q: no PEM certificate found", pki.ServerKey)},
-		{func() error { _, err := ServerTLS("/nonexistent/c.pem", pki.ServerKey, ""); return err },
+		{func() error { _, err := ServerTLS(certs.ServerCert, "", ""); return err }, "--tls-key: --tls-cert and --tls-key go together"},
+		{func() error { _, err := ServerTLS(certs.ServerCert, certs.ServerKey, certs.ServerKey); return err },
+			fmt.Sprintf("--tls-client-ca %q: no PEM certificate found", certs.ServerKey)},
+		{func() error { _, err := ServerTLS(certs.ServerCert, certs.ClientKey, ""); return err },
+			fmt.Sprintf("--tls-key %q: tls: private key does not match public key (certificate: --tls-cert %s)", certs.ClientKey, certs.ServerCert)},
+		{func() error { _, err := ServerTLS(certs.ServerKey, certs.ServerKey, ""); return err },
+			fmt.Sprintf("--tls-cert %q: no PEM certificate found", certs.ServerKey)},
+		{func() error { _, err := ServerTLS("/nonexistent/c.pem", certs.ServerKey, ""); return err },
 			`--tls-cert "/nonexistent/c.pem": no such file or directory`},
-		{func() error { _, err := ServerTLS(pki.ServerCert, "/nonexistent/k.pem", ""); return err },
+		{func() error { _, err := ServerTLS(certs.ServerCert, "/nonexistent/k.pem", ""); return err },
 			`--tls-key "/nonexistent/k.pem": no such file or directory`},
-		{func() error { _, err := ClientTLS(pki.CAFile, pki.ClientCert, ""); return err }, "--tls-key: --tls-cert and --tls-key go together"},
+		{func() error { _, err := ClientTLS(certs.CA, certs.ClientCert, ""); return err }, "--tls-key: --tls-cert and --tls-key go together"},
 		{func() error { _, err := ClientTLS("/nonexistent/ca.pem", "", ""); return err }, `--tls-ca "/nonexistent/ca.pem": no such file or directory`},
-		{func() error { _, err := ClientTLS(pki.CAFile, pki.ClientKey, pki.ClientKey); return err },
-			fmt.Sprintf("--tls-cert %q: no PEM certificate found", pki.ClientKey)},
+		{func() error { _, err := ClientTLS(certs.CA, certs.ClientKey, certs.ClientKey); return err },
+			fmt.Sprintf("--tls-cert %q: no PEM certificate found", certs.ClientKey)},
 	} {
 		err := tc.f()
 		if err == nil || err.Error() != tc.want || ExitCode(err) != ExitUsage {
 			t.Errorf("got %v, want the usage error %q", err, tc.want)
 		}
-	}
-}
-
-func TestPrintJSONLine(t *testing.T) {
-	var buf bytes.Buffer
-	if err := PrintJSONLine(&buf, map[string]any{"event": "ready", "addr": "127.0.0.1:1"}); err != nil {
-		t.Fatal(err)
-	}
-	if buf.String() != `{"addr":"127.0.0.1:1","event":"ready"}`+"\n" {
-		t.Fatalf("%q", buf.String())
-	}
-	if err := PrintJSONLine(&buf, func() {}); err == nil {
-		t.Fatal("unencodable value accepted")
 	}
 }
 

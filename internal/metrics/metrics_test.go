@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/postcopy/postcopy/internal/metrics"
-	"github.com/postcopy/postcopy/internal/metrics/metricstest"
+	"github.com/postcopy/postcopy/internal/testutil/metricstest"
 	"github.com/postcopy/postcopy/internal/version"
 )
 

@@ -3,6 +3,7 @@ package netio
 import (
 	"math"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,33 +28,171 @@ const MaxSyscallBytes = 64 << 10
 // MaxSyscallBytes pieces: faults come in bursts.
 const SplitWindow = 2 * time.Millisecond
 
-// LaneReader reads a lane's connection through the runtime's poller, or in
-// the reading thread once a ThreadConn is set.
-type LaneReader struct {
-	Conn   net.Conn
-	Thread atomic.Pointer[ThreadConn]
+// LaneConn is a socket lane's TCP connection: read and written through the
+// runtime's poller until Detach moves it into the reading thread (a
+// ThreadConn), after which the same LaneConn reads and writes there. Its
+// identity never changes, so a crypto/tls connection over it keeps the
+// fast path when the socket moves: tls.Conn reads and writes through it.
+//
+// Detach must not run while a Read or Write is in progress; Close and
+// Shutdown may run at any time, from any goroutine.
+type LaneConn struct {
+	conn   net.Conn // as accepted or dialled; Detach closes it
+	thread atomic.Pointer[ThreadConn]
 	// Split, for a client's bulk lane, is when the client last sent a
 	// demand request: within SplitWindow of it a read moves at most
 	// MaxSyscallBytes, so that the demand answer's thread, woken on this
 	// CPU, does not wait for a megabyte's copy to end (the kernel does not
 	// preempt a system call).
 	Split *atomic.Int64
+
+	mu     sync.Mutex // orders Detach against Close and Shutdown
+	closed bool
+
+	gather []byte // Gather's buffer; nil: not gathering
 }
 
-func (r *LaneReader) Read(b []byte) (int, error) {
-	if r.Split != nil && len(b) > MaxSyscallBytes && time.Now().UnixNano()-r.Split.Load() < int64(SplitWindow) {
+// NewLaneConn returns c as a lane's connection, Nagle's algorithm off (Go's
+// default, made explicit); c is a *net.TCPConn for Detach and MarkUrgent
+// to have an effect.
+func NewLaneConn(c net.Conn) *LaneConn {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	return &LaneConn{conn: c}
+}
+
+// current is the connection to use: the ThreadConn once detached.
+func (c *LaneConn) current() net.Conn {
+	if t := c.thread.Load(); t != nil {
+		return t
+	}
+	return c.conn
+}
+
+func (c *LaneConn) Read(b []byte) (int, error) {
+	if c.Split != nil && len(b) > MaxSyscallBytes && time.Now().UnixNano()-c.Split.Load() < int64(SplitWindow) {
 		b = b[:MaxSyscallBytes]
 	}
-	if t := r.Thread.Load(); t != nil {
-		return t.Read(b)
-	}
-	return r.Conn.Read(b)
+	return c.current().Read(b)
 }
+
+func (c *LaneConn) Write(b []byte) (int, error) {
+	if c.gather != nil {
+		if len(c.gather)+len(b) > cap(c.gather) {
+			if err := c.sendGathered(); err != nil {
+				return 0, err
+			}
+		}
+		if len(b) <= cap(c.gather) {
+			c.gather = append(c.gather, b...)
+			return len(b), nil
+		}
+	}
+	return c.current().Write(b)
+}
+
+// Gather makes Write gather what it is given in buf, up to buf's capacity,
+// and send it with one write system call when buf is full and at Flush.
+// Below crypto/tls, which sends each record with a write of its own, it
+// gathers a run's records into fewer system calls and full TCP segments,
+// for one copy of each record (crypto/tls reuses a record's buffer once
+// Write returns). For a connection with one writer.
+func (c *LaneConn) Gather(buf []byte) { c.gather = buf[:0] }
+
+// Flush sends what Write gathered, and ends Gather.
+func (c *LaneConn) Flush() error {
+	err := c.sendGathered()
+	c.gather = nil
+	return err
+}
+
+func (c *LaneConn) sendGathered() error {
+	if len(c.gather) == 0 {
+		return nil
+	}
+	_, err := c.current().Write(c.gather)
+	c.gather = c.gather[:0]
+	return err
+}
+
+// Writev writes every byte of bufs with writev(2), in its thread once
+// detached. It may change bufs' elements.
+func (c *LaneConn) Writev(bufs [][]byte) (int, error) {
+	if t := c.thread.Load(); t != nil {
+		return t.Writev(bufs)
+	}
+	nb := net.Buffers(bufs)
+	n, err := nb.WriteTo(c.conn)
+	return int(n), err
+}
+
+// Detach moves the socket out of the runtime's poller (see the function
+// Detach): reads and writes then block in the calling thread. Nothing may
+// read or write meanwhile. Detaching twice is a no-op; after Close it
+// fails with net.ErrClosed. If it fails otherwise, the connection is as it
+// was, or closed (see the function Detach).
+func (c *LaneConn) Detach() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return net.ErrClosed
+	}
+	if c.thread.Load() != nil {
+		return nil
+	}
+	tc, err := Detach(c.conn)
+	if err != nil {
+		return err
+	}
+	c.thread.Store(tc)
+	return nil
+}
+
+// InThread reports whether Detach moved the socket into its thread.
+func (c *LaneConn) InThread() bool { return c.thread.Load() != nil }
+
+// Shutdown shuts both directions down: a read blocked on the socket, in its
+// thread or the runtime's poller, returns; closing stays the owner's job.
+func (c *LaneConn) Shutdown() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ShutdownConn(c.current())
+}
+
+// Close closes the connection, waking a read or write blocked on it.
+func (c *LaneConn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return &net.OpError{Op: "close", Net: "tcp", Addr: c.conn.RemoteAddr(), Err: net.ErrClosed}
+	}
+	c.closed = true
+	cur := c.current()
+	c.mu.Unlock()
+	return cur.Close()
+}
+
+// CloseWrite shuts the sending direction down (the peer reads EOF).
+func (c *LaneConn) CloseWrite() error {
+	if cw, ok := c.current().(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *LaneConn) LocalAddr() net.Addr                { return c.conn.LocalAddr() }
+func (c *LaneConn) RemoteAddr() net.Addr               { return c.conn.RemoteAddr() }
+func (c *LaneConn) SetDeadline(t time.Time) error      { return c.current().SetDeadline(t) }
+func (c *LaneConn) SetReadDeadline(t time.Time) error  { return c.current().SetReadDeadline(t) }
+func (c *LaneConn) SetWriteDeadline(t time.Time) error { return c.current().SetWriteDeadline(t) }
 
 // WriteBounded writes every byte of bufs to c, at most limit bytes per
 // system call (0: no limit). group is scratch space, kept across calls.
 func WriteBounded(c net.Conn, bufs net.Buffers, group *net.Buffers, limit int) error {
-	tc, _ := c.(*ThreadConn)
+	wv, _ := c.(interface {
+		Writev([][]byte) (int, error)
+	})
 	if limit <= 0 {
 		limit = math.MaxInt
 	}
@@ -74,8 +213,8 @@ func WriteBounded(c net.Conn, bufs net.Buffers, group *net.Buffers, limit int) e
 		}
 		*group = g
 		var err error
-		if tc != nil {
-			_, err = tc.Writev(g)
+		if wv != nil {
+			_, err = wv.Writev(g)
 		} else {
 			_, err = g.WriteTo(c)
 		}
@@ -92,6 +231,9 @@ func WriteBounded(c net.Conn, bufs net.Buffers, group *net.Buffers, limit int) e
 // bands (pfifo_fast, prio), so that a fault's request and page do not queue
 // behind bulk data on a shared link. Best effort: errors are ignored.
 func MarkUrgent(c net.Conn) {
+	if lc, ok := c.(*LaneConn); ok {
+		c = lc.conn
+	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return

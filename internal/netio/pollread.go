@@ -234,11 +234,15 @@ func (c *ThreadConn) setTimeout(opt int, t time.Time) error {
 
 // ShutdownConn shuts both directions of c down, which wakes a thread blocked
 // reading it (the read then returns io.EOF); closing c stays the caller's
-// job.
+// job. c may be a TLS connection (anything with NetConn) over one.
 func ShutdownConn(c net.Conn) {
 	switch c := c.(type) {
 	case *ThreadConn:
 		c.shutdown()
+	case *LaneConn:
+		c.Shutdown()
+	case interface{ NetConn() net.Conn }:
+		ShutdownConn(c.NetConn())
 	case *net.TCPConn:
 		if rc, err := c.SyscallConn(); err == nil {
 			_ = rc.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_RDWR) })

@@ -23,7 +23,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/postcopy/postcopy/internal/bufpool"
-	"github.com/postcopy/postcopy/internal/netio"
 	"github.com/postcopy/postcopy/pkg/wire"
 	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
 )
@@ -43,6 +42,10 @@ type Options struct {
 	DialTimeout time.Duration
 	// Name identifies this destination in the server's logs.
 	Name string
+	// NoTLSSocketLanes keeps the lanes of a TLS client on gRPC streams even
+	// where the server serves socket lanes over TLS, as clients did before
+	// those existed.
+	NoTLSSocketLanes bool
 }
 
 // Client is the destination side of the protocol: two gRPC client
@@ -53,6 +56,7 @@ type Options struct {
 type Client struct {
 	addr    string
 	tls     bool
+	laneTLS *tls.Config // the socket lanes' TLS (laneTLS); nil: plaintext, or NoTLSSocketLanes
 	timeout time.Duration
 	token   string
 	name    string
@@ -62,8 +66,9 @@ type Client struct {
 	dRPC    pb.PageServerClient
 	bRPC    pb.PageServerClient
 
-	socketOpen atomic.Bool   // the server offers socket_open (Hello)
-	workingSet atomic.Uint64 // the bytes of the working set the server offers (Hello)
+	socketOpen  atomic.Bool   // the server offers socket_open (Hello)
+	socketLanes atomic.Bool   // the server offers socket lanes of either kind (Hello)
+	workingSet  atomic.Uint64 // the bytes of the working set the server offers (Hello)
 
 	// lastDemand is when a demand request was last sent (UnixNano): bulk
 	// socket lanes read at most netio.MaxSyscallBytes per system call within
@@ -76,10 +81,11 @@ type Client struct {
 	spareClosed bool        // Close was called
 }
 
-// spareConn is a TCP connection dialled ahead (PrepareLanes).
+// spareConn is a connection dialled ahead (PrepareLanes), its TLS handshake
+// made.
 type spareConn struct {
-	c  net.Conn
-	at time.Time
+	c  laneConn
+	at time.Time // when its dial began
 }
 
 // spareMaxAge: a spare connection older than this is not used — the server
@@ -151,6 +157,9 @@ func Dial(ctx context.Context, addr string, o Options) (*Client, error) {
 	)
 	target := "passthrough:///" + addr
 	c := &Client{addr: addr, tls: o.TLS != nil, timeout: timeout, token: string(o.Token), name: o.Name, log: log}
+	if o.TLS != nil && !o.NoTLSSocketLanes {
+		c.laneTLS = laneTLS(o.TLS, addr)
+	}
 	var err error
 	if c.demand, err = grpc.NewClient(target, demandOpts...); err != nil {
 		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
@@ -192,15 +201,17 @@ func (c *Client) Close() error {
 	return errors.Join(c.demand.Close(), c.bulk.Close())
 }
 
-// PrepareLanes makes sure n TCP connections are dialled ahead, or on their
+// PrepareLanes makes sure n connections are dialled ahead, or on their
 // way, for the socket lanes the next Demand and Bulk calls open, so that a
 // session's lanes cost only their greeting once Open returns: called just
 // before Open, the dials overlap it; called when the client is made, a
-// session opened within spareMaxAge needs none. Connections dialled before
-// and still fresh count towards n. Unused ones are closed by Close (or when
-// too old to use). Over TLS, where lanes are gRPC streams, it does nothing.
+// session opened within spareMaxAge needs none. Over TLS each one's
+// handshake is made ahead too, and only once Hello learnt that the server
+// serves socket lanes: a lane's TLS handshake is then off the way to the
+// first page. Connections dialled before and still fresh count towards n.
+// Unused ones are closed by Close (or when too old to use).
 func (c *Client) PrepareLanes(n int) {
-	if c.tls {
+	if !c.lanesUsable() || c.tls && !c.socketLanes.Load() {
 		return
 	}
 	c.spareMu.Lock()
@@ -216,17 +227,19 @@ func (c *Client) PrepareLanes(n int) {
 		go func() {
 			dctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 			defer cancel()
-			conn, err := tcpDialer(dctx, c.addr)
+			at := time.Now()
+			conn, err := c.dialLane(dctx)
 			c.spareMu.Lock()
 			defer c.spareMu.Unlock()
 			c.dialing--
 			switch {
 			case err != nil:
 				// The lane dials again itself, and reports the error.
+				c.log.Debug("dialling a socket lane ahead failed", "error", err)
 			case c.spareClosed:
-				conn.Close()
+				conn.conn.Close()
 			default:
-				c.spares = append(c.spares, spareConn{conn, time.Now()})
+				c.spares = append(c.spares, spareConn{conn, at})
 			}
 		}()
 	}
@@ -239,7 +252,7 @@ func (c *Client) dropStaleLocked() {
 		if time.Since(sc.at) < spareMaxAge {
 			kept = append(kept, sc)
 		} else {
-			sc.c.Close()
+			sc.c.conn.Close()
 		}
 	}
 	clear(c.spares[len(kept):])
@@ -247,16 +260,16 @@ func (c *Client) dropStaleLocked() {
 }
 
 // takeSpare returns a connection dialled ahead, if a fresh one is ready.
-func (c *Client) takeSpare() net.Conn {
+func (c *Client) takeSpare() (laneConn, bool) {
 	c.spareMu.Lock()
 	defer c.spareMu.Unlock()
 	c.dropStaleLocked()
 	if len(c.spares) == 0 {
-		return nil
+		return laneConn{}, false
 	}
 	sc := c.spares[len(c.spares)-1]
 	c.spares = c.spares[:len(c.spares)-1]
-	return sc.c
+	return sc.c, true
 }
 
 func (c *Client) dropSpares() {
@@ -264,7 +277,7 @@ func (c *Client) dropSpares() {
 	defer c.spareMu.Unlock()
 	c.spareClosed = true
 	for _, sc := range c.spares {
-		sc.c.Close()
+		sc.c.conn.Close()
 	}
 	c.spares = nil
 }
@@ -298,11 +311,18 @@ func (c *Client) Hello(ctx context.Context) (wire.ImageInfo, error) {
 	if _, err := c.bRPC.Hello(ctx, &pb.HelloRequest{Token: c.token, ProtocolVersion: wire.ProtocolVersion}); err != nil {
 		return wire.ImageInfo{}, wire.FromStatus("hello (bulk connection)", err)
 	}
-	// A socket lane is plaintext: over TLS, sessions open with Open.
-	c.socketOpen.Store(r.GetCaps().GetSocketOpen() && !c.tls)
-	c.workingSet.Store(r.GetCaps().GetWorkingSetBytes())
+	caps := r.GetCaps()
+	c.socketOpen.Store(caps.GetSocketOpen() && c.lanesUsable())
+	c.socketLanes.Store(caps.GetDemandSocket() || caps.GetBulkSocket())
+	c.workingSet.Store(caps.GetWorkingSetBytes())
 	return imageInfo(r.GetImage()), nil
 }
+
+// lanesUsable reports whether this client uses the socket lanes a server
+// offers: plaintext, or over TLS unless Options.NoTLSSocketLanes. A server
+// offers them over TLS only where it serves them over TLS: one from before
+// that offered none there, and a client from before used none.
+func (c *Client) lanesUsable() bool { return !c.tls || c.laneTLS != nil }
 
 func (c *Client) openRequest(regions []wire.Region, expectGeneration uint64) *pb.OpenRequest {
 	req := &pb.OpenRequest{
@@ -327,7 +347,7 @@ func (c *Client) Open(ctx context.Context, regions []wire.Region, expectGenerati
 
 // OpenDemand opens a session over regions, as Open does, and its demand
 // lane. Where the server offers it (Capabilities.socket_open, learnt by
-// Hello; plaintext only), both take one round trip on one connection — on
+// Hello), both take one round trip on one connection — on
 // the way from a handoff to the first page, Open's round trip through gRPC
 // costs a millisecond or more here; otherwise it calls Open, then
 // Session.Demand. ctx bounds the opening; the lane lives until its Close
@@ -357,11 +377,10 @@ func (c *Client) session(r *pb.OpenResponse) (*Session, error) {
 	caps := r.GetCaps()
 	s := &Session{
 		c: c, id: r.GetSessionId(), img: imageInfo(r.GetImage()),
-		maxDemand: min(caps.GetMaxDemandBytes(), wire.ClientMaxRun),
-		maxBulk:   min(caps.GetMaxBulkBytes(), wire.ClientMaxRun),
-		// A socket lane is plaintext: over TLS, demand stays on gRPC.
-		demandSocket: caps.GetDemandSocket() && !c.tls,
-		bulkSocket:   caps.GetBulkSocket() && !c.tls,
+		maxDemand:    min(caps.GetMaxDemandBytes(), wire.ClientMaxRun),
+		maxBulk:      min(caps.GetMaxBulkBytes(), wire.ClientMaxRun),
+		demandSocket: caps.GetDemandSocket() && c.lanesUsable(),
+		bulkSocket:   caps.GetBulkSocket() && c.lanesUsable(),
 		warm:         caps.GetWarm(),
 	}
 	if s.id == "" || !caps.GetCrc32C() {
@@ -404,15 +423,16 @@ func (s *Session) MaxBulkBytes() uint32 { return s.maxBulk }
 // on. While the connection is down, opening a lane, Send and Recv fail fast
 // with a retryable error rather than wait.
 //
-// Where the server offers it (plaintext only), the demand lane is a socket
-// lane (see socketlane.go): same messages, no gRPC hand-offs. If opening one
-// fails, the lane falls back to the gRPC stream.
+// Where the server offers it, the demand lane is a socket lane (see
+// socketlane.go; over TLS too): same messages, no gRPC hand-offs. If opening
+// one fails, the lane falls back to the gRPC stream.
 func (s *Session) Demand(ctx context.Context) (*Lane, error) {
 	return s.lane(ctx, wire.LaneDemand, s.demandSocket)
 }
 
 // DemandSocket opens the demand lane as a socket lane, never falling back
-// to gRPC: an error where the server serves none, or over TLS.
+// to gRPC: an error where the server serves none (or with
+// Options.NoTLSSocketLanes).
 //
 // A demand lane, socket or gRPC, may be opened long before it is used: it
 // starts its session only at its first request, a server's graceful stop
@@ -420,7 +440,7 @@ func (s *Session) Demand(ctx context.Context) (*Lane, error) {
 // open the session is not ended as unused.
 func (s *Session) DemandSocket(ctx context.Context) (*Lane, error) {
 	if !s.demandSocket {
-		return nil, errors.New("transport: no demand socket lane (not offered, or TLS)")
+		return nil, errors.New("transport: no demand socket lane (not offered, or not used over TLS)")
 	}
 	return s.socketLane(ctx, wire.LaneDemand)
 }
@@ -431,12 +451,12 @@ func (s *Session) socketLane(ctx context.Context, l wire.LaneKind) (*Lane, error
 	if err != nil {
 		return nil, err
 	}
+	s.c.logLane(l, true)
 	return &Lane{sock: sl, kind: l}, nil
 }
 
 // Bulk opens a bulk lane, on the bulk connection, or as a socket lane where
-// the server offers one (plaintext only), falling back to gRPC as Demand
-// does. Answers come in the order of the requests.
+// the server offers one, falling back to gRPC as Demand does. Answers come in the order of the requests.
 func (s *Session) Bulk(ctx context.Context) (*Lane, error) {
 	return s.lane(ctx, wire.LaneBulk, s.bulkSocket)
 }
@@ -467,7 +487,18 @@ func (s *Session) lane(ctx context.Context, l wire.LaneKind, socket bool) (*Lane
 		cancel()
 		return nil, wire.FromStatus(l.String()+" open", err)
 	}
+	s.c.logLane(l, false)
 	return &Lane{stream: st, cancel: cancel, kind: l}, nil
+}
+
+// logLane logs at debug level that a lane opened, and how: a socket lane or
+// a gRPC stream, over TLS or not.
+func (c *Client) logLane(l wire.LaneKind, socket bool) {
+	how := "grpc"
+	if socket {
+		how = "socket"
+	}
+	c.log.Debug("lane opened", "lane", l.String(), "transport", how, "tls", c.tls)
 }
 
 // DoneTotals are the destination's totals, logged by the server at Done.
@@ -579,19 +610,9 @@ func (l *Lane) WaitInThread() bool {
 	if l.closed.Load() {
 		return false
 	}
-	if l.sock.src.Thread.Load() != nil {
-		return true
-	}
-	tc, err := netio.Detach(l.sock.conn)
-	if err != nil {
-		return false
-	}
-	l.sock.setConn(tc)
-	l.sock.src.Thread.Store(tc)
-	if l.closed.Load() {
-		tc.Close() // Close ran meanwhile, on the old connection
-	}
-	return true
+	// LaneConn.Detach after Close fails; Close after it closes the thread's
+	// socket.
+	return l.sock.lc.Detach() == nil
 }
 
 // CloseSend tells the server no more requests follow; Recv returns the
@@ -600,7 +621,8 @@ func (l *Lane) CloseSend() error {
 	l.sendMu.Lock()
 	defer l.sendMu.Unlock()
 	if l.sock != nil {
-		if cw, ok := l.sock.getConn().(interface{ CloseWrite() error }); ok {
+		// Over TLS, the close_notify alert (the server reads EOF).
+		if cw, ok := l.sock.conn.(interface{ CloseWrite() error }); ok {
 			return cw.CloseWrite()
 		}
 		return nil
@@ -615,7 +637,7 @@ func (l *Lane) Close() error {
 	if l.sock != nil {
 		// Close wakes a Recv blocked on the connection, in the runtime's
 		// poller or in its thread (netio.ThreadConn.Close shuts the socket down).
-		return l.sock.getConn().Close()
+		return l.sock.conn.Close()
 	}
 	l.sendMu.Lock()
 	err := l.stream.CloseSend()

@@ -6,9 +6,9 @@
 //
 // A Client holds two gRPC connections, demand and bulk, on separate TCP
 // connections, so that a remote fault never queues behind bulk bytes. Where
-// a plaintext server offers them, lanes are socket lanes (socketlane.go):
-// the same messages without gRPC's hand-offs; Lane.WaitInThread lets a
-// real-time thread wait for demand answers itself. Over TLS, lanes are
-// gRPC streams. Errors are converted once, at this edge, into *wire.Error
-// values (wire.FromStatus).
+// the server offers them, lanes are socket lanes (socketlane.go): the same
+// messages without gRPC's hand-offs, over TLS too (verified as the gRPC
+// connections verify the server); Lane.WaitInThread lets a real-time
+// thread wait for demand answers itself. Errors are converted once, at this
+// edge, into *wire.Error values (wire.FromStatus).
 package client

@@ -39,3 +39,10 @@ func OpenSocketLane(ctx context.Context, c *Client, id string, l wire.LaneKind) 
 
 // ErrSocketOpenUnavailable is errSocketOpenUnavailable.
 var ErrSocketOpenUnavailable = errSocketOpenUnavailable
+
+// RedirectLanes makes c dial its socket lanes at addr, its gRPC connections
+// staying where they are.
+func (c *Client) RedirectLanes(addr string) { c.addr = addr }
+
+// LaneTLS is laneTLS.
+var LaneTLS = laneTLS

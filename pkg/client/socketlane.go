@@ -3,12 +3,12 @@ package client
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,31 +23,75 @@ import (
 
 // socketLane is the client side of a socket lane.
 type socketLane struct {
-	conn net.Conn      // changed only by setConn, under the Lane's sendMu
-	br   *bufio.Reader // reads from src
-	src  *netio.LaneReader
+	conn net.Conn // lc, or a TLS connection over it
+	lc   *netio.LaneConn
+	br   *bufio.Reader // reads from conn
 	wbuf []byte
-
-	connMu sync.Mutex // guards conn for readers without sendMu (Close)
 
 	// demandSent, on a client's demand lane, is where Send notes when it
 	// sent a request: the client's bulk lanes read in small pieces for a
-	// while after one (netio.LaneReader.Split).
+	// while after one (netio.LaneConn.Split).
 	demandSent *atomic.Int64
 }
 
-// setConn replaces the connection (with its netio.ThreadConn, Lane.WaitInThread).
-func (l *socketLane) setConn(c net.Conn) {
-	l.connMu.Lock()
-	l.conn = c
-	l.src.Conn = c
-	l.connMu.Unlock()
+// laneConn is a connection ready for a socket lane's greeting: its TCP
+// connection, and what carries its bytes (lc, or TLS over it, handshaken).
+type laneConn struct {
+	lc   *netio.LaneConn
+	conn net.Conn
 }
 
-func (l *socketLane) getConn() net.Conn {
-	l.connMu.Lock()
-	defer l.connMu.Unlock()
-	return l.conn
+// laneTLS returns the TLS configuration of a client's socket lanes: cfg,
+// the configuration of its gRPC connections, verifying the server as they
+// do — the same CAs, and the server name gRPC checks (cfg.ServerName, else
+// the host of addr) — offering only wire.LaneALPN, with gRPC's default
+// minimum version, full records from the first byte (one record per
+// request) and, unless cfg has one, a session cache, so that a lane dialled
+// after the first resumes its TLS session.
+func laneTLS(cfg *tls.Config, addr string) *tls.Config {
+	cfg = cfg.Clone()
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		cfg.ServerName = host
+	}
+	cfg.NextProtos = []string{wire.LaneALPN}
+	if cfg.MinVersion == 0 && (cfg.MaxVersion == 0 || cfg.MaxVersion >= tls.VersionTLS12) {
+		cfg.MinVersion = tls.VersionTLS12
+	}
+	cfg.DynamicRecordSizingDisabled = true
+	if cfg.ClientSessionCache == nil {
+		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(0)
+	}
+	return cfg
+}
+
+// errNoTLSLanes: the server's TLS handshake did not select wire.LaneALPN.
+var errNoTLSLanes = errors.New("the server serves no socket lanes over TLS")
+
+// dialLane dials a connection for a socket lane and, over TLS, makes its
+// handshake.
+func (cl *Client) dialLane(ctx context.Context) (laneConn, error) {
+	c, err := tcpDialer(ctx, cl.addr)
+	if err != nil {
+		return laneConn{}, err
+	}
+	lc := netio.NewLaneConn(c)
+	if cl.laneTLS == nil {
+		return laneConn{lc, lc}, nil
+	}
+	tc := tls.Client(&readAhead{Conn: lc, r: bufio.NewReaderSize(lc, readAheadSize)}, cl.laneTLS)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		lc.Close()
+		return laneConn{}, fmt.Errorf("TLS handshake: %w", err)
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != wire.LaneALPN {
+		lc.Close()
+		return laneConn{}, fmt.Errorf("%w (ALPN %q)", errNoTLSLanes, p)
+	}
+	return laneConn{lc, tc}, nil
 }
 
 // greetLane takes a connection for a socket lane — one dialled ahead, or a
@@ -57,29 +101,28 @@ func (l *socketLane) getConn() net.Conn {
 func (cl *Client) greetLane(ctx context.Context, l wire.LaneKind, hello []byte) (*socketLane, error) {
 	dctx, cancel := context.WithTimeout(ctx, cl.timeout)
 	defer cancel()
-	c := cl.takeSpare()
-	if c == nil {
+	c, ok := cl.takeSpare()
+	if !ok {
 		var err error
-		if c, err = tcpDialer(dctx, cl.addr); err != nil {
+		if c, err = cl.dialLane(dctx); err != nil {
 			return nil, err
 		}
 	}
 	if l == wire.LaneDemand {
-		netio.MarkUrgent(c)
+		netio.MarkUrgent(c.lc)
 	}
 	if dl, ok := dctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
+		_ = c.conn.SetDeadline(dl)
 	}
-	if _, err := c.Write(hello); err != nil {
-		c.Close()
+	if _, err := c.conn.Write(hello); err != nil {
+		c.conn.Close()
 		return nil, err
 	}
 	// A bulk run's data is read straight into its buffer: the reader's
 	// buffer takes frame headers and small answers.
-	src := &netio.LaneReader{Conn: c}
-	sl := &socketLane{conn: c, br: bufio.NewReaderSize(src, 16<<10), src: src}
+	sl := &socketLane{conn: c.conn, lc: c.lc, br: bufio.NewReaderSize(c.conn, 16<<10)}
 	if l == wire.LaneBulk {
-		src.Split = &cl.lastDemand
+		c.lc.Split = &cl.lastDemand
 	} else {
 		sl.demandSent = &cl.lastDemand
 	}
@@ -174,5 +217,24 @@ func (cl *Client) socketOpenLane(ctx context.Context, req *pb.OpenRequest) (*Ses
 		return fail(err)
 	}
 	_ = sl.conn.SetDeadline(time.Time{})
+	cl.logLane(wire.LaneDemand, true)
 	return sess, &Lane{sock: sl, kind: wire.LaneDemand}, nil
 }
+
+// readAheadSize is what a TLS lane's reads ask of the socket at once.
+const readAheadSize = 256 << 10
+
+// readAhead reads a TLS lane's socket in large reads: crypto/tls reads about
+// a record at a time, and a bulk run is 64 of them. The copy this adds
+// costs less than the system calls and wake-ups it saves: in
+// test/fetchbench's TLS/unpinned, the bulk rate went from a median of 0.54
+// to 0.61 of plaintext's (busy machine, four runs each).
+type readAhead struct {
+	net.Conn // the lane's netio.LaneConn
+	r        *bufio.Reader
+}
+
+func (c *readAhead) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// NetConn returns the lane's connection (netio.ShutdownConn).
+func (c *readAhead) NetConn() net.Conn { return c.Conn }

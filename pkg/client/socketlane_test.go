@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/postcopy/postcopy/internal/pagetest"
 	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/internal/testutil/pagetest"
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/server"
 	"github.com/postcopy/postcopy/pkg/wire"

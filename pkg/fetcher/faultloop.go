@@ -9,7 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
-	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
 
@@ -26,10 +25,8 @@ type faultLoop struct {
 	log    hclog.Logger
 	poller faultWaiter // set by Run
 	reader *uffd.Reader
-	// admit decides which faults take the demand lane while the bulk lane
-	// brings pages (Config.DemandRate); the rest ride the bulk lane.
-	admit prefetch.Admission
-	epoch time.Time // admit's clock counts from it
+	// rider decides which faults ride the bulk lane (ride.go).
+	rider *rider
 }
 
 // faultRef is a fault read under the event lock, handled after it.
@@ -152,22 +149,19 @@ func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 	return werr
 }
 
-// fault handles one missing-page fault, outside the event lock. While the
-// bulk lane brings pages and the demand lane has served its rate
-// (Config.DemandRate), the fault rides the bulk lane: its page becomes the
-// policy's newest hint, so the next bulk run starts at it. A page the
-// confirm pass is to place (a copy of it is cached) rides the warm lane
-// instead, and is the confirm order's newest hint when it takes the demand
-// lane.
+// fault handles one missing-page fault, outside the event lock: it rides
+// the bulk lane — its page leads the next bulk run — or takes the demand
+// lane, as the rider decides (ride.go). A page the confirm pass is to place
+// (a copy of it is cached) rides the warm lane instead, once confirmations
+// flow, and is the confirm order's newest hint either way.
 func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
-	t := int64(now.Sub(f.epoch))
 	cf := f.link.confirm
 	cached := cf.wants(pg.A, pg.P)
-	flowing := f.link.bulkFlowing()
-	if cached {
-		flowing = cf.flowing.Load()
+	ride, flowing := f.rider.ride(tid, now)
+	if cached && !cf.flowing.Load() {
+		ride = false // nothing brings it before the confirm pass runs
 	}
-	if !f.admit.Open(t) && flowing {
+	if ride {
 		switch f.pages.FaultRiding(pg, tid, now) {
 		case pagestate.FaultZero:
 			return f.place.zeroFill(pg)
@@ -175,7 +169,7 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 			f.stats.dupFaults.Add(1)
 		case pagestate.FaultRide:
 			f.stats.rides.Add(1)
-			f.pull.hint(pg.A.Index, pg.P, true)
+			f.pull.ride(pg.A.Index, pg.P, true)
 			if cached {
 				cf.hint(pg.A.Index, pg.P)
 			}
@@ -190,7 +184,13 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 		f.stats.dupFaults.Add(1)
 	case pagestate.FaultAsk:
 		f.stats.faults.Add(1)
-		f.admit.Take(t)
+		if flowing {
+			// Only faults that could have ridden are charged: those
+			// before the bulk lane flows (start-up, --prefetch off, a
+			// reconnect) must not leave a debt that makes later ones
+			// ride.
+			f.rider.charge(now)
+		}
 		// Ask first: the request is on its way while the policy notes
 		// the hint. No kick for the bulk sender: a fault adds no pending
 		// page, and waking that goroutine on every fault costs the

@@ -74,10 +74,11 @@ type Config struct {
 	// small runs still fills the link.
 	BulkWindow int
 	// DemandRate bounds the faults per second that take the demand lane
-	// while the bulk lane brings pages; the faults beyond it ride the bulk
-	// lane: their page starts the next bulk run (prefetch.Admission says
-	// why). 0: prefetch.DefaultDemandRate; negative: no bound, every fault
-	// takes the demand lane.
+	// while the bulk lane brings pages; the faults beyond it, and those a
+	// thread makes back to back, ride the bulk lane: their page leads the
+	// next bulk run (ride.go says when and why). 0:
+	// prefetch.DefaultDemandRate; negative: riding off, every fault takes
+	// the demand lane.
 	DemandRate float64
 	// BulkRunBytes is the largest bulk run (default 1 MiB; at least a page).
 	BulkRunBytes uint64
@@ -108,8 +109,8 @@ type Config struct {
 	RequestTimeout time.Duration
 	// VMMPid, when not zero, is watched: its exit ends Run with ErrVMMGone.
 	VMMPid int
-	// HandoffAt is when the VMM handed over its memory; first_page_ms counts
-	// from it (from Run's start when zero).
+	// HandoffAt is when the VMM handed over its memory; first_page_s counts
+	// from it (from New when zero), as Progress.Elapsed does.
 	HandoffAt time.Time
 	// Opened, when set, is a session opened before the handoff, so that
 	// none has to open after it, when the first faults already wait: Run
@@ -136,51 +137,53 @@ type Config struct {
 	Logger hclog.Logger
 	// Registerer, when set, receives the fetcher's metrics
 	// (postcopy_fetcher_*); nil: none. A fetcher's metrics can be
-	// registered once per Registerer: New fails on a second (wrap it with
+	// registered once per Registerer: New fails on a second (Close the
+	// previous Fetcher first, or wrap the Registerer with
 	// prometheus.WrapRegistererWith to tell several fetchers apart).
 	Registerer prometheus.Registerer
 }
 
-// Summary is the result of a migration, for the final JSON line.
+// Summary is the result of a migration. pagefetcher prints it as the
+// summary line of pkg/events (events.Migration), in that package's units.
 type Summary struct {
-	TotalSeconds float64 `json:"total_s"`
+	TotalSeconds float64
 	Pages        struct {
-		Total    uint64 `json:"total"`
-		Demand   uint64 `json:"demand"`
-		Bulk     uint64 `json:"bulk"`
-		Zero     uint64 `json:"zero"`
-		Removed  uint64 `json:"removed"`
-		Unmapped uint64 `json:"unmapped"`
+		Total    uint64
+		Demand   uint64
+		Bulk     uint64
+		Zero     uint64
+		Removed  uint64
+		Unmapped uint64
 		// Confirmed pages were placed from a warm-up's cache.
-		Confirmed uint64 `json:"confirmed"`
-	} `json:"pages"`
-	BytesReceived  uint64 `json:"bytes_received"`
-	Faults         uint64 `json:"faults"`
-	DuplicateFault uint64 `json:"faults_duplicate"`
+		Confirmed uint64
+	}
+	BytesReceived  uint64
+	Faults         uint64
+	DuplicateFault uint64
 	// FaultsOnBulk are the faults that rode the bulk lane (DemandRate).
-	FaultsOnBulk   uint64 `json:"faults_on_bulk"`
+	FaultsOnBulk   uint64
 	FaultLatencyUS struct {
-		P50  float64 `json:"p50"`
-		P99  float64 `json:"p99"`
-		P999 float64 `json:"p999"`
-		Max  float64 `json:"max"`
-	} `json:"fault_latency_us"`
-	BlocktimeMS    float64 `json:"blocktime_ms"`
-	FirstPageMS    float64 `json:"first_page_ms"`
-	Reconnects     uint64  `json:"reconnects"`
-	ChecksumErrors uint64  `json:"checksum_errors"`
+		P50  float64
+		P99  float64
+		P999 float64
+		Max  float64
+	}
+	BlocktimeMS    float64
+	FirstPageMS    float64
+	Reconnects     uint64
+	ChecksumErrors uint64
 	// With a warm-up (Config.Warmup): its rounds and how long it ran
 	// until the handoff, and the cached pages the source answered with
 	// content after the freeze (they changed since their copy was taken).
-	// The pages placed from its cache are pages.confirmed.
-	WarmRounds              uint64  `json:"warm_rounds"`
-	WarmSeconds             float64 `json:"warm_s"`
-	PagesChangedAfterFreeze uint64  `json:"pages_changed_after_freeze"`
+	// The pages placed from its cache are Pages.Confirmed.
+	WarmRounds              uint64
+	WarmSeconds             float64
+	PagesChangedAfterFreeze uint64
 }
 
 // Progress is a snapshot of a running migration.
 type Progress struct {
-	Elapsed       time.Duration
+	Elapsed       time.Duration // since the handoff (Config.HandoffAt, else New)
 	TotalPages    uint64
 	ResolvedPages uint64
 	BytesReceived uint64
@@ -240,6 +243,10 @@ func New(cfg Config) (*Fetcher, error) {
 	// The start is set before Run, so that Progress may read it meanwhile.
 	f := &Fetcher{cfg: cfg, log: cfg.Logger, life: newLifecycle(),
 		stats: &counters{firstPlaced: make(chan struct{})}}
+	if f.cfg.HandoffAt.IsZero() {
+		f.cfg.HandoffAt = f.life.start
+	}
+	f.stats.handoff = f.cfg.HandoffAt
 	regions := make([]pagestate.Region, len(cfg.Regions))
 	for i, r := range cfg.Regions {
 		if cfg.ImageSize != 0 && (r.Offset+r.Size > cfg.ImageSize || r.Offset+r.Size < r.Offset) {
@@ -249,7 +256,8 @@ func New(cfg Config) (*Fetcher, error) {
 		regions[i] = pagestate.Region(r)
 	}
 	var err error
-	f.pages, err = pagestate.New(regions, pagestate.Hooks{Waited: f.stats.waited, Complete: f.life.complete})
+	woken := &wakeTimes{epoch: f.life.start}
+	f.pages, err = pagestate.New(regions, pagestate.Hooks{Waited: f.stats.waited, Complete: f.life.complete, Woken: woken.set})
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: %w", err)
 	}
@@ -263,10 +271,10 @@ func New(cfg Config) (*Fetcher, error) {
 	case rate == 0:
 		rate = prefetch.DefaultDemandRate
 	case rate < 0:
-		rate = 0 // no bound
+		rate = 0 // riding off
 	}
 	f.loop = &faultLoop{pages: f.pages, place: f.place, link: f.link, pull: f.pull, stats: f.stats, life: f.life, log: f.log,
-		admit: prefetch.NewAdmission(rate, prefetch.DefaultDemandBurst), epoch: time.Now()}
+		rider: newRider(rate, woken, f.link, f.stats)}
 	if cfg.Prefetch {
 		f.EnablePrefetch()
 	}
@@ -290,7 +298,7 @@ func (f *Fetcher) Drain() { f.EnablePrefetch() }
 func (f *Fetcher) Progress() Progress {
 	total := f.pages.TotalPages()
 	return Progress{
-		Elapsed:       time.Since(f.life.start),
+		Elapsed:       time.Since(f.stats.handoff),
 		TotalPages:    total,
 		ResolvedPages: total - uint64(max(0, f.pages.Remaining())),
 		BytesReceived: f.stats.bytes.Load(),
@@ -303,10 +311,6 @@ func (f *Fetcher) Progress() Progress {
 // to the server and returns the summary. The summary is returned (partial)
 // with an error too.
 func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
-	if f.cfg.HandoffAt.IsZero() {
-		f.cfg.HandoffAt = f.life.start
-	}
-	f.stats.handoff = f.cfg.HandoffAt
 	if w := f.cfg.Warmup; w != nil {
 		// The cache is read-only from here: the fault loop and the
 		// confirm pass read it.
@@ -322,26 +326,34 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	if err != nil {
 		return f.summary(), err
 	}
-	if err := f.pull.setup(uint64(sess.MaxBulkBytes()), f.cfg.BulkRunBytes, f.cfg.BulkWindow); err != nil {
+	// abandon ends what was opened when Run fails before its loops start:
+	// the server would hold the sessions until they expire.
+	abandon := func(err error) (*Summary, error) {
 		demand.Close()
+		unused.End(f.log)
+		ectx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if eerr := sess.End(ectx); eerr != nil {
+			f.log.Debug("ending the session", "error", eerr)
+		}
 		return f.summary(), err
 	}
+	if err := f.pull.setup(uint64(sess.MaxBulkBytes()), f.cfg.BulkRunBytes, f.cfg.BulkWindow); err != nil {
+		return abandon(err)
+	}
 	if err := f.pull.useWorkingSet(workingset.Image{Size: sess.Image().Size, Generation: sess.Image().Generation}, f.log); err != nil {
-		demand.Close()
-		return f.summary(), err
+		return abandon(err)
 	}
 	if w := f.cfg.Warmup; w != nil {
 		if f.link.confirm, err = newConfirmer(w.cache, f.pages, f.place, f.pull, f.stats, uint64(sess.MaxBulkBytes()),
 			f.pull.wsRuns, f.log); err != nil {
-			demand.Close()
-			return f.summary(), err
+			return abandon(err)
 		}
 	}
 	sinceHandoff := time.Since(f.cfg.HandoffAt)
 
 	if f.loop.poller, err = newFaultWaiter(f.cfg.UFFD); err != nil {
-		demand.Close()
-		return f.summary(), fmt.Errorf("fetcher: %w", err)
+		return abandon(fmt.Errorf("fetcher: %w", err))
 	}
 	defer f.loop.poller.Close()
 	f.loop.reader = uffd.NewReader(f.cfg.UFFD, 256)

@@ -316,14 +316,7 @@ func (l *link) bulkFlowing() bool {
 }
 
 func (l *link) resendOutstanding(c *conn) {
-	// Faults riding the bulk lane: the runs that were to bring them may
-	// have been lost with the old connection (requeued, hint gone).
-	for _, pg := range l.pages.Riding(nil) {
-		l.pull.hint(pg.A.Index, pg.P, false)
-		if l.confirm.wants(pg.A, pg.P) {
-			l.confirm.hint(pg.A.Index, pg.P)
-		}
-	}
+	l.rideAgain()
 	reqs := l.pages.Resend(time.Now(), nil)
 	for _, r := range reqs {
 		if err := c.demand.Send(Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages}); err != nil {
@@ -439,9 +432,16 @@ func (l *link) bulkSend(c *conn) error {
 			if len(runs) == 0 {
 				break
 			}
-			for _, run := range runs {
+			for i, run := range runs {
 				b := l.pages.AskBulk(run.Region, run.Page, run.Pages, time.Now())
 				if err := c.bulk.Send(Request{ID: b.ID, Offset: b.Offset, Pages: b.Pages}); err != nil {
+					// This run is in flight (lost with the connection,
+					// requeued then); the rest left the policy and were
+					// never asked for: back to it now, or nothing brings
+					// them.
+					for _, r := range runs[i+1:] {
+						l.pull.requeue(pagestate.BulkRun{Area: r.Region, Page: r.Page, Pages: r.Pages})
+					}
 					return err
 				}
 				bytes, n, sent = bytes+b.Bytes, n+1, true
@@ -547,8 +547,23 @@ func (l *link) finishBulk(c *conn, id uint64, requeue bool) {
 	c.bulkDone.Add(1)
 	if b, ok := l.pages.BulkDone(id); ok && requeue {
 		l.pull.requeue(b)
+		l.rideAgain()
 	}
 	l.pull.poke()
+}
+
+// rideAgain rides the bulk lane again for every thread waiting on a page
+// that no request brings: a run that was to bring it was lost (a broken
+// connection, a failed checksum) and went back to the policy as pending
+// pages, without the ride. There is one such page per waiting thread at
+// most.
+func (l *link) rideAgain() {
+	for _, pg := range l.pages.Riding(nil) {
+		l.pull.ride(pg.A.Index, pg.P, false)
+		if l.confirm.wants(pg.A, pg.P) {
+			l.confirm.hint(pg.A.Index, pg.P)
+		}
+	}
 }
 
 // watchdog ends the connection when a lane has requests waiting and has

@@ -90,13 +90,14 @@ func (u *puller) faulted(region int, p uint64) {
 	u.mu.Unlock()
 }
 
-// hint tells the policy that a fault on page p of region rides the bulk
-// lane: the next run starts at it. The bulk sender is poked: where its
-// window has room, the run goes out now. first says the fault is new (not
-// hinted again after a reconnect): a working set being recorded keeps it.
-func (u *puller) hint(region int, p uint64, first bool) {
+// ride tells the policy that a fault on page p of region rides the bulk
+// lane: the next run starts at it (prefetch.Policy.Ride). The bulk sender is
+// poked: where its window has room, the run goes out now. first says the
+// fault is new (not ridden again after a lost run): a working set being
+// recorded keeps it.
+func (u *puller) ride(region int, p uint64, first bool) {
 	u.mu.Lock()
-	u.policy.Fault(region, p)
+	u.policy.Ride(region, p)
 	if first && u.record {
 		u.firstFaults = append(u.firstFaults, faultedPage{Region: region, Page: p})
 	}

@@ -238,7 +238,7 @@ func (s *readerSession) answer(r WarmRequest) (*Response, error) {
 	}
 	buf := make([]byte, uint64(r.Pages)*ps)
 	n, err := s.src.r.ReadAt(buf, int64(r.Offset))
-	if err != nil && !(errors.Is(err, io.EOF) && n < len(buf)) {
+	if err != nil && !errors.Is(err, io.EOF) { // EOF: the reader ends within the run (n may be len(buf))
 		return nil, fmt.Errorf("fetcher: reader session %s: reading %#x: %w", s.id, r.Offset, err)
 	}
 	clear(buf[n:]) // past the reader's end: zero

@@ -27,8 +27,10 @@ type counters struct {
 	// With metrics (Config.Registerer), else nil.
 	faultService prometheus.Histogram // seconds
 	bulkRunBytes prometheus.Histogram
+	reg          prometheus.Registerer // where collectors are registered, for Close
+	collectors   []prometheus.Collector
 
-	handoff     time.Time     // first_page_ms counts from it; set before the loops start
+	handoff     time.Time     // first_page_s counts from it; set before the loops start
 	firstPage   atomic.Int64  // ns since the handoff, 0 until the first page is placed
 	firstPlaced chan struct{} // closed when firstPage is set
 }
@@ -133,7 +135,21 @@ func (f *Fetcher) registerMetrics(r prometheus.Registerer) error {
 			return err
 		}
 	}
+	c.reg, c.collectors = r, cs
 	return nil
+}
+
+// Close unregisters the fetcher's metrics from Config.Registerer, so that an
+// embedder running one migration after another neither keeps every old
+// Fetcher alive (the metrics read its state) nor has to wrap its Registerer
+// for each. Call it once Run has returned and its figures are no longer
+// wanted; the Fetcher is not used again.
+func (f *Fetcher) Close() {
+	c := f.stats
+	for _, m := range c.collectors {
+		c.reg.Unregister(m)
+	}
+	c.reg, c.collectors = nil, nil
 }
 
 func (f *Fetcher) summary() *Summary {

@@ -6,7 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/postcopy/postcopy/internal/metrics/metricstest"
+	"github.com/postcopy/postcopy/internal/testutil/metricstest"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 )
 
@@ -102,6 +102,27 @@ func TestRegisterMetricsTwice(t *testing.T) {
 	if err := newStatsFetcher(t).registerMetrics(prometheus.NewRegistry()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Close takes a fetcher's metrics off its Registerer: the next fetcher of
+// a sequence registers on the same one.
+func TestCloseUnregisters(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	first := newStatsFetcher(t)
+	if err := first.registerMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	if err := newStatsFetcher(t).registerMetrics(reg); err == nil {
+		t.Fatal("a second fetcher registered beside the first")
+	}
+	first.Close()
+	if fams, err := metricstest.Gather(reg); err != nil || len(fams) != 0 {
+		t.Fatalf("after Close the registry holds %d families (%v)", len(fams), err)
+	}
+	if err := newStatsFetcher(t).registerMetrics(reg); err != nil {
+		t.Fatalf("after Close: %v", err)
+	}
+	first.Close() // twice: nothing left to do
 }
 
 // A real migration with metrics: every figure of the summary that is also

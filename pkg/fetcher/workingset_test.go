@@ -11,7 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/postcopy/postcopy/internal/pagetest"
+	"github.com/postcopy/postcopy/internal/testutil/pagetest"
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/server"

@@ -37,6 +37,15 @@ func (h *harness) fault(r int, page uint64) error {
 	return h.check()
 }
 
+func (h *harness) ride(r int, page uint64) error {
+	h.p.Ride(r, page)
+	h.m.ride(r, page)
+	if !slices.Equal(h.p.rides, h.m.rides) || !slices.Equal(h.p.hints, h.m.hints) {
+		return fmt.Errorf("ride %d %d: rides %v hints %v, model %v %v", r, page, h.p.rides, h.p.hints, h.m.rides, h.m.hints)
+	}
+	return h.check()
+}
+
 func (h *harness) first(runs []Run) error {
 	if err := h.p.First(runs); err != nil {
 		return err

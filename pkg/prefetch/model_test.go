@@ -15,7 +15,8 @@ type model struct {
 	maxHints int
 	hints    []hint // newest last
 	sweep    int
-	first    []Run // First's runs, as given (not coalesced)
+	first    []Run  // First's runs, as given (not coalesced)
+	rides    []hint // oldest first
 }
 
 type mregion struct {
@@ -94,6 +95,16 @@ func (m *model) fault(r int, p uint64) {
 	m.hints = append(m.hints, hint{r, p})
 }
 
+func (m *model) ride(r int, p uint64) {
+	if r < 0 || r >= len(m.regions) || p >= uint64(len(m.regions[r].pending)) {
+		return
+	}
+	m.fault(r, p)
+	if !slices.Contains(m.rides, hint{r, p}) {
+		m.rides = append(m.rides, hint{r, p})
+	}
+}
+
 func (m *model) done(r int, p, n uint64) {
 	for q := p; q < p+n; q++ {
 		m.regions[r].pending[q] = false
@@ -122,6 +133,21 @@ func (m *model) next(max int) []Run {
 	var out []Run
 	if m.count() == 0 {
 		return nil // nothing pending: no change at all, hints included
+	}
+	// Rides, oldest first: the pending pages from the ridden page to the
+	// end of its fault window.
+	for len(m.rides) > 0 && len(out) < max {
+		h := m.rides[0]
+		size := uint64(len(m.regions[h.region].pending))
+		hi := h.page + 1 + min(m.after, size-h.page-1)
+		for q := h.page; q < hi && len(out) < max; q++ {
+			if m.regions[h.region].pending[q] {
+				run := m.runAt(h.region, q, hi)
+				out = append(out, run)
+				q += uint64(run.Pages) - 1
+			}
+		}
+		m.rides = m.rides[1:]
 	}
 	// First's runs, in order; a run's pages go with the next run's when it
 	// starts where they end (First coalesces them).

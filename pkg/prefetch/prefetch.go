@@ -93,6 +93,9 @@ type Policy struct {
 	// serves next.
 	first   []Run
 	firstAt int
+	// rides holds the pages that faulted threads wait on with no request
+	// of their own (Ride), oldest first: served before everything else.
+	rides []hint
 }
 
 type region struct {
@@ -206,6 +209,27 @@ func (p *Policy) Fault(region int, page uint64) {
 	p.hints = append(p.hints, hint{region: region, page: page})
 }
 
+// Ride records that a thread waits on a page with no request of its own:
+// the page must come on the bulk lane, ahead of everything else. Next hands
+// out, before any working set, hint or sweep, a run starting at each ridden
+// page that is still pending, oldest ride first, then drops the ride (the
+// caller rides again if the run is lost: Requeue does not remember it). A
+// ride is never evicted: there is one per waiting thread at most. The page
+// is also a fault hint (Fault). A page outside the layout is ignored; one
+// ridden already is not queued twice.
+func (p *Policy) Ride(region int, page uint64) {
+	if region < 0 || region >= len(p.regions) || page >= p.regions[region].pages {
+		return
+	}
+	p.Fault(region, page)
+	for _, h := range p.rides {
+		if h.region == region && h.page == page {
+			return
+		}
+	}
+	p.rides = append(p.rides, hint{region: region, page: page})
+}
+
 // Done marks pages [page, page+n) of a region as no longer needed from the
 // bulk lane (resident by demand, zero-filled, removed, unmapped). Pages that
 // are not pending are left as they are. It panics if the range is outside
@@ -297,6 +321,18 @@ func (p *Policy) Next(max int, out []Run) []Run {
 		return out
 	}
 	n := 0
+	for len(p.rides) > 0 && n < max {
+		h := p.rides[0]
+		rs := &p.regions[h.region]
+		_, hi := p.window(rs, h.page)
+		out, n = p.emit(h.region, h.page, hi, max, n, out)
+		// The rider's own page leads the run; the rest of its window
+		// follows with the fault hints.
+		p.rides = p.rides[1:]
+	}
+	if len(p.rides) == 0 {
+		p.rides = nil
+	}
 	for p.firstAt < len(p.first) && n < max {
 		r := p.first[p.firstAt]
 		end := r.Page + uint64(r.Pages)

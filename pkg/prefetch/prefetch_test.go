@@ -265,8 +265,8 @@ func FuzzPolicy(f *testing.F) {
 			t.Fatal(err)
 		}
 		for step := 0; !rd.empty() && step < 500; step++ {
-			op := rd.byte() % 6
-			r := int(rd.byte()) % (nreg + 1) // nreg: an invalid region, for Fault
+			op := rd.byte() % 7
+			r := int(rd.byte()) % (nreg + 1) // nreg: an invalid region, for Fault and Ride
 			switch op {
 			case 0:
 				err = h.fault(r, uint64(rd.byte())+uint64(rd.byte()%2)<<8)
@@ -302,6 +302,8 @@ func FuzzPolicy(f *testing.F) {
 					runs = append(runs, Run{Region: r, Page: pg, Pages: uint32(n)})
 				}
 				err = h.first(runs)
+			case 6:
+				err = h.ride(r, uint64(rd.byte())+uint64(rd.byte()%2)<<8)
 			}
 			if err != nil {
 				t.Fatalf("step %d: %v", step, err)

@@ -63,7 +63,7 @@ func runCommand(hp **harness, cmd string) (string, error) {
 		}
 		return "first " + strings.Join(rs, " "), nil
 	}
-	want := map[string]int{"fault": 2, "done": 3, "next": 1, "requeue": 3, "drain": 0}
+	want := map[string]int{"ride": 2, "fault": 2, "done": 3, "next": 1, "requeue": 3, "drain": 0}
 	if n, ok := want[f[0]]; ok && len(args) != n {
 		return "", fmt.Errorf("%s takes %d arguments", f[0], n)
 	}
@@ -93,6 +93,15 @@ func runCommand(hp **harness, cmd string) (string, error) {
 			return "hints none", nil
 		}
 		return "hints " + strings.Join(hs, " "), nil
+	case "ride":
+		if err := h.ride(int(args[0]), args[1]); err != nil {
+			return "", err
+		}
+		var rs []string
+		for _, r := range h.p.rides {
+			rs = append(rs, fmt.Sprintf("%d:%d", r.region, r.page))
+		}
+		return "rides " + strings.Join(rs, " "), nil
 	case "done":
 		err := h.done(int(args[0]), args[1], args[2])
 		return pending(), err

@@ -9,12 +9,14 @@ package server
 //
 // (the helper inherits the affinity). Both processes run with at least
 // cli.MinProcs Ps, as the binaries do (TestMain); GOMAXPROCS=1 shows what
-// one P costs the demand lane under bulk load.
+// one P costs the demand lane under bulk load. POSTCOPY_BENCH_TLS=1 serves
+// and dials everything over TLS (certificates made for the run).
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -37,6 +39,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/postcopy/postcopy/internal/sched"
+	"github.com/postcopy/postcopy/internal/testutil/pki"
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/wire"
@@ -65,7 +68,15 @@ func benchServer() {
 		fail(err)
 	}
 	sock := os.Getenv("POSTCOPY_BENCH_GRPC_DEMAND") == ""
-	srv, err := NewServer(Options{Image: img, DemandSocket: sock,
+	var tlsConf *tls.Config
+	if f := benchPKI(); f != nil {
+		pair, err := tls.LoadX509KeyPair(f.ServerCert, f.ServerKey)
+		if err != nil {
+			fail(err)
+		}
+		tlsConf = &tls.Config{Certificates: []tls.Certificate{pair}}
+	}
+	srv, err := NewServer(Options{Image: img, DemandSocket: sock, TLS: tlsConf,
 		BulkSocket: sock && os.Getenv("POSTCOPY_BENCH_GRPC_BULK") == "", UrgentDemand: benchUrgent()})
 	if err != nil {
 		fail(err)
@@ -80,7 +91,7 @@ func benchServer() {
 	gl, bw, rtt := listen(), listen(), listen()
 	g := grpc.NewServer(srv.GRPCServerOptions()...)
 	srv.Register(g)
-	if sock {
+	if sock || tlsConf != nil {
 		gl = srv.SplitListener(gl)
 	}
 	go g.Serve(gl)
@@ -129,6 +140,22 @@ func benchServer() {
 	io.Copy(io.Discard, os.Stdin)
 }
 
+// benchCertEnv and benchKeyEnv name the server's certificate and key files
+// of a TLS run, for the helper.
+const (
+	benchCertEnv = "POSTCOPY_BENCH_TLS_CERT"
+	benchKeyEnv  = "POSTCOPY_BENCH_TLS_KEY"
+)
+
+// benchPKI returns, in the helper, the server's files of a TLS run; nil if
+// the run is plaintext.
+func benchPKI() *pki.Files {
+	if os.Getenv(benchCertEnv) == "" {
+		return nil
+	}
+	return &pki.Files{ServerCert: os.Getenv(benchCertEnv), ServerKey: os.Getenv(benchKeyEnv)}
+}
+
 func acceptLoop(l net.Listener, serve func(net.Conn)) {
 	for {
 		c, err := l.Accept()
@@ -145,7 +172,8 @@ func acceptLoop(l net.Listener, serve func(net.Conn)) {
 // benchEnv is the helper process shared by every benchmark of a run.
 type benchEnv struct {
 	grpcAddr, bwAddr, rttAddr string
-	pid                       int // the helper's
+	pki                       *pki.Files // with POSTCOPY_BENCH_TLS
+	pid                       int        // the helper's
 	err                       error
 }
 
@@ -211,6 +239,15 @@ func startBenchServer(b *testing.B) *benchEnv {
 		}
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), helperEnv+"=bench-server", benchImageEnv+"="+path)
+		if os.Getenv("POSTCOPY_BENCH_TLS") != "" {
+			f, err := pki.New(dir, "bench CA")
+			if err != nil {
+				bench.err = err
+				return
+			}
+			bench.pki = &f
+			cmd.Env = append(cmd.Env, benchCertEnv+"="+f.ServerCert, benchKeyEnv+"="+f.ServerKey)
+		}
 		cmd.Stderr = os.Stderr
 		stdin, _ := cmd.StdinPipe()
 		out, _ := cmd.StdoutPipe()
@@ -240,7 +277,11 @@ var benchCleanup = func() {}
 // benchSession dials the helper and opens a session over the whole image;
 // the session ends (Done) and the client closes when b's benchmark ends.
 func benchSession(b *testing.B, env *benchEnv) *client.Session {
-	c, err := client.Dial(context.Background(), env.grpcAddr, client.Options{})
+	var o client.Options
+	if env.pki != nil {
+		o.TLS = &tls.Config{RootCAs: env.pki.Pool}
+	}
+	c, err := client.Dial(context.Background(), env.grpcAddr, o)
 	if err != nil {
 		b.Fatal(err)
 	}

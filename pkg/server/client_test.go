@@ -20,8 +20,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/postcopy/postcopy/internal/cli"
-	"github.com/postcopy/postcopy/internal/cli/clitest"
 	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/internal/testutil/pki"
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/wire"
 )
@@ -79,14 +79,14 @@ func TestDialFailsFast(t *testing.T) {
 // certificate all fail; TLS and mutual TLS work.
 func TestTLS(t *testing.T) {
 	ti := makeImage(t, mib, 11, nil, nil)
-	pki := clitest.NewPKI(t, "good")
-	other := clitest.NewPKI(t, "other")
+	certs := pki.NewT(t, "good")
+	other := pki.NewT(t, "other")
 	tlsSrv := startServer(t, Options{Image: ti.Img}, grpc.Creds(credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{pki.Server}, MinVersion: tls.VersionTLS12,
+		Certificates: []tls.Certificate{certs.ServerKeyPair}, MinVersion: tls.VersionTLS12,
 	})))
 	mtlsSrv := startServer(t, Options{Image: ti.Img}, grpc.Creds(credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{pki.Server}, MinVersion: tls.VersionTLS12,
-		ClientCAs: pki.Pool, ClientAuth: tls.RequireAndVerifyClientCert,
+		Certificates: []tls.Certificate{certs.ServerKeyPair}, MinVersion: tls.VersionTLS12,
+		ClientCAs: certs.Pool, ClientAuth: tls.RequireAndVerifyClientCert,
 	})))
 	ctx := testCtx(t)
 	try := func(name, addr string, cfg *tls.Config, wantErr string) {
@@ -106,14 +106,14 @@ func TestTLS(t *testing.T) {
 			t.Fatalf("%s: %v, want an error containing %q", name, err, wantErr)
 		}
 	}
-	good := &tls.Config{RootCAs: pki.Pool, MinVersion: tls.VersionTLS12}
+	good := &tls.Config{RootCAs: certs.Pool, MinVersion: tls.VersionTLS12}
 	try("plaintext client, TLS server", tlsSrv.addr, nil, tlsSrv.addr)
 	try("wrong CA", tlsSrv.addr, &tls.Config{RootCAs: other.Pool}, "certificate signed by unknown authority")
 	try("TLS", tlsSrv.addr, good, "")
 	try("mTLS without a client certificate", mtlsSrv.addr, good, mtlsSrv.addr)
 	try("mTLS with a certificate of another CA", mtlsSrv.addr,
-		&tls.Config{RootCAs: pki.Pool, Certificates: []tls.Certificate{other.Client}}, mtlsSrv.addr)
-	try("mTLS", mtlsSrv.addr, &tls.Config{RootCAs: pki.Pool, Certificates: []tls.Certificate{pki.Client}}, "")
+		&tls.Config{RootCAs: certs.Pool, Certificates: []tls.Certificate{other.ClientKeyPair}}, mtlsSrv.addr)
+	try("mTLS", mtlsSrv.addr, &tls.Config{RootCAs: certs.Pool, Certificates: []tls.Certificate{certs.ClientKeyPair}}, "")
 }
 
 // TestVerify: Verify catches a flipped bit and names the segment's offset.

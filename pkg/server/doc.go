@@ -1,7 +1,7 @@
 // Package server is the source side of the postcopy page-server protocol
 // (proto/postcopy/v1; the messages, framing and errors both ends share are
 // in pkg/wire): Server serves the pages of one image.Image to many
-// sessions, over gRPC and, on a plaintext server, over socket lanes.
+// sessions, over gRPC and over socket lanes, plaintext or TLS.
 //
 // # Lanes
 //
@@ -12,7 +12,9 @@
 // any session are being served.
 //
 // With Options.DemandSocket and BulkSocket, served through SplitListener on
-// the same port, both lanes may be socket lanes (socketlane.go). A demand
+// the same port, both lanes may be socket lanes (socketlane.go), over TLS
+// too (Options.TLS; tls.go: SplitListener makes the handshakes and routes
+// by ALPN). A demand
 // socket lane is read and answered by one goroutine — a real-time thread
 // woken by the kernel with Options.UrgentDemand — and a bulk socket lane
 // moves a run with one writev from the server's read buffer.
@@ -33,11 +35,13 @@
 //
 // # Serving
 //
-//	srv, err := server.NewServer(server.Options{Image: img, Token: tok})
-//	g := grpc.NewServer(append(srv.GRPCServerOptions(), grpc.Creds(creds))...)
+//	srv, err := server.NewServer(server.Options{Image: img, Token: tok, TLS: tlsConfig,
+//		DemandSocket: true, BulkSocket: true})
+//	g := grpc.NewServer(srv.GRPCServerOptions()...)
 //	srv.Register(g)
 //	err = g.Serve(srv.SplitListener(lis))
 //
 // GRPCServerOptions must be used: they set the message size limits, windows,
-// buffers and keepalive policy the protocol relies on.
+// buffers and keepalive policy the protocol relies on, and with Options.TLS
+// the credentials (give the gRPC server none of its own).
 package server

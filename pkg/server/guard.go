@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
@@ -220,10 +221,12 @@ type guardAddr struct {
 }
 
 // guardedConn is a connection handed to gRPC: its guard is released when
-// gRPC closes it, or when a call on it authenticates.
+// gRPC closes it, or when a call on it authenticates. With auth, SplitListener
+// has made its TLS handshake (routedTLS).
 type guardedConn struct {
 	net.Conn
-	g *connGuard
+	g    *connGuard
+	auth credentials.AuthInfo
 }
 
 func (c *guardedConn) RemoteAddr() net.Addr { return guardAddr{c.Conn.RemoteAddr(), c.g} }

@@ -8,12 +8,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
-	"github.com/postcopy/postcopy/internal/pagetest"
+	"github.com/postcopy/postcopy/internal/testutil/pagetest"
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/wire"
 )
 
-// The shared helpers (internal/pagetest), under the names these tests use.
+// The shared helpers (internal/testutil/pagetest), under the names these tests use.
 type testImage = pagetest.Image
 
 func makeImage(t testing.TB, size int, seed uint64, holes [][2]int, zeros []int) *testImage {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -113,9 +115,16 @@ type Options struct {
 	// BulkYield reads bulk runs at a lower CPU priority while demand
 	// requests come (internal/sched); off by default, see fetcher.Config.
 	BulkYield bool
+	// TLS, if set, is the TLS configuration of everything served, mutual
+	// TLS included (ClientAuth, ClientCAs): GRPCServerOptions then carry
+	// the gRPC server's credentials, and SplitListener makes every TLS
+	// handshake itself, with the credentials gRPC would use, and routes each
+	// connection by the protocol it negotiated (ALPN): socket lanes over
+	// TLS, or gRPC. Do not also give the gRPC server credentials of its own.
+	TLS *tls.Config
 	// DemandSocket serves and advertises demand socket lanes
-	// (Capabilities.demand_socket): set it when serving plaintext through
-	// SplitListener.
+	// (Capabilities.demand_socket), through SplitListener: plaintext, or
+	// over TLS with Options.TLS.
 	DemandSocket bool
 	// BulkSocket serves and advertises bulk socket lanes
 	// (Capabilities.bulk_socket), likewise.
@@ -158,6 +167,7 @@ type Server struct {
 	workers       int
 	sockLane      bool
 	bulkSock      bool
+	tlsCreds      credentials.TransportCredentials // Options.TLS; nil: plaintext
 	urgent        bool
 	urgentOnce    sync.Once
 	urgentCapOnce sync.Once
@@ -245,6 +255,9 @@ func NewServer(o Options) (*Server, error) {
 	if s.log == nil {
 		s.log = hclog.NewNullLogger()
 	}
+	if o.TLS != nil {
+		s.tlsCreds = serverTLS(o.TLS, o.DemandSocket || o.BulkSocket)
+	}
 	if s.maxDemand == 0 {
 		s.maxDemand = DefaultMaxDemandBytes
 	}
@@ -297,10 +310,11 @@ func NewServer(o Options) (*Server, error) {
 // and interceptors counting errors; and the limits on what a client may
 // hold before it authenticates: a greeting (TLS and HTTP/2 handshakes)
 // within connectionTimeout, at most maxConcurrentStreams streams per
-// connection, pings no more often than the enforcement policy permits.
+// connection, pings no more often than the enforcement policy permits. With
+// Options.TLS, the TLS credentials too.
 func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 	maxRun := max(s.maxDemand, s.maxBulk)
-	return []grpc.ServerOption{
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(wire.MaxRequestMsg),
 		grpc.MaxSendMsgSize(int(maxRun) + wire.MsgSlack),
 		grpc.InitialWindowSize(wire.BulkStreamWindow),
@@ -316,6 +330,10 @@ func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 		grpc.ChainUnaryInterceptor(s.unaryErrors),
 		grpc.ChainStreamInterceptor(s.streamErrors),
 	}
+	if s.tlsCreds != nil {
+		opts = append(opts, grpc.Creds(routedTLS{s.tlsCreds}))
+	}
+	return opts
 }
 
 // Register registers the PageServer service and the standard gRPC health

@@ -17,7 +17,13 @@ import (
 func TestSocketLaneWaitInThread(t *testing.T) {
 	ti := makeImage(t, 64*wire.PageSize4K, 8, [][2]int{{10, 12}}, []int{30})
 	addr := startSplitServer(t, Options{Image: ti.Img})
-	c := dial(t, addr, client.Options{})
+	waitInThread(t, ti, dial(t, addr, client.Options{}))
+}
+
+// waitInThread checks a demand lane of c read in its thread: ti is the
+// server's image (64 pages).
+func waitInThread(t *testing.T, ti *testImage, c *client.Client) {
+	t.Helper()
 	ctx := testCtx(t)
 	_, d := openDemand(t, ctx, c, 64*wire.PageSize4K)
 	type result struct {

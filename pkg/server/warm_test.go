@@ -19,8 +19,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/postcopy/postcopy/internal/metrics/metricstest"
 	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/internal/testutil/metricstest"
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/wire"

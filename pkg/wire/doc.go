@@ -28,9 +28,9 @@
 //
 // # Socket lanes
 //
-// On a plaintext server both lanes may instead be socket lanes
-// (Capabilities.demand_socket, bulk_socket): plain TCP connections on the
-// server's port carrying the same messages, each prefixed with its length.
+// Both lanes may instead be socket lanes (Capabilities.demand_socket,
+// bulk_socket): TCP connections on the server's port carrying the same
+// messages, each prefixed with its length — over TLS on a TLS server.
 // A gRPC stream costs every remote fault several goroutine hand-offs on each
 // side (reader, handler, writer), and on this kind of machine each hand-off
 // to another CPU is a costly wake-up; on a socket lane the goroutine that
@@ -41,6 +41,26 @@
 // server's read buffer and read straight into the client's run buffer.
 // A session may also be opened on a socket lane (Capabilities.socket_open),
 // saving the separate Open call's round trip on the way to the first page.
+//
+// Over TLS, a socket lane is a TLS connection (crypto/tls in user space)
+// whose handshake negotiated the ALPN protocol LaneALPN ("postcopy-lane/1");
+// gRPC's connections on the same port negotiate "h2", which gRPC requires.
+// The server cannot route a TLS connection by its first bytes, as it does a
+// plaintext one (the greeting below comes encrypted, after the handshake),
+// so it makes every handshake itself, with the TLS configuration and
+// defaults of its gRPC credentials, and routes by the protocol negotiated:
+// ALPN is part of the handshake, costs no round trip, and a client that
+// offers only LaneALPN to a server that does not serve it fails the
+// handshake cleanly (or gets another protocol) rather than talking past it.
+// Mutual TLS applies to lanes as to gRPC: a lane without a valid client
+// certificate fails its handshake. A lane client verifies the server as its
+// gRPC connections do (the same CAs, the configured server name or the
+// address's host). Everything below then travels inside TLS records; a
+// writer makes each frame's records full (a demand answer one record), and
+// the TLS session's handshake is made when the connection is dialled ahead
+// of the lane. A server advertises the socket capabilities over TLS only
+// where it serves socket lanes over TLS; clients from before ignored them
+// over TLS, as clients may still (they then use the gRPC streams).
 //
 // This is the one specification of the framing (postcopy.proto points
 // here). Integers are little-endian. Messages are the protobuf messages of

@@ -23,6 +23,12 @@ const (
 	OpenLaneMagic   = "PCOPENS1"
 )
 
+// LaneALPN is the ALPN protocol name of a socket lane over TLS. A TLS
+// server routes each connection by the protocol its handshake negotiated:
+// this one to the socket lanes, "h2" (which gRPC requires) to gRPC. A lane
+// client offers only LaneALPN, and a gRPC client only "h2".
+const LaneALPN = "postcopy-lane/1"
+
 // LaneMagic returns the greeting's first bytes for a lane of kind l.
 func LaneMagic(l LaneKind) string {
 	if l == LaneDemand {

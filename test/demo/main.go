@@ -29,7 +29,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/internal/testutil/vmm"
 	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/test/harness"
 )

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -28,18 +29,34 @@ func TestTLS(t *testing.T) {
 		e, _, _ := migrate(t, migration{
 			imageSize: 8 << 20, image: defaultImage, regions: "4k:0x0:8M", pages: 8 << 8,
 			serverArgs:  server,
-			fetcherArgs: []string{"--tls-ca", certs.CA},
+			fetcherArgs: []string{"--tls-ca", certs.CA, "--log-level", "debug"},
 		})
 		if !e.serverReady.TLS {
 			t.Errorf("pageserver ready line %+v: want tls true", e.serverReady)
 		}
+		wantSocketLanes(t, e)
 	})
 	t.Run("mutual", func(t *testing.T) {
-		migrate(t, migration{
+		e, _, _ := migrate(t, migration{
 			imageSize: 8 << 20, image: defaultImage, regions: "4k:0x0:8M", pages: 8 << 8,
-			serverArgs:  mutual,
-			fetcherArgs: []string{"--tls-ca", certs.CA, "--tls-cert", certs.ClientCert, "--tls-key", certs.ClientKey},
+			serverArgs: mutual,
+			fetcherArgs: []string{"--tls-ca", certs.CA, "--tls-cert", certs.ClientCert, "--tls-key", certs.ClientKey,
+				"--log-level", "debug"},
 		})
+		wantSocketLanes(t, e)
+	})
+	// A server that serves no socket lanes (as pageservers before them did
+	// over TLS): the lanes are gRPC streams, the migration the same.
+	t.Run("tls-grpc-lanes", func(t *testing.T) {
+		e, _, _ := migrate(t, migration{
+			imageSize: 8 << 20, image: defaultImage, regions: "4k:0x0:8M", pages: 8 << 8,
+			serverArgs:  append(server[:len(server):len(server)], "--demand-socket=false", "--bulk-socket=false"),
+			fetcherArgs: []string{"--tls-ca", certs.CA, "--log-level", "debug"},
+		})
+		if log := e.fetcher.Stderr(); !strings.Contains(log, "lane=demand transport=grpc tls=true") ||
+			strings.Contains(log, "transport=socket") {
+			t.Errorf("pagefetcher's log: want a gRPC demand lane and no socket lane:\n%s", log)
+		}
 	})
 	for _, tc := range []struct {
 		name    string
@@ -68,5 +85,20 @@ func TestTLS(t *testing.T) {
 				t.Errorf("pagefetcher: exit code %d, ready-line error %v; want 3 (unreachable) and no ready line", code, err)
 			}
 		})
+	}
+}
+
+// wantSocketLanes checks, in pagefetcher's debug log, that both lanes were
+// socket lanes over TLS (pkg/client logs how each lane opened).
+func wantSocketLanes(t *testing.T, e *env) {
+	t.Helper()
+	log := e.fetcher.Stderr()
+	for _, lane := range []string{"demand", "bulk"} {
+		if want := "lane opened: lane=" + lane + " transport=socket tls=true"; !strings.Contains(log, want) {
+			t.Errorf("pagefetcher's log lacks %q: the %s lane was not a TLS socket lane:\n%s", want, lane, log)
+		}
+	}
+	if strings.Contains(log, "transport=grpc") {
+		t.Errorf("pagefetcher opened a gRPC lane over TLS:\n%s", log)
 	}
 }

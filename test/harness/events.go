@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/postcopy/postcopy/internal/testutil/jsonschema"
-	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/internal/testutil/vmm"
 	"github.com/postcopy/postcopy/pkg/events"
 )
 

@@ -49,7 +49,7 @@
 //
 // The test binary re-executes itself (POSTCOPY_RELIABILITY_HELPER) as two
 // kinds of helper process. The workload (workload_test.go) is a VMM built
-// on internal/vmm, like test/vmm, that can pause after a chosen number of
+// on internal/testutil/vmm, like test/vmm, that can pause after a chosen number of
 // page reads until the test sends SIGUSR1 — so that a fault is injected at a
 // known point of the migration — and that times every page read after the
 // pause: the longest is the stall the workload saw. It can also take another

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/internal/testutil/vmm"
 	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/test/harness"
 )

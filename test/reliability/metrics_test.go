@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postcopy/postcopy/internal/metrics/metricstest"
+	"github.com/postcopy/postcopy/internal/testutil/metricstest"
 )
 
 // scrape fetches http://addr/metrics and returns every counter and gauge

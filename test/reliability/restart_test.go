@@ -63,7 +63,7 @@ func TestServerKilledAndRestarted(t *testing.T) {
 			servedPages(s2), s2.DemandBytes, s2.BulkBytes, s2.ZeroPages, pages-pauseAt)
 	}
 	t.Logf("server down %v; workload's longest read %v, %d reads over 100 ms; fetcher: %d reconnects, fault latency max %.0f µs",
-		down.Round(time.Millisecond), res.maxRead(), res.SlowReads, sum.Reconnects, sum.FaultLatencyS.Max)
+		down.Round(time.Millisecond), res.maxRead(), res.SlowReads, sum.Reconnects, sum.FaultLatencyS.Max*1e6)
 	record(t, fmt.Sprintf("pageserver SIGKILL, demand faults only, restarted on the same port after %s", ms(down)),
 		fmt.Sprintf("completed (exit 0), %d reconnect(s)", sum.Reconnects), ms(res.maxRead()), fmt.Sprint(res.Mismatches))
 }

@@ -1,11 +1,17 @@
 package reliability
 
 import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/testutil/pki"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // TLS and mutual TLS with certificates that must be refused: a server
@@ -14,7 +20,12 @@ import (
 // expired, or none. pagefetcher must exit 3 (server unreachable) before any
 // VMM hands over, with a message that names TLS and the certificate
 // problem. A migration with the same CAs' good certificates shows that each
-// case fails for its own reason.
+// case fails for its own reason; its lanes are socket lanes over TLS.
+//
+// The socket lanes refuse every case too: a TLS connection offering the
+// socket lane's protocol with the fetcher's settings fails its handshake
+// for the same reason, before any greeting is answered, where with the good
+// certificates it reaches the lane (an unknown session, refused as such).
 func TestTLSRefusals(t *testing.T) {
 	requireUFFD(t)
 	dir := t.TempDir()
@@ -37,9 +48,17 @@ func TestTLSRefusals(t *testing.T) {
 	t.Run("control-mutual-tls", func(t *testing.T) {
 		e := newEnv(t, 2<<20, defaultImage)
 		_, ready := e.startServer("127.0.0.1:0", hostNS, mutual...)
-		f, _ := e.startFetcher(ready.Addr, hostNS, withCert(cliCert, cliKey)...)
+		if ans, err := probeLane(t, ready.Addr, withCert(cliCert, cliKey)); err != nil || ans != wire.RefusedSession {
+			t.Fatalf("socket lane with good certificates: answer %d, %v; want %d (unknown session)", ans, err, wire.RefusedSession)
+		}
+		f, _ := e.startFetcher(ready.Addr, hostNS, append(withCert(cliCert, cliKey), "--log-level", "debug")...)
 		checkVerified(t, e.launchWorkload(workloadConfig{Regions: "4k:0x0:2M"}, hostNS))
 		checkCompleted(t, f, 2<<8)
+		for _, lane := range []string{"demand", "bulk"} {
+			if want := "lane opened: lane=" + lane + " transport=socket tls=true"; !strings.Contains(f.Stderr(), want) {
+				t.Errorf("pagefetcher's log lacks %q: the %s lane was not a TLS socket lane", want, lane)
+			}
+		}
 	})
 	for _, tc := range []struct {
 		name    string
@@ -81,8 +100,52 @@ func TestTLSRefusals(t *testing.T) {
 				t.Errorf("pagefetcher took %v to give up", took)
 			}
 			t.Logf("exit %d after %v: %s", code, took.Round(time.Millisecond), lastLine(msg))
+
+			ans, err := probeLane(t, ready.Addr, tc.fetcher)
+			if err == nil {
+				t.Fatalf("socket lane with the fetcher's settings: answered %d; want its TLS handshake refused", ans)
+			}
+			if low := strings.ToLower(err.Error()); !strings.Contains(low, "tls") || !strings.Contains(low, tc.want) {
+				t.Errorf("socket lane refused with %v; want TLS and %q", err, tc.want)
+			}
 		})
 	}
+}
+
+// probeLane dials addr as a TLS socket lane with the TLS settings of
+// pagefetcher's flags args (--tls-ca, --tls-cert, --tls-key), sends the
+// greeting of a demand lane of an unknown session and returns the first
+// byte of the answer.
+func probeLane(t *testing.T, addr string, args []string) (byte, error) {
+	t.Helper()
+	flag := func(name string) string {
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == name {
+				return args[i+1]
+			}
+		}
+		return ""
+	}
+	cfg, err := cli.ClientTLS(flag("--tls-ca"), flag("--tls-cert"), flag("--tls-key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.NextProtos = []string{wire.LaneALPN}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, werr := c.Write(wire.LaneGreeting(wire.LaneDemand, "00000000000000000000000000000000"))
+	// A refused client certificate (TLS 1.3: after the client's Finished)
+	// may break the write; the alert may still wait to be read.
+	var b [1]byte
+	_, err = io.ReadFull(c, b[:])
+	if werr != nil {
+		return 0, fmt.Errorf("%w (then reading: %v)", werr, err)
+	}
+	return b[0], err
 }
 
 func lastLine(s string) string {

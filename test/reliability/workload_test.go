@@ -16,11 +16,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/internal/testutil/vmm"
 )
 
 // The workload is the test binary re-executed as a VMM (with the
-// internal/vmm library that test/vmm uses): it maps guest memory, hands its
+// internal/testutil/vmm library that test/vmm uses): it maps guest memory, hands its
 // userfaultfd to pagefetcher, reads pages the way a resuming guest does and
 // verifies every byte. Unlike test/vmm it can pause at a chosen read until
 // the test sends SIGUSR1 (so that a fault is injected at a known point of

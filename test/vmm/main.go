@@ -43,7 +43,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/internal/testutil/vmm"
 )
 
 const (

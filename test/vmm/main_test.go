@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/testutil"
-	"github.com/postcopy/postcopy/internal/vmm"
+	"github.com/postcopy/postcopy/internal/testutil/vmm"
 	"github.com/postcopy/postcopy/test/harness"
 )
 

@@ -139,6 +139,8 @@ type Files struct {
 	ClientCert, ClientKey string
 	// Pool holds the CA certificate.
 	Pool *x509.CertPool
+	// ServerKeyPair and ClientKeyPair are the key pairs, loaded.
+	ServerKeyPair, ClientKeyPair tls.Certificate
 }
 
 // New writes a fresh CA named name and its server and client key pairs
@@ -152,18 +154,14 @@ func New(dir, name string) (Files, error) {
 	if f.ServerCert, f.ServerKey, err = ca.Issue("pageserver", Leaf{}); err != nil {
 		return f, err
 	}
-	f.ClientCert, f.ClientKey, err = ca.Issue("pagefetcher", Leaf{Client: true})
+	if f.ClientCert, f.ClientKey, err = ca.Issue("pagefetcher", Leaf{Client: true}); err != nil {
+		return f, err
+	}
+	if f.ServerKeyPair, err = tls.LoadX509KeyPair(f.ServerCert, f.ServerKey); err != nil {
+		return f, err
+	}
+	f.ClientKeyPair, err = tls.LoadX509KeyPair(f.ClientCert, f.ClientKey)
 	return f, err
-}
-
-// Server loads the server key pair.
-func (f Files) Server() (tls.Certificate, error) {
-	return tls.LoadX509KeyPair(f.ServerCert, f.ServerKey)
-}
-
-// Client loads the client key pair.
-func (f Files) Client() (tls.Certificate, error) {
-	return tls.LoadX509KeyPair(f.ClientCert, f.ClientKey)
 }
 
 // NewT is New in a temporary directory of t, failing t on error.

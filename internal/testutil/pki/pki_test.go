@@ -43,11 +43,8 @@ func TestStandardSetVerifies(t *testing.T) {
 	if _, err := cli.Verify(x509.VerifyOptions{Roots: f.Pool}); err == nil {
 		t.Error("client certificate verified as a server certificate")
 	}
-	if _, err := f.Server(); err != nil {
-		t.Error(err)
-	}
-	if _, err := f.Client(); err != nil {
-		t.Error(err)
+	if len(f.ServerKeyPair.Certificate) == 0 || len(f.ClientKeyPair.Certificate) == 0 {
+		t.Error("key pairs not loaded")
 	}
 }
 

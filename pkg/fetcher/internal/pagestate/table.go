@@ -73,6 +73,9 @@ type Hooks struct {
 	// Complete is called once, by the transition that resolves the last
 	// page.
 	Complete func()
+	// Woken is told, for every thread waiting on a page that was resolved,
+	// its id (0 when the VMM did not ask for thread ids) and when.
+	Woken func(tid uint32, at time.Time)
 }
 
 // Table is the state of every page of a layout. Create it with New.
@@ -235,8 +238,8 @@ func (t *Table) Fault(pg Page, tid uint32, now time.Time) (FaultAction, Request)
 
 // FaultRiding is Fault for a fault that is to ride the bulk lane: where
 // Fault would ask, it records the waiting thread only and answers FaultRide.
-// A later fault on the page may still ask (Fault), and a page with a demand
-// request outstanding waits for it (FaultDuplicate).
+// A later fault on the page may still ask (Fault); a page with a demand
+// request outstanding, or ridden already, is waited for (FaultDuplicate).
 func (t *Table) FaultRiding(pg Page, tid uint32, now time.Time) FaultAction {
 	act, _ := t.fault(pg, tid, now, false)
 	return act
@@ -269,6 +272,10 @@ func (t *Table) fault(pg Page, tid uint32, now time.Time, ask bool) (FaultAction
 		// done, not at the batch's read time.
 		return FaultZero, Request{}
 	case old&stDemand != 0:
+		return FaultDuplicate, Request{}
+	case !ask && old&stWaiting != 0:
+		// Ridden already (another thread, or a retried fault): the
+		// ride that brings it is queued or in flight.
 		return FaultDuplicate, Request{}
 	case !ask:
 		return FaultRide, Request{}
@@ -560,7 +567,16 @@ func (t *Table) resolveWaiters(a *Area, p uint64, now time.Time) {
 	ws, ok := t.waiters[k]
 	delete(t.waiters, k)
 	t.waitMu.Unlock()
-	if !ok || t.hooks.Waited == nil {
+	if !ok {
+		return
+	}
+	if t.hooks.Woken != nil {
+		t.hooks.Woken(ws.first.tid, now)
+		for _, w := range ws.more {
+			t.hooks.Woken(w.tid, now)
+		}
+	}
+	if t.hooks.Waited == nil {
 		return
 	}
 	block := now.Sub(ws.first.at)
