@@ -22,12 +22,16 @@ type upstream struct {
 	info   fetcher.ImageInfo
 	opened *fetcher.Opened // nil: the fetcher opens one at the handoff
 	ws     *workingset.Set // the working set to pull first; nil: none
+	warm   *fetcher.Warmup // the warm-up (--warm, a working set); nil: none
 }
 
 // close ends the session opened ahead and the connections, for a run that
 // ends before the fetcher owns them (so that the server does not keep the
 // session until its idle timeout).
 func (u *upstream) close(log hclog.Logger) {
+	if u.warm != nil {
+		u.warm.Close()
+	}
 	u.opened.End(log)
 	u.src.Close()
 }

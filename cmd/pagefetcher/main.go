@@ -80,6 +80,7 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	if err != nil {
 		return err
 	}
+	up.warm = startWarmup(ctx, c, up, out, log)
 	var reg prometheus.Registerer // nil: no metrics
 	if c.metricsAddr != "" {
 		r := metrics.NewRegistry()
@@ -114,7 +115,7 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.urgentBudget(), Opened: up.opened,
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
 		VMMPid: int(h.cred.Pid), HandoffAt: h.at,
-		WorkingSet: up.ws, RecordWorkingSet: c.recordWorkingSet != "",
+		WorkingSet: up.ws, RecordWorkingSet: c.recordWorkingSet != "", Warmup: up.warm,
 		Logger: log.Named("fetcher"), Registerer: reg,
 	})
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"os"
+	"sync"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
@@ -17,6 +18,7 @@ import (
 type output struct {
 	p      *events.Printer
 	log    hclog.Logger
+	mu     sync.Mutex // the warm-up's lines come from its goroutine
 	failed bool
 }
 
@@ -25,6 +27,8 @@ func newOutput(w io.Writer, version, id string, log hclog.Logger) *output {
 }
 
 func (o *output) line(e events.Event) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	if o.failed {
 		return
 	}
@@ -41,12 +45,13 @@ func migration(s *fetcher.Summary) events.Migration {
 	return events.Migration{
 		TotalS: s.TotalSeconds,
 		Pages: events.Pages{Total: s.Pages.Total, Demand: s.Pages.Demand, Bulk: s.Pages.Bulk, Zero: s.Pages.Zero,
-			Removed: s.Pages.Removed, Unmapped: s.Pages.Unmapped},
+			Removed: s.Pages.Removed, Unmapped: s.Pages.Unmapped, Confirmed: s.Pages.Confirmed},
 		ReceivedBytes: s.BytesReceived, Faults: s.Faults, FaultsDuplicate: s.DuplicateFault, FaultsOnBulk: s.FaultsOnBulk,
 		FaultLatencyS: events.Quantiles{P50: s.FaultLatencyUS.P50 / us, P99: s.FaultLatencyUS.P99 / us,
 			P999: s.FaultLatencyUS.P999 / us, Max: s.FaultLatencyUS.Max / us},
 		BlocktimeS: s.BlocktimeMS / ms, FirstPageS: s.FirstPageMS / ms,
 		Reconnects: s.Reconnects, ChecksumErrors: s.ChecksumErrors,
+		WarmRounds: s.WarmRounds, WarmS: s.WarmSeconds, PagesChangedAfterFreeze: s.PagesChangedAfterFreeze,
 	}
 }
 

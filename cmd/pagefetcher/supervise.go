@@ -103,6 +103,8 @@ func finish(sum *fetcher.Summary, err error, forced string, out *output) error {
 		return cli.Exit(exitVMMGone, err)
 	case errors.Is(err, fetcher.ErrImageChanged):
 		return cli.Exit(exitImageChange, err)
+	case errors.Is(err, fetcher.ErrSourceRunning):
+		return cli.Exit(exitRunning, err)
 	case errors.Is(err, fetcher.ErrSourceLost), errors.Is(err, wire.ErrSourceGone):
 		return cli.Exit(exitSourceLost, err)
 	case errors.Is(err, fetcher.ErrLayout):

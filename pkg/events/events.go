@@ -124,17 +124,17 @@ type Progress struct {
 	Faults            uint64  `json:"faults"`
 }
 
-// Warm is pagefetcher's "warm" line, reserved for a warm-up before the
-// switchover (copies of the memory while the workload still runs on the
-// source): one line per round. No binary prints it yet.
+// Warm is pagefetcher's "warm" line (--warm, --working-set): one line per
+// round of a warm-up before the switchover (copies of the memory while the
+// workload may still run on the source).
 type Warm struct {
 	Header
 	// Round counts the warm-up's rounds from 1.
 	Round uint64 `json:"round"`
-	// Pages is how many pages the round copied.
+	// Pages is how many pages the round covered.
 	Pages uint64 `json:"pages"`
-	// Changed is how many pages changed on the source during the round
-	// (to be copied again).
+	// Changed is how many of them came back with content although a copy
+	// was held: they changed on the source since (0 in round 1).
 	Changed uint64 `json:"changed"`
 	// ElapsedS runs from the start of the warm-up.
 	ElapsedS float64 `json:"elapsed_s"`
@@ -176,6 +176,13 @@ type Migration struct {
 	FirstPageS     float64 `json:"first_page_s"`
 	Reconnects     uint64  `json:"reconnects"`
 	ChecksumErrors uint64  `json:"checksum_errors"`
+	// WarmRounds and WarmS are the warm-up's rounds and how long it ran
+	// until the handoff (0 without one).
+	WarmRounds uint64  `json:"warm_rounds"`
+	WarmS      float64 `json:"warm_s"`
+	// PagesChangedAfterFreeze are the cached pages the source answered
+	// with content after the freeze: they changed since their copy.
+	PagesChangedAfterFreeze uint64 `json:"pages_changed_after_freeze"`
 }
 
 // Pages counts the migration's pages by how they were resolved.
@@ -186,11 +193,16 @@ type Pages struct {
 	Zero     uint64 `json:"zero"`
 	Removed  uint64 `json:"removed"`
 	Unmapped uint64 `json:"unmapped"`
+	// Confirmed were placed from a warm-up's cache, the source having
+	// confirmed them unchanged.
+	Confirmed uint64 `json:"confirmed"`
 }
 
 // Accounted is the number of pages that arrived or were dropped: Total
 // once the migration is complete.
-func (p Pages) Accounted() uint64 { return p.Demand + p.Bulk + p.Zero + p.Removed + p.Unmapped }
+func (p Pages) Accounted() uint64 {
+	return p.Demand + p.Bulk + p.Zero + p.Removed + p.Unmapped + p.Confirmed
+}
 
 // Quantiles of a distribution, in seconds.
 type Quantiles struct {

@@ -39,6 +39,11 @@
 //     opens the session before the handoff.
 //   - pull.go: the puller holds pkg/prefetch's policy (which runs next, the
 //     window, when to start) for the goroutines that feed it.
+//   - warm.go, cache.go, confirm.go: a warm-up (StartWarmup) copies the
+//     image into a cache before the handoff, in rounds that name the digest
+//     of every copy held; after it the confirm pass freezes the source and
+//     places each cached page the source confirms unchanged (or sends
+//     again) through the placer, releasing the cache as it goes.
 //   - budget.go, wait.go: the demand path's priority, and how the fault loop
 //     waits; stats.go, life.go: the summary's counters, and how Run ends.
 //

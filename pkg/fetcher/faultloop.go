@@ -141,6 +141,9 @@ func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 	var werr error
 	for _, d := range f.pages.Discard(start, end, how, time.Now(), nil) {
 		f.pull.done(d.A.Index, d.First, d.N)
+		if cf := f.link.confirm; cf != nil {
+			cf.done(d.A.Index, d.First, d.N)
+		}
 		werr = errors.Join(werr, f.place.wake(d.Wake.Addr, d.Wake.Len))
 	}
 	return werr
@@ -148,9 +151,16 @@ func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 
 // fault handles one missing-page fault, outside the event lock: it rides
 // the bulk lane — its page leads the next bulk run — or takes the demand
-// lane, as the rider decides (ride.go).
+// lane, as the rider decides (ride.go). A page the confirm pass is to place
+// (a copy of it is cached) rides the warm lane instead, once confirmations
+// flow, and is the confirm order's newest hint either way.
 func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
+	cf := f.link.confirm
+	cached := cf.wants(pg.A, pg.P)
 	ride, flowing := f.rider.ride(tid, now)
+	if cached && !cf.flowing.Load() {
+		ride = false // nothing brings it before the confirm pass runs
+	}
 	if ride {
 		switch f.pages.FaultRiding(pg, tid, now) {
 		case pagestate.FaultZero:
@@ -160,6 +170,9 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 		case pagestate.FaultRide:
 			f.stats.rides.Add(1)
 			f.pull.ride(pg.A.Index, pg.P, true)
+			if cached {
+				cf.hint(pg.A.Index, pg.P)
+			}
 		}
 		return nil
 	}
@@ -184,6 +197,9 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 		// demand path a wake-up (on this VM, often on another vCPU).
 		f.link.sendDemand(req)
 		f.pull.faulted(req.Area, req.Page)
+		if cached {
+			cf.hint(req.Area, req.Page)
+		}
 	}
 	return nil
 }

@@ -32,6 +32,16 @@ var (
 	// ErrFaultOutside: a fault at an address outside every region; the
 	// thread behind it cannot be served.
 	ErrFaultOutside = errors.New("fault outside the handed-over regions")
+	// ErrSourceRunning: at the handoff the source refused to freeze — its
+	// process still runs — so the pages a warm-up copied cannot be
+	// confirmed (WarmSession.Freeze).
+	ErrSourceRunning = errors.New("the source still runs at the handoff")
+	// ErrWarmUnsupported: the source cannot warm a cache (StartWarmup): an
+	// older page server. The migration can go on as plain post-copy.
+	ErrWarmUnsupported = errors.New("the source cannot warm a cache")
+	// ErrNothingToWarm: a warm-up of a working set alone
+	// (WarmConfig.OnlyWorkingSet) whose set is not of the image.
+	ErrNothingToWarm = errors.New("nothing to warm")
 )
 
 // Config is what Run needs. UFFD, Regions and Source are required.
@@ -117,7 +127,14 @@ type Config struct {
 	// RecordWorkingSet keeps the pages the VMM faulted on, in first-fault
 	// order, for Recorded once Run has returned.
 	RecordWorkingSet bool
-	Logger           hclog.Logger
+	// Warmup, when set, is a warm-up started before the handoff
+	// (StartWarmup). Run stops it first, tells the source to freeze
+	// (WarmSession.Freeze: a source that still runs fails the migration
+	// with ErrSourceRunning) and confirms the pages it copied before it
+	// places them (confirm.go); the bulk lane pulls the others. Run owns
+	// it: it closes it at its end.
+	Warmup *Warmup
+	Logger hclog.Logger
 	// Registerer, when set, receives the fetcher's metrics
 	// (postcopy_fetcher_*); nil: none. A fetcher's metrics can be
 	// registered once per Registerer: New fails on a second (Close the
@@ -137,6 +154,8 @@ type Summary struct {
 		Zero     uint64
 		Removed  uint64
 		Unmapped uint64
+		// Confirmed pages were placed from a warm-up's cache.
+		Confirmed uint64
 	}
 	BytesReceived  uint64
 	Faults         uint64
@@ -153,6 +172,13 @@ type Summary struct {
 	FirstPageMS    float64
 	Reconnects     uint64
 	ChecksumErrors uint64
+	// With a warm-up (Config.Warmup): its rounds and how long it ran
+	// until the handoff, and the cached pages the source answered with
+	// content after the freeze (they changed since their copy was taken).
+	// The pages placed from its cache are Pages.Confirmed.
+	WarmRounds              uint64
+	WarmSeconds             float64
+	PagesChangedAfterFreeze uint64
 }
 
 // Progress is a snapshot of a running migration.
@@ -285,8 +311,16 @@ func (f *Fetcher) Progress() Progress {
 // to the server and returns the summary. The summary is returned (partial)
 // with an error too.
 func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
+	if w := f.cfg.Warmup; w != nil {
+		// The cache is read-only from here: the fault loop and the
+		// confirm pass read it.
+		w.stop()
+	}
 	f.link.setSource(f.cfg.Source)
 	defer func() { f.link.source().Close() }()
+	if w := f.cfg.Warmup; w != nil {
+		defer w.Close() // before the source closes: its session may be on it
+	}
 
 	sess, demand, unused, err := f.link.open(ctx)
 	if err != nil {
@@ -309,6 +343,12 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	}
 	if err := f.pull.useWorkingSet(workingset.Image{Size: sess.Image().Size, Generation: sess.Image().Generation}, f.log); err != nil {
 		return abandon(err)
+	}
+	if w := f.cfg.Warmup; w != nil {
+		if f.link.confirm, err = newConfirmer(w.cache, f.pages, f.place, f.pull, f.stats, uint64(sess.MaxBulkBytes()),
+			f.pull.wsRuns, f.log); err != nil {
+			return abandon(err)
+		}
 	}
 	sinceHandoff := time.Since(f.cfg.HandoffAt)
 

@@ -293,6 +293,11 @@ func (h *harness) migrate(spec string, cfg Config, env ...string) migration {
 	}
 	m := migration{f: f}
 	m.sum, m.err = f.Run(ctx)
+	if m.err != nil {
+		// The ranges stay registered: a VMM thread may wait for a page
+		// forever.
+		cmd.Process.Kill()
+	}
 	ho.Conn.Close() // the VMM waits for this before it exits
 	select {
 	case m.vmmErr = <-waited:
@@ -317,7 +322,7 @@ func (m migration) check(t *testing.T) {
 		t.Fatalf("VMM: exit %v, result %+v, stderr: %s", m.vmmErr, m.vmm, m.stderr)
 	}
 	p := m.sum.Pages
-	if p.Demand+p.Bulk+p.Zero+p.Removed+p.Unmapped != p.Total {
+	if p.Demand+p.Bulk+p.Zero+p.Removed+p.Unmapped+p.Confirmed != p.Total {
 		t.Fatalf("pages do not add up: %+v", p)
 	}
 }

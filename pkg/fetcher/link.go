@@ -29,6 +29,8 @@ type link struct {
 	stats *counters
 	life  *lifecycle
 	prio  *demandPrio
+	// confirm is the confirm pass over a warm-up's cache (nil: none).
+	confirm *confirmer
 
 	cur      atomic.Pointer[conn] // the live connection, nil while reconnecting
 	last     atomic.Pointer[conn] // the latest connection, for Done
@@ -72,8 +74,8 @@ type conn struct {
 	// lastDemand and lastBulk are when each lane last brought an answer
 	// (or started): the watchdog judges progress, not a request's age,
 	// since bulk runs wait behind each other on a slow link.
-	lastDemand, lastBulk atomic.Int64
-	bulkDone             atomic.Int64 // bulk answers received
+	lastDemand, lastBulk, lastConfirm atomic.Int64
+	bulkDone                          atomic.Int64 // bulk answers received
 }
 
 var errStalled = errors.New("link stalled: no answer in time")
@@ -167,6 +169,7 @@ func (l *link) newConn(ctx context.Context, client Source, sess Session, demand 
 	now := time.Now().UnixNano()
 	c.lastDemand.Store(now)
 	c.lastBulk.Store(now)
+	c.lastConfirm.Store(now)
 	return c
 }
 
@@ -199,6 +202,7 @@ func (l *link) serveConn(c *conn) error {
 	run(l.bulkSend)
 	run(l.bulkRecv)
 	run(l.bulkPlace)
+	run(l.confirmLoop)
 	run(l.watchdog)
 	<-c.ctx.Done()
 	l.cur.CompareAndSwap(c, nil)
@@ -217,6 +221,9 @@ func (l *link) serveConn(c *conn) error {
 	// arrive.
 	l.pull.requeue(l.pages.BulkLost(nil)...)
 	l.pull.poke()
+	if l.confirm != nil {
+		l.confirm.lost()
+	}
 
 	if err := context.Cause(c.ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
@@ -230,42 +237,60 @@ func (l *link) serveConn(c *conn) error {
 // reconnect dials again with backoff until it gets a session on the same
 // image or the reconnect window closes.
 func (l *link) reconnect(ctx context.Context) (Source, Session, Lane, error) {
-	deadline := time.Now().Add(l.cfg.ReconnectTimeout)
+	var sess Session
+	var demand Lane
+	client, attempt, err := redial(ctx, l.cfg.ReconnectTimeout, l.cfg.Redial, l.log, func(ctx context.Context, src Source) error {
+		var err error
+		sess, demand, err = l.openSession(ctx, src, l.imageGen)
+		return err
+	})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	l.log.Info("reconnected", "attempt", attempt, "session", sess.ID())
+	return client, sess, demand, nil
+}
+
+// redial makes a new Source (dial) and opens what the caller needs on it
+// (open), with backoff, until open succeeds, fails for good (the image
+// changed or the layout does not fit it, the source process is gone, the
+// source cannot warm) or window has passed since the first try. A Source
+// whose open failed is closed. It returns the Source and the attempts it
+// took.
+func redial(ctx context.Context, window time.Duration, dial func(context.Context) (Source, error), log hclog.Logger,
+	open func(context.Context, Source) error) (Source, int, error) {
+	deadline := time.Now().Add(window)
 	backoff := 50 * time.Millisecond
-	var last error
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithDeadline(ctx, deadline)
-		client, err := l.cfg.Redial(actx)
+		src, err := dial(actx)
 		if err == nil {
-			var sess Session
-			var demand Lane
-			sess, demand, err = l.openSession(actx, client, l.imageGen)
+			err = open(actx, src)
 			if err == nil {
 				cancel()
-				l.log.Info("reconnected", "attempt", attempt, "session", sess.ID())
-				return client, sess, demand, nil
+				return src, attempt, nil
 			}
-			client.Close()
-			if errors.Is(err, ErrImageChanged) || errors.Is(err, ErrLayout) || errors.Is(err, ErrSourceLost) {
+			src.Close()
+			if errors.Is(err, ErrImageChanged) || errors.Is(err, ErrLayout) || errors.Is(err, ErrSourceLost) ||
+				errors.Is(err, ErrWarmUnsupported) {
 				cancel()
-				return nil, nil, nil, err
+				return nil, attempt, err
 			}
 		}
 		cancel()
-		last = err
 		if ctx.Err() != nil {
-			return nil, nil, nil, ctx.Err()
+			return nil, attempt, ctx.Err()
 		}
 		wait := min(backoff, time.Until(deadline))
 		if wait <= 0 {
-			return nil, nil, nil, fmt.Errorf("%w: no connection within %v: %w", ErrSourceLost, l.cfg.ReconnectTimeout, last)
+			return nil, attempt, fmt.Errorf("%w: no connection within %v: %w", ErrSourceLost, window, err)
 		}
-		l.log.Debug("reconnect failed", "attempt", attempt, "error", err, "retry_in", wait)
+		log.Debug("reconnect failed", "attempt", attempt, "error", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, nil, nil, ctx.Err()
+			return nil, attempt, ctx.Err()
 		case <-t.C:
 		}
 		backoff = min(backoff*2, 2*time.Second)
@@ -535,6 +560,9 @@ func (l *link) finishBulk(c *conn, id uint64, requeue bool) {
 func (l *link) rideAgain() {
 	for _, pg := range l.pages.Riding(nil) {
 		l.pull.ride(pg.A.Index, pg.P, false)
+		if l.confirm.wants(pg.A, pg.P) {
+			l.confirm.hint(pg.A.Index, pg.P)
+		}
 	}
 }
 
@@ -559,6 +587,9 @@ func (l *link) watchdog(c *conn) error {
 			}
 			if bulkLate && c.lastBulk.Load() < limit.UnixNano() {
 				return fmt.Errorf("%w: the bulk lane brought nothing for %v", errStalled, l.cfg.RequestTimeout)
+			}
+			if l.confirm.late(limit) && c.lastConfirm.Load() < limit.UnixNano() {
+				return fmt.Errorf("%w: the warm lane brought no confirmation for %v", errStalled, l.cfg.RequestTimeout)
 			}
 		}
 	}

@@ -35,6 +35,7 @@ type puller struct {
 	used        bool
 	wsLog       hclog.Logger // set with used, until the set is handed out
 	wsStart     time.Time
+	wsRuns      []prefetch.Run // the set's runs, for the confirm pass's order
 	record      bool
 	image       workingset.Image
 	firstFaults []faultedPage
@@ -129,7 +130,7 @@ func (u *puller) useWorkingSet(img workingset.Image, log hclog.Logger) error {
 	if err := u.policy.First(runs); err != nil {
 		return fmt.Errorf("fetcher: %w", err)
 	}
-	u.used, u.wsLog, u.wsStart = true, log, time.Now()
+	u.used, u.wsLog, u.wsStart, u.wsRuns = true, log, time.Now(), runs
 	log.Info("pulling the working set first", "pages", len(u.ws.Pages), "runs", len(runs))
 	return nil
 }

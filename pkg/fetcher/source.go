@@ -60,6 +60,34 @@ type Session interface {
 	End(ctx context.Context) error
 }
 
+// WarmSession is a Session that can warm a cache before the handoff and
+// confirm it after (StartWarmup, Config.Warmup): the page server's
+// (ClientSource; CanWarm is false for a server whose Hello does not offer
+// the calls) and a ReaderSource's. The fetcher finds it by a type assertion
+// on the Session, as the other optional methods.
+type WarmSession interface {
+	// CanWarm reports whether the source has the Warm and Freeze calls
+	// (an older page server has not).
+	CanWarm() bool
+	// Warm opens a warm lane: answers in the order of the requests.
+	Warm(ctx context.Context) (WarmLane, error)
+	// Freeze tells the source that the handoff has come: from now on its
+	// memory must not change. An error matching ErrSourceRunning says the
+	// source still runs: its bytes cannot be confirmed.
+	Freeze(ctx context.Context) error
+}
+
+// WarmLane carries warm requests — runs of pages with the digests of the
+// copies held — and their answers: a page whose digest matches comes back
+// in a segment with Same set and no bytes, any other with its content.
+// Send may be called from one goroutine, Recv from another. After Close,
+// Send and Recv return an error.
+type WarmLane interface {
+	Send(WarmRequest) error
+	Recv() (*Response, error)
+	Close() error
+}
+
 // Lane carries requests for runs of pages and their answers. Send may be
 // called from several goroutines, Recv from one. After Close, Send and
 // Recv return an error matching io.EOF. The caller of Recv owns the
@@ -93,6 +121,9 @@ type (
 	Extent = wire.Extent
 	// DoneTotals are a finished migration's totals, for the source's logs.
 	DoneTotals = client.DoneTotals
+	// WarmRequest asks for a run of pages as Request does, with the digest
+	// (wire.PageDigest) of the copy held of each page (0: none held).
+	WarmRequest = wire.WarmRequest
 )
 
 // Page sizes a session region may have.

@@ -80,3 +80,17 @@ func (s clientSession) Bulk(ctx context.Context) (Lane, error) {
 	}
 	return l, nil
 }
+
+// Warm opens the session's warm lane (WarmSession); CanWarm is the
+// client's: the server's Hello offered the calls.
+func (s clientSession) Warm(ctx context.Context) (WarmLane, error) {
+	l, err := s.Session.Warm(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Freeze tells the server that the handoff has come; a source process that
+// still runs is ErrSourceRunning.
+func (s clientSession) Freeze(ctx context.Context) error { return freezeError(s.Session.Freeze(ctx)) }

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // ReaderSource is a Source in this process: it serves the image [0, size)
@@ -124,21 +126,52 @@ func (s *readerSession) lane() (Lane, error) {
 	return l, nil
 }
 
+// CanWarm is true: a reader confirms copies against its current bytes.
+func (s *readerSession) CanWarm() bool { return true }
+
+// Warm opens a warm lane.
+func (s *readerSession) Warm(context.Context) (WarmLane, error) {
+	l, err := s.lane()
+	if err != nil {
+		return nil, err
+	}
+	return readerWarmLane{l.(*readerLane)}, nil
+}
+
+// Freeze does nothing: the reader's owner decides when its bytes stop
+// changing.
+func (s *readerSession) Freeze(context.Context) error { return nil }
+
+// readerWarmLane is a readerLane whose requests name digests.
+type readerWarmLane struct{ *readerLane }
+
+func (l readerWarmLane) Send(r WarmRequest) error {
+	if len(r.Digests) != 0 && len(r.Digests) != int(r.Pages) {
+		return fmt.Errorf("fetcher: warm request at %#x: %d digests for %d pages", r.Offset, len(r.Digests), r.Pages)
+	}
+	return l.push(r)
+}
+
 func (s *readerSession) Done(context.Context, DoneTotals) error { s.ended.Store(true); return nil }
 func (s *readerSession) End(context.Context) error              { s.ended.Store(true); return nil }
 
 // readerLane answers its requests in their order, each read when Recv
 // takes it. Send never blocks: the fetcher's fault loop sends while
-// placements wait for it.
+// placements wait for it. A warm lane is one too (readerWarmLane): its
+// requests name digests.
 type readerLane struct {
 	sess   *readerSession
 	mu     sync.Mutex
-	queue  []Request
+	queue  []WarmRequest
 	closed bool
 	ready  chan struct{} // signalled when queue or closed changes
 }
 
 func (l *readerLane) Send(r Request) error {
+	return l.push(WarmRequest{ID: r.ID, Offset: r.Offset, Pages: r.Pages})
+}
+
+func (l *readerLane) push(r WarmRequest) error {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -187,9 +220,10 @@ func (l *readerLane) Close() error {
 	return nil
 }
 
-// answer reads the run r asks for: zero pages as zero segments, the others
-// as data segments with their CRC-32C.
-func (s *readerSession) answer(r Request) (*Response, error) {
+// answer reads the run r asks for: pages whose digest r names as same
+// segments, zero pages as zero segments, the others as data segments with
+// their CRC-32C.
+func (s *readerSession) answer(r WarmRequest) (*Response, error) {
 	var ps uint64
 	for _, reg := range s.regions {
 		p := uint64(reg.PageSize)
@@ -212,14 +246,15 @@ func (s *readerSession) answer(r Request) (*Response, error) {
 	data := buf[:0]
 	for p := uint64(0); p < uint64(r.Pages); p++ {
 		page := buf[p*ps : (p+1)*ps]
-		zero := isZero(page)
-		if k := len(resp.Segments); k > 0 && resp.Segments[k-1].Zero == zero {
+		same := len(r.Digests) > 0 && r.Digests[p] != 0 && r.Digests[p] == wire.PageDigest(page)
+		zero := !same && isZero(page)
+		if k := len(resp.Segments); k > 0 && resp.Segments[k-1].Zero == zero && resp.Segments[k-1].Same == same {
 			resp.Segments[k-1].Pages++
 		} else {
-			resp.Segments = append(resp.Segments, Segment{Zero: zero})
+			resp.Segments = append(resp.Segments, Segment{Zero: zero, Same: same})
 			resp.Segments[k].Pages = 1
 		}
-		if !zero {
+		if !zero && !same {
 			start := len(data)
 			data = append(data, page...) // in place: data never runs ahead of page
 			sg := &resp.Segments[len(resp.Segments)-1]

@@ -175,6 +175,13 @@ func (f *Fetcher) summary() *Summary {
 	s.FirstPageMS = float64(c.firstPage.Load()) / 1e6
 	s.Reconnects = c.reconns.Load()
 	s.ChecksumErrors = c.crcErrors.Load()
+	s.Pages.Confirmed = f.pages.Count(pagestate.ViaConfirmed)
+	if w := f.cfg.Warmup; w != nil {
+		s.WarmRounds, s.WarmSeconds = uint64(w.rounds), w.elapsed().Seconds()
+	}
+	if cf := f.link.confirm; cf != nil {
+		s.PagesChangedAfterFreeze = cf.changed.Load()
+	}
 	return s
 }
 

@@ -31,7 +31,8 @@ import (
 //	read                    the fault loop reads every pending event and acts on it
 //	demand A P              the demand answer for page P of area A: waking copy, then Answered
 //	bulk A P N [C]          a bulk run: DONTWAKE copies of at most C pages (default 16)
-//	hold demand|bulk A P N  the same, stopped after its first copy, before the table hears of it
+//	confirm A P N [C]       a confirmed run placed from the cache: as bulk, counted confirmed
+//	hold demand|bulk|confirm A P N  the same, stopped after its first copy, before the table hears of it
 //	release                 the held placement goes on
 //	send A P N              a bulk run is asked for (AskBulk)
 //	answer ID               the answer to bulk request ID is placed, as bulk A P N, and the request ends
@@ -121,6 +122,7 @@ type placement struct {
 	p0       uint64 // the first page, for Answered
 	p, n     uint64
 	demand   bool
+	confirm  bool // placed from the cache: counted ViaConfirmed
 	chunk    uint64
 	holdNext bool
 }
@@ -275,17 +277,18 @@ func (*harness) run(hp **harness, cmd string) (string, error) {
 		}
 		err = h.read()
 		h.flushKernel()
-	case "demand", "bulk", "hold":
-		args, demand, hold := f[1:], f[0] == "demand", false
+	case "demand", "bulk", "confirm", "hold":
+		args, kind, hold := f[1:], f[0], false
 		if f[0] == "hold" {
 			if h.held != nil {
 				return "", errors.New("a placement is held already")
 			}
 			if len(args) == 0 {
-				return "", errors.New("hold demand|bulk ...")
+				return "", errors.New("hold demand|bulk|confirm ...")
 			}
-			demand, hold, args = args[0] == "demand", true, args[1:]
+			kind, hold, args = args[0], true, args[1:]
 		}
+		demand := kind == "demand"
 		var v []uint64
 		if v, err = parseNums(args, 2); err != nil {
 			return "", err
@@ -294,10 +297,10 @@ func (*harness) run(hp **harness, cmd string) (string, error) {
 		if a, err = h.area(v[0]); err != nil {
 			return "", err
 		}
-		pl := placement{a: a, p0: v[1], p: v[1], n: 1, demand: demand, chunk: 16, holdNext: hold}
+		pl := placement{a: a, p0: v[1], p: v[1], n: 1, demand: demand, confirm: kind == "confirm", chunk: 16, holdNext: hold}
 		if !demand {
 			if len(v) < 3 {
-				return "", errors.New("bulk A P N [C]")
+				return "", fmt.Errorf("%s A P N [C]", kind)
 			}
 			pl.n = v[2]
 			if len(v) > 3 {
@@ -363,7 +366,6 @@ func (*harness) run(hp **harness, cmd string) (string, error) {
 		if a, err = h.area(v[0]); err != nil {
 			return "", err
 		}
-		defer h.flushKernel()
 		runs := h.t.Unclaimed(a, v[1], v[2], nil)
 		if len(runs) == 0 {
 			h.say("(none)")
@@ -371,6 +373,7 @@ func (*harness) run(hp **harness, cmd string) (string, error) {
 		for _, r := range runs {
 			h.say("requeue %d:%d+%d", a.Index, r.First, r.N)
 		}
+		h.flushKernel()
 	case "ride":
 		if len(f) != 2 || (f[1] != "on" && f[1] != "off") {
 			return "", fmt.Errorf("usage: ride on|off")
@@ -547,8 +550,11 @@ func (h *harness) finish(pl placement) error {
 		chunk = pl.n
 	}
 	how := ViaBulk
-	if pl.demand {
+	switch {
+	case pl.demand:
 		how = ViaDemand
+	case pl.confirm:
+		how = ViaConfirmed
 	}
 	if pl.demand {
 		defer h.t.Answered(a, pl.p0, 1)

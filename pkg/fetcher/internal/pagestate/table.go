@@ -48,10 +48,13 @@ const (
 	ViaZero
 	ViaRemoved
 	ViaUnmapped
+	// ViaConfirmed: placed from a copy the fetcher held before the handoff
+	// (a warm-up's cache), once the source confirmed it unchanged.
+	ViaConfirmed
 	NArrivals
 )
 
-var arrivalNames = [NArrivals]string{"demand", "bulk", "zero", "removed", "unmapped"}
+var arrivalNames = [NArrivals]string{"demand", "bulk", "zero", "removed", "unmapped", "confirmed"}
 
 // String names the arrival as the metrics do: "demand", "bulk", ...
 func (a Arrival) String() string {

@@ -1,0 +1,209 @@
+package fetcher
+
+import (
+	"fmt"
+	"math/bits"
+	"sort"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/internal/zeromem"
+	"github.com/postcopy/postcopy/pkg/wire"
+)
+
+// cachePage is the page size of the cache: the 4 KiB pages of a session
+// opened ahead (OpenAhead). Regions of other page sizes are not confirmed
+// from it: they go by the bulk lane.
+const cachePage = PageSize4K
+
+// cache holds the copies of image pages a warm-up pulled before the
+// handoff: their bytes in an anonymous private mapping (MAP_NORESERVE:
+// memory is taken only where a page is written), a digest per page
+// (wire.PageDigest) and a bit per page that says a copy is held. It costs
+// the bytes of the pages held (never more than the image's readable
+// extents) plus 8 bytes and a bit per page; the confirm pass gives the
+// bytes back to the kernel run by run as it places them (release).
+//
+// The warm-up's goroutine writes it; once the warm-up has stopped (Run
+// stops it first) it is read-only, apart from the bytes released, and
+// read by the fault loop and the confirm pass at once.
+type cache struct {
+	regions []cacheRegion // ascending by offset, disjoint
+	mem     []byte        // every region's pages, in order
+	digests []uint64      // per page; 0: no copy held
+	held    []uint64      // bit per page: a copy is held
+	pages   uint64
+
+	released atomic.Uint64 // pages given back to the kernel
+}
+
+// cacheRegion is [Offset, Offset+Length) of the image, its first page the
+// cache's page first.
+type cacheRegion struct {
+	Offset, Length uint64
+	first          uint64
+}
+
+// zeroDigest is the digest of a page of zeros.
+var zeroDigest = wire.PageDigest(make([]byte, cachePage))
+
+// newCache maps a cache for the image ranges regions (in 4 KiB pages,
+// ascending and disjoint, as aheadRegions gives them).
+func newCache(regions []SourceRegion) (*cache, error) {
+	c := &cache{}
+	for i, r := range regions {
+		if r.PageSize != cachePage || r.Offset%cachePage != 0 || r.Length%cachePage != 0 || r.Length == 0 {
+			return nil, fmt.Errorf("fetcher: cache region %d (%v): not whole 4 KiB pages", i, r)
+		}
+		if i > 0 && r.Offset < regions[i-1].Offset+regions[i-1].Length {
+			return nil, fmt.Errorf("fetcher: cache region %d (%v): not after the one before", i, r)
+		}
+		c.regions = append(c.regions, cacheRegion{Offset: r.Offset, Length: r.Length, first: c.pages})
+		c.pages += r.Length / cachePage
+	}
+	if c.pages == 0 {
+		return nil, fmt.Errorf("fetcher: an empty cache")
+	}
+	var err error
+	if c.digests, err = zeromem.Slice[uint64](c, int(c.pages)); err != nil {
+		return nil, fmt.Errorf("fetcher: cache: %w", err)
+	}
+	if c.held, err = zeromem.Slice[uint64](c, int((c.pages+63)/64)); err != nil {
+		return nil, fmt.Errorf("fetcher: cache: %w", err)
+	}
+	c.mem, err = unix.Mmap(-1, 0, int(c.pages*cachePage), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: cache: mmap %d bytes: %w", c.pages*cachePage, err)
+	}
+	return c, nil
+}
+
+// close unmaps the bytes; the digests go with the cache.
+func (c *cache) close() {
+	if c != nil && c.mem != nil {
+		_ = unix.Munmap(c.mem)
+		c.mem = nil
+	}
+}
+
+// index returns the cache page holding image offset off, and how many
+// pages from it on lie in the same region (are contiguous in the cache).
+func (c *cache) index(off uint64) (i, contiguous uint64, ok bool) {
+	k := sort.Search(len(c.regions), func(k int) bool { return c.regions[k].Offset+c.regions[k].Length > off })
+	if k == len(c.regions) || off < c.regions[k].Offset {
+		return 0, 0, false
+	}
+	r := c.regions[k]
+	return r.first + (off-r.Offset)/cachePage, (r.Offset + r.Length - off) / cachePage, true
+}
+
+// isHeld reports whether a copy of page i is held.
+func (c *cache) isHeld(i uint64) bool { return c.held[i>>6]&(1<<(i&63)) != 0 }
+
+// heldAt reports whether a copy of the page at image offset off is held.
+func (c *cache) heldAt(off uint64) bool {
+	i, _, ok := c.index(off)
+	return ok && c.isHeld(i)
+}
+
+// bytes returns pages [i, i+n) of the cache.
+func (c *cache) bytes(i, n uint64) []byte { return c.mem[i*cachePage : (i+n)*cachePage] }
+
+// storeData makes page i's copy the bytes of page and returns whether a copy
+// was held before whose digest differed (the page changed).
+func (c *cache) storeData(i uint64, page []byte) (changed bool) {
+	d := wire.PageDigest(page)
+	changed = c.isHeld(i) && c.digests[i] != d
+	copy(c.bytes(i, 1), page)
+	c.digests[i] = d
+	c.held[i>>6] |= 1 << (i & 63)
+	return changed
+}
+
+// storeZero makes page i's copy a page of zeros, as storeData does.
+func (c *cache) storeZero(i uint64) (changed bool) {
+	if c.isHeld(i) {
+		if c.digests[i] == zeroDigest {
+			return false
+		}
+		clear(c.bytes(i, 1))
+		changed = true
+	}
+	c.digests[i] = zeroDigest
+	c.held[i>>6] |= 1 << (i & 63)
+	return changed
+}
+
+// appendDigests appends the digests of pages [i, i+n) to out, or nothing if
+// none of them is held (a request for pages never pulled names none).
+func (c *cache) appendDigests(out []uint64, i, n uint64) []uint64 {
+	if _, ok := c.nextHeld(i, i+n, true); !ok {
+		return out
+	}
+	return append(out, c.digests[i:i+n]...)
+}
+
+// release gives the bytes of pages [i, i+n) back to the kernel
+// (MADV_DONTNEED): they are placed, or nobody needs them. Their digests
+// stay: a fault there still knows a copy was held, and finds the page
+// resolved.
+func (c *cache) release(i, n uint64) {
+	if n == 0 || c.mem == nil {
+		return
+	}
+	if err := unix.Madvise(c.bytes(i, n), unix.MADV_DONTNEED); err == nil {
+		c.released.Add(n)
+	}
+}
+
+// nextHeld returns the first page in [from, to) whose held bit is want.
+func (c *cache) nextHeld(from, to uint64, want bool) (uint64, bool) {
+	for i := from; i < to; {
+		w := c.held[i>>6]
+		if !want {
+			w = ^w
+		}
+		w &= ^uint64(0) << (i & 63)
+		if w != 0 {
+			j := i&^63 + uint64(bits.TrailingZeros64(w))
+			return j, j < to
+		}
+		i = i&^63 + 64
+	}
+	return 0, false
+}
+
+// heldRuns calls fn for the runs of image range [off, off+n pages) (4 KiB
+// pages), in order: held says whether a copy of every page of the run is
+// held. Pages outside the cache count as not held.
+func (c *cache) heldRuns(off, n uint64, fn func(p, k uint64, held bool)) {
+	for p := uint64(0); p < n; {
+		i, contig, ok := c.index(off + p*cachePage)
+		if !ok {
+			// Not in the cache: up to the next region, or the end.
+			k := n - p
+			for _, r := range c.regions {
+				if r.Offset > off+p*cachePage {
+					k = min(k, (r.Offset-off)/cachePage-p)
+					break
+				}
+			}
+			fn(p, k, false)
+			p += k
+			continue
+		}
+		end := i + min(contig, n-p)
+		for i < end {
+			held := c.isHeld(i)
+			j, found := c.nextHeld(i, end, !held)
+			if !found {
+				j = end
+			}
+			fn(p, j-i, held)
+			p += j - i
+			i = j
+		}
+	}
+}

@@ -1,0 +1,415 @@
+package fetcher
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
+	"github.com/postcopy/postcopy/pkg/prefetch"
+	"github.com/postcopy/postcopy/pkg/wire"
+)
+
+// The confirm pass: after the handoff, no page a warm-up copied (warm.go)
+// may be placed until the source, frozen, says that the copy equals its
+// page. The confirmer asks, on a warm lane of the migration's session, for
+// runs of cached pages with the digests of their copies, in an order of
+// its own — a prefetch policy over the cached pages alone: a working set's
+// pages first, then windows around recent faults, then a sweep — while the
+// bulk lane pulls the pages no copy was taken of. An answer is placed as a
+// bulk answer is: pages the source calls "same" are copied from the cache
+// (DONTWAKE copies and batched wakes, by the placer), the others from the
+// answer; then the run's cache memory goes back to the kernel.
+//
+// A fault on a cached page not confirmed yet is an ordinary demand request
+// (its content, not a digest), and a hint for the confirm order; past the
+// demand rate it rides the warm lane as other faults ride the bulk lane.
+// A run lost with its connection is asked for again on the next: the cache
+// stays valid (the source keeps nothing). Freeze is sent once, before the
+// first confirm request.
+
+// confirmRunBytes is the largest confirm request: what the source reads and
+// digests for one request (the answer is mostly a few bytes).
+const confirmRunBytes = 1 << 20
+
+// confirmWindow is the confirm requests in flight.
+const confirmWindow = 16
+
+// confirmer runs the confirm pass for the link.
+type confirmer struct {
+	cache *cache
+	pages *pagestate.Table
+	place *placer
+	pull  *puller
+	stats *counters
+	log   hclog.Logger
+
+	mu       sync.Mutex
+	policy   *prefetch.Policy             // the cached pages still to confirm
+	inflight map[uint64]pagestate.BulkRun // confirm requests outstanding
+	kick     chan struct{}
+
+	frozen    atomic.Bool
+	abandoned atomic.Bool // the session cannot confirm: the bulk lane brings every page
+	finished  atomic.Bool
+	start     time.Time
+	changed   atomic.Uint64 // pages whose answer was not "same"
+	flowing   atomic.Bool   // a confirm answer arrived on the live connection
+}
+
+// newConfirmer prepares the confirm pass over the pages of the layout the
+// cache holds, and tells the bulk policy not to pull them; ws are a working
+// set's runs, confirmed first. It returns nil when the cache holds no page
+// of the layout.
+func newConfirmer(c *cache, pages *pagestate.Table, place *placer, pull *puller, st *counters, maxBulk uint64,
+	ws []prefetch.Run, log hclog.Logger) (*confirmer, error) {
+	areas := pages.Areas()
+	prs := make([]prefetch.Region, len(areas))
+	pageSizes := make([]uint64, len(areas))
+	for i, a := range areas {
+		prs[i] = prefetch.Region{Pages: a.Pages}
+		pageSizes[i] = a.PageSize
+	}
+	maxRun, _, err := prefetch.RunSizes(confirmRunBytes, maxBulk, pageSizes)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrLayout, err)
+	}
+	policy, err := prefetch.New(prs, prefetch.Config{MaxRunPages: maxRun})
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: %w", err)
+	}
+	var held uint64
+	pull.mu.Lock()
+	for _, a := range areas {
+		if a.PageSize != cachePage {
+			policy.Done(a.Index, 0, a.Pages)
+			continue
+		}
+		c.heldRuns(a.Offset, a.Pages, func(p, k uint64, isHeld bool) {
+			if isHeld {
+				pull.policy.Done(a.Index, p, k)
+				held += k
+			} else {
+				policy.Done(a.Index, p, k)
+			}
+		})
+	}
+	pull.mu.Unlock()
+	if held == 0 {
+		return nil, nil
+	}
+	if len(ws) > 0 {
+		if err := policy.First(ws); err != nil {
+			return nil, fmt.Errorf("fetcher: %w", err)
+		}
+	}
+	log.Info("pages to confirm from the warm-up's cache", "pages", held, "of", pages.TotalPages())
+	return &confirmer{cache: c, pages: pages, place: place, pull: pull, stats: st, log: log, policy: policy,
+		inflight: map[uint64]pagestate.BulkRun{}, kick: make(chan struct{}, 1), start: time.Now()}, nil
+}
+
+// wants reports whether page p of a is for the confirm pass: a copy is
+// held, and the pass goes on.
+func (cf *confirmer) wants(a *pagestate.Area, p uint64) bool {
+	return cf != nil && !cf.abandoned.Load() && !cf.finished.Load() && a.PageSize == cachePage &&
+		cf.cache.heldAt(a.Offset+p*cachePage)
+}
+
+// hint makes page p of region the confirm order's newest hint: a fault
+// waits there.
+func (cf *confirmer) hint(region int, p uint64) {
+	cf.mu.Lock()
+	cf.policy.Fault(region, p)
+	cf.mu.Unlock()
+	cf.poke()
+}
+
+func (cf *confirmer) poke() {
+	select {
+	case cf.kick <- struct{}{}:
+	default:
+	}
+}
+
+// done tells the confirm order that pages [p, p+n) of region need no
+// confirming (removed or unmapped).
+func (cf *confirmer) done(region int, p, n uint64) {
+	cf.mu.Lock()
+	cf.policy.Done(region, p, n)
+	cf.mu.Unlock()
+}
+
+// lost hands the runs in flight back to the confirm order (their
+// connection broke), those nobody else brings.
+func (cf *confirmer) lost() {
+	var buf [8]pagestate.PageRange
+	cf.mu.Lock()
+	defer cf.mu.Unlock()
+	for id, b := range cf.inflight {
+		delete(cf.inflight, id)
+		for _, pr := range cf.pages.Unclaimed(cf.pages.Areas()[b.Area], b.Page, uint64(b.Pages), buf[:0]) {
+			cf.policy.Requeue(prefetch.Run{Region: b.Area, Page: pr.First, Pages: uint32(pr.N)})
+		}
+	}
+	cf.flowing.Store(false)
+}
+
+// late reports whether a confirm request outstanding was sent before limit.
+func (cf *confirmer) late(limit time.Time) bool {
+	if cf == nil {
+		return false
+	}
+	cf.mu.Lock()
+	defer cf.mu.Unlock()
+	return sentBefore(cf.inflight, limit)
+}
+
+func sentBefore(m map[uint64]pagestate.BulkRun, limit time.Time) bool {
+	for _, b := range m {
+		if b.SentAt.Before(limit) {
+			return true
+		}
+	}
+	return false
+}
+
+// abandon gives up the pass: the session cannot confirm. Every cached page
+// not resolved goes to the bulk lane; the cache is released.
+func (cf *confirmer) abandon(why string) {
+	if cf.abandoned.Swap(true) {
+		return
+	}
+	cf.log.Warn("the warm-up's copies cannot be confirmed: the bulk lane brings those pages", "reason", why)
+	cf.mu.Lock()
+	clear(cf.inflight)
+	cf.mu.Unlock()
+	for _, a := range cf.pages.Areas() {
+		if a.PageSize != cachePage {
+			continue
+		}
+		cf.cache.heldRuns(a.Offset, a.Pages, func(p, k uint64, held bool) {
+			for held && k > 0 {
+				n := min(k, 1<<20)
+				cf.pull.requeue(pagestate.BulkRun{Area: a.Index, Page: p, Pages: uint32(n)})
+				p, k = p+n, k-n
+			}
+		})
+	}
+	// No placement reads the cache now: abandon runs before a confirm lane
+	// opens on a connection, and the last connection's goroutines have
+	// all returned.
+	cf.cache.release(0, cf.cache.pages)
+	cf.pull.poke()
+}
+
+// freezeError gives an error of Freeze its meaning: the page server's
+// FAILED_PRECONDITION (wire.ErrSourceRunning) says that the source process
+// still runs.
+func freezeError(err error) error {
+	if err == nil || errors.Is(err, ErrSourceRunning) || !errors.Is(err, wire.ErrSourceRunning) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrSourceRunning, err)
+}
+
+// confirmLoop runs the confirm pass on connection c until it is done, c
+// ends, or c's session cannot confirm (the pass is abandoned).
+func (l *link) confirmLoop(c *conn) error {
+	cf := l.confirm
+	if cf == nil || cf.finished.Load() || cf.abandoned.Load() {
+		return nil
+	}
+	select {
+	case <-l.pull.on:
+	case <-c.ctx.Done():
+		return nil
+	}
+	ws, ok := c.sess.(WarmSession)
+	if !ok || !ws.CanWarm() {
+		cf.abandon("the session after the handoff has no warm lane")
+		return nil
+	}
+	if !cf.frozen.Load() {
+		if err := freezeError(ws.Freeze(c.ctx)); err != nil {
+			switch {
+			case errors.Is(err, ErrSourceRunning):
+				l.life.fail(err)
+				return err
+			case c.ctx.Err() != nil:
+				return nil
+			case c.client.Retryable(err):
+				return err
+			}
+			cf.abandon(fmt.Sprintf("freeze: %v", err))
+			return nil
+		}
+		cf.frozen.Store(true)
+		l.log.Info("source frozen: confirming the warm-up's copies", "since_handoff", time.Since(l.cfg.HandoffAt))
+	}
+	lane, err := ws.Warm(c.ctx)
+	if err != nil {
+		if c.ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	recvErr := make(chan error, 1)
+	go func() {
+		err := l.confirmRecv(c, lane)
+		if err != nil && !errors.Is(err, errConfirmDone) {
+			c.cancel(err) // the sender waits on the connection
+		}
+		recvErr <- err
+	}()
+	err = l.confirmSend(c, lane)
+	lane.Close()
+	if rerr := <-recvErr; err == nil && !errors.Is(rerr, errConfirmDone) && c.ctx.Err() == nil {
+		err = rerr
+	}
+	return err
+}
+
+var errConfirmDone = errors.New("confirm pass done")
+
+// confirmSend keeps the window of confirm requests full, and ends once
+// every cached page is confirmed or resolved otherwise.
+func (l *link) confirmSend(c *conn, lane WarmLane) error {
+	cf := l.confirm
+	var runs []prefetch.Run
+	for {
+		cf.mu.Lock()
+		want := confirmWindow - len(cf.inflight)
+		runs = runs[:0]
+		if want > 0 {
+			runs = cf.policy.Next(want, runs)
+		}
+		reqs := make([]WarmRequest, 0, len(runs))
+		now := time.Now()
+		for _, r := range runs {
+			a := l.pages.Areas()[r.Region]
+			b := pagestate.BulkRun{ID: l.pages.NextID(), Offset: a.Offset + r.Page<<a.Shift, Area: r.Region, Page: r.Page,
+				Pages: r.Pages, Bytes: uint64(r.Pages) << a.Shift, SentAt: now}
+			cf.inflight[b.ID] = b
+			i, _, _ := cf.cache.index(b.Offset)
+			reqs = append(reqs, WarmRequest{ID: b.ID, Offset: b.Offset, Pages: b.Pages,
+				Digests: cf.cache.appendDigests(nil, i, uint64(b.Pages))})
+		}
+		idle := len(cf.inflight) == 0 && cf.policy.Pending() == 0
+		cf.mu.Unlock()
+		if idle {
+			if !cf.finished.Swap(true) {
+				l.log.Info("confirm pass done", "confirmed", l.pages.Count(pagestate.ViaConfirmed),
+					"changed", cf.changed.Load(), "took", time.Since(cf.start))
+			}
+			return nil
+		}
+		for _, r := range reqs {
+			if err := lane.Send(r); err != nil {
+				return err
+			}
+		}
+		if len(reqs) > 0 {
+			continue
+		}
+		select {
+		case <-cf.kick:
+		case <-c.ctx.Done():
+			return nil
+		}
+	}
+}
+
+// confirmRecv places the confirm answers as they arrive.
+func (l *link) confirmRecv(c *conn, lane WarmLane) error {
+	cf := l.confirm
+	for {
+		resp, err := lane.Recv()
+		if err != nil {
+			if cf.finished.Load() {
+				return errConfirmDone
+			}
+			return err
+		}
+		c.lastConfirm.Store(time.Now().UnixNano())
+		cf.flowing.Store(true)
+		cf.mu.Lock()
+		b, ok := cf.inflight[resp.ID]
+		delete(cf.inflight, resp.ID)
+		cf.mu.Unlock()
+		if !ok || resp.Offset != b.Offset || resp.Pages != b.Pages || resp.PageSize != cachePage {
+			resp.Release()
+			return fmt.Errorf("fetcher: confirm answer %d was never asked for (or not as asked)", resp.ID)
+		}
+		if err := resp.Verify(); err != nil {
+			l.stats.crcErrors.Add(1)
+			l.log.Warn("confirm answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
+			resp.Release()
+			cf.mu.Lock()
+			cf.policy.Requeue(prefetch.Run{Region: b.Area, Page: b.Page, Pages: b.Pages})
+			cf.mu.Unlock()
+			cf.poke()
+			continue
+		}
+		err = cf.placeAnswer(b, resp)
+		resp.Release()
+		if err != nil {
+			l.life.fail(err)
+			return err
+		}
+		cf.poke()
+	}
+}
+
+// placeAnswer places the pages of a confirm answer for run b: "same" pages
+// from the cache (zero pages as zero pages), the others from the answer;
+// then the run's cache memory is released.
+func (cf *confirmer) placeAnswer(b pagestate.BulkRun, resp *Response) error {
+	a := cf.pages.Areas()[b.Area]
+	first, _, _ := cf.cache.index(b.Offset)
+	p, i := b.Page, first
+	var used uint64
+	for _, sg := range resp.Segments {
+		n := uint64(sg.Pages)
+		switch {
+		case sg.Same:
+			// Runs of zero pages and of others, each placed its way.
+			for k := uint64(0); k < n; {
+				zero := cf.cache.digests[i+k] == zeroDigest
+				e := k + 1
+				for e < n && (cf.cache.digests[i+e] == zeroDigest) == zero {
+					e++
+				}
+				var src []byte
+				if !zero {
+					src = cf.cache.bytes(i+k, e-k)
+				}
+				if err := cf.place.placeRun(a, p+k, e-k, src, pagestate.ViaConfirmed, true); err != nil {
+					return err
+				}
+				k = e
+			}
+		case sg.Zero:
+			cf.changed.Add(n)
+			if err := cf.place.placeRun(a, p, n, nil, pagestate.ViaZero, true); err != nil {
+				return err
+			}
+		default:
+			cf.changed.Add(n)
+			sz := n * cachePage
+			if used+sz > uint64(len(resp.Data)) {
+				return fmt.Errorf("fetcher: confirm answer for offset %#x is short of data", resp.Offset)
+			}
+			if err := cf.place.placeRun(a, p, n, resp.Data[used:used+sz], pagestate.ViaBulk, true); err != nil {
+				return err
+			}
+			used += sz
+		}
+		p, i = p+n, i+n
+	}
+	cf.stats.bytes.Add(used)
+	cf.cache.release(first, uint64(b.Pages))
+	return nil
+}

@@ -1,0 +1,86 @@
+package e2e
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/postcopy/postcopy/pkg/events"
+	"github.com/postcopy/postcopy/test/harness"
+)
+
+// pagefetcher --warm with the real binaries: the first warm line covers
+// every page of the image, the VMM hands over after it, and every page of
+// the unchanged file: image is confirmed from the cache or faulted in;
+// every byte is verified. pagefetcher's peak RSS stays within the guest's
+// size and 64 MiB.
+func TestWarm(t *testing.T) {
+	const size = 128 << 20
+	e := newEnv(t, size, defaultImage)
+	e.startServer()
+	e.startFetcher("--warm")
+	var w events.Warm
+	if err := e.fetcher.WaitEvent("warm", fetcherTimeout, &w); err != nil {
+		t.Fatalf("no warm line: %v", err)
+	}
+	if w.Round != 1 || w.Pages != size>>12 || w.Changed != 0 {
+		t.Errorf("first warm line %+v: want round 1 over %d pages, none changed", w, size>>12)
+	}
+	vm := e.startVMM("--regions", "4k:0x0:128M", "--verify", "--threads", "2", "--touch", "random")
+	res, code := e.vmmResult(vm)
+	if code != 0 || !res.Verified || res.Mismatches != 0 {
+		t.Fatalf("vmm: exit code %d, result %+v; want 0, verified", code, res)
+	}
+	fcode, sum := e.fetcherExit()
+	if fcode != 0 || sum == nil || !sum.OK {
+		t.Fatalf("pagefetcher: exit code %d, summary %+v; want 0 and an ok summary", fcode, sum)
+	}
+	s := sum.Summary
+	for _, bad := range harness.CheckSummary(&s, size>>12) {
+		t.Errorf("summary: %s", bad)
+	}
+	if s.WarmRounds < 1 || s.WarmS <= 0 || s.Pages.Confirmed == 0 || s.PagesChangedAfterFreeze != 0 || s.Pages.Bulk != 0 {
+		t.Errorf("summary %+v: want warm rounds, pages confirmed, none changed after the freeze, none by the bulk lane", s)
+	}
+	if sum.PeakRSSBytes == 0 || sum.PeakRSSBytes > size+64<<20 {
+		t.Errorf("peak RSS %d bytes: want at most the guest's %d + 64 MiB", sum.PeakRSSBytes, size)
+	}
+	if !strings.Contains(e.fetcher.Stderr(), "source frozen") {
+		t.Error("pagefetcher's log does not say the source froze")
+	}
+	ssum := e.stopServer()
+	t.Logf("summary %+v, peak RSS %d MiB; server %+v", s, sum.PeakRSSBytes>>20, ssum)
+}
+
+// --working-set without --warm: the set's pages are warmed in one round
+// before the handoff and confirmed first after it (the file: image does
+// not change, so all of them are placed from the cache).
+func TestWarmWorkingSet(t *testing.T) {
+	e := newEnv(t, wsImageSize, defaultImage)
+	e.startServer()
+	ws := filepath.Join(e.dir, "vm.ws")
+	e.restore("--record-working-set", ws)
+	set := readSet(t, ws)
+
+	e.startFetcher("--working-set", ws)
+	var w events.Warm
+	if err := e.fetcher.WaitEvent("warm", fetcherTimeout, &w); err != nil {
+		t.Fatalf("no warm line: %v", err)
+	}
+	if w.Round != 1 || w.Pages != uint64(len(set.Pages)) || w.Changed != 0 {
+		t.Errorf("warm line %+v: want round 1 over the set's %d pages", w, len(set.Pages))
+	}
+	vm := e.startVMM(wsReader...)
+	res, code := e.vmmResult(vm)
+	if code != 0 || !res.Verified {
+		t.Fatalf("vmm: exit code %d, result %+v; want 0, verified", code, res)
+	}
+	fcode, sum := e.fetcherExit()
+	if fcode != 0 || sum == nil || !sum.OK {
+		t.Fatalf("pagefetcher: exit code %d, summary %+v", fcode, sum)
+	}
+	if s := sum.Summary; s.WarmRounds != 1 || s.Pages.Confirmed == 0 || s.Pages.Confirmed > uint64(len(set.Pages)) {
+		t.Errorf("summary %+v: want 1 warm round and the set's pages (%d) confirmed, at most", s, len(set.Pages))
+	}
+	t.Logf("set %d pages; confirmed %d; VMM stalls %d", len(set.Pages), sum.Summary.Pages.Confirmed, res.StallCount)
+}
