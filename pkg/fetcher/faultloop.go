@@ -155,6 +155,7 @@ func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 // (a copy of it is cached) rides the warm lane instead, once confirmations
 // flow, and is the confirm order's newest hint either way.
 func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
+	f.stats.lastFault.Store(max(1, int64(now.Sub(f.stats.handoff))))
 	cf := f.link.confirm
 	cached := cf.wants(pg.A, pg.P)
 	ride, flowing := f.rider.ride(tid, now)

@@ -125,7 +125,10 @@ type Config struct {
 	// with one warning naming the mismatch.
 	WorkingSet *workingset.Set
 	// RecordWorkingSet keeps the pages the VMM faulted on, in first-fault
-	// order, for Recorded once Run has returned.
+	// order, for Recorded once Run has returned. Until the VMM has stopped
+	// faulting (prefetch.RecordWait: 100 ms without a fault, 10 s at most)
+	// the bulk lane then brings only the WorkingSet in use and no fault
+	// rides, so that every page the VMM touches faults and is recorded.
 	RecordWorkingSet bool
 	// Warmup, when set, is a warm-up started before the handoff
 	// (StartWarmup). Run stops it first, tells the source to freeze
@@ -264,6 +267,7 @@ func New(cfg Config) (*Fetcher, error) {
 	prio := newDemandPrio(cfg.UrgentDemand, cfg.UrgentBudget, f.log)
 	f.pull = newPuller(f.pages)
 	f.pull.ws, f.pull.record = cfg.WorkingSet, cfg.RecordWorkingSet
+	f.pull.recording.Store(cfg.RecordWorkingSet)
 	f.place = newPlacer(cfg.UFFD, f.pages, f.stats, f.life, f.log)
 	f.link = &link{cfg: &f.cfg, log: f.log, pages: f.pages, place: f.place, pull: f.pull, stats: f.stats, life: f.life, prio: prio}
 	rate := cfg.DemandRate
@@ -371,6 +375,10 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		f.life.fail(f.loop.run(f.link.prio.thread()))
 	}()
 	go func() { defer wg.Done(); f.link.connLoop(runCtx, f.cfg.Source, first) }()
+	if f.cfg.RecordWorkingSet {
+		wg.Add(1)
+		go func() { defer wg.Done(); f.link.recordPhase(runCtx) }()
+	}
 	// Logged once the loops are started: a log line is a write(2), off the way to
 	// the first page.
 	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,

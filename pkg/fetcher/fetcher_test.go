@@ -480,8 +480,10 @@ func TestFaultsRideBulkLane(t *testing.T) {
 	if m.sum.FaultsOnBulk == 0 {
 		t.Errorf("no fault rode the bulk lane: %+v", *m.sum)
 	}
-	if m.sum.Faults > 64 {
-		t.Errorf("%d faults took the demand lane at one a second after a burst of 32", m.sum.Faults)
+	// Past the burst, a fault takes the demand lane only where a ride
+	// would wait too long (a slow moment of the bulk lane): most ride.
+	if m.sum.Faults >= m.sum.FaultsOnBulk {
+		t.Errorf("%d faults took the demand lane and %d rode, at one a second after a burst of 32", m.sum.Faults, m.sum.FaultsOnBulk)
 	}
 	t.Logf("faults: %d demand, %d on the bulk lane, %d duplicate; %.2f s", m.sum.Faults, m.sum.FaultsOnBulk, m.sum.DuplicateFault, m.sum.TotalSeconds)
 }

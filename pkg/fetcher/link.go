@@ -458,6 +458,37 @@ func (l *link) bulkSend(c *conn) error {
 	}
 }
 
+// recordPhase is the record phase of a migration that records its working
+// set (prefetch.RecordWait): while the workload faults, the bulk lane
+// brings only a working set in use and no fault rides, so that every page
+// the workload touches faults and is recorded. It ends the phase when the
+// workload has stopped faulting, or when ctx ends.
+func (l *link) recordPhase(ctx context.Context) {
+	defer func() {
+		l.pull.recording.Store(false)
+		l.pull.poke()
+	}()
+	for {
+		since := time.Since(l.cfg.HandoffAt)
+		sinceFault := since
+		if lf := l.stats.lastFault.Load(); lf > 0 {
+			sinceFault = since - time.Duration(lf)
+		}
+		wait := prefetch.RecordWait(since, sinceFault)
+		if wait <= 0 {
+			l.log.Debug("record phase over: the prefetch starts", "since_handoff", since)
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+}
+
 // bulkRecv receives and checks bulk answers and hands them to bulkPlace:
 // reading a run from the socket and checksumming it overlaps with copying
 // the previous one, on another CPU where there is one.

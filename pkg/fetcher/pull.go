@@ -3,6 +3,7 @@ package fetcher
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -31,12 +32,15 @@ type puller struct {
 	// used says it matched the image and was given to the policy. With
 	// record (Config.RecordWorkingSet), firstFaults lists the pages asked for
 	// on demand, in first-fault order (under mu).
-	ws          *workingset.Set
-	used        bool
-	wsLog       hclog.Logger // set with used, until the set is handed out
-	wsStart     time.Time
-	wsRuns      []prefetch.Run // the set's runs, for the confirm pass's order
-	record      bool
+	ws      *workingset.Set
+	used    bool
+	wsLog   hclog.Logger // set with used, until the set is handed out
+	wsStart time.Time
+	wsRuns  []prefetch.Run // the set's runs, for the confirm pass's order
+	record  bool
+	// recording: the record phase (link.recordPhase) is on: the bulk lane
+	// brings only the working set in use, and no fault rides.
+	recording   atomic.Bool
 	image       workingset.Image
 	firstFaults []faultedPage
 }
@@ -177,16 +181,25 @@ func (f *Fetcher) Recorded() (rec Recorded, ok bool) {
 	for _, a := range areas {
 		rec.PageSize = min(rec.PageSize, a.PageSize)
 	}
+	// Each page once: a page of the set may also have faulted (its run was
+	// still on the way), a page may have faulted and ridden again.
+	seen := make(map[uint64]struct{})
+	add := func(off uint64) {
+		if _, dup := seen[off]; !dup {
+			seen[off] = struct{}{}
+			rec.Offsets = append(rec.Offsets, off)
+		}
+	}
 	if u.used {
 		for _, off := range u.ws.Offsets() {
-			rec.Offsets = append(rec.Offsets, off&^(rec.PageSize-1))
+			add(off &^ (rec.PageSize - 1))
 		}
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for _, fp := range u.firstFaults {
 		a := areas[fp.Region]
-		rec.Offsets = append(rec.Offsets, a.Offset+fp.Page<<a.Shift)
+		add(a.Offset + fp.Page<<a.Shift)
 	}
 	return rec, true
 }
@@ -202,7 +215,11 @@ func (u *puller) done(region int, p, n uint64) {
 func (u *puller) next(want int, runs []prefetch.Run) []prefetch.Run {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	runs = u.policy.Next(want, runs)
+	if u.recording.Load() {
+		runs = u.policy.NextFirst(want, runs)
+	} else {
+		runs = u.policy.Next(want, runs)
+	}
 	if u.wsLog != nil && !u.policy.InFirst() {
 		u.wsLog.Debug("working set handed out", "after", time.Since(u.wsStart))
 		u.wsLog = nil

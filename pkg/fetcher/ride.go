@@ -93,7 +93,7 @@ func newRider(rate float64, woken *wakeTimes, l *link, stats *counters) *rider {
 // bulk lane; flowing reports whether the bulk lane flows (a fault that
 // takes the demand lane then charges the rate: charge).
 func (r *rider) ride(tid uint32, now time.Time) (ride, flowing bool) {
-	if r.off || !r.link.bulkFlowing() {
+	if r.off || r.link.pull.recording.Load() || !r.link.bulkFlowing() {
 		return false, false
 	}
 	t := now.Sub(r.woken.epoch)

@@ -30,6 +30,7 @@ type counters struct {
 	reg          prometheus.Registerer // where collectors are registered, for Close
 	collectors   []prometheus.Collector
 
+	lastFault   atomic.Int64  // ns since the handoff of the last fault asked or ridden, 0: none yet
 	handoff     time.Time     // first_page_s counts from it; set before the loops start
 	firstPage   atomic.Int64  // ns since the handoff, 0 until the first page is placed
 	firstPlaced chan struct{} // closed when firstPage is set

@@ -333,18 +333,7 @@ func (p *Policy) Next(max int, out []Run) []Run {
 	if len(p.rides) == 0 {
 		p.rides = nil
 	}
-	for p.firstAt < len(p.first) && n < max {
-		r := p.first[p.firstAt]
-		end := r.Page + uint64(r.Pages)
-		out, n = p.emit(r.Region, r.Page, end, max, n, out)
-		if _, ok := nextPending(p.regions[r.Region].taken, r.Page, end); ok {
-			break // max reached; the rest of this run comes next time
-		}
-		p.firstAt++
-	}
-	if p.firstAt == len(p.first) {
-		p.first, p.firstAt = nil, 0
-	}
+	out, n = p.nextFirst(max, n, out)
 	for len(p.hints) > 0 && n < max {
 		h := p.hints[len(p.hints)-1]
 		rs := &p.regions[h.region]
@@ -375,6 +364,35 @@ func (p *Policy) Next(max int, out []Run) []Run {
 		rs.cursor = e
 	}
 	return out
+}
+
+// NextFirst is Next restricted to the working set's runs (First): it hands
+// out nothing else, and changes nothing else. A restore that records its
+// working set pulls only those while the workload faults
+// (RecordWait).
+func (p *Policy) NextFirst(max int, out []Run) []Run {
+	if max <= 0 || p.pending == 0 {
+		return out
+	}
+	out, _ = p.nextFirst(max, 0, out)
+	return out
+}
+
+// nextFirst hands out First's runs, in order, until n reaches max.
+func (p *Policy) nextFirst(max, n int, out []Run) ([]Run, int) {
+	for p.firstAt < len(p.first) && n < max {
+		r := p.first[p.firstAt]
+		end := r.Page + uint64(r.Pages)
+		out, n = p.emit(r.Region, r.Page, end, max, n, out)
+		if _, ok := nextPending(p.regions[r.Region].taken, r.Page, end); ok {
+			break // max reached; the rest of this run comes next time
+		}
+		p.firstAt++
+	}
+	if p.firstAt == len(p.first) {
+		p.first, p.firstAt = nil, 0
+	}
+	return out, n
 }
 
 // window returns the window [lo, hi) around a fault at page in rs.

@@ -92,3 +92,25 @@ func RunSizes(runBytes, maxAnswer uint64, pageSizes []uint64) (maxRunPages []uin
 	}
 	return maxRunPages, fullRun, nil
 }
+
+// The record phase of a restore that records its working set: the prefetch
+// waits until the workload has stopped faulting, so that every page it
+// touches faults and is recorded (a page the prefetch brought before the
+// workload touched it costs no fault, and could not be told apart from one
+// it never touched). It ends once RecordQuiet has passed without a fault, or
+// RecordMax after the handoff at the latest (a workload that keeps faulting
+// must not keep the migration from finishing).
+const (
+	RecordQuiet = 100 * time.Millisecond
+	RecordMax   = 10 * time.Second
+)
+
+// RecordWait returns how long the prefetch still waits in the record phase,
+// sinceHandoff after the handoff and sinceFault after the last fault (or
+// after the handoff, if none came yet). Zero: start now.
+func RecordWait(sinceHandoff, sinceFault time.Duration) time.Duration {
+	if sinceHandoff >= RecordMax || sinceFault >= RecordQuiet {
+		return 0
+	}
+	return min(RecordQuiet-sinceFault, RecordMax-sinceHandoff)
+}
