@@ -42,7 +42,9 @@ func TestWarm(t *testing.T) {
 	if s.WarmRounds < 1 || s.WarmS <= 0 || s.Pages.Confirmed == 0 || s.PagesChangedAfterFreeze != 0 || s.Pages.Bulk != 0 {
 		t.Errorf("summary %+v: want warm rounds, pages confirmed, none changed after the freeze, none by the bulk lane", s)
 	}
-	if sum.PeakRSSBytes == 0 || sum.PeakRSSBytes > size+64<<20 {
+	// The bound holds for the binaries as shipped: the race detector's
+	// shadow memory has no bound of ours.
+	if sum.PeakRSSBytes == 0 || (!raceEnabled && sum.PeakRSSBytes > size+64<<20) {
 		t.Errorf("peak RSS %d bytes: want at most the guest's %d + 64 MiB", sum.PeakRSSBytes, size)
 	}
 	if !strings.Contains(e.fetcher.Stderr(), "source frozen") {
