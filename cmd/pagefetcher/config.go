@@ -196,11 +196,11 @@ func (c *config) validate() error {
 	return nil
 }
 
-// urgentBudget is the demand path's real-time budget (fetcher.Config's
-// UrgentBudget; 0: no bound): --demand-rt-budget with --demand-priority
+// realTimeBudget is the demand path's real-time budget (fetcher.Config's
+// RealTimeBudget; 0: no bound): --demand-rt-budget with --demand-priority
 // auto, none with rt, nor with auto and --prefetch off (there is no
 // prefetch to starve).
-func (c *config) urgentBudget() float64 {
+func (c *config) realTimeBudget() float64 {
 	if c.demandPrio != "auto" || c.prefetch == "off" {
 		return 0
 	}

@@ -112,7 +112,7 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		UFFD: h.fd, Regions: h.regions, Source: up.src, Redial: up.redial,
 		ExpectGeneration: up.info.Generation, ImageSize: up.info.Size, Prefetch: c.prefetch == "on",
 		DemandRate: demandRate(c.demandRate), BulkWindow: c.bulkWindow, BulkRunBytes: c.bulkRunBytes, BulkYield: c.bulkYield,
-		UrgentDemand: c.demandPrio != "normal", UrgentBudget: c.urgentBudget(), Opened: up.opened,
+		RealTimeDemand: c.demandPrio != "normal", RealTimeBudget: c.realTimeBudget(), Opened: up.opened,
 		ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
 		VMMPid: int(h.cred.Pid), HandoffAt: h.at,
 		WorkingSet: up.ws, RecordWorkingSet: c.recordWorkingSet != "", Warmup: up.warm,

@@ -298,7 +298,7 @@ func open(cfg *config, log hclog.Logger) (*instance, error) {
 	srv, err := server.NewServer(server.Options{
 		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions, WorkingSet: ws,
 		TLS: tlsConf, DemandSocket: cfg.demandSocket, BulkSocket: cfg.bulkSocket,
-		BulkYield: cfg.bulkYield, UrgentDemand: cfg.demandPrio == "rt",
+		BulkYield: cfg.bulkYield, RealTimeDemand: cfg.demandPrio == "rt",
 		MaxUnauthenticated: cfg.maxUnauth, SessionUnusedTimeout: cfg.unusedAfter,
 	})
 	if err != nil {

@@ -53,7 +53,7 @@ type LaneConn struct {
 }
 
 // NewLaneConn returns c as a lane's connection, Nagle's algorithm off (Go's
-// default, made explicit); c is a *net.TCPConn for Detach and MarkUrgent
+// default, made explicit); c is a *net.TCPConn for Detach and MarkExpedited
 // to have an effect.
 func NewLaneConn(c net.Conn) *LaneConn {
 	if tc, ok := c.(*net.TCPConn); ok {
@@ -225,12 +225,12 @@ func WriteBounded(c net.Conn, bufs net.Buffers, group *net.Buffers, limit int) e
 	return nil
 }
 
-// MarkUrgent marks a demand connection's packets as urgent for the network:
+// MarkExpedited marks a demand connection's packets as expedited for the network:
 // DSCP EF (expedited forwarding) for routers that honour it, and socket
 // priority 6 (interactive) for local queueing disciplines with priority
 // bands (pfifo_fast, prio), so that a fault's request and page do not queue
 // behind bulk data on a shared link. Best effort: errors are ignored.
-func MarkUrgent(c net.Conn) {
+func MarkExpedited(c net.Conn) {
 	if lc, ok := c.(*LaneConn); ok {
 		c = lc.conn
 	}

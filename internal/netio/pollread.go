@@ -1,7 +1,7 @@
 // Package netio holds the socket I/O of the page-server protocol's socket
 // lanes, on both ends: a connection read and written in its own OS thread
 // (ThreadConn), the reader and the bounded writer of a lane, and the
-// marking of urgent connections.
+// marking of demand connections (expedited).
 package netio
 
 import (
@@ -21,7 +21,7 @@ import (
 // ThreadConn is a TCP connection taken out of the runtime's network poller:
 // a blocking socket that its reader reads with read(2) in its own OS thread.
 // When bytes arrive, the kernel wakes that thread itself — a real-time
-// thread where sched.Urgent made it one — and nothing else.
+// thread where sched.RealTime made it one — and nothing else.
 //
 // A net.Conn cannot do this. Its socket stays registered with the runtime's
 // epoll instance, so every packet also wakes the runtime's poller thread,

@@ -1,11 +1,11 @@
-// Package sched lowers the CPU priority of background work while urgent
+// Package sched lowers the CPU priority of background work while demand
 // work waits.
 //
 // Go's scheduler has no priorities, and on a small machine the bulk path
 // (reading, checksumming and copying a megabyte per run) can hold every CPU
 // just when a remote fault's answer needs one. A goroutine doing bulk work
 // locks itself to its OS thread (LockThread) and, before each piece of work,
-// says whether urgent work is waiting (Thread.Defer): the thread then runs at
+// says whether demand work is waiting (Thread.Defer): the thread then runs at
 // a lower priority (nice BackgroundNice), so that the kernel runs the threads
 // serving faults first, and at normal priority otherwise, so that bulk
 // throughput does not suffer when nothing else needs the CPU.
@@ -18,20 +18,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// BackgroundNice is the nice value of bulk threads while urgent work waits.
+// BackgroundNice is the nice value of bulk threads while demand work waits.
 const BackgroundNice = 10
 
 // Thread is an OS thread whose priority its goroutine changes. It is never
 // handed back to the Go scheduler: when the goroutine returns, the runtime
 // ends the thread, so no other goroutine inherits its priority.
 type Thread struct {
-	tid      int
-	low      bool
-	canRaise bool // whether nice can go back to 0 (needs CAP_SYS_NICE)
-	boosted  bool // real-time, until Unboost
-	urgent   bool // real-time at UrgentPriority (UrgentThread, SetUrgent), under urgentMu
-	urgentMu sync.Mutex
-	noBoost  bool // Boost failed: do not try again
+	tid        int
+	low        bool
+	canRaise   bool // whether nice can go back to 0 (needs CAP_SYS_NICE)
+	boosted    bool // real-time, until Unboost
+	realTime   bool // real-time at RealTimePriority (RealTimeThread, SetRealTime), under realTimeMu
+	realTimeMu sync.Mutex
+	noBoost    bool // Boost failed: do not try again
 }
 
 // LockThread locks the calling goroutine to its OS thread and returns it.
@@ -40,16 +40,16 @@ func LockThread() *Thread {
 	return &Thread{tid: unix.Gettid(), canRaise: true}
 }
 
-// Defer sets the thread's priority: low while urgent work waits, normal
+// Defer sets the thread's priority: low while demand work waits, normal
 // otherwise. It makes a system call only when the answer changes. Where the
 // priority cannot be raised again (no CAP_SYS_NICE), the thread stays low.
-func (t *Thread) Defer(urgentWaiting bool) {
+func (t *Thread) Defer(demandWaiting bool) {
 	switch {
-	case urgentWaiting && !t.low:
+	case demandWaiting && !t.low:
 		if unix.Setpriority(unix.PRIO_PROCESS, t.tid, BackgroundNice) == nil {
 			t.low = true
 		}
-	case !urgentWaiting && t.low && t.canRaise:
+	case !demandWaiting && t.low && t.canRaise:
 		if unix.Setpriority(unix.PRIO_PROCESS, t.tid, 0) == nil {
 			t.low = false
 		} else {

@@ -30,7 +30,7 @@ func TestDefer(t *testing.T) {
 		}
 		th.Defer(true)
 		if n := nice(t, th.tid); n != BackgroundNice || !th.Low() {
-			t.Errorf("nice %d while urgent work waits, want %d", n, BackgroundNice)
+			t.Errorf("nice %d while demand work waits, want %d", n, BackgroundNice)
 		}
 		if n := nice(t, 0); n != BackgroundNice {
 			t.Errorf("nice of the calling thread %d, want %d", n, BackgroundNice)

@@ -50,7 +50,7 @@ type Options struct {
 
 // Client is the destination side of the protocol: two gRPC client
 // connections to one server, on separate TCP connections — the demand
-// connection (small buffers, urgent requests, and the unary calls) and the
+// connection (small buffers, demand requests, and the unary calls) and the
 // bulk connection (large windows and buffers) — so that a remote fault
 // never queues behind bulk bytes in one TCP stream.
 type Client struct {
@@ -596,7 +596,7 @@ func (l *Lane) Recv() (*wire.Response, error) {
 // WaitInThread makes Recv wait for answers blocked in poll(2) on the
 // calling goroutine's OS thread, which the kernel then wakes directly,
 // instead of in the runtime's network poller: for a goroutine locked to a
-// real-time thread (sched.Urgent) that receives and places demand answers.
+// real-time thread (sched.RealTime) that receives and places demand answers.
 // Call it from the goroutine that calls Recv, before the first Recv; keep
 // another processor free (GOMAXPROCS >= 2), since a thread blocked in a
 // system call holds its processor for a while. Only socket lanes can: it

@@ -95,7 +95,7 @@ func (cl *Client) dialLane(ctx context.Context) (laneConn, error) {
 }
 
 // greetLane takes a connection for a socket lane — one dialled ahead, or a
-// new one — marks it urgent for a demand lane, sends hello with the
+// new one — marks it expedited for a demand lane, sends hello with the
 // client's timeout as the deadline, and returns the lane, its deadline
 // still set, ready for the answer to be read.
 func (cl *Client) greetLane(ctx context.Context, l wire.LaneKind, hello []byte) (*socketLane, error) {
@@ -109,7 +109,7 @@ func (cl *Client) greetLane(ctx context.Context, l wire.LaneKind, hello []byte) 
 		}
 	}
 	if l == wire.LaneDemand {
-		netio.MarkUrgent(c.lc)
+		netio.MarkExpedited(c.lc)
 	}
 	if dl, ok := dctx.Deadline(); ok {
 		_ = c.conn.SetDeadline(dl)

@@ -21,7 +21,7 @@ import (
 // startSplitServer serves o through SplitListener, socket lanes on.
 func startSplitServer(t *testing.T, o server.Options) string {
 	t.Helper()
-	o.DemandSocket, o.BulkSocket, o.UrgentDemand = true, true, true
+	o.DemandSocket, o.BulkSocket, o.RealTimeDemand = true, true, true
 	return serveSplit(t, o)
 }
 

@@ -12,10 +12,10 @@ import (
 )
 
 // budgetWindow is the period over which the demand path's real-time
-// running is bounded (Config.UrgentBudget).
+// running is bounded (Config.RealTimeBudget).
 const budgetWindow = 20 * time.Millisecond
 
-// rtBudget bounds how much CPU time the demand path spends at real-time
+// realTimeBudget bounds how much CPU time the demand path spends at real-time
 // priority. A real-time fault loop serves each fault at once, so a workload
 // that faults back to back from several threads faults again at once: on a
 // small machine the demand path then takes every CPU, the prefetch — ~16×
@@ -30,7 +30,7 @@ const budgetWindow = 20 * time.Millisecond
 // The threads charge the time they were busy (from waking to waiting
 // again); the accounting is approximate across a window's turn, which is
 // harmless.
-type rtBudget struct {
+type realTimeBudget struct {
 	limit int64        // busy ns allowed per window
 	start atomic.Int64 // current window's start, ns since epoch (monotonic)
 	used  atomic.Int64 // busy ns charged in the current window
@@ -43,25 +43,25 @@ type rtBudget struct {
 	afterFunc func(time.Duration, func()) // time.AfterFunc; tests replace it
 }
 
-func newRTBudget(cpus float64) *rtBudget {
+func newRealTimeBudget(cpus float64) *realTimeBudget {
 	if cpus <= 0 {
 		return nil
 	}
-	return &rtBudget{limit: int64(cpus * float64(budgetWindow)), epoch: time.Now(),
+	return &realTimeBudget{limit: int64(cpus * float64(budgetWindow)), epoch: time.Now(),
 		afterFunc: func(d time.Duration, f func()) { time.AfterFunc(d, f) }}
 }
 
 // add registers a demand thread: when a window that ran over its budget
 // ends, the thread is made real-time again even if it sleeps meanwhile (a
 // thread sets its own priority only when it has work).
-func (b *rtBudget) add(th *sched.Thread) {
+func (b *realTimeBudget) add(th *sched.Thread) {
 	b.mu.Lock()
 	b.threads = append(b.threads, th)
 	b.mu.Unlock()
 }
 
 // remove unregisters a demand thread (retiring it) before it ends.
-func (b *rtBudget) remove(th *sched.Thread) {
+func (b *realTimeBudget) remove(th *sched.Thread) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	th.Retire()
@@ -75,7 +75,7 @@ func (b *rtBudget) remove(th *sched.Thread) {
 
 // charge adds busy ns spent by a demand thread, at now (ns since epoch), and
 // reports whether the demand path may run real-time.
-func (b *rtBudget) charge(now, busy int64) bool {
+func (b *realTimeBudget) charge(now, busy int64) bool {
 	if b == nil {
 		return true
 	}
@@ -93,7 +93,7 @@ func (b *rtBudget) charge(now, busy int64) bool {
 
 // renew ends window start if it is still the current one and makes every
 // demand thread real-time again.
-func (b *rtBudget) renew(start int64) {
+func (b *realTimeBudget) renew(start int64) {
 	now := int64(time.Since(b.epoch))
 	if !b.start.CompareAndSwap(start, now) {
 		return // a thread began a new window already
@@ -103,38 +103,38 @@ func (b *rtBudget) renew(start int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, th := range b.threads {
-		th.SetUrgent(true)
+		th.SetRealTime(true)
 	}
 }
 
 // realTime reports whether the demand path runs real-time now.
-func (b *rtBudget) realTime() bool { return b == nil || !b.over.Load() }
+func (b *realTimeBudget) realTime() bool { return b == nil || !b.over.Load() }
 
-// demandPrio is the demand path's priority (Config.UrgentDemand and
-// UrgentBudget).
+// demandPrio is the demand path's priority (Config.RealTimeDemand and
+// RealTimeBudget).
 type demandPrio struct {
-	urgent bool
-	budget *rtBudget // nil: unbounded
-	once   sync.Once
-	log    hclog.Logger
+	realTime bool
+	budget   *realTimeBudget // nil: unbounded
+	once     sync.Once
+	log      hclog.Logger
 }
 
-func newDemandPrio(urgent bool, budget float64, log hclog.Logger) *demandPrio {
-	d := &demandPrio{urgent: urgent, log: log}
-	if urgent {
-		d.budget = newRTBudget(budget)
+func newDemandPrio(realTime bool, budget float64, log hclog.Logger) *demandPrio {
+	d := &demandPrio{realTime: realTime, log: log}
+	if realTime {
+		d.budget = newRealTimeBudget(budget)
 	}
 	return d
 }
 
 // thread makes the calling goroutine's thread real-time where
-// Config.UrgentDemand asks for it and the fault loop waits in poll(2); nil
+// Config.RealTimeDemand asks for it and the fault loop waits in poll(2); nil
 // otherwise.
 func (d *demandPrio) thread() *demandThread {
-	if !d.urgent || runtime.GOMAXPROCS(0) < 2 {
+	if !d.realTime || runtime.GOMAXPROCS(0) < 2 {
 		return nil
 	}
-	th, err := sched.UrgentThread()
+	th, err := sched.RealTimeThread()
 	if err != nil {
 		d.once.Do(func() { d.log.Info("the demand path runs at normal priority", "error", err) })
 	} else if d.budget != nil {
@@ -146,7 +146,7 @@ func (d *demandPrio) thread() *demandThread {
 // demandThread is the OS thread of the fault loop or of the demand
 // receiver, real-time within the budget.
 type demandThread struct {
-	budget *rtBudget
+	budget *realTimeBudget
 	th     *sched.Thread
 	since  time.Time // when it woke
 }
@@ -174,6 +174,6 @@ func (d *demandThread) idle() {
 	}
 	b := d.budget
 	now := time.Now()
-	d.th.SetUrgent(b.charge(int64(now.Sub(b.epoch)), int64(now.Sub(d.since))))
+	d.th.SetRealTime(b.charge(int64(now.Sub(b.epoch)), int64(now.Sub(d.since))))
 	d.since = time.Time{}
 }

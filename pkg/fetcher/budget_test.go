@@ -8,14 +8,14 @@ import (
 // The budget lets the demand path run real-time until its busy time passes
 // the limit within a window, and again from the next window on.
 func TestRTBudget(t *testing.T) {
-	if newRTBudget(0) != nil {
+	if newRealTimeBudget(0) != nil {
 		t.Fatal("a zero budget is a bound")
 	}
-	var unbounded *rtBudget
+	var unbounded *realTimeBudget
 	if !unbounded.charge(0, int64(time.Hour)) || !unbounded.realTime() {
 		t.Fatal("no budget: always real-time")
 	}
-	b := newRTBudget(0.25) // 5 ms of every 20 ms window
+	b := newRealTimeBudget(0.25) // 5 ms of every 20 ms window
 	var armed []func()
 	var armedAfter []time.Duration
 	b.afterFunc = func(d time.Duration, f func()) { armedAfter, armed = append(armedAfter, d), append(armed, f) }

@@ -88,19 +88,19 @@ type Config struct {
 	// slows the bulk path when the workload keeps the same CPUs busy; off
 	// by default (see README, "Tuning").
 	BulkYield bool
-	// UrgentDemand runs the demand path — the fault loop, and the
+	// RealTimeDemand runs the demand path — the fault loop, and the
 	// goroutine that receives and places demand answers — on real-time
-	// threads (sched.Urgent) that the kernel wakes directly (poll(2)), so
+	// threads (sched.RealTime) that the kernel wakes directly (poll(2)), so
 	// that a fault never waits for a CPU behind bulk work. Where the
 	// priority cannot be raised (no CAP_SYS_NICE) they run at normal
 	// priority, logged once. Needs GOMAXPROCS >= 2 (else ignored).
-	UrgentDemand bool
-	// UrgentBudget bounds UrgentDemand: once the demand path's threads
+	RealTimeDemand bool
+	// RealTimeBudget bounds RealTimeDemand: once the demand path's threads
 	// have been busy for more than this many CPUs' time in the current
 	// 20 ms window, they run in the background (nice 10) until it ends, so
 	// that a workload faulting back to back cannot starve the prefetch (see
-	// rtBudget). 0: no bound.
-	UrgentBudget float64
+	// realTimeBudget). 0: no bound.
+	RealTimeBudget float64
 	// ReconnectTimeout bounds how long a broken link may stay broken
 	// (default 2 minutes).
 	ReconnectTimeout time.Duration
@@ -264,7 +264,7 @@ func New(cfg Config) (*Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: %w", err)
 	}
-	prio := newDemandPrio(cfg.UrgentDemand, cfg.UrgentBudget, f.log)
+	prio := newDemandPrio(cfg.RealTimeDemand, cfg.RealTimeBudget, f.log)
 	f.pull = newPuller(f.pages)
 	f.pull.ws, f.pull.record = cfg.WorkingSet, cfg.RecordWorkingSet
 	f.pull.recording.Store(cfg.RecordWorkingSet)

@@ -197,7 +197,7 @@ func newHarnessLanes(t *testing.T, size int64, sockets bool) *harness {
 	}
 	t.Cleanup(func() { img.Close() })
 	srv, err := server.NewServer(server.Options{Image: img,
-		DemandSocket: sockets, BulkSocket: sockets, UrgentDemand: sockets})
+		DemandSocket: sockets, BulkSocket: sockets, RealTimeDemand: sockets})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,11 +345,11 @@ func TestMigrateSeveralRegions(t *testing.T) {
 // With a budget so small that every window runs out of it, the demand
 // threads drop to normal priority and back, and the bulk copies stop being
 // boosted meanwhile: the same.
-func TestMigrateUrgentSocketLanes(t *testing.T) {
+func TestMigrateRealTimeSocketLanes(t *testing.T) {
 	for _, budget := range []float64{0, 0.001} {
 		t.Run(fmt.Sprintf("budget=%v", budget), func(t *testing.T) {
 			h := newHarnessLanes(t, 32<<20, true)
-			m := h.migrate("4k:0x0:16M,4k:0x1000000:8M", Config{Prefetch: true, UrgentDemand: true, UrgentBudget: budget},
+			m := h.migrate("4k:0x0:16M,4k:0x1000000:8M", Config{Prefetch: true, RealTimeDemand: true, RealTimeBudget: budget},
 				"FETCHER_TEST_THREADS=4", "FETCHER_TEST_TOUCH=random")
 			m.check(t)
 			if m.sum.Pages.Bulk == 0 || m.sum.Pages.Demand == 0 {

@@ -531,13 +531,13 @@ func (l *link) bulkPlace(c *conn) error {
 	// With BulkYield, copying runs at a lower CPU priority while demand
 	// answers are awaited, so that the demand path gets a CPU at once.
 	//
-	// With UrgentDemand, each copy runs boosted while it holds the event
-	// lock, which the urgent fault loop may be waiting for.
+	// With RealTimeDemand, each copy runs boosted while it holds the event
+	// lock, which the real-time fault loop may be waiting for.
 	var th, boost *sched.Thread
-	if l.cfg.BulkYield || l.cfg.UrgentDemand {
+	if l.cfg.BulkYield || l.cfg.RealTimeDemand {
 		th = sched.LockThread()
 	}
-	if l.cfg.UrgentDemand {
+	if l.cfg.RealTimeDemand {
 		boost = th
 	}
 	for {

@@ -23,7 +23,7 @@ import (
 //	WaitInThread() bool
 //
 // to wait for answers blocked in the calling goroutine's OS thread, for a
-// demand path on real-time threads (Config.UrgentDemand).
+// demand path on real-time threads (Config.RealTimeDemand).
 type Source interface {
 	// Open opens a session over regions. expect, when not zero, is the
 	// image generation the session must have. Errors match

@@ -77,7 +77,7 @@ func benchServer() {
 		tlsConf = &tls.Config{Certificates: []tls.Certificate{pair}}
 	}
 	srv, err := NewServer(Options{Image: img, DemandSocket: sock, TLS: tlsConf,
-		BulkSocket: sock && os.Getenv("POSTCOPY_BENCH_GRPC_BULK") == "", UrgentDemand: benchUrgent()})
+		BulkSocket: sock && os.Getenv("POSTCOPY_BENCH_GRPC_BULK") == "", RealTimeDemand: benchRealTime()})
 	if err != nil {
 		fail(err)
 	}
@@ -409,15 +409,15 @@ func reportRTT(b *testing.B, ds []time.Duration) {
 	b.ReportMetric(q(0.99), "p99-µs")
 }
 
-// benchUrgent: the demand path runs on real-time threads, as the binaries'
+// benchRealTime: the demand path runs on real-time threads, as the binaries'
 // default --demand-priority rt has it; POSTCOPY_BENCH_DEMAND_PRIORITY=normal
 // measures it without (both processes).
-func benchUrgent() bool { return os.Getenv("POSTCOPY_BENCH_DEMAND_PRIORITY") != "normal" }
+func benchRealTime() bool { return os.Getenv("POSTCOPY_BENCH_DEMAND_PRIORITY") != "normal" }
 
 // demandRTT times b.N one-page demand round trips (request, answer,
 // verify) at random pages of the data half, from a thread of its own that
 // is real-time and reads the lane in its thread (client.Lane.WaitInThread), as
-// the fetcher's demand path does, unless benchUrgent says otherwise.
+// the fetcher's demand path does, unless benchRealTime says otherwise.
 func demandRTT(b *testing.B, sess *client.Session, env *benchEnv) {
 	l, err := sess.Demand(context.Background())
 	if err != nil {
@@ -436,8 +436,8 @@ func demandRTT(b *testing.B, sess *client.Session, env *benchEnv) {
 	go func() {
 		// The goroutine ends locked: its thread, real-time or not, ends too.
 		runtime.LockOSThread()
-		if benchUrgent() {
-			if err := sched.Urgent(); err != nil {
+		if benchRealTime() {
+			if err := sched.RealTime(); err != nil {
 				errc <- err
 				return
 			}

@@ -16,7 +16,7 @@
 // too (Options.TLS; tls.go: SplitListener makes the handshakes and routes
 // by ALPN). A demand
 // socket lane is read and answered by one goroutine — a real-time thread
-// woken by the kernel with Options.UrgentDemand — and a bulk socket lane
+// woken by the kernel with Options.RealTimeDemand — and a bulk socket lane
 // moves a run with one writev from the server's read buffer.
 //
 // # Limits
@@ -28,7 +28,7 @@
 // greeting's time, every length field it sends, the streams of a gRPC
 // connection and the health service's Watch streams (guard.go). After it, a
 // session's lanes (MaxLanesPerSession of each kind), the real-time threads
-// of demand lanes (Options.MaxUrgentLanes), the time a socket lane's write
+// of demand lanes (Options.MaxRealTimeLanes), the time a socket lane's write
 // may block, and the life of a session never used
 // (Options.SessionUnusedTimeout). Session ids are 128 random bits, compared
 // in constant time.

@@ -12,7 +12,7 @@ import (
 // server has no lane left.
 func TestCloseSocketLanesWakesThreadLane(t *testing.T) {
 	ti := makeImage(t, 16*wire.PageSize4K, 1, nil, nil)
-	addr, s := serveSplitServer(t, Options{Image: ti.Img, DemandSocket: true, BulkSocket: true, UrgentDemand: true})
+	addr, s := serveSplitServer(t, Options{Image: ti.Img, DemandSocket: true, BulkSocket: true, RealTimeDemand: true})
 	c := dial(t, addr, client.Options{})
 	ctx := testCtx(t)
 	_, d := openDemand(t, ctx, c, 16*wire.PageSize4K)
@@ -45,10 +45,10 @@ func TestCloseSocketLanesWakesThreadLane(t *testing.T) {
 // demand-only migration sends it nothing) or opened a bulk lane. Those go
 // on serving until their clients close them.
 func TestDrainClosesLanesOfUnstartedSessions(t *testing.T) {
-	for _, urgent := range []bool{false, true} {
-		t.Run(fmt.Sprintf("urgent=%v", urgent), func(t *testing.T) {
+	for _, realTime := range []bool{false, true} {
+		t.Run(fmt.Sprintf("realtime=%v", realTime), func(t *testing.T) {
 			ti := makeImage(t, 16*wire.PageSize4K, 1, nil, nil)
-			addr, s := serveSplitServer(t, Options{Image: ti.Img, DemandSocket: true, BulkSocket: true, UrgentDemand: urgent})
+			addr, s := serveSplitServer(t, Options{Image: ti.Img, DemandSocket: true, BulkSocket: true, RealTimeDemand: realTime})
 			ctx := testCtx(t)
 			ask := func(l *client.Lane, id uint64) error {
 				if err := l.Send(wire.Request{ID: id, Offset: 0, Pages: 1}); err != nil {

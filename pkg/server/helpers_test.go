@@ -72,7 +72,7 @@ func startServer(t testing.TB, o Options, extra ...grpc.ServerOption) *testServe
 // startSplitServer serves o through SplitListener, socket lanes on.
 func startSplitServer(t *testing.T, o Options) string {
 	t.Helper()
-	o.DemandSocket, o.BulkSocket, o.UrgentDemand = true, true, true
+	o.DemandSocket, o.BulkSocket, o.RealTimeDemand = true, true, true
 	return serveSplit(t, o)
 }
 

@@ -57,10 +57,10 @@ const (
 	// together); a destination uses one of each, and briefly two while it
 	// replaces a broken one.
 	MaxLanesPerSession = 8
-	// DefaultMaxUrgentLanes is the default number of demand socket lanes
-	// served on a real-time thread at once (Options.UrgentDemand);
+	// DefaultMaxRealTimeLanes is the default number of demand socket lanes
+	// served on a real-time thread at once (Options.RealTimeDemand);
 	// further ones are served at normal priority.
-	DefaultMaxUrgentLanes = 16
+	DefaultMaxRealTimeLanes = 16
 	// connectionTimeout bounds a gRPC connection's greeting (TLS and
 	// HTTP/2 handshakes), as wire.RouteReadTimeout bounds a socket lane's.
 	connectionTimeout = 10 * time.Second
@@ -106,9 +106,9 @@ type Options struct {
 	// older pending one (pendingConns, guard.go). 0:
 	// DefaultMaxUnauthenticated.
 	MaxUnauthenticated int
-	// MaxUrgentLanes bounds the real-time threads of UrgentDemand; 0:
-	// DefaultMaxUrgentLanes.
-	MaxUrgentLanes int
+	// MaxRealTimeLanes bounds the real-time threads of RealTimeDemand; 0:
+	// DefaultMaxRealTimeLanes.
+	MaxRealTimeLanes int
 	// DemandWorkers bounds the demand requests of one stream read at once;
 	// 0: DefaultDemandWorkers.
 	DemandWorkers int
@@ -129,11 +129,11 @@ type Options struct {
 	// BulkSocket serves and advertises bulk socket lanes
 	// (Capabilities.bulk_socket), likewise.
 	BulkSocket bool
-	// UrgentDemand serves each demand socket lane on a real-time thread
-	// (sched.Urgent) that waits for requests in poll(2): a request then
+	// RealTimeDemand serves each demand socket lane on a real-time thread
+	// (sched.RealTime) that waits for requests in poll(2): a request then
 	// gets a CPU at once, however busy bulk work keeps them. Where the
 	// priority cannot be raised, lanes run at normal priority (logged once).
-	UrgentDemand bool
+	RealTimeDemand bool
 	// WorkingSet, when not empty, is a working set for the image, in the
 	// working-set file format (pkg/workingset, docs/working-set.md): the
 	// server offers it to every client (Capabilities.working_set_bytes)
@@ -152,26 +152,26 @@ type Options struct {
 type Server struct {
 	pb.UnimplementedPageServerServer
 
-	img           image.Image
-	tokenSum      [sha256.Size]byte
-	tokenSet      bool
-	log           hclog.Logger
-	maxDemand     uint32
-	maxBulk       uint32
-	maxSessions   int
-	idleTimeout   time.Duration
-	unusedAfter   time.Duration
-	maxUrgent     int32
-	urgentLanes   atomic.Int32 // demand socket lanes on a real-time thread
-	pending       pendingConns
-	workers       int
-	sockLane      bool
-	bulkSock      bool
-	tlsCreds      credentials.TransportCredentials // Options.TLS; nil: plaintext
-	urgent        bool
-	urgentOnce    sync.Once
-	urgentCapOnce sync.Once
-	lanes         laneSet
+	img             image.Image
+	tokenSum        [sha256.Size]byte
+	tokenSet        bool
+	log             hclog.Logger
+	maxDemand       uint32
+	maxBulk         uint32
+	maxSessions     int
+	idleTimeout     time.Duration
+	unusedAfter     time.Duration
+	maxRealTime     int32
+	realTimeLanes   atomic.Int32 // demand socket lanes on a real-time thread
+	pending         pendingConns
+	workers         int
+	sockLane        bool
+	bulkSock        bool
+	tlsCreds        credentials.TransportCredentials // Options.TLS; nil: plaintext
+	realTime        bool
+	realTimeOnce    sync.Once
+	realTimeCapOnce sync.Once
+	lanes           laneSet
 
 	refusals, refusalsLogged atomic.Uint64 // tokens refused; the count at the last log line
 	refusalLogged            atomic.Int64  // when the last refusal was logged (UnixNano)
@@ -240,11 +240,11 @@ func NewServer(o Options) (*Server, error) {
 		maxSessions: o.MaxSessions,
 		idleTimeout: o.SessionIdleTimeout,
 		unusedAfter: o.SessionUnusedTimeout,
-		maxUrgent:   int32(o.MaxUrgentLanes),
+		maxRealTime: int32(o.MaxRealTimeLanes),
 		workers:     o.DemandWorkers,
 		sockLane:    o.DemandSocket,
 		bulkSock:    o.BulkSocket,
-		urgent:      o.UrgentDemand,
+		realTime:    o.RealTimeDemand,
 		bulkYield:   o.BulkYield,
 		workingSet:  slices.Clone(o.WorkingSet),
 		noWarm:      o.NoWarm,
@@ -276,8 +276,8 @@ func NewServer(o Options) (*Server, error) {
 	if s.unusedAfter <= 0 {
 		s.unusedAfter = DefaultSessionUnusedTimeout
 	}
-	if s.maxUrgent <= 0 {
-		s.maxUrgent = DefaultMaxUrgentLanes
+	if s.maxRealTime <= 0 {
+		s.maxRealTime = DefaultMaxRealTimeLanes
 	}
 	s.pending.max = o.MaxUnauthenticated
 	if s.pending.max <= 0 {
@@ -821,7 +821,7 @@ func (s *Server) check(sess *session, l wire.LaneKind, req wire.Request) (uint32
 	return r.PageSize, nil
 }
 
-// Demand serves the urgent lane. A receiving goroutine reads requests and
+// Demand serves the demand lane. A receiving goroutine reads requests and
 // hands each to an idle worker of the stream (started as needed, at most
 // DemandWorkers, then reused: a hand-off to a parked goroutine costs less
 // than starting one, BenchmarkDemandRTT), which reads the run and sends the

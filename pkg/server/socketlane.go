@@ -260,7 +260,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 	defer s.lanes.remove(c)
 	tlsLane := c != net.Conn(lc)
 	if l == wire.LaneDemand {
-		netio.MarkUrgent(lc)
+		netio.MarkExpedited(lc)
 	}
 	br := bufio.NewReaderSize(c, 4096)
 	var sess *session
@@ -308,20 +308,20 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			return
 		}
 	}
-	if l == wire.LaneDemand && s.urgent {
+	if l == wire.LaneDemand && s.realTime {
 		// A real-time thread, woken by the kernel when a request arrives,
 		// reads it, reads the page and writes the answer: at most
-		// maxUrgent of them, further lanes are served like bulk ones.
-		if s.urgentLanes.Add(1) > s.maxUrgent {
-			s.urgentLanes.Add(-1)
-			s.urgentCapOnce.Do(func() {
+		// maxRealTime of them, further lanes are served like bulk ones.
+		if s.realTimeLanes.Add(1) > s.maxRealTime {
+			s.realTimeLanes.Add(-1)
+			s.realTimeCapOnce.Do(func() {
 				s.log.Info("more demand lanes than real-time threads permitted: the others run at normal priority",
-					"max_urgent_lanes", s.maxUrgent)
+					"max_realtime_lanes", s.maxRealTime)
 			})
 		} else {
-			defer s.urgentLanes.Add(-1)
-			if err := sched.Urgent(); err != nil {
-				s.urgentOnce.Do(func() { s.log.Info("demand lanes run at normal priority", "error", err) })
+			defer s.realTimeLanes.Add(-1)
+			if err := sched.RealTime(); err != nil {
+				s.realTimeOnce.Do(func() { s.log.Info("demand lanes run at normal priority", "error", err) })
 			}
 			if err := lc.Detach(); err == nil {
 				if !s.lanes.detached(c) {

@@ -282,8 +282,8 @@ func TestAttackManyDemandLanes(t *testing.T) {
 		}
 		r.Release()
 	}
-	if n := realtimeThreads(t, srv.Pid()); n > server.DefaultMaxUrgentLanes {
-		t.Errorf("pageserver has %d real-time threads for %d lanes, want at most %d", n, len(lanes), server.DefaultMaxUrgentLanes)
+	if n := realtimeThreads(t, srv.Pid()); n > server.DefaultMaxRealTimeLanes {
+		t.Errorf("pageserver has %d real-time threads for %d lanes, want at most %d", n, len(lanes), server.DefaultMaxRealTimeLanes)
 	}
 }
 

@@ -10,12 +10,12 @@ import (
 // Real-time (SCHED_FIFO) priorities: the threads that serve faults above
 // a boosted thread (Thread.Boost), both above every normal thread.
 const (
-	UrgentPriority = 2
-	BoostPriority  = 1
+	RealTimePriority = 2
+	BoostPriority    = 1
 )
 
-// Urgent locks the calling goroutine to its OS thread and makes that thread
-// real-time (SCHED_FIFO, UrgentPriority), so that when the kernel wakes it —
+// RealTime locks the calling goroutine to its OS thread and makes that thread
+// real-time (SCHED_FIFO, RealTimePriority), so that when the kernel wakes it —
 // a fault to read, a page request or answer arriving — it runs at once
 // instead of waiting for a time slice behind bulk work: on a machine whose
 // CPUs the background copy keeps busy, that wait is most of a remote fault's
@@ -29,9 +29,9 @@ const (
 // It returns an error where the priority may not be raised (no
 // CAP_SYS_NICE, or a container without real-time runtime); the thread then
 // stays locked at normal priority, which is correct, only slower.
-func Urgent() error {
+func RealTime() error {
 	runtime.LockOSThread()
-	if err := setSched(0, unix.SCHED_FIFO, UrgentPriority, 0); err != nil {
+	if err := setSched(0, unix.SCHED_FIFO, RealTimePriority, 0); err != nil {
 		return fmt.Errorf("sched: real-time priority for the demand path: %w", err)
 	}
 	return nil
@@ -50,12 +50,12 @@ func setSched(tid int, policy, priority uint32, nice int32) error {
 
 // Boost makes the thread real-time (SCHED_FIFO, BoostPriority) until
 // Unboost: priority inheritance done by hand, for a normal thread that holds
-// what an urgent thread may wait for. The bulk placer holds the fetcher's
+// what a real-time thread may wait for. The bulk placer holds the fetcher's
 // event lock for each copy; the fault loop needs that lock to read the next
 // fault, and a demand answer's copy waits behind the fault loop. A normal
 // thread preempted while holding the lock — for a time slice, milliseconds,
 // on CPUs shared with the workload — stalls every fault behind it. Boosted,
-// the copies run to their end; urgent threads still preempt them. Keep
+// the copies run to their end; real-time threads still preempt them. Keep
 // boosted sections short (the fetcher boosts one bulk run's placement,
 // about 0.4 ms a MiB) and free of spinning. Where the priority cannot be raised it
 // stops trying and returns false.
@@ -88,59 +88,59 @@ func (t *Thread) Unboost() {
 	}
 }
 
-// UrgentThread is Urgent returning the thread, whose goroutine may then
-// lower it to normal priority and raise it again (Thread.SetUrgent). The
+// RealTimeThread is RealTime returning the thread, whose goroutine may then
+// lower it to normal priority and raise it again (Thread.SetRealTime). The
 // error says why the thread could not be made real-time; the Thread is
 // returned locked either way.
-func UrgentThread() (*Thread, error) {
-	err := Urgent()
-	t := &Thread{tid: unix.Gettid(), canRaise: true, urgent: err == nil}
+func RealTimeThread() (*Thread, error) {
+	err := RealTime()
+	t := &Thread{tid: unix.Gettid(), canRaise: true, realTime: err == nil}
 	if err != nil {
 		t.noBoost = true
 	}
 	return t, err
 }
 
-// SetUrgent makes the thread real-time (SCHED_FIFO, UrgentPriority) or, off,
-// a background one (SCHED_NORMAL at nice BackgroundNice): urgent work that
+// SetRealTime makes the thread real-time (SCHED_FIFO, RealTimePriority) or, off,
+// a background one (SCHED_NORMAL at nice BackgroundNice): demand work that
 // has had its share of the CPUs yields them to background work. It makes a
 // system call only when that changes, and reports whether the thread is
 // real-time now. It is a no-op on a nil Thread and on one that could not be
 // made real-time.
 //
 // Unlike the Thread's other methods, it may be called from any goroutine.
-func (t *Thread) SetUrgent(on bool) bool {
+func (t *Thread) SetRealTime(on bool) bool {
 	if t == nil {
 		return false
 	}
-	t.urgentMu.Lock()
-	defer t.urgentMu.Unlock()
+	t.realTimeMu.Lock()
+	defer t.realTimeMu.Unlock()
 	if t.noBoost {
 		return false
 	}
-	if on == t.urgent {
+	if on == t.realTime {
 		return on
 	}
 	policy, prio, nice := uint32(unix.SCHED_NORMAL), uint32(0), int32(BackgroundNice)
 	if on {
-		policy, prio, nice = unix.SCHED_FIFO, UrgentPriority, 0
+		policy, prio, nice = unix.SCHED_FIFO, RealTimePriority, 0
 	}
 	if err := setSched(t.tid, policy, prio, nice); err != nil {
 		t.noBoost = true
-		return t.urgent
+		return t.realTime
 	}
-	t.urgent = on
+	t.realTime = on
 	return on
 }
 
-// Retire ends SetUrgent for good (it becomes a no-op): call it before the
+// Retire ends SetRealTime for good (it becomes a no-op): call it before the
 // thread's goroutine returns, since another goroutine may still call
-// SetUrgent, and a thread's id may be given to a new thread once it ends.
+// SetRealTime, and a thread's id may be given to a new thread once it ends.
 func (t *Thread) Retire() {
 	if t == nil {
 		return
 	}
-	t.urgentMu.Lock()
+	t.realTimeMu.Lock()
 	t.noBoost = true
-	t.urgentMu.Unlock()
+	t.realTimeMu.Unlock()
 }

@@ -10,25 +10,25 @@ import (
 	"github.com/postcopy/postcopy/internal/testutil"
 )
 
-// isUrgent reports whether the calling thread runs at real-time priority.
-func isUrgent() bool {
+// isRealTime reports whether the calling thread runs at real-time priority.
+func isRealTime() bool {
 	a, err := unix.SchedGetAttr(0, 0)
 	return err == nil && a.Policy == unix.SCHED_FIFO
 }
 
-// Urgent makes the calling thread, and only it, real-time; threads it
+// RealTime makes the calling thread, and only it, real-time; threads it
 // creates would start normal (SCHED_FLAG_RESET_ON_FORK).
-func TestUrgent(t *testing.T) {
+func TestRealTime(t *testing.T) {
 	if os.Geteuid() != 0 {
 		// Without CAP_SYS_NICE it must say so and leave the thread normal.
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			if err := Urgent(); err == nil {
-				t.Error("Urgent succeeded without CAP_SYS_NICE")
+			if err := RealTime(); err == nil {
+				t.Error("RealTime succeeded without CAP_SYS_NICE")
 			}
-			if isUrgent() {
-				t.Error("the thread is real-time after a failed Urgent")
+			if isRealTime() {
+				t.Error("the thread is real-time after a failed RealTime")
 			}
 		}()
 		<-done
@@ -48,8 +48,8 @@ func TestUrgent(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := Urgent(); err != nil {
-			t.Errorf("Urgent as root: %v", err)
+		if err := RealTime(); err != nil {
+			t.Errorf("RealTime as root: %v", err)
 			return
 		}
 		a, err := unix.SchedGetAttr(0, 0)
@@ -57,9 +57,9 @@ func TestUrgent(t *testing.T) {
 			t.Error(err)
 			return
 		}
-		if a.Policy != unix.SCHED_FIFO || a.Priority != UrgentPriority || a.Flags&unix.SCHED_FLAG_RESET_ON_FORK == 0 {
-			t.Errorf("after Urgent: policy %d priority %d flags %#x, want SCHED_FIFO %d with reset-on-fork",
-				a.Policy, a.Priority, a.Flags, UrgentPriority)
+		if a.Policy != unix.SCHED_FIFO || a.Priority != RealTimePriority || a.Flags&unix.SCHED_FLAG_RESET_ON_FORK == 0 {
+			t.Errorf("after RealTime: policy %d priority %d flags %#x, want SCHED_FIFO %d with reset-on-fork",
+				a.Policy, a.Priority, a.Flags, RealTimePriority)
 		}
 		if a, err := unix.SchedGetAttr(otherTid, 0); err != nil || a.Policy != unix.SCHED_NORMAL {
 			t.Errorf("another thread's policy %+v %v, want SCHED_NORMAL", a, err)
@@ -70,7 +70,7 @@ func TestUrgent(t *testing.T) {
 	<-done
 }
 
-// Boost raises the locked thread to real-time below urgent threads, and
+// Boost raises the locked thread to real-time below real-time threads, and
 // Unboost brings it back to normal at the nice value Defer set.
 func TestBoost(t *testing.T) {
 	testutil.RequireRoot(t)
@@ -89,8 +89,8 @@ func TestBoost(t *testing.T) {
 			return
 		}
 		a, err := unix.SchedGetAttr(th.tid, 0)
-		if err != nil || a.Policy != unix.SCHED_FIFO || a.Priority != BoostPriority || BoostPriority >= UrgentPriority {
-			t.Errorf("boosted: %+v %v, want SCHED_FIFO %d (below %d)", a, err, BoostPriority, UrgentPriority)
+		if err != nil || a.Policy != unix.SCHED_FIFO || a.Priority != BoostPriority || BoostPriority >= RealTimePriority {
+			t.Errorf("boosted: %+v %v, want SCHED_FIFO %d (below %d)", a, err, BoostPriority, RealTimePriority)
 		}
 		th.Unboost()
 		a, err = unix.SchedGetAttr(th.tid, 0)
@@ -101,34 +101,34 @@ func TestBoost(t *testing.T) {
 	<-done
 }
 
-// SetUrgent moves a thread from UrgentThread between real-time and
+// SetRealTime moves a thread from RealTimeThread between real-time and
 // background (normal policy at nice BackgroundNice).
-func TestSetUrgent(t *testing.T) {
+func TestSetRealTime(t *testing.T) {
 	testutil.RequireRoot(t)
 	var nilThread *Thread
-	if nilThread.SetUrgent(true) {
+	if nilThread.SetRealTime(true) {
 		t.Error("a nil Thread became real-time")
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		th, err := UrgentThread()
+		th, err := RealTimeThread()
 		if err != nil {
-			t.Errorf("UrgentThread as root: %v", err)
+			t.Errorf("RealTimeThread as root: %v", err)
 			return
 		}
 		for _, on := range []bool{true, false, false, true} {
-			if got := th.SetUrgent(on); got != on {
-				t.Errorf("SetUrgent(%v) = %v", on, got)
+			if got := th.SetRealTime(on); got != on {
+				t.Errorf("SetRealTime(%v) = %v", on, got)
 			}
 			a, err := unix.SchedGetAttr(0, 0)
 			want := uint32(unix.SCHED_NORMAL)
 			if on {
 				want = unix.SCHED_FIFO
 			}
-			if err != nil || a.Policy != want || on && a.Priority != UrgentPriority || !on && a.Nice != BackgroundNice ||
+			if err != nil || a.Policy != want || on && a.Priority != RealTimePriority || !on && a.Nice != BackgroundNice ||
 				a.Flags&unix.SCHED_FLAG_RESET_ON_FORK == 0 {
-				t.Errorf("after SetUrgent(%v): %+v %v", on, a, err)
+				t.Errorf("after SetRealTime(%v): %+v %v", on, a, err)
 			}
 		}
 	}()
