@@ -314,6 +314,8 @@ func BenchmarkLoadedFaults(b *testing.B) {
 			s.add("resident_s", r.residentS())
 			s.add("handler_p99_us", r.sum.FaultLatencyS.P99*1e6)
 			s.add("handler_idle_p99_us", idle.sum.FaultLatencyS.P99*1e6)
+			s.add("handler_faults_on_bulk", float64(r.sum.FaultsOnBulk))
+			s.add("handler_faults", float64(r.sum.Faults))
 		}
 		s.report(b)
 	})
