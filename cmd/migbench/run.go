@@ -77,7 +77,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.methodsFlag, "methods", defaultMethods, "migration methods of each run, comma separated: postcopy, stopcopy, hybrid (warm the destination while the source runs, then post-copy what changed)")
 	fs.DurationVar(&c.lead, "lead", 3*time.Second, "how long the source workload runs before any migration work: the switchover, or the hybrid's warm-up start (at least 1.5s: the last second is its reference rate)")
 	fs.DurationVar(&c.warmup, "warmup", 0, "the hybrid's warm-up: how long pagefetcher --warm copies the memory while the source runs (default: until the pages changed per round stop shrinking)")
-	fs.StringVar(&c.hybridArgs, "hybrid-args", "", "extra arguments for the hybrid's pagefetcher, after --warm and --fetcher-args (e.g. \"--warm-rate 200M\")")
+	fs.StringVar(&c.hybridArgs, "hybrid-args", "", "extra arguments for the hybrid's pagefetcher, after --warm and --fetcher-args (e.g. \"--warm-rate 200e6\": bytes per second)")
 	fs.DurationVar(&c.post, "post", 2*time.Second, "how long the destination runs after the last page is resident")
 	fs.DurationVar(&c.tcpDuration, "tcp-duration", 2*time.Second, "duration of the TCP bandwidth baseline")
 	fs.StringVar(&c.binDir, "bin", "", "directory of pageserver and pagefetcher (default: beside migbench, else $PATH)")
