@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,6 +82,13 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		return err
 	}
 	up.warm = startWarmup(ctx, c, up, out, log)
+	if up.warm != nil && os.Getenv("GOMEMLIMIT") == "" {
+		// The warm-up's cache is a mapping of the guest's size, outside the
+		// Go heap; what the heap may add on top (answers in flight, their
+		// buffers) is kept to warmHeapLimit by the collector, so that peak
+		// RSS stays within the guest's size plus a bounded overhead.
+		debug.SetMemoryLimit(warmHeapLimit)
+	}
 	var reg prometheus.Registerer // nil: no metrics
 	if c.metricsAddr != "" {
 		r := metrics.NewRegistry()
@@ -144,3 +152,8 @@ func demandRate(flag float64) float64 {
 	}
 	return flag
 }
+
+// warmHeapLimit is the Go runtime's soft memory limit with a warm-up (see
+// serve): well under the 64 MiB of overhead README's "Hybrid migration"
+// allows beside the cache.
+const warmHeapLimit = 40 << 20
