@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math/bits"
 	"sort"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -34,8 +33,6 @@ type cache struct {
 	digests []uint64      // per page; 0: no copy held
 	held    []uint64      // bit per page: a copy is held
 	pages   uint64
-
-	released atomic.Uint64 // pages given back to the kernel
 }
 
 // cacheRegion is [Offset, Offset+Length) of the image, its first page the
@@ -153,9 +150,9 @@ func (c *cache) release(i, n uint64) {
 	if n == 0 || c.mem == nil {
 		return
 	}
-	if err := unix.Madvise(c.bytes(i, n), unix.MADV_DONTNEED); err == nil {
-		c.released.Add(n)
-	}
+	// A release that fails keeps the pages' memory until the mapping goes
+	// at the end; nothing else depends on it.
+	_ = unix.Madvise(c.bytes(i, n), unix.MADV_DONTNEED)
 }
 
 // nextHeld returns the first page in [from, to) whose held bit is want.

@@ -118,6 +118,15 @@ func (cf *confirmer) wants(a *pagestate.Area, p uint64) bool {
 		cf.cache.heldAt(a.Offset+p*cachePage)
 }
 
+// ride puts page p of region at the head of the confirm order
+// (prefetch.Policy.Ride): a fault rides the warm lane there.
+func (cf *confirmer) ride(region int, p uint64) {
+	cf.mu.Lock()
+	cf.policy.Ride(region, p)
+	cf.mu.Unlock()
+	cf.poke()
+}
+
 // hint makes page p of region the confirm order's newest hint: a fault
 // waits there.
 func (cf *confirmer) hint(region int, p uint64) {
@@ -145,16 +154,22 @@ func (cf *confirmer) done(region int, p, n uint64) {
 // lost hands the runs in flight back to the confirm order (their
 // connection broke), those nobody else brings.
 func (cf *confirmer) lost() {
-	var buf [8]pagestate.PageRange
 	cf.mu.Lock()
 	defer cf.mu.Unlock()
 	for id, b := range cf.inflight {
 		delete(cf.inflight, id)
-		for _, pr := range cf.pages.Unclaimed(cf.pages.Areas()[b.Area], b.Page, uint64(b.Pages), buf[:0]) {
-			cf.policy.Requeue(prefetch.Run{Region: b.Area, Page: pr.First, Pages: uint32(pr.N)})
-		}
+		cf.requeueLocked(b)
 	}
 	cf.flowing.Store(false)
+}
+
+// requeueLocked hands the pages of run b that nobody else brings back to
+// the confirm order; cf.mu is held.
+func (cf *confirmer) requeueLocked(b pagestate.BulkRun) {
+	var buf [8]pagestate.PageRange
+	for _, pr := range cf.pages.Unclaimed(cf.pages.Areas()[b.Area], b.Page, uint64(b.Pages), buf[:0]) {
+		cf.policy.Requeue(prefetch.Run{Region: b.Area, Page: pr.First, Pages: uint32(pr.N)})
+	}
 }
 
 // late reports whether a confirm request outstanding was sent before limit.
@@ -283,7 +298,13 @@ func (l *link) confirmSend(c *conn, lane WarmLane) error {
 		cf.mu.Lock()
 		want := confirmWindow - len(cf.inflight)
 		runs = runs[:0]
-		if want > 0 {
+		switch {
+		case want <= 0:
+		case l.pull.recording.Load():
+			// The record phase (link.recordPhase): only a working set in
+			// use, so that every page the VMM touches faults.
+			runs = cf.policy.NextFirst(want, runs)
+		default:
 			runs = cf.policy.Next(want, runs)
 		}
 		reqs := make([]WarmRequest, 0, len(runs))
@@ -348,8 +369,9 @@ func (l *link) confirmRecv(c *conn, lane WarmLane) error {
 			l.log.Warn("confirm answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
 			resp.Release()
 			cf.mu.Lock()
-			cf.policy.Requeue(prefetch.Run{Region: b.Area, Page: b.Page, Pages: b.Pages})
+			cf.requeueLocked(b)
 			cf.mu.Unlock()
+			l.rideAgain() // a rider's page was in the run: its ride is gone
 			cf.poke()
 			continue
 		}

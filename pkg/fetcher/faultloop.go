@@ -170,9 +170,13 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 			f.stats.dupFaults.Add(1)
 		case pagestate.FaultRide:
 			f.stats.rides.Add(1)
-			f.pull.ride(pg.A.Index, pg.P, true)
 			if cached {
-				cf.hint(pg.A.Index, pg.P)
+				// The bulk policy has no such page: the confirm order
+				// brings it.
+				cf.ride(pg.A.Index, pg.P)
+				f.pull.note(pg.A.Index, pg.P)
+			} else {
+				f.pull.ride(pg.A.Index, pg.P, true)
 			}
 		}
 		return nil
@@ -199,7 +203,11 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 		f.link.sendDemand(req)
 		f.pull.faulted(req.Area, req.Page)
 		if cached {
+			// The demand request brings it (and is sent again after a
+			// reconnect): the confirm order need not; its neighbours
+			// come next.
 			cf.hint(req.Area, req.Page)
+			cf.done(req.Area, req.Page, 1)
 		}
 	}
 	return nil

@@ -467,6 +467,9 @@ func (l *link) recordPhase(ctx context.Context) {
 	defer func() {
 		l.pull.recording.Store(false)
 		l.pull.poke()
+		if l.confirm != nil {
+			l.confirm.poke()
+		}
 	}()
 	for {
 		since := time.Since(l.cfg.HandoffAt)
@@ -590,9 +593,10 @@ func (l *link) finishBulk(c *conn, id uint64, requeue bool) {
 // most.
 func (l *link) rideAgain() {
 	for _, pg := range l.pages.Riding(nil) {
-		l.pull.ride(pg.A.Index, pg.P, false)
-		if l.confirm.wants(pg.A, pg.P) {
-			l.confirm.hint(pg.A.Index, pg.P)
+		if cf := l.confirm; cf.wants(pg.A, pg.P) {
+			cf.ride(pg.A.Index, pg.P) // the bulk policy has no such page
+		} else {
+			l.pull.ride(pg.A.Index, pg.P, false)
 		}
 	}
 }

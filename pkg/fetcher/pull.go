@@ -102,11 +102,25 @@ func (u *puller) faulted(region int, p uint64) {
 func (u *puller) ride(region int, p uint64, first bool) {
 	u.mu.Lock()
 	u.policy.Ride(region, p)
-	if first && u.record {
-		u.firstFaults = append(u.firstFaults, faultedPage{Region: region, Page: p})
+	if first {
+		u.noteLocked(region, p)
 	}
 	u.mu.Unlock()
 	u.poke()
+}
+
+// note keeps page p of region, faulted on, for a working set being
+// recorded.
+func (u *puller) note(region int, p uint64) {
+	u.mu.Lock()
+	u.noteLocked(region, p)
+	u.mu.Unlock()
+}
+
+func (u *puller) noteLocked(region int, p uint64) {
+	if u.record {
+		u.firstFaults = append(u.firstFaults, faultedPage{Region: region, Page: p})
+	}
 }
 
 // useWorkingSet gives the policy the working set's pages that lie in the

@@ -75,8 +75,9 @@ type rider struct {
 	link  *link
 	stats *counters
 
-	// The bulk lane's rate, sampled every rateEvery from the bytes
-	// received (bytes per ns; 0 until the first sample).
+	// The bulk lane's rate, sampled every rateEvery from the memory its
+	// answers covered — in the unit of BulkInFlight, zero pages included
+	// (bytes per ns; 0 until the first sample).
 	lastAt    time.Duration
 	lastBytes uint64
 	rate      float64
@@ -114,7 +115,7 @@ func (r *rider) sample(t time.Duration) {
 	if t-r.lastAt < rateEvery {
 		return
 	}
-	b := r.stats.bytes.Load()
+	b := r.stats.bulkMem.Load()
 	if r.lastAt > 0 {
 		r.rate = float64(b-r.lastBytes) / float64(t-r.lastAt)
 	}

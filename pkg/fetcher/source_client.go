@@ -93,4 +93,4 @@ func (s clientSession) Warm(ctx context.Context) (WarmLane, error) {
 
 // Freeze tells the server that the handoff has come; a source process that
 // still runs is ErrSourceRunning.
-func (s clientSession) Freeze(ctx context.Context) error { return freezeError(s.Session.Freeze(ctx)) }
+func (s clientSession) Freeze(ctx context.Context) error { return s.Session.Freeze(ctx) }

@@ -19,6 +19,7 @@ type counters struct {
 	faults    atomic.Uint64
 	dupFaults atomic.Uint64
 	rides     atomic.Uint64 // faults that rode the bulk lane
+	bulkMem   atomic.Uint64 // memory bytes the bulk lane's answers covered (zero pages too)
 	crcErrors atomic.Uint64
 	reconns   atomic.Uint64
 	blockNS   atomic.Int64
@@ -48,6 +49,7 @@ func (c *counters) waited(latency, block time.Duration) {
 
 // bulkRun notes a checked bulk answer covering n bytes of memory.
 func (c *counters) bulkRun(n uint64) {
+	c.bulkMem.Add(n)
 	if c.bulkRunBytes != nil {
 		c.bulkRunBytes.Observe(float64(n))
 	}
@@ -176,6 +178,9 @@ func (f *Fetcher) summary() *Summary {
 	s.FirstPageMS = float64(c.firstPage.Load()) / 1e6
 	s.Reconnects = c.reconns.Load()
 	s.ChecksumErrors = c.crcErrors.Load()
+	if w := f.cfg.Warmup; w != nil {
+		s.ChecksumErrors += w.crcErrors.Load() // the warm-up's, asked again too
+	}
 	s.Pages.Confirmed = f.pages.Count(pagestate.ViaConfirmed)
 	if w := f.cfg.Warmup; w != nil {
 		s.WarmRounds, s.WarmSeconds = uint64(w.rounds), w.elapsed().Seconds()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -90,7 +91,7 @@ type Warmup struct {
 	lane      WarmLane // its warm lane, or nil
 	link      *warmLink
 	nextID    uint64
-	crcErrors uint64
+	crcErrors atomic.Uint64 // answers that failed their checksum, asked again
 }
 
 // warmWindow is the number of warm requests in flight.
@@ -179,13 +180,6 @@ func endSession(sess Session, log hclog.Logger) {
 	if err := sess.Done(ctx, DoneTotals{}); err != nil {
 		log.Debug("ending the warm-up's session", "error", err)
 	}
-}
-
-// Rounds returns the rounds done so far: valid once the warm-up has
-// stopped (Run, Close).
-func (w *Warmup) Rounds() int {
-	<-w.done
-	return w.rounds
 }
 
 // stop stops the warm-up and waits for its loop: the cache is then
@@ -468,7 +462,7 @@ func (w *Warmup) serve(ctx context.Context, plan *[]warmRun, inflight map[uint64
 				return err
 			}
 			if again != nil {
-				w.crcErrors++
+				w.crcErrors.Add(1)
 				*plan = append([]warmRun{*again}, *plan...)
 			}
 		case <-waitC:
