@@ -560,7 +560,10 @@ func (l *Lane) Send(r wire.Request) error {
 		err = l.stream.SendMsg(&r)
 	}
 	l.sendMu.Unlock()
-	if err == io.EOF || err != nil && l.closed.Load() {
+	switch {
+	case err == nil:
+		return nil // the demand path: no error text built per request
+	case err == io.EOF || l.closed.Load():
 		return io.EOF
 	}
 	return wire.FromStatus(l.kind.String()+" send", err)
@@ -589,6 +592,14 @@ func (l *Lane) Recv() (*wire.Response, error) {
 	if err := r.Check(); err != nil {
 		r.Release()
 		return nil, fmt.Errorf("transport: %s recv: %w", l.kind, err)
+	}
+	for _, sg := range r.Segments {
+		if sg.Same {
+			// Only a Warm answer may say "same": a demand or bulk
+			// answer has no copy to refer to.
+			r.Release()
+			return nil, fmt.Errorf("transport: %s recv: a \"same\" segment: %w", l.kind, wire.ErrMalformed)
+		}
 	}
 	return r, nil
 }

@@ -197,8 +197,13 @@ func (s *Server) Freeze(ctx context.Context, req *pb.FreezeRequest) (*pb.FreezeR
 	state := "-"
 	if p, ok := s.img.(image.Process); ok {
 		st, err := processState(p.PID())
-		if err != nil {
+		switch {
+		case errors.Is(err, errExited):
 			return nil, s.sourceGone(fmt.Errorf("pid:%d: %w", p.PID(), err))
+		case err != nil:
+			// Not an answer about the process (EACCES, EMFILE, ...): no
+			// reason, so the client may try again.
+			return nil, status.Errorf(codes.Internal, "freeze: reading the state of pid:%d: %v", p.PID(), err)
 		}
 		state = stateName(st)
 		if st != 'T' && st != 't' {
@@ -214,13 +219,16 @@ func (s *Server) Freeze(ctx context.Context, req *pb.FreezeRequest) (*pb.FreezeR
 	return &pb.FreezeResponse{}, nil
 }
 
+// errExited: the source process exited (processState).
+var errExited = errors.New("process exited")
+
 // processState reads the state letter of /proc/PID/stat (field 3, after
 // the command name in parentheses, which may itself hold parentheses). A
 // process that exited (no such entry, a zombie or a dead one) is an error.
 func processState(pid int) (byte, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if errors.Is(err, fs.ErrNotExist) {
-		return 0, errors.New("process exited")
+		return 0, errExited
 	}
 	if err != nil {
 		return 0, err
@@ -231,7 +239,7 @@ func processState(pid int) (byte, error) {
 	}
 	st := b[r+2]
 	if st == 'Z' || st == 'X' || st == 'x' {
-		return 0, fmt.Errorf("process exited (state %s)", stateName(st))
+		return 0, fmt.Errorf("%w (state %s)", errExited, stateName(st))
 	}
 	return st, nil
 }

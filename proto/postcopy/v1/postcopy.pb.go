@@ -349,7 +349,7 @@ type Capabilities struct {
 	// page_sizes are the page sizes a Region may declare (4096, 2097152).
 	PageSizes []uint32 `protobuf:"varint,6,rep,packed,name=page_sizes,json=pageSizes,proto3" json:"page_sizes,omitempty"`
 	// demand_socket: the server also serves the Demand lane as a plain
-	// socket lane on the same port (plaintext servers only): a TCP
+	// socket lane on the same port (over TLS too, told apart by ALPN: pkg/wire's doc.go): a TCP
 	// connection carrying the Demand stream's messages, each prefixed with
 	// its length. A gRPC stream costs a remote fault several goroutine
 	// hand-offs on each side; the socket lane is read and answered by one
@@ -357,7 +357,7 @@ type Capabilities struct {
 	// frames) is specified once, in pkg/wire's doc.go ("Socket lanes").
 	DemandSocket bool `protobuf:"varint,7,opt,name=demand_socket,json=demandSocket,proto3" json:"demand_socket,omitempty"`
 	// bulk_socket: the server also serves the Bulk lane as a socket lane
-	// (plaintext servers only; framing: pkg/wire's doc.go). gRPC cuts every
+	// (over TLS too; framing: pkg/wire's doc.go). gRPC cuts every
 	// message into 16 KiB HTTP/2 frames and copies it through its own
 	// buffers on both sides, which halves bulk throughput here; on a socket
 	// lane a run's bytes are written from the server's read buffer with one
