@@ -256,17 +256,24 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	defer cancel()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	defer func() {
+		signal.Stop(sigs)
+		close(done) // the watcher below returns: run may be called again (tests)
+	}()
 	go func() {
-		s, ok := <-sigs
-		if !ok {
+		select {
+		case s := <-sigs:
+			fmt.Fprintf(stderr, "migbench: %v: stopping and cleaning up (again to exit at once)\n", s)
+			cancel()
+		case <-done:
 			return
 		}
-		fmt.Fprintf(stderr, "migbench: %v: stopping and cleaning up (again to exit at once)\n", s)
-		cancel()
-		if _, ok := <-sigs; ok {
+		select {
+		case <-sigs:
 			cleanupNow()
 			os.Exit(130)
+		case <-done:
 		}
 	}()
 
@@ -275,7 +282,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
-		fmt.Fprintf(stderr, "migbench: %v\n", err)
+		// One line, as every binary's usage error (README, "Versions and
+		// help"): several bad flags are joined.
+		fmt.Fprintf(stderr, "migbench: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 		return 2
 	}
 	progress := stderr

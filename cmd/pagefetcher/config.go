@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -174,9 +173,10 @@ func (c *config) validate() error {
 	}
 	if c.recordWorkingSet != "" {
 		// Written at the end, next to where it goes: its directory must
-		// be there from the start.
-		if fi, err := os.Stat(filepath.Dir(c.recordWorkingSet)); err != nil || !fi.IsDir() {
-			bad("--record-working-set %q: its directory is missing or not a directory", c.recordWorkingSet)
+		// be there, and writable, from the start (a set that cannot be
+		// written would be lost after the whole migration).
+		if err := cli.CheckOutputFile("record-working-set", c.recordWorkingSet); err != nil {
+			bad("%v", err)
 		}
 	}
 	for _, d := range []struct {

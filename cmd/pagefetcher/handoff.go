@@ -36,9 +36,12 @@ func (h *handoff) close() {
 // logged and the wait goes on. A signal now has nothing to drain: it ends
 // the run (exit 9), as --handoff-timeout does.
 func awaitHandoff(ctx context.Context, c *config, lis *handshake.Listener, sigs *daemon.Signals, log hclog.Logger) (*handoff, error) {
-	hctx, hcancel := context.WithCancel(ctx)
+	var hctx context.Context
+	var hcancel context.CancelFunc
 	if c.handoffTimeout > 0 {
 		hctx, hcancel = context.WithTimeout(ctx, c.handoffTimeout)
+	} else {
+		hctx, hcancel = context.WithCancel(ctx)
 	}
 	defer hcancel()
 	type accepted struct {
@@ -55,7 +58,7 @@ func awaitHandoff(ctx context.Context, c *config, lis *handshake.Listener, sigs 
 			if hctx.Err() == context.DeadlineExceeded {
 				return nil, cli.Exitf(exitForced, "no VMM handed over within --handoff-timeout %v", c.handoffTimeout)
 			}
-			return nil, cli.Exitf(exitHandoff, "handoff: %v", a.err)
+			return nil, cli.Exitf(exitError, "handoff: %v", a.err)
 		}
 		ho = a.h
 	case s := <-sigs.C:
@@ -70,7 +73,7 @@ func awaitHandoff(ctx context.Context, c *config, lis *handshake.Listener, sigs 
 	if err != nil {
 		unix.Close(ho.FD)
 		ho.Conn.Close()
-		return nil, cli.Exitf(exitHandoff, "handoff: %v", err)
+		return nil, cli.Exitf(exitError, "handoff: %v", err)
 	}
 	h := &handoff{conn: ho.Conn, fd: fd, cred: ho.Cred, at: at, regions: make([]fetcher.Region, len(ho.Regions))}
 	for i, r := range ho.Regions {

@@ -84,10 +84,17 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	up.warm = startWarmup(ctx, c, up, out, log)
 	if up.warm != nil && os.Getenv("GOMEMLIMIT") == "" {
 		// The warm-up's cache is a mapping of the guest's size, outside the
-		// Go heap; what the heap may add on top (answers in flight, their
-		// buffers) is kept to warmHeapLimit by the collector, so that peak
-		// RSS stays within the guest's size plus a bounded overhead.
-		debug.SetMemoryLimit(warmHeapLimit)
+		// Go heap; what the heap may add on top is kept by the collector
+		// to what a migration holds live — the runs in flight (twice the
+		// bulk window: the bulk lane's and the warm or confirm lane's) and
+		// the working set's list — plus warmHeapLimit, so that peak RSS
+		// stays within the guest's size plus a bounded overhead, and the
+		// collector never runs for want of room.
+		limit := warmHeapLimit + 2*int64(c.bulkWindow)*int64(c.bulkRunBytes)
+		if up.ws != nil {
+			limit += 16 * int64(len(up.ws.Pages))
+		}
+		debug.SetMemoryLimit(limit)
 	}
 	var reg prometheus.Registerer // nil: no metrics
 	if c.metricsAddr != "" {
@@ -128,7 +135,10 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	})
 	if err != nil {
 		up.close(log)
-		return cli.Exitf(exitHandoff, "handoff: %w", err)
+		if errors.Is(err, fetcher.ErrLayout) {
+			return cli.Exitf(exitHandoff, "handoff: %w", err)
+		}
+		return cli.Exitf(exitError, "handoff: %w", err)
 	}
 	// The fetcher owns the source and the session opened ahead from here.
 	return supervise(ctx, f, c, sigs, out, stderr, log, func() {
@@ -153,7 +163,8 @@ func demandRate(flag float64) float64 {
 	return flag
 }
 
-// warmHeapLimit is the Go runtime's soft memory limit with a warm-up (see
-// serve): well under the 64 MiB of overhead README's "Hybrid migration"
-// allows beside the cache.
+// warmHeapLimit is the part of the Go runtime's soft memory limit with a
+// warm-up that is not runs in flight (see serve): with the default window
+// (8 runs of 1 MiB) the limit is 56 MiB, under the 64 MiB of overhead
+// README's "Hybrid migration" allows beside the cache.
 const warmHeapLimit = 40 << 20

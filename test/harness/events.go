@@ -23,8 +23,8 @@ func CheckSummary(s *events.Migration, totalPages uint64) []string {
 		bad = append(bad, fmt.Sprintf("pages.total %d, want %d", p.Total, totalPages))
 	}
 	if a := p.Accounted(); a != p.Total {
-		bad = append(bad, fmt.Sprintf("demand %d + bulk %d + zero %d + removed %d + unmapped %d = %d, want pages.total %d",
-			p.Demand, p.Bulk, p.Zero, p.Removed, p.Unmapped, a, p.Total))
+		bad = append(bad, fmt.Sprintf("demand %d + bulk %d + zero %d + removed %d + unmapped %d + confirmed %d = %d, want pages.total %d",
+			p.Demand, p.Bulk, p.Zero, p.Removed, p.Unmapped, p.Confirmed, a, p.Total))
 	}
 	if s.Faults < p.Demand {
 		bad = append(bad, fmt.Sprintf("%d faults but %d pages on demand", s.Faults, p.Demand))
