@@ -989,6 +989,25 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 // flight, and gRPC's writer sends one answer while the next is read. Reads
 // yield to demand work (see demandGate).
 func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
+	send := func(rb *runBuf, req wire.Request, ps uint32) error { return s.sendRun(stream, rb, req, ps) }
+	var req wire.Request
+	return s.bulkStream(stream, &req, func(ctx context.Context, sess *session, yield func()) error {
+		ps, err := s.check(sess, wire.LaneBulk, req)
+		if err != nil {
+			return err
+		}
+		yield()
+		return s.serve(ctx, sess, wire.LaneBulk, req, ps, send)
+	})
+}
+
+// bulkStream serves a stream that counts as a bulk lane of its session
+// (Bulk, Warm): each message received into msg is answered by each, in
+// order. With BulkYield, each calls yield once its request is checked: the
+// reading and checksumming that follow run at a lower CPU priority while
+// demand requests come, so that the next one gets a CPU at once
+// (internal/sched); otherwise at full speed.
+func (s *Server) bulkStream(stream grpc.ServerStream, msg any, each func(ctx context.Context, sess *session, yield func()) error) error {
 	sess, err := s.streamSession(stream.Context(), wire.LaneBulk)
 	if err != nil {
 		return err
@@ -998,29 +1017,18 @@ func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 		return status.Error(codes.Unavailable, "the server is stopping")
 	}
 	ctx := stream.Context()
-	// With BulkYield, reading and checksumming runs at a lower CPU
-	// priority while demand requests come, so that the next one gets a
-	// CPU at once (internal/sched); otherwise at full speed.
-	var th *sched.Thread
+	yield := func() {}
 	if s.bulkYield {
-		th = sched.LockThread()
+		th := sched.LockThread()
+		yield = func() { th.Defer(s.gate.recent(demandBurst)) }
 	}
-	send := func(rb *runBuf, req wire.Request, ps uint32) error { return s.sendRun(stream, rb, req, ps) }
 	for {
-		var req wire.Request
-		if err := stream.RecvMsg(&req); err == io.EOF {
+		if err := stream.RecvMsg(msg); err == io.EOF {
 			return nil
 		} else if err != nil {
 			return err
 		}
-		ps, err := s.check(sess, wire.LaneBulk, req)
-		if err != nil {
-			return err
-		}
-		if th != nil {
-			th.Defer(s.gate.recent(demandBurst))
-		}
-		if err := s.serve(ctx, sess, wire.LaneBulk, req, ps, send); err != nil {
+		if err := each(ctx, sess, yield); err != nil {
 			return err
 		}
 	}

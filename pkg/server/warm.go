@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"sync"
@@ -51,22 +50,8 @@ func (s *Server) Warm(stream pb.PageServer_WarmServer) error {
 	if s.noWarm {
 		return errWarmOff
 	}
-	sess, err := s.streamSession(stream.Context(), wire.LaneBulk)
-	if err != nil {
-		return err
-	}
-	defer sess.detach(wire.LaneBulk)
-	if !s.lanes.startSession(sess) {
-		return status.Error(codes.Unavailable, "the server is stopping")
-	}
-	ctx := stream.Context()
 	var req pb.WarmRequest
-	for {
-		if err := stream.RecvMsg(&req); err == io.EOF {
-			return nil
-		} else if err != nil {
-			return err
-		}
+	return s.bulkStream(stream, &req, func(ctx context.Context, sess *session, yield func()) error {
 		if sess.ended.Load() {
 			return status.Error(codes.NotFound, "session ended")
 		}
@@ -75,10 +60,9 @@ func (s *Server) Warm(stream pb.PageServer_WarmServer) error {
 		if err != nil {
 			return err
 		}
-		if err := s.serveWarm(ctx, sess, &req, r.PageSize, stream); err != nil {
-			return err
-		}
-	}
+		yield()
+		return s.serveWarm(ctx, sess, &req, r.PageSize, stream)
+	})
 }
 
 // serveWarm reads one validated Warm request's run and sends its answer:
