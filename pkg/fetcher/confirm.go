@@ -346,6 +346,7 @@ func (l *link) confirmSend(c *conn, lane WarmLane) error {
 // confirmRecv places the confirm answers as they arrive.
 func (l *link) confirmRecv(c *conn, lane WarmLane) error {
 	cf := l.confirm
+	pt := l.newPlaceThread() // placed like bulk answers: the same copies, the same lock
 	for {
 		resp, err := lane.Recv()
 		if err != nil {
@@ -375,7 +376,10 @@ func (l *link) confirmRecv(c *conn, lane WarmLane) error {
 			cf.poke()
 			continue
 		}
+		th := pt.next()
+		th.Boost()
 		err = cf.placeAnswer(b, resp)
+		th.Unboost()
 		resp.Release()
 		if err != nil {
 			l.life.fail(err)

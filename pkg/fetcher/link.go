@@ -531,18 +531,7 @@ func (l *link) bulkRecv(c *conn) error {
 
 // bulkPlace places checked bulk answers with DONTWAKE copies.
 func (l *link) bulkPlace(c *conn) error {
-	// With BulkYield, copying runs at a lower CPU priority while demand
-	// answers are awaited, so that the demand path gets a CPU at once.
-	//
-	// With RealTimeDemand, each copy runs boosted while it holds the event
-	// lock, which the real-time fault loop may be waiting for.
-	var th, boost *sched.Thread
-	if l.cfg.BulkYield || l.cfg.RealTimeDemand {
-		th = sched.LockThread()
-	}
-	if l.cfg.RealTimeDemand {
-		boost = th
-	}
+	pt := l.newPlaceThread()
 	for {
 		var resp *Response
 		select {
@@ -557,15 +546,8 @@ func (l *link) bulkPlace(c *conn) error {
 				}
 			}
 		}
-		if l.cfg.BulkYield {
-			th.Defer(l.pages.Outstanding() > 0)
-		}
 		id := resp.ID
-		b := boost
-		if !l.prio.budget.realTime() {
-			b = nil // the demand path is past its budget, in the background: no inversion to avoid
-		}
-		err := l.place.placeResponse(resp, false, b)
+		err := l.place.placeResponse(resp, false, pt.next())
 		resp.Release()
 		if err != nil {
 			l.life.fail(err)
@@ -573,6 +555,42 @@ func (l *link) bulkPlace(c *conn) error {
 		}
 		l.finishBulk(c, id, false)
 	}
+}
+
+// placeThread is the thread of a goroutine that places bulk-kind answers
+// (bulkPlace, the confirm pass's confirmRecv). With BulkYield, copying
+// runs at a lower CPU priority while demand answers are awaited, so that
+// the demand path gets a CPU at once. With RealTimeDemand, each answer is
+// placed boosted, since its copies hold the event lock, which the
+// real-time fault loop may be waiting for.
+type placeThread struct {
+	l         *link
+	th, boost *sched.Thread
+}
+
+// newPlaceThread locks the calling goroutine to its thread where either
+// setting asks for it.
+func (l *link) newPlaceThread() placeThread {
+	pt := placeThread{l: l}
+	if l.cfg.BulkYield || l.cfg.RealTimeDemand {
+		pt.th = sched.LockThread()
+	}
+	if l.cfg.RealTimeDemand {
+		pt.boost = pt.th
+	}
+	return pt
+}
+
+// next sets the thread's priority for the next answer and returns the
+// thread to boost while placing it (nil: none).
+func (pt placeThread) next() *sched.Thread {
+	if pt.l.cfg.BulkYield {
+		pt.th.Defer(pt.l.pages.Outstanding() > 0)
+	}
+	if !pt.l.prio.budget.realTime() {
+		return nil // the demand path is past its budget, in the background: no inversion to avoid
+	}
+	return pt.boost
 }
 
 // finishBulk ends a bulk request; with requeue its run goes back to the
