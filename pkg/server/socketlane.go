@@ -308,6 +308,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			return
 		}
 	}
+	var rtTh *sched.Thread
 	if l == wire.LaneDemand && s.realTime {
 		// A real-time thread, woken by the kernel when a request arrives,
 		// reads it, reads the page and writes the answer: at most
@@ -320,7 +321,8 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			})
 		} else {
 			defer s.realTimeLanes.Add(-1)
-			if err := sched.RealTime(); err != nil {
+			var err error
+			if rtTh, err = sched.RealTimeThread(); err != nil {
 				s.realTimeOnce.Do(func() { s.log.Info("demand lanes run at normal priority", "error", err) })
 			}
 			if err := lc.Detach(); err == nil {
@@ -394,7 +396,22 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		return netio.WriteBounded(lc, bufs, &group, limit)
 	}
 	frame := make([]byte, wire.MaxRequestFrame)
+	spinFD, spin := -1, time.Duration(0)
+	if l == wire.LaneDemand {
+		if fd, ok := lc.PollFD(); ok {
+			spinFD, spin = fd, netio.SpinTime()
+		}
+	}
 	for used := false; ; used = true {
+		if spin > 0 && used && br.Buffered() == 0 {
+			// A real-time thread must not spin: it would keep its CPU
+			// from the workload. It spins at background priority.
+			lowered := rtTh != nil && !rtTh.SetRealTime(false)
+			netio.SpinReadable(spinFD, spin)
+			if lowered {
+				rtTh.SetRealTime(true)
+			}
+		}
 		var hdr [4]byte
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return // the client closed the lane
