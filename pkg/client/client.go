@@ -557,7 +557,7 @@ func (l *Lane) Send(r wire.Request) error {
 		}
 		err = l.sock.send(r)
 	} else {
-		err = l.stream.SendMsg(&r)
+		err = l.sendStream(r)
 	}
 	l.sendMu.Unlock()
 	switch {
@@ -568,6 +568,11 @@ func (l *Lane) Send(r wire.Request) error {
 	}
 	return wire.FromStatus(l.kind.String()+" send", err)
 }
+
+// sendStream sends r on the gRPC stream. Apart from Send, so that only this
+// path moves r to the heap (SendMsg takes it as an interface), not a
+// socket lane's.
+func (l *Lane) sendStream(r wire.Request) error { return l.stream.SendMsg(&r) }
 
 // Recv returns the next answer, in any order relative to the requests. It
 // returns io.EOF when the stream ended cleanly (after CloseSend, once every

@@ -402,6 +402,10 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			spinFD, spin = fd, netio.SpinTime()
 		}
 	}
+	// Kept across requests: each would escape to the heap (io.ReadFull and
+	// Codec.Unmarshal take interfaces).
+	var hdr [4]byte
+	var req wire.Request
 	for used := false; ; used = true {
 		if spin > 0 && used && br.Buffered() == 0 {
 			// A real-time thread must not spin: it would keep its CPU
@@ -412,7 +416,6 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 				rtTh.SetRealTime(true)
 			}
 		}
-		var hdr [4]byte
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return // the client closed the lane
 		}
@@ -427,7 +430,6 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		if _, err := io.ReadFull(br, frame[:n]); err != nil {
 			return
 		}
-		var req wire.Request
 		if err := (wire.Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(frame[:n])}, &req); err != nil {
 			s.sendErrorFrame(c, status.Errorf(codes.InvalidArgument, "%v", err))
 			return
