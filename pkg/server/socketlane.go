@@ -407,9 +407,12 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 	var hdr [4]byte
 	var req wire.Request
 	for used := false; ; used = true {
-		if spin > 0 && used && br.Buffered() == 0 {
+		if spin > 0 && used && br.Buffered() == 0 && s.bulkBusy.Load() == 0 {
 			// A real-time thread must not spin: it would keep its CPU
-			// from the workload. It spins at background priority.
+			// from the workload. It spins at background priority — and
+			// not while bulk work runs: preempted by it, a thread
+			// spinning at nice 10 waits for a CPU long after its spin
+			// ended, and reads the next request late.
 			lowered := rtTh != nil && !rtTh.SetRealTime(false)
 			netio.SpinReadable(spinFD, spin)
 			if lowered {
@@ -443,7 +446,9 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			if th != nil {
 				th.Defer(s.gate.recent(demandBurst))
 			}
+			s.bulkBusy.Add(1)
 			err = s.serve(ctx, sess, l, req, ps, send)
+			s.bulkBusy.Add(-1)
 		}
 		if err != nil {
 			s.sendErrorFrame(c, err)
