@@ -37,7 +37,10 @@ type puller struct {
 	wsLog   hclog.Logger // set with used, until the set is handed out
 	wsStart time.Time
 	wsRuns  []prefetch.Run // the set's runs, for the confirm pass's order
-	record  bool
+	// handedRuns and handedPages count the runs (the set's and any other)
+	// handed out until the set was, for the log.
+	handedRuns, handedPages uint64
+	record                  bool
 	// recording: the record phase (link.recordPhase) is on: the bulk lane
 	// brings only the working set in use, and no fault rides.
 	recording   atomic.Bool
@@ -229,14 +232,20 @@ func (u *puller) done(region int, p, n uint64) {
 func (u *puller) next(want int, runs []prefetch.Run) []prefetch.Run {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	n := len(runs)
 	if u.recording.Load() {
 		runs = u.policy.NextFirst(want, runs)
 	} else {
 		runs = u.policy.Next(want, runs)
 	}
-	if u.wsLog != nil && !u.policy.InFirst() {
-		u.wsLog.Debug("working set handed out", "after", time.Since(u.wsStart))
-		u.wsLog = nil
+	if u.wsLog != nil {
+		for _, r := range runs[n:] {
+			u.handedRuns, u.handedPages = u.handedRuns+1, u.handedPages+uint64(r.Pages)
+		}
+		if !u.policy.InFirst() {
+			u.wsLog.Debug("working set handed out", "after", time.Since(u.wsStart), "runs", u.handedRuns, "pages", u.handedPages)
+			u.wsLog = nil
+		}
 	}
 	return runs
 }

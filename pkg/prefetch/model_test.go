@@ -16,7 +16,7 @@ type model struct {
 	hints    []hint // newest last
 	sweep    int
 	first    []Run  // First's runs, as given (not coalesced)
-	rides    []hint // oldest first
+	rides    []ride // oldest first
 }
 
 type mregion struct {
@@ -81,8 +81,35 @@ func (m *model) anyPending(r int, p uint64) bool {
 	return false
 }
 
+// group returns the first of First's runs left that holds page p of region
+// r, with the runs coalesced as Next coalesces them: the index of the
+// group's first run in m.first, and the group's end.
+func (m *model) group(r int, p uint64) (at int, end uint64, ok bool) {
+	for i := 0; i < len(m.first); {
+		g := m.first[i]
+		start, e := g.Page, g.Page+uint64(g.Pages)
+		k := i + 1
+		for k < len(m.first) && m.first[k].Region == g.Region && m.first[k].Page == e {
+			e += uint64(m.first[k].Pages)
+			k++
+		}
+		if g.Region == r && start <= p && p < e {
+			return i, e, true
+		}
+		i = k
+	}
+	return 0, 0, false
+}
+
 func (m *model) fault(r int, p uint64) {
-	if m.maxHints < 0 || r < 0 || r >= len(m.regions) || p >= uint64(len(m.regions[r].pending)) {
+	if r < 0 || r >= len(m.regions) || p >= uint64(len(m.regions[r].pending)) {
+		return
+	}
+	// A fault in First's runs moves them on to the run that holds it.
+	if at, _, ok := m.group(r, p); ok {
+		m.first = m.first[at:]
+	}
+	if m.maxHints < 0 {
 		return
 	}
 	m.hints = slices.DeleteFunc(m.hints, func(h hint) bool { return h.region == r && h.page == p })
@@ -100,9 +127,15 @@ func (m *model) ride(r int, p uint64) {
 		return
 	}
 	m.fault(r, p)
-	if !slices.Contains(m.rides, hint{r, p}) {
-		m.rides = append(m.rides, hint{r, p})
+	if slices.ContainsFunc(m.rides, func(x ride) bool { return x.hint == hint{r, p} }) {
+		return
 	}
+	// A ride in First's runs leads a run to the end of the run holding it.
+	x := ride{hint: hint{r, p}}
+	if _, end, ok := m.group(r, p); ok {
+		x.hi = end
+	}
+	m.rides = append(m.rides, x)
 }
 
 func (m *model) done(r int, p, n uint64) {
@@ -134,12 +167,19 @@ func (m *model) next(max int) []Run {
 	if m.count() == 0 {
 		return nil // nothing pending: no change at all, hints included
 	}
-	// Rides, oldest first: the pending pages from the ridden page to the
-	// end of its fault window.
+	// Rides, oldest first, of pages still pending: the pending pages from
+	// the ridden page to the end of its fault window, or of First's run
+	// that held it.
 	for len(m.rides) > 0 && len(out) < max {
 		h := m.rides[0]
 		size := uint64(len(m.regions[h.region].pending))
 		hi := h.page + 1 + min(m.after, size-h.page-1)
+		if h.hi != 0 {
+			hi = h.hi
+		}
+		if !m.regions[h.region].pending[h.page] {
+			hi = h.page // nothing: the page is on its way, or there
+		}
 		for q := h.page; q < hi && len(out) < max; q++ {
 			if m.regions[h.region].pending[q] {
 				run := m.runAt(h.region, q, hi)

@@ -25,6 +25,7 @@ package prefetch
 import (
 	"fmt"
 	"math/bits"
+	"sort"
 
 	"github.com/postcopy/postcopy/internal/zeromem"
 )
@@ -90,12 +91,30 @@ type Policy struct {
 	sweep   int
 	pending uint64
 	// first holds the working set's runs (First); firstAt is the one Next
-	// serves next.
+	// serves next. byPage indexes first by region and page, for jump.
 	first   []Run
 	firstAt int
+	byPage  []firstRef
 	// rides holds the pages that faulted threads wait on with no request
 	// of their own (Ride), oldest first: served before everything else.
-	rides []hint
+	rides []ride
+}
+
+// firstRef is run at of First's runs, pages [page, end) of region, found
+// by its region and page; reach is the largest end of the region's runs up
+// to this one in that order.
+type firstRef struct {
+	region    int
+	page, end uint64
+	reach     uint64
+	at        int
+}
+
+// ride is a page a thread waits on (Ride); hi, when not 0, ends the run
+// it leads (a working set's run) instead of the window after it.
+type ride struct {
+	hint
+	hi uint64
 }
 
 type region struct {
@@ -186,8 +205,19 @@ func (p *Policy) IsPending(region int, page uint64) bool {
 // no pending page, is ignored; a repeated fault at the same page only moves
 // that hint to the front. When MaxHints hints are held, the oldest is
 // dropped.
+//
+// A fault on a page of a working set's run (First) not handed out yet also
+// moves the working set on to that run: the workload has got there, so the
+// runs before it that are still pending are the ones it skipped (they stay
+// pending, for the sweep), and those after it are the ones it needs next.
 func (p *Policy) Fault(region int, page uint64) {
-	if p.maxHints == 0 || region < 0 || region >= len(p.regions) || page >= p.regions[region].pages {
+	if region < 0 || region >= len(p.regions) || page >= p.regions[region].pages {
+		return
+	}
+	if at, ok := p.firstRun(region, page); ok && at > p.firstAt {
+		p.firstAt = at
+	}
+	if p.maxHints == 0 {
 		return
 	}
 	for i, h := range p.hints {
@@ -217,6 +247,12 @@ func (p *Policy) Fault(region int, page uint64) {
 // ride is never evicted: there is one per waiting thread at most. The page
 // is also a fault hint (Fault). A page outside the layout is ignored; one
 // ridden already is not queued twice.
+//
+// The run a ride leads is the window after the page (Config.After), unless
+// the page lies in a working set's run (First): then it ends with that run.
+// The set says what the workload needs next — the runs after it, which the
+// ride moves the set on to (Fault) — and a window of pages it does not
+// name, brought ahead of them, would only delay them.
 func (p *Policy) Ride(region int, page uint64) {
 	if region < 0 || region >= len(p.regions) || page >= p.regions[region].pages {
 		return
@@ -227,7 +263,36 @@ func (p *Policy) Ride(region int, page uint64) {
 			return
 		}
 	}
-	p.rides = append(p.rides, hint{region: region, page: page})
+	r := ride{hint: hint{region: region, page: page}}
+	if at, ok := p.firstRun(region, page); ok {
+		f := p.first[at]
+		r.hi = f.Page + uint64(f.Pages)
+	}
+	p.rides = append(p.rides, r)
+}
+
+// firstRun returns the index in First's runs of the first one that holds
+// page of region and that Next has not finished handing out (at or after
+// firstAt), if any.
+func (p *Policy) firstRun(region int, page uint64) (int, bool) {
+	if len(p.first) == 0 {
+		return 0, false
+	}
+	// Back from the last run starting at or before the page, while an
+	// earlier one may still reach it: runs may overlap where two offsets
+	// of a set fall in one larger page of the layout.
+	k := sort.Search(len(p.byPage), func(k int) bool {
+		b := p.byPage[k]
+		return b.region > region || b.region == region && b.page > page
+	}) - 1
+	best := -1
+	for ; k >= 0 && p.byPage[k].region == region && p.byPage[k].reach > page; k-- {
+		b := p.byPage[k]
+		if page < b.end && b.at >= p.firstAt && (best < 0 || b.at < best) {
+			best = b.at
+		}
+	}
+	return best, best >= 0
 }
 
 // Done marks pages [page, page+n) of a region as no longer needed from the
@@ -294,7 +359,24 @@ func (p *Policy) First(runs []Run) error {
 		}
 		out = append(out, r)
 	}
-	p.first, p.firstAt = out, 0
+	p.first, p.firstAt, p.byPage = out, 0, nil
+	if len(out) > 0 {
+		p.byPage = make([]firstRef, len(out))
+		for i, r := range out {
+			p.byPage[i] = firstRef{region: r.Region, page: r.Page, end: r.Page + uint64(r.Pages), at: i}
+		}
+		sort.Slice(p.byPage, func(a, b int) bool {
+			x, y := p.byPage[a], p.byPage[b]
+			return x.region < y.region || x.region == y.region && (x.page < y.page || x.page == y.page && x.at < y.at)
+		})
+		for k := range p.byPage {
+			b := &p.byPage[k]
+			b.reach = b.end
+			if k > 0 && p.byPage[k-1].region == b.region {
+				b.reach = max(b.end, p.byPage[k-1].reach)
+			}
+		}
+	}
 	return nil
 }
 
@@ -325,7 +407,12 @@ func (p *Policy) Next(max int, out []Run) []Run {
 		h := p.rides[0]
 		rs := &p.regions[h.region]
 		_, hi := p.window(rs, h.page)
-		out, n = p.emit(h.region, h.page, hi, max, n, out)
+		if h.hi != 0 {
+			hi = h.hi
+		}
+		if p.IsPending(h.region, h.page) {
+			out, n = p.emit(h.region, h.page, hi, max, n, out)
+		}
 		// The rider's own page leads the run; the rest of its window
 		// follows with the fault hints.
 		p.rides = p.rides[1:]
@@ -390,7 +477,7 @@ func (p *Policy) nextFirst(max, n int, out []Run) ([]Run, int) {
 		p.firstAt++
 	}
 	if p.firstAt == len(p.first) {
-		p.first, p.firstAt = nil, 0
+		p.first, p.firstAt, p.byPage = nil, 0, nil
 	}
 	return out, n
 }
