@@ -13,6 +13,7 @@ type model struct {
 	before   uint64
 	after    uint64
 	maxHints int
+	gap      uint64
 	hints    []hint // newest last
 	sweep    int
 	first    []Run  // First's runs, as given (not coalesced)
@@ -26,7 +27,7 @@ type mregion struct {
 }
 
 func newModel(regions []Region, cfg Config) *model {
-	m := &model{before: cfg.Before, after: cfg.After, maxHints: cfg.MaxHints}
+	m := &model{before: cfg.Before, after: cfg.After, maxHints: cfg.MaxHints, gap: cfg.SweepGap}
 	if m.before == 0 && m.after == 0 {
 		m.before, m.after = DefaultBefore, DefaultAfter
 	}
@@ -162,6 +163,33 @@ func (m *model) runAt(r int, s, end uint64) Run {
 	return Run{Region: r, Page: s, Pages: uint32(e - s)}
 }
 
+// sweepRun hands out the sweep's run from pending page s of region r: to
+// the first page not pending, on across up to m.gap of them when a pending
+// page follows, at most maxRun pages and up to end.
+func (m *model) sweepRun(r int, s, end uint64) Run {
+	mr := &m.regions[r]
+	lim := min(end, s+mr.maxRun)
+	e := s
+	for e < lim && mr.pending[e] {
+		e++
+	}
+	for m.gap > 0 && e < lim {
+		q := e
+		for q < min(lim, e+m.gap+1) && !mr.pending[q] {
+			q++
+		}
+		if q == min(lim, e+m.gap+1) {
+			break
+		}
+		for e = q; e < lim && mr.pending[e]; e++ {
+		}
+	}
+	for q := s; q < e; q++ {
+		mr.pending[q] = false
+	}
+	return Run{Region: r, Page: s, Pages: uint32(e - s)}
+}
+
 func (m *model) next(max int) []Run {
 	var out []Run
 	if m.count() == 0 {
@@ -242,7 +270,7 @@ func (m *model) next(max int) []Run {
 		for i := uint64(0); i < size; i++ {
 			q := (mr.cursor + i) % size
 			if mr.pending[q] {
-				run := m.runAt(m.sweep, q, size)
+				run := m.sweepRun(m.sweep, q, size)
 				out = append(out, run)
 				mr.cursor = q + uint64(run.Pages)
 				found = true
@@ -275,8 +303,9 @@ func newChecker(regions []Region, cfg Config) *checker {
 	return c
 }
 
-// next checks the runs just handed out by Next(k).
-func (c *checker) next(runs []Run, k int) error {
+// next checks the runs just handed out by Next(k); bridged says that they
+// may hold pages out already (Config.SweepGap).
+func (c *checker) next(runs []Run, k int, bridged bool) error {
 	if len(runs) > k && len(runs) > 0 {
 		return fmt.Errorf("%d runs handed out, max %d", len(runs), k)
 	}
@@ -291,7 +320,7 @@ func (c *checker) next(runs []Run, k int) error {
 			return fmt.Errorf("run %v crosses the end of region %d (%d pages)", r, r.Region, c.regions[r.Region].Pages)
 		}
 		for q := r.Page; q < r.Page+uint64(r.Pages); q++ {
-			if c.out[r.Region][q] {
+			if c.out[r.Region][q] && !bridged {
 				return fmt.Errorf("run %v: page %d handed out twice without a requeue", r, q)
 			}
 			c.out[r.Region][q] = true

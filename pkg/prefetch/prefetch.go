@@ -77,6 +77,15 @@ type Config struct {
 	// first, newest served first). Zero means DefaultMaxHints; a negative
 	// value disables fault hints (a purely sequential sweep).
 	MaxHints int
+	// SweepGap lets a run of the sequential sweep go on across up to this
+	// many consecutive pages that are not pending, when a pending page
+	// follows them within its MaxRunPages: pages brought out of order — a
+	// working set's, a fault's — would otherwise cut the sweep into short
+	// runs (a 5 % working set of single pages, into runs of 20 pages). Such
+	// a run hands out those pages again, whatever became of them: the
+	// caller must take runs that hold pages resident or on their way. 0:
+	// runs stop at the first page not pending.
+	SweepGap uint64
 }
 
 // Policy is the prefetch policy over one layout. Create it with New.
@@ -85,6 +94,7 @@ type Policy struct {
 	before   uint64
 	after    uint64
 	maxHints int
+	sweepGap uint64
 	// hints holds recent faults, oldest first, newest last.
 	hints []hint
 	// sweep is the region the sequential sweep is in.
@@ -158,7 +168,10 @@ func New(regions []Region, cfg Config) (*Policy, error) {
 	if cfg.After > MaxWindow {
 		return nil, fmt.Errorf("prefetch: Config.After %d is over %d", cfg.After, uint64(MaxWindow))
 	}
-	p := &Policy{before: cfg.Before, after: cfg.After, maxHints: cfg.MaxHints, pending: total}
+	if cfg.SweepGap > MaxWindow {
+		return nil, fmt.Errorf("prefetch: Config.SweepGap %d is over %d", cfg.SweepGap, uint64(MaxWindow))
+	}
+	p := &Policy{before: cfg.Before, after: cfg.After, maxHints: cfg.MaxHints, sweepGap: cfg.SweepGap, pending: total}
 	if p.before == 0 && p.after == 0 {
 		p.before, p.after = DefaultBefore, DefaultAfter
 	}
@@ -396,8 +409,10 @@ func (p *Policy) InFirst() bool { return len(p.first) > 0 }
 // region holds no pending page, then moves on to the next (wrapping around
 // from the last region to the first); within a region it continues from
 // where it stopped and wraps once to the region's start, so that requeued
-// pages behind it are found. Runs never cross regions. When nothing is
-// pending or max <= 0, Next returns out unchanged and changes nothing.
+// pages behind it are found; its runs start at a pending page and end at
+// one, across gaps of up to SweepGap pages that are not. Runs never cross
+// regions. When nothing is pending or max <= 0, Next returns out unchanged
+// and changes nothing.
 func (p *Policy) Next(max int, out []Run) []Run {
 	if max <= 0 || p.pending == 0 {
 		return out
@@ -445,7 +460,15 @@ func (p *Policy) Next(max int, out []Run) []Run {
 		if !ok {
 			s, _ = nextPending(rs.taken, 0, rs.cursor)
 		}
-		e := nextTaken(rs.taken, s, min(rs.pages, s+rs.maxRun))
+		lim := min(rs.pages, s+rs.maxRun)
+		e := nextTaken(rs.taken, s, lim)
+		for p.sweepGap > 0 && e < lim {
+			q, ok := nextPending(rs.taken, e, min(lim, e+p.sweepGap+1))
+			if !ok {
+				break
+			}
+			e = nextTaken(rs.taken, q, lim)
+		}
 		out = p.take(p.sweep, s, e, out)
 		n++
 		rs.cursor = e
@@ -506,12 +529,13 @@ func (p *Policy) emit(r int, lo, hi uint64, max, n int, out []Run) ([]Run, int) 
 	return out, n
 }
 
-// take hands out pages [s, e) of region r, all of them pending.
+// take hands out pages [s, e) of region r: pending pages, and with
+// SweepGap some that are not.
 func (p *Policy) take(r int, s, e uint64, out []Run) []Run {
 	rs := &p.regions[r]
-	setRange(rs.taken, s, e)
-	rs.pending -= e - s
-	p.pending -= e - s
+	c := setRange(rs.taken, s, e)
+	rs.pending -= c
+	p.pending -= c
 	return append(out, Run{Region: r, Page: s, Pages: uint32(e - s)})
 }
 
