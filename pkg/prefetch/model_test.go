@@ -83,9 +83,8 @@ func (m *model) anyPending(r int, p uint64) bool {
 }
 
 // group returns the first of First's runs left that holds page p of region
-// r, with the runs coalesced as Next coalesces them: the index of the
-// group's first run in m.first, and the group's end.
-func (m *model) group(r int, p uint64) (at int, end uint64, ok bool) {
+// r, with the runs coalesced as Next coalesces them: the end of the group.
+func (m *model) group(r int, p uint64) (end uint64, ok bool) {
 	for i := 0; i < len(m.first); {
 		g := m.first[i]
 		start, e := g.Page, g.Page+uint64(g.Pages)
@@ -95,22 +94,15 @@ func (m *model) group(r int, p uint64) (at int, end uint64, ok bool) {
 			k++
 		}
 		if g.Region == r && start <= p && p < e {
-			return i, e, true
+			return e, true
 		}
 		i = k
 	}
-	return 0, 0, false
+	return 0, false
 }
 
 func (m *model) fault(r int, p uint64) {
-	if r < 0 || r >= len(m.regions) || p >= uint64(len(m.regions[r].pending)) {
-		return
-	}
-	// A fault in First's runs moves them on to the run that holds it.
-	if at, _, ok := m.group(r, p); ok {
-		m.first = m.first[at:]
-	}
-	if m.maxHints < 0 {
+	if m.maxHints < 0 || r < 0 || r >= len(m.regions) || p >= uint64(len(m.regions[r].pending)) {
 		return
 	}
 	m.hints = slices.DeleteFunc(m.hints, func(h hint) bool { return h.region == r && h.page == p })
@@ -133,7 +125,7 @@ func (m *model) ride(r int, p uint64) {
 	}
 	// A ride in First's runs leads a run to the end of the run holding it.
 	x := ride{hint: hint{r, p}}
-	if _, end, ok := m.group(r, p); ok {
+	if end, ok := m.group(r, p); ok {
 		x.hi = end
 	}
 	m.rides = append(m.rides, x)

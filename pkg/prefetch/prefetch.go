@@ -218,19 +218,8 @@ func (p *Policy) IsPending(region int, page uint64) bool {
 // no pending page, is ignored; a repeated fault at the same page only moves
 // that hint to the front. When MaxHints hints are held, the oldest is
 // dropped.
-//
-// A fault on a page of a working set's run (First) not handed out yet also
-// moves the working set on to that run: the workload has got there, so the
-// runs before it that are still pending are the ones it skipped (they stay
-// pending, for the sweep), and those after it are the ones it needs next.
 func (p *Policy) Fault(region int, page uint64) {
-	if region < 0 || region >= len(p.regions) || page >= p.regions[region].pages {
-		return
-	}
-	if at, ok := p.firstRun(region, page); ok && at > p.firstAt {
-		p.firstAt = at
-	}
-	if p.maxHints == 0 {
+	if p.maxHints == 0 || region < 0 || region >= len(p.regions) || page >= p.regions[region].pages {
 		return
 	}
 	for i, h := range p.hints {
@@ -262,10 +251,10 @@ func (p *Policy) Fault(region int, page uint64) {
 // ridden already is not queued twice.
 //
 // The run a ride leads is the window after the page (Config.After), unless
-// the page lies in a working set's run (First): then it ends with that run.
-// The set says what the workload needs next — the runs after it, which the
-// ride moves the set on to (Fault) — and a window of pages it does not
-// name, brought ahead of them, would only delay them.
+// the page lies in a working set's run (First) not handed out yet: then it
+// ends with that run. The set says what the workload needs next, and a
+// window of pages it does not name, brought ahead of them, would only delay
+// them.
 func (p *Policy) Ride(region int, page uint64) {
 	if region < 0 || region >= len(p.regions) || page >= p.regions[region].pages {
 		return
