@@ -203,31 +203,39 @@ func TestFiguresHybrid(t *testing.T) {
 	}
 }
 
-// warmSettled: the changed set stopped shrinking from round 3 on (round 1
-// held no copy to compare), or nothing changed at all.
-func TestWarmSettled(t *testing.T) {
-	rounds := func(changed ...uint64) []bench.WarmRound {
+// warmStop: after round 1 when the CPUs paced it (it took more than
+// twice the link time); otherwise once a round's changed set did not
+// shrink below 0.7 times the round before's (round 1's: every page), or
+// nothing changed at all.
+func TestWarmStop(t *testing.T) {
+	rounds := func(elapsed float64, changed ...uint64) []bench.WarmRound {
 		var rs []bench.WarmRound
 		for i, c := range changed {
-			rs = append(rs, bench.WarmRound{Round: uint64(i + 1), Pages: 100, Changed: c})
+			rs = append(rs, bench.WarmRound{Round: uint64(i + 1), Pages: 100, Changed: c, ElapsedS: elapsed * float64(i+1)})
 		}
 		return rs
 	}
 	for _, tc := range []struct {
-		changed []uint64
-		want    bool
+		elapsed, linkTime float64
+		changed           []uint64
+		want              string
 	}{
-		{nil, false},
-		{[]uint64{0}, false},
-		{[]uint64{0, 50}, false},
-		{[]uint64{0, 0}, true},
-		{[]uint64{0, 50, 40}, false},
-		{[]uint64{0, 50, 50}, true},
-		{[]uint64{0, 50, 40, 41}, true},
-		{[]uint64{0, 50, 40, 0}, true},
+		{1, 1, nil, ""},
+		{1, 1, []uint64{0}, ""},
+		{1, 0, []uint64{0}, ""}, // link time unknown: go on
+		{2, 1, []uint64{0}, ""}, // the link paced round 1
+		{2.1, 1, []uint64{0}, bench.WarmStopFirst},
+		{2.1, 1, []uint64{0, 60}, bench.WarmStopFirst},
+		{1, 1, []uint64{0, 69}, ""},
+		{1, 1, []uint64{0, 70}, bench.WarmStopSettled},
+		{1, 1, []uint64{0, 0}, bench.WarmStopSettled},
+		{1, 1, []uint64{0, 50, 34}, ""},
+		{1, 1, []uint64{0, 50, 35}, bench.WarmStopSettled},
+		{1, 1, []uint64{0, 50, 20, 19}, bench.WarmStopSettled},
+		{1, 1, []uint64{0, 50, 20, 0}, bench.WarmStopSettled},
 	} {
-		if got := warmSettled(rounds(tc.changed...)); got != tc.want {
-			t.Errorf("warmSettled(%v) = %v, want %v", tc.changed, got, tc.want)
+		if got := warmStop(rounds(tc.elapsed, tc.changed...), tc.linkTime); got != tc.want {
+			t.Errorf("warmStop(%v, round 1 in %v s, link time %v s) = %q, want %q", tc.changed, tc.elapsed, tc.linkTime, got, tc.want)
 		}
 	}
 }
@@ -261,15 +269,27 @@ func TestWarmUp(t *testing.T) {
 	e := testEnv(t, bench.Loopback())
 	e.progress = io.Discard
 
-	// Until the changed set stops shrinking: round 4 changed more than 3
-	// (round 1 may end before the ready line).
+	// Until the changed set stops shrinking clearly: round 3 changed more
+	// than 0.7 times round 2's (round 1 may end before the ready line).
 	w := &warmRun{Start: e.clock.Now()}
-	if err := e.warmUp(t.Context(), fetcher(e, false, round1, ready, `{"event":"progress"}`, round2, round3, round4, round4), w); err != nil {
+	if err := e.warmUp(t.Context(), fetcher(e, false, round1, ready, `{"event":"progress"}`, round2, round3, round4), w); err != nil {
 		t.Fatal(err)
 	}
-	if w.Stop != bench.WarmStopSettled || len(w.Rounds) != 4 || w.Rounds[3].Changed != 655 || w.Rounds[2].ElapsedS != 0.29 {
+	if w.Stop != bench.WarmStopSettled || len(w.Rounds) != 3 || w.Rounds[2].Changed != 650 || w.Rounds[1].ElapsedS != 0.25 {
 		t.Errorf("settled warm-up: %+v", w)
 	}
+
+	// Round 1 took more than twice the link time: the CPUs paced it, and
+	// the warm-up stops after it.
+	e.linkTimeS = 0.1
+	w = &warmRun{Start: e.clock.Now()}
+	if err := e.warmUp(t.Context(), fetcher(e, false, ready, round1, round2), w); err != nil {
+		t.Fatal(err)
+	}
+	if w.Stop != bench.WarmStopFirst || len(w.Rounds) != 1 {
+		t.Errorf("warm-up paced by the CPUs: %+v", w)
+	}
+	e.linkTimeS = 0
 
 	// For --warmup: every round read until it elapsed, however they went.
 	e.c.warmup, e.c.warmupSet = 300*time.Millisecond, true

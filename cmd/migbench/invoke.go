@@ -560,8 +560,8 @@ func (e *env) warmLimit() time.Duration {
 }
 
 // warmUp lets pagefetcher --warm, just started, copy the memory while the
-// source runs: for --warmup, or until the pages changed per round stop
-// shrinking (warmSettled; at most warmLimit). It records each round
+// source runs: for --warmup, or until another round would not pay
+// (warmStop; at most warmLimit). It records each round
 // pagefetcher reports in w, and fails unless pagefetcher said it was ready
 // by then.
 func (e *env) warmUp(ctx context.Context, pf *proc, w *warmRun) (err error) {
@@ -604,24 +604,59 @@ func (e *env) warmUp(ctx context.Context, pf *proc, w *warmRun) (err error) {
 		if wr.Round <= 5 || wr.Round%10 == 0 { // the rest in the JSON's warm_log
 			fmt.Fprintf(e.progress, "migbench:   warm-up round %d: %d pages, %d changed (%.2f s)\n", wr.Round, wr.Pages, wr.Changed, wr.ElapsedS)
 		}
-		if !fixed && warmSettled(w.Rounds) {
-			w.Stop = bench.WarmStopSettled
+		if stop := warmStop(w.Rounds, e.linkTimeS); !fixed && stop != "" {
+			w.Stop = stop
 			return nil
 		}
 	}
 }
 
-// warmSettled says whether a warm-up's changed set stopped shrinking: the
-// last round found nothing changed, or (from round 3, round 1 having held
-// no copy to compare) at least as many changed pages as the round before.
-// Another round would then not leave fewer pages to the post-copy phase.
-func warmSettled(rounds []bench.WarmRound) bool {
+// warmShrink is how much a round's changed set must shrink, against the
+// round before (round 1's counting every page it pulled), for another
+// round to be worth it.
+const warmShrink = 0.7
+
+// warmCPUPaced is how many times the memory's time over the link round 1
+// may take and still count as paced by the link.
+const warmCPUPaced = 2
+
+// warmStop says whether a warm-up should stop after its last round, from
+// the rounds pagefetcher reported and the memory's time over the link
+// (linkTimeS; 0: unknown), and why: "" to go on.
+//
+// A round costs the running source what the copy takes from it: on a link
+// faster than the scan (loopback), the CPUs pace the rounds, each costs the
+// source as much CPU as the first, and the post-copy phase that follows
+// is set by the scan of the whole memory, not by how many pages changed:
+// round 1 is all that pays (libvirt's --postcopy-after-precopy). When round
+// 1 took at most warmCPUPaced times the link time, the link paces it, a
+// round costs the source little, and every page changed at the switch will
+// cross that link: further rounds pay while they shrink the changed set
+// clearly (below warmShrink times the round before's), which, since a
+// round's length follows the pages it brings, also shortens the last one.
+// Nothing changed at all: nothing more to do.
+func warmStop(rounds []bench.WarmRound, linkTimeS float64) string {
 	n := len(rounds)
-	if n < 2 {
-		return false
+	if n == 0 {
+		return ""
 	}
-	last := rounds[n-1].Changed
-	return last == 0 || n >= 3 && last >= rounds[n-2].Changed
+	last := rounds[n-1]
+	switch {
+	case n >= 2 && last.Changed == 0:
+		return bench.WarmStopSettled
+	case linkTimeS > 0 && rounds[0].ElapsedS > warmCPUPaced*linkTimeS:
+		return bench.WarmStopFirst
+	case n < 2:
+		return ""
+	}
+	prev := rounds[n-2].Changed
+	if n == 2 {
+		prev = rounds[0].Pages
+	}
+	if float64(last.Changed) >= warmShrink*float64(prev) {
+		return bench.WarmStopSettled
+	}
+	return ""
 }
 
 // figures computes a migration's figures from what the processes reported:

@@ -326,8 +326,10 @@ func TestMigrationLoopback(t *testing.T) {
 	}
 }
 
-// The three methods side by side, end to end: the hybrid warms until the
-// changed set stops shrinking, and its object has every key post-copy's
+// The three methods side by side, end to end: the hybrid warms until
+// another round would not pay (over loopback the CPUs, not the link, pace
+// round 1, and it stops after it, unless the machine is fast enough for
+// the link to pace it), and its object has every key post-copy's
 // has, its warm-up's, and its work lost from the warm-up's start; every
 // page verified.
 func TestMigrationHybrid(t *testing.T) {
@@ -349,14 +351,17 @@ func TestMigrationHybrid(t *testing.T) {
 			t.Errorf("runs[0].hybrid.%s = %v, want a positive number", k, h[k])
 		}
 	}
-	if h["verified"] != true || h["warm_stop"] != bench.WarmStopSettled || h["lost_work_horizon_s"] != pc["lost_work_horizon_s"] ||
+	if stop := h["warm_stop"]; stop != bench.WarmStopFirst && stop != bench.WarmStopSettled {
+		t.Errorf("hybrid: warm-up stopped by %v, want %s or %s", stop, bench.WarmStopFirst, bench.WarmStopSettled)
+	}
+	if h["verified"] != true || h["lost_work_horizon_s"] != pc["lost_work_horizon_s"] ||
 		h["cost_start_s"].(float64) != -h["warm_s"].(float64) || h["downtime_ms"].(float64) <= 0 {
 		t.Errorf("hybrid: verified %v, warm-up stopped by %v, horizon %v (post-copy's %v), cost start %v, warm-up %v s, downtime %v ms",
 			h["verified"], h["warm_stop"], h["lost_work_horizon_s"], pc["lost_work_horizon_s"], h["cost_start_s"], h["warm_s"], h["downtime_ms"])
 	}
-	// At least three rounds (the changed set compared twice) unless a
-	// round found nothing changed.
-	if rounds, _ := h["warm_log"].([]any); len(rounds) < 2 || float64(len(rounds)) != h["warm_rounds"].(float64) {
+	// One round at least (two when the link paced round 1), reported.
+	rounds, _ := h["warm_log"].([]any)
+	if len(rounds) < 1 || h["warm_stop"] == bench.WarmStopSettled && len(rounds) < 2 || float64(len(rounds)) != h["warm_rounds"].(float64) {
 		t.Errorf("warm log %v, rounds %v", rounds, h["warm_rounds"])
 	}
 	med, ok := got["hybrid"].(map[string]any)

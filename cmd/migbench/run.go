@@ -76,7 +76,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.IntVar(&c.runs, "runs", 1, "repetitions (medians are reported)")
 	fs.StringVar(&c.methodsFlag, "methods", defaultMethods, "migration methods of each run, comma separated: postcopy, stopcopy, hybrid (warm the destination while the source runs, then post-copy what changed)")
 	fs.DurationVar(&c.lead, "lead", 3*time.Second, "how long the source workload runs before any migration work: the switchover, or the hybrid's warm-up start (at least 1.5s: the last second is its reference rate)")
-	fs.DurationVar(&c.warmup, "warmup", 0, "the hybrid's warm-up: how long pagefetcher --warm copies the memory while the source runs (default: until the pages changed per round stop shrinking)")
+	fs.DurationVar(&c.warmup, "warmup", 0, "the hybrid's warm-up: how long pagefetcher --warm copies the memory while the source runs (default: until another round would not pay: after round 1 where the CPUs pace it, else once the pages changed per round stop shrinking clearly)")
 	fs.StringVar(&c.hybridArgs, "hybrid-args", "", "extra arguments for the hybrid's pagefetcher, after --warm and --fetcher-args (e.g. \"--warm-rate 200e6\": bytes per second)")
 	fs.DurationVar(&c.post, "post", 2*time.Second, "how long the destination runs after the last page is resident")
 	fs.DurationVar(&c.tcpDuration, "tcp-duration", 2*time.Second, "duration of the TCP bandwidth baseline")
@@ -132,7 +132,7 @@ func (c *config) validate() error {
 	hybrid := slices.Contains(c.methods, bench.MethodHybrid) || c.suite != "" && !c.methodsSet
 	switch {
 	case c.warmup < 0:
-		bad("--warmup %v: want a positive duration (or none: until the pages changed per round stop shrinking)", c.warmup)
+		bad("--warmup %v: want a positive duration (or none: until another round would not pay)", c.warmup)
 	case c.warmupSet && !hybrid:
 		bad("--warmup is the hybrid's warm-up: it needs hybrid in --methods (--lead is how long the source runs before the switchover)")
 	}

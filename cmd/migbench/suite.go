@@ -205,7 +205,7 @@ func suiteSummary(reps []*bench.Report, took time.Duration, outDir, plotDir stri
 	}
 	if anyHybrid(reps) {
 		b.WriteString("\n**The hybrid's warm-up.** How long pagefetcher `--warm` copied the memory before the source stopped " +
-			"(for `--warmup`, or until the pages changed per round stopped shrinking), in how many rounds over the whole memory, the pages each " +
+			"(for `--warmup`, or until another round would not pay: after round 1 where the CPUs paced it, else once the pages changed per round stopped shrinking clearly), in how many rounds over the whole memory, the pages each " +
 			"round after the first found changed (run 1), the pages found changed at the switchover and those placed from the cache once " +
 			"confirmed unchanged, and pagefetcher's peak RSS (the highest of the runs: the cache holds a copy of the memory).\n\n")
 		b.WriteString(bench.HybridMarkdownHeader() + "\n")

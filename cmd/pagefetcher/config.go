@@ -95,7 +95,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.DurationVar(&c.progressInterval, "progress-interval", time.Second, "interval of --progress updates")
 	fs.StringVar(&c.workingSet, "working-set", "", "pull the pages of this working set first, in its order (wins over one the server offers)")
 	fs.BoolVar(&c.warm, "warm", false, "copy every page into a cache from the moment the server is reached, in rounds, until the VMM hands over; after the handoff the server confirms each copy unchanged (or sends the page) before it is placed (README, Hybrid migration)")
-	fs.Float64Var(&c.warmRate, "warm-rate", 0, "bytes of memory per second the warm-up (--warm, --working-set) may ask the server for, so that a source that still runs is not starved (0: no bound)")
+	fs.Float64Var(&c.warmRate, "warm-rate", 0, "bytes of memory per second the warm-up (--warm) may ask the server for, so that a source that still runs is not starved (0: no bound)")
 	fs.StringVar(&c.recordWorkingSet, "record-working-set", "", "once every page is resident, write the pages the VMM faulted on to this working set, merged into a set of the same image there (atomically; nothing on a failed migration)")
 	fs.Func("id", "the orchestrator's `id` for this migration, echoed in every JSON line and log line (printable, at most 128 bytes)", func(s string) error {
 		c.id = s

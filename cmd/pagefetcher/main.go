@@ -165,6 +165,6 @@ func demandRate(flag float64) float64 {
 
 // warmHeapLimit is the part of the Go runtime's soft memory limit with a
 // warm-up that is not runs in flight (see serve): with the default window
-// (8 runs of 1 MiB) the limit is 56 MiB, under the 64 MiB of overhead
+// (8 runs of 1 MiB) the limit is 32 MiB, under the 64 MiB of overhead
 // README's "Hybrid migration" allows beside the cache.
-const warmHeapLimit = 40 << 20
+const warmHeapLimit = 16 << 20

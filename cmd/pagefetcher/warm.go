@@ -10,41 +10,39 @@ import (
 	"github.com/postcopy/postcopy/pkg/fetcher"
 )
 
-// startWarmup starts the warm-up, before the ready line: with --warm,
-// rounds over every readable page of the image until the VMM hands over;
-// with a working set alone, one round over its pages (README, "Hybrid
-// migration"). Each round prints a warm line. A server that cannot warm (an
-// older pageserver) is warned about once and the migration goes on as
-// plain post-copy; so does one whose warm-up cannot start. nil: no
-// warm-up.
+// startWarmup starts the warm-up of --warm, before the ready line: rounds
+// over every readable page of the image until the VMM hands over, a working
+// set's pages first in the first round (README, "Hybrid migration"). Each
+// round prints a warm line. A server that cannot warm (an older pageserver)
+// is warned about once and the migration goes on as plain post-copy; so
+// does one whose warm-up cannot start. nil: no warm-up.
+//
+// A working set alone takes no warm-up: it is pulled on the bulk lane after
+// the handoff (docs/working-set.md). A page copied before the handoff is
+// placed only once the server has confirmed the copy, one request per run
+// of cached pages, and a set's pages are mostly runs of one page: each
+// would cost a request after the handoff anyway, the same as pulling it,
+// and the confirm pass would order them apart from the bulk lane.
 func startWarmup(ctx context.Context, c *config, up *upstream, out *output, log hclog.Logger) *fetcher.Warmup {
-	if !c.warm && (up.ws == nil || c.prefetch == "off") {
-		return nil // --prefetch off pulls nothing in the background, a working set included
+	if !c.warm {
+		return nil
 	}
 	w, err := fetcher.StartWarmup(ctx, up.src, up.info, fetcher.WarmConfig{
 		Redial: up.redial, ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
-		Rate: c.warmRate, WorkingSet: up.ws, OnlyWorkingSet: !c.warm,
+		Rate: c.warmRate, WorkingSet: up.ws,
 		OnRound: func(r fetcher.WarmRound) {
 			out.line(&events.Warm{Round: uint64(r.Round), Pages: r.Pages, Changed: r.Changed, ElapsedS: r.Elapsed.Seconds()})
 		},
 		Logger: log.Named("warm"),
 	})
-	what := "--warm"
-	if !c.warm {
-		what = "the working set's warm-up"
-	}
 	switch {
-	case errors.Is(err, fetcher.ErrNothingToWarm):
-		log.Debug("no warm-up", "reason", err) // the fetcher warns about the set once
-		return nil
 	case errors.Is(err, fetcher.ErrWarmUnsupported):
-		log.Warn(what+": the server cannot warm a cache (an older pageserver); migrating as plain post-copy", "server", c.server)
+		log.Warn("--warm: the server cannot warm a cache (an older pageserver); migrating as plain post-copy", "server", c.server)
 		return nil
 	case err != nil:
-		log.Warn(what+": the warm-up could not start; migrating as plain post-copy", "error", err)
+		log.Warn("--warm: the warm-up could not start; migrating as plain post-copy", "error", err)
 		return nil
 	}
-	log.Info("warm-up started", "rounds", map[bool]string{true: "until the handoff", false: "1 (the working set)"}[c.warm],
-		"rate_bytes_per_s", c.warmRate)
+	log.Info("warm-up started", "rounds", "until the handoff", "rate_bytes_per_s", c.warmRate)
 	return w
 }

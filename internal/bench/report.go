@@ -54,7 +54,8 @@ type WarmRound struct {
 // How a hybrid's warm-up ended (WarmUp.WarmStop).
 const (
 	WarmStopDuration = "warmup"  // --warmup elapsed
-	WarmStopSettled  = "settled" // the changed set stopped shrinking
+	WarmStopSettled  = "settled" // the changed set stopped shrinking clearly
+	WarmStopFirst    = "first"   // round 1 done, the CPUs pacing the rounds, not the link
 	WarmStopLimit    = "limit"   // it kept shrinking until migbench's bound
 )
 
@@ -255,7 +256,7 @@ type Setup struct {
 	// switchover, the hybrid's warm-up start.
 	LeadS float64 `json:"lead_s"`
 	// WarmupS is the hybrid's warm-up (--warmup); 0: until the changed
-	// set stopped shrinking.
+	// set stopped shrinking or round 1 was paced by the CPUs (warm_stop).
 	WarmupS  float64 `json:"warmup_s"`
 	PostS    float64 `json:"post_s"`
 	Date     string  `json:"date"`

@@ -17,16 +17,22 @@ import (
 // may be placed until the source, frozen, says that the copy equals its
 // page. The confirmer asks, on a warm lane of the migration's session, for
 // runs of cached pages with the digests of their copies, in an order of
-// its own — a prefetch policy over the cached pages alone: a working set's
-// pages first, then windows around recent faults, then a sweep — while the
-// bulk lane pulls the pages no copy was taken of. An answer is placed as a
+// its own — a prefetch policy over the cached pages alone: the pages
+// faulting threads wait on (rides) first, then a working set's pages, then
+// a sweep in whole runs — while the bulk lane pulls the pages no copy was
+// taken of. An answer is placed as a
 // bulk answer is: pages the source calls "same" are copied from the cache
 // (DONTWAKE copies and batched wakes, by the placer), the others from the
 // answer; then the run's cache memory goes back to the kernel.
 //
-// A fault on a cached page not confirmed yet is an ordinary demand request
-// (its content, not a digest), and a hint for the confirm order; past the
-// demand rate it rides the warm lane as other faults ride the bulk lane.
+// A fault on a cached page not confirmed yet rides the warm lane, as other
+// faults ride the bulk lane (ride.go: a thread that faults back to back,
+// or past the demand rate), once confirmations flow and while recent
+// answers came within maxRideWait; otherwise it is an ordinary demand
+// request (its content, not a digest). A storm of demand requests would
+// take the CPUs the pass needs: with every fault on the demand lane, a
+// random workload's 1 GiB took 1.6-1.9 s to confirm against 0.7 s riding
+// (migbench, loopback).
 // A run lost with its connection is asked for again on the next: the cache
 // stays valid (the source keeps nothing). Freeze is sent once, before the
 // first confirm request.
@@ -58,6 +64,25 @@ type confirmer struct {
 	start     time.Time
 	changed   atomic.Uint64 // pages whose answer was not "same"
 	flowing   atomic.Bool   // a confirm answer arrived on the live connection
+	latency   atomic.Int64  // recent answers' latency, ns (a moving average)
+}
+
+// rideWaitOK reports whether a fault that rides the confirm order would
+// wait at most maxRideWait: recent answers, sent behind a full window as
+// a ride's run is, took that long at most.
+func (cf *confirmer) rideWaitOK() bool {
+	return time.Duration(cf.latency.Load()) <= maxRideWait
+}
+
+// noteLatency adds an answer's latency d to the moving average (weight
+// 1/8 for the newest).
+func (cf *confirmer) noteLatency(d time.Duration) {
+	old := cf.latency.Load()
+	if old == 0 {
+		cf.latency.Store(int64(d))
+		return
+	}
+	cf.latency.Store(old + (int64(d)-old)/8)
 }
 
 // newConfirmer prepares the confirm pass over the pages of the layout the
@@ -77,7 +102,12 @@ func newConfirmer(c *cache, pages *pagestate.Table, place *placer, pull *puller,
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrLayout, err)
 	}
-	policy, err := prefetch.New(prs, prefetch.Config{MaxRunPages: maxRun})
+	// No windows around faults: a confirm run costs the source a read
+	// of local memory, so the sweep's whole runs bring a neighbourhood
+	// little later than a window would, and windows cut among pages
+	// already taken made the runs small (a round trip each). A waiting
+	// thread's own page rides (Policy.Ride) ahead of the sweep.
+	policy, err := prefetch.New(prs, prefetch.Config{MaxRunPages: maxRun, MaxHints: -1})
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: %w", err)
 	}
@@ -123,15 +153,6 @@ func (cf *confirmer) wants(a *pagestate.Area, p uint64) bool {
 func (cf *confirmer) ride(region int, p uint64) {
 	cf.mu.Lock()
 	cf.policy.Ride(region, p)
-	cf.mu.Unlock()
-	cf.poke()
-}
-
-// hint makes page p of region the confirm order's newest hint: a fault
-// waits there.
-func (cf *confirmer) hint(region int, p uint64) {
-	cf.mu.Lock()
-	cf.policy.Fault(region, p)
 	cf.mu.Unlock()
 	cf.poke()
 }
@@ -361,6 +382,9 @@ func (l *link) confirmRecv(c *conn, lane WarmLane) error {
 		b, ok := cf.inflight[resp.ID]
 		delete(cf.inflight, resp.ID)
 		cf.mu.Unlock()
+		if ok {
+			cf.noteLatency(time.Since(b.SentAt))
+		}
 		if !ok || resp.Offset != b.Offset || resp.Pages != b.Pages || resp.PageSize != cachePage {
 			resp.Release()
 			return fmt.Errorf("fetcher: confirm answer %d was never asked for (or not as asked)", resp.ID)

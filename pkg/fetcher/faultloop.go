@@ -240,7 +240,7 @@ func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 // the bulk lane — its page leads the next bulk run — or takes the demand
 // lane, as the rider decides (ride.go). A page the confirm pass is to place
 // (a copy of it is cached) rides the warm lane instead, once confirmations
-// flow, and is the confirm order's newest hint either way.
+// flow (rider.rideConfirm).
 func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 	f.stats.lastFault.Store(max(1, int64(now.Sub(f.stats.handoff))))
 	if !f.resumed {
@@ -253,9 +253,11 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 	}
 	cf := f.link.confirm
 	cached := cf.wants(pg.A, pg.P)
-	ride, flowing := f.rider.ride(tid, now)
-	if cached && !cf.flowing.Load() {
-		ride = false // nothing brings it before the confirm pass runs
+	var ride, flowing bool
+	if cached {
+		ride, flowing = f.rider.rideConfirm(tid, now, cf) // the warm lane brings it, not the bulk lane
+	} else {
+		ride, flowing = f.rider.ride(tid, now)
 	}
 	if ride {
 		switch f.pages.FaultRiding(pg, tid, now) {
@@ -299,9 +301,7 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 		f.pull.faulted(req.Area, req.Page)
 		if cached {
 			// The demand request brings it (and is sent again after a
-			// reconnect): the confirm order need not; its neighbours
-			// come next.
-			cf.hint(req.Area, req.Page)
+			// reconnect): the confirm order need not.
 			cf.done(req.Area, req.Page, 1)
 		}
 	}

@@ -37,7 +37,10 @@ type puller struct {
 	wsLog   hclog.Logger // set with used, until the set is handed out
 	wsStart time.Time
 	wsRuns  []prefetch.Run // the set's runs, for the confirm pass's order
-	record  bool
+	// handedRuns and handedPages count the runs (the set's and any other)
+	// handed out until the set was, for the log.
+	handedRuns, handedPages uint64
+	record                  bool
 	// recording: the record phase (link.recordPhase) is on: the bulk lane
 	// brings only the working set in use, and no fault rides.
 	recording   atomic.Bool
@@ -70,7 +73,7 @@ func (u *puller) setup(maxBulk, runBytes uint64, window int) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrLayout, err)
 	}
-	if u.policy, err = prefetch.New(prs, prefetch.Config{MaxRunPages: maxRunPages}); err != nil {
+	if u.policy, err = prefetch.New(prs, prefetch.Config{MaxRunPages: maxRunPages, SweepGap: sweepGap}); err != nil {
 		return fmt.Errorf("fetcher: %w", err)
 	}
 	if u.window, err = prefetch.NewWindow(window, fullRun); err != nil {
@@ -78,6 +81,18 @@ func (u *puller) setup(maxBulk, runBytes uint64, window int) error {
 	}
 	return nil
 }
+
+// sweepGap is the bulk sweep's prefetch.Config.SweepGap: its runs go on
+// across up to 4 pages brought already (16 KiB of 4 KiB pages, asked for
+// again), so that a working set's pages, pulled first, and the pages of
+// single faults do not cut the sweep into short runs — a 5 % working set of
+// single pages made 12500 runs of the rest of a 1 GiB image instead of
+// 1000, and the sweep after the set took 1 s where the whole migration
+// without a set took 0.65. A run's pages resolved meanwhile are not placed
+// again (pagestate.Table.PlaceStep skips them), and those on their way by
+// another request are placed by whichever answer comes first: both hold
+// the source's bytes after the handoff.
+const sweepGap = 4
 
 // enable turns the background pull on.
 func (u *puller) enable() { u.onOnce.Do(func() { close(u.on) }) }
@@ -229,14 +244,20 @@ func (u *puller) done(region int, p, n uint64) {
 func (u *puller) next(want int, runs []prefetch.Run) []prefetch.Run {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	n := len(runs)
 	if u.recording.Load() {
 		runs = u.policy.NextFirst(want, runs)
 	} else {
 		runs = u.policy.Next(want, runs)
 	}
-	if u.wsLog != nil && !u.policy.InFirst() {
-		u.wsLog.Debug("working set handed out", "after", time.Since(u.wsStart))
-		u.wsLog = nil
+	if u.wsLog != nil {
+		for _, r := range runs[n:] {
+			u.handedRuns, u.handedPages = u.handedRuns+1, u.handedPages+uint64(r.Pages)
+		}
+		if !u.policy.InFirst() {
+			u.wsLog.Debug("working set handed out", "after", time.Since(u.wsStart), "runs", u.handedRuns, "pages", u.handedPages)
+			u.wsLog = nil
+		}
 	}
 	return runs
 }

@@ -107,6 +107,22 @@ func (r *rider) ride(tid uint32, now time.Time) (ride, flowing bool) {
 	return want && r.rideWaitOK(), true
 }
 
+// rideConfirm is ride for a page the confirm pass is to place (a copy of
+// it is cached): the confirm pass's warm lane, not the bulk lane, must flow
+// and be quick enough (confirmer.rideWaitOK). Before confirmations flow
+// nothing brings the page but a demand request.
+func (r *rider) rideConfirm(tid uint32, now time.Time, cf *confirmer) (ride, flowing bool) {
+	if r.off || r.link.pull.recording.Load() || !cf.flowing.Load() {
+		return false, false
+	}
+	want := !r.admit.Open(int64(now.Sub(r.woken.epoch)))
+	if !want {
+		d, ok := r.woken.since(tid, now)
+		want = ok && d < backToBack
+	}
+	return want && cf.rideWaitOK(), true
+}
+
 // charge counts a fault that took the demand lane while the bulk lane
 // flowed against the demand rate.
 func (r *rider) charge(now time.Time) { r.admit.Take(int64(now.Sub(r.woken.epoch))) }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/pkg/workingset"
 )
 
@@ -284,6 +285,10 @@ func (w *Warmup) offsetOf(i uint64) uint64 {
 // loop runs the rounds until they are done or the warm-up stops.
 func (w *Warmup) loop(ctx context.Context, src Source) {
 	defer close(w.done)
+	// Storing the answers (a copy and a digest per page) is background
+	// work: the source may run on this machine's CPUs too. The thread ends
+	// with the loop (internal/sched).
+	sched.LockThread().Defer(true)
 	w.src = src
 	w.link = startWarmLink(w.lane)
 	defer func() {

@@ -70,17 +70,32 @@ func (h *harness) requeue(run Run) error {
 
 func (h *harness) next(k int) ([]Run, error) {
 	before := h.p.Pending()
+	was := make([][]bool, len(h.p.regions))
+	for r := range was {
+		was[r] = make([]bool, h.p.regions[r].pages)
+		for q := range was[r] {
+			was[r][q] = h.p.IsPending(r, uint64(q))
+		}
+	}
 	got := h.p.Next(k, nil)
 	want := h.m.next(k)
 	if !slices.Equal(got, want) {
 		return got, fmt.Errorf("next %d: policy %v, model %v", k, got, want)
 	}
-	if err := h.c.next(got, k); err != nil {
+	// Only a sweep with SweepGap hands out pages that are not pending —
+	// resolved, out already, or handed out earlier in the same call (the
+	// model says which runs are right).
+	if err := h.c.next(got, k, h.cfg.SweepGap > 0); err != nil {
 		return got, fmt.Errorf("next %d: %v", k, err)
 	}
 	var pages uint64
 	for _, r := range got {
-		pages += uint64(r.Pages)
+		for q := r.Page; q < r.Page+uint64(r.Pages); q++ {
+			if was[r.Region][q] {
+				pages++
+				was[r.Region][q] = false
+			}
+		}
 	}
 	if h.p.Pending() != before-pages {
 		return got, fmt.Errorf("next %d: Pending went %d -> %d, handing out %d pages", k, before, h.p.Pending(), pages)

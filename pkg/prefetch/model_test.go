@@ -13,10 +13,11 @@ type model struct {
 	before   uint64
 	after    uint64
 	maxHints int
+	gap      uint64
 	hints    []hint // newest last
 	sweep    int
 	first    []Run  // First's runs, as given (not coalesced)
-	rides    []hint // oldest first
+	rides    []ride // oldest first
 }
 
 type mregion struct {
@@ -26,7 +27,7 @@ type mregion struct {
 }
 
 func newModel(regions []Region, cfg Config) *model {
-	m := &model{before: cfg.Before, after: cfg.After, maxHints: cfg.MaxHints}
+	m := &model{before: cfg.Before, after: cfg.After, maxHints: cfg.MaxHints, gap: cfg.SweepGap}
 	if m.before == 0 && m.after == 0 {
 		m.before, m.after = DefaultBefore, DefaultAfter
 	}
@@ -81,6 +82,25 @@ func (m *model) anyPending(r int, p uint64) bool {
 	return false
 }
 
+// group returns the first of First's runs left that holds page p of region
+// r, with the runs coalesced as Next coalesces them: the end of the group.
+func (m *model) group(r int, p uint64) (end uint64, ok bool) {
+	for i := 0; i < len(m.first); {
+		g := m.first[i]
+		start, e := g.Page, g.Page+uint64(g.Pages)
+		k := i + 1
+		for k < len(m.first) && m.first[k].Region == g.Region && m.first[k].Page == e {
+			e += uint64(m.first[k].Pages)
+			k++
+		}
+		if g.Region == r && start <= p && p < e {
+			return e, true
+		}
+		i = k
+	}
+	return 0, false
+}
+
 func (m *model) fault(r int, p uint64) {
 	if m.maxHints < 0 || r < 0 || r >= len(m.regions) || p >= uint64(len(m.regions[r].pending)) {
 		return
@@ -100,9 +120,15 @@ func (m *model) ride(r int, p uint64) {
 		return
 	}
 	m.fault(r, p)
-	if !slices.Contains(m.rides, hint{r, p}) {
-		m.rides = append(m.rides, hint{r, p})
+	if slices.ContainsFunc(m.rides, func(x ride) bool { return x.hint == hint{r, p} }) {
+		return
 	}
+	// A ride in First's runs leads a run to the end of the run holding it.
+	x := ride{hint: hint{r, p}}
+	if end, ok := m.group(r, p); ok {
+		x.hi = end
+	}
+	m.rides = append(m.rides, x)
 }
 
 func (m *model) done(r int, p, n uint64) {
@@ -129,17 +155,51 @@ func (m *model) runAt(r int, s, end uint64) Run {
 	return Run{Region: r, Page: s, Pages: uint32(e - s)}
 }
 
+// sweepRun hands out the sweep's run from pending page s of region r: to
+// the first page not pending, on across up to m.gap of them when a pending
+// page follows, at most maxRun pages and up to end.
+func (m *model) sweepRun(r int, s, end uint64) Run {
+	mr := &m.regions[r]
+	lim := min(end, s+mr.maxRun)
+	e := s
+	for e < lim && mr.pending[e] {
+		e++
+	}
+	for m.gap > 0 && e < lim {
+		q := e
+		for q < min(lim, e+m.gap+1) && !mr.pending[q] {
+			q++
+		}
+		if q == min(lim, e+m.gap+1) {
+			break
+		}
+		for e = q; e < lim && mr.pending[e]; e++ {
+		}
+	}
+	for q := s; q < e; q++ {
+		mr.pending[q] = false
+	}
+	return Run{Region: r, Page: s, Pages: uint32(e - s)}
+}
+
 func (m *model) next(max int) []Run {
 	var out []Run
 	if m.count() == 0 {
 		return nil // nothing pending: no change at all, hints included
 	}
-	// Rides, oldest first: the pending pages from the ridden page to the
-	// end of its fault window.
+	// Rides, oldest first, of pages still pending: the pending pages from
+	// the ridden page to the end of its fault window, or of First's run
+	// that held it.
 	for len(m.rides) > 0 && len(out) < max {
 		h := m.rides[0]
 		size := uint64(len(m.regions[h.region].pending))
 		hi := h.page + 1 + min(m.after, size-h.page-1)
+		if h.hi != 0 {
+			hi = h.hi
+		}
+		if !m.regions[h.region].pending[h.page] {
+			hi = h.page // nothing: the page is on its way, or there
+		}
 		for q := h.page; q < hi && len(out) < max; q++ {
 			if m.regions[h.region].pending[q] {
 				run := m.runAt(h.region, q, hi)
@@ -202,7 +262,7 @@ func (m *model) next(max int) []Run {
 		for i := uint64(0); i < size; i++ {
 			q := (mr.cursor + i) % size
 			if mr.pending[q] {
-				run := m.runAt(m.sweep, q, size)
+				run := m.sweepRun(m.sweep, q, size)
 				out = append(out, run)
 				mr.cursor = q + uint64(run.Pages)
 				found = true
@@ -235,8 +295,9 @@ func newChecker(regions []Region, cfg Config) *checker {
 	return c
 }
 
-// next checks the runs just handed out by Next(k).
-func (c *checker) next(runs []Run, k int) error {
+// next checks the runs just handed out by Next(k); bridged says that they
+// may hold pages out already (Config.SweepGap).
+func (c *checker) next(runs []Run, k int, bridged bool) error {
 	if len(runs) > k && len(runs) > 0 {
 		return fmt.Errorf("%d runs handed out, max %d", len(runs), k)
 	}
@@ -251,7 +312,7 @@ func (c *checker) next(runs []Run, k int) error {
 			return fmt.Errorf("run %v crosses the end of region %d (%d pages)", r, r.Region, c.regions[r.Region].Pages)
 		}
 		for q := r.Page; q < r.Page+uint64(r.Pages); q++ {
-			if c.out[r.Region][q] {
+			if c.out[r.Region][q] && !bridged {
 				return fmt.Errorf("run %v: page %d handed out twice without a requeue", r, q)
 			}
 			c.out[r.Region][q] = true

@@ -25,6 +25,7 @@ package prefetch
 import (
 	"fmt"
 	"math/bits"
+	"sort"
 
 	"github.com/postcopy/postcopy/internal/zeromem"
 )
@@ -76,6 +77,15 @@ type Config struct {
 	// first, newest served first). Zero means DefaultMaxHints; a negative
 	// value disables fault hints (a purely sequential sweep).
 	MaxHints int
+	// SweepGap lets a run of the sequential sweep go on across up to this
+	// many consecutive pages that are not pending, when a pending page
+	// follows them within its MaxRunPages: pages brought out of order — a
+	// working set's, a fault's — would otherwise cut the sweep into short
+	// runs (a 5 % working set of single pages, into runs of 20 pages). Such
+	// a run hands out those pages again, whatever became of them: the
+	// caller must take runs that hold pages resident or on their way. 0:
+	// runs stop at the first page not pending.
+	SweepGap uint64
 }
 
 // Policy is the prefetch policy over one layout. Create it with New.
@@ -84,18 +94,37 @@ type Policy struct {
 	before   uint64
 	after    uint64
 	maxHints int
+	sweepGap uint64
 	// hints holds recent faults, oldest first, newest last.
 	hints []hint
 	// sweep is the region the sequential sweep is in.
 	sweep   int
 	pending uint64
 	// first holds the working set's runs (First); firstAt is the one Next
-	// serves next.
+	// serves next. byPage indexes first by region and page, for jump.
 	first   []Run
 	firstAt int
+	byPage  []firstRef
 	// rides holds the pages that faulted threads wait on with no request
 	// of their own (Ride), oldest first: served before everything else.
-	rides []hint
+	rides []ride
+}
+
+// firstRef is run at of First's runs, pages [page, end) of region, found
+// by its region and page; reach is the largest end of the region's runs up
+// to this one in that order.
+type firstRef struct {
+	region    int
+	page, end uint64
+	reach     uint64
+	at        int
+}
+
+// ride is a page a thread waits on (Ride); hi, when not 0, ends the run
+// it leads (a working set's run) instead of the window after it.
+type ride struct {
+	hint
+	hi uint64
 }
 
 type region struct {
@@ -139,7 +168,10 @@ func New(regions []Region, cfg Config) (*Policy, error) {
 	if cfg.After > MaxWindow {
 		return nil, fmt.Errorf("prefetch: Config.After %d is over %d", cfg.After, uint64(MaxWindow))
 	}
-	p := &Policy{before: cfg.Before, after: cfg.After, maxHints: cfg.MaxHints, pending: total}
+	if cfg.SweepGap > MaxWindow {
+		return nil, fmt.Errorf("prefetch: Config.SweepGap %d is over %d", cfg.SweepGap, uint64(MaxWindow))
+	}
+	p := &Policy{before: cfg.Before, after: cfg.After, maxHints: cfg.MaxHints, sweepGap: cfg.SweepGap, pending: total}
 	if p.before == 0 && p.after == 0 {
 		p.before, p.after = DefaultBefore, DefaultAfter
 	}
@@ -217,6 +249,12 @@ func (p *Policy) Fault(region int, page uint64) {
 // ride is never evicted: there is one per waiting thread at most. The page
 // is also a fault hint (Fault). A page outside the layout is ignored; one
 // ridden already is not queued twice.
+//
+// The run a ride leads is the window after the page (Config.After), unless
+// the page lies in a working set's run (First) not handed out yet: then it
+// ends with that run. The set says what the workload needs next, and a
+// window of pages it does not name, brought ahead of them, would only delay
+// them.
 func (p *Policy) Ride(region int, page uint64) {
 	if region < 0 || region >= len(p.regions) || page >= p.regions[region].pages {
 		return
@@ -227,7 +265,36 @@ func (p *Policy) Ride(region int, page uint64) {
 			return
 		}
 	}
-	p.rides = append(p.rides, hint{region: region, page: page})
+	r := ride{hint: hint{region: region, page: page}}
+	if at, ok := p.firstRun(region, page); ok {
+		f := p.first[at]
+		r.hi = f.Page + uint64(f.Pages)
+	}
+	p.rides = append(p.rides, r)
+}
+
+// firstRun returns the index in First's runs of the first one that holds
+// page of region and that Next has not finished handing out (at or after
+// firstAt), if any.
+func (p *Policy) firstRun(region int, page uint64) (int, bool) {
+	if len(p.first) == 0 {
+		return 0, false
+	}
+	// Back from the last run starting at or before the page, while an
+	// earlier one may still reach it: runs may overlap where two offsets
+	// of a set fall in one larger page of the layout.
+	k := sort.Search(len(p.byPage), func(k int) bool {
+		b := p.byPage[k]
+		return b.region > region || b.region == region && b.page > page
+	}) - 1
+	best := -1
+	for ; k >= 0 && p.byPage[k].region == region && p.byPage[k].reach > page; k-- {
+		b := p.byPage[k]
+		if page < b.end && b.at >= p.firstAt && (best < 0 || b.at < best) {
+			best = b.at
+		}
+	}
+	return best, best >= 0
 }
 
 // Done marks pages [page, page+n) of a region as no longer needed from the
@@ -294,7 +361,24 @@ func (p *Policy) First(runs []Run) error {
 		}
 		out = append(out, r)
 	}
-	p.first, p.firstAt = out, 0
+	p.first, p.firstAt, p.byPage = out, 0, nil
+	if len(out) > 0 {
+		p.byPage = make([]firstRef, len(out))
+		for i, r := range out {
+			p.byPage[i] = firstRef{region: r.Region, page: r.Page, end: r.Page + uint64(r.Pages), at: i}
+		}
+		sort.Slice(p.byPage, func(a, b int) bool {
+			x, y := p.byPage[a], p.byPage[b]
+			return x.region < y.region || x.region == y.region && (x.page < y.page || x.page == y.page && x.at < y.at)
+		})
+		for k := range p.byPage {
+			b := &p.byPage[k]
+			b.reach = b.end
+			if k > 0 && p.byPage[k-1].region == b.region {
+				b.reach = max(b.end, p.byPage[k-1].reach)
+			}
+		}
+	}
 	return nil
 }
 
@@ -314,8 +398,10 @@ func (p *Policy) InFirst() bool { return len(p.first) > 0 }
 // region holds no pending page, then moves on to the next (wrapping around
 // from the last region to the first); within a region it continues from
 // where it stopped and wraps once to the region's start, so that requeued
-// pages behind it are found. Runs never cross regions. When nothing is
-// pending or max <= 0, Next returns out unchanged and changes nothing.
+// pages behind it are found; its runs start at a pending page and end at
+// one, across gaps of up to SweepGap pages that are not. Runs never cross
+// regions. When nothing is pending or max <= 0, Next returns out unchanged
+// and changes nothing.
 func (p *Policy) Next(max int, out []Run) []Run {
 	if max <= 0 || p.pending == 0 {
 		return out
@@ -325,7 +411,12 @@ func (p *Policy) Next(max int, out []Run) []Run {
 		h := p.rides[0]
 		rs := &p.regions[h.region]
 		_, hi := p.window(rs, h.page)
-		out, n = p.emit(h.region, h.page, hi, max, n, out)
+		if h.hi != 0 {
+			hi = h.hi
+		}
+		if p.IsPending(h.region, h.page) {
+			out, n = p.emit(h.region, h.page, hi, max, n, out)
+		}
 		// The rider's own page leads the run; the rest of its window
 		// follows with the fault hints.
 		p.rides = p.rides[1:]
@@ -358,7 +449,15 @@ func (p *Policy) Next(max int, out []Run) []Run {
 		if !ok {
 			s, _ = nextPending(rs.taken, 0, rs.cursor)
 		}
-		e := nextTaken(rs.taken, s, min(rs.pages, s+rs.maxRun))
+		lim := min(rs.pages, s+rs.maxRun)
+		e := nextTaken(rs.taken, s, lim)
+		for p.sweepGap > 0 && e < lim {
+			q, ok := nextPending(rs.taken, e, min(lim, e+p.sweepGap+1))
+			if !ok {
+				break
+			}
+			e = nextTaken(rs.taken, q, lim)
+		}
 		out = p.take(p.sweep, s, e, out)
 		n++
 		rs.cursor = e
@@ -390,7 +489,7 @@ func (p *Policy) nextFirst(max, n int, out []Run) ([]Run, int) {
 		p.firstAt++
 	}
 	if p.firstAt == len(p.first) {
-		p.first, p.firstAt = nil, 0
+		p.first, p.firstAt, p.byPage = nil, 0, nil
 	}
 	return out, n
 }
@@ -419,12 +518,13 @@ func (p *Policy) emit(r int, lo, hi uint64, max, n int, out []Run) ([]Run, int) 
 	return out, n
 }
 
-// take hands out pages [s, e) of region r, all of them pending.
+// take hands out pages [s, e) of region r: pending pages, and with
+// SweepGap some that are not.
 func (p *Policy) take(r int, s, e uint64, out []Run) []Run {
 	rs := &p.regions[r]
-	setRange(rs.taken, s, e)
-	rs.pending -= e - s
-	p.pending -= e - s
+	c := setRange(rs.taken, s, e)
+	rs.pending -= c
+	p.pending -= c
 	return append(out, Run{Region: r, Page: s, Pages: uint32(e - s)})
 }
 

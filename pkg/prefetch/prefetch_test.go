@@ -260,6 +260,7 @@ func FuzzPolicy(f *testing.F) {
 		cfg.Before = uint64(rd.byte() % 20)
 		cfg.After = uint64(rd.byte() % 80)
 		cfg.MaxHints = int(rd.byte()%7) - 1
+		cfg.SweepGap = uint64(rd.byte()%8) / 2 // 0 a quarter of the time
 		h, err := newHarness(regions, cfg)
 		if err != nil {
 			t.Fatal(err)

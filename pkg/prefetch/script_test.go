@@ -12,7 +12,7 @@ import (
 // TestScripts runs the scripts in testdata/*.txt (internal/testutil/script
 // says how they are written). Commands:
 //
-//	new regions=P,P... maxrun=M,M... [before=B] [after=A] [hints=H]
+//	new regions=P,P... maxrun=M,M... [before=B] [after=A] [hints=H] [gap=G]
 //	fault R P          record a fault at page P of region R; prints the hints, newest first
 //	done R P N         mark N pages from P done; prints Pending
 //	next K             prints the runs handed out ("region:page+pages"), then Pending
@@ -174,6 +174,8 @@ func parseNew(args []string) ([]Region, Config, error) {
 			cfg.After = nums[0]
 		case "hints":
 			cfg.MaxHints = int(int64(nums[0]))
+		case "gap":
+			cfg.SweepGap = nums[0]
 		default:
 			return nil, cfg, fmt.Errorf("unknown key %q", k)
 		}

@@ -994,7 +994,7 @@ func (s *Server) Demand(stream pb.PageServer_DemandServer) error {
 func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 	send := func(rb *runBuf, req wire.Request, ps uint32) error { return s.sendRun(stream, rb, req, ps) }
 	var req wire.Request
-	return s.bulkStream(stream, &req, func(ctx context.Context, sess *session, yield func()) error {
+	return s.bulkStream(stream, &req, nil, func(ctx context.Context, sess *session, yield func()) error {
 		ps, err := s.check(sess, wire.LaneBulk, req)
 		if err != nil {
 			return err
@@ -1006,11 +1006,13 @@ func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 
 // bulkStream serves a stream that counts as a bulk lane of its session
 // (Bulk, Warm): each message received into msg is answered by each, in
-// order. With BulkYield, each calls yield once its request is checked: the
-// reading and checksumming that follow run at a lower CPU priority while
-// demand requests come, so that the next one gets a CPU at once
-// (internal/sched); otherwise at full speed.
-func (s *Server) bulkStream(stream grpc.ServerStream, msg any, each func(ctx context.Context, sess *session, yield func()) error) error {
+// order. each calls yield once its request is checked: the reading and
+// checksumming that follow run at a lower CPU priority (internal/sched)
+// while demand requests come, with BulkYield, so that the next one gets a
+// CPU at once, and while background, if not nil, says so; otherwise at
+// full speed.
+func (s *Server) bulkStream(stream grpc.ServerStream, msg any, background func() bool,
+	each func(ctx context.Context, sess *session, yield func()) error) error {
 	sess, err := s.streamSession(stream.Context(), wire.LaneBulk)
 	if err != nil {
 		return err
@@ -1021,9 +1023,11 @@ func (s *Server) bulkStream(stream grpc.ServerStream, msg any, each func(ctx con
 	}
 	ctx := stream.Context()
 	yield := func() {}
-	if s.bulkYield {
+	if s.bulkYield || background != nil {
 		th := sched.LockThread()
-		yield = func() { th.Defer(s.gate.recent(demandBurst)) }
+		yield = func() {
+			th.Defer(s.bulkYield && s.gate.recent(demandBurst) || background != nil && background())
+		}
 	}
 	for {
 		if err := stream.RecvMsg(msg); err == io.EOF {

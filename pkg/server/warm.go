@@ -51,7 +51,7 @@ func (s *Server) Warm(stream pb.PageServer_WarmServer) error {
 		return errWarmOff
 	}
 	var req pb.WarmRequest
-	return s.bulkStream(stream, &req, func(ctx context.Context, sess *session, yield func()) error {
+	return s.bulkStream(stream, &req, s.sourceRunning, func(ctx context.Context, sess *session, yield func()) error {
 		if sess.ended.Load() {
 			return status.Error(codes.NotFound, "session ended")
 		}
@@ -64,6 +64,13 @@ func (s *Server) Warm(stream pb.PageServer_WarmServer) error {
 		return s.serveWarm(ctx, sess, &req, r.PageSize, stream)
 	})
 }
+
+// sourceRunning reports whether no Freeze was accepted yet: the source may
+// still run, and the Warm lanes (a warm-up) read and digest its memory at a
+// lower CPU priority, so that they take the CPUs it leaves idle rather than
+// its own (a source that is starved loses work). From the first Freeze on
+// the destination waits for every answer: full speed.
+func (s *Server) sourceRunning() bool { return s.warm.freezes.Load() == 0 }
 
 // serveWarm reads one validated Warm request's run and sends its answer:
 // the pages whose digest the request names and equals the live page's as

@@ -104,9 +104,13 @@ func TestWorkingSetRecordReuse(t *testing.T) {
 		t.Fatalf("%d pages in the set, %d faults, %d stalls; want %d each", len(set.Pages), sum.Faults, first.StallCount, wsSample)
 	}
 
-	second, _ := e.restore(append([]string{"--working-set", ws, "--record-working-set", ws}, wsSlowRun...)...)
+	second, secondSum := e.restore(append([]string{"--working-set", ws, "--record-working-set", ws}, wsSlowRun...)...)
 	if !strings.Contains(e.fetcher.Stderr(), "pulling the working set first") {
 		t.Error("pagefetcher did not say it pulls the working set first")
+	}
+	// Without --warm a set takes no warm-up: the bulk lane pulls it.
+	if secondSum.WarmRounds != 0 || secondSum.Pages.Confirmed != 0 {
+		t.Errorf("with a set alone: %d warm rounds, %d pages confirmed; want none", secondSum.WarmRounds, secondSum.Pages.Confirmed)
 	}
 	if second.StallCount*4 > first.StallCount {
 		t.Errorf("with the working set the VMM stalled %d times, without %d: want at most a quarter", second.StallCount, first.StallCount)
