@@ -149,6 +149,23 @@ func (c *LaneConn) Detach() error {
 	return nil
 }
 
+// PollFD returns the descriptor of a detached socket, for a reader that
+// waits in poll(2) itself and reads with SetNoWait; false before Detach.
+func (c *LaneConn) PollFD() (int, bool) {
+	if t := c.thread.Load(); t != nil {
+		return t.FD(), true
+	}
+	return -1, false
+}
+
+// SetNoWait makes the detached socket's reads return at once when nothing
+// has arrived (ThreadConn.SetNoWait); it does nothing before Detach.
+func (c *LaneConn) SetNoWait(on bool) {
+	if t := c.thread.Load(); t != nil {
+		t.SetNoWait(on)
+	}
+}
+
 // InThread reports whether Detach moved the socket into its thread.
 func (c *LaneConn) InThread() bool { return c.thread.Load() != nil }
 

@@ -39,6 +39,9 @@ type ThreadConn struct {
 	raddr  net.Addr
 	mu     sync.RWMutex // held shared by every call on fd; Close takes it
 	closed atomic.Bool
+	// noWait makes Read return at once, with a timeout error, when nothing
+	// has arrived (SetNoWait).
+	noWait atomic.Bool
 }
 
 // Detach moves c out of the runtime's poller: it duplicates c's socket,
@@ -97,11 +100,17 @@ func (c *ThreadConn) Read(b []byte) (int, error) {
 	}
 	defer c.mu.RUnlock()
 	for {
-		n, err := unix.Read(c.fd, b)
+		var n int
+		var err error
+		if c.noWait.Load() {
+			n, _, err = unix.Recvfrom(c.fd, b, unix.MSG_DONTWAIT)
+		} else {
+			n, err = unix.Read(c.fd, b)
+		}
 		switch {
 		case err == unix.EINTR:
 			continue
-		case err == unix.EAGAIN: // the socket blocks: only SO_RCVTIMEO ends a wait so
+		case err == unix.EAGAIN: // SO_RCVTIMEO, or nothing there with SetNoWait
 			return 0, c.opErr("read", os.ErrDeadlineExceeded)
 		case err != nil:
 			return 0, c.opErr("read", c.closedOr(err))
@@ -111,6 +120,17 @@ func (c *ThreadConn) Read(b []byte) (int, error) {
 		return n, nil
 	}
 }
+
+// SetNoWait makes reads return at once when nothing has arrived, with an
+// error matching os.ErrDeadlineExceeded (a temporary net.Error, which a
+// crypto/tls connection above survives with any partial record kept), for
+// a reader that waits for the socket in poll(2) itself (FD); false makes
+// them block again. Writes still block.
+func (c *ThreadConn) SetNoWait(on bool) { c.noWait.Store(on) }
+
+// FD returns the socket's descriptor, to poll(2) for reading; it stays
+// valid until Close.
+func (c *ThreadConn) FD() int { return c.fd }
 
 func (c *ThreadConn) Write(b []byte) (int, error) {
 	return c.Writev([][]byte{b})

@@ -557,7 +557,7 @@ func (l *Lane) Send(r wire.Request) error {
 		}
 		err = l.sock.send(r)
 	} else {
-		err = l.stream.SendMsg(&r)
+		err = l.sendStream(r)
 	}
 	l.sendMu.Unlock()
 	switch {
@@ -568,6 +568,11 @@ func (l *Lane) Send(r wire.Request) error {
 	}
 	return wire.FromStatus(l.kind.String()+" send", err)
 }
+
+// sendStream sends r on the gRPC stream. Apart from Send, so that only this
+// path moves r to the heap (SendMsg takes it as an interface), not a
+// socket lane's.
+func (l *Lane) sendStream(r wire.Request) error { return l.stream.SendMsg(&r) }
 
 // Recv returns the next answer, in any order relative to the requests. It
 // returns io.EOF when the stream ended cleanly (after CloseSend, once every
@@ -582,8 +587,15 @@ func (l *Lane) Recv() (*wire.Response, error) {
 	} else {
 		err = l.stream.RecvMsg(r)
 	}
+	return l.checked(r, err)
+}
+
+// checked returns r, received with err, as Recv does.
+func (l *Lane) checked(r *wire.Response, err error) (*wire.Response, error) {
 	if err != nil {
-		r.Release()
+		if r != nil {
+			r.Release()
+		}
 		if l.closed.Load() && (l.sock != nil || status.Code(err) == codes.Canceled) || err == io.EOF {
 			return nil, io.EOF
 		}
@@ -624,6 +636,63 @@ func (l *Lane) WaitInThread() bool {
 	// LaneConn.Detach after Close fails; Close after it closes the thread's
 	// socket.
 	return l.sock.lc.Detach() == nil
+}
+
+// PollFD moves a socket lane's socket into the threads that read it, as
+// WaitInThread does, and returns its descriptor, for a reader that waits
+// for answers in poll(2) itself, with other descriptors, and reads them
+// with TryRecv; from then on the lane's reads never wait for the socket
+// (except for the rest of an answer larger than the lane's read buffer,
+// whose bytes are on their way). Call it before the first Recv or TryRecv;
+// Recv must not be used after it until EndPoll. Only socket lanes can:
+// false for a gRPC stream.
+func (l *Lane) PollFD() (int, bool) {
+	if !l.WaitInThread() {
+		return -1, false
+	}
+	l.sock.lc.SetNoWait(true)
+	return l.sock.lc.PollFD()
+}
+
+// EndPoll ends PollFD: reads wait for the socket again, for Recv, in the
+// threads that read (as after WaitInThread). Bytes TryRecv left buffered
+// are read first. Not while a TryRecv or Recv is in progress.
+func (l *Lane) EndPoll() {
+	if l.sock != nil {
+		l.sock.lc.SetNoWait(false)
+	}
+}
+
+// TryRecv returns the next answer if a whole one has arrived, and nil
+// (with a nil error) if not, after PollFD: it does not wait for the
+// socket. Over TLS, a record that came in part stays buffered for the
+// next call. Errors are Recv's. Call it until it returns nil: answers
+// that came together wait in the lane's buffers, not in the socket, and
+// poll(2) does not see them.
+func (l *Lane) TryRecv() (*wire.Response, error) {
+	if l.sock == nil {
+		return nil, errors.New("transport: TryRecv on a gRPC stream")
+	}
+	ok, err := l.sock.whole()
+	if err != nil {
+		return l.checked(nil, err)
+	}
+	if !ok {
+		return nil, nil
+	}
+	r := wire.NewResponse()
+	return l.checked(r, l.sock.recvWhole(r))
+}
+
+// Buffered reports whether, after PollFD, an answer may wait in the lane's
+// buffers, where poll(2) does not see it: the lane's own buffer holds bytes,
+// or — over TLS, whose buffers cannot be seen — always. Where it says
+// false, an answer not read yet is in the socket, and poll(2) reports it.
+func (l *Lane) Buffered() bool {
+	if l.sock == nil {
+		return false
+	}
+	return l.sock.br.Buffered() > 0 || l.sock.conn != net.Conn(l.sock.lc)
 }
 
 // CloseSend tells the server no more requests follow; Recv returns the

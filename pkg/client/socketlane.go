@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +28,9 @@ type socketLane struct {
 	lc   *netio.LaneConn
 	br   *bufio.Reader // reads from conn
 	wbuf []byte
+
+	// waitFrame: whole let reads wait for a frame larger than br.
+	waitFrame bool
 
 	// demandSent, on a client's demand lane, is where Send notes when it
 	// sent a request: the client's bulk lanes read in small pieces for a
@@ -164,6 +168,49 @@ func (l *socketLane) send(r wire.Request) error {
 }
 
 func (l *socketLane) recv(r *wire.Response) error { return wire.ReadResponseFrame(l.br, r) }
+
+// whole reports whether a whole frame can be read without waiting for the
+// socket, on a lane whose socket reads do not wait (netio.LaneConn.SetNoWait):
+// the frame, header and body, is in br (its bytes read from the socket, or
+// decrypted from TLS records, as far as they have come; a partial TLS
+// record stays in crypto/tls for the next try). A frame larger than br's
+// buffer cannot be held there: for it, whole says true and makes the
+// socket's reads wait again until the frame is read (recvWhole) — its
+// bytes are on their way.
+func (l *socketLane) whole() (bool, error) {
+	hdr, err := l.br.Peek(4)
+	if err != nil {
+		return false, noWaitErr(err)
+	}
+	n := binary.LittleEndian.Uint32(hdr) &^ wire.ErrFrameBit
+	if int64(n)+4 > int64(l.br.Size()) {
+		l.lc.SetNoWait(false)
+		l.waitFrame = true
+		return true, nil
+	}
+	if _, err := l.br.Peek(int(n) + 4); err != nil {
+		return false, noWaitErr(err)
+	}
+	return true, nil
+}
+
+// recvWhole reads the frame whole found.
+func (l *socketLane) recvWhole(r *wire.Response) error {
+	err := l.recv(r)
+	if l.waitFrame {
+		l.waitFrame = false
+		l.lc.SetNoWait(true)
+	}
+	return err
+}
+
+// noWaitErr is nil for the error of a read that found nothing yet.
+func noWaitErr(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil
+	}
+	return err
+}
 
 // errSocketOpenUnavailable marks a socket open that failed before the
 // server judged the request (no connection, or socket lanes refused): the

@@ -269,7 +269,8 @@ func New(cfg Config) (*Fetcher, error) {
 	f.pull.ws, f.pull.record = cfg.WorkingSet, cfg.RecordWorkingSet
 	f.pull.recording.Store(cfg.RecordWorkingSet)
 	f.place = newPlacer(cfg.UFFD, f.pages, f.stats, f.life, f.log)
-	f.link = &link{cfg: &f.cfg, log: f.log, pages: f.pages, place: f.place, pull: f.pull, stats: f.stats, life: f.life, prio: prio}
+	f.link = &link{cfg: &f.cfg, log: f.log, pages: f.pages, place: f.place, pull: f.pull, stats: f.stats, life: f.life, prio: prio,
+		resumed: make(chan struct{})}
 	rate := cfg.DemandRate
 	switch {
 	case rate == 0:
@@ -360,6 +361,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		return abandon(fmt.Errorf("fetcher: %w", err))
 	}
 	defer f.loop.poller.Close()
+	f.loop.serveInLoop(f.loop.poller)
 	f.loop.reader = uffd.NewReader(f.cfg.UFFD, 256)
 
 	runCtx, cancel := context.WithCancel(ctx)

@@ -32,6 +32,17 @@ type link struct {
 	// confirm is the confirm pass over a warm-up's cache (nil: none).
 	confirm *confirmer
 
+	// loopLanes: the fault loop waits in poll(2) and reads the demand
+	// answers of lanes that let it (pollLane) itself — with handOver,
+	// only until demandRecv runs and takes the lane over (serveInLoop
+	// says when); wakeLoop interrupts its wait when the connection changes
+	// or a lane is taken over. All set before the loops run.
+	loopLanes, handOver bool
+	wakeLoop            func()
+	// resumed is closed by the fault loop at the first fault it reads
+	// after the first page was placed (awaitResume).
+	resumed chan struct{}
+
 	cur      atomic.Pointer[conn] // the live connection, nil while reconnecting
 	last     atomic.Pointer[conn] // the latest connection, for Done
 	imageGen uint64               // image generation of the session
@@ -60,6 +71,15 @@ type conn struct {
 	demand Lane
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	// loop is demand when the fault loop reads its answers (link.loopLanes),
+	// loopFD its descriptor; nil and -1 where demandRecv does.
+	loop   pollLane
+	loopFD int
+	// takeOver: demandRecv asks the fault loop for the lane (link.handOver);
+	// handed is closed once the fault loop no longer reads it.
+	takeOver   atomic.Bool
+	handed     chan struct{}
+	handedOnce sync.Once
 
 	// The bulk lane opens in the background (openBulk): the first demand
 	// request must not wait for its greeting. bulk is set, under mu, before
@@ -165,7 +185,12 @@ func (l *link) connLoop(ctx context.Context, client Source, c *conn) {
 func (l *link) newConn(ctx context.Context, client Source, sess Session, demand Lane) *conn {
 	cctx, cancel := context.WithCancelCause(ctx)
 	c := &conn{client: client, sess: sess, demand: demand, ctx: cctx, cancel: cancel,
-		bulkReady: make(chan struct{}), placeQ: make(chan *Response, 2)}
+		bulkReady: make(chan struct{}), placeQ: make(chan *Response, 2), loopFD: -1, handed: make(chan struct{})}
+	if pl, ok := demand.(pollLane); ok && l.loopLanes {
+		if fd, ok := pl.PollFD(); ok {
+			c.loop, c.loopFD = pl, fd
+		}
+	}
 	now := time.Now().UnixNano()
 	c.lastDemand.Store(now)
 	c.lastBulk.Store(now)
@@ -182,6 +207,9 @@ func (l *link) serveConn(c *conn) error {
 		// Requests made while there was no connection go out now. (The
 		// first connection is current before the first fault is read.)
 		l.resendOutstanding(c)
+		if c.loop != nil {
+			l.wakeLoop() // to wait for the new lane's answers too
+		}
 	}
 	l.log.Debug("demand lane open", "since_handoff", time.Since(l.cfg.HandoffAt))
 
@@ -329,8 +357,117 @@ func (l *link) resendOutstanding(c *conn) {
 	}
 }
 
-// demandRecv places demand answers as they arrive, with waking copies.
+// pollLane is a demand lane whose answers the fault loop can wait for in
+// its own poll(2) and read without waiting (client.Lane's socket lanes).
+type pollLane interface {
+	PollFD() (int, bool)
+	TryRecv() (*Response, error)
+	// Buffered reports whether an answer may wait in the lane's buffers,
+	// which poll(2) does not see.
+	Buffered() bool
+}
+
+// loopLane returns the live connection whose demand answers the fault loop
+// reads, and its descriptor; nil, -1 if none (a lane demandRecv reads, no
+// connection, or one ending).
+func (l *link) loopLane() (*conn, int) {
+	c := l.cur.Load()
+	if c == nil || c.loop == nil || c.ctx.Err() != nil {
+		return nil, -1
+	}
+	if c.takeOver.Load() {
+		c.handedOnce.Do(func() { close(c.handed) })
+		return nil, -1
+	}
+	return c, c.loopFD
+}
+
+// loopAnswers places, on the fault loop's thread, every demand answer of
+// c that has arrived whole. A broken lane ends the connection; a failed
+// placement, the fetcher (it returns the error).
+func (l *link) loopAnswers(c *conn) error {
+	for {
+		resp, err := c.loop.TryRecv()
+		if err != nil {
+			c.cancel(err)
+			return nil
+		}
+		if resp == nil {
+			return nil
+		}
+		if err := l.demandAnswer(c, resp, true); err != nil {
+			return err
+		}
+		if !c.loop.Buffered() {
+			return nil // the next is in the socket, if any: poll(2) says
+		}
+	}
+}
+
+// demandAnswer checks a demand answer and places it with waking copies; one
+// that fails its checksum is asked for again. inLoop: on the fault loop's
+// thread, which cannot wait for itself to read an event pending (EAGAIN):
+// such an answer is placed by a goroutine of its own, which waits.
+func (l *link) demandAnswer(c *conn, resp *Response, inLoop bool) error {
+	c.lastDemand.Store(time.Now().UnixNano())
+	if err := resp.Verify(); err != nil {
+		l.stats.crcErrors.Add(1)
+		l.log.Warn("demand answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
+		req := Request{ID: l.pages.NextID(), Offset: resp.Offset, Pages: resp.Pages}
+		resp.Release()
+		if err := c.demand.Send(req); err != nil {
+			c.cancel(err)
+		}
+		return nil
+	}
+	if inLoop {
+		again, err := l.place.tryPlaceDemand(resp)
+		if again && err == nil {
+			go func() {
+				if err := l.finishDemand(resp, l.place.placeResponse(resp, true, nil)); err != nil {
+					l.life.fail(err)
+				}
+			}()
+			return nil
+		}
+		return l.finishDemand(resp, err)
+	}
+	return l.finishDemand(resp, l.place.placeResponse(resp, true, nil))
+}
+
+// finishDemand ends a demand answer placed with err.
+func (l *link) finishDemand(resp *Response, err error) error {
+	if r, p, ok := l.pages.LookupOffset(resp.Offset); ok {
+		l.pages.Answered(r, p, uint64(resp.Pages))
+	}
+	resp.Release()
+	return err
+}
+
+// demandRecv places demand answers as they arrive, with waking copies, for
+// a lane the fault loop does not read itself.
+//
+// With link.handOver, the fault loop reads a lane's answers only until
+// demandRecv runs: right after the handoff, and on one CPU, this goroutine
+// gets its thread half a millisecond or more after the first request has
+// gone out, and the first answer waited that long in the socket
+// (test/fetchbench FirstPage, pinned).
 func (l *link) demandRecv(c *conn) error {
+	if c.loop != nil {
+		if !l.handOver {
+			return nil
+		}
+		c.takeOver.Store(true)
+		l.wakeLoop()
+		select {
+		case <-c.handed:
+		case <-c.ctx.Done():
+			return nil
+		}
+		if e, ok := c.loop.(interface{ EndPoll() }); ok {
+			e.EndPoll()
+		}
+	}
 	th := l.prio.thread()
 	defer th.done()
 	if w, ok := c.demand.(interface{ WaitInThread() bool }); ok && th != nil {
@@ -342,27 +479,13 @@ func (l *link) demandRecv(c *conn) error {
 		if err != nil {
 			return err
 		}
-		now := time.Now()
-		th.woke(now)
-		c.lastDemand.Store(now.UnixNano())
-		if err := resp.Verify(); err != nil {
-			l.stats.crcErrors.Add(1)
-			l.log.Warn("demand answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
-			req := Request{ID: l.pages.NextID(), Offset: resp.Offset, Pages: resp.Pages}
-			resp.Release()
-			if err := c.demand.Send(req); err != nil {
-				return err
-			}
-			continue
-		}
-		err = l.place.placeResponse(resp, true, nil)
-		if r, p, ok := l.pages.LookupOffset(resp.Offset); ok {
-			l.pages.Answered(r, p, uint64(resp.Pages))
-		}
-		resp.Release()
-		if err != nil {
+		th.woke(time.Now())
+		if err := l.demandAnswer(c, resp, false); err != nil {
 			l.life.fail(err)
 			return err
+		}
+		if err := context.Cause(c.ctx); err != nil {
+			return err // a resend failed
 		}
 	}
 }
@@ -418,6 +541,7 @@ func (l *link) bulkSend(c *conn) error {
 		}
 		t.Stop()
 	}
+	l.awaitResume(c)
 	var runs []prefetch.Run
 	for {
 		bytes, n := l.pages.BulkInFlight()
@@ -455,6 +579,32 @@ func (l *link) bulkSend(c *conn) error {
 		case <-c.ctx.Done():
 			return nil
 		}
+	}
+}
+
+// resumeWait bounds how long the prefetch waits, once the first page is
+// placed, for the workload to fault again (awaitResume).
+const resumeWait = 2 * time.Millisecond
+
+// awaitResume waits, once the first page is placed, until the workload
+// faults again — its thread has run since that page came — or resumeWait
+// has passed. The first page is not the switchover's end until the thread
+// it woke runs: started at once, the bulk stream (the server reading,
+// this process copying) held the woken thread from a CPU for 1-2.5 ms in
+// half the runs with every process on one vCPU (test/fetchbench
+// FirstPage, pinned).
+func (l *link) awaitResume(c *conn) {
+	select {
+	case <-l.stats.firstPlaced:
+	default:
+		return // started by the grace period: no fault came
+	}
+	t := time.NewTimer(resumeWait)
+	defer t.Stop()
+	select {
+	case <-l.resumed:
+	case <-t.C:
+	case <-c.ctx.Done():
 	}
 }
 

@@ -82,11 +82,25 @@ func (pl *placer) unlockEvents(read bool) {
 // answer is placed boosted (sched.Thread.Boost), since its copies hold the
 // event lock nearly all the time — two system calls per run, not per copy.
 func (pl *placer) placeResponse(resp *wire.Response, demand bool, th *sched.Thread) error {
+	_, err := pl.place(resp, demand, th, true)
+	return err
+}
+
+// tryPlaceDemand places a demand answer as placeResponse does, for the
+// fault loop's thread: where a copy finds an event pending (EAGAIN) it
+// does not wait for the fault loop — it is the fault loop — but returns
+// again, with the pages placed so far in place; placing the answer again
+// skips them.
+func (pl *placer) tryPlaceDemand(resp *wire.Response) (again bool, err error) {
+	return pl.place(resp, true, nil, false)
+}
+
+func (pl *placer) place(resp *wire.Response, demand bool, th *sched.Thread, wait bool) (again bool, err error) {
 	th.Boost()
 	defer th.Unboost()
 	r, p, ok := pl.pages.LookupOffset(resp.Offset)
 	if !ok || uint64(resp.PageSize) != r.PageSize || p+uint64(resp.Pages) > r.Pages {
-		return fmt.Errorf("fetcher: answer for offset %#x, %d pages of %d bytes does not match any region",
+		return false, fmt.Errorf("fetcher: answer for offset %#x, %d pages of %d bytes does not match any region",
 			resp.Offset, resp.Pages, resp.PageSize)
 	}
 	data := resp.Data
@@ -103,18 +117,18 @@ func (pl *placer) placeResponse(resp *wire.Response, demand bool, th *sched.Thre
 		} else {
 			sz := n << r.Shift
 			if used+sz > uint64(len(data)) {
-				return fmt.Errorf("fetcher: answer for offset %#x is short of data", resp.Offset)
+				return false, fmt.Errorf("fetcher: answer for offset %#x is short of data", resp.Offset)
 			}
 			src = data[used : used+sz]
 			used += sz
 		}
-		if err := pl.placeRun(r, p, n, src, how, !demand); err != nil {
-			return err
+		if again, err := pl.placeRunWait(r, p, n, src, how, !demand, wait); err != nil || again {
+			return again, err
 		}
 		p += n
 	}
 	pl.stats.bytes.Add(used)
-	return nil
+	return false, nil
 }
 
 // placeRun places pages [p, p+n) of r from src, or zero pages when src is
@@ -122,6 +136,13 @@ func (pl *placer) placeResponse(resp *wire.Response, demand bool, th *sched.Thre
 // threads waiting there are woken afterwards, one wake per contiguous range
 // (the page table's PlaceStep says which, and wakes after EEXIST too).
 func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pagestate.Arrival, dontWake bool) error {
+	_, err := pl.placeRunWait(r, p, n, src, how, dontWake, true)
+	return err
+}
+
+// placeRunWait is placeRun; without wait, a copy that finds an event
+// pending returns again instead of waiting for the fault loop to read it.
+func (pl *placer) placeRunWait(r *pagestate.Area, p, n uint64, src []byte, how pagestate.Arrival, dontWake, wait bool) (again bool, err error) {
 	ps := r.PageSize
 	chunk := n
 	if dontWake {
@@ -139,7 +160,7 @@ func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pages
 		if err != nil {
 			// A thread that cannot be woken is a hung workload thread:
 			// fail loudly.
-			return err
+			return false, err
 		}
 		if st.Placed > 0 {
 			pl.stats.placed()
@@ -160,13 +181,16 @@ func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pages
 		if st.Again {
 			// The address space is changing: an event is pending. Wait
 			// for the fault loop to read it, then look again.
+			if !wait {
+				return true, nil
+			}
 			if !pl.waitEvents(seen, backoff) {
-				return nil
+				return false, nil
 			}
 			backoff = min(2*backoff, 5*time.Millisecond)
 		}
 	}
-	return nil
+	return false, nil
 }
 
 // uffdKernel is the placer's pagestate.Kernel: the userfaultfd itself.

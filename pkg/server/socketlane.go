@@ -308,6 +308,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			return
 		}
 	}
+	var rtTh *sched.Thread
 	if l == wire.LaneDemand && s.realTime {
 		// A real-time thread, woken by the kernel when a request arrives,
 		// reads it, reads the page and writes the answer: at most
@@ -320,7 +321,8 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			})
 		} else {
 			defer s.realTimeLanes.Add(-1)
-			if err := sched.RealTime(); err != nil {
+			var err error
+			if rtTh, err = sched.RealTimeThread(); err != nil {
 				s.realTimeOnce.Do(func() { s.log.Info("demand lanes run at normal priority", "error", err) })
 			}
 			if err := lc.Detach(); err == nil {
@@ -394,8 +396,29 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		return netio.WriteBounded(lc, bufs, &group, limit)
 	}
 	frame := make([]byte, wire.MaxRequestFrame)
+	spinFD, spin := -1, time.Duration(0)
+	if l == wire.LaneDemand {
+		if fd, ok := lc.PollFD(); ok {
+			spinFD, spin = fd, netio.SpinTime()
+		}
+	}
+	// Kept across requests: each would escape to the heap (io.ReadFull and
+	// Codec.Unmarshal take interfaces).
+	var hdr [4]byte
+	var req wire.Request
 	for used := false; ; used = true {
-		var hdr [4]byte
+		if spin > 0 && used && br.Buffered() == 0 && s.bulkBusy.Load() == 0 {
+			// A real-time thread must not spin: it would keep its CPU
+			// from the workload. It spins at background priority — and
+			// not while bulk work runs: preempted by it, a thread
+			// spinning at nice 10 waits for a CPU long after its spin
+			// ended, and reads the next request late.
+			lowered := rtTh != nil && !rtTh.SetRealTime(false)
+			netio.SpinReadable(spinFD, spin)
+			if lowered {
+				rtTh.SetRealTime(true)
+			}
+		}
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return // the client closed the lane
 		}
@@ -410,7 +433,6 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		if _, err := io.ReadFull(br, frame[:n]); err != nil {
 			return
 		}
-		var req wire.Request
 		if err := (wire.Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(frame[:n])}, &req); err != nil {
 			s.sendErrorFrame(c, status.Errorf(codes.InvalidArgument, "%v", err))
 			return
@@ -424,7 +446,9 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			if th != nil {
 				th.Defer(s.gate.recent(demandBurst))
 			}
+			s.bulkBusy.Add(1)
 			err = s.serve(ctx, sess, l, req, ps, send)
+			s.bulkBusy.Add(-1)
 		}
 		if err != nil {
 			s.sendErrorFrame(c, err)

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/wire"
 )
@@ -78,5 +80,85 @@ func waitInThread(t *testing.T, ti *testImage, c *client.Client) {
 		}
 	case <-ctx.Done():
 		t.Fatal("Close did not wake a Recv waiting in its thread")
+	}
+}
+
+// A demand socket lane read the way the fetcher's fault loop reads it
+// (PollFD, TryRecv): nothing is returned before a whole answer is there,
+// answers that came together are all returned (some from the lane's
+// buffers, which poll(2) does not see: Buffered), an answer larger than
+// the lane's buffer still comes whole, Recv works again after EndPoll, and
+// Close ends it.
+func TestSocketLanePoll(t *testing.T) {
+	ti := makeImage(t, 64*wire.PageSize4K, 8, [][2]int{{10, 12}}, []int{30})
+	addr := startSplitServer(t, Options{Image: ti.Img})
+	pollLane(t, ti, dial(t, addr, client.Options{}))
+}
+
+// pollLane checks a demand lane of c read with PollFD and TryRecv: ti is
+// the server's image (64 pages).
+func pollLane(t *testing.T, ti *testImage, c *client.Client) {
+	t.Helper()
+	_, d := openDemand(t, testCtx(t), c, 64*wire.PageSize4K)
+	fd, ok := d.PollFD()
+	if !ok {
+		t.Fatal("a socket lane cannot be polled")
+	}
+	if r, err := d.TryRecv(); r != nil || err != nil {
+		t.Fatalf("TryRecv with nothing asked = %v, %v; want nothing", r, err)
+	}
+	// 64 one-page answers, then one of 16 pages (64 KiB: more than the
+	// lane's buffer holds).
+	for p := range 64 {
+		if err := d.Send(wire.Request{ID: uint64(p), Offset: uint64(p * wire.PageSize4K), Pages: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Send(wire.Request{ID: 64, Offset: 16 * wire.PageSize4K, Pages: 16}); err != nil {
+		t.Fatal(err)
+	}
+	seen := make(map[uint64]bool)
+	zero := 0
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for len(seen) < 65 {
+		if n, err := unix.Poll(fds, 10_000); n != 1 || err != nil {
+			t.Fatalf("poll = %d, %v, with %d answers of 65", n, err, len(seen))
+		}
+		for {
+			r, err := d.TryRecv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r == nil {
+				break
+			}
+			if seen[r.ID] {
+				t.Fatalf("answer %d twice", r.ID)
+			}
+			seen[r.ID] = true
+			zero += checkRun(t, r, ti.Content)
+			r.Release()
+			if !d.Buffered() {
+				break
+			}
+		}
+	}
+	if zero != 3+1 { // pages 10, 11, 30, and 30 again in the long answer
+		t.Errorf("%d zero pages, want 4", zero)
+	}
+	if r, err := d.TryRecv(); r != nil || err != nil {
+		t.Fatalf("TryRecv with every answer read = %v, %v; want nothing", r, err)
+	}
+	d.EndPoll()
+	if r := fetch(t, d, 70, 5*wire.PageSize4K, 1); r.ID != 70 {
+		t.Errorf("Recv after EndPoll: answer %d, want 70", r.ID)
+	} else {
+		r.Release()
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.TryRecv(); err == nil {
+		t.Error("TryRecv after Close: no error")
 	}
 }

@@ -159,6 +159,16 @@ func TestTLSSocketLaneWaitInThread(t *testing.T) {
 	waitInThread(t, ti, dial(t, addr, client.Options{TLS: f.clientTLS(&f.client)}))
 }
 
+// Over TLS, a demand socket lane read as the fault loop reads it (PollFD,
+// TryRecv) brings the same answers: records decrypted ahead wait in the
+// lane's buffers, where poll(2) does not see them.
+func TestTLSSocketLanePoll(t *testing.T) {
+	f := newTLSFixture(t)
+	ti := makeImage(t, 64*wire.PageSize4K, 8, [][2]int{{10, 12}}, []int{30})
+	addr := startSplitServer(t, Options{Image: ti.Img, TLS: f.server(true)})
+	pollLane(t, ti, dial(t, addr, client.Options{TLS: f.clientTLS(&f.client)}))
+}
+
 // A TLS server whose listener is not given through SplitListener serves
 // gRPC (its credentials make the handshake), refuses a socket lane's
 // handshake, and clients fall back to gRPC lanes.

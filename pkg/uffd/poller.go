@@ -40,6 +40,9 @@ type Wakeup struct {
 	// blocking userfaultfd; it reports nothing at all when the registered
 	// process exits (operations then fail with ErrProcessGone).
 	Hangup bool
+	// Other: the other descriptor given to WaitWith is readable (or hung
+	// up: a read will say why).
+	Other bool
 }
 
 // NewPoller returns a Poller of f, which must be non-blocking: the kernel
@@ -64,6 +67,14 @@ func NewPoller(f *FD) (*Poller, error) {
 // timeout passes (timeout < 0: no timeout). A pending interrupt is consumed and
 // reported as Interrupted. After Close it returns ErrClosed.
 func (p *Poller) Wait(timeout time.Duration) (Wakeup, error) {
+	return p.WaitWith(timeout, -1)
+}
+
+// WaitWith is Wait with another descriptor in the poll set (none if other
+// < 0): it also returns when other is readable, with Other set. Whether
+// other stays open meanwhile is the caller's concern: a descriptor closed
+// during the wait may report nothing, or another file's readiness.
+func (p *Poller) WaitWith(timeout time.Duration, other int) (Wakeup, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed.Load() {
@@ -78,16 +89,23 @@ func (p *Poller) Wait(timeout time.Duration) (Wakeup, error) {
 	if timeout >= 0 {
 		deadline = time.Now().Add(timeout)
 	}
-	fds := [2]unix.PollFd{
+	fds := [3]unix.PollFd{
 		{Fd: int32(p.f.fd), Events: unix.POLLIN},
 		{Fd: int32(p.efd), Events: unix.POLLIN},
+		{Fd: int32(other), Events: unix.POLLIN},
+	}
+	set := fds[:2]
+	if other >= 0 {
+		set = fds[:3]
 	}
 	for {
 		ms := -1
-		if timeout >= 0 {
+		if timeout == 0 {
+			ms = 0
+		} else if timeout > 0 {
 			ms = pollMillis(time.Until(deadline))
 		}
-		n, err := unix.Poll(fds[:], ms)
+		n, err := unix.Poll(set, ms)
 		if err == unix.EINTR {
 			continue
 		}
@@ -112,6 +130,7 @@ func (p *Poller) Wait(timeout time.Duration) (Wakeup, error) {
 		_, _ = unix.Read(p.efd, (*[8]byte)(unsafe.Pointer(&v))[:])
 		w.Interrupted = true
 	}
+	w.Other = other >= 0 && fds[2].Revents&(unix.POLLIN|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
 	return w, nil
 }
 

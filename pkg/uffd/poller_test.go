@@ -240,3 +240,41 @@ func TestRuntimePoller(t *testing.T) {
 		t.Fatal("NewRuntimePoller accepted a blocking userfaultfd")
 	}
 }
+
+// WaitWith reports another descriptor's readiness beside the userfaultfd's:
+// a pipe with bytes in it is Other, an empty one is not.
+func TestPollerWaitWith(t *testing.T) {
+	p := newPoller(t, openAPI(t, 0))
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	if w, err := p.WaitWith(0, fds[0]); err != nil || w != (Wakeup{}) {
+		t.Fatalf("WaitWith(0) on an empty pipe = %+v, %v; want nothing", w, err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := unix.Write(fds[1], []byte{1})
+		done <- err
+	}()
+	w, err := p.WaitWith(must, fds[0])
+	if err != nil || !w.Other || w.Readable || w.Interrupted {
+		t.Fatalf("WaitWith with a byte in the pipe = %+v, %v; want Other only", w, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// An interrupt still ends a wait on both.
+	if err := p.Interrupt(); err != nil {
+		t.Fatal(err)
+	}
+	var b [1]byte
+	if _, err := unix.Read(fds[0], b[:]); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := p.WaitWith(must, fds[0]); err != nil || !w.Interrupted || w.Other {
+		t.Fatalf("WaitWith after Interrupt = %+v, %v", w, err)
+	}
+}
