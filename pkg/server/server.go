@@ -179,10 +179,10 @@ type Server struct {
 	health                   *health.Server
 	healthSvc                *boundedHealth
 
-	gate       *demandGate
+	gate *demandGate
 	// bulkBusy counts bulk socket-lane requests in service: a demand
 	// lane does not spin while bulk work runs (serveSocketLane).
-	bulkBusy atomic.Int32
+	bulkBusy   atomic.Int32
 	runs       sync.Pool // *runBuf
 	workingSet []byte    // offered to clients (Options.WorkingSet)
 	noWarm     bool      // Options.NoWarm
