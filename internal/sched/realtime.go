@@ -133,6 +133,18 @@ func (t *Thread) SetRealTime(on bool) bool {
 	return on
 }
 
+// Adjustable reports whether SetRealTime can still change the thread's
+// priority: false where the system refused it once (no CAP_SYS_NICE) and
+// for a nil Thread. A thread that spins must be able to lower itself.
+func (t *Thread) Adjustable() bool {
+	if t == nil {
+		return false
+	}
+	t.realTimeMu.Lock()
+	defer t.realTimeMu.Unlock()
+	return !t.noBoost
+}
+
 // Retire ends SetRealTime for good (it becomes a no-op): call it before the
 // thread's goroutine returns, since another goroutine may still call
 // SetRealTime, and a thread's id may be given to a new thread once it ends.

@@ -141,6 +141,17 @@ func newConfirmer(c *cache, pages *pagestate.Table, place *placer, pull *puller,
 		inflight: map[uint64]pagestate.BulkRun{}, kick: make(chan struct{}, 1), start: time.Now()}, nil
 }
 
+// running reports whether confirm requests are outstanding (false for a
+// nil confirmer): the fault loop does not spin then (faultLoop.wait).
+func (cf *confirmer) running() bool {
+	if cf == nil {
+		return false
+	}
+	cf.mu.Lock()
+	defer cf.mu.Unlock()
+	return len(cf.inflight) > 0
+}
+
 // wants reports whether page p of a is for the confirm pass: a copy is
 // held, and the pass goes on.
 func (cf *confirmer) wants(a *pagestate.Area, p uint64) bool {

@@ -123,14 +123,14 @@ func (f *faultLoop) run(th *demandThread) error {
 // while this thread still runs costs no wake-up (on this VM, waking a
 // thread on an idle vCPU takes tens of microseconds).
 //
-// It does not spin while bulk runs are in flight: the CPUs are busy then,
+// It does not spin while bulk or confirm runs are in flight: the CPUs are busy then,
 // a spin finds no idle one to keep awake, and a thread preempted while it
 // spins at background priority learns of its fault or answer late — under
 // a flat-out prefetch (test/fetchbench LoadedFaults, unpinned), spinning
 // made the faults' p99 7.7 ms against 1.5 ms.
 func (f *faultLoop) wait(p *uffd.Poller, fd int, th *demandThread) (uffd.Wakeup, error) {
 	if f.spin > 0 && time.Since(f.busy) < f.spin {
-		if _, runs := f.pages.BulkInFlight(); runs == 0 {
+		if f.canSpin(th) {
 			f.spinning(th)
 			for {
 				wk, err := p.WaitWith(0, fd)

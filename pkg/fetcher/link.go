@@ -186,7 +186,7 @@ func (l *link) newConn(ctx context.Context, client Source, sess Session, demand 
 	cctx, cancel := context.WithCancelCause(ctx)
 	c := &conn{client: client, sess: sess, demand: demand, ctx: cctx, cancel: cancel,
 		bulkReady: make(chan struct{}), placeQ: make(chan *Response, 2), loopFD: -1, handed: make(chan struct{})}
-	if pl, ok := demand.(pollLane); ok && l.loopLanes {
+	if pl, ok := demand.(pollLane); ok && l.loopLanes && l.smallPages() {
 		if fd, ok := pl.PollFD(); ok {
 			c.loop, c.loopFD = pl, fd
 		}
@@ -365,6 +365,24 @@ type pollLane interface {
 	// Buffered reports whether an answer may wait in the lane's buffers,
 	// which poll(2) does not see.
 	Buffered() bool
+}
+
+// loopPageMax is the largest page whose demand answers the fault loop
+// reads itself: an answer larger than a socket lane's read buffer (16 KiB)
+// is read whole with blocking reads, and the fault loop must not wait
+// there (a 2 MiB page crossing a slow link, or a server stalled mid-frame,
+// would leave the userfaultfd's events unread: a REMOVE would hold up the
+// VMM's madvise).
+const loopPageMax = 8 << 10
+
+// smallPages reports whether every area's page is at most loopPageMax.
+func (l *link) smallPages() bool {
+	for _, a := range l.pages.Areas() {
+		if a.PageSize > loopPageMax {
+			return false
+		}
+	}
+	return true
 }
 
 // loopLane returns the live connection whose demand answers the fault loop

@@ -93,9 +93,23 @@ func (f *faultLoop) serveInLoop(w faultWaiter) {
 // (the kernel then wakes it real-time): two system calls, under a
 // microsecond each here, per spin.
 func (f *faultLoop) spinning(th *demandThread) {
-	if th != nil && th.th != nil && !th.th.SetRealTime(false) {
+	if !th.th.SetRealTime(false) {
 		f.lowered = true
 	}
+}
+
+// canSpin reports whether the loop may spin now: it can lower itself (a
+// real-time loop whose priority the system lets it change: otherwise it
+// would spin at nice 0, beside the workload) and no bulk or confirm run is
+// in flight (see wait).
+func (f *faultLoop) canSpin(th *demandThread) bool {
+	if th == nil || !th.th.Adjustable() {
+		return false
+	}
+	if _, runs := f.pages.BulkInFlight(); runs > 0 {
+		return false
+	}
+	return !f.link.confirm.running()
 }
 
 func (f *faultLoop) spun(th *demandThread) {

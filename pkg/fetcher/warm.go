@@ -91,6 +91,7 @@ type Warmup struct {
 	sess      Session  // the current session, or nil
 	lane      WarmLane // its warm lane, or nil
 	link      *warmLink
+	th        *sched.Thread // the loop's (loop)
 	nextID    uint64
 	crcErrors atomic.Uint64 // answers that failed their checksum, asked again
 }
@@ -286,9 +287,11 @@ func (w *Warmup) offsetOf(i uint64) uint64 {
 func (w *Warmup) loop(ctx context.Context, src Source) {
 	defer close(w.done)
 	// Storing the answers (a copy and a digest per page) is background
-	// work: the source may run on this machine's CPUs too. The thread ends
-	// with the loop (internal/sched).
-	sched.LockThread().Defer(true)
+	// work: the source may run on this machine's CPUs too (serve lowers
+	// the thread for each store only: between them it waits, and the
+	// handoff's stop must not wait for a thread at background priority to
+	// get a CPU). The thread ends with the loop (internal/sched).
+	w.th = sched.LockThread()
 	w.src = src
 	w.link = startWarmLink(w.lane)
 	defer func() {
@@ -461,7 +464,9 @@ func (w *Warmup) serve(ctx context.Context, plan *[]warmRun, inflight map[uint64
 				return a.err
 			}
 			lastAnswer = time.Now()
+			w.th.Defer(true)
 			again, err := w.store(a.resp, inflight, res)
+			w.th.Defer(false)
 			a.resp.Release()
 			if err != nil {
 				return err

@@ -180,8 +180,9 @@ type Server struct {
 	healthSvc                *boundedHealth
 
 	gate *demandGate
-	// bulkBusy counts bulk socket-lane requests in service: a demand
-	// lane does not spin while bulk work runs (serveSocketLane).
+	// bulkBusy counts bulk requests in service (socket lanes, Bulk and
+	// Warm streams): a demand lane does not spin while bulk work runs
+	// (serveSocketLane).
 	bulkBusy   atomic.Int32
 	runs       sync.Pool // *runBuf
 	workingSet []byte    // offered to clients (Options.WorkingSet)
@@ -1035,7 +1036,10 @@ func (s *Server) bulkStream(stream grpc.ServerStream, msg any, background func()
 		} else if err != nil {
 			return err
 		}
-		if err := each(ctx, sess, yield); err != nil {
+		s.bulkBusy.Add(1)
+		err := each(ctx, sess, yield)
+		s.bulkBusy.Add(-1)
+		if err != nil {
 			return err
 		}
 	}

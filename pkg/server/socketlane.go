@@ -407,13 +407,17 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 	var hdr [4]byte
 	var req wire.Request
 	for used := false; ; used = true {
-		if spin > 0 && used && br.Buffered() == 0 && s.bulkBusy.Load() == 0 {
+		if spin > 0 && used && !tlsLane && br.Buffered() == 0 && s.bulkBusy.Load() == 0 && rtTh.Adjustable() {
 			// A real-time thread must not spin: it would keep its CPU
 			// from the workload. It spins at background priority — and
 			// not while bulk work runs: preempted by it, a thread
 			// spinning at nice 10 waits for a CPU long after its spin
-			// ended, and reads the next request late.
-			lowered := rtTh != nil && !rtTh.SetRealTime(false)
+			// ended, and reads the next request late. Nor where it
+			// cannot lower itself (no real-time thread, or the system
+			// refused a priority change): it would spin at nice 0. Nor
+			// over TLS: crypto/tls reads ahead, and a request waiting in
+			// its buffers is not seen by poll.
+			lowered := !rtTh.SetRealTime(false)
 			netio.SpinReadable(spinFD, spin)
 			if lowered {
 				rtTh.SetRealTime(true)
