@@ -39,9 +39,6 @@ var (
 	// ErrWarmUnsupported: the source cannot warm a cache (StartWarmup): an
 	// older page server. The migration can go on as plain post-copy.
 	ErrWarmUnsupported = errors.New("the source cannot warm a cache")
-	// ErrNothingToWarm: a warm-up of a working set alone
-	// (WarmConfig.OnlyWorkingSet) whose set is not of the image.
-	ErrNothingToWarm = errors.New("nothing to warm")
 )
 
 // Config is what Run needs. UFFD, Regions and Source are required.

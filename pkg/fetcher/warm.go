@@ -44,11 +44,9 @@ type WarmConfig struct {
 	Rate float64
 	// Rounds is how many rounds to run; 0: until the handoff.
 	Rounds int
-	// WorkingSet, when set, is pulled first in the first round; with
-	// OnlyWorkingSet the warm-up pulls nothing else (one round, whatever
-	// Rounds says). A set of another image is ignored, with a warning.
-	WorkingSet     *workingset.Set
-	OnlyWorkingSet bool
+	// WorkingSet, when set, is pulled first in the first round. A set of
+	// another image is ignored, with a warning.
+	WorkingSet *workingset.Set
 	// OnRound, when set, is called after each round, from the warm-up's
 	// goroutine: the next round starts when it returns.
 	OnRound func(WarmRound)
@@ -120,10 +118,6 @@ func StartWarmup(ctx context.Context, src Source, info ImageInfo, cfg WarmConfig
 	}
 	if cfg.Rate < 0 || cfg.Rate != cfg.Rate {
 		return nil, fmt.Errorf("fetcher: warm-up rate %v", cfg.Rate)
-	}
-	if cfg.OnlyWorkingSet && (cfg.WorkingSet == nil ||
-		cfg.WorkingSet.Match(workingset.Image{Size: info.Size, Generation: info.Generation}) != nil) {
-		return nil, fmt.Errorf("%w: no working set of this image", ErrNothingToWarm)
 	}
 	regions := aheadRegions(info)
 	if len(regions) == 0 {
@@ -218,15 +212,12 @@ type warmRun struct {
 }
 
 // plan returns the runs of a round: the working set's pages (in the first
-// round, in image order, adjacent pages coalesced) then, unless the set is
-// all there is to pull, every page of the cache in image order.
+// round, in image order, adjacent pages coalesced) then every page of the
+// cache in image order.
 func (w *Warmup) plan(round int) []warmRun {
 	var runs []warmRun
 	if round == 1 && w.cfg.WorkingSet != nil {
 		runs = w.setRuns()
-	}
-	if w.cfg.OnlyWorkingSet {
-		return runs
 	}
 	for _, r := range w.cache.regions {
 		for p := uint64(0); p < r.Length/cachePage; p += w.maxRun {
@@ -300,7 +291,7 @@ func (w *Warmup) loop(ctx context.Context, src Source) {
 		}
 	}()
 	for round := 1; ; round++ {
-		if w.cfg.Rounds > 0 && round > w.cfg.Rounds || w.cfg.OnlyWorkingSet && round > 1 {
+		if w.cfg.Rounds > 0 && round > w.cfg.Rounds {
 			w.log.Debug("warm-up: rounds done; the cache waits for the handoff", "rounds", w.rounds)
 			<-ctx.Done()
 			return
