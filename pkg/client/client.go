@@ -535,10 +535,11 @@ func (s *Session) End(ctx context.Context) error {
 // Lane is one Demand or Bulk stream of a session. Send may be called from
 // several goroutines; Recv from one.
 type Lane struct {
-	stream grpc.BidiStreamingClient[pb.PageRequest, pb.PageRun]
-	sock   *socketLane // instead of stream, for a socket lane
+	stream grpc.ClientStream // PageRequests (a WarmLane's: WarmRequests) answered by PageRuns
+	sock   *socketLane       // instead of stream, for a socket lane
 	cancel context.CancelFunc
 	kind   wire.LaneKind
+	warm   bool // a WarmLane's: its answers may say "same"
 	sendMu sync.Mutex
 	closed atomic.Bool
 }
@@ -566,7 +567,7 @@ func (l *Lane) Send(r wire.Request) error {
 	case err == io.EOF || l.closed.Load():
 		return io.EOF
 	}
-	return wire.FromStatus(l.kind.String()+" send", err)
+	return wire.FromStatus(l.name()+" send", err)
 }
 
 // sendStream sends r on the gRPC stream. Apart from Send, so that only this
@@ -599,14 +600,14 @@ func (l *Lane) checked(r *wire.Response, err error) (*wire.Response, error) {
 		if l.closed.Load() && (l.sock != nil || status.Code(err) == codes.Canceled) || err == io.EOF {
 			return nil, io.EOF
 		}
-		return nil, wire.FromStatus(l.kind.String()+" recv", err)
+		return nil, wire.FromStatus(l.name()+" recv", err)
 	}
 	if err := r.Check(); err != nil {
 		r.Release()
-		return nil, fmt.Errorf("transport: %s recv: %w", l.kind, err)
+		return nil, fmt.Errorf("transport: %s recv: %w", l.name(), err)
 	}
 	for _, sg := range r.Segments {
-		if sg.Same {
+		if sg.Same && !l.warm {
 			// Only a Warm answer may say "same": a demand or bulk
 			// answer has no copy to refer to.
 			r.Release()
@@ -614,6 +615,14 @@ func (l *Lane) checked(r *wire.Response, err error) (*wire.Response, error) {
 		}
 	}
 	return r, nil
+}
+
+// name names the lane in errors: demand, bulk or warm.
+func (l *Lane) name() string {
+	if l.warm {
+		return "warm"
+	}
+	return l.kind.String()
 }
 
 // WaitInThread makes Recv wait for answers blocked in poll(2) on the
@@ -707,7 +716,7 @@ func (l *Lane) CloseSend() error {
 		}
 		return nil
 	}
-	return wire.FromStatus(l.kind.String()+" close", l.stream.CloseSend())
+	return wire.FromStatus(l.name()+" close", l.stream.CloseSend())
 }
 
 // Close ends the lane at once: it half-closes the stream and cancels it, so
@@ -726,5 +735,5 @@ func (l *Lane) Close() error {
 	if err == io.EOF {
 		err = nil
 	}
-	return wire.FromStatus(l.kind.String()+" close", err)
+	return wire.FromStatus(l.name()+" close", err)
 }

@@ -5,13 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
-	"sync/atomic"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/postcopy/postcopy/pkg/wire"
 	pb "github.com/postcopy/postcopy/proto/postcopy/v1"
@@ -42,7 +37,7 @@ func (s *Session) Warm(ctx context.Context) (*WarmLane, error) {
 		cancel()
 		return nil, wire.FromStatus("warm open", err)
 	}
-	return &WarmLane{stream: st, cancel: cancel}, nil
+	return &WarmLane{Lane{stream: st, cancel: cancel, kind: wire.LaneBulk, warm: true}}, nil
 }
 
 // Freeze tells the server that the destination takes over from a stopped
@@ -58,19 +53,17 @@ func (s *Session) Freeze(ctx context.Context) error {
 	return wire.FromStatus("freeze", err)
 }
 
-// WarmLane is one Warm stream of a session. Send may be called from
-// several goroutines; Recv from one.
-type WarmLane struct {
-	stream grpc.BidiStreamingClient[pb.WarmRequest, pb.PageRun]
-	cancel context.CancelFunc
-	sendMu sync.Mutex
-	closed atomic.Bool
-}
+// WarmLane is one Warm stream of a session: a gRPC bulk lane (Lane) whose
+// requests name digests. Send may be called from several goroutines; Recv
+// from one.
+type WarmLane struct{ l Lane }
 
 // Send sends a request: Digests nil, or one per page (0 where no copy is
-// held; the server refuses other lengths, InvalidArgument). An error matching io.EOF means the stream has ended (or the lane
-// was closed): Recv returns why.
-func (l *WarmLane) Send(r wire.WarmRequest) error {
+// held; the server refuses other lengths, InvalidArgument). An error
+// matching io.EOF means the stream has ended (or the lane was closed):
+// Recv returns why.
+func (w *WarmLane) Send(r wire.WarmRequest) error {
+	l := &w.l
 	if l.closed.Load() {
 		return io.EOF
 	}
@@ -89,40 +82,12 @@ func (l *WarmLane) Send(r wire.WarmRequest) error {
 // answer has arrived) or after Close; other errors are *wire.Error values
 // matching wire's sentinels where they apply. The caller owns the
 // wire.Response until it calls Release.
-func (l *WarmLane) Recv() (*wire.Response, error) {
-	r := wire.NewResponse()
-	if err := l.stream.RecvMsg(r); err != nil {
-		r.Release()
-		if err == io.EOF || l.closed.Load() && status.Code(err) == codes.Canceled {
-			return nil, io.EOF
-		}
-		return nil, wire.FromStatus("warm recv", err)
-	}
-	if err := r.Check(); err != nil {
-		r.Release()
-		return nil, fmt.Errorf("transport: warm recv: %w", err)
-	}
-	return r, nil
-}
+func (w *WarmLane) Recv() (*wire.Response, error) { return w.l.Recv() }
 
 // CloseSend tells the server no more requests follow; Recv returns the
 // remaining answers, then io.EOF.
-func (l *WarmLane) CloseSend() error {
-	l.sendMu.Lock()
-	defer l.sendMu.Unlock()
-	return wire.FromStatus("warm close", l.stream.CloseSend())
-}
+func (w *WarmLane) CloseSend() error { return w.l.CloseSend() }
 
 // Close ends the lane at once, so that a blocked Recv returns (io.EOF).
 // Unanswered requests are dropped.
-func (l *WarmLane) Close() error {
-	l.closed.Store(true)
-	l.sendMu.Lock()
-	err := l.stream.CloseSend()
-	l.sendMu.Unlock()
-	l.cancel()
-	if err == io.EOF {
-		err = nil
-	}
-	return wire.FromStatus("warm close", err)
-}
+func (w *WarmLane) Close() error { return w.l.Close() }
