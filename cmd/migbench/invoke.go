@@ -589,7 +589,9 @@ func (e *env) warmUp(ctx context.Context, pf *proc, w *warmRun) (err error) {
 			return nil
 		case ev.Name == "summary":
 			var fs events.FetcherSummary
-			_ = json.Unmarshal(ev.Raw, &fs)
+			if err := json.Unmarshal(ev.Raw, &fs); err != nil {
+				return fmt.Errorf("pagefetcher ended during the warm-up, before any handoff: %s%s", ev.Raw, pf.tail())
+			}
 			return fmt.Errorf("pagefetcher ended during the warm-up, before any handoff (ok %v: %s)%s", fs.OK, fs.Error, pf.tail())
 		case ev.Name == "ready":
 			ready = true
@@ -668,24 +670,12 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 	if err := json.Unmarshal(summary, &fs); err != nil {
 		return nil, fmt.Errorf("pagefetcher's summary: %w: %s", err, summary)
 	}
-	// The summary object as printed (with any key migbench does not
-	// know), and a warm-up's figures in it.
+	// The summary object as printed, with any key migbench does not know.
 	var line struct {
 		Summary json.RawMessage `json:"summary"`
 	}
-	var warmSum struct {
-		Pages struct {
-			Confirmed uint64 `json:"confirmed"`
-		} `json:"pages"`
-		PagesChangedAfterFreeze uint64 `json:"pages_changed_after_freeze"`
-	}
 	if err := json.Unmarshal(summary, &line); err != nil {
 		return nil, fmt.Errorf("pagefetcher's summary: %w", err)
-	}
-	if len(line.Summary) > 0 {
-		if err := json.Unmarshal(line.Summary, &warmSum); err != nil {
-			return nil, fmt.Errorf("pagefetcher's summary: %w", err)
-		}
 	}
 	sum := fs.Summary
 	ms := func(a, b int64) float64 { return float64(b-a) / 1e6 }
@@ -721,7 +711,7 @@ func figures(method string, shaped bool, sr sourceReady, sd sourceDone, dd destD
 		// before it.
 		m.CostStartS = float64(warm.Start-t0) / 1e9
 		m.WarmUp = &bench.WarmUp{WarmS: -m.CostStartS, WarmRounds: len(warm.Rounds), WarmLog: warm.Rounds, WarmStop: warm.Stop,
-			ChangedPages: warmSum.PagesChangedAfterFreeze, PagesConfirmed: warmSum.Pages.Confirmed}
+			ChangedPages: sum.PagesChangedAfterFreeze, PagesConfirmed: sum.Pages.Confirmed}
 		if dd.TSrcStopped > 0 {
 			m.SourceStopWaitMS = ms(dd.TState, dd.TSrcStopped)
 		}
