@@ -6,7 +6,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/postcopy/postcopy/internal/bench"
 	"github.com/postcopy/postcopy/pkg/handshake"
+	"github.com/postcopy/postcopy/pkg/image"
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
 
@@ -375,27 +375,22 @@ func waitStopped(f *os.File, limit time.Duration) error {
 		if n == 0 && err != nil {
 			return fmt.Errorf("the source's state: %w", err)
 		}
-		st := procState(buf[:n])
-		if st == 'T' || st == 't' {
+		st, err := image.StatState(buf[:n])
+		switch {
+		case err != nil:
+			return fmt.Errorf("the source's state: %w", err)
+		case image.Stopped(st):
 			return nil
+		case st == 'Z' || st == 'X' || st == 'x':
+			return fmt.Errorf("the source exited (state %s) instead of stopping", image.StateName(st))
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the source did not stop within %v of sending its state (state %q)", limit, st)
+			return fmt.Errorf("the source did not stop within %v of sending its state (state %s)", limit, image.StateName(st))
 		}
 		// This thread's own sleep: a timer of the Go runtime would wake
 		// it through another thread, and later.
 		_ = unix.Nanosleep(&unix.Timespec{Nsec: 20_000}, nil)
 	}
-}
-
-// procState is the state letter of a /proc/PID/stat line: the field after
-// the command name in parentheses (which may hold spaces and parentheses).
-func procState(stat []byte) byte {
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 || i+2 >= len(stat) {
-		return '?'
-	}
-	return stat[i+2]
 }
 
 func runTCPServer(name string, args []string, stdout io.Writer) error {

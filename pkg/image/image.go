@@ -85,6 +85,10 @@ type Process interface {
 	// StateAtOpen is the process's state letter of /proc/PID/stat at open
 	// (R running, S sleeping, D disk sleep, T stopped, t traced, ...).
 	StateAtOpen() byte
+	// State is the process's state letter now. A process that exited (a
+	// zombie, a dead one, none, or its pid given to another) is an error
+	// matching ErrSourceGone; another error is one of reading its state.
+	State() (byte, error)
 }
 
 var (

@@ -288,7 +288,23 @@ func (p *pidImage) StateAtOpen() byte { return p.state }
 
 // StoppedAtOpen reports whether the process was stopped at open: state T
 // (SIGSTOP) or t (a tracer).
-func (p *pidImage) StoppedAtOpen() bool { return isStopped(p.state) }
+func (p *pidImage) StoppedAtOpen() bool { return Stopped(p.state) }
+
+// State reads the process's state letter now (Process.State).
+func (p *pidImage) State() (byte, error) {
+	st, err := readStat(p.pid)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH):
+		return 0, newError(ErrSourceGone, unix.ESRCH, "%s", p.name)
+	case err != nil:
+		return 0, err
+	case st.start != p.start:
+		return 0, newError(ErrSourceGone, unix.ESRCH, "%s: the pid is another process's now", p.name)
+	case st.state == 'Z' || st.state == 'X' || st.state == 'x':
+		return 0, newError(ErrSourceGone, unix.ESRCH, "%s: state %s", p.name, StateName(st.state))
+	}
+	return st.state, nil
+}
 
 // String is "pid:PID (COMM, N readable mappings, up to 0xEND)".
 func (p *pidImage) String() string { return p.desc }

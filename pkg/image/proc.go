@@ -27,9 +27,29 @@ type procStat struct {
 // (since Linux 3.3 and 3.5).
 var statLayoutFields = [...]int{26, 27, 28, 45, 46, 47, 48, 49, 50, 51}
 
-// isStopped reports whether a state letter of /proc/PID/stat is stopped: by
-// a signal (T) or by a tracer (t).
-func isStopped(state byte) bool { return state == 'T' || state == 't' }
+// Stopped reports whether a state letter of /proc/PID/stat is stopped: by a
+// signal (T) or by a tracer (t).
+func Stopped(state byte) bool { return state == 'T' || state == 't' }
+
+// StateName names a state letter of /proc/PID/stat as proc(5) does: "T
+// (stopped)".
+func StateName(state byte) string {
+	names := map[byte]string{'R': "running", 'S': "sleeping", 'D': "disk sleep", 'T': "stopped",
+		't': "tracing stop", 'Z': "zombie", 'X': "dead", 'x': "dead", 'I': "idle", 'P': "parked",
+		'W': "waking", 'K': "wakekill"}
+	if n, ok := names[state]; ok {
+		return fmt.Sprintf("%c (%s)", state, n)
+	}
+	return fmt.Sprintf("%q", state)
+}
+
+// StatState is the state letter of a /proc/PID/stat line (field 3, after
+// the command name in parentheses), for a caller that reads the file
+// itself.
+func StatState(b []byte) (byte, error) {
+	st, err := parseStat(b)
+	return st.state, err
+}
 
 // readStat reads /proc/PID/stat. A process that does not exist yields an
 // error matching fs.ErrNotExist (or ESRCH when it is exiting).

@@ -1,12 +1,9 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -187,17 +184,17 @@ func (s *Server) Freeze(ctx context.Context, req *pb.FreezeRequest) (*pb.FreezeR
 	authenticated(ctx)
 	state := "-"
 	if p, ok := s.img.(image.Process); ok {
-		st, err := processState(p.PID())
+		st, err := p.State()
 		switch {
-		case errors.Is(err, errExited):
-			return nil, s.sourceGone(fmt.Errorf("pid:%d: %w", p.PID(), err))
+		case errors.Is(err, image.ErrSourceGone):
+			return nil, s.sourceGone(err)
 		case err != nil:
 			// Not an answer about the process (EACCES, EMFILE, ...): no
 			// reason, so the client may try again.
 			return nil, status.Errorf(codes.Internal, "freeze: reading the state of pid:%d: %v", p.PID(), err)
 		}
-		state = stateName(st)
-		if st != 'T' && st != 't' {
+		state = image.StateName(st)
+		if !image.Stopped(st) {
 			sess.log.Warn("freeze refused: the source process is not stopped", "pid", p.PID(), "state", state)
 			return nil, wire.ReasonStatus(wire.ReasonSourceRunning, fmt.Sprintf(
 				"source pid:%d is not stopped: state %s; stop it (SIGSTOP) before the destination takes over",
@@ -208,40 +205,4 @@ func (s *Server) Freeze(ctx context.Context, req *pb.FreezeRequest) (*pb.FreezeR
 	sess.log.Info("source frozen: the destination takes over", "source", s.img.String(), "state", state,
 		"session_age", time.Since(sess.opened).Round(time.Millisecond))
 	return &pb.FreezeResponse{}, nil
-}
-
-// errExited: the source process exited (processState).
-var errExited = errors.New("process exited")
-
-// processState reads the state letter of /proc/PID/stat (field 3, after
-// the command name in parentheses, which may itself hold parentheses). A
-// process that exited (no such entry, a zombie or a dead one) is an error.
-func processState(pid int) (byte, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, errExited
-	}
-	if err != nil {
-		return 0, err
-	}
-	r := bytes.LastIndexByte(b, ')')
-	if r < 0 || r+2 >= len(b) {
-		return 0, fmt.Errorf("malformed /proc stat line %q", b)
-	}
-	st := b[r+2]
-	if st == 'Z' || st == 'X' || st == 'x' {
-		return 0, fmt.Errorf("%w (state %s)", errExited, stateName(st))
-	}
-	return st, nil
-}
-
-// stateName names a state letter of /proc/PID/stat as proc(5) does.
-func stateName(st byte) string {
-	names := map[byte]string{'R': "running", 'S': "sleeping", 'D': "disk sleep", 'T': "stopped",
-		't': "tracing stop", 'Z': "zombie", 'X': "dead", 'x': "dead", 'I': "idle", 'P': "parked",
-		'W': "waking", 'K': "wakekill"}
-	if n, ok := names[st]; ok {
-		return fmt.Sprintf("%c (%s)", st, n)
-	}
-	return fmt.Sprintf("%q", st)
 }
