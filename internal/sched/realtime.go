@@ -118,8 +118,29 @@ func (t *Thread) SetRealTime(on bool) bool {
 	if t.noBoost {
 		return false
 	}
+	_ = t.setRealTimeLocked(on)
+	return t.realTime
+}
+
+// Lower is SetRealTime(false) reporting whether the thread now runs at
+// background priority: false for a nil Thread, one that could not be made
+// real-time, and one the system refused to lower (it keeps its priority).
+// A thread spins only where Lower says so: a real-time or normal-priority
+// thread that spins keeps its CPU from the workload.
+func (t *Thread) Lower() bool {
+	if t == nil {
+		return false
+	}
+	t.realTimeMu.Lock()
+	defer t.realTimeMu.Unlock()
+	return !t.noBoost && t.setRealTimeLocked(false) == nil
+}
+
+// setRealTimeLocked makes the change SetRealTime describes, with
+// realTimeMu held; an error (the system refused) ends all changes.
+func (t *Thread) setRealTimeLocked(on bool) error {
 	if on == t.realTime {
-		return on
+		return nil
 	}
 	policy, prio, nice := uint32(unix.SCHED_NORMAL), uint32(0), int32(BackgroundNice)
 	if on {
@@ -127,22 +148,10 @@ func (t *Thread) SetRealTime(on bool) bool {
 	}
 	if err := setSched(t.tid, policy, prio, nice); err != nil {
 		t.noBoost = true
-		return t.realTime
+		return err
 	}
 	t.realTime = on
-	return on
-}
-
-// Adjustable reports whether SetRealTime can still change the thread's
-// priority: false where the system refused it once (no CAP_SYS_NICE) and
-// for a nil Thread. A thread that spins must be able to lower itself.
-func (t *Thread) Adjustable() bool {
-	if t == nil {
-		return false
-	}
-	t.realTimeMu.Lock()
-	defer t.realTimeMu.Unlock()
-	return !t.noBoost
+	return nil
 }
 
 // Retire ends SetRealTime for good (it becomes a no-op): call it before the

@@ -32,7 +32,6 @@ type faultLoop struct {
 	// an answer (wait); busy is when it last had one.
 	spin    time.Duration
 	busy    time.Time
-	lowered bool // by spinning
 	resumed bool // link.resumed is closed
 }
 
@@ -130,19 +129,18 @@ func (f *faultLoop) run(th *demandThread) error {
 // made the faults' p99 7.7 ms against 1.5 ms.
 func (f *faultLoop) wait(p *uffd.Poller, fd int, th *demandThread) (uffd.Wakeup, error) {
 	if f.spin > 0 && time.Since(f.busy) < f.spin {
-		if f.canSpin(th) {
-			f.spinning(th)
+		if f.canSpin() && f.lower(th) {
 			for {
 				wk, err := p.WaitWith(0, fd)
 				if err != nil || wk.Readable || wk.Other || wk.Interrupted || wk.Hangup {
-					f.spun(th)
+					f.raise(th)
 					return wk, err
 				}
 				if time.Since(f.busy) >= f.spin {
 					break
 				}
 			}
-			f.spun(th)
+			f.raise(th)
 		}
 	}
 	return p.WaitWith(-1, fd)

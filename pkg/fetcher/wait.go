@@ -86,35 +86,22 @@ func (f *faultLoop) serveInLoop(w faultWaiter) {
 	f.link.wakeLoop = func() { _ = pw.Interrupt() }
 }
 
-// spinning lowers a real-time fault loop to background priority while it
-// spins, since a real-time thread must not spin: it would keep its CPU from
-// the workload, whose thread the answer just woke. spun raises it again, as
-// the budget allows, for the work the spin found or the sleep that follows
-// (the kernel then wakes it real-time): two system calls, under a
-// microsecond each here, per spin.
-func (f *faultLoop) spinning(th *demandThread) {
-	if !th.th.SetRealTime(false) {
-		f.lowered = true
-	}
-}
-
-// canSpin reports whether the loop may spin now: it can lower itself (a
-// real-time loop whose priority the system lets it change: otherwise it
-// would spin at nice 0, beside the workload) and no bulk or confirm run is
+// canSpin reports whether the loop may spin now: no bulk or confirm run is
 // in flight (see wait).
-func (f *faultLoop) canSpin(th *demandThread) bool {
-	if th == nil || !th.th.Adjustable() {
-		return false
-	}
+func (f *faultLoop) canSpin() bool {
 	if _, runs := f.pages.BulkInFlight(); runs > 0 {
 		return false
 	}
 	return !f.link.confirm.running()
 }
 
-func (f *faultLoop) spun(th *demandThread) {
-	if f.lowered {
-		f.lowered = false
-		th.th.SetRealTime(th.budget.realTime())
-	}
-}
+// lower puts a real-time fault loop at background priority for a spin, and
+// reports whether it runs there: a real-time thread must not spin (it would
+// keep its CPU from the workload, whose thread the answer just woke), nor
+// one at normal priority, beside the workload's; raise restores it, as the
+// budget allows, for the work the spin found or the sleep that follows
+// (the kernel then wakes it real-time): two system calls, under a
+// microsecond each here, per spin.
+func (f *faultLoop) lower(th *demandThread) bool { return th != nil && th.th.Lower() }
+
+func (f *faultLoop) raise(th *demandThread) { th.th.SetRealTime(th.budget.realTime()) }

@@ -407,23 +407,20 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 	var hdr [4]byte
 	var req wire.Request
 	for used := false; ; used = true {
-		if spin > 0 && used && br.Buffered() == 0 && s.bulkBusy.Load() == 0 && rtTh.Adjustable() {
+		if spin > 0 && used && br.Buffered() == 0 && s.bulkBusy.Load() == 0 && rtTh.Lower() {
 			// A real-time thread must not spin: it would keep its CPU
 			// from the workload. It spins at background priority — and
 			// not while bulk work runs: preempted by it, a thread
 			// spinning at nice 10 waits for a CPU long after its spin
 			// ended, and reads the next request late. Nor where it
-			// cannot lower itself (no real-time thread, or the system
-			// refused a priority change): it would spin at nice 0. Over
+			// cannot lower itself (Lower: no real-time thread, or the
+			// system refused a priority change). Over
 			// TLS a request that crypto/tls read ahead with the one before
 			// waits in its buffers unseen by poll: it is read when the
 			// spin ends, at most spin late — against a wake-up saved on
 			// every answer (test/fetchbench TLS, unpinned).
-			lowered := !rtTh.SetRealTime(false)
 			netio.SpinReadable(spinFD, spin)
-			if lowered {
-				rtTh.SetRealTime(true)
-			}
+			rtTh.SetRealTime(true)
 		}
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return // the client closed the lane
