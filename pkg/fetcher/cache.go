@@ -133,13 +133,15 @@ func (c *cache) storeZero(i uint64) (changed bool) {
 	return changed
 }
 
-// appendDigests appends the digests of pages [i, i+n) to out, or nothing if
-// none of them is held (a request for pages never pulled names none).
-func (c *cache) appendDigests(out []uint64, i, n uint64) []uint64 {
+// digestsOf returns the digests of pages [i, i+n), or nil if none of them
+// is held (a request for pages never pulled names none). The slice is the
+// cache's own, not a copy: a request naming it is encoded by Send before
+// Send returns, and only an answer to that request changes them.
+func (c *cache) digestsOf(i, n uint64) []uint64 {
 	if _, ok := c.nextHeld(i, i+n, true); !ok {
-		return out
+		return nil
 	}
-	return append(out, c.digests[i:i+n]...)
+	return c.digests[i : i+n : i+n]
 }
 
 // release gives the bytes of pages [i, i+n) back to the kernel

@@ -356,7 +356,7 @@ func (l *link) confirmSend(c *conn, lane WarmLane) error {
 			cf.inflight[b.ID] = b
 			i, _, _ := cf.cache.index(b.Offset)
 			reqs = append(reqs, WarmRequest{ID: b.ID, Offset: b.Offset, Pages: b.Pages,
-				Digests: cf.cache.appendDigests(nil, i, uint64(b.Pages))})
+				Digests: cf.cache.digestsOf(i, uint64(b.Pages))})
 		}
 		idle := len(cf.inflight) == 0 && cf.policy.Pending() == 0
 		cf.mu.Unlock()

@@ -439,7 +439,7 @@ func (w *Warmup) serve(ctx context.Context, plan *[]warmRun, inflight map[uint64
 			}
 			w.nextID++
 			req := WarmRequest{ID: w.nextID, Offset: r.off, Pages: uint32(r.n),
-				Digests: w.cache.appendDigests(nil, r.i, r.n)}
+				Digests: w.cache.digestsOf(r.i, r.n)}
 			if err := w.link.lane.Send(req); err != nil {
 				return w.link.why(err)
 			}
