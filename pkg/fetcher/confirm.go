@@ -334,6 +334,7 @@ var errConfirmDone = errors.New("confirm pass done")
 func (l *link) confirmSend(c *conn, lane WarmLane) error {
 	cf := l.confirm
 	var runs []prefetch.Run
+	var reqs []WarmRequest
 	for {
 		cf.mu.Lock()
 		want := confirmWindow - len(cf.inflight)
@@ -347,7 +348,7 @@ func (l *link) confirmSend(c *conn, lane WarmLane) error {
 		default:
 			runs = cf.policy.Next(want, runs)
 		}
-		reqs := make([]WarmRequest, 0, len(runs))
+		reqs = reqs[:0]
 		now := time.Now()
 		for _, r := range runs {
 			a := l.pages.Areas()[r.Region]
