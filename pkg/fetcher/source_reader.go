@@ -246,7 +246,7 @@ func (s *readerSession) answer(r WarmRequest) (*Response, error) {
 	data := buf[:0]
 	for p := uint64(0); p < uint64(r.Pages); p++ {
 		page := buf[p*ps : (p+1)*ps]
-		same := len(r.Digests) > 0 && r.Digests[p] != 0 && r.Digests[p] == wire.PageDigest(page)
+		same := len(r.Digests) > 0 && wire.DigestMatches(page, r.Digests[p])
 		zero := !same && isZero(page)
 		if k := len(resp.Segments); k > 0 && resp.Segments[k-1].Zero == zero && resp.Segments[k-1].Same == same {
 			resp.Segments[k-1].Pages++

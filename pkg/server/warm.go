@@ -131,15 +131,15 @@ func (rb *runBuf) markSame(digests []byte, ps uint32) uint64 {
 	for _, sg := range rb.segs {
 		for range sg.Pages {
 			d := wire.DigestAt(digests, p)
-			var live uint64
-			if d != 0 {
-				if sg.Zero {
-					live = zeroDigest(ps)
-				} else {
-					live = wire.PageDigest(data[p*int(ps) : (p+1)*int(ps)])
-				}
+			var isSame bool
+			switch {
+			case d == 0:
+			case sg.Zero:
+				isSame = d == zeroDigest(ps)
+			default:
+				isSame = wire.DigestMatches(data[p*int(ps):(p+1)*int(ps)], d)
 			}
-			if d != 0 && d == live {
+			if isSame {
 				same++
 				add(false, true)
 			} else {

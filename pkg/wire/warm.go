@@ -37,6 +37,16 @@ func PageDigest(page []byte) uint64 {
 	return d
 }
 
+// DigestMatches reports whether page's digest (PageDigest) is d, reading
+// the page once only when it differs: the crc32c half is compared before
+// the IEEE half is computed.
+func DigestMatches(page []byte, d uint64) bool {
+	if d == 0 || uint32(d>>32) != crc32.Checksum(page, castagnoli) {
+		return false
+	}
+	return PageDigest(page) == d
+}
+
 // WarmRequest asks for Pages pages at Offset on the Warm lane. Digests is
 // nil (no copy held: the run is answered as a bulk run is) or holds one
 // digest per page (PageDigest of the copy held, 0 where none is held); ID

@@ -161,3 +161,28 @@ func FuzzValidateWarmRequest(f *testing.F) {
 		}
 	})
 }
+
+// DigestMatches agrees with PageDigest: a match, a change in either half's
+// input, no copy held (0), and the reserved digest of a digest-0 input.
+func TestDigestMatches(t *testing.T) {
+	page := make([]byte, PageSize4K)
+	for i := range page {
+		page[i] = byte(i * 7)
+	}
+	d := PageDigest(page)
+	if !DigestMatches(page, d) {
+		t.Error("a page does not match its own digest")
+	}
+	if DigestMatches(page, d^1) {
+		t.Error("a page matches a digest whose IEEE half differs")
+	}
+	if DigestMatches(page, d^1<<40) {
+		t.Error("a page matches a digest whose crc32c half differs")
+	}
+	if DigestMatches(page, 0) {
+		t.Error("a page matches 0 (no copy held)")
+	}
+	if !DigestMatches(nil, PageDigest(nil)) || DigestMatches(nil, 0) {
+		t.Error("the digest-0 input: want a match for 1 only")
+	}
+}
