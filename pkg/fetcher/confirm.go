@@ -53,10 +53,10 @@ type confirmer struct {
 	stats *counters
 	log   hclog.Logger
 
-	mu       sync.Mutex
-	policy   *prefetch.Policy             // the cached pages still to confirm
-	inflight map[uint64]pagestate.BulkRun // confirm requests outstanding
-	kick     chan struct{}
+	mu     sync.Mutex
+	policy *prefetch.Policy // the cached pages still to confirm
+	runs   pagestate.Runs   // confirm requests outstanding
+	kick   chan struct{}
 
 	frozen    atomic.Bool
 	abandoned atomic.Bool // the session cannot confirm: the bulk lane brings every page
@@ -138,7 +138,7 @@ func newConfirmer(c *cache, pages *pagestate.Table, place *placer, pull *puller,
 	}
 	log.Info("pages to confirm from the warm-up's cache", "pages", held, "of", pages.TotalPages())
 	return &confirmer{cache: c, pages: pages, place: place, pull: pull, stats: st, log: log, policy: policy,
-		inflight: map[uint64]pagestate.BulkRun{}, kick: make(chan struct{}, 1), start: time.Now()}, nil
+		kick: make(chan struct{}, 1), start: time.Now()}, nil
 }
 
 // running reports whether confirm requests are outstanding (false for a
@@ -147,9 +147,8 @@ func (cf *confirmer) running() bool {
 	if cf == nil {
 		return false
 	}
-	cf.mu.Lock()
-	defer cf.mu.Unlock()
-	return len(cf.inflight) > 0
+	_, n := cf.runs.InFlight()
+	return n > 0
 }
 
 // wants reports whether page p of a is for the confirm pass: a copy is
@@ -188,8 +187,7 @@ func (cf *confirmer) done(region int, p, n uint64) {
 func (cf *confirmer) lost() {
 	cf.mu.Lock()
 	defer cf.mu.Unlock()
-	for id, b := range cf.inflight {
-		delete(cf.inflight, id)
+	for _, b := range cf.runs.Lost(nil) {
 		cf.requeueLocked(b)
 	}
 	cf.flowing.Store(false)
@@ -209,18 +207,7 @@ func (cf *confirmer) late(limit time.Time) bool {
 	if cf == nil {
 		return false
 	}
-	cf.mu.Lock()
-	defer cf.mu.Unlock()
-	return sentBefore(cf.inflight, limit)
-}
-
-func sentBefore(m map[uint64]pagestate.BulkRun, limit time.Time) bool {
-	for _, b := range m {
-		if b.SentAt.Before(limit) {
-			return true
-		}
-	}
-	return false
+	return cf.runs.Late(limit)
 }
 
 // abandon gives up the pass: the session cannot confirm. Every cached page
@@ -230,9 +217,7 @@ func (cf *confirmer) abandon(why string) {
 		return
 	}
 	cf.log.Warn("the warm-up's copies cannot be confirmed: the bulk lane brings those pages", "reason", why)
-	cf.mu.Lock()
-	clear(cf.inflight)
-	cf.mu.Unlock()
+	cf.runs.Lost(nil)
 	for _, a := range cf.pages.Areas() {
 		if a.PageSize != cachePage {
 			continue
@@ -337,7 +322,8 @@ func (l *link) confirmSend(c *conn, lane WarmLane) error {
 	var reqs []WarmRequest
 	for {
 		cf.mu.Lock()
-		want := confirmWindow - len(cf.inflight)
+		_, n := cf.runs.InFlight()
+		want := confirmWindow - n
 		runs = runs[:0]
 		switch {
 		case want <= 0:
@@ -351,15 +337,13 @@ func (l *link) confirmSend(c *conn, lane WarmLane) error {
 		reqs = reqs[:0]
 		now := time.Now()
 		for _, r := range runs {
-			a := l.pages.Areas()[r.Region]
-			b := pagestate.BulkRun{ID: l.pages.NextID(), Offset: a.Offset + r.Page<<a.Shift, Area: r.Region, Page: r.Page,
-				Pages: r.Pages, Bytes: uint64(r.Pages) << a.Shift, SentAt: now}
-			cf.inflight[b.ID] = b
+			b := l.pages.Run(r.Region, r.Page, r.Pages, now)
+			cf.runs.Add(b)
 			i, _, _ := cf.cache.index(b.Offset)
 			reqs = append(reqs, WarmRequest{ID: b.ID, Offset: b.Offset, Pages: b.Pages,
 				Digests: cf.cache.digestsOf(i, uint64(b.Pages))})
 		}
-		idle := len(cf.inflight) == 0 && cf.policy.Pending() == 0
+		idle := n+len(runs) == 0 && cf.policy.Pending() == 0
 		cf.mu.Unlock()
 		if idle {
 			if !cf.finished.Swap(true) {
@@ -398,10 +382,7 @@ func (l *link) confirmRecv(c *conn, lane WarmLane) error {
 		}
 		c.lastConfirm.Store(time.Now().UnixNano())
 		cf.flowing.Store(true)
-		cf.mu.Lock()
-		b, ok := cf.inflight[resp.ID]
-		delete(cf.inflight, resp.ID)
-		cf.mu.Unlock()
+		b, ok := cf.runs.Done(resp.ID)
 		if ok {
 			cf.noteLatency(time.Since(b.SentAt))
 		}

@@ -1,6 +1,9 @@
 package pagestate
 
-import "time"
+import (
+	"sync"
+	"time"
+)
 
 // Bulk requests: runs of pages asked for on the bulk lane, from the
 // prefetch policy. The policy hands a page out once; a page a demand request
@@ -20,66 +23,105 @@ type BulkRun struct {
 	SentAt time.Time
 }
 
+// Run returns a request for pages [page, page+pages) of area, with a new
+// id, sent at now: a bulk run, or a run the confirm pass asks for.
+func (t *Table) Run(area int, page uint64, pages uint32, now time.Time) BulkRun {
+	a := t.regions[area]
+	return BulkRun{ID: t.nextID.Add(1), Offset: a.Offset + page<<a.Shift, Area: area, Page: page, Pages: pages,
+		Bytes: uint64(pages) << a.Shift, SentAt: now}
+}
+
 // AskBulk makes a bulk request outstanding for pages [page, page+pages) of
 // area and returns it, to send.
 func (t *Table) AskBulk(area int, page uint64, pages uint32, now time.Time) BulkRun {
-	a := t.regions[area]
-	b := BulkRun{ID: t.nextID.Add(1), Offset: a.Offset + page<<a.Shift, Area: area, Page: page, Pages: pages,
-		Bytes: uint64(pages) << a.Shift, SentAt: now}
-	t.bulkMu.Lock()
-	t.bulk[b.ID] = b
-	t.bulkBytes += b.Bytes
-	t.bulkMu.Unlock()
+	b := t.Run(area, page, pages, now)
+	t.bulk.Add(b)
 	return b
 }
 
 // BulkAsked reports whether bulk request id is outstanding: an answer to
 // any other is a protocol error.
-func (t *Table) BulkAsked(id uint64) bool {
-	t.bulkMu.Lock()
-	_, ok := t.bulk[id]
-	t.bulkMu.Unlock()
-	return ok
-}
+func (t *Table) BulkAsked(id uint64) bool { return t.bulk.Asked(id) }
 
 // BulkDone ends bulk request id (answered and placed, or failed) and
 // returns it; ok is false if it was not outstanding.
-func (t *Table) BulkDone(id uint64) (b BulkRun, ok bool) {
-	t.bulkMu.Lock()
-	if b, ok = t.bulk[id]; ok {
-		delete(t.bulk, id)
-		t.bulkBytes -= b.Bytes
-	}
-	t.bulkMu.Unlock()
-	return b, ok
-}
+func (t *Table) BulkDone(id uint64) (BulkRun, bool) { return t.bulk.Done(id) }
 
 // BulkInFlight returns the bytes and the number of bulk requests
 // outstanding.
-func (t *Table) BulkInFlight() (bytes uint64, runs int) {
-	t.bulkMu.Lock()
-	defer t.bulkMu.Unlock()
-	return t.bulkBytes, len(t.bulk)
-}
+func (t *Table) BulkInFlight() (bytes uint64, runs int) { return t.bulk.InFlight() }
 
 // BulkLost ends every bulk request outstanding (their connection broke) and
 // appends them to out: the caller hands their pages back to the prefetch
 // policy, those nobody else brings (Unclaimed).
-func (t *Table) BulkLost(out []BulkRun) []BulkRun {
-	t.bulkMu.Lock()
-	for id, b := range t.bulk {
-		out = append(out, b)
-		delete(t.bulk, id)
-	}
-	t.bulkBytes = 0
-	t.bulkMu.Unlock()
-	return out
-}
+func (t *Table) BulkLost(out []BulkRun) []BulkRun { return t.bulk.Lost(out) }
 
 // BulkLate reports whether a bulk request outstanding was sent before
 // limit.
-func (t *Table) BulkLate(limit time.Time) bool {
-	t.bulkMu.Lock()
-	defer t.bulkMu.Unlock()
-	return sentBefore(t.bulk, func(b BulkRun) time.Time { return b.SentAt }, limit)
+func (t *Table) BulkLate(limit time.Time) bool { return t.bulk.Late(limit) }
+
+// Runs are the runs outstanding on one lane that asks for runs of pages:
+// the bulk lane's (Table.AskBulk and its kin), the confirm pass's. The zero
+// value is empty; it is safe for concurrent use.
+type Runs struct {
+	mu    sync.Mutex
+	runs  map[uint64]BulkRun // request id -> run outstanding
+	bytes uint64             // the bytes of those runs
+}
+
+// Add makes run b outstanding.
+func (r *Runs) Add(b BulkRun) {
+	r.mu.Lock()
+	if r.runs == nil {
+		r.runs = make(map[uint64]BulkRun)
+	}
+	r.runs[b.ID] = b
+	r.bytes += b.Bytes
+	r.mu.Unlock()
+}
+
+// Asked reports whether request id is outstanding.
+func (r *Runs) Asked(id uint64) bool {
+	r.mu.Lock()
+	_, ok := r.runs[id]
+	r.mu.Unlock()
+	return ok
+}
+
+// Done ends request id and returns its run; ok is false if it was not
+// outstanding.
+func (r *Runs) Done(id uint64) (b BulkRun, ok bool) {
+	r.mu.Lock()
+	if b, ok = r.runs[id]; ok {
+		delete(r.runs, id)
+		r.bytes -= b.Bytes
+	}
+	r.mu.Unlock()
+	return b, ok
+}
+
+// InFlight returns the bytes and the number of runs outstanding.
+func (r *Runs) InFlight() (bytes uint64, runs int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.bytes, len(r.runs)
+}
+
+// Lost ends every run outstanding and appends them to out.
+func (r *Runs) Lost(out []BulkRun) []BulkRun {
+	r.mu.Lock()
+	for id, b := range r.runs {
+		out = append(out, b)
+		delete(r.runs, id)
+	}
+	r.bytes = 0
+	r.mu.Unlock()
+	return out
+}
+
+// Late reports whether a run outstanding was sent before limit.
+func (r *Runs) Late(limit time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return sentBefore(r.runs, func(b BulkRun) time.Time { return b.SentAt }, limit)
 }

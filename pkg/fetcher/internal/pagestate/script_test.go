@@ -720,11 +720,11 @@ func (h *harness) check() error {
 		}
 	}
 	var bulkBytes uint64
-	for _, b := range h.t.bulk {
+	for _, b := range h.t.bulk.runs {
 		bulkBytes += uint64(b.Pages) << h.t.regions[b.Area].Shift
 	}
-	if bytes, runs := h.t.BulkInFlight(); bytes != bulkBytes || runs != len(h.t.bulk) {
-		return fmt.Errorf("bulk in flight: %d bytes in %d runs, counted %d bytes in %d runs", bytes, runs, bulkBytes, len(h.t.bulk))
+	if bytes, runs := h.t.BulkInFlight(); bytes != bulkBytes || runs != len(h.t.bulk.runs) {
+		return fmt.Errorf("bulk in flight: %d bytes in %d runs, counted %d bytes in %d runs", bytes, runs, bulkBytes, len(h.t.bulk.runs))
 	}
 	for tid, pa := range h.k.blocked {
 		if !h.brings(tid, pa) {

@@ -92,9 +92,7 @@ type Table struct {
 	nOutstanding atomic.Int64
 	nextID       atomic.Uint64
 
-	bulkMu    sync.Mutex
-	bulk      map[uint64]BulkRun // request id -> bulk run outstanding
-	bulkBytes uint64             // the bytes of those runs
+	bulk Runs // the bulk lane's runs outstanding
 
 	remaining atomic.Int64
 	counts    [NArrivals]atomic.Uint64
@@ -145,8 +143,7 @@ func New(regions []Region, hooks Hooks) (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Table{layout: *l, hooks: hooks, waiters: make(map[uint64]waiters), outstanding: make(map[uint64]Request),
-		bulk: make(map[uint64]BulkRun)}
+	t := &Table{layout: *l, hooks: hooks, waiters: make(map[uint64]waiters), outstanding: make(map[uint64]Request)}
 	t.remaining.Store(int64(t.totalPages()))
 	return t, nil
 }
