@@ -238,7 +238,7 @@ func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 // the bulk lane — its page leads the next bulk run — or takes the demand
 // lane, as the rider decides (ride.go). A page the confirm pass is to place
 // (a copy of it is cached) rides the warm lane instead, once confirmations
-// flow (rider.rideConfirm).
+// flow (rider.ride).
 func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 	f.stats.lastFault.Store(max(1, int64(now.Sub(f.stats.handoff))))
 	if !f.resumed {
@@ -251,12 +251,7 @@ func (f *faultLoop) fault(pg pagestate.Page, tid uint32, now time.Time) error {
 	}
 	cf := f.link.confirm
 	cached := cf.wants(pg.A, pg.P)
-	var ride, flowing bool
-	if cached {
-		ride, flowing = f.rider.rideConfirm(tid, now, cf) // the warm lane brings it, not the bulk lane
-	} else {
-		ride, flowing = f.rider.ride(tid, now)
-	}
+	ride, flowing := f.rider.ride(tid, now, cached) // a cached page: the warm lane brings it, not the bulk lane
 	if ride {
 		switch f.pages.FaultRiding(pg, tid, now) {
 		case pagestate.FaultZero:

@@ -90,11 +90,20 @@ func newRider(rate float64, woken *wakeTimes, l *link, stats *counters) *rider {
 		woken: woken, link: l, stats: stats}
 }
 
-// ride reports whether a fault by thread tid read at now should ride the
-// bulk lane; flowing reports whether the bulk lane flows (a fault that
-// takes the demand lane then charges the rate: charge).
-func (r *rider) ride(tid uint32, now time.Time) (ride, flowing bool) {
-	if r.off || r.link.pull.recording.Load() || !r.link.bulkFlowing() {
+// ride reports whether a fault by thread tid read at now should ride: the
+// bulk lane, or, for a page the confirm pass is to place (cached: a copy of
+// it is held), the confirm pass's warm lane, which then must flow and be
+// quick enough (confirmer.rideWaitOK) — before confirmations flow nothing
+// brings such a page but a demand request. flowing reports whether that
+// lane flows (a fault that takes the demand lane then charges the rate:
+// charge).
+func (r *rider) ride(tid uint32, now time.Time, cached bool) (ride, flowing bool) {
+	cf := r.link.confirm
+	lane := r.link.bulkFlowing()
+	if cached {
+		lane = cf.flowing.Load()
+	}
+	if r.off || r.link.pull.recording.Load() || !lane {
 		return false, false
 	}
 	t := now.Sub(r.woken.epoch)
@@ -104,23 +113,10 @@ func (r *rider) ride(tid uint32, now time.Time) (ride, flowing bool) {
 		d, ok := r.woken.since(tid, now)
 		want = ok && d < backToBack
 	}
+	if cached {
+		return want && cf.rideWaitOK(), true
+	}
 	return want && r.rideWaitOK(), true
-}
-
-// rideConfirm is ride for a page the confirm pass is to place (a copy of
-// it is cached): the confirm pass's warm lane, not the bulk lane, must flow
-// and be quick enough (confirmer.rideWaitOK). Before confirmations flow
-// nothing brings the page but a demand request.
-func (r *rider) rideConfirm(tid uint32, now time.Time, cf *confirmer) (ride, flowing bool) {
-	if r.off || r.link.pull.recording.Load() || !cf.flowing.Load() {
-		return false, false
-	}
-	want := !r.admit.Open(int64(now.Sub(r.woken.epoch)))
-	if !want {
-		d, ok := r.woken.since(tid, now)
-		want = ok && d < backToBack
-	}
-	return want && cf.rideWaitOK(), true
 }
 
 // charge counts a fault that took the demand lane while the bulk lane
