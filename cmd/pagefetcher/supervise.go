@@ -67,9 +67,16 @@ func supervise(ctx context.Context, f *fetcher.Fetcher, c *config, sigs *daemon.
 				saveWorkingSet(c.recordWorkingSet, f, log)
 			}
 			return finish(r.sum, r.err, forced, out)
-		case now := <-prog:
-			p := f.Progress()
-			rate := float64(p.BytesReceived-lastBytes) / now.Sub(lastAt).Seconds()
+		case <-prog:
+			// The rate is timed by the clock read here, not by the tick's
+			// value: a ticker's value is when the tick was due, and a tick
+			// that waited in the channel can be older than the last line's
+			// time (a negative rate, seen in CI).
+			p, now := f.Progress(), time.Now()
+			var rate float64
+			if dt := now.Sub(lastAt).Seconds(); dt > 0 {
+				rate = float64(p.BytesReceived-lastBytes) / dt
+			}
 			lastBytes, lastAt = p.BytesReceived, now
 			if tty {
 				fmt.Fprintf(stderr, "\r%d/%d pages resident (%.1f%%), %.1f MB/s, %d faults   ",

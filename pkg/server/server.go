@@ -795,11 +795,10 @@ func (s *Server) serve(ctx context.Context, sess *session, l wire.LaneKind, req 
 	if sess.ended.Load() {
 		return status.Error(codes.NotFound, "session ended")
 	}
-	if err := send(rb, req, ps); err != nil {
-		return err
-	}
+	// Counted before it is sent, as serveWarm does: the client that has
+	// the answer finds it in Stats.
 	s.account(sess, l, rb, ps)
-	return nil
+	return send(rb, req, ps)
 }
 
 // demandBurst is how long after a demand request the bulk path stays at
