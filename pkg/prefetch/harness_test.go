@@ -26,7 +26,12 @@ func newHarness(regions []Region, cfg Config) (*harness, error) {
 	return h, h.check()
 }
 
-func (h *harness) check() error { return consistent(h.p, h.m) }
+func (h *harness) check() error {
+	if got, want := h.p.Riding(), len(h.m.rides) > 0; got != want {
+		return fmt.Errorf("Riding() = %v with the model's rides %v", got, h.m.rides)
+	}
+	return consistent(h.p, h.m)
+}
 
 func (h *harness) fault(r int, page uint64) error {
 	h.p.Fault(r, page)

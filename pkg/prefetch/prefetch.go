@@ -273,6 +273,9 @@ func (p *Policy) Ride(region int, page uint64) {
 	p.rides = append(p.rides, r)
 }
 
+// Riding reports whether a ride waits for Next.
+func (p *Policy) Riding() bool { return len(p.rides) > 0 }
+
 // firstRun returns the index in First's runs of the first one that holds
 // page of region and that Next has not finished handing out (at or after
 // firstAt), if any.

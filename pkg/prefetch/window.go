@@ -57,6 +57,18 @@ func (w Window) Want(answers, inflight uint64, runs int) int {
 	return min(maxRuns-runs, max(1, int((limit-inflight)/w.RunBytes)))
 }
 
+// Refill reports whether to refill the window now, with inflight bytes in
+// runs runs on the lane: a window of short runs — under half its bytes,
+// over half its runs in flight — waits until half its runs have come back,
+// and is then refilled in one go (Want until it says none), unless urgent
+// (a thread waits on a page the next run brings: Policy.Riding). Refilled
+// one run per answer, a working set's single pages cost every process on
+// the way a wake-up and a system call each; half a window at once is one
+// write, one read on the server and answers that come back together.
+func (w Window) Refill(inflight uint64, runs int, urgent bool) bool {
+	return urgent || runs <= RunsPerWindow*w.Runs/2 || inflight >= uint64(w.Runs)*w.RunBytes/2
+}
+
 // StartAfter returns how long the prefetch still waits, sinceHandoff after
 // the handoff: until the first page is placed (firstPlaced) or StartGrace
 // has passed, whichever comes first. Zero: start now.

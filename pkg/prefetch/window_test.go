@@ -70,6 +70,30 @@ func TestWindowFill(t *testing.T) {
 	}
 }
 
+// A window of short runs is refilled once half its runs are back, or at
+// once for a ride; one of long runs at every answer.
+func TestWindowRefill(t *testing.T) {
+	const run = 1 << 20
+	w := Window{Runs: 4, RunBytes: run}
+	for _, tc := range []struct {
+		name     string
+		inflight uint64
+		runs     int
+		urgent   bool
+		want     bool
+	}{
+		{"short runs: over half the runs back out, wait", 17 * 4096, 17, false, false},
+		{"short runs: a ride goes now", 17 * 4096, 17, true, true},
+		{"short runs: half the runs back, refill", 16 * 4096, 16, false, true},
+		{"long runs: refill at every answer", 2 * run, 17, false, true},
+		{"just under half the bytes", 2*run - 1, 31, false, false},
+	} {
+		if got := w.Refill(tc.inflight, tc.runs, tc.urgent); got != tc.want {
+			t.Errorf("%s: Refill(%d, %d, %v) = %v, want %v", tc.name, tc.inflight, tc.runs, tc.urgent, got, tc.want)
+		}
+	}
+}
+
 func TestStartAfter(t *testing.T) {
 	for _, tc := range []struct {
 		since  time.Duration
