@@ -161,8 +161,11 @@ func openSocketLane(ctx context.Context, cl *Client, id string, l wire.LaneKind)
 	return sl, nil
 }
 
-func (l *socketLane) send(r wire.Request) error {
-	l.wbuf = wire.AppendRequestFrame(l.wbuf[:0], r)
+func (l *socketLane) send(rs []wire.Request) error {
+	l.wbuf = l.wbuf[:0]
+	for _, r := range rs {
+		l.wbuf = wire.AppendRequestFrame(l.wbuf, r)
+	}
 	_, err := l.conn.Write(l.wbuf)
 	return err
 }

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -123,6 +124,66 @@ func TestSocketLane(t *testing.T) {
 	}
 	if _, err := b.Recv(); err != io.EOF {
 		t.Fatalf("bulk lane after CloseSend: %v, want io.EOF", err)
+	}
+}
+
+// SendBatch sends a window of runs at once; on a socket bulk lane the
+// server answers the requests that came together with one write. Either
+// way the answers come in order, byte for byte the image's, and a bad
+// request in the batch is answered with its error after the answers of
+// the requests before it.
+func TestBulkSendBatch(t *testing.T) {
+	ti := pagetest.MakeImage(t, 64*wire.PageSize4K, 5, [][2]int{{10, 14}}, []int{20})
+	for _, socket := range []bool{true, false} {
+		t.Run(fmt.Sprintf("socket=%v", socket), func(t *testing.T) {
+			addr := serveSplit(t, server.Options{Image: ti.Img, DemandSocket: true, BulkSocket: socket})
+			c := pagetest.Dial(t, addr, client.Options{})
+			ctx := pagetest.Ctx(t)
+			sess, d := pagetest.OpenDemand(t, ctx, c, 48*wire.PageSize4K)
+			defer d.Close()
+			b, err := sess.Bulk(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			if b.IsSocket() != socket {
+				t.Fatalf("bulk lane is a socket lane: %v, want %v", b.IsSocket(), socket)
+			}
+			// Single pages in a scattered order, then runs of several.
+			var reqs []wire.Request
+			for i := range 40 {
+				reqs = append(reqs, wire.Request{ID: uint64(len(reqs)), Offset: uint64((i * 7 % 40) * wire.PageSize4K), Pages: 1})
+			}
+			for p := 40; p < 48; p += 4 {
+				reqs = append(reqs, wire.Request{ID: uint64(len(reqs)), Offset: uint64(p * wire.PageSize4K), Pages: 4})
+			}
+			// Past the session's 48 pages: refused, after the rest.
+			reqs = append(reqs, wire.Request{ID: 999, Offset: 60 * wire.PageSize4K, Pages: 1})
+			if err := b.SendBatch(reqs); err != nil {
+				t.Fatal(err)
+			}
+			zero := 0
+			for i, req := range reqs[:len(reqs)-1] {
+				r, err := b.Recv()
+				if err != nil {
+					t.Fatalf("answer %d: %v", i, err)
+				}
+				if r.ID != req.ID || r.Offset != req.Offset || r.Pages != req.Pages {
+					t.Fatalf("answer %d is id %d at %#x (%d pages), want id %d at %#x (%d pages)", i, r.ID, r.Offset, r.Pages, req.ID, req.Offset, req.Pages)
+				}
+				zero += pagetest.CheckRun(t, r, ti.Content)
+				r.Release()
+			}
+			if zero != 5 {
+				t.Errorf("%d zero pages, want 5", zero)
+			}
+			if r, err := b.Recv(); err == nil {
+				r.Release()
+				t.Fatal("a request past the session's regions was answered")
+			} else if !strings.Contains(err.Error(), "0x3c000") {
+				t.Errorf("the refused request: %v, want an error naming its offset 0x3c000", err)
+			}
+		})
 	}
 }
 

@@ -354,6 +354,27 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 	group := make(net.Buffers, 0, 16)
 	var scratch, gather []byte // a TLS lane's record (netio.WriteRecords) and writes (LaneConn.Gather)
 	var lenBuf [4]byte
+	// A plaintext bulk lane holds the answers to requests that came
+	// together (the client sends a window of short runs in one write:
+	// prefetch.Window.Refill) and writes them with one writev (flush).
+	var held heldAnswers
+	coalesce := l == wire.LaneBulk && !tlsLane
+	bulkLimit := func() int {
+		if s.gate.recent(netio.SplitWindow) {
+			return netio.MaxSyscallBytes
+		}
+		return 0
+	}
+	flush := func() error {
+		if len(held.bufs) == 0 {
+			return nil
+		}
+		_ = c.SetWriteDeadline(time.Now().Add(laneWriteTimeout))
+		err := netio.WriteBounded(lc, held.bufs, &group, bulkLimit())
+		held.reset()
+		return err
+	}
+	defer held.reset()
 	send := func(rb *runBuf, req wire.Request, ps uint32) error {
 		rb.out = wire.OutRun{
 			ID: req.ID, Offset: req.Offset, Pages: req.Pages, PageSize: ps,
@@ -362,6 +383,13 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		rb.buf = nil
 		bs := rb.out.Marshal()
 		rb.out = wire.OutRun{}
+		if coalesce {
+			held.add(bs)
+			if held.bytes < heldMaxBytes && len(held.frees) < heldMaxAnswers && wholeRequest(br) {
+				return nil // the next request's answer goes with this one
+			}
+			return flush()
+		}
 		defer bs.Free()
 		binary.LittleEndian.PutUint32(lenBuf[:], uint32(bs.Len()))
 		bufs = append(bufs[:0], lenBuf[:])
@@ -390,8 +418,8 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			return err
 		}
 		limit := 0
-		if l == wire.LaneBulk && s.gate.recent(netio.SplitWindow) {
-			limit = netio.MaxSyscallBytes
+		if l == wire.LaneBulk {
+			limit = bulkLimit()
 		}
 		return netio.WriteBounded(lc, bufs, &group, limit)
 	}
@@ -454,10 +482,67 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			s.bulkBusy.Add(-1)
 		}
 		if err != nil {
-			s.sendErrorFrame(c, err)
+			if flush() == nil { // the answers before it, in order
+				s.sendErrorFrame(c, err)
+			}
 			return
 		}
 	}
+}
+
+// A bulk lane holds at most heldMaxAnswers answers, of heldMaxBytes in all,
+// before it writes them: a thread may wait on the first (a fault riding the
+// bulk lane leads its batch), and reading a run of 4 KiB takes a few
+// microseconds.
+const (
+	heldMaxBytes   = 128 << 10
+	heldMaxAnswers = 32
+)
+
+// heldAnswers are a bulk lane's answers not written yet: their frames, each
+// its length and its encoded run, to be written in one writev.
+type heldAnswers struct {
+	bufs  net.Buffers
+	lens  []byte // the frames' lengths, 4 bytes each
+	frees []mem.BufferSlice
+	bytes int
+}
+
+func (h *heldAnswers) add(bs mem.BufferSlice) {
+	n := bs.Len()
+	if h.lens == nil {
+		h.lens = make([]byte, 0, 4*heldMaxAnswers)
+	}
+	// lens never grows past its capacity (at most heldMaxAnswers are held):
+	// the slices of it in bufs stay valid.
+	h.lens = binary.LittleEndian.AppendUint32(h.lens, uint32(n))
+	h.bufs = append(h.bufs, h.lens[len(h.lens)-4:])
+	for _, b := range bs {
+		h.bufs = append(h.bufs, b.ReadOnlyData())
+	}
+	h.frees = append(h.frees, bs)
+	h.bytes += 4 + n
+}
+
+// reset frees the answers held (written, or never to be).
+func (h *heldAnswers) reset() {
+	for _, bs := range h.frees {
+		bs.Free()
+	}
+	clear(h.bufs)
+	clear(h.frees)
+	h.bufs, h.lens, h.frees, h.bytes = h.bufs[:0], h.lens[:0], h.frees[:0], 0
+}
+
+// wholeRequest reports whether br holds a whole request frame, to be read
+// without waiting for the socket.
+func wholeRequest(br *bufio.Reader) bool {
+	if br.Buffered() < 4 {
+		return false
+	}
+	hdr, _ := br.Peek(4)
+	n := binary.LittleEndian.Uint32(hdr)
+	return n <= wire.MaxRequestFrame && br.Buffered() >= 4+int(n)
 }
 
 // laneSet tracks the socket lanes being served, for a graceful stop (which
