@@ -343,10 +343,12 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	if err := f.pull.setup(uint64(sess.MaxBulkBytes()), f.cfg.BulkRunBytes, f.cfg.BulkWindow); err != nil {
 		return abandon(err)
 	}
-	if err := f.pull.useWorkingSet(workingset.Image{Size: sess.Image().Size, Generation: sess.Image().Generation}, f.log); err != nil {
-		return abandon(err)
-	}
+	wsImage := workingset.Image{Size: sess.Image().Size, Generation: sess.Image().Generation}
 	if w := f.cfg.Warmup; w != nil {
+		// The confirm pass's order starts with the set's runs.
+		if err := f.pull.useWorkingSet(wsImage, f.log); err != nil {
+			return abandon(err)
+		}
 		if f.link.confirm, err = newConfirmer(w.cache, f.pages, f.place, f.pull, f.stats, uint64(sess.MaxBulkBytes()),
 			f.pull.wsRuns, f.log); err != nil {
 			return abandon(err)
@@ -377,6 +379,16 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	if f.cfg.RecordWorkingSet {
 		wg.Add(1)
 		go func() { defer wg.Done(); f.link.recordPhase(runCtx) }()
+	}
+	if f.cfg.Warmup == nil {
+		// Off the way to the first page: the bulk lane waits for it.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f.pull.useWorkingSet(wsImage, f.log); err != nil {
+				f.life.fail(err)
+			}
+		}()
 	}
 	// Logged once the loops are started: a log line is a write(2), off the way to
 	// the first page.

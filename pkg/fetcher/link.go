@@ -185,7 +185,7 @@ func (l *link) connLoop(ctx context.Context, client Source, c *conn) {
 func (l *link) newConn(ctx context.Context, client Source, sess Session, demand Lane) *conn {
 	cctx, cancel := context.WithCancelCause(ctx)
 	c := &conn{client: client, sess: sess, demand: demand, ctx: cctx, cancel: cancel,
-		bulkReady: make(chan struct{}), placeQ: make(chan *Response, 2), loopFD: -1, handed: make(chan struct{})}
+		bulkReady: make(chan struct{}), placeQ: make(chan *Response, placeQueue), loopFD: -1, handed: make(chan struct{})}
 	if pl, ok := demand.(pollLane); ok && l.loopLanes && l.smallPages() {
 		if fd, ok := pl.PollFD(); ok {
 			c.loop, c.loopFD = pl, fd
@@ -539,6 +539,11 @@ func (l *link) bulkSend(c *conn) error {
 	case <-c.ctx.Done():
 		return nil
 	}
+	select {
+	case <-l.pull.wsReady:
+	case <-c.ctx.Done():
+		return nil
+	}
 	// Right after the handoff, the workload's first fault is the
 	// switchover's critical path: the prefetch starts once the first page
 	// is placed, or a grace period after the handoff if no fault comes.
@@ -561,35 +566,35 @@ func (l *link) bulkSend(c *conn) error {
 	}
 	l.awaitResume(c)
 	var runs []prefetch.Run
+	var reqs []Request
 	for {
 		bytes, n := l.pages.BulkInFlight()
 		answers := uint64(c.bulkDone.Load())
-		sent := false
-		for {
-			want := l.pull.window.Want(answers, bytes, n)
-			if want == 0 {
-				break
-			}
-			runs = l.pull.next(want, runs[:0])
-			if len(runs) == 0 {
-				break
-			}
-			for i, run := range runs {
-				b := l.pages.AskBulk(run.Region, run.Page, run.Pages, time.Now())
-				if err := c.bulk.Send(Request{ID: b.ID, Offset: b.Offset, Pages: b.Pages}); err != nil {
-					// This run is in flight (lost with the connection,
-					// requeued then); the rest left the policy and were
-					// never asked for: back to it now, or nothing brings
-					// them.
-					for _, r := range runs[i+1:] {
-						l.pull.requeue(pagestate.BulkRun{Area: r.Region, Page: r.Page, Pages: r.Pages})
-					}
-					return err
+		reqs = reqs[:0]
+		if l.pull.window.Refill(bytes, n, l.pull.riding()) {
+			for {
+				want := l.pull.window.Want(answers, bytes, n)
+				if want == 0 {
+					break
 				}
-				bytes, n, sent = bytes+b.Bytes, n+1, true
+				runs = l.pull.next(want, runs[:0])
+				if len(runs) == 0 {
+					break
+				}
+				now := time.Now()
+				for _, run := range runs {
+					b := l.pages.AskBulk(run.Region, run.Page, run.Pages, now)
+					reqs = append(reqs, Request{ID: b.ID, Offset: b.Offset, Pages: b.Pages})
+					bytes, n = bytes+b.Bytes, n+1
+				}
 			}
 		}
-		if sent {
+		if len(reqs) > 0 {
+			// Every run asked for is in flight: lost with the
+			// connection if the send fails, and requeued then.
+			if err := sendAll(c.bulk, reqs); err != nil {
+				return err
+			}
 			continue
 		}
 		select {
@@ -598,6 +603,25 @@ func (l *link) bulkSend(c *conn) error {
 			return nil
 		}
 	}
+}
+
+// batchSender is a Lane that sends several requests at once
+// (client.Lane.SendBatch: one write on a socket lane).
+type batchSender interface {
+	SendBatch([]Request) error
+}
+
+// sendAll sends reqs on lane, in one batch where the lane can.
+func sendAll(lane Lane, reqs []Request) error {
+	if b, ok := lane.(batchSender); ok {
+		return b.SendBatch(reqs)
+	}
+	for _, r := range reqs {
+		if err := lane.Send(r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // resumeWait bounds how long the prefetch waits, once the first page is
@@ -697,6 +721,12 @@ func (l *link) bulkRecv(c *conn) error {
 	}
 }
 
+// placeQueue is how many checked bulk answers may wait for bulkPlace: as
+// many as the window sends short runs at once (prefetch.Window.Refill), so
+// that the answers of a batch that came together are placed together; the
+// window bounds their bytes.
+const placeQueue = prefetch.RunsPerWindow * 4
+
 // bulkPlace places checked bulk answers with DONTWAKE copies.
 func (l *link) bulkPlace(c *conn) error {
 	pt := l.newPlaceThread()
@@ -714,16 +744,40 @@ func (l *link) bulkPlace(c *conn) error {
 				}
 			}
 		}
-		id := resp.ID
-		err := l.place.placeResponse(resp, false, pt.next())
-		resp.Release()
-		if err != nil {
-			l.life.fail(err)
-			return err
+		// The answers that came with this one are placed in the same
+		// boosted section: boosting is two system calls, as many as a
+		// short run's copy and wake.
+		th := pt.next()
+		th.Boost()
+		var placed uint64
+		for {
+			id, n := resp.ID, uint64(resp.Pages)*uint64(resp.PageSize)
+			err := l.place.placeResponse(resp, false, nil)
+			resp.Release()
+			if err != nil {
+				th.Unboost()
+				l.life.fail(err)
+				return err
+			}
+			l.finishBulk(c, id, false)
+			if placed += n; placed >= maxBoostBytes {
+				break
+			}
+			select {
+			case resp = <-c.placeQ:
+				continue
+			default:
+			}
+			break
 		}
-		l.finishBulk(c, id, false)
+		th.Unboost()
 	}
 }
+
+// maxBoostBytes bounds the answers bulkPlace places in one boosted section
+// (sched.Thread.Boost: keep them short): one full run, or the short runs
+// that came together up to 256 KiB.
+const maxBoostBytes = 256 << 10
 
 // placeThread is the thread of a goroutine that places bulk-kind answers
 // (bulkPlace, the confirm pass's confirmRecv). With BulkYield, copying
