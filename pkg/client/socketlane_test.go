@@ -1,8 +1,8 @@
 package client_test
 
 import (
+	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -128,16 +128,23 @@ func TestSocketLane(t *testing.T) {
 }
 
 // SendBatch sends a window of runs at once; on a socket bulk lane the
-// server answers the requests that came together with one write. Either
-// way the answers come in order, byte for byte the image's, and a bad
-// request in the batch is answered with its error after the answers of
-// the requests before it.
+// server answers the requests that came together with one write (over TLS,
+// full records in few writes). Every way the answers come in order, byte
+// for byte the image's, and a bad request in the batch is answered with
+// its error after the answers of the requests before it.
 func TestBulkSendBatch(t *testing.T) {
 	ti := pagetest.MakeImage(t, 64*wire.PageSize4K, 5, [][2]int{{10, 14}}, []int{20})
-	for _, socket := range []bool{true, false} {
-		t.Run(fmt.Sprintf("socket=%v", socket), func(t *testing.T) {
-			addr := serveSplit(t, server.Options{Image: ti.Img, DemandSocket: true, BulkSocket: socket})
-			c := pagetest.Dial(t, addr, client.Options{})
+	p := newTestPKI(t)
+	for _, tc := range []struct {
+		name   string
+		socket bool
+		srv    *tls.Config
+		cli    *tls.Config
+	}{{"socket", true, nil, nil}, {"grpc", false, nil, nil}, {"socket-tls", true, p.server, p.client}} {
+		socket := tc.socket
+		t.Run(tc.name, func(t *testing.T) {
+			addr := serveSplit(t, server.Options{Image: ti.Img, DemandSocket: true, BulkSocket: socket, TLS: tc.srv})
+			c := pagetest.Dial(t, addr, client.Options{TLS: tc.cli})
 			ctx := pagetest.Ctx(t)
 			sess, d := pagetest.OpenDemand(t, ctx, c, 48*wire.PageSize4K)
 			defer d.Close()
