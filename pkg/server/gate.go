@@ -46,6 +46,10 @@ func (g *demandGate) recent(window time.Duration) bool {
 	return g.active.Load() > 0 || time.Now().UnixNano()-g.last.Load() < int64(window)
 }
 
+// busy reports whether demand work is in service now: a bulk read would
+// wait for it.
+func (g *demandGate) busy() bool { return g.active.Load() > 0 }
+
 // leave marks one demand request done.
 func (g *demandGate) leave() {
 	g.mu.Lock()

@@ -403,7 +403,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		rb.out = wire.OutRun{}
 		if coalesce {
 			held.add(bs)
-			if held.bytes < heldMaxBytes && len(held.frees) < heldMaxAnswers && wholeRequest(br) {
+			if held.bytes < heldMaxBytes && len(held.frees) < heldMaxAnswers && wholeRequest(br) && !s.gate.busy() {
 				return nil // the next request's answer goes with this one
 			}
 			return flush()
@@ -466,17 +466,29 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		if !used && !s.lanes.start(c) {
 			return // a stop closed the lane before its session started
 		}
+		// An error frame follows the answers held before it (flush).
 		n := binary.LittleEndian.Uint32(hdr[:])
 		if n > wire.MaxRequestFrame {
-			s.sendErrorFrame(c, status.Errorf(codes.ResourceExhausted, "request frame of %d bytes, limit %d", n, wire.MaxRequestFrame))
+			if flush() == nil {
+				s.sendErrorFrame(c, status.Errorf(codes.ResourceExhausted, "request frame of %d bytes, limit %d", n, wire.MaxRequestFrame))
+			}
 			return
 		}
 		if _, err := io.ReadFull(br, frame[:n]); err != nil {
 			return
 		}
 		if err := (wire.Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(frame[:n])}, &req); err != nil {
-			s.sendErrorFrame(c, status.Errorf(codes.InvalidArgument, "%v", err))
+			if flush() == nil {
+				s.sendErrorFrame(c, status.Errorf(codes.InvalidArgument, "%v", err))
+			}
 			return
+		}
+		if s.gate.busy() {
+			// The next run's read waits for the demand work (gate.wait):
+			// the answers held go first, one may be a fault's ride.
+			if flush() != nil {
+				return
+			}
 		}
 		ps, err := s.check(sess, l, req)
 		if err == nil && l == wire.LaneDemand {

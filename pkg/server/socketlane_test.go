@@ -1,13 +1,16 @@
 package server
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"runtime"
 	"testing"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
 
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/wire"
@@ -161,4 +164,50 @@ func pollLane(t *testing.T, ti *testImage, c *client.Client) {
 	if _, err := d.TryRecv(); err == nil {
 		t.Error("TryRecv after Close: no error")
 	}
+}
+
+// Requests that come together on a bulk socket lane are answered together
+// (held, then written at once), and a malformed frame behind them is
+// answered with its error frame after their answers, not instead of them.
+func TestBulkLaneHeldAnswersBeforeError(t *testing.T) {
+	ti := makeImage(t, 64*wire.PageSize4K, 3, [][2]int{{10, 14}}, nil)
+	addr := startSplitServer(t, Options{Image: ti.Img})
+	ctx := testCtx(t)
+	sess, d := openDemand(t, ctx, dial(t, addr, client.Options{}), 64*wire.PageSize4K)
+	defer d.Close()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(wire.LaneGreeting(wire.LaneBulk, sess.ID())); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	if ok, err := br.ReadByte(); err != nil || ok != wire.LaneAccepted {
+		t.Fatalf("bulk lane greeting: %v, %v; want accepted", ok, err)
+	}
+	var batch []byte
+	const n = 20
+	for i := range n {
+		batch = wire.AppendRequestFrame(batch, wire.Request{ID: uint64(i), Offset: uint64(i*3%64) * wire.PageSize4K, Pages: 1})
+	}
+	batch = append(batch, 3, 0, 0, 0, 0xff, 0xff, 0xff) // not a PageRequest
+	if _, err := c.Write(batch); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		r := wire.NewResponse()
+		if err := wire.ReadResponseFrame(br, r); err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		if r.ID != uint64(i) {
+			t.Fatalf("answer %d has id %d", i, r.ID)
+		}
+		checkRun(t, r, ti.Content)
+		r.Release()
+	}
+	r := wire.NewResponse()
+	defer r.Release()
+	wantStatus(t, "the malformed frame", wire.ReadResponseFrame(br, r), codes.InvalidArgument)
 }
