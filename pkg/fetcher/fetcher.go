@@ -386,7 +386,9 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		go func() {
 			defer wg.Done()
 			if err := f.pull.useWorkingSet(wsImage, f.log); err != nil {
-				f.life.fail(err)
+				// Pages are being served already: the migration goes
+				// on without the set.
+				f.log.Warn("ignoring the working set", "reason", err.Error())
 			}
 		}()
 	}

@@ -185,7 +185,7 @@ func (l *link) connLoop(ctx context.Context, client Source, c *conn) {
 func (l *link) newConn(ctx context.Context, client Source, sess Session, demand Lane) *conn {
 	cctx, cancel := context.WithCancelCause(ctx)
 	c := &conn{client: client, sess: sess, demand: demand, ctx: cctx, cancel: cancel,
-		bulkReady: make(chan struct{}), placeQ: make(chan *Response, placeQueue), loopFD: -1, handed: make(chan struct{})}
+		bulkReady: make(chan struct{}), placeQ: make(chan *Response, l.placeQueue()), loopFD: -1, handed: make(chan struct{})}
 	if pl, ok := demand.(pollLane); ok && l.loopLanes && l.smallPages() {
 		if fd, ok := pl.PollFD(); ok {
 			c.loop, c.loopFD = pl, fd
@@ -722,10 +722,10 @@ func (l *link) bulkRecv(c *conn) error {
 }
 
 // placeQueue is how many checked bulk answers may wait for bulkPlace: as
-// many as the window sends short runs at once (prefetch.Window.Refill), so
-// that the answers of a batch that came together are placed together; the
-// window bounds their bytes.
-const placeQueue = prefetch.RunsPerWindow * 4
+// many as the window sends short runs at once (prefetch.Window.Refill:
+// half its runs), so that the answers of a batch that came together are
+// placed together; the window bounds their bytes.
+func (l *link) placeQueue() int { return max(2, prefetch.RunsPerWindow*l.pull.window.Runs/2) }
 
 // bulkPlace places checked bulk answers with DONTWAKE copies.
 func (l *link) bulkPlace(c *conn) error {

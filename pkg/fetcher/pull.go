@@ -176,12 +176,16 @@ func (u *puller) useWorkingSet(img workingset.Image, log hclog.Logger) error {
 		log.Warn("ignoring the working set", "reason", fmt.Sprintf("none of its %d pages lies in the handed-over layout", len(u.ws.Pages)))
 		return nil
 	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if err := u.policy.First(runs); err != nil {
+	// Checked and indexed outside the lock, which the fault loop takes
+	// at every fault (puller.faulted).
+	first, err := u.policy.PrepareFirst(runs)
+	if err != nil {
 		return fmt.Errorf("fetcher: %w", err)
 	}
+	u.mu.Lock()
+	u.policy.SetFirst(first)
 	u.used, u.wsLog, u.wsStart, u.wsRuns = true, log, time.Now(), runs
+	u.mu.Unlock()
 	log.Info("pulling the working set first", "pages", len(u.ws.Pages), "runs", len(runs))
 	return nil
 }

@@ -345,15 +345,36 @@ func (p *Policy) check(op string, region int, page, n uint64) *region {
 // region (one ends where the next starts) are coalesced into one, so that
 // they go in as few requests as MaxRunPages allows. It replaces the runs of
 // an earlier First; a run outside its region, or of no pages, is an error
-// and changes nothing.
+// and changes nothing. First is PrepareFirst and SetFirst.
 func (p *Policy) First(runs []Run) error {
+	f, err := p.PrepareFirst(runs)
+	if err != nil {
+		return err
+	}
+	p.SetFirst(f)
+	return nil
+}
+
+// FirstRuns is a working set checked and indexed for a Policy
+// (PrepareFirst), to hand to SetFirst.
+type FirstRuns struct {
+	runs   []Run
+	byPage []firstRef
+}
+
+// PrepareFirst checks and indexes runs for SetFirst, as First would. It
+// reads only the layout, which never changes, so it may run while another
+// goroutine holds the policy: with a large set (13107 single pages: 5 ms
+// and half a megabyte on this kind of machine), the caller's lock is held
+// only for SetFirst.
+func (p *Policy) PrepareFirst(runs []Run) (*FirstRuns, error) {
 	var out []Run
 	for i, r := range runs {
 		if r.Region < 0 || r.Region >= len(p.regions) {
-			return fmt.Errorf("prefetch: First: run %d (%v): no region %d", i, r, r.Region)
+			return nil, fmt.Errorf("prefetch: First: run %d (%v): no region %d", i, r, r.Region)
 		}
 		if rs := &p.regions[r.Region]; r.Pages == 0 || r.Page >= rs.pages || uint64(r.Pages) > rs.pages-r.Page {
-			return fmt.Errorf("prefetch: First: run %d (%v) is empty or outside region %d of %d pages", i, r, r.Region, rs.pages)
+			return nil, fmt.Errorf("prefetch: First: run %d (%v) is empty or outside region %d of %d pages", i, r, r.Region, rs.pages)
 		}
 		if n := len(out); n > 0 {
 			last := &out[n-1]
@@ -364,25 +385,35 @@ func (p *Policy) First(runs []Run) error {
 		}
 		out = append(out, r)
 	}
-	p.first, p.firstAt, p.byPage = out, 0, nil
+	f := &FirstRuns{runs: out}
 	if len(out) > 0 {
-		p.byPage = make([]firstRef, len(out))
+		f.byPage = make([]firstRef, len(out))
 		for i, r := range out {
-			p.byPage[i] = firstRef{region: r.Region, page: r.Page, end: r.Page + uint64(r.Pages), at: i}
+			f.byPage[i] = firstRef{region: r.Region, page: r.Page, end: r.Page + uint64(r.Pages), at: i}
 		}
-		sort.Slice(p.byPage, func(a, b int) bool {
-			x, y := p.byPage[a], p.byPage[b]
+		sort.Slice(f.byPage, func(a, b int) bool {
+			x, y := f.byPage[a], f.byPage[b]
 			return x.region < y.region || x.region == y.region && (x.page < y.page || x.page == y.page && x.at < y.at)
 		})
-		for k := range p.byPage {
-			b := &p.byPage[k]
+		for k := range f.byPage {
+			b := &f.byPage[k]
 			b.reach = b.end
-			if k > 0 && p.byPage[k-1].region == b.region {
-				b.reach = max(b.end, p.byPage[k-1].reach)
+			if k > 0 && f.byPage[k-1].region == b.region {
+				b.reach = max(b.end, f.byPage[k-1].reach)
 			}
 		}
 	}
-	return nil
+	return f, nil
+}
+
+// SetFirst makes Next hand out f's runs first (First), replacing those of
+// an earlier First. f must come from this policy's PrepareFirst, and is
+// the policy's from then on.
+func (p *Policy) SetFirst(f *FirstRuns) {
+	p.first, p.firstAt, p.byPage = f.runs, 0, f.byPage
+	if len(p.first) == 0 {
+		p.first, p.byPage = nil, nil
+	}
 }
 
 // InFirst reports whether runs given to First are still to be handed out.
