@@ -151,20 +151,26 @@ func (p *pidImage) init() error {
 	}
 
 	path = fmt.Sprintf("/proc/%d/maps", p.pid)
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
-			return noProcess("")
+	var all []mapping
+	// A read taken while the process changed its mappings can be out of
+	// order (errMapsOrder; seen in CI, a running source): read again.
+	for try := 1; ; try++ {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+				return noProcess("")
+			}
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return newError(nil, err, "%s: reading %s", p.name, path)
 		}
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
+		if all, err = parseMaps(raw); err == nil {
+			break
+		} else if !errors.Is(err, errMapsOrder) || try == mapsReads {
+			return fmt.Errorf("%s: %s: %w", p.name, path, err)
 		}
-		return newError(nil, err, "%s: reading %s", p.name, path)
-	}
-	all, err := parseMaps(raw)
-	if err != nil {
-		return fmt.Errorf("%s: %s: %w", p.name, path, err)
 	}
 	if err := p.selectMaps(all); err != nil {
 		return err
@@ -187,6 +193,10 @@ func (p *pidImage) init() error {
 	}
 	return nil
 }
+
+// mapsReads is how many times a pid: source's /proc/PID/maps is read
+// before lines out of order are an error.
+const mapsReads = 5
 
 // selectMaps keeps the readable mappings that process_vm_readv can read and
 // checks, with a one-byte read, that the process may be read at all.

@@ -2,6 +2,7 @@ package image
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -129,6 +130,12 @@ func (m *mapping) unreadableSpecial() bool {
 	return m.name == "[vsyscall]" || strings.HasPrefix(m.name, "[vvar")
 }
 
+// errMapsOrder: a line of /proc/PID/maps starts before the one above it
+// ends. The file is read in pieces, each from the process's mappings of
+// the moment: a process that maps or unmaps memory meanwhile (a running
+// Go program growing its heap) can give such a read; read it again.
+var errMapsOrder = errors.New("out of order")
+
 // parseMaps parses the content of /proc/PID/maps, in address order.
 func parseMaps(b []byte) ([]mapping, error) {
 	var maps []mapping
@@ -143,7 +150,7 @@ func parseMaps(b []byte) ([]mapping, error) {
 			return nil, err
 		}
 		if n := len(maps); n > 0 && m.start < maps[n-1].end {
-			return nil, fmt.Errorf("maps line %q: out of order", line)
+			return nil, fmt.Errorf("maps line %q: %w", line, errMapsOrder)
 		}
 		maps = append(maps, m)
 	}
