@@ -29,8 +29,11 @@ const laneWarm = "warm"
 // crc32c(page)<<32 | crc32-IEEE(page), both hardware-accelerated; a random
 // change goes unnoticed with probability 2^-64. 0 means "no copy held", so a
 // page whose digest computes to 0 gets 1.
-func PageDigest(page []byte) uint64 {
-	d := uint64(crc32.Checksum(page, castagnoli))<<32 | uint64(crc32.ChecksumIEEE(page))
+func PageDigest(page []byte) uint64 { return digestOf(crc32.Checksum(page, castagnoli), page) }
+
+// digestOf completes the digest of page whose crc32c is c.
+func digestOf(c uint32, page []byte) uint64 {
+	d := uint64(c)<<32 | uint64(crc32.ChecksumIEEE(page))
 	if d == 0 {
 		return 1
 	}
@@ -38,13 +41,14 @@ func PageDigest(page []byte) uint64 {
 }
 
 // DigestMatches reports whether page's digest (PageDigest) is d, reading
-// the page once only when it differs: the crc32c half is compared before
-// the IEEE half is computed.
+// the page once only when it differs, twice when it is the same: the
+// crc32c half is compared before the IEEE half is computed.
 func DigestMatches(page []byte, d uint64) bool {
-	if d == 0 || uint32(d>>32) != crc32.Checksum(page, castagnoli) {
+	if d == 0 {
 		return false
 	}
-	return PageDigest(page) == d
+	c := crc32.Checksum(page, castagnoli)
+	return uint32(d>>32) == c && digestOf(c, page) == d
 }
 
 // WarmRequest asks for Pages pages at Offset on the Warm lane. Digests is
