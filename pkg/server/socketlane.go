@@ -350,88 +350,66 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		th = sched.LockThread()
 	}
 
-	bufs := make(net.Buffers, 0, 16)
 	group := make(net.Buffers, 0, 16)
 	var scratch, gather []byte // a TLS lane's record (netio.WriteRecords) and writes (LaneConn.Gather)
-	var lenBuf [4]byte
-	// A bulk lane holds the answers of requests that came together (the
-	// client sends a window of short runs in one write:
-	// prefetch.Window.Refill) and writes them at once (flush): one writev,
-	// or over TLS full records gathered into writes of
-	// netio.MaxSyscallBytes.
+	// Answers are written from held: at once on a demand lane; on a bulk
+	// lane, those of requests that came together (the client sends a
+	// window of short runs in one write: prefetch.Window.Refill) in one
+	// write, up to heldMaxAnswers or heldMaxBytes.
 	var held heldAnswers
-	coalesce := l == wire.LaneBulk
-	bulkLimit := func() int {
-		if s.gate.recent(netio.SplitWindow) {
-			return netio.MaxSyscallBytes
-		}
-		return 0
-	}
-	writeTLS := func(bufs net.Buffers) error {
-		if gather == nil {
-			gather = make([]byte, 0, netio.MaxSyscallBytes)
-		}
-		lc.Gather(gather)
-		err := netio.WriteRecords(c, bufs, &scratch)
-		if ferr := lc.Flush(); err == nil {
-			err = ferr
-		}
-		return err
-	}
+	defer held.reset()
 	flush := func() error {
 		if len(held.bufs) == 0 {
 			return nil
 		}
-		_ = c.SetWriteDeadline(time.Now().Add(laneWriteTimeout))
-		var err error
-		if tlsLane {
-			err = writeTLS(held.bufs)
-		} else {
-			err = netio.WriteBounded(lc, held.bufs, &group, bulkLimit())
+		defer held.reset()
+		if !inThread {
+			_ = c.SetWriteDeadline(time.Now().Add(laneWriteTimeout))
 		}
-		held.reset()
-		return err
+		if tlsLane {
+			if held.bytes <= netio.MaxRecordPlaintext {
+				return netio.WriteRecords(c, held.bufs, &scratch) // one record, one write
+			}
+			// Longer answers leave as full records in writes of
+			// netio.MaxSyscallBytes: against a write per record, this
+			// cost about a tenth less CPU on each side (BenchmarkBulk
+			// with POSTCOPY_BENCH_TLS=1), and stays within the bound a
+			// demand request needs.
+			if gather == nil {
+				gather = make([]byte, 0, netio.MaxSyscallBytes)
+			}
+			lc.Gather(gather)
+			err := netio.WriteRecords(c, held.bufs, &scratch)
+			if ferr := lc.Flush(); err == nil {
+				err = ferr
+			}
+			return err
+		}
+		limit := 0
+		if l == wire.LaneBulk && s.gate.recent(netio.SplitWindow) {
+			limit = netio.MaxSyscallBytes
+		}
+		return netio.WriteBounded(lc, held.bufs, &group, limit)
 	}
-	defer held.reset()
+	// fail answers err, after the answers held before it.
+	fail := func(err error) {
+		if flush() == nil {
+			s.sendErrorFrame(c, err)
+		}
+	}
 	send := func(rb *runBuf, req wire.Request, ps uint32) error {
 		rb.out = wire.OutRun{
 			ID: req.ID, Offset: req.Offset, Pages: req.Pages, PageSize: ps,
 			Segs: rb.segs, CRCs: rb.crcs, Buf: rb.buf, Pool: &bufpool.Pages,
 		}
 		rb.buf = nil
-		bs := rb.out.Marshal()
+		held.add(rb.out.Marshal())
 		rb.out = wire.OutRun{}
-		if coalesce {
-			held.add(bs)
-			if held.bytes < heldMaxBytes && len(held.frees) < heldMaxAnswers && wholeRequest(br) && !s.gate.busy() {
-				return nil // the next request's answer goes with this one
-			}
-			return flush()
+		if l == wire.LaneBulk && held.bytes < heldMaxBytes && len(held.frees) < heldMaxAnswers &&
+			wholeRequest(br) && !s.gate.busy() {
+			return nil // the next request's answer goes with this one
 		}
-		defer bs.Free()
-		binary.LittleEndian.PutUint32(lenBuf[:], uint32(bs.Len()))
-		bufs = append(bufs[:0], lenBuf[:])
-		for _, b := range bs {
-			bufs = append(bufs, b.ReadOnlyData())
-		}
-		if !inThread {
-			_ = c.SetWriteDeadline(time.Now().Add(laneWriteTimeout))
-		}
-		if tlsLane {
-			if bs.Len() <= netio.MaxRecordPlaintext {
-				return netio.WriteRecords(c, bufs, &scratch) // one record, one write
-			}
-			// A run's records leave in writes of netio.MaxSyscallBytes:
-			// against a write per record, this cost about a tenth less CPU
-			// on each side (BenchmarkBulk with POSTCOPY_BENCH_TLS=1), and
-			// stays within the bound a demand request needs.
-			return writeTLS(bufs)
-		}
-		limit := 0
-		if l == wire.LaneBulk {
-			limit = bulkLimit()
-		}
-		return netio.WriteBounded(lc, bufs, &group, limit)
+		return flush()
 	}
 	frame := make([]byte, wire.MaxRequestFrame)
 	spinFD, spin := -1, time.Duration(0)
@@ -466,21 +444,16 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		if !used && !s.lanes.start(c) {
 			return // a stop closed the lane before its session started
 		}
-		// An error frame follows the answers held before it (flush).
 		n := binary.LittleEndian.Uint32(hdr[:])
 		if n > wire.MaxRequestFrame {
-			if flush() == nil {
-				s.sendErrorFrame(c, status.Errorf(codes.ResourceExhausted, "request frame of %d bytes, limit %d", n, wire.MaxRequestFrame))
-			}
+			fail(status.Errorf(codes.ResourceExhausted, "request frame of %d bytes, limit %d", n, wire.MaxRequestFrame))
 			return
 		}
 		if _, err := io.ReadFull(br, frame[:n]); err != nil {
 			return
 		}
 		if err := (wire.Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(frame[:n])}, &req); err != nil {
-			if flush() == nil {
-				s.sendErrorFrame(c, status.Errorf(codes.InvalidArgument, "%v", err))
-			}
+			fail(status.Errorf(codes.InvalidArgument, "%v", err))
 			return
 		}
 		if s.gate.busy() {
@@ -504,9 +477,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			s.bulkBusy.Add(-1)
 		}
 		if err != nil {
-			if flush() == nil { // the answers before it, in order
-				s.sendErrorFrame(c, err)
-			}
+			fail(err)
 			return
 		}
 	}
@@ -521,8 +492,8 @@ const (
 	heldMaxAnswers = 32
 )
 
-// heldAnswers are a bulk lane's answers not written yet: their frames, each
-// its length and its encoded run, to be written in one writev.
+// heldAnswers are a lane's answers not written yet: their frames, each its
+// length and its encoded run, to be written at once.
 type heldAnswers struct {
 	bufs  net.Buffers
 	lens  []byte // the frames' lengths, 4 bytes each
