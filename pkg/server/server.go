@@ -758,15 +758,7 @@ func (s *Server) release(rb *runBuf) {
 
 // account adds a served run to the counters.
 func (s *Server) account(sess *session, l wire.LaneKind, rb *runBuf, ps uint32) {
-	var dataBytes, zero, all uint64
-	for _, sg := range rb.segs {
-		all += uint64(sg.Pages)
-		if sg.Zero {
-			zero += uint64(sg.Pages)
-		} else {
-			dataBytes += uint64(sg.Pages) * uint64(ps)
-		}
-	}
+	dataBytes, zero, all := rb.totals(ps)
 	if l == wire.LaneDemand {
 		s.counters.demandReqs.Add(1)
 		s.counters.demandBytes.Add(dataBytes)
@@ -782,6 +774,21 @@ func (s *Server) account(sess *session, l wire.LaneKind, rb *runBuf, ps uint32) 
 	}
 	s.counters.zeroPages.Add(zero)
 	sess.zeroPages.Add(zero)
+}
+
+// totals returns the run's data bytes (same segments carry none), zero
+// pages and pages.
+func (rb *runBuf) totals(ps uint32) (dataBytes, zero, pages uint64) {
+	for i, sg := range rb.segs {
+		pages += uint64(sg.Pages)
+		switch {
+		case sg.Zero:
+			zero += uint64(sg.Pages)
+		case rb.same == nil || !rb.same[i]:
+			dataBytes += uint64(sg.Pages) * uint64(ps)
+		}
+	}
+	return dataBytes, zero, pages
 }
 
 // serve reads one validated request and sends its answer; send is called

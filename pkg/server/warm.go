@@ -86,21 +86,13 @@ func (s *Server) serveWarm(ctx context.Context, sess *session, req *pb.WarmReque
 	if sess.ended.Load() {
 		return status.Error(codes.NotFound, "session ended")
 	}
-	var dataBytes, zero uint64
-	for i, sg := range rb.segs {
-		switch {
-		case sg.Zero:
-			zero += uint64(sg.Pages)
-		case rb.same == nil || !rb.same[i]:
-			dataBytes += uint64(sg.Pages) * uint64(ps)
-		}
-	}
+	dataBytes, zero, pages := rb.totals(ps)
 	for _, t := range []*warmTotals{&s.warm.warmTotals, &sess.warm} {
 		t.reqs.Add(1)
 		t.bytes.Add(dataBytes)
 		t.same.Add(same)
 	}
-	s.warm.pages.Add(uint64(req.GetPages()))
+	s.warm.pages.Add(pages)
 	s.counters.zeroPages.Add(zero)
 	sess.zeroPages.Add(zero)
 	// Counted before it is sent: a client that has the answer finds it in
