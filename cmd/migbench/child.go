@@ -381,7 +381,7 @@ func waitStopped(f *os.File, limit time.Duration) error {
 			return fmt.Errorf("the source's state: %w", err)
 		case image.Stopped(st):
 			return nil
-		case st == 'Z' || st == 'X' || st == 'x':
+		case image.Exited(st):
 			return fmt.Errorf("the source exited (state %s) instead of stopping", image.StateName(st))
 		}
 		if time.Now().After(deadline) {

@@ -135,7 +135,7 @@ func (p *pidImage) init() error {
 		return noProcess("")
 	case err != nil:
 		return fmt.Errorf("%s: %w", p.name, err)
-	case st.state == 'Z' || st.state == 'X':
+	case Exited(st.state):
 		return noProcess(" (exited, not yet reaped)")
 	}
 	p.comm, p.start, p.layout, p.state = st.comm, st.start, st.layout, st.state
@@ -310,7 +310,7 @@ func (p *pidImage) State() (byte, error) {
 		return 0, err
 	case st.start != p.start:
 		return 0, newError(ErrSourceGone, unix.ESRCH, "%s: the pid is another process's now", p.name)
-	case st.state == 'Z' || st.state == 'X' || st.state == 'x':
+	case Exited(st.state):
 		return 0, newError(ErrSourceGone, unix.ESRCH, "%s: state %s", p.name, StateName(st.state))
 	}
 	return st.state, nil
@@ -589,7 +589,7 @@ func (p *pidImage) gone() bool {
 		return true
 	}
 	st, err := readStat(p.pid)
-	return err != nil || st.start != p.start || st.state == 'Z' || st.state == 'X'
+	return err != nil || st.start != p.start || Exited(st.state)
 }
 
 // Close closes the pidfd and the pagemap. It waits for Reads in progress;

@@ -32,6 +32,10 @@ var statLayoutFields = [...]int{26, 27, 28, 45, 46, 47, 48, 49, 50, 51}
 // signal (T) or by a tracer (t).
 func Stopped(state byte) bool { return state == 'T' || state == 't' }
 
+// Exited reports whether a state letter of /proc/PID/stat is that of a
+// process that exited: a zombie (Z) or a dead one (X, or x before Linux 3.13).
+func Exited(state byte) bool { return state == 'Z' || state == 'X' || state == 'x' }
+
 // StateName names a state letter of /proc/PID/stat as proc(5) does: "T
 // (stopped)".
 func StateName(state byte) string {
