@@ -70,10 +70,7 @@ func (w *WarmLane) Send(r wire.WarmRequest) error {
 	l.sendMu.Lock()
 	err := l.stream.SendMsg(&r)
 	l.sendMu.Unlock()
-	if err == io.EOF || err != nil && l.closed.Load() {
-		return io.EOF
-	}
-	return wire.FromStatus("warm send", err)
+	return l.sent(err)
 }
 
 // Recv returns the next answer, in the order of the requests: segments
