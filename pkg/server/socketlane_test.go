@@ -19,16 +19,22 @@ import (
 // A demand lane read in its own thread (WaitInThread), as the fetcher's
 // real-time demand path reads it, brings the same answers; Close wakes a
 // Recv blocked in poll(2).
-func TestSocketLaneWaitInThread(t *testing.T) {
+func TestSocketLaneWaitInThread(t *testing.T) { waitInThread(t, Options{}, client.Options{}) }
+
+// laneServer serves a 64-page image with o through SplitListener and dials
+// it with co: the image and a client.
+func laneServer(t *testing.T, o Options, co client.Options) (*testImage, *client.Client) {
+	t.Helper()
 	ti := makeImage(t, 64*wire.PageSize4K, 8, [][2]int{{10, 12}}, []int{30})
-	addr := startSplitServer(t, Options{Image: ti.Img})
-	waitInThread(t, ti, dial(t, addr, client.Options{}))
+	o.Image = ti.Img
+	return ti, dial(t, startSplitServer(t, o), co)
 }
 
-// waitInThread checks a demand lane of c read in its thread: ti is the
-// server's image (64 pages).
-func waitInThread(t *testing.T, ti *testImage, c *client.Client) {
+// waitInThread checks a demand lane read in its thread, of a server with o
+// and a client with co (laneServer).
+func waitInThread(t *testing.T, o Options, co client.Options) {
 	t.Helper()
+	ti, c := laneServer(t, o, co)
 	ctx := testCtx(t)
 	_, d := openDemand(t, ctx, c, 64*wire.PageSize4K)
 	type result struct {
@@ -92,16 +98,13 @@ func waitInThread(t *testing.T, ti *testImage, c *client.Client) {
 // buffers, which poll(2) does not see: Buffered), an answer larger than
 // the lane's buffer still comes whole, Recv works again after EndPoll, and
 // Close ends it.
-func TestSocketLanePoll(t *testing.T) {
-	ti := makeImage(t, 64*wire.PageSize4K, 8, [][2]int{{10, 12}}, []int{30})
-	addr := startSplitServer(t, Options{Image: ti.Img})
-	pollLane(t, ti, dial(t, addr, client.Options{}))
-}
+func TestSocketLanePoll(t *testing.T) { pollLane(t, Options{}, client.Options{}) }
 
-// pollLane checks a demand lane of c read with PollFD and TryRecv: ti is
-// the server's image (64 pages).
-func pollLane(t *testing.T, ti *testImage, c *client.Client) {
+// pollLane checks a demand lane read with PollFD and TryRecv, of a server
+// with o and a client with co (laneServer).
+func pollLane(t *testing.T, o Options, co client.Options) {
 	t.Helper()
+	ti, c := laneServer(t, o, co)
 	_, d := openDemand(t, testCtx(t), c, 64*wire.PageSize4K)
 	fd, ok := d.PollFD()
 	if !ok {

@@ -154,9 +154,7 @@ func TestTLSLaneRefusals(t *testing.T) {
 // answers, and Close wakes a Recv blocked in poll(2) under TLS.
 func TestTLSSocketLaneWaitInThread(t *testing.T) {
 	f := newTLSFixture(t)
-	ti := makeImage(t, 64*wire.PageSize4K, 8, [][2]int{{10, 12}}, []int{30})
-	addr := startSplitServer(t, Options{Image: ti.Img, TLS: f.server(true)})
-	waitInThread(t, ti, dial(t, addr, client.Options{TLS: f.clientTLS(&f.client)}))
+	waitInThread(t, Options{TLS: f.server(true)}, client.Options{TLS: f.clientTLS(&f.client)})
 }
 
 // Over TLS, a demand socket lane read as the fault loop reads it (PollFD,
@@ -164,9 +162,7 @@ func TestTLSSocketLaneWaitInThread(t *testing.T) {
 // lane's buffers, where poll(2) does not see them.
 func TestTLSSocketLanePoll(t *testing.T) {
 	f := newTLSFixture(t)
-	ti := makeImage(t, 64*wire.PageSize4K, 8, [][2]int{{10, 12}}, []int{30})
-	addr := startSplitServer(t, Options{Image: ti.Img, TLS: f.server(true)})
-	pollLane(t, ti, dial(t, addr, client.Options{TLS: f.clientTLS(&f.client)}))
+	pollLane(t, Options{TLS: f.server(true)}, client.Options{TLS: f.clientTLS(&f.client)})
 }
 
 // A TLS server whose listener is not given through SplitListener serves
