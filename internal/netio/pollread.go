@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,6 +43,9 @@ type ThreadConn struct {
 	// noWait makes Read return at once, with a timeout error, when nothing
 	// has arrived (SetNoWait).
 	noWait atomic.Bool
+	// readTimeout is that error, made once: a lane polled without waiting
+	// finds nothing on many reads.
+	readTimeout error
 }
 
 // Detach moves c out of the runtime's poller: it duplicates c's socket,
@@ -70,6 +74,7 @@ func Detach(c net.Conn) (*ThreadConn, error) {
 		return nil, os.NewSyscallError("fcntl", derr)
 	}
 	tc := &ThreadConn{fd: nfd, laddr: c.LocalAddr(), raddr: c.RemoteAddr()}
+	tc.readTimeout = tc.opErr("read", os.ErrDeadlineExceeded)
 	_ = c.Close() // the socket stays open through nfd: no FIN
 	if err := unix.SetNonblock(nfd, false); err != nil {
 		// The socket now has only nfd; a non-blocking ThreadConn would
@@ -103,7 +108,7 @@ func (c *ThreadConn) Read(b []byte) (int, error) {
 		var n int
 		var err error
 		if c.noWait.Load() {
-			n, _, err = unix.Recvfrom(c.fd, b, unix.MSG_DONTWAIT)
+			n, err = recvNoWait(c.fd, b)
 		} else {
 			n, err = unix.Read(c.fd, b)
 		}
@@ -111,7 +116,7 @@ func (c *ThreadConn) Read(b []byte) (int, error) {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN: // SO_RCVTIMEO, or nothing there with SetNoWait
-			return 0, c.opErr("read", os.ErrDeadlineExceeded)
+			return 0, c.readTimeout
 		case err != nil:
 			return 0, c.opErr("read", c.closedOr(err))
 		case n == 0:
@@ -119,6 +124,18 @@ func (c *ThreadConn) Read(b []byte) (int, error) {
 		}
 		return n, nil
 	}
+}
+
+// recvNoWait is recv(2) with MSG_DONTWAIT into b (not empty): unlike
+// unix.Recvfrom, it asks for no source address, which that allocates on
+// every call — here every poll of a demand lane's answer.
+func recvNoWait(fd int, b []byte) (int, error) {
+	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+		unix.MSG_DONTWAIT, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
 
 // SetNoWait makes reads return at once when nothing has arrived, with an
