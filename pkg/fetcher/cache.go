@@ -135,8 +135,9 @@ func (c *cache) storeZero(i uint64) (changed bool) {
 
 // digestsOf returns the digests of pages [i, i+n), or nil if none of them
 // is held (a request for pages never pulled names none). The slice is the
-// cache's own, not a copy: a request naming it is encoded by Send before
-// Send returns, and only an answer to that request changes them.
+// cache's own, not a copy: a WarmLane's Send must not keep it (a client's
+// encodes the request, the reader's copies it), since answers to other
+// requests over the same pages change it.
 func (c *cache) digestsOf(i, n uint64) []uint64 {
 	if _, ok := c.nextHeld(i, i+n, true); !ok {
 		return nil

@@ -80,8 +80,9 @@ type WarmSession interface {
 // WarmLane carries warm requests — runs of pages with the digests of the
 // copies held — and their answers: a page whose digest matches comes back
 // in a segment with Same set and no bytes, any other with its content.
-// Send may be called from one goroutine, Recv from another. After Close,
-// Send and Recv return an error.
+// Send may be called from one goroutine, Recv from another; it must not
+// keep the request's Digests after it returns. After Close, Send and Recv
+// return an error.
 type WarmLane interface {
 	Send(WarmRequest) error
 	Recv() (*Response, error)

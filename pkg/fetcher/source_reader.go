@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -149,6 +150,10 @@ func (l readerWarmLane) Send(r WarmRequest) error {
 	if len(r.Digests) != 0 && len(r.Digests) != int(r.Pages) {
 		return fmt.Errorf("fetcher: warm request at %#x: %d digests for %d pages", r.Offset, len(r.Digests), r.Pages)
 	}
+	// Queued, not encoded: the digests are the caller's until Send
+	// returns (cache.digestsOf), and another request's answer may change
+	// them before this one is answered.
+	r.Digests = slices.Clone(r.Digests)
 	return l.push(r)
 }
 
