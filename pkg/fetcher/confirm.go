@@ -231,13 +231,12 @@ func (cf *confirmer) abandon(why string) {
 		})
 	}
 	// Threads riding the confirm order (a reconnect's rideAgain put them
-	// there) ride the bulk lane now: a fault on a page it rides is a
-	// duplicate and rides nothing again, so without this its thread would
-	// wait for the sweep to reach the page. (The bulk policy keeps a ride
-	// once: those already riding it are unchanged.)
-	for _, pg := range cf.pages.Riding(nil) {
-		cf.pull.ride(pg.A.Index, pg.P, false)
-	}
+	// there) ride the bulk lane now (abandoned, the order wants no page):
+	// a fault on a page it rides is a duplicate and rides nothing again,
+	// so without this its thread would wait for the sweep to reach the
+	// page. (The bulk policy keeps a ride once: those already riding it
+	// are unchanged.)
+	rideAgain(cf.pages, cf.pull, cf)
 	// No placement reads the cache now: abandon runs before a confirm lane
 	// opens on a connection, and the last connection's goroutines have
 	// all returned.

@@ -831,12 +831,16 @@ func (l *link) finishBulk(c *conn, id uint64, requeue bool) {
 // connection, a failed checksum) and went back to the policy as pending
 // pages, without the ride. There is one such page per waiting thread at
 // most.
-func (l *link) rideAgain() {
-	for _, pg := range l.pages.Riding(nil) {
-		if cf := l.confirm; cf.wants(pg.A, pg.P) {
+func (l *link) rideAgain() { rideAgain(l.pages, l.pull, l.confirm) }
+
+// rideAgain rides every thread waiting on a page no request brings: on
+// cf's confirm order where it wants the page, else on the bulk lane.
+func rideAgain(pages *pagestate.Table, pull *puller, cf *confirmer) {
+	for _, pg := range pages.Riding(nil) {
+		if cf.wants(pg.A, pg.P) {
 			cf.ride(pg.A.Index, pg.P) // the bulk policy has no such page
 		} else {
-			l.pull.ride(pg.A.Index, pg.P, false)
+			pull.ride(pg.A.Index, pg.P, false)
 		}
 	}
 }
