@@ -24,6 +24,9 @@ type faultLoop struct {
 	life   *lifecycle
 	log    hclog.Logger
 	poller faultWaiter // set by Run
+	// direct is the poller the loop waits in itself (wait), nil where it
+	// waits through an eventReader (serveInLoop).
+	direct *uffd.Poller
 	reader *uffd.Reader
 	// rider decides which faults ride the bulk lane (ride.go).
 	rider *rider
@@ -59,11 +62,10 @@ func (f *faultLoop) run(th *demandThread) error {
 	defer th.done()
 	evs := make([]uffd.Event, 256)
 	faults := make([]faultRef, 0, len(evs))
-	pw, direct := f.poller.(pollWaiter)
 	for !f.life.stopping.Load() {
-		if !direct {
+		if f.direct == nil {
 			var rerr error
-			werr := f.poller.Read(func() bool {
+			werr := f.poller.(eventReader).Read(func() bool {
 				var n int
 				n, rerr = f.readEvents(evs, &faults)
 				return n > 0 || rerr != nil
@@ -86,7 +88,7 @@ func (f *faultLoop) run(th *demandThread) error {
 		// is then served end to end on this thread, with no hand-off to
 		// another one (see the README, "Scheduling").
 		c, fd := f.link.loopLane()
-		wk, err := f.wait(pw.p, fd, th)
+		wk, err := f.wait(f.direct, fd, th)
 		if err != nil {
 			if f.life.stopping.Load() {
 				return nil
@@ -117,7 +119,12 @@ func (f *faultLoop) run(th *demandThread) error {
 	return nil
 }
 
-// wait waits for events and answers. Within spin of the last one it polls
+// wait waits for events and answers. It polls before it reads, never reads
+// to find out: readEvents takes the event lock, and a writer waiting for
+// that lock holds up every copy behind it — a speculative read after each
+// fault stalled the next demand answer's copy behind a bulk copy and two
+// thread hand-offs (measured under a flat-out prefetch: the lock wait was
+// the largest part of the fault's p99). Within spin of the last one it polls
 // without sleeping first: a fault's answer, or the next fault, that comes
 // while this thread still runs costs no wake-up (on this VM, waking a
 // thread on an idle vCPU takes tens of microseconds).

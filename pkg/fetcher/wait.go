@@ -8,12 +8,17 @@ import (
 	"github.com/postcopy/postcopy/pkg/uffd"
 )
 
-// faultWaiter is how the fault loop waits for events: Read calls ready until
-// it returns true, waiting for the userfaultfd in between.
+// faultWaiter is how the fault loop waits for events: a pollWaiter, which
+// the loop polls itself (faultLoop.wait), or an eventReader.
 type faultWaiter interface {
-	Read(ready func() bool) error
 	Interrupt() error
 	Close() error
+}
+
+// eventReader calls ready until it returns true, waiting for the
+// userfaultfd in between (uffd.RuntimePoller).
+type eventReader interface {
+	Read(ready func() bool) error
 }
 
 // newFaultWaiter chooses how the fault loop waits.
@@ -41,26 +46,6 @@ func newFaultWaiter(fd *uffd.FD) (faultWaiter, error) {
 // pollWaiter waits in poll(2) (uffd.Poller) on the fault loop's thread.
 type pollWaiter struct{ p *uffd.Poller }
 
-// Read polls before it reads, not after a read that found nothing: ready takes
-// the event lock, and a writer waiting for that lock holds up every copy
-// behind it — a speculative read after each fault stalled the next demand
-// answer's copy behind a bulk copy and two thread hand-offs (measured under a
-// flat-out prefetch: the lock wait was the largest part of the fault's p99).
-func (w pollWaiter) Read(ready func() bool) error {
-	for {
-		wk, err := w.p.Wait(-1)
-		if err != nil {
-			return err
-		}
-		if wk.Interrupted {
-			return uffd.ErrInterrupted
-		}
-		if ready() {
-			return nil
-		}
-	}
-}
-
 func (w pollWaiter) Interrupt() error { return w.p.Interrupt() }
 func (w pollWaiter) Close() error     { return w.p.Close() }
 
@@ -81,6 +66,7 @@ func (f *faultLoop) serveInLoop(w faultWaiter) {
 	if !ok {
 		return
 	}
+	f.direct = pw.p
 	f.spin = netio.SpinTime()
 	f.link.loopLanes, f.link.handOver = true, f.spin == 0
 	f.link.wakeLoop = func() { _ = pw.Interrupt() }
