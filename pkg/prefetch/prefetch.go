@@ -409,12 +409,7 @@ func (p *Policy) PrepareFirst(runs []Run) (*FirstRuns, error) {
 // SetFirst makes Next hand out f's runs first (First), replacing those of
 // an earlier First. f must come from this policy's PrepareFirst, and is
 // the policy's from then on.
-func (p *Policy) SetFirst(f *FirstRuns) {
-	p.first, p.firstAt, p.byPage = f.runs, 0, f.byPage
-	if len(p.first) == 0 {
-		p.first, p.byPage = nil, nil
-	}
-}
+func (p *Policy) SetFirst(f *FirstRuns) { p.first, p.firstAt, p.byPage = f.runs, 0, f.byPage }
 
 // InFirst reports whether runs given to First are still to be handed out.
 func (p *Policy) InFirst() bool { return len(p.first) > 0 }
