@@ -94,7 +94,7 @@ func (t *Thread) Unboost() {
 // returned locked either way.
 func RealTimeThread() (*Thread, error) {
 	err := RealTime()
-	t := &Thread{tid: unix.Gettid(), canRaise: true, realTime: err == nil}
+	t := &Thread{tid: unix.Gettid(), canRaise: mayRaise(), realTime: err == nil}
 	if err != nil {
 		t.noBoost = true
 	}

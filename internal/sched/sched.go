@@ -37,8 +37,23 @@ type Thread struct {
 // LockThread locks the calling goroutine to its OS thread and returns it.
 func LockThread() *Thread {
 	runtime.LockOSThread()
-	return &Thread{tid: unix.Gettid(), canRaise: true}
+	return &Thread{tid: unix.Gettid(), canRaise: mayRaise()}
 }
+
+// mayRaise reports whether a thread lowered to BackgroundNice may go back to
+// nice 0: as root (CAP_SYS_NICE, as a rule), or where RLIMIT_NICE allows
+// nice 0 (a limit of 20). A failed raise tells too (Defer).
+func mayRaise() bool {
+	if unix.Geteuid() == 0 {
+		return true
+	}
+	var r unix.Rlimit
+	return unix.Getrlimit(unix.RLIMIT_NICE, &r) == nil && r.Cur >= 20
+}
+
+// CanRaise reports whether the thread, once lowered (Defer), can go back
+// to normal priority: false where it would stay low.
+func (t *Thread) CanRaise() bool { return t != nil && t.canRaise }
 
 // Defer sets the thread's priority: low while demand work waits, normal
 // otherwise. It makes a system call only when the answer changes. Where the
