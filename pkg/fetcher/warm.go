@@ -451,20 +451,21 @@ func (w *Warmup) serve(ctx context.Context, plan *[]warmRun, inflight map[uint64
 		}
 		select {
 		case a := <-w.link.answers:
-			if a.err != nil {
-				return a.err
-			}
 			lastAnswer = time.Now()
-			w.th.Defer(true)
-			again, err := w.store(a.resp, inflight, res)
-			w.th.Defer(false)
-			a.resp.Release()
+			// Every answer that came is stored in one section at
+			// background priority: two system calls, not two per answer
+			// (a working set's single pages) — and only where the thread
+			// can be raised again after it (see loop).
+			low := w.th.CanRaise()
+			if low {
+				w.th.Defer(true)
+			}
+			err := w.storeAll(a, inflight, res, plan)
+			if low {
+				w.th.Defer(false)
+			}
 			if err != nil {
 				return err
-			}
-			if again != nil {
-				w.crcErrors.Add(1)
-				*plan = append([]warmRun{*again}, *plan...)
 			}
 		case <-waitC:
 			waitC = nil
@@ -477,6 +478,30 @@ func (w *Warmup) serve(ctx context.Context, plan *[]warmRun, inflight map[uint64
 		}
 	}
 	return nil
+}
+
+// storeAll stores a, then every answer waiting behind it; a run whose
+// answer failed its checksum goes back to the head of plan.
+func (w *Warmup) storeAll(a warmAnswer, inflight map[uint64]warmRun, res *WarmRound, plan *[]warmRun) error {
+	for {
+		if a.err != nil {
+			return a.err
+		}
+		again, err := w.store(a.resp, inflight, res)
+		a.resp.Release()
+		if err != nil {
+			return err
+		}
+		if again != nil {
+			w.crcErrors.Add(1)
+			*plan = append([]warmRun{*again}, *plan...)
+		}
+		select {
+		case a = <-w.link.answers:
+		default:
+			return nil
+		}
+	}
 }
 
 // store puts an answer's pages into the cache. An answer that fails its
