@@ -418,8 +418,8 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			spinFD, spin = fd, netio.SpinTime()
 		}
 	}
-	// Kept across requests: each would escape to the heap (io.ReadFull and
-	// Codec.Unmarshal take interfaces).
+	// Kept across requests: each would escape to the heap (io.ReadFull
+	// takes an interface, and req is decoded through a pointer).
 	var hdr [4]byte
 	var req wire.Request
 	for used := false; ; used = true {
@@ -452,7 +452,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		if _, err := io.ReadFull(br, frame[:n]); err != nil {
 			return
 		}
-		if err := (wire.Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(frame[:n])}, &req); err != nil {
+		if err := wire.UnmarshalRequest(frame[:n], &req); err != nil {
 			fail(status.Errorf(codes.InvalidArgument, "%v", err))
 			return
 		}

@@ -367,8 +367,21 @@ func (c *cursor) tag() (protowire.Number, protowire.Type, error) {
 
 // unmarshal decodes a PageRequest.
 func (r *Request) unmarshal(data mem.BufferSlice) error {
-	*r = Request{}
 	c := newCursor(data)
+	return r.decode(&c)
+}
+
+// UnmarshalRequest decodes a PageRequest from b into r, as Codec does from
+// a buffer slice — without making one: a socket lane reads a request per
+// answer, and the slice and its buffer escaped to the heap.
+func UnmarshalRequest(b []byte, r *Request) error {
+	c := cursor{b: b}
+	return r.decode(&c)
+}
+
+// decode decodes a PageRequest from c into r.
+func (r *Request) decode(c *cursor) error {
+	*r = Request{}
 	for !c.done() {
 		num, typ, err := c.tag()
 		if err != nil {
