@@ -118,6 +118,9 @@ func (t *Thread) SetRealTime(on bool) bool {
 	if t.noBoost {
 		return false
 	}
+	if on && t.lowered {
+		return false // spinning: Release decides
+	}
 	_ = t.setRealTimeLocked(on)
 	return t.realTime
 }
@@ -126,14 +129,29 @@ func (t *Thread) SetRealTime(on bool) bool {
 // background priority: false for a nil Thread, one that could not be made
 // real-time, and one the system refused to lower (it keeps its priority).
 // A thread spins only where Lower says so: a real-time or normal-priority
-// thread that spins keeps its CPU from the workload.
+// thread that spins keeps its CPU from the workload. Until its goroutine
+// calls Release, SetRealTime(true) from elsewhere (a real-time budget's new
+// window) leaves it low: raised mid-spin, it would spin real-time.
 func (t *Thread) Lower() bool {
 	if t == nil {
 		return false
 	}
 	t.realTimeMu.Lock()
 	defer t.realTimeMu.Unlock()
-	return !t.noBoost && t.setRealTimeLocked(false) == nil
+	t.lowered = !t.noBoost && t.setRealTimeLocked(false) == nil
+	return t.lowered
+}
+
+// Release ends what Lower began: the thread is real-time again if on, as
+// SetRealTime(on) makes it, and reports whether it is.
+func (t *Thread) Release(on bool) bool {
+	if t == nil {
+		return false
+	}
+	t.realTimeMu.Lock()
+	t.lowered = false
+	t.realTimeMu.Unlock()
+	return t.SetRealTime(on)
 }
 
 // setRealTimeLocked makes the change SetRealTime describes, with

@@ -134,3 +134,41 @@ func TestSetRealTime(t *testing.T) {
 	}()
 	<-done
 }
+
+// Between Lower and Release a thread stays at background priority whoever
+// else asks for it real-time (a real-time budget's new window): it may be
+// spinning. Release makes it what it asks.
+func TestLowerHoldsUntilRelease(t *testing.T) {
+	testutil.RequireRoot(t)
+	var nilThread *Thread
+	if nilThread.Lower() || nilThread.Release(true) {
+		t.Error("a nil Thread was lowered or released real-time")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		th, err := RealTimeThread()
+		if err != nil {
+			t.Errorf("RealTimeThread as root: %v", err)
+			return
+		}
+		if !th.Lower() || isRealTime() {
+			t.Error("Lower: the thread is not at background priority")
+		}
+		other := make(chan bool)
+		go func() { other <- th.SetRealTime(true) }()
+		if <-other || isRealTime() {
+			t.Error("SetRealTime(true) from another goroutine raised a lowered thread")
+		}
+		if !th.Release(true) || !isRealTime() {
+			t.Error("Release(true): the thread is not real-time")
+		}
+		if !th.Lower() || th.Release(false) || isRealTime() {
+			t.Error("Release(false): the thread is real-time")
+		}
+		if !th.SetRealTime(true) || !isRealTime() {
+			t.Error("after Release, SetRealTime(true) did not raise the thread")
+		}
+	}()
+	<-done
+}

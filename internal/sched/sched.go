@@ -30,6 +30,7 @@ type Thread struct {
 	canRaise   bool // whether nice can go back to 0 (needs CAP_SYS_NICE)
 	boosted    bool // real-time, until Unboost
 	realTime   bool // real-time at RealTimePriority (RealTimeThread, SetRealTime), under realTimeMu
+	lowered    bool // between Lower and Release, under realTimeMu
 	realTimeMu sync.Mutex
 	noBoost    bool // Boost failed: do not try again
 }

@@ -90,4 +90,4 @@ func (f *faultLoop) canSpin() bool {
 // microsecond each here, per spin.
 func (f *faultLoop) lower(th *demandThread) bool { return th != nil && th.th.Lower() }
 
-func (f *faultLoop) raise(th *demandThread) { th.th.SetRealTime(th.budget.realTime()) }
+func (f *faultLoop) raise(th *demandThread) { th.th.Release(th.budget.realTime()) }

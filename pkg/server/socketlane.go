@@ -436,7 +436,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			// spin ends, at most spin late — against a wake-up saved on
 			// every answer (test/fetchbench TLS, unpinned).
 			netio.SpinReadable(spinFD, spin)
-			rtTh.SetRealTime(true)
+			rtTh.Release(true)
 		}
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return // the client closed the lane
