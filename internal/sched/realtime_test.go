@@ -109,14 +109,7 @@ func TestSetRealTime(t *testing.T) {
 	if nilThread.SetRealTime(true) {
 		t.Error("a nil Thread became real-time")
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		th, err := RealTimeThread()
-		if err != nil {
-			t.Errorf("RealTimeThread as root: %v", err)
-			return
-		}
+	onRealTimeThread(t, func(th *Thread) {
 		for _, on := range []bool{true, false, false, true} {
 			if got := th.SetRealTime(on); got != on {
 				t.Errorf("SetRealTime(%v) = %v", on, got)
@@ -131,6 +124,21 @@ func TestSetRealTime(t *testing.T) {
 				t.Errorf("after SetRealTime(%v): %+v %v", on, a, err)
 			}
 		}
+	})
+}
+
+// onRealTimeThread runs f on a goroutine locked to a new real-time thread.
+func onRealTimeThread(t *testing.T, f func(th *Thread)) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		th, err := RealTimeThread()
+		if err != nil {
+			t.Errorf("RealTimeThread as root: %v", err)
+			return
+		}
+		f(th)
 	}()
 	<-done
 }
@@ -144,14 +152,7 @@ func TestLowerHoldsUntilRelease(t *testing.T) {
 	if nilThread.Lower() || nilThread.Release(true) {
 		t.Error("a nil Thread was lowered or released real-time")
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		th, err := RealTimeThread()
-		if err != nil {
-			t.Errorf("RealTimeThread as root: %v", err)
-			return
-		}
+	onRealTimeThread(t, func(th *Thread) {
 		if !th.Lower() || isRealTime() {
 			t.Error("Lower: the thread is not at background priority")
 		}
@@ -169,6 +170,5 @@ func TestLowerHoldsUntilRelease(t *testing.T) {
 		if !th.SetRealTime(true) || !isRealTime() {
 			t.Error("after Release, SetRealTime(true) did not raise the thread")
 		}
-	}()
-	<-done
+	})
 }
