@@ -84,10 +84,15 @@ func (f *faultLoop) canSpin() bool {
 // lower puts a real-time fault loop at background priority for a spin, and
 // reports whether it runs there: a real-time thread must not spin (it would
 // keep its CPU from the workload, whose thread the answer just woke), nor
-// one at normal priority, beside the workload's; raise restores it, as the
-// budget allows, for the work the spin found or the sleep that follows
-// (the kernel then wakes it real-time): two system calls, under a
-// microsecond each here, per spin.
+// one at normal priority, beside the workload's. A loop already lowered
+// stays so, with no system call. raise restores it, as the budget allows,
+// for the sleep that follows (the kernel then wakes it real-time) or for
+// work found while bulk runs are in flight; on a loop not lowered it
+// changes nothing unless the budget's verdict did.
 func (f *faultLoop) lower(th *demandThread) bool { return th != nil && th.th.Lower() }
 
-func (f *faultLoop) raise(th *demandThread) { th.th.Release(th.budget.realTime()) }
+func (f *faultLoop) raise(th *demandThread) {
+	if th != nil {
+		th.th.Release(th.budget.realTime())
+	}
+}
