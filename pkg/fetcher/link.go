@@ -816,14 +816,22 @@ func (pt placeThread) next() *sched.Thread {
 }
 
 // finishBulk ends a bulk request; with requeue its run goes back to the
-// policy.
+// policy. The bulk sender is woken only where the window would be refilled
+// now (prefetch.Window.Refill; a ride wakes it itself): while a window of
+// short runs waits for half of them to come back, waking it at every
+// answer cost a goroutine wake-up and a park per working-set page, for
+// nothing.
 func (l *link) finishBulk(c *conn, id uint64, requeue bool) {
 	c.bulkDone.Add(1)
 	if b, ok := l.pages.BulkDone(id); ok && requeue {
 		l.pull.requeue(b)
 		l.rideAgain()
+		l.pull.poke()
+		return
 	}
-	l.pull.poke()
+	if bytes, n := l.pages.BulkInFlight(); l.pull.window.Refill(bytes, n, false) {
+		l.pull.poke()
+	}
 }
 
 // rideAgain rides the bulk lane again for every thread waiting on a page
