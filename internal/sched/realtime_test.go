@@ -1,6 +1,7 @@
 package sched
 
 import (
+	"errors"
 	"os"
 	"runtime"
 	"testing"
@@ -171,4 +172,35 @@ func TestLowerHoldsUntilRelease(t *testing.T) {
 			t.Error("after Release, SetRealTime(true) did not raise the thread")
 		}
 	})
+}
+
+// A thread that may run on one CPU only is never made real-time, nor
+// boosted: there it can starve what it waits for (ErrOneCPU).
+func TestOneCPUStaysNormal(t *testing.T) {
+	testutil.RequireRoot(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // the thread ends with the goroutine, its affinity with it
+		var one unix.CPUSet
+		one.Set(0)
+		if err := unix.SchedSetaffinity(0, &one); err != nil {
+			t.Errorf("setting the thread's affinity to CPU 0: %v", err)
+			return
+		}
+		if err := RealTime(); !errors.Is(err, ErrOneCPU) {
+			t.Errorf("RealTime on one CPU: %v, want ErrOneCPU", err)
+		}
+		if isRealTime() {
+			t.Error("the thread is real-time on one CPU")
+		}
+		if th := LockThread(); th.Boost() {
+			th.Unboost()
+			t.Error("Boost succeeded on one CPU")
+		}
+		if isRealTime() {
+			t.Error("the thread is real-time after Boost on one CPU")
+		}
+	}()
+	<-done
 }
