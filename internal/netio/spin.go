@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/internal/sched"
 )
 
 // SpinReadable polls fd without sleeping until it is readable (or hung up)
@@ -34,8 +36,7 @@ func SpinReadable(fd int, d time.Duration) bool {
 // run on one only: there spinning only delays whoever is to send the
 // bytes.
 func SpinTime() time.Duration {
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil || set.Count() < 2 {
+	if sched.OneCPU() {
 		return 0
 	}
 	return 50 * time.Microsecond

@@ -32,7 +32,7 @@ const (
 // stays locked at normal priority, which is correct, only slower.
 func RealTime() error {
 	runtime.LockOSThread()
-	if oneCPU() {
+	if OneCPU() {
 		return ErrOneCPU
 	}
 	if err := setSched(0, unix.SCHED_FIFO, RealTimePriority, 0); err != nil {
@@ -53,10 +53,12 @@ func RealTime() error {
 // on such a thread too.
 var ErrOneCPU = errors.New("sched: the thread may run on one CPU only, where a real-time thread can starve what it waits for")
 
-// oneCPU reports whether the calling thread may run on one CPU only.
-func oneCPU() bool {
+// OneCPU reports whether the calling thread may run on one CPU only (or its
+// affinity cannot be read): no thread of it may be made real-time there
+// (ErrOneCPU), nor spin (netio.SpinTime).
+func OneCPU() bool {
 	var set unix.CPUSet
-	return unix.SchedGetaffinity(0, &set) == nil && set.Count() < 2
+	return unix.SchedGetaffinity(0, &set) != nil || set.Count() < 2
 }
 
 // setSched sets thread tid's (0: the caller's) policy, real-time priority

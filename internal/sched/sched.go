@@ -38,7 +38,7 @@ type Thread struct {
 // LockThread locks the calling goroutine to its OS thread and returns it.
 func LockThread() *Thread {
 	runtime.LockOSThread()
-	return &Thread{tid: unix.Gettid(), canRaise: mayRaise(), noBoost: oneCPU()}
+	return &Thread{tid: unix.Gettid(), canRaise: mayRaise(), noBoost: OneCPU()}
 }
 
 // mayRaise reports whether a thread lowered to BackgroundNice may go back to
