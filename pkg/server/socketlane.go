@@ -422,7 +422,6 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 	// takes an interface, and req is decoded through a pointer).
 	var hdr [4]byte
 	var req wire.Request
-	low := false // rtTh lowered for a spin that found a request (below)
 	for used := false; ; used = true {
 		if spin > 0 && used && br.Buffered() == 0 && s.bulkBusy.Load() == 0 && rtTh.Lower() {
 			// A real-time thread must not spin: it would keep its CPU
@@ -443,13 +442,11 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			// once bulk work has begun. Each change is a system call of
 			// about 4 µs on this VM, and one before each request a spin
 			// found was on the fault's path.
-			low = netio.SpinReadable(spinFD, spin) && s.bulkBusy.Load() == 0
-			if !low {
+			if !netio.SpinReadable(spinFD, spin) || s.bulkBusy.Load() > 0 {
 				rtTh.Release(true)
 			}
-		} else if low {
-			rtTh.Release(true)
-			low = false
+		} else {
+			rtTh.Release(true) // a system call only where a spin left it low
 		}
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return // the client closed the lane
