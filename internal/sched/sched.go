@@ -52,16 +52,15 @@ func mayRaise() bool {
 	return unix.Getrlimit(unix.RLIMIT_NICE, &r) == nil && r.Cur >= 20
 }
 
-// CanRaise reports whether the thread, once lowered (Defer), can go back
-// to normal priority: false where it would stay low.
-func (t *Thread) CanRaise() bool { return t != nil && t.canRaise }
-
 // Defer sets the thread's priority: low while demand work waits, normal
 // otherwise. It makes a system call only when the answer changes. Where the
-// priority cannot be raised again (no CAP_SYS_NICE), the thread stays low.
+// priority could not be raised again (no CAP_SYS_NICE, RLIMIT_NICE short of
+// nice 0) it does not lower the thread at all: lowered once, it would stay
+// low for good — a bulk thread slower than it need be with no fault
+// waiting, a warm-up that the handoff's stop then waits for.
 func (t *Thread) Defer(demandWaiting bool) {
 	switch {
-	case demandWaiting && !t.low:
+	case demandWaiting && !t.low && t.canRaise:
 		if unix.Setpriority(unix.PRIO_PROCESS, t.tid, BackgroundNice) == nil {
 			t.low = true
 		}

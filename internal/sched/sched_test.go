@@ -43,3 +43,24 @@ func TestDefer(t *testing.T) {
 	}()
 	<-done
 }
+
+// Defer does not lower a thread it could not raise again (no CAP_SYS_NICE):
+// lowered once, it would stay low with nothing waiting.
+func TestDeferNotWhereItCannotRaise(t *testing.T) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		th := LockThread()
+		th.canRaise = false // as without CAP_SYS_NICE and RLIMIT_NICE short of nice 0
+		start := nice(t, th.tid)
+		th.Defer(true)
+		if n := nice(t, th.tid); n != start || th.Low() {
+			t.Errorf("nice %d (low %v) after Defer(true) on a thread it cannot raise, want %d", n, th.Low(), start)
+		}
+		th.Defer(false)
+		if n := nice(t, th.tid); n != start {
+			t.Errorf("nice %d after Defer(false), want %d", n, start)
+		}
+	}()
+	<-done
+}

@@ -454,16 +454,10 @@ func (w *Warmup) serve(ctx context.Context, plan *[]warmRun, inflight map[uint64
 			lastAnswer = time.Now()
 			// Every answer that came is stored in one section at
 			// background priority: two system calls, not two per answer
-			// (a working set's single pages) — and only where the thread
-			// can be raised again after it (see loop).
-			low := w.th.CanRaise()
-			if low {
-				w.th.Defer(true)
-			}
+			// (a working set's single pages).
+			w.th.Defer(true)
 			err := w.storeAll(a, inflight, res, plan)
-			if low {
-				w.th.Defer(false)
-			}
+			w.th.Defer(false)
 			if err != nil {
 				return err
 			}
