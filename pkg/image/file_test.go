@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -620,31 +621,57 @@ func BenchmarkFileRead(b *testing.B) {
 	}
 	b.Cleanup(func() { os.Remove(shm) })
 	dst := make([]byte, 1<<20)
+	// A random order of the file's pages, for the runs of one page.
+	order := rand.New(rand.NewPCG(1, 2)).Perm(size / page)
 	for _, tc := range []struct {
 		name, path string
 		run        uint32 // pages per Read
+		// first: every Read goes through a mapping that has not been
+		// read before (page faults fill it): the image is opened again
+		// after each pass, outside the timer. Otherwise every pass after
+		// the first reads through a mapping filled already.
+		first, random bool
 	}{
-		{"data-1MiB", data, 256},
-		{"shm-data-1MiB", shm, 256},
-		{"hole-1MiB", hole, 256},
-		{"data-4KiB", data, 1},
+		{"data-1MiB", data, 256, false, false},
+		{"data-1MiB-first", data, 256, true, false},
+		{"shm-data-1MiB", shm, 256, false, false},
+		{"hole-1MiB", hole, 256, false, false},
+		{"data-4KiB", data, 1, false, false},
+		{"data-4KiB-random", data, 1, false, true},
+		{"data-4KiB-random-first", data, 1, true, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			img, err := OpenFile(tc.path)
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer img.Close()
+			defer func() { img.Close() }()
 			b.SetBytes(int64(tc.run) * page)
 			b.ReportAllocs()
 			var segs []Segment
-			off := uint64(0)
+			i := 0 // Reads in this pass
 			for b.Loop() {
+				off := uint64(i) * uint64(tc.run) * page
+				if tc.random {
+					off = uint64(order[i]) * page
+				}
 				segs, err = img.Read(dst, off, page, tc.run, segs)
 				if err != nil {
 					b.Fatal(err)
 				}
-				off = (off + uint64(tc.run)*page) % size
+				// A random pass reads a twentieth of the pages, as a 5 %
+				// working set does.
+				if i++; uint64(i)*uint64(tc.run)*page >= size || (tc.random && i >= len(order)/20) {
+					i = 0
+					if tc.first {
+						b.StopTimer()
+						img.Close()
+						if img, err = OpenFile(tc.path); err != nil {
+							b.Fatal(err)
+						}
+						b.StartTimer()
+					}
+				}
 			}
 		})
 	}
