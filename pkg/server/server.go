@@ -180,10 +180,10 @@ type Server struct {
 	healthSvc                *boundedHealth
 
 	gate *demandGate
-	// bulkBusy counts bulk requests in service (socket lanes, Bulk and
-	// Warm streams): a demand lane does not spin while bulk work runs
+	// bulk is the server's bulk work (socket lanes, Bulk and Warm
+	// streams): a demand lane does not spin while it runs
 	// (serveSocketLane).
-	bulkBusy   atomic.Int32
+	bulk       bulkActivity
 	runs       sync.Pool // *runBuf
 	workingSet []byte    // offered to clients (Options.WorkingSet)
 	noWarm     bool      // Options.NoWarm
@@ -1042,9 +1042,9 @@ func (s *Server) bulkStream(stream grpc.ServerStream, msg any, background func()
 		} else if err != nil {
 			return err
 		}
-		s.bulkBusy.Add(1)
+		s.bulk.enter()
 		err := each(ctx, sess, yield)
-		s.bulkBusy.Add(-1)
+		s.bulk.leave()
 		if err != nil {
 			return err
 		}

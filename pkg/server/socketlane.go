@@ -423,12 +423,13 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 	var hdr [4]byte
 	var req wire.Request
 	for used := false; ; used = true {
-		if spin > 0 && used && br.Buffered() == 0 && s.bulkBusy.Load() == 0 && rtTh.Lower() {
+		if spin > 0 && used && br.Buffered() == 0 && !s.bulk.running() && rtTh.Lower() {
 			// A real-time thread must not spin: it would keep its CPU
 			// from the workload. It spins at background priority — and
-			// not while bulk work runs: preempted by it, a thread
-			// spinning at nice 10 waits for a CPU long after its spin
-			// ended, and reads the next request late. Nor where it
+			// not while bulk work runs (bulkActivity: in service, or in
+			// the gaps of a stream): preempted by it, a thread at nice
+			// 10 waits for a CPU long after its spin ended, and reads
+			// and serves the next request late. Nor where it
 			// cannot lower itself (Lower: no real-time thread, or the
 			// system refused a priority change). Over
 			// TLS a request that crypto/tls read ahead with the one before
@@ -442,7 +443,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			// once bulk work has begun. Each change is a system call of
 			// about 4 µs on this VM, and one before each request a spin
 			// found was on the fault's path.
-			if !netio.SpinReadable(spinFD, spin) || s.bulkBusy.Load() > 0 {
+			if !netio.SpinReadable(spinFD, spin) || s.bulk.running() {
 				rtTh.Release(true)
 			}
 		} else {
@@ -482,9 +483,9 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			if th != nil {
 				th.Defer(s.gate.recent(demandBurst))
 			}
-			s.bulkBusy.Add(1)
+			s.bulk.enter()
 			err = s.serve(ctx, sess, l, req, ps, send)
-			s.bulkBusy.Add(-1)
+			s.bulk.leave()
 		}
 		if err != nil {
 			fail(err)
