@@ -9,7 +9,7 @@ import (
 )
 
 // Real-time (SCHED_FIFO) priorities: the threads that serve faults above
-// a boosted thread (Thread.Boost), both above every normal thread.
+// a boosted thread (Thread.BoostHolder), both above every normal thread.
 const (
 	RealTimePriority = 2
 	BoostPriority    = 1
@@ -49,8 +49,8 @@ func RealTime() error {
 // by default. With every process of a restore on one vCPU, a VMM's thread
 // stalled 0.75-0.95 s on one fault in most runs (4 s of 13107 demand faults,
 // pagefetcher and pageserver real-time; a real-time thread of either at 100
-// % of the CPU for that long), and in none at normal priority. Boost is off
-// on such a thread too.
+// % of the CPU for that long), and in none at normal priority. BoostHolder
+// is off on such a thread too.
 var ErrOneCPU = errors.New("sched: the thread may run on one CPU only, where a real-time thread can starve what it waits for")
 
 // OneCPU reports whether the calling thread may run on one CPU only (or its
@@ -72,44 +72,79 @@ func setSched(tid int, policy, priority uint32, nice int32) error {
 	return unix.SchedSetAttr(tid, &a, 0)
 }
 
-// Boost makes the thread real-time (SCHED_FIFO, BoostPriority) until
-// Unboost: priority inheritance done by hand, for a normal thread that holds
-// what a real-time thread may wait for. The bulk placer holds the fetcher's
-// event lock for each copy; the fault loop needs that lock to read the next
-// fault, and a demand answer's copy waits behind the fault loop. A normal
-// thread preempted while holding the lock — for a time slice, milliseconds,
-// on CPUs shared with the workload — stalls every fault behind it. Boosted,
-// the copies run to their end; real-time threads still preempt them. Keep
-// boosted sections short (the fetcher boosts one bulk run's placement,
-// about 0.4 ms a MiB) and free of spinning. Where the priority cannot be raised it
-// stops trying and returns false.
+// Hold, Unhold and BoostHolder are priority inheritance on demand, for a
+// normal thread that holds, again and again for short times, what a
+// real-time thread may wait for: the fetcher's bulk placer holds its event
+// lock for each copy, and the real-time fault loop takes that lock to read
+// each fault. The holder marks each hold (Hold ... Unhold); the waiter, when
+// it finds the lock taken, calls BoostHolder on each thread that may hold
+// it: a thread inside a hold is made real-time (SCHED_FIFO, BoostPriority),
+// so that no normal thread keeps it from its CPU while the waiter waits,
+// and the Unhold that ends that hold makes it normal again. A hold nobody
+// waits for costs no system call.
 //
-// Both are no-ops on a nil Thread.
-func (t *Thread) Boost() bool {
-	if t == nil || t.noBoost {
+// Boosting every hold instead (Boost and Unboost around each run placed)
+// cost two system calls of about 4 µs per run on this VM, and held the
+// workload's threads off the placer's CPU for as long as a run's copies
+// took — milliseconds a run where the memory was fresh: the workload's
+// threads, woken by the copies, waited up to 6 ms for a CPU
+// (perf sched; a 2 GiB migration, one thread faulting every 2 ms).
+//
+// Hold and Unhold are for the thread's own goroutine; BoostHolder for any.
+// All three are no-ops on a nil Thread, and BoostHolder on one that may
+// run on one CPU only (ErrOneCPU) or that the system refused to boost.
+func (t *Thread) Hold() {
+	if t != nil {
+		t.holding.Store(true)
+	}
+}
+
+// Unhold ends a hold (Hold), making the thread normal again if a waiter
+// boosted it meanwhile.
+func (t *Thread) Unhold() {
+	if t == nil {
+		return
+	}
+	t.holding.Store(false)
+	if !t.lent.Load() {
+		return
+	}
+	t.realTimeMu.Lock()
+	defer t.realTimeMu.Unlock()
+	if t.lent.Load() {
+		nice := int32(0)
+		if t.low {
+			nice = BackgroundNice
+		}
+		_ = setSched(t.tid, unix.SCHED_NORMAL, 0, nice)
+		t.lent.Store(false)
+	}
+}
+
+// BoostHolder makes the thread real-time until it ends the hold it is in,
+// if it is in one (Hold), and reports whether it did.
+func (t *Thread) BoostHolder() bool {
+	if t == nil {
+		return false
+	}
+	t.realTimeMu.Lock()
+	defer t.realTimeMu.Unlock()
+	if t.noBoost || t.lent.Load() {
+		return false
+	}
+	// lent before holding is read: an Unhold that ends the hold after
+	// this read then finds lent set and waits for the lock above.
+	t.lent.Store(true)
+	if !t.holding.Load() {
+		t.lent.Store(false)
 		return false
 	}
 	if err := setSched(t.tid, unix.SCHED_FIFO, BoostPriority, 0); err != nil {
 		t.noBoost = true
+		t.lent.Store(false)
 		return false
 	}
-	t.boosted = true
 	return true
-}
-
-// Unboost ends Boost: the thread is a normal one again, at the nice value
-// Defer last set.
-func (t *Thread) Unboost() {
-	if t == nil || !t.boosted {
-		return
-	}
-	nice := int32(0)
-	if t.low {
-		nice = BackgroundNice
-	}
-	if setSched(t.tid, unix.SCHED_NORMAL, 0, nice) == nil {
-		t.boosted = false
-	}
 }
 
 // RealTimeThread is RealTime returning the thread, whose goroutine may then

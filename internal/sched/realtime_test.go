@@ -71,35 +71,106 @@ func TestRealTime(t *testing.T) {
 	<-done
 }
 
-// Boost raises the locked thread to real-time below real-time threads, and
-// Unboost brings it back to normal at the nice value Defer set.
-func TestBoost(t *testing.T) {
+// BoostHolder raises a thread inside a hold (Hold) to real-time below
+// real-time threads, and the Unhold that ends the hold brings it back to
+// normal at the nice value Defer set; a thread outside a hold is left as
+// it is.
+func TestBoostHolder(t *testing.T) {
 	testutil.RequireRoot(t)
 	var nilThread *Thread
-	if nilThread.Boost() {
+	if nilThread.BoostHolder() {
 		t.Error("a nil Thread boosted")
 	}
-	nilThread.Unboost()
+	nilThread.Hold()
+	nilThread.Unhold()
+	ths := make(chan *Thread)
+	step := make(chan bool)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		th := LockThread()
 		th.Defer(true)
-		if !th.Boost() {
-			t.Error("Boost as root failed")
-			return
-		}
+		ths <- th
+		<-step // BoostHolder outside a hold
+		th.Hold()
+		step <- true
+		<-step // boosted
+		th.Unhold()
+		step <- true
+		<-step // the thread ends with its goroutine: looked at before
+	}()
+	th := <-ths
+	policy := func() unix.SchedAttr {
+		t.Helper()
 		a, err := unix.SchedGetAttr(th.tid, 0)
-		if err != nil || a.Policy != unix.SCHED_FIFO || a.Priority != BoostPriority || BoostPriority >= RealTimePriority {
-			t.Errorf("boosted: %+v %v, want SCHED_FIFO %d (below %d)", a, err, BoostPriority, RealTimePriority)
+		if err != nil {
+			t.Fatal(err)
 		}
-		th.Unboost()
-		a, err = unix.SchedGetAttr(th.tid, 0)
-		if err != nil || a.Policy != unix.SCHED_NORMAL || a.Nice != BackgroundNice || a.Flags&unix.SCHED_FLAG_RESET_ON_FORK == 0 {
-			t.Errorf("after Unboost: %+v %v, want SCHED_NORMAL at nice %d, reset-on-fork kept", a, err, BackgroundNice)
+		return *a
+	}
+	if th.BoostHolder() || policy().Policy != unix.SCHED_NORMAL {
+		t.Error("a thread outside a hold was boosted")
+	}
+	step <- true
+	<-step
+	if !th.BoostHolder() {
+		t.Fatal("BoostHolder as root failed")
+	}
+	if a := policy(); a.Policy != unix.SCHED_FIFO || a.Priority != BoostPriority || BoostPriority >= RealTimePriority {
+		t.Errorf("boosted: %+v, want SCHED_FIFO %d (below %d)", a, BoostPriority, RealTimePriority)
+	}
+	if th.BoostHolder() {
+		t.Error("a thread boosted already was boosted again")
+	}
+	step <- true
+	<-step
+	if a := policy(); a.Policy != unix.SCHED_NORMAL || a.Nice != BackgroundNice || a.Flags&unix.SCHED_FLAG_RESET_ON_FORK == 0 {
+		t.Errorf("after Unhold: %+v, want SCHED_NORMAL at nice %d, reset-on-fork kept", a, BackgroundNice)
+	}
+	step <- true
+	<-done
+}
+
+// A boost never outlives the hold it found: with holds and boosts racing,
+// the thread is at normal priority once its last hold has ended.
+func TestBoostHolderRace(t *testing.T) {
+	testutil.RequireRoot(t)
+	ths := make(chan *Thread)
+	stop, stopped, checked := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		th := LockThread()
+		ths <- th
+		for {
+			select {
+			case <-stop:
+				// The thread ends with its goroutine: it is looked
+				// at before.
+				close(stopped)
+				<-checked
+				return
+			default:
+			}
+			th.Hold()
+			th.Unhold()
 		}
 	}()
-	<-done
+	th := <-ths
+	boosted := 0
+	for range 2000 {
+		if th.BoostHolder() {
+			boosted++
+		}
+	}
+	close(stop)
+	<-stopped
+	defer close(checked)
+	a, err := unix.SchedGetAttr(th.tid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Policy != unix.SCHED_NORMAL {
+		t.Errorf("after the last hold (%d boosts): policy %d, want SCHED_NORMAL", boosted, a.Policy)
+	}
 }
 
 // SetRealTime moves a thread from RealTimeThread between real-time and
@@ -194,13 +265,15 @@ func TestOneCPUStaysNormal(t *testing.T) {
 		if isRealTime() {
 			t.Error("the thread is real-time on one CPU")
 		}
-		if th := LockThread(); th.Boost() {
-			th.Unboost()
-			t.Error("Boost succeeded on one CPU")
+		th := LockThread()
+		th.Hold()
+		if th.BoostHolder() {
+			t.Error("BoostHolder succeeded on one CPU")
 		}
 		if isRealTime() {
-			t.Error("the thread is real-time after Boost on one CPU")
+			t.Error("the thread is real-time after BoostHolder on one CPU")
 		}
+		th.Unhold()
 	}()
 	<-done
 }

@@ -14,6 +14,7 @@ package sched
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,11 +29,13 @@ type Thread struct {
 	tid        int
 	low        bool
 	canRaise   bool // whether nice can go back to 0 (needs CAP_SYS_NICE)
-	boosted    bool // real-time, until Unboost
 	realTime   bool // real-time at RealTimePriority (RealTimeThread, SetRealTime), under realTimeMu
 	lowered    bool // between Lower and Release, under realTimeMu
 	realTimeMu sync.Mutex
-	noBoost    bool // Boost failed: do not try again
+	noBoost    bool // may not be boosted (BoostHolder): one CPU, or the system refused
+	// holding: between Hold and Unhold; lent: boosted by a waiter
+	// (BoostHolder) until the Unhold that ends the hold.
+	holding, lent atomic.Bool
 }
 
 // LockThread locks the calling goroutine to its OS thread and returns it.

@@ -3,6 +3,7 @@ package fetcher
 import (
 	"errors"
 	"fmt"
+	"github.com/postcopy/postcopy/internal/sched"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -371,6 +372,7 @@ func (l *link) confirmSend(c *conn, lane WarmLane) error {
 func (l *link) confirmRecv(c *conn, lane WarmLane) error {
 	cf := l.confirm
 	pt := l.newPlaceThread() // placed like bulk answers: the same copies, the same lock
+	defer pt.done()
 	for {
 		resp, err := lane.Recv()
 		if err != nil {
@@ -400,10 +402,7 @@ func (l *link) confirmRecv(c *conn, lane WarmLane) error {
 			cf.poke()
 			continue
 		}
-		th := pt.next()
-		th.Boost()
-		err = cf.placeAnswer(b, resp)
-		th.Unboost()
+		err = cf.placeAnswer(b, resp, pt.next())
 		resp.Release()
 		if err != nil {
 			l.life.fail(err)
@@ -416,7 +415,7 @@ func (l *link) confirmRecv(c *conn, lane WarmLane) error {
 // placeAnswer places the pages of a confirm answer for run b: "same" pages
 // from the cache (zero pages as zero pages), the others from the answer;
 // then the run's cache memory is released.
-func (cf *confirmer) placeAnswer(b pagestate.BulkRun, resp *Response) error {
+func (cf *confirmer) placeAnswer(b pagestate.BulkRun, resp *Response, th *sched.Thread) error {
 	a := cf.pages.Areas()[b.Area]
 	first, _, _ := cf.cache.index(b.Offset)
 	p, i := b.Page, first
@@ -436,14 +435,14 @@ func (cf *confirmer) placeAnswer(b pagestate.BulkRun, resp *Response) error {
 				if !zero {
 					src = cf.cache.bytes(i+k, e-k)
 				}
-				if err := cf.place.placeRun(a, p+k, e-k, src, pagestate.ViaConfirmed, true); err != nil {
+				if err := cf.place.placeRun(a, p+k, e-k, src, pagestate.ViaConfirmed, true, th); err != nil {
 					return err
 				}
 				k = e
 			}
 		case sg.Zero:
 			cf.changed.Add(n)
-			if err := cf.place.placeRun(a, p, n, nil, pagestate.ViaZero, true); err != nil {
+			if err := cf.place.placeRun(a, p, n, nil, pagestate.ViaZero, true, th); err != nil {
 				return err
 			}
 		default:
@@ -452,7 +451,7 @@ func (cf *confirmer) placeAnswer(b pagestate.BulkRun, resp *Response) error {
 			if used+sz > uint64(len(resp.Data)) {
 				return fmt.Errorf("fetcher: confirm answer for offset %#x is short of data", resp.Offset)
 			}
-			if err := cf.place.placeRun(a, p, n, resp.Data[used:used+sz], pagestate.ViaBulk, true); err != nil {
+			if err := cf.place.placeRun(a, p, n, resp.Data[used:used+sz], pagestate.ViaBulk, true, th); err != nil {
 				return err
 			}
 			used += sz

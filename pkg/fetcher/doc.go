@@ -62,5 +62,7 @@
 // the zap. So every copy runs under a read lock and the fault loop holds the
 // write lock from the read(2) of events until their effects are recorded.
 // Bulk copies are split into small chunks so that the fault loop never waits
-// long for that lock.
+// long for that lock, and a placer whose copy the loop waits for is made
+// real-time until that copy ends (placer.lockEvents): preempted by a
+// normal thread while it holds the lock, it would stall every fault.
 package fetcher

@@ -266,6 +266,9 @@ func New(cfg Config) (*Fetcher, error) {
 	f.pull.ws, f.pull.record = cfg.WorkingSet, cfg.RecordWorkingSet
 	f.pull.recording.Store(cfg.RecordWorkingSet)
 	f.place = newPlacer(cfg.UFFD, f.pages, f.stats, f.life, f.log)
+	if cfg.RealTimeDemand {
+		f.place.inherit = prio.budget.realTime // past its budget the loop is a background thread
+	}
 	f.link = &link{cfg: &f.cfg, log: f.log, pages: f.pages, place: f.place, pull: f.pull, stats: f.stats, life: f.life, prio: prio,
 		resumed: make(chan struct{})}
 	rate := cfg.DemandRate

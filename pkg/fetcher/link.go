@@ -730,6 +730,7 @@ func (l *link) placeQueue() int { return max(2, prefetch.RunsPerWindow*l.pull.wi
 // bulkPlace places checked bulk answers with DONTWAKE copies.
 func (l *link) bulkPlace(c *conn) error {
 	pt := l.newPlaceThread()
+	defer pt.done()
 	for {
 		var resp *Response
 		select {
@@ -744,50 +745,26 @@ func (l *link) bulkPlace(c *conn) error {
 				}
 			}
 		}
-		// The answers that came with this one are placed in the same
-		// boosted section: boosting is two system calls, as many as a
-		// short run's copy and wake.
-		th := pt.next()
-		th.Boost()
-		var placed uint64
-		for {
-			id, n := resp.ID, uint64(resp.Pages)*uint64(resp.PageSize)
-			err := l.place.placeResponse(resp, false, nil)
-			resp.Release()
-			if err != nil {
-				th.Unboost()
-				l.life.fail(err)
-				return err
-			}
-			l.finishBulk(c, id, false)
-			if placed += n; placed >= maxBoostBytes {
-				break
-			}
-			select {
-			case resp = <-c.placeQ:
-				continue
-			default:
-			}
-			break
+		id := resp.ID
+		err := l.place.placeResponse(resp, false, pt.next())
+		resp.Release()
+		if err != nil {
+			l.life.fail(err)
+			return err
 		}
-		th.Unboost()
+		l.finishBulk(c, id, false)
 	}
 }
-
-// maxBoostBytes bounds the answers bulkPlace places in one boosted section
-// (sched.Thread.Boost: keep them short): one full run, or the short runs
-// that came together up to 256 KiB.
-const maxBoostBytes = 256 << 10
 
 // placeThread is the thread of a goroutine that places bulk-kind answers
 // (bulkPlace, the confirm pass's confirmRecv). With BulkYield, copying
 // runs at a lower CPU priority while demand answers are awaited, so that
-// the demand path gets a CPU at once. With RealTimeDemand, each answer is
-// placed boosted, since its copies hold the event lock, which the
-// real-time fault loop may be waiting for.
+// the demand path gets a CPU at once. With RealTimeDemand, the thread is
+// one the real-time fault loop boosts while it holds the event lock the
+// loop waits for (placer.lockEvents; sched.Thread.Hold).
 type placeThread struct {
-	l         *link
-	th, boost *sched.Thread
+	l  *link
+	th *sched.Thread
 }
 
 // newPlaceThread locks the calling goroutine to its thread where either
@@ -798,21 +775,22 @@ func (l *link) newPlaceThread() placeThread {
 		pt.th = sched.LockThread()
 	}
 	if l.cfg.RealTimeDemand {
-		pt.boost = pt.th
+		l.place.addHolder(pt.th)
 	}
 	return pt
 }
 
+// done ends the thread's part in placing: call it before its goroutine
+// returns.
+func (pt placeThread) done() { pt.l.place.removeHolder(pt.th) }
+
 // next sets the thread's priority for the next answer and returns the
-// thread to boost while placing it (nil: none).
+// thread that places it (nil: none locked).
 func (pt placeThread) next() *sched.Thread {
 	if pt.l.cfg.BulkYield {
 		pt.th.Defer(pt.l.pages.Outstanding() > 0)
 	}
-	if !pt.l.prio.budget.realTime() {
-		return nil // the demand path is past its budget, in the background: no inversion to avoid
-	}
-	return pt.boost
+	return pt.th
 }
 
 // finishBulk ends a bulk request; with requeue its run goes back to the

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +21,8 @@ import (
 // maxBulkCopy bounds one DONTWAKE copy, so that the fault loop, which needs
 // the event lock to read events, never waits long behind a bulk copy
 // (64 KiB: about 20 µs; copies reach full speed from 64 KiB up),
-// unless the copying thread is preempted meanwhile — hence Thread.Boost.
+// unless the copying thread is preempted meanwhile — hence placer.lockEvents
+// boosts it (sched.Thread.BoostHolder).
 const maxBulkCopy = 64 << 10
 
 // placer puts pages into the workload's memory: the only code that calls
@@ -47,6 +49,13 @@ type placer struct {
 
 	evMu      sync.RWMutex
 	evBatches atomic.Uint64 // batches of events read
+	// holders are the threads that place bulk-kind answers, holding the
+	// event lock for each copy: lockEvents boosts them while it waits
+	// (sched.Thread.BoostHolder), where inherit says the waiter runs
+	// real-time.
+	holdersMu sync.Mutex
+	holders   []*sched.Thread
+	inherit   func() bool
 	batchMu   sync.Mutex
 	batchCh   chan struct{} // closed (and replaced) whenever events were read
 }
@@ -62,8 +71,44 @@ func newPlacer(fd *uffd.FD, pages *pagestate.Table, st *counters, life *lifecycl
 	return pl
 }
 
-// lockEvents takes the event lock for the fault loop's read of events.
-func (pl *placer) lockEvents() { pl.evMu.Lock() }
+// lockEvents takes the event lock for the fault loop's read of events. If
+// copies hold it, the threads copying are boosted until their copy ends
+// (priority inheritance, sched.Thread.Hold): a normal thread preempted
+// while it holds the lock — for a time slice, milliseconds, on CPUs
+// shared with the workload — would stall every fault behind it.
+func (pl *placer) lockEvents() {
+	if pl.evMu.TryLock() {
+		return
+	}
+	if pl.inherit != nil && pl.inherit() {
+		pl.holdersMu.Lock()
+		for _, th := range pl.holders {
+			th.BoostHolder()
+		}
+		pl.holdersMu.Unlock()
+	}
+	pl.evMu.Lock()
+}
+
+// addHolder makes th one of the threads lockEvents boosts (nil: none).
+func (pl *placer) addHolder(th *sched.Thread) {
+	if th == nil {
+		return
+	}
+	pl.holdersMu.Lock()
+	pl.holders = append(pl.holders, th)
+	pl.holdersMu.Unlock()
+}
+
+// removeHolder ends addHolder: call it before th's goroutine returns.
+func (pl *placer) removeHolder(th *sched.Thread) {
+	if th == nil {
+		return
+	}
+	pl.holdersMu.Lock()
+	pl.holders = slices.DeleteFunc(pl.holders, func(h *sched.Thread) bool { return h == th })
+	pl.holdersMu.Unlock()
+}
 
 // unlockEvents releases it; read says that events were read, so that copies
 // that got EAGAIN look again (after eventsRead).
@@ -78,9 +123,8 @@ func (pl *placer) unlockEvents(read bool) {
 // place for a reason that asks for the run again (never: checksum failures are
 // handled before). demand answers are placed with waking copies.
 //
-// th, if not nil, is the calling bulk goroutine's locked thread: the whole
-// answer is placed boosted (sched.Thread.Boost), since its copies hold the
-// event lock nearly all the time — two system calls per run, not per copy.
+// th, if not nil, is the calling goroutine's locked thread: each copy is a
+// hold of the event lock (sched.Thread.Hold).
 func (pl *placer) placeResponse(resp *wire.Response, demand bool, th *sched.Thread) error {
 	_, err := pl.place(resp, demand, th, true)
 	return err
@@ -96,8 +140,6 @@ func (pl *placer) tryPlaceDemand(resp *wire.Response) (again bool, err error) {
 }
 
 func (pl *placer) place(resp *wire.Response, demand bool, th *sched.Thread, wait bool) (again bool, err error) {
-	th.Boost()
-	defer th.Unboost()
 	r, p, ok := pl.pages.LookupOffset(resp.Offset)
 	if !ok || uint64(resp.PageSize) != r.PageSize || p+uint64(resp.Pages) > r.Pages {
 		return false, fmt.Errorf("fetcher: answer for offset %#x, %d pages of %d bytes does not match any region",
@@ -122,7 +164,7 @@ func (pl *placer) place(resp *wire.Response, demand bool, th *sched.Thread, wait
 			src = data[used : used+sz]
 			used += sz
 		}
-		if again, err := pl.placeRunWait(r, p, n, src, how, !demand, wait); err != nil || again {
+		if again, err := pl.placeRunWait(r, p, n, src, how, !demand, wait, th); err != nil || again {
 			return again, err
 		}
 		p += n
@@ -135,14 +177,15 @@ func (pl *placer) place(resp *wire.Response, demand bool, th *sched.Thread, wait
 // nil, skipping pages already resolved. dontWake copies wake nobody: the
 // threads waiting there are woken afterwards, one wake per contiguous range
 // (the page table's PlaceStep says which, and wakes after EEXIST too).
-func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pagestate.Arrival, dontWake bool) error {
-	_, err := pl.placeRunWait(r, p, n, src, how, dontWake, true)
+// th, if not nil, is the calling goroutine's locked thread (placeResponse).
+func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pagestate.Arrival, dontWake bool, th *sched.Thread) error {
+	_, err := pl.placeRunWait(r, p, n, src, how, dontWake, true, th)
 	return err
 }
 
 // placeRunWait is placeRun; without wait, a copy that finds an event
 // pending returns again instead of waiting for the fault loop to read it.
-func (pl *placer) placeRunWait(r *pagestate.Area, p, n uint64, src []byte, how pagestate.Arrival, dontWake, wait bool) (again bool, err error) {
+func (pl *placer) placeRunWait(r *pagestate.Area, p, n uint64, src []byte, how pagestate.Arrival, dontWake, wait bool, th *sched.Thread) (again bool, err error) {
 	ps := r.PageSize
 	chunk := n
 	if dontWake {
@@ -150,10 +193,12 @@ func (pl *placer) placeRunWait(r *pagestate.Area, p, n uint64, src []byte, how p
 	}
 	backoff := 20 * time.Microsecond
 	for n > 0 {
+		th.Hold()
 		pl.evMu.RLock()
 		seen := pl.evBatches.Load()
 		st, err := pl.pages.PlaceStep(pl.kern, r, p, n, chunk, src, how, dontWake)
 		pl.evMu.RUnlock()
+		th.Unhold()
 		if st.Unmapped > 0 {
 			pl.noteUnmapped(r, p+st.Used-1, st.WokeUnmapped)
 		}

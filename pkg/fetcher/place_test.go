@@ -131,7 +131,7 @@ func TestPlaceEEXISTWakes(t *testing.T) {
 	if _, err := w.fd.Copy(pg.Addr, data, uffd.CopyDontWake); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.pl.placeRun(pg.A, pg.P, 1, data, pagestate.ViaDemand, false); err != nil {
+	if err := w.pl.placeRun(pg.A, pg.P, 1, data, pagestate.ViaDemand, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	w.woken(got, 0x5a)
