@@ -20,24 +20,23 @@ import (
 //     the runs in flight (on a slow link the link, not the CPU, limits the
 //     transfer, and a demand fault costs it nothing but a ride would cost the
 //     thread the link's time for the whole window), and
-//   - the thread faults back to back: its last rideStreak faults each came
-//     within backToBack of its page before arriving (the VMM tells thread
-//     ids: UFFD_FEATURE_THREAD_ID), or the demand lane has served its rate
-//     (Config.DemandRate), which also bounds a VMM that does not tell
-//     thread ids.
+//   - the thread faults back to back: within backToBack of its last page
+//     arriving, after a fault that rode or that waited less than backToBack
+//     itself (the VMM tells thread ids: UFFD_FEATURE_THREAD_ID), or the
+//     demand lane has served its rate (Config.DemandRate), which also
+//     bounds a VMM that does not tell thread ids.
 //
 // A thread that thinks between its faults keeps the demand lane's round
-// trip — also right after a slow fault, when it has fallen behind: a thread
-// that thinks 2 ms between the starts of its reads reads again at once
-// after a stall longer than that. Riding on one such fault made the next
-// wait for a bulk window too (3-22 ms on loopback), and the thread then
-// rode fault after fault while the bulk lane flowed (test/fetchbench
+// trip — also right after a slow demand fault, when it has fallen behind:
+// a thread that thinks 2 ms between the starts of its reads reads again at
+// once after a stall longer than that. Riding that fault made it wait a
+// bulk window (3-22 ms on loopback), the next came at once again, and the
+// thread rode fault after fault while the bulk lane flowed (test/fetchbench
 // LoadedFaults: one thread reading every 2 ms, handler's view: 26 faults
-// of ~350 over 1.5 ms, in runs). A streaming thread rides from its
-// rideStreak-th fault on.
+// of ~350 over 1.5 ms, in runs). A thread streaming through missing memory
+// rides from its second fault on, and goes on riding.
 const (
 	backToBack  = 500 * time.Microsecond
-	rideStreak  = 3
 	maxRideWait = 20 * time.Millisecond
 	// rateEvery is how often the bulk lane's rate is sampled.
 	rateEvery = 10 * time.Millisecond
@@ -50,40 +49,47 @@ type wakeTimes struct {
 	slots [1024]struct {
 		tid atomic.Uint32
 		at  atomic.Int64 // ns since the fetcher's epoch
-		// streak counts the thread's faults in a row that came within
-		// backToBack of its last page (backToBackStreak; the fault
-		// loop's alone).
-		streak atomic.Int32
+		// waited is how long the thread's last fault waited (ns); rode,
+		// whether it rode (set by the fault loop).
+		waited atomic.Int64
+		rode   atomic.Bool
 	}
 	epoch time.Time
 }
 
-func (w *wakeTimes) set(tid uint32, at time.Time) {
+func (w *wakeTimes) set(tid uint32, at time.Time, waited time.Duration) {
 	if tid == 0 {
 		return
 	}
 	s := &w.slots[tid%uint32(len(w.slots))]
 	s.at.Store(int64(at.Sub(w.epoch)))
+	s.waited.Store(int64(waited))
 	if s.tid.Swap(tid) != tid {
-		s.streak.Store(0)
+		s.rode.Store(false)
 	}
 }
 
-// backToBack counts a fault by thread tid at now and reports how many of
-// the thread's faults in a row, this one included, came within backToBack
-// of its last page arriving (0: this one did not, or the thread is
-// unknown).
-func (w *wakeTimes) backToBack(tid uint32, now time.Time) int32 {
+// backToBack reports whether thread tid, faulting at now, faults back to
+// back: within backToBack of its last page arriving, after a fault that
+// rode (rode) or that waited less than backToBack.
+func (w *wakeTimes) backToBack(tid uint32, now time.Time) bool {
 	d, ok := w.since(tid, now)
-	if !ok {
-		return 0
+	if !ok || d >= backToBack {
+		return false
 	}
 	s := &w.slots[tid%uint32(len(w.slots))]
-	if d >= backToBack {
-		s.streak.Store(0)
-		return 0
+	return s.rode.Load() || s.waited.Load() < int64(backToBack)
+}
+
+// rode records whether thread tid's fault rode.
+func (w *wakeTimes) rode(tid uint32, ride bool) {
+	if tid == 0 {
+		return
 	}
-	return s.streak.Add(1)
+	s := &w.slots[tid%uint32(len(w.slots))]
+	if s.tid.Load() == tid {
+		s.rode.Store(ride)
+	}
 }
 
 // since returns how long ago thread tid's last page arrived, or false if
@@ -141,11 +147,14 @@ func (r *rider) ride(tid uint32, now time.Time, cached bool) (ride, flowing bool
 	}
 	t := now.Sub(r.woken.epoch)
 	r.sample(t)
-	want := r.woken.backToBack(tid, now) >= rideStreak || !r.admit.Open(int64(t))
+	want := r.woken.backToBack(tid, now) || !r.admit.Open(int64(t))
 	if cached {
-		return want && cf.rideWaitOK(), true
+		ride = want && cf.rideWaitOK()
+	} else {
+		ride = want && r.rideWaitOK()
 	}
-	return want && r.rideWaitOK(), true
+	r.woken.rode(tid, ride)
+	return ride, true
 }
 
 // charge counts a fault that took the demand lane while the bulk lane

@@ -12,55 +12,57 @@ func TestWakeTimes(t *testing.T) {
 	if _, ok := w.since(42, now); ok {
 		t.Fatal("a thread never woken has a wake time")
 	}
-	w.set(42, now.Add(-300*time.Microsecond))
+	w.set(42, now.Add(-300*time.Microsecond), 0)
 	if d, ok := w.since(42, now); !ok || d != 300*time.Microsecond {
 		t.Fatalf("since = %v, %v; want 300µs", d, ok)
 	}
 	// Another thread in the same slot takes it over: 42 is unknown again.
-	w.set(42+uint32(len(w.slots)), now)
+	w.set(42+uint32(len(w.slots)), now, 0)
 	if _, ok := w.since(42, now); ok {
 		t.Fatal("a slot taken over still answers for its old thread")
 	}
 	// No thread id (the VMM did not ask for them): never known.
-	w.set(0, now)
+	w.set(0, now, 0)
 	if _, ok := w.since(0, now); ok {
 		t.Fatal("thread 0 has a wake time")
 	}
 }
 
-// backToBack counts a thread's faults in a row that come within backToBack
-// of its last page: a fault after a think time starts the count again, and
-// so does another thread taking over the slot.
-func TestBackToBackStreak(t *testing.T) {
+// A thread faults back to back when its fault comes within backToBack of
+// its last page, after a fault that rode or that waited less than
+// backToBack: a thread that reads again at once after a slow demand fault
+// has fallen behind, it is not streaming.
+func TestBackToBack(t *testing.T) {
 	epoch := time.Now()
 	w := &wakeTimes{epoch: epoch}
 	at := epoch.Add(time.Second)
-	if n := w.backToBack(7, at); n != 0 {
-		t.Fatalf("a thread never woken: streak %d, want 0", n)
-	}
-	fault := func(think time.Duration) int32 {
-		w.set(7, at)
-		at = at.Add(think)
-		return w.backToBack(7, at)
+	if w.backToBack(7, at) {
+		t.Fatal("a thread never woken faults back to back")
 	}
 	for i, tc := range []struct {
-		think time.Duration
-		want  int32
+		rode          bool
+		waited, think time.Duration
+		want          bool
 	}{
-		{100 * time.Microsecond, 1},
-		{0, 2},
-		{backToBack - 1, 3},
-		{backToBack, 0}, // a thread that thought: the count starts again
-		{10 * time.Microsecond, 1},
+		{false, 200 * time.Microsecond, 100 * time.Microsecond, true}, // a quick demand fault, then at once
+		{false, 200 * time.Microsecond, backToBack, false},            // a thread that thought
+		{false, 3 * time.Millisecond, 0, false},                       // fallen behind after a slow demand fault
+		{true, 8 * time.Millisecond, 0, true},                         // streaming: it rode, and faults again at once
+		{true, 8 * time.Millisecond, time.Millisecond, false},         // it rode, then thought
 	} {
-		if n := fault(tc.think); n != tc.want {
-			t.Fatalf("fault %d after %v: streak %d, want %d", i, tc.think, n, tc.want)
+		w.rode(7, tc.rode) // the slot is not 7's before its first wake: ignored
+		w.set(7, at, tc.waited)
+		w.rode(7, tc.rode)
+		at = at.Add(tc.think)
+		if got := w.backToBack(7, at); got != tc.want {
+			t.Errorf("case %d (rode %v, waited %v, then %v): back to back %v, want %v", i, tc.rode, tc.waited, tc.think, got, tc.want)
 		}
 	}
-	// Another thread takes the slot over, then 7 comes back: counted anew.
-	w.set(7+uint32(len(w.slots)), at)
-	w.set(7, at)
-	if n := w.backToBack(7, at); n != 1 {
-		t.Fatalf("after its slot was taken over: streak %d, want 1", n)
+	// Another thread takes the slot over: 7's ride is forgotten.
+	w.rode(7, true)
+	w.set(7+uint32(len(w.slots)), at, 0)
+	w.set(7, at, 3*time.Millisecond)
+	if w.backToBack(7, at) {
+		t.Error("a thread whose slot was taken over kept its ride")
 	}
 }

@@ -74,8 +74,9 @@ type Hooks struct {
 	// page.
 	Complete func()
 	// Woken is told, for every thread waiting on a page that was resolved,
-	// its id (0 when the VMM did not ask for thread ids) and when.
-	Woken func(tid uint32, at time.Time)
+	// its id (0 when the VMM did not ask for thread ids), when, and how long
+	// it waited.
+	Woken func(tid uint32, at time.Time, waited time.Duration)
 }
 
 // Table is the state of every page of a layout. Create it with New.
@@ -568,9 +569,9 @@ func (t *Table) resolveWaiters(a *Area, p uint64, now time.Time) {
 		return
 	}
 	if t.hooks.Woken != nil {
-		t.hooks.Woken(ws.first.tid, now)
+		t.hooks.Woken(ws.first.tid, now, now.Sub(ws.first.at))
 		for _, w := range ws.more {
-			t.hooks.Woken(w.tid, now)
+			t.hooks.Woken(w.tid, now, now.Sub(w.at))
 		}
 	}
 	if t.hooks.Waited == nil {
