@@ -17,26 +17,22 @@ type demandGate struct {
 	last   atomic.Int64 // when the latest demand request came (UnixNano)
 
 	mu   sync.Mutex
-	idle chan struct{} // closed when active drops to 0; replaced when it rises from 0
+	idle chan struct{} // made by a waiting bulk read, closed when active drops to 0; nil while none waits
 
 	waits    atomic.Uint64 // bulk chunks that had to wait
 	waitedNs atomic.Uint64 // total time they waited
 }
 
 func newDemandGate() *demandGate {
-	g := &demandGate{idle: make(chan struct{})}
-	close(g.idle)
-	return g
+	return &demandGate{}
 }
 
-// enter marks one more demand request in service.
+// enter marks one more demand request in service. It takes no lock and
+// makes nothing: a demand request that finds no bulk read waiting costs two
+// atomic stores.
 func (g *demandGate) enter() {
 	g.last.Store(time.Now().UnixNano())
-	g.mu.Lock()
-	if g.active.Add(1) == 1 {
-		g.idle = make(chan struct{})
-	}
-	g.mu.Unlock()
+	g.active.Add(1)
 }
 
 // recent reports whether demand work is in service or came within window:
@@ -53,8 +49,9 @@ func (g *demandGate) busy() bool { return g.active.Load() > 0 }
 // leave marks one demand request done.
 func (g *demandGate) leave() {
 	g.mu.Lock()
-	if g.active.Add(-1) == 0 {
+	if g.active.Add(-1) == 0 && g.idle != nil {
 		close(g.idle)
+		g.idle = nil
 	}
 	g.mu.Unlock()
 }
@@ -66,6 +63,14 @@ func (g *demandGate) wait(ctx context.Context, maxWait time.Duration) error {
 		return nil
 	}
 	g.mu.Lock()
+	if g.active.Load() == 0 {
+		g.mu.Unlock()
+		return nil
+	}
+	// Under mu, active > 0: the leave that brings it to 0 closes ch.
+	if g.idle == nil {
+		g.idle = make(chan struct{})
+	}
 	ch := g.idle
 	g.mu.Unlock()
 	start := time.Now()
