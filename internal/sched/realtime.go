@@ -116,8 +116,11 @@ func (t *Thread) Unhold() {
 		if t.low {
 			nice = BackgroundNice
 		}
-		_ = setSched(t.tid, unix.SCHED_NORMAL, 0, nice)
-		t.lent.Store(false)
+		// Lent stays set if the system refused: the next Unhold tries
+		// again, and no waiter boosts the thread meanwhile.
+		if setSched(t.tid, unix.SCHED_NORMAL, 0, nice) == nil {
+			t.lent.Store(false)
+		}
 	}
 }
 
@@ -127,7 +130,12 @@ func (t *Thread) BoostHolder() bool {
 	if t == nil {
 		return false
 	}
-	t.realTimeMu.Lock()
+	// Taken, the lock is the thread's own Unhold ending its hold (which
+	// may be switched out in that very system call, at normal priority):
+	// nothing to boost, and a real-time waiter must not wait for it.
+	if !t.realTimeMu.TryLock() {
+		return false
+	}
 	defer t.realTimeMu.Unlock()
 	if t.noBoost || t.lent.Load() {
 		return false
