@@ -56,8 +56,11 @@ type placer struct {
 	holdersMu sync.Mutex
 	holders   []*sched.Thread
 	inherit   func() bool
-	batchMu   sync.Mutex
-	batchCh   chan struct{} // closed (and replaced) whenever events were read
+	// waiting: lockEvents waits for the lock with holders boosted; a
+	// holder whose copy began after they were boosted boosts itself.
+	waiting atomic.Bool
+	batchMu sync.Mutex
+	batchCh chan struct{} // closed (and replaced) whenever events were read
 }
 
 func newPlacer(fd *uffd.FD, pages *pagestate.Table, st *counters, life *lifecycle, log hclog.Logger) *placer {
@@ -80,14 +83,18 @@ func (pl *placer) lockEvents() {
 	if pl.evMu.TryLock() {
 		return
 	}
-	if pl.inherit != nil && pl.inherit() {
-		pl.holdersMu.Lock()
-		for _, th := range pl.holders {
-			th.BoostHolder()
-		}
-		pl.holdersMu.Unlock()
+	if pl.inherit == nil || !pl.inherit() {
+		pl.evMu.Lock()
+		return
 	}
+	pl.waiting.Store(true)
+	pl.holdersMu.Lock()
+	for _, th := range pl.holders {
+		th.BoostHolder()
+	}
+	pl.holdersMu.Unlock()
 	pl.evMu.Lock()
+	pl.waiting.Store(false)
 }
 
 // addHolder makes th one of the threads lockEvents boosts (nil: none).
@@ -195,6 +202,9 @@ func (pl *placer) placeRunWait(r *pagestate.Area, p, n uint64, src []byte, how p
 	for n > 0 {
 		th.Hold()
 		pl.evMu.RLock()
+		if pl.waiting.Load() {
+			th.BoostHolder() // the loop waits, and boosted the holders before this copy began
+		}
 		seen := pl.evBatches.Load()
 		st, err := pl.pages.PlaceStep(pl.kern, r, p, n, chunk, src, how, dontWake)
 		pl.evMu.RUnlock()
