@@ -143,6 +143,7 @@ func (r *rider) ride(tid uint32, now time.Time, cached bool) (ride, flowing bool
 		lane = cf.flowing.Load()
 	}
 	if r.off || r.link.pull.recording.Load() || !lane {
+		r.woken.rode(tid, false)
 		return false, false
 	}
 	t := now.Sub(r.woken.epoch)

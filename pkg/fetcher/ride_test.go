@@ -50,9 +50,8 @@ func TestBackToBack(t *testing.T) {
 		{true, 8 * time.Millisecond, 0, true},                         // streaming: it rode, and faults again at once
 		{true, 8 * time.Millisecond, time.Millisecond, false},         // it rode, then thought
 	} {
-		w.rode(7, tc.rode) // the slot is not 7's before its first wake: ignored
+		w.rode(7, tc.rode) // decided before the page arrives; ignored before 7's first wake
 		w.set(7, at, tc.waited)
-		w.rode(7, tc.rode)
 		at = at.Add(tc.think)
 		if got := w.backToBack(7, at); got != tc.want {
 			t.Errorf("case %d (rode %v, waited %v, then %v): back to back %v, want %v", i, tc.rode, tc.waited, tc.think, got, tc.want)
