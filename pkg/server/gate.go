@@ -14,7 +14,7 @@ import (
 // storm of faults cannot starve the background copy forever.
 type demandGate struct {
 	active atomic.Int64 // demand requests being served; read without mu on the fast path
-	last   atomic.Int64 // when the latest demand request came (UnixNano)
+	last   atomic.Int64 // when the latest demand request came (sinceEpoch)
 
 	mu   sync.Mutex
 	idle chan struct{} // made by a waiting bulk read, closed when active drops to 0; nil while none waits
@@ -31,7 +31,7 @@ func newDemandGate() *demandGate {
 // makes nothing: a demand request that finds no bulk read waiting costs two
 // atomic stores.
 func (g *demandGate) enter() {
-	g.last.Store(time.Now().UnixNano())
+	g.last.Store(sinceEpoch())
 	g.active.Add(1)
 }
 
@@ -39,7 +39,7 @@ func (g *demandGate) enter() {
 // faults come in bursts, so the bulk path stays in the background for a
 // while after one.
 func (g *demandGate) recent(window time.Duration) bool {
-	return g.active.Load() > 0 || time.Now().UnixNano()-g.last.Load() < int64(window)
+	return g.active.Load() > 0 || within(g.last.Load(), window)
 }
 
 // busy reports whether demand work is in service now: a bulk read would
@@ -100,7 +100,7 @@ func (g *demandGate) wait(ctx context.Context, maxWait time.Duration) error {
 // one thread faulting every 2 ms).
 type bulkActivity struct {
 	busy atomic.Int32
-	last atomic.Int64 // when the latest bulk request ended (UnixNano)
+	last atomic.Int64 // when the latest bulk request ended (sinceEpoch)
 }
 
 // bulkQuiet is how long after its last request bulk work counts as running.
@@ -109,11 +109,21 @@ const bulkQuiet = 5 * time.Millisecond
 func (b *bulkActivity) enter() { b.busy.Add(1) }
 
 func (b *bulkActivity) leave() {
-	b.last.Store(time.Now().UnixNano())
+	b.last.Store(sinceEpoch())
 	b.busy.Add(-1)
 }
 
 // running reports whether bulk work is in service or ended within bulkQuiet.
 func (b *bulkActivity) running() bool {
-	return b.busy.Load() > 0 || time.Now().UnixNano()-b.last.Load() < int64(bulkQuiet)
+	return b.busy.Load() > 0 || within(b.last.Load(), bulkQuiet)
 }
+
+// epoch is when the process started, for sinceEpoch.
+var epoch = time.Now()
+
+// sinceEpoch is the monotonic time since epoch, in ns (at least 1): unlike
+// the wall clock, a step of the system's time does not move it.
+func sinceEpoch() int64 { return max(1, int64(time.Since(epoch))) }
+
+// within reports whether at (sinceEpoch; 0: never) was at most d ago.
+func within(at int64, d time.Duration) bool { return at != 0 && sinceEpoch()-at < int64(d) }
