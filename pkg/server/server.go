@@ -183,7 +183,7 @@ type Server struct {
 	// bulk is the server's bulk work (socket lanes, Bulk and Warm
 	// streams): a demand lane does not spin while it runs
 	// (serveSocketLane).
-	bulk       bulkActivity
+	bulk       activity
 	runs       sync.Pool // *runBuf
 	workingSet []byte    // offered to clients (Options.WorkingSet)
 	noWarm     bool      // Options.NoWarm

@@ -423,10 +423,10 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 	var hdr [4]byte
 	var req wire.Request
 	for used := false; ; used = true {
-		if spin > 0 && used && br.Buffered() == 0 && !s.bulk.running() && rtTh.Lower() {
+		if spin > 0 && used && br.Buffered() == 0 && !s.bulk.recent(bulkQuiet) && rtTh.Lower() {
 			// A real-time thread must not spin: it would keep its CPU
 			// from the workload. It spins at background priority — and
-			// not while bulk work runs (bulkActivity: in service, or in
+			// not while bulk work runs (bulkQuiet: in service, or in
 			// the gaps of a stream): preempted by it, a thread at nice
 			// 10 waits for a CPU long after its spin ended, and reads
 			// and serves the next request late. Nor where it
@@ -443,7 +443,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			// once bulk work has begun. Each change is a system call of
 			// about 4 µs on this VM, and one before each request a spin
 			// found was on the fault's path.
-			if !netio.SpinReadable(spinFD, spin) || s.bulk.running() {
+			if !netio.SpinReadable(spinFD, spin) || s.bulk.recent(bulkQuiet) {
 				rtTh.Release(true)
 			}
 		} else {
