@@ -3,7 +3,7 @@
 # CPUS=0 pins everything to cpu 0
 rounds=$1; modes=$2; shift 2
 for r in $(seq 1 $rounds); do for d in "$@"; do for m in $modes; do
-  out=$(B=$d bash /work/notes/m9/ws.sh $m ${CPUS:-0-1} 2>&1 | grep -E "^$m |^cpu" | tr '\n' ' ')
+  out=$(B=$d bash "$(dirname "$0")/ws.sh" $m ${CPUS:-0-1} 2>&1 | grep -E "^$m |^cpu" | tr '\n' ' ')
   echo "$(basename $d) $m $out" | python3 -c "
 import sys,ast,re
 l=sys.stdin.read().strip(); lab,m,rest=l.split(' ',2)
