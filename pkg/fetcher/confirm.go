@@ -3,12 +3,13 @@ package fetcher
 import (
 	"errors"
 	"fmt"
-	"github.com/postcopy/postcopy/internal/sched"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/wire"
