@@ -382,6 +382,7 @@ func (c *Client) session(r *pb.OpenResponse) (*Session, error) {
 		demandSocket: caps.GetDemandSocket() && c.lanesUsable(),
 		bulkSocket:   caps.GetBulkSocket() && c.lanesUsable(),
 		warm:         caps.GetWarm(),
+		omit:         caps.GetOmit(),
 	}
 	if s.id == "" || !caps.GetCrc32C() {
 		return nil, fmt.Errorf("transport: open: server sent no session id or does not checksum: %w", wire.ErrMalformed)
@@ -399,6 +400,7 @@ type Session struct {
 	demandSocket bool // the server serves demand socket lanes (Capabilities.demand_socket)
 	bulkSocket   bool // and bulk ones (Capabilities.bulk_socket)
 	warm         bool // the server has Warm and Freeze (Capabilities.warm)
+	omit         bool // its bulk lane honours Request.Omit (Capabilities.omit)
 }
 
 // ID returns the session id (also sent as wire.SessionMetadataKey on streams).
@@ -413,6 +415,10 @@ func (s *Session) MaxDemandBytes() uint32 { return s.maxDemand }
 
 // MaxBulkBytes is the largest run a bulk request may ask for.
 func (s *Session) MaxBulkBytes() uint32 { return s.maxBulk }
+
+// CanOmit reports whether the server's bulk lane honours wire.Request.Omit
+// (Capabilities.omit): an older server would be sent no omit.
+func (s *Session) CanOmit() bool { return s.omit }
 
 // Demand opens a demand lane, on the demand connection. The lane lives until
 // Close, ctx ends, or an error ends it.
@@ -625,9 +631,11 @@ func (l *Lane) checked(r *wire.Response, err error) (*wire.Response, error) {
 		return nil, fmt.Errorf("transport: %s recv: %w", l.name(), err)
 	}
 	for _, sg := range r.Segments {
-		if sg.Same && !l.warm {
-			// Only a Warm answer may say "same": a demand or bulk
-			// answer has no copy to refer to.
+		if sg.Same && !l.warm && l.kind != wire.LaneBulk {
+			// Only a Warm answer (the copy the request named) and a bulk
+			// one (pages the request omitted: wire.Request.Omit, which
+			// the caller checks against what it has) may say "same": a
+			// demand answer has no copy to refer to.
 			r.Release()
 			return nil, fmt.Errorf("transport: %s recv: a \"same\" segment: %w", l.kind, wire.ErrMalformed)
 		}

@@ -452,6 +452,7 @@ func (s *Server) caps() *pb.Capabilities {
 		SocketOpen:      s.sockLane,
 		WorkingSetBytes: uint64(len(s.workingSet)),
 		Warm:            !s.noWarm,
+		Omit:            true,
 	}
 }
 
@@ -669,16 +670,6 @@ type runBuf struct {
 	sameBuf []bool // same's storage
 }
 
-// readRun reads a validated run into a pooled buffer (readPages) and
-// computes a crc32c per data segment.
-func (s *Server) readRun(ctx context.Context, l wire.LaneKind, off uint64, pages, ps uint32, rb *runBuf) error {
-	if err := s.readPages(ctx, l, off, pages, ps, rb); err != nil {
-		return err
-	}
-	rb.checksum(ps)
-	return nil
-}
-
 // readPages reads a validated run into a pooled buffer: data pages at their
 // natural position, segments merged across chunks. Bulk runs read in chunks
 // of at most bulkChunk bytes, each after waiting for demand work to drain.
@@ -791,14 +782,19 @@ func (rb *runBuf) totals(ps uint32) (dataBytes, zero, pages uint64) {
 	return dataBytes, zero, pages
 }
 
-// serve reads one validated request and sends its answer; send is called
-// with the encoded run and must serialize sends on its stream.
+// serve reads one validated request and sends its answer — the pages it
+// omits as same segments, a crc32c per data segment; send is called with
+// the encoded run and must serialize sends on its stream.
 func (s *Server) serve(ctx context.Context, sess *session, l wire.LaneKind, req wire.Request, ps uint32, send func(*runBuf, wire.Request, uint32) error) error {
 	rb := s.runs.Get().(*runBuf)
 	defer s.release(rb)
-	if err := s.readRun(ctx, l, req.Offset, req.Pages, ps, rb); err != nil {
+	if err := s.readPages(ctx, l, req.Offset, req.Pages, ps, rb); err != nil {
 		return err
 	}
+	if len(req.Omit) > 0 {
+		rb.markOmitted(req.Omit)
+	}
+	rb.checksum(ps)
 	if sess.ended.Load() {
 		return status.Error(codes.NotFound, "session ended")
 	}
@@ -826,6 +822,9 @@ func (s *Server) check(sess *session, l wire.LaneKind, req wire.Request) (uint32
 	}
 	r, err := wire.ValidateRequest(sess.regions, l.String(), req.ID, req.Offset, req.Pages, s.maxFor(l))
 	if err != nil {
+		return 0, err
+	}
+	if err := wire.ValidateOmit(l, req.ID, req.Pages, req.Omit); err != nil {
 		return 0, err
 	}
 	return r.PageSize, nil

@@ -400,7 +400,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 	send := func(rb *runBuf, req wire.Request, ps uint32) error {
 		rb.out = wire.OutRun{
 			ID: req.ID, Offset: req.Offset, Pages: req.Pages, PageSize: ps,
-			Segs: rb.segs, CRCs: rb.crcs, Buf: rb.buf, Pool: &bufpool.Pages,
+			Segs: rb.segs, CRCs: rb.crcs, Same: rb.same, Buf: rb.buf, Pool: &bufpool.Pages,
 		}
 		rb.buf = nil
 		held.add(rb.out.Marshal())

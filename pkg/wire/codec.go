@@ -47,7 +47,7 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	case *OutRun:
 		return m.Marshal(), nil
 	case *Request:
-		return mem.BufferSlice{mem.SliceBuffer(appendRequest(nil, m.ID, m.Offset, m.Pages))}, nil
+		return mem.BufferSlice{mem.SliceBuffer(appendRequest(nil, m))}, nil
 	case *WarmRequest:
 		return mem.BufferSlice{mem.SliceBuffer(appendWarmRequest(nil, m))}, nil
 	}
@@ -67,7 +67,7 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 
 // Field numbers of postcopy.v1 (see postcopy.proto).
 const (
-	fReqID, fReqOffset, fReqPages                        = 1, 2, 3
+	fReqID, fReqOffset, fReqPages, fReqOmit              = 1, 2, 3, 4
 	fRunID, fRunOffset, fRunPages, fRunPageSize, fRunSeg = 1, 2, 3, 4, 5
 	fRunData                                             = 15
 	fSegPages, fSegZero, fSegCRC                         = 1, 2, 3
@@ -75,10 +75,15 @@ const (
 
 // appendRequest encodes a PageRequest as proto.Marshal does (fields in
 // order, zero values omitted).
-func appendRequest(b []byte, id, off uint64, pages uint32) []byte {
-	b = appendVarintField(b, fReqID, id)
-	b = appendVarintField(b, fReqOffset, off)
-	return appendVarintField(b, fReqPages, uint64(pages))
+func appendRequest(b []byte, r *Request) []byte {
+	b = appendVarintField(b, fReqID, r.ID)
+	b = appendVarintField(b, fReqOffset, r.Offset)
+	b = appendVarintField(b, fReqPages, uint64(r.Pages))
+	if len(r.Omit) > 0 {
+		b = protowire.AppendTag(b, fReqOmit, protowire.BytesType)
+		b = protowire.AppendBytes(b, r.Omit)
+	}
+	return b
 }
 
 func appendVarintField(b []byte, num protowire.Number, v uint64) []byte {
@@ -379,13 +384,28 @@ func UnmarshalRequest(b []byte, r *Request) error {
 	return r.decode(&c)
 }
 
-// decode decodes a PageRequest from c into r.
+// decode decodes a PageRequest from c into r. An Omit is a new slice: a
+// request handed on (a gRPC demand stream's workers) keeps its own.
 func (r *Request) decode(c *cursor) error {
 	*r = Request{}
 	for !c.done() {
 		num, typ, err := c.tag()
 		if err != nil {
 			return fmt.Errorf("PageRequest: %w", err)
+		}
+		if typ == protowire.BytesType && num == fReqOmit {
+			n, err := c.varint()
+			if err != nil {
+				return fmt.Errorf("PageRequest: omit: %w", err)
+			}
+			if n > MaxOmitBytes || n > c.remaining() {
+				return fmt.Errorf("PageRequest: omit of %d bytes (at most %d, %d left): %w", n, MaxOmitBytes, c.remaining(), ErrMalformed)
+			}
+			r.Omit = make([]byte, n)
+			if err := c.read(r.Omit); err != nil {
+				return fmt.Errorf("PageRequest: omit: %w", err)
+			}
+			continue
 		}
 		if typ != protowire.VarintType || num > fReqPages {
 			if err := c.skipField(num, typ); err != nil {

@@ -3,6 +3,7 @@ package wire
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"slices"
 	"testing"
@@ -94,16 +95,25 @@ func TestCodecWireCompat(t *testing.T) {
 	}
 
 	// Requests, both ways.
-	reqBytes, _ := proto.Marshal(&pb.PageRequest{Id: 1<<63 + 5, Offset: 4096, Pages: 512})
-	enc, err := Codec{}.Marshal(&Request{ID: 1<<63 + 5, Offset: 4096, Pages: 512})
-	if err != nil || !bytes.Equal(enc.Materialize(), reqBytes) {
-		t.Fatalf("fast PageRequest encoding %x, want %x (%v)", enc.Materialize(), reqBytes, err)
-	}
-	for cut := 0; cut <= len(reqBytes); cut++ {
-		var q Request
-		if err := (Codec{}).Unmarshal(split(reqBytes, cut), &q); err != nil || q != (Request{1<<63 + 5, 4096, 512}) {
-			t.Fatalf("cut %d: %+v %v", cut, q, err)
+	for _, omit := range [][]byte{nil, {0x05, 0, 0x80}} {
+		reqBytes, _ := proto.Marshal(&pb.PageRequest{Id: 1<<63 + 5, Offset: 4096, Pages: 512, Omit: omit})
+		enc, err := Codec{}.Marshal(&Request{ID: 1<<63 + 5, Offset: 4096, Pages: 512, Omit: omit})
+		if err != nil || !bytes.Equal(enc.Materialize(), reqBytes) {
+			t.Fatalf("fast PageRequest encoding %x, want %x (%v)", enc.Materialize(), reqBytes, err)
 		}
+		for cut := 0; cut <= len(reqBytes); cut++ {
+			var q Request
+			err := (Codec{}).Unmarshal(split(reqBytes, cut), &q)
+			if err != nil || q.ID != 1<<63+5 || q.Offset != 4096 || q.Pages != 512 || !bytes.Equal(q.Omit, omit) {
+				t.Fatalf("cut %d: %+v %v", cut, q, err)
+			}
+		}
+	}
+	// An omit longer than any run may have is refused before it is read.
+	long, _ := proto.Marshal(&pb.PageRequest{Id: 1, Offset: 0, Pages: 4096, Omit: make([]byte, MaxOmitBytes+1)})
+	var q Request
+	if err := UnmarshalRequest(long, &q); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("omit of %d bytes: %v, want ErrMalformed", MaxOmitBytes+1, err)
 	}
 	// Other messages go through the proto codec.
 	hello, err := Codec{}.Marshal(&pb.HelloRequest{Token: "t", ProtocolVersion: 1})

@@ -28,12 +28,33 @@ type ImageInfo struct {
 type Extent = image.Extent
 
 // Request asks for Pages pages at Offset (page size: that of the session
-// region holding Offset); ID comes back in the Response.
+// region holding Offset); ID comes back in the Response. Omit, on a bulk
+// lane of a server that honours it (Capabilities.omit), marks pages the
+// client has (OmitBit, SetOmit): the answer carries them as Same segments,
+// without bytes. nil: every page is sent.
 type Request struct {
 	ID     uint64
 	Offset uint64
 	Pages  uint32
+	Omit   []byte
 }
+
+// SetOmit marks page i (counted from the run's first) in omit, a bitmap of
+// at least i/8+1 bytes (PageRequest.omit).
+func SetOmit(omit []byte, i int) { omit[i/8] |= 1 << (i % 8) }
+
+// OmitBit reports whether omit marks page i.
+func OmitBit(omit []byte, i int) bool { return i/8 < len(omit) && omit[i/8]&(1<<(i%8)) != 0 }
+
+// OmitBytes is the length of an omit bitmap for a run of pages: at most
+// MaxOmitBytes.
+func OmitBytes(pages uint32) int { return int(min((uint64(pages)+7)/8, MaxOmitBytes)) }
+
+// MaxOmitBytes bounds PageRequest.omit: a request may omit pages among the
+// first 8 * MaxOmitBytes of its run (1024: 4 MiB of 4 KiB pages, the
+// server's default largest bulk run), and its frame stays within
+// MaxRequestFrame.
+const MaxOmitBytes = 128
 
 // Segment describes consecutive pages of a Response that are all zero (no
 // bytes in Data), all data (with the crc32c of their bytes) or, in Warm

@@ -114,7 +114,7 @@ func ReadShortString(r io.Reader, limit int) (string, error) {
 func AppendRequestFrame(b []byte, r Request) []byte {
 	at := len(b)
 	b = append(b, 0, 0, 0, 0)
-	b = appendRequest(b, r.ID, r.Offset, r.Pages)
+	b = appendRequest(b, &r)
 	binary.LittleEndian.PutUint32(b[at:], uint32(len(b)-at-4))
 	return b
 }

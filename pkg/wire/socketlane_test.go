@@ -18,7 +18,8 @@ import (
 // checks it against the protobuf decoder.
 func FuzzRequestFrame(f *testing.F) {
 	// Seeds in testdata/fuzz/FuzzRequestFrame.
-	f.Add(appendRequest(nil, 1, 4096, 1))
+	f.Add(appendRequest(nil, &Request{ID: 1, Offset: 4096, Pages: 1}))
+	f.Add(appendRequest(nil, &Request{ID: 2, Offset: 8192, Pages: 9, Omit: []byte{0x81, 0x01}}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) > MaxRequestFrame {
 			return // refused before decoding
@@ -31,7 +32,7 @@ func FuzzRequestFrame(f *testing.F) {
 		if err := proto.Unmarshal(data, &m); err != nil {
 			t.Fatalf("the request decoder accepted what proto rejects (%v): %x", err, data)
 		}
-		if r.ID != m.GetId() || r.Offset != m.GetOffset() || r.Pages != m.GetPages() {
+		if r.ID != m.GetId() || r.Offset != m.GetOffset() || r.Pages != m.GetPages() || !bytes.Equal(r.Omit, m.GetOmit()) {
 			t.Fatalf("decoded %+v, proto says %v", r, &m)
 		}
 	})

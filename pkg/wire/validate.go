@@ -146,3 +146,26 @@ func ValidateRequest(sorted []Region, lane string, id, off uint64, pages uint32,
 	}
 	return r, nil
 }
+
+// ValidateOmit checks a request's omit bitmap (PageRequest.omit) for a run
+// of pages on lane: only a bulk lane takes one, of at most OmitBytes(pages)
+// bytes, with no bit for a page at or past pages. The error is a gRPC
+// status (InvalidArgument) naming the request id and the problem.
+func ValidateOmit(lane LaneKind, id uint64, pages uint32, omit []byte) error {
+	if len(omit) == 0 {
+		return nil
+	}
+	if lane != LaneBulk {
+		return status.Errorf(codes.InvalidArgument, "%s request %d: omit is for bulk requests only", lane, id)
+	}
+	if len(omit) > OmitBytes(pages) {
+		return status.Errorf(codes.InvalidArgument, "%s request %d: omit of %d bytes for %d pages (at most %d)",
+			lane, id, len(omit), pages, OmitBytes(pages))
+	}
+	if last := len(omit) - 1; uint64(last)*8 < uint64(pages) && uint64(last+1)*8 > uint64(pages) {
+		if omit[last]>>(pages%8) != 0 {
+			return status.Errorf(codes.InvalidArgument, "%s request %d: omit marks a page past the run's %d", lane, id, pages)
+		}
+	}
+	return nil
+}

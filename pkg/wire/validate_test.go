@@ -2,6 +2,7 @@ package wire
 
 import (
 	"encoding/binary"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -175,6 +176,42 @@ func TestFindRegion(t *testing.T) {
 	for off, want := range map[uint64]int{0: -1, 4095: -1, 4096: 0, 8191: 0, 8192: -1, 16384: 1, 24575: 1, 24576: -1, 1<<64 - 1: -1} {
 		if got := findRegion(regs, off); got != want {
 			t.Errorf("findRegion(%#x) = %d, want %d", off, got, want)
+		}
+	}
+}
+
+func TestValidateOmit(t *testing.T) {
+	for _, c := range []struct {
+		lane  LaneKind
+		pages uint32
+		omit  []byte
+		want  string // "" for accepted
+	}{
+		{LaneBulk, 10, nil, ""},
+		{LaneDemand, 1, nil, ""},
+		{LaneBulk, 10, []byte{0xff, 0x03}, ""},
+		{LaneBulk, 10, []byte{0xff}, ""}, // shorter than the run: the rest not omitted
+		{LaneBulk, 16, []byte{0xff, 0xff}, ""},
+		{LaneBulk, 4096, make([]byte, MaxOmitBytes), ""},
+		{LaneBulk, 10, []byte{0, 0x04}, "past the run"},
+		{LaneBulk, 10, []byte{0, 0, 0}, "3 bytes for 10 pages"},
+		{LaneBulk, 4096, make([]byte, MaxOmitBytes+1), "at most 128"},
+		{LaneDemand, 1, []byte{1}, "bulk requests only"},
+	} {
+		err := ValidateOmit(c.lane, 7, c.pages, c.omit)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%v %d pages, omit %x: %v", c.lane, c.pages, c.omit, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want) || status.Code(err) != codes.InvalidArgument):
+			t.Errorf("%v %d pages, omit %x: %v, want InvalidArgument with %q", c.lane, c.pages, c.omit, err, c.want)
+		}
+	}
+	omit := make([]byte, OmitBytes(20))
+	SetOmit(omit, 0)
+	SetOmit(omit, 19)
+	for i := range 24 {
+		if got := OmitBit(omit, i); got != (i == 0 || i == 19) {
+			t.Errorf("OmitBit(%d) = %v", i, got)
 		}
 	}
 }

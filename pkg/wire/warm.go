@@ -71,7 +71,7 @@ const (
 // appendWarmRequest encodes a WarmRequest as proto.Marshal does: the
 // PageRequest fields, then the digests, 8 bytes each, little-endian.
 func appendWarmRequest(b []byte, r *WarmRequest) []byte {
-	b = appendRequest(b, r.ID, r.Offset, r.Pages)
+	b = appendRequest(b, &Request{ID: r.ID, Offset: r.Offset, Pages: r.Pages})
 	if len(r.Digests) == 0 {
 		return b
 	}

@@ -376,7 +376,11 @@ type Capabilities struct {
 	// sets).
 	WorkingSetBytes uint64 `protobuf:"varint,10,opt,name=working_set_bytes,json=workingSetBytes,proto3" json:"working_set_bytes,omitempty"`
 	// warm: the server has the Warm and Freeze calls.
-	Warm          bool `protobuf:"varint,11,opt,name=warm,proto3" json:"warm,omitempty"`
+	Warm bool `protobuf:"varint,11,opt,name=warm,proto3" json:"warm,omitempty"`
+	// omit: the Bulk lane honours PageRequest.omit (the pages a client
+	// already has come back as same segments, without bytes). A client sends
+	// omit only to a server that says so.
+	Omit          bool `protobuf:"varint,12,opt,name=omit,proto3" json:"omit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -484,6 +488,13 @@ func (x *Capabilities) GetWorkingSetBytes() uint64 {
 func (x *Capabilities) GetWarm() bool {
 	if x != nil {
 		return x.Warm
+	}
+	return false
+}
+
+func (x *Capabilities) GetOmit() bool {
+	if x != nil {
+		return x.Omit
 	}
 	return false
 }
@@ -714,7 +725,17 @@ type PageRequest struct {
 	// pages is the number of pages (of that region's page size): at least 1;
 	// the whole run must lie inside that one region, and pages * page_size
 	// must not exceed the lane's maximum (Capabilities).
-	Pages         uint32 `protobuf:"varint,3,opt,name=pages,proto3" json:"pages,omitempty"`
+	Pages uint32 `protobuf:"varint,3,opt,name=pages,proto3" json:"pages,omitempty"`
+	// omit (Bulk lane only; servers with Capabilities.omit), when not empty,
+	// marks the run's pages the client already has and need not be sent:
+	// bit i % 8 of byte i / 8 (least significant bit first) for page i. The
+	// answer covers every page of the run as always, the omitted ones as same
+	// segments, without bytes. At most (pages + 7) / 8 bytes, and no bit set
+	// for a page at or past pages. A client omits pages so that a run may go
+	// on across the few pages it has (a working set's, a fault's) rather than
+	// be cut there into short runs, without their bytes crossing the link
+	// again.
+	Omit          []byte `protobuf:"bytes,4,opt,name=omit,proto3" json:"omit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -770,6 +791,13 @@ func (x *PageRequest) GetPages() uint32 {
 	return 0
 }
 
+func (x *PageRequest) GetOmit() []byte {
+	if x != nil {
+		return x.Omit
+	}
+	return nil
+}
+
 // Segment describes consecutive pages of a PageRun that are all zero or all
 // carry data.
 type Segment struct {
@@ -781,8 +809,10 @@ type Segment struct {
 	// crc32c is the CRC-32C (Castagnoli) of this data segment's bytes (0 and
 	// meaningless for zero and same segments).
 	Crc32C uint32 `protobuf:"fixed32,3,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
-	// same (Warm answers only): the pages equal the copies whose digests the
-	// request named, and carry no bytes in PageRun.data. Never with zero.
+	// same: the client has these pages, and they carry no bytes in
+	// PageRun.data — in a Warm answer, the pages equal the copies whose
+	// digests the request named; in a Bulk answer, the request omitted them
+	// (PageRequest.omit). Never with zero.
 	Same          bool `protobuf:"varint,4,opt,name=same,proto3" json:"same,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1395,7 +1425,7 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\breadable\x18\x04 \x03(\v2\x13.postcopy.v1.ExtentR\breadable\"8\n" +
 	"\x06Extent\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
-	"\x06length\x18\x02 \x01(\x04R\x06length\"\xfa\x02\n" +
+	"\x06length\x18\x02 \x01(\x04R\x06length\"\x8e\x03\n" +
 	"\fCapabilities\x12(\n" +
 	"\x10max_demand_bytes\x18\x01 \x01(\rR\x0emaxDemandBytes\x12$\n" +
 	"\x0emax_bulk_bytes\x18\x02 \x01(\rR\fmaxBulkBytes\x12\x1b\n" +
@@ -1412,7 +1442,8 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"socketOpen\x12*\n" +
 	"\x11working_set_bytes\x18\n" +
 	" \x01(\x04R\x0fworkingSetBytes\x12\x12\n" +
-	"\x04warm\x18\v \x01(\bR\x04warm\"U\n" +
+	"\x04warm\x18\v \x01(\bR\x04warm\x12\x12\n" +
+	"\x04omit\x18\f \x01(\bR\x04omit\"U\n" +
 	"\x06Region\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\x04R\x06length\x12\x1b\n" +
@@ -1428,11 +1459,12 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12,\n" +
 	"\x05image\x18\x02 \x01(\v2\x16.postcopy.v1.ImageInfoR\x05image\x12-\n" +
-	"\x04caps\x18\x03 \x01(\v2\x19.postcopy.v1.CapabilitiesR\x04caps\"K\n" +
+	"\x04caps\x18\x03 \x01(\v2\x19.postcopy.v1.CapabilitiesR\x04caps\"_\n" +
 	"\vPageRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x14\n" +
-	"\x05pages\x18\x03 \x01(\rR\x05pages\"_\n" +
+	"\x05pages\x18\x03 \x01(\rR\x05pages\x12\x12\n" +
+	"\x04omit\x18\x04 \x01(\fR\x04omit\"_\n" +
 	"\aSegment\x12\x14\n" +
 	"\x05pages\x18\x01 \x01(\rR\x05pages\x12\x12\n" +
 	"\x04zero\x18\x02 \x01(\bR\x04zero\x12\x16\n" +
