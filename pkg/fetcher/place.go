@@ -156,6 +156,18 @@ func (pl *placer) place(resp *wire.Response, demand bool, th *sched.Thread, wait
 	var used uint64
 	for _, seg := range resp.Segments {
 		n := uint64(seg.Pages)
+		if seg.Same {
+			// Pages a bulk request omitted: here when it was sent, and a
+			// page here stays so. A demand request omits nothing.
+			for q := p; q < p+n; q++ {
+				if demand || !r.Resolved(q) {
+					return false, fmt.Errorf("fetcher: answer for offset %#x: page %#x came as one the request omitted: %w",
+						resp.Offset, r.Offset+q<<r.Shift, errNotHere)
+				}
+			}
+			p += n
+			continue
+		}
 		var src []byte
 		how := pagestate.ViaBulk
 		if demand {
@@ -179,6 +191,10 @@ func (pl *placer) place(resp *wire.Response, demand bool, th *sched.Thread, wait
 	pl.stats.bytes.Add(used)
 	return false, nil
 }
+
+// errNotHere: an answer's same segment (the pages its request omitted)
+// covers a page the fetcher does not have.
+var errNotHere = errors.New("a page left out of an answer is not here")
 
 // placeRun places pages [p, p+n) of r from src, or zero pages when src is
 // nil, skipping pages already resolved. dontWake copies wake nobody: the

@@ -60,6 +60,15 @@ type Session interface {
 	End(ctx context.Context) error
 }
 
+// OmitSession is a Session whose bulk lane honours Request.Omit: the
+// pages a bulk request marks there (pages the fetcher has) come back as
+// same segments, without bytes (the page server's, Capabilities.omit; a
+// ReaderSource's). The fetcher finds it by a type assertion on the Session,
+// and omits nothing where CanOmit says false.
+type OmitSession interface {
+	CanOmit() bool
+}
+
 // WarmSession is a Session that can warm a cache before the handoff and
 // confirm it after (StartWarmup, Config.Warmup): the page server's
 // (ClientSource; CanWarm is false for a server whose Hello does not offer

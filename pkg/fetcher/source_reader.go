@@ -127,6 +127,10 @@ func (s *readerSession) lane() (Lane, error) {
 	return l, nil
 }
 
+// CanOmit is true: a reader's bulk answers leave out the pages a request
+// omits (OmitSession).
+func (s *readerSession) CanOmit() bool { return true }
+
 // CanWarm is true: a reader confirms copies against its current bytes.
 func (s *readerSession) CanWarm() bool { return true }
 
@@ -154,7 +158,7 @@ func (l readerWarmLane) Send(r WarmRequest) error {
 	// returns (cache.digestsOf), and another request's answer may change
 	// them before this one is answered.
 	r.Digests = slices.Clone(r.Digests)
-	return l.push(r)
+	return l.push(readerRequest{WarmRequest: r})
 }
 
 func (s *readerSession) Done(context.Context, DoneTotals) error { s.ended.Store(true); return nil }
@@ -167,16 +171,23 @@ func (s *readerSession) End(context.Context) error              { s.ended.Store(
 type readerLane struct {
 	sess   *readerSession
 	mu     sync.Mutex
-	queue  []WarmRequest
+	queue  []readerRequest
 	closed bool
 	ready  chan struct{} // signalled when queue or closed changes
 }
 
-func (l *readerLane) Send(r Request) error {
-	return l.push(WarmRequest{ID: r.ID, Offset: r.Offset, Pages: r.Pages})
+// readerRequest is a request on a reader lane: a warm lane's names
+// digests, a bulk lane's may omit pages (Request.Omit).
+type readerRequest struct {
+	WarmRequest
+	omit []byte
 }
 
-func (l *readerLane) push(r WarmRequest) error {
+func (l *readerLane) Send(r Request) error {
+	return l.push(readerRequest{WarmRequest: WarmRequest{ID: r.ID, Offset: r.Offset, Pages: r.Pages}, omit: r.Omit})
+}
+
+func (l *readerLane) push(r readerRequest) error {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -225,10 +236,10 @@ func (l *readerLane) Close() error {
 	return nil
 }
 
-// answer reads the run r asks for: pages whose digest r names as same
-// segments, zero pages as zero segments, the others as data segments with
-// their CRC-32C.
-func (s *readerSession) answer(r WarmRequest) (*Response, error) {
+// answer reads the run r asks for: pages whose digest r names and pages r
+// omits as same segments, zero pages as zero segments, the others as data
+// segments with their CRC-32C.
+func (s *readerSession) answer(r readerRequest) (*Response, error) {
 	var ps uint64
 	for _, reg := range s.regions {
 		p := uint64(reg.PageSize)
@@ -251,7 +262,7 @@ func (s *readerSession) answer(r WarmRequest) (*Response, error) {
 	data := buf[:0]
 	for p := uint64(0); p < uint64(r.Pages); p++ {
 		page := buf[p*ps : (p+1)*ps]
-		same := len(r.Digests) > 0 && wire.DigestMatches(page, r.Digests[p])
+		same := len(r.Digests) > 0 && wire.DigestMatches(page, r.Digests[p]) || wire.OmitBit(r.omit, int(p))
 		zero := !same && isZero(page)
 		if k := len(resp.Segments); k > 0 && resp.Segments[k-1].Zero == zero && resp.Segments[k-1].Same == same {
 			resp.Segments[k-1].Pages++
