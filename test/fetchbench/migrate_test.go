@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postcopy/postcopy/internal/bench"
 	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/internal/testutil/pki"
 	"github.com/postcopy/postcopy/pkg/events"
@@ -101,6 +103,10 @@ type mig struct {
 	cpus []int
 	// idle is how long the handler waits, ready, before the VMM starts.
 	idle time.Duration
+	// link, if shaped, carries the migration: pageserver in its source
+	// namespace, pagefetcher in its destination one, the VMM here (the
+	// handoff is a Unix socket in the file system). nil: loopback.
+	link *bench.Link
 }
 
 // run is what a migration measured.
@@ -150,12 +156,17 @@ func migrate(b *testing.B, m mig) run {
 	var pf, hp *harness.Proc // pagefetcher; the handler, whichever it is
 	switch m.handler {
 	case pagefetcher:
-		srv, ready, err := harness.StartServer(bins, m.image, "", append(extraFlags(*serverFlags), m.serverArgs...), o)
+		so, fo, serverArgs := o, o, append(extraFlags(*serverFlags), m.serverArgs...)
+		if m.link != nil && m.link.Shaped() {
+			so.NetNS, fo.NetNS = m.link.NS[bench.SourceSide], m.link.NS[bench.DestSide]
+			serverArgs = append(serverArgs, "--listen", net.JoinHostPort(m.link.Addr[bench.SourceSide], "0"))
+		}
+		srv, ready, err := harness.StartServer(bins, m.image, "", serverArgs, so)
 		track(srv)
 		if err != nil {
 			fail("pageserver: %v", err)
 		}
-		p, _, err := harness.StartFetcher(bins, ready.Addr, sock, "", append(extraFlags(*fetcherFlags), m.fetcherArgs...), o)
+		p, _, err := harness.StartFetcher(bins, ready.Addr, sock, "", append(extraFlags(*fetcherFlags), m.fetcherArgs...), fo)
 		track(p)
 		if err != nil {
 			fail("pagefetcher: %v", err)

@@ -53,6 +53,9 @@ type StartOptions struct {
 	// CPUs, if not empty, are the only CPUs the process and all its
 	// threads may run on (its affinity from the start).
 	CPUs []int
+	// NetNS, if not empty, is the network namespace the process runs in
+	// (ip netns exec, which execs it there: the same process).
+	NetNS string
 }
 
 // Start starts path with args. The process gets SIGKILL if this process's
@@ -62,6 +65,9 @@ func Start(name, path string, args []string, o StartOptions) (*Proc, error) {
 	p := &Proc{Name: name, changed: make(chan struct{}), done: make(chan struct{}), exitCode: -1}
 	p.stderr.Tee = o.StderrTee
 	cmd := exec.Command(path, args...)
+	if o.NetNS != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", o.NetNS, path}, args...)...)
+	}
 	cmd.Env = append(os.Environ(), o.Env...)
 	if os.Getenv("GORACE") == "" {
 		// Race-enabled binaries otherwise sleep a second at exit.
