@@ -671,19 +671,49 @@ type runBuf struct {
 }
 
 // readPages reads a validated run into a pooled buffer: data pages at their
-// natural position, segments merged across chunks. Bulk runs read in chunks
+// natural position, segments merged across chunks; the pages omit marks
+// (wire.Request.Omit; nil: none) are not read, and make same segments. Bulk runs read in chunks
 // of at most bulkChunk bytes, each after waiting for demand work to drain.
-func (s *Server) readPages(ctx context.Context, l wire.LaneKind, off uint64, pages, ps uint32, rb *runBuf) error {
+func (s *Server) readPages(ctx context.Context, l wire.LaneKind, off uint64, pages, ps uint32, omit []byte, rb *runBuf) error {
 	n := int(pages) * int(ps)
 	rb.buf = bufpool.Pages.Get(n)
 	data := *rb.buf
 	rb.segs = rb.segs[:0]
+	rb.sameBuf = rb.sameBuf[:0]
+	// add appends a segment, merged with the one before where both are of
+	// a kind; same segments (pages omitted) only where omit is given.
+	add := func(sg image.Segment, same bool) {
+		last := len(rb.segs) - 1
+		if last >= 0 && rb.segs[last].Zero == sg.Zero && (omit == nil || rb.sameBuf[last] == same) {
+			rb.segs[last].Pages += sg.Pages
+			return
+		}
+		rb.segs = append(rb.segs, sg)
+		if omit != nil {
+			rb.sameBuf = append(rb.sameBuf, same)
+		}
+	}
 	chunk := pages
 	if l == wire.LaneBulk {
 		chunk = max(1, bulkChunk/ps)
 	}
 	for done := uint32(0); done < pages; {
+		if wire.OmitBit(omit, int(done)) {
+			// Not read: the client has these, or did not ask for them.
+			m := uint32(1)
+			for done+m < pages && wire.OmitBit(omit, int(done+m)) {
+				m++
+			}
+			add(image.Segment{Pages: m}, true)
+			done += m
+			continue
+		}
 		k := min(chunk, pages-done)
+		for i := uint32(1); i < k && omit != nil; i++ {
+			if wire.OmitBit(omit, int(done+i)) {
+				k = i
+			}
+		}
 		if l == wire.LaneBulk {
 			if err := s.gate.wait(ctx, bulkMaxYield); err != nil {
 				return status.FromContextError(err).Err()
@@ -708,16 +738,15 @@ func (s *Server) readPages(ctx context.Context, l wire.LaneKind, off uint64, pag
 				continue
 			}
 			got += sg.Pages
-			if last := len(rb.segs) - 1; last >= 0 && rb.segs[last].Zero == sg.Zero {
-				rb.segs[last].Pages += sg.Pages
-			} else {
-				rb.segs = append(rb.segs, sg)
-			}
+			add(sg, false)
 		}
 		if got != k {
 			return status.Errorf(codes.Internal, "image read at %#x described %d pages, want %d", at, got, k)
 		}
 		done += k
+	}
+	if omit != nil {
+		rb.same = rb.sameBuf
 	}
 	return nil
 }
@@ -788,11 +817,8 @@ func (rb *runBuf) totals(ps uint32) (dataBytes, zero, pages uint64) {
 func (s *Server) serve(ctx context.Context, sess *session, l wire.LaneKind, req wire.Request, ps uint32, send func(*runBuf, wire.Request, uint32) error) error {
 	rb := s.runs.Get().(*runBuf)
 	defer s.release(rb)
-	if err := s.readPages(ctx, l, req.Offset, req.Pages, ps, rb); err != nil {
+	if err := s.readPages(ctx, l, req.Offset, req.Pages, ps, req.Omit, rb); err != nil {
 		return err
-	}
-	if len(req.Omit) > 0 {
-		rb.markOmitted(req.Omit)
 	}
 	rb.checksum(ps)
 	if sess.ended.Load() {

@@ -75,7 +75,7 @@ func (s *Server) sourceRunning() bool { return s.warm.freezes.Load() == 0 }
 func (s *Server) serveWarm(ctx context.Context, sess *session, req *pb.WarmRequest, ps uint32, stream pb.PageServer_WarmServer) error {
 	rb := s.runs.Get().(*runBuf)
 	defer s.release(rb)
-	if err := s.readPages(ctx, wire.LaneBulk, req.GetOffset(), req.GetPages(), ps, rb); err != nil {
+	if err := s.readPages(ctx, wire.LaneBulk, req.GetOffset(), req.GetPages(), ps, nil, rb); err != nil {
 		return err
 	}
 	var same uint64
@@ -108,33 +108,9 @@ func (s *Server) serveWarm(ctx context.Context, sess *session, req *pb.WarmReque
 // the page's now. It returns the number of same pages.
 func (rb *runBuf) markSame(digests []byte, ps uint32) uint64 {
 	data := *rb.buf
-	return rb.resegment(func(p int, zero bool) bool {
-		d := wire.DigestAt(digests, p)
-		switch {
-		case d == 0:
-			return false
-		case zero:
-			return d == zeroDigest(ps)
-		default:
-			return wire.DigestMatches(data[p*int(ps):(p+1)*int(ps)], d)
-		}
-	})
-}
-
-// markOmitted re-segments the run rb holds as markSame does, the pages a
-// bulk request omitted (wire.Request.Omit) being the same ones: the client
-// has them. It returns the number of pages omitted.
-func (rb *runBuf) markOmitted(omit []byte) uint64 {
-	return rb.resegment(func(p int, _ bool) bool { return wire.OmitBit(omit, p) })
-}
-
-// resegment splits the run's zero and data segments into zero, data and
-// same segments, page p being same where same(p, zero) says so (zero: the
-// page is all zero). It returns the number of same pages.
-func (rb *runBuf) resegment(same func(p int, zero bool) bool) uint64 {
 	out := rb.tmp[:0]
 	rb.sameBuf = rb.sameBuf[:0]
-	var n uint64
+	var same uint64
 	add := func(zero, isSame bool) {
 		if last := len(out) - 1; last >= 0 && out[last].Zero == zero && rb.sameBuf[last] == isSame {
 			out[last].Pages++
@@ -146,8 +122,17 @@ func (rb *runBuf) resegment(same func(p int, zero bool) bool) uint64 {
 	p := 0
 	for _, sg := range rb.segs {
 		for range sg.Pages {
-			if same(p, sg.Zero) {
-				n++
+			d := wire.DigestAt(digests, p)
+			var isSame bool
+			switch {
+			case d == 0:
+			case sg.Zero:
+				isSame = d == zeroDigest(ps)
+			default:
+				isSame = wire.DigestMatches(data[p*int(ps):(p+1)*int(ps)], d)
+			}
+			if isSame {
+				same++
 				add(false, true)
 			} else {
 				add(sg.Zero, false)
@@ -157,7 +142,7 @@ func (rb *runBuf) resegment(same func(p int, zero bool) bool) uint64 {
 	}
 	rb.tmp, rb.segs = rb.segs, out
 	rb.same = rb.sameBuf
-	return n
+	return same
 }
 
 var (
