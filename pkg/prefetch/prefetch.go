@@ -108,6 +108,15 @@ type Policy struct {
 	// rides holds the pages that faulted threads wait on with no request
 	// of their own (Ride), oldest first: served before everything else.
 	rides []ride
+	// crossed holds, for the runs the last Next handed out across pages
+	// not pending (SweepGap), those pages (Crossed).
+	crossed map[runStart][]byte
+}
+
+// runStart is where a run starts.
+type runStart struct {
+	region int
+	page   uint64
 }
 
 // firstRef is run at of First's runs, pages [page, end) of region, found
@@ -406,6 +415,40 @@ func (p *Policy) PrepareFirst(runs []Run) (*FirstRuns, error) {
 	return f, nil
 }
 
+// Crossed returns the pages not pending that run r, handed out by the last
+// Next, goes across (SweepGap) — pages already handed out, or Done — as a
+// bitmap: bit i%8 of byte i/8 for page r.Page+i, the first 1024 pages
+// (wire.Request.Omit's format). nil: none. Whoever took them brings them (or
+// hands them back, Requeue): a request for r need not ask for them.
+func (p *Policy) Crossed(r Run) []byte { return p.crossed[runStart{r.Region, r.Page}] }
+
+// maxCrossedBytes bounds Crossed's bitmap: wire.MaxOmitBytes.
+const maxCrossedBytes = 128
+
+// FirstWithin hands out, as Next does, the working set's runs (First) that
+// come next while they lie in pages [lo, hi) of region, up to max runs: a
+// caller that asks for the runs of one span in one request (bySpan) goes on
+// with the span's runs that Next's max left behind.
+func (p *Policy) FirstWithin(region int, lo, hi uint64, max int, out []Run) []Run {
+	n := 0
+	for p.firstAt < len(p.first) && n < max {
+		r := p.first[p.firstAt]
+		end := r.Page + uint64(r.Pages)
+		if r.Region != region || r.Page < lo || end > hi {
+			break
+		}
+		out, n = p.emit(r.Region, r.Page, end, max, n, out)
+		if _, ok := nextPending(p.regions[r.Region].taken, r.Page, end); ok {
+			break // max reached
+		}
+		p.firstAt++
+	}
+	if p.firstAt == len(p.first) {
+		p.first, p.firstAt, p.byPage = nil, 0, nil
+	}
+	return out
+}
+
 // SetFirst makes Next hand out f's runs first (First), replacing those of
 // an earlier First. f must come from this policy's PrepareFirst, and is
 // the policy's from then on.
@@ -432,6 +475,7 @@ func (p *Policy) InFirst() bool { return len(p.first) > 0 }
 // regions. When nothing is pending or max <= 0, Next returns out unchanged
 // and changes nothing.
 func (p *Policy) Next(max int, out []Run) []Run {
+	clear(p.crossed)
 	if max <= 0 || p.pending == 0 {
 		return out
 	}
@@ -548,9 +592,26 @@ func (p *Policy) emit(r int, lo, hi uint64, max, n int, out []Run) ([]Run, int) 
 }
 
 // take hands out pages [s, e) of region r: pending pages, and with
-// SweepGap some that are not.
+// SweepGap some that are not (Crossed).
 func (p *Policy) take(r int, s, e uint64, out []Run) []Run {
 	rs := &p.regions[r]
+	if p.sweepGap > 0 {
+		var bits []byte
+		for q := s; q < e; q++ {
+			if q-s < 8*maxCrossedBytes && rs.taken[q/64]&(1<<(q%64)) != 0 {
+				if bits == nil {
+					bits = make([]byte, min((e-s+7)/8, maxCrossedBytes))
+				}
+				bits[(q-s)/8] |= 1 << ((q - s) % 8)
+			}
+		}
+		if bits != nil {
+			if p.crossed == nil {
+				p.crossed = make(map[runStart][]byte)
+			}
+			p.crossed[runStart{r, s}] = bits
+		}
+	}
 	c := setRange(rs.taken, s, e)
 	rs.pending -= c
 	p.pending -= c

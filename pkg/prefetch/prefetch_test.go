@@ -386,3 +386,56 @@ func BenchmarkNext(b *testing.B) {
 		})
 	})
 }
+
+// A sweep run that goes on across pages not pending (SweepGap) names them
+// (Crossed) until the next Next; a run across none names none.
+func TestCrossed(t *testing.T) {
+	p, err := New([]Region{{100}}, Config{MaxRunPages: []uint32{20}, SweepGap: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Done(0, 3, 1)
+	p.Done(0, 10, 2)
+	runs := p.Next(2, nil)
+	if fmt.Sprint(runs) != "[0:0+20 0:20+20]" {
+		t.Fatalf("Next(2) = %v, want two runs across the pages done", runs)
+	}
+	// Pages 3, 10 and 11 of the first run: bits 3, 10, 11.
+	if got := p.Crossed(runs[0]); fmt.Sprintf("%08b", got) != "[00001000 00001100 00000000]" {
+		t.Errorf("Crossed(%v) = %08b, want pages 3, 10 and 11", runs[0], got)
+	}
+	if got := p.Crossed(runs[1]); got != nil {
+		t.Errorf("Crossed(%v) = %08b, want none", runs[1], got)
+	}
+	p.Next(1, nil)
+	if got := p.Crossed(runs[0]); got != nil {
+		t.Errorf("Crossed after another Next = %08b, want none", got)
+	}
+}
+
+// FirstWithin goes on with the working set's runs while they lie in the
+// range given, and stops at the first that does not.
+func TestFirstWithin(t *testing.T) {
+	p, err := New([]Region{{100}, {100}}, Config{MaxRunPages: []uint32{10, 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.First([]Run{{Region: 0, Page: 2, Pages: 1}, {Region: 0, Page: 5, Pages: 1}, {Region: 0, Page: 9, Pages: 1},
+		{Region: 0, Page: 30, Pages: 1}, {Region: 1, Page: 31, Pages: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	runs := p.Next(1, nil)
+	if fmt.Sprint(runs) != "[0:2+1]" {
+		t.Fatalf("Next(1) = %v", runs)
+	}
+	runs = p.FirstWithin(0, 2, 10, 8, runs)
+	if fmt.Sprint(runs) != "[0:2+1 0:5+1 0:9+1]" {
+		t.Fatalf("FirstWithin(0, [2, 10)) = %v, want the set's runs up to page 9", runs)
+	}
+	if got := p.FirstWithin(1, 0, 100, 8, nil); len(got) != 0 {
+		t.Fatalf("FirstWithin(1, ...) = %v, want nothing: the next run is in region 0", got)
+	}
+	if got := p.Next(8, nil); fmt.Sprint(got[:2]) != "[0:30+1 1:31+1]" {
+		t.Fatalf("Next after FirstWithin = %v, want the rest of the set first", got)
+	}
+}
