@@ -346,6 +346,9 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	if err := f.pull.setup(uint64(sess.MaxBulkBytes()), f.cfg.BulkRunBytes, f.cfg.BulkWindow); err != nil {
 		return abandon(err)
 	}
+	if o, ok := sess.(OmitSession); ok && o.CanOmit() {
+		f.pull.sparse = true
+	}
 	wsImage := workingset.Image{Size: sess.Image().Size, Generation: sess.Image().Generation}
 	if w := f.cfg.Warmup; w != nil {
 		// The confirm pass's order starts with the set's runs.

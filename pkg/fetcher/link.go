@@ -589,14 +589,22 @@ func (l *link) bulkSend(c *conn) error {
 					break
 				}
 				now := time.Now()
-				for _, run := range runs {
-					b := l.pages.AskBulk(run.Region, run.Page, run.Pages, now)
-					req := Request{ID: b.ID, Offset: b.Offset, Pages: b.Pages}
+				for i := 0; i < len(runs); {
+					j := i + 1
 					if c.omit {
-						req.Omit = have(l.pages.Areas()[run.Region], run.Page, run.Pages)
+						j = l.spanEnd(runs, i)
+						if j == len(runs) {
+							// The span may go on past what want
+							// let the policy hand out.
+							r := runs[i]
+							runs = l.pull.firstWithin(r.Region, r.Page, l.spanLimit(r), 8*wire.MaxOmitBytes, runs)
+							j = l.spanEnd(runs, i)
+						}
 					}
-					reqs = append(reqs, req)
+					b := l.ask(c, runs[i:j], now)
+					reqs = append(reqs, Request{ID: b.ID, Offset: b.Offset, Pages: b.Pages, Omit: b.Omit})
 					bytes, n = bytes+b.Bytes, n+1
+					i = j
 				}
 			}
 		}
@@ -614,6 +622,64 @@ func (l *link) bulkSend(c *conn) error {
 			return nil
 		}
 	}
+}
+
+// spanEnd returns where the runs from runs[i] on that one bulk request asks
+// for end (exclusive): runs of one area, in page order, within the area's
+// longest run and the pages an omit bitmap can mark from the first — a
+// working set's pages of one span (bySpan); the pages between them are
+// omitted (ask). Only on a session that omits (conn.omit).
+func (l *link) spanEnd(runs []prefetch.Run, i int) int {
+	limit := l.spanLimit(runs[i])
+	j := i + 1
+	for j < len(runs) && runs[j].Region == runs[i].Region && runs[j].Page >= runs[j-1].Page+uint64(runs[j-1].Pages) &&
+		runs[j].Page+uint64(runs[j].Pages) <= limit {
+		j++
+	}
+	return j
+}
+
+// spanLimit is where a span of runs from r ends at the latest: r's page
+// plus its area's longest run, or the pages an omit bitmap can mark.
+func (l *link) spanLimit(r prefetch.Run) uint64 {
+	return r.Page + uint64(min(l.pull.maxRun[r.Region], 8*wire.MaxOmitBytes))
+}
+
+// ask makes one bulk request outstanding for runs (one, or several:
+// spanEnd) and returns it: their span, but where the session omits, not the
+// pages between them, those the runs go across that others bring
+// (prefetch.Policy.Crossed), and those here already (have).
+func (l *link) ask(c *conn, runs []prefetch.Run, now time.Time) pagestate.BulkRun {
+	first, last := runs[0], runs[len(runs)-1]
+	pages := uint32(last.Page + uint64(last.Pages) - first.Page)
+	var omit []byte
+	if c.omit {
+		omit = have(l.pages.Areas()[first.Region], first.Page, pages)
+		mark := func(i uint64) {
+			if i < 8*wire.MaxOmitBytes {
+				if omit == nil {
+					omit = make([]byte, wire.OmitBytes(pages))
+				}
+				wire.SetOmit(omit, int(i))
+			}
+		}
+		for k, r := range runs {
+			at := r.Page - first.Page
+			if cr := l.pull.crossed(r); cr != nil {
+				for i := range uint64(r.Pages) {
+					if wire.OmitBit(cr, int(i)) {
+						mark(at + i)
+					}
+				}
+			}
+			if k > 0 {
+				for p := runs[k-1].Page + uint64(runs[k-1].Pages); p < r.Page; p++ {
+					mark(p - first.Page)
+				}
+			}
+		}
+	}
+	return l.pages.AskBulkOmit(first.Region, first.Page, pages, omit, now)
 }
 
 // have returns the omit bitmap (Request.Omit) of the pages of [p, p+n) of
@@ -776,7 +842,7 @@ func (l *link) bulkPlace(c *conn) error {
 			}
 		}
 		id := resp.ID
-		err := l.place.placeResponse(resp, false, pt.next())
+		err := l.place.placeBulk(resp, l.pages.BulkOmit(id), pt.next())
 		if errors.Is(err, errNotHere) {
 			// A server that left out pages the fetcher lacks: what the run
 			// did not place is asked for again, without them omitted.

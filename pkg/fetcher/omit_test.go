@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/postcopy/postcopy/pkg/client"
+	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/workingset"
 )
 
@@ -43,11 +44,12 @@ func dataBytes(t *testing.T, path string) uint64 {
 	return n
 }
 
-// A working set of single pages is pulled first; the sweep's runs then go
-// on across those pages (sweepGap) without their bytes crossing the link
+// A working set of single pages is pulled first, the pages of one run's
+// span in one request (bySpan, link.spanEnd); the sweep's runs then go on
+// across those pages (sweepGap) without their bytes crossing the link
 // again: every page comes once, over gRPC lanes and socket lanes alike.
-// Without the server's omit (an older server), the set's pages come twice —
-// the figure this test would otherwise not tell apart.
+// Without the server's omit (an older server), the set's pages come twice,
+// a request each — the figures this test would otherwise not tell apart.
 func TestWorkingSetPagesNotSentTwice(t *testing.T) {
 	for _, sockets := range []bool{false, true} {
 		t.Run(fmt.Sprint("sockets=", sockets), func(t *testing.T) {
@@ -63,8 +65,9 @@ func TestWorkingSetPagesNotSentTwice(t *testing.T) {
 			}
 			data := dataBytes(t, h.imgPath)
 			setBytes := uint64(len(order)) * 4096
-			received := func(omit bool) uint64 {
+			received := func(omit bool) (bytes, requests uint64) {
 				t.Helper()
+				before := h.srv.Stats().BulkRequests
 				c, err := client.Dial(context.Background(), h.addr, client.Options{})
 				if err != nil {
 					t.Fatal(err)
@@ -76,17 +79,26 @@ func TestWorkingSetPagesNotSentTwice(t *testing.T) {
 				m := h.migrate("4k:0x0:16M", Config{Source: src, Prefetch: true, WorkingSet: set},
 					"FETCHER_TEST_THREADS=1", "FETCHER_TEST_TOUCH=none", "FETCHER_TEST_VERIFY_RESIDENT=1")
 				m.check(t)
-				return m.sum.BytesReceived
+				return m.sum.BytesReceived, h.srv.Stats().BulkRequests - before
 			}
-			// Pages of the set still on their way when a run across them
-			// is asked for come again: a window's worth at most.
-			with, without := received(true), received(false)
-			t.Logf("bytes received: %d with omit, %d without; %d of data in the image, a set of %d", with, without, data, setBytes)
-			if limit := data + setBytes/4; with > limit {
-				t.Errorf("with omit: %d bytes received, want at most %d", with, limit)
+			// Every page is asked for by the one run that took it from the
+			// policy: the VMM touches nothing until every page is here,
+			// so no fault asks for one on the way.
+			with, withReqs := received(true)
+			without, withoutReqs := received(false)
+			t.Logf("bytes received: %d with omit (%d bulk requests), %d without (%d); %d of data in the image, a set of %d in %d pages",
+				with, withReqs, without, withoutReqs, data, setBytes, len(order))
+			if with != data {
+				t.Errorf("with omit: %d bytes received, want %d: every page once", with, data)
 			}
 			if floor := data + setBytes/2; without < floor {
 				t.Errorf("without omit: %d bytes received, want at least %d: the sweep did not cross the set's pages", without, floor)
+			}
+			if limit := uint64(len(order) / 4); withReqs > limit {
+				t.Errorf("with omit: %d bulk requests for a set of %d single pages and the rest, want at most %d", withReqs, len(order), limit)
+			}
+			if withoutReqs < uint64(len(order)) {
+				t.Errorf("without omit: %d bulk requests, want one a page of the set at least (%d)", withoutReqs, len(order))
 			}
 		})
 	}
@@ -170,5 +182,58 @@ func TestBulkAnswerOmitsPagesNotHere(t *testing.T) {
 	}
 	if !strings.Contains(buf.String(), "left out pages that are not here") {
 		t.Errorf("no warning; log:\n%s", buf)
+	}
+}
+
+// bySpan orders a working set's runs by span (maxRun pages from a multiple
+// of maxRun), the spans in the order their first run comes, each span's
+// runs by page.
+func TestBySpan(t *testing.T) {
+	in := []prefetch.Run{{Region: 0, Page: 300}, {Region: 0, Page: 5}, {Region: 1, Page: 7}, {Region: 0, Page: 260},
+		{Region: 0, Page: 2}, {Region: 1, Page: 3}, {Region: 0, Page: 511}}
+	for i := range in {
+		in[i].Pages = 1
+	}
+	got := bySpan(in, []uint32{256, 256})
+	var s []string
+	for _, r := range got {
+		s = append(s, fmt.Sprintf("%d:%d", r.Region, r.Page))
+	}
+	if want := "[0:260 0:300 0:511 0:2 0:5 1:3 1:7]"; fmt.Sprint(s) != want {
+		t.Errorf("bySpan = %v, want %s", s, want)
+	}
+}
+
+// The requests of a working set's spans, lost with their connection, lose
+// no page: each run hands back the pages it asked for, not those between
+// them (never handed out) nor those it went across, and every page arrives.
+func TestSpanRequestsLost(t *testing.T) {
+	const size = 8 << 20
+	h := newHarness(t, size)
+	f, err := os.Open(h.imgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var order []uint64
+	for off := uint64(size - 3*4096); off < size; off -= 5 * 4096 {
+		order = append(order, off)
+	}
+	set, _, err := workingset.Record(nil, h.imageID(t), 4096, order)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, failAt := range []int64{2, 4} {
+		t.Run(fmt.Sprint("send=", failAt), func(t *testing.T) {
+			var sends atomic.Int64
+			src := failingSource{Source: NewReaderSource(f, size, "file"), sends: &sends, failAt: failAt}
+			cfg := Config{Source: src, Prefetch: true, WorkingSet: set,
+				Redial: func(context.Context) (Source, error) { return NewReaderSource(f, size, "file"), nil }}
+			m := h.migrate("4k:0x0:8M", cfg, "FETCHER_TEST_THREADS=1", "FETCHER_TEST_TOUCH=none", "FETCHER_TEST_VERIFY_RESIDENT=1")
+			m.check(t)
+			if m.sum.Reconnects != 1 {
+				t.Errorf("%d reconnects, want 1 (the injected failure)", m.sum.Reconnects)
+			}
+		})
 	}
 }

@@ -133,7 +133,15 @@ func (pl *placer) unlockEvents(read bool) {
 // th, if not nil, is the calling goroutine's locked thread: each copy is a
 // hold of the event lock (sched.Thread.Hold).
 func (pl *placer) placeResponse(resp *wire.Response, demand bool, th *sched.Thread) error {
-	_, err := pl.place(resp, demand, th, true)
+	_, err := pl.place(resp, demand, nil, th, true)
+	return err
+}
+
+// placeBulk is placeResponse for a bulk answer whose request omitted the
+// pages omit marks (pagestate.BulkRun.Omit): its same segments may cover
+// them, and pages here already, and nothing else.
+func (pl *placer) placeBulk(resp *wire.Response, omit []byte, th *sched.Thread) error {
+	_, err := pl.place(resp, false, omit, th, true)
 	return err
 }
 
@@ -143,10 +151,10 @@ func (pl *placer) placeResponse(resp *wire.Response, demand bool, th *sched.Thre
 // again, with the pages placed so far in place; placing the answer again
 // skips them.
 func (pl *placer) tryPlaceDemand(resp *wire.Response) (again bool, err error) {
-	return pl.place(resp, true, nil, false)
+	return pl.place(resp, true, nil, nil, false)
 }
 
-func (pl *placer) place(resp *wire.Response, demand bool, th *sched.Thread, wait bool) (again bool, err error) {
+func (pl *placer) place(resp *wire.Response, demand bool, omit []byte, th *sched.Thread, wait bool) (again bool, err error) {
 	r, p, ok := pl.pages.LookupOffset(resp.Offset)
 	if !ok || uint64(resp.PageSize) != r.PageSize || p+uint64(resp.Pages) > r.Pages {
 		return false, fmt.Errorf("fetcher: answer for offset %#x, %d pages of %d bytes does not match any region",
@@ -154,13 +162,15 @@ func (pl *placer) place(resp *wire.Response, demand bool, th *sched.Thread, wait
 	}
 	data := resp.Data
 	var used uint64
+	p0 := p
 	for _, seg := range resp.Segments {
 		n := uint64(seg.Pages)
 		if seg.Same {
-			// Pages a bulk request omitted: here when it was sent, and a
-			// page here stays so. A demand request omits nothing.
+			// Pages a bulk request omitted: here when it was sent (and a
+			// page here stays so), or not asked for. A demand request
+			// omits nothing.
 			for q := p; q < p+n; q++ {
-				if demand || !r.Resolved(q) {
+				if demand || !wire.OmitBit(omit, int(q-p0)) && !r.Resolved(q) {
 					return false, fmt.Errorf("fetcher: answer for offset %#x: page %#x came as one the request omitted: %w",
 						resp.Offset, r.Offset+q<<r.Shift, errNotHere)
 				}

@@ -12,7 +12,8 @@ import (
 // fault comes for it while its bulk run is on the way.
 
 // BulkRun is a run asked for on the bulk lane: Pages pages from page Page of
-// area Area, Bytes bytes, at image offset Offset.
+// area Area, at image offset Offset, but those Omit marks (nil: none), Bytes
+// bytes.
 type BulkRun struct {
 	ID     uint64
 	Offset uint64
@@ -21,6 +22,15 @@ type BulkRun struct {
 	Pages  uint32
 	Bytes  uint64
 	SentAt time.Time
+	// Omit marks the run's pages not asked for (wire.Request.Omit's
+	// bitmap: bit i%8 of byte i/8 for page Page+i): pages here already, or
+	// between the pages of a working set asked for in one request.
+	Omit []byte
+}
+
+// Omitted reports whether the run does not ask for its page Page+i.
+func (b *BulkRun) Omitted(i uint64) bool {
+	return i/8 < uint64(len(b.Omit)) && b.Omit[i/8]&(1<<(i%8)) != 0
 }
 
 // Run returns a request for pages [page, page+pages) of area, with a new
@@ -34,7 +44,23 @@ func (t *Table) Run(area int, page uint64, pages uint32, now time.Time) BulkRun 
 // AskBulk makes a bulk request outstanding for pages [page, page+pages) of
 // area and returns it, to send.
 func (t *Table) AskBulk(area int, page uint64, pages uint32, now time.Time) BulkRun {
+	return t.AskBulkOmit(area, page, pages, nil, now)
+}
+
+// AskBulkOmit is AskBulk for a run whose pages omit marks are not asked for
+// (BulkRun.Omit): its Bytes count the others only.
+func (t *Table) AskBulkOmit(area int, page uint64, pages uint32, omit []byte, now time.Time) BulkRun {
 	b := t.Run(area, page, pages, now)
+	if len(omit) > 0 {
+		b.Omit = omit
+		var n uint64
+		for i := range uint64(pages) {
+			if b.Omitted(i) {
+				n++
+			}
+		}
+		b.Bytes -= n << t.regions[area].Shift
+	}
 	t.bulk.Add(b)
 	return b
 }
@@ -42,6 +68,9 @@ func (t *Table) AskBulk(area int, page uint64, pages uint32, now time.Time) Bulk
 // BulkAsked reports whether bulk request id is outstanding: an answer to
 // any other is a protocol error.
 func (t *Table) BulkAsked(id uint64) bool { return t.bulk.Asked(id) }
+
+// BulkOmit returns what outstanding bulk request id omits (BulkRun.Omit).
+func (t *Table) BulkOmit(id uint64) []byte { return t.bulk.Omit(id) }
 
 // BulkDone ends bulk request id (answered and placed, or failed) and
 // returns it; ok is false if it was not outstanding.
@@ -86,6 +115,14 @@ func (r *Runs) Asked(id uint64) bool {
 	_, ok := r.runs[id]
 	r.mu.Unlock()
 	return ok
+}
+
+// Omit returns what outstanding request id omits (nil: nothing, or not
+// outstanding).
+func (r *Runs) Omit(id uint64) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.runs[id].Omit
 }
 
 // Done ends request id and returns its run; ok is false if it was not
