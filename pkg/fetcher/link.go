@@ -796,9 +796,15 @@ func (l *link) bulkRecv(c *conn) error {
 		}
 		c.lastBulk.Store(time.Now().UnixNano())
 		id := resp.ID // resp returns to a pool at Release
-		if !l.pages.BulkAsked(id) {
+		b, ok := l.pages.BulkRunOf(id)
+		if !ok {
 			resp.Release()
 			return fmt.Errorf("fetcher: bulk answer %d was never asked for", id)
+		}
+		if resp.Offset != b.Offset || resp.Pages != b.Pages {
+			err := fmt.Errorf("fetcher: bulk answer %d is for %d pages at %#x, asked for %d at %#x", id, resp.Pages, resp.Offset, b.Pages, b.Offset)
+			resp.Release()
+			return err
 		}
 		if err := resp.Verify(); err != nil {
 			l.stats.crcErrors.Add(1)
@@ -807,7 +813,10 @@ func (l *link) bulkRecv(c *conn) error {
 			l.finishBulk(c, id, true)
 			continue
 		}
-		l.stats.bulkRun(uint64(resp.Pages) * uint64(resp.PageSize))
+		// The memory the answer covers, but the pages it omitted: the
+		// rides judge the lane's rate by it (rideWaitOK), against the
+		// bytes of what is asked for (BulkInFlight).
+		l.stats.bulkRun(uint64(resp.Pages)*uint64(resp.PageSize) - sameBytes(resp))
 		select {
 		case c.placeQ <- resp:
 		case <-c.ctx.Done():
@@ -827,6 +836,7 @@ func (l *link) placeQueue() int { return max(2, prefetch.RunsPerWindow*l.pull.wi
 func (l *link) bulkPlace(c *conn) error {
 	pt := l.newPlaceThread()
 	defer pt.done()
+	notHere := 0
 	for {
 		var resp *Response
 		select {
@@ -843,9 +853,12 @@ func (l *link) bulkPlace(c *conn) error {
 		}
 		id := resp.ID
 		err := l.place.placeBulk(resp, l.pages.BulkOmit(id), pt.next())
-		if errors.Is(err, errNotHere) {
+		if errors.Is(err, errNotHere) && notHere < maxNotHere {
 			// A server that left out pages the fetcher lacks: what the run
-			// did not place is asked for again, without them omitted.
+			// did not place is asked for again, without them omitted —
+			// a few times: a server that goes on doing so fails the
+			// migration rather than keep it going round.
+			notHere++
 			l.log.Warn("bulk answer left out pages that are not here; asking again", "offset", hex(resp.Offset), "error", err)
 			resp.Release()
 			l.finishBulk(c, id, true)
@@ -858,6 +871,22 @@ func (l *link) bulkPlace(c *conn) error {
 		}
 		l.finishBulk(c, id, false)
 	}
+}
+
+// maxNotHere bounds the bulk answers of one connection whose same
+// segments cover pages the fetcher lacks (errNotHere) that are asked for
+// again; the next one fails the migration.
+const maxNotHere = 8
+
+// sameBytes is the memory resp's same segments cover.
+func sameBytes(resp *Response) uint64 {
+	var n uint64
+	for _, sg := range resp.Segments {
+		if sg.Same {
+			n += uint64(sg.Pages) * uint64(resp.PageSize)
+		}
+	}
+	return n
 }
 
 // placeThread is the thread of a goroutine that places bulk-kind answers

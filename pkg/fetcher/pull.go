@@ -96,8 +96,9 @@ func (u *puller) setup(maxBulk, runBytes uint64, window int) error {
 }
 
 // sweepGap is the bulk sweep's prefetch.Config.SweepGap: its runs go on
-// across up to 4 pages brought already (16 KiB of 4 KiB pages, asked for
-// again), so that a working set's pages, pulled first, and the pages of
+// across up to 4 pages brought already (16 KiB of 4 KiB pages; a request
+// omits them where the server can, and asks for them again where not), so
+// that a working set's pages, pulled first, and the pages of
 // single faults do not cut the sweep into short runs — a 5 % working set of
 // single pages made 12500 runs of the rest of a 1 GiB image instead of
 // 1000, and the sweep after the set took 1 s where the whole migration
@@ -344,7 +345,7 @@ func (u *puller) firstWithin(region int, lo, hi uint64, max int, runs []prefetch
 }
 
 // crossed returns the pages not pending that run r, just handed out by
-// next, goes across (prefetch.Policy.Crossed).
+// next or firstWithin, goes across (prefetch.Policy.Crossed).
 func (u *puller) crossed(r prefetch.Run) []byte {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -361,8 +362,9 @@ func (u *puller) requeue(runs ...pagestate.BulkRun) {
 	u.mu.Lock()
 	for _, b := range runs {
 		for _, pr := range u.pages.Unclaimed(u.pages.Areas()[b.Area], b.Page, uint64(b.Pages), buf[:0]) {
-			// Not the pages the run omitted: here already, or never
-			// handed out by the policy (between a span's pages).
+			// Not the pages the run omitted: here already, brought by
+			// whoever took them (Crossed; they requeue their own), or
+			// never handed out (between a span's pages).
 			for p, end := pr.First, pr.First+pr.N; p < end; {
 				for p < end && b.Omitted(p-b.Page) {
 					p++

@@ -422,8 +422,9 @@ func (p *Policy) PrepareFirst(runs []Run) (*FirstRuns, error) {
 // hands them back, Requeue): a request for r need not ask for them.
 func (p *Policy) Crossed(r Run) []byte { return p.crossed[runStart{r.Region, r.Page}] }
 
-// maxCrossedBytes bounds Crossed's bitmap: wire.MaxOmitBytes.
-const maxCrossedBytes = 128
+// MaxCrossedBytes bounds Crossed's bitmap: wire.MaxOmitBytes (a test of
+// the fetcher checks that they agree).
+const MaxCrossedBytes = 128
 
 // FirstWithin hands out, as Next does, the working set's runs (First) that
 // come next while they lie in pages [lo, hi) of region, up to max runs: a
@@ -598,9 +599,9 @@ func (p *Policy) take(r int, s, e uint64, out []Run) []Run {
 	if p.sweepGap > 0 {
 		var bits []byte
 		for q := s; q < e; q++ {
-			if q-s < 8*maxCrossedBytes && rs.taken[q/64]&(1<<(q%64)) != 0 {
+			if q-s < 8*MaxCrossedBytes && rs.taken[q/64]&(1<<(q%64)) != 0 {
 				if bits == nil {
-					bits = make([]byte, min((e-s+7)/8, maxCrossedBytes))
+					bits = make([]byte, min((e-s+7)/8, MaxCrossedBytes))
 				}
 				bits[(q-s)/8] |= 1 << ((q - s) % 8)
 			}

@@ -16,7 +16,7 @@ type ServerStats struct {
 	// DemandRequests and BulkRequests count the runs answered per lane.
 	DemandRequests, BulkRequests uint64
 	// DemandPages and BulkPages count the pages answered per lane (zero
-	// pages included).
+	// pages included, and the pages a bulk request omitted).
 	DemandPages, BulkPages uint64
 	// DemandBytes and BulkBytes count the data bytes sent per lane (zero
 	// pages excluded).

@@ -398,6 +398,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		}
 	}
 	send := func(rb *runBuf, req wire.Request, ps uint32) error {
+		held.mem += cap(*rb.buf)
 		rb.out = wire.OutRun{
 			ID: req.ID, Offset: req.Offset, Pages: req.Pages, PageSize: ps,
 			Segs: rb.segs, CRCs: rb.crcs, Same: rb.same, Buf: rb.buf, Pool: &bufpool.Pages,
@@ -405,7 +406,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		rb.buf = nil
 		held.add(rb.out.Marshal())
 		rb.out = wire.OutRun{}
-		if l == wire.LaneBulk && held.bytes < heldMaxBytes && len(held.frees) < heldMaxAnswers &&
+		if l == wire.LaneBulk && held.bytes < heldMaxBytes && held.mem < heldMaxMem && len(held.frees) < heldMaxAnswers &&
 			wholeRequest(br) && !s.gate.busy() {
 			return nil // the next request's answer goes with this one
 		}
@@ -498,9 +499,13 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 // before it writes them: a thread may wait on the first (a fault riding the
 // bulk lane leads its batch), and reading a run of 4 KiB takes a few
 // microseconds.
+// heldMaxMem bounds the buffers they hold: an answer that omits most of
+// its run (wire.Request.Omit) is short on the wire but holds a buffer for
+// the whole run.
 const (
 	heldMaxBytes   = 128 << 10
 	heldMaxAnswers = 32
+	heldMaxMem     = 4 << 20
 )
 
 // heldAnswers are a lane's answers not written yet: their frames, each its
@@ -510,6 +515,7 @@ type heldAnswers struct {
 	lens  []byte // the frames' lengths, 4 bytes each
 	frees []mem.BufferSlice
 	bytes int
+	mem   int // the capacity of the buffers the answers hold
 }
 
 func (h *heldAnswers) add(bs mem.BufferSlice) {
@@ -535,7 +541,7 @@ func (h *heldAnswers) reset() {
 	}
 	clear(h.bufs)
 	clear(h.frees)
-	h.bufs, h.lens, h.frees, h.bytes = h.bufs[:0], h.lens[:0], h.frees[:0], 0
+	h.bufs, h.lens, h.frees, h.bytes, h.mem = h.bufs[:0], h.lens[:0], h.frees[:0], 0, 0
 }
 
 // wholeRequest reports whether br holds a whole request frame, to be read

@@ -26,11 +26,13 @@
 // all-zero data), data segments carry their bytes and a CRC-32C (Castagnoli)
 // that Response.Verify checks. Done ends the session.
 //
-// A bulk request may omit pages of its run that the client has already
-// (Request.Omit, a bitmap; Capabilities.omit; ValidateOmit): they come back
-// as same segments (Segment.Same), without bytes, so that a run can go on
-// across a few pages that came earlier — a working set's, a fault's —
-// instead of being cut into short runs there or bringing them again.
+// A bulk request may omit pages of its run that the client does not need
+// (Request.Omit, a bitmap; Capabilities.omit; ValidateOmit): the server
+// neither reads nor sends them, and they come back as same segments
+// (Segment.Same), without bytes — so that a run can go on across a few
+// pages that came earlier (a working set's, a fault's) instead of being cut
+// into short runs there or bringing them again, and scattered pages of one
+// span can be asked for in one request.
 //
 // # Socket lanes
 //

@@ -30,8 +30,9 @@ type Extent = image.Extent
 // Request asks for Pages pages at Offset (page size: that of the session
 // region holding Offset); ID comes back in the Response. Omit, on a bulk
 // lane of a server that honours it (Capabilities.omit), marks pages the
-// client has (OmitBit, SetOmit): the answer carries them as Same segments,
-// without bytes. nil: every page is sent.
+// client does not need (OmitBit, SetOmit): the server does not read them,
+// and the answer carries them as Same segments, without bytes. nil: every
+// page is sent.
 type Request struct {
 	ID     uint64
 	Offset uint64

@@ -378,8 +378,8 @@ type Capabilities struct {
 	// warm: the server has the Warm and Freeze calls.
 	Warm bool `protobuf:"varint,11,opt,name=warm,proto3" json:"warm,omitempty"`
 	// omit: the Bulk lane honours PageRequest.omit (the pages a client
-	// already has come back as same segments, without bytes). A client sends
-	// omit only to a server that says so.
+	// does not need come back as same segments, without bytes). A client
+	// sends omit only to a server that says so.
 	Omit          bool `protobuf:"varint,12,opt,name=omit,proto3" json:"omit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -727,14 +727,15 @@ type PageRequest struct {
 	// must not exceed the lane's maximum (Capabilities).
 	Pages uint32 `protobuf:"varint,3,opt,name=pages,proto3" json:"pages,omitempty"`
 	// omit (Bulk lane only; servers with Capabilities.omit), when not empty,
-	// marks the run's pages the client already has and need not be sent:
-	// bit i % 8 of byte i / 8 (least significant bit first) for page i. The
-	// answer covers every page of the run as always, the omitted ones as same
-	// segments, without bytes. At most (pages + 7) / 8 bytes, and no bit set
-	// for a page at or past pages. A client omits pages so that a run may go
-	// on across the few pages it has (a working set's, a fault's) rather than
-	// be cut there into short runs, without their bytes crossing the link
-	// again.
+	// marks the run's pages the client does not need — it has them, or gets
+	// them otherwise — and the server neither reads nor sends: bit i % 8 of
+	// byte i / 8 (least significant bit first) for page i. The answer covers
+	// every page of the run as always, the omitted ones as same segments,
+	// without bytes. At most (pages + 7) / 8 bytes and at most 128 (the
+	// first 1024 pages of a run), and no bit set for a page at or past pages.
+	// A client omits pages so that a run may go on across a few pages it has
+	// (a working set's, a fault's) rather than be cut there into short runs,
+	// and asks for scattered pages of one span in one request.
 	Omit          []byte `protobuf:"bytes,4,opt,name=omit,proto3" json:"omit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -809,10 +810,9 @@ type Segment struct {
 	// crc32c is the CRC-32C (Castagnoli) of this data segment's bytes (0 and
 	// meaningless for zero and same segments).
 	Crc32C uint32 `protobuf:"fixed32,3,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
-	// same: the client has these pages, and they carry no bytes in
-	// PageRun.data — in a Warm answer, the pages equal the copies whose
-	// digests the request named; in a Bulk answer, the request omitted them
-	// (PageRequest.omit). Never with zero.
+	// same: the pages carry no bytes in PageRun.data — in a Warm answer,
+	// they equal the copies whose digests the request named; in a Bulk
+	// answer, the request omitted them (PageRequest.omit). Never with zero.
 	Same          bool `protobuf:"varint,4,opt,name=same,proto3" json:"same,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

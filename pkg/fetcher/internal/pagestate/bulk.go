@@ -23,8 +23,9 @@ type BulkRun struct {
 	Bytes  uint64
 	SentAt time.Time
 	// Omit marks the run's pages not asked for (wire.Request.Omit's
-	// bitmap: bit i%8 of byte i/8 for page Page+i): pages here already, or
-	// between the pages of a working set asked for in one request.
+	// bitmap: bit i%8 of byte i/8 for page Page+i): pages here already,
+	// pages another run or a fault brings (prefetch.Policy.Crossed), or
+	// pages between a working set's pages asked for in one request.
 	Omit []byte
 }
 
@@ -72,6 +73,10 @@ func (t *Table) BulkAsked(id uint64) bool { return t.bulk.Asked(id) }
 // BulkOmit returns what outstanding bulk request id omits (BulkRun.Omit).
 func (t *Table) BulkOmit(id uint64) []byte { return t.bulk.Omit(id) }
 
+// BulkRunOf returns outstanding bulk request id; ok is false if it is not
+// outstanding.
+func (t *Table) BulkRunOf(id uint64) (BulkRun, bool) { return t.bulk.Get(id) }
+
 // BulkDone ends bulk request id (answered and placed, or failed) and
 // returns it; ok is false if it was not outstanding.
 func (t *Table) BulkDone(id uint64) (BulkRun, bool) { return t.bulk.Done(id) }
@@ -115,6 +120,14 @@ func (r *Runs) Asked(id uint64) bool {
 	_, ok := r.runs[id]
 	r.mu.Unlock()
 	return ok
+}
+
+// Get returns outstanding request id; ok is false if it is not.
+func (r *Runs) Get(id uint64) (BulkRun, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b, ok := r.runs[id]
+	return b, ok
 }
 
 // Omit returns what outstanding request id omits (nil: nothing, or not
