@@ -141,6 +141,12 @@ type Config struct {
 	// previous Fetcher first, or wrap the Registerer with
 	// prometheus.WrapRegistererWith to tell several fetchers apart).
 	Registerer prometheus.Registerer
+
+	// backToBack, when not 0, replaces the window within which a thread's
+	// fault counts as back to back (ride.go's backToBack): for tests,
+	// whose demand faults take milliseconds under the race detector on a
+	// slow machine, where none would wait under 500 µs.
+	backToBack time.Duration
 }
 
 // Summary is the result of a migration. pagefetcher prints it as the
@@ -256,7 +262,7 @@ func New(cfg Config) (*Fetcher, error) {
 		regions[i] = pagestate.Region(r)
 	}
 	var err error
-	woken := &wakeTimes{epoch: f.life.start}
+	woken := &wakeTimes{epoch: f.life.start, limit: cfg.backToBack}
 	f.pages, err = pagestate.New(regions, pagestate.Hooks{Waited: f.stats.waited, Complete: f.life.complete, Woken: woken.set})
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: %w", err)

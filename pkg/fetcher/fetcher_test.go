@@ -565,9 +565,14 @@ func TestBulkSendFailsMidBatch(t *testing.T) {
 // A thread that faults back to back rides the bulk lane even with the
 // demand rate far from spent (the test VMM asks for thread ids); with
 // riding off (DemandRate < 0) no fault rides.
+//
+// The back-to-back window is a second here: under the race detector on a
+// slow machine a demand fault waits milliseconds, none under the 500 µs
+// that make a fault back to back otherwise, and no fault would ride
+// (TestBackToBack tests the window itself).
 func TestBackToBackFaultsRide(t *testing.T) {
 	h := newHarness(t, 64<<20)
-	m := h.migrate("4k:0x0:64M", Config{Prefetch: true, DemandRate: 1e6, BulkWindow: 1, BulkRunBytes: 64 << 10},
+	m := h.migrate("4k:0x0:64M", Config{Prefetch: true, DemandRate: 1e6, BulkWindow: 1, BulkRunBytes: 64 << 10, backToBack: time.Second},
 		"FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
 	m.check(t)
 	if m.sum.FaultsOnBulk == 0 {

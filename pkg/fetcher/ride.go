@@ -55,6 +55,17 @@ type wakeTimes struct {
 		rode   atomic.Bool
 	}
 	epoch time.Time
+	// limit, when not 0, replaces backToBack (Config.backToBack).
+	limit time.Duration
+}
+
+// window is how close a fault must follow its thread's last page, and how
+// short that page's wait must have been, for back to back.
+func (w *wakeTimes) window() time.Duration {
+	if w.limit != 0 {
+		return w.limit
+	}
+	return backToBack
 }
 
 func (w *wakeTimes) set(tid uint32, at time.Time, waited time.Duration) {
@@ -74,11 +85,11 @@ func (w *wakeTimes) set(tid uint32, at time.Time, waited time.Duration) {
 // rode (rode) or that waited less than backToBack.
 func (w *wakeTimes) backToBack(tid uint32, now time.Time) bool {
 	d, ok := w.since(tid, now)
-	if !ok || d >= backToBack {
+	if !ok || d >= w.window() {
 		return false
 	}
 	s := &w.slots[tid%uint32(len(w.slots))]
-	return s.rode.Load() || s.waited.Load() < int64(backToBack)
+	return s.rode.Load() || s.waited.Load() < int64(w.window())
 }
 
 // rode records whether thread tid's fault rode.
