@@ -865,6 +865,9 @@ func (l *link) bulkPlace(c *conn) error {
 			continue
 		}
 		resp.Release()
+		if errors.Is(err, errNotHere) {
+			err = fmt.Errorf("fetcher: %d bulk answers on one connection left out pages that are not here: %w", notHere+1, err)
+		}
 		if err != nil {
 			l.life.fail(err)
 			return err

@@ -126,8 +126,8 @@ type rider struct {
 	stats *counters
 
 	// The bulk lane's rate, sampled every rateEvery from the memory its
-	// answers covered — in the unit of BulkInFlight, zero pages included
-	// (bytes per ns; 0 until the first sample).
+	// answers covered — in the unit of BulkInFlight, zero pages included,
+	// omitted pages not (bytes per ns; 0 until the first sample).
 	lastAt    time.Duration
 	lastBytes uint64
 	rate      float64

@@ -57,6 +57,14 @@ func TestBackToBack(t *testing.T) {
 			t.Errorf("case %d (rode %v, waited %v, then %v): back to back %v, want %v", i, tc.rode, tc.waited, tc.think, got, tc.want)
 		}
 	}
+	// A wider window (Config.backToBack): a slow demand fault, then at once.
+	w.limit = time.Second
+	w.rode(7, false)
+	w.set(7, at, 3*time.Millisecond)
+	if !w.backToBack(7, at.Add(time.Millisecond)) {
+		t.Error("with a 1 s window, a fault 1 ms after a 3 ms wait is not back to back")
+	}
+	w.limit = 0
 	// Another thread takes the slot over: 7's ride is forgotten.
 	w.rode(7, true)
 	w.set(7+uint32(len(w.slots)), at, 0)

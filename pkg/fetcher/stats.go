@@ -19,7 +19,7 @@ type counters struct {
 	faults    atomic.Uint64
 	dupFaults atomic.Uint64
 	rides     atomic.Uint64 // faults that rode the bulk lane
-	bulkMem   atomic.Uint64 // memory bytes the bulk lane's answers covered (zero pages too)
+	bulkMem   atomic.Uint64 // memory bytes the bulk lane's answers covered (zero pages too, omitted ones not)
 	crcErrors atomic.Uint64
 	reconns   atomic.Uint64
 	blockNS   atomic.Int64
@@ -87,7 +87,7 @@ func (f *Fetcher) registerMetrics(r prometheus.Registerer) error {
 	})
 	c.bulkRunBytes = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "postcopy_fetcher_bulk_run_bytes",
-		Help:    "Bulk answers received intact, by the bytes of memory each covers (zero pages included).",
+		Help:    "Bulk answers received intact, by the bytes of memory each covers (zero pages included, pages its request omitted not).",
 		Buckets: bulkRunBuckets,
 	})
 	counter := func(name, help string, v func() float64) prometheus.Collector {

@@ -355,7 +355,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 	// Answers are written from held: at once on a demand lane; on a bulk
 	// lane, those of requests that came together (the client sends a
 	// window of short runs in one write: prefetch.Window.Refill) in one
-	// write, up to heldMaxAnswers or heldMaxBytes.
+	// write, up to heldMaxAnswers, heldMaxBytes or heldMaxMem.
 	var held heldAnswers
 	defer held.reset()
 	flush := func() error {
@@ -398,13 +398,17 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		}
 	}
 	send := func(rb *runBuf, req wire.Request, ps uint32) error {
-		held.mem += cap(*rb.buf)
+		c := cap(*rb.buf)
 		rb.out = wire.OutRun{
 			ID: req.ID, Offset: req.Offset, Pages: req.Pages, PageSize: ps,
 			Segs: rb.segs, CRCs: rb.crcs, Same: rb.same, Buf: rb.buf, Pool: &bufpool.Pages,
 		}
 		rb.buf = nil
-		held.add(rb.out.Marshal())
+		bs := rb.out.Marshal()
+		if len(bs) > 1 {
+			held.mem += c // its data segments hold the run's buffer until written
+		}
+		held.add(bs)
 		rb.out = wire.OutRun{}
 		if l == wire.LaneBulk && held.bytes < heldMaxBytes && held.mem < heldMaxMem && len(held.frees) < heldMaxAnswers &&
 			wholeRequest(br) && !s.gate.busy() {
