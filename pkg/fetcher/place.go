@@ -160,21 +160,14 @@ func (pl *placer) place(resp *wire.Response, demand bool, omit []byte, th *sched
 		return false, fmt.Errorf("fetcher: answer for offset %#x, %d pages of %d bytes does not match any region",
 			resp.Offset, resp.Pages, resp.PageSize)
 	}
+	if err := checkSame(resp, r, p, demand, omit); err != nil {
+		return false, err
+	}
 	data := resp.Data
 	var used uint64
-	p0 := p
 	for _, seg := range resp.Segments {
 		n := uint64(seg.Pages)
 		if seg.Same {
-			// Pages a bulk request omitted: here when it was sent (and a
-			// page here stays so), or not asked for. A demand request
-			// omits nothing.
-			for q := p; q < p+n; q++ {
-				if demand || !wire.OmitBit(omit, int(q-p0)) && !r.Resolved(q) {
-					return false, fmt.Errorf("fetcher: answer for offset %#x: page %#x came as one the request omitted: %w",
-						resp.Offset, r.Offset+q<<r.Shift, errNotHere)
-				}
-			}
 			p += n
 			continue
 		}
@@ -200,6 +193,25 @@ func (pl *placer) place(resp *wire.Response, demand bool, omit []byte, th *sched
 	}
 	pl.stats.bytes.Add(used)
 	return false, nil
+}
+
+// checkSame checks resp's same segments, from page p of r on, before
+// anything of it is placed: they may cover only pages its bulk request
+// omitted (omit) or pages here — here when it was sent, and a page here
+// stays so. A demand request omits nothing.
+func checkSame(resp *wire.Response, r *pagestate.Area, p uint64, demand bool, omit []byte) error {
+	p0 := p
+	for _, seg := range resp.Segments {
+		n := uint64(seg.Pages)
+		for q := p; seg.Same && q < p+n; q++ {
+			if demand || !wire.OmitBit(omit, int(q-p0)) && !r.Resolved(q) {
+				return fmt.Errorf("fetcher: answer for offset %#x: page %#x came as one the request omitted: %w",
+					resp.Offset, r.Offset+q<<r.Shift, errNotHere)
+			}
+		}
+		p += n
+	}
+	return nil
 }
 
 // errNotHere: an answer's same segment (the pages its request omitted)
