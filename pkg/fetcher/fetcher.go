@@ -352,9 +352,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	if err := f.pull.setup(uint64(sess.MaxBulkBytes()), f.cfg.BulkRunBytes, f.cfg.BulkWindow); err != nil {
 		return abandon(err)
 	}
-	if o, ok := sess.(OmitSession); ok && o.CanOmit() {
-		f.pull.sparse = true
-	}
+	f.pull.sparse = canOmit(sess)
 	wsImage := workingset.Image{Size: sess.Image().Size, Generation: sess.Image().Generation}
 	if w := f.cfg.Warmup; w != nil {
 		// The confirm pass's order starts with the set's runs.

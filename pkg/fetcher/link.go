@@ -88,7 +88,7 @@ type conn struct {
 	bulk      Lane
 	bulkReady chan struct{}
 	closing   bool
-	placeQ    chan *Response // checked bulk answers, to bulkPlace
+	placeQ    chan bulkAnswer // checked bulk answers, to bulkPlace
 	// omit: bulk requests omit the pages of their run the fetcher has
 	// (OmitSession).
 	omit bool
@@ -189,10 +189,8 @@ func (l *link) connLoop(ctx context.Context, client Source, c *conn) {
 func (l *link) newConn(ctx context.Context, client Source, sess Session, demand Lane) *conn {
 	cctx, cancel := context.WithCancelCause(ctx)
 	c := &conn{client: client, sess: sess, demand: demand, ctx: cctx, cancel: cancel,
-		bulkReady: make(chan struct{}), placeQ: make(chan *Response, l.placeQueue()), loopFD: -1, handed: make(chan struct{})}
-	if o, ok := sess.(OmitSession); ok {
-		c.omit = o.CanOmit()
-	}
+		bulkReady: make(chan struct{}), placeQ: make(chan bulkAnswer, l.placeQueue()), loopFD: -1, handed: make(chan struct{})}
+	c.omit = canOmit(sess)
 	if pl, ok := demand.(pollLane); ok && l.loopLanes && l.smallPages() {
 		if fd, ok := pl.PollFD(); ok {
 			c.loop, c.loopFD = pl, fd
@@ -572,7 +570,7 @@ func (l *link) bulkSend(c *conn) error {
 		t.Stop()
 	}
 	l.awaitResume(c)
-	var runs []prefetch.Run
+	var runs, crossed []prefetch.Run
 	var reqs []Request
 	for {
 		bytes, n := l.pages.BulkInFlight()
@@ -584,7 +582,7 @@ func (l *link) bulkSend(c *conn) error {
 				if want == 0 {
 					break
 				}
-				runs = l.pull.next(want, runs[:0])
+				runs, crossed = l.pull.next(want, runs[:0], crossed[:0])
 				if len(runs) == 0 {
 					break
 				}
@@ -601,7 +599,7 @@ func (l *link) bulkSend(c *conn) error {
 							j = l.spanEnd(runs, i)
 						}
 					}
-					b := l.ask(c, runs[i:j], now)
+					b := l.ask(c, runs[i:j], crossed, now)
 					reqs = append(reqs, Request{ID: b.ID, Offset: b.Offset, Pages: b.Pages, Omit: b.Omit})
 					bytes, n = bytes+b.Bytes, n+1
 					i = j
@@ -646,59 +644,50 @@ func (l *link) spanLimit(r prefetch.Run) uint64 {
 }
 
 // ask makes one bulk request outstanding for runs (one, or several:
-// spanEnd) and returns it: their span, but where the session omits, not the
-// pages between them, those the runs go across that others bring
-// (prefetch.Policy.Crossed), and those here already (have).
-func (l *link) ask(c *conn, runs []prefetch.Run, now time.Time) pagestate.BulkRun {
+// spanEnd) and returns it: their span, but where the session omits, not
+// the pages nobody needs from it — those between the runs, those they go
+// across that others bring (crossed: prefetch.Policy.Crossed of the batch),
+// and those here already (resolved: placed, discarded or unmapped, states
+// a page never leaves). The policy's runs go on across a few pages already
+// handed out (sweepGap): a working set's, a fault's; asked for again, a 5 %
+// working set of single pages cost its bytes twice.
+func (l *link) ask(c *conn, runs, crossed []prefetch.Run, now time.Time) pagestate.BulkRun {
 	first, last := runs[0], runs[len(runs)-1]
 	pages := uint32(last.Page + uint64(last.Pages) - first.Page)
 	var omit []byte
 	if c.omit {
-		omit = have(l.pages.Areas()[first.Region], first.Page, pages)
-		mark := func(i uint64) {
-			if i < 8*wire.MaxOmitBytes {
+		end := first.Page + min(uint64(pages), 8*wire.MaxOmitBytes) // the pages omit can mark
+		markRange := func(lo, hi uint64) {
+			for p := max(lo, first.Page); p < min(hi, end); p++ {
 				if omit == nil {
 					omit = make([]byte, wire.OmitBytes(pages))
 				}
-				wire.SetOmit(omit, int(i))
+				wire.SetOmit(omit, int(p-first.Page))
 			}
 		}
-		for k, r := range runs {
-			at := r.Page - first.Page
-			if cr := l.pull.crossed(r); cr != nil {
-				for i := range uint64(r.Pages) {
-					if wire.OmitBit(cr, int(i)) {
-						mark(at + i)
-					}
-				}
+		for k := 1; k < len(runs); k++ {
+			markRange(runs[k-1].Page+uint64(runs[k-1].Pages), runs[k].Page)
+		}
+		for _, cr := range crossed {
+			if cr.Region == first.Region {
+				markRange(cr.Page, cr.Page+uint64(cr.Pages))
 			}
-			if k > 0 {
-				for p := runs[k-1].Page + uint64(runs[k-1].Pages); p < r.Page; p++ {
-					mark(p - first.Page)
-				}
+		}
+		a := l.pages.Areas()[first.Region]
+		for p := first.Page; p < end; p++ {
+			if a.Resolved(p) {
+				markRange(p, p+1)
 			}
 		}
 	}
 	return l.pages.AskBulkOmit(first.Region, first.Page, pages, omit, now)
 }
 
-// have returns the omit bitmap (Request.Omit) of the pages of [p, p+n) of
-// a that are resolved — placed, discarded or unmapped, states a page never
-// leaves — or nil where none is. The policy's runs go on across a few
-// pages already here (sweepGap): a working set's, a fault's. A 5 % working
-// set of single pages cost its bytes twice, 5 % more for the whole image.
-func have(a *pagestate.Area, p uint64, n uint32) []byte {
-	var omit []byte
-	k := min(uint64(n), 8*wire.MaxOmitBytes)
-	for i := uint64(0); i < k; i++ {
-		if a.Resolved(p + i) {
-			if omit == nil {
-				omit = make([]byte, wire.OmitBytes(n))
-			}
-			wire.SetOmit(omit, int(i))
-		}
-	}
-	return omit
+// canOmit reports whether sess's bulk lane honours Request.Omit
+// (OmitSession).
+func canOmit(sess Session) bool {
+	o, ok := sess.(OmitSession)
+	return ok && o.CanOmit()
 }
 
 // batchSender is a Lane that sends several requests at once
@@ -818,12 +807,19 @@ func (l *link) bulkRecv(c *conn) error {
 		// bytes of what is asked for (BulkInFlight).
 		l.stats.bulkRun(uint64(resp.Pages)*uint64(resp.PageSize) - sameBytes(resp))
 		select {
-		case c.placeQ <- resp:
+		case c.placeQ <- bulkAnswer{resp, b.Omit}:
 		case <-c.ctx.Done():
 			resp.Release() // still in flight: requeued when the connection ends
 			return nil
 		}
 	}
+}
+
+// bulkAnswer is a checked bulk answer and what its request omitted
+// (pagestate.BulkRun.Omit).
+type bulkAnswer struct {
+	resp *Response
+	omit []byte
 }
 
 // placeQueue is how many checked bulk answers may wait for bulkPlace: as
@@ -838,21 +834,21 @@ func (l *link) bulkPlace(c *conn) error {
 	defer pt.done()
 	notHere := 0
 	for {
-		var resp *Response
+		var ba bulkAnswer
 		select {
-		case resp = <-c.placeQ:
+		case ba = <-c.placeQ:
 		case <-c.ctx.Done():
 			for {
 				select {
-				case resp := <-c.placeQ:
-					resp.Release() // requeued when the connection ends
+				case ba := <-c.placeQ:
+					ba.resp.Release() // requeued when the connection ends
 				default:
 					return nil
 				}
 			}
 		}
-		id := resp.ID
-		err := l.place.placeBulk(resp, l.pages.BulkOmit(id), pt.next())
+		resp, id := ba.resp, ba.resp.ID
+		err := l.place.placeBulk(resp, ba.omit, pt.next())
 		if errors.Is(err, errNotHere) && notHere < maxNotHere {
 			// A server that left out pages the fetcher lacks: what the run
 			// did not place is asked for again, without them omitted —

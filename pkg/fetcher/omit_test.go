@@ -11,7 +11,6 @@ import (
 
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/prefetch"
-	"github.com/postcopy/postcopy/pkg/wire"
 	"github.com/postcopy/postcopy/pkg/workingset"
 )
 
@@ -183,13 +182,6 @@ func TestBulkAnswerOmitsPagesNotHere(t *testing.T) {
 	}
 	if !strings.Contains(buf.String(), "left out pages that are not here") {
 		t.Errorf("no warning; log:\n%s", buf)
-	}
-}
-
-// A sweep run's crossed pages go into an omit bitmap as they come.
-func TestCrossedFitsOmit(t *testing.T) {
-	if prefetch.MaxCrossedBytes != wire.MaxOmitBytes {
-		t.Fatalf("prefetch.MaxCrossedBytes %d, wire.MaxOmitBytes %d", prefetch.MaxCrossedBytes, wire.MaxOmitBytes)
 	}
 }
 

@@ -313,8 +313,10 @@ func (u *puller) done(region int, p, n uint64) {
 	u.mu.Unlock()
 }
 
-// next appends up to want runs to ask for to runs.
-func (u *puller) next(want int, runs []prefetch.Run) []prefetch.Run {
+// next appends up to want runs to ask for to runs, and to crossed the pages
+// not pending the sweep's runs among them go across
+// (prefetch.Policy.Crossed).
+func (u *puller) next(want int, runs, crossed []prefetch.Run) ([]prefetch.Run, []prefetch.Run) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	n := len(runs)
@@ -322,6 +324,7 @@ func (u *puller) next(want int, runs []prefetch.Run) []prefetch.Run {
 		runs = u.policy.NextFirst(want, runs)
 	} else {
 		runs = u.policy.Next(want, runs)
+		crossed = u.policy.Crossed(crossed)
 	}
 	if u.wsLog != nil {
 		for _, r := range runs[n:] {
@@ -332,7 +335,7 @@ func (u *puller) next(want int, runs []prefetch.Run) []prefetch.Run {
 			u.wsLog = nil
 		}
 	}
-	return runs
+	return runs, crossed
 }
 
 // firstWithin hands out the working set's runs that come next while they
@@ -342,14 +345,6 @@ func (u *puller) firstWithin(region int, lo, hi uint64, max int, runs []prefetch
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.policy.FirstWithin(region, lo, hi, max, runs)
-}
-
-// crossed returns the pages not pending that run r, just handed out by
-// next or firstWithin, goes across (prefetch.Policy.Crossed).
-func (u *puller) crossed(r prefetch.Run) []byte {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.policy.Crossed(r)
 }
 
 // requeue hands the pages of bulk runs that never arrived back to the

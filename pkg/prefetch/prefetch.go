@@ -108,15 +108,9 @@ type Policy struct {
 	// rides holds the pages that faulted threads wait on with no request
 	// of their own (Ride), oldest first: served before everything else.
 	rides []ride
-	// crossed holds, for the runs the last Next handed out across pages
-	// not pending (SweepGap), those pages (Crossed).
-	crossed map[runStart][]byte
-}
-
-// runStart is where a run starts.
-type runStart struct {
-	region int
-	page   uint64
+	// crossed holds the pages not pending that the sweep's runs of the
+	// last Next went across (SweepGap), as runs (Crossed).
+	crossed []Run
 }
 
 // firstRef is run at of First's runs, pages [page, end) of region, found
@@ -415,38 +409,21 @@ func (p *Policy) PrepareFirst(runs []Run) (*FirstRuns, error) {
 	return f, nil
 }
 
-// Crossed returns the pages not pending that run r, handed out by the last
-// Next, goes across (SweepGap) — pages already handed out, or Done — as a
-// bitmap: bit i%8 of byte i/8 for page r.Page+i, the first 1024 pages
-// (wire.Request.Omit's format). nil: none. Whoever took them brings them (or
-// hands them back, Requeue): a request for r need not ask for them.
-func (p *Policy) Crossed(r Run) []byte { return p.crossed[runStart{r.Region, r.Page}] }
-
-// MaxCrossedBytes bounds Crossed's bitmap: wire.MaxOmitBytes (a test of
-// the fetcher checks that they agree).
-const MaxCrossedBytes = 128
+// Crossed appends to out the pages not pending that the sweep's runs of
+// the last Next go across (SweepGap) — pages already handed out, or Done —
+// as runs, each inside the run that crosses it. Whoever took them brings
+// them (or hands them back, Requeue): a request for the crossing run need
+// not ask for them.
+func (p *Policy) Crossed(out []Run) []Run { return append(out, p.crossed...) }
 
 // FirstWithin hands out, as Next does, the working set's runs (First) that
 // come next while they lie in pages [lo, hi) of region, up to max runs: a
 // caller that asks for the runs of one span in one request (bySpan) goes on
 // with the span's runs that Next's max left behind.
 func (p *Policy) FirstWithin(region int, lo, hi uint64, max int, out []Run) []Run {
-	n := 0
-	for p.firstAt < len(p.first) && n < max {
-		r := p.first[p.firstAt]
-		end := r.Page + uint64(r.Pages)
-		if r.Region != region || r.Page < lo || end > hi {
-			break
-		}
-		out, n = p.emit(r.Region, r.Page, end, max, n, out)
-		if _, ok := nextPending(p.regions[r.Region].taken, r.Page, end); ok {
-			break // max reached
-		}
-		p.firstAt++
-	}
-	if p.firstAt == len(p.first) {
-		p.first, p.firstAt, p.byPage = nil, 0, nil
-	}
+	out, _ = p.nextFirst(max, 0, out, func(r Run) bool {
+		return r.Region == region && r.Page >= lo && r.Page+uint64(r.Pages) <= hi
+	})
 	return out
 }
 
@@ -476,7 +453,7 @@ func (p *Policy) InFirst() bool { return len(p.first) > 0 }
 // regions. When nothing is pending or max <= 0, Next returns out unchanged
 // and changes nothing.
 func (p *Policy) Next(max int, out []Run) []Run {
-	clear(p.crossed)
+	p.crossed = p.crossed[:0]
 	if max <= 0 || p.pending == 0 {
 		return out
 	}
@@ -498,7 +475,7 @@ func (p *Policy) Next(max int, out []Run) []Run {
 	if len(p.rides) == 0 {
 		p.rides = nil
 	}
-	out, n = p.nextFirst(max, n, out)
+	out, n = p.nextFirst(max, n, out, nil)
 	for len(p.hints) > 0 && n < max {
 		h := p.hints[len(p.hints)-1]
 		rs := &p.regions[h.region]
@@ -530,6 +507,7 @@ func (p *Policy) Next(max int, out []Run) []Run {
 			if !ok {
 				break
 			}
+			p.crossed = append(p.crossed, Run{Region: p.sweep, Page: e, Pages: uint32(q - e)})
 			e = nextTaken(rs.taken, q, lim)
 		}
 		out = p.take(p.sweep, s, e, out)
@@ -547,14 +525,18 @@ func (p *Policy) NextFirst(max int, out []Run) []Run {
 	if max <= 0 || p.pending == 0 {
 		return out
 	}
-	out, _ = p.nextFirst(max, 0, out)
+	out, _ = p.nextFirst(max, 0, out, nil)
 	return out
 }
 
-// nextFirst hands out First's runs, in order, until n reaches max.
-func (p *Policy) nextFirst(max, n int, out []Run) ([]Run, int) {
+// nextFirst hands out First's runs, in order, until n reaches max — and,
+// where within is not nil, while within says so of the next.
+func (p *Policy) nextFirst(max, n int, out []Run, within func(Run) bool) ([]Run, int) {
 	for p.firstAt < len(p.first) && n < max {
 		r := p.first[p.firstAt]
+		if within != nil && !within(r) {
+			break
+		}
 		end := r.Page + uint64(r.Pages)
 		out, n = p.emit(r.Region, r.Page, end, max, n, out)
 		if _, ok := nextPending(p.regions[r.Region].taken, r.Page, end); ok {
@@ -596,23 +578,6 @@ func (p *Policy) emit(r int, lo, hi uint64, max, n int, out []Run) ([]Run, int) 
 // SweepGap some that are not (Crossed).
 func (p *Policy) take(r int, s, e uint64, out []Run) []Run {
 	rs := &p.regions[r]
-	if p.sweepGap > 0 {
-		var bits []byte
-		for q := s; q < e; q++ {
-			if q-s < 8*MaxCrossedBytes && rs.taken[q/64]&(1<<(q%64)) != 0 {
-				if bits == nil {
-					bits = make([]byte, min((e-s+7)/8, MaxCrossedBytes))
-				}
-				bits[(q-s)/8] |= 1 << ((q - s) % 8)
-			}
-		}
-		if bits != nil {
-			if p.crossed == nil {
-				p.crossed = make(map[runStart][]byte)
-			}
-			p.crossed[runStart{r, s}] = bits
-		}
-	}
 	c := setRange(rs.taken, s, e)
 	rs.pending -= c
 	p.pending -= c

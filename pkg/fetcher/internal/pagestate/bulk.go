@@ -3,6 +3,8 @@ package pagestate
 import (
 	"sync"
 	"time"
+
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // Bulk requests: runs of pages asked for on the bulk lane, from the
@@ -30,9 +32,7 @@ type BulkRun struct {
 }
 
 // Omitted reports whether the run does not ask for its page Page+i.
-func (b *BulkRun) Omitted(i uint64) bool {
-	return i/8 < uint64(len(b.Omit)) && b.Omit[i/8]&(1<<(i%8)) != 0
-}
+func (b *BulkRun) Omitted(i uint64) bool { return i < 1<<31 && wire.OmitBit(b.Omit, int(i)) }
 
 // Run returns a request for pages [page, page+pages) of area, with a new
 // id, sent at now: a bulk run, or a run the confirm pass asks for.
@@ -69,9 +69,6 @@ func (t *Table) AskBulkOmit(area int, page uint64, pages uint32, omit []byte, no
 // BulkAsked reports whether bulk request id is outstanding: an answer to
 // any other is a protocol error.
 func (t *Table) BulkAsked(id uint64) bool { return t.bulk.Asked(id) }
-
-// BulkOmit returns what outstanding bulk request id omits (BulkRun.Omit).
-func (t *Table) BulkOmit(id uint64) []byte { return t.bulk.Omit(id) }
 
 // BulkRunOf returns outstanding bulk request id; ok is false if it is not
 // outstanding.
@@ -128,14 +125,6 @@ func (r *Runs) Get(id uint64) (BulkRun, bool) {
 	defer r.mu.Unlock()
 	b, ok := r.runs[id]
 	return b, ok
-}
-
-// Omit returns what outstanding request id omits (nil: nothing, or not
-// outstanding).
-func (r *Runs) Omit(id uint64) []byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.runs[id].Omit
 }
 
 // Done ends request id and returns its run; ok is false if it was not

@@ -24,11 +24,11 @@ func TestAskBulkOmit(t *testing.T) {
 			t.Errorf("Omitted(%d) = %v", i, !want)
 		}
 	}
-	if got := tb.BulkOmit(b.ID); len(got) != 3 || got[0] != 0x81 {
-		t.Errorf("BulkOmit = %x", got)
+	if got, ok := tb.BulkRunOf(b.ID); !ok || len(got.Omit) != 3 || got.Omit[0] != 0x81 {
+		t.Errorf("BulkRunOf(%d) = %+v, %v", b.ID, got, ok)
 	}
-	if got := tb.BulkOmit(b.ID + 1); got != nil {
-		t.Errorf("BulkOmit of a run not asked = %x", got)
+	if got, ok := tb.BulkRunOf(b.ID + 1); ok || got.Omit != nil {
+		t.Errorf("BulkRunOf of a run not asked = %+v, %v", got, ok)
 	}
 	if a := tb.AskBulk(0, 40, 4, time.Now()); a.Bytes != 4*4096 || a.Omit != nil {
 		t.Errorf("AskBulk: %+v", a)
