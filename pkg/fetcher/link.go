@@ -447,7 +447,7 @@ func (l *link) demandAnswer(c *conn, resp *Response, inLoop bool) error {
 		again, err := l.place.tryPlaceDemand(resp)
 		if again && err == nil {
 			go func() {
-				if err := l.finishDemand(resp, l.place.placeResponse(resp, true, nil)); err != nil {
+				if err := l.finishDemand(resp, l.place.placeDemand(resp)); err != nil {
 					l.life.fail(err)
 				}
 			}()
@@ -455,7 +455,7 @@ func (l *link) demandAnswer(c *conn, resp *Response, inLoop bool) error {
 		}
 		return l.finishDemand(resp, err)
 	}
-	return l.finishDemand(resp, l.place.placeResponse(resp, true, nil))
+	return l.finishDemand(resp, l.place.placeDemand(resp))
 }
 
 // finishDemand ends a demand answer placed with err.

@@ -126,26 +126,24 @@ func (pl *placer) unlockEvents(read bool) {
 	pl.evMu.Unlock()
 }
 
-// placeResponse places every page of an answer and reports pages it could not
-// place for a reason that asks for the run again (never: checksum failures are
-// handled before). demand answers are placed with waking copies.
-//
-// th, if not nil, is the calling goroutine's locked thread: each copy is a
-// hold of the event lock (sched.Thread.Hold).
-func (pl *placer) placeResponse(resp *wire.Response, demand bool, th *sched.Thread) error {
-	_, err := pl.place(resp, demand, nil, th, true)
+// placeDemand places every page of a demand answer with waking copies
+// (checksum failures are handled before).
+func (pl *placer) placeDemand(resp *wire.Response) error {
+	_, err := pl.place(resp, true, nil, nil, true)
 	return err
 }
 
-// placeBulk is placeResponse for a bulk answer whose request omitted the
-// pages omit marks (pagestate.BulkRun.Omit): its same segments may cover
-// them, and pages here already, and nothing else.
+// placeBulk places every page of a bulk answer with DONTWAKE copies, its
+// request having omitted the pages omit marks (pagestate.BulkRun.Omit): its
+// same segments may cover them, and pages here already, and nothing else.
+// th, if not nil, is the calling goroutine's locked thread: each copy is a
+// hold of the event lock (sched.Thread.Hold).
 func (pl *placer) placeBulk(resp *wire.Response, omit []byte, th *sched.Thread) error {
 	_, err := pl.place(resp, false, omit, th, true)
 	return err
 }
 
-// tryPlaceDemand places a demand answer as placeResponse does, for the
+// tryPlaceDemand places a demand answer as placeDemand does, for the
 // fault loop's thread: where a copy finds an event pending (EAGAIN) it
 // does not wait for the fault loop — it is the fault loop — but returns
 // again, with the pages placed so far in place; placing the answer again
@@ -222,7 +220,7 @@ var errNotHere = errors.New("a page left out of an answer is not here")
 // nil, skipping pages already resolved. dontWake copies wake nobody: the
 // threads waiting there are woken afterwards, one wake per contiguous range
 // (the page table's PlaceStep says which, and wakes after EEXIST too).
-// th, if not nil, is the calling goroutine's locked thread (placeResponse).
+// th, if not nil, is the calling goroutine's locked thread (placeBulk).
 func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pagestate.Arrival, dontWake bool, th *sched.Thread) error {
 	_, err := pl.placeRunWait(r, p, n, src, how, dontWake, true, th)
 	return err
