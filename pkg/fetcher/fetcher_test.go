@@ -488,48 +488,61 @@ func TestFaultsRideBulkLane(t *testing.T) {
 	t.Logf("faults: %d demand, %d on the bulk lane, %d duplicate; %.2f s", m.sum.Faults, m.sum.FaultsOnBulk, m.sum.DuplicateFault, m.sum.TotalSeconds)
 }
 
-// failingSource is a Source whose sessions' bulk lanes fail their Send
-// number failAt (counted over the source's lifetime) with a retryable error.
-type failingSource struct {
+// bulkWrapSource is a Source whose sessions' bulk lanes are wrap(lane): a
+// test's way to alter what a bulk lane sends or receives. Its sessions omit
+// as the wrapped ones do (OmitSession), unless noOmit — as a server from
+// before Capabilities.omit; errors matching retryable are retryable too.
+type bulkWrapSource struct {
 	Source
-	sends  *atomic.Int64
-	failAt int64
+	wrap      func(Lane) Lane
+	retryable error
+	noOmit    bool
 }
 
-var errInjected = errors.New("injected bulk send failure")
-
-func (s failingSource) Retryable(err error) bool {
-	return errors.Is(err, errInjected) || s.Source.Retryable(err)
+func (s bulkWrapSource) Retryable(err error) bool {
+	return s.retryable != nil && errors.Is(err, s.retryable) || s.Source.Retryable(err)
 }
 
-func (s failingSource) OpenDemand(ctx context.Context, regions []SourceRegion, expect uint64) (Session, Lane, error) {
+func (s bulkWrapSource) OpenDemand(ctx context.Context, regions []SourceRegion, expect uint64) (Session, Lane, error) {
 	sess, lane, err := s.Source.OpenDemand(ctx, regions, expect)
 	if err != nil {
 		return nil, nil, err
 	}
-	return failingSession{Session: sess, s: s}, lane, nil
+	return bulkWrapSession{Session: sess, s: s}, lane, nil
 }
 
-type failingSession struct {
+type bulkWrapSession struct {
 	Session
-	s failingSource
+	s bulkWrapSource
 }
 
-func (f failingSession) Bulk(ctx context.Context) (Lane, error) {
-	l, err := f.Session.Bulk(ctx)
-	if err != nil {
-		return nil, err
+func (w bulkWrapSession) CanOmit() bool { return !w.s.noOmit && canOmit(w.Session) }
+
+func (w bulkWrapSession) Bulk(ctx context.Context) (Lane, error) {
+	l, err := w.Session.Bulk(ctx)
+	if err != nil || w.s.wrap == nil {
+		return l, err
 	}
-	return failingLane{Lane: l, s: f.s}, nil
+	return w.s.wrap(l), nil
+}
+
+var errInjected = errors.New("injected bulk send failure")
+
+// failingSource is a Source whose sessions' bulk lanes fail their Send
+// number failAt (counted over the source's lifetime) with a retryable error.
+func failingSource(src Source, sends *atomic.Int64, failAt int64) Source {
+	return bulkWrapSource{Source: src, retryable: errInjected,
+		wrap: func(l Lane) Lane { return failingLane{Lane: l, sends: sends, failAt: failAt} }}
 }
 
 type failingLane struct {
 	Lane
-	s failingSource
+	sends  *atomic.Int64
+	failAt int64
 }
 
 func (l failingLane) Send(r Request) error {
-	if l.s.sends.Add(1) == l.s.failAt {
+	if l.sends.Add(1) == l.failAt {
 		return errInjected
 	}
 	return l.Lane.Send(r)
@@ -550,7 +563,7 @@ func TestBulkSendFailsMidBatch(t *testing.T) {
 	for _, failAt := range []int64{2, 3, 5, 8} {
 		t.Run(fmt.Sprint("send=", failAt), func(t *testing.T) {
 			var sends atomic.Int64
-			src := failingSource{Source: NewReaderSource(f, 8<<20, "file"), sends: &sends, failAt: failAt}
+			src := failingSource(NewReaderSource(f, 8<<20, "file"), &sends, failAt)
 			cfg := Config{Source: src, Prefetch: true, BulkRunBytes: 64 << 10,
 				Redial: func(context.Context) (Source, error) { return NewReaderSource(f, 8<<20, "file"), nil }}
 			m := h.migrate("4k:0x0:8M", cfg, "FETCHER_TEST_THREADS=1", "FETCHER_TEST_TOUCH=none", "FETCHER_TEST_VERIFY_RESIDENT=1")

@@ -14,18 +14,6 @@ import (
 	"github.com/postcopy/postcopy/pkg/workingset"
 )
 
-// noOmitSource hides its sessions' OmitSession: the fetcher omits nothing,
-// as with a server from before Capabilities.omit.
-type noOmitSource struct{ Source }
-
-func (s noOmitSource) OpenDemand(ctx context.Context, regions []SourceRegion, expect uint64) (Session, Lane, error) {
-	sess, lane, err := s.Source.OpenDemand(ctx, regions, expect)
-	if err != nil {
-		return nil, nil, err
-	}
-	return struct{ Session }{sess}, lane, nil
-}
-
 // dataBytes is the size of the image's pages that are not all zero: what
 // crosses the link when every page does once.
 func dataBytes(t *testing.T, path string) uint64 {
@@ -74,7 +62,7 @@ func TestWorkingSetPagesNotSentTwice(t *testing.T) {
 				}
 				var src Source = ClientSource(c)
 				if !omit {
-					src = noOmitSource{src}
+					src = bulkWrapSource{Source: src, noOmit: true}
 				}
 				m := h.migrate("4k:0x0:16M", Config{Source: src, Prefetch: true, WorkingSet: set},
 					"FETCHER_TEST_THREADS=1", "FETCHER_TEST_TOUCH=none", "FETCHER_TEST_VERIFY_RESIDENT=1")
@@ -104,35 +92,8 @@ func TestWorkingSetPagesNotSentTwice(t *testing.T) {
 	}
 }
 
-// sameSource is a ReaderSource whose bulk lane turns the first data segment
-// of its first answer that has one into a same segment — a server leaving
-// out pages the fetcher never had.
-type sameSource struct {
-	Source
-	done *atomic.Bool
-}
-
-func (s sameSource) OpenDemand(ctx context.Context, regions []SourceRegion, expect uint64) (Session, Lane, error) {
-	sess, lane, err := s.Source.OpenDemand(ctx, regions, expect)
-	if err != nil {
-		return nil, nil, err
-	}
-	return sameSession{Session: sess, done: s.done}, lane, nil
-}
-
-type sameSession struct {
-	Session
-	done *atomic.Bool
-}
-
-func (s sameSession) Bulk(ctx context.Context) (Lane, error) {
-	l, err := s.Session.Bulk(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return sameLane{Lane: l, done: s.done}, nil
-}
-
+// sameLane turns the first data segment of the first answer that has one
+// into a same segment — a server leaving out pages the fetcher never had.
 type sameLane struct {
 	Lane
 	done *atomic.Bool
@@ -173,7 +134,8 @@ func TestBulkAnswerOmitsPagesNotHere(t *testing.T) {
 	defer f.Close()
 	var done atomic.Bool
 	log, buf := bufLogger()
-	src := sameSource{Source: NewReaderSource(f, 8<<20, "file"), done: &done}
+	src := bulkWrapSource{Source: NewReaderSource(f, 8<<20, "file"),
+		wrap: func(l Lane) Lane { return sameLane{Lane: l, done: &done} }}
 	m := h.migrate("4k:0x0:8M", Config{Source: src, Prefetch: true, BulkRunBytes: 64 << 10, Logger: log},
 		"FETCHER_TEST_THREADS=1", "FETCHER_TEST_TOUCH=none", "FETCHER_TEST_VERIFY_RESIDENT=1")
 	m.check(t)
@@ -219,14 +181,17 @@ func TestSpanRequestsLost(t *testing.T) {
 	for off := uint64(size - 3*4096); off < size; off -= 5 * 4096 {
 		order = append(order, off)
 	}
-	set, _, err := workingset.Record(nil, h.imageID(t), 4096, order)
+	// The image as a ReaderSource names it (generation 1), or the set is
+	// ignored.
+	set, _, err := workingset.Record(nil, workingset.Image{Size: size, Generation: 1}, 4096, order)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, failAt := range []int64{2, 4} {
 		t.Run(fmt.Sprint("send=", failAt), func(t *testing.T) {
-			var sends atomic.Int64
-			src := failingSource{Source: NewReaderSource(f, size, "file"), sends: &sends, failAt: failAt}
+			var sends, spans atomic.Int64
+			src := bulkWrapSource{Source: NewReaderSource(f, size, "file"), retryable: errInjected,
+				wrap: func(l Lane) Lane { return spanCountLane{failingLane{Lane: l, sends: &sends, failAt: failAt}, &spans} }}
 			cfg := Config{Source: src, Prefetch: true, WorkingSet: set,
 				Redial: func(context.Context) (Source, error) { return NewReaderSource(f, size, "file"), nil }}
 			m := h.migrate("4k:0x0:8M", cfg, "FETCHER_TEST_THREADS=1", "FETCHER_TEST_TOUCH=none", "FETCHER_TEST_VERIFY_RESIDENT=1")
@@ -234,6 +199,23 @@ func TestSpanRequestsLost(t *testing.T) {
 			if m.sum.Reconnects != 1 {
 				t.Errorf("%d reconnects, want 1 (the injected failure)", m.sum.Reconnects)
 			}
+			if spans.Load() == 0 {
+				t.Error("no request asked for a span of the set before the failure: the test did not test")
+			}
 		})
 	}
+}
+
+// spanCountLane counts the requests that ask for more than one page of a
+// working set with the pages between them omitted.
+type spanCountLane struct {
+	Lane
+	spans *atomic.Int64
+}
+
+func (l spanCountLane) Send(r Request) error {
+	if len(r.Omit) > 0 && r.Pages > 1 {
+		l.spans.Add(1)
+	}
+	return l.Lane.Send(r)
 }
