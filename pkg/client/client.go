@@ -464,7 +464,11 @@ func (s *Session) socketLane(ctx context.Context, l wire.LaneKind) (*Lane, error
 // Bulk opens a bulk lane, on the bulk connection, or as a socket lane where
 // the server offers one, falling back to gRPC as Demand does. Answers come in the order of the requests.
 func (s *Session) Bulk(ctx context.Context) (*Lane, error) {
-	return s.lane(ctx, wire.LaneBulk, s.bulkSocket)
+	l, err := s.lane(ctx, wire.LaneBulk, s.bulkSocket)
+	if err == nil {
+		l.omits = s.omit
+	}
+	return l, err
 }
 
 func (s *Session) lane(ctx context.Context, l wire.LaneKind, socket bool) (*Lane, error) {
@@ -546,6 +550,7 @@ type Lane struct {
 	cancel context.CancelFunc
 	kind   wire.LaneKind
 	warm   bool // a WarmLane's: its answers may say "same"
+	omits  bool // a bulk lane of a session whose server omits (CanOmit): its answers may say "same"
 	sendMu sync.Mutex
 	closed atomic.Bool
 }
@@ -631,11 +636,12 @@ func (l *Lane) checked(r *wire.Response, err error) (*wire.Response, error) {
 		return nil, fmt.Errorf("transport: %s recv: %w", l.name(), err)
 	}
 	for _, sg := range r.Segments {
-		if sg.Same && !l.warm && l.kind != wire.LaneBulk {
+		if sg.Same && !l.warm && !l.omits {
 			// Only a Warm answer (the copy the request named) and a bulk
-			// one (pages the request omitted: wire.Request.Omit, which
-			// the caller checks against what it has) may say "same": a
-			// demand answer has no copy to refer to.
+			// one from a server that omits (pages the request omitted:
+			// wire.Request.Omit, which the caller checks against what it
+			// has) may say "same": a demand answer, or one from a server
+			// that was never sent an omit, has no copy to refer to.
 			r.Release()
 			return nil, fmt.Errorf("transport: %s recv: a \"same\" segment: %w", l.kind, wire.ErrMalformed)
 		}
