@@ -19,6 +19,8 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +32,7 @@ import (
 	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/fetcher"
 	"github.com/postcopy/postcopy/pkg/handshake"
+	"github.com/postcopy/postcopy/pkg/prefetch"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -123,6 +126,12 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		return err
 	}
 	defer h.close()
+	// The handoff allocates the page table, the lanes' buffers and the
+	// loops' stacks: enough to start a collection, which on the VMM's CPU
+	// takes a millisecond from the first page. None runs until that page
+	// is placed.
+	resumeGC := holdGC()
+	defer resumeGC()
 	f, err := fetcher.New(fetcher.Config{
 		UFFD: h.fd, Regions: h.regions, Source: up.src, Redial: up.redial,
 		ExpectGeneration: up.info.Generation, ImageSize: up.info.Size, Prefetch: c.prefetch == "on",
@@ -141,16 +150,30 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		return cli.Exitf(exitError, "handoff: %w", err)
 	}
 	// The fetcher owns the source and the session opened ahead from here.
+	// The switchover's critical path is the VMM's first page: on a host
+	// whose CPU the VMM shares, any work of ours before it is placed
+	// delays it. What can wait does, until then or gcHoldMax.
+	chores := make(chan struct{})
+	defer func() { <-chores }()
 	return supervise(ctx, f, c, sigs, out, stderr, log, func() {
-		// No other client may connect from now on: the socket file goes.
-		// Nobody accepts on it since the handoff; it is closed (a close
-		// and an unlink) once the fetcher is started, off the way to the
-		// first page. Logged then too: a log line is a write(2).
-		if err := lis.Close(); err != nil {
-			log.Warn("closing the uffd socket", "error", err)
-		}
-		log.Info("VMM handed over", "pid", h.cred.Pid, "uid", h.cred.Uid, "regions", len(h.regions),
-			"since_handoff", h.took)
+		go func() {
+			defer close(chores)
+			t := time.NewTimer(gcHoldMax)
+			defer t.Stop()
+			select {
+			case <-f.FirstPlaced():
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			resumeGC()
+			// No other client may connect from now on: the socket file
+			// goes. Nobody accepts on it since the handoff.
+			if err := lis.Close(); err != nil {
+				log.Warn("closing the uffd socket", "error", err)
+			}
+			log.Info("VMM handed over", "pid", h.cred.Pid, "uid", h.cred.Uid, "regions", len(h.regions),
+				"since_handoff", h.took)
+		}()
 	})
 }
 
@@ -168,3 +191,16 @@ func demandRate(flag float64) float64 {
 // (8 runs of 1 MiB) the limit is 32 MiB, under the 64 MiB of overhead
 // README's "Hybrid migration" allows beside the cache.
 const warmHeapLimit = 16 << 20
+
+// gcHoldMax bounds holdGC when no fault comes: the prefetch starts then,
+// and the heap must not grow without a collector.
+const gcHoldMax = prefetch.StartGrace
+
+// holdGC turns the garbage collector off (a soft memory limit, if set, still
+// applies) and returns the function that turns it back on, safe to call
+// more than once and from any goroutine.
+func holdGC() (resume func()) {
+	old := debug.SetGCPercent(-1)
+	var once sync.Once
+	return func() { once.Do(func() { debug.SetGCPercent(old) }) }
+}

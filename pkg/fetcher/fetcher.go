@@ -297,6 +297,34 @@ func New(cfg Config) (*Fetcher, error) {
 	return f, nil
 }
 
+// untilFirstPage returns once the first page is placed (placed closes),
+// prefetch.StartGrace after the handoff if no fault comes, or ctx ends:
+// right after the handoff the workload's first fault is the switchover's
+// critical path, and on a host whose CPU the workload shares, any other
+// work of the fetcher's, or of the server's on its behalf, delays it.
+func untilFirstPage(ctx context.Context, placed <-chan struct{}, handoff time.Time) {
+	select {
+	case <-placed:
+		return
+	default:
+	}
+	wait := prefetch.StartAfter(time.Since(handoff), false)
+	if wait <= 0 {
+		return
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-placed:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// FirstPlaced is closed once the first page is placed: the switchover's
+// critical path is over. A caller may hold back work of its own until then.
+func (f *Fetcher) FirstPlaced() <-chan struct{} { return f.stats.firstPlaced }
+
 // EnablePrefetch turns the background pull on (it may have started off).
 // Safe to call from any goroutine, any number of times.
 func (f *Fetcher) EnablePrefetch() { f.pull.enable() }
@@ -402,11 +430,12 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 			}
 		}()
 	}
-	// Logged once the loops are started: a log line is a write(2), off the way to
-	// the first page.
+	// What follows waits for the first page (untilFirstPage): a log line
+	// is a write(2), and ending a lane or watching the VMM are system calls.
+	untilFirstPage(ctx, f.stats.firstPlaced, f.cfg.HandoffAt)
 	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,
 		"pages", f.pages.TotalPages(), "regions", len(f.pages.Areas()), "since_handoff", sinceHandoff)
-	unused.End(f.log) // off the way to the first page: the loops run
+	unused.End(f.log)
 	if f.cfg.VMMPid != 0 {
 		stopWatch, err := f.watchVMM(f.cfg.VMMPid)
 		if err != nil {

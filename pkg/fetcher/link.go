@@ -515,6 +515,9 @@ func (l *link) demandRecv(c *conn) error {
 
 // openBulk opens the bulk lane of c; bulkSend and bulkRecv wait for it.
 func (l *link) openBulk(c *conn) error {
+	// Opening it costs both ends CPU (a greeting, the server's lookup of
+	// the session): not before the first page. bulkSend waits as long.
+	untilFirstPage(c.ctx, l.stats.firstPlaced, l.cfg.HandoffAt)
 	lane, err := c.sess.Bulk(c.ctx)
 	if err != nil {
 		return err
@@ -549,25 +552,11 @@ func (l *link) bulkSend(c *conn) error {
 	case <-c.ctx.Done():
 		return nil
 	}
-	// Right after the handoff, the workload's first fault is the
-	// switchover's critical path: the prefetch starts once the first page
-	// is placed, or a grace period after the handoff if no fault comes.
-	placed := false
-	select {
-	case <-l.stats.firstPlaced:
-		placed = true
-	default:
-	}
-	if wait := prefetch.StartAfter(time.Since(l.cfg.HandoffAt), placed); wait > 0 {
-		t := time.NewTimer(wait)
-		select {
-		case <-l.stats.firstPlaced:
-		case <-t.C:
-		case <-c.ctx.Done():
-			t.Stop()
-			return nil
-		}
-		t.Stop()
+	// The prefetch starts once the first page is placed, or a grace period
+	// after the handoff if no fault comes.
+	untilFirstPage(c.ctx, l.stats.firstPlaced, l.cfg.HandoffAt)
+	if c.ctx.Err() != nil {
+		return nil
 	}
 	l.awaitResume(c)
 	var runs, crossed []prefetch.Run
