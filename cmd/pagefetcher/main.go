@@ -128,8 +128,8 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	defer h.close()
 	// The handoff allocates the page table, the lanes' buffers and the
 	// loops' stacks: enough to start a collection, which on the VMM's CPU
-	// takes a millisecond from the first page. None runs until that page
-	// is placed.
+	// takes a millisecond from the first page. None runs until the
+	// switchover is over (Fetcher.Settled).
 	resumeGC := holdGC()
 	defer resumeGC()
 	f, err := fetcher.New(fetcher.Config{
@@ -152,7 +152,8 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	// The fetcher owns the source and the session opened ahead from here.
 	// The switchover's critical path is the VMM's first page: on a host
 	// whose CPU the VMM shares, any work of ours before it is placed
-	// delays it. What can wait does, until then or gcHoldMax.
+	// delays it. What can wait does: until the fetcher settles, or
+	// gcHoldMax.
 	chores := make(chan struct{})
 	defer func() { <-chores }()
 	return supervise(ctx, f, c, sigs, out, stderr, log, func() {
@@ -161,7 +162,7 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 			t := time.NewTimer(gcHoldMax)
 			defer t.Stop()
 			select {
-			case <-f.FirstPlaced():
+			case <-f.Settled():
 			case <-t.C:
 			case <-ctx.Done():
 			}
@@ -192,9 +193,10 @@ func demandRate(flag float64) float64 {
 // README's "Hybrid migration" allows beside the cache.
 const warmHeapLimit = 16 << 20
 
-// gcHoldMax bounds holdGC when no fault comes: the prefetch starts then,
-// and the heap must not grow without a collector.
-const gcHoldMax = prefetch.StartGrace
+// gcHoldMax bounds holdGC (and the other work that waits for
+// Fetcher.Settled) if the fetcher does not settle: the heap must not grow
+// without a collector once the prefetch runs.
+const gcHoldMax = 4 * prefetch.StartGrace
 
 // holdGC turns the garbage collector off (a soft memory limit, if set, still
 // applies) and returns the function that turns it back on, safe to call

@@ -221,6 +221,10 @@ type Fetcher struct {
 	pull  *puller
 	stats *counters
 	life  *lifecycle
+	// settled closes once the switchover is over (Settled), by
+	// closeSettled.
+	settled     chan struct{}
+	settledOnce sync.Once
 }
 
 // New checks the configuration and prepares a migration.
@@ -248,7 +252,7 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	// The start is set before Run, so that Progress may read it meanwhile.
 	f := &Fetcher{cfg: cfg, log: cfg.Logger, life: newLifecycle(),
-		stats: &counters{firstPlaced: make(chan struct{})}}
+		stats: &counters{firstPlaced: make(chan struct{})}, settled: make(chan struct{})}
 	if f.cfg.HandoffAt.IsZero() {
 		f.cfg.HandoffAt = f.life.start
 	}
@@ -321,9 +325,26 @@ func untilFirstPage(ctx context.Context, placed <-chan struct{}, handoff time.Ti
 	}
 }
 
-// FirstPlaced is closed once the first page is placed: the switchover's
-// critical path is over. A caller may hold back work of its own until then.
-func (f *Fetcher) FirstPlaced() <-chan struct{} { return f.stats.firstPlaced }
+// Settled is closed once the switchover is over: prefetch.StartGrace after
+// the first page is placed, or when Run returns. Work that can wait —
+// the caller's as the fetcher's own — is off the first page's way, and
+// off the way of the thread it wakes, if it waits for it.
+func (f *Fetcher) Settled() <-chan struct{} { return f.settled }
+
+// settle closes settled StartGrace after the first page is placed (see
+// untilFirstPage), or when ctx ends.
+func (f *Fetcher) settle(ctx context.Context) {
+	defer f.closeSettled()
+	untilFirstPage(ctx, f.stats.firstPlaced, f.cfg.HandoffAt)
+	t := time.NewTimer(prefetch.StartGrace)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+func (f *Fetcher) closeSettled() { f.settledOnce.Do(func() { close(f.settled) }) }
 
 // EnablePrefetch turns the background pull on (it may have started off).
 // Safe to call from any goroutine, any number of times.
@@ -355,6 +376,7 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		// confirm pass read it.
 		w.stop()
 	}
+	defer f.closeSettled()
 	f.link.setSource(f.cfg.Source)
 	defer func() { f.link.source().Close() }()
 	if w := f.cfg.Warmup; w != nil {
@@ -414,6 +436,8 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		f.life.fail(f.loop.run(f.link.prio.thread()))
 	}()
 	go func() { defer wg.Done(); f.link.connLoop(runCtx, f.cfg.Source, first) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); f.settle(runCtx) }()
 	if f.cfg.RecordWorkingSet {
 		wg.Add(1)
 		go func() { defer wg.Done(); f.link.recordPhase(runCtx) }()
@@ -430,9 +454,13 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 			}
 		}()
 	}
-	// What follows waits for the first page (untilFirstPage): a log line
-	// is a write(2), and ending a lane or watching the VMM are system calls.
-	untilFirstPage(ctx, f.stats.firstPlaced, f.cfg.HandoffAt)
+	// What follows waits until the switchover is over (Settled): a log
+	// line is a write(2), and ending a lane or watching the VMM are system
+	// calls.
+	select {
+	case <-f.settled:
+	case <-f.life.failCh:
+	}
 	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,
 		"pages", f.pages.TotalPages(), "regions", len(f.pages.Areas()), "since_handoff", sinceHandoff)
 	unused.End(f.log)
