@@ -117,10 +117,13 @@ type demandPrio struct {
 	budget   *realTimeBudget // nil: unbounded
 	once     sync.Once
 	log      hclog.Logger
+	// settled: its log line waits for the switchover (Fetcher.Settled);
+	// the threads are made right after the handoff.
+	settled <-chan struct{}
 }
 
-func newDemandPrio(realTime bool, budget float64, log hclog.Logger) *demandPrio {
-	d := &demandPrio{realTime: realTime, log: log}
+func newDemandPrio(realTime bool, budget float64, settled <-chan struct{}, log hclog.Logger) *demandPrio {
+	d := &demandPrio{realTime: realTime, settled: settled, log: log}
 	if realTime {
 		d.budget = newRealTimeBudget(budget)
 	}
@@ -136,7 +139,12 @@ func (d *demandPrio) thread() *demandThread {
 	}
 	th, err := sched.RealTimeThread()
 	if err != nil {
-		d.once.Do(func() { d.log.Info("the demand path runs at normal priority", "error", err) })
+		d.once.Do(func() {
+			go func() {
+				<-d.settled
+				d.log.Info("the demand path runs at normal priority", "error", err)
+			}()
+		})
 	} else if d.budget != nil {
 		d.budget.add(th)
 	}

@@ -271,7 +271,7 @@ func New(cfg Config) (*Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: %w", err)
 	}
-	prio := newDemandPrio(cfg.RealTimeDemand, cfg.RealTimeBudget, f.log)
+	prio := newDemandPrio(cfg.RealTimeDemand, cfg.RealTimeBudget, f.settled, f.log)
 	f.pull = newPuller(f.pages)
 	f.pull.ws, f.pull.record = cfg.WorkingSet, cfg.RecordWorkingSet
 	f.pull.recording.Store(cfg.RecordWorkingSet)

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/postcopy/postcopy/pkg/client"
 	"github.com/postcopy/postcopy/pkg/handshake"
 	"github.com/postcopy/postcopy/pkg/image"
+	"github.com/postcopy/postcopy/pkg/prefetch"
 	"github.com/postcopy/postcopy/pkg/server"
 	"github.com/postcopy/postcopy/pkg/uffd"
 	"github.com/postcopy/postcopy/pkg/wire"
@@ -495,6 +497,7 @@ func TestFaultsRideBulkLane(t *testing.T) {
 type bulkWrapSource struct {
 	Source
 	wrap      func(Lane) Lane
+	opening   func() // if set, called as a bulk lane is about to open
 	retryable error
 	noOmit    bool
 }
@@ -519,6 +522,9 @@ type bulkWrapSession struct {
 func (w bulkWrapSession) CanOmit() bool { return !w.s.noOmit && canOmit(w.Session) }
 
 func (w bulkWrapSession) Bulk(ctx context.Context) (Lane, error) {
+	if w.s.opening != nil {
+		w.s.opening()
+	}
 	l, err := w.Session.Bulk(ctx)
 	if err != nil || w.s.wrap == nil {
 		return l, err
@@ -596,5 +602,45 @@ func TestBackToBackFaultsRide(t *testing.T) {
 	m.check(t)
 	if m.sum.FaultsOnBulk != 0 {
 		t.Errorf("riding off, yet %d faults rode", m.sum.FaultsOnBulk)
+	}
+}
+
+// Right after the handoff nothing but the first page runs: the bulk lane
+// begins to open once it is placed (or StartGrace after the handoff, if no fault
+// comes), and Settled closes StartGrace after it, and by the time Run
+// returns.
+func TestNothingBeforeFirstPage(t *testing.T) {
+	h := newHarness(t, 8<<20)
+	c, err := client.Dial(context.Background(), h.addr, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var opening []time.Time // when each bulk lane began to open
+	src := bulkWrapSource{Source: ClientSource(c), opening: func() {
+		mu.Lock()
+		opening = append(opening, time.Now())
+		mu.Unlock()
+	}}
+	m := h.migrate("4k:0x0:8M", Config{Prefetch: true, Source: src}, "FETCHER_TEST_THREADS=1", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
+	select {
+	case <-m.f.Settled():
+	default:
+		t.Error("Run returned, Settled is still open")
+	}
+	first := time.Duration(m.sum.FirstPageMS * float64(time.Millisecond))
+	if first <= 0 {
+		t.Fatalf("no first page recorded: %+v", *m.sum)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(opening) == 0 {
+		t.Fatalf("no bulk lane was opened; summary %+v", *m.sum)
+	}
+	// The clock is read once the lane began to open: a bound from above.
+	if at := opening[0].Sub(m.f.cfg.HandoffAt); at < min(first, prefetch.StartGrace) {
+		t.Errorf("the bulk lane began to open %v after the handoff: before the first page (%v) and the grace (%v)",
+			at, first, prefetch.StartGrace)
 	}
 }
