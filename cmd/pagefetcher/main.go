@@ -120,6 +120,8 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	out.line(&events.FetcherReady{UFFDSocket: lis.Addr(), Server: c.server, ImageSizeBytes: up.info.Size,
 		Generation: fmt.Sprintf("%016x", up.info.Generation)})
 
+	// The threads the handoff's goroutines take are made now, idle.
+	cli.WarmThreads(handoffThreads)
 	h, err := awaitHandoff(ctx, c, lis, sigs, log)
 	if err != nil {
 		up.close(log)
@@ -192,6 +194,12 @@ func demandRate(flag float64) float64 {
 // (8 runs of 1 MiB) the limit is 32 MiB, under the 64 MiB of overhead
 // README's "Hybrid migration" allows beside the cache.
 const warmHeapLimit = 16 << 20
+
+// handoffThreads is how many idle OS threads pagefetcher makes before the
+// handoff (cli.WarmThreads): at the handoff the fault loop and the demand
+// receiver lock one each, and the lanes' and the placers' goroutines start
+// with GOMAXPROCS (cli.MinProcs) running at once.
+const handoffThreads = 8
 
 // gcHoldMax bounds holdGC (and the other work that waits for
 // Fetcher.Settled) if the fetcher does not settle: the heap must not grow

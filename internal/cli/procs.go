@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // MinProcs is the GOMAXPROCS the binaries run with at least.
@@ -52,4 +53,30 @@ func PeakRSS() (uint64, error) {
 		}
 	}
 	return 0, errors.New("/proc/self/status has no VmHWM")
+}
+
+// WarmThreads makes n OS threads for the Go runtime to keep idle: a
+// goroutine that locks its thread, or one that blocks in a system call,
+// then takes one of them instead of waiting for a clone(2) — at the
+// handoff, where a dozen goroutines start at once on the first page's way.
+// Call it while idle; it returns once the threads are parked.
+func WarmThreads(n int) {
+	var locked, done sync.WaitGroup
+	release := make(chan struct{})
+	locked.Add(n)
+	done.Add(n)
+	for range n {
+		go func() {
+			defer done.Done()
+			// Locked, the goroutine holds its thread while it waits,
+			// so that each of the n waits on a thread of its own.
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			locked.Done()
+			<-release
+		}()
+	}
+	locked.Wait()
+	close(release)
+	done.Wait()
 }
