@@ -68,7 +68,7 @@ func awaitHandoff(ctx context.Context, c *config, lis *handshake.Listener, sigs 
 		}
 		return nil, cli.Exitf(exitForced, "%v before any VMM handed over", s)
 	}
-	at := time.Now()
+	at := ho.At
 	fd, err := uffd.FromFD(ho.FD)
 	if err != nil {
 		unix.Close(ho.FD)

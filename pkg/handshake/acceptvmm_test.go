@@ -130,3 +130,33 @@ func TestAcceptVMMAllowPID(t *testing.T) {
 		t.Errorf("AcceptVMM after cancel: %v, want context.Canceled", err)
 	}
 }
+
+// AcceptVMM returns a handoff while its accept loop still winds down; the
+// next AcceptVMM on the listener waits for that, then takes the next VMM.
+// Each handoff is timed from its handshake's read.
+func TestAcceptVMMTwice(t *testing.T) {
+	noLeaks(t)
+	path := filepath.Join(t.TempDir(), "uffd.sock")
+	l := mustListen(t, path, ListenOptions{AllowUID: -1})
+	defer l.Close()
+	for i := range 2 {
+		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent := time.Now()
+		if err := Send(c, testRegions, uffd(t), false); err != nil {
+			t.Fatal(err)
+		}
+		h, err := l.AcceptVMM(context.Background(), func(err error) { t.Errorf("handoff %d: refused: %v", i, err) })
+		returned := time.Now()
+		if err != nil {
+			t.Fatalf("handoff %d: %v", i, err)
+		}
+		if h.At.Before(sent) || h.At.After(returned) {
+			t.Errorf("handoff %d: At %v is not between the send (%v) and the return (%v)", i, h.At, sent, returned)
+		}
+		h.Close()
+		c.Close()
+	}
+}

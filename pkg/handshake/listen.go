@@ -289,38 +289,51 @@ const maxPendingHandshakes = 8
 // is closed and reported to refused, if not nil, while the wait goes on: a
 // stray or hostile client cannot end it, nor hold it up for longer than
 // the timeout. It returns once a handshake succeeded, with the other
-// handshakes in progress abandoned, or with ctx's error. Listening goes on
-// until Close, which the caller does at once to turn later clients away.
+// handshakes in progress abandoned (in the background: a later AcceptVMM
+// waits for that), or with ctx's error. Listening goes on until Close,
+// which the caller does to turn later clients away.
 func (l *Listener) AcceptVMM(ctx context.Context, refused func(error)) (*Handoff, error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	if err := l.ln.SetDeadline(time.Time{}); err != nil {
+		cancel()
+		l.mu.Unlock()
 		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, err)
 	}
-	stop := interruptOnDone(ctx, func() { l.ln.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-
-	var wg sync.WaitGroup
 	won := make(chan *Handoff, 1) // the first valid handoff; it cancels ctx
-	err := l.acceptLoop(ctx, &wg, func(h *Handoff) {
-		select {
-		case won <- h:
-			cancel() // the others stop, the accept returns
-		default:
-			h.Close() // another handshake won
-		}
-	}, refused)
-	cancel()
-	wg.Wait()
-	// A handoff that came while the wait ended for another reason still
-	// wins: its VMM is waiting.
+	ended := make(chan error, 1)
+	go func() {
+		// The loop winds down after a handoff won, off the way of the
+		// VMM's first page: an accept interrupted, the other handshakes
+		// in progress abandoned. The next AcceptVMM waits for it.
+		defer l.mu.Unlock()
+		stop := interruptOnDone(ctx, func() { l.ln.SetDeadline(time.Unix(1, 0)) })
+		var wg sync.WaitGroup
+		err := l.acceptLoop(ctx, &wg, func(h *Handoff) {
+			select {
+			case won <- h:
+				cancel() // the others stop, the accept returns
+			default:
+				h.Close() // another handshake won
+			}
+		}, refused)
+		cancel()
+		wg.Wait()
+		stop()
+		ended <- err
+	}()
 	select {
 	case h := <-won:
 		return h, nil
-	default:
-		return nil, err
+	case err := <-ended:
+		// A handoff that came while the wait ended for another reason
+		// still wins: its VMM is waiting.
+		select {
+		case h := <-won:
+			return h, nil
+		default:
+			return nil, err
+		}
 	}
 }
 

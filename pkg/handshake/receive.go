@@ -39,6 +39,9 @@ type Handoff struct {
 	Conn *net.UnixConn
 	// Cred holds the peer's credentials (SO_PEERCRED).
 	Cred unix.Ucred
+	// At is when the handshake's first bytes were read: the handoff, as
+	// the receiving side can time it.
+	At time.Time
 }
 
 // Close closes FD and Conn, for a caller that gives up on the handoff.
@@ -106,6 +109,7 @@ func ReceiveContext(ctx context.Context, conn *net.UnixConn, timeout time.Durati
 	}
 
 	n, oobn, flags, _, err := conn.ReadMsgUnix(buf, oob)
+	at := time.Now()
 	got, perr := rights(oob[:oobn])
 	fds = append(fds, got...)
 	switch {
@@ -160,7 +164,7 @@ func ReceiveContext(ctx context.Context, conn *net.UnixConn, timeout time.Durati
 	if link != uffdLink {
 		return fail(invalidf("fd is not a userfaultfd: %s", link))
 	}
-	return &Handoff{Regions: regions, FD: fds[0], Conn: conn, Cred: cred}, nil
+	return &Handoff{Regions: regions, FD: fds[0], Conn: conn, Cred: cred, At: at}, nil
 }
 
 // rights returns the descriptors of every SCM_RIGHTS message in oob. It
