@@ -398,7 +398,9 @@ func isTemporary(err error) bool {
 }
 
 // Close stops listening and removes the socket file (if it is still the one
-// Listen created). Connections handed out stay open.
+// Listen created). Connections handed out stay open. It returns once an
+// Accept or AcceptVMM in progress (a handshake Accept is reading
+// included) and an AcceptVMM's wind-down have ended.
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		l.closeErr = l.ln.Close()
@@ -409,5 +411,9 @@ func (l *Listener) Close() error {
 			}
 		}
 	})
+	// An accept in progress, or an AcceptVMM's loop still winding down,
+	// ends with the listener: nothing of l runs once Close returns.
+	l.mu.Lock()
+	l.mu.Unlock()
 	return l.closeErr
 }
