@@ -160,3 +160,19 @@ func TestAcceptVMMTwice(t *testing.T) {
 		c.Close()
 	}
 }
+
+// Once Close has returned, Accept and AcceptVMM fail at once with
+// net.ErrClosed.
+func TestAcceptAfterClose(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "uffd.sock")
+	l := mustListen(t, path, ListenOptions{AllowUID: -1})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.AcceptVMM(context.Background(), nil); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("AcceptVMM after Close: %v, want net.ErrClosed", err)
+	}
+	if _, err := l.Accept(context.Background()); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
+	}
+}

@@ -39,7 +39,10 @@ type Listener struct {
 	// only that file.
 	dev, ino uint64
 
-	mu        sync.Mutex // serialises Accept
+	mu sync.Mutex // serialises Accept and AcceptVMM (its wind-down included)
+	// closed, under mu, refuses accepts once Close has waited for the
+	// last one.
+	closed    bool
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -224,6 +227,9 @@ func (l *Listener) Addr() string { return l.path }
 func (l *Listener) Accept(ctx context.Context) (*Handoff, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.closed {
+		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, net.ErrClosed)
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, err)
 	}
@@ -294,6 +300,10 @@ const maxPendingHandshakes = 8
 // which the caller does to turn later clients away.
 func (l *Listener) AcceptVMM(ctx context.Context, refused func(error)) (*Handoff, error) {
 	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, net.ErrClosed)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	if err := l.ln.SetDeadline(time.Time{}); err != nil {
 		cancel()
@@ -400,7 +410,8 @@ func isTemporary(err error) bool {
 // Close stops listening and removes the socket file (if it is still the one
 // Listen created). Connections handed out stay open. It returns once an
 // Accept or AcceptVMM in progress (a handshake Accept is reading
-// included) and an AcceptVMM's wind-down have ended.
+// included) and an AcceptVMM's wind-down have ended; later ones fail with
+// net.ErrClosed.
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		l.closeErr = l.ln.Close()
@@ -412,8 +423,10 @@ func (l *Listener) Close() error {
 		}
 	})
 	// An accept in progress, or an AcceptVMM's loop still winding down,
-	// ends with the listener: nothing of l runs once Close returns.
+	// ends with the listener: nothing of l runs once Close returns, and no
+	// accept starts after it.
 	l.mu.Lock()
+	l.closed = true
 	l.mu.Unlock()
 	return l.closeErr
 }
