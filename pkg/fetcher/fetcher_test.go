@@ -230,6 +230,18 @@ type migration struct {
 	stderr string
 }
 
+// imageFile opens the harness's image file, read-write (a test may change
+// it under a warm-up), closed when the test ends.
+func (h *harness) imageFile() *os.File {
+	h.t.Helper()
+	f, err := os.OpenFile(h.imgPath, os.O_RDWR, 0)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { f.Close() })
+	return f
+}
+
 // migrate runs one migration: a VMM child with the given environment, the
 // fetcher in this process.
 func (h *harness) migrate(spec string, cfg Config, env ...string) migration {
@@ -428,11 +440,7 @@ func TestVMMExitsMidMigration(t *testing.T) {
 // every byte arrives, by both lanes, and zero pages as zero pages.
 func TestMigrateReaderSource(t *testing.T) {
 	h := newHarness(t, 16<<20)
-	f, err := os.Open(h.imgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := h.imageFile()
 	src := NewReaderSource(f, 16<<20, "file "+h.imgPath)
 	cfg := Config{Source: src, Prefetch: true, ImageSize: src.Info().Size,
 		Opened: OpenAhead(context.Background(), src, src.Info(), nil)}
@@ -561,11 +569,7 @@ func (l failingLane) Send(r Request) error {
 // would leave Run waiting until the harness's deadline).
 func TestBulkSendFailsMidBatch(t *testing.T) {
 	h := newHarness(t, 8<<20)
-	f, err := os.Open(h.imgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := h.imageFile()
 	for _, failAt := range []int64{2, 3, 5, 8} {
 		t.Run(fmt.Sprint("send=", failAt), func(t *testing.T) {
 			var sends atomic.Int64

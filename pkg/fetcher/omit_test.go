@@ -127,11 +127,7 @@ func (l sameLane) Recv() (*Response, error) {
 // of them: the run is asked for again, and every byte arrives.
 func TestBulkAnswerOmitsPagesNotHere(t *testing.T) {
 	h := newHarness(t, 8<<20)
-	f, err := os.Open(h.imgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := h.imageFile()
 	var done atomic.Bool
 	log, buf := bufLogger()
 	src := bulkWrapSource{Source: NewReaderSource(f, 8<<20, "file"),
@@ -172,11 +168,7 @@ func TestBySpan(t *testing.T) {
 func TestSpanRequestsLost(t *testing.T) {
 	const size = 8 << 20
 	h := newHarness(t, size)
-	f, err := os.Open(h.imgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := h.imageFile()
 	var order []uint64
 	for off := uint64(size - 3*4096); off < size; off -= 5 * 4096 {
 		order = append(order, off)

@@ -25,11 +25,7 @@ import (
 // (the VMM verifies against the file's bytes at its end).
 func (h *harness) warmSource() (*ReaderSource, *os.File) {
 	h.t.Helper()
-	f, err := os.OpenFile(h.imgPath, os.O_RDWR, 0)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(func() { f.Close() })
+	f := h.imageFile()
 	fi, err := f.Stat()
 	if err != nil {
 		h.t.Fatal(err)
