@@ -503,9 +503,11 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 // before it writes them: a thread may wait on the first (a fault riding the
 // bulk lane leads its batch), and reading a run of 4 KiB takes a few
 // microseconds.
-// heldMaxMem bounds the buffers they hold: an answer that omits most of
-// its run (wire.Request.Omit) is short on the wire but holds a buffer for
-// the whole run.
+// heldMaxMem bounds the buffers they hold: an answer with any data segment
+// holds its run's whole buffer (readPages lays every page at its natural
+// place) until written, so one that is mostly zero pages, or pages its
+// request omitted (wire.Request.Omit), is short on the wire but holds as
+// much memory as a full one.
 const (
 	heldMaxBytes   = 128 << 10
 	heldMaxAnswers = 32
