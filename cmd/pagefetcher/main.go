@@ -20,7 +20,6 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,7 +31,6 @@ import (
 	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/fetcher"
 	"github.com/postcopy/postcopy/pkg/handshake"
-	"github.com/postcopy/postcopy/pkg/prefetch"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -154,20 +152,14 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	// The fetcher owns the source and the session opened ahead from here.
 	// The switchover's critical path is the VMM's first page: on a host
 	// whose CPU the VMM shares, any work of ours before it is placed
-	// delays it. What can wait does: until the fetcher settles, or
-	// gcHoldMax.
+	// delays it. What can wait does, until the fetcher settles (within
+	// twice prefetch.StartGrace of the handoff, or when Run returns).
 	chores := make(chan struct{})
 	defer func() { <-chores }()
 	return supervise(ctx, f, c, sigs, out, stderr, log, func() {
 		go func() {
 			defer close(chores)
-			t := time.NewTimer(gcHoldMax)
-			defer t.Stop()
-			select {
-			case <-f.Settled():
-			case <-t.C:
-			case <-ctx.Done():
-			}
+			<-f.Settled()
 			resumeGC()
 			// No other client may connect from now on: the socket file
 			// goes. Nobody accepts on it since the handoff.
@@ -200,11 +192,6 @@ const warmHeapLimit = 16 << 20
 // receiver lock one each, and the lanes' and the placers' goroutines start
 // with GOMAXPROCS (cli.MinProcs) running at once.
 const handoffThreads = 8
-
-// gcHoldMax bounds holdGC (and the other work that waits for
-// Fetcher.Settled) if the fetcher does not settle: the heap must not grow
-// without a collector once the prefetch runs.
-const gcHoldMax = 4 * prefetch.StartGrace
 
 // holdGC turns the garbage collector off (a soft memory limit, if set, still
 // applies) and returns the function that turns it back on, safe to call

@@ -221,10 +221,8 @@ type Fetcher struct {
 	pull  *puller
 	stats *counters
 	life  *lifecycle
-	// settled closes once the switchover is over (Settled), by
-	// closeSettled.
-	settled     chan struct{}
-	settledOnce sync.Once
+	// settled closes once the switchover is over (Settled, settle).
+	settled chan struct{}
 }
 
 // New checks the configuration and prepares a migration.
@@ -307,12 +305,13 @@ func New(cfg Config) (*Fetcher, error) {
 // critical path, and on a host whose CPU the workload shares, any other
 // work of the fetcher's, or of the server's on its behalf, delays it.
 func untilFirstPage(ctx context.Context, placed <-chan struct{}, handoff time.Time) {
+	done := false
 	select {
 	case <-placed:
-		return
+		done = true
 	default:
 	}
-	wait := prefetch.StartAfter(time.Since(handoff), false)
+	wait := prefetch.StartAfter(time.Since(handoff), done)
 	if wait <= 0 {
 		return
 	}
@@ -326,7 +325,9 @@ func untilFirstPage(ctx context.Context, placed <-chan struct{}, handoff time.Ti
 }
 
 // Settled is closed once the switchover is over: prefetch.StartGrace after
-// the first page is placed, or when Run returns. Work that can wait —
+// the first page is placed, or after the handoff's grace if no fault comes
+// (at most twice StartGrace after the handoff), or when Run returns; never
+// before Run is called. Work that can wait —
 // the caller's as the fetcher's own — is off the first page's way, and
 // off the way of the thread it wakes, if it waits for it.
 func (f *Fetcher) Settled() <-chan struct{} { return f.settled }
@@ -334,7 +335,7 @@ func (f *Fetcher) Settled() <-chan struct{} { return f.settled }
 // settle closes settled StartGrace after the first page is placed (see
 // untilFirstPage), or when ctx ends.
 func (f *Fetcher) settle(ctx context.Context) {
-	defer f.closeSettled()
+	defer close(f.settled)
 	untilFirstPage(ctx, f.stats.firstPlaced, f.cfg.HandoffAt)
 	t := time.NewTimer(prefetch.StartGrace)
 	defer t.Stop()
@@ -343,8 +344,6 @@ func (f *Fetcher) settle(ctx context.Context) {
 	case <-ctx.Done():
 	}
 }
-
-func (f *Fetcher) closeSettled() { f.settledOnce.Do(func() { close(f.settled) }) }
 
 // EnablePrefetch turns the background pull on (it may have started off).
 // Safe to call from any goroutine, any number of times.
@@ -376,7 +375,12 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		// confirm pass read it.
 		w.stop()
 	}
-	defer f.closeSettled()
+	// The switchover's clock runs from the handoff, whatever Run does
+	// first (a session opened now takes round trips).
+	settleCtx, stopSettle := context.WithCancel(ctx)
+	settled := make(chan struct{})
+	go func() { defer close(settled); f.settle(settleCtx) }()
+	defer func() { stopSettle(); <-settled }()
 	f.link.setSource(f.cfg.Source)
 	defer func() { f.link.source().Close() }()
 	if w := f.cfg.Warmup; w != nil {
@@ -436,8 +440,6 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		f.life.fail(f.loop.run(f.link.prio.thread()))
 	}()
 	go func() { defer wg.Done(); f.link.connLoop(runCtx, f.cfg.Source, first) }()
-	wg.Add(1)
-	go func() { defer wg.Done(); f.settle(runCtx) }()
 	if f.cfg.RecordWorkingSet {
 		wg.Add(1)
 		go func() { defer wg.Done(); f.link.recordPhase(runCtx) }()
