@@ -669,7 +669,7 @@ func (l *link) ask(c *conn, runs, crossed []prefetch.Run, now time.Time) pagesta
 			}
 		}
 	}
-	return l.pages.AskBulkOmit(first.Region, first.Page, pages, omit, now)
+	return l.pages.AskBulk(first.Region, first.Page, pages, omit, now)
 }
 
 // canOmit reports whether sess's bulk lane honours Request.Omit

@@ -43,14 +43,9 @@ func (t *Table) Run(area int, page uint64, pages uint32, now time.Time) BulkRun 
 }
 
 // AskBulk makes a bulk request outstanding for pages [page, page+pages) of
-// area and returns it, to send.
-func (t *Table) AskBulk(area int, page uint64, pages uint32, now time.Time) BulkRun {
-	return t.AskBulkOmit(area, page, pages, nil, now)
-}
-
-// AskBulkOmit is AskBulk for a run whose pages omit marks are not asked for
-// (BulkRun.Omit): its Bytes count the others only.
-func (t *Table) AskBulkOmit(area int, page uint64, pages uint32, omit []byte, now time.Time) BulkRun {
+// area and returns it, to send; the pages omit marks (nil: none) are not
+// asked for (BulkRun.Omit), and its Bytes count the others only.
+func (t *Table) AskBulk(area int, page uint64, pages uint32, omit []byte, now time.Time) BulkRun {
 	b := t.Run(area, page, pages, now)
 	if len(omit) > 0 {
 		b.Omit = omit
@@ -66,12 +61,8 @@ func (t *Table) AskBulkOmit(area int, page uint64, pages uint32, omit []byte, no
 	return b
 }
 
-// BulkAsked reports whether bulk request id is outstanding: an answer to
-// any other is a protocol error.
-func (t *Table) BulkAsked(id uint64) bool { return t.bulk.Asked(id) }
-
 // BulkRunOf returns outstanding bulk request id; ok is false if it is not
-// outstanding.
+// outstanding: an answer to any other is a protocol error.
 func (t *Table) BulkRunOf(id uint64) (BulkRun, bool) { return t.bulk.Get(id) }
 
 // BulkDone ends bulk request id (answered and placed, or failed) and
@@ -92,7 +83,7 @@ func (t *Table) BulkLost(out []BulkRun) []BulkRun { return t.bulk.Lost(out) }
 func (t *Table) BulkLate(limit time.Time) bool { return t.bulk.Late(limit) }
 
 // Runs are the runs outstanding on one lane that asks for runs of pages:
-// the bulk lane's (Table.AskBulk and its kin), the confirm pass's. The zero
+// the bulk lane's (Table.AskBulk), the confirm pass's. The zero
 // value is empty; it is safe for concurrent use.
 type Runs struct {
 	mu    sync.Mutex
@@ -109,14 +100,6 @@ func (r *Runs) Add(b BulkRun) {
 	r.runs[b.ID] = b
 	r.bytes += b.Bytes
 	r.mu.Unlock()
-}
-
-// Asked reports whether request id is outstanding.
-func (r *Runs) Asked(id uint64) bool {
-	r.mu.Lock()
-	_, ok := r.runs[id]
-	r.mu.Unlock()
-	return ok
 }
 
 // Get returns outstanding request id; ok is false if it is not.

@@ -89,13 +89,13 @@ func TestRandomScripts(t *testing.T) {
 				do(fmt.Sprintf("%s 0 %d %d", verb, p, n))
 			case k < 13:
 				p, n := r.IntN(pages), 1+r.IntN(8)
-				b := h.t.AskBulk(0, uint64(p), uint32(min(n, pages-p)), h.now)
+				b := h.t.AskBulk(0, uint64(p), uint32(min(n, pages-p)), nil, h.now)
 				log = append(log, fmt.Sprintf("# sent #%d", b.ID))
 				sent = append(sent, b.ID)
 			case k < 14:
 				if len(sent) > 0 {
 					i := r.IntN(len(sent))
-					if h.t.BulkAsked(sent[i]) {
+					if _, ok := h.t.BulkRunOf(sent[i]); ok {
 						do(fmt.Sprintf("answer %d", sent[i]))
 					}
 					sent = append(sent[:i], sent[i+1:]...)

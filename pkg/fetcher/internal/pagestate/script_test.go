@@ -325,7 +325,7 @@ func (*harness) run(hp **harness, cmd string) (string, error) {
 		if _, err = h.area(v[0]); err != nil {
 			return "", err
 		}
-		b := h.t.AskBulk(int(v[0]), v[1], uint32(v[2]), h.now)
+		b := h.t.AskBulk(int(v[0]), v[1], uint32(v[2]), nil, h.now)
 		h.say("sent #%d %d:%d+%d", b.ID, b.Area, b.Page, b.Pages)
 		h.flushKernel()
 	case "answer":
@@ -333,7 +333,7 @@ func (*harness) run(hp **harness, cmd string) (string, error) {
 		if v, err = parseNums(f[1:], 1); err != nil {
 			return "", err
 		}
-		if !h.t.BulkAsked(v[0]) {
+		if _, ok := h.t.BulkRunOf(v[0]); !ok {
 			h.say("error: bulk answer %d was never asked for", v[0])
 			h.flushKernel()
 			break

@@ -13,7 +13,7 @@
 // several goroutines at once: the fault loop (Fault, Discard, Remap,
 // ZeroFill), the demand receiver (PlaceStep, Answered), and the link's
 // goroutines of each connection — serveConn (Resend, BulkLost, Unclaimed),
-// bulkSend (AskBulk, BulkInFlight), bulkRecv (BulkAsked, BulkDone,
+// bulkSend (AskBulk, BulkInFlight), bulkRecv (BulkRunOf, BulkDone,
 // PlaceStep) and the watchdog (Late, BulkLate) — so that a demand answer is
 // placed by the goroutine that read it, with no hand-off on the way to the
 // guest. They agree through the page state bits,
