@@ -516,7 +516,8 @@ func (l *link) demandRecv(c *conn) error {
 // openBulk opens the bulk lane of c; bulkSend and bulkRecv wait for it.
 func (l *link) openBulk(c *conn) error {
 	// Opening it costs both ends CPU (a greeting, the server's lookup of
-	// the session): not before the first page. bulkSend waits as long.
+	// the session): not before the first page, which the prefetch waits
+	// for too (bulkSend waits for the lane).
 	untilFirstPage(c.ctx, l.stats.firstPlaced, l.cfg.HandoffAt)
 	lane, err := c.sess.Bulk(c.ctx)
 	if err != nil {
@@ -542,6 +543,9 @@ func (l *link) bulkSend(c *conn) error {
 	case <-c.ctx.Done():
 		return nil
 	}
+	// The prefetch starts once the first page is placed, or a grace period
+	// after the handoff if no fault comes: openBulk opens the lane no
+	// sooner.
 	select {
 	case <-c.bulkReady:
 	case <-c.ctx.Done():
@@ -550,12 +554,6 @@ func (l *link) bulkSend(c *conn) error {
 	select {
 	case <-l.pull.wsReady:
 	case <-c.ctx.Done():
-		return nil
-	}
-	// The prefetch starts once the first page is placed, or a grace period
-	// after the handoff if no fault comes.
-	untilFirstPage(c.ctx, l.stats.firstPlaced, l.cfg.HandoffAt)
-	if c.ctx.Err() != nil {
 		return nil
 	}
 	l.awaitResume(c)
