@@ -39,7 +39,7 @@ type Listener struct {
 	// only that file.
 	dev, ino uint64
 
-	mu sync.Mutex // serialises Accept and AcceptVMM (its wind-down included)
+	mu sync.Mutex // serialises Accept and AcceptVMM
 	// closed, under mu, refuses accepts once Close has waited for the
 	// last one.
 	closed    bool
@@ -295,55 +295,45 @@ const maxPendingHandshakes = 8
 // is closed and reported to refused, if not nil, while the wait goes on: a
 // stray or hostile client cannot end it, nor hold it up for longer than
 // the timeout. It returns once a handshake succeeded, with the other
-// handshakes in progress abandoned (in the background: a later AcceptVMM
-// waits for that), or with ctx's error. Listening goes on until Close,
-// which the caller does to turn later clients away.
+// handshakes in progress abandoned, or with ctx's error. Listening goes on
+// until Close, which the caller does to turn later clients away.
 func (l *Listener) AcceptVMM(ctx context.Context, refused func(error)) (*Handoff, error) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.closed {
-		l.mu.Unlock()
 		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, net.ErrClosed)
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	if err := l.ln.SetDeadline(time.Time{}); err != nil {
-		cancel()
-		l.mu.Unlock()
 		return nil, fmt.Errorf("handshake: accept on %s: %w", l.path, err)
 	}
+	// The loop ends before AcceptVMM returns: a past deadline does not
+	// stop an accept the poller has woken for a connection that came
+	// meanwhile, so a loop still winding down after AcceptVMM returned
+	// took (and abandoned) the next VMM's connection (TestAcceptVMMTwice).
+	stop := interruptOnDone(ctx, func() { l.ln.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	var wg sync.WaitGroup
 	won := make(chan *Handoff, 1) // the first valid handoff; it cancels ctx
-	ended := make(chan error, 1)
-	go func() {
-		// The loop winds down after a handoff won, off the way of the
-		// VMM's first page: an accept interrupted, the other handshakes
-		// in progress abandoned. The next AcceptVMM waits for it.
-		defer l.mu.Unlock()
-		stop := interruptOnDone(ctx, func() { l.ln.SetDeadline(time.Unix(1, 0)) })
-		var wg sync.WaitGroup
-		err := l.acceptLoop(ctx, &wg, func(h *Handoff) {
-			select {
-			case won <- h:
-				cancel() // the others stop, the accept returns
-			default:
-				h.Close() // another handshake won
-			}
-		}, refused)
-		cancel()
-		wg.Wait()
-		stop()
-		ended <- err
-	}()
+	err := l.acceptLoop(ctx, &wg, func(h *Handoff) {
+		select {
+		case won <- h:
+			cancel() // the others stop, the accept returns
+		default:
+			h.Close() // another handshake won
+		}
+	}, refused)
+	cancel()
+	wg.Wait()
+	// A handoff that came while the wait ended for another reason still
+	// wins: its VMM is waiting.
 	select {
 	case h := <-won:
 		return h, nil
-	case err := <-ended:
-		// A handoff that came while the wait ended for another reason
-		// still wins: its VMM is waiting.
-		select {
-		case h := <-won:
-			return h, nil
-		default:
-			return nil, err
-		}
+	default:
+		return nil, err
 	}
 }
 
@@ -410,8 +400,7 @@ func isTemporary(err error) bool {
 // Close stops listening and removes the socket file (if it is still the one
 // Listen created). Connections handed out stay open. It returns once an
 // Accept or AcceptVMM in progress (a handshake Accept is reading
-// included) and an AcceptVMM's wind-down have ended; later ones fail with
-// net.ErrClosed.
+// included) has ended; later ones fail with net.ErrClosed.
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		l.closeErr = l.ln.Close()
@@ -422,9 +411,8 @@ func (l *Listener) Close() error {
 			}
 		}
 	})
-	// An accept in progress, or an AcceptVMM's loop still winding down,
-	// ends with the listener: nothing of l runs once Close returns, and no
-	// accept starts after it.
+	// An accept in progress ends with the listener: nothing of l runs
+	// once Close returns, and no accept starts after it.
 	l.mu.Lock()
 	l.closed = true
 	l.mu.Unlock()
