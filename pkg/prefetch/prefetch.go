@@ -108,6 +108,8 @@ type Policy struct {
 	// rides holds the pages that faulted threads wait on with no request
 	// of their own (Ride), oldest first: served before everything else.
 	rides []ride
+	// ridesApart: Next leaves the rides to NextRides (SetRidesApart).
+	ridesApart bool
 	// crossed holds the pages not pending that the sweep's runs of the
 	// last Next went across (SweepGap), as runs (Crossed).
 	crossed []Run
@@ -438,7 +440,8 @@ func (p *Policy) InFirst() bool { return len(p.first) > 0 }
 // Next appends up to max runs of pending pages to out and returns it; every
 // page handed out stops being pending.
 //
-// The runs given to First come first, in their order: the pending pages of
+// The runs rides lead (Ride) come first, unless the policy keeps them apart
+// for NextRides (SetRidesApart). The runs given to First come next, in their order: the pending pages of
 // each, in ascending order, split at pages that are not pending and at the
 // region's MaxRunPages. Hints come next, newest first. For a fault at page p, Next hands out the
 // pending pages of [p, p+After] and then of [p-Before, p), in ascending
@@ -458,22 +461,8 @@ func (p *Policy) Next(max int, out []Run) []Run {
 		return out
 	}
 	n := 0
-	for len(p.rides) > 0 && n < max {
-		h := p.rides[0]
-		rs := &p.regions[h.region]
-		_, hi := p.window(rs, h.page)
-		if h.hi != 0 {
-			hi = h.hi
-		}
-		if p.IsPending(h.region, h.page) {
-			out, n = p.emit(h.region, h.page, hi, max, n, out)
-		}
-		// The rider's own page leads the run; the rest of its window
-		// follows with the fault hints.
-		p.rides = p.rides[1:]
-	}
-	if len(p.rides) == 0 {
-		p.rides = nil
+	if !p.ridesApart {
+		out, n = p.nextRides(max, n, out)
 	}
 	out, n = p.nextFirst(max, n, out, nil)
 	for len(p.hints) > 0 && n < max {
@@ -515,6 +504,43 @@ func (p *Policy) Next(max int, out []Run) []Run {
 		rs.cursor = e
 	}
 	return out
+}
+
+// SetRidesApart says whether Next leaves the rides alone, for NextRides
+// to hand out: a caller that sends the runs rides lead on a lane of their
+// own, so that they do not wait behind a window of other runs.
+func (p *Policy) SetRidesApart(apart bool) { p.ridesApart = apart }
+
+// NextRides is Next restricted to the rides (Ride): the runs they lead,
+// oldest ride first, at most max; it hands out nothing else.
+func (p *Policy) NextRides(max int, out []Run) []Run {
+	if max <= 0 || p.pending == 0 {
+		return out
+	}
+	out, _ = p.nextRides(max, 0, out)
+	return out
+}
+
+// nextRides hands out the runs the rides lead until n reaches max.
+func (p *Policy) nextRides(max, n int, out []Run) ([]Run, int) {
+	for len(p.rides) > 0 && n < max {
+		h := p.rides[0]
+		rs := &p.regions[h.region]
+		_, hi := p.window(rs, h.page)
+		if h.hi != 0 {
+			hi = h.hi
+		}
+		if p.IsPending(h.region, h.page) {
+			out, n = p.emit(h.region, h.page, hi, max, n, out)
+		}
+		// The rider's own page leads the run; the rest of its window
+		// follows with the fault hints.
+		p.rides = p.rides[1:]
+	}
+	if len(p.rides) == 0 {
+		p.rides = nil
+	}
+	return out, n
 }
 
 // NextFirst is Next restricted to the working set's runs (First): it hands

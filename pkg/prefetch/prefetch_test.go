@@ -2,6 +2,7 @@ package prefetch
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -433,5 +434,39 @@ func TestFirstWithin(t *testing.T) {
 	}
 	if got := p.Next(8, nil); fmt.Sprint(got[:2]) != "[0:30+1 1:31+1]" {
 		t.Fatalf("Next after FirstWithin = %v, want the rest of the set first", got)
+	}
+}
+
+// With the rides apart, Next leaves them to NextRides, which hands out
+// only them; without, Next hands them out first.
+func TestRidesApart(t *testing.T) {
+	p, err := New([]Region{{Pages: 1024}}, Config{MaxRunPages: []uint32{16}, MaxHints: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.SetRidesApart(true)
+	p.Ride(0, 500)
+	if got := p.NextRides(0, nil); len(got) != 0 || !p.Riding() {
+		t.Fatalf("NextRides(0) = %v, riding %v: want nothing handed out, the ride kept", got, p.Riding())
+	}
+	if got, want := p.Next(2, nil), []Run{{0, 0, 16}, {0, 16, 16}}; !slices.Equal(got, want) {
+		t.Errorf("Next(2) with the rides apart = %v, want the sweep's %v", got, want)
+	}
+	if !p.Riding() {
+		t.Fatal("Next took the ride that was kept apart")
+	}
+	if got, want := p.NextRides(4, nil), []Run{{0, 500, 16}, {0, 516, 16}, {0, 532, 16}, {0, 548, 16}}; !slices.Equal(got, want) {
+		t.Errorf("NextRides(4) = %v, want the ride's window %v", got, want)
+	}
+	if p.Riding() {
+		t.Error("the ride is still queued after NextRides")
+	}
+	if got := p.NextRides(4, nil); len(got) != 0 {
+		t.Errorf("NextRides with no ride = %v, want nothing", got)
+	}
+	p.SetRidesApart(false)
+	p.Ride(0, 700)
+	if got, want := p.Next(1, nil), []Run{{0, 700, 16}}; !slices.Equal(got, want) {
+		t.Errorf("Next(1) with the rides not apart = %v, want the ride's %v", got, want)
 	}
 }
