@@ -27,11 +27,15 @@ import (
 // (DONTWAKE copies and batched wakes, by the placer), the others from the
 // answer; then the run's cache memory goes back to the kernel.
 //
-// A fault on a cached page not confirmed yet rides the warm lane, as other
+// A fault on a cached page not confirmed yet rides a warm lane, as other
 // faults ride the bulk lane (ride.go: a thread that faults back to back,
 // or past the demand rate), once confirmations flow and while recent
 // answers came within maxRideWait; otherwise it is an ordinary demand
-// request (its content, not a digest). A storm of demand requests would
+// request (its content, not a digest). Rides go on a warm lane of their
+// own (the ride lane), a run of rideWindowPages each: behind the sweep's
+// window of confirmWindow runs of a megabyte, a ride waited for the source
+// to read and digest them all first (a median of 3 ms, up to 15, on
+// loopback). A storm of demand requests would
 // take the CPUs the pass needs: with every fault on the demand lane, a
 // random workload's 1 GiB took 1.6-1.9 s to confirm against 0.7 s riding
 // (migbench, loopback).
@@ -46,6 +50,15 @@ const confirmRunBytes = 1 << 20
 // confirmWindow is the confirm requests in flight.
 const confirmWindow = 16
 
+// rideWindowPages is the run a ride leads on the ride lane: the rider's
+// page and those after it (prefetch.Config.After), a quarter of a sweep
+// run, so that the source's read of it takes little of the rider's wait.
+const rideWindowPages = 64
+
+// rideLaneWindow bounds the ride lane's requests in flight: one per
+// waiting thread, as a rule.
+const rideLaneWindow = 64
+
 // confirmer runs the confirm pass for the link.
 type confirmer struct {
 	cache *cache
@@ -57,8 +70,14 @@ type confirmer struct {
 
 	mu     sync.Mutex
 	policy *prefetch.Policy // the cached pages still to confirm
-	runs   pagestate.Runs   // confirm requests outstanding
+	runs   pagestate.Runs   // confirm requests outstanding on the sweep's lane
 	kick   chan struct{}
+	// rides are the ride lane's: its requests outstanding, its sender's
+	// kick, its answers' latency (as latency).
+	rides       pagestate.Runs
+	rideKick    chan struct{}
+	rideLatency atomic.Int64
+	apart       bool // the ride lane is open: rides are its (policy.SetRidesApart); under mu
 
 	frozen    atomic.Bool
 	abandoned atomic.Bool // the session cannot confirm: the bulk lane brings every page
@@ -70,21 +89,28 @@ type confirmer struct {
 }
 
 // rideWaitOK reports whether a fault that rides the confirm order would
-// wait at most maxRideWait: recent answers, sent behind a full window as
-// a ride's run is, took that long at most.
+// wait at most maxRideWait: recent answers to rides (on the ride lane), or
+// to the sweep's requests (sent behind a full window, as a ride's run is
+// without a ride lane), took that long at most.
 func (cf *confirmer) rideWaitOK() bool {
+	cf.mu.Lock()
+	apart := cf.apart
+	cf.mu.Unlock()
+	if apart {
+		return time.Duration(cf.rideLatency.Load()) <= maxRideWait
+	}
 	return time.Duration(cf.latency.Load()) <= maxRideWait
 }
 
-// noteLatency adds an answer's latency d to the moving average (weight
+// noteLatency adds an answer's latency d to the moving average avg (weight
 // 1/8 for the newest).
-func (cf *confirmer) noteLatency(d time.Duration) {
-	old := cf.latency.Load()
+func noteLatency(avg *atomic.Int64, d time.Duration) {
+	old := avg.Load()
 	if old == 0 {
-		cf.latency.Store(int64(d))
+		avg.Store(int64(d))
 		return
 	}
-	cf.latency.Store(old + (int64(d)-old)/8)
+	avg.Store(old + (int64(d)-old)/8)
 }
 
 // newConfirmer prepares the confirm pass over the pages of the layout the
@@ -109,7 +135,7 @@ func newConfirmer(c *cache, pages *pagestate.Table, place *placer, pull *puller,
 	// little later than a window would, and windows cut among pages
 	// already taken made the runs small (a round trip each). A waiting
 	// thread's own page rides (Policy.Ride) ahead of the sweep.
-	policy, err := prefetch.New(prs, prefetch.Config{MaxRunPages: maxRun, MaxHints: -1})
+	policy, err := prefetch.New(prs, prefetch.Config{MaxRunPages: maxRun, MaxHints: -1, After: rideWindowPages - 1})
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: %w", err)
 	}
@@ -140,7 +166,7 @@ func newConfirmer(c *cache, pages *pagestate.Table, place *placer, pull *puller,
 	}
 	log.Info("pages to confirm from the warm-up's cache", "pages", held, "of", pages.TotalPages())
 	return &confirmer{cache: c, pages: pages, place: place, pull: pull, stats: st, log: log, policy: policy,
-		kick: make(chan struct{}, 1), start: time.Now()}, nil
+		kick: make(chan struct{}, 1), rideKick: make(chan struct{}, 1), start: time.Now()}, nil
 }
 
 // running reports whether confirm requests are outstanding (false for a
@@ -149,8 +175,14 @@ func (cf *confirmer) running() bool {
 	if cf == nil {
 		return false
 	}
+	return cf.inFlight() > 0
+}
+
+// inFlight is the confirm requests outstanding on both lanes.
+func (cf *confirmer) inFlight() int {
 	_, n := cf.runs.InFlight()
-	return n > 0
+	_, r := cf.rides.InFlight()
+	return n + r
 }
 
 // wants reports whether page p of a is for the confirm pass: a copy is
@@ -169,10 +201,13 @@ func (cf *confirmer) ride(region int, p uint64) {
 	cf.poke()
 }
 
+// poke wakes both lanes' senders.
 func (cf *confirmer) poke() {
-	select {
-	case cf.kick <- struct{}{}:
-	default:
+	for _, k := range []chan struct{}{cf.kick, cf.rideKick} {
+		select {
+		case k <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -192,6 +227,11 @@ func (cf *confirmer) lost() {
 	for _, b := range cf.runs.Lost(nil) {
 		cf.requeueLocked(b)
 	}
+	for _, b := range cf.rides.Lost(nil) {
+		cf.requeueLocked(b)
+	}
+	cf.apart = false
+	cf.policy.SetRidesApart(false)
 	cf.flowing.Store(false)
 }
 
@@ -209,7 +249,7 @@ func (cf *confirmer) late(limit time.Time) bool {
 	if cf == nil {
 		return false
 	}
-	return cf.runs.Late(limit)
+	return cf.runs.Late(limit) || cf.rides.Late(limit)
 }
 
 // abandon gives up the pass: the session cannot confirm. Every cached page
@@ -220,6 +260,7 @@ func (cf *confirmer) abandon(why string) {
 	}
 	cf.log.Warn("the warm-up's copies cannot be confirmed: the bulk lane brings those pages", "reason", why)
 	cf.runs.Lost(nil)
+	cf.rides.Lost(nil)
 	for _, a := range cf.pages.Areas() {
 		if a.PageSize != cachePage {
 			continue
@@ -297,15 +338,52 @@ func (l *link) confirmLoop(c *conn) error {
 		}
 		return err
 	}
+	// The ride lane. Where the server has no lane to spare, rides lead
+	// the sweep's runs instead.
+	var rideErr chan error
+	if rl, err := ws.Warm(c.ctx); err != nil {
+		if c.ctx.Err() != nil {
+			lane.Close()
+			return nil
+		}
+		l.log.Debug("no ride lane: rides lead the confirm pass's runs", "error", err)
+	} else {
+		cf.mu.Lock()
+		cf.apart = true
+		cf.policy.SetRidesApart(true)
+		cf.mu.Unlock()
+		cf.poke()
+		rideErr = make(chan error, 1)
+		go func() {
+			err := l.serveWarmLane(c, rl, l.rideSend, &cf.rides, &cf.rideLatency)
+			if err != nil {
+				c.cancel(err)
+			}
+			rideErr <- err
+		}()
+	}
+	err = l.serveWarmLane(c, lane, l.confirmSend, &cf.runs, &cf.latency)
+	if rideErr != nil {
+		if rerr := <-rideErr; err == nil {
+			err = rerr
+		}
+	}
+	return err
+}
+
+// serveWarmLane runs a lane of the confirm pass: send on this goroutine
+// until it returns, confirmRecv on another for the answers to the requests
+// in runs; then it closes the lane and waits for confirmRecv.
+func (l *link) serveWarmLane(c *conn, lane WarmLane, send func(*conn, WarmLane) error, runs *pagestate.Runs, latency *atomic.Int64) error {
 	recvErr := make(chan error, 1)
 	go func() {
-		err := l.confirmRecv(c, lane)
+		err := l.confirmRecv(c, lane, runs, latency)
 		if err != nil && !errors.Is(err, errConfirmDone) {
 			c.cancel(err) // the sender waits on the connection
 		}
 		recvErr <- err
 	}()
-	err = l.confirmSend(c, lane)
+	err := send(c, lane)
 	lane.Close()
 	if rerr := <-recvErr; err == nil && !errors.Is(rerr, errConfirmDone) && c.ctx.Err() == nil {
 		err = rerr
@@ -335,22 +413,17 @@ func (l *link) confirmSend(c *conn, lane WarmLane) error {
 		default:
 			runs = cf.policy.Next(want, runs)
 		}
-		reqs = reqs[:0]
-		now := time.Now()
-		for _, r := range runs {
-			b := l.pages.Run(r.Region, r.Page, r.Pages, now)
-			cf.runs.Add(b)
-			i, _, _ := cf.cache.index(b.Offset)
-			reqs = append(reqs, WarmRequest{ID: b.ID, Offset: b.Offset, Pages: b.Pages,
-				Digests: cf.cache.digestsOf(i, uint64(b.Pages))})
-		}
-		idle := n+len(runs) == 0 && cf.policy.Pending() == 0
+		reqs = cf.requestsLocked(l.pages, runs, &cf.runs, reqs[:0])
+		// Done once nothing is pending and nothing in flight on either
+		// lane: a ride's run lost with its connection is pending again.
+		idle := cf.inFlight() == 0 && cf.policy.Pending() == 0
 		cf.mu.Unlock()
 		if idle {
 			if !cf.finished.Swap(true) {
 				l.log.Info("confirm pass done", "confirmed", l.pages.Count(pagestate.ViaConfirmed),
 					"changed", cf.changed.Load(), "took", time.Since(cf.start))
 			}
+			cf.poke() // the ride lane's sender ends too
 			return nil
 		}
 		for _, r := range reqs {
@@ -369,8 +442,58 @@ func (l *link) confirmSend(c *conn, lane WarmLane) error {
 	}
 }
 
-// confirmRecv places the confirm answers as they arrive.
-func (l *link) confirmRecv(c *conn, lane WarmLane) error {
+// requestsLocked registers runs as confirm requests outstanding in inFlight
+// and appends their requests, digests and all, to reqs; cf.mu is held.
+func (cf *confirmer) requestsLocked(pages *pagestate.Table, runs []prefetch.Run, inFlight *pagestate.Runs, reqs []WarmRequest) []WarmRequest {
+	now := time.Now()
+	for _, r := range runs {
+		b := pages.Run(r.Region, r.Page, r.Pages, now)
+		inFlight.Add(b)
+		i, _, _ := cf.cache.index(b.Offset)
+		reqs = append(reqs, WarmRequest{ID: b.ID, Offset: b.Offset, Pages: b.Pages,
+			Digests: cf.cache.digestsOf(i, uint64(b.Pages))})
+	}
+	return reqs
+}
+
+// rideSend sends the runs rides lead (prefetch.Policy.NextRides) on the
+// ride lane as they come, until the confirm pass is done.
+func (l *link) rideSend(c *conn, lane WarmLane) error {
+	cf := l.confirm
+	var runs []prefetch.Run
+	var reqs []WarmRequest
+	for {
+		cf.mu.Lock()
+		_, n := cf.rides.InFlight()
+		runs = runs[:0]
+		if cf.apart {
+			runs = cf.policy.NextRides(rideLaneWindow-n, runs)
+		}
+		reqs = cf.requestsLocked(l.pages, runs, &cf.rides, reqs[:0])
+		done := cf.finished.Load() && n+len(runs) == 0
+		cf.mu.Unlock()
+		if done {
+			return nil
+		}
+		for _, r := range reqs {
+			if err := lane.Send(r); err != nil {
+				return err
+			}
+		}
+		if len(reqs) > 0 {
+			continue
+		}
+		select {
+		case <-cf.rideKick:
+		case <-c.ctx.Done():
+			return nil
+		}
+	}
+}
+
+// confirmRecv places the confirm answers to the requests in runs as they
+// arrive, and keeps their latency's moving average in latency.
+func (l *link) confirmRecv(c *conn, lane WarmLane, runs *pagestate.Runs, latency *atomic.Int64) error {
 	cf := l.confirm
 	pt := l.newPlaceThread() // placed like bulk answers: the same copies, the same lock
 	defer pt.done()
@@ -384,9 +507,9 @@ func (l *link) confirmRecv(c *conn, lane WarmLane) error {
 		}
 		c.lastConfirm.Store(time.Now().UnixNano())
 		cf.flowing.Store(true)
-		b, ok := cf.runs.Done(resp.ID)
+		b, ok := runs.Done(resp.ID)
 		if ok {
-			cf.noteLatency(time.Since(b.SentAt))
+			noteLatency(latency, time.Since(b.SentAt))
 		}
 		if !ok || resp.Offset != b.Offset || resp.Pages != b.Pages || resp.PageSize != cachePage {
 			resp.Release()

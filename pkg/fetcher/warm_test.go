@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -446,4 +447,67 @@ func TestWarmRecordPhase(t *testing.T) {
 	if pages := uint64(size / 4096); uint64(len(rec.Offsets)) < pages*9/10 {
 		t.Errorf("recorded %d of the %d pages the VMM touched (confirmed %d)", len(rec.Offsets), pages, m.sum.Pages.Confirmed)
 	}
+}
+
+// recLane records the runs a warm lane of the confirm pass asked for, by
+// the order the lanes were opened in (0: the sweep's, 1: the ride lane);
+// the sweep's sends are slowed down (a slow source), so that the VMM
+// faults on pages the sweep has not reached.
+type recLane struct {
+	WarmLane
+	n    int
+	mu   *sync.Mutex
+	runs map[int][]uint32
+}
+
+func (l recLane) Send(r WarmRequest) error {
+	l.mu.Lock()
+	l.runs[l.n] = append(l.runs[l.n], r.Pages)
+	first := len(l.runs[l.n]) == 1
+	l.mu.Unlock()
+	if l.n == 0 && !first {
+		time.Sleep(2 * time.Millisecond) // a slow sweep: not synchronisation
+	}
+	return l.WarmLane.Send(r)
+}
+
+// Faults that ride during the confirm pass ride a warm lane of their own
+// (the ride lane), a run of at most rideWindowPages each, not the sweep's
+// lane behind its window; every byte is right.
+func TestWarmRideLane(t *testing.T) {
+	const size = 32 << 20
+	h := newHarness(t, size)
+	src, _ := h.warmSource()
+	var mu sync.Mutex
+	runs := map[int][]uint32{}
+	var opened atomic.Int64
+	recording := wrapSource{Source: src, wrap: func(s Session) Session {
+		return warmSession{Session: s, lane: func(l WarmLane) WarmLane {
+			return recLane{WarmLane: l, n: int(opened.Add(1) - 1), mu: &mu, runs: runs}
+		}}
+	}}
+	rounds := make(chan WarmRound, 1)
+	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 1, OnRound: func(r WarmRound) { rounds <- r }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-rounds
+	m := h.migrate("4k:0x0:32M", Config{Source: recording, Prefetch: true, Warmup: w},
+		"FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
+	mu.Lock()
+	defer mu.Unlock()
+	if m.sum.FaultsOnBulk == 0 {
+		t.Fatalf("no fault rode (%d faults): the test checks nothing", m.sum.Faults)
+	}
+	if opened.Load() != 2 || len(runs[1]) == 0 {
+		t.Fatalf("%d warm lanes opened, %d runs on the ride lane, %d faults rode: want 2 lanes, the rides on the second",
+			opened.Load(), len(runs[1]), m.sum.FaultsOnBulk)
+	}
+	for _, n := range runs[1] {
+		if n > rideWindowPages {
+			t.Errorf("a run of %d pages on the ride lane, want at most %d", n, rideWindowPages)
+		}
+	}
+	t.Logf("%d faults, %d rode; sweep runs %d, ride runs %d", m.sum.Faults, m.sum.FaultsOnBulk, len(runs[0]), len(runs[1]))
 }
