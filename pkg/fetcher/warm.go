@@ -456,7 +456,7 @@ func (w *Warmup) serve(ctx context.Context, plan *[]warmRun, inflight map[uint64
 			// background priority: two system calls, not two per answer
 			// (a working set's single pages).
 			w.th.Defer(true)
-			err := w.storeAll(a, inflight, res, plan)
+			err := w.storeAll(ctx, a, inflight, res, plan)
 			w.th.Defer(false)
 			if err != nil {
 				return err
@@ -475,11 +475,20 @@ func (w *Warmup) serve(ctx context.Context, plan *[]warmRun, inflight map[uint64
 }
 
 // storeAll stores a, then every answer waiting behind it; a run whose
-// answer failed its checksum goes back to the head of plan.
-func (w *Warmup) storeAll(a warmAnswer, inflight map[uint64]warmRun, res *WarmRound, plan *[]warmRun) error {
+// answer failed its checksum goes back to the head of plan. It stops once
+// ctx ends, the answers not stored dropped: the handoff stops the warm-up
+// and waits for it (Run), and a backlog stored first — a warm-up at idle
+// priority falls behind its answers — delayed the VMM's first page by up
+// to 10 ms. A run not stored keeps the copies it had, with their digests:
+// the confirm pass finds them as they are.
+func (w *Warmup) storeAll(ctx context.Context, a warmAnswer, inflight map[uint64]warmRun, res *WarmRound, plan *[]warmRun) error {
 	for {
 		if a.err != nil {
 			return a.err
+		}
+		if err := ctx.Err(); err != nil {
+			a.resp.Release()
+			return err
 		}
 		again, err := w.store(a.resp, inflight, res)
 		a.resp.Release()
