@@ -47,6 +47,7 @@ type config struct {
 	id               string
 	warm             bool
 	warmRate         float64
+	warmPriority     string
 }
 
 // fetcherFlagGroups orders --help.
@@ -55,7 +56,7 @@ var fetcherFlagGroups = []cli.FlagGroup{
 	{Title: "The VMM's handoff", Flags: []string{"uffd-socket", "allow-uid", "vmm-pid", "handoff-timeout"}},
 	{Title: "Migration", Flags: []string{"prefetch", "demand-rate", "bulk-window", "bulk-run-bytes", "demand-priority", "demand-rt-budget", "bulk-yield"}},
 	{Title: "Working sets (docs/working-set.md)", Flags: []string{"working-set", "record-working-set"}},
-	{Title: "Hybrid migration (README)", Flags: []string{"warm", "warm-rate"}},
+	{Title: "Hybrid migration (README)", Flags: []string{"warm", "warm-rate", "warm-priority"}},
 	{Title: "Failures and stopping", Flags: []string{"dial-timeout", "request-timeout", "reconnect-timeout", "drain-timeout"}},
 	{Title: "Output", Flags: []string{"id", "log-level", "log-json", "progress", "progress-interval", "metrics-addr", "version"}},
 }
@@ -96,6 +97,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.workingSet, "working-set", "", "pull the pages of this working set first, in its order (wins over one the server offers)")
 	fs.BoolVar(&c.warm, "warm", false, "copy every page into a cache from the moment the server is reached, in rounds, until the VMM hands over; after the handoff the server confirms each copy unchanged (or sends the page) before it is placed (README, Hybrid migration)")
 	fs.Float64Var(&c.warmRate, "warm-rate", 0, "bytes of memory per second the warm-up (--warm) may ask the server for, so that a source that still runs is not starved (0: no bound)")
+	fs.StringVar(&c.warmPriority, "warm-priority", "idle", "CPU priority of pagefetcher until the VMM hands over, while it warms (--warm): idle (SCHED_IDLE: only CPU time nothing else on the host wants, so that the warm-up costs a source or guest sharing the host no work; see README, Hybrid migration) or normal")
 	fs.StringVar(&c.recordWorkingSet, "record-working-set", "", "once every page is resident, write the pages the VMM faulted on to this working set, merged into a set of the same image there (atomically; nothing on a failed migration)")
 	fs.Func("id", "the orchestrator's `id` for this migration, echoed in every JSON line and log line (printable, at most 128 bytes)", func(s string) error {
 		c.id = s
@@ -164,6 +166,9 @@ func (c *config) validate() error {
 	}
 	if c.warmRate < 0 || c.warmRate != c.warmRate || c.warmRate > 1e12 {
 		bad("--warm-rate %v: want 0..1e12 bytes per second (0: no bound)", c.warmRate)
+	}
+	if c.warmPriority != "idle" && c.warmPriority != "normal" {
+		bad("--warm-priority %q: want idle or normal", c.warmPriority)
 	}
 	if c.allowUID < -1 {
 		bad("--allow-uid %d: want a uid or -1", c.allowUID)

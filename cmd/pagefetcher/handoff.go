@@ -34,8 +34,9 @@ func (h *handoff) close() {
 // awaitHandoff is the second phase: it waits for the VMM on lis. A client
 // whose handshake fails, or that --allow-uid or --vmm-pid refuse, is
 // logged and the wait goes on. A signal now has nothing to drain: it ends
-// the run (exit 9), as --handoff-timeout does.
-func awaitHandoff(ctx context.Context, c *config, lis *handshake.Listener, sigs *daemon.Signals, log hclog.Logger) (*handoff, error) {
+// the run (exit 9), as --handoff-timeout does. Nothing is accepted before
+// connecting is closed (restoreOnConnect).
+func awaitHandoff(ctx context.Context, c *config, lis *handshake.Listener, connecting <-chan struct{}, sigs *daemon.Signals, log hclog.Logger) (*handoff, error) {
 	var hctx context.Context
 	var hcancel context.CancelFunc
 	if c.handoffTimeout > 0 {
@@ -50,7 +51,14 @@ func awaitHandoff(ctx context.Context, c *config, lis *handshake.Listener, sigs 
 	}
 	acc := make(chan accepted, 1)
 	refused := refusalLog{log: log}
-	go func() { h, err := lis.AcceptVMM(hctx, refused.note); acc <- accepted{h, err} }()
+	go func() {
+		select {
+		case <-connecting:
+		case <-hctx.Done():
+		}
+		h, err := lis.AcceptVMM(hctx, refused.note)
+		acc <- accepted{h, err}
+	}()
 	var ho *handshake.Handoff
 	select {
 	case a := <-acc:

@@ -83,6 +83,7 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 		return err
 	}
 	up.warm = startWarmup(ctx, c, up, out, log)
+	fg := warmBackground(c, up.warm, log)
 	if up.warm != nil && os.Getenv("GOMEMLIMIT") == "" {
 		// The warm-up's cache is a mapping of the guest's size, outside the
 		// Go heap; what the heap may add on top is kept by the collector
@@ -120,12 +121,16 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 
 	// The threads the handoff's goroutines take are made now, idle.
 	cli.WarmThreads(handoffThreads)
-	h, err := awaitHandoff(ctx, c, lis, sigs, log)
+	connecting, stopWatch := restoreOnConnect(lis, fg, log)
+	h, err := awaitHandoff(ctx, c, lis, connecting, sigs, log)
+	stopWatch()
 	if err != nil {
 		up.close(log)
 		return err
 	}
 	defer h.close()
+	// The warm-up's background priority ended when the VMM connected,
+	// before the accept (restoreOnConnect).
 	// The handoff allocates the page table, the lanes' buffers and the
 	// loops' stacks: enough to start a collection, which on the VMM's CPU
 	// takes a millisecond from the first page. None runs until the
@@ -161,6 +166,11 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 			defer close(chores)
 			<-f.Settled()
 			resumeGC()
+			// A thread an idle one was making while the connect's watch
+			// restored the others could have been missed then.
+			if err := fg.Restore(); err != nil {
+				log.Warn("normal priority after the warm-up", "error", err)
+			}
 			// No other client may connect from now on: the socket file
 			// goes. Nobody accepts on it since the handoff.
 			if err := lis.Close(); err != nil {

@@ -3,11 +3,16 @@ package main
 import (
 	"context"
 	"errors"
+	"runtime"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/fetcher"
+	"github.com/postcopy/postcopy/pkg/handshake"
 )
 
 // startWarmup starts the warm-up of --warm, before the ready line: rounds
@@ -43,6 +48,94 @@ func startWarmup(ctx context.Context, c *config, up *upstream, out *output, log 
 		log.Warn("--warm: the warm-up could not start; migrating as plain post-copy", "error", err)
 		return nil
 	}
-	log.Info("warm-up started", "rounds", "until the handoff", "rate_bytes_per_s", c.warmRate)
+	log.Info("warm-up started", "rounds", "until the handoff", "rate_bytes_per_s", c.warmRate, "priority", c.warmPriority)
 	return w
+}
+
+// restoreOnConnect gives the process its normal priority back (fg) the
+// moment a client connects to lis, and only then closes ready: the caller
+// accepts no connection before ready is closed. A thread of normal
+// priority waits in poll(2) on the listening socket for that. At idle
+// priority the handoff — the accept, the handshake, the fetcher's start,
+// everything on the way to the VMM's first page — waits for every other
+// thread on the host: on one host with pageserver, whose Warm lanes still
+// ran at the switch, the downtime went from 2-4 to 8-17 ms (migbench
+// hybrid, 1 GiB). The accept waits for ready because, had it taken the
+// connection first, the poll would never have seen it. A client refused
+// after all leaves the process at normal priority for the rest of the
+// warm-up. stop ends the wait and returns once the thread has.
+func restoreOnConnect(lis *handshake.Listener, fg *sched.Foreground, log hclog.Logger) (ready <-chan struct{}, stop func()) {
+	rc := make(chan struct{})
+	if fg == nil {
+		close(rc)
+		return rc, func() {}
+	}
+	giveUp := func(err error) (<-chan struct{}, func()) {
+		log.Warn("--warm-priority idle: cannot watch the uffd socket; normal priority from now on", "error", err)
+		if err := fg.Restore(); err != nil {
+			log.Warn("normal priority after the warm-up", "error", err)
+		}
+		close(rc)
+		return rc, func() {}
+	}
+	lfd, err := lis.DupFD()
+	if err != nil {
+		return giveUp(err)
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(lfd)
+		return giveUp(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(rc)
+		// The thread ends with the goroutine (no UnlockOSThread): nothing
+		// else runs at the priority it takes.
+		runtime.LockOSThread()
+		if err := fg.RestoreThread(); err != nil {
+			log.Warn("normal priority for the handoff's watch", "error", err)
+		}
+		fds := []unix.PollFd{{Fd: int32(lfd), Events: unix.POLLIN}, {Fd: int32(efd), Events: unix.POLLIN}}
+		for {
+			_, err := unix.Poll(fds, -1)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				log.Warn("watching the uffd socket", "error", err)
+			}
+			if fds[0].Revents != 0 || err != nil {
+				if err := fg.Restore(); err != nil {
+					log.Warn("normal priority after the warm-up", "error", err)
+				}
+			}
+			return
+		}
+	}()
+	return rc, func() {
+		_, _ = unix.Write(efd, []byte{1, 0, 0, 0, 0, 0, 0, 0}) // any counter but 0 wakes the poll
+		<-done
+		unix.Close(efd)
+		unix.Close(lfd)
+	}
+}
+
+// warmBackground lowers the whole process to SCHED_IDLE for the warm-up
+// (--warm-priority idle): until the handoff pagefetcher does nothing else,
+// and the source it copies, or a guest on this host, must not lose CPU time
+// to it (on one host, a warm-up at normal priority cost a running source
+// 15-25 % of its rate; BENCHMARKS.md). The handoff restores it
+// (sched.Foreground.Restore). nil: nothing lowered.
+func warmBackground(c *config, w *fetcher.Warmup, log hclog.Logger) *sched.Foreground {
+	if w == nil || c.warmPriority != "idle" {
+		return nil
+	}
+	fg, err := sched.Background()
+	if err != nil {
+		log.Warn("--warm-priority idle: the warm-up runs at normal priority", "error", err)
+		return nil
+	}
+	return fg
 }

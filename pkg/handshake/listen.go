@@ -219,6 +219,26 @@ func removeStale(path string) error {
 // Addr returns the socket's path.
 func (l *Listener) Addr() string { return l.path }
 
+// DupFD returns a duplicate of the listening socket's descriptor, close on
+// exec, for a caller to poll(2) for a client connecting (POLLIN) from a
+// thread of its own; the listener's file status flags are left as they
+// are. The caller closes it.
+func (l *Listener) DupFD() (int, error) {
+	rc, err := l.ln.SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("handshake: %w", err)
+	}
+	fd := -1
+	cerr := rc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+	if cerr != nil {
+		return -1, fmt.Errorf("handshake: %w", cerr)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("handshake: dup: %w", err)
+	}
+	return fd, nil
+}
+
 // Accept waits for one VMM connection and receives the handshake on it
 // (ReceiveContext, with ListenOptions.Timeout). ctx cancels the wait and the
 // handshake. A peer whose uid is not ListenOptions.AllowUID is refused with

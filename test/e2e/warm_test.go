@@ -3,8 +3,14 @@ package e2e
 import (
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/internal/sched"
+	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/test/harness"
 )
@@ -18,7 +24,10 @@ func TestWarm(t *testing.T) {
 	const size = 128 << 20
 	e := newEnv(t, size, defaultImage)
 	e.startServer()
-	e.startFetcher("--warm")
+	// At normal priority: this test is about the hybrid's mechanics, and
+	// at idle priority (TestWarmPriority) the warm-up of a test on a busy
+	// machine waits for every other test's CPU time.
+	e.startFetcher("--warm", "--warm-priority", "normal")
 	var w events.Warm
 	if err := e.fetcher.WaitEvent("warm", fetcherTimeout, &w); err != nil {
 		t.Fatalf("no warm line: %v", err)
@@ -65,7 +74,7 @@ func TestWarmWorkingSet(t *testing.T) {
 	e.restore("--record-working-set", ws)
 	set := readSet(t, ws)
 
-	e.startFetcher("--warm", "--working-set", ws)
+	e.startFetcher("--warm", "--warm-priority", "normal", "--working-set", ws)
 	var w events.Warm
 	if err := e.fetcher.WaitEvent("warm", fetcherTimeout, &w); err != nil {
 		t.Fatalf("no warm line: %v", err)
@@ -88,4 +97,75 @@ func TestWarmWorkingSet(t *testing.T) {
 		t.Errorf("summary %+v: want warm rounds, the set's pages (%d) confirmed but for faults, none changed", s, len(set.Pages))
 	}
 	t.Logf("set %d pages; confirmed %d; VMM stalls %d", len(set.Pages), sum.Summary.Pages.Confirmed, res.StallCount)
+}
+
+// threadPolicies returns the scheduling policy of every thread of pid.
+func threadPolicies(t *testing.T, pid int) map[int]uint32 {
+	t.Helper()
+	got, err := sched.ThreadPolicies(pid)
+	if err != nil {
+		t.Fatalf("pagefetcher's threads: %v", err)
+	}
+	return got
+}
+
+// --warm's default --warm-priority idle: once pagefetcher is ready (its
+// warm-up started before), every thread of it is SCHED_IDLE but the one
+// that watches for the VMM; from the handoff on, none is. (--prefetch off and a VMM that reads nothing keep
+// both running after the handoff. The test waits for no warm round: at
+// idle priority, on a machine busy with other tests, that may take long.)
+func TestWarmPriority(t *testing.T) {
+	testutil.RequireRoot(t) // SCHED_IDLE back to normal needs CAP_SYS_NICE
+	e := newEnv(t, 4<<20, defaultImage)
+	e.startServer()
+	e.startFetcher("--warm", "--prefetch", "off", "--progress", "--progress-interval", "20ms")
+	pid := e.fetcher.Pid()
+	// Every thread but one: the thread that watches the uffd socket for
+	// the VMM runs at normal priority, so that the handoff does not wait
+	// for a CPU.
+	var normal []int
+	for tid, p := range threadPolicies(t, pid) {
+		switch p {
+		case unix.SCHED_IDLE:
+		case unix.SCHED_NORMAL:
+			normal = append(normal, tid)
+		default:
+			t.Errorf("during the warm-up, thread %d of pagefetcher has policy %d, want SCHED_IDLE (%d)", tid, p, unix.SCHED_IDLE)
+		}
+	}
+	if len(normal) > 1 {
+		t.Errorf("during the warm-up, threads %v of pagefetcher run at normal priority, want one at most (the handoff's watch)", normal)
+	}
+	vm := e.startVMM("--regions", "4k:0x0:4M", "--threads", "1", "--touch", "none")
+	// Progress lines begin after the handoff.
+	if err := e.fetcher.WaitEvent("progress", fetcherTimeout, nil); err != nil {
+		t.Fatalf("no progress line after the handoff: %v", err)
+	}
+	// The handoff restores every thread before the fetcher starts; a
+	// thread an idle one was making meanwhile, within the switchover's
+	// settling (Fetcher.Settled, 20 ms at most): wait for that.
+	deadline := time.Now().Add(10 * time.Second)
+	for seen := 2; ; seen++ {
+		var idle []int
+		for tid, p := range threadPolicies(t, pid) {
+			if p == unix.SCHED_IDLE {
+				idle = append(idle, tid)
+			}
+		}
+		if len(idle) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the handoff, threads %v of pagefetcher are still SCHED_IDLE", idle)
+		}
+		if err := e.fetcher.WaitEventN("progress", seen, fetcherTimeout, nil); err != nil {
+			t.Fatalf("waiting for another progress line: %v", err)
+		}
+	}
+	if err := vm.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := e.fetcherExit(); code != 6 {
+		t.Errorf("pagefetcher exit code %d after the VMM was killed, want 6 (VMM gone)", code)
+	}
 }

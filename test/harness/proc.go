@@ -162,9 +162,14 @@ var ErrExited = errors.New("process exited")
 // event, and decodes that line into v (if non-nil). It fails when the
 // process exits first (ErrExited) or timeout passes.
 func (p *Proc) WaitEvent(event string, timeout time.Duration, v any) error {
+	return p.WaitEventN(event, 1, timeout, v)
+}
+
+// WaitEventN is WaitEvent for the n-th line (from 1) of the event.
+func (p *Proc) WaitEventN(event string, n int, timeout time.Duration, v any) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	seen := 0
+	seen, found := 0, 0
 	for {
 		p.mu.Lock()
 		lines, changed := p.lines[seen:], p.changed
@@ -175,6 +180,9 @@ func (p *Proc) WaitEvent(event string, timeout time.Duration, v any) error {
 				Event string `json:"event"`
 			}
 			if json.Unmarshal([]byte(l), &head) != nil || head.Event != event {
+				continue
+			}
+			if found++; found < n {
 				continue
 			}
 			if v == nil {
@@ -193,13 +201,13 @@ func (p *Proc) WaitEvent(event string, timeout time.Duration, v any) error {
 				continue
 			}
 			code, _ := p.ExitCode()
-			return fmt.Errorf("%s: no %q event: %w with code %d", p.Name, event, ErrExited, code)
+			return fmt.Errorf("%s: no %q event (%d of %d): %w with code %d", p.Name, event, found, n, ErrExited, code)
 		}
 		select {
 		case <-changed:
 		case <-p.done:
 		case <-deadline.C:
-			return fmt.Errorf("%s: no %q event within %v", p.Name, event, timeout)
+			return fmt.Errorf("%s: no %q event (%d of %d) within %v", p.Name, event, found, n, timeout)
 		}
 	}
 }

@@ -1,0 +1,86 @@
+package sched
+
+import (
+	"runtime"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/internal/testutil"
+)
+
+// policies returns the scheduling policy of every thread of the process.
+func policies(t *testing.T) map[int]uint32 {
+	t.Helper()
+	got, err := ThreadPolicies(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// lockThreads starts n goroutines that each lock an OS thread, which makes
+// the runtime start threads, and returns once they all hold one; release
+// ends them.
+func lockThreads(n int) (release func()) {
+	var held, done sync.WaitGroup
+	stop := make(chan struct{})
+	held.Add(n)
+	done.Add(n)
+	for range n {
+		go func() {
+			defer done.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			held.Done()
+			<-stop
+		}()
+	}
+	held.Wait()
+	return func() { close(stop); done.Wait() }
+}
+
+// Background makes every thread SCHED_IDLE, threads started afterwards too;
+// Restore makes every one normal again, at the caller's nice value of before.
+func TestBackground(t *testing.T) {
+	testutil.RequireRoot(t) // SCHED_IDLE back to normal needs CAP_SYS_NICE
+	before := lockThreads(4)
+	defer before()
+	fg, err := Background()
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	defer func() {
+		if !restored {
+			_ = fg.Restore()
+		}
+	}()
+	after := lockThreads(8) // some of them new threads, made by idle ones
+	defer after()
+	for tid, p := range policies(t) {
+		if p != unix.SCHED_IDLE {
+			t.Errorf("thread %d: policy %d after Background, want SCHED_IDLE (%d)", tid, p, unix.SCHED_IDLE)
+		}
+	}
+	if err := fg.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	restored = true
+	for tid, p := range policies(t) {
+		if p != unix.SCHED_NORMAL {
+			t.Errorf("thread %d: policy %d after Restore, want SCHED_NORMAL", tid, p)
+		}
+		if n := nice(t, tid); n != 0 {
+			t.Errorf("thread %d: nice %d after Restore, want the caller's 0", tid, n)
+		}
+	}
+	// Restoring again finds nothing to do, and a nil Foreground is a no-op.
+	if err := fg.Restore(); err != nil {
+		t.Error(err)
+	}
+	if err := (*Foreground)(nil).Restore(); err != nil {
+		t.Error(err)
+	}
+}
