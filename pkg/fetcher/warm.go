@@ -490,7 +490,7 @@ func (w *Warmup) storeAll(ctx context.Context, a warmAnswer, inflight map[uint64
 			a.resp.Release()
 			return err
 		}
-		again, err := w.store(a.resp, inflight, res)
+		again, err := w.store(ctx, a.resp, inflight, res)
 		a.resp.Release()
 		if err != nil {
 			return err
@@ -508,8 +508,9 @@ func (w *Warmup) storeAll(ctx context.Context, a warmAnswer, inflight map[uint64
 }
 
 // store puts an answer's pages into the cache. An answer that fails its
-// checksum returns its run, to ask for again.
-func (w *Warmup) store(resp *Response, inflight map[uint64]warmRun, res *WarmRound) (again *warmRun, err error) {
+// checksum returns its run, to ask for again. Once ctx ends it stops
+// between pages (every storeCheck) with ctx's error.
+func (w *Warmup) store(ctx context.Context, resp *Response, inflight map[uint64]warmRun, res *WarmRound) (again *warmRun, err error) {
 	r, ok := inflight[resp.ID]
 	if !ok {
 		return nil, fmt.Errorf("fetcher: warm answer %d was never asked for", resp.ID)
@@ -528,6 +529,11 @@ func (w *Warmup) store(resp *Response, inflight map[uint64]warmRun, res *WarmRou
 	for _, sg := range resp.Segments {
 		n := uint64(sg.Pages)
 		for k := uint64(0); k < n; k++ {
+			if (i+k)%storeCheck == 0 && ctx.Err() != nil {
+				// Stopped: every page is its old copy or its new one,
+				// bytes and digest together (storeData, storeZero).
+				return nil, ctx.Err()
+			}
 			switch {
 			case sg.Same:
 			case sg.Zero:
@@ -546,6 +552,12 @@ func (w *Warmup) store(resp *Response, inflight map[uint64]warmRun, res *WarmRou
 	res.Pages += r.n
 	return nil, nil
 }
+
+// storeCheck is how many pages store stores between looks at whether the
+// warm-up was stopped: the handoff waits for the store in hand, and a
+// thread storing at background priority next to busy CPUs took up to 7 ms
+// over a megabyte.
+const storeCheck = 16
 
 // reconnect gets a new session and warm lane from a new Source (Redial),
 // with backoff, within the reconnect window.
