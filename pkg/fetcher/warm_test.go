@@ -492,7 +492,9 @@ func TestWarmRideLane(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-rounds
-	m := h.migrate("4k:0x0:32M", Config{Source: recording, Prefetch: true, Warmup: w},
+	// A demand rate of one fault a second: past its burst every fault
+	// rides, however slowly the machine lets the threads fault.
+	m := h.migrate("4k:0x0:32M", Config{Source: recording, Prefetch: true, Warmup: w, DemandRate: 1},
 		"FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
 	m.check(t)
 	mu.Lock()
