@@ -427,9 +427,9 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 		}
 	}
 	// pageserver on the source's memory, now that its layout is final.
-	ps, err := start("pageserver", bench.SourceSide, e.pageserver, "--listen", e.link.Addr[bench.SourceSide]+":0",
+	ps, err := start("pageserver", bench.SourceSide, e.pageserver, append([]string{"--listen", e.link.Addr[bench.SourceSide] + ":0",
 		"--source", fmt.Sprintf("pid:%d", sr.PID), "--ranges", fmt.Sprintf("%#x-%#x", sr.Addr, sr.Addr+sr.Size),
-		"--token-file", e.tokenFile)
+		"--token-file", e.tokenFile}, strings.Fields(c.serverArgs)...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -338,11 +338,12 @@ func TestMigrationHybrid(t *testing.T) {
 	if out, _ := exec.Command(filepath.Join(bin, "pagefetcher"), "--help").CombinedOutput(); !strings.Contains(string(out), "--warm") {
 		t.Skip("this pagefetcher has no --warm")
 	}
-	// The warm-up at normal priority: at idle priority (pagefetcher's
-	// default) it would wait, on a machine busy with other tests, for
-	// their CPU time, and the test would measure that.
+	// The warm-up at normal priority (pagefetcher) and nice 10
+	// (pageserver): at idle priority, both binaries' default, it would
+	// wait, on a machine busy with other tests, for their CPU time, and
+	// the test would measure that.
 	got := runMigbench(t, "--size", "64MiB", "--pattern", "zipf", "--bin", bin, "--methods", "postcopy,stopcopy,hybrid",
-		"--hybrid-args", "--warm-priority normal")
+		"--hybrid-args", "--warm-priority normal", "--server-args", "--warm-priority low")
 	run := got["runs"].([]any)[0].(map[string]any)
 	pc, h := run["postcopy"].(map[string]any), run["hybrid"].(map[string]any)
 	for k := range pc {

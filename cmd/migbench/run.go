@@ -35,6 +35,7 @@ type config struct {
 	tcpDuration time.Duration
 	binDir      string
 	fetcherArgs string
+	serverArgs  string
 	logDir      string
 	suite       string
 	outDir      string
@@ -55,7 +56,7 @@ type config struct {
 // benchFlagGroups orders --help.
 var benchFlagGroups = []cli.FlagGroup{
 	{Title: "Workload", Flags: []string{"size", "pattern", "content", "writes", "theta", "seed"}},
-	{Title: "Migration", Flags: []string{"link", "methods", "runs", "lead", "warmup", "post", "tcp-duration", "fetcher-args", "hybrid-args", "bin"}},
+	{Title: "Migration", Flags: []string{"link", "methods", "runs", "lead", "warmup", "post", "tcp-duration", "fetcher-args", "hybrid-args", "server-args", "bin"}},
 	{Title: "Suite", Flags: []string{"suite", "out", "update-doc", "regen"}},
 	{Title: "Output", Flags: []string{"json", "plot", "csv", "log-dir", "quiet", "version"}},
 }
@@ -82,6 +83,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.DurationVar(&c.tcpDuration, "tcp-duration", 2*time.Second, "duration of the TCP bandwidth baseline")
 	fs.StringVar(&c.binDir, "bin", "", "directory of pageserver and pagefetcher (default: beside migbench, else $PATH)")
 	fs.StringVar(&c.fetcherArgs, "fetcher-args", "", "extra arguments for pagefetcher, space separated (e.g. \"--bulk-window 16\")")
+	fs.StringVar(&c.serverArgs, "server-args", "", "extra arguments for pageserver, space separated (e.g. \"--warm-priority low\")")
 	fs.StringVar(&c.logDir, "log-dir", "", "keep every process's log in this directory (default: a temporary one, removed unless a run fails)")
 	fs.StringVar(&c.suite, "suite", "", "run a documented set instead of one configuration: \"default\" (1 and 4 GiB; random and zipf; loopback and 1gbit)")
 	fs.StringVar(&c.outDir, "out", "bench", "with --suite: directory for the results")

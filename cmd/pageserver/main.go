@@ -76,6 +76,7 @@ type config struct {
 	bulkSocket   bool
 	demandPrio   string
 	bulkYield    bool
+	warmPrio     string
 	tlsKey       string
 	tlsClientCA  string
 	logLevel     string
@@ -96,7 +97,7 @@ var serverFlagGroups = []cli.FlagGroup{
 	{Title: "Source", Flags: []string{"source", "ranges", "working-set"}},
 	{Title: "Network and security", Flags: []string{"listen", "token-file", "tls-cert", "tls-key", "tls-client-ca",
 		"max-unauthenticated", "max-sessions", "session-unused-timeout", "demand-socket", "bulk-socket"}},
-	{Title: "Scheduling", Flags: []string{"demand-priority", "bulk-yield"}},
+	{Title: "Scheduling", Flags: []string{"demand-priority", "bulk-yield", "warm-priority"}},
 	{Title: "Stopping", Flags: []string{"drain-timeout"}},
 	{Title: "Output", Flags: []string{"id", "log-level", "log-json", "metrics-addr", "version"}},
 }
@@ -117,6 +118,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.DurationVar(&c.unusedAfter, "session-unused-timeout", server.DefaultSessionUnusedTimeout, "a session that has served nothing and has no lane open for this long is ended (at the next Open)")
 	fs.StringVar(&c.tokenFile, "token-file", "", "`file` holding the shared token (default: the "+tokenEnv+" environment variable; neither: no token, warned)")
 	fs.BoolVar(&c.bulkYield, "bulk-yield", false, "read bulk runs at a lower CPU priority while demand requests come")
+	fs.StringVar(&c.warmPrio, "warm-priority", "idle", "CPU priority of a warm-up's reads (pagefetcher --warm) until the destination takes over: idle (SCHED_IDLE: only CPU time the running source leaves; nice 10 where it could not be raised again) or low (nice 10)")
 	fs.BoolVar(&c.demandSocket, "demand-socket", true, "also serve the demand lane as a socket lane on the same port (over TLS too; clients fall back to gRPC without it)")
 	fs.StringVar(&c.demandPrio, "demand-priority", "rt", "CPU priority of the threads serving demand socket lanes: rt (real-time where permitted, else normal: a remote fault's page is read and sent at once, whatever bulk work the source host does) or normal")
 	fs.BoolVar(&c.bulkSocket, "bulk-socket", true, "also serve the bulk lane as a socket lane on the same port (over TLS too; clients fall back to gRPC without it)")
@@ -187,6 +189,9 @@ func (c *config) validate() error {
 	}
 	if c.demandPrio != "rt" && c.demandPrio != "normal" {
 		return cli.Usagef("demand-priority", c.demandPrio, "must be rt or normal")
+	}
+	if c.warmPrio != "idle" && c.warmPrio != "low" {
+		return cli.Usagef("warm-priority", c.warmPrio, "must be idle or low")
 	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return cli.Usagef("tls-key", c.tlsKey, "--tls-cert and --tls-key go together")
@@ -298,7 +303,7 @@ func open(cfg *config, log hclog.Logger) (*instance, error) {
 	srv, err := server.NewServer(server.Options{
 		Image: img, Token: token, Logger: log.Named("transport"), MaxSessions: cfg.maxSessions, WorkingSet: ws,
 		TLS: tlsConf, DemandSocket: cfg.demandSocket, BulkSocket: cfg.bulkSocket,
-		BulkYield: cfg.bulkYield, RealTimeDemand: cfg.demandPrio == "rt",
+		BulkYield: cfg.bulkYield, WarmIdle: cfg.warmPrio == "idle", RealTimeDemand: cfg.demandPrio == "rt",
 		MaxUnauthenticated: cfg.maxUnauth, SessionUnusedTimeout: cfg.unusedAfter,
 	})
 	if err != nil {

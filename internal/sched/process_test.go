@@ -84,3 +84,49 @@ func TestBackground(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// SetIdle makes the locked thread SCHED_IDLE and normal again; a boost
+// (BoostHolder) while it holds ends back at idle.
+func TestSetIdle(t *testing.T) {
+	testutil.RequireRoot(t) // SCHED_IDLE back to normal needs CAP_SYS_NICE
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		th := LockThread()
+		policy := func() uint32 {
+			a, err := unix.SchedGetAttr(th.tid, 0)
+			if err != nil {
+				t.Error(err)
+				return 0
+			}
+			return a.Policy
+		}
+		if err := th.SetIdle(true); err != nil {
+			t.Error(err)
+			return
+		}
+		if p := policy(); p != unix.SCHED_IDLE {
+			t.Errorf("policy %d after SetIdle(true), want SCHED_IDLE", p)
+		}
+		if !th.noBoost {
+			th.Hold()
+			if !th.BoostHolder() {
+				t.Error("BoostHolder did not boost a holder")
+			}
+			if p := policy(); p != unix.SCHED_FIFO {
+				t.Errorf("policy %d while boosted, want SCHED_FIFO", p)
+			}
+			th.Unhold()
+			if p := policy(); p != unix.SCHED_IDLE {
+				t.Errorf("policy %d after the boost, want SCHED_IDLE again", p)
+			}
+		}
+		if err := th.SetIdle(false); err != nil {
+			t.Error(err)
+		}
+		if p, n := policy(), nice(t, th.tid); p != unix.SCHED_NORMAL || n != 0 {
+			t.Errorf("policy %d, nice %d after SetIdle(false), want SCHED_NORMAL at 0", p, n)
+		}
+	}()
+	<-done
+}

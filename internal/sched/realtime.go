@@ -112,16 +112,56 @@ func (t *Thread) Unhold() {
 	t.realTimeMu.Lock()
 	defer t.realTimeMu.Unlock()
 	if t.lent.Load() {
-		nice := int32(0)
-		if t.low {
-			nice = BackgroundNice
-		}
 		// Lent stays set if the system refused: the next Unhold tries
 		// again, and no waiter boosts the thread meanwhile.
-		if setSched(t.tid, unix.SCHED_NORMAL, 0, nice) == nil {
+		if t.setBaseLocked() == nil {
 			t.lent.Store(false)
 		}
 	}
+}
+
+// setBaseLocked gives the thread its priority outside a boost: SCHED_IDLE
+// (SetIdle), or normal at nice 0 or BackgroundNice (Defer); realTimeMu is
+// held.
+func (t *Thread) setBaseLocked() error {
+	if t.idle {
+		return unix.SchedSetAttr(t.tid, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}, 0)
+	}
+	nice := int32(0)
+	if t.low {
+		nice = BackgroundNice
+	}
+	return setSched(t.tid, unix.SCHED_NORMAL, 0, nice)
+}
+
+// SetIdle makes the thread SCHED_IDLE (on) — it runs only on CPU time no
+// other thread wants, and a woken thread of normal priority takes the CPU
+// from it at once — or normal again (off); a system call only where that
+// changes. A boost (BoostHolder) still applies, and ends back here. It
+// fails, changing nothing, where the thread could not be made normal again
+// (ErrNoRaise).
+func (t *Thread) SetIdle(on bool) error {
+	if t == nil {
+		return nil
+	}
+	t.realTimeMu.Lock()
+	defer t.realTimeMu.Unlock()
+	if t.idle == on {
+		return nil
+	}
+	if !t.canRaise {
+		return ErrNoRaise
+	}
+	was := t.idle
+	t.idle = on
+	if t.lent.Load() {
+		return nil // boosted: its Unhold sets the new base
+	}
+	if err := t.setBaseLocked(); err != nil {
+		t.idle = was
+		return fmt.Errorf("sched: %w", err)
+	}
+	return nil
 }
 
 // BoostHolder makes the thread real-time until it ends the hold it is in,

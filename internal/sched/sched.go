@@ -28,6 +28,7 @@ const BackgroundNice = 10
 type Thread struct {
 	tid        int
 	low        bool
+	idle       bool // SCHED_IDLE outside boosts (SetIdle), under realTimeMu
 	canRaise   bool // whether nice can go back to 0 (needs CAP_SYS_NICE)
 	realTime   bool // real-time at RealTimePriority (RealTimeThread, SetRealTime), under realTimeMu
 	lowered    bool // between Lower and Release, under realTimeMu

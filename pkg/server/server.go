@@ -115,6 +115,10 @@ type Options struct {
 	// BulkYield reads bulk runs at a lower CPU priority while demand
 	// requests come (internal/sched); off by default, see fetcher.Config.
 	BulkYield bool
+	// WarmIdle serves the Warm lanes at idle priority (SCHED_IDLE) until a
+	// Freeze, so that a warm-up takes only CPU time the running source
+	// leaves; off, at nice BackgroundNice (internal/sched).
+	WarmIdle bool
 	// TLS, if set, is the TLS configuration of everything served, mutual
 	// TLS included (ClientAuth, ClientCAs): GRPCServerOptions then carry
 	// the gRPC server's credentials, and SplitListener makes every TLS
@@ -187,6 +191,7 @@ type Server struct {
 	runs       sync.Pool // *runBuf
 	workingSet []byte    // offered to clients (Options.WorkingSet)
 	noWarm     bool      // Options.NoWarm
+	warmIdle   bool      // Options.WarmIdle
 
 	mu       sync.Mutex
 	sessions map[[sha256.Size]byte]*session // by the SHA-256 of the id (see lookup)
@@ -252,6 +257,7 @@ func NewServer(o Options) (*Server, error) {
 		bulkYield:   o.BulkYield,
 		workingSet:  slices.Clone(o.WorkingSet),
 		noWarm:      o.NoWarm,
+		warmIdle:    o.WarmIdle,
 		gate:        newDemandGate(),
 		sessions:    make(map[[sha256.Size]byte]*session),
 		health:      health.NewServer(),
@@ -1040,9 +1046,10 @@ func (s *Server) Bulk(stream pb.PageServer_BulkServer) error {
 // (Bulk, Warm): each message received into msg is answered by each, in
 // order. each calls yield once its request is checked: the reading and
 // checksumming that follow run at a lower CPU priority (internal/sched)
-// while demand requests come, with BulkYield, so that the next one gets a
-// CPU at once, and while background, if not nil, says so; otherwise at
-// full speed.
+// while demand requests come, with BulkYield (nice BackgroundNice), so that
+// the next one gets a CPU at once, and while background, if not nil, says
+// so (idle priority, SCHED_IDLE, with Options.WarmIdle); otherwise at full
+// speed.
 func (s *Server) bulkStream(stream grpc.ServerStream, msg any, background func() bool,
 	each func(ctx context.Context, sess *session, yield func()) error) error {
 	sess, err := s.streamSession(stream.Context(), wire.LaneBulk)
@@ -1058,7 +1065,13 @@ func (s *Server) bulkStream(stream grpc.ServerStream, msg any, background func()
 	if s.bulkYield || background != nil {
 		th := sched.LockThread()
 		yield = func() {
-			th.Defer(s.bulkYield && s.gate.recent(demandBurst) || background != nil && background())
+			bg := background != nil && background()
+			if background != nil && s.warmIdle {
+				// Idle while background: where the thread could not
+				// come back from it, nice BackgroundNice (Defer).
+				_ = th.SetIdle(bg)
+			}
+			th.Defer(s.bulkYield && s.gate.recent(demandBurst) || bg)
 		}
 	}
 	for {

@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/internal/testutil/metricstest"
 	"github.com/postcopy/postcopy/pkg/client"
@@ -45,6 +47,22 @@ func warmRun(t *testing.T, l *client.WarmLane, r wire.WarmRequest) *wire.Respons
 		t.Fatalf("answer %d at %#x (%d pages) to request %d at %#x (%d pages)", resp.ID, resp.Offset, resp.Pages, r.ID, r.Offset, r.Pages)
 	}
 	return resp
+}
+
+// openWarm opens a session over one region of 4 KiB pages [off,
+// off+length) and its Warm lane, closed at the test's end.
+func openWarm(ctx context.Context, t *testing.T, c *client.Client, off, length, gen uint64) (*client.Session, *client.WarmLane) {
+	t.Helper()
+	sess, err := c.Open(ctx, []wire.Region{{Offset: off, Length: length, PageSize: wire.PageSize4K}}, gen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := sess.Warm(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return sess, w
 }
 
 // pageKinds returns, per page of r, 's' (same), 'z' (zero) or 'd' (data).
@@ -390,15 +408,7 @@ func TestWarmPIDChanged(t *testing.T) {
 	pid := cmd.Process.Pid
 	img, srv, c := servePID(t, pid)
 	ctx := testCtx(t)
-	sess, err := c.Open(ctx, []wire.Region{{Offset: addr, Length: size, PageSize: wire.PageSize4K}}, img.Generation())
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := sess.Warm(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	sess, w := openWarm(ctx, t, c, addr, size, img.Generation())
 	pages := uint32(size / wire.PageSize4K)
 
 	// Round 1: no digests; the copy is what the child holds.
@@ -618,4 +628,42 @@ func FuzzMarkSame(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// With WarmIdle, the thread that serves a Warm lane runs at idle priority
+// (SCHED_IDLE) while the source may run, and at normal priority once the
+// destination froze it.
+func TestWarmIdle(t *testing.T) {
+	testutil.RequireRoot(t) // SCHED_IDLE back to normal needs CAP_SYS_NICE
+	ti := makeImage(t, 2*mib, 7, nil, nil)
+	srv := startServer(t, Options{Image: ti.Img, WarmIdle: true})
+	c := dial(t, srv.addr, client.Options{})
+	ctx := testCtx(t)
+	sess, w := openWarm(ctx, t, c, 0, 2*mib, 0)
+	idle := func() (n int) {
+		ps, err := sched.ThreadPolicies(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ps {
+			if p == unix.SCHED_IDLE {
+				n++
+			}
+		}
+		return n
+	}
+	if n := idle(); n != 0 {
+		t.Fatalf("%d threads at idle priority before any Warm request", n)
+	}
+	warmRun(t, w, wire.WarmRequest{ID: 1, Offset: 0, Pages: 16}).Release()
+	if n := idle(); n != 1 {
+		t.Errorf("%d threads at idle priority after a Warm request before the freeze, want 1 (the lane's)", n)
+	}
+	if err := sess.Freeze(ctx); err != nil {
+		t.Fatal(err)
+	}
+	warmRun(t, w, wire.WarmRequest{ID: 2, Offset: 0, Pages: 16}).Release()
+	if n := idle(); n != 0 {
+		t.Errorf("%d threads at idle priority after the freeze, want 0", n)
+	}
 }

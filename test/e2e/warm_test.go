@@ -23,7 +23,7 @@ import (
 func TestWarm(t *testing.T) {
 	const size = 128 << 20
 	e := newEnv(t, size, defaultImage)
-	e.startServer()
+	e.startServer("--warm-priority", "low") // as the fetcher's: see below
 	// At normal priority: this test is about the hybrid's mechanics, and
 	// at idle priority (TestWarmPriority) the warm-up of a test on a busy
 	// machine waits for every other test's CPU time.
@@ -69,7 +69,7 @@ func TestWarm(t *testing.T) {
 // is verified.
 func TestWarmWorkingSet(t *testing.T) {
 	e := newEnv(t, wsImageSize, defaultImage)
-	e.startServer()
+	e.startServer("--warm-priority", "low")
 	ws := filepath.Join(e.dir, "vm.ws")
 	e.restore("--record-working-set", ws)
 	set := readSet(t, ws)
