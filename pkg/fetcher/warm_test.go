@@ -450,14 +450,18 @@ func TestWarmRecordPhase(t *testing.T) {
 }
 
 // recLane records the runs a warm lane of the confirm pass asked for, by
-// the order the lanes were opened in (0: the sweep's, 1: the ride lane);
-// the sweep's sends are slowed down (a slow source), so that the VMM
-// faults on pages the sweep has not reached.
+// the order the lanes were opened in (0: the sweep's, 1: the ride lane).
+// The sweep sends its first request, then waits until the ride lane has
+// sent one (or 10 s, so that a run without rides fails rather than
+// hangs): its first answer makes confirmations flow, and the pages it has
+// not taken yet can only ride.
 type recLane struct {
 	WarmLane
-	n    int
-	mu   *sync.Mutex
-	runs map[int][]uint32
+	n     int
+	mu    *sync.Mutex
+	runs  map[int][]uint32
+	rode  chan struct{} // closed at the ride lane's first request
+	close *sync.Once
 }
 
 func (l recLane) Send(r WarmRequest) error {
@@ -465,8 +469,14 @@ func (l recLane) Send(r WarmRequest) error {
 	l.runs[l.n] = append(l.runs[l.n], r.Pages)
 	first := len(l.runs[l.n]) == 1
 	l.mu.Unlock()
-	if l.n == 0 && !first {
-		time.Sleep(2 * time.Millisecond) // a slow sweep: not synchronisation
+	switch {
+	case l.n == 1:
+		l.close.Do(func() { close(l.rode) })
+	case !first:
+		select {
+		case <-l.rode:
+		case <-time.After(10 * time.Second):
+		}
 	}
 	return l.WarmLane.Send(r)
 }
@@ -475,15 +485,17 @@ func (l recLane) Send(r WarmRequest) error {
 // (the ride lane), a run of at most rideWindowPages each, not the sweep's
 // lane behind its window; every byte is right.
 func TestWarmRideLane(t *testing.T) {
-	const size = 32 << 20
+	const size = 64 << 20
 	h := newHarness(t, size)
 	src, _ := h.warmSource()
 	var mu sync.Mutex
+	var once sync.Once
 	runs := map[int][]uint32{}
+	rode := make(chan struct{})
 	var opened atomic.Int64
 	recording := wrapSource{Source: src, wrap: func(s Session) Session {
 		return warmSession{Session: s, lane: func(l WarmLane) WarmLane {
-			return recLane{WarmLane: l, n: int(opened.Add(1) - 1), mu: &mu, runs: runs}
+			return recLane{WarmLane: l, n: int(opened.Add(1) - 1), mu: &mu, runs: runs, rode: rode, close: &once}
 		}}
 	}}
 	rounds := make(chan WarmRound, 1)
@@ -494,7 +506,7 @@ func TestWarmRideLane(t *testing.T) {
 	<-rounds
 	// A demand rate of one fault a second: past its burst every fault
 	// rides, however slowly the machine lets the threads fault.
-	m := h.migrate("4k:0x0:32M", Config{Source: recording, Prefetch: true, Warmup: w, DemandRate: 1},
+	m := h.migrate("4k:0x0:64M", Config{Source: recording, Prefetch: true, Warmup: w, DemandRate: 1},
 		"FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
 	m.check(t)
 	mu.Lock()
