@@ -77,7 +77,9 @@ type confirmer struct {
 	rides       pagestate.Runs
 	rideKick    chan struct{}
 	rideLatency atomic.Int64
-	apart       bool // the ride lane is open: rides are its (policy.SetRidesApart); under mu
+	// apart: the ride lane is open, rides are its (policy.SetRidesApart,
+	// changed under mu); read without it by the fault loop (rideWaitOK).
+	apart atomic.Bool
 
 	frozen    atomic.Bool
 	abandoned atomic.Bool // the session cannot confirm: the bulk lane brings every page
@@ -93,10 +95,7 @@ type confirmer struct {
 // to the sweep's requests (sent behind a full window, as a ride's run is
 // without a ride lane), took that long at most.
 func (cf *confirmer) rideWaitOK() bool {
-	cf.mu.Lock()
-	apart := cf.apart
-	cf.mu.Unlock()
-	if apart {
+	if cf.apart.Load() {
 		return time.Duration(cf.rideLatency.Load()) <= maxRideWait
 	}
 	return time.Duration(cf.latency.Load()) <= maxRideWait
@@ -230,7 +229,7 @@ func (cf *confirmer) lost() {
 	for _, b := range cf.rides.Lost(nil) {
 		cf.requeueLocked(b)
 	}
-	cf.apart = false
+	cf.apart.Store(false)
 	cf.policy.SetRidesApart(false)
 	cf.flowing.Store(false)
 }
@@ -349,7 +348,7 @@ func (l *link) confirmLoop(c *conn) error {
 		l.log.Debug("no ride lane: rides lead the confirm pass's runs", "error", err)
 	} else {
 		cf.mu.Lock()
-		cf.apart = true
+		cf.apart.Store(true)
 		cf.policy.SetRidesApart(true)
 		cf.mu.Unlock()
 		cf.poke()
@@ -393,18 +392,12 @@ func (l *link) serveWarmLane(c *conn, lane WarmLane, send func(*conn, WarmLane) 
 
 var errConfirmDone = errors.New("confirm pass done")
 
-// confirmSend keeps the window of confirm requests full, and ends once
-// every cached page is confirmed or resolved otherwise.
+// confirmSend keeps the sweep's window of confirm requests full, and ends
+// once every cached page is confirmed or resolved otherwise.
 func (l *link) confirmSend(c *conn, lane WarmLane) error {
 	cf := l.confirm
-	var runs []prefetch.Run
-	var reqs []WarmRequest
-	for {
-		cf.mu.Lock()
-		_, n := cf.runs.InFlight()
-		want := confirmWindow - n
-		runs = runs[:0]
-		switch {
+	err := l.sendConfirms(c, lane, &cf.runs, cf.kick, func(n int, runs []prefetch.Run) ([]prefetch.Run, bool) {
+		switch want := confirmWindow - n; {
 		case want <= 0:
 		case l.pull.recording.Load():
 			// The record phase (link.recordPhase): only a working set in
@@ -413,17 +406,49 @@ func (l *link) confirmSend(c *conn, lane WarmLane) error {
 		default:
 			runs = cf.policy.Next(want, runs)
 		}
-		reqs = cf.requestsLocked(l.pages, runs, &cf.runs, reqs[:0])
 		// Done once nothing is pending and nothing in flight on either
 		// lane: a ride's run lost with its connection is pending again.
-		idle := cf.inFlight() == 0 && cf.policy.Pending() == 0
+		if len(runs) > 0 || cf.inFlight() > 0 || cf.policy.Pending() > 0 {
+			return runs, false
+		}
+		if !cf.finished.Swap(true) {
+			l.log.Info("confirm pass done", "confirmed", l.pages.Count(pagestate.ViaConfirmed),
+				"changed", cf.changed.Load(), "took", time.Since(cf.start))
+		}
+		return runs, true
+	})
+	cf.poke() // the ride lane's sender ends too, if the pass is done
+	return err
+}
+
+// rideSend sends the runs rides lead (prefetch.Policy.NextRides) on the
+// ride lane as they come, until the confirm pass is done.
+func (l *link) rideSend(c *conn, lane WarmLane) error {
+	cf := l.confirm
+	return l.sendConfirms(c, lane, &cf.rides, cf.rideKick, func(n int, runs []prefetch.Run) ([]prefetch.Run, bool) {
+		if cf.apart.Load() {
+			runs = cf.policy.NextRides(rideLaneWindow-n, runs)
+		}
+		return runs, cf.finished.Load() && n+len(runs) == 0
+	})
+}
+
+// sendConfirms sends a confirm lane's requests: with cf.mu held, take hands
+// out the lane's next runs, given its n requests outstanding in inFlight,
+// and says whether the lane is done; their requests go out and are
+// registered in inFlight. kick wakes it when there may be more.
+func (l *link) sendConfirms(c *conn, lane WarmLane, inFlight *pagestate.Runs, kick <-chan struct{},
+	take func(n int, runs []prefetch.Run) ([]prefetch.Run, bool)) error {
+	cf := l.confirm
+	var runs []prefetch.Run
+	var reqs []WarmRequest
+	for {
+		cf.mu.Lock()
+		_, n := inFlight.InFlight()
+		runs, done := take(n, runs[:0])
+		reqs = cf.requestsLocked(l.pages, runs, inFlight, reqs[:0])
 		cf.mu.Unlock()
-		if idle {
-			if !cf.finished.Swap(true) {
-				l.log.Info("confirm pass done", "confirmed", l.pages.Count(pagestate.ViaConfirmed),
-					"changed", cf.changed.Load(), "took", time.Since(cf.start))
-			}
-			cf.poke() // the ride lane's sender ends too
+		if done {
 			return nil
 		}
 		for _, r := range reqs {
@@ -435,7 +460,7 @@ func (l *link) confirmSend(c *conn, lane WarmLane) error {
 			continue
 		}
 		select {
-		case <-cf.kick:
+		case <-kick:
 		case <-c.ctx.Done():
 			return nil
 		}
@@ -454,41 +479,6 @@ func (cf *confirmer) requestsLocked(pages *pagestate.Table, runs []prefetch.Run,
 			Digests: cf.cache.digestsOf(i, uint64(b.Pages))})
 	}
 	return reqs
-}
-
-// rideSend sends the runs rides lead (prefetch.Policy.NextRides) on the
-// ride lane as they come, until the confirm pass is done.
-func (l *link) rideSend(c *conn, lane WarmLane) error {
-	cf := l.confirm
-	var runs []prefetch.Run
-	var reqs []WarmRequest
-	for {
-		cf.mu.Lock()
-		_, n := cf.rides.InFlight()
-		runs = runs[:0]
-		if cf.apart {
-			runs = cf.policy.NextRides(rideLaneWindow-n, runs)
-		}
-		reqs = cf.requestsLocked(l.pages, runs, &cf.rides, reqs[:0])
-		done := cf.finished.Load() && n+len(runs) == 0
-		cf.mu.Unlock()
-		if done {
-			return nil
-		}
-		for _, r := range reqs {
-			if err := lane.Send(r); err != nil {
-				return err
-			}
-		}
-		if len(reqs) > 0 {
-			continue
-		}
-		select {
-		case <-cf.rideKick:
-		case <-c.ctx.Done():
-			return nil
-		}
-	}
 }
 
 // confirmRecv places the confirm answers to the requests in runs as they
