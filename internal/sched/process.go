@@ -37,26 +37,31 @@ func Background() (*Foreground, error) {
 		return nil, ErrNoRaise
 	}
 	fg := &Foreground{policy: a.Policy, nice: a.Nice}
-	// Pass after pass until one finds no thread left to lower: a thread
-	// that a normal one was making during a pass inherits normal priority
-	// and may be missing from its listing.
+	// A thread that a normal one was making during a pass inherits normal
+	// priority and may be missing from its listing.
+	normal := func(p uint32) bool { return p == unix.SCHED_NORMAL || p == unix.SCHED_BATCH } // not real-time, not idle yet
+	if err := setEach(normal, unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}); err != nil {
+		_ = fg.Restore()
+		return nil, fmt.Errorf("sched: background priority: %w", err)
+	}
+	return fg, nil
+}
+
+// setEach gives every thread of the process whose policy from says so the
+// attributes to, pass after pass until one finds no such thread (8 at most).
+func setEach(from func(policy uint32) bool, to unix.SchedAttr) error {
 	for range 8 {
 		n, err := eachThread(0, func(tid int, cur *unix.SchedAttr) (bool, error) {
-			if cur.Policy != unix.SCHED_NORMAL && cur.Policy != unix.SCHED_BATCH {
-				return false, nil // real-time, or already idle: leave it
+			if !from(cur.Policy) {
+				return false, nil
 			}
-			return true, unix.SchedSetAttr(tid, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}, 0)
+			return true, unix.SchedSetAttr(tid, &to, 0)
 		})
-		if err != nil {
-			_ = fg.Restore()
-			return nil, fmt.Errorf("sched: background priority: %w", err)
-		}
-		if n == 0 {
-			return fg, nil
+		if err != nil || n == 0 {
+			return err
 		}
 	}
-	_ = fg.Restore()
-	return nil, errors.New("sched: background priority: threads still normal after 8 passes")
+	return errors.New("threads still to change after 8 passes")
 }
 
 // ErrNoRaise is Background's answer where a thread made SCHED_IDLE could not
@@ -89,21 +94,11 @@ func (fg *Foreground) Restore() error {
 	if fg == nil {
 		return nil
 	}
-	for range 8 {
-		n, err := eachThread(0, func(tid int, cur *unix.SchedAttr) (bool, error) {
-			if cur.Policy != unix.SCHED_IDLE {
-				return false, nil
-			}
-			return true, unix.SchedSetAttr(tid, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: fg.policy, Nice: fg.nice}, 0)
-		})
-		if err != nil {
-			return fmt.Errorf("sched: normal priority again: %w", err)
-		}
-		if n == 0 {
-			return nil
-		}
+	idle := func(p uint32) bool { return p == unix.SCHED_IDLE }
+	if err := setEach(idle, unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: fg.policy, Nice: fg.nice}); err != nil {
+		return fmt.Errorf("sched: normal priority again: %w", err)
 	}
-	return errors.New("sched: normal priority again: threads still idle after 8 passes")
+	return nil
 }
 
 // RestoreThread gives the calling thread alone the policy and nice value

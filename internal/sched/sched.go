@@ -48,13 +48,7 @@ func LockThread() *Thread {
 // mayRaise reports whether a thread lowered to BackgroundNice may go back to
 // nice 0: as root (CAP_SYS_NICE, as a rule), or where RLIMIT_NICE allows
 // nice 0 (a limit of 20). A failed raise tells too (Defer).
-func mayRaise() bool {
-	if unix.Geteuid() == 0 {
-		return true
-	}
-	var r unix.Rlimit
-	return unix.Getrlimit(unix.RLIMIT_NICE, &r) == nil && r.Cur >= 20
-}
+func mayRaise() bool { return mayRaiseTo(0) }
 
 // Defer sets the thread's priority: low while demand work waits, normal
 // otherwise. It makes a system call only when the answer changes. Where the
