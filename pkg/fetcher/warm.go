@@ -486,10 +486,6 @@ func (w *Warmup) storeAll(ctx context.Context, a warmAnswer, inflight map[uint64
 		if a.err != nil {
 			return a.err
 		}
-		if err := ctx.Err(); err != nil {
-			a.resp.Release()
-			return err
-		}
 		again, err := w.store(ctx, a.resp, inflight, res)
 		a.resp.Release()
 		if err != nil {
@@ -509,7 +505,8 @@ func (w *Warmup) storeAll(ctx context.Context, a warmAnswer, inflight map[uint64
 
 // store puts an answer's pages into the cache. An answer that fails its
 // checksum returns its run, to ask for again. Once ctx ends it stops
-// between pages (every storeCheck) with ctx's error.
+// before its first page or between pages (every storeCheck) with ctx's
+// error.
 func (w *Warmup) store(ctx context.Context, resp *Response, inflight map[uint64]warmRun, res *WarmRound) (again *warmRun, err error) {
 	r, ok := inflight[resp.ID]
 	if !ok {
@@ -526,10 +523,11 @@ func (w *Warmup) store(ctx context.Context, resp *Response, inflight map[uint64]
 	}
 	i := r.i
 	var used uint64
+	var looked int
 	for _, sg := range resp.Segments {
 		n := uint64(sg.Pages)
 		for k := uint64(0); k < n; k++ {
-			if (i+k)%storeCheck == 0 && ctx.Err() != nil {
+			if looked++; looked%storeCheck == 1 && ctx.Err() != nil {
 				// Stopped: every page is its old copy or its new one,
 				// bytes and digest together (storeData, storeZero).
 				return nil, ctx.Err()
