@@ -7,7 +7,8 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
+
+	"github.com/postcopy/postcopy/internal/sched"
 )
 
 // MinProcs is the GOMAXPROCS the binaries run with at least.
@@ -60,23 +61,4 @@ func PeakRSS() (uint64, error) {
 // then takes one of them instead of waiting for a clone(2) — at the
 // handoff, where a dozen goroutines start at once on the first page's way.
 // Call it while idle; it returns once the threads are parked.
-func WarmThreads(n int) {
-	var locked, done sync.WaitGroup
-	release := make(chan struct{})
-	locked.Add(n)
-	done.Add(n)
-	for range n {
-		go func() {
-			defer done.Done()
-			// Locked, the goroutine holds its thread while it waits,
-			// so that each of the n waits on a thread of its own.
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			locked.Done()
-			<-release
-		}()
-	}
-	locked.Wait()
-	close(release)
-	done.Wait()
-}
+func WarmThreads(n int) { sched.HoldThreads(n)() }

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -108,6 +110,28 @@ func (fg *Foreground) RestoreThread() error {
 		return nil
 	}
 	return unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: fg.policy, Nice: fg.nice}, 0)
+}
+
+// HoldThreads locks n goroutines each to an OS thread of its own, which
+// makes the runtime start threads where it has too few, and returns once
+// they all hold one; release lets them go, and returns once they have:
+// the threads stay, idle, for the runtime to hand out.
+func HoldThreads(n int) (release func()) {
+	var held, done sync.WaitGroup
+	stop := make(chan struct{})
+	held.Add(n)
+	done.Add(n)
+	for range n {
+		go func() {
+			defer done.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			held.Done()
+			<-stop
+		}()
+	}
+	held.Wait()
+	return func() { close(stop); done.Wait() }
 }
 
 // ThreadPolicies returns the scheduling policy (unix.SCHED_*) of every

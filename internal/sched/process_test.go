@@ -1,8 +1,6 @@
 package sched
 
 import (
-	"runtime"
-	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -20,34 +18,13 @@ func policies(t *testing.T) map[int]uint32 {
 	return got
 }
 
-// lockThreads starts n goroutines that each lock an OS thread, which makes
-// the runtime start threads, and returns once they all hold one; release
-// ends them.
-func lockThreads(n int) (release func()) {
-	var held, done sync.WaitGroup
-	stop := make(chan struct{})
-	held.Add(n)
-	done.Add(n)
-	for range n {
-		go func() {
-			defer done.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			held.Done()
-			<-stop
-		}()
-	}
-	held.Wait()
-	return func() { close(stop); done.Wait() }
-}
-
 // Background makes every thread SCHED_IDLE, threads started afterwards too;
 // Restore makes every one normal again, at the caller's nice value of before.
 // A real-time thread (one an earlier test left, still ending) is left as it
 // is by both.
 func TestBackground(t *testing.T) {
 	testutil.RequireRoot(t) // SCHED_IDLE back to normal needs CAP_SYS_NICE
-	before := lockThreads(4)
+	before := HoldThreads(4)
 	defer before()
 	realTime := map[int]uint32{}
 	for tid, p := range policies(t) {
@@ -74,7 +51,7 @@ func TestBackground(t *testing.T) {
 			_ = fg.Restore()
 		}
 	}()
-	after := lockThreads(8) // some of them new threads, made by idle ones
+	after := HoldThreads(8) // some of them new threads, made by idle ones
 	defer after()
 	for tid, p := range policies(t) {
 		if !leftAlone(tid, p, "after Background") && p != unix.SCHED_IDLE {
