@@ -3,7 +3,9 @@ package fetcher
 import (
 	"fmt"
 	"math/bits"
+	"os"
 	"sort"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -33,6 +35,12 @@ type cache struct {
 	digests []uint64      // per page; 0: no copy held
 	held    []uint64      // bit per page: a copy is held
 	pages   uint64
+	// file, when set, holds mem: a file on tmpfs whose offsets are the
+	// image's (sparse: a page costs memory once written), each region
+	// mapped shared into mem. A VMM that maps its guest memory from it
+	// gets confirmed pages mapped in place (UFFDIO_CONTINUE, sharedKernel)
+	// rather than copied.
+	file *os.File
 }
 
 // cacheRegion is [Offset, Offset+Length) of the image, its first page the
@@ -46,8 +54,9 @@ type cacheRegion struct {
 var zeroDigest = wire.PageDigest(make([]byte, cachePage))
 
 // newCache maps a cache for the image ranges regions (in 4 KiB pages,
-// ascending and disjoint, as aheadRegions gives them).
-func newCache(regions []SourceRegion) (*cache, error) {
+// ascending and disjoint, as aheadRegions gives them): anonymous memory, or
+// the new file path on tmpfs (newCacheFile) when path is not empty.
+func newCache(regions []SourceRegion, path string) (*cache, error) {
 	c := &cache{}
 	for i, r := range regions {
 		if r.PageSize != cachePage || r.Offset%cachePage != 0 || r.Length%cachePage != 0 || r.Length == 0 {
@@ -69,6 +78,12 @@ func newCache(regions []SourceRegion) (*cache, error) {
 	if c.held, err = zeromem.Slice[uint64](c, int((c.pages+63)/64)); err != nil {
 		return nil, fmt.Errorf("fetcher: cache: %w", err)
 	}
+	if path != "" {
+		if err := c.mapFile(path); err != nil {
+			return nil, fmt.Errorf("fetcher: cache file: %w", err)
+		}
+		return c, nil
+	}
 	c.mem, err = unix.Mmap(-1, 0, int(c.pages*cachePage), unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
@@ -77,12 +92,88 @@ func newCache(regions []SourceRegion) (*cache, error) {
 	return c, nil
 }
 
-// close unmaps the bytes; the digests go with the cache.
+// tmpfsMagic is TMPFS_MAGIC, statfs(2)'s f_type of tmpfs (shmem).
+const tmpfsMagic = 0x01021994
+
+// mapFile creates path, a new file on tmpfs as long as the image's last
+// region's end, and maps each region of it shared into c.mem, in order.
+// Only shmem offers what a VMM mapping it needs: MINOR faults and
+// UFFDIO_CONTINUE (and a hole costs nothing).
+func (c *cache) mapFile(path string) (err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(path)
+			_ = f.Close()
+			if c.mem != nil {
+				_ = unix.Munmap(c.mem)
+				c.mem = nil
+			}
+		}
+	}()
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil {
+		return fmt.Errorf("statfs %s: %w", path, err)
+	}
+	if fs.Type != tmpfsMagic {
+		return fmt.Errorf("%s is not on tmpfs (f_type %#x): a VMM needs shared memory (shmem) to map pages in place", path, fs.Type)
+	}
+	last := c.regions[len(c.regions)-1]
+	if err := f.Truncate(int64(last.Offset + last.Length)); err != nil {
+		return err
+	}
+	// One range of addresses for the regions, then each region's file
+	// range over its part of it.
+	if c.mem, err = unix.Mmap(-1, 0, int(c.pages*cachePage), unix.PROT_NONE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE); err != nil {
+		return fmt.Errorf("reserving %d bytes: %w", c.pages*cachePage, err)
+	}
+	for _, r := range c.regions {
+		at := unsafe.Pointer(unsafe.SliceData(c.mem[r.first*cachePage:]))
+		if _, err := mmapFixed(at, r.Length, int(f.Fd()), r.Offset); err != nil {
+			return fmt.Errorf("mapping %s at offset %#x (%d bytes): %w", path, r.Offset, r.Length, err)
+		}
+	}
+	c.file = f
+	return nil
+}
+
+// mmapFixed maps length bytes of fd from offset shared at address at,
+// over what is there (MAP_FIXED).
+func mmapFixed(at unsafe.Pointer, length uint64, fd int, offset uint64) (uintptr, error) {
+	r, _, errno := unix.Syscall6(unix.SYS_MMAP, uintptr(at), uintptr(length), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_SHARED|unix.MAP_FIXED, uintptr(fd), uintptr(offset))
+	if errno != 0 {
+		return 0, errno
+	}
+	return r, nil
+}
+
+// close unmaps the bytes and removes the file, if any: a VMM that maps it
+// keeps its pages; the digests go with the cache.
 func (c *cache) close() {
-	if c != nil && c.mem != nil {
+	if c == nil {
+		return
+	}
+	if c.mem != nil {
 		_ = unix.Munmap(c.mem)
 		c.mem = nil
 	}
+	if c.file != nil {
+		_ = os.Remove(c.file.Name())
+		_ = c.file.Close()
+		c.file = nil
+	}
+}
+
+// punch gives back the file's n pages from image offset off (a hole reads
+// as zeros): the VMM discarded them.
+func (c *cache) punch(off, n uint64) error {
+	return unix.Fallocate(int(c.file.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE,
+		int64(off), int64(n*cachePage))
 }
 
 // index returns the cache page holding image offset off, and how many
@@ -121,12 +212,17 @@ func (c *cache) storeData(i uint64, page []byte) (changed bool) {
 
 // storeZero makes page i's copy a page of zeros, as storeData does.
 func (c *cache) storeZero(i uint64) (changed bool) {
-	if c.isHeld(i) {
+	switch {
+	case c.isHeld(i):
 		if c.digests[i] == zeroDigest {
 			return false
 		}
 		clear(c.bytes(i, 1))
 		changed = true
+	case c.file != nil:
+		// A hole reads as zeros, but only a page in the file can be
+		// mapped in place (UFFDIO_CONTINUE).
+		clear(c.bytes(i, 1))
 	}
 	c.digests[i] = zeroDigest
 	c.held[i>>6] |= 1 << (i & 63)

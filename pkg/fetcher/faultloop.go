@@ -240,6 +240,13 @@ func (f *faultLoop) event(ev *uffd.Event, faults []faultRef) ([]faultRef, error)
 func (f *faultLoop) discard(start, end uint64, how pagestate.Arrival) error {
 	var werr error
 	for _, d := range f.pages.Discard(start, end, how, time.Now(), nil) {
+		if d.A.Shared && how == pagestate.ViaRemoved {
+			// The VMM's discard left the file's copy: a fault there
+			// gets zeros, as the source's memory gives.
+			if err := f.place.kern.shared.punch(d.A.Offset+d.First<<d.A.Shift, d.N); err != nil {
+				werr = errors.Join(werr, fmt.Errorf("fetcher: discarding the shared file's pages: %w", err))
+			}
+		}
 		f.pull.done(d.A.Index, d.First, d.N)
 		if cf := f.link.confirm; cf != nil {
 			cf.done(d.A.Index, d.First, d.N)

@@ -185,6 +185,9 @@ type Summary struct {
 	WarmRounds              uint64
 	WarmSeconds             float64
 	PagesChangedAfterFreeze uint64
+	// SharedPages are the pages of regions the VMM maps from the
+	// warm-up's file (WarmConfig.File): placed in place, not copied.
+	SharedPages uint64
 }
 
 // Progress is a snapshot of a running migration.
@@ -223,6 +226,10 @@ type Fetcher struct {
 	life  *lifecycle
 	// settled closes once the switchover is over (Settled, settle).
 	settled chan struct{}
+	// sharedPages are the pages of Shared areas, and sharedCheck how
+	// long finding them took (useShared).
+	sharedPages uint64
+	sharedCheck time.Duration
 }
 
 // New checks the configuration and prepares a migration.
@@ -374,6 +381,16 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 		// The cache is read-only from here: the fault loop and the
 		// confirm pass read it.
 		w.stop()
+		t0 := time.Now()
+		n, err := useShared(w.cache, f.cfg.VMMPid, f.pages.Areas(), f.place.kern)
+		if err != nil {
+			w.Close()
+			return f.summary(), err
+		}
+		if n > 0 {
+			f.sharedPages = n
+			f.sharedCheck = time.Since(t0)
+		}
 	}
 	// The switchover's clock runs from the handoff, whatever Run does
 	// first (a session opened now takes round trips).
@@ -465,6 +482,14 @@ func (f *Fetcher) Run(ctx context.Context) (*Summary, error) {
 	}
 	f.log.Info("session open", "session", sess.ID(), "image", sess.Image().Description,
 		"pages", f.pages.TotalPages(), "regions", len(f.pages.Areas()), "since_handoff", sinceHandoff)
+	if f.sharedPages > 0 {
+		if err := checkShared(f.cfg.Warmup.cache, f.cfg.VMMPid, f.pages.Areas()); err != nil {
+			f.life.fail(err)
+		} else {
+			f.log.Info("the VMM maps the warm-up's file: pages are mapped in place", "pages", f.sharedPages,
+				"found_in", f.sharedCheck)
+		}
+	}
 	unused.End(f.log)
 	if f.cfg.VMMPid != 0 {
 		stopWatch, err := f.watchVMM(f.cfg.VMMPid)

@@ -72,6 +72,7 @@ func vmmMain() int {
 		if err != nil {
 			return err
 		}
+		spec.File = os.Getenv("FETCHER_TEST_MEMFILE")
 		v, err := vmm.Map(spec)
 		if err != nil {
 			return err

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
@@ -289,11 +290,22 @@ type uffdKernel struct {
 	fd *uffd.FD
 	// zeroBuf is a zero page for hugetlbfs regions (no UFFDIO_ZEROPAGE there).
 	zeroBuf []byte
+	// shared is the warm-up's cache in a file that the VMM maps its
+	// Shared areas from (useShared): their pages are written there and
+	// mapped with UFFDIO_CONTINUE.
+	shared *cache
 }
 
-// Copy copies (or zero-fills) k pages at addr and returns how many whole
-// pages are in place; a short copy is continued.
-func (kn *uffdKernel) Copy(r *pagestate.Area, addr, k uint64, src []byte, dontWake bool) (uint64, pagestate.FillResult, error) {
+// zeroPage is a page of zeros, copied where UFFDIO_ZEROPAGE does not work
+// (shmem).
+var zeroPage [cachePage]byte
+
+// Copy copies (or zero-fills) k pages at addr, pages [p, p+k) of r, and
+// returns how many whole pages are in place; a short copy is continued.
+func (kn *uffdKernel) Copy(r *pagestate.Area, p, addr, k uint64, src []byte, dontWake bool) (uint64, pagestate.FillResult, error) {
+	if r.Shared {
+		return kn.copyShared(r, p, addr, k, src, dontWake)
+	}
 	ps := r.PageSize
 	want := k * ps
 	var done uint64
@@ -326,24 +338,91 @@ func (kn *uffdKernel) Copy(r *pagestate.Area, addr, k uint64, src []byte, dontWa
 			n, err = kn.fd.ZeroPage(addr+done, want-done, mode)
 		}
 		done += n
-		switch {
-		case err == nil:
-		case errors.Is(err, uffd.ErrExist):
-			return done / ps, pagestate.FillExist, nil
-		case errors.Is(err, uffd.ErrAgain):
-			return done / ps, pagestate.FillAgain, nil
-		case errors.Is(err, uffd.ErrProcessGone):
-			return done / ps, pagestate.Filled, ErrVMMGone
-		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
-			return done / ps, pagestate.FillGone, nil
-		default:
-			return done / ps, pagestate.Filled, fmt.Errorf("fetcher: placing %d pages at %#x: %w", k, addr, err)
+		if res, ferr, ok := fillEnd(err, "placing", k, addr); !ok {
+			return done / ps, res, ferr
 		}
 		if n == 0 {
 			return done / ps, pagestate.Filled, fmt.Errorf("fetcher: copy at %#x made no progress", addr+done)
 		}
 	}
 	return k, pagestate.Filled, nil
+}
+
+// fillEnd says how an ioctl placing k pages at addr (op names it in an
+// unexpected error) ends the placement: err nil goes on (ok). EEXIST is
+// FillExist, EAGAIN FillAgain, ENOENT and EFAULT FillGone (not mapped; for
+// UFFDIO_CONTINUE, EFAULT is also no page in the file: the VMM removed
+// it, and its event follows).
+func fillEnd(err error, op string, k, addr uint64) (res pagestate.FillResult, ferr error, ok bool) {
+	switch {
+	case err == nil:
+		return pagestate.Filled, nil, true
+	case errors.Is(err, uffd.ErrExist):
+		return pagestate.FillExist, nil, false
+	case errors.Is(err, uffd.ErrAgain):
+		return pagestate.FillAgain, nil, false
+	case errors.Is(err, uffd.ErrProcessGone):
+		return pagestate.Filled, ErrVMMGone, false
+	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
+		return pagestate.FillGone, nil, false
+	}
+	return pagestate.Filled, fmt.Errorf("fetcher: %s %d pages at %#x: %w", op, k, addr, err), false
+}
+
+// copyShared places pages [p, p+k) of r, a Shared area, at addr: it
+// writes their content into the file the VMM maps them from — nothing for
+// a cached page confirmed unchanged, src is the file's own page then — and
+// maps them there with UFFDIO_CONTINUE: no page is allocated and nothing
+// is copied after the switch for a page the warm-up brought. The caller
+// claimed the pages (PlaceStep): none is mapped, none written by another.
+func (kn *uffdKernel) copyShared(r *pagestate.Area, p, addr, k uint64, src []byte, dontWake bool) (uint64, pagestate.FillResult, error) {
+	i, contig, ok := kn.shared.index(r.Offset + p<<r.Shift)
+	if !ok || contig < k {
+		return 0, pagestate.Filled, fmt.Errorf("fetcher: pages %#x+%d are not in the shared cache", r.Offset+p<<r.Shift, k)
+	}
+	dst := kn.shared.bytes(i, k)
+	switch {
+	case src == nil:
+		clear(dst)
+	case unsafe.SliceData(src) != unsafe.SliceData(dst):
+		copy(dst, src[:len(dst)])
+	}
+	mode := uffd.ContinueMode(0)
+	if dontWake {
+		mode = uffd.ContinueDontWake
+	}
+	want := k * cachePage
+	var done uint64
+	for done < want {
+		n, err := kn.fd.Continue(addr+done, want-done, mode)
+		done += n
+		if res, ferr, ok := fillEnd(err, "mapping in place", k, addr); !ok {
+			return done / cachePage, res, ferr
+		}
+		if n == 0 {
+			return done / cachePage, pagestate.Filled, fmt.Errorf("fetcher: continue at %#x made no progress", addr+done)
+		}
+	}
+	return k, pagestate.Filled, nil
+}
+
+// ZeroFill answers a fault on page p of r at addr that is present or
+// discarded: a zero page (waking), or FillExist where the page is there.
+// In a Shared area the page's content in the file is mapped (a page the
+// VMM discarded with MADV_DONTNEED keeps it, as shared memory does), or a
+// zero page copied where the file has none (MADV_REMOVE, or a removal the
+// fetcher punched): nothing there is written, it may be in place.
+func (kn *uffdKernel) ZeroFill(r *pagestate.Area, p, addr uint64) (pagestate.FillResult, error) {
+	if !r.Shared {
+		_, res, err := kn.Copy(r, p, addr, 1, nil, false)
+		return res, err
+	}
+	_, err := kn.fd.Continue(addr, cachePage, 0)
+	if errors.Is(err, unix.EFAULT) {
+		_, err = kn.fd.Copy(addr, zeroPage[:], 0)
+	}
+	res, ferr, _ := fillEnd(err, "zero-filling", 1, addr)
+	return res, ferr
 }
 
 // Wake is UFFDIO_WAKE: a range no longer mapped is nobody to wake.

@@ -50,7 +50,15 @@ type WarmConfig struct {
 	// OnRound, when set, is called after each round, from the warm-up's
 	// goroutine: the next round starts when it returns.
 	OnRound func(WarmRound)
-	Logger  hclog.Logger
+	// File, when set, is where the cache lives: a new file on tmpfs
+	// (it must not exist), its offsets the image's, removed when the
+	// warm-up is closed. A VMM that maps its guest memory from it (shared,
+	// each region at its image offset) and registers it for MISSING and
+	// MINOR faults gets each confirmed page mapped in place
+	// (UFFDIO_CONTINUE) instead of copied: the pages were allocated and
+	// written during the warm-up, not after the switch.
+	File   string
+	Logger hclog.Logger
 }
 
 // WarmRound is what one round of a warm-up did.
@@ -131,7 +139,7 @@ func StartWarmup(ctx context.Context, src Source, info ImageInfo, cfg WarmConfig
 		cancel()
 		return nil, err
 	}
-	if w.cache, err = newCache(regions); err != nil {
+	if w.cache, err = newCache(regions, cfg.File); err != nil {
 		cancel()
 		lane.Close()
 		endSession(sess, w.log)

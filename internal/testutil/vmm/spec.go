@@ -32,6 +32,10 @@ type RegionSpec struct {
 // and handed over.
 type Spec struct {
 	Regions []RegionSpec
+	// File, when set, is a file on tmpfs every region is mapped from,
+	// shared, at its offset (pagefetcher --warm-file); Map registers the
+	// regions for MINOR faults too. Only 4 KiB regions.
+	File string
 }
 
 // ErrSpec is matched (errors.Is) by every error about a malformed layout or
@@ -137,6 +141,9 @@ func (s Spec) String() string {
 func (s Spec) Validate() error {
 	if len(s.Regions) == 0 {
 		return specErr("no regions")
+	}
+	if s.File != "" && s.HasHuge() {
+		return specErr("huge regions cannot be mapped from a file on tmpfs")
 	}
 	for i, r := range s.Regions {
 		switch {

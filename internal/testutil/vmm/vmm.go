@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -55,7 +56,11 @@ type byteRange struct{ start, end uint64 }
 // pages), creates a non-blocking userfaultfd, enables UFFD_FEATURE_EVENT_REMOVE
 // (with THREAD_ID when the kernel offers it and MISSING_HUGETLBFS when a
 // region is huge), and registers every region in MISSING mode. From then on
-// every first access to a page blocks until a handler resolves it.
+// every first access to a page blocks until a handler resolves it. With
+// spec.File the regions are that file's ranges at their offsets, mapped
+// shared, and registered for MINOR faults too (UFFD_FEATURE_MINOR_SHMEM):
+// a page in the file blocks as well until the handler maps it
+// (UFFDIO_CONTINUE).
 func Map(spec Spec) (*VM, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
@@ -67,12 +72,27 @@ func Map(spec Spec) (*VM, error) {
 			v.Close()
 		}
 	}()
+	memFD := -1
+	if spec.File != "" {
+		f, err := os.OpenFile(spec.File, os.O_RDWR, 0)
+		if err != nil {
+			return nil, fmt.Errorf("vmm: guest memory file: %w", err)
+		}
+		defer f.Close() // the mappings keep it
+		memFD = int(f.Fd())
+	}
 	for i, rs := range spec.Regions {
 		flags := unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
 		if rs.Huge {
 			flags |= unix.MAP_HUGETLB | mapHuge2MB
 		}
-		mem, err := unix.Mmap(-1, 0, int(rs.Size), unix.PROT_READ|unix.PROT_WRITE, flags)
+		var mem []byte
+		var err error
+		if memFD >= 0 {
+			mem, err = unix.Mmap(memFD, int64(rs.Offset), int(rs.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		} else {
+			mem, err = unix.Mmap(-1, 0, int(rs.Size), unix.PROT_READ|unix.PROT_WRITE, flags)
+		}
 		if err != nil {
 			if rs.Huge && errors.Is(err, unix.ENOMEM) {
 				return nil, fmt.Errorf("vmm: map region %d (%d MiB of 2 MiB huge pages): %w (reserve huge pages in /proc/sys/vm/nr_hugepages)", i, rs.Size>>20, err)
@@ -93,6 +113,11 @@ func Map(spec Spec) (*VM, error) {
 	if spec.HasHuge() {
 		want |= uffd.FeatureMissingHugetlbfs
 	}
+	mode := uffd.RegisterMissing
+	if memFD >= 0 {
+		want |= uffd.FeatureMinorShmem
+		mode |= uffd.RegisterMinor
+	}
 	if v.fd, err = uffd.Open(uffd.OpenOptions{NonBlock: true}); err != nil {
 		return nil, fmt.Errorf("vmm: %w", err)
 	}
@@ -101,9 +126,12 @@ func Map(spec Spec) (*VM, error) {
 	}
 	v.features = want
 	for i, r := range v.regions {
-		ioctls, err := v.fd.Register(r.Base, r.Size, uffd.RegisterMissing)
+		ioctls, err := v.fd.Register(r.Base, r.Size, mode)
 		if err != nil {
 			return nil, fmt.Errorf("vmm: register region %d: %w", i, err)
+		}
+		if memFD >= 0 && !ioctls.Has(uffd.IoctlContinue) {
+			return nil, fmt.Errorf("vmm: register region %d: the kernel allows only %v on it (need CONTINUE)", i, ioctls)
 		}
 		if !ioctls.Has(uffd.IoctlCopy | uffd.IoctlWake) {
 			return nil, fmt.Errorf("vmm: register region %d: the kernel allows only %v on it (need COPY and WAKE)", i, ioctls)

@@ -14,6 +14,7 @@ const (
 	stUnmapped                    // unmapped by the VMM (UFFD_EVENT_UNMAP): never touched again
 	stWaiting                     // a fault is waiting for this page
 	stDemand                      // a demand request is outstanding
+	stClaimed                     // a placer writes its content (Area.Shared): no other may
 )
 
 const stResolved = stPresent | stRemoved | stUnmapped

@@ -22,7 +22,13 @@ type Area struct {
 	Index int    // the region's index in the layout
 	Pages uint64 // Size / PageSize
 	Shift uint   // log2(PageSize)
-	state pageTable
+	// Shared: the VMM maps the region from a file the placer writes a
+	// page's content into before it maps the page (UFFDIO_CONTINUE).
+	// Such a write is not atomic as a copy is: PlaceStep claims each
+	// page first, so that only one placer writes it, and only before it
+	// is mapped. Set before any page is placed.
+	Shared bool
+	state  pageTable
 }
 
 // Resolved reports whether page p is present, removed or unmapped: nobody

@@ -7,14 +7,19 @@ import "time"
 // that they run the code that decides whom to wake (PlaceStep, ZeroFill) and
 // not a copy of it.
 type Kernel interface {
-	// Copy places k pages of a at host address addr, from src, or zero
-	// pages when src is nil (a zero page is placed waking), waking the
+	// Copy places k pages of a, from page p on, at host address addr,
+	// from src, or zero pages when src is nil, waking the
 	// threads blocked there unless dontWake; a short copy is continued. It
 	// returns how many whole pages are in place and how the copy ended:
 	// Filled (all k), FillExist (the page after them is there already),
 	// FillAgain (an event is pending) or FillGone (the page after them is
 	// not mapped). Any other failure is err, which ends the placement.
-	Copy(a *Area, addr, k uint64, src []byte, dontWake bool) (uint64, FillResult, error)
+	Copy(a *Area, p, addr, k uint64, src []byte, dontWake bool) (uint64, FillResult, error)
+	// ZeroFill answers a fault on page p of a, at addr, that is present
+	// or discarded (ZeroFill): a zero page waking where nothing is in
+	// place, FillExist where the page is. Unlike a Copy of zeros it may
+	// never change a page that is in place.
+	ZeroFill(a *Area, p, addr uint64) (FillResult, error)
 	// Wake is UFFDIO_WAKE of [addr, addr+length).
 	Wake(addr, length uint64) error
 	// Now is the time the waits just ended at, for the wait accounting.
@@ -69,7 +74,33 @@ func (t *Table) PlaceStep(k Kernel, a *Area, p, n, max uint64, src []byte, how A
 	if src != nil {
 		src = src[skip<<a.Shift:]
 	}
-	done, res, err := k.Copy(a, addr, cnt, src, dontWake)
+	if a.Shared {
+		// Claim the pages, up to the first another placer holds (or
+		// placed meanwhile): it places that one.
+		var c uint64
+		for c < cnt {
+			if old := a.state.or(p+c, stClaimed); old&(stClaimed|stResolved) != 0 {
+				if old&stClaimed == 0 {
+					a.state.clear(p+c, stClaimed)
+				}
+				break
+			}
+			c++
+		}
+		if c == 0 {
+			st.Used++
+			return st, nil
+		}
+		cnt = c
+		defer func() {
+			// Pages not placed are free to claim again (a copy
+			// after EAGAIN writes them anew).
+			for q := p + st.Used - skip; q < p+cnt; q++ {
+				a.state.clear(q, stClaimed)
+			}
+		}()
+	}
+	done, res, err := k.Copy(a, p, addr, cnt, src, dontWake)
 	var wakeBuf [8]Range
 	wakes := wakeBuf[:0]
 	now := k.Now()
@@ -119,7 +150,7 @@ func (t *Table) unmappedWake(k Kernel, a *Area, p uint64) (newly uint64, woke bo
 // ZeroFill answers a fault that Fault answered FaultZero: a zero page at
 // pg, then the wake that the outcome needs (ZeroFilled).
 func (t *Table) ZeroFill(k Kernel, pg Page) error {
-	_, res, err := k.Copy(pg.A, pg.Addr, 1, nil, false)
+	res, err := k.ZeroFill(pg.A, pg.P, pg.Addr)
 	if err != nil {
 		return err
 	}

@@ -588,7 +588,7 @@ func (h *harness) finish(pl placement) error {
 
 // Copy is the harness's Kernel: the model's copy; a held placement stops
 // after it until release.
-func (h *harness) Copy(a *Area, addr, k uint64, src []byte, dontWake bool) (uint64, FillResult, error) {
+func (h *harness) Copy(a *Area, _, addr, k uint64, src []byte, dontWake bool) (uint64, FillResult, error) {
 	if !h.zeroing {
 		for i := uint64(0); i < k; i++ {
 			if b, p, ok := h.t.lookupAddr(addr + i<<a.Shift); ok {
@@ -618,6 +618,12 @@ func (h *harness) Copy(a *Area, addr, k uint64, src []byte, dontWake bool) (uint
 	}
 	h.last.done, h.last.res = n>>a.Shift, res
 	return n >> a.Shift, res, nil
+}
+
+// ZeroFill is the model's zero page, as the placer's kernel places it.
+func (h *harness) ZeroFill(a *Area, p, addr uint64) (FillResult, error) {
+	_, res, err := h.Copy(a, p, addr, 1, nil, false)
+	return res, err
 }
 
 // Wake is UFFDIO_WAKE in the model.

@@ -1,0 +1,198 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/postcopy/postcopy/internal/testutil"
+	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
+	"github.com/postcopy/postcopy/pkg/uffd"
+)
+
+// shmPath returns a name for a new file on tmpfs, removed after the test.
+func shmPath(t *testing.T) string {
+	t.Helper()
+	var fs unix.Statfs_t
+	if err := unix.Statfs("/dev/shm", &fs); err != nil || fs.Type != tmpfsMagic {
+		testutil.SkipOrFail(t, "/dev/shm is not tmpfs (%v)", err)
+	}
+	p := filepath.Join("/dev/shm", "postcopy-test-"+strconv.Itoa(os.Getpid())+"-"+filepath.Base(t.Name()))
+	_ = os.Remove(p)
+	t.Cleanup(func() { _ = os.Remove(p) })
+	return p
+}
+
+// requireMinorShmem skips (or fails, in CI) where the kernel has no MINOR
+// faults on shmem.
+func requireMinorShmem(t *testing.T) {
+	t.Helper()
+	f, err := uffd.Probe(uffd.OpenOptions{})
+	if err != nil || !f.Has(uffd.FeatureMinorShmem) {
+		testutil.SkipOrFail(t, "userfaultfd without MINOR_SHMEM (%v, %v)", f, err)
+	}
+}
+
+// A hybrid migration into shared memory (WarmConfig.File, a VMM mapping
+// its memory from the file): the source changes between the rounds and
+// after them; every page of the VMM's region is served in place, the
+// changed ones from the answers, and the VMM, reading at random with two
+// threads while the confirm pass runs, verifies every byte. The file is
+// gone after the migration; the VMM's mapping is not.
+func TestWarmShared(t *testing.T) {
+	requireMinorShmem(t)
+	const size = 16 << 20
+	h := newHarness(t, size)
+	path := shmPath(t)
+	src, f := h.warmSource()
+	changed := map[int64]bool{}
+	rounds := make(chan WarmRound, 2)
+	var before []int64
+	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 2, File: path, OnRound: func(r WarmRound) {
+		if r.Round == 1 {
+			before = scribble(t, f, size, 100, 1, changed)
+		}
+		rounds <- r
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1, r2 := <-rounds, <-rounds; r2.Changed != uint64(len(before)) {
+		t.Errorf("rounds %+v, %+v: want %d changed in round 2", r1, r2, len(before))
+	}
+	after := scribble(t, f, size, 50, 2, changed)
+
+	m := h.migrate("4k:0x0:16M", Config{Source: src, Prefetch: true, ImageSize: size, Warmup: w},
+		"FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random", "FETCHER_TEST_MEMFILE="+path)
+	m.check(t)
+	s := m.sum
+	if s.SharedPages != size/4096 {
+		t.Errorf("shared pages %d, want every page (%d)", s.SharedPages, size/4096)
+	}
+	if s.PagesChangedAfterFreeze != uint64(len(after)) || s.Pages.Confirmed == 0 {
+		t.Errorf("pages %+v, %d changed after the freeze: want some confirmed, %d changed", s.Pages, s.PagesChangedAfterFreeze, len(after))
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the warm-up's file after the migration: %v, want it removed", err)
+	}
+}
+
+// The VMM discards memory (MADV_DONTNEED) at its fifth read while the
+// confirm pass runs: the file keeps its copy, but the removed pages read as
+// zeros, as the source's memory would.
+func TestWarmSharedRemove(t *testing.T) {
+	requireMinorShmem(t)
+	const size = 16 << 20
+	h := newHarness(t, size)
+	path := shmPath(t)
+	src, _ := h.warmSource()
+	rounds := make(chan WarmRound, 1)
+	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 1, File: path, OnRound: func(r WarmRound) { rounds <- r }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-rounds
+	m := h.migrate("4k:0x0:16M", Config{Source: src, Prefetch: true, Warmup: w}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=all",
+		"FETCHER_TEST_DISCARD=4194304:8388608", "FETCHER_TEST_MEMFILE="+path)
+	m.check(t)
+	if m.sum.Pages.Removed == 0 || m.sum.Pages.Confirmed == 0 || m.sum.SharedPages == 0 {
+		t.Errorf("pages %+v, %d shared: want some removed, some confirmed, all shared", m.sum.Pages, m.sum.SharedPages)
+	}
+}
+
+// useShared and checkShared against mappings of this process: a region
+// mapped from the file and registered for MISSING and MINOR faults is
+// served in place; one registered for MISSING alone, mapped private, or
+// from another offset is refused (ErrSharedMemory), naming what is wrong;
+// anonymous memory is left to copies.
+func TestUseShared(t *testing.T) {
+	testutil.RequireRoot(t)
+	requireMinorShmem(t)
+	const size = 1 << 20
+	path := shmPath(t)
+	c, err := newCache([]SourceRegion{{Offset: 0, Length: 2 * size, PageSize: cachePage}}, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	// mapped maps the file's range from off (flags: MAP_SHARED or
+	// MAP_PRIVATE), registers it with mode, and returns its area at
+	// image offset off+skew.
+	mapped := func(off int64, flags int, mode uffd.RegisterMode, skew uint64) []*pagestate.Area {
+		t.Helper()
+		mem, err := unix.Mmap(int(c.file.Fd()), off, size, unix.PROT_READ|unix.PROT_WRITE, flags)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = unix.Munmap(mem) })
+		fd, err := uffd.Open(uffd.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fd.Close() })
+		if _, err := fd.API(uffd.FeatureMinorShmem); err != nil {
+			t.Fatal(err)
+		}
+		base := uint64(uintptr(unsafe.Pointer(unsafe.SliceData(mem))))
+		if _, err := fd.Register(base, size, mode); err != nil {
+			t.Fatal(err)
+		}
+		tb, err := pagestate.New([]pagestate.Region{{Base: base, Size: size, Offset: uint64(off) + skew, PageSize: cachePage}}, pagestate.Hooks{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tb.Areas()
+	}
+	pid := os.Getpid()
+	both := uffd.RegisterMissing | uffd.RegisterMinor
+
+	kern := &uffdKernel{}
+	areas := mapped(size, unix.MAP_SHARED, both, 0)
+	if n, err := useShared(c, pid, areas, kern); err != nil || n != size/cachePage || !areas[0].Shared || kern.shared != c {
+		t.Errorf("shared, MISSING|MINOR: %d pages, %v, shared %v; want %d pages served in place", n, err, areas[0].Shared, size/cachePage)
+	}
+	if err := checkShared(c, pid, areas); err != nil {
+		t.Errorf("shared, MISSING|MINOR: checkShared: %v", err)
+	}
+	for _, tc := range []struct {
+		name  string
+		flags int
+		mode  uffd.RegisterMode
+		skew  uint64
+		want  string
+	}{
+		{"missing only", unix.MAP_SHARED, uffd.RegisterMissing, 0, "not registered for MISSING and MINOR"},
+		{"private", unix.MAP_PRIVATE, both, 0, "private"},
+		{"another offset", unix.MAP_SHARED, both, 4096, "not its image offset"},
+	} {
+		// useShared (maps) or checkShared (smaps, after the switch)
+		// refuses it.
+		areas := mapped(0, tc.flags, tc.mode, tc.skew)
+		_, err := useShared(c, pid, areas, &uffdKernel{})
+		if err == nil {
+			err = checkShared(c, pid, areas)
+		}
+		if !errors.Is(err, ErrSharedMemory) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want ErrSharedMemory saying %q", tc.name, err, tc.want)
+		}
+	}
+	anon, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(anon)
+	tb, err := pagestate.New([]pagestate.Region{{Base: uint64(uintptr(unsafe.Pointer(&anon[0]))), Size: size, PageSize: cachePage}}, pagestate.Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := useShared(c, pid, tb.Areas(), &uffdKernel{}); n != 0 || err != nil || tb.Areas()[0].Shared {
+		t.Errorf("anonymous memory: %d pages, %v; want none shared, no error", n, err)
+	}
+}
