@@ -48,6 +48,7 @@ type config struct {
 	warm             bool
 	warmRate         float64
 	warmPriority     string
+	warmFile         string
 }
 
 // fetcherFlagGroups orders --help.
@@ -56,7 +57,7 @@ var fetcherFlagGroups = []cli.FlagGroup{
 	{Title: "The VMM's handoff", Flags: []string{"uffd-socket", "allow-uid", "vmm-pid", "handoff-timeout"}},
 	{Title: "Migration", Flags: []string{"prefetch", "demand-rate", "bulk-window", "bulk-run-bytes", "demand-priority", "demand-rt-budget", "bulk-yield"}},
 	{Title: "Working sets (docs/working-set.md)", Flags: []string{"working-set", "record-working-set"}},
-	{Title: "Hybrid migration (README)", Flags: []string{"warm", "warm-rate", "warm-priority"}},
+	{Title: "Hybrid migration (README)", Flags: []string{"warm", "warm-rate", "warm-priority", "warm-file"}},
 	{Title: "Failures and stopping", Flags: []string{"dial-timeout", "request-timeout", "reconnect-timeout", "drain-timeout"}},
 	{Title: "Output", Flags: []string{"id", "log-level", "log-json", "progress", "progress-interval", "metrics-addr", "version"}},
 }
@@ -97,6 +98,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.workingSet, "working-set", "", "pull the pages of this working set first, in its order (wins over one the server offers)")
 	fs.BoolVar(&c.warm, "warm", false, "copy every page into a cache from the moment the server is reached, in rounds, until the VMM hands over; after the handoff the server confirms each copy unchanged (or sends the page) before it is placed (README, Hybrid migration)")
 	fs.Float64Var(&c.warmRate, "warm-rate", 0, "bytes of memory per second the warm-up (--warm) may ask the server for, so that a source that still runs is not starved (0: no bound)")
+	fs.StringVar(&c.warmFile, "warm-file", "", "keep the warm-up's cache (--warm) in this new file on tmpfs (e.g. /dev/shm/NAME; removed at exit), at the image's offsets: a VMM that maps its guest memory from it (shared, each region at its offset) and registers it for MISSING and MINOR faults gets cached pages mapped in place (UFFDIO_CONTINUE) rather than copied after the switch (README, Hybrid migration)")
 	fs.StringVar(&c.warmPriority, "warm-priority", "idle", "CPU priority of pagefetcher until the VMM hands over, while it warms (--warm): idle (SCHED_IDLE: only CPU time nothing else on the host wants, so that the warm-up costs a source or guest sharing the host no work; see README, Hybrid migration) or normal")
 	fs.StringVar(&c.recordWorkingSet, "record-working-set", "", "once every page is resident, write the pages the VMM faulted on to this working set, merged into a set of the same image there (atomically; nothing on a failed migration)")
 	fs.Func("id", "the orchestrator's `id` for this migration, echoed in every JSON line and log line (printable, at most 128 bytes)", func(s string) error {
@@ -169,6 +171,16 @@ func (c *config) validate() error {
 	}
 	if c.warmPriority != "idle" && c.warmPriority != "normal" {
 		bad("--warm-priority %q: want idle or normal", c.warmPriority)
+	}
+	if c.warmFile != "" {
+		switch _, err := os.Lstat(c.warmFile); {
+		case !c.warm:
+			bad("--warm-file needs --warm")
+		case err == nil:
+			bad("--warm-file %s exists: name a new file (the VMM maps what the warm-up writes there)", c.warmFile)
+		case !errors.Is(err, os.ErrNotExist):
+			bad("--warm-file %s: %v", c.warmFile, err)
+		}
 	}
 	if c.allowUID < -1 {
 		bad("--allow-uid %d: want a uid or -1", c.allowUID)

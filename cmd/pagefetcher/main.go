@@ -82,7 +82,10 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	if err != nil {
 		return err
 	}
-	up.warm = startWarmup(ctx, c, up, out, log)
+	if up.warm, err = startWarmup(ctx, c, up, out, log); err != nil {
+		up.close(log)
+		return err
+	}
 	fg := warmBackground(c, up.warm, log)
 	if up.warm != nil && os.Getenv("GOMEMLIMIT") == "" {
 		// The warm-up's cache is a mapping of the guest's size, outside the

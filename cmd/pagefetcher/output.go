@@ -52,6 +52,7 @@ func migration(s *fetcher.Summary) events.Migration {
 		BlocktimeS: s.BlocktimeMS / ms, FirstPageS: s.FirstPageMS / ms,
 		Reconnects: s.Reconnects, ChecksumErrors: s.ChecksumErrors,
 		WarmRounds: s.WarmRounds, WarmS: s.WarmSeconds, PagesChangedAfterFreeze: s.PagesChangedAfterFreeze,
+		SharedPages: s.SharedPages,
 	}
 }
 

@@ -114,7 +114,7 @@ func finish(sum *fetcher.Summary, err error, forced string, out *output) error {
 		return cli.Exit(exitRunning, err)
 	case errors.Is(err, fetcher.ErrSourceLost), errors.Is(err, wire.ErrSourceGone):
 		return cli.Exit(exitSourceLost, err)
-	case errors.Is(err, fetcher.ErrLayout):
+	case errors.Is(err, fetcher.ErrLayout), errors.Is(err, fetcher.ErrSharedMemory):
 		return cli.Exit(exitHandoff, err)
 	case errors.Is(err, wire.ErrUnauthenticated):
 		return cli.Exit(exitAuth, err)

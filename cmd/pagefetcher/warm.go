@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/postcopy/postcopy/internal/cli"
 	"github.com/postcopy/postcopy/internal/sched"
 	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/pkg/fetcher"
@@ -28,28 +29,33 @@ import (
 // of cached pages, and a set's pages are mostly runs of one page: each
 // would cost a request after the handoff anyway, the same as pulling it,
 // and the confirm pass would order them apart from the bulk lane.
-func startWarmup(ctx context.Context, c *config, up *upstream, out *output, log hclog.Logger) *fetcher.Warmup {
+func startWarmup(ctx context.Context, c *config, up *upstream, out *output, log hclog.Logger) (*fetcher.Warmup, error) {
 	if !c.warm {
-		return nil
+		return nil, nil
 	}
 	w, err := fetcher.StartWarmup(ctx, up.src, up.info, fetcher.WarmConfig{
 		Redial: up.redial, ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
-		Rate: c.warmRate, WorkingSet: up.ws,
+		Rate: c.warmRate, WorkingSet: up.ws, File: c.warmFile,
 		OnRound: func(r fetcher.WarmRound) {
 			out.line(&events.Warm{Round: uint64(r.Round), Pages: r.Pages, Changed: r.Changed, ElapsedS: r.Elapsed.Seconds()})
 		},
 		Logger: log.Named("warm"),
 	})
 	switch {
+	case err != nil && c.warmFile != "":
+		// The VMM is to map its memory from the file: no migration
+		// without it.
+		return nil, cli.Exitf(exitError, "--warm-file: %w", err)
 	case errors.Is(err, fetcher.ErrWarmUnsupported):
 		log.Warn("--warm: the server cannot warm a cache (an older pageserver); migrating as plain post-copy", "server", c.server)
-		return nil
+		return nil, nil
 	case err != nil:
 		log.Warn("--warm: the warm-up could not start; migrating as plain post-copy", "error", err)
-		return nil
+		return nil, nil
 	}
-	log.Info("warm-up started", "rounds", "until the handoff", "rate_bytes_per_s", c.warmRate, "priority", c.warmPriority)
-	return w
+	log.Info("warm-up started", "rounds", "until the handoff", "rate_bytes_per_s", c.warmRate, "priority", c.warmPriority,
+		"file", c.warmFile)
+	return w, nil
 }
 
 // restoreOnConnect gives the process its normal priority back (fg) the

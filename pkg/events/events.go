@@ -183,6 +183,10 @@ type Migration struct {
 	// PagesChangedAfterFreeze are the cached pages the source answered
 	// with content after the freeze: they changed since their copy.
 	PagesChangedAfterFreeze uint64 `json:"pages_changed_after_freeze"`
+	// SharedPages are the pages of regions the VMM maps from the
+	// warm-up's file (pagefetcher --warm-file): placed by mapping them in
+	// place, not by copying.
+	SharedPages uint64 `json:"shared_pages"`
 }
 
 // Pages counts the migration's pages by how they were resolved.
