@@ -209,6 +209,7 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	mode := fs.String("mode", "postcopy", "postcopy, stopcopy or hybrid")
 	sock := fs.String("uffd-socket", "", "pagefetcher's Unix socket")
 	listen := fs.String("state-listen", "127.0.0.1:0", "address to take the source's state on")
+	memFile := fs.String("mem-file", "", "the hybrid's: at the switch, map the memory shared from this file on tmpfs (pagefetcher --warm-file) at the source's offsets, registered for MISSING and MINOR faults")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -233,7 +234,7 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fd, err := registerMissing(mem, true)
+	fd, err := registerMissing(mem, true, *memFile != "")
 	if err != nil {
 		return err
 	}
@@ -318,6 +319,13 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 			return err
 		}
 		tStopped = clock.Now()
+	}
+	if *memFile != "" {
+		// The warm-up's file holds the source's pages at their offsets
+		// (its addresses): the memory becomes that file's range.
+		if err := mapShared(*memFile, base, cfg.Size, st.Base, fd); err != nil {
+			return err
+		}
 	}
 	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: *sock, Net: "unix"})
 	if err != nil {
@@ -501,7 +509,7 @@ func runPlace(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fd, err := registerMissing(mem, false)
+	fd, err := registerMissing(mem, false, false)
 	if err != nil {
 		return err
 	}
@@ -528,8 +536,9 @@ func runPlace(args []string, stdout io.Writer) error {
 // registerMissing opens a userfaultfd and registers mem with it for missing
 // pages. A handed-over one (the destination's, given to pagefetcher) is
 // nonblocking, as Firecracker's is, and reports discards and thread ids
-// where the kernel has them; the placement floor's needs no feature.
-func registerMissing(mem []byte, handedOver bool) (*uffd.FD, error) {
+// where the kernel has them, and minor faults on shmem with minor (for
+// mapShared); the placement floor's needs no feature.
+func registerMissing(mem []byte, handedOver, minor bool) (*uffd.FD, error) {
 	opts := uffd.OpenOptions{NonBlock: handedOver}
 	var want uffd.Features
 	if handedOver {
@@ -540,6 +549,9 @@ func registerMissing(mem []byte, handedOver bool) (*uffd.FD, error) {
 		want = uffd.FeatureEventRemove
 		if offered.Has(uffd.FeatureThreadID) {
 			want |= uffd.FeatureThreadID
+		}
+		if minor {
+			want |= uffd.FeatureMinorShmem
 		}
 	}
 	fd, err := uffd.Open(opts)
@@ -554,4 +566,28 @@ func registerMissing(mem []byte, handedOver bool) (*uffd.FD, error) {
 		return nil, fmt.Errorf("userfaultfd: %w", err)
 	}
 	return fd, nil
+}
+
+// mapShared maps size bytes of the file path from offset over the memory at
+// base (MAP_SHARED|MAP_FIXED) and registers them with fd for MISSING and
+// MINOR faults, as a VMM whose guest memory is that file would.
+func mapShared(path string, base, size, offset uint64, fd *uffd.FD) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("--mem-file: %w", err)
+	}
+	defer f.Close() // the mapping keeps it
+	_, _, errno := unix.Syscall6(unix.SYS_MMAP, uintptr(base), uintptr(size), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_SHARED|unix.MAP_FIXED, f.Fd(), uintptr(offset))
+	if errno != 0 {
+		return fmt.Errorf("--mem-file: mapping %s at offset %#x: %w", path, offset, errno)
+	}
+	ioctls, err := fd.Register(base, size, uffd.RegisterMissing|uffd.RegisterMinor)
+	if err != nil {
+		return fmt.Errorf("--mem-file: %w", err)
+	}
+	if !ioctls.Has(uffd.IoctlContinue) {
+		return fmt.Errorf("--mem-file: the kernel allows only %v on %s (need CONTINUE)", ioctls, path)
+	}
+	return nil
 }

@@ -390,8 +390,16 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 	}
 
 	// Destination workload: maps and registers its memory, listens for the state.
-	dst, err := start("destination", bench.DestSide, e.exe, append(append([]string{cmdDest}, c.wf.args()...),
-		"--mode", method, "--uffd-socket", sock, "--state-listen", e.link.Addr[bench.DestSide]+":0")...)
+	dargs := append(append([]string{cmdDest}, c.wf.args()...),
+		"--mode", method, "--uffd-socket", sock, "--state-listen", e.link.Addr[bench.DestSide]+":0")
+	var warmFile []string // pagefetcher's, with --hybrid-memory shared
+	if hybrid && c.hybridMem == "shared" {
+		path := filepath.Join("/dev/shm", fmt.Sprintf("migbench-%d-%s", os.Getpid(), tag))
+		defer os.Remove(path) // pagefetcher removes it, unless it failed
+		dargs = append(dargs, "--mem-file", path)
+		warmFile = []string{"--warm-file", path}
+	}
+	dst, err := start("destination", bench.DestSide, e.exe, dargs...)
 	if err != nil {
 		return nil, err
 	}
@@ -466,7 +474,7 @@ func (e *env) migrate(ctx context.Context, method string, run int, observe time.
 	var warm *warmRun
 	if hybrid {
 		warm = &warmRun{Start: e.clock.Now()}
-		if err := startFetcher(append([]string{"--warm"}, strings.Fields(c.hybridArgs)...)...); err != nil {
+		if err := startFetcher(append(append([]string{"--warm"}, warmFile...), strings.Fields(c.hybridArgs)...)...); err != nil {
 			return nil, err
 		}
 		if err := e.warmUp(ctx, pf, warm); err != nil {

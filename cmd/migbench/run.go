@@ -31,6 +31,7 @@ type config struct {
 	lead        time.Duration
 	warmup      time.Duration
 	hybridArgs  string
+	hybridMem   string
 	post        time.Duration
 	tcpDuration time.Duration
 	binDir      string
@@ -56,7 +57,7 @@ type config struct {
 // benchFlagGroups orders --help.
 var benchFlagGroups = []cli.FlagGroup{
 	{Title: "Workload", Flags: []string{"size", "pattern", "content", "writes", "theta", "seed"}},
-	{Title: "Migration", Flags: []string{"link", "methods", "runs", "lead", "warmup", "post", "tcp-duration", "fetcher-args", "hybrid-args", "server-args", "bin"}},
+	{Title: "Migration", Flags: []string{"link", "methods", "runs", "lead", "warmup", "post", "tcp-duration", "fetcher-args", "hybrid-args", "hybrid-memory", "server-args", "bin"}},
 	{Title: "Suite", Flags: []string{"suite", "out", "update-doc", "regen"}},
 	{Title: "Output", Flags: []string{"json", "plot", "csv", "log-dir", "quiet", "version"}},
 }
@@ -79,6 +80,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.DurationVar(&c.lead, "lead", 3*time.Second, "how long the source workload runs before any migration work: the switchover, or the hybrid's warm-up start (at least 1.5s: the last second is its reference rate)")
 	fs.DurationVar(&c.warmup, "warmup", 0, "the hybrid's warm-up: how long pagefetcher --warm copies the memory while the source runs (default: until another round would not pay: after round 1 where the CPUs pace it, else once the pages changed per round stop shrinking clearly)")
 	fs.StringVar(&c.hybridArgs, "hybrid-args", "", "extra arguments for the hybrid's pagefetcher, after --warm and --fetcher-args (e.g. \"--warm-rate 200e6\": bytes per second)")
+	fs.StringVar(&c.hybridMem, "hybrid-memory", "anon", "the hybrid destination's memory: anon (private anonymous: confirmed pages are copied in, UFFDIO_COPY) or shared (mapped at the switch from pagefetcher's --warm-file on /dev/shm, registered for MINOR faults too: confirmed pages are mapped in place, UFFDIO_CONTINUE)")
 	fs.DurationVar(&c.post, "post", 2*time.Second, "how long the destination runs after the last page is resident")
 	fs.DurationVar(&c.tcpDuration, "tcp-duration", 2*time.Second, "duration of the TCP bandwidth baseline")
 	fs.StringVar(&c.binDir, "bin", "", "directory of pageserver and pagefetcher (default: beside migbench, else $PATH)")
@@ -140,6 +142,12 @@ func (c *config) validate() error {
 	}
 	if c.hybridArgs != "" && !hybrid {
 		bad("--hybrid-args needs hybrid in --methods")
+	}
+	switch {
+	case c.hybridMem != "anon" && c.hybridMem != "shared":
+		bad("--hybrid-memory %q: want anon or shared", c.hybridMem)
+	case c.hybridMem != "anon" && !hybrid:
+		bad("--hybrid-memory needs hybrid in --methods")
 	}
 	if c.post < 1100*time.Millisecond {
 		bad("--post %v: want at least 1.1s (the last second is the rate after)", c.post)

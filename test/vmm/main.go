@@ -111,10 +111,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		fmt.Fprintf(stderr, "Usage: vmm --socket PATH --regions SPEC [flags]\n\n%s\nFlags:\n", stallsUsage)
 		fs.PrintDefaults()
 	}
-	var regions, touch, discard string
+	var regions, touch, discard, memFile string
 	fs.StringVar(&c.socket, "socket", "", "the page fault handler's Unix socket (required)")
 	fs.StringVar(&c.image, "image", "", "source image file, to verify against (required with --verify)")
 	fs.StringVar(&regions, "regions", "", "memory layout PAGESIZE:OFFSET:SIZE,... (required)")
+	fs.StringVar(&memFile, "mem-file", "", "map guest memory shared from this file on tmpfs (each region at its offset) and register it for MISSING and MINOR faults, as pagefetcher --warm-file serves")
 	fs.BoolVar(&c.legacy, "legacy-handshake", false, "send page_size_kib instead of page_size")
 	fs.IntVar(&c.threads, "threads", 4, "toucher threads (1..256)")
 	fs.StringVar(&touch, "touch", "all", "which pages each thread reads: all (a share each), random (all, each in its own order), same (all, in the same order), none, sample (--fraction of them, chosen by --seed, in one order chosen by --seed)")
@@ -144,6 +145,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		bad("--regions %q: %v", regions, err)
 	} else {
 		c.spec = s
+		c.spec.File = memFile
 	}
 	if c.verify && c.image == "" {
 		bad("--verify needs --image")
