@@ -177,6 +177,8 @@ func TestFlags(t *testing.T) {
 		{[]string{"--warmup", "5s"}, "--warmup is the hybrid's warm-up: it needs hybrid in --methods"},
 		{[]string{"--methods", "postcopy,hybrid", "--warmup", "-1s"}, "--warmup -1s: want a positive duration"},
 		{[]string{"--hybrid-args", "--warm-rate 1M"}, "--hybrid-args needs hybrid in --methods"},
+		{[]string{"--hybrid-memory", "shared"}, "--hybrid-memory needs hybrid in --methods"},
+		{[]string{"--methods", "hybrid", "--hybrid-memory", "file"}, `--hybrid-memory "file": want anon or shared`},
 		{[]string{"--methods", "precopy"}, `--methods "precopy": "precopy" is not a method: want a comma-separated list of postcopy, stopcopy, hybrid`},
 		{[]string{"--methods", ""}, `--methods "": "" is not a method`},
 		{[]string{"--methods", "hybrid,postcopy,hybrid"}, `--methods "hybrid,postcopy,hybrid": hybrid named twice`},

@@ -100,6 +100,8 @@ func TestFlagValues(t *testing.T) {
 			`--tls-key "/nonexistent/k.pem": no such file or directory`},
 		{[]string{"--tls-ca", certs.CA, "--tls-cert", certs.ClientCert, "--tls-key", certs.ServerKey},
 			fmt.Sprintf("--tls-key %q: tls: private key does not match public key", certs.ServerKey)},
+		{[]string{"--warm-file", filepath.Join(dir, "mem")}, "--warm-file needs --warm"},
+		{[]string{"--warm", "--warm-file", file}, fmt.Sprintf("--warm-file %s exists: name a new file", file)},
 		{[]string{"--working-set", file}, fmt.Sprintf("--working-set %q: malformed working set: not a working set", file)},
 		{[]string{"--working-set", filepath.Join(dir, "none")}, fmt.Sprintf("--working-set %q: open %s: no such file or directory", filepath.Join(dir, "none"), filepath.Join(dir, "none"))},
 		{[]string{"--record-working-set", filepath.Join(dir, "missing", "ws")},

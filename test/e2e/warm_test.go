@@ -1,6 +1,10 @@
 package e2e
 
 import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -167,5 +171,51 @@ func TestWarmPriority(t *testing.T) {
 	}
 	if code, _ := e.fetcherExit(); code != 6 {
 		t.Errorf("pagefetcher exit code %d after the VMM was killed, want 6 (VMM gone)", code)
+	}
+}
+
+// --warm-file with the real binaries: the VMM maps its memory from
+// pagefetcher's file (vmm --mem-file), every page is served in place
+// (shared_pages), every byte is verified, and the file is gone afterwards.
+// A file that exists already is refused before anything starts (exit 2).
+func TestWarmFile(t *testing.T) {
+	const size = 64 << 20
+	var fs unix.Statfs_t
+	if err := unix.Statfs("/dev/shm", &fs); err != nil || fs.Type != 0x01021994 {
+		testutil.SkipOrFail(t, "/dev/shm is not tmpfs (%v)", err)
+	}
+	path := filepath.Join("/dev/shm", fmt.Sprintf("postcopy-e2e-%d", os.Getpid()))
+	t.Cleanup(func() { os.Remove(path) })
+	e := newEnv(t, size, defaultImage)
+	e.startServer("--warm-priority", "low")
+	e.startFetcher("--warm", "--warm-priority", "normal", "--warm-file", path)
+	var w events.Warm
+	if err := e.fetcher.WaitEvent("warm", fetcherTimeout, &w); err != nil {
+		t.Fatalf("no warm line: %v", err)
+	}
+	vm := e.startVMM("--regions", "4k:0x0:64M", "--mem-file", path, "--verify", "--threads", "2", "--touch", "random")
+	res, code := e.vmmResult(vm)
+	if code != 0 || !res.Verified || res.Mismatches != 0 {
+		t.Fatalf("vmm: exit code %d, result %+v; want 0, verified", code, res)
+	}
+	fcode, sum := e.fetcherExit()
+	if fcode != 0 || sum == nil || !sum.OK {
+		t.Fatalf("pagefetcher: exit code %d, summary %+v; want 0 and an ok summary", fcode, sum)
+	}
+	if s := sum.Summary; s.SharedPages != size>>12 || s.Pages.Confirmed == 0 {
+		t.Errorf("summary %+v: want every page shared, some confirmed", s)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("--warm-file after the migration: %v; want it removed", err)
+	}
+
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bins.PageFetcher, "--server", "127.0.0.1:1", "--uffd-socket", filepath.Join(e.dir, "x.sock"),
+		"--warm", "--warm-file", path).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "exists") {
+		t.Errorf("pagefetcher --warm-file over an existing file: %v, %s; want exit 2 saying it exists", err, out)
 	}
 }
