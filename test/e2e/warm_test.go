@@ -40,14 +40,7 @@ func TestWarm(t *testing.T) {
 		t.Errorf("first warm line %+v: want round 1 over %d pages, none changed", w, size>>12)
 	}
 	vm := e.startVMM("--regions", "4k:0x0:128M", "--verify", "--threads", "2", "--touch", "random")
-	res, code := e.vmmResult(vm)
-	if code != 0 || !res.Verified || res.Mismatches != 0 {
-		t.Fatalf("vmm: exit code %d, result %+v; want 0, verified", code, res)
-	}
-	fcode, sum := e.fetcherExit()
-	if fcode != 0 || sum == nil || !sum.OK {
-		t.Fatalf("pagefetcher: exit code %d, summary %+v; want 0 and an ok summary", fcode, sum)
-	}
+	sum := e.verified(vm)
 	s := sum.Summary
 	for _, bad := range harness.CheckSummary(&s, size>>12) {
 		t.Errorf("summary: %s", bad)
@@ -174,6 +167,21 @@ func TestWarmPriority(t *testing.T) {
 	}
 }
 
+// verified waits for the VMM vm, which must have verified every byte, and
+// for pagefetcher, which must exit 0 with an ok summary, and returns that.
+func (e *env) verified(vm *harness.Proc) *events.FetcherSummary {
+	e.t.Helper()
+	res, code := e.vmmResult(vm)
+	if code != 0 || !res.Verified || res.Mismatches != 0 {
+		e.t.Fatalf("vmm: exit code %d, result %+v; want 0, verified", code, res)
+	}
+	fcode, sum := e.fetcherExit()
+	if fcode != 0 || sum == nil || !sum.OK {
+		e.t.Fatalf("pagefetcher: exit code %d, summary %+v; want 0 and an ok summary", fcode, sum)
+	}
+	return sum
+}
+
 // --warm-file with the real binaries: the VMM maps its memory from
 // pagefetcher's file (vmm --mem-file), every page is served in place
 // (shared_pages), every byte is verified, and the file is gone afterwards.
@@ -194,14 +202,7 @@ func TestWarmFile(t *testing.T) {
 		t.Fatalf("no warm line: %v", err)
 	}
 	vm := e.startVMM("--regions", "4k:0x0:64M", "--mem-file", path, "--verify", "--threads", "2", "--touch", "random")
-	res, code := e.vmmResult(vm)
-	if code != 0 || !res.Verified || res.Mismatches != 0 {
-		t.Fatalf("vmm: exit code %d, result %+v; want 0, verified", code, res)
-	}
-	fcode, sum := e.fetcherExit()
-	if fcode != 0 || sum == nil || !sum.OK {
-		t.Fatalf("pagefetcher: exit code %d, summary %+v; want 0 and an ok summary", fcode, sum)
-	}
+	sum := e.verified(vm)
 	if s := sum.Summary; s.SharedPages != size>>12 || s.Pages.Confirmed == 0 {
 		t.Errorf("summary %+v: want every page shared, some confirmed", s)
 	}
