@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -130,7 +131,14 @@ func sharedAreas(c *cache, pid int, areas []*pagestate.Area, kern *uffdKernel, f
 	if pid <= 0 {
 		return 0, nil
 	}
-	vmas, err := readMaps(pid, flags)
+	var vmas []vma
+	var err error
+	if !flags {
+		vmas, err = queryMaps(pid, areas)
+	}
+	if flags || errors.Is(err, errNoQuery) {
+		vmas, err = readMaps(pid, flags)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("fetcher: the VMM's mappings: %w", err)
 	}
@@ -187,4 +195,63 @@ func sharedAreas(c *cache, pid int, areas []*pagestate.Area, kern *uffdKernel, f
 		kern.shared = c
 	}
 	return pages, nil
+}
+
+// procmapQuery is struct procmap_query (linux/fs.h, Linux 6.11).
+type procmapQuery struct {
+	Size, QueryFlags, QueryAddr                  uint64
+	VMAStart, VMAEnd, VMAFlags, VMAPageSize      uint64
+	VMAOffset, Inode                             uint64
+	DevMajor, DevMinor, VMANameSize, BuildIDSize uint32
+	VMANameAddr, BuildIDAddr                     uint64
+}
+
+const (
+	// procmapQueryIoctl is PROCMAP_QUERY: _IOWR('f', 17, struct procmap_query).
+	procmapQueryIoctl     = 3<<30 | uintptr(unsafe.Sizeof(procmapQuery{}))<<16 | 'f'<<8 | 17
+	procmapCoveringOrNext = 0x10 // PROCMAP_QUERY_COVERING_OR_NEXT_VMA
+	procmapVMAShared      = 0x08 // PROCMAP_QUERY_VMA_SHARED
+)
+
+// errNoQuery: the kernel has no PROCMAP_QUERY (before 6.11).
+var errNoQuery = errors.New("no PROCMAP_QUERY")
+
+// queryMaps returns the mappings of process pid that overlap areas, one
+// PROCMAP_QUERY ioctl each: a few microseconds where reading the whole of
+// /proc/PID/maps took 0.3 ms (a Go VMM's), on the way to the first page.
+func queryMaps(pid int, areas []*pagestate.Area) ([]vma, error) {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/maps")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []vma
+	seen := map[uint64]bool{} // by start: a mapping may hold several areas
+	for _, a := range areas {
+		for addr := a.Base; addr < a.Base+a.Size; {
+			q := procmapQuery{Size: uint64(unsafe.Sizeof(procmapQuery{})), QueryFlags: procmapCoveringOrNext, QueryAddr: addr}
+			_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), procmapQueryIoctl, uintptr(unsafe.Pointer(&q)))
+			switch {
+			case errno == unix.ENOENT:
+				addr = a.Base + a.Size // nothing at or after addr
+				continue
+			case errno == unix.ENOTTY || errno == unix.EINVAL:
+				return nil, errNoQuery
+			case errno != 0:
+				return nil, fmt.Errorf("PROCMAP_QUERY at %#x: %w", addr, errno)
+			}
+			if q.VMAStart >= a.Base+a.Size {
+				break
+			}
+			if seen[q.VMAStart] {
+				addr = q.VMAEnd
+				continue
+			}
+			seen[q.VMAStart] = true
+			out = append(out, vma{start: q.VMAStart, end: q.VMAEnd, offset: q.VMAOffset, shared: q.VMAFlags&procmapVMAShared != 0,
+				dev: unix.Mkdev(q.DevMajor, q.DevMinor), ino: q.Inode})
+			addr = q.VMAEnd
+		}
+	}
+	return out, nil
 }

@@ -161,6 +161,19 @@ func TestUseShared(t *testing.T) {
 	if err := checkShared(c, pid, areas); err != nil {
 		t.Errorf("shared, MISSING|MINOR: checkShared: %v", err)
 	}
+	// The handoff's way (PROCMAP_QUERY, where the kernel has it) finds the
+	// mapping as /proc/PID/maps lists it.
+	var st unix.Stat_t
+	if err := unix.Fstat(int(c.file.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	switch q, err := queryMaps(pid, areas); {
+	case errors.Is(err, errNoQuery):
+		t.Log("no PROCMAP_QUERY: /proc/PID/maps is read instead")
+	case err != nil || len(q) != 1 || q[0].start != areas[0].Base || q[0].end != areas[0].Base+size ||
+		q[0].offset != size || !q[0].shared || q[0].ino != st.Ino || q[0].dev != st.Dev:
+		t.Errorf("PROCMAP_QUERY: %+v, %v; want the one shared mapping of the file from offset %#x", q, err, size)
+	}
 	for _, tc := range []struct {
 		name  string
 		flags int
