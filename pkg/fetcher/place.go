@@ -302,17 +302,40 @@ var zeroPage [cachePage]byte
 
 // Copy copies (or zero-fills) k pages at addr, pages [p, p+k) of r, and
 // returns how many whole pages are in place; a short copy is continued.
+//
+// In a Shared area it writes their content into the file the VMM maps them
+// from — nothing for a cached page confirmed unchanged: src is the file's
+// own page then — and maps them there with UFFDIO_CONTINUE: no page is
+// allocated and nothing is copied after the switch for a page the warm-up
+// brought. The caller claimed the pages (PlaceStep): none is mapped, none
+// written by another.
 func (kn *uffdKernel) Copy(r *pagestate.Area, p, addr, k uint64, src []byte, dontWake bool) (uint64, pagestate.FillResult, error) {
-	if r.Shared {
-		return kn.copyShared(r, p, addr, k, src, dontWake)
-	}
 	ps := r.PageSize
+	if r.Shared {
+		i, contig, ok := kn.shared.index(r.Offset + p<<r.Shift)
+		if !ok || contig < k {
+			return 0, pagestate.Filled, fmt.Errorf("fetcher: pages %#x+%d are not in the shared cache", r.Offset+p<<r.Shift, k)
+		}
+		dst := kn.shared.bytes(i, k)
+		switch {
+		case src == nil:
+			clear(dst)
+		case unsafe.SliceData(src) != unsafe.SliceData(dst):
+			copy(dst, src[:len(dst)])
+		}
+	}
 	want := k * ps
 	var done uint64
 	for done < want {
 		var n uint64
 		var err error
 		switch {
+		case r.Shared:
+			mode := uffd.ContinueMode(0)
+			if dontWake {
+				mode = uffd.ContinueDontWake
+			}
+			n, err = kn.fd.Continue(addr+done, want-done, mode)
 		case src != nil:
 			mode := uffd.CopyMode(0)
 			if dontWake {
@@ -369,49 +392,11 @@ func fillEnd(err error, op string, k, addr uint64) (res pagestate.FillResult, fe
 	return pagestate.Filled, fmt.Errorf("fetcher: %s %d pages at %#x: %w", op, k, addr, err), false
 }
 
-// copyShared places pages [p, p+k) of r, a Shared area, at addr: it
-// writes their content into the file the VMM maps them from — nothing for
-// a cached page confirmed unchanged, src is the file's own page then — and
-// maps them there with UFFDIO_CONTINUE: no page is allocated and nothing
-// is copied after the switch for a page the warm-up brought. The caller
-// claimed the pages (PlaceStep): none is mapped, none written by another.
-func (kn *uffdKernel) copyShared(r *pagestate.Area, p, addr, k uint64, src []byte, dontWake bool) (uint64, pagestate.FillResult, error) {
-	i, contig, ok := kn.shared.index(r.Offset + p<<r.Shift)
-	if !ok || contig < k {
-		return 0, pagestate.Filled, fmt.Errorf("fetcher: pages %#x+%d are not in the shared cache", r.Offset+p<<r.Shift, k)
-	}
-	dst := kn.shared.bytes(i, k)
-	switch {
-	case src == nil:
-		clear(dst)
-	case unsafe.SliceData(src) != unsafe.SliceData(dst):
-		copy(dst, src[:len(dst)])
-	}
-	mode := uffd.ContinueMode(0)
-	if dontWake {
-		mode = uffd.ContinueDontWake
-	}
-	want := k * cachePage
-	var done uint64
-	for done < want {
-		n, err := kn.fd.Continue(addr+done, want-done, mode)
-		done += n
-		if res, ferr, ok := fillEnd(err, "mapping in place", k, addr); !ok {
-			return done / cachePage, res, ferr
-		}
-		if n == 0 {
-			return done / cachePage, pagestate.Filled, fmt.Errorf("fetcher: continue at %#x made no progress", addr+done)
-		}
-	}
-	return k, pagestate.Filled, nil
-}
-
 // ZeroFill answers a fault on page p of r at addr that is present or
 // discarded: a zero page (waking), or FillExist where the page is there.
-// In a Shared area the page's content in the file is mapped (a page the
-// VMM discarded with MADV_DONTNEED keeps it, as shared memory does), or a
-// zero page copied where the file has none (MADV_REMOVE, or a removal the
-// fetcher punched): nothing there is written, it may be in place.
+// In a Shared area nothing is written (the page may be in place): the
+// file's page is mapped where the file has one, else a zero page is copied
+// in (a page the VMM discarded: the fetcher punched it out of the file).
 func (kn *uffdKernel) ZeroFill(r *pagestate.Area, p, addr uint64) (pagestate.FillResult, error) {
 	if !r.Shared {
 		_, res, err := kn.Copy(r, p, addr, 1, nil, false)

@@ -15,25 +15,29 @@ func (*nopKernel) ZeroFill(a *Area, p, addr uint64) (FillResult, error) { return
 func (n *nopKernel) Wake(addr, length uint64) error                     { n.wakes++; return nil }
 func (*nopKernel) Now() time.Time                                       { return epoch }
 
-// The placer's hot path through the Kernel interface allocates nothing.
+// The placer's hot path through the Kernel interface allocates nothing, in
+// a Shared area (claims) too.
 func TestPlaceStepAllocs(t *testing.T) {
-	tb, err := New([]Region{{Base: 1 << 30, Size: 1 << 30, PageSize: 4096}}, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := tb.Areas()[0]
-	k := &nopKernel{}
-	src := make([]byte, 16*4096)
-	var p uint64
-	allocs := testing.AllocsPerRun(1000, func() {
-		st, err := tb.PlaceStep(k, a, p, 16, 16, src, ViaBulk, true)
-		if err != nil || st.Used != 16 {
-			t.Fatalf("step %+v, %v", st, err)
+	for _, shared := range []bool{false, true} {
+		tb, err := New([]Region{{Base: 1 << 30, Size: 1 << 30, PageSize: 4096}}, Hooks{})
+		if err != nil {
+			t.Fatal(err)
 		}
-		p += 16
-	})
-	if allocs != 0 {
-		t.Fatalf("PlaceStep allocates %v times per call", allocs)
+		a := tb.Areas()[0]
+		a.Shared = shared
+		k := &nopKernel{}
+		src := make([]byte, 16*4096)
+		var p uint64
+		allocs := testing.AllocsPerRun(1000, func() {
+			st, err := tb.PlaceStep(k, a, p, 16, 16, src, ViaBulk, true)
+			if err != nil || st.Used != 16 {
+				t.Fatalf("step %+v, %v", st, err)
+			}
+			p += 16
+		})
+		if allocs != 0 {
+			t.Fatalf("PlaceStep (shared %v) allocates %v times per call", shared, allocs)
+		}
 	}
 }
 
