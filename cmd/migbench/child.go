@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -323,7 +324,7 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 	if *memFile != "" {
 		// The warm-up's file holds the source's pages at their offsets
 		// (its addresses): the memory becomes that file's range.
-		if err := mapShared(*memFile, base, cfg.Size, st.Base, fd); err != nil {
+		if err := mapShared(*memFile, mem, st.Base, fd); err != nil {
 			return err
 		}
 	}
@@ -568,21 +569,20 @@ func registerMissing(mem []byte, handedOver, minor bool) (*uffd.FD, error) {
 	return fd, nil
 }
 
-// mapShared maps size bytes of the file path from offset over the memory at
-// base (MAP_SHARED|MAP_FIXED) and registers them with fd for MISSING and
-// MINOR faults, as a VMM whose guest memory is that file would.
-func mapShared(path string, base, size, offset uint64, fd *uffd.FD) error {
+// mapShared maps the file path from offset over mem (MAP_SHARED|MAP_FIXED)
+// and registers it with fd for MISSING and MINOR faults, as a VMM whose
+// guest memory is that file would.
+func mapShared(path string, mem []byte, offset uint64, fd *uffd.FD) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("--mem-file: %w", err)
 	}
 	defer f.Close() // the mapping keeps it
-	_, _, errno := unix.Syscall6(unix.SYS_MMAP, uintptr(base), uintptr(size), unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_SHARED|unix.MAP_FIXED, f.Fd(), uintptr(offset))
-	if errno != 0 {
-		return fmt.Errorf("--mem-file: mapping %s at offset %#x: %w", path, offset, errno)
+	if _, err := unix.MmapPtr(int(f.Fd()), int64(offset), unsafe.Pointer(unsafe.SliceData(mem)), uintptr(len(mem)), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
+		return fmt.Errorf("--mem-file: mapping %s at offset %#x: %w", path, offset, err)
 	}
-	ioctls, err := fd.Register(base, size, uffd.RegisterMissing|uffd.RegisterMinor)
+	ioctls, err := fd.Register(bench.Addr(mem), uint64(len(mem)), uffd.RegisterMissing|uffd.RegisterMinor)
 	if err != nil {
 		return fmt.Errorf("--mem-file: %w", err)
 	}

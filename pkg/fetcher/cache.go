@@ -133,23 +133,13 @@ func (c *cache) mapFile(path string) (err error) {
 	}
 	for _, r := range c.regions {
 		at := unsafe.Pointer(unsafe.SliceData(c.mem[r.first*cachePage:]))
-		if _, err := mmapFixed(at, r.Length, int(f.Fd()), r.Offset); err != nil {
+		if _, err := unix.MmapPtr(int(f.Fd()), int64(r.Offset), at, uintptr(r.Length), unix.PROT_READ|unix.PROT_WRITE,
+			unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
 			return fmt.Errorf("mapping %s at offset %#x (%d bytes): %w", path, r.Offset, r.Length, err)
 		}
 	}
 	c.file = f
 	return nil
-}
-
-// mmapFixed maps length bytes of fd from offset shared at address at,
-// over what is there (MAP_FIXED).
-func mmapFixed(at unsafe.Pointer, length uint64, fd int, offset uint64) (uintptr, error) {
-	r, _, errno := unix.Syscall6(unix.SYS_MMAP, uintptr(at), uintptr(length), unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_SHARED|unix.MAP_FIXED, uintptr(fd), uintptr(offset))
-	if errno != 0 {
-		return 0, errno
-	}
-	return r, nil
 }
 
 // close unmaps the bytes and removes the file, if any: a VMM that maps it
