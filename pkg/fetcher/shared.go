@@ -104,97 +104,107 @@ func readMaps(pid int, flags bool) ([]vma, error) {
 // useShared finds the areas the VMM (pid) maps from the cache's file, makes
 // them Shared and has the placer map their pages in place. It returns how
 // many pages are served so, or ErrSharedMemory where the VMM's mapping of
-// the file cannot be served. It reads /proc/PID/maps, on the way to the
-// first page: whether the VMM registered the areas for MINOR faults is
-// checkShared's, afterwards (a VMM that did not has read copies not
-// confirmed already, whenever it is found).
+// the file cannot be served. It finds the mappings with PROCMAP_QUERY (or
+// in /proc/PID/maps), on the way to the first page: whether the VMM
+// registered the areas for MINOR faults is checkShared's, afterwards (a VMM
+// that did not has read copies not confirmed already, whenever it is
+// found).
 func useShared(c *cache, pid int, areas []*pagestate.Area, kern *uffdKernel) (uint64, error) {
-	return sharedAreas(c, pid, areas, kern, false)
-}
-
-// checkShared checks that the VMM registered every Shared area for MISSING
-// and MINOR faults (/proc/PID/smaps' VmFlags um and ui), and maps it from
-// the file as useShared found.
-func checkShared(c *cache, pid int, areas []*pagestate.Area) error {
-	_, err := sharedAreas(c, pid, areas, nil, true)
-	return err
-}
-
-func sharedAreas(c *cache, pid int, areas []*pagestate.Area, kern *uffdKernel, flags bool) (uint64, error) {
-	if c == nil || c.file == nil {
+	if c == nil || c.file == nil || pid <= 0 {
 		return 0, nil
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(c.file.Fd()), &st); err != nil {
-		return 0, fmt.Errorf("fetcher: shared cache: %w", err)
-	}
-	if pid <= 0 {
-		return 0, nil
-	}
-	var vmas []vma
-	var err error
-	if !flags {
-		vmas, err = queryMaps(pid, areas)
-	}
-	if flags || errors.Is(err, errNoQuery) {
-		vmas, err = readMaps(pid, flags)
+	vmas, err := queryMaps(pid, areas)
+	if errors.Is(err, errNoQuery) {
+		vmas, err = readMaps(pid, false)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("fetcher: the VMM's mappings: %w", err)
 	}
 	var pages uint64
 	for _, a := range areas {
-		if flags && !a.Shared {
-			continue
+		ok, err := c.mapsArea(vmas, a, false)
+		if err != nil {
+			return 0, err
 		}
-		end := a.Base + a.Size
-		var ours, other uint64 // bytes of the area mapped from the file, and not
-		for i := range vmas {
-			v := &vmas[i]
-			lo, hi := max(v.start, a.Base), min(v.end, end)
-			if lo >= hi {
-				continue
-			}
-			if v.dev != st.Dev || v.ino != st.Ino {
-				other += hi - lo
-				continue
-			}
-			switch {
-			case !v.shared:
-				return 0, fmt.Errorf("%w: region %d (%#x+%#x) maps %s private: map it shared",
-					ErrSharedMemory, a.Index, a.Base, a.Size, c.file.Name())
-			case v.offset+(lo-v.start) != a.Offset+(lo-a.Base):
-				return 0, fmt.Errorf("%w: region %d (%#x+%#x) maps %s from offset %#x, not its image offset %#x",
-					ErrSharedMemory, a.Index, a.Base, a.Size, c.file.Name(), v.offset+(lo-v.start)-(lo-a.Base), a.Offset)
-			case flags && (!v.hasFlag("um") || !v.hasFlag("ui")):
-				return 0, fmt.Errorf("%w: region %d (%#x+%#x) maps %s but is not registered for MISSING and MINOR faults "+
-					"(VmFlags %q): its threads would read pages not confirmed yet",
-					ErrSharedMemory, a.Index, a.Base, a.Size, c.file.Name(), bytes.TrimSpace(v.flags))
-			}
-			ours += hi - lo
-		}
-		switch {
-		case ours == 0:
-			continue
-		case other > 0 || ours != a.Size:
-			return 0, fmt.Errorf("%w: region %d (%#x+%#x) maps %s in part (%#x bytes)",
-				ErrSharedMemory, a.Index, a.Base, a.Size, c.file.Name(), ours)
-		case a.PageSize != cachePage:
-			return 0, fmt.Errorf("%w: region %d has %d-byte pages (the file holds 4 KiB ones)", ErrSharedMemory, a.Index, a.PageSize)
-		}
-		if _, contig, ok := c.index(a.Offset); !ok || contig < a.Pages {
-			return 0, fmt.Errorf("%w: region %d (image %#x+%#x) is not inside one readable extent of the image",
-				ErrSharedMemory, a.Index, a.Offset, a.Size)
-		}
-		if kern != nil {
+		if ok {
 			a.Shared = true
+			pages += a.Pages
 		}
-		pages += a.Pages
 	}
-	if pages > 0 && kern != nil {
+	if pages > 0 {
 		kern.shared = c
 	}
 	return pages, nil
+}
+
+// checkShared checks that the VMM registered every Shared area for MISSING
+// and MINOR faults (/proc/PID/smaps' VmFlags um and ui), and maps it from
+// the file as useShared found.
+func checkShared(c *cache, pid int, areas []*pagestate.Area) error {
+	vmas, err := readMaps(pid, true)
+	if err != nil {
+		return fmt.Errorf("fetcher: the VMM's mappings: %w", err)
+	}
+	for _, a := range areas {
+		if a.Shared {
+			if _, err := c.mapsArea(vmas, a, true); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// mapsArea reports whether vmas map area a from c's file, as a Shared area
+// needs: shared, at a's image offset, the whole of it, 4 KiB pages inside
+// one region of the cache, and (flags: vmas carry VmFlags) registered for
+// MISSING and MINOR faults. Any other mapping of the file is
+// ErrSharedMemory.
+func (c *cache) mapsArea(vmas []vma, a *pagestate.Area, flags bool) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(c.file.Fd()), &st); err != nil {
+		return false, fmt.Errorf("fetcher: shared cache: %w", err)
+	}
+	end := a.Base + a.Size
+	var ours, other uint64 // bytes of the area mapped from the file, and not
+	for i := range vmas {
+		v := &vmas[i]
+		lo, hi := max(v.start, a.Base), min(v.end, end)
+		if lo >= hi {
+			continue
+		}
+		if v.dev != st.Dev || v.ino != st.Ino {
+			other += hi - lo
+			continue
+		}
+		switch {
+		case !v.shared:
+			return false, fmt.Errorf("%w: region %d (%#x+%#x) maps %s private: map it shared",
+				ErrSharedMemory, a.Index, a.Base, a.Size, c.file.Name())
+		case v.offset+(lo-v.start) != a.Offset+(lo-a.Base):
+			return false, fmt.Errorf("%w: region %d (%#x+%#x) maps %s from offset %#x, not its image offset %#x",
+				ErrSharedMemory, a.Index, a.Base, a.Size, c.file.Name(), v.offset+(lo-v.start)-(lo-a.Base), a.Offset)
+		case flags && (!v.hasFlag("um") || !v.hasFlag("ui")):
+			return false, fmt.Errorf("%w: region %d (%#x+%#x) maps %s but is not registered for MISSING and MINOR faults "+
+				"(VmFlags %q): its threads would read pages not confirmed yet",
+				ErrSharedMemory, a.Index, a.Base, a.Size, c.file.Name(), bytes.TrimSpace(v.flags))
+		}
+		ours += hi - lo
+	}
+	switch {
+	case ours == 0:
+		return false, nil
+	case other > 0 || ours != a.Size:
+		return false, fmt.Errorf("%w: region %d (%#x+%#x) maps %s in part (%#x bytes)",
+			ErrSharedMemory, a.Index, a.Base, a.Size, c.file.Name(), ours)
+	case a.PageSize != cachePage:
+		return false, fmt.Errorf("%w: region %d has %d-byte pages (the file holds 4 KiB ones)", ErrSharedMemory, a.Index, a.PageSize)
+	}
+	if _, contig, ok := c.index(a.Offset); !ok || contig < a.Pages {
+		return false, fmt.Errorf("%w: region %d (image %#x+%#x) is not inside one readable extent of the image",
+			ErrSharedMemory, a.Index, a.Offset, a.Size)
+	}
+	return true, nil
 }
 
 // procmapQuery is struct procmap_query (linux/fs.h, Linux 6.11).
