@@ -1,7 +1,6 @@
 package fetcher
 
 import (
-	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -40,70 +39,30 @@ func requireMinorShmem(t *testing.T) {
 	}
 }
 
-// A hybrid migration into shared memory (WarmConfig.File, a VMM mapping
-// its memory from the file): the source changes between the rounds and
-// after them; every page of the VMM's region is served in place, the
-// changed ones from the answers, and the VMM, reading at random with two
-// threads while the confirm pass runs, verifies every byte. The file is
-// gone after the migration; the VMM's mapping is not.
-func TestWarmShared(t *testing.T) {
+// memories are the destination memories a warm migration test runs into:
+// anonymous (cached pages copied in) and a VMM mapping the warm-up's file
+// (mapped in place).
+var memories = []string{"anon", "shared"}
+
+// warmMemory returns, for memory mem, WarmConfig.File, the test VMM's
+// environment, and a check of the migration's summary: with shared
+// memory, every page of the VMM's region was served in place, and the file
+// is gone after the migration (the VMM's mapping is not).
+func warmMemory(t *testing.T, mem string) (file string, env []string, check func(*Summary)) {
+	t.Helper()
+	if mem == "anon" {
+		return "", nil, func(*Summary) {}
+	}
 	requireMinorShmem(t)
-	const size = 16 << 20
-	h := newHarness(t, size)
-	path := shmPath(t)
-	src, f := h.warmSource()
-	changed := map[int64]bool{}
-	rounds := make(chan WarmRound, 2)
-	var before []int64
-	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 2, File: path, OnRound: func(r WarmRound) {
-		if r.Round == 1 {
-			before = scribble(t, f, size, 100, 1, changed)
+	file = shmPath(t)
+	return file, []string{"FETCHER_TEST_MEMFILE=" + file}, func(s *Summary) {
+		t.Helper()
+		if s.SharedPages != s.Pages.Total {
+			t.Errorf("shared pages %d, want every page (%d)", s.SharedPages, s.Pages.Total)
 		}
-		rounds <- r
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r1, r2 := <-rounds, <-rounds; r2.Changed != uint64(len(before)) {
-		t.Errorf("rounds %+v, %+v: want %d changed in round 2", r1, r2, len(before))
-	}
-	after := scribble(t, f, size, 50, 2, changed)
-
-	m := h.migrate("4k:0x0:16M", Config{Source: src, Prefetch: true, ImageSize: size, Warmup: w},
-		"FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random", "FETCHER_TEST_MEMFILE="+path)
-	m.check(t)
-	s := m.sum
-	if s.SharedPages != size/4096 {
-		t.Errorf("shared pages %d, want every page (%d)", s.SharedPages, size/4096)
-	}
-	if s.PagesChangedAfterFreeze != uint64(len(after)) || s.Pages.Confirmed == 0 {
-		t.Errorf("pages %+v, %d changed after the freeze: want some confirmed, %d changed", s.Pages, s.PagesChangedAfterFreeze, len(after))
-	}
-	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the warm-up's file after the migration: %v, want it removed", err)
-	}
-}
-
-// The VMM discards memory (MADV_DONTNEED) at its fifth read while the
-// confirm pass runs: the file keeps its copy, but the removed pages read as
-// zeros, as the source's memory would.
-func TestWarmSharedRemove(t *testing.T) {
-	requireMinorShmem(t)
-	const size = 16 << 20
-	h := newHarness(t, size)
-	path := shmPath(t)
-	src, _ := h.warmSource()
-	rounds := make(chan WarmRound, 1)
-	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 1, File: path, OnRound: func(r WarmRound) { rounds <- r }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-rounds
-	m := h.migrate("4k:0x0:16M", Config{Source: src, Prefetch: true, Warmup: w}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=all",
-		"FETCHER_TEST_DISCARD=4194304:8388608", "FETCHER_TEST_MEMFILE="+path)
-	m.check(t)
-	if m.sum.Pages.Removed == 0 || m.sum.Pages.Confirmed == 0 || m.sum.SharedPages == 0 {
-		t.Errorf("pages %+v, %d shared: want some removed, some confirmed, all shared", m.sum.Pages, m.sum.SharedPages)
+		if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the warm-up's file after the migration: %v, want it removed", err)
+		}
 	}
 }
 

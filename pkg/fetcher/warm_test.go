@@ -73,15 +73,23 @@ func scribble(t *testing.T, f *os.File, size int64, n int, seed uint64, avoid ma
 // after the last round, before the handoff (the confirm pass finds exactly
 // those changed, places them from the answers and every other page from the
 // cache). The VMM, reading at random with two threads while the pass runs,
-// verifies every byte against the final image.
+// verifies every byte against the final image. In shared memory
+// (warmMemory) as in anonymous.
 func TestWarmMigrationSourceChanges(t *testing.T) {
+	for _, mem := range memories {
+		t.Run(mem, func(t *testing.T) { warmSourceChanges(t, mem) })
+	}
+}
+
+func warmSourceChanges(t *testing.T, mem string) {
 	const size = 16 << 20
 	h := newHarness(t, size)
+	file, env, check := warmMemory(t, mem)
 	src, f := h.warmSource()
 	changed := map[int64]bool{}
 	rounds := make(chan WarmRound, 2)
 	var before []int64
-	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 2, OnRound: func(r WarmRound) {
+	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 2, File: file, OnRound: func(r WarmRound) {
 		if r.Round == 1 {
 			before = scribble(t, f, size, 100, 1, changed)
 		}
@@ -100,8 +108,9 @@ func TestWarmMigrationSourceChanges(t *testing.T) {
 	after := scribble(t, f, size, 50, 2, changed)
 
 	m := h.migrate("4k:0x0:16M", Config{Source: src, Prefetch: true, ImageSize: size, Warmup: w},
-		"FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
+		append([]string{"FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random"}, env...)...)
 	m.check(t)
+	check(m.sum)
 	s := m.sum
 	if s.WarmRounds != 2 || s.WarmSeconds <= 0 {
 		t.Errorf("warm_rounds %d, warm_s %v; want 2 rounds and a duration", s.WarmRounds, s.WarmSeconds)
@@ -249,23 +258,32 @@ func TestWarmFaultsBeforeConfirm(t *testing.T) {
 
 // The VMM discards memory (MADV_DONTNEED: UFFD_EVENT_REMOVE) at its fifth
 // read, while the confirm pass places cached pages: the removed pages are
-// never placed from the cache, and read as zeros.
+// never placed from the cache, and read as zeros. In shared memory too,
+// where the file keeps a copy of them unless the fetcher punches it out.
 func TestWarmRemoveDuringConfirm(t *testing.T) {
+	for _, mem := range memories {
+		t.Run(mem, func(t *testing.T) { warmRemoveDuringConfirm(t, mem) })
+	}
+}
+
+func warmRemoveDuringConfirm(t *testing.T, mem string) {
 	const size = 16 << 20
 	h := newHarness(t, size)
+	file, env, check := warmMemory(t, mem)
 	src, _ := h.warmSource()
 	rounds := make(chan WarmRound, 1)
-	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 1, OnRound: func(r WarmRound) { rounds <- r }})
+	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 1, File: file, OnRound: func(r WarmRound) { rounds <- r }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	<-rounds
-	m := h.migrate("4k:0x0:16M", Config{Source: src, Prefetch: true, Warmup: w}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=all",
-		"FETCHER_TEST_DISCARD=4194304:8388608")
+	m := h.migrate("4k:0x0:16M", Config{Source: src, Prefetch: true, Warmup: w},
+		append([]string{"FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=all", "FETCHER_TEST_DISCARD=4194304:8388608"}, env...)...)
 	m.check(t)
 	if m.sum.Pages.Removed == 0 || m.sum.Pages.Confirmed == 0 {
 		t.Errorf("pages %+v: want some removed and some confirmed", m.sum.Pages)
 	}
+	check(m.sum)
 }
 
 var errCut = errors.New("test: link cut")
