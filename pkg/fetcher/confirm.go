@@ -528,51 +528,136 @@ func (l *link) confirmRecv(c *conn, lane WarmLane, runs *pagestate.Runs, latency
 
 // placeAnswer places the pages of a confirm answer for run b: "same" pages
 // from the cache (zero pages as zero pages), the others from the answer;
-// then the run's cache memory is released.
+// then the run's cache memory is released (anonymous memory only). The
+// run is one placement, not one per piece of the answer: a zipfian source
+// changes pages here and there, and a copy (a system call) per piece cost
+// the confirm pass a third of pagefetcher's CPU after the switch.
 func (cf *confirmer) placeAnswer(b pagestate.BulkRun, resp *Response, th *sched.Thread) error {
 	a := cf.pages.Areas()[b.Area]
 	first, _, _ := cf.cache.index(b.Offset)
-	p, i := b.Page, first
-	var used uint64
+	n := uint64(b.Pages)
+	m := &answerRun{pages: cf.pages, cache: cf.cache, p0: b.Page, i0: first, data: resp.Data, src: make([]int32, n)}
+	var j, used uint64 // pages of the run, of the answer's data
 	for _, sg := range resp.Segments {
-		n := uint64(sg.Pages)
+		k := uint64(sg.Pages)
+		if j+k > n {
+			return fmt.Errorf("fetcher: confirm answer for offset %#x has more than its %d pages", resp.Offset, n)
+		}
 		switch {
 		case sg.Same:
-			// Runs of zero pages and of others, each placed its way.
-			for k := uint64(0); k < n; {
-				zero := cf.cache.digests[i+k] == zeroDigest
-				e := k + 1
-				for e < n && (cf.cache.digests[i+e] == zeroDigest) == zero {
-					e++
+			for q := j; q < j+k; q++ {
+				m.src[q] = pageSame
+				if cf.cache.digests[first+q] == zeroDigest {
+					m.src[q] = pageSameZero
 				}
-				var src []byte
-				if !zero {
-					src = cf.cache.bytes(i+k, e-k)
-				}
-				if err := cf.place.placeRun(a, p+k, e-k, src, pagestate.ViaConfirmed, true, th); err != nil {
-					return err
-				}
-				k = e
 			}
 		case sg.Zero:
-			cf.changed.Add(n)
-			if err := cf.place.placeRun(a, p, n, nil, pagestate.ViaZero, true, th); err != nil {
-				return err
+			cf.changed.Add(k)
+			for q := j; q < j+k; q++ {
+				m.src[q] = pageZero
 			}
 		default:
-			cf.changed.Add(n)
-			sz := n * cachePage
-			if used+sz > uint64(len(resp.Data)) {
+			cf.changed.Add(k)
+			if (used+k)*cachePage > uint64(len(resp.Data)) {
 				return fmt.Errorf("fetcher: confirm answer for offset %#x is short of data", resp.Offset)
 			}
-			if err := cf.place.placeRun(a, p, n, resp.Data[used:used+sz], pagestate.ViaBulk, true, th); err != nil {
+			for q := j; q < j+k; q++ {
+				m.src[q] = int32(used + q - j)
+			}
+			used += k
+		}
+		j += k
+	}
+	if j != n {
+		return fmt.Errorf("fetcher: confirm answer for offset %#x has %d of its %d pages", resp.Offset, j, n)
+	}
+	if a.Shared {
+		// The file holds every page (zeros too, storeZero): the run is
+		// mapped by one UFFDIO_CONTINUE per step, from the file's own
+		// pages (src aliases them), the changed ones written there first.
+		if err := cf.place.placeMixed(a, b.Page, n, cf.cache.bytes(first, n), m, th); err != nil {
+			return err
+		}
+	} else {
+		// Runs of zero pages (UFFDIO_ZEROPAGE: no memory for them) and
+		// of others, copied from the cache, the changed pages written
+		// there first.
+		for k := uint64(0); k < n; {
+			zero := m.zero(k)
+			e := k + 1
+			for e < n && m.zero(e) == zero {
+				e++
+			}
+			var src []byte
+			if !zero {
+				src = cf.cache.bytes(first+k, e-k)
+			}
+			if err := cf.place.placeMixed(a, b.Page+k, e-k, src, m, th); err != nil {
 				return err
 			}
-			used += sz
+			k = e
 		}
-		p, i = p+n, i+n
 	}
-	cf.stats.bytes.Add(used)
-	cf.cache.release(first, uint64(b.Pages))
+	cf.stats.bytes.Add(used * cachePage)
+	if !a.Shared {
+		// A Shared area's pages are the guest's memory now: dropping
+		// pagefetcher's own mapping of them frees nothing (it cost 7 %
+		// of its CPU after the switch); it goes when pagefetcher exits.
+		cf.cache.release(first, n)
+	}
 	return nil
+}
+
+// answerRun is a confirm answer as one placement (mixedRun): the pages the
+// source calls the same come from the cache, the others from the answer,
+// written into the cache (the file, in a Shared area) as the placer reaches
+// them.
+type answerRun struct {
+	pages  *pagestate.Table
+	cache  *cache
+	p0, i0 uint64 // the run's first page: in its area, in the cache
+	// src holds, per page of the run, the index of its content among the
+	// answer's data pages, or pageSame, pageSameZero or pageZero.
+	src  []int32
+	data []byte
+}
+
+const (
+	pageSame     = -1 // the cached copy, confirmed
+	pageSameZero = -2 // the cached copy, confirmed, of zeros
+	pageZero     = -3 // changed to zeros
+)
+
+// zero reports whether page j of the run is zeros.
+func (m *answerRun) zero(j uint64) bool { return m.src[j] == pageSameZero || m.src[j] == pageZero }
+
+func (m *answerRun) fill(p, k uint64) {
+	for j := p - m.p0; j < p-m.p0+k; {
+		s := m.src[j]
+		e := j + 1
+		switch {
+		case s >= 0:
+			for e < p-m.p0+k && m.src[e] == s+int32(e-j) {
+				e++
+			}
+			copy(m.cache.bytes(m.i0+j, e-j), m.data[int(s)*cachePage:(int(s)+int(e-j))*cachePage])
+		case m.zero(j):
+			clear(m.cache.bytes(m.i0+j, 1))
+		}
+		j = e
+	}
+}
+
+func (m *answerRun) placed(p, k uint64) {
+	var changed, zero uint64
+	for _, s := range m.src[p-m.p0 : p-m.p0+k] {
+		switch {
+		case s >= 0:
+			changed++
+		case s == pageZero:
+			zero++
+		}
+	}
+	m.pages.Recount(pagestate.ViaConfirmed, pagestate.ViaBulk, changed)
+	m.pages.Recount(pagestate.ViaConfirmed, pagestate.ViaZero, zero)
 }

@@ -32,8 +32,9 @@ type Step struct {
 	// resolved, placed, found there or found not mapped): the caller goes
 	// on from page p+Used, and from src[Used*a.PageSize:].
 	Used uint64
-	// Placed is how many pages its copy placed or found there.
-	Placed uint64
+	// Placed is how many pages its copy placed or found there, from page
+	// First on.
+	Placed, First uint64
 	// Again: the copy got EAGAIN; wait until the fault loop has read
 	// events, then go on.
 	Again bool
@@ -55,7 +56,12 @@ type Step struct {
 // reading, and calls again until Used adds up to n (after waiting for
 // events when Again). A wake that fails is returned: a thread that cannot be
 // woken is a hung workload thread.
-func (t *Table) PlaceStep(k Kernel, a *Area, p, n, max uint64, src []byte, how Arrival, dontWake bool) (Step, error) {
+//
+// fill, when not nil, is called with the pages the copy is about to place
+// (claimed, in a Shared area) before it begins: it writes their content
+// where src points, so that a run whose content comes from several places
+// is placed by one copy per step (the confirm pass's answers).
+func (t *Table) PlaceStep(k Kernel, a *Area, p, n, max uint64, src []byte, how Arrival, dontWake bool, fill func(p, k uint64)) (Step, error) {
 	var st Step
 	skip, addr, cnt, mapped := t.Plan(a, p, n, max)
 	st.Used = skip
@@ -100,6 +106,10 @@ func (t *Table) PlaceStep(k Kernel, a *Area, p, n, max uint64, src []byte, how A
 			}
 		}()
 	}
+	if fill != nil {
+		fill(p, cnt)
+	}
+	st.First = p
 	done, res, err := k.Copy(a, p, addr, cnt, src, dontWake)
 	var wakeBuf [8]Range
 	wakes := wakeBuf[:0]

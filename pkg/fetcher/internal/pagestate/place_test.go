@@ -29,7 +29,7 @@ func TestPlaceStepAllocs(t *testing.T) {
 		src := make([]byte, 16*4096)
 		var p uint64
 		allocs := testing.AllocsPerRun(1000, func() {
-			st, err := tb.PlaceStep(k, a, p, 16, 16, src, ViaBulk, true)
+			st, err := tb.PlaceStep(k, a, p, 16, 16, src, ViaBulk, true, nil)
 			if err != nil || st.Used != 16 {
 				t.Fatalf("step %+v, %v", st, err)
 			}
@@ -64,7 +64,9 @@ func (k *claimKernel) Copy(a *Area, p, addr, n uint64, src []byte, dontWake bool
 // In a Shared area a placer claims the pages it copies: a second placer
 // of the same pages meanwhile copies none of them (its step is used up,
 // nothing placed); pages the first did not place (EAGAIN) are free to
-// claim again, and the next step copies exactly those.
+// claim again, and the next step copies exactly those. Each copy's pages
+// are filled first, those and no others (a mixed run's content is written
+// only into pages the placer holds).
 func TestPlaceStepClaims(t *testing.T) {
 	tb, err := New([]Region{{Base: 1 << 30, Size: 1 << 20, PageSize: 4096}}, Hooks{})
 	if err != nil {
@@ -73,14 +75,16 @@ func TestPlaceStepClaims(t *testing.T) {
 	a := tb.Areas()[0]
 	a.Shared = true
 	k := &claimKernel{done: 3, res: FillAgain}
+	var filled [][2]uint64
+	fill := func(p, n uint64) { filled = append(filled, [2]uint64{p, n}) }
 	var second Step
 	k.during = func() {
 		var err error
-		if second, err = tb.PlaceStep(k, a, 2, 4, 8, nil, ViaBulk, true); err != nil {
+		if second, err = tb.PlaceStep(k, a, 2, 4, 8, nil, ViaBulk, true, fill); err != nil {
 			t.Errorf("second placer: %v", err)
 		}
 	}
-	first, err := tb.PlaceStep(k, a, 0, 8, 8, nil, ViaBulk, true)
+	first, err := tb.PlaceStep(k, a, 0, 8, 8, nil, ViaBulk, true, fill)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,15 +94,22 @@ func TestPlaceStepClaims(t *testing.T) {
 	if second.Placed != 0 || second.Used != 1 || len(k.asked) != 1 {
 		t.Errorf("second placer's step %+v, copies %v: want no copy of a claimed page", second, k.asked)
 	}
-	st, err := tb.PlaceStep(k, a, 0, 8, 8, nil, ViaBulk, true)
-	if err != nil || st.Placed != 5 || st.Used != 8 {
-		t.Errorf("step after EAGAIN %+v, %v: want the 5 pages left placed", st, err)
+	st, err := tb.PlaceStep(k, a, 0, 8, 8, nil, ViaBulk, true, fill)
+	if err != nil || st.Placed != 5 || st.Used != 8 || st.First != 3 {
+		t.Errorf("step after EAGAIN %+v, %v: want the 5 pages left placed, from page 3", st, err)
 	}
 	if got := k.asked[len(k.asked)-1]; got != [2]uint64{3, 5} {
 		t.Errorf("copy after EAGAIN of pages %v, want [3 5]", got)
 	}
+	if len(filled) != len(k.asked) || filled[0] != k.asked[0] || filled[1] != k.asked[1] {
+		t.Errorf("pages filled %v, copied %v: want each copy's pages filled, no others", filled, k.asked)
+	}
 	a.Shared = false
-	if st, err := tb.PlaceStep(k, a, 8, 2, 8, nil, ViaBulk, true); err != nil || st.Placed != 2 {
+	if st, err := tb.PlaceStep(k, a, 8, 2, 8, nil, ViaBulk, true, nil); err != nil || st.Placed != 2 {
 		t.Errorf("unshared area's step %+v, %v", st, err)
+	}
+	tb.Recount(ViaBulk, ViaZero, 3)
+	if b, z := tb.Count(ViaBulk), tb.Count(ViaZero); b != 7 || z != 3 {
+		t.Errorf("after moving 3 of 10 bulk pages to zero: %d bulk, %d zero", b, z)
 	}
 }

@@ -561,7 +561,7 @@ func (h *harness) finish(pl placement) error {
 	}
 	for pl.n > 0 {
 		h.last.done, h.last.res = 0, Filled
-		st, err := h.t.PlaceStep(h, a, pl.p, pl.n, chunk, nil, how, !pl.demand)
+		st, err := h.t.PlaceStep(h, a, pl.p, pl.n, chunk, nil, how, !pl.demand, nil)
 		if err != nil {
 			return err
 		}

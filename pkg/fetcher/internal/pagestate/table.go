@@ -163,6 +163,16 @@ func (t *Table) Remaining() int64 { return t.remaining.Load() }
 // Count is the number of pages resolved by way how.
 func (t *Table) Count(how Arrival) uint64 { return t.counts[how].Load() }
 
+// Recount moves n pages resolved by way from to way to: a placement of
+// pages that arrived in several ways, counted as from, tells which.
+func (t *Table) Recount(from, to Arrival, n uint64) {
+	if n == 0 || from == to {
+		return
+	}
+	t.counts[from].Add(^(n - 1))
+	t.counts[to].Add(n)
+}
+
 // NextID returns a fresh request id.
 func (t *Table) NextID() uint64 { return t.nextID.Add(1) }
 
