@@ -189,15 +189,63 @@ func (c *cache) heldAt(off uint64) bool {
 // bytes returns pages [i, i+n) of the cache.
 func (c *cache) bytes(i, n uint64) []byte { return c.mem[i*cachePage : (i+n)*cachePage] }
 
-// storeData makes page i's copy the bytes of page and returns whether a copy
-// was held before whose digest differed (the page changed).
-func (c *cache) storeData(i uint64, page []byte) (changed bool) {
-	d := wire.PageDigest(page)
-	changed = c.isHeld(i) && c.digests[i] != d
-	copy(c.bytes(i, 1), page)
-	c.digests[i] = d
-	c.held[i>>6] |= 1 << (i & 63)
-	return changed
+// storeData makes the copies of pages [i, i+n) the bytes of data, n whole
+// pages (at most storeCheck) in one region, and returns how many of them
+// were held before with another digest (changed). Each page's bytes are in
+// place before its digest says so.
+//
+// In a file one pwrite(2) writes them: tmpfs does not zero a page that a
+// write fills, as it zeroes one that a store through the mapping faults in
+// (a GiB written in 64 KiB writes: 0.5-0.8 s of CPU, against 1.1-1.3 s by
+// copy), and a full tmpfs is an error here, not a SIGBUS.
+func (c *cache) storeData(i uint64, data []byte) (changed uint64, err error) {
+	n := uint64(len(data)) / cachePage
+	var d [storeCheck]uint64
+	if n > storeCheck || uint64(len(data)) != n*cachePage {
+		return 0, fmt.Errorf("fetcher: cache: storing %d bytes at page %d: not 1 to %d whole pages", len(data), i, storeCheck)
+	}
+	for k := range n {
+		d[k] = wire.PageDigest(data[k*cachePage : (k+1)*cachePage])
+	}
+	if c.file == nil {
+		copy(c.bytes(i, n), data)
+	} else if err := c.writeFile(i, data); err != nil {
+		return 0, err
+	}
+	for k := range n {
+		if c.isHeld(i+k) && c.digests[i+k] != d[k] {
+			changed++
+		}
+		c.digests[i+k] = d[k]
+		c.held[(i+k)>>6] |= 1 << ((i + k) & 63)
+	}
+	return changed, nil
+}
+
+// writeFile writes data at cache page i of the file, within one region.
+func (c *cache) writeFile(i uint64, data []byte) error {
+	k := sort.Search(len(c.regions), func(k int) bool { return c.regions[k].first+c.regions[k].Length/cachePage > i })
+	if k == len(c.regions) || i < c.regions[k].first {
+		return fmt.Errorf("fetcher: cache: page %d is in no region", i)
+	}
+	r := c.regions[k]
+	off := r.Offset + (i-r.first)*cachePage
+	if off+uint64(len(data)) > r.Offset+r.Length {
+		return fmt.Errorf("fetcher: cache: writing %d bytes at %#x: past its region's end", len(data), off)
+	}
+	for len(data) > 0 {
+		n, err := unix.Pwrite(int(c.file.Fd()), data, int64(off))
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return fmt.Errorf("fetcher: cache file %s: writing %d bytes at %#x: %w", c.file.Name(), len(data), off, err)
+		case n == 0:
+			return fmt.Errorf("fetcher: cache file %s: writing %d bytes at %#x: no progress", c.file.Name(), len(data), off)
+		}
+		data, off = data[n:], off+uint64(n)
+	}
+	return nil
 }
 
 // storeZero makes page i's copy a page of zeros, as storeData does.

@@ -513,8 +513,8 @@ func (w *Warmup) storeAll(ctx context.Context, a warmAnswer, inflight map[uint64
 
 // store puts an answer's pages into the cache. An answer that fails its
 // checksum returns its run, to ask for again. Once ctx ends it stops
-// before its first page or between pages (every storeCheck) with ctx's
-// error.
+// before its first page or between pages (every storeCheck at most) with
+// ctx's error.
 func (w *Warmup) store(ctx context.Context, resp *Response, inflight map[uint64]warmRun, res *WarmRound) (again *warmRun, err error) {
 	r, ok := inflight[resp.ID]
 	if !ok {
@@ -531,27 +531,30 @@ func (w *Warmup) store(ctx context.Context, resp *Response, inflight map[uint64]
 	}
 	i := r.i
 	var used uint64
-	var looked int
 	for _, sg := range resp.Segments {
 		n := uint64(sg.Pages)
-		for k := uint64(0); k < n; k++ {
-			if looked++; looked%storeCheck == 1 && ctx.Err() != nil {
+		for k := uint64(0); k < n && !sg.Same; {
+			if ctx.Err() != nil {
 				// Stopped: every page is its old copy or its new one,
 				// bytes and digest together (storeData, storeZero).
 				return nil, ctx.Err()
 			}
-			switch {
-			case sg.Same:
-			case sg.Zero:
-				if w.cache.storeZero(i + k) {
-					res.Changed++
+			b := min(storeCheck, n-k)
+			if sg.Zero {
+				for q := range b {
+					if w.cache.storeZero(i + k + q) {
+						res.Changed++
+					}
 				}
-			default:
-				if w.cache.storeData(i+k, resp.Data[used:used+cachePage]) {
-					res.Changed++
+			} else {
+				changed, err := w.cache.storeData(i+k, resp.Data[used:used+b*cachePage])
+				if err != nil {
+					return nil, err
 				}
-				used += cachePage
+				res.Changed += changed
+				used += b * cachePage
 			}
+			k += b
 		}
 		i += n
 	}
@@ -559,10 +562,10 @@ func (w *Warmup) store(ctx context.Context, resp *Response, inflight map[uint64]
 	return nil, nil
 }
 
-// storeCheck is how many pages store stores between looks at whether the
-// warm-up was stopped: the handoff waits for the store in hand, and a
-// thread storing at background priority next to busy CPUs took up to 7 ms
-// over a megabyte.
+// storeCheck is how many pages store stores at most between looks at
+// whether the warm-up was stopped, in one write (cache.storeData): the
+// handoff waits for the store in hand, and a thread storing at background
+// priority next to busy CPUs took up to 7 ms over a megabyte.
 const storeCheck = 16
 
 // reconnect gets a new session and warm lane from a new Source (Redial),
