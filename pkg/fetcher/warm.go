@@ -85,7 +85,8 @@ type Warmup struct {
 	start   time.Time
 
 	cancel context.CancelFunc
-	done   chan struct{} // closed when the loop has returned
+	quiet  chan struct{} // closed when the loop stores no more: the cache is read-only
+	done   chan struct{} // closed when the loop has returned (its lane closed)
 	once   sync.Once
 	closed sync.Once
 
@@ -97,7 +98,7 @@ type Warmup struct {
 	sess      Session  // the current session, or nil
 	lane      WarmLane // its warm lane, or nil
 	link      *warmLink
-	th        *sched.Thread // the loop's (loop)
+	th        atomic.Pointer[sched.Thread] // the loop's (loop)
 	nextID    uint64
 	crcErrors atomic.Uint64 // answers that failed their checksum, asked again
 }
@@ -131,7 +132,8 @@ func StartWarmup(ctx context.Context, src Source, info ImageInfo, cfg WarmConfig
 	if len(regions) == 0 {
 		return nil, fmt.Errorf("fetcher: warm-up: the image has no readable extent, or more than a session may have regions")
 	}
-	w := &Warmup{cfg: cfg, log: cfg.Logger, info: info, regions: regions, done: make(chan struct{})}
+	w := &Warmup{cfg: cfg, log: cfg.Logger, info: info, regions: regions, quiet: make(chan struct{}),
+		done: make(chan struct{})}
 	// The lanes live until the warm-up stops, whatever ctx does after.
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	sess, lane, err := w.open(ctx, lctx, src)
@@ -186,12 +188,17 @@ func endSession(sess Session, log hclog.Logger) {
 	}
 }
 
-// stop stops the warm-up and waits for its loop: the cache is then
-// read-only. Safe to call more than once.
+// stop stops the warm-up and waits until its loop stores no more: the
+// cache is then read-only. A store in hand is boosted to finish at once:
+// it runs at background priority, and the handoff waited up to 0.9 ms for
+// it to get a CPU. Closing the warm lane is left to the loop (Close waits
+// for it): the handoff waited up to 3.5 ms for the lane's receiver to see
+// its stream end. Safe to call more than once.
 func (w *Warmup) stop() {
 	w.once.Do(func() {
 		w.cancel()
-		<-w.done
+		w.th.Load().BoostHolder()
+		<-w.quiet
 		w.stopped = time.Now()
 	})
 }
@@ -203,6 +210,7 @@ func (w *Warmup) elapsed() time.Duration { return w.stopped.Sub(w.start) }
 // cache. Run calls it at its end; call it for a warm-up no Run takes.
 func (w *Warmup) Close() {
 	w.stop()
+	<-w.done
 	w.closed.Do(func() {
 		if w.sess != nil {
 			endSession(w.sess, w.log)
@@ -290,7 +298,7 @@ func (w *Warmup) loop(ctx context.Context, src Source) {
 	// the thread for each store only: between them it waits, and the
 	// handoff's stop must not wait for a thread at background priority to
 	// get a CPU). The thread ends with the loop (internal/sched).
-	w.th = sched.LockThread()
+	w.th.Store(sched.LockThread())
 	w.src = src
 	w.link = startWarmLink(w.lane)
 	defer func() {
@@ -298,6 +306,7 @@ func (w *Warmup) loop(ctx context.Context, src Source) {
 			w.link.close()
 		}
 	}()
+	defer close(w.quiet) // before the lane closes: the handoff waits for this only
 	for round := 1; ; round++ {
 		if w.cfg.Rounds > 0 && round > w.cfg.Rounds {
 			w.log.Debug("warm-up: rounds done; the cache waits for the handoff", "rounds", w.rounds)
@@ -463,9 +472,12 @@ func (w *Warmup) serve(ctx context.Context, plan *[]warmRun, inflight map[uint64
 			// Every answer that came is stored in one section at
 			// background priority: two system calls, not two per answer
 			// (a working set's single pages).
-			w.th.Defer(true)
+			th := w.th.Load()
+			th.Defer(true)
+			th.Hold() // stop boosts it (BoostHolder)
 			err := w.storeAll(ctx, a, inflight, res, plan)
-			w.th.Defer(false)
+			th.Unhold()
+			th.Defer(false)
 			if err != nil {
 				return err
 			}
