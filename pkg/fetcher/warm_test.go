@@ -543,3 +543,52 @@ func TestWarmRideLane(t *testing.T) {
 	}
 	t.Logf("%d faults, %d rode; sweep runs %d, ride runs %d", m.sum.Faults, m.sum.FaultsOnBulk, len(runs[0]), len(runs[1]))
 }
+
+// countDrops is a Source whose DropBulk calls are counted.
+type countDrops struct {
+	Source
+	drops *atomic.Int32
+}
+
+func (s countDrops) DropBulk() error {
+	s.drops.Add(1)
+	return s.Source.(interface{ DropBulk() error }).DropBulk()
+}
+
+// With OwnConnection the warm-up's lane goes on a client of its own, made
+// by Redial; the handoff drops that client's bulk connection unread, once,
+// and the caller's client keeps its own. The warm-up's session still ends
+// with Done (over the demand connection): no session stays open on the
+// server, and every byte the VMM reads is verified.
+func TestWarmOwnConnection(t *testing.T) {
+	const size = 16 << 20
+	h := newHarness(t, size)
+	srv, addr, _ := h.pageServer("127.0.0.1:0", server.Options{})
+	src, info := dialSource(t, addr)
+	var redials, drops atomic.Int32
+	rounds := make(chan WarmRound, 1)
+	w, err := StartWarmup(context.Background(), src, info, WarmConfig{Rounds: 1, OwnConnection: true,
+		Redial: func(ctx context.Context) (Source, error) {
+			redials.Add(1)
+			s, _ := dialSource(t, addr)
+			return countDrops{s, &drops}, nil
+		},
+		OnRound: func(r WarmRound) { rounds <- r }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := <-rounds; r.Pages != size/4096 {
+		t.Errorf("round %+v: want every page", r)
+	}
+	m := h.migrate("4k:0x0:16M", Config{Source: src, Prefetch: true, Warmup: w}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
+	if redials.Load() != 1 || drops.Load() != 1 {
+		t.Errorf("%d connections made for the warm-up, %d dropped: want 1 and 1", redials.Load(), drops.Load())
+	}
+	if m.sum.Pages.Confirmed == 0 {
+		t.Errorf("pages %+v: want the warm-up's copies confirmed", m.sum.Pages)
+	}
+	if st := srv.Stats(); st.SessionsOpen != 0 || st.SessionsTotal != 2 {
+		t.Errorf("server: %d sessions open of %d: want none of 2 (the warm-up's and the migration's)", st.SessionsOpen, st.SessionsTotal)
+	}
+}

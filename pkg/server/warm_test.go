@@ -667,3 +667,52 @@ func TestWarmIdle(t *testing.T) {
 		t.Errorf("%d threads at idle priority after the freeze, want 0", n)
 	}
 }
+
+// A client's DropBulk ends its Warm lane with megabytes in flight, unread,
+// and opens no other on the bulk connection; the demand connection stays:
+// the session ends with Done and the server serves on (a warm-up's own
+// client at the handoff).
+func TestDropBulk(t *testing.T) {
+	ti := makeImage(t, 16*mib, 18, nil, nil)
+	srv := startServer(t, Options{Image: ti.Img})
+	c := dial(t, srv.addr, client.Options{})
+	ctx := testCtx(t)
+	sess, w := openWarm(ctx, t, c, 0, 16*mib, 0)
+	warmRun(t, w, wire.WarmRequest{ID: 1, Offset: 0, Pages: 256})
+	for i := range 15 { // 15 MiB asked for, none read
+		if err := w.Send(wire.WarmRequest{ID: uint64(i + 2), Offset: uint64(i+1) * mib, Pages: 256}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.DropBulk(); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := w.Recv(); err == nil {
+		// One answer may have been read into the stream before the drop.
+		resp.Release()
+		if _, err := w.Recv(); err == nil {
+			t.Fatal("the warm lane still answers after DropBulk")
+		}
+	}
+	if l, err := sess.Warm(ctx); err == nil {
+		if err := l.Send(wire.WarmRequest{ID: 99, Offset: 0, Pages: 1}); err == nil {
+			if _, err := l.Recv(); err == nil {
+				t.Fatal("a warm lane opened after DropBulk answers")
+			}
+		}
+		l.Close()
+	}
+	if err := sess.Done(ctx, client.DoneTotals{}); err != nil {
+		t.Fatalf("Done after DropBulk: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("Close after DropBulk: %v", err)
+	}
+	if st := srv.Stats(); st.SessionsOpen != 0 {
+		t.Errorf("%d sessions open after Done", st.SessionsOpen)
+	}
+	// The server serves on.
+	c2 := dial(t, srv.addr, client.Options{})
+	_, w2 := openWarm(ctx, t, c2, 0, 16*mib, 0)
+	warmRun(t, w2, wire.WarmRequest{ID: 1, Offset: mib, Pages: 256}).Release()
+}
