@@ -190,22 +190,24 @@ func (c *cache) heldAt(off uint64) bool {
 func (c *cache) bytes(i, n uint64) []byte { return c.mem[i*cachePage : (i+n)*cachePage] }
 
 // storeData makes the copies of pages [i, i+n) the bytes of data, n whole
-// pages (at most storeCheck) in one region, and returns how many of them
-// were held before with another digest (changed). Each page's bytes are in
-// place before its digest says so.
+// pages (at most storeCheck) in one region whose crc32cs are crcs (the
+// answer's check computed them: wire.Response.VerifyPages), and returns how
+// many of them were held before with another digest (changed). Each page's
+// bytes are in place before its digest says so.
 //
 // In a file one pwrite(2) writes them: tmpfs does not zero a page that a
 // write fills, as it zeroes one that a store through the mapping faults in
 // (a GiB written in 64 KiB writes: 0.5-0.8 s of CPU, against 1.1-1.3 s by
 // copy), and a full tmpfs is an error here, not a SIGBUS.
-func (c *cache) storeData(i uint64, data []byte) (changed uint64, err error) {
+func (c *cache) storeData(i uint64, data []byte, crcs []uint32) (changed uint64, err error) {
 	n := uint64(len(data)) / cachePage
 	var d [storeCheck]uint64
-	if n > storeCheck || uint64(len(data)) != n*cachePage {
-		return 0, fmt.Errorf("fetcher: cache: storing %d bytes at page %d: not 1 to %d whole pages", len(data), i, storeCheck)
+	if n > storeCheck || uint64(len(data)) != n*cachePage || uint64(len(crcs)) != n {
+		return 0, fmt.Errorf("fetcher: cache: storing %d bytes (%d crcs) at page %d: not 1 to %d whole pages",
+			len(data), len(crcs), i, storeCheck)
 	}
 	for k := range n {
-		d[k] = wire.PageDigest(data[k*cachePage : (k+1)*cachePage])
+		d[k] = wire.PageDigestCRC(crcs[k], data[k*cachePage:(k+1)*cachePage])
 	}
 	if c.file == nil {
 		copy(c.bytes(i, n), data)

@@ -110,6 +110,7 @@ type Warmup struct {
 	th        atomic.Pointer[sched.Thread] // the loop's (loop)
 	nextID    uint64
 	crcErrors atomic.Uint64 // answers that failed their checksum, asked again
+	crcs      []uint32      // store's: an answer's data pages' crc32cs
 }
 
 // warmWindow is the number of warm requests in flight.
@@ -570,7 +571,12 @@ func (w *Warmup) store(ctx context.Context, resp *Response, inflight map[uint64]
 			resp.ID, resp.Pages, resp.PageSize, resp.Offset)
 	}
 	delete(inflight, resp.ID)
-	if err := resp.Verify(); err != nil {
+	if need := int(r.n); cap(w.crcs) < need {
+		w.crcs = make([]uint32, need)
+	}
+	// Each data page's crc32c, computed once: the answer's check and the
+	// page's digest both start with it.
+	if _, err := resp.VerifyPages(w.crcs[:r.n]); err != nil {
 		w.log.Warn("warm answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
 		return &r, nil
 	}
@@ -592,7 +598,8 @@ func (w *Warmup) store(ctx context.Context, resp *Response, inflight map[uint64]
 					}
 				}
 			} else {
-				changed, err := w.cache.storeData(i+k, resp.Data[used:used+b*cachePage])
+				d := used / cachePage
+				changed, err := w.cache.storeData(i+k, resp.Data[used:used+b*cachePage], w.crcs[d:d+b])
 				if err != nil {
 					return nil, err
 				}

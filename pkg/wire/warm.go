@@ -31,6 +31,10 @@ const laneWarm = "warm"
 // page whose digest computes to 0 gets 1.
 func PageDigest(page []byte) uint64 { return digestOf(crc32.Checksum(page, castagnoli), page) }
 
+// PageDigestCRC is PageDigest of a page whose crc32c is c (VerifyPages
+// gives it): the page is read once, for its IEEE half.
+func PageDigestCRC(c uint32, page []byte) uint64 { return digestOf(c, page) }
+
 // digestOf completes the digest of page whose crc32c is c.
 func digestOf(c uint32, page []byte) uint64 {
 	d := uint64(c)<<32 | uint64(crc32.ChecksumIEEE(page))
