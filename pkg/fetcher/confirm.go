@@ -91,10 +91,14 @@ type confirmer struct {
 	abandoned atomic.Bool // the session cannot confirm: the bulk lane brings every page
 	finished  atomic.Bool
 	start     time.Time
-	changed   atomic.Uint64 // pages whose answer was not "same"
-	answered  atomic.Int64  // confirm answers placed (the window's slow start)
-	flowing   atomic.Bool   // a confirm answer arrived on the live connection
-	latency   atomic.Int64  // recent answers' latency, ns (a moving average)
+	changed   atomic.Uint64 // cached pages an answer after the handoff found changed (noteChanged)
+	// changedBits: a bit per cache page, set once its change is counted,
+	// so that a page two answers bring (a ride's and the sweep's, or a
+	// demand answer's) counts once.
+	changedBits []atomic.Uint64
+	answered    atomic.Int64 // confirm answers placed (the window's slow start)
+	flowing     atomic.Bool  // a confirm answer arrived on the live connection
+	latency     atomic.Int64 // recent answers' latency, ns (a moving average)
 }
 
 // rideWaitOK reports whether a fault that rides the confirm order would
@@ -172,7 +176,8 @@ func newConfirmer(c *cache, pages *pagestate.Table, place *placer, pull *puller,
 	}
 	log.Info("pages to confirm from the warm-up's cache", "pages", held, "of", pages.TotalPages())
 	return &confirmer{cache: c, pages: pages, place: place, pull: pull, stats: st, log: log, policy: policy,
-		kick: make(chan struct{}, 1), rideKick: make(chan struct{}, 1), start: time.Now()}, nil
+		kick: make(chan struct{}, 1), rideKick: make(chan struct{}, 1), start: time.Now(),
+		changedBits: make([]atomic.Uint64, (c.pages+63)/64)}, nil
 }
 
 // running reports whether confirm requests are outstanding (false for a
@@ -560,12 +565,14 @@ func (cf *confirmer) placeAnswer(b pagestate.BulkRun, resp *Response, th *sched.
 				}
 			}
 		case sg.Zero:
-			cf.changed.Add(k)
 			for q := j; q < j+k; q++ {
 				m.src[q] = pageZero
+				cf.noteChanged(first + q)
 			}
 		default:
-			cf.changed.Add(k)
+			for q := j; q < j+k; q++ {
+				cf.noteChanged(first + q)
+			}
 			if (used+k)*cachePage > uint64(len(resp.Data)) {
 				return fmt.Errorf("fetcher: confirm answer for offset %#x is short of data", resp.Offset)
 			}
@@ -614,6 +621,47 @@ func (cf *confirmer) placeAnswer(b pagestate.BulkRun, resp *Response, th *sched.
 		cf.cache.release(first, n)
 	}
 	return nil
+}
+
+// noteChanged counts cache page i as changed since its copy, once.
+func (cf *confirmer) noteChanged(i uint64) {
+	if old := cf.changedBits[i>>6].Or(1 << (i & 63)); old&(1<<(i&63)) == 0 {
+		cf.changed.Add(1)
+	}
+}
+
+// noteDemand counts the cached pages a demand answer after the handoff
+// brings that differ from their copies: the source is stopped by then, so
+// they changed as a confirm answer would have said, had the sweep come
+// first (a nil confirmer: nothing). Called once the answer is placed, off
+// its threads' wait.
+func (cf *confirmer) noteDemand(resp *Response) {
+	if cf == nil || resp.PageSize != cachePage {
+		return
+	}
+	i, contig, ok := cf.cache.index(resp.Offset)
+	if !ok || contig < uint64(resp.Pages) {
+		return
+	}
+	var used int
+	for _, sg := range resp.Segments {
+		for range sg.Pages {
+			switch {
+			case sg.Same:
+			case sg.Zero:
+				if cf.cache.isHeld(i) && cf.cache.digests[i] != zeroDigest {
+					cf.noteChanged(i)
+				}
+			default:
+				if used+cachePage <= len(resp.Data) && cf.cache.isHeld(i) &&
+					cf.cache.digests[i] != wire.PageDigest(resp.Data[used:used+cachePage]) {
+					cf.noteChanged(i)
+				}
+				used += cachePage
+			}
+			i++
+		}
+	}
 }
 
 // answerRun is a confirm answer as one placement (mixedRun): the pages the

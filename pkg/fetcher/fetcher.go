@@ -179,9 +179,10 @@ type Summary struct {
 	Reconnects     uint64
 	ChecksumErrors uint64
 	// With a warm-up (Config.Warmup): its rounds and how long it ran
-	// until the handoff, and the cached pages the source answered with
-	// content after the freeze (they changed since their copy was taken).
-	// The pages placed from its cache are Pages.Confirmed.
+	// until the handoff, and the cached pages found changed since their
+	// copy was taken, each once: answered with content by the confirm pass,
+	// or brought by a demand answer that differs from the copy. The pages
+	// placed from its cache are Pages.Confirmed.
 	WarmRounds              uint64
 	WarmSeconds             float64
 	PagesChangedAfterFreeze uint64

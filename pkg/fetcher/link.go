@@ -463,6 +463,9 @@ func (l *link) finishDemand(resp *Response, err error) error {
 	if r, p, ok := l.pages.LookupOffset(resp.Offset); ok {
 		l.pages.Answered(r, p, uint64(resp.Pages))
 	}
+	if err == nil {
+		l.confirm.noteDemand(resp)
+	}
 	resp.Release()
 	return err
 }
