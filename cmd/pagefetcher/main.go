@@ -124,7 +124,7 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 
 	// The threads the handoff's goroutines take are made now, idle.
 	cli.WarmThreads(handoffThreads)
-	connecting, stopWatch := restoreOnConnect(lis, fg, up.warm, log)
+	connecting, stopWatch := restoreOnConnect(lis, fg, log)
 	h, err := awaitHandoff(ctx, c, lis, connecting, sigs, log)
 	stopWatch()
 	if err != nil {

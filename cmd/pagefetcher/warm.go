@@ -34,7 +34,7 @@ func startWarmup(ctx context.Context, c *config, up *upstream, out *output, log 
 		return nil, nil
 	}
 	w, err := fetcher.StartWarmup(ctx, up.src, up.info, fetcher.WarmConfig{
-		Redial: up.redial, OwnConnection: true, ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
+		Redial: up.redial, ReconnectTimeout: c.reconnectTimeout, RequestTimeout: c.requestTimeout,
 		Rate: c.warmRate, WorkingSet: up.ws, File: c.warmFile,
 		OnRound: func(r fetcher.WarmRound) {
 			out.line(&events.Warm{Round: uint64(r.Round), Pages: r.Pages, Changed: r.Changed, ElapsedS: r.Elapsed.Seconds()})
@@ -70,14 +70,7 @@ func startWarmup(ctx context.Context, c *config, up *upstream, out *output, log 
 // connection first, the poll would never have seen it. A client refused
 // after all leaves the process at normal priority for the rest of the
 // warm-up. stop ends the wait and returns once the thread has.
-//
-// The warm-up w (if not nil) is stopped the moment a client connects, on
-// a goroutine of its own: its stop (up to 3 ms: the loop returning, at
-// the priority just restored) then overlaps the handshake and the
-// fetcher's start instead of following them. A client refused after all
-// leaves a cache that the pages confirmed after the real handoff bring up
-// to date: the confirm pass sends what changed.
-func restoreOnConnect(lis *handshake.Listener, fg *sched.Foreground, w *fetcher.Warmup, log hclog.Logger) (ready <-chan struct{}, stop func()) {
+func restoreOnConnect(lis *handshake.Listener, fg *sched.Foreground, log hclog.Logger) (ready <-chan struct{}, stop func()) {
 	rc := make(chan struct{})
 	if fg == nil {
 		close(rc)
@@ -122,9 +115,6 @@ func restoreOnConnect(lis *handshake.Listener, fg *sched.Foreground, w *fetcher.
 			if fds[0].Revents != 0 || err != nil {
 				if err := fg.Restore(); err != nil {
 					log.Warn("normal priority after the warm-up", "error", err)
-				}
-				if w != nil && fds[0].Revents != 0 {
-					go w.Stop()
 				}
 			}
 			return

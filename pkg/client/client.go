@@ -65,9 +65,6 @@ type Client struct {
 	bulk    *grpc.ClientConn
 	dRPC    pb.PageServerClient
 	bRPC    pb.PageServerClient
-	// bulkClose closes the bulk connection once: DropBulk, then Close.
-	bulkClose  sync.Once
-	bulkClosed error
 
 	socketOpen  atomic.Bool   // the server offers socket_open (Hello)
 	socketLanes atomic.Bool   // the server offers socket lanes of either kind (Hello)
@@ -201,20 +198,7 @@ func Dial(ctx context.Context, addr string, o Options) (*Client, error) {
 // Close closes both connections; open lanes end.
 func (c *Client) Close() error {
 	c.dropSpares()
-	return errors.Join(c.demand.Close(), c.closeBulk())
-}
-
-// DropBulk closes the bulk connection only: its lanes (Bulk, Warm) end, and
-// what the server sent on them and no lane read yet is never read — the
-// kernel drops it. The demand connection, and with it Done, Freeze and
-// demand lanes, stays until Close; Bulk and Warm fail from now on. For a
-// client made for a warm-up, whose lane may have megabytes in flight when
-// the handoff comes: read, they would take a CPU the first page needs.
-func (c *Client) DropBulk() error { return c.closeBulk() }
-
-func (c *Client) closeBulk() error {
-	c.bulkClose.Do(func() { c.bulkClosed = c.bulk.Close() })
-	return c.bulkClosed
+	return errors.Join(c.demand.Close(), c.bulk.Close())
 }
 
 // PrepareLanes makes sure n connections are dialled ahead, or on their

@@ -47,13 +47,7 @@ import (
 // digests for one request (the answer is mostly a few bytes).
 const confirmRunBytes = 1 << 20
 
-// confirmWindow is the confirm requests in flight, once the pass runs
-// fully: it opens one request per answer from one at the start (the
-// window's slow start, as the bulk lane's), so that the first faults'
-// threads, woken right after the handoff, find a CPU. Opened at once, the
-// source's reads of 16 MiB and their placement took both CPUs at the
-// moment the VMM's first faulting thread was woken: it ran up to 4 ms
-// after its page was placed.
+// confirmWindow is the confirm requests in flight.
 const confirmWindow = 16
 
 // rideWindowPages is the run a ride leads on the ride lane: the rider's
@@ -96,7 +90,6 @@ type confirmer struct {
 	// so that a page two answers bring (a ride's and the sweep's, or a
 	// demand answer's) counts once.
 	changedBits []atomic.Uint64
-	answered    atomic.Int64 // confirm answers placed (the window's slow start)
 	flowing     atomic.Bool  // a confirm answer arrived on the live connection
 	latency     atomic.Int64 // recent answers' latency, ns (a moving average)
 }
@@ -409,7 +402,7 @@ var errConfirmDone = errors.New("confirm pass done")
 func (l *link) confirmSend(c *conn, lane WarmLane) error {
 	cf := l.confirm
 	err := l.sendConfirms(c, lane, &cf.runs, cf.kick, func(n int, runs []prefetch.Run) ([]prefetch.Run, bool) {
-		switch want := min(confirmWindow, 1+int(cf.answered.Load())) - n; {
+		switch want := confirmWindow - n; {
 		case want <= 0:
 		case l.pull.recording.Load():
 			// The record phase (link.recordPhase): only a working set in
@@ -534,7 +527,6 @@ func (l *link) confirmRecv(c *conn, lane WarmLane, runs *pagestate.Runs, latency
 			l.life.fail(err)
 			return err
 		}
-		cf.answered.Add(1)
 		cf.poke()
 	}
 }

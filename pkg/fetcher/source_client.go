@@ -46,10 +46,6 @@ func (s clientSource) PrepareLanes(n int) { s.c.PrepareLanes(n) }
 
 func (s clientSource) Close() error { return s.c.Close() }
 
-// DropBulk closes the client's bulk connection, unread (client.DropBulk):
-// a warm-up's own source at the handoff (Warmup.stop).
-func (s clientSource) DropBulk() error { return s.c.DropBulk() }
-
 // openError gives an error of opening a session the fetcher's meaning: the
 // image changed, the source process is gone, or the layout does not fit
 // the image (the server's InvalidArgument or OutOfRange).

@@ -34,14 +34,6 @@ type WarmConfig struct {
 	// the Source calls retryable (as Config.Redial); nil: a broken link
 	// ends the warm-up, and the cache keeps what it holds.
 	Redial func(ctx context.Context) (Source, error)
-	// OwnConnection: the warm-up's lane goes on a Source of its own, made
-	// with Redial when it starts, which the handoff drops unread
-	// (DropBulk, where the Source has it): at idle priority the warm-up
-	// falls behind its answers, and the megabytes in flight, read at the
-	// handoff on the connection the confirm pass then uses, came before
-	// its first answers and took a CPU from the first page. Without
-	// Redial, or where it fails, the warm-up shares the caller's Source.
-	OwnConnection bool
 	// ReconnectTimeout bounds how long the link may stay broken (default
 	// 2 minutes); RequestTimeout, how long requests may wait for an answer
 	// before the link counts as broken (default 15 s).
@@ -102,7 +94,6 @@ type Warmup struct {
 	rounds    int
 	stopped   time.Time
 	src       Source   // the source of the current session
-	srcOwned  bool     // src is one of owned
 	owned     []Source // sources Redial made
 	sess      Session  // the current session, or nil
 	lane      WarmLane // its warm lane, or nil
@@ -146,21 +137,9 @@ func StartWarmup(ctx context.Context, src Source, info ImageInfo, cfg WarmConfig
 		done: make(chan struct{})}
 	// The lanes live until the warm-up stops, whatever ctx does after.
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	if cfg.OwnConnection && cfg.Redial != nil {
-		if own, err := cfg.Redial(ctx); err != nil {
-			w.log.Debug("warm-up: no connection of its own; it shares the migration's", "error", err)
-		} else {
-			w.owned = append(w.owned, own)
-			src = own
-			w.srcOwned = true
-		}
-	}
 	sess, lane, err := w.open(ctx, lctx, src)
 	if err != nil {
 		cancel()
-		for _, s := range w.owned {
-			s.Close()
-		}
 		return nil, err
 	}
 	if w.cache, err = newCache(regions, cfg.File); err != nil {
@@ -210,13 +189,6 @@ func endSession(sess Session, log hclog.Logger) {
 	}
 }
 
-// Stop stops the warm-up: the cache is read-only once it returns. Run stops
-// it first thing; a caller that knows the handoff has begun — a VMM
-// connected — may stop it earlier, so that the stop overlaps the handshake
-// and New rather than delaying the first page. Safe to call more than
-// once, and at once with Run.
-func (w *Warmup) Stop() { w.stop() }
-
 // stop stops the warm-up and waits until its loop stores no more: the
 // cache is then read-only. A store in hand is boosted to finish at once:
 // it runs at background priority, and the handoff waited up to 0.9 ms for
@@ -229,11 +201,6 @@ func (w *Warmup) stop() {
 		w.th.Load().BoostHolder()
 		<-w.quiet
 		w.stopped = time.Now()
-		if d, ok := w.src.(interface{ DropBulk() error }); ok && w.srcOwned {
-			if err := d.DropBulk(); err != nil {
-				w.log.Debug("warm-up: dropping its connection", "error", err)
-			}
-		}
 	})
 }
 
@@ -637,7 +604,7 @@ func (w *Warmup) reconnect(ctx context.Context) error {
 		return err
 	}
 	w.owned = append(w.owned, src)
-	w.src, w.srcOwned = src, true
+	w.src = src
 	if w.sess != nil {
 		endSession(w.sess, w.log)
 	}
