@@ -541,7 +541,7 @@ func (cf *confirmer) placeAnswer(b pagestate.BulkRun, resp *Response, th *sched.
 	a := cf.pages.Areas()[b.Area]
 	first, _, _ := cf.cache.index(b.Offset)
 	n := uint64(b.Pages)
-	m := &answerRun{pages: cf.pages, cache: cf.cache, p0: b.Page, i0: first, data: resp.Data, src: make([]int32, n)}
+	m := &answerRun{cache: cf.cache, p0: b.Page, i0: first, data: resp.Data, src: make([]int32, n)}
 	var j, used uint64 // pages of the run, of the answer's data
 	for _, sg := range resp.Segments {
 		k := uint64(sg.Pages)
@@ -656,12 +656,11 @@ func (cf *confirmer) noteDemand(resp *Response) {
 	}
 }
 
-// answerRun is a confirm answer as one placement (mixedRun): the pages the
+// answerRun is a confirm answer as one placement (pagestate.Mix): the pages the
 // source calls the same come from the cache, the others from the answer,
 // written into the cache (the file, in a Shared area) as the placer reaches
 // them.
 type answerRun struct {
-	pages  *pagestate.Table
 	cache  *cache
 	p0, i0 uint64 // the run's first page: in its area, in the cache
 	// src holds, per page of the run, the index of its content among the
@@ -679,7 +678,7 @@ const (
 // zero reports whether page j of the run is zeros.
 func (m *answerRun) zero(j uint64) bool { return m.src[j] == pageSameZero || m.src[j] == pageZero }
 
-func (m *answerRun) fill(p, k uint64) {
+func (m *answerRun) Fill(p, k uint64) {
 	for j := p - m.p0; j < p-m.p0+k; {
 		s := m.src[j]
 		e := j + 1
@@ -696,16 +695,12 @@ func (m *answerRun) fill(p, k uint64) {
 	}
 }
 
-func (m *answerRun) placed(p, k uint64) {
-	var changed, zero uint64
-	for _, s := range m.src[p-m.p0 : p-m.p0+k] {
-		switch {
-		case s >= 0:
-			changed++
-		case s == pageZero:
-			zero++
-		}
+func (m *answerRun) Arrival(p uint64) pagestate.Arrival {
+	switch s := m.src[p-m.p0]; {
+	case s >= 0:
+		return pagestate.ViaBulk
+	case s == pageZero:
+		return pagestate.ViaZero
 	}
-	m.pages.Recount(pagestate.ViaConfirmed, pagestate.ViaBulk, changed)
-	m.pages.Recount(pagestate.ViaConfirmed, pagestate.ViaZero, zero)
+	return pagestate.ViaConfirmed
 }

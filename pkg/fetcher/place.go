@@ -233,35 +233,20 @@ func (pl *placer) placeRun(r *pagestate.Area, p, n uint64, src []byte, how pages
 	return err
 }
 
-// mixedRun is a run whose pages came in several ways (a confirm answer's:
-// cached copies, the answer's content, zeros), placed as one run (placeMixed)
-// with one copy per step rather than one per piece.
-type mixedRun interface {
-	// fill writes the content of pages [p, p+k) where the run's src points
-	// (pagestate.Table.PlaceStep's fill).
-	fill(p, k uint64)
-	// placed is told of pages [p, p+k) placed, counted as
-	// pagestate.ViaConfirmed: it recounts those that came another way.
-	placed(p, k uint64)
-}
-
 // placeMixed places pages [p, p+n) of r as placeRun does, DONTWAKE, from
-// src, which m fills step by step (src nil: zero pages, not filled); the
-// pages count as m says.
-func (pl *placer) placeMixed(r *pagestate.Area, p, n uint64, src []byte, m mixedRun, th *sched.Thread) error {
+// src, which m fills step by step (src nil: zero pages, not filled); each
+// page counts by its own arrival (pagestate.Mix).
+func (pl *placer) placeMixed(r *pagestate.Area, p, n uint64, src []byte, m pagestate.Mix, th *sched.Thread) error {
 	_, err := pl.placeRunWait(r, p, n, src, pagestate.ViaConfirmed, true, true, th, m)
 	return err
 }
 
 // placeRunWait is placeRun; without wait, a copy that finds an event
 // pending returns again instead of waiting for the fault loop to read it.
-// mix, when not nil, fills src step by step and recounts (placeMixed).
-func (pl *placer) placeRunWait(r *pagestate.Area, p, n uint64, src []byte, how pagestate.Arrival, dontWake, wait bool, th *sched.Thread, mix mixedRun) (again bool, err error) {
+// mix, when not nil, fills src step by step and says how each page came
+// (placeMixed).
+func (pl *placer) placeRunWait(r *pagestate.Area, p, n uint64, src []byte, how pagestate.Arrival, dontWake, wait bool, th *sched.Thread, mix pagestate.Mix) (again bool, err error) {
 	ps := r.PageSize
-	var fill func(p, k uint64)
-	if mix != nil && src != nil {
-		fill = mix.fill
-	}
 	chunk := n
 	if dontWake {
 		chunk = max(1, uint64(maxBulkCopy)>>r.Shift)
@@ -277,12 +262,9 @@ func (pl *placer) placeRunWait(r *pagestate.Area, p, n uint64, src []byte, how p
 			th.BoostHolder() // the loop waits, and boosted the holders before this copy began
 		}
 		seen := pl.evBatches.Load()
-		st, err := pl.pages.PlaceStep(pl.kern, r, p, n, chunk, src, how, dontWake, fill)
+		st, err := pl.pages.PlaceStep(pl.kern, r, p, n, chunk, src, how, dontWake, mix)
 		pl.evMu.RUnlock()
 		th.Unhold()
-		if mix != nil && st.Placed > 0 {
-			mix.placed(st.First, st.Placed)
-		}
 		if st.Unmapped > 0 {
 			pl.noteUnmapped(r, p+st.Used-1, st.WokeUnmapped)
 		}

@@ -32,9 +32,8 @@ type Step struct {
 	// resolved, placed, found there or found not mapped): the caller goes
 	// on from page p+Used, and from src[Used*a.PageSize:].
 	Used uint64
-	// Placed is how many pages its copy placed or found there, from page
-	// First on.
-	Placed, First uint64
+	// Placed is how many pages its copy placed or found there.
+	Placed uint64
 	// Again: the copy got EAGAIN; wait until the fault loop has read
 	// events, then go on.
 	Again bool
@@ -43,6 +42,20 @@ type Step struct {
 	// (woken: they fault again, or get SIGSEGV).
 	Unmapped     uint64
 	WokeUnmapped bool
+}
+
+// Mix is a run whose pages came in several ways — a confirm answer's: the
+// cached copies the source called the same, the pages it sent, zeros — and
+// is placed by one copy per step all the same.
+type Mix interface {
+	// Fill writes the content of pages [p, p+k) where the step's src
+	// points, before the copy; PlaceStep calls it with the pages the copy
+	// is about to place (claimed, in a Shared area), unless src is nil
+	// (zero pages).
+	Fill(p, k uint64)
+	// Arrival is the way page p came: the table counts each page it
+	// resolves by its own.
+	Arrival(p uint64) Arrival
 }
 
 // PlaceStep makes the next copy of a placement of pages [p, p+n) of a, from
@@ -57,11 +70,9 @@ type Step struct {
 // events when Again). A wake that fails is returned: a thread that cannot be
 // woken is a hung workload thread.
 //
-// fill, when not nil, is called with the pages the copy is about to place
-// (claimed, in a Shared area) before it begins: it writes their content
-// where src points, so that a run whose content comes from several places
-// is placed by one copy per step (the confirm pass's answers).
-func (t *Table) PlaceStep(k Kernel, a *Area, p, n, max uint64, src []byte, how Arrival, dontWake bool, fill func(p, k uint64)) (Step, error) {
+// mix, when not nil, is a run whose pages came in several ways (Mix): how
+// is then ignored.
+func (t *Table) PlaceStep(k Kernel, a *Area, p, n, max uint64, src []byte, how Arrival, dontWake bool, mix Mix) (Step, error) {
 	var st Step
 	skip, addr, cnt, mapped := t.Plan(a, p, n, max)
 	st.Used = skip
@@ -106,21 +117,20 @@ func (t *Table) PlaceStep(k Kernel, a *Area, p, n, max uint64, src []byte, how A
 			}
 		}()
 	}
-	if fill != nil {
-		fill(p, cnt)
+	if mix != nil && src != nil {
+		mix.Fill(p, cnt)
 	}
-	st.First = p
 	done, res, err := k.Copy(a, p, addr, cnt, src, dontWake)
 	var wakeBuf [8]Range
 	wakes := wakeBuf[:0]
 	now := k.Now()
 	if done > 0 {
-		wakes = t.Placed(a, p, done, addr, how, !dontWake, now, wakes)
+		wakes = t.placed(a, p, done, addr, how, mix, !dontWake, now, wakes)
 	}
 	if res == FillExist && err == nil {
 		// The page after the copied ones is there already: nobody was
 		// woken for it.
-		wakes = t.Placed(a, p+done, 1, addr+done<<a.Shift, how, false, now, wakes)
+		wakes = t.placed(a, p+done, 1, addr+done<<a.Shift, how, mix, false, now, wakes)
 		done++
 	}
 	st.Used += done

@@ -75,16 +75,16 @@ func TestPlaceStepClaims(t *testing.T) {
 	a := tb.Areas()[0]
 	a.Shared = true
 	k := &claimKernel{done: 3, res: FillAgain}
-	var filled [][2]uint64
-	fill := func(p, n uint64) { filled = append(filled, [2]uint64{p, n}) }
+	fill := &recMix{}
+	src := make([]byte, 8*4096) // not nil: a Mix fills only where src points
 	var second Step
 	k.during = func() {
 		var err error
-		if second, err = tb.PlaceStep(k, a, 2, 4, 8, nil, ViaBulk, true, fill); err != nil {
+		if second, err = tb.PlaceStep(k, a, 2, 4, 8, src[:4*4096], ViaBulk, true, fill); err != nil {
 			t.Errorf("second placer: %v", err)
 		}
 	}
-	first, err := tb.PlaceStep(k, a, 0, 8, 8, nil, ViaBulk, true, fill)
+	first, err := tb.PlaceStep(k, a, 0, 8, 8, src, ViaBulk, true, fill)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,22 +94,67 @@ func TestPlaceStepClaims(t *testing.T) {
 	if second.Placed != 0 || second.Used != 1 || len(k.asked) != 1 {
 		t.Errorf("second placer's step %+v, copies %v: want no copy of a claimed page", second, k.asked)
 	}
-	st, err := tb.PlaceStep(k, a, 0, 8, 8, nil, ViaBulk, true, fill)
-	if err != nil || st.Placed != 5 || st.Used != 8 || st.First != 3 {
-		t.Errorf("step after EAGAIN %+v, %v: want the 5 pages left placed, from page 3", st, err)
+	st, err := tb.PlaceStep(k, a, 0, 8, 8, src, ViaBulk, true, fill)
+	if err != nil || st.Placed != 5 || st.Used != 8 {
+		t.Errorf("step after EAGAIN %+v, %v: want the 5 pages left placed", st, err)
 	}
 	if got := k.asked[len(k.asked)-1]; got != [2]uint64{3, 5} {
 		t.Errorf("copy after EAGAIN of pages %v, want [3 5]", got)
 	}
-	if len(filled) != len(k.asked) || filled[0] != k.asked[0] || filled[1] != k.asked[1] {
-		t.Errorf("pages filled %v, copied %v: want each copy's pages filled, no others", filled, k.asked)
+	if f := fill.filled; len(f) != len(k.asked) || f[0] != k.asked[0] || f[1] != k.asked[1] || f[1][0] != 3 {
+		t.Errorf("pages filled %v, copied %v: want each copy's pages filled, no others, the second from page 3", f, k.asked)
 	}
 	a.Shared = false
 	if st, err := tb.PlaceStep(k, a, 8, 2, 8, nil, ViaBulk, true, nil); err != nil || st.Placed != 2 {
 		t.Errorf("unshared area's step %+v, %v", st, err)
 	}
-	tb.Recount(ViaBulk, ViaZero, 3)
-	if b, z := tb.Count(ViaBulk), tb.Count(ViaZero); b != 7 || z != 3 {
-		t.Errorf("after moving 3 of 10 bulk pages to zero: %d bulk, %d zero", b, z)
+}
+
+// recMix is a Mix that records its Fill calls; page p came by way[p] (by
+// ViaConfirmed where way has none).
+type recMix struct {
+	filled [][2]uint64
+	way    map[uint64]Arrival
+}
+
+func (m *recMix) Fill(p, n uint64) { m.filled = append(m.filled, [2]uint64{p, n}) }
+func (m *recMix) Arrival(p uint64) Arrival {
+	if w, ok := m.way[p]; ok {
+		return w
+	}
+	return ViaConfirmed
+}
+
+// A mixed run's pages count by their own arrivals, each once: a page its
+// copy finds there (EEXIST) that another placer resolved before counts for
+// that one only.
+func TestPlaceStepMixCounts(t *testing.T) {
+	tb, err := New([]Region{{Base: 1 << 30, Size: 1 << 20, PageSize: 4096}}, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := tb.Areas()[0]
+	m := &recMix{way: map[uint64]Arrival{1: ViaBulk, 2: ViaZero, 5: ViaBulk}}
+	// Page 5 is resolved by another placer while the copy runs, which then
+	// ends in EEXIST on it.
+	k := &claimKernel{done: 5, res: FillExist}
+	k.during = func() {
+		if _, err := tb.PlaceStep(&nopKernel{}, a, 5, 1, 1, nil, ViaDemand, false, nil); err != nil {
+			t.Errorf("other placer: %v", err)
+		}
+	}
+	src := make([]byte, 8*4096)
+	st, err := tb.PlaceStep(k, a, 0, 8, 8, src, ViaBulk, true, m)
+	if err != nil || st.Placed != 6 {
+		t.Fatalf("step %+v, %v: want 5 pages copied and the 6th found there", st, err)
+	}
+	want := map[Arrival]uint64{ViaConfirmed: 3, ViaBulk: 1, ViaZero: 1, ViaDemand: 1}
+	for w := range NArrivals {
+		if got := tb.Count(w); got != want[w] {
+			t.Errorf("%v: %d pages, want %d", w, got, want[w])
+		}
+	}
+	if len(m.filled) != 1 || m.filled[0] != [2]uint64{0, 8} {
+		t.Errorf("filled %v, want [[0 8]]", m.filled)
 	}
 }

@@ -163,16 +163,6 @@ func (t *Table) Remaining() int64 { return t.remaining.Load() }
 // Count is the number of pages resolved by way how.
 func (t *Table) Count(how Arrival) uint64 { return t.counts[how].Load() }
 
-// Recount moves n pages resolved by way from to way to: a placement of
-// pages that arrived in several ways, counted as from, tells which.
-func (t *Table) Recount(from, to Arrival, n uint64) {
-	if n == 0 || from == to {
-		return
-	}
-	t.counts[from].Add(^(n - 1))
-	t.counts[to].Add(n)
-}
-
 // NextID returns a fresh request id.
 func (t *Table) NextID() uint64 { return t.nextID.Add(1) }
 
@@ -331,12 +321,23 @@ func (t *Table) ZeroFilled(pg Page, res FillResult, now time.Time) (wake bool) {
 // woke nobody (woke false: DONTWAKE, or EEXIST), Placed appends to wakes the
 // ranges to wake, one per contiguous run of pages with waiting threads.
 func (t *Table) Placed(a *Area, p, n, addr uint64, how Arrival, woke bool, now time.Time, wakes []Range) []Range {
+	return t.placed(a, p, n, addr, how, nil, woke, now, wakes)
+}
+
+// placed is Placed; a page that mix (if not nil) places is counted by its
+// own arrival (Mix.Arrival), and only where it turns resolved here.
+func (t *Table) placed(a *Area, p, n, addr uint64, how Arrival, mix Mix, woke bool, now time.Time, wakes []Range) []Range {
 	var newly uint64
+	var byWay [NArrivals]uint64
 	var cur Range
 	for i := uint64(0); i < n; i++ {
 		old := a.state.or(p+i, stPresent)
 		if old&stResolved == 0 {
-			newly++
+			if mix != nil {
+				byWay[mix.Arrival(p+i)]++
+			} else {
+				newly++
+			}
 		}
 		if old&stPresent != 0 || old&stWaiting == 0 {
 			continue
@@ -351,6 +352,9 @@ func (t *Table) Placed(a *Area, p, n, addr uint64, how Arrival, woke bool, now t
 		wakes = append(wakes, cur)
 	}
 	t.resolved(how, newly)
+	for w, k := range byWay {
+		t.resolved(Arrival(w), k)
+	}
 	return wakes
 }
 
