@@ -224,15 +224,21 @@ func (c *cache) storeData(i uint64, data []byte, crcs []uint32) (changed uint64,
 	return changed, nil
 }
 
+// offsetOf returns the image offset of cache page i (index's inverse), and
+// how many pages from it on lie in the same region.
+func (c *cache) offsetOf(i uint64) (off, contiguous uint64) {
+	k := sort.Search(len(c.regions), func(k int) bool { return c.regions[k].first+c.regions[k].Length/cachePage > i })
+	r := c.regions[k]
+	return r.Offset + (i-r.first)*cachePage, r.first + r.Length/cachePage - i
+}
+
 // writeFile writes data at cache page i of the file, within one region.
 func (c *cache) writeFile(i uint64, data []byte) error {
-	k := sort.Search(len(c.regions), func(k int) bool { return c.regions[k].first+c.regions[k].Length/cachePage > i })
-	if k == len(c.regions) || i < c.regions[k].first {
+	if i >= c.pages {
 		return fmt.Errorf("fetcher: cache: page %d is in no region", i)
 	}
-	r := c.regions[k]
-	off := r.Offset + (i-r.first)*cachePage
-	if off+uint64(len(data)) > r.Offset+r.Length {
+	off, contig := c.offsetOf(i)
+	if uint64(len(data)) > contig*cachePage {
 		return fmt.Errorf("fetcher: cache: writing %d bytes at %#x: past its region's end", len(data), off)
 	}
 	for len(data) > 0 {

@@ -276,19 +276,10 @@ func (w *Warmup) setRuns() []warmRun {
 				continue
 			}
 		}
-		runs = append(runs, warmRun{off: w.offsetOf(i), i: i, n: 1})
+		off, _ := w.cache.offsetOf(i)
+		runs = append(runs, warmRun{off: off, i: i, n: 1})
 	}
 	return runs
-}
-
-// offsetOf is the image offset of cache page i.
-func (w *Warmup) offsetOf(i uint64) uint64 {
-	k := sort.Search(len(w.cache.regions), func(k int) bool {
-		r := w.cache.regions[k]
-		return r.first+r.Length/cachePage > i
-	})
-	r := w.cache.regions[k]
-	return r.Offset + (i-r.first)*cachePage
 }
 
 // loop runs the rounds until they are done or the warm-up stops.
