@@ -56,38 +56,27 @@ func crcCombine(crcA, crcB, op uint32) uint32 { return multModP(op, crcA) ^ crcB
 func (r *Response) VerifyPages(crcs []uint32) (int, error) {
 	ps := int(r.PageSize)
 	if ps == 0 {
-		return 0, r.Verify()
+		return 0, fmt.Errorf("transport: run at %#x: page size 0: %w", r.Offset, ErrMalformed)
 	}
 	op := xPow8n(uint64(ps))
-	off := r.Offset
-	pos, k := 0, 0
-	for _, sg := range r.Segments {
-		n := uint64(sg.Pages) * uint64(ps)
-		if !sg.Zero && !sg.Same {
-			if pos+int(n) > len(r.Data) {
-				return k, fmt.Errorf("transport: run at %#x: data too short: %w", r.Offset, ErrMalformed)
-			}
-			if k+int(sg.Pages) > len(crcs) {
-				return k, fmt.Errorf("transport: run at %#x: %d data pages, room for %d crcs: %w", r.Offset, k+int(sg.Pages), len(crcs), ErrMalformed)
-			}
-			var whole uint32
-			for q := range int(sg.Pages) {
-				c := crc32.Checksum(r.Data[pos+q*ps:pos+(q+1)*ps], castagnoli)
-				crcs[k+q] = c
-				if q == 0 {
-					whole = c
-				} else {
-					whole = crcCombine(whole, c, op)
-				}
-			}
-			if whole != sg.CRC32C {
-				return k, fmt.Errorf("transport: data segment [%#x, %#x) of run %d: crc32c %08x, want %08x: %w",
-					off, off+n, r.ID, whole, sg.CRC32C, ErrChecksum)
-			}
-			pos += int(n)
-			k += int(sg.Pages)
+	k := 0
+	err := r.checkData(func(data []byte) (uint32, error) {
+		pages := len(data) / ps
+		if k+pages > len(crcs) {
+			return 0, fmt.Errorf("transport: run at %#x: %d data pages, room for %d crcs: %w", r.Offset, k+pages, len(crcs), ErrMalformed)
 		}
-		off += n
-	}
-	return k, nil
+		var whole uint32
+		for q := range pages {
+			c := crc32.Checksum(data[q*ps:(q+1)*ps], castagnoli)
+			crcs[k+q] = c
+			if q == 0 {
+				whole = c
+			} else {
+				whole = crcCombine(whole, c, op)
+			}
+		}
+		k += pages
+		return whole, nil
+	})
+	return k, err
 }

@@ -118,6 +118,13 @@ func (r *Response) Check() error {
 // Verify checks every data segment's crc32c. A mismatch gives an error
 // matching ErrChecksum that names the segment's offset.
 func (r *Response) Verify() error {
+	return r.checkData(func(data []byte) (uint32, error) { return Checksum(data), nil })
+}
+
+// checkData checks each data segment's crc32c against sum's of its bytes:
+// an error matching ErrChecksum names the segment, one matching
+// ErrMalformed a run shorter than its segments; sum's error ends the check.
+func (r *Response) checkData(sum func(data []byte) (uint32, error)) error {
 	off := r.Offset
 	pos := 0
 	ps := uint64(r.PageSize)
@@ -127,7 +134,11 @@ func (r *Response) Verify() error {
 			if pos+int(n) > len(r.Data) {
 				return fmt.Errorf("transport: run at %#x: data too short: %w", r.Offset, ErrMalformed)
 			}
-			if got := Checksum(r.Data[pos : pos+int(n)]); got != sg.CRC32C {
+			got, err := sum(r.Data[pos : pos+int(n)])
+			if err != nil {
+				return err
+			}
+			if got != sg.CRC32C {
 				return fmt.Errorf("transport: data segment [%#x, %#x) of run %d: crc32c %08x, want %08x: %w",
 					off, off+n, r.ID, got, sg.CRC32C, ErrChecksum)
 			}
