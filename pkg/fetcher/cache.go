@@ -256,23 +256,62 @@ func (c *cache) writeFile(i uint64, data []byte) error {
 	return nil
 }
 
-// storeZero makes page i's copy a page of zeros, as storeData does.
-func (c *cache) storeZero(i uint64) (changed bool) {
-	switch {
-	case c.isHeld(i):
-		if c.digests[i] == zeroDigest {
-			return false
+// storeZeros makes the copies of pages [i, i+n) pages of zeros, as
+// storeData does, and returns how many of them were held before with other
+// bytes (changed). In a file, a page not held is written too (a hole reads
+// as zeros, but only a page in the file can be mapped in place:
+// UFFDIO_CONTINUE), by pwrite(2), as storeData writes: one write per run of
+// pages that need one.
+func (c *cache) storeZeros(i, n uint64) (changed uint64, err error) {
+	for q := i; q < i+n; {
+		if !c.zeroNeedsWrite(q) {
+			q++
+			continue
 		}
-		clear(c.bytes(i, 1))
-		changed = true
-	case c.file != nil:
-		// A hole reads as zeros, but only a page in the file can be
-		// mapped in place (UFFDIO_CONTINUE).
-		clear(c.bytes(i, 1))
+		e := q + 1
+		for e < i+n && c.zeroNeedsWrite(e) {
+			e++
+		}
+		if c.file == nil {
+			clear(c.bytes(q, e-q))
+		} else if err := c.writeZeros(q, e-q); err != nil {
+			return 0, err
+		}
+		q = e
 	}
-	c.digests[i] = zeroDigest
-	c.held[i>>6] |= 1 << (i & 63)
-	return changed
+	for q := i; q < i+n; q++ {
+		if c.isHeld(q) && c.digests[q] != zeroDigest {
+			changed++
+		}
+		c.digests[q] = zeroDigest
+		c.held[q>>6] |= 1 << (q & 63)
+	}
+	return changed, nil
+}
+
+// zeroNeedsWrite reports whether making page i's copy zeros writes it: a
+// copy of other bytes is held, or none is held and the cache is a file.
+func (c *cache) zeroNeedsWrite(i uint64) bool {
+	if c.isHeld(i) {
+		return c.digests[i] != zeroDigest
+	}
+	return c.file != nil
+}
+
+// zeroPages are pages of zeros to write from (writeZeros).
+var zeroPages [storeCheck * cachePage]byte
+
+// writeZeros writes n pages of zeros at cache page i of the file, within
+// one region.
+func (c *cache) writeZeros(i, n uint64) error {
+	for n > 0 {
+		k := min(n, storeCheck)
+		if err := c.writeFile(i, zeroPages[:k*cachePage]); err != nil {
+			return err
+		}
+		i, n = i+k, n-k
+	}
+	return nil
 }
 
 // digestsOf returns the digests of pages [i, i+n), or nil if none of them

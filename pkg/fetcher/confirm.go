@@ -579,7 +579,7 @@ func (cf *confirmer) placeAnswer(b pagestate.BulkRun, resp *Response, th *sched.
 		return fmt.Errorf("fetcher: confirm answer for offset %#x has %d of its %d pages", resp.Offset, j, n)
 	}
 	if a.Shared {
-		// The file holds every page (zeros too, storeZero): the run is
+		// The file holds every page (zeros too, storeZeros): the run is
 		// mapped by one UFFDIO_CONTINUE per step, from the file's own
 		// pages (src aliases them), the changed ones written there first.
 		if err := cf.place.placeMixed(a, b.Page, n, cf.cache.bytes(first, n), m, th); err != nil {

@@ -335,12 +335,18 @@ func (kn *uffdKernel) Copy(r *pagestate.Area, p, addr, k uint64, src []byte, don
 		if !ok || contig < k {
 			return 0, pagestate.Filled, fmt.Errorf("fetcher: pages %#x+%d are not in the shared cache", r.Offset+p<<r.Shift, k)
 		}
-		dst := kn.shared.bytes(i, k)
-		switch {
+		// Written by pwrite(2), as the warm-up writes: a page the file
+		// does not hold yet is not zeroed first, and a full tmpfs is an
+		// error naming the file (the migration fails), not a SIGBUS.
+		var werr error
+		switch dst := kn.shared.bytes(i, k); {
 		case src == nil:
-			clear(dst)
+			werr = kn.shared.writeZeros(i, k)
 		case unsafe.SliceData(src) != unsafe.SliceData(dst):
-			copy(dst, src[:len(dst)])
+			werr = kn.shared.writeFile(i, src[:len(dst)])
+		}
+		if werr != nil {
+			return 0, pagestate.Filled, werr
 		}
 	}
 	want := k * ps

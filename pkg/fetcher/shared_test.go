@@ -1,6 +1,7 @@
 package fetcher
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"github.com/postcopy/postcopy/internal/testutil"
 	"github.com/postcopy/postcopy/pkg/fetcher/internal/pagestate"
 	"github.com/postcopy/postcopy/pkg/uffd"
+	"github.com/postcopy/postcopy/pkg/wire"
 )
 
 // shmPath returns a name for a new file on tmpfs, removed after the test.
@@ -166,5 +168,42 @@ func TestUseShared(t *testing.T) {
 	}
 	if n, err := useShared(c, pid, tb.Areas(), &uffdKernel{}); n != 0 || err != nil || tb.Areas()[0].Shared {
 		t.Errorf("anonymous memory: %d pages, %v; want none shared, no error", n, err)
+	}
+}
+
+// On a full tmpfs the cache file's writes fail with an error naming the
+// file — the warm-up's data and zero pages alike — and nothing is held of
+// what was not written; no store faults the mapping in (a SIGBUS there).
+func TestCacheFileFull(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
+		testutil.SkipOrFail(t, "mounting a small tmpfs: %v", err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	path := dir + "/cache"
+	c, err := newCache([]SourceRegion{{Offset: 0, Length: 1 << 20, PageSize: cachePage}}, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	page := bytes.Repeat([]byte{7}, storeCheck*cachePage)
+	crcs := make([]uint32, storeCheck)
+	for k := range crcs {
+		crcs[k] = wire.Checksum(page[:cachePage])
+	}
+	var i uint64
+	var werr error
+	for ; i < c.pages && werr == nil; i += storeCheck {
+		_, werr = c.storeData(i, page, crcs)
+	}
+	if !errors.Is(werr, unix.ENOSPC) || !strings.Contains(werr.Error(), path) {
+		t.Fatalf("storing past the tmpfs's size: %v; want ENOSPC naming %s", werr, path)
+	}
+	if c.isHeld(i - storeCheck) {
+		t.Errorf("page %d is held though its write failed", i-storeCheck)
+	}
+	if _, err := c.storeZeros(c.pages-storeCheck, storeCheck); !errors.Is(err, unix.ENOSPC) {
+		t.Errorf("zero pages past the tmpfs's size: %v; want ENOSPC", err)
 	}
 }

@@ -545,16 +545,16 @@ func (w *Warmup) store(ctx context.Context, resp *Response, inflight map[uint64]
 		for k := uint64(0); k < n && !sg.Same; {
 			if ctx.Err() != nil {
 				// Stopped: every page is its old copy or its new one,
-				// bytes and digest together (storeData, storeZero).
+				// bytes and digest together (storeData, storeZeros).
 				return nil, ctx.Err()
 			}
 			b := min(storeCheck, n-k)
 			if sg.Zero {
-				for q := range b {
-					if w.cache.storeZero(i + k + q) {
-						res.Changed++
-					}
+				changed, err := w.cache.storeZeros(i+k, b)
+				if err != nil {
+					return nil, err
 				}
+				res.Changed += changed
 			} else {
 				d := used / cachePage
 				changed, err := w.cache.storeData(i+k, resp.Data[used:used+b*cachePage], w.crcs[d:d+b])
