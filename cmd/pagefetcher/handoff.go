@@ -35,7 +35,7 @@ func (h *handoff) close() {
 // whose handshake fails, or that --allow-uid or --vmm-pid refuse, is
 // logged and the wait goes on. A signal now has nothing to drain: it ends
 // the run (exit 9), as --handoff-timeout does. Nothing is accepted before
-// connecting is closed (restoreOnConnect).
+// connecting is closed (onConnect).
 func awaitHandoff(ctx context.Context, c *config, lis *handshake.Listener, connecting <-chan struct{}, sigs *daemon.Signals, log hclog.Logger) (*handoff, error) {
 	var hctx context.Context
 	var hcancel context.CancelFunc

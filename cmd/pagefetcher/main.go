@@ -124,7 +124,7 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 
 	// The threads the handoff's goroutines take are made now, idle.
 	cli.WarmThreads(handoffThreads)
-	connecting, stopWatch := restoreOnConnect(lis, fg, log)
+	connecting, stopWatch := onConnect(lis, up.warm, fg, log)
 	h, err := awaitHandoff(ctx, c, lis, connecting, sigs, log)
 	stopWatch()
 	if err != nil {
@@ -133,7 +133,7 @@ func serve(c *config, log hclog.Logger, sigs *daemon.Signals, w, stderr io.Write
 	}
 	defer h.close()
 	// The warm-up's background priority ended when the VMM connected,
-	// before the accept (restoreOnConnect).
+	// before the accept (onConnect).
 	// The handoff allocates the page table, the lanes' buffers and the
 	// loops' stacks: enough to start a collection, which on the VMM's CPU
 	// takes a millisecond from the first page. None runs until the

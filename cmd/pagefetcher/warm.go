@@ -58,28 +58,50 @@ func startWarmup(ctx context.Context, c *config, up *upstream, out *output, log 
 	return w, nil
 }
 
-// restoreOnConnect gives the process its normal priority back (fg) the
-// moment a client connects to lis, and only then closes ready: the caller
-// accepts no connection before ready is closed. A thread of normal
-// priority waits in poll(2) on the listening socket for that. At idle
-// priority the handoff — the accept, the handshake, the fetcher's start,
-// everything on the way to the VMM's first page — waits for every other
-// thread on the host: on one host with pageserver, whose Warm lanes still
-// ran at the switch, the downtime went from 2-4 to 8-17 ms (migbench
-// hybrid, 1 GiB). The accept waits for ready because, had it taken the
-// connection first, the poll would never have seen it. A client refused
-// after all leaves the process at normal priority for the rest of the
-// warm-up. stop ends the wait and returns once the thread has.
-func restoreOnConnect(lis *handshake.Listener, fg *sched.Foreground, log hclog.Logger) (ready <-chan struct{}, stop func()) {
+// onConnect does, the moment a client connects to lis, what the handoff
+// wants done before it is even read, and only then closes ready: the
+// caller accepts no connection before ready is closed (had it taken the
+// connection first, the poll would never have seen it). A thread of normal
+// priority waits in poll(2) on the listening socket for that.
+//
+//   - It halts the warm-up (w; fetcher.Warmup.Halt): its work at normal
+//     priority — from the connect on — took 0.1-4.5 ms of the way to the
+//     VMM's first page. A client refused after all leaves the warm-up
+//     halted: the handoff confirms what it copied, and only the pages the
+//     source changes from then on cost the switch their bytes.
+//   - It gives the process its normal priority back (fg). At idle priority
+//     the handoff — the accept, the handshake, the fetcher's start,
+//     everything on the way to the VMM's first page — waits for every
+//     other thread on the host: on one host with pageserver, whose Warm
+//     lanes still ran at the switch, the downtime went from 2-4 to 8-17 ms
+//     (migbench hybrid, 1 GiB). A client refused after all leaves the
+//     process at normal priority.
+//
+// With neither, ready is closed at once. stop ends the wait and returns
+// once the thread has.
+func onConnect(lis *handshake.Listener, w *fetcher.Warmup, fg *sched.Foreground, log hclog.Logger) (ready <-chan struct{}, stop func()) {
 	rc := make(chan struct{})
-	if fg == nil {
+	if fg == nil && w == nil {
 		close(rc)
 		return rc, func() {}
 	}
+	connected := func() {
+		if w != nil {
+			w.Halt()
+			log.Debug("a client connected to the uffd socket: the warm-up is halted")
+		}
+		if fg != nil {
+			if err := fg.Restore(); err != nil {
+				log.Warn("normal priority after the warm-up", "error", err)
+			}
+		}
+	}
 	giveUp := func(err error) (<-chan struct{}, func()) {
-		log.Warn("--warm-priority idle: cannot watch the uffd socket; normal priority from now on", "error", err)
-		if err := fg.Restore(); err != nil {
-			log.Warn("normal priority after the warm-up", "error", err)
+		log.Warn("cannot watch the uffd socket: the warm-up stops at the handoff, at normal priority from now on", "error", err)
+		if fg != nil {
+			if err := fg.Restore(); err != nil {
+				log.Warn("normal priority after the warm-up", "error", err)
+			}
 		}
 		close(rc)
 		return rc, func() {}
@@ -97,11 +119,13 @@ func restoreOnConnect(lis *handshake.Listener, fg *sched.Foreground, log hclog.L
 	go func() {
 		defer close(done)
 		defer close(rc)
-		// The thread ends with the goroutine (no UnlockOSThread): nothing
-		// else runs at the priority it takes.
-		runtime.LockOSThread()
-		if err := fg.RestoreThread(); err != nil {
-			log.Warn("normal priority for the handoff's watch", "error", err)
+		if fg != nil {
+			// The thread ends with the goroutine (no UnlockOSThread):
+			// nothing else runs at the priority it takes.
+			runtime.LockOSThread()
+			if err := fg.RestoreThread(); err != nil {
+				log.Warn("normal priority for the handoff's watch", "error", err)
+			}
 		}
 		fds := []unix.PollFd{{Fd: int32(lfd), Events: unix.POLLIN}, {Fd: int32(efd), Events: unix.POLLIN}}
 		for {
@@ -113,9 +137,7 @@ func restoreOnConnect(lis *handshake.Listener, fg *sched.Foreground, log hclog.L
 				log.Warn("watching the uffd socket", "error", err)
 			}
 			if fds[0].Revents != 0 || err != nil {
-				if err := fg.Restore(); err != nil {
-					log.Warn("normal priority after the warm-up", "error", err)
-				}
+				connected()
 			}
 			return
 		}

@@ -203,6 +203,50 @@ func TestWarmUnsupported(t *testing.T) {
 	}
 }
 
+// Halt alone stops a warm-up that would run until the handoff (pagefetcher
+// halts it when a client connects to its socket): its loop stores nothing
+// more — the cache is read-only — before any handoff, and its time ends at
+// the halt. The pages the source changes afterwards are the ones the
+// confirm pass finds changed, and every byte is right.
+func TestWarmHalt(t *testing.T) {
+	const size = 8 << 20
+	h := newHarness(t, size)
+	src, f := h.warmSource()
+	rounds := make(chan WarmRound, 1)
+	start := time.Now()
+	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{OnRound: func(r WarmRound) {
+		select {
+		case rounds <- r:
+		default:
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-rounds // round 1 is done; the next runs
+	w.Halt()
+	halted := time.Since(start)
+	select {
+	case <-w.quiet:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the warm-up still stores 30 s after Halt")
+	}
+	w.Halt() // again: nothing
+	changed := scribble(t, f, size, 64, 5, map[int64]bool{})
+	m := h.migrate("4k:0x0:8M", Config{Source: src, Prefetch: true, Warmup: w}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
+	m.check(t)
+	s := m.sum
+	if s.WarmRounds < 1 || s.WarmSeconds <= 0 || s.WarmSeconds > halted.Seconds() {
+		t.Errorf("warm_rounds %d, warm_s %v: want at least a round, ending by the halt (%v after the start)", s.WarmRounds, s.WarmSeconds, halted)
+	}
+	if s.PagesChangedAfterFreeze != uint64(len(changed)) {
+		t.Errorf("pages_changed_after_freeze %d, want the %d changed after the halt", s.PagesChangedAfterFreeze, len(changed))
+	}
+	if s.Pages.Confirmed == 0 || s.Pages.Confirmed > s.Pages.Total-uint64(len(changed)) {
+		t.Errorf("pages.confirmed %d: want some, at most the %d pages unchanged", s.Pages.Confirmed, s.Pages.Total-uint64(len(changed)))
+	}
+}
+
 // A source that still runs at the handoff refuses to freeze: the
 // migration fails with ErrSourceRunning, and no cached page is placed.
 func TestWarmSourceStillRunning(t *testing.T) {
