@@ -313,6 +313,14 @@ func (l *link) confirmLoop(c *conn) error {
 	case <-c.ctx.Done():
 		return nil
 	}
+	// As the bulk lane's (openBulk, bulkSend): not before the first page
+	// is placed and the thread it woke has run (awaitResume). Started at
+	// the handoff, the Freeze, the lanes' opening and the first runs the
+	// source reads at full speed took the CPUs from the first demand
+	// request's service, and then from the VMM's thread (the pass takes a
+	// second; this, a few milliseconds).
+	untilFirstPage(c.ctx, l.stats.firstPlaced, l.cfg.HandoffAt)
+	l.awaitResume(c)
 	ws, ok := c.sess.(WarmSession)
 	if !ok || !ws.CanWarm() {
 		cf.abandon("the session after the handoff has no warm lane")
