@@ -310,6 +310,21 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 		return fmt.Errorf("the source's workload (config %#x, %d bytes) is not this one (%#x, %d bytes)",
 			st.ConfigHash, st.Size, cfg.Hash(), cfg.Size)
 	}
+	if *memFile != "" {
+		// The warm-up's file holds the source's pages at their offsets
+		// (its addresses): the memory becomes that file's range.
+		if err := mapShared(*memFile, mem, st.Base, fd); err != nil {
+			return err
+		}
+	}
+	// Connected before the wait for the source's stop, as an orchestrator
+	// readies the destination while the source stops: pagefetcher halts a
+	// warm-up at the connect, and that overlaps the stop.
+	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: *sock, Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("pagefetcher socket: %w", err)
+	}
+	defer uc.Close()
 	var tStopped int64 // when the source was seen stopped (the hybrid's)
 	if *mode == bench.MethodHybrid {
 		f := srcStat.Load()
@@ -321,18 +336,6 @@ func runDest(args []string, stdin io.Reader, stdout io.Writer) error {
 		}
 		tStopped = clock.Now()
 	}
-	if *memFile != "" {
-		// The warm-up's file holds the source's pages at their offsets
-		// (its addresses): the memory becomes that file's range.
-		if err := mapShared(*memFile, mem, st.Base, fd); err != nil {
-			return err
-		}
-	}
-	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: *sock, Net: "unix"})
-	if err != nil {
-		return fmt.Errorf("pagefetcher socket: %w", err)
-	}
-	defer uc.Close()
 	regions[0] = handshake.Region{BaseHostVirtAddr: base, Size: cfg.Size, Offset: st.Base, PageSize: bench.PageSize}
 	if err := handshake.Send(uc, regions, fd.Int(), false); err != nil {
 		return fmt.Errorf("handshake: %w", err)

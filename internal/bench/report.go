@@ -76,10 +76,11 @@ type WarmUp struct {
 	// confirmed unchanged.
 	ChangedPages   uint64 `json:"changed_pages"`
 	PagesConfirmed uint64 `json:"pages_confirmed"`
-	// SourceStopWaitMS is the part of the handshake the destination
-	// waited, once it had the source's state, for the source to show as
-	// stopped (it sends its state, then stops itself; the freeze at the
-	// handoff needs it stopped).
+	// SourceStopWaitMS is the part of the handshake from the source's
+	// state's arrival until the source showed as stopped (it sends its
+	// state, then stops itself; the freeze after the handoff needs it
+	// stopped): the destination maps its memory and connects to
+	// pagefetcher's socket meanwhile, then waits.
 	SourceStopWaitMS float64 `json:"source_stop_wait_ms"`
 }
 
