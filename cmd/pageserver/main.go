@@ -121,7 +121,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.warmPrio, "warm-priority", "idle", "CPU priority of a warm-up's reads (pagefetcher --warm) until the destination takes over: idle (SCHED_IDLE: only CPU time the running source leaves; nice 10 where it could not be raised again) or low (nice 10)")
 	fs.BoolVar(&c.demandSocket, "demand-socket", true, "also serve the demand lane as a socket lane on the same port (over TLS too; clients fall back to gRPC without it)")
 	fs.StringVar(&c.demandPrio, "demand-priority", "rt", "CPU priority of the threads serving demand socket lanes: rt (real-time where permitted, else normal: a remote fault's page is read and sent at once, whatever bulk work the source host does) or normal")
-	fs.BoolVar(&c.bulkSocket, "bulk-socket", true, "also serve the bulk lane as a socket lane on the same port (over TLS too; clients fall back to gRPC without it)")
+	fs.BoolVar(&c.bulkSocket, "bulk-socket", true, "also serve the bulk lane, and the Warm lane of a hybrid migration, as socket lanes on the same port (over TLS too; clients fall back to gRPC without it)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate `file` (PEM); with --tls-key, serve TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key `file` (PEM)")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "CA `file` (PEM): require client certificates signed by it (mutual TLS)")

@@ -382,6 +382,7 @@ func (c *Client) session(r *pb.OpenResponse) (*Session, error) {
 		demandSocket: caps.GetDemandSocket() && c.lanesUsable(),
 		bulkSocket:   caps.GetBulkSocket() && c.lanesUsable(),
 		warm:         caps.GetWarm(),
+		warmSocket:   caps.GetWarm() && caps.GetWarmSocket() && c.lanesUsable(),
 		omit:         caps.GetOmit(),
 	}
 	if s.id == "" || !caps.GetCrc32C() {
@@ -400,6 +401,7 @@ type Session struct {
 	demandSocket bool // the server serves demand socket lanes (Capabilities.demand_socket)
 	bulkSocket   bool // and bulk ones (Capabilities.bulk_socket)
 	warm         bool // the server has Warm and Freeze (Capabilities.warm)
+	warmSocket   bool // and serves Warm socket lanes (Capabilities.warm_socket)
 	omit         bool // its bulk lane honours Request.Omit (Capabilities.omit)
 }
 
@@ -453,7 +455,7 @@ func (s *Session) DemandSocket(ctx context.Context) (*Lane, error) {
 
 // socketLane opens a socket lane of kind l.
 func (s *Session) socketLane(ctx context.Context, l wire.LaneKind) (*Lane, error) {
-	sl, err := openSocketLane(ctx, s.c, s.id, l)
+	sl, err := openSocketLane(ctx, s.c, s.id, l, false)
 	if err != nil {
 		return nil, err
 	}

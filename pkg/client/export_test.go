@@ -34,7 +34,7 @@ func (c *Client) Spares() (ready, dialing int, closed bool) {
 
 // OpenSocketLane opens a socket lane of kind l for session id on c.
 func OpenSocketLane(ctx context.Context, c *Client, id string, l wire.LaneKind) (*socketLane, error) {
-	return openSocketLane(ctx, c, id, l)
+	return openSocketLane(ctx, c, id, l, false)
 }
 
 // ErrSocketOpenUnavailable is errSocketOpenUnavailable.

@@ -134,9 +134,14 @@ func (cl *Client) greetLane(ctx context.Context, l wire.LaneKind, hello []byte) 
 }
 
 // openSocketLane opens a socket lane of kind l for session id, on a
-// connection cl dialled ahead or on a new one.
-func openSocketLane(ctx context.Context, cl *Client, id string, l wire.LaneKind) (*socketLane, error) {
-	sl, err := cl.greetLane(ctx, l, wire.LaneGreeting(l, id))
+// connection cl dialled ahead or on a new one. With warm, a Warm lane (a
+// bulk lane whose requests are WarmRequests: sendWarm).
+func openSocketLane(ctx context.Context, cl *Client, id string, l wire.LaneKind, warm bool) (*socketLane, error) {
+	hello := wire.LaneGreeting(l, id)
+	if warm {
+		hello = wire.WarmLaneGreeting(id)
+	}
+	sl, err := cl.greetLane(ctx, l, hello)
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +160,11 @@ func openSocketLane(ctx context.Context, cl *Client, id string, l wire.LaneKind)
 		case wire.RefusedLimit:
 			code = codes.ResourceExhausted
 		}
-		return nil, wire.FromStatus(l.String()+" open", status.Error(code, msg))
+		name := l.String()
+		if warm {
+			name = "warm"
+		}
+		return nil, wire.FromStatus(name+" open", status.Error(code, msg))
 	}
 	_ = sl.conn.SetDeadline(time.Time{})
 	return sl, nil
@@ -166,6 +175,13 @@ func (l *socketLane) send(rs []wire.Request) error {
 	for _, r := range rs {
 		l.wbuf = wire.AppendRequestFrame(l.wbuf, r)
 	}
+	_, err := l.conn.Write(l.wbuf)
+	return err
+}
+
+// sendWarm sends a Warm lane's request.
+func (l *socketLane) sendWarm(r *wire.WarmRequest) error {
+	l.wbuf = wire.AppendWarmRequestFrame(l.wbuf[:0], r)
 	_, err := l.conn.Write(l.wbuf)
 	return err
 }

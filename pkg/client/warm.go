@@ -21,14 +21,27 @@ var ErrNoWarm = errors.New("transport: the server has no Warm and Freeze calls (
 // (Capabilities.warm, in the answer that opened the session).
 func (s *Session) CanWarm() bool { return s.warm }
 
-// Warm opens a Warm lane, on the bulk connection: a bulk lane whose
-// requests name the digests of the copies held (wire.WarmRequest), answered
-// in order, pages equal to their copy as same segments. It lives until
-// Close, ctx ends, or an error ends it; a broken connection fails it with a
-// retryable error, as a Bulk lane. Without CanWarm: ErrNoWarm.
+// Warm opens a Warm lane: a bulk lane whose requests name the digests of
+// the copies held (wire.WarmRequest), answered in order, pages equal to
+// their copy as same segments. Where the server offers it
+// (Capabilities.warm_socket) it is a socket lane, as Bulk's, else (or if
+// opening one fails) a gRPC stream on the bulk connection. It lives until
+// Close, ctx ends, or an error ends it; a broken connection fails it with
+// a retryable error, as a Bulk lane. Without CanWarm: ErrNoWarm.
 func (s *Session) Warm(ctx context.Context) (*WarmLane, error) {
 	if !s.warm {
 		return nil, fmt.Errorf("transport: warm open: %w", ErrNoWarm)
+	}
+	if s.warmSocket {
+		sl, err := openSocketLane(ctx, s.c, s.id, wire.LaneBulk, true)
+		if err == nil {
+			s.c.log.Debug("lane opened", "lane", "warm", "transport", "socket", "tls", s.c.tls)
+			return &WarmLane{Lane{sock: sl, kind: wire.LaneBulk, warm: true}}, nil
+		}
+		if errors.Is(err, wire.ErrSessionNotFound) {
+			return nil, err
+		}
+		s.c.log.Debug("warm socket lane refused; the lane stays on gRPC", "error", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	ctx = metadata.AppendToOutgoingContext(ctx, wire.SessionMetadataKey, s.id)
@@ -53,8 +66,8 @@ func (s *Session) Freeze(ctx context.Context) error {
 	return wire.FromStatus("freeze", err)
 }
 
-// WarmLane is one Warm stream of a session: a gRPC bulk lane (Lane) whose
-// requests name digests. Send may be called from several goroutines; Recv
+// WarmLane is one Warm lane of a session: a bulk lane (Lane), a socket
+// lane or a gRPC stream, whose requests name digests. Send may be called from several goroutines; Recv
 // from one.
 type WarmLane struct{ l Lane }
 
@@ -68,7 +81,12 @@ func (w *WarmLane) Send(r wire.WarmRequest) error {
 		return io.EOF
 	}
 	l.sendMu.Lock()
-	err := l.stream.SendMsg(&r)
+	var err error
+	if l.sock != nil {
+		err = l.sock.sendWarm(&r)
+	} else {
+		err = l.stream.SendMsg(&r)
+	}
 	l.sendMu.Unlock()
 	return l.sent(err)
 }
@@ -88,3 +106,6 @@ func (w *WarmLane) CloseSend() error { return w.l.CloseSend() }
 // Close ends the lane at once, so that a blocked Recv returns (io.EOF).
 // Unanswered requests are dropped.
 func (w *WarmLane) Close() error { return w.l.Close() }
+
+// Socket reports whether the lane is a socket lane, not a gRPC stream.
+func (w *WarmLane) Socket() bool { return w.l.sock != nil }

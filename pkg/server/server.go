@@ -131,7 +131,8 @@ type Options struct {
 	// over TLS with Options.TLS.
 	DemandSocket bool
 	// BulkSocket serves and advertises bulk socket lanes
-	// (Capabilities.bulk_socket), likewise.
+	// (Capabilities.bulk_socket), likewise — and Warm socket lanes
+	// (Capabilities.warm_socket) unless NoWarm.
 	BulkSocket bool
 	// RealTimeDemand serves each demand socket lane on a real-time thread
 	// (sched.RealTime) that waits for requests in poll(2): a request then
@@ -459,6 +460,7 @@ func (s *Server) caps() *pb.Capabilities {
 		WorkingSetBytes: uint64(len(s.workingSet)),
 		Warm:            !s.noWarm,
 		Omit:            true,
+		WarmSocket:      !s.noWarm && s.bulkSock,
 	}
 }
 
@@ -1064,15 +1066,7 @@ func (s *Server) bulkStream(stream grpc.ServerStream, msg any, background func()
 	yield := func() {}
 	if s.bulkYield || background != nil {
 		th := sched.LockThread()
-		yield = func() {
-			bg := background != nil && background()
-			if background != nil && s.warmIdle {
-				// Idle while background: where the thread could not
-				// come back from it, nice BackgroundNice (Defer).
-				_ = th.SetIdle(bg)
-			}
-			th.Defer(s.bulkYield && s.gate.recent(demandBurst) || bg)
-		}
+		yield = func() { s.bulkPriority(th, background) }
 	}
 	for {
 		if err := stream.RecvMsg(msg); err == io.EOF {
@@ -1087,6 +1081,19 @@ func (s *Server) bulkStream(stream grpc.ServerStream, msg any, background func()
 			return err
 		}
 	}
+}
+
+// bulkPriority sets the priority of th, a bulk lane's thread, for its next
+// run: lower while demand requests come (Options.BulkYield), and while
+// background reports true (a Warm lane's, while the source may still run:
+// idle, or nice BackgroundNice where the thread could not come back from
+// idle, Defer). background may be nil.
+func (s *Server) bulkPriority(th *sched.Thread, background func() bool) {
+	bg := background != nil && background()
+	if background != nil && s.warmIdle {
+		_ = th.SetIdle(bg)
+	}
+	th.Defer(s.bulkYield && s.gate.recent(demandBurst) || bg)
 }
 
 // sendRun sends a run as a PageRun through wire.Codec: the run's buffer

@@ -156,9 +156,9 @@ func (sl *splitListener) route(c net.Conn, g *connGuard) {
 	n, err := io.ReadFull(c, head[:])
 	_ = c.SetReadDeadline(time.Time{})
 	if n == len(head) {
-		if l, open, ok := laneOf(head[:]); ok {
+		if k, ok := laneOf(head[:]); ok {
 			lc := netio.NewLaneConn(c)
-			sl.s.serveSocketLane(lc, lc, g, l, open)
+			sl.s.serveSocketLane(lc, lc, g, k)
 			return
 		}
 	}
@@ -170,18 +170,28 @@ func (sl *splitListener) route(c net.Conn, g *connGuard) {
 	sl.toGRPC(&guardedConn{Conn: &prefixConn{Conn: c, prefix: head[:n]}, g: g})
 }
 
-// laneOf tells the socket lane a greeting's first bytes open: its kind, and
-// whether it opens a session (wire.OpenLaneMagic).
-func laneOf(head []byte) (l wire.LaneKind, open, ok bool) {
+// laneGreeting is what a socket lane's greeting opens: a lane of kind l;
+// with open, a session too (wire.OpenLaneMagic), the lane its demand lane;
+// with warm, a Warm lane (wire.WarmLaneMagic), a bulk lane of its session
+// whose requests are WarmRequests.
+type laneGreeting struct {
+	l          wire.LaneKind
+	open, warm bool
+}
+
+// laneOf tells the socket lane a greeting's first bytes open.
+func laneOf(head []byte) (laneGreeting, bool) {
 	switch string(head) {
 	case wire.DemandLaneMagic:
-		return wire.LaneDemand, false, true
+		return laneGreeting{l: wire.LaneDemand}, true
 	case wire.BulkLaneMagic:
-		return wire.LaneBulk, false, true
+		return laneGreeting{l: wire.LaneBulk}, true
+	case wire.WarmLaneMagic:
+		return laneGreeting{l: wire.LaneBulk, warm: true}, true
 	case wire.OpenLaneMagic:
-		return wire.LaneDemand, true, true
+		return laneGreeting{l: wire.LaneDemand, open: true}, true
 	}
-	return 0, false, false
+	return laneGreeting{}, false
 }
 
 // toGRPC hands c to gRPC's Accept, or closes it if the listener is closed
@@ -243,15 +253,17 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 // requests are single pages); on a bulk lane the client keeps a window of
 // requests queued in the socket.
 //
-// With open, the connection opened with "PCOPENS1": its greeting is an Open
-// (socketOpen), and it goes on as the new session's demand lane. g is
-// released once the greeting named a session (or opened one), or at the
-// end.
+// With k.open, the connection opened with "PCOPENS1": its greeting is an
+// Open (socketOpen), and it goes on as the new session's demand lane. With
+// k.warm ("PCWARMS1"), it is a Warm lane: a bulk lane whose requests name
+// digests (serveWarm), read at the Warm call's priority. g is released
+// once the greeting named a session (or opened one), or at the end.
 //
 // lc is the lane's TCP connection, c what carries its bytes: lc itself, or
 // a TLS connection over it (Options.TLS). A TLS lane's frames go out in
 // full records (netio.WriteRecords), each with one system call.
-func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l wire.LaneKind, open bool) {
+func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, k laneGreeting) {
+	l, open := k.l, k.open
 	defer g.release()
 	defer c.Close()
 	if !s.lanes.add(c) {
@@ -277,6 +289,10 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		}
 		if l == wire.LaneDemand && !s.sockLane || l == wire.LaneBulk && !s.bulkSock {
 			refuseLane(c, wire.RefusedNotServed, l.String()+" socket lanes are not served here")
+			return
+		}
+		if k.warm && s.noWarm {
+			refuseLane(c, wire.RefusedNotServed, "warm socket lanes are not served here: the Warm and Freeze calls are off")
 			return
 		}
 		if sess, err = s.lookup(id); err != nil {
@@ -346,7 +362,7 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 	// As Bulk: with BulkYield, bulk runs are read at a lower CPU priority
 	// while demand requests come.
 	var th *sched.Thread
-	if l == wire.LaneBulk && s.bulkYield {
+	if l == wire.LaneBulk && (s.bulkYield || k.warm) {
 		th = sched.LockThread()
 	}
 
@@ -397,6 +413,12 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			s.sendErrorFrame(c, err)
 		}
 	}
+	frame := make([]byte, wire.MaxRequestFrame)
+	maxFrame := uint32(wire.MaxRequestFrame)
+	var warmReq pb.WarmRequest
+	if k.warm {
+		maxFrame = wire.MaxWarmRequestFrame // frame grows to the largest request read
+	}
 	send := func(rb *runBuf, req wire.Request, ps uint32) error {
 		c := cap(*rb.buf)
 		rb.out = wire.OutRun{
@@ -411,12 +433,11 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 		held.add(bs)
 		rb.out = wire.OutRun{}
 		if l == wire.LaneBulk && held.bytes < heldMaxBytes && held.mem < heldMaxMem && len(held.frees) < heldMaxAnswers &&
-			wholeRequest(br) && !s.gate.busy() {
+			wholeRequest(br, maxFrame) && !s.gate.busy() {
 			return nil // the next request's answer goes with this one
 		}
 		return flush()
 	}
-	frame := make([]byte, wire.MaxRequestFrame)
 	spinFD, spin := -1, time.Duration(0)
 	if l == wire.LaneDemand {
 		if fd, ok := lc.PollFD(); ok {
@@ -461,14 +482,23 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			return // a stop closed the lane before its session started
 		}
 		n := binary.LittleEndian.Uint32(hdr[:])
-		if n > wire.MaxRequestFrame {
-			fail(status.Errorf(codes.ResourceExhausted, "request frame of %d bytes, limit %d", n, wire.MaxRequestFrame))
+		if n > maxFrame {
+			fail(status.Errorf(codes.ResourceExhausted, "request frame of %d bytes, limit %d", n, maxFrame))
 			return
+		}
+		if int(n) > len(frame) {
+			frame = make([]byte, n)
 		}
 		if _, err := io.ReadFull(br, frame[:n]); err != nil {
 			return
 		}
-		if err := wire.UnmarshalRequest(frame[:n], &req); err != nil {
+		var err error
+		if k.warm {
+			err = proto.Unmarshal(frame[:n], &warmReq)
+		} else {
+			err = wire.UnmarshalRequest(frame[:n], &req)
+		}
+		if err != nil {
 			fail(status.Errorf(codes.InvalidArgument, "%v", err))
 			return
 		}
@@ -478,6 +508,16 @@ func (s *Server) serveSocketLane(lc *netio.LaneConn, c net.Conn, g *connGuard, l
 			if flush() != nil {
 				return
 			}
+		}
+		if k.warm {
+			s.bulk.enter()
+			err := s.serveWarmRequest(ctx, sess, &warmReq, func() { s.bulkPriority(th, s.sourceRunning) }, send)
+			s.bulk.leave()
+			if err != nil {
+				fail(err)
+				return
+			}
+			continue
 		}
 		ps, err := s.check(sess, l, req)
 		if err == nil && l == wire.LaneDemand {
@@ -550,15 +590,15 @@ func (h *heldAnswers) reset() {
 	h.bufs, h.lens, h.frees, h.bytes, h.mem = h.bufs[:0], h.lens[:0], h.frees[:0], 0, 0
 }
 
-// wholeRequest reports whether br holds a whole request frame, to be read
-// without waiting for the socket.
-func wholeRequest(br *bufio.Reader) bool {
+// wholeRequest reports whether br holds a whole request frame, of at most
+// maxFrame bytes, to be read without waiting for the socket.
+func wholeRequest(br *bufio.Reader, maxFrame uint32) bool {
 	if br.Buffered() < 4 {
 		return false
 	}
 	hdr, _ := br.Peek(4)
 	n := binary.LittleEndian.Uint32(hdr)
-	return n <= wire.MaxRequestFrame && br.Buffered() >= 4+int(n)
+	return n <= maxFrame && br.Buffered() >= 4+int(n)
 }
 
 // laneSet tracks the socket lanes being served, for a graceful stop (which

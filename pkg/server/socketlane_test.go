@@ -2,11 +2,13 @@ package server
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"runtime"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -196,6 +198,97 @@ func TestBulkLaneHeldAnswersBeforeError(t *testing.T) {
 		batch = wire.AppendRequestFrame(batch, wire.Request{ID: uint64(i), Offset: uint64(i*3%64) * wire.PageSize4K, Pages: 1})
 	}
 	batch = append(batch, 3, 0, 0, 0, 0xff, 0xff, 0xff) // not a PageRequest
+	batchAnswers(t, c, br, batch, n, func(i int, r *wire.Response) {
+		if r.ID != uint64(i) {
+			t.Fatalf("answer %d has id %d", i, r.ID)
+		}
+		checkRun(t, r, ti.Content)
+	})
+	r := wire.NewResponse()
+	defer r.Release()
+	wantStatus(t, "the malformed frame", wire.ReadResponseFrame(br, r), codes.InvalidArgument)
+}
+
+// A Warm socket lane spoken to without pkg/client: requests with digests
+// (frames larger than other lanes' limit) are answered in order, pages
+// whose digest is right as same segments; a frame over
+// wire.MaxWarmRequestFrame ends the lane with ResourceExhausted. A server
+// whose Warm calls are off refuses the greeting, and does not offer the
+// lane.
+func TestWarmSocketLaneRaw(t *testing.T) {
+	ti := makeImage(t, 256*wire.PageSize4K, 5, [][2]int{{10, 14}}, nil)
+	greet := func(addr, id string) (net.Conn, *bufio.Reader, byte) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write(wire.WarmLaneGreeting(id)); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		ok, err := br.ReadByte()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, br, ok
+	}
+	ctx := testCtx(t)
+
+	off, _ := serveSplitServer(t, Options{Image: ti.Img, BulkSocket: true, NoWarm: true})
+	sess, d := openDemand(t, ctx, dial(t, off, client.Options{}), 256*wire.PageSize4K)
+	defer d.Close()
+	if _, _, ok := greet(off, sess.ID()); ok != wire.RefusedNotServed {
+		t.Fatalf("warm lane greeting to a server without Warm: %d, want refused (%d)", ok, wire.RefusedNotServed)
+	}
+
+	addr, _ := serveSplitServer(t, Options{Image: ti.Img, BulkSocket: true})
+	sess, d2 := openDemand(t, ctx, dial(t, addr, client.Options{}), 256*wire.PageSize4K)
+	defer d2.Close()
+	w, err := sess.Warm(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !w.Socket() {
+		t.Fatal("the warm lane of a server offering warm_socket is a gRPC stream")
+	}
+	w.Close()
+	c, br, ok := greet(addr, sess.ID())
+	if ok != wire.LaneAccepted {
+		t.Fatalf("warm lane greeting: %d, want accepted", ok)
+	}
+	var batch []byte
+	const n = 4
+	for i := range n {
+		dig := digestsOf(ti.Content, uint64(i*64)*wire.PageSize4K, 64, wire.PageSize4K)
+		if i == 1 {
+			dig[3] ^= 1 // a stale copy: its content comes
+		}
+		batch = wire.AppendWarmRequestFrame(batch, &wire.WarmRequest{ID: uint64(i), Offset: uint64(i*64) * wire.PageSize4K, Pages: 64, Digests: dig})
+	}
+	if len(batch)/n <= wire.MaxRequestFrame {
+		t.Fatalf("warm frames of %d bytes: the test wants them over the other lanes' limit", len(batch)/n)
+	}
+	batch = binary.LittleEndian.AppendUint32(batch, wire.MaxWarmRequestFrame+1)
+	batchAnswers(t, c, br, batch, n, func(i int, r *wire.Response) {
+		want := strings.Repeat("s", 64)
+		if i == 1 {
+			want = "sssd" + strings.Repeat("s", 60)
+		}
+		if r.ID != uint64(i) || pageKinds(r) != want {
+			t.Fatalf("answer %d: id %d, pages %q; want %q", i, r.ID, pageKinds(r), want)
+		}
+		checkRun(t, r, ti.Content)
+	})
+	r := wire.NewResponse()
+	defer r.Release()
+	wantStatus(t, "the oversized frame", wire.ReadResponseFrame(br, r), codes.ResourceExhausted)
+}
+
+// batchAnswers writes batch, request frames, to a socket lane c and reads
+// the first n answers from br, each given to check.
+func batchAnswers(t *testing.T, c net.Conn, br *bufio.Reader, batch []byte, n int, check func(int, *wire.Response)) {
+	t.Helper()
 	if _, err := c.Write(batch); err != nil {
 		t.Fatal(err)
 	}
@@ -204,13 +297,7 @@ func TestBulkLaneHeldAnswersBeforeError(t *testing.T) {
 		if err := wire.ReadResponseFrame(br, r); err != nil {
 			t.Fatalf("answer %d: %v", i, err)
 		}
-		if r.ID != uint64(i) {
-			t.Fatalf("answer %d has id %d", i, r.ID)
-		}
-		checkRun(t, r, ti.Content)
+		check(i, r)
 		r.Release()
 	}
-	r := wire.NewResponse()
-	defer r.Release()
-	wantStatus(t, "the malformed frame", wire.ReadResponseFrame(br, r), codes.InvalidArgument)
 }

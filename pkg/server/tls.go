@@ -100,8 +100,8 @@ func (sl *splitListener) routeTLS(c net.Conn, g *connGuard) {
 	var head [len(wire.DemandLaneMagic)]byte
 	if _, err := io.ReadFull(conn, head[:]); err == nil {
 		_ = lc.SetDeadline(time.Time{})
-		if l, open, ok := laneOf(head[:]); ok {
-			sl.s.serveSocketLane(lc, conn, g, l, open)
+		if k, ok := laneOf(head[:]); ok {
+			sl.s.serveSocketLane(lc, conn, g, k)
 			return
 		}
 	}

@@ -48,18 +48,27 @@ func (s *Server) Warm(stream pb.PageServer_WarmServer) error {
 		return errWarmOff
 	}
 	var req pb.WarmRequest
+	send := func(rb *runBuf, wr wire.Request, ps uint32) error { return s.sendRun(stream, rb, wr, ps) }
 	return s.bulkStream(stream, &req, s.sourceRunning, func(ctx context.Context, sess *session, yield func()) error {
-		if sess.ended.Load() {
-			return status.Error(codes.NotFound, "session ended")
-		}
-		r, err := wire.ValidateWarmRequest(sess.regions, req.GetId(), req.GetOffset(), req.GetPages(),
-			len(req.GetDigests()), s.maxBulk)
-		if err != nil {
-			return err
-		}
-		yield()
-		return s.serveWarm(ctx, sess, &req, r.PageSize, stream)
+		return s.serveWarmRequest(ctx, sess, &req, yield, send)
 	})
+}
+
+// serveWarmRequest checks a Warm request, of the gRPC stream or of a
+// socket lane, calls yield (its thread's priority for the run: bulkPriority)
+// and serves it (serveWarm).
+func (s *Server) serveWarmRequest(ctx context.Context, sess *session, req *pb.WarmRequest, yield func(),
+	send func(*runBuf, wire.Request, uint32) error) error {
+	if sess.ended.Load() {
+		return status.Error(codes.NotFound, "session ended")
+	}
+	r, err := wire.ValidateWarmRequest(sess.regions, req.GetId(), req.GetOffset(), req.GetPages(),
+		len(req.GetDigests()), s.maxBulk)
+	if err != nil {
+		return err
+	}
+	yield()
+	return s.serveWarm(ctx, sess, req, r.PageSize, send)
 }
 
 // sourceRunning reports whether no Freeze was accepted yet: the source may
@@ -72,7 +81,8 @@ func (s *Server) sourceRunning() bool { return s.warm.freezes.Load() == 0 }
 // serveWarm reads one validated Warm request's run and sends its answer:
 // the pages whose digest the request names and equals the live page's as
 // same segments, the others as a bulk run has them.
-func (s *Server) serveWarm(ctx context.Context, sess *session, req *pb.WarmRequest, ps uint32, stream pb.PageServer_WarmServer) error {
+func (s *Server) serveWarm(ctx context.Context, sess *session, req *pb.WarmRequest, ps uint32,
+	send func(*runBuf, wire.Request, uint32) error) error {
 	rb := s.runs.Get().(*runBuf)
 	defer s.release(rb)
 	if err := s.readPages(ctx, wire.LaneBulk, req.GetOffset(), req.GetPages(), ps, nil, rb); err != nil {
@@ -99,7 +109,7 @@ func (s *Server) serveWarm(ctx context.Context, sess *session, req *pb.WarmReque
 	// Stats (a test read the counters the moment its round ended and
 	// missed the last run's).
 	wr := wire.Request{ID: req.GetId(), Offset: req.GetOffset(), Pages: req.GetPages()}
-	return s.sendRun(stream, rb, wr, ps)
+	return send(rb, wr, ps)
 }
 
 // markSame re-segments the run rb holds (readPages' zero and data

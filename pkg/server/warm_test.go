@@ -96,13 +96,29 @@ func digestsOf(content []byte, off uint64, pages, ps uint32) []uint64 {
 // with the right digests every page is same, without a byte; a digest of 0
 // or a wrong one brings the page's content; digests of the wrong length
 // are refused. The counters and metrics follow.
+//
+// Over a gRPC stream (a server without bulk socket lanes) and over a socket
+// lane (Capabilities.warm_socket), the same answers.
 func TestWarmFileImage(t *testing.T) {
+	for _, socket := range []bool{false, true} {
+		t.Run(map[bool]string{false: "grpc", true: "socket"}[socket], func(t *testing.T) { warmFileImage(t, socket) })
+	}
+}
+
+func warmFileImage(t *testing.T, socket bool) {
 	const size = 6 * mib
 	// Pages 0-2 MiB: 4 KiB pages, holes and written zeros; 2-4 MiB: a huge
 	// page of data; 4-6 MiB: a huge page that is a hole.
 	ti := makeImage(t, size, 16, [][2]int{{3, 7}, {100, 101}, {1024, 1536}}, []int{9, 10, 300})
-	srv := startServer(t, Options{Image: ti.Img})
-	c := dial(t, srv.addr, client.Options{})
+	var srv *Server
+	var addr string
+	if socket {
+		addr, srv = serveSplitServer(t, Options{Image: ti.Img, BulkSocket: true})
+	} else {
+		ts := startServer(t, Options{Image: ti.Img})
+		addr, srv = ts.addr, ts.Server
+	}
+	c := dial(t, addr, client.Options{})
 	ctx := testCtx(t)
 	sess, err := c.Open(ctx, []wire.Region{
 		{Offset: 0, Length: 2 * mib, PageSize: wire.PageSize4K},
@@ -124,6 +140,9 @@ func TestWarmFileImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
+	if w.Socket() != socket {
+		t.Fatalf("the warm lane is a socket lane: %v, want %v", w.Socket(), socket)
+	}
 
 	runs := []struct {
 		off   uint64

@@ -36,8 +36,8 @@
 //
 // # Socket lanes
 //
-// Both lanes may instead be socket lanes (Capabilities.demand_socket,
-// bulk_socket): TCP connections on the server's port carrying the same
+// Both lanes, and the Warm lane, may instead be socket lanes
+// (Capabilities.demand_socket, bulk_socket, warm_socket): TCP connections on the server's port carrying the same
 // messages, each prefixed with its length — over TLS on a TLS server.
 // A gRPC stream costs every remote fault several goroutine hand-offs on each
 // side (reader, handler, writer), and on this kind of machine each hand-off
@@ -74,11 +74,11 @@
 // here). Integers are little-endian. Messages are the protobuf messages of
 // the Demand and Bulk streams (and of the Open call), encoded the same way.
 //
-//	client: "PCDEMND1" or "PCBULKS1" | uint16 len | session id
+//	client: "PCDEMND1", "PCBULKS1" or "PCWARMS1" | uint16 len | session id
 //	server: 0 (accepted) | 1, 2 or 3, uint16 len, message (refused: 1 no
 //	        such session, 2 lane kind not served, 3 the session's most lanes
 //	        of the kind open; then closes)
-//	client: { uint32 len | PageRequest }*
+//	client: { uint32 len | PageRequest (a Warm lane's: WarmRequest) }*
 //	server: { uint32 len | PageRun }* — or, once, an error frame:
 //	        uint32 (1<<31 | len) | uint32 gRPC code | uint16 len | reason | message
 //
@@ -90,9 +90,10 @@
 // after which the connection goes on as the new session's demand lane
 // (requests and answers as above). The reason of an error frame is the
 // google.rpc.ErrorInfo reason of the status (domain ErrorDomain), empty if
-// none. Requests are answered in order on a socket lane. The limits of the
-// frames are MaxSessionIDLen, MaxOpenFrame, MaxRequestFrame and
-// MaxErrorFrame; the greeting must arrive within RouteReadTimeout.
+// none. Requests are answered in order on a socket lane. A Warm lane counts
+// as a bulk lane of its session, as the Warm call does. The limits of the
+// frames are MaxSessionIDLen, MaxOpenFrame, MaxRequestFrame (a Warm lane's:
+// MaxWarmRequestFrame) and MaxErrorFrame; the greeting must arrive within RouteReadTimeout.
 //
 // # Errors
 //

@@ -15,11 +15,13 @@ import (
 // The framing of socket lanes is specified in doc.go ("Socket lanes").
 
 // DemandLaneMagic opens a demand socket lane, BulkLaneMagic a bulk one
-// (Capabilities.bulk_socket), OpenLaneMagic a session and its demand lane
+// (Capabilities.bulk_socket), WarmLaneMagic a Warm one
+// (Capabilities.warm_socket), OpenLaneMagic a session and its demand lane
 // (Capabilities.socket_open). All are 8 bytes.
 const (
 	DemandLaneMagic = "PCDEMND1"
 	BulkLaneMagic   = "PCBULKS1"
+	WarmLaneMagic   = "PCWARMS1"
 	OpenLaneMagic   = "PCOPENS1"
 )
 
@@ -43,6 +45,10 @@ const (
 	ErrFrameBit = 1 << 31
 	// MaxRequestFrame bounds a request frame's body.
 	MaxRequestFrame = 256
+	// MaxWarmRequestFrame bounds a Warm lane's request frame's body: its
+	// digests, 8 bytes a page, make it larger than the others. It is the
+	// Warm call's limit on a request.
+	MaxWarmRequestFrame = MaxRequestMsg
 	// MaxErrorFrame bounds an error frame's body.
 	MaxErrorFrame = 64 << 10
 	// MaxSessionIDLen bounds the session id of a lane's greeting.
@@ -66,9 +72,15 @@ const (
 
 // LaneGreeting returns the greeting that opens a socket lane of kind l for
 // session id.
-func LaneGreeting(l LaneKind, id string) []byte {
-	hello := make([]byte, 0, len(DemandLaneMagic)+2+len(id))
-	hello = append(hello, LaneMagic(l)...)
+func LaneGreeting(l LaneKind, id string) []byte { return greeting(LaneMagic(l), id) }
+
+// WarmLaneGreeting returns the greeting that opens a Warm socket lane for
+// session id.
+func WarmLaneGreeting(id string) []byte { return greeting(WarmLaneMagic, id) }
+
+func greeting(magic, id string) []byte {
+	hello := make([]byte, 0, len(magic)+2+len(id))
+	hello = append(hello, magic...)
 	hello = binary.LittleEndian.AppendUint16(hello, uint16(len(id)))
 	return append(hello, id...)
 }
@@ -115,6 +127,16 @@ func AppendRequestFrame(b []byte, r Request) []byte {
 	at := len(b)
 	b = append(b, 0, 0, 0, 0)
 	b = appendRequest(b, &r)
+	binary.LittleEndian.PutUint32(b[at:], uint32(len(b)-at-4))
+	return b
+}
+
+// AppendWarmRequestFrame appends r's frame to b: its length and the
+// WarmRequest.
+func AppendWarmRequestFrame(b []byte, r *WarmRequest) []byte {
+	at := len(b)
+	b = append(b, 0, 0, 0, 0)
+	b = appendWarmRequest(b, r)
 	binary.LittleEndian.PutUint32(b[at:], uint32(len(b)-at-4))
 	return b
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/postcopy/postcopy/internal/testutil/pki"
+	"github.com/postcopy/postcopy/pkg/events"
 	"github.com/postcopy/postcopy/test/harness"
 )
 
@@ -44,6 +45,24 @@ func TestTLS(t *testing.T) {
 				"--log-level", "debug"},
 		})
 		wantSocketLanes(t, e)
+	})
+	// A hybrid migration: its Warm lanes, the warm-up's and the confirm
+	// pass's, are TLS socket lanes too; every byte is verified.
+	t.Run("warm", func(t *testing.T) {
+		const size = 8 << 20
+		e := newEnv(t, size, defaultImage)
+		e.startServer(server...)
+		e.startFetcher("--tls-ca", certs.CA, "--log-level", "debug", "--warm", "--warm-priority", "normal")
+		var w events.Warm
+		if err := e.fetcher.WaitEvent("warm", fetcherTimeout, &w); err != nil {
+			t.Fatalf("no warm line: %v", err)
+		}
+		sum := e.verified(e.startVMM("--regions", "4k:0x0:8M", "--verify", "--touch", "random"))
+		if sum.Summary.Pages.Confirmed == 0 {
+			t.Errorf("summary %+v: no page confirmed from the cache", sum.Summary)
+		}
+		wantSocketLanes(t, e, "demand", "bulk", "warm")
+		e.stopServer()
 	})
 	// A server that serves no socket lanes (as pageservers before them did
 	// over TLS): the lanes are gRPC streams, the migration the same.
@@ -90,10 +109,13 @@ func TestTLS(t *testing.T) {
 
 // wantSocketLanes checks, in pagefetcher's debug log, that both lanes were
 // socket lanes over TLS (pkg/client logs how each lane opened).
-func wantSocketLanes(t *testing.T, e *env) {
+func wantSocketLanes(t *testing.T, e *env, lanes ...string) {
 	t.Helper()
 	log := e.fetcher.Stderr()
-	for _, lane := range []string{"demand", "bulk"} {
+	if len(lanes) == 0 {
+		lanes = []string{"demand", "bulk"}
+	}
+	for _, lane := range lanes {
 		if want := "lane opened: lane=" + lane + " transport=socket tls=true"; !strings.Contains(log, want) {
 			t.Errorf("pagefetcher's log lacks %q: the %s lane was not a TLS socket lane:\n%s", want, lane, log)
 		}

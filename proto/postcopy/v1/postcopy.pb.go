@@ -380,7 +380,12 @@ type Capabilities struct {
 	// omit: the Bulk lane honours PageRequest.omit (the pages a client
 	// does not need come back as same segments, without bytes). A client
 	// sends omit only to a server that says so.
-	Omit          bool `protobuf:"varint,12,opt,name=omit,proto3" json:"omit,omitempty"`
+	Omit bool `protobuf:"varint,12,opt,name=omit,proto3" json:"omit,omitempty"`
+	// warm_socket: the server also serves the Warm lane as a socket lane
+	// (over TLS too; framing: pkg/wire's doc.go), where it serves bulk socket
+	// lanes and has the Warm call. A Warm lane moves bulk runs: gRPC's
+	// hand-offs and copies cost it as they cost the Bulk lane.
+	WarmSocket    bool `protobuf:"varint,13,opt,name=warm_socket,json=warmSocket,proto3" json:"warm_socket,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -495,6 +500,13 @@ func (x *Capabilities) GetWarm() bool {
 func (x *Capabilities) GetOmit() bool {
 	if x != nil {
 		return x.Omit
+	}
+	return false
+}
+
+func (x *Capabilities) GetWarmSocket() bool {
+	if x != nil {
+		return x.WarmSocket
 	}
 	return false
 }
@@ -1425,7 +1437,7 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\breadable\x18\x04 \x03(\v2\x13.postcopy.v1.ExtentR\breadable\"8\n" +
 	"\x06Extent\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
-	"\x06length\x18\x02 \x01(\x04R\x06length\"\x8e\x03\n" +
+	"\x06length\x18\x02 \x01(\x04R\x06length\"\xaf\x03\n" +
 	"\fCapabilities\x12(\n" +
 	"\x10max_demand_bytes\x18\x01 \x01(\rR\x0emaxDemandBytes\x12$\n" +
 	"\x0emax_bulk_bytes\x18\x02 \x01(\rR\fmaxBulkBytes\x12\x1b\n" +
@@ -1443,7 +1455,9 @@ const file_postcopy_v1_postcopy_proto_rawDesc = "" +
 	"\x11working_set_bytes\x18\n" +
 	" \x01(\x04R\x0fworkingSetBytes\x12\x12\n" +
 	"\x04warm\x18\v \x01(\bR\x04warm\x12\x12\n" +
-	"\x04omit\x18\f \x01(\bR\x04omit\"U\n" +
+	"\x04omit\x18\f \x01(\bR\x04omit\x12\x1f\n" +
+	"\vwarm_socket\x18\r \x01(\bR\n" +
+	"warmSocket\"U\n" +
 	"\x06Region\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\x04R\x06length\x12\x1b\n" +
