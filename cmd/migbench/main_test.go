@@ -388,7 +388,11 @@ func TestMigrationShaped(t *testing.T) {
 	if rx, _ := pc["link_rx_bytes"].(float64); rx < 32<<20 {
 		t.Errorf("link_rx_bytes = %v, want at least the 32 MiB of memory", pc["link_rx_bytes"])
 	}
-	if g, _ := got["tcp_gbps"].(float64); g < 0.8 || g > 1.01 {
+	// At most the shaped rate; at least half of it: the one stream's sender
+	// is a process of its own that other test packages' CPU time can slow
+	// (0.65 under .ci/run's parallel packages once, 0.96 alone, same hour),
+	// while a link shaped wrong by 2× or more still fails.
+	if g, _ := got["tcp_gbps"].(float64); g < 0.5 || g > 1.01 {
 		t.Errorf("tcp_gbps = %v over a 1gbit link", got["tcp_gbps"])
 	}
 	ents, _ := os.ReadDir("/run/netns")
