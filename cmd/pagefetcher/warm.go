@@ -17,7 +17,7 @@ import (
 )
 
 // startWarmup starts the warm-up of --warm, before the ready line: rounds
-// over every readable page of the image until the VMM hands over, a working
+// over every readable page of the image until a VMM connects, a working
 // set's pages first in the first round (README, "Hybrid migration"). Each
 // round prints a warm line. A server that cannot warm (an older pageserver)
 // is warned about once and the migration goes on as plain post-copy; so
@@ -53,7 +53,7 @@ func startWarmup(ctx context.Context, c *config, up *upstream, out *output, log 
 		log.Warn("--warm: the warm-up could not start; migrating as plain post-copy", "error", err)
 		return nil, nil
 	}
-	log.Info("warm-up started", "rounds", "until the handoff", "rate_bytes_per_s", c.warmRate, "priority", c.warmPriority,
+	log.Info("warm-up started", "rounds", "until a VMM connects", "rate_bytes_per_s", c.warmRate, "priority", c.warmPriority,
 		"file", c.warmFile)
 	return w, nil
 }

@@ -42,7 +42,7 @@ type WarmConfig struct {
 	// that a source that still runs is not starved (0: no bound). A page
 	// confirmed "same" costs the source its read as one that is sent.
 	Rate float64
-	// Rounds is how many rounds to run; 0: until the handoff.
+	// Rounds is how many rounds to run; 0: until the handoff (or Halt).
 	Rounds int
 	// WorkingSet, when set, is pulled first in the first round. A set of
 	// another image is ignored, with a warning.
