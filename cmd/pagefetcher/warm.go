@@ -85,8 +85,8 @@ func onConnect(lis *handshake.Listener, w *fetcher.Warmup, fg *sched.Foreground,
 		close(rc)
 		return rc, func() {}
 	}
-	connected := func() {
-		if w != nil {
+	connected := func(halt bool) {
+		if w != nil && halt {
 			w.Halt()
 			log.Debug("a client connected to the uffd socket: the warm-up is halted")
 		}
@@ -137,7 +137,9 @@ func onConnect(lis *handshake.Listener, w *fetcher.Warmup, fg *sched.Foreground,
 				log.Warn("watching the uffd socket", "error", err)
 			}
 			if fds[0].Revents != 0 || err != nil {
-				connected()
+				// A failed watch restores the priority, as a connect
+				// would, but leaves the warm-up to the handoff.
+				connected(err == nil)
 			}
 			return
 		}

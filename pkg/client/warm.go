@@ -26,8 +26,9 @@ func (s *Session) CanWarm() bool { return s.warm }
 // their copy as same segments. Where the server offers it
 // (Capabilities.warm_socket) it is a socket lane, as Bulk's, else (or if
 // opening one fails) a gRPC stream on the bulk connection. It lives until
-// Close, ctx ends, or an error ends it; a broken connection fails it with
-// a retryable error, as a Bulk lane. Without CanWarm: ErrNoWarm.
+// Close or an error ends it — a gRPC stream also until ctx ends (ctx bounds
+// a socket lane's opening only, as Bulk's) — ; a broken connection fails it
+// with a retryable error, as a Bulk lane. Without CanWarm: ErrNoWarm.
 func (s *Session) Warm(ctx context.Context) (*WarmLane, error) {
 	if !s.warm {
 		return nil, fmt.Errorf("transport: warm open: %w", ErrNoWarm)
