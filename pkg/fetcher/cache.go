@@ -209,9 +209,7 @@ func (c *cache) storeData(i uint64, data []byte, crcs []uint32) (changed uint64,
 	for k := range n {
 		d[k] = wire.PageDigestCRC(crcs[k], data[k*cachePage:(k+1)*cachePage])
 	}
-	if c.file == nil {
-		copy(c.bytes(i, n), data)
-	} else if err := c.writeFile(i, data); err != nil {
+	if err := c.write(i, data); err != nil {
 		return 0, err
 	}
 	for k := range n {
@@ -222,6 +220,26 @@ func (c *cache) storeData(i uint64, data []byte, crcs []uint32) (changed uint64,
 		c.held[(i+k)>>6] |= 1 << ((i + k) & 63)
 	}
 	return changed, nil
+}
+
+// write puts data, whole pages, at cache page i, within one region: in a
+// file by pwrite(2) (writeFile), in memory by copy. It leaves the pages'
+// digests as they are.
+func (c *cache) write(i uint64, data []byte) error {
+	if c.file == nil {
+		copy(c.bytes(i, uint64(len(data))/cachePage), data)
+		return nil
+	}
+	return c.writeFile(i, data)
+}
+
+// writeZero makes pages [i, i+n) zeros, within one region, as write does.
+func (c *cache) writeZero(i, n uint64) error {
+	if c.file == nil {
+		clear(c.bytes(i, n))
+		return nil
+	}
+	return c.writeZeros(i, n)
 }
 
 // offsetOf returns the image offset of cache page i (index's inverse), and
@@ -272,9 +290,7 @@ func (c *cache) storeZeros(i, n uint64) (changed uint64, err error) {
 		for e < i+n && c.zeroNeedsWrite(e) {
 			e++
 		}
-		if c.file == nil {
-			clear(c.bytes(q, e-q))
-		} else if err := c.writeZeros(q, e-q); err != nil {
+		if err := c.writeZero(q, e-q); err != nil {
 			return 0, err
 		}
 		q = e

@@ -51,8 +51,8 @@ type Mix interface {
 	// Fill writes the content of pages [p, p+k) where the step's src
 	// points, before the copy; PlaceStep calls it with the pages the copy
 	// is about to place (claimed, in a Shared area), unless src is nil
-	// (zero pages).
-	Fill(p, k uint64)
+	// (zero pages). An error fails the step, nothing placed.
+	Fill(p, k uint64) error
 	// Arrival is the way page p came: the table counts each page it
 	// resolves by its own.
 	Arrival(p uint64) Arrival
@@ -118,7 +118,9 @@ func (t *Table) PlaceStep(k Kernel, a *Area, p, n, max uint64, src []byte, how A
 		}()
 	}
 	if mix != nil && src != nil {
-		mix.Fill(p, cnt)
+		if err := mix.Fill(p, cnt); err != nil {
+			return st, err // the claims are released (above)
+		}
 	}
 	done, res, err := k.Copy(a, p, addr, cnt, src, dontWake)
 	var wakeBuf [8]Range

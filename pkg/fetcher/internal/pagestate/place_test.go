@@ -1,6 +1,7 @@
 package pagestate
 
 import (
+	"errors"
 	"testing"
 	"time"
 )
@@ -115,9 +116,36 @@ func TestPlaceStepClaims(t *testing.T) {
 type recMix struct {
 	filled [][2]uint64
 	way    map[uint64]Arrival
+	err    error // Fill's
 }
 
-func (m *recMix) Fill(p, n uint64) { m.filled = append(m.filled, [2]uint64{p, n}) }
+func (m *recMix) Fill(p, n uint64) error {
+	m.filled = append(m.filled, [2]uint64{p, n})
+	return m.err
+}
+
+// A Fill that fails (a write into the cache file) fails its step: no copy,
+// no page counted, the error returned, and the step's claims released, so
+// that the next placement copies those pages.
+func TestPlaceStepFillError(t *testing.T) {
+	tb, err := New([]Region{{Base: 1 << 30, Size: 1 << 20, PageSize: 4096}}, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := tb.Areas()[0]
+	a.Shared = true
+	k := &claimKernel{}
+	src := make([]byte, 4*4096)
+	full := errors.New("no space left on device")
+	st, err := tb.PlaceStep(k, a, 0, 4, 4, src, ViaBulk, true, &recMix{err: full})
+	if !errors.Is(err, full) || st.Placed != 0 || len(k.asked) != 0 || tb.Remaining() != int64(tb.TotalPages()) {
+		t.Fatalf("step %+v, %v, copies %v, %d pages left: want the Fill's error, nothing copied or counted", st, err, k.asked, tb.Remaining())
+	}
+	st, err = tb.PlaceStep(k, a, 0, 4, 4, src, ViaBulk, true, &recMix{})
+	if err != nil || st.Placed != 4 || len(k.asked) != 1 {
+		t.Errorf("the next step %+v, %v, copies %v: want the 4 pages, claimed again, placed", st, err, k.asked)
+	}
+}
 func (m *recMix) Arrival(p uint64) Arrival {
 	if w, ok := m.way[p]; ok {
 		return w
