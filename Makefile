@@ -35,10 +35,10 @@ install-check:
 
 # The documented benchmark set (BENCHMARKS.md): end-to-end migrations with
 # migbench (1 and 4 GiB, random and zipfian, loopback and a 1gbit shaped
-# link; about 15 minutes, needs root), which rewrites BENCHMARKS.md's results
+# link; the hybrid with shared memory; about 45 minutes, needs root), which rewrites BENCHMARKS.md's results
 # from its own JSON. bench-go runs the Go micro and end-to-end benchmarks.
 bench: build
-	$(BIN)/migbench --suite default --out bench --update-doc BENCHMARKS.md
+	$(BIN)/migbench --suite default --hybrid-memory shared --out bench --update-doc BENCHMARKS.md
 
 bench-go: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 5 ./pkg/... | tee bench.txt

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -139,6 +140,9 @@ func invoke(ctx context.Context, c *config, progress io.Writer) (rep *bench.Repo
 		Content: c.wf.content, WritePct: c.workload.WritePct, Link: e.link.Name(), LinkBits: e.link.RateBits,
 		Runs: c.runs, Methods: c.methods, LeadS: c.lead.Seconds(), WarmupS: c.warmup.Seconds(), PostS: c.post.Seconds(),
 	}}
+	if slices.Contains(c.methods, bench.MethodHybrid) {
+		rep.Setup.HybridMemory = c.hybridMem
+	}
 	rep.Setup.Stamp()
 
 	fmt.Fprintf(progress, "migbench: TCP baselines over %s\n", e.link.Name())

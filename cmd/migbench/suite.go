@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -207,7 +208,8 @@ func suiteSummary(reps []*bench.Report, took time.Duration, outDir, plotDir stri
 		b.WriteString("\n**The hybrid's warm-up.** How long pagefetcher `--warm` copied the memory before the source stopped " +
 			"(for `--warmup`, or until another round would not pay: after round 1 where the CPUs paced it, else once the pages changed per round stopped shrinking clearly), in how many rounds over the whole memory, the pages each " +
 			"round after the first found changed (run 1), the pages found changed at the switchover and those placed from the cache once " +
-			"confirmed unchanged, and pagefetcher's peak RSS (the highest of the runs: the cache holds a copy of the memory).\n\n")
+			"confirmed unchanged, and pagefetcher's peak RSS (the highest of the runs: the cache holds a copy of the memory). " +
+			hybridMemoryNote(reps) + "\n\n")
 		b.WriteString(bench.HybridMarkdownHeader() + "\n")
 		for _, r := range reps {
 			b.WriteString(r.HybridMarkdownRow() + "\n")
@@ -421,6 +423,32 @@ func withinByRun(r *bench.Report, method string, bound float64) string {
 		return ""
 	}
 	return fmt.Sprintf(" (by run: within %.1f× in %d of %d)", bound, within, n)
+}
+
+// hybridMemoryNote names the hybrid destinations' memory (--hybrid-memory)
+// of the reports that made the hybrid.
+func hybridMemoryNote(reps []*bench.Report) string {
+	var kinds []string
+	for _, r := range reps {
+		if r.Hybrid == nil {
+			continue
+		}
+		k := r.Setup.HybridMemory
+		if k == "" {
+			k = "anon" // recorded since 2026-12-08; anonymous before
+		}
+		if !slices.Contains(kinds, k) {
+			kinds = append(kinds, k)
+		}
+	}
+	if len(kinds) != 1 {
+		return "The hybrid destination's memory (`--hybrid-memory`) differed between configurations: " + strings.Join(kinds, ", ") + " (each report's `setup.hybrid_memory`)."
+	}
+	if kinds[0] == "shared" {
+		return "The hybrid destination's memory: `--hybrid-memory shared`, mapped from pagefetcher's `--warm-file` on /dev/shm, so that its cache, " +
+			"written by `pwrite`, is the guest's memory and not in pagefetcher's RSS, and confirmed pages are mapped in place (`UFFDIO_CONTINUE`)."
+	}
+	return "The hybrid destination's memory: `--hybrid-memory anon`, private anonymous memory into which confirmed pages are copied (`UFFDIO_COPY`) from pagefetcher's cache."
 }
 
 // anyHybrid says whether any of the reports' runs made the hybrid.

@@ -258,10 +258,15 @@ type Setup struct {
 	LeadS float64 `json:"lead_s"`
 	// WarmupS is the hybrid's warm-up (--warmup); 0: until the changed
 	// set stopped shrinking or round 1 was paced by the CPUs (warm_stop).
-	WarmupS  float64 `json:"warmup_s"`
-	PostS    float64 `json:"post_s"`
-	Date     string  `json:"date"`
-	ElapsedS float64 `json:"elapsed_s"` // how long the invocation took
+	WarmupS float64 `json:"warmup_s"`
+	// HybridMemory is the hybrid destination's memory (--hybrid-memory):
+	// "anon" (confirmed pages copied in) or "shared" (mapped in place from
+	// pagefetcher's --warm-file); empty where no run made the hybrid, and
+	// in reports written before it was recorded (anon then).
+	HybridMemory string  `json:"hybrid_memory,omitempty"`
+	PostS        float64 `json:"post_s"`
+	Date         string  `json:"date"`
+	ElapsedS     float64 `json:"elapsed_s"` // how long the invocation took
 }
 
 // Report is the JSON document of an invocation. Its first keys are a
