@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,11 +116,17 @@ func (s *Server) serveWarm(ctx context.Context, sess *session, req *pb.WarmReque
 // markSame re-segments the run rb holds (readPages' zero and data
 // segments) into zero, data and same segments: a page is the same when
 // digests (8 bytes per page, wire.DigestAt) names a digest, not 0, equal to
-// the page's now. It returns the number of same pages.
+// the page's now. It returns the number of same pages. Each data page's
+// crc32c, computed for the comparison, is kept for checksum (pageCRCs).
 func (rb *runBuf) markSame(digests []byte, ps uint32) uint64 {
 	data := *rb.buf
 	out := rb.tmp[:0]
 	rb.sameBuf = rb.sameBuf[:0]
+	var pages int
+	for _, sg := range rb.segs {
+		pages += int(sg.Pages)
+	}
+	rb.pageCRCs = slices.Grow(rb.pageCRCs[:0], pages)[:pages]
 	var same uint64
 	add := func(zero, isSame bool) {
 		if last := len(out) - 1; last >= 0 && out[last].Zero == zero && rb.sameBuf[last] == isSame {
@@ -135,11 +142,10 @@ func (rb *runBuf) markSame(digests []byte, ps uint32) uint64 {
 			d := wire.DigestAt(digests, p)
 			var isSame bool
 			switch {
-			case d == 0:
 			case sg.Zero:
-				isSame = d == zeroDigest(ps)
-			default:
-				isSame = wire.DigestMatches(data[p*int(ps):(p+1)*int(ps)], d)
+				isSame = d != 0 && d == zeroDigest(ps)
+			default: // d 0 (no copy held) matches nothing
+				rb.pageCRCs[p], isSame = wire.DigestMatchesCRC(data[p*int(ps):(p+1)*int(ps)], d)
 			}
 			if isSame {
 				same++
@@ -152,6 +158,7 @@ func (rb *runBuf) markSame(digests []byte, ps uint32) uint64 {
 	}
 	rb.tmp, rb.segs = rb.segs, out
 	rb.same = rb.sameBuf
+	rb.crcsKnown = true
 	return same
 }
 

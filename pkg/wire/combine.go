@@ -50,6 +50,21 @@ func xPow8n(n uint64) uint32 {
 // xPow8n(len(B)).
 func crcCombine(crcA, crcB, op uint32) uint32 { return multModP(op, crcA) ^ crcB }
 
+// JoinChecksums returns the crc32c (Checksum) of pages of ps bytes each
+// from their crc32cs, crcs, in order: a segment's checksum for a sender
+// that computed each page's (DigestMatchesCRC). No crcs: Checksum(nil).
+func JoinChecksums(crcs []uint32, ps int) uint32 {
+	if len(crcs) == 0 {
+		return 0
+	}
+	op := xPow8n(uint64(ps))
+	whole := crcs[0]
+	for _, c := range crcs[1:] {
+		whole = crcCombine(whole, c, op)
+	}
+	return whole
+}
+
 // VerifyPages is Verify computing each data page's crc32c once: into crcs
 // (one per data page, in order; at least that many), from which each data
 // segment's checksum is checked. It returns the number of data pages.

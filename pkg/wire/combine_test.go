@@ -78,3 +78,23 @@ func TestVerifyPages(t *testing.T) {
 		}
 	}
 }
+
+// JoinChecksums gives the checksum of a run of pages from the pages'.
+func TestJoinChecksums(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, ps := range []int{PageSize4K, 512} {
+		for n := range 6 {
+			b := make([]byte, n*ps)
+			for i := range b {
+				b[i] = byte(r.Uint32())
+			}
+			crcs := make([]uint32, n)
+			for q := range n {
+				crcs[q] = Checksum(b[q*ps : (q+1)*ps])
+			}
+			if got, want := JoinChecksums(crcs, ps), Checksum(b); got != want {
+				t.Errorf("%d pages of %d bytes: %08x, want %08x", n, ps, got, want)
+			}
+		}
+	}
+}

@@ -51,8 +51,17 @@ func DigestMatches(page []byte, d uint64) bool {
 	if d == 0 {
 		return false
 	}
+	_, same := DigestMatchesCRC(page, d)
+	return same
+}
+
+// DigestMatchesCRC is DigestMatches (d 0 matches nothing) returning the
+// page's crc32c as well: a sender that sends the page when it does not
+// match has its part of the answer's checksum (JoinChecksums) without
+// reading it a third time.
+func DigestMatchesCRC(page []byte, d uint64) (crc uint32, same bool) {
 	c := crc32.Checksum(page, castagnoli)
-	return uint32(d>>32) == c && digestOf(c, page) == d
+	return c, d != 0 && uint32(d>>32) == c && digestOf(c, page) == d
 }
 
 // WarmRequest asks for Pages pages at Offset on the Warm lane. Digests is

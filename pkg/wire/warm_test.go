@@ -186,3 +186,25 @@ func TestDigestMatches(t *testing.T) {
 		t.Error("the digest-0 input: want a match for 1 only")
 	}
 }
+
+// DigestMatchesCRC answers as DigestMatches does and gives the page's
+// crc32c whatever the answer.
+func TestDigestMatchesCRC(t *testing.T) {
+	page := make([]byte, PageSize4K)
+	for i := range page {
+		page[i] = byte(i * 13)
+	}
+	d := PageDigest(page)
+	for _, tc := range []struct {
+		d    uint64
+		same bool
+	}{{d, true}, {d ^ 1, false}, {d ^ 1<<40, false}, {0, false}} {
+		c, same := DigestMatchesCRC(page, tc.d)
+		if same != tc.same || same != DigestMatches(page, tc.d) {
+			t.Errorf("digest %#x: same %v, want %v", tc.d, same, tc.same)
+		}
+		if c != Checksum(page) {
+			t.Errorf("digest %#x: crc %08x, want %08x", tc.d, c, Checksum(page))
+		}
+	}
+}
