@@ -47,8 +47,18 @@ import (
 // digests for one request (the answer is mostly a few bytes).
 const confirmRunBytes = 1 << 20
 
-// confirmWindow is the confirm requests in flight.
+// confirmWindow is the sweep's confirm requests in flight, over its lanes.
 const confirmWindow = 16
+
+// sweepLanes is the warm lanes the sweep's requests go on, each with its
+// share of confirmWindow. The pass waits for the source: the page server
+// reads and digests a lane's requests in order on one goroutine, and with
+// one lane that goroutine took a whole CPU (its read of the frozen memory
+// and its digests; pagefetcher 0.66 CPU beside it) while the other CPU
+// idled in part, the VMM's thread waiting on its pages. A second lane lets
+// the server read on both. Where the server has no lane to spare, one
+// lane takes the whole window.
+const sweepLanes = 2
 
 // rideWindowPages is the run a ride leads on the ride lane: the rider's
 // page and those after it (prefetch.Config.After), a quarter of a sweep
@@ -70,8 +80,12 @@ type confirmer struct {
 
 	mu     sync.Mutex
 	policy *prefetch.Policy // the cached pages still to confirm
-	runs   pagestate.Runs   // confirm requests outstanding on the sweep's lane
-	kick   chan struct{}
+	// runs are the confirm requests outstanding on each of the sweep's
+	// lanes, kick their senders' wake-ups; sweeps is the lanes open
+	// (their window's share: confirmWindow/sweeps).
+	runs   [sweepLanes]pagestate.Runs
+	kick   [sweepLanes]chan struct{}
+	sweeps atomic.Int32
 	// rides are the ride lane's: its requests outstanding, its sender's
 	// kick, its answers' latency (as latency).
 	rides       pagestate.Runs
@@ -168,9 +182,13 @@ func newConfirmer(c *cache, pages *pagestate.Table, place *placer, pull *puller,
 		}
 	}
 	log.Info("pages to confirm from the warm-up's cache", "pages", held, "of", pages.TotalPages())
-	return &confirmer{cache: c, pages: pages, place: place, pull: pull, stats: st, log: log, policy: policy,
-		kick: make(chan struct{}, 1), rideKick: make(chan struct{}, 1), start: time.Now(),
-		changedBits: make([]atomic.Uint64, (c.pages+63)/64)}, nil
+	cf := &confirmer{cache: c, pages: pages, place: place, pull: pull, stats: st, log: log, policy: policy,
+		rideKick: make(chan struct{}, 1), start: time.Now(),
+		changedBits: make([]atomic.Uint64, (c.pages+63)/64)}
+	for k := range cf.kick {
+		cf.kick[k] = make(chan struct{}, 1)
+	}
+	return cf, nil
 }
 
 // running reports whether confirm requests are outstanding (false for a
@@ -182,11 +200,14 @@ func (cf *confirmer) running() bool {
 	return cf.inFlight() > 0
 }
 
-// inFlight is the confirm requests outstanding on both lanes.
+// inFlight is the confirm requests outstanding on every lane.
 func (cf *confirmer) inFlight() int {
-	_, n := cf.runs.InFlight()
 	_, r := cf.rides.InFlight()
-	return n + r
+	for k := range cf.runs {
+		_, n := cf.runs[k].InFlight()
+		r += n
+	}
+	return r
 }
 
 // wants reports whether page p of a is for the confirm pass: a copy is
@@ -205,14 +226,18 @@ func (cf *confirmer) ride(region int, p uint64) {
 	cf.poke()
 }
 
-// poke wakes both lanes' senders.
+// poke wakes every lane's sender.
 func (cf *confirmer) poke() {
-	for _, k := range []chan struct{}{cf.kick, cf.rideKick} {
+	wake := func(k chan struct{}) {
 		select {
 		case k <- struct{}{}:
 		default:
 		}
 	}
+	for _, k := range cf.kick {
+		wake(k)
+	}
+	wake(cf.rideKick)
 }
 
 // done tells the confirm order that pages [p, p+n) of region need no
@@ -228,8 +253,10 @@ func (cf *confirmer) done(region int, p, n uint64) {
 func (cf *confirmer) lost() {
 	cf.mu.Lock()
 	defer cf.mu.Unlock()
-	for _, b := range cf.runs.Lost(nil) {
-		cf.requeueLocked(b)
+	for k := range cf.runs {
+		for _, b := range cf.runs[k].Lost(nil) {
+			cf.requeueLocked(b)
+		}
 	}
 	for _, b := range cf.rides.Lost(nil) {
 		cf.requeueLocked(b)
@@ -253,7 +280,12 @@ func (cf *confirmer) late(limit time.Time) bool {
 	if cf == nil {
 		return false
 	}
-	return cf.runs.Late(limit) || cf.rides.Late(limit)
+	for k := range cf.runs {
+		if cf.runs[k].Late(limit) {
+			return true
+		}
+	}
+	return cf.rides.Late(limit)
 }
 
 // abandon gives up the pass: the session cannot confirm. Every cached page
@@ -263,7 +295,9 @@ func (cf *confirmer) abandon(why string) {
 		return
 	}
 	cf.log.Warn("the warm-up's copies cannot be confirmed: the bulk lane brings those pages", "reason", why)
-	cf.runs.Lost(nil)
+	for k := range cf.runs {
+		cf.runs[k].Lost(nil)
+	}
 	cf.rides.Lost(nil)
 	for _, a := range cf.pages.Areas() {
 		if a.PageSize != cachePage {
@@ -350,9 +384,11 @@ func (l *link) confirmLoop(c *conn) error {
 		}
 		return err
 	}
-	// The ride lane. Where the server has no lane to spare, rides lead
-	// the sweep's runs instead.
+	// The ride lane, then the sweep's other lanes. Where the server has no
+	// lane to spare, rides lead the sweep's runs instead, and fewer lanes
+	// share the sweep's window.
 	var rideErr chan error
+	lanes := []WarmLane{lane}
 	if rl, err := ws.Warm(c.ctx); err != nil {
 		if c.ctx.Err() != nil {
 			lane.Close()
@@ -373,8 +409,32 @@ func (l *link) confirmLoop(c *conn) error {
 			}
 			rideErr <- err
 		}()
+		for len(lanes) < sweepLanes {
+			sl, err := ws.Warm(c.ctx)
+			if err != nil {
+				l.log.Debug("the sweep's runs go on fewer lanes", "lanes", len(lanes), "error", err)
+				break
+			}
+			lanes = append(lanes, sl)
+		}
 	}
-	err = l.serveWarmLane(c, lane, l.confirmSend, &cf.runs, &cf.latency)
+	cf.sweeps.Store(int32(len(lanes)))
+	sweepErr := make(chan error, len(lanes))
+	for k, sl := range lanes[1:] {
+		go func() {
+			err := l.serveWarmLane(c, sl, l.confirmSend(k+1), &cf.runs[k+1], &cf.latency)
+			if err != nil {
+				c.cancel(err)
+			}
+			sweepErr <- err
+		}()
+	}
+	err = l.serveWarmLane(c, lane, l.confirmSend(0), &cf.runs[0], &cf.latency)
+	for range lanes[1:] {
+		if serr := <-sweepErr; err == nil {
+			err = serr
+		}
+	}
 	if rideErr != nil {
 		if rerr := <-rideErr; err == nil {
 			err = rerr
@@ -405,12 +465,18 @@ func (l *link) serveWarmLane(c *conn, lane WarmLane, send func(*conn, WarmLane) 
 
 var errConfirmDone = errors.New("confirm pass done")
 
-// confirmSend keeps the sweep's window of confirm requests full, and ends
-// once every cached page is confirmed or resolved otherwise.
-func (l *link) confirmSend(c *conn, lane WarmLane) error {
+// confirmSend returns the sender of the sweep's lane k: it keeps the
+// lane's share of the window of confirm requests full, and ends once every
+// cached page is confirmed or resolved otherwise.
+func (l *link) confirmSend(k int) func(c *conn, lane WarmLane) error {
+	return func(c *conn, lane WarmLane) error { return l.sweepSend(c, lane, k) }
+}
+
+func (l *link) sweepSend(c *conn, lane WarmLane, k int) error {
 	cf := l.confirm
-	err := l.sendConfirms(c, lane, &cf.runs, cf.kick, func(n int, runs []prefetch.Run) ([]prefetch.Run, bool) {
-		switch want := confirmWindow - n; {
+	window := confirmWindow / max(1, int(cf.sweeps.Load()))
+	err := l.sendConfirms(c, lane, &cf.runs[k], cf.kick[k], func(n int, runs []prefetch.Run) ([]prefetch.Run, bool) {
+		switch want := window - n; {
 		case want <= 0:
 		case l.pull.recording.Load():
 			// The record phase (link.recordPhase): only a working set in
@@ -430,7 +496,7 @@ func (l *link) confirmSend(c *conn, lane WarmLane) error {
 		}
 		return runs, true
 	})
-	cf.poke() // the ride lane's sender ends too, if the pass is done
+	cf.poke() // the other lanes' senders end too, if the pass is done
 	return err
 }
 

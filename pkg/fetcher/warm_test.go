@@ -512,8 +512,9 @@ func TestWarmRecordPhase(t *testing.T) {
 }
 
 // recLane records the runs a warm lane of the confirm pass asked for, by
-// the order the lanes were opened in (0: the sweep's, 1: the ride lane).
-// The sweep sends its first request, then waits until the ride lane has
+// the order the lanes were opened in (0: the sweep's, 1: the ride lane,
+// then the sweep's others).
+// Each sweep lane sends its first request, then waits until the ride lane has
 // sent one (or 10 s, so that a run without rides fails rather than
 // hangs): its first answer makes confirmations flow, and the pages it has
 // not taken yet can only ride.
@@ -576,14 +577,20 @@ func TestWarmRideLane(t *testing.T) {
 	if m.sum.FaultsOnBulk == 0 {
 		t.Fatalf("no fault rode (%d faults): the test checks nothing", m.sum.Faults)
 	}
-	if opened.Load() != 2 || len(runs[1]) == 0 {
-		t.Fatalf("%d warm lanes opened, %d runs on the ride lane, %d faults rode: want 2 lanes, the rides on the second",
-			opened.Load(), len(runs[1]), m.sum.FaultsOnBulk)
+	if opened.Load() != 1+sweepLanes || len(runs[1]) == 0 {
+		t.Fatalf("%d warm lanes opened, %d runs on the ride lane, %d faults rode: want %d lanes, the rides on the second",
+			opened.Load(), len(runs[1]), m.sum.FaultsOnBulk, 1+sweepLanes)
+	}
+	// The sweep's other lanes, opened after the ride lane, carry runs too.
+	for k := 2; k <= sweepLanes; k++ {
+		if len(runs[k]) == 0 {
+			t.Errorf("no run on the sweep's lane opened %d of %d (the sweep's first: %d runs)", k+1, 1+sweepLanes, len(runs[0]))
+		}
 	}
 	for _, n := range runs[1] {
 		if n > rideWindowPages {
 			t.Errorf("a run of %d pages on the ride lane, want at most %d", n, rideWindowPages)
 		}
 	}
-	t.Logf("%d faults, %d rode; sweep runs %d, ride runs %d", m.sum.Faults, m.sum.FaultsOnBulk, len(runs[0]), len(runs[1]))
+	t.Logf("%d faults, %d rode; sweep runs %d and %d, ride runs %d", m.sum.Faults, m.sum.FaultsOnBulk, len(runs[0]), len(runs[2]), len(runs[1]))
 }
