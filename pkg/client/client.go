@@ -473,13 +473,23 @@ func (s *Session) Bulk(ctx context.Context) (*Lane, error) {
 	return l, err
 }
 
+// refusedForGood reports whether a socket lane's refusal holds for a gRPC
+// stream too, so that falling back to one is no use: the session is gone,
+// or it has its most lanes of the kind (MaxLanesPerSession counts both
+// transports; a stream would be refused only at its first answer, and
+// its caller would take that for a broken lane).
+func refusedForGood(err error) bool {
+	var we *wire.Error
+	return errors.Is(err, wire.ErrSessionNotFound) || errors.As(err, &we) && we.Code == codes.ResourceExhausted
+}
+
 func (s *Session) lane(ctx context.Context, l wire.LaneKind, socket bool) (*Lane, error) {
 	if socket {
 		ln, err := s.socketLane(ctx, l)
 		if err == nil {
 			return ln, nil
 		}
-		if errors.Is(err, wire.ErrSessionNotFound) {
+		if refusedForGood(err) {
 			return nil, err
 		}
 		s.c.log.Debug("socket lane refused; the lane stays on gRPC", "lane", l, "error", err)

@@ -39,7 +39,7 @@ func (s *Session) Warm(ctx context.Context) (*WarmLane, error) {
 			s.c.log.Debug("lane opened", "lane", "warm", "transport", "socket", "tls", s.c.tls)
 			return &WarmLane{Lane{sock: sl, kind: wire.LaneBulk, warm: true}}, nil
 		}
-		if errors.Is(err, wire.ErrSessionNotFound) {
+		if refusedForGood(err) {
 			return nil, err
 		}
 		s.c.log.Debug("warm socket lane refused; the lane stays on gRPC", "error", err)

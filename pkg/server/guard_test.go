@@ -228,6 +228,39 @@ func TestLanesPerSession(t *testing.T) {
 	fetch(t, b, 100, 0, 4).Release()
 }
 
+// A Warm lane past the session's bulk lanes is refused as it opens, where
+// the server offers warm socket lanes: the client does not fall back to a
+// gRPC stream, which the same limit would refuse only at its first
+// answer, and which a destination would take for a broken lane.
+func TestWarmLanesPerSession(t *testing.T) {
+	ti := makeImage(t, 1<<16, 1, nil, nil)
+	addr := startSplitServer(t, Options{Image: ti.Img})
+	ctx := testCtx(t)
+	cl := dial(t, addr, client.Options{})
+	sess, err := cl.Open(ctx, []wire.Region{{Offset: 0, Length: 1 << 16, PageSize: wire.PageSize4K}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sess.CanWarm() {
+		t.Fatal("the session cannot warm")
+	}
+	for i := range MaxLanesPerSession {
+		w, err := sess.Warm(ctx)
+		if err != nil {
+			t.Fatalf("warm lane %d: %v", i+1, err)
+		}
+		defer w.Close()
+		if !w.Socket() {
+			t.Fatalf("warm lane %d: a gRPC stream, want a socket lane", i+1)
+		}
+	}
+	w, err := sess.Warm(ctx)
+	if err == nil {
+		w.Close()
+	}
+	wantStatus(t, "warm lane past the limit", err, codes.ResourceExhausted, "too many bulk lanes open on this session (max 8)")
+}
+
 // A session that served nothing and has no lane is ended at the next Open
 // after SessionUnusedTimeout; one that served is kept.
 func TestUnusedSessionsEnd(t *testing.T) {

@@ -54,8 +54,10 @@ const (
 	DefaultSessionUnusedTimeout = 5 * time.Minute
 	// MaxLanesPerSession bounds the demand lanes, and separately the bulk
 	// lanes, open at once on one session (gRPC streams and socket lanes
-	// together); a destination uses one of each, and briefly two while it
-	// replaces a broken one.
+	// together; Warm lanes count as bulk lanes); a destination uses one
+	// demand lane and one bulk lane, and while it confirms a warm-up's
+	// copies three Warm lanes more (the sweep's two, the rides'), and
+	// briefly twice that while it replaces a broken connection.
 	MaxLanesPerSession = 8
 	// DefaultMaxRealTimeLanes is the default number of demand socket lanes
 	// served on a real-time thread at once (Options.RealTimeDemand);
