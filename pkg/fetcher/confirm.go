@@ -1,6 +1,7 @@
 package fetcher
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"sync"
@@ -81,8 +82,8 @@ type confirmer struct {
 	mu     sync.Mutex
 	policy *prefetch.Policy // the cached pages still to confirm
 	// runs are the confirm requests outstanding on each of the sweep's
-	// lanes, kick their senders' wake-ups; sweeps is the lanes open
-	// (their window's share: confirmWindow/sweeps).
+	// lanes, kick their senders' wake-ups; sweeps is the lanes open on
+	// the current connection (each one's window: confirmWindow/sweeps).
 	runs   [sweepLanes]pagestate.Runs
 	kick   [sweepLanes]chan struct{}
 	sweeps atomic.Int32
@@ -388,7 +389,10 @@ func (l *link) confirmLoop(c *conn) error {
 	// lane to spare, rides lead the sweep's runs instead, and fewer lanes
 	// share the sweep's window.
 	var rideErr chan error
-	lanes := []WarmLane{lane}
+	var more sync.WaitGroup // the sweep's other lanes: opened while the first sends
+	var moreErr error
+	var moreMu sync.Mutex
+	cf.sweeps.Store(1)
 	if rl, err := ws.Warm(c.ctx); err != nil {
 		if c.ctx.Err() != nil {
 			lane.Close()
@@ -403,38 +407,42 @@ func (l *link) confirmLoop(c *conn) error {
 		cf.poke()
 		rideErr = make(chan error, 1)
 		go func() {
-			err := l.serveWarmLane(c, rl, l.rideSend, &cf.rides, &cf.rideLatency)
+			err := l.serveWarmLane(c, rl, l.rideSend, &cf.rides, cf.rideKick, &cf.rideLatency)
 			if err != nil {
 				c.cancel(err)
 			}
 			rideErr <- err
 		}()
-		for len(lanes) < sweepLanes {
-			sl, err := ws.Warm(c.ctx)
-			if err != nil {
-				l.log.Debug("the sweep's runs go on fewer lanes", "lanes", len(lanes), "error", err)
-				break
-			}
-			lanes = append(lanes, sl)
-		}
-	}
-	cf.sweeps.Store(int32(len(lanes)))
-	sweepErr := make(chan error, len(lanes))
-	for k, sl := range lanes[1:] {
+		// Opened while the first lane's requests go out (a dial each,
+		// and over TLS a handshake): each lane takes its share of the
+		// window from the moment it is open (sweepSend).
+		more.Add(1)
 		go func() {
-			err := l.serveWarmLane(c, sl, l.confirmSend(k+1), &cf.runs[k+1], &cf.latency)
-			if err != nil {
-				c.cancel(err)
+			defer more.Done()
+			for k := 1; k < sweepLanes; k++ {
+				sl, err := ws.Warm(c.ctx)
+				if err != nil {
+					l.log.Debug("the sweep's runs go on fewer lanes", "lanes", k, "error", err)
+					return
+				}
+				cf.sweeps.Add(1)
+				cf.poke()
+				more.Add(1)
+				go func() {
+					defer more.Done()
+					if err := l.serveWarmLane(c, sl, l.confirmSend(k), &cf.runs[k], cf.kick[k], &cf.latency); err != nil {
+						c.cancel(err)
+						moreMu.Lock()
+						moreErr = cmp.Or(moreErr, err)
+						moreMu.Unlock()
+					}
+				}()
 			}
-			sweepErr <- err
 		}()
 	}
-	err = l.serveWarmLane(c, lane, l.confirmSend(0), &cf.runs[0], &cf.latency)
-	for range lanes[1:] {
-		if serr := <-sweepErr; err == nil {
-			err = serr
-		}
-	}
+	err = l.serveWarmLane(c, lane, l.confirmSend(0), &cf.runs[0], cf.kick[0], &cf.latency)
+	more.Wait()
+	err = cmp.Or(err, moreErr)
 	if rideErr != nil {
 		if rerr := <-rideErr; err == nil {
 			err = rerr
@@ -445,11 +453,13 @@ func (l *link) confirmLoop(c *conn) error {
 
 // serveWarmLane runs a lane of the confirm pass: send on this goroutine
 // until it returns, confirmRecv on another for the answers to the requests
-// in runs; then it closes the lane and waits for confirmRecv.
-func (l *link) serveWarmLane(c *conn, lane WarmLane, send func(*conn, WarmLane) error, runs *pagestate.Runs, latency *atomic.Int64) error {
+// in runs (each answer wakes the sender: kick); then it closes the lane and
+// waits for confirmRecv.
+func (l *link) serveWarmLane(c *conn, lane WarmLane, send func(*conn, WarmLane) error, runs *pagestate.Runs,
+	kick chan struct{}, latency *atomic.Int64) error {
 	recvErr := make(chan error, 1)
 	go func() {
-		err := l.confirmRecv(c, lane, runs, latency)
+		err := l.confirmRecv(c, lane, runs, kick, latency)
 		if err != nil && !errors.Is(err, errConfirmDone) {
 			c.cancel(err) // the sender waits on the connection
 		}
@@ -472,10 +482,13 @@ func (l *link) confirmSend(k int) func(c *conn, lane WarmLane) error {
 	return func(c *conn, lane WarmLane) error { return l.sweepSend(c, lane, k) }
 }
 
+// sweepSend sends the sweep's requests on lane, its lane k, within the
+// lane's share of confirmWindow among the lanes open (a lane opened later
+// takes its share as the others' answers come back).
 func (l *link) sweepSend(c *conn, lane WarmLane, k int) error {
 	cf := l.confirm
-	window := confirmWindow / max(1, int(cf.sweeps.Load()))
 	err := l.sendConfirms(c, lane, &cf.runs[k], cf.kick[k], func(n int, runs []prefetch.Run) ([]prefetch.Run, bool) {
+		window := confirmWindow / max(1, int(cf.sweeps.Load())) // the lanes open now
 		switch want := window - n; {
 		case want <= 0:
 		case l.pull.recording.Load():
@@ -561,8 +574,10 @@ func (cf *confirmer) requestsLocked(pages *pagestate.Table, runs []prefetch.Run,
 }
 
 // confirmRecv places the confirm answers to the requests in runs as they
-// arrive, and keeps their latency's moving average in latency.
-func (l *link) confirmRecv(c *conn, lane WarmLane, runs *pagestate.Runs, latency *atomic.Int64) error {
+// arrive, wakes the lane's sender (kick) after each, and keeps their
+// latency's moving average in latency. Only its own sender: the others'
+// windows did not change (a finished sweep wakes them all).
+func (l *link) confirmRecv(c *conn, lane WarmLane, runs *pagestate.Runs, kick chan struct{}, latency *atomic.Int64) error {
 	cf := l.confirm
 	pt := l.newPlaceThread() // placed like bulk answers: the same copies, the same lock
 	defer pt.done()
@@ -576,21 +591,30 @@ func (l *link) confirmRecv(c *conn, lane WarmLane, runs *pagestate.Runs, latency
 		}
 		c.lastConfirm.Store(time.Now().UnixNano())
 		cf.flowing.Store(true)
+		// An answer that fails its checksum is asked for again: its run
+		// leaves runs and goes back to the order under cf.mu at once, so
+		// that no sender finds the pass done in between.
+		verr := resp.Verify()
+		if verr != nil {
+			cf.mu.Lock()
+		}
 		b, ok := runs.Done(resp.ID)
 		if ok {
 			noteLatency(latency, time.Since(b.SentAt))
 		}
 		if !ok || resp.Offset != b.Offset || resp.Pages != b.Pages || resp.PageSize != cachePage {
+			if verr != nil {
+				cf.mu.Unlock()
+			}
 			resp.Release()
 			return fmt.Errorf("fetcher: confirm answer %d was never asked for (or not as asked)", resp.ID)
 		}
-		if err := resp.Verify(); err != nil {
-			l.stats.crcErrors.Add(1)
-			l.log.Warn("confirm answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", err)
-			resp.Release()
-			cf.mu.Lock()
+		if verr != nil {
 			cf.requeueLocked(b)
 			cf.mu.Unlock()
+			l.stats.crcErrors.Add(1)
+			l.log.Warn("confirm answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", verr)
+			resp.Release()
 			l.rideAgain() // a rider's page was in the run: its ride is gone
 			cf.poke()
 			continue
@@ -601,7 +625,10 @@ func (l *link) confirmRecv(c *conn, lane WarmLane, runs *pagestate.Runs, latency
 			l.life.fail(err)
 			return err
 		}
-		cf.poke()
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
 	}
 }
 
