@@ -183,7 +183,7 @@ func (f *Fetcher) summary() *Summary {
 	}
 	s.Pages.Confirmed = f.pages.Count(pagestate.ViaConfirmed)
 	if w := f.cfg.Warmup; w != nil {
-		s.WarmRounds, s.WarmSeconds = uint64(w.rounds), w.elapsed().Seconds()
+		s.WarmRounds, s.WarmSeconds = uint64(w.rounds.Load()), w.elapsed().Seconds()
 		s.SharedPages = f.sharedPages
 	}
 	if cf := f.link.confirm; cf != nil {
