@@ -88,12 +88,13 @@ type Warmup struct {
 	quiet  chan struct{} // closed when the loop has returned its last store
 	// storeMu is held by the loop's thread over each section of stores
 	// (storeAll). stop takes it once Halt has canceled the loop's
-	// context: it waits for a store in hand, and no store begins after
-	// it (store looks at the context first). It does not wait for the
+	// context and sets sealed under it: it waits for a store in hand, and
+	// no section begins after it (it finds sealed). It does not wait for the
 	// loop's thread to wake and return, as it did on quiet, which took
 	// up to 3.2 ms of the way to the first page (migbench hybrid, 4 GiB,
 	// a thread parked in select with no store in hand).
 	storeMu sync.Mutex
+	sealed  bool          // under storeMu: the cache is the fetcher's now
 	done    chan struct{} // closed when the loop has returned (its lane closed)
 	once    sync.Once     // stop
 	halt    sync.Once     // Halt
@@ -209,7 +210,8 @@ func (w *Warmup) stop() {
 	w.once.Do(func() {
 		w.Halt()
 		w.th.Load().BoostHolder()
-		w.storeMu.Lock() // a store in hand ends; none begins after the halt
+		w.storeMu.Lock() // a store in hand ends first
+		w.sealed = true
 		w.storeMu.Unlock()
 	})
 }
@@ -492,6 +494,13 @@ func (w *Warmup) serve(ctx context.Context, plan *[]warmRun, inflight map[uint64
 			// (a working set's single pages).
 			th := w.th.Load()
 			w.storeMu.Lock()
+			if w.sealed {
+				w.storeMu.Unlock()
+				if a.resp != nil {
+					a.resp.Release()
+				}
+				return ctx.Err() // stop canceled it before it sealed
+			}
 			th.Defer(true)
 			th.Hold() // stop boosts it (BoostHolder)
 			err := w.storeAll(ctx, a, inflight, res, plan)
@@ -549,7 +558,7 @@ func (w *Warmup) storeAll(ctx context.Context, a warmAnswer, inflight map[uint64
 // ctx's error.
 func (w *Warmup) store(ctx context.Context, resp *Response, inflight map[uint64]warmRun, res *WarmRound) (again *warmRun, err error) {
 	if ctx.Err() != nil {
-		return nil, ctx.Err() // halted: stop may have returned (storeMu)
+		return nil, ctx.Err() // halted: nothing more is stored
 	}
 	r, ok := inflight[resp.ID]
 	if !ok {
