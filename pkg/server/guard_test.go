@@ -181,9 +181,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// A session has at most MaxLanesPerSession lanes of each kind, gRPC
-// streams and socket lanes together.
-func TestLanesPerSession(t *testing.T) {
+// splitSession opens a session of 64 KiB on a server that offers every
+// kind of socket lane.
+func splitSession(t *testing.T) (context.Context, *client.Session) {
+	t.Helper()
 	ti := makeImage(t, 1<<16, 1, nil, nil)
 	addr := startSplitServer(t, Options{Image: ti.Img})
 	ctx := testCtx(t)
@@ -192,8 +193,16 @@ func TestLanesPerSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ctx, sess
+}
+
+// A session has at most MaxLanesPerSession lanes of each kind, gRPC
+// streams and socket lanes together.
+func TestLanesPerSession(t *testing.T) {
+	ctx, sess := splitSession(t)
 	for i := range MaxLanesPerSession {
 		var l *client.Lane
+		var err error
 		if i%2 == 0 {
 			l, err = sess.DemandSocket(ctx)
 		} else {
@@ -233,14 +242,7 @@ func TestLanesPerSession(t *testing.T) {
 // gRPC stream, which the same limit would refuse only at its first
 // answer, and which a destination would take for a broken lane.
 func TestWarmLanesPerSession(t *testing.T) {
-	ti := makeImage(t, 1<<16, 1, nil, nil)
-	addr := startSplitServer(t, Options{Image: ti.Img})
-	ctx := testCtx(t)
-	cl := dial(t, addr, client.Options{})
-	sess, err := cl.Open(ctx, []wire.Region{{Offset: 0, Length: 1 << 16, PageSize: wire.PageSize4K}}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, sess := splitSession(t)
 	if !sess.CanWarm() {
 		t.Fatal("the session cannot warm")
 	}
