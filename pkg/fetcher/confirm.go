@@ -625,6 +625,12 @@ func (l *link) confirmRecv(c *conn, lane WarmLane, runs *pagestate.Runs, kick ch
 			l.life.fail(err)
 			return err
 		}
+		if cf.inFlight() == 0 {
+			// The last answer out, maybe a ride's: every sender looks
+			// again, and a sweep's finds the pass done (only it can).
+			cf.poke()
+			continue
+		}
 		select {
 		case kick <- struct{}{}:
 		default:

@@ -48,7 +48,9 @@ type WarmConfig struct {
 	// another image is ignored, with a warning.
 	WorkingSet *workingset.Set
 	// OnRound, when set, is called after each round, from the warm-up's
-	// goroutine: the next round starts when it returns.
+	// goroutine: the next round starts when it returns. It is never called
+	// once the handoff's stop has begun, and that stop waits for a call in
+	// progress: it must return promptly.
 	OnRound func(WarmRound)
 	// File, when set, is where the cache lives: a new file on tmpfs
 	// (it must not exist), its offsets the image's, removed when the
@@ -85,7 +87,7 @@ type Warmup struct {
 	start   time.Time
 
 	cancel context.CancelFunc
-	quiet  chan struct{} // closed when the loop has returned its last store
+	quiet  chan struct{} // closed when the loop has returned its last store (TestWarmHalt)
 	// storeMu is held by the loop's thread over each section of stores
 	// (storeAll). stop takes it once Halt has canceled the loop's
 	// context and sets sealed under it: it waits for a store in hand, and
@@ -326,7 +328,7 @@ func (w *Warmup) loop(ctx context.Context, src Source) {
 			w.link.close()
 		}
 	}()
-	defer close(w.quiet) // before the lane closes: the handoff waits for this only
+	defer close(w.quiet) // before the lane closes: tests wait for it
 	for round := 1; ; round++ {
 		if w.cfg.Rounds > 0 && round > w.cfg.Rounds {
 			w.log.Debug("warm-up: rounds done; the cache waits for the handoff", "rounds", w.rounds.Load())
@@ -340,12 +342,20 @@ func (w *Warmup) loop(ctx context.Context, src Source) {
 			}
 			return
 		}
+		// A round that ends as the handoff's stop seals the cache is not
+		// reported: its round and event would come after the handoff.
+		w.storeMu.Lock()
+		if w.sealed {
+			w.storeMu.Unlock()
+			return
+		}
 		w.rounds.Store(int64(round))
 		res.Round, res.Elapsed = round, time.Since(w.start)
 		w.log.Debug("warm-up round", "round", round, "pages", res.Pages, "changed", res.Changed, "elapsed", res.Elapsed)
 		if w.cfg.OnRound != nil {
 			w.cfg.OnRound(res)
 		}
+		w.storeMu.Unlock()
 	}
 }
 
@@ -493,20 +503,21 @@ func (w *Warmup) serve(ctx context.Context, plan *[]warmRun, inflight map[uint64
 			// background priority: two system calls, not two per answer
 			// (a working set's single pages).
 			th := w.th.Load()
+			th.Hold() // stop boosts it (BoostHolder), from before it waits for storeMu
 			w.storeMu.Lock()
 			if w.sealed {
 				w.storeMu.Unlock()
+				th.Unhold()
 				if a.resp != nil {
 					a.resp.Release()
 				}
 				return ctx.Err() // stop canceled it before it sealed
 			}
 			th.Defer(true)
-			th.Hold() // stop boosts it (BoostHolder)
 			err := w.storeAll(ctx, a, inflight, res, plan)
-			th.Unhold()
 			th.Defer(false)
 			w.storeMu.Unlock()
+			th.Unhold()
 			if err != nil {
 				return err
 			}
