@@ -166,7 +166,7 @@ func newConfirmer(c *cache, pages *pagestate.Table, place *placer, pull *puller,
 		}
 		c.heldRuns(a.Offset, a.Pages, func(p, k uint64, isHeld bool) {
 			if isHeld {
-				pull.policy.Done(a.Index, p, k)
+				pull.cached = append(pull.cached, cachedRun{area: a.Index, page: p, pages: k}) // puller.exclude
 				held += k
 			} else {
 				policy.Done(a.Index, p, k)
