@@ -21,6 +21,18 @@ import (
 	"github.com/postcopy/postcopy/pkg/wire"
 )
 
+// warmedUp starts a warm-up of one round over src and waits for the round.
+func warmedUp(t *testing.T, src Source, info ImageInfo) *Warmup {
+	t.Helper()
+	rounds := make(chan WarmRound, 1)
+	w, err := StartWarmup(context.Background(), src, info, WarmConfig{Rounds: 1, OnRound: func(r WarmRound) { rounds <- r }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-rounds
+	return w
+}
+
 // warmSource is a ReaderSource over the harness's image file, opened for
 // writing too, so that a test can change the source's bytes between rounds
 // (the VMM verifies against the file's bytes at its end).
@@ -190,12 +202,7 @@ func TestWarmUnsupported(t *testing.T) {
 	if _, err := StartWarmup(context.Background(), plain, src.Info(), WarmConfig{}); !errors.Is(err, ErrWarmUnsupported) {
 		t.Fatalf("StartWarmup on a source that cannot warm: %v, want %v", err, ErrWarmUnsupported)
 	}
-	rounds := make(chan WarmRound, 1)
-	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 1, OnRound: func(r WarmRound) { rounds <- r }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-rounds
+	w := warmedUp(t, src, src.Info())
 	m := h.migrate("4k:0x0:8M", Config{Source: plain, Prefetch: true, Warmup: w}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=random")
 	m.check(t)
 	if m.sum.Pages.Confirmed != 0 || m.sum.Pages.Bulk == 0 {
@@ -258,12 +265,7 @@ func TestWarmSourceStillRunning(t *testing.T) {
 			return fmt.Errorf("freeze: source process 42 is running (state R): %w", wire.ErrSourceRunning)
 		}}
 	}}
-	rounds := make(chan WarmRound, 1)
-	w, err := StartWarmup(context.Background(), running, src.Info(), WarmConfig{Rounds: 1, OnRound: func(r WarmRound) { rounds <- r }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-rounds
+	w := warmedUp(t, running, src.Info())
 	m := h.migrate("4k:0x0:8M", Config{Source: running, Prefetch: true, Warmup: w}, "FETCHER_TEST_THREADS=1",
 		"FETCHER_TEST_TOUCH=random")
 	if !errors.Is(m.err, ErrSourceRunning) {
@@ -285,12 +287,7 @@ func TestWarmFaultsBeforeConfirm(t *testing.T) {
 	held := wrapSource{Source: src, wrap: func(s Session) Session {
 		return warmSession{Session: s, freeze: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }}
 	}}
-	rounds := make(chan WarmRound, 1)
-	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 1, OnRound: func(r WarmRound) { rounds <- r }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-rounds
+	w := warmedUp(t, src, src.Info())
 	changed := scribble(t, f, size, 200, 3, map[int64]bool{})
 	m := h.migrate("4k:0x0:8M", Config{Source: held, Prefetch: true, Warmup: w}, "FETCHER_TEST_THREADS=2", "FETCHER_TEST_TOUCH=all")
 	m.check(t)
@@ -491,12 +488,7 @@ func TestWarmRecordPhase(t *testing.T) {
 	const size = 8 << 20
 	h := newHarness(t, size)
 	src, _ := h.warmSource()
-	rounds := make(chan WarmRound, 1)
-	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 1, OnRound: func(r WarmRound) { rounds <- r }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-rounds
+	w := warmedUp(t, src, src.Info())
 	m := h.migrate("4k:0x0:8M", Config{Source: src, Prefetch: true, Warmup: w, RecordWorkingSet: true},
 		"FETCHER_TEST_THREADS=1", "FETCHER_TEST_TOUCH=all")
 	m.check(t)
@@ -561,12 +553,7 @@ func TestWarmRideLane(t *testing.T) {
 			return recLane{WarmLane: l, n: int(opened.Add(1) - 1), mu: &mu, runs: runs, rode: rode, close: &once}
 		}}
 	}}
-	rounds := make(chan WarmRound, 1)
-	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 1, OnRound: func(r WarmRound) { rounds <- r }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-rounds
+	w := warmedUp(t, src, src.Info())
 	// A demand rate of one fault a second: past its burst every fault
 	// rides, however slowly the machine lets the threads fault.
 	m := h.migrate("4k:0x0:64M", Config{Source: recording, Prefetch: true, Warmup: w, DemandRate: 1},
@@ -618,12 +605,7 @@ func TestWarmConfirmChecksumError(t *testing.T) {
 	const size = 16 << 20
 	h := newHarness(t, size)
 	src, f := h.warmSource()
-	rounds := make(chan WarmRound, 1)
-	w, err := StartWarmup(context.Background(), src, src.Info(), WarmConfig{Rounds: 1, OnRound: func(r WarmRound) { rounds <- r }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-rounds
+	w := warmedUp(t, src, src.Info())
 	after := scribble(t, f, size, 200, 5, map[int64]bool{})
 	var once sync.Once
 	var hit atomic.Bool
