@@ -677,12 +677,8 @@ type runBuf struct {
 	same []bool // nil, or one per segment: a same segment (Warm answers)
 	out  wire.OutRun
 
-	sameBuf []bool // same's storage
-	// pageCRCs, where crcsKnown, holds each page's crc32c for the data
-	// pages markSame compared (one per page of the run, in order), from
-	// which checksum joins a data segment's instead of reading it again.
-	pageCRCs  []uint32
-	crcsKnown bool
+	sameBuf  []bool   // same's storage
+	pageCRCs []uint32 // markSame's: each data page's crc32c, by page of the run
 }
 
 // readPages reads a validated run into a pooled buffer: data pages at their
@@ -695,7 +691,6 @@ func (s *Server) readPages(ctx context.Context, l wire.LaneKind, off uint64, pag
 	data := *rb.buf
 	rb.segs = rb.segs[:0]
 	rb.sameBuf = rb.sameBuf[:0]
-	rb.crcsKnown = false
 	// add appends a segment, merged with the one before where both are of
 	// a kind; same segments (pages omitted) only where omit is given.
 	add := func(sg image.Segment, same bool) {
@@ -767,24 +762,19 @@ func (s *Server) readPages(ctx context.Context, l wire.LaneKind, off uint64, pag
 	return nil
 }
 
-// checksum computes a crc32c per data segment of rb: from its pages'
-// (pageCRCs) where markSame computed them, else by reading it.
+// checksum computes a crc32c per data segment of rb.
 func (rb *runBuf) checksum(ps uint32) {
 	data := *rb.buf
 	rb.crcs = rb.crcs[:0]
-	pos, page := 0, 0
+	pos := 0
 	for i, sg := range rb.segs {
 		b := int(sg.Pages) * int(ps)
-		switch {
-		case sg.Zero || rb.same != nil && rb.same[i]:
+		if sg.Zero || rb.same != nil && rb.same[i] {
 			rb.crcs = append(rb.crcs, 0)
-		case rb.crcsKnown:
-			rb.crcs = append(rb.crcs, wire.JoinChecksums(rb.pageCRCs[page:page+int(sg.Pages)], int(ps)))
-		default:
+		} else {
 			rb.crcs = append(rb.crcs, wire.Checksum(data[pos:pos+b]))
 		}
 		pos += b
-		page += int(sg.Pages)
 	}
 }
 
@@ -794,7 +784,6 @@ func (s *Server) release(rb *runBuf) {
 		rb.buf = nil
 	}
 	rb.same = nil
-	rb.crcsKnown = false
 	s.runs.Put(rb)
 }
 

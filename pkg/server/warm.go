@@ -91,9 +91,10 @@ func (s *Server) serveWarm(ctx context.Context, sess *session, req *pb.WarmReque
 	}
 	var same uint64
 	if d := req.GetDigests(); len(d) > 0 {
-		same = rb.markSame(d, ps)
+		same = rb.markSame(d, ps) // and the checksums
+	} else {
+		rb.checksum(ps)
 	}
-	rb.checksum(ps)
 	if sess.ended.Load() {
 		return status.Error(codes.NotFound, "session ended")
 	}
@@ -116,8 +117,10 @@ func (s *Server) serveWarm(ctx context.Context, sess *session, req *pb.WarmReque
 // markSame re-segments the run rb holds (readPages' zero and data
 // segments) into zero, data and same segments: a page is the same when
 // digests (8 bytes per page, wire.DigestAt) names a digest, not 0, equal to
-// the page's now. It returns the number of same pages. Each data page's
-// crc32c, computed for the comparison, is kept for checksum (pageCRCs).
+// the page's now. It returns the number of same pages. It computes the
+// segments' checksums too (rb.crcs, as checksum does), each data segment's
+// joined from its pages' crc32cs, computed for the comparison: a changed
+// page is not read a third time.
 func (rb *runBuf) markSame(digests []byte, ps uint32) uint64 {
 	data := *rb.buf
 	out := rb.tmp[:0]
@@ -158,7 +161,17 @@ func (rb *runBuf) markSame(digests []byte, ps uint32) uint64 {
 	}
 	rb.tmp, rb.segs = rb.segs, out
 	rb.same = rb.sameBuf
-	rb.crcsKnown = true
+	rb.crcs = rb.crcs[:0]
+	p = 0
+	for i, sg := range out {
+		n := int(sg.Pages)
+		if sg.Zero || rb.same[i] {
+			rb.crcs = append(rb.crcs, 0)
+		} else {
+			rb.crcs = append(rb.crcs, wire.JoinChecksums(rb.pageCRCs[p:p+n], int(ps)))
+		}
+		p += n
+	}
 	return same
 }
 

@@ -96,25 +96,17 @@ func (r *Response) VerifyPages(crcs []uint32) (int, error) {
 	if ps == 0 {
 		return 0, fmt.Errorf("transport: run at %#x: page size 0: %w", r.Offset, ErrMalformed)
 	}
-	op := pageFactor(ps)
 	k := 0
 	err := r.checkData(func(data []byte) (uint32, error) {
 		pages := len(data) / ps
 		if k+pages > len(crcs) {
 			return 0, fmt.Errorf("transport: run at %#x: %d data pages, room for %d crcs: %w", r.Offset, k+pages, len(crcs), ErrMalformed)
 		}
-		var whole uint32
 		for q := range pages {
-			c := crc32.Checksum(data[q*ps:(q+1)*ps], castagnoli)
-			crcs[k+q] = c
-			if q == 0 {
-				whole = c
-			} else {
-				whole = crcCombine(whole, c, op)
-			}
+			crcs[k+q] = crc32.Checksum(data[q*ps:(q+1)*ps], castagnoli)
 		}
 		k += pages
-		return whole, nil
+		return JoinChecksums(crcs[k-pages:k], ps), nil
 	})
 	return k, err
 }
