@@ -591,27 +591,25 @@ func (l *link) confirmRecv(c *conn, lane WarmLane, runs *pagestate.Runs, kick ch
 		}
 		c.lastConfirm.Store(time.Now().UnixNano())
 		cf.flowing.Store(true)
-		// An answer that fails its checksum is asked for again: its run
-		// leaves runs and goes back to the order under cf.mu at once, so
-		// that no sender finds the pass done in between.
+		// The run leaves runs under cf.mu, as senders look at it: an
+		// answer that fails its checksum goes back to the order in the
+		// same hold, so that no sender finds the pass done in between.
 		verr := resp.Verify()
-		if verr != nil {
-			cf.mu.Lock()
-		}
+		cf.mu.Lock()
 		b, ok := runs.Done(resp.ID)
+		asked := ok && resp.Offset == b.Offset && resp.Pages == b.Pages && resp.PageSize == cachePage
+		if asked && verr != nil {
+			cf.requeueLocked(b)
+		}
+		cf.mu.Unlock()
 		if ok {
 			noteLatency(latency, time.Since(b.SentAt))
 		}
-		if !ok || resp.Offset != b.Offset || resp.Pages != b.Pages || resp.PageSize != cachePage {
-			if verr != nil {
-				cf.mu.Unlock()
-			}
+		if !asked {
 			resp.Release()
 			return fmt.Errorf("fetcher: confirm answer %d was never asked for (or not as asked)", resp.ID)
 		}
 		if verr != nil {
-			cf.requeueLocked(b)
-			cf.mu.Unlock()
 			l.stats.crcErrors.Add(1)
 			l.log.Warn("confirm answer failed its checksum; asking again", "offset", hex(resp.Offset), "error", verr)
 			resp.Release()
