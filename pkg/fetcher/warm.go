@@ -87,12 +87,11 @@ type Warmup struct {
 	start   time.Time
 
 	cancel context.CancelFunc
-	quiet  chan struct{} // closed when the loop has returned its last store (TestWarmHalt)
 	// storeMu is held by the loop's thread over each section of stores
 	// (storeAll). stop takes it once Halt has canceled the loop's
 	// context and sets sealed under it: it waits for a store in hand, and
 	// no section begins after it (it finds sealed). It does not wait for the
-	// loop's thread to wake and return, as it did on quiet, which took
+	// loop's thread to wake and return, as it did, which took
 	// up to 3.2 ms of the way to the first page (migbench hybrid, 4 GiB,
 	// a thread parked in select with no store in hand).
 	storeMu sync.Mutex
@@ -146,7 +145,7 @@ func StartWarmup(ctx context.Context, src Source, info ImageInfo, cfg WarmConfig
 	if len(regions) == 0 {
 		return nil, fmt.Errorf("fetcher: warm-up: the image has no readable extent, or more than a session may have regions")
 	}
-	w := &Warmup{cfg: cfg, log: cfg.Logger, info: info, regions: regions, quiet: make(chan struct{}),
+	w := &Warmup{cfg: cfg, log: cfg.Logger, info: info, regions: regions,
 		done: make(chan struct{})}
 	// The lanes live until the warm-up stops, whatever ctx does after.
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -328,7 +327,6 @@ func (w *Warmup) loop(ctx context.Context, src Source) {
 			w.link.close()
 		}
 	}()
-	defer close(w.quiet) // before the lane closes: tests wait for it
 	for round := 1; ; round++ {
 		if w.cfg.Rounds > 0 && round > w.cfg.Rounds {
 			w.log.Debug("warm-up: rounds done; the cache waits for the handoff", "rounds", w.rounds.Load())

@@ -234,7 +234,7 @@ func TestWarmHalt(t *testing.T) {
 	w.Halt()
 	halted := time.Since(start)
 	select {
-	case <-w.quiet:
+	case <-w.done:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the warm-up still stores 30 s after Halt")
 	}
