@@ -16,15 +16,21 @@ func (*nopKernel) ZeroFill(a *Area, p, addr uint64) (FillResult, error) { return
 func (n *nopKernel) Wake(addr, length uint64) error                     { n.wakes++; return nil }
 func (*nopKernel) Now() time.Time                                       { return epoch }
 
+// oneArea is a table of one area of size bytes of 4 KiB pages.
+func oneArea(t *testing.T, size uint64) (*Table, *Area) {
+	t.Helper()
+	tb, err := New([]Region{{Base: 1 << 30, Size: size, PageSize: 4096}}, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tb, tb.Areas()[0]
+}
+
 // The placer's hot path through the Kernel interface allocates nothing, in
 // a Shared area (claims) too.
 func TestPlaceStepAllocs(t *testing.T) {
 	for _, shared := range []bool{false, true} {
-		tb, err := New([]Region{{Base: 1 << 30, Size: 1 << 30, PageSize: 4096}}, Hooks{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		a := tb.Areas()[0]
+		tb, a := oneArea(t, 1<<30)
 		a.Shared = shared
 		k := &nopKernel{}
 		src := make([]byte, 16*4096)
@@ -69,11 +75,7 @@ func (k *claimKernel) Copy(a *Area, p, addr, n uint64, src []byte, dontWake bool
 // are filled first, those and no others (a mixed run's content is written
 // only into pages the placer holds).
 func TestPlaceStepClaims(t *testing.T) {
-	tb, err := New([]Region{{Base: 1 << 30, Size: 1 << 20, PageSize: 4096}}, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := tb.Areas()[0]
+	tb, a := oneArea(t, 1<<20)
 	a.Shared = true
 	k := &claimKernel{done: 3, res: FillAgain}
 	fill := &recMix{}
@@ -128,11 +130,7 @@ func (m *recMix) Fill(p, n uint64) error {
 // no page counted, the error returned, and the step's claims released, so
 // that the next placement copies those pages.
 func TestPlaceStepFillError(t *testing.T) {
-	tb, err := New([]Region{{Base: 1 << 30, Size: 1 << 20, PageSize: 4096}}, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := tb.Areas()[0]
+	tb, a := oneArea(t, 1<<20)
 	a.Shared = true
 	k := &claimKernel{}
 	src := make([]byte, 4*4096)
@@ -157,11 +155,7 @@ func (m *recMix) Arrival(p uint64) Arrival {
 // copy finds there (EEXIST) that another placer resolved before counts for
 // that one only.
 func TestPlaceStepMixCounts(t *testing.T) {
-	tb, err := New([]Region{{Base: 1 << 30, Size: 1 << 20, PageSize: 4096}}, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := tb.Areas()[0]
+	tb, a := oneArea(t, 1<<20)
 	m := &recMix{way: map[uint64]Arrival{1: ViaBulk, 2: ViaZero, 5: ViaBulk}}
 	// Page 5 is resolved by another placer while the copy runs, which then
 	// ends in EEXIST on it.
